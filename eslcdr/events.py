@@ -1,0 +1,153 @@
+"""Lossless decoding of FreeSWITCH event bodies (``text/event-plain`` and
+``text/event-json``) into a dict of ``str -> str``.
+
+Plain events: one ``Name: value`` header a line, every value percent-encoded
+by FreeSWITCH.  We split the lines first and percent-decode each value after
+(greenswitch decodes the whole block first, which breaks values that hold an
+encoded newline, such as SDP).  A body (``Content-Length`` inside the event,
+as on BACKGROUND_JOB) follows the blank line and is kept under ``_body``.
+
+JSON events: values are raw strings; ``ARRAY::`` variables arrive as JSON
+arrays and are re-encoded in FreeSWITCH's plain form (``ARRAY::a|:b``) so both
+subscriptions decode to the same values.  The body is ``_body`` already.
+
+Bytes that are not UTF-8 are replaced (U+FFFD), never fatal.  A body that
+cannot be decoded at all raises ``EventDecodeError`` for the caller to count.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import quote, unquote
+
+from .frames import Frame
+
+Event = dict[str, str]
+
+PLAIN = "text/event-plain"
+JSON = "text/event-json"
+EVENT_TYPES = (PLAIN, JSON)
+
+
+# switch_url_encode(): control bytes, non-ASCII bytes and these are escaped.
+_URL_UNSAFE = '\r\n "#%&+:;<=>?@[\\]^`{|}'
+_URL_SAFE = "".join(
+    chr(c) for c in range(33, 127) if chr(c) not in _URL_UNSAFE and not chr(c).isalnum()
+)
+
+
+# A value that is not a JSON string: a key's closing quote, a colon, then
+# anything but a quote.  Inside a string the same bytes can only occur after an
+# escaped quote, which merely sends us down the slow (still correct) path.
+_NON_STRING_VALUE = re.compile(rb'":\s*[^"\s]')
+
+
+class EventDecodeError(ValueError):
+    """The body of an event frame could not be decoded."""
+
+
+def _array_value(items: list) -> str:
+    return "ARRAY::" + "|:".join(str(item) for item in items)
+
+
+def decode_json(body: bytes) -> Event:
+    try:
+        try:
+            data = json.loads(body)
+        except UnicodeDecodeError:
+            data = json.loads(body.decode("utf-8", "replace"))
+    except json.JSONDecodeError as exc:
+        raise EventDecodeError("invalid JSON event: %s" % exc) from None
+    except RecursionError:
+        raise EventDecodeError("invalid JSON event: nested too deep") from None
+    if not isinstance(data, dict):
+        raise EventDecodeError("JSON event is not an object")
+    if _NON_STRING_VALUE.search(body) is None:
+        return data
+    for key, value in list(data.items()):
+        if value.__class__ is not str:
+            if isinstance(value, list):
+                data[key] = _array_value(value)
+            elif value is None:
+                data[key] = ""
+            else:
+                data[key] = json.dumps(value) if isinstance(value, dict) else str(value)
+    return data
+
+
+def decode_plain(body: bytes) -> Event:
+    text = body.decode("utf-8", "replace")
+    head, sep, rest = text.partition("\n\n")
+    event: Event = {}
+    for line in head.split("\n"):
+        if not line:
+            continue
+        name, colon, value = line.partition(": ")
+        if not colon:
+            # "Name:" with an empty value, or a line that is not a header.
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise EventDecodeError("plain event line without a name: %r" % line[:80])
+        if "%" in value:
+            value = unquote(value, errors="replace")
+        event[name] = value
+    if sep:
+        length = event.get("Content-Length")
+        if length is not None and length.isdigit():
+            # The inner length counts bytes, the text is already decoded: cut
+            # on the raw body instead.
+            raw_rest = body[body.index(b"\n\n") + 2 :]
+            event["_body"] = raw_rest[: int(length)].decode("utf-8", "replace")
+        elif rest.strip():
+            event["_body"] = rest
+    return event
+
+
+def decode_event(frame: Frame) -> Event:
+    """Decode an event frame; raises EventDecodeError on a bad body."""
+    ctype = frame.content_type
+    if ctype == JSON:
+        return decode_json(frame.body)
+    if ctype == PLAIN:
+        return decode_plain(frame.body)
+    raise EventDecodeError("not an event frame: %r" % ctype)
+
+
+def event_name(event: Event) -> str:
+    """The event's name; CUSTOM events are named by their subclass."""
+    name = event.get("Event-Name", "")
+    if name == "CUSTOM":
+        return event.get("Event-Subclass", "CUSTOM")
+    return name
+
+
+def encode_plain(event: Event) -> bytes:
+    """Encode an event as a ``text/event-plain`` body, as FreeSWITCH does.
+
+    Used by the stand-in; ``_body`` becomes an inner Content-Length body.
+    """
+    lines = []
+    body = event.get("_body")
+    for name, value in event.items():
+        if name == "_body" or name == "Content-Length":
+            continue
+        lines.append("%s: %s\n" % (name, quote(value, safe=_URL_SAFE)))
+    text = "".join(lines)
+    if body is not None:
+        raw = body.encode("utf-8")
+        return (text + "Content-Length: %d\n\n" % len(raw)).encode("utf-8") + raw
+    return (text + "\n").encode("utf-8")
+
+
+def encode_json(event: Event) -> bytes:
+    """Encode an event as a ``text/event-json`` body (ARRAY:: as lists)."""
+    out: dict[str, object] = {}
+    for name, value in event.items():
+        if value.startswith("ARRAY::") and name.startswith("variable_"):
+            out[name] = value[7:].split("|:")
+        else:
+            out[name] = value
+    if "_body" in event:
+        out["Content-Length"] = str(len(event["_body"].encode("utf-8")))
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

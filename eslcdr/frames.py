@@ -1,0 +1,175 @@
+"""Sans-IO parser for FreeSWITCH Event Socket frames.
+
+The Event Socket speaks a simple framing: a block of ``Name: value`` header
+lines ended by an empty line, optionally followed by exactly
+``Content-Length`` bytes of body.  ``FrameParser`` takes bytes as they come
+off the socket (in chunks of any size) and returns whole ``Frame`` values; it
+never does I/O, so it can be tested whole, split at every byte and with
+trailing garbage.
+
+A malformed header block (a line without ``:``, a non-numeric or absurd
+``Content-Length``) is reported as a ``ProtocolError`` item in the output,
+and the parser resynchronises at the next line that starts a frame header.
+It never raises on input, so one bad frame cannot kill the reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The largest body we accept.  FreeSWITCH events are a few KiB (a bridged SIP
+# leg's CHANNEL_HANGUP_COMPLETE is about 11 KiB); api responses such as
+# ``show channels as json`` on a busy box reach a few MiB.
+MAX_BODY = 64 * 1024 * 1024
+# A header block longer than this without a blank line is garbage.
+MAX_HEADER_BLOCK = 64 * 1024
+
+_FRAME_STARTS = (b"Content-Type:", b"Content-Length:", b"Reply-Text:", b"Job-UUID:")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One ESL frame: its outer headers and its raw body (bytes)."""
+
+    headers: dict[str, str]
+    body: bytes = b""
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """A stretch of input that was not a valid frame; it was skipped."""
+
+    reason: str
+    skipped: bytes = field(repr=False, default=b"")
+
+
+def _decode_header_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+class FrameParser:
+    """Incremental ESL frame parser.
+
+    ``feed(data)`` appends bytes; ``next_item()`` returns the next ``Frame`` or
+    ``ProtocolError``, or ``None`` when more bytes are needed.  ``items()``
+    drains everything available.  ``eof()`` tells it the stream ended; any
+    partial frame still buffered is then reported as a ``ProtocolError``.
+    """
+
+    __slots__ = ("_buf", "_pos", "_pending", "frames_seen", "errors_seen")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        # (headers, body length) of a frame whose body has not fully arrived
+        self._pending: tuple[dict[str, str], int] | None = None
+        self.frames_seen = 0
+        self.errors_seen = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        if self._pos and self._pos > (len(self._buf) >> 1):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def items(self) -> list[Frame | ProtocolError]:
+        out = []
+        while True:
+            item = self.next_item()
+            if item is None:
+                return out
+            out.append(item)
+
+    def eof(self) -> ProtocolError | None:
+        """Report (and drop) whatever partial frame is left at end of stream."""
+        left = bytes(self._buf[self._pos :])
+        self._buf.clear()
+        self._pos = 0
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.errors_seen += 1
+            return ProtocolError("stream ended inside a frame body", left)
+        if left.strip():
+            self.errors_seen += 1
+            return ProtocolError("stream ended inside a frame header", left)
+        return None
+
+    def next_item(self) -> Frame | ProtocolError | None:
+        buf = self._buf
+        if self._pending is not None:
+            headers, length = self._pending
+            end = self._pos + length
+            if len(buf) < end:
+                return None
+            body = bytes(buf[self._pos : end])
+            self._pos = end
+            self._pending = None
+            self.frames_seen += 1
+            return Frame(headers, body)
+
+        # Skip blank lines between frames (FreeSWITCH never sends them, but a
+        # peer that does should not cause errors).
+        pos = self._pos
+        n = len(buf)
+        while pos < n and buf[pos] in (0x0A, 0x0D):
+            pos += 1
+        self._pos = pos
+        end = buf.find(b"\n\n", pos)
+        if end < 0:
+            if n - pos > MAX_HEADER_BLOCK:
+                return self._resync("header block too long", n - 16)
+            return None
+        block = bytes(buf[pos:end])
+        headers: dict[str, str] = {}
+        for line in block.split(b"\n"):
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            colon = line.find(b":")
+            if colon <= 0:
+                return self._resync("header line without a name: %r" % line[:80], end + 2)
+            value = line[colon + 1 :]
+            if value.startswith(b" "):
+                value = value[1:]
+            headers[_decode_header_text(line[:colon])] = _decode_header_text(value)
+        self._pos = end + 2
+        raw_length = headers.get("Content-Length")
+        if raw_length is None:
+            self.frames_seen += 1
+            return Frame(headers)
+        try:
+            length = int(raw_length)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.errors_seen += 1
+            return ProtocolError("bad Content-Length %r" % raw_length[:40], block)
+        self._pending = (headers, length)
+        return self.next_item()
+
+    def _resync(self, reason: str, fallback: int) -> ProtocolError:
+        """Skip to the next line that looks like the start of a frame.
+
+        ``fallback`` (always past the current position) is where to go when no
+        such line is buffered yet: the end of the bad header block.
+        """
+        buf = self._buf
+        start = self._pos
+        best = -1
+        for marker in _FRAME_STARTS:
+            found = buf.find(b"\n" + marker, start)
+            if found >= 0 and (best < 0 or found < best):
+                best = found
+        target = best + 1 if best >= 0 else fallback
+        target = max(target, start + 1)
+        skipped = bytes(buf[start:target])
+        self._pos = target
+        self.errors_seen += 1
+        return ProtocolError(reason, skipped)

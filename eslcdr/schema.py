@@ -1,0 +1,128 @@
+"""The ``cdrs`` table: columns, indexes and versioned migrations.
+
+The column list is the contract of DESIGN §3.3: one row per call leg, columns
+named as the CDR fields.  ``MIGRATIONS`` is an ordered list; ``migrate()``
+applies the ones a database has not seen yet (``PRAGMA user_version`` holds
+the count applied), each in its own transaction, so an old file is upgraded
+in place and a new one is built by the same steps.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# (name, SQL type, description) -- the description is the column's
+# documentation; README.md lists the same text (a test checks they agree).
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT", "insertion counter, strictly increasing: the collector's cursor"),
+    ("id", "TEXT NOT NULL UNIQUE", "CDR id, `YYYYMM-<call_id>` (month of the hangup, UTC)"),
+    ("call_id", "TEXT NOT NULL UNIQUE", "the leg's FreeSWITCH `Unique-ID`"),
+    ("interaction_id", "TEXT", "shared by every leg of one call (Kazoo's `Call-Interaction-ID`, or derived)"),
+    ("account_id", "TEXT", "owning account (first of `[cdr] account_id_vars`)"),
+    ("owner_id", "TEXT", "owning user (first of `[cdr] owner_id_vars`)"),
+    ("authorizing_id", "TEXT", "the device/user that authorised the call (`ecallmgr_Authorizing-ID`)"),
+    ("app_name", "TEXT", "always `eslcdr`"),
+    ("app_version", "TEXT", "eslcdr version that wrote the row"),
+    ("node", "TEXT", "configured name of the FreeSWITCH node that delivered the leg"),
+    ("media_server", "TEXT", "`FreeSWITCH-Hostname`"),
+    ("channel_name", "TEXT", "`Channel-Name`, e.g. `sofia/internal/1000@example.com`"),
+    ("call_direction", "TEXT", "`inbound` (the leg came into FreeSWITCH) or `outbound`"),
+    ("caller_id_name", "TEXT", "caller name"),
+    ("caller_id_number", "TEXT", "caller number"),
+    ("callee_id_name", "TEXT", "callee name"),
+    ("callee_id_number", "TEXT", "callee number"),
+    ("request", "TEXT", "SIP request URI (`sip_req_uri`), else the destination number"),
+    ("from", "TEXT", "SIP From (`sip_from_uri`), else the presence id"),
+    ("from_uri", "TEXT", "SIP From URI"),
+    ("to", "TEXT", "SIP To (`sip_to_uri`), else the request URI"),
+    ("to_uri", "TEXT", "SIP To URI"),
+    ("presence_id", "TEXT", "`Channel-Presence-ID`"),
+    ("user_agent", "TEXT", "remote SIP User-Agent"),
+    ("created_us", "INTEGER", "leg created, UTC microseconds since the Unix epoch"),
+    ("answered_us", "INTEGER", "leg answered, UTC µs; 0 when never answered"),
+    ("hangup_us", "INTEGER", "leg hung up, UTC µs"),
+    ("timestamp", "INTEGER", "hangup time in Gregorian seconds (Unix + 62167219200)"),
+    ("duration_seconds", "INTEGER", "created to hangup, seconds"),
+    ("billing_seconds", "INTEGER", "answered to hangup, seconds rounded up; 0 when never answered"),
+    ("ringing_seconds", "INTEGER", "first ring to answer (or to hangup when unanswered), seconds"),
+    ("hangup_cause", "TEXT", "Q.850 cause name, e.g. `NORMAL_CLEARING`, `USER_BUSY`"),
+    ("hangup_code", "TEXT", "protocol cause, e.g. `sip:486`"),
+    ("disposition", "TEXT", "who ended the call: `recv_bye`, `send_bye`, `recv_cancel`, ..."),
+    ("digits_dialed", "TEXT", "DTMF digits received on the leg, in order"),
+    ("other_leg_call_id", "TEXT", "`Unique-ID` of the bridged/partner leg"),
+    ("other_leg_caller_id_name", "TEXT", "the other leg's caller name"),
+    ("other_leg_caller_id_number", "TEXT", "the other leg's caller number"),
+    ("other_leg_destination_number", "TEXT", "the other leg's destination number"),
+    ("other_leg_direction", "TEXT", "the other leg's direction"),
+    ("fax_success", "INTEGER", "1 fax succeeded, 0 failed, NULL no fax on this leg"),
+    ("fax_result_code", "INTEGER", "spandsp result code (0 = OK)"),
+    ("fax_result_text", "TEXT", "spandsp result text"),
+    ("fax_ecm_used", "INTEGER", "1 when error correction mode was used"),
+    ("fax_total_pages", "INTEGER", "pages in the document"),
+    ("fax_transferred_pages", "INTEGER", "pages transferred"),
+    ("fax_transfer_rate", "INTEGER", "bits per second"),
+    ("fax_bad_rows", "INTEGER", "bad rows received"),
+    ("custom_channel_vars", "TEXT", "JSON object: configured channel variables (prefix removed, keys lower-case)"),
+    ("custom_sip_headers", "TEXT", "JSON object: X- SIP headers (keys lower-case, `-` as `_`)"),
+    ("local_sdp", "TEXT", "SDP FreeSWITCH sent"),
+    ("remote_sdp", "TEXT", "SDP FreeSWITCH received"),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _, _ in COLUMNS)
+# Columns a CDR record supplies (seq is assigned by SQLite).
+RECORD_COLUMNS: tuple[str, ...] = COLUMN_NAMES[1:]
+JSON_COLUMNS = frozenset({"custom_channel_vars", "custom_sip_headers"})
+INTEGER_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("INTEGER"))
+
+INDEXES: tuple[tuple[str, str], ...] = (
+    ("idx_cdrs_account_ts", "account_id, timestamp, seq"),
+    ("idx_cdrs_ts", "timestamp, seq"),
+    ("idx_cdrs_interaction", "interaction_id"),
+    ("idx_cdrs_owner_ts", "account_id, owner_id, timestamp, seq"),
+    ("idx_cdrs_account_created", "account_id, created_us"),
+)
+
+
+def _quote(name: str) -> str:
+    return '"%s"' % name.replace('"', '""')
+
+
+def _create_cdrs(conn: sqlite3.Connection) -> None:
+    cols = ",\n  ".join("%s %s" % (_quote(name), sqltype) for name, sqltype, _ in COLUMNS)
+    conn.execute("CREATE TABLE cdrs (\n  %s\n)" % cols)
+    for name, cols_sql in INDEXES:
+        conn.execute("CREATE INDEX %s ON cdrs (%s)" % (name, cols_sql))
+
+
+def _create_links(conn: sqlite3.Connection) -> None:
+    # Which leg belongs to which interaction, also for legs whose CDR is not
+    # written yet: lets a restarted daemon give late legs the same id.
+    conn.execute(
+        "CREATE TABLE interaction_links (call_id TEXT PRIMARY KEY, interaction_id TEXT NOT NULL)"
+        " WITHOUT ROWID"
+    )
+
+
+MIGRATIONS = (_create_cdrs, _create_links)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database up to SCHEMA_VERSION; return the version found."""
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            "database schema version %d is newer than this eslcdr (%d)" % (found, SCHEMA_VERSION)
+        )
+    for version in range(found, SCHEMA_VERSION):
+        # The connection is in autocommit mode (isolation_level=None): the
+        # explicit transaction makes each migration all-or-nothing.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](conn)
+            conn.execute("PRAGMA user_version = %d" % (version + 1))
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return found
