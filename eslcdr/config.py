@@ -1,0 +1,292 @@
+"""Configuration: one frozen ``Config`` built once at start and passed down.
+
+Sources, later ones winning: built-in defaults, the INI file, then
+environment variables ``ESLCDR_<SECTION>_<KEY>`` (``ESLCDR_ESL_PASSWORD``,
+``ESLCDR_API_LISTEN``...).  Further FreeSWITCH nodes are ``[esl:NAME]``
+sections; each inherits the keys of ``[esl]`` it does not set.  Their
+environment overrides are ``ESLCDR_ESL_<NAME>_<KEY>``.
+
+Every key and its default is listed in ``conf/eslcdr.ini``; a test checks
+that file and ``DEFAULTS`` agree.  Bad values raise ``ConfigError`` with the
+section, key and reason, which the CLI turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
+
+DEFAULTS: dict[str, dict[str, str]] = {
+    "esl": {
+        "host": "127.0.0.1",
+        "port": "8021",
+        "password": "ClueCon",
+        "format": "json",
+        "connect_timeout": "5",
+        "command_timeout": "5",
+        "reconnect_max_delay": "30",
+    },
+    "store": {
+        "path": "/var/lib/eslcdr/cdrs.db",
+        "flush_interval": "0.2",
+        "batch_size": "500",
+        "retention_days": "0",
+        "queue_size": "100000",
+        "leg_ttl": "86400",
+    },
+    "api": {
+        "listen": "127.0.0.1:8080",
+        "tokens_file": "/etc/eslcdr/tokens",
+        "max_range": "2682000",
+        "default_page_size": "50",
+        "max_page_size": "1000",
+        "statement_timeout": "10",
+    },
+    "cdr": {
+        "account_id_vars": "ecallmgr_Account-ID",
+        "owner_id_vars": "ecallmgr_Owner-ID",
+        "authorizing_id_vars": "ecallmgr_Authorizing-ID",
+        "interaction_id_vars": "ecallmgr_Call-Interaction-ID, Call-Interaction-ID",
+        "custom_var_prefixes": "ecallmgr_",
+        "custom_vars": "",
+        "node_name": "",
+    },
+    "log": {"level": "info", "format": "auto"},
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names section and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class EslNode:
+    name: str
+    host: str
+    port: int
+    password: str
+    format: str
+    connect_timeout: float
+    command_timeout: float
+    reconnect_max_delay: float
+
+    def __repr__(self) -> str:  # never print the password
+        return "EslNode(name=%r, host=%r, port=%r, format=%r)" % (
+            self.name,
+            self.host,
+            self.port,
+            self.format,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: str
+    flush_interval: float
+    batch_size: int
+    retention_days: int
+    queue_size: int
+    leg_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    host: str
+    port: int
+    tokens_file: str
+    max_range: int
+    default_page_size: int
+    max_page_size: int
+    statement_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class CdrConfig:
+    account_id_vars: tuple[str, ...]
+    owner_id_vars: tuple[str, ...]
+    authorizing_id_vars: tuple[str, ...]
+    interaction_id_vars: tuple[str, ...]
+    custom_var_prefixes: tuple[str, ...]
+    custom_vars: tuple[str, ...]
+    node_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    nodes: tuple[EslNode, ...]
+    store: StoreConfig
+    api: ApiConfig
+    cdr: CdrConfig
+    log: LogConfig
+    source: str  # the file it was read from, or "<defaults>"
+
+
+def _get(values: Mapping[str, str], section: str, key: str, conv, check=None):
+    raw = values[key]
+    try:
+        value = conv(raw)
+    except ValueError:
+        raise ConfigError("[%s] %s: %r is not a valid %s" % (section, key, raw, conv.__name__)) from None
+    if check is not None and not check(value):
+        raise ConfigError("[%s] %s: %r is out of range" % (section, key, raw))
+    return value
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.replace("\n", ",").split(",") if part.strip())
+
+
+def parse_listen(raw: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port)."""
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("[api] listen: %r is not host:port" % raw)
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def _env_overrides(section: str, keys, environ: Mapping[str, str]) -> dict[str, str]:
+    prefix = "ESLCDR_%s_" % section.upper().replace(":", "_").replace("-", "_")
+    found = {}
+    for key in keys:
+        env_name = prefix + key.upper()
+        if env_name in environ:
+            found[key] = environ[env_name]
+    return found
+
+
+def _node(name: str, section: str, values: Mapping[str, str]) -> EslNode:
+    fmt = values["format"].strip().lower()
+    if fmt not in ("json", "plain"):
+        raise ConfigError("[%s] format: %r must be json or plain" % (section, values["format"]))
+    positive = lambda v: v > 0  # noqa: E731
+    return EslNode(
+        name=name,
+        host=values["host"].strip(),
+        port=_get(values, section, "port", int, lambda v: 0 < v < 65536),
+        password=values["password"],
+        format=fmt,
+        connect_timeout=_get(values, section, "connect_timeout", float, positive),
+        command_timeout=_get(values, section, "command_timeout", float, positive),
+        reconnect_max_delay=_get(values, section, "reconnect_max_delay", float, positive),
+    )
+
+
+def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (or the first default path that exists)."""
+    environ = os.environ if environ is None else environ
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("config file %s does not exist" % path)
+        candidates = [path]
+    else:
+        candidates = [p for p in DEFAULT_PATHS if p.is_file()][:1]
+    for candidate in candidates:
+        try:
+            with open(candidate, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ConfigError("%s: %s" % (candidate, exc)) from None
+        except OSError as exc:
+            raise ConfigError("cannot read %s: %s" % (candidate, exc.strerror)) from None
+        source = str(candidate)
+    return build(parser, environ, source)
+
+
+def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> Config:
+    for section in parser.sections():
+        base = section.split(":", 1)[0]
+        if base not in DEFAULTS:
+            raise ConfigError("unknown section [%s]" % section)
+        known = DEFAULTS[base]
+        for key in parser[section]:
+            if key not in known:
+                raise ConfigError("[%s] unknown key %r" % (section, key))
+
+    def section_values(name: str, inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+        base = name.split(":", 1)[0]
+        values = dict(DEFAULTS[base])
+        if inherit:
+            values.update(inherit)
+        if parser.has_section(name):
+            values.update(parser[name])
+        values.update(_env_overrides(name, DEFAULTS[base], environ))
+        return values
+
+    esl = section_values("esl")
+    cdr_values = section_values("cdr")
+    node_name = cdr_values["node_name"].strip() or socket.gethostname()
+    nodes = [_node(node_name, "esl", esl)]
+    for section in parser.sections():
+        if section.startswith("esl:"):
+            name = section.split(":", 1)[1].strip()
+            if not name:
+                raise ConfigError("[%s] needs a node name after esl:" % section)
+            nodes.append(_node(name, section, section_values(section, inherit=esl)))
+    if len({node.name for node in nodes}) != len(nodes):
+        raise ConfigError("two [esl] sections share the node name %r" % node_name)
+
+    store = section_values("store")
+    api = section_values("api")
+    log = section_values("log")
+    host, port = parse_listen(api["listen"])
+    level = log["level"].strip().lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("[log] level: %r must be debug, info, warning or error" % level)
+    log_format = log["format"].strip().lower()
+    if log_format not in ("json", "console", "auto"):
+        raise ConfigError("[log] format: %r must be json, console or auto" % log_format)
+    default_page = _get(api, "api", "default_page_size", int, lambda v: v > 0)
+    return Config(
+        nodes=tuple(nodes),
+        store=StoreConfig(
+            path=store["path"].strip(),
+            flush_interval=_get(store, "store", "flush_interval", float, lambda v: v > 0),
+            batch_size=_get(store, "store", "batch_size", int, lambda v: v > 0),
+            retention_days=_get(store, "store", "retention_days", int, lambda v: v >= 0),
+            queue_size=_get(store, "store", "queue_size", int, lambda v: v > 0),
+            leg_ttl=_get(store, "store", "leg_ttl", float, lambda v: v > 0),
+        ),
+        api=ApiConfig(
+            host=host,
+            port=port,
+            tokens_file=api["tokens_file"].strip(),
+            max_range=_get(api, "api", "max_range", int, lambda v: v > 0),
+            default_page_size=default_page,
+            max_page_size=_get(api, "api", "max_page_size", int, lambda v: v >= default_page),
+            statement_timeout=_get(api, "api", "statement_timeout", float, lambda v: v > 0),
+        ),
+        cdr=CdrConfig(
+            account_id_vars=_names(cdr_values["account_id_vars"]),
+            owner_id_vars=_names(cdr_values["owner_id_vars"]),
+            authorizing_id_vars=_names(cdr_values["authorizing_id_vars"]),
+            interaction_id_vars=_names(cdr_values["interaction_id_vars"]),
+            custom_var_prefixes=_names(cdr_values["custom_var_prefixes"]),
+            custom_vars=_names(cdr_values["custom_vars"]),
+            node_name=node_name,
+        ),
+        log=LogConfig(level=level, format=log_format),
+        source=source,
+    )
+
+
+def from_mapping(sections: Mapping[str, Mapping[str, str]], environ: Mapping[str, str] | None = None) -> Config:
+    """Build a Config from a dict of sections (tests, ``demo``)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_dict({name: dict(values) for name, values in sections.items()})
+    return build(parser, environ or {}, "<mapping>")
