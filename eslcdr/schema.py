@@ -99,8 +99,8 @@ def _create_links(conn: sqlite3.Connection) -> None:
     # written yet: lets a restarted daemon give late legs the same id.
     conn.execute(
         "CREATE TABLE interaction_links (call_id TEXT PRIMARY KEY, interaction_id TEXT NOT NULL)"
-        " WITHOUT ROWID"
     )
+    conn.execute("CREATE INDEX idx_links_interaction ON interaction_links (interaction_id)")
 
 
 MIGRATIONS = (_create_cdrs, _create_links)

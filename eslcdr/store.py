@@ -62,17 +62,55 @@ def record_row(record: Mapping[str, object]) -> tuple:
     return tuple(row)
 
 
-def insert_records(conn: sqlite3.Connection, records: Iterable[Mapping[str, object]]) -> int:
-    """Insert records in one transaction; return how many rows were new."""
+_LINK_SQL = "INSERT OR IGNORE INTO interaction_links (call_id, interaction_id) VALUES (?, ?)"
+
+
+def insert_records(
+    conn: sqlite3.Connection,
+    records: Iterable[Mapping[str, object]],
+    merges: Iterable[tuple[str, str]] = (),
+) -> int:
+    """Insert records in one transaction; return how many rows were new.
+
+    Each record's ``call_id`` and its ``links`` (other legs' ids, not a
+    column) are remembered in ``interaction_links`` so that a daemon
+    restarted mid-call gives the late legs the same interaction id.
+    ``merges`` are (old id, new id) pairs: rows written with the old id
+    move to the new one (two groups found to be one call).
+    """
+    records = list(records)
     rows = [record_row(record) for record in records]
-    if not rows:
+    links = []
+    for record in records:
+        interaction_id = record.get("interaction_id")
+        if interaction_id:
+            links.append((record["call_id"], interaction_id))
+            links.extend((other, interaction_id) for other in record.get("links", ()))
+    merges = list(merges)
+    if not rows and not merges:
         return 0
-    before = conn.total_changes
     conn.execute("BEGIN IMMEDIATE")
     try:
+        before = conn.total_changes
         conn.executemany(_INSERT_SQL, rows)
+        new = conn.total_changes - before
+        conn.executemany(_LINK_SQL, links)
+        for old, new_id in merges:
+            conn.execute("UPDATE cdrs SET interaction_id = ? WHERE interaction_id = ?", (new_id, old))
+            conn.execute(
+                "UPDATE interaction_links SET interaction_id = ? WHERE interaction_id = ?", (new_id, old)
+            )
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-    return conn.total_changes - before
+    return new
+
+
+def recent_interaction_links(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
+    """The newest (call id, interaction id) pairs, oldest first."""
+    rows = conn.execute(
+        "SELECT call_id, interaction_id FROM interaction_links ORDER BY rowid DESC LIMIT ?", (limit,)
+    ).fetchall()
+    rows.reverse()
+    return rows

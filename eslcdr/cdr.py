@@ -1,0 +1,281 @@
+"""CDR builder: a finished leg -> one CDR record (DESIGN §4).  Pure.
+
+The record is a dict of column -> value, in the ``cdrs`` table's terms (see
+schema.py).  Each field takes the first non-empty of its sources, in the
+order of the DESIGN's table; CHANNEL_HANGUP_COMPLETE carries every channel
+variable, the leg tracker adds DTMF digits, the fax result event and the
+bridge partner.  ``should_record`` applies ``process_cdr=false``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+from . import __version__
+from .config import CdrConfig
+from .events import Event
+from .legs import GREGORIAN_OFFSET, FinishedLeg, LostLeg, gregorian_seconds
+
+Record = dict[str, object]
+
+_FAX_FIELDS = (
+    # (column, channel variable, spandsp event header, converter)
+    ("fax_result_code", "variable_fax_result_code", "fax-result-code", "int"),
+    ("fax_result_text", "variable_fax_result_text", "fax-result-text", "str"),
+    ("fax_ecm_used", "variable_fax_ecm_used", "fax-ecm-used", "bool"),
+    ("fax_total_pages", "variable_fax_document_total_pages", "fax-document-total-pages", "int"),
+    ("fax_transferred_pages", "variable_fax_document_transferred_pages", "fax-document-transferred-pages", "int"),
+    ("fax_transfer_rate", "variable_fax_transfer_rate", "fax-transfer-rate", "int"),
+    ("fax_bad_rows", "variable_fax_bad_rows", "fax-bad-rows", "int"),
+)
+_TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
+
+
+def first(event: Event, *names: str) -> str | None:
+    """The first non-empty value among the named headers."""
+    for name in names:
+        value = event.get(name)
+        if value:
+            return value
+    return None
+
+
+def _int(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return int(float(value))
+        except ValueError:
+            return 0
+
+
+def _convert(value: str | None, kind: str):
+    if value is None or value == "":
+        return None
+    if kind == "int":
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    if kind == "bool":
+        return value.strip().lower() in _TRUE
+    return value
+
+
+def _epoch_seconds(us: int) -> int:
+    return us // 1_000_000
+
+
+def _field_key(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def should_record(event: Event) -> bool:
+    return (event.get("variable_process_cdr") or "").lower() != "false"
+
+
+def cdr_id(call_id: str, hangup_us: int) -> str:
+    when = datetime.fromtimestamp(hangup_us / 1_000_000, tz=timezone.utc)
+    return "%04d%02d-%s" % (when.year, when.month, call_id)
+
+
+def _custom_fields(event: Event, config: CdrConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Custom channel variables and X- SIP headers, in one pass."""
+    prefixes = tuple("variable_" + prefix for prefix in config.custom_var_prefixes)
+    wanted = {"variable_" + name: name for name in config.custom_vars}
+    channel_vars: dict[str, str] = {}
+    sip_headers: dict[str, str] = {}
+    for name, value in event.items():
+        if not name.startswith("variable_"):
+            continue
+        if name.startswith("variable_sip_h_"):
+            header = name[15:]
+            if header[:2] in ("X-", "x-"):
+                sip_headers[_field_key(header)] = value
+            continue
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                channel_vars[_field_key(name[len(prefix) :])] = value
+                break
+        else:
+            if name in wanted:
+                channel_vars[_field_key(wanted[name])] = value
+    return channel_vars, sip_headers
+
+
+def _ringing_seconds(event: Event, answered_us: int, hangup_us: int) -> int:
+    ring_us = _int(event.get("Caller-Channel-Progress-Time")) or _int(
+        event.get("Caller-Channel-Progress-Media-Time")
+    )
+    if not ring_us:
+        return 0
+    end_us = answered_us or hangup_us
+    if not end_us:
+        return 0
+    # Whole seconds actually spent ringing (the µs difference, floored).
+    return max(0, (end_us - ring_us) // 1_000_000)
+
+
+def _billing_seconds(event: Event, answered_us: int) -> int:
+    if not answered_us:
+        return 0
+    billmsec = event.get("variable_billmsec")
+    if billmsec:
+        return max(0, math.ceil(_int(billmsec) / 1000))
+    return max(0, _int(event.get("variable_billsec")))
+
+
+def _hangup_cause(event: Event) -> str | None:
+    if event.get("variable_current_application") == "bridge":
+        cause = event.get("variable_bridge_hangup_cause")
+        if cause:
+            return cause
+    return first(event, "variable_hangup_cause", "Hangup-Cause")
+
+
+def _fax(event: Event, fax_event: dict[str, str]) -> Record:
+    fields: Record = {}
+    success = event.get("variable_fax_success") or fax_event.get("fax-success")
+    if not success and not fax_event and not event.get("variable_fax_result_code"):
+        return {name: None for name, _, _, _ in _FAX_FIELDS} | {"fax_success": None}
+    fields["fax_success"] = _convert(success, "bool") if success else False
+    for column, variable, header, kind in _FAX_FIELDS:
+        fields[column] = _convert(event.get(variable) or fax_event.get(header), kind)
+    return fields
+
+
+def build_cdr(leg: FinishedLeg, config: CdrConfig, node: str) -> Record:
+    """The CDR record of one finished leg."""
+    ev = leg.hangup
+    call_id = ev["Unique-ID"]
+    created_us = _int(ev.get("Caller-Channel-Created-Time"))
+    answered_us = _int(ev.get("Caller-Channel-Answered-Time"))
+    event_us = _int(ev.get("Event-Date-Timestamp"))
+    hangup_us = _int(ev.get("Caller-Channel-Hangup-Time")) or event_us
+    timestamp_us = event_us or hangup_us
+    channel_vars, sip_headers = _custom_fields(ev, config)
+    duration = _int(ev.get("variable_duration"))
+    if not duration and created_us and hangup_us:
+        duration = _epoch_seconds(hangup_us) - _epoch_seconds(created_us)
+    digits = ev.get("variable_digits_dialed")
+    if not digits or digits == "none":
+        digits = leg.digits or None
+    sip_from = ev.get("variable_sip_from_uri")
+    sip_to = ev.get("variable_sip_to_uri")
+    sip_req = ev.get("variable_sip_req_uri")
+    record: Record = {
+        "id": cdr_id(call_id, timestamp_us),
+        "call_id": call_id,
+        "interaction_id": leg.interaction_id,
+        "links": leg.links,  # not a column: feeds interaction_links
+        "account_id": first(ev, *("variable_" + n for n in config.account_id_vars)),
+        "owner_id": first(ev, *("variable_" + n for n in config.owner_id_vars)),
+        "authorizing_id": first(ev, *("variable_" + n for n in config.authorizing_id_vars)),
+        "app_name": "eslcdr",
+        "app_version": __version__,
+        "node": node,
+        "media_server": ev.get("FreeSWITCH-Hostname"),
+        "channel_name": ev.get("Channel-Name"),
+        "call_direction": ev.get("Call-Direction"),
+        "caller_id_name": first(
+            ev,
+            "variable_origination_caller_id_name",
+            "variable_effective_caller_id_name",
+            "Caller-Caller-ID-Name",
+        ),
+        "caller_id_number": first(
+            ev,
+            "variable_origination_caller_id_number",
+            "variable_effective_caller_id_number",
+            "Caller-Caller-ID-Number",
+        ),
+        "callee_id_name": first(
+            ev,
+            "variable_origination_callee_id_name",
+            "variable_effective_callee_id_name",
+            "Caller-Callee-ID-Name",
+        ),
+        "callee_id_number": first(
+            ev,
+            "variable_origination_callee_id_number",
+            "variable_effective_callee_id_number",
+            "Caller-Callee-ID-Number",
+        ),
+        "request": sip_req or ev.get("Caller-Destination-Number"),
+        "from": sip_from or ev.get("Channel-Presence-ID"),
+        "from_uri": sip_from,
+        "to": sip_to or sip_req,
+        "to_uri": sip_to,
+        "presence_id": first(ev, "Channel-Presence-ID", "variable_presence_id"),
+        "user_agent": ev.get("variable_sip_user_agent"),
+        "created_us": created_us or None,
+        "answered_us": answered_us,
+        "hangup_us": hangup_us,
+        "timestamp": gregorian_seconds(timestamp_us),
+        "duration_seconds": max(0, duration),
+        "billing_seconds": _billing_seconds(ev, answered_us),
+        "ringing_seconds": _ringing_seconds(ev, answered_us, hangup_us),
+        "hangup_cause": _hangup_cause(ev),
+        "hangup_code": first(
+            ev,
+            "variable_proto_specific_hangup_cause",
+            "variable_last_bridge_proto_specific_hangup_cause",
+        ),
+        "disposition": first(
+            ev,
+            "variable_sip_hangup_disposition",
+            "variable_originate_disposition",
+            "variable_endpoint_disposition",
+        ),
+        "digits_dialed": digits,
+        "other_leg_call_id": first(
+            ev,
+            "Other-Leg-Unique-ID",
+            "variable_bridge_uuid",
+            "variable_last_bridge_to",
+            "variable_originating_leg_uuid",
+            "variable_signal_bond",
+        )
+        or leg.bridge_partner
+        or None,
+        "other_leg_caller_id_name": ev.get("Other-Leg-Caller-ID-Name"),
+        "other_leg_caller_id_number": ev.get("Other-Leg-Caller-ID-Number"),
+        "other_leg_destination_number": ev.get("Other-Leg-Destination-Number"),
+        "other_leg_direction": ev.get("Other-Leg-Direction"),
+        "custom_channel_vars": channel_vars,
+        "custom_sip_headers": sip_headers,
+        "local_sdp": ev.get("variable_rtp_local_sdp_str"),
+        "remote_sdp": ev.get("variable_switch_r_sdp"),
+    }
+    record.update(_fax(ev, dict(leg.fax)))
+    return record
+
+
+def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:
+    """A leg whose hangup was missed while disconnected: what we know of it.
+
+    Written so that no leg silently disappears; ``hangup_cause`` is NULL and
+    ``disposition`` says why, so such rows are easy to find.
+    """
+    return {
+        "id": cdr_id(leg.call_id, now_us),
+        "call_id": leg.call_id,
+        "interaction_id": leg.interaction_id or None,
+        "app_name": "eslcdr",
+        "app_version": __version__,
+        "node": node,
+        "created_us": leg.created_us or None,
+        "answered_us": 0,
+        "hangup_us": now_us,
+        "timestamp": now_us // 1_000_000 + GREGORIAN_OFFSET,
+        "duration_seconds": max(0, _epoch_seconds(now_us) - _epoch_seconds(leg.created_us)) if leg.created_us else 0,
+        "billing_seconds": 0,
+        "ringing_seconds": 0,
+        "disposition": "eslcdr_hangup_not_seen",
+        "custom_channel_vars": {},
+        "custom_sip_headers": {},
+    }

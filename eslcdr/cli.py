@@ -1,0 +1,173 @@
+"""The ``eslcdr`` command line: a thin layer over the library.
+
+gevent's monkey patching runs first, before anything imports sockets or
+bottle.  Exit codes: 0 ok, 2 usage or configuration error, 1 other failure.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .config import ConfigError  # noqa: E402
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="config file (default: /etc/eslcdr/eslcdr.ini, then conf/eslcdr.ini)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eslcdr", description="Call detail records from the FreeSWITCH Event Socket.")
+    parser.add_argument("--version", action="version", version="eslcdr " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="run the daemon")
+    _add_config_arg(run)
+
+    demo = commands.add_parser("demo", help="the daemon against the built-in FreeSWITCH stand-in")
+    demo.add_argument("--db", default="eslcdr-demo.db", metavar="PATH", help="database file (default: eslcdr-demo.db)")
+    demo.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="API address (default: 127.0.0.1:8080)")
+    demo.add_argument("--calls", type=int, default=500, help="calls to generate (default: 500)")
+    demo.add_argument("--cps", type=float, default=5.0, help="calls per second (default: 5)")
+    demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)")
+
+    fakefs = commands.add_parser("fakefs", help="the FreeSWITCH stand-in alone")
+    from .fakefs import add_arguments as add_fakefs_arguments
+
+    add_fakefs_arguments(fakefs)
+
+    imp = commands.add_parser("import", help="backfill from mod_json_cdr files (idempotent)")
+    _add_config_arg(imp)
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="json_cdr files or folders")
+
+    token = commands.add_parser("token", help="manage API tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION")
+    token_commands.required = True
+    token_add = token_commands.add_parser("add", help="create a token; only its hash is stored")
+    _add_config_arg(token_add)
+    token_add.add_argument("--account", required=True, help="account id the token may read ('*' = collector)")
+    token_add.add_argument("--tokens-file", metavar="PATH", help="tokens file (default: [api] tokens_file)")
+
+    check = commands.add_parser("check", help="validate the config and try the Event Socket login")
+    _add_config_arg(check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args)
+        if args.command == "fakefs":
+            from .fakefs import run as run_fakefs
+
+            return run_fakefs(args)
+        if args.command == "import":
+            return cmd_import(args)
+        if args.command == "token":
+            return cmd_token_add(args)
+        if args.command == "check":
+            return cmd_check(args)
+    except ConfigError as exc:
+        print("eslcdr: config error: %s" % exc, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    parser.error("unknown command")
+    return EXIT_USAGE
+
+
+def _load(args):
+    from . import config, logs
+
+    cfg = config.load(args.config)
+    logs.configure(cfg.log.level, cfg.log.format)
+    return cfg
+
+
+def cmd_run(args) -> int:
+    from .daemon import Daemon
+    from .http import serve_api
+
+    cfg = _load(args)
+    try:
+        daemon = Daemon(cfg, api_factory=serve_api)
+        daemon.start()
+    except OSError as exc:
+        print("eslcdr: cannot start: %s" % exc, file=sys.stderr)
+        return EXIT_FAILURE
+    return daemon.serve_forever()
+
+
+def cmd_import(args) -> int:
+    from .importer import import_paths
+
+    cfg = _load(args)
+    result = import_paths(cfg, args.paths)
+    print("imported %d new CDRs (%d already present, %d files unreadable)" % (result.new, result.duplicates, result.failed))
+    return EXIT_OK if result.failed == 0 else EXIT_FAILURE
+
+
+def cmd_token_add(args) -> int:
+    from .tokens import add_token
+
+    path = args.tokens_file
+    if path is None:
+        from . import config
+
+        path = config.load(args.config).api.tokens_file
+    try:
+        token = add_token(path, args.account)
+    except OSError as exc:
+        print("eslcdr: cannot write %s: %s" % (path, exc.strerror), file=sys.stderr)
+        return EXIT_FAILURE
+    print(token)
+    print("token for account %s added to %s (only its sha256 is stored)" % (args.account, path), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from .esl import RETRYABLE, AuthenticationError, NodeConnection
+
+    cfg = _load(args)
+    print("config %s: ok" % cfg.source)
+    failed = False
+    for node in cfg.nodes:
+        connection = NodeConnection(node, on_event=lambda event: None, on_resync=lambda alive: None)
+        try:
+            client = connection.connect_once()
+        except AuthenticationError as exc:
+            print("node %s (%s:%d): %s" % (node.name, node.host, node.port, exc))
+            return EXIT_USAGE
+        except RETRYABLE as exc:
+            print("node %s (%s:%d): cannot connect: %s" % (node.name, node.host, node.port, exc))
+            failed = True
+            continue
+        print("node %s (%s:%d): login ok, Core-UUID %s" % (node.name, node.host, node.port, connection.core_uuid))
+        client.close()
+    tokens = cfg.api.tokens_file
+    if not os.path.exists(tokens):
+        print("tokens file %s: missing (the API will refuse every request)" % tokens)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

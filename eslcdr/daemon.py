@@ -1,0 +1,260 @@
+"""``eslcdr run``: wires the stages together and supervises them.
+
+socket -> decode (esl.py) -> legs (legs.py) -> CDR (cdr.py) -> writer
+(writer.py) -> SQLite <- queries <- HTTP (api.py).
+
+Each FreeSWITCH node has its own connection and leg tracker; every node
+feeds the one writer.  The per-event path (``Pipeline.on_event``) is pure
+computation plus an append to the writer's buffer: no I/O, so the socket
+reader keeps up with FreeSWITCH.
+
+Every long-lived greenlet is supervised: an unexpected crash is logged and
+the greenlet restarted after a backoff.  Signal handlers only set an event;
+shutdown is a bounded sequence: stop accepting HTTP, close the Event
+Sockets, drain the writer, close the database.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from typing import Callable
+
+import gevent
+import gevent.event
+import structlog
+
+from . import __version__
+from .backoff import backoff_delay
+from .cdr import build_cdr, build_lost_cdr, should_record
+from .config import Config, EslNode
+from .esl import NodeConnection
+from .events import Event
+from .legs import LegTracker
+from .store import connect_writer, recent_interaction_links
+from .writer import Writer
+
+log = structlog.get_logger("eslcdr.daemon")
+
+HOUSEKEEPING_INTERVAL = 30.0
+SHUTDOWN_DRAIN_TIMEOUT = 15.0
+# Bugs in field mapping on a strange event must cost one CDR, not the reader.
+BUILD_ERRORS = (KeyError, ValueError, TypeError, AttributeError, IndexError)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Pipeline:
+    """Events of one node -> CDR records for the writer."""
+
+    def __init__(self, node: EslNode, config: Config, writer: Writer, clock: Callable[[], int] = now_us) -> None:
+        self.node_name = node.name
+        self._cdr_config = config.cdr
+        self._writer = writer
+        self._clock = clock
+        self.tracker = LegTracker(
+            interaction_id_vars=config.cdr.interaction_id_vars,
+            leg_ttl_us=int(config.store.leg_ttl * 1_000_000),
+        )
+        self.events = 0
+        self.cdrs = 0
+        self.skipped = 0
+        self.build_errors = 0
+        self.last_event_at: float | None = None
+
+    def on_event(self, event: Event) -> None:
+        self.events += 1
+        tracker = self.tracker
+        finished = tracker.feed(event, self._clock())
+        if tracker.merges:
+            self._writer.merge_interactions(tracker.merges)
+            tracker.merges = []
+        if finished is None:
+            return
+        if not should_record(finished.hangup):
+            self.skipped += 1
+            return
+        try:
+            record = build_cdr(finished, self._cdr_config, self.node_name)
+        except BUILD_ERRORS as exc:
+            self.build_errors += 1
+            log.error("cdr_build_failed", node=self.node_name, call_id=event.get("Unique-ID"), error=repr(exc))
+            return
+        self._submit(record)
+
+    def _submit(self, record: dict) -> None:
+        if self._writer.submit(record):
+            self.cdrs += 1
+        else:
+            log.error("cdr_refused_backlog_full", node=self.node_name, call_id=record["call_id"])
+
+    def on_resync(self, alive: set[str]) -> None:
+        """After (re)connecting: legs FreeSWITCH no longer has ended unseen."""
+        now = self._clock()
+        lost = self.tracker.resync(alive, now)
+        for leg in lost:
+            self._submit(build_lost_cdr(leg, self.node_name, now))
+        log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker), hangup_missed=len(lost))
+
+    def housekeeping(self) -> None:
+        expired = self.tracker.expire(self._clock())
+        if expired:
+            log.warning("legs_expired", node=self.node_name, count=len(expired))
+
+
+class Daemon:
+    def __init__(self, config: Config, api_factory: Callable | None = None) -> None:
+        self.config = config
+        self._api_factory = api_factory
+        self._stop = gevent.event.Event()
+        self._greenlets: list[gevent.Greenlet] = []
+        self.conn: sqlite3.Connection | None = None
+        self.writer: Writer | None = None
+        self.pipelines: dict[str, Pipeline] = {}
+        self.nodes: dict[str, NodeConnection] = {}
+        self.http = None
+        self.started_at = time.time()
+        self.exit_code = 0
+
+    # -- start --------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        self.conn = connect_writer(cfg.store.path)
+        self.writer = Writer(
+            self.conn,
+            batch_size=cfg.store.batch_size,
+            flush_interval=cfg.store.flush_interval,
+            capacity=cfg.store.queue_size,
+        )
+        remembered = recent_interaction_links(self.conn, 100_000)
+        for node in cfg.nodes:
+            pipeline = Pipeline(node, cfg, self.writer)
+            pipeline.tracker.remember_interactions(remembered)
+            self.pipelines[node.name] = pipeline
+            self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync)
+        self._spawn("writer", self.writer.run)
+        for name, connection in self.nodes.items():
+            self._spawn("esl:" + name, self._run_node(connection))
+        self._spawn("housekeeping", self._housekeeping)
+        if self._api_factory is not None:
+            self.http = self._api_factory(self)
+            self.http.start()
+        log.info(
+            "daemon_started",
+            version=__version__,
+            db=cfg.store.path,
+            nodes=[node.name for node in cfg.nodes],
+            api="%s:%d" % (cfg.api.host, cfg.api.port) if self.http is not None else None,
+        )
+
+    def _run_node(self, connection: NodeConnection) -> Callable[[], None]:
+        def run() -> None:
+            connection.run()
+            if connection.fatal:
+                log.error("fatal", node=connection.node.name, error=connection.fatal)
+                self.exit_code = 2
+                self._stop.set()
+
+        return run
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        """Run target in a greenlet; restart it if it crashes."""
+
+        def supervised() -> None:
+            attempt = 0
+            while not self._stop.is_set():
+                try:
+                    target()
+                    return
+                except gevent.GreenletExit:
+                    raise
+                except Exception:  # noqa: BLE001 -- supervisor boundary: log, restart
+                    attempt += 1
+                    log.exception("greenlet_crashed", greenlet=name, restart=attempt)
+                    self._stop.wait(timeout=backoff_delay(attempt, base=0.5, cap=30.0))
+
+        greenlet = gevent.spawn(supervised)
+        greenlet.name = name
+        self._greenlets.append(greenlet)
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(timeout=HOUSEKEEPING_INTERVAL):
+            for pipeline in self.pipelines.values():
+                pipeline.housekeeping()
+
+    # -- state ----------------------------------------------------------------
+    def health(self) -> dict:
+        writer = self.writer
+        nodes = {}
+        for name, connection in self.nodes.items():
+            pipeline = self.pipelines[name]
+            nodes[name] = {
+                "state": connection.state,
+                "host": connection.node.host,
+                "port": connection.node.port,
+                "connected_since": connection.connected_since,
+                "reconnects": connection.reconnects,
+                "protocol_errors": connection.protocol_errors,
+                "events": pipeline.events,
+                "cdrs": pipeline.cdrs,
+                "live_legs": len(pipeline.tracker),
+                "last_error": connection.last_error,
+            }
+        healthy = all(n["state"] == "connected" for n in nodes.values()) and (writer is None or writer.last_error is None or writer.backlog == 0)
+        return {
+            "status": "ok" if healthy else "degraded",
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "nodes": nodes,
+            "writer": {
+                "backlog": writer.backlog if writer else 0,
+                "written": writer.written if writer else 0,
+                "duplicates": writer.duplicates if writer else 0,
+                "refused": writer.refused if writer else 0,
+                "failures": writer.failures if writer else 0,
+                "last_error": writer.last_error if writer else None,
+                "last_write_at": writer.last_write_at if writer else None,
+            },
+        }
+
+    # -- stop ---------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout=timeout)
+
+    def serve_forever(self) -> int:
+        gevent.signal_handler(signal.SIGTERM, self.request_stop)
+        gevent.signal_handler(signal.SIGINT, self.request_stop)
+        while not self._stop.wait(timeout=3600):
+            pass
+        self.shutdown()
+        return self.exit_code
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        log.info("shutdown_begin")
+        if self.http is not None:
+            self.http.stop(timeout=5)
+        for connection in self.nodes.values():
+            connection.stop()
+        drained = True
+        if self.writer is not None:
+            drained = self.writer.wait_idle(timeout=SHUTDOWN_DRAIN_TIMEOUT)
+            self.writer.stop()
+        gevent.joinall(self._greenlets, timeout=SHUTDOWN_DRAIN_TIMEOUT)
+        for greenlet in self._greenlets:
+            if not greenlet.dead:
+                greenlet.kill(block=True, timeout=2)
+        if self.conn is not None:
+            self.conn.close()
+        log.info(
+            "shutdown_done",
+            drained=drained,
+            unwritten=self.writer.backlog if self.writer else 0,
+            written=self.writer.written if self.writer else 0,
+        )

@@ -1,0 +1,335 @@
+"""The Event Socket connection to one FreeSWITCH node.
+
+``EslClient`` is greenswitch's ``InboundESL`` with its reading replaced:
+greenswitch decodes a whole event block before splitting its lines (so an
+encoded newline in a value breaks the event), cannot read JSON events and
+waits forever on commands.  Here one reader greenlet pulls large chunks off
+the socket into the sans-IO ``FrameParser``; command replies resolve the
+pending command (in order, as greenswitch does); events are decoded and
+handed to ``on_event`` right there, in the reader, so nothing queues between
+FreeSWITCH and the leg tracker.  Every command waits at most
+``command_timeout``.
+
+``NodeConnection`` supervises one node: connect, log in, subscribe (JSON by
+default, CUSTOM subclasses last), ask ``show channels as json`` which legs
+are still up, then wait for the socket to close and reconnect with capped,
+jittered backoff.  A refused password is fatal: retrying cannot fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket as stdlib_socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import gevent
+import gevent.event
+import gevent.socket
+import structlog
+from greenswitch.esl import InboundESL, NotConnectedError
+
+from .backoff import backoff_delay
+from .config import EslNode
+from .events import EVENT_TYPES, Event, EventDecodeError, decode_event
+from .frames import Frame, FrameParser, ProtocolError
+
+log = structlog.get_logger("eslcdr.esl")
+
+SUBSCRIBED_EVENTS = (
+    "CHANNEL_CREATE",
+    "CHANNEL_PROGRESS",
+    "CHANNEL_PROGRESS_MEDIA",
+    "CHANNEL_ANSWER",
+    "CHANNEL_BRIDGE",
+    "CHANNEL_HANGUP_COMPLETE",
+    "DTMF",
+    # CUSTOM must come last: FreeSWITCH reads every word after it as a subclass.
+    "CUSTOM",
+    "spandsp::txfaxresult",
+    "spandsp::rxfaxresult",
+)
+READ_CHUNK = 256 * 1024
+
+
+class AuthenticationError(Exception):
+    """FreeSWITCH refused the Event Socket password."""
+
+
+class CommandTimeout(Exception):
+    """FreeSWITCH did not answer a command within command_timeout."""
+
+
+class CommandFailed(Exception):
+    """FreeSWITCH answered a command with -ERR."""
+
+
+# What a connection attempt can fail with and still be worth retrying.
+RETRYABLE = (NotConnectedError, CommandTimeout, CommandFailed, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A command/reply or api/response, shaped like greenswitch's ESLEvent."""
+
+    headers: dict[str, str]
+    data: str
+
+
+class EslClient(InboundESL):
+    def __init__(
+        self,
+        node: EslNode,
+        on_event: Callable[[Event], None],
+        on_protocol_error: Callable[[str, bytes], None],
+    ) -> None:
+        super().__init__(node.host, node.port, node.password, timeout=node.connect_timeout)
+        self.command_timeout = node.command_timeout
+        self._on_event = on_event
+        self._on_protocol_error = on_protocol_error
+        self._parser = FrameParser()
+        self._closed = gevent.event.Event()
+        self._reader: gevent.Greenlet | None = None
+        self.rejection = ""
+        self.sock = None
+
+    # -- connecting -------------------------------------------------------
+    def connect(self) -> None:
+        try:
+            sock = gevent.socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except stdlib_socket.timeout:
+            raise NotConnectedError("connection timed out after %ss" % self.timeout) from None
+        sock.settimeout(None)
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_KEEPALIVE, 1)
+        self.sock = sock
+        self.connected = True
+        self._reader = gevent.spawn(self._read_loop)
+        if not self._auth_request_event.wait(timeout=self.command_timeout):
+            raise CommandTimeout("no auth/request from FreeSWITCH within %ss" % self.command_timeout)
+        if not self.connected:
+            raise NotConnectedError("FreeSWITCH rejected the connection: %s" % (self.rejection or "closed"))
+        self.authenticate()
+
+    def authenticate(self) -> None:
+        try:
+            reply = self.send("auth %s" % self.password)
+        except NotConnectedError:
+            raise AuthenticationError("FreeSWITCH closed the socket after auth") from None
+        if not reply.data.startswith("+OK"):
+            raise AuthenticationError("FreeSWITCH refused the password: %s" % reply.data)
+
+    # -- commands -----------------------------------------------------------
+    def send(self, data: str) -> Reply:
+        if not self.connected or self.sock is None:
+            raise NotConnectedError()
+        pending = gevent.event.AsyncResult()
+        self._commands_sent.append(pending)
+        self.sock.sendall((data + "\n\n").encode("utf-8"))
+        try:
+            return pending.get(timeout=self.command_timeout)
+        except gevent.Timeout:
+            # The entry stays queued: a late reply must still pop it so the
+            # following replies line up with their commands.
+            raise CommandTimeout("%r: no reply within %ss" % (data.split(" ", 1)[0], self.command_timeout)) from None
+
+    def command(self, data: str) -> Reply:
+        """send() that raises CommandFailed on -ERR."""
+        reply = self.send(data)
+        if reply.data.startswith("-ERR"):
+            raise CommandFailed("%s: %s" % (data.split(" ", 1)[0], reply.data.strip()))
+        return reply
+
+    # -- reading ------------------------------------------------------------
+    def _read_loop(self) -> None:
+        reason = "closed by FreeSWITCH"
+        parser = self._parser
+        try:
+            while True:
+                try:
+                    data = self.sock.recv(READ_CHUNK)
+                except OSError as exc:
+                    reason = "socket error: %s" % exc
+                    break
+                if not data:
+                    break
+                parser.feed(data)
+                while True:
+                    item = parser.next_item()
+                    if item is None:
+                        break
+                    if item.__class__ is Frame:
+                        self._dispatch(item)
+                    else:
+                        self._on_protocol_error(item.reason, item.skipped)
+            tail = parser.eof()
+            if tail is not None:
+                self._on_protocol_error(tail.reason, tail.skipped)
+        finally:
+            self._mark_closed(reason)
+
+    def _dispatch(self, frame: Frame) -> None:
+        ctype = frame.content_type
+        if ctype in EVENT_TYPES:
+            try:
+                event = decode_event(frame)
+            except EventDecodeError as exc:
+                self._on_protocol_error(str(exc), frame.body[:200])
+                return
+            self._on_event(event)
+        elif ctype == "command/reply":
+            self._resolve(Reply(frame.headers, frame.headers.get("Reply-Text", "")))
+        elif ctype == "api/response":
+            self._resolve(Reply(frame.headers, frame.body.decode("utf-8", "replace")))
+        elif ctype == "auth/request":
+            self._auth_request_event.set()
+        elif ctype == "text/disconnect-notice":
+            if frame.headers.get("Content-Disposition") != "linger":
+                self.connected = False
+        elif ctype == "text/rude-rejection":
+            self.rejection = frame.body.decode("utf-8", "replace").strip()
+            self.connected = False
+            self._auth_request_event.set()
+        elif ctype != "log/data":
+            self._on_protocol_error("unexpected frame type %r" % ctype, b"")
+
+    def _resolve(self, reply: Reply) -> None:
+        if self._commands_sent:
+            self._commands_sent.pop(0).set(reply)
+        else:
+            self._on_protocol_error("reply without a command", reply.data.encode()[:200])
+
+    def _mark_closed(self, reason: str) -> None:
+        self.connected = False
+        self.close_reason = reason
+        while self._commands_sent:
+            self._commands_sent.pop(0).set_exception(NotConnectedError(reason))
+        self._auth_request_event.set()
+        self._closed.set()
+
+    def wait_closed(self, timeout: float) -> bool:
+        return self._closed.wait(timeout=timeout)
+
+    def close(self) -> None:
+        """Say goodbye if we can, then close the socket."""
+        if self.connected:
+            try:
+                self.send("exit")
+            except RETRYABLE:
+                pass
+        self.connected = False
+        if self.sock is not None:
+            self.sock.close()
+        if self._reader is not None:
+            self._reader.join(timeout=self.command_timeout)
+            if not self._reader.dead:
+                self._reader.kill(block=True, timeout=1)
+
+    stop = close
+
+
+def parse_channel_uuids(body: str) -> set[str]:
+    """Unique-IDs from ``show channels as json`` (``{"row_count":0}`` when none)."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        raise CommandFailed("show channels: not JSON: %r" % body[:80]) from None
+    rows = (data.get("rows") or []) if isinstance(data, dict) else []
+    return {row["uuid"] for row in rows if isinstance(row, dict) and row.get("uuid")}
+
+
+class NodeConnection:
+    """Keeps one FreeSWITCH node connected, for the life of the daemon."""
+
+    def __init__(
+        self,
+        node: EslNode,
+        on_event: Callable[[Event], None],
+        on_resync: Callable[[set[str]], None],
+        on_protocol_error: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.node = node
+        self._on_event = on_event
+        self._on_resync = on_resync
+        self._on_protocol_error = on_protocol_error or self._log_protocol_error
+        self._stop = gevent.event.Event()
+        self.client: EslClient | None = None
+        self.state = "starting"
+        self.connected_since: float | None = None
+        self.reconnects = 0
+        self.protocol_errors = 0
+        self.fatal: str | None = None
+        self.core_uuid: str | None = None
+        self.last_error: str | None = None
+
+    def _log_protocol_error(self, reason: str, skipped: bytes) -> None:
+        self.protocol_errors += 1
+        log.warning("esl_protocol_error", node=self.node.name, reason=reason, skipped_bytes=len(skipped))
+
+    def connect_once(self) -> EslClient:
+        """Connect, log in, subscribe and resync; return the live client."""
+        client = EslClient(self.node, self._on_event, self._on_protocol_error)
+        self.client = client
+        try:
+            client.connect()
+            client.command("event %s %s" % (self.node.format, " ".join(SUBSCRIBED_EVENTS)))
+            status = client.command("api status")
+            channels = client.command("api show channels as json")
+            self._on_resync(parse_channel_uuids(channels.data))
+        except BaseException:
+            client.close()
+            raise
+        self.core_uuid = status.headers.get("Core-UUID")
+        return client
+
+    def run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            self.state = "connecting"
+            try:
+                client = self.connect_once()
+            except AuthenticationError as exc:
+                self.state = "auth_failed"
+                self.fatal = str(exc)
+                log.error("esl_auth_failed", node=self.node.name, host=self.node.host, port=self.node.port, error=str(exc))
+                return
+            except RETRYABLE as exc:
+                attempt += 1
+                self.last_error = str(exc)
+                delay = backoff_delay(attempt, base=0.5, cap=self.node.reconnect_max_delay)
+                self.state = "disconnected"
+                log.warning(
+                    "esl_connect_failed",
+                    node=self.node.name,
+                    host=self.node.host,
+                    port=self.node.port,
+                    error=str(exc),
+                    attempt=attempt,
+                    retry_in=round(delay, 2),
+                )
+                self._stop.wait(timeout=delay)
+                continue
+            attempt = 0
+            self.state = "connected"
+            self.connected_since = time.time()
+            log.info("esl_connected", node=self.node.name, host=self.node.host, port=self.node.port, format=self.node.format)
+            while not self._stop.is_set() and not client.wait_closed(timeout=1.0):
+                pass
+            self.connected_since = None
+            if self._stop.is_set():
+                client.close()
+                break
+            self.reconnects += 1
+            self.state = "disconnected"
+            log.warning("esl_disconnected", node=self.node.name, reason=getattr(client, "close_reason", "closed"))
+            client.close()
+            # Reconnect at once the first time: FreeSWITCH restarts quickly,
+            # and every second away is events lost.
+            attempt = 1
+            self._stop.wait(timeout=backoff_delay(attempt, base=0.2, cap=self.node.reconnect_max_delay))
+        self.state = "stopped"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.client is not None:
+            self.client.close()

@@ -1,0 +1,148 @@
+"""The writer: the only greenlet that writes to SQLite.
+
+The ESL readers hand CDR records to ``submit()``, which only appends to a
+bounded in-memory list (no I/O, never blocks the socket reader).  The
+writer greenlet wakes when a batch is full or ``flush_interval`` has passed
+and inserts the whole batch in one transaction, with the interaction links
+of its legs and any interaction merges.  A batch stays short (``batch_size``
+rows) because SQLite calls block the gevent hub.
+
+When SQLite fails (disk full, file locked, I/O error) the batch is kept and
+retried with capped jittered backoff; records keep accumulating up to
+``capacity``.  Past that, a record is refused: ``submit()`` returns False and
+the caller logs the call id, so a loss is never silent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Callable
+
+import gevent
+import gevent.event
+import structlog
+
+from .backoff import backoff_delay
+from .store import insert_records
+
+log = structlog.get_logger("eslcdr.writer")
+
+# Errors worth retrying: SQLITE_FULL, SQLITE_BUSY/LOCKED, SQLITE_IOERR all
+# arrive as OperationalError; a DatabaseError covers a file that vanished.
+RETRYABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+class Writer:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        capacity: int = 100_000,
+        max_retry_delay: float = 10.0,
+        on_written: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._conn = conn
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._capacity = capacity
+        self._max_retry_delay = max_retry_delay
+        self._on_written = on_written
+        self._pending: list[dict] = []
+        self._merges: list[tuple[str, str]] = []
+        self._wake = gevent.event.Event()
+        self._idle = gevent.event.Event()
+        self._idle.set()
+        self._stopping = False
+        self.written = 0
+        self.duplicates = 0
+        self.refused = 0
+        self.failures = 0
+        self.last_write_at: float | None = None
+        self.last_error: str | None = None
+
+    # -- the producer side (called from ESL readers: no I/O) ------------
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def submit(self, record: dict) -> bool:
+        if len(self._pending) >= self._capacity:
+            self.refused += 1
+            return False
+        self._pending.append(record)
+        self._idle.clear()
+        if len(self._pending) >= self._batch_size:
+            self._wake.set()
+        return True
+
+    def merge_interactions(self, merges: list[tuple[str, str]]) -> None:
+        self._merges.extend(merges)
+        self._idle.clear()
+
+    # -- the writer greenlet --------------------------------------------
+    def run(self) -> None:
+        """Write batches until stop() and the backlog is drained."""
+        attempt = 0
+        while True:
+            if not self._pending and not self._merges:
+                self._idle.set()
+                if self._stopping:
+                    return
+                self._wake.wait(timeout=self._flush_interval)
+                self._wake.clear()
+                continue
+            if len(self._pending) < self._batch_size and not self._stopping:
+                # Let a batch fill up, but never hold a record longer than
+                # flush_interval.
+                self._wake.wait(timeout=self._flush_interval)
+                self._wake.clear()
+            try:
+                self._write_one_batch()
+                attempt = 0
+            except RETRYABLE as exc:
+                attempt += 1
+                self.failures += 1
+                self.last_error = str(exc)
+                delay = backoff_delay(attempt, base=0.1, cap=self._max_retry_delay)
+                log.error(
+                    "sqlite_write_failed",
+                    error=str(exc),
+                    backlog=len(self._pending),
+                    retry_in=round(delay, 3),
+                )
+                if self._stopping and attempt >= 3:
+                    log.error("writer_gave_up", unwritten=len(self._pending))
+                    return
+                gevent.sleep(delay)
+
+    def _write_one_batch(self) -> None:
+        batch = self._pending[: self._batch_size]
+        merges = self._merges[:]
+        started = time.perf_counter()
+        new = insert_records(self._conn, batch, merges=merges)
+        # Only now that the transaction committed do the records leave memory.
+        del self._pending[: len(batch)]
+        del self._merges[: len(merges)]
+        self.written += new
+        self.duplicates += len(batch) - new
+        self.last_write_at = time.time()
+        if self._on_written is not None:
+            self._on_written(new, len(batch) - new)
+        log.debug(
+            "batch_written",
+            rows=new,
+            duplicates=len(batch) - new,
+            merges=len(merges),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once everything submitted so far is committed."""
+        self._wake.set()
+        return self._idle.wait(timeout=timeout)

@@ -1,0 +1,43 @@
+"""Shared test helpers: the real FreeSWITCH captures in tests/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eslcdr.events import EVENT_TYPES, decode_event
+from eslcdr.frames import Frame, FrameParser
+
+DATA = Path(__file__).parent / "data"
+CAPTURES = sorted(p.name for p in DATA.glob("*.esl"))
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
+
+
+def capture_bytes(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def capture_frames(name: str) -> list[Frame]:
+    parser = FrameParser()
+    parser.feed(capture_bytes(name))
+    items = parser.items()
+    assert parser.eof() is None
+    assert all(isinstance(item, Frame) for item in items)
+    return items
+
+
+def capture_events(name: str) -> list[dict]:
+    return [decode_event(f) for f in capture_frames(name) if f.content_type in EVENT_TYPES]
+
+
+@pytest.fixture(scope="session")
+def events_of():
+    cache: dict[str, list[dict]] = {}
+
+    def get(name: str) -> list[dict]:
+        if name not in cache:
+            cache[name] = capture_events(name if name.endswith(".esl") else name + ".esl")
+        return cache[name]
+
+    return get
