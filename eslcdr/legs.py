@@ -114,6 +114,8 @@ def linked_legs(event: Event) -> list[str]:
     if sip_call_id:
         # Both ends of a SIP call FreeSWITCH places to itself share it.
         found.append("sip:" + sip_call_id)
+    if len(found) > 1:
+        found = list(dict.fromkeys(found))
     return found
 
 

@@ -1,0 +1,193 @@
+"""Leg tracker + CDR builder on the real captures, against hand-written values."""
+
+from __future__ import annotations
+
+import pytest
+
+from eslcdr import config
+from eslcdr.cdr import build_cdr, build_lost_cdr, should_record
+from eslcdr.legs import LegTracker
+
+from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
+
+CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
+FIELDS_STORED_AS_EMPTY = {"custom_sip_headers": {}}
+
+
+def run_capture(events, tracker=None):
+    if tracker is None:
+        tracker = LegTracker(CFG.cdr.interaction_id_vars)
+    records = {}
+    for n, event in enumerate(events):
+        finished = tracker.feed(event, 1_000_000 * n)
+        if finished is not None and should_record(finished.hangup):
+            record = build_cdr(finished, CFG.cdr, "fs1")
+            assert record["call_id"] not in records
+            records[record["call_id"]] = record
+    return records, tracker
+
+
+@pytest.mark.parametrize("capture", sorted(EXPECTED))
+def test_every_field_matches_hand_written_expectation(events_of, capture):
+    records, _ = run_capture(events_of(capture))
+    assert len(records) == ROW_COUNT[capture]
+    for call_id, expected in EXPECTED[capture].items():
+        record = records[call_id]
+        for field, value in expected.items():
+            got = record[field]
+            if isinstance(value, bool):
+                got = bool(got) if got is not None else None
+            assert got == value, (capture, call_id, field)
+
+
+@pytest.mark.parametrize("capture", sorted(INTERACTIONS))
+def test_legs_of_one_call_share_one_interaction_id(events_of, capture):
+    records, tracker = run_capture(events_of(capture))
+    ids_per_call = []
+    for call in INTERACTIONS[capture]:
+        ids = {records[call_id]["interaction_id"] for call_id in call}
+        assert len(ids) == 1, (capture, call)
+        ids_per_call.append(ids.pop())
+    assert len(set(ids_per_call)) == len(ids_per_call)
+    assert tracker.merges == []
+
+
+def test_record_fields_common_to_all_legs(events_of):
+    records, _ = run_capture(events_of("S1_json"))
+    for record in records.values():
+        assert record["app_name"] == "eslcdr"
+        assert record["node"] == "fs1"
+        assert record["id"] == "202611-" + record["call_id"]
+        assert record["custom_channel_vars"] == {}
+
+
+def test_s4_custom_channel_vars_and_sip_headers(events_of):
+    cfg = config.from_mapping({"cdr": {"custom_vars": "s4_exported_var, s4_seen_account", "custom_var_prefixes": "my_"}})
+    tracker = LegTracker()
+    out = {}
+    for event in events_of("S4_plain"):
+        finished = tracker.feed(event, 0)
+        if finished:
+            out[finished.hangup["Channel-Name"]] = build_cdr(finished, cfg.cdr, "n")
+    # Loopback copies the originate variables to the -b half; "set" stays local.
+    assert out["loopback/s4_call-b"]["custom_channel_vars"] == {
+        "s4_exported_var": "exported-to-b-leg",
+        "originate_var": "orig123",
+    }
+    assert out["loopback/s4_call-a"]["custom_channel_vars"] == {"originate_var": "orig123"}
+    callee = out["sofia/external/1000@127.0.0.1"]
+    assert callee["custom_sip_headers"] == {"x_account_id": "acme", "x_tenant": "blue"}
+    assert callee["custom_channel_vars"]["s4_seen_account"] == "acme"
+
+
+def test_account_and_owner_from_configured_variables(events_of):
+    cfg = config.from_mapping({"cdr": {"account_id_vars": "sip_h_X-Account-ID", "owner_id_vars": "s4_bleg_var"}})
+    tracker = LegTracker()
+    found = {}
+    for event in events_of("S4_json"):
+        finished = tracker.feed(event, 0)
+        if finished:
+            record = build_cdr(finished, cfg.cdr, "n")
+            found[record["channel_name"]] = (record["account_id"], record["owner_id"])
+    assert found["sofia/internal/s4_answer@127.0.0.1:5080"] == ("acme", "bleg-only")
+    assert found["loopback/s4_call-a"] == (None, None)
+
+
+def test_default_config_never_reads_account_from_sip_headers(events_of):
+    records, _ = run_capture(events_of("S4_json"))
+    assert {r["account_id"] for r in records.values()} == {None}
+
+
+def test_hangup_complete_for_unknown_leg_still_complete(events_of):
+    hangups = [e for e in events_of("S6_plain") if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+    records, _ = run_capture(hangups)
+    assert len(records) == 2
+    for record in records.values():
+        assert record["fax_success"] is True
+        assert record["fax_total_pages"] == 2
+        assert record["duration_seconds"] > 30
+
+
+def test_fax_fields_from_spandsp_event_when_variables_missing(events_of):
+    events = []
+    for event in events_of("S6_json"):
+        if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE":
+            event = {k: v for k, v in event.items() if not k.startswith("variable_fax_")}
+        events.append(event)
+    records, _ = run_capture(events)
+    for record in records.values():
+        assert record["fax_success"] is True
+        assert record["fax_transferred_pages"] == 2
+        assert record["fax_transfer_rate"] == 14400
+        assert record["fax_ecm_used"] is True
+
+
+def test_duplicate_hangup_makes_no_second_record(events_of):
+    events = events_of("S3_json")
+    doubled = events + [e for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+    records, tracker = run_capture(doubled)
+    assert len(records) == 8
+    assert tracker.duplicates == 8
+
+
+def test_out_of_order_events_same_records(events_of):
+    events = events_of("S1_json")
+    forward, _ = run_capture(events)
+    # Every event but the hangups in reverse order, hangups last.
+    others = [e for e in events if e["Event-Name"] != "CHANNEL_HANGUP_COMPLETE"][::-1]
+    hangups = [e for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+    shuffled, _ = run_capture(others + hangups)
+    assert {k: {f: v for f, v in r.items() if f != "interaction_id"} for k, r in shuffled.items()} == {
+        k: {f: v for f, v in r.items() if f != "interaction_id"} for k, r in forward.items()
+    }
+    assert len({r["interaction_id"] for r in shuffled.values()}) == 1
+
+
+def test_process_cdr_false_writes_nothing(events_of):
+    events = [dict(e, variable_process_cdr="false") for e in events_of("S3_plain")]
+    records, _ = run_capture(events)
+    assert records == {}
+
+
+def test_explicit_interaction_id_carried_to_linked_legs(events_of):
+    events = events_of("S1_plain")
+    root = events[0]["Unique-ID"]
+    tagged = [dict(e, **{"variable_ecallmgr_Call-Interaction-ID": "63900000000-abcdef12"}) if e["Unique-ID"] == root else e for e in events]
+    records, _ = run_capture(tagged)
+    assert {r["interaction_id"] for r in records.values()} == {"63900000000-abcdef12"}
+
+
+def test_interaction_survives_restart_through_remembered_links(events_of):
+    events = events_of("S1_json")
+    first_hangup = next(i for i, e in enumerate(events) if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    before, _ = run_capture(events[: first_hangup + 1])
+    (record,) = before.values()
+    remembered = [(record["call_id"], record["interaction_id"])] + [(l, record["interaction_id"]) for l in record["links"]]
+    fresh = LegTracker()
+    fresh.remember_interactions(remembered)
+    after, _ = run_capture(events[first_hangup + 1 :], tracker=fresh)
+    assert {r["interaction_id"] for r in after.values()} == {record["interaction_id"]}
+
+
+def test_legs_expire_and_memory_stays_bounded():
+    tracker = LegTracker(leg_ttl_us=10_000_000, max_remembered=1000)
+    for n in range(5000):
+        tracker.feed({"Unique-ID": "leg-%d" % n, "Event-Name": "CHANNEL_CREATE"}, n * 1000)
+    assert len(tracker) == 5000
+    expired = tracker.expire(5000 * 1000 + 10_000_000 + 1)
+    assert len(expired) == 5000
+    assert len(tracker) == 0
+    assert len(tracker._interaction) <= 1000
+
+
+def test_resync_reports_legs_that_vanished(events_of):
+    events = [e for e in events_of("S1_json") if e["Event-Name"] == "CHANNEL_CREATE"]
+    tracker = LegTracker()
+    for event in events:
+        tracker.feed(event, 0)
+    keep = events[0]["Unique-ID"]
+    lost = tracker.resync({keep}, 5_000_000)
+    assert {leg.call_id for leg in lost} == {e["Unique-ID"] for e in events[1:]}
+    record = build_lost_cdr(lost[0], "fs1", 5_000_000)
+    assert record["disposition"] == "eslcdr_hangup_not_seen"
+    assert tracker.live_call_ids() == [keep]
