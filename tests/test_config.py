@@ -1,0 +1,83 @@
+"""Config: the shipped file documents every key with its default; bad values fail clearly."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import pytest
+
+from eslcdr import config
+from eslcdr.config import DEFAULTS, ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser.read(ROOT / "conf" / "eslcdr.ini")
+    return parser
+
+
+def test_shipped_ini_lists_every_key_with_its_default():
+    parser = shipped()
+    for section, keys in DEFAULTS.items():
+        assert parser.has_section(section), section
+        assert dict(parser[section]) == keys, section
+
+
+def test_shipped_ini_loads(tmp_path):
+    cfg = config.load(ROOT / "conf" / "eslcdr.ini", environ={})
+    assert cfg.nodes[0].format == "json"
+    assert (cfg.api.host, cfg.api.port) == ("127.0.0.1", 8080)
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "eslcdr.ini"
+    path.write_text(text)
+    return path
+
+
+def test_environment_overrides_file(tmp_path):
+    path = write(tmp_path, "[esl]\npassword = fromfile\n[esl:fs2]\nhost = 10.1.1.1\n")
+    cfg = config.load(path, environ={"ESLCDR_ESL_PASSWORD": "fromenv", "ESLCDR_ESL_FS2_PORT": "9021", "ESLCDR_API_LISTEN": "0.0.0.0:9999"})
+    assert cfg.nodes[0].password == "fromenv"
+    fs2 = cfg.nodes[1]
+    assert (fs2.name, fs2.host, fs2.port, fs2.password) == ("fs2", "10.1.1.1", 9021, "fromenv")
+    assert (cfg.api.host, cfg.api.port) == ("0.0.0.0", 9999)
+
+
+def test_password_never_in_repr(tmp_path):
+    cfg = config.load(write(tmp_path, "[esl]\npassword = s3cr3t-pw\n"), environ={})
+    assert "s3cr3t-pw" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[esl]\nport = eighty\n", "[esl] port"),
+        ("[esl]\nport = 70000\n", "[esl] port"),
+        ("[esl]\nformat = xml\n", "[esl] format"),
+        ("[store]\nbatch_size = 0\n", "[store] batch_size"),
+        ("[api]\nlisten = nowhere\n", "[api] listen"),
+        ("[bogus]\nx = 1\n", "unknown section"),
+        ("[esl]\npasword = typo\n", "unknown key"),
+        ("[log]\nlevel = loud\n", "[log] level"),
+        ("not an ini file", "eslcdr.ini"),
+    ],
+)
+def test_bad_values_are_clear_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text), environ={})
+    assert message in str(info.value)
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.ini", environ={})
+
+
+def test_list_values_split_on_commas():
+    cfg = config.from_mapping({"cdr": {"custom_vars": "a, b ,c", "account_id_vars": "x"}})
+    assert cfg.cdr.custom_vars == ("a", "b", "c")
+    assert cfg.cdr.account_id_vars == ("x",)
