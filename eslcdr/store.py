@@ -101,7 +101,10 @@ def insert_records(
                 "UPDATE interaction_links SET interaction_id = ? WHERE interaction_id = ?", (new_id, old)
             )
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite already rolled back on some errors (SQLITE_FULL): a second
+        # ROLLBACK would fail and hide the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
     return new

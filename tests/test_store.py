@@ -1,0 +1,131 @@
+"""The SQLite file and the writer: idempotent batches, full disk loses nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import gevent
+import pytest
+
+from eslcdr import schema
+from eslcdr.store import connect_reader, connect_writer, insert_records, recent_interaction_links
+from eslcdr.writer import Writer
+
+
+def record(n: int, interaction: str = "63900000000-aaaaaaaa") -> dict:
+    call_id = "call-%06d" % n
+    return {
+        "id": "202611-" + call_id,
+        "call_id": call_id,
+        "interaction_id": interaction,
+        "links": ["peer-%06d" % n],
+        "caller_id_name": "Caller, \"%d\" é" % n,
+        "timestamp": 63962946913 + n,
+        "custom_channel_vars": {"k": n},
+        "fax_success": None,
+    }
+
+
+def rows(path) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT seq, call_id, interaction_id FROM cdrs ORDER BY seq").fetchall()
+
+
+def test_schema_is_migrated_and_versioned(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(cdrs)")]
+    assert cols == list(schema.COLUMN_NAMES)
+    conn.close()
+    # Opening again applies nothing and keeps the data.
+    assert schema.migrate(connect_writer(tmp_path / "a.db")) == schema.SCHEMA_VERSION
+
+
+def test_newer_schema_refused(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(RuntimeError, match="newer"):
+        schema.migrate(conn)
+
+
+def test_insert_is_idempotent_on_call_id(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    assert insert_records(conn, [record(1), record(2)]) == 2
+    assert insert_records(conn, [record(2), record(3)]) == 1
+    assert [r[1] for r in rows(tmp_path / "a.db")] == ["call-000001", "call-000002", "call-000003"]
+    seqs = [r[0] for r in rows(tmp_path / "a.db")]
+    assert seqs == sorted(set(seqs))  # strictly increasing (an ignored duplicate may skip one)
+
+
+def test_json_columns_and_links_written(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    insert_records(conn, [record(7)])
+    got = conn.execute("SELECT custom_channel_vars, caller_id_name FROM cdrs").fetchone()
+    assert got == ('{"k": 7}', 'Caller, "7" é')
+    assert dict(recent_interaction_links(conn, 10)) == {
+        "call-000007": "63900000000-aaaaaaaa",
+        "peer-000007": "63900000000-aaaaaaaa",
+    }
+
+
+def test_merge_rewrites_interaction(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    insert_records(conn, [record(1, "old"), record(2, "keep")])
+    insert_records(conn, [], merges=[("old", "keep")])
+    assert {r[2] for r in rows(tmp_path / "a.db")} == {"keep"}
+
+
+def test_reader_is_read_only(tmp_path):
+    connect_writer(tmp_path / "a.db").close()
+    reader = connect_reader(tmp_path / "a.db")
+    with pytest.raises(sqlite3.OperationalError):
+        reader.execute("DELETE FROM cdrs")
+
+
+def run_writer(writer: Writer) -> gevent.Greenlet:
+    return gevent.spawn(writer.run)
+
+
+def test_writer_batches_and_drains(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    writer = Writer(conn, batch_size=7, flush_interval=0.05)
+    greenlet = run_writer(writer)
+    for n in range(100):
+        assert writer.submit(record(n))
+    assert writer.wait_idle(timeout=10)
+    writer.stop()
+    greenlet.join(timeout=10)
+    assert greenlet.dead
+    assert writer.written == 100
+    assert len(rows(tmp_path / "a.db")) == 100
+
+
+def test_full_disk_keeps_records_and_writes_them_when_space_returns(tmp_path):
+    path = tmp_path / "a.db"
+    conn = connect_writer(path)
+    insert_records(conn, [record(0)])
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    # SQLITE_FULL, exactly as a full disk reports it.
+    conn.execute("PRAGMA max_page_count = %d" % pages)
+    writer = Writer(conn, batch_size=50, flush_interval=0.01, max_retry_delay=0.05)
+    greenlet = run_writer(writer)
+    for n in range(1, 301):
+        writer.submit(record(n))
+    gevent.sleep(0.5)
+    assert writer.failures > 0
+    assert "full" in writer.last_error
+    assert writer.backlog == 300
+    assert len(rows(path)) == 1
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert writer.wait_idle(timeout=10)
+    writer.stop()
+    greenlet.join(timeout=10)
+    assert len(rows(path)) == 301
+
+
+def test_writer_refuses_past_capacity_and_says_so(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    writer = Writer(conn, capacity=3)
+    assert [writer.submit(record(n)) for n in range(5)] == [True, True, True, False, False]
+    assert writer.refused == 2
