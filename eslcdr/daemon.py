@@ -147,7 +147,7 @@ class Daemon:
             version=__version__,
             db=cfg.store.path,
             nodes=[node.name for node in cfg.nodes],
-            api="%s:%d" % (cfg.api.host, cfg.api.port) if self.http is not None else None,
+            api="%s:%d" % (cfg.api.host, self.http.port) if self.http is not None else None,
         )
 
     def _run_node(self, connection: NodeConnection) -> Callable[[], None]:

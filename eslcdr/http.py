@@ -1,0 +1,54 @@
+"""The HTTP side of ``eslcdr run``: the API app on a gevent.pywsgi server.
+
+The daemon's health and metrics feed ``/health`` and ``/metrics``; the
+server's own access log goes through structlog (one line per request, with
+any ``auth_token`` query value redacted by the API's handler).
+"""
+
+from __future__ import annotations
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from .api import create_app, make_server
+from .metrics import DaemonCollector
+
+log = structlog.get_logger("eslcdr.http")
+
+
+class _AccessLog:
+    """File-like sink for pywsgi's access log lines."""
+
+    def write(self, line: str) -> None:
+        line = line.strip()
+        if line:
+            log.info("http_request", line=line)
+
+    def flush(self) -> None:  # pywsgi may call it
+        pass
+
+
+class ApiServer:
+    def __init__(self, daemon) -> None:
+        config = daemon.config
+        registry = CollectorRegistry()
+        registry.register(DaemonCollector(daemon))
+        self.app = create_app(config, health=daemon.health, registry=registry)
+        self.server = make_server(self.app, config.api.host, config.api.port, log=_AccessLog(), error_log=_AccessLog())
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.stop(timeout=timeout)
+        close = getattr(self.app, "close", None)
+        if close is not None:
+            close()
+
+
+def serve_api(daemon) -> ApiServer:
+    return ApiServer(daemon)

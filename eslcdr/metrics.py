@@ -1,0 +1,40 @@
+"""Prometheus metrics of the daemon, read at scrape time.
+
+The event path only bumps plain integer counters on its own objects; this
+collector turns them into metric families when ``/metrics`` is scraped, so
+metrics cost nothing per event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class DaemonCollector:
+    def __init__(self, daemon) -> None:
+        self._daemon = daemon
+
+    def collect(self):
+        daemon = self._daemon
+        events = CounterMetricFamily("eslcdr_events", "Events received from FreeSWITCH", labels=["node"])
+        cdrs = CounterMetricFamily("eslcdr_cdrs_built", "CDRs built from finished legs", labels=["node"])
+        errors = CounterMetricFamily("eslcdr_protocol_errors", "Malformed frames or events skipped", labels=["node"])
+        reconnects = CounterMetricFamily("eslcdr_reconnects", "Event Socket reconnects", labels=["node"])
+        connected = GaugeMetricFamily("eslcdr_connected", "1 when the Event Socket is connected", labels=["node"])
+        live = GaugeMetricFamily("eslcdr_live_legs", "Legs being tracked", labels=["node"])
+        for name, connection in daemon.nodes.items():
+            pipeline = daemon.pipelines[name]
+            events.add_metric([name], pipeline.events)
+            cdrs.add_metric([name], pipeline.cdrs)
+            errors.add_metric([name], connection.protocol_errors)
+            reconnects.add_metric([name], connection.reconnects)
+            connected.add_metric([name], 1 if connection.state == "connected" else 0)
+            live.add_metric([name], len(pipeline.tracker))
+        yield from (events, cdrs, errors, reconnects, connected, live)
+        writer = daemon.writer
+        if writer is not None:
+            yield CounterMetricFamily("eslcdr_cdrs_written", "CDR rows committed to SQLite", value=writer.written)
+            yield CounterMetricFamily("eslcdr_cdrs_duplicate", "CDRs already stored (ignored)", value=writer.duplicates)
+            yield CounterMetricFamily("eslcdr_cdrs_refused", "CDRs refused: writer backlog full", value=writer.refused)
+            yield CounterMetricFamily("eslcdr_write_failures", "Failed SQLite transactions (retried)", value=writer.failures)
+            yield GaugeMetricFamily("eslcdr_writer_backlog", "CDRs waiting to be written", value=writer.backlog)

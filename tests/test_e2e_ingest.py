@@ -1,0 +1,194 @@
+"""Captures replayed by the stand-in over TCP into ``eslcdr run``: the
+``cdrs`` table holds one row per leg, every field as the events imply."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eslcdr.events import decode_event
+from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
+
+from .conftest import DATA, capture_events
+from .e2e import DaemonProcess, db_rows, settle, wait_rows, write_config
+from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT, S7_LEG_IDS
+
+
+def check_fields(rows: list[dict], capture: str) -> None:
+    by_id = {r["call_id"]: r for r in rows}
+    assert set(by_id) == set(EXPECTED[capture])
+    for call_id, expected in EXPECTED[capture].items():
+        row = by_id[call_id]
+        for field, value in expected.items():
+            got = row[field]
+            if field in ("custom_sip_headers", "custom_channel_vars"):
+                got = json.loads(got)
+            elif isinstance(value, bool):
+                got = None if got is None else bool(got)
+            assert got == value, (capture, call_id, field)
+        assert row["id"] == "202611-" + call_id
+        assert row["node"] == "fs-test"
+
+
+def check_interactions(rows: list[dict], capture: str) -> None:
+    by_id = {r["call_id"]: r["interaction_id"] for r in rows}
+    ids = []
+    for call in INTERACTIONS[capture]:
+        found = {by_id[c] for c in call}
+        assert len(found) == 1, call
+        ids.append(found.pop())
+    assert len(set(ids)) == len(ids)
+
+
+def replay(tmp_path, capture_files, fmt="json", expected_rows=None, **fake_options):
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / f for f in capture_files]), hold=True, **fake_options)
+    fake.start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port, fmt), tmp_path / "daemon.log")
+    try:
+        rows = wait_rows(tmp_path / "cdrs.db", expected_rows)
+        assert fake.wait_done(timeout=30)
+        rows = settle(tmp_path / "cdrs.db")
+    finally:
+        code = daemon.stop()
+        fake.stop()
+    assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    return rows, daemon
+
+
+SCENARIO_CAPTURES = sorted(EXPECTED)  # S1..S6, plain and json
+
+
+@pytest.mark.parametrize("capture", SCENARIO_CAPTURES)
+def test_scenario_through_socket_and_daemon(tmp_path, capture):
+    # A plain capture is served as JSON (and vice versa): the stand-in
+    # re-encodes in the subscribed format, as FreeSWITCH would.
+    fmt = "plain" if capture.endswith("_json") else "json"
+    rows, _ = replay(tmp_path, [capture + ".esl"], fmt=fmt, expected_rows=ROW_COUNT[capture])
+    assert len(rows) == ROW_COUNT[capture]
+    check_fields(rows, capture)
+    check_interactions(rows, capture)
+
+
+@pytest.mark.parametrize("capture", ["S7_json", "S7_plain"])
+def test_burst_one_row_per_leg(tmp_path, capture):
+    rows, _ = replay(tmp_path, [capture + ".esl"], expected_rows=80)
+    assert len(rows) == 80
+    assert {r["call_id"] for r in rows} == set(S7_LEG_IDS[capture])
+    check_interactions(rows, capture)
+    assert len({r["seq"] for r in rows}) == 80
+
+
+def test_same_capture_twice_adds_no_row(tmp_path):
+    events = capture_events("S1_json.esl")
+    fake = FakeFreeSWITCH(events=StaticSource(events + events), hold=True)
+    fake.start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
+    try:
+        assert fake.wait_done(timeout=30)
+        rows = wait_rows(tmp_path / "cdrs.db", 4)
+        rows = settle(tmp_path / "cdrs.db")
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    assert len(rows) == 4
+    # And again, into a restarted daemon with the same file.
+    rows_again, _ = replay(tmp_path, ["S1_json.esl"], expected_rows=5)
+    assert [(r["seq"], r["call_id"]) for r in rows_again] == [(r["seq"], r["call_id"]) for r in rows]
+
+
+def test_dropped_socket_mid_stream_loses_no_cdr(tmp_path):
+    # The stand-in closes the socket after 150 of S7's 300 events; the stream
+    # holds while nobody listens, the daemon reconnects and gets the rest.
+    rows, daemon = replay(tmp_path, ["S7_json.esl"], expected_rows=80, drop_after=150)
+    assert len(rows) == 80
+    assert all(r["hangup_cause"] == "NORMAL_CLEARING" for r in rows)
+    check_interactions(rows, "S7_json")
+    events = [e["event"] for e in daemon.log_events()]
+    # The drop may hit before or after the login sequence completed.
+    drops = events.count("esl_disconnected") + events.count("esl_connect_failed")
+    assert drops >= 1
+    assert events.count("esl_resync") >= 1 and events.count("esl_connected") >= 1
+
+
+def test_legs_whose_hangup_was_missed_still_get_a_row(tmp_path):
+    # Without hold, events emitted while disconnected are lost, as with a real
+    # FreeSWITCH; the resync after the reconnect writes the vanished legs.
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S7_json.esl"]), drop_after=150)
+    fake.start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
+    try:
+        assert fake.wait_done(timeout=30)
+        rows = settle(tmp_path / "cdrs.db", 2.0)
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    seen = set()
+    for event in capture_events("S7_json.esl")[:150]:
+        seen.add(event["Unique-ID"])
+    got = {r["call_id"]: r for r in rows}
+    # Every leg the daemon saw before the drop has a row.
+    assert seen <= set(got)
+    missed = [r for r in rows if r["disposition"] == "eslcdr_hangup_not_seen"]
+    assert all(r["hangup_cause"] is None for r in missed)
+
+
+def test_malformed_frames_skipped_no_cdr_lost(tmp_path):
+    rows, daemon = replay(tmp_path, ["S3_plain.esl"], expected_rows=8, malformed_every=3)
+    assert len(rows) == 8
+    check_fields(rows, "S3_plain")
+    errors = [e for e in daemon.log_events() if e["event"] == "esl_protocol_error"]
+    assert errors
+
+
+def test_process_cdr_false_writes_nothing(tmp_path):
+    events = [dict(e, variable_process_cdr="false") if e.get("Channel-Name", "").endswith("-b") else e for e in capture_events("S1_json.esl")]
+    fake = FakeFreeSWITCH(events=StaticSource(events), hold=True)
+    fake.start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
+    try:
+        assert fake.wait_done(timeout=30)
+        rows = wait_rows(tmp_path / "cdrs.db", 2)
+        rows = settle(tmp_path / "cdrs.db")
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    assert sorted(r["channel_name"] for r in rows) == ["loopback/s1_answer-a", "loopback/s1_bridge-a"]
+
+
+def test_wrong_password_is_a_clear_fatal_error(tmp_path):
+    fake = FakeFreeSWITCH(password="right")
+    fake.start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port, password="Zq9-not-the-pw"), tmp_path / "daemon.log")
+    try:
+        code = daemon.wait_exit()
+    finally:
+        daemon.stop()
+        fake.stop()
+    assert code == 2
+    failures = [e for e in daemon.log_events() if e["event"] == "esl_auth_failed"]
+    assert failures and "refused the password" in failures[0]["error"]
+    assert "Zq9-not-the-pw" not in (tmp_path / "daemon.log").read_text()
+
+
+def test_freeswitch_down_at_start_then_up(tmp_path):
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    daemon = DaemonProcess(write_config(tmp_path, port), tmp_path / "daemon.log")
+    try:
+        import gevent
+
+        gevent.sleep(1.0)
+        assert daemon.proc.poll() is None  # still retrying
+        fake = FakeFreeSWITCH(port=port, events=ReplaySource([DATA / "S6_json.esl"]), hold=True)
+        fake.start()
+        rows = wait_rows(tmp_path / "cdrs.db", 2)
+        fake.stop()
+    finally:
+        assert daemon.stop() == 0
+    assert len(rows) == 2
+    assert [e["event"] for e in daemon.log_events()].count("esl_connect_failed") >= 1
