@@ -14,7 +14,8 @@ How it works
 change from one use to the next cut out as *slots*: Unique-IDs and every
 other UUID, times (``Event-Date-*``, ``*-Time``, ``*_epoch``, ``*_uepoch``,
 ``*_stamp``), ``Event-Sequence``, ``Core-UUID``, the host name, and for
-generated calls the caller's number and name and the call durations.  Each
+generated calls the caller's number and name, the call durations and the
+Kazoo variables added to them (``ecallmgr_Account-ID`` ...).  Each
 template is encoded once per format with :func:`eslcdr.events.encode_plain` /
 ``encode_json`` and split at the slots, so sending an event only joins bytes:
 the stand-in must stay much faster than the daemon it feeds.
@@ -26,7 +27,9 @@ later, so one capture gives many distinct calls.  :class:`GeneratedSource`
 builds calls from call templates cut out of the real captures (package data
 in ``fakefs_templates/``): per call a weighted scenario, new UUIDs, a new
 caller (some names carry commas, quotes and non-ASCII), a later start and a
-longer or shorter talk time, all drawn from one seeded RNG.
+longer or shorter talk time, all drawn from one seeded RNG; and, as a Kazoo
+platform's FreeSWITCH has them on every leg, the ``ecallmgr_*`` account,
+owner, authorizing and (on some calls) interaction ids, from a second one.
 :class:`StaticSource` sends decoded event dicts as given.
 
 *Server.*  One pump greenlet plays the source, like FreeSWITCH's core: it
@@ -86,6 +89,7 @@ from gevent.server import StreamServer
 
 from .events import JSON, PLAIN, Event, EventDecodeError, decode_event, encode_json, encode_plain
 from .frames import Frame, FrameParser, ProtocolError
+from .legs import gregorian_seconds
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8021
@@ -311,6 +315,7 @@ def extract_calls(capture: Union[str, Path, bytes]) -> list[list[tuple[Pairs, st
 # Slot kinds.  A slot is (kind, original text, reference time in µs).
 _UUID, _CORE, _HOST, _SEQ, _USEC, _SEC, _LOCAL, _GMT = range(8)
 _CNUM, _CNAME, _DUR_S, _DUR_MS, _DUR_US = range(8, 13)
+_ACCOUNT, _OWNER, _AUTHORIZING, _INTERACTION = range(13, 17)
 # Kinds whose value belongs to the emission (not to the call or repetition).
 _PER_EMISSION = frozenset((_CORE, _HOST, _SEQ))
 _DUR_UNITS = MappingProxyType({_DUR_S: 1_000_000, _DUR_MS: 1_000, _DUR_US: 1})
@@ -346,6 +351,18 @@ _DURATIONS = MappingProxyType(
         "variable_uduration": _DUR_US,
         "variable_billusec": _DUR_US,
         "variable_flow_billusec": _DUR_US,
+    }
+)
+# The channel variables a Kazoo platform's ecallmgr exports to every leg of a
+# call (Authorizing-ID only on the caller's side, Call-Interaction-ID not on
+# every call), so that generated calls belong to accounts as Kazoo's do.  The
+# captures have none: call_template() adds them, and each is one slot.
+_KAZOO_VARS = MappingProxyType(
+    {
+        "variable_ecallmgr_Account-ID": _ACCOUNT,
+        "variable_ecallmgr_Owner-ID": _OWNER,
+        "variable_ecallmgr_Authorizing-ID": _AUTHORIZING,
+        "variable_ecallmgr_Call-Interaction-ID": _INTERACTION,
     }
 )
 
@@ -530,6 +547,11 @@ def _caller_finder(number: str | None, name: str | None) -> Finder:
     return find
 
 
+def _find_kazoo(name: str, value: str, event: dict):
+    kind = _KAZOO_VARS.get(name)
+    return ((0, len(value), kind, 0),) if kind is not None else ()
+
+
 def _duration_finder(pivot: int | None) -> Finder:
     """Slots for the durations a longer talk (or ring) time changes.
 
@@ -608,15 +630,28 @@ def _derive_uuid(key: str, original: str) -> str:
 class _Context:
     """How one replay repetition or one generated call fills the slots."""
 
-    __slots__ = ("key", "shift_us", "pivot_us", "delta_us", "cnum", "cname", "_uuids", "cache")
+    __slots__ = (
+        "key",
+        "shift_us",
+        "pivot_us",
+        "delta_us",
+        "cnum",
+        "cname",
+        "kazoo",
+        "_uuids",
+        "cache",
+    )
 
-    def __init__(self, key=None, shift_us=0, pivot_us=None, delta_us=0, cnum="", cname=""):
+    def __init__(
+        self, key=None, shift_us=0, pivot_us=None, delta_us=0, cnum="", cname="", kazoo=None
+    ):
         self.key = key  # None: ids unchanged
         self.shift_us = shift_us  # every time moves by this (whole seconds)
         self.pivot_us = _NEVER if pivot_us is None else pivot_us
         self.delta_us = delta_us  # times after the pivot move this much more
         self.cnum = cnum
         self.cname = cname
+        self.kazoo: dict[int, str] = kazoo or {}  # Kazoo variable slot kind -> value
         self._uuids: dict[str, str] = {}
         # per format: slot -> its bytes on the wire
         self.cache: dict[str, dict[Slot, bytes]] = {PLAIN: {}, JSON: {}}
@@ -646,6 +681,8 @@ class _Context:
             return self.cnum
         if kind == _CNAME:
             return self.cname
+        if kind in self.kazoo:
+            return self.kazoo[kind]
         return str(int(text) + self.delta_us // _DUR_UNITS[kind])
 
     def fill(self, ctype: str, slot: Slot, emission: "_Emission") -> bytes:
@@ -772,7 +809,9 @@ class CallTemplate:
 
     name: str
     weight: float
-    events: tuple[_Template, ...]
+    events: tuple[_Template, ...]  # with the Kazoo variables, but no Call-Interaction-ID
+    # The same with a Call-Interaction-ID too (Kazoo sets one on some calls only).
+    interaction_events: tuple[_Template, ...]
     t0: int  # first Event-Date-Timestamp, µs
     pivot: int | None  # last answer/bridge/progress: later times stretch
     answered: bool
@@ -784,12 +823,41 @@ _PIVOT_EVENTS = frozenset(
 )
 
 
+def _caller_side(events: list[dict]) -> frozenset[str]:
+    """The Unique-IDs of the caller's side (Kazoo's A leg): the leg the call
+    starts from and its loopback twin.  The legs the call goes on to (bridged
+    to, or the far end of a SIP call) are the callee's side."""
+    first = events[0].get("Unique-ID", "")
+    twins = {
+        e.get("variable_other_loopback_leg_uuid", "") for e in events if e.get("Unique-ID") == first
+    }
+    return frozenset({first} | twins) - {""}
+
+
+def _with_kazoo_vars(pairs: Pairs, caller_side: bool, interaction: bool) -> Pairs:
+    """An event with the Kazoo variables after its channel variables.
+
+    Their values are left empty: slots fill them per call.  Events without
+    channel variables (DTMF) stay as they are: FreeSWITCH puts none there.
+    """
+    last = max((i for i, (name, _) in enumerate(pairs) if name.startswith("variable_")), default=-1)
+    if last < 0:
+        return pairs
+    added = tuple(
+        (name, "")
+        for name, kind in _KAZOO_VARS.items()
+        if (kind != _AUTHORIZING or caller_side) and (kind != _INTERACTION or interaction)
+    )
+    return pairs[: last + 1] + added + pairs[last + 1 :]
+
+
 def call_template(data: dict) -> CallTemplate:
     """Compile one ``fakefs_templates/*.json`` document."""
     raw = [
         (tuple((n, v) for n, v in event["headers"]), event.get("body")) for event in data["events"]
     ]
     events = [dict(pairs) for pairs, _ in raw]
+    caller_side = _caller_side(events)
     times = [_event_ts(event) for event in events]
     marks = [ts for event, ts in zip(events, times) if event.get("Event-Name") in _PIVOT_EVENTS]
     pivot = max(marks) if marks else None
@@ -798,11 +866,24 @@ def call_template(data: dict) -> CallTemplate:
         _find_times,
         _caller_finder(data.get("caller_number"), data.get("caller_name")),
         _duration_finder(pivot),
+        _find_kazoo,
     )
+
+    def compile_events(interaction: bool) -> tuple[_Template, ...]:
+        return tuple(
+            _compile(
+                _with_kazoo_vars(pairs, event.get("Unique-ID") in caller_side, interaction),
+                body,
+                finders,
+            )
+            for (pairs, body), event in zip(raw, events)
+        )
+
     return CallTemplate(
         name=data["name"],
         weight=float(data.get("weight", 1)),
-        events=tuple(_compile(pairs, body, finders) for pairs, body in raw),
+        events=compile_events(interaction=False),
+        interaction_events=compile_events(interaction=True),
         t0=min(ts for ts in times if ts),
         pivot=pivot,
         answered=any(event.get("Event-Name") == "CHANNEL_ANSWER" for event in events),
@@ -859,14 +940,32 @@ def _caller_number(rng: random.Random) -> str:
     return "0%d" % rng.randrange(10**8, 10**9)  # national format
 
 
+# Kazoo account ids are 32 hex digits; "demo-account" comes first so that the
+# demo's curl commands (GET /v2/accounts/demo-account/cdrs) find calls.
+DEFAULT_ACCOUNTS = (
+    "demo-account",
+    "434d23e00e7f65e1ca9281d75dc8cade",
+    "7d55e8c9e89f7a344864ee58ae76cb7b",
+)
+# Share of generated calls that carry a Call-Interaction-ID; the daemon
+# derives one for the others.
+INTERACTION_SHARE = 0.5
+
+
+def _kazoo_id(kind: str, key: str) -> str:
+    """A Kazoo-style id (32 hex digits, as CouchDB's) that ``key`` always gets."""
+    return hashlib.sha1(("%s:%s" % (kind, key)).encode("utf-8")).hexdigest()[:32]
+
+
 @dataclass(slots=True)
 class _CallPlan:
     template: CallTemplate
+    events: tuple[_Template, ...]  # the template's, with or without an interaction id
     ctx: _Context
     start_us: int
 
     def event_time(self, index: int) -> int:
-        ts = self.template.events[index].ts
+        ts = self.events[index].ts
         return ts + self.ctx.shift(ts)
 
 
@@ -879,6 +978,11 @@ class GeneratedSource:
     the clients read, their times spaced as at 10 calls per second and ending
     (by default) before now.  Each call picks a scenario by weight (about 3 in
     4 answered), a caller, and a talk (or ring) time.
+
+    Every leg carries the Kazoo variables of its call: ``ecallmgr_Account-ID``
+    (one of ``accounts``), ``ecallmgr_Owner-ID`` (the caller's user),
+    ``ecallmgr_Authorizing-ID`` (the caller's device, on the caller's legs)
+    and, on about half the calls, ``ecallmgr_Call-Interaction-ID``.
     """
 
     SIMULATED_CPS = 10.0
@@ -890,11 +994,15 @@ class GeneratedSource:
         seed: int = 0,
         start_time: float | None = None,
         templates: Iterable[dict] | None = None,
+        accounts: Iterable[str] = DEFAULT_ACCOUNTS,
     ):
         if calls is not None and calls < 0:
             raise ValueError("calls must not be negative")
         if cps < 0:
             raise ValueError("cps must not be negative")
+        self.accounts = tuple(accounts)
+        if not self.accounts or not all(self.accounts):
+            raise ValueError("accounts must be one or more non-empty ids")
         self.calls = calls
         self.cps = cps
         self.seed = seed
@@ -926,8 +1034,8 @@ class GeneratedSource:
                 continue
             when, _, plan, index = heapq.heappop(heap)
             due = (when - start_us) / 1_000_000 if self.cps > 0 else None
-            yield _Emission(plan.template.events[index], plan.ctx, next(seq), due)
-            if index + 1 < len(plan.template.events):
+            yield _Emission(plan.events[index], plan.ctx, next(seq), due)
+            if index + 1 < len(plan.events):
                 # Within a call the capture's order is kept, whatever the times say.
                 later = max(when, plan.event_time(index + 1))
                 heapq.heappush(heap, (later, next(order), plan, index + 1))
@@ -943,6 +1051,9 @@ class GeneratedSource:
     def _plans(self, rng: random.Random, start_us: int) -> Iterator[_CallPlan]:
         rate = self.cps or self.SIMULATED_CPS
         when = start_us
+        # The Kazoo variables draw from their own RNG: the calls themselves
+        # (scenarios, callers, times) stay what they were before they existed.
+        kazoo_rng = random.Random("kazoo:%s" % self.seed)
         numbers = itertools.count() if self.calls is None else range(self.calls)
         for index in numbers:
             template = rng.choices(self.templates, self._weights)[0]
@@ -952,6 +1063,22 @@ class GeneratedSource:
             # Whole seconds keep epoch seconds, µs and date strings in step;
             # rounded up so that no call starts before start_time.
             shift = -((template.t0 - when) // 1_000_000) * 1_000_000
+            # One random() per call whatever the number of accounts (choice()
+            # would not), so the accounts given change nothing else.
+            account = self.accounts[int(kazoo_rng.random() * len(self.accounts))]
+            kazoo = {
+                _ACCOUNT: account,
+                _OWNER: _kazoo_id("user", number),
+                _AUTHORIZING: _kazoo_id("device", number),
+            }
+            events = template.events
+            if kazoo_rng.random() < INTERACTION_SHARE:
+                # Kazoo's shape: <gregorian seconds of the call start>-<8 hex>.
+                kazoo[_INTERACTION] = "%d-%08x" % (
+                    gregorian_seconds(template.t0 + shift),
+                    kazoo_rng.getrandbits(32),
+                )
+                events = template.interaction_events
             ctx = _Context(
                 key="call:%s:%d" % (self.seed, index),
                 shift_us=shift,
@@ -959,8 +1086,9 @@ class GeneratedSource:
                 delta_us=extra * 1_000_000,
                 cnum=number,
                 cname=name,
+                kazoo=kazoo,
             )
-            yield _CallPlan(template, ctx, template.t0 + shift)
+            yield _CallPlan(template, events, ctx, template.t0 + shift)
             when += int(rng.expovariate(rate) * 1_000_000)
 
     @staticmethod
@@ -1841,6 +1969,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _account_list(text: str) -> tuple[str, ...]:
+    accounts = tuple(item.strip() for item in text.split(","))
+    if not all(accounts):
+        raise argparse.ArgumentTypeError("expected comma-separated account ids")
+    return accounts
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``eslcdr fakefs``."""
     parser.add_argument(
@@ -1889,6 +2024,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="S",
         help="seed of the generated calls (default %(default)s)",
+    )
+    source.add_argument(
+        "--accounts",
+        type=_account_list,
+        default=DEFAULT_ACCOUNTS,
+        metavar="A,B,C",
+        help="Kazoo account ids the generated calls are spread over (default: %s)"
+        % ",".join(DEFAULT_ACCOUNTS),
     )
     source.add_argument(
         "--hostname", help="FreeSWITCH-Hostname of the events (default: the captures')"
@@ -1962,7 +2105,9 @@ def source_from_args(args: argparse.Namespace) -> Source:
         return ReplaySource(
             args.replay, repeat=args.repeat, time_base=time.time() if args.now else None
         )
-    return GeneratedSource(calls=args.calls or None, cps=args.cps, seed=args.seed)
+    return GeneratedSource(
+        calls=args.calls or None, cps=args.cps, seed=args.seed, accounts=args.accounts
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -653,6 +653,105 @@ def test_generated_events_decode_the_same_in_both_formats():
         assert decoded(plain) == decoded(as_json)
 
 
+KAZOO = "variable_ecallmgr_"
+HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def generated_calls(**options) -> list[list[dict]]:
+    """The decoded events of each generated call (one _Context per call)."""
+    source = fakefs.GeneratedSource(**options)
+    calls: dict = {}  # keyed by the context itself: an id() could be reused
+    for emission in source:
+        emission.core, emission.host = source.core_uuid, source.hostname
+        calls.setdefault(emission.ctx, []).append(emission.event())
+    return list(calls.values())
+
+
+def kazoo_vars(event: dict) -> dict:
+    return {k[len(KAZOO) :]: v for k, v in event.items() if k.startswith(KAZOO)}
+
+
+def call_kazoo(call: list[dict]) -> tuple:
+    """(account, owner, interaction) of a call, checked equal on every leg."""
+    with_vars = [e for e in call if any(k.startswith("variable_") for k in e)]
+    values = {
+        (v["Account-ID"], v["Owner-ID"], v.get("Call-Interaction-ID"))
+        for v in map(kazoo_vars, with_vars)
+    }
+    assert len(values) == 1, values
+    return values.pop()
+
+
+def test_generated_legs_carry_the_kazoo_variables_of_their_call():
+    calls = generated_calls(calls=80, seed=4, start_time=1_900_000_000.0)
+    interactions = 0
+    for call in calls:
+        account, owner, interaction = call_kazoo(call)
+        assert account in fakefs.DEFAULT_ACCOUNTS and HEX32.fullmatch(owner)
+        for event in call:
+            if not any(k.startswith("variable_") for k in event):
+                # DTMF: FreeSWITCH sends no channel variables, so none are added.
+                assert event["Event-Name"] == "DTMF" and not kazoo_vars(event)
+        creates = [e for e in call if e["Event-Name"] == "CHANNEL_CREATE"]
+        number = creates[0]["Caller-Caller-ID-Number"]
+        assert owner == fakefs._kazoo_id("user", number)  # the owner follows the caller
+        # Authorizing-ID: the caller's legs only (the first and its loopback
+        # twin), the same device on each.
+        first = creates[0]["Unique-ID"]
+        caller_side = {first, creates[0].get("variable_other_loopback_leg_uuid")}
+        for event in call:
+            if event["Event-Name"] != "DTMF":
+                authorizing = kazoo_vars(event).get("Authorizing-ID")
+                if event["Unique-ID"] in caller_side:
+                    assert authorizing == fakefs._kazoo_id("device", number)
+                else:
+                    assert authorizing is None
+        if interaction is not None:
+            interactions += 1
+            start = min(int(e["Event-Date-Timestamp"]) for e in call) // 1_000_000
+            seconds, _, tail = interaction.partition("-")
+            assert int(seconds) == start + 62167219200 and re.fullmatch(r"[0-9a-f]{8}", tail)
+    assert 0.25 * len(calls) < interactions < 0.75 * len(calls)  # some calls only
+    # A bridged call's callee legs have no Authorizing-ID but the same account.
+    bridged = next(c for c in calls if any("s1_answer-b" in e["Channel-Name"] for e in c))
+    callee = [e for e in bridged if "s1_answer" in e["Channel-Name"]]
+    assert callee and all("Authorizing-ID" not in kazoo_vars(e) for e in callee)
+
+
+def test_generated_accounts_follow_the_seed():
+    def accounts(seed, **options):
+        calls = generated_calls(calls=40, seed=seed, start_time=1_900_000_000.0, **options)
+        return [call_kazoo(call) for call in calls]
+
+    assert fakefs.DEFAULT_ACCOUNTS[0] == "demo-account"  # the demo's curl commands
+    assert all(HEX32.fullmatch(a) for a in fakefs.DEFAULT_ACCOUNTS[1:])
+    first = accounts(1)
+    assert first == accounts(1)  # same seed, same accounts, owners and interactions
+    assert {a for a, _, _ in first} == set(fakefs.DEFAULT_ACCOUNTS)
+    assert [a for a, _, _ in first] != [a for a, _, _ in accounts(2)]
+    assert [i for _, _, i in first] != [i for _, _, i in accounts(2)]
+    mine = accounts(1, accounts=("north", "south"))
+    assert {a for a, _, _ in mine} == {"north", "south"}
+    with pytest.raises(ValueError):
+        fakefs.GeneratedSource(accounts=())
+
+
+def test_accounts_change_nothing_else_and_encode_like_other_values():
+    odd = 'Acme, "Ünïcode" 100%'
+    plain_calls = generated_calls(calls=20, seed=3, start_time=1_900_000_000.0)
+    odd_calls = generated_calls(calls=20, seed=3, start_time=1_900_000_000.0, accounts=(odd,))
+    for ours, theirs in zip(plain_calls, odd_calls):
+        for a, b in zip(ours, theirs):
+            a.pop("variable_ecallmgr_Account-ID", None)
+            assert b.pop("variable_ecallmgr_Account-ID", odd) == odd
+            assert a == b
+    source = fakefs.GeneratedSource(calls=5, seed=3, start_time=1_900_000_000.0, accounts=(odd,))
+    for emission in source:
+        emission.core, emission.host = source.core_uuid, source.hostname
+        as_plain = decoded(Frame({"Content-Type": PLAIN}, emission.body(PLAIN)))
+        assert as_plain == decoded(Frame({"Content-Type": JSON}, emission.body(JSON)))
+
+
 def test_shipped_templates_are_the_captured_calls():
     docs = fakefs.template_documents()
     assert len(docs) == 12
@@ -870,6 +969,11 @@ def test_cli_arguments_and_sources():
     ) == (3, 4, 0.5, 9, 7)
     with pytest.raises(SystemExit):
         parser.parse_args(["--drop-after", "0"])
+    assert fakefs.source_from_args(parser.parse_args([])).accounts == fakefs.DEFAULT_ACCOUNTS
+    source = fakefs.source_from_args(parser.parse_args(["--accounts", "acme, beta,gamma"]))
+    assert source.accounts == ("acme", "beta", "gamma")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--accounts", "acme,,beta"])
 
 
 def test_cli_run_serves_until_delivered():
