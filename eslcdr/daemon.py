@@ -27,7 +27,7 @@ import structlog
 
 from . import __version__
 from .backoff import backoff_delay
-from .cdr import build_cdr, build_lost_cdr, should_record
+from .cdr import CdrBuilder, build_lost_cdr, should_record
 from .config import Config, EslNode
 from .esl import NodeConnection
 from .events import Event
@@ -52,7 +52,7 @@ class Pipeline:
 
     def __init__(self, node: EslNode, config: Config, writer: Writer, clock: Callable[[], int] = now_us) -> None:
         self.node_name = node.name
-        self._cdr_config = config.cdr
+        self._builder = CdrBuilder(config.cdr, node.name)
         self._writer = writer
         self._clock = clock
         self.tracker = LegTracker(
@@ -78,7 +78,7 @@ class Pipeline:
             self.skipped += 1
             return
         try:
-            record = build_cdr(finished, self._cdr_config, self.node_name)
+            record = self._builder.build(finished)
         except BUILD_ERRORS as exc:
             self.build_errors += 1
             log.error("cdr_build_failed", node=self.node_name, call_id=event.get("Unique-ID"), error=repr(exc))

@@ -122,7 +122,7 @@ class EslClient(InboundESL):
     # -- commands -----------------------------------------------------------
     def send(self, data: str) -> Reply:
         if not self.connected or self.sock is None:
-            raise NotConnectedError()
+            raise NotConnectedError("not connected (%s)" % getattr(self, "close_reason", "never connected"))
         pending = gevent.event.AsyncResult()
         self._commands_sent.append(pending)
         self.sock.sendall((data + "\n\n").encode("utf-8"))

@@ -40,6 +40,7 @@ LINK_HEADERS = (
     "Bridge-B-Unique-ID",
 )
 FAX_EVENTS = ("spandsp::txfaxresult", "spandsp::rxfaxresult")
+_NO_NEW_LINKS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CUSTOM"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +96,10 @@ def _int(value: str | None) -> int:
 
 def linked_legs(event: Event) -> list[str]:
     """Unique-IDs (and SIP call ids, as ``sip:<id>``) this event links to."""
-    own = event.get("Unique-ID", "")
-    found = []
-    for header in LINK_HEADERS:
-        value = event.get(header)
-        if value and value != own:
-            found.append(value)
-    originated = event.get("variable_originated_legs")
+    get = event.get
+    own = get("Unique-ID", "")
+    found = [value for value in map(get, LINK_HEADERS) if value and value != own]
+    originated = get("variable_originated_legs")
     if originated:
         # "uuid;name;number", pushed as ARRAY::a|:b when there are several.
         if originated.startswith("ARRAY::"):
@@ -110,7 +108,7 @@ def linked_legs(event: Event) -> list[str]:
             uuid = item.split(";", 1)[0]
             if uuid and uuid != own:
                 found.append(uuid)
-    sip_call_id = event.get("variable_sip_call_id")
+    sip_call_id = get("variable_sip_call_id")
     if sip_call_id:
         # Both ends of a SIP call FreeSWITCH places to itself share it.
         found.append("sip:" + sip_call_id)
@@ -179,9 +177,15 @@ class LegTracker:
             created = _int(event.get("Caller-Channel-Created-Time")) or now_us
             leg = _Leg(now_us, created)
             self._legs[call_id] = leg
+            interaction_id = self._link(call_id, event, created)
         else:
             leg.touched_us = now_us
-        interaction_id = self._link(call_id, event, leg.created_us)
+            if name in _NO_NEW_LINKS:
+                # Progress, DTMF and fax events repeat the links the leg
+                # already showed; skipping them keeps the hot path short.
+                interaction_id = ""
+            else:
+                interaction_id = self._link(call_id, event, leg.created_us)
 
         if name == "CHANNEL_HANGUP_COMPLETE":
             del self._legs[call_id]

@@ -49,17 +49,19 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
-def record_row(record: Mapping[str, object]) -> tuple:
-    """A CDR record (mapping of field -> value) as an INSERT parameter tuple."""
-    row = []
-    for name in RECORD_COLUMNS:
-        value = record.get(name)
-        if name in JSON_COLUMNS and value is not None and not isinstance(value, str):
-            value = json.dumps(value, ensure_ascii=False, sort_keys=True)
-        elif isinstance(value, bool):
-            value = int(value)
-        row.append(value)
-    return tuple(row)
+_JSON_INDEXES = tuple(i for i, name in enumerate(RECORD_COLUMNS) if name in JSON_COLUMNS)
+
+
+def record_row(record: Mapping[str, object]) -> list:
+    """A CDR record (mapping of field -> value) as an INSERT parameter list."""
+    get = record.get
+    row = [get(name) for name in RECORD_COLUMNS]
+    for index in _JSON_INDEXES:
+        value = row[index]
+        if value is not None and not isinstance(value, str):
+            row[index] = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    # sqlite3 stores bool as 0/1 by itself (bool is an int).
+    return row
 
 
 _LINK_SQL = "INSERT OR IGNORE INTO interaction_links (call_id, interaction_id) VALUES (?, ?)"
@@ -84,7 +86,7 @@ def insert_records(
     for record in records:
         interaction_id = record.get("interaction_id")
         if interaction_id:
-            links.append((record["call_id"], interaction_id))
+            # The leg itself is in cdrs; its partners may not be written yet.
             links.extend((other, interaction_id) for other in record.get("links", ()))
     merges = list(merges)
     if not rows and not merges:
@@ -111,9 +113,15 @@ def insert_records(
 
 
 def recent_interaction_links(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
-    """The newest (call id, interaction id) pairs, oldest first."""
-    rows = conn.execute(
+    """The newest (call id, interaction id) pairs of written legs and of the
+    legs they named, oldest first."""
+    links = conn.execute(
         "SELECT call_id, interaction_id FROM interaction_links ORDER BY rowid DESC LIMIT ?", (limit,)
     ).fetchall()
+    legs = conn.execute(
+        "SELECT call_id, interaction_id FROM cdrs WHERE interaction_id IS NOT NULL ORDER BY seq DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    rows = links + legs
     rows.reverse()
     return rows

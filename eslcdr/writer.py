@@ -1,11 +1,11 @@
 """The writer: the only greenlet that writes to SQLite.
 
 The ESL readers hand CDR records to ``submit()``, which only appends to a
-bounded in-memory list (no I/O, never blocks the socket reader).  The
-writer greenlet wakes when a batch is full or ``flush_interval`` has passed
-and inserts the whole batch in one transaction, with the interaction links
-of its legs and any interaction merges.  A batch stays short (``batch_size``
-rows) because SQLite calls block the gevent hub.
+bounded in-memory list (no I/O, never blocks the socket reader) and wakes
+the writer.  The writer greenlet gets the hub when the readers wait for
+data, takes up to ``batch_size`` records and inserts them in one
+transaction, with the interaction links of its legs and any interaction
+merges.  A batch stays short because SQLite calls block the gevent hub.
 
 When SQLite fails (disk full, file locked, I/O error) the batch is kept and
 retried with capped jittered backoff; records keep accumulating up to
@@ -72,8 +72,9 @@ class Writer:
             self.refused += 1
             return False
         self._pending.append(record)
-        self._idle.clear()
-        if len(self._pending) >= self._batch_size:
+        if self._idle.is_set():
+            self._idle.clear()
+        if not self._wake.is_set():
             self._wake.set()
         return True
 
@@ -83,7 +84,14 @@ class Writer:
 
     # -- the writer greenlet --------------------------------------------
     def run(self) -> None:
-        """Write batches until stop() and the backlog is drained."""
+        """Write batches until stop() and the backlog is drained.
+
+        The writer runs whenever the ESL readers yield the hub (they do so
+        only when their sockets have no data), so under load the buffer has
+        filled up meanwhile and batches are large; when CDRs trickle in, each
+        is committed at once.  ``flush_interval`` bounds how long the writer
+        sleeps when nothing wakes it.
+        """
         attempt = 0
         while True:
             if not self._pending and not self._merges:
@@ -93,11 +101,6 @@ class Writer:
                 self._wake.wait(timeout=self._flush_interval)
                 self._wake.clear()
                 continue
-            if len(self._pending) < self._batch_size and not self._stopping:
-                # Let a batch fill up, but never hold a record longer than
-                # flush_interval.
-                self._wake.wait(timeout=self._flush_interval)
-                self._wake.clear()
             try:
                 self._write_one_batch()
                 attempt = 0
@@ -116,6 +119,9 @@ class Writer:
                     log.error("writer_gave_up", unwritten=len(self._pending))
                     return
                 gevent.sleep(delay)
+                continue
+            # Let the readers run before the next batch.
+            gevent.sleep(0)
 
     def _write_one_batch(self) -> None:
         batch = self._pending[: self._batch_size]
@@ -128,6 +134,8 @@ class Writer:
         self.written += new
         self.duplicates += len(batch) - new
         self.last_write_at = time.time()
+        if not self._pending:
+            self._wake.clear()
         if self._on_written is not None:
             self._on_written(new, len(batch) - new)
         log.debug(

@@ -1,0 +1,200 @@
+"""Ingest benchmark: the S7 burst capture replayed N times (default 30:
+9,000 events, 2,400 legs) over a real TCP socket, read by
+
+  bare       a buffered socket reader that only splits frames and json.loads them
+  gs+json    greenswitch 0.0.19's line reader with json.loads on the bodies
+  greenswitch  stock greenswitch (plain events, its own decoding, do-nothing handler)
+  eslcdr     the whole pipeline: socket -> decode -> legs -> CDR -> committed in SQLite
+
+Each reader gets its own stand-in process (prerendered frames, on the other
+core), so serving costs nothing on the measured core.  Prints seconds per
+run (best of --rounds) and legs/s; figures, not pass/fail.
+
+    python bench/ingest.py [--repeat 30] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CAPTURE = ROOT / "tests" / "data" / "S7_json.esl"
+SUBSCRIBE = "CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA CHANNEL_BRIDGE DTMF CUSTOM spandsp::txfaxresult spandsp::rxfaxresult"
+
+
+def serve(port: int, repeat: int, fmt: str) -> None:
+    """Child process: one stand-in with every frame rendered up front."""
+    from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
+
+    fake = FakeFreeSWITCH(port=port, events=ReplaySource([CAPTURE], repeat=repeat), prerender=fmt)
+    fake.start()
+    print("ready", flush=True)
+    fake.wait_done(timeout=600)
+    gevent.sleep(2)
+    fake.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, repeat: int, fmt: str):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(self.port), "--repeat", str(repeat), "--format", fmt],
+            stdout=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        line = self.proc.stdout.readline()
+        assert line.strip() == b"ready", line
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def bare(port: int, events: int) -> float:
+    sock = socket.create_connection(("127.0.0.1", port))
+    reader = sock.makefile("rb", buffering=1 << 16)
+    start = time.perf_counter()
+    sock.sendall(b"auth ClueCon\n\nevent json %s\n\n" % SUBSCRIBE.encode())
+    seen = 0
+    while seen < events:
+        headers = {}
+        while True:
+            line = reader.readline()
+            if line in (b"\n", b""):
+                break
+            name, _, value = line.partition(b": ")
+            headers[name] = value.strip()
+        length = int(headers.get(b"Content-Length", 0))
+        body = reader.read(length) if length else b""
+        if headers.get(b"Content-Type") == b"text/event-json":
+            json.loads(body)
+            seen += 1
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return elapsed
+
+
+def greenswitch_reader(port: int, events: int, decode_json: bool) -> float:
+    from greenswitch.esl import InboundESL
+
+    done = gevent.event.Event()
+    count = [0]
+
+    class JsonInbound(InboundESL):
+        def handle_event(self, event):  # greenswitch's dispatch, JSON bodies
+            if event.headers.get("Content-Type") == "text/event-json":
+                data = self._read_socket(self.sock_file, int(event.headers["Content-Length"]))
+                event.headers.update(json.loads(data))
+                self._esl_event_queue.put(event)
+                return
+            super().handle_event(event)
+
+    def handler(event):
+        count[0] += 1
+        if count[0] >= events:
+            done.set()
+
+    client = (JsonInbound if decode_json else InboundESL)("127.0.0.1", port, "ClueCon")
+    start = time.perf_counter()
+    client.connect()
+    client.register_handle("*", handler)
+    client.send("event %s %s" % ("json" if decode_json else "plain", SUBSCRIBE))
+    done.wait(timeout=300)
+    elapsed = time.perf_counter() - start
+    client._run = False
+    client.sock.close()
+    return elapsed
+
+
+def eslcdr_pipeline(port: int, legs: int) -> tuple[float, int]:
+    from eslcdr import config
+    from eslcdr.daemon import Daemon
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config.from_mapping(
+            {
+                "esl": {"port": str(port)},
+                "store": {"path": os.path.join(tmp, "bench.db")},
+                "cdr": {"node_name": "bench"},
+                "log": {"level": "warning", "format": "json"},
+            }
+        )
+        daemon = Daemon(cfg)
+        start = time.perf_counter()
+        daemon.start()
+        # "Committed and visible": the writer's counter moves after COMMIT.
+        while daemon.writer.written < legs and time.perf_counter() - start < 300:
+            gevent.sleep(0.001)
+        elapsed = time.perf_counter() - start
+        written = daemon.writer.written
+        daemon.shutdown()
+    return elapsed, written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--format", default="json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.repeat, args.format)
+        return 0
+    from eslcdr import logs
+
+    logs.configure("warning", "json")
+    events, legs = 300 * args.repeat, 80 * args.repeat
+    runs = {
+        "bare": ("json", lambda port: bare(port, events)),
+        "gs+json": ("json", lambda port: greenswitch_reader(port, events, True)),
+        "greenswitch": ("plain", lambda port: greenswitch_reader(port, events, False)),
+        "eslcdr": ("json", None),
+        "eslcdr-plain": ("plain", None),
+    }
+    best: dict[str, float] = {}
+    for name, (fmt, run) in runs.items():
+        times = []
+        for _ in range(args.rounds):
+            server = Server(args.repeat, fmt)
+            try:
+                if run is None:
+                    elapsed, written = eslcdr_pipeline(server.port, legs)
+                    assert written == legs, "only %d of %d legs written" % (written, legs)
+                else:
+                    elapsed = run(server.port)
+            finally:
+                server.close()
+            times.append(elapsed)
+        best[name] = min(times)
+        print("%-13s best %.3f s  (runs: %s)  %8.0f legs/s  %8.0f events/s" % (
+            name, best[name], " ".join("%.3f" % t for t in times), legs / best[name], events / best[name]))
+    print()
+    print("eslcdr vs stock greenswitch: %.2fx faster (target >= 2x)" % (best["greenswitch"] / best["eslcdr"]))
+    print("eslcdr vs bare loop: %.0f%% of its speed (target >= 60%%)" % (100 * best["bare"] / best["eslcdr"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The Event Socket client and its supervisor, against real TCP peers:
+the stand-in, and small scripted servers for the failure modes."""
+
+from __future__ import annotations
+
+import gevent
+import gevent.server
+import pytest
+from greenswitch.esl import NotConnectedError
+
+from eslcdr import config
+from eslcdr.backoff import backoff_delay
+from eslcdr.esl import (
+    AuthenticationError,
+    CommandTimeout,
+    EslClient,
+    NodeConnection,
+    parse_channel_uuids,
+)
+from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
+
+from .conftest import DATA, capture_events
+
+AUTH_REQUEST = b"Content-Type: auth/request\n\n"
+ACCEPTED = b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n"
+
+
+def node(port: int, **overrides) -> config.EslNode:
+    values = {"port": str(port), "command_timeout": "1", "connect_timeout": "1", "reconnect_max_delay": "0.2"}
+    values.update(overrides)
+    return config.from_mapping({"esl": values, "cdr": {"node_name": "t"}}).nodes[0]
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+        self.errors = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def on_error(self, reason, skipped):
+        self.errors.append(reason)
+
+
+def scripted_server(script):
+    """A one-shot TCP server: ``script(sock)`` plays the FreeSWITCH side."""
+    server = gevent.server.StreamServer(("127.0.0.1", 0), lambda sock, addr: script(sock))
+    server.start()
+    return server
+
+
+def read_command(sock) -> bytes:
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = sock.recv(1024)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_login_subscribe_and_events_from_stand_in():
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S5_plain.esl"]), hold=True).start()
+    rec = Recorder()
+    client = EslClient(node(fake.port), rec.on_event, rec.on_error)
+    try:
+        client.connect()
+        reply = client.command("event json CHANNEL_CREATE CHANNEL_HANGUP_COMPLETE DTMF")
+        assert reply.data == "+OK event listener enabled json"
+        assert fake.wait_done(timeout=10)
+        with gevent.Timeout(10):
+            while len(rec.events) < 22:
+                gevent.sleep(0.01)
+    finally:
+        client.close()
+        fake.stop()
+    names = [e["Event-Name"] for e in rec.events]
+    assert names.count("DTMF") == 14 and names.count("CHANNEL_HANGUP_COMPLETE") == 4
+    assert rec.errors == []
+
+
+def test_wrong_password_raises_authentication_error():
+    fake = FakeFreeSWITCH(password="right").start()
+    client = EslClient(node(fake.port, password="nope"), Recorder().on_event, Recorder().on_error)
+    try:
+        with pytest.raises(AuthenticationError, match="refused the password"):
+            client.connect()
+    finally:
+        client.close()
+        fake.stop()
+
+
+def test_command_without_reply_times_out():
+    def silent(sock):
+        sock.sendall(AUTH_REQUEST)
+        read_command(sock)
+        sock.sendall(ACCEPTED)
+        read_command(sock)  # never answers
+        gevent.sleep(5)
+
+    server = scripted_server(silent)
+    client = EslClient(node(server.server_port), Recorder().on_event, Recorder().on_error)
+    try:
+        client.connect()
+        with pytest.raises(CommandTimeout):
+            client.send("api status")
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_no_greeting_times_out():
+    server = scripted_server(lambda sock: gevent.sleep(5))
+    client = EslClient(node(server.server_port), Recorder().on_event, Recorder().on_error)
+    try:
+        with pytest.raises(CommandTimeout, match="auth/request"):
+            client.connect()
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_rude_rejection_is_reported():
+    def reject(sock):
+        body = b"Access Denied, go away.\n"
+        sock.sendall(b"Content-Type: text/rude-rejection\nContent-Length: %d\n\n%s" % (len(body), body))
+        sock.close()
+
+    server = scripted_server(reject)
+    client = EslClient(node(server.server_port), Recorder().on_event, Recorder().on_error)
+    try:
+        with pytest.raises(NotConnectedError, match="Access Denied"):
+            client.connect()
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_half_closed_socket_mid_frame_reported_and_partial_event_dropped():
+    event = (DATA / "S1_json.esl").read_bytes()
+    first = event.index(b"Content-Length:")
+    partial = event[first : first + 500]  # a frame header and part of its body
+
+    def half_close(sock):
+        sock.sendall(AUTH_REQUEST)
+        read_command(sock)
+        sock.sendall(ACCEPTED + partial)
+        sock.shutdown(2 - 1)  # SHUT_WR: FreeSWITCH side stops sending
+        gevent.sleep(2)
+
+    server = scripted_server(half_close)
+    rec = Recorder()
+    client = EslClient(node(server.server_port), rec.on_event, rec.on_error)
+    try:
+        client.connect()
+        assert client.wait_closed(timeout=5)
+    finally:
+        client.close()
+        server.stop()
+    assert rec.events == []
+    assert rec.errors == ["stream ended inside a frame body"]
+    assert not client.connected
+
+
+def test_malformed_frame_and_non_utf8_do_not_kill_the_reader():
+    good = b'{"Event-Name":"CHANNEL_CREATE","Unique-ID":"u1","Caller-Caller-ID-Name":"Jos\xe9"}'
+
+    def messy(sock):
+        sock.sendall(AUTH_REQUEST)
+        read_command(sock)
+        sock.sendall(ACCEPTED)
+        sock.sendall(b"garbage line\n\n")
+        sock.sendall(b"Content-Length: 7\nContent-Type: text/event-json\n\n{broken")
+        sock.sendall(b"Content-Length: %d\nContent-Type: text/event-json\n\n%s" % (len(good), good))
+        gevent.sleep(2)
+
+    server = scripted_server(messy)
+    rec = Recorder()
+    client = EslClient(node(server.server_port), rec.on_event, rec.on_error)
+    try:
+        client.connect()
+        with gevent.Timeout(5):
+            while not rec.events:
+                gevent.sleep(0.01)
+    finally:
+        client.close()
+        server.stop()
+    assert rec.events == [{"Event-Name": "CHANNEL_CREATE", "Unique-ID": "u1", "Caller-Caller-ID-Name": "Jos\ufffd"}]
+    assert len(rec.errors) == 2
+
+
+def test_supervisor_reconnects_resubscribes_and_resyncs():
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S7_json.esl"]), hold=True, drop_after=100).start()
+    rec = Recorder()
+    resyncs = []
+    connection = NodeConnection(node(fake.port), rec.on_event, resyncs.append, rec.on_error)
+    runner = gevent.spawn(connection.run)
+    try:
+        with gevent.Timeout(20):
+            while len(rec.events) < 300 or connection.state != "connected":
+                gevent.sleep(0.01)
+    finally:
+        connection.stop()
+        runner.join(timeout=5)
+        fake.stop()
+    # The drop hit during the first login; the second got the rest, in order.
+    assert len(rec.events) == 300
+    assert [e["Event-Sequence"] for e in rec.events] == [e["Event-Sequence"] for e in capture_events("S7_json.esl")]
+    assert resyncs  # show channels after the successful login
+    assert connection.state == "stopped"
+
+
+def test_supervisor_stops_on_wrong_password():
+    fake = FakeFreeSWITCH(password="right").start()
+    connection = NodeConnection(node(fake.port, password="nope"), Recorder().on_event, lambda alive: None)
+    runner = gevent.spawn(connection.run)
+    try:
+        runner.join(timeout=10)
+    finally:
+        fake.stop()
+    assert runner.dead
+    assert connection.state == "auth_failed"
+    assert "refused" in connection.fatal
+
+
+def test_parse_channel_uuids():
+    assert parse_channel_uuids('{"row_count": 0}\n') == set()
+    body = '{"row_count":2,"rows":[{"uuid":"a","name":"x"},{"uuid":"b"}]}'
+    assert parse_channel_uuids(body) == {"a", "b"}
+
+
+@pytest.mark.parametrize("attempt", range(1, 40))
+def test_backoff_is_capped_and_jittered(attempt):
+    import random
+
+    rng = random.Random(attempt)
+    delays = [backoff_delay(attempt, base=0.5, cap=30.0, rng=rng) for _ in range(50)]
+    ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
+    assert all(ceiling / 2 <= d <= ceiling for d in delays)
+    assert len(set(delays)) > 1
