@@ -192,3 +192,25 @@ def test_freeswitch_down_at_start_then_up(tmp_path):
         assert daemon.stop() == 0
     assert len(rows) == 2
     assert [e["event"] for e in daemon.log_events()].count("esl_connect_failed") >= 1
+
+
+def test_two_freeswitch_nodes_one_database(tmp_path):
+    first = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl"]), hold=True).start()
+    second = FakeFreeSWITCH(events=ReplaySource([DATA / "S3_plain.esl"]), hold=True, password="other").start()
+    ini = write_config(
+        tmp_path,
+        first.port,
+        extra="[esl:fs2]\nport = %d\npassword = other\nformat = plain\n" % second.port,
+    )
+    daemon = DaemonProcess(ini, tmp_path / "daemon.log")
+    try:
+        rows = wait_rows(tmp_path / "cdrs.db", 12)
+        rows = settle(tmp_path / "cdrs.db")
+    finally:
+        assert daemon.stop() == 0
+        first.stop()
+        second.stop()
+    nodes = {}
+    for row in rows:
+        nodes.setdefault(row["node"], set()).add(row["call_id"])
+    assert nodes == {"fs-test": set(EXPECTED["S1_json"]), "fs2": set(EXPECTED["S3_plain"])}
