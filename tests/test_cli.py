@@ -1,0 +1,163 @@
+"""The command line, run as users run it: ``python -m eslcdr ...``."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import gevent
+import pytest
+
+from eslcdr.fakefs import FakeFreeSWITCH
+
+from .conftest import DATA, capture_events
+from .e2e import write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+JSON_CDR = DATA / "json_cdr"
+
+
+def eslcdr(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess, letting gevent serve in-process peers meanwhile."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eslcdr", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=str(cwd or ROOT),
+    )
+    waited = 0.0
+    while proc.poll() is None and waited < timeout:
+        gevent.sleep(0.05)
+        waited += 0.05
+    if proc.poll() is None:
+        proc.kill()
+    out, err = proc.communicate(timeout=10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
+
+
+def test_usage_error_exit_2():
+    result = eslcdr("no-such-command")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_check_logs_in(tmp_path):
+    fake = FakeFreeSWITCH().start()
+    try:
+        result = eslcdr("check", "-c", str(write_config(tmp_path, fake.port)))
+    finally:
+        fake.stop()
+    assert result.returncode == 0, result.stderr
+    assert "login ok" in result.stdout
+
+
+def test_check_wrong_password_exit_2(tmp_path):
+    fake = FakeFreeSWITCH(password="right").start()
+    try:
+        result = eslcdr("check", "-c", str(write_config(tmp_path, fake.port, password="Zq9-bad")))
+    finally:
+        fake.stop()
+    assert result.returncode == 2
+    assert "refused the password" in result.stdout
+    assert "Zq9-bad" not in result.stdout + result.stderr
+
+
+def test_check_nothing_listening_exit_1(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = eslcdr("check", "-c", str(write_config(tmp_path, port)))
+    assert result.returncode == 1
+    assert "cannot connect" in result.stdout
+
+
+def test_bad_config_exit_2(tmp_path):
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[esl]\nport = lots\n")
+    for command in ("run", "check"):
+        result = eslcdr(command, "-c", str(ini))
+        assert result.returncode == 2
+        assert "[esl] port" in result.stderr
+
+
+def test_token_add_stores_only_the_hash(tmp_path):
+    tokens = tmp_path / "tokens"
+    result = eslcdr("token", "add", "--account", "acct1", "--tokens-file", str(tokens))
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert len(token) >= 32
+    text = tokens.read_text()
+    assert token not in text
+    assert "sha256:" in text and "acct1" in text
+    assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
+
+
+def imported_rows(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT call_id, interaction_id, hangup_cause, billing_seconds FROM cdrs ORDER BY seq").fetchall()
+
+
+def test_import_json_cdr_folders_idempotent(tmp_path):
+    ini = write_config(tmp_path, 8021)
+    result = eslcdr("import", "-c", str(ini), str(JSON_CDR / "J_plain"), str(JSON_CDR / "J_json"))
+    assert result.returncode == 0, result.stderr
+    assert "imported 24 new CDRs" in result.stdout
+    rows = imported_rows(tmp_path / "cdrs.db")
+    assert len(rows) == 24
+    again = eslcdr("import", "-c", str(ini), str(JSON_CDR / "J_plain"))
+    assert "imported 0 new CDRs (12 already present" in again.stdout
+    assert imported_rows(tmp_path / "cdrs.db") == rows
+
+
+@pytest.mark.parametrize("run", ["J_plain", "J_json"])
+def test_import_matches_the_live_events_of_the_same_calls(tmp_path, run):
+    from eslcdr import config
+    from eslcdr.importer import build_records, load_events
+    from eslcdr.legs import LegTracker
+    from eslcdr.cdr import build_cdr
+
+    cfg = config.from_mapping({"cdr": {"node_name": "vm"}})
+    events, failed = load_events([JSON_CDR / run])
+    assert failed == 0
+    imported = {r["call_id"]: r for r in build_records(events, cfg, LegTracker(cfg.cdr.interaction_id_vars))}
+    tracker, live = LegTracker(cfg.cdr.interaction_id_vars), {}
+    for event in capture_events("json_cdr/%s.esl" % run):
+        leg = tracker.feed(event, 0)
+        if leg:
+            live[leg.hangup["Unique-ID"]] = build_cdr(leg, cfg.cdr, "vm")
+    assert set(imported) == set(live)
+    fields = ("call_direction", "caller_id_number", "caller_id_name", "duration_seconds", "billing_seconds",
+              "ringing_seconds", "hangup_cause", "hangup_code", "disposition", "account_id", "owner_id",
+              "custom_sip_headers", "custom_channel_vars", "fax_success", "fax_total_pages", "other_leg_call_id",
+              "created_us", "answered_us", "hangup_us", "timestamp")
+    for call_id, record in live.items():
+        for field in fields:
+            assert imported[call_id][field] == record[field], (call_id, field)
+
+    def groups(records):
+        by_interaction = {}
+        for r in records.values():
+            by_interaction.setdefault(r["interaction_id"], set()).add(r["call_id"])
+        return sorted(map(sorted, by_interaction.values()))
+
+    assert groups(imported) == groups(live)
+
+
+def test_import_bad_file_reported_rest_imported(tmp_path):
+    folder = tmp_path / "cdrs"
+    folder.mkdir()
+    good = next((JSON_CDR / "J_json").glob("*.json"))
+    (folder / good.name).write_bytes(good.read_bytes())
+    (folder / "broken.cdr.json").write_bytes(b"{not json")
+    (folder / "empty.cdr.json").write_bytes(b"[]")
+    result = eslcdr("import", "-c", str(write_config(tmp_path, 8021)), str(folder))
+    assert result.returncode == 1
+    assert "imported 1 new CDRs" in result.stdout and "2 files unreadable" in result.stdout
+    assert "broken.cdr.json" in result.stderr
