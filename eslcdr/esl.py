@@ -162,6 +162,10 @@ class EslClient(InboundESL):
                         self._dispatch(item)
                     else:
                         self._on_protocol_error(item.reason, item.skipped)
+                # While FreeSWITCH keeps the socket full, recv never blocks
+                # and so never yields: let the writer start its batch (in its
+                # thread) after each chunk rather than only when the burst ends.
+                gevent.sleep(0)
             tail = parser.eof()
             if tail is not None:
                 self._on_protocol_error(tail.reason, tail.skipped)

@@ -5,7 +5,9 @@ bounded in-memory list (no I/O, never blocks the socket reader) and wakes
 the writer.  The writer greenlet gets the hub when the readers wait for
 data, takes up to ``batch_size`` records and inserts them in one
 transaction, with the interaction links of its legs and any interaction
-merges.  A batch stays short because SQLite calls block the gevent hub.
+merges.  The transaction runs in a thread of gevent's pool: sqlite3 releases
+the GIL while SQLite works, so the ESL readers keep decoding on the hub
+(and on a second core) while a batch is committed.
 
 When SQLite fails (disk full, file locked, I/O error) the batch is kept and
 retried with capped jittered backoff; records keep accumulating up to
@@ -33,6 +35,12 @@ log = structlog.get_logger("eslcdr.writer")
 RETRYABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
 
 
+def _in_thread(work: Callable[[], int]) -> int:
+    """Run blocking SQLite work in gevent's thread pool (one call at a time:
+    the writer greenlet waits for it, so the connection has one user)."""
+    return gevent.get_hub().threadpool.apply(work)
+
+
 class Writer:
     def __init__(
         self,
@@ -42,6 +50,7 @@ class Writer:
         capacity: int = 100_000,
         max_retry_delay: float = 10.0,
         on_written: Callable[[int, int], None] | None = None,
+        offload: Callable[[Callable[[], int]], int] | None = None,
     ) -> None:
         self._conn = conn
         self._batch_size = batch_size
@@ -49,6 +58,7 @@ class Writer:
         self._capacity = capacity
         self._max_retry_delay = max_retry_delay
         self._on_written = on_written
+        self._offload = offload or _in_thread
         self._pending: list[dict] = []
         self._merges: list[tuple[str, str]] = []
         self._wake = gevent.event.Event()
@@ -127,7 +137,8 @@ class Writer:
         batch = self._pending[: self._batch_size]
         merges = self._merges[:]
         started = time.perf_counter()
-        new = insert_records(self._conn, batch, merges=merges)
+        conn = self._conn
+        new = self._offload(lambda: insert_records(conn, batch, merges=merges))
         # Only now that the transaction committed do the records leave memory.
         del self._pending[: len(batch)]
         del self._merges[: len(merges)]
