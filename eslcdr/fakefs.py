@@ -1268,6 +1268,7 @@ class _Listener:
         self.stall_until = 0.0
         self._lock = Semaphore()
         self._buf = bytearray()
+        self._shut = False
 
     # -- lifecycle
 
@@ -1313,11 +1314,20 @@ class _Listener:
             pass
 
     def _close_socket(self) -> None:
+        # FIN first; the command reader goes on reading until the client
+        # closes, and the second call closes for real.  Closing at once with
+        # unread client bytes would make the kernel send a RST, which throws
+        # away events the client has received but not read yet.
+        if self._shut:
+            self.sock.close()
+            return
+        self._shut = True
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
-        self.sock.close()
+            self.sock.close()
+            return
+        gevent.spawn_later(2.0, self.sock.close)  # a client that never closes
 
     def _send(self, data: bytes, events: bool = False) -> None:
         with self._lock:
