@@ -52,7 +52,7 @@ class FinishedLeg:
     fax: tuple[tuple[str, str], ...]  # fax-* headers of the spandsp result event
     bridge_partner: str  # Unique-ID of the CHANNEL_BRIDGE partner, or ""
     interaction_id: str
-    links: tuple[str, ...]  # Unique-IDs this leg is linked to
+    links: tuple[str, ...]  # Unique-IDs (and "sip:<Call-ID>") it is linked to
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +197,7 @@ class LegTracker:
                 fax=leg.fax,
                 bridge_partner=leg.partner,
                 interaction_id=interaction_id,
-                links=tuple(link for link in linked_legs(event) if not link.startswith("sip:")),
+                links=tuple(linked_legs(event)),
             )
         if name == "DTMF":
             digit = event.get("DTMF-Digit")

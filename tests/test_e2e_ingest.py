@@ -214,3 +214,26 @@ def test_two_freeswitch_nodes_one_database(tmp_path):
     for row in rows:
         nodes.setdefault(row["node"], set()).add(row["call_id"])
     assert nodes == {"fs-test": set(EXPECTED["S1_json"]), "fs2": set(EXPECTED["S3_plain"])}
+
+
+def test_interaction_id_survives_a_daemon_restart_mid_call(tmp_path):
+    events = capture_events("S4_json.esl")
+    first_hangup = next(i for i, e in enumerate(events) if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    before, after = events[: first_hangup + 1], events[first_hangup + 1 :]
+    fake = FakeFreeSWITCH(events=StaticSource(before), hold=True).start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
+    try:
+        assert len(wait_rows(tmp_path / "cdrs.db", 1)) == 1
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    # A new daemon process; FreeSWITCH still has the other three legs.
+    fake = FakeFreeSWITCH(events=StaticSource(after), hold=True).start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon2.log")
+    try:
+        rows = wait_rows(tmp_path / "cdrs.db", 4)
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    assert len(rows) == 4
+    assert len({r["interaction_id"] for r in rows}) == 1
