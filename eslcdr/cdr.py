@@ -193,7 +193,8 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
     created_us = _int(ev.get("Caller-Channel-Created-Time"))
     answered_us = _int(ev.get("Caller-Channel-Answered-Time"))
     event_us = _int(ev.get("Event-Date-Timestamp"))
-    hangup_us = _int(ev.get("Caller-Channel-Hangup-Time")) or event_us
+    # A hangup event stripped of its times still gets a date: when it came.
+    hangup_us = _int(ev.get("Caller-Channel-Hangup-Time")) or event_us or leg.finished_us
     timestamp_us = event_us or hangup_us
     channel_vars, sip_headers = _custom_fields(ev, builder.rules)
     duration = _int(ev.get("variable_duration"))

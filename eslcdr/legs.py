@@ -53,6 +53,7 @@ class FinishedLeg:
     bridge_partner: str  # Unique-ID of the CHANNEL_BRIDGE partner, or ""
     interaction_id: str
     links: tuple[str, ...]  # Unique-IDs (and "sip:<Call-ID>") it is linked to
+    finished_us: int = 0  # tracker clock when the hangup arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,7 @@ class LegTracker:
                 bridge_partner=leg.partner,
                 interaction_id=interaction_id,
                 links=tuple(linked_legs(event)),
+                finished_us=now_us,
             )
         if name == "DTMF":
             digit = event.get("DTMF-Digit")

@@ -191,3 +191,39 @@ def test_resync_reports_legs_that_vanished(events_of):
     record = build_lost_cdr(lost[0], "fs1", 5_000_000)
     assert record["disposition"] == "eslcdr_hangup_not_seen"
     assert tracker.live_call_ids() == [keep]
+
+
+def test_hangup_with_headers_missing_still_makes_a_record():
+    tracker = LegTracker()
+    leg = tracker.feed({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": "bare-leg"}, 1_795_727_713_000_000)
+    record = build_cdr(leg, CFG.cdr, "fs1")
+    assert record["call_id"] == "bare-leg"
+    assert record["id"] == "202611-bare-leg"
+    assert record["timestamp"] == 1_795_727_713 + 62167219200
+    assert record["duration_seconds"] == 0 and record["billing_seconds"] == 0
+    assert record["hangup_cause"] is None and record["fax_success"] is None
+
+
+def test_event_without_unique_id_ignored():
+    tracker = LegTracker()
+    assert tracker.feed({"Event-Name": "CHANNEL_HANGUP_COMPLETE"}, 0) is None
+    assert len(tracker) == 0
+
+
+def test_garbage_values_do_not_break_the_builder():
+    tracker = LegTracker()
+    event = {
+        "Event-Name": "CHANNEL_HANGUP_COMPLETE",
+        "Unique-ID": "odd",
+        "Caller-Channel-Created-Time": "not-a-number",
+        "Caller-Channel-Answered-Time": "12x",
+        "variable_billmsec": "-5",
+        "variable_duration": "abc",
+        "variable_fax_success": "1",
+        "variable_fax_document_total_pages": "two",
+        "Event-Date-Timestamp": "1795727713000000",
+    }
+    record = build_cdr(tracker.feed(event, 0), CFG.cdr, "fs1")
+    assert record["billing_seconds"] == 0
+    assert record["duration_seconds"] == 0
+    assert record["fax_success"] is True and record["fax_total_pages"] is None
