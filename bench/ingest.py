@@ -174,25 +174,31 @@ def main() -> int:
         "eslcdr-plain": ("plain", None),
     }
     best: dict[str, float] = {}
+    best_cpu: dict[str, float] = {}
     for name, (fmt, run) in runs.items():
-        times = []
+        times, cpu = [], []
         for _ in range(args.rounds):
             server = Server(args.repeat, fmt)
             try:
+                cpu_start = time.process_time()
                 if run is None:
                     elapsed, written = eslcdr_pipeline(server.port, legs)
                     assert written == legs, "only %d of %d legs written" % (written, legs)
                 else:
                     elapsed = run(server.port)
+                cpu.append(time.process_time() - cpu_start)
             finally:
                 server.close()
             times.append(elapsed)
         best[name] = min(times)
-        print("%-13s best %.3f s  (runs: %s)  %8.0f legs/s  %8.0f events/s" % (
-            name, best[name], " ".join("%.3f" % t for t in times), legs / best[name], events / best[name]))
+        best_cpu[name] = min(cpu)
+        print("%-13s best %.3f s  (runs: %s)  %8.0f legs/s  %8.0f events/s  cpu %.3f s" % (
+            name, best[name], " ".join("%.3f" % t for t in times), legs / best[name], events / best[name], best_cpu[name]))
     print()
     print("eslcdr vs stock greenswitch: %.2fx faster (target >= 2x)" % (best["greenswitch"] / best["eslcdr"]))
     print("eslcdr vs bare loop: %.0f%% of its speed (target >= 60%%)" % (100 * best["bare"] / best["eslcdr"]))
+    print("CPU seconds of the reading process (incl. eslcdr's writer thread): %s" % "  ".join(
+        "%s %.3f" % item for item in best_cpu.items()))
     return 0
 
 

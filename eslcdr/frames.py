@@ -47,10 +47,6 @@ class ProtocolError:
     skipped: bytes = field(repr=False, default=b"")
 
 
-def _decode_header_text(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
-
-
 class FrameParser:
     """Incremental ESL frame parser.
 
@@ -105,15 +101,7 @@ class FrameParser:
     def next_item(self) -> Frame | ProtocolError | None:
         buf = self._buf
         if self._pending is not None:
-            headers, length = self._pending
-            end = self._pos + length
-            if len(buf) < end:
-                return None
-            body = bytes(buf[self._pos : end])
-            self._pos = end
-            self._pending = None
-            self.frames_seen += 1
-            return Frame(headers, body)
+            return self._take_body(*self._pending)
 
         # Skip blank lines between frames (FreeSWITCH never sends them, but a
         # peer that does should not cause errors).
@@ -127,32 +115,37 @@ class FrameParser:
             if n - pos > MAX_HEADER_BLOCK:
                 return self._resync("header block too long", n - 16)
             return None
-        block = bytes(buf[pos:end])
+        # One decode per header block, not per line: this runs per event.
+        text = buf[pos:end].decode("utf-8", "replace")
         headers: dict[str, str] = {}
-        for line in block.split(b"\n"):
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            colon = line.find(b":")
-            if colon <= 0:
+        for line in text.split("\n"):
+            name, colon, value = line.partition(":")
+            if not colon or not name:
                 return self._resync("header line without a name: %r" % line[:80], end + 2)
-            value = line[colon + 1 :]
-            if value.startswith(b" "):
-                value = value[1:]
-            headers[_decode_header_text(line[:colon])] = _decode_header_text(value)
+            if value.endswith("\r"):
+                value = value[:-1]
+            headers[name] = value[1:] if value.startswith(" ") else value
         self._pos = end + 2
         raw_length = headers.get("Content-Length")
         if raw_length is None:
             self.frames_seen += 1
             return Frame(headers)
-        try:
-            length = int(raw_length)
-        except ValueError:
-            length = -1
+        length = int(raw_length) if raw_length.isascii() and raw_length.isdigit() else -1
         if not 0 <= length <= MAX_BODY:
             self.errors_seen += 1
-            return ProtocolError("bad Content-Length %r" % raw_length[:40], block)
-        self._pending = (headers, length)
-        return self.next_item()
+            return ProtocolError("bad Content-Length %r" % raw_length[:40], bytes(buf[pos:end]))
+        return self._take_body(headers, length)
+
+    def _take_body(self, headers: dict[str, str], length: int) -> Frame | None:
+        start = self._pos
+        end = start + length
+        if len(self._buf) < end:
+            self._pending = (headers, length)
+            return None
+        self._pending = None
+        self._pos = end
+        self.frames_seen += 1
+        return Frame(headers, bytes(self._buf[start:end]))
 
     def _resync(self, reason: str, fallback: int) -> ProtocolError:
         """Skip to the next line that looks like the start of a frame.
