@@ -104,7 +104,7 @@ def test_malformed_header_resynchronises():
 
 def test_bad_content_length_skips_header_block():
     good = b"Content-Type: command/reply\nReply-Text: +OK\n\n"
-    for bad_length in (b"abc", b"-5", str(MAX_BODY + 1).encode()):
+    for bad_length in (b"abc", b"-5", b"\xc2\xb2", b"1e3", str(MAX_BODY + 1).encode()):
         bad = b"Content-Type: text/event-plain\nContent-Length: " + bad_length + b"\n\n"
         items = parse_all([bad + good])
         assert isinstance(items[0], ProtocolError)
