@@ -1,40 +1,51 @@
-"""Kazoo's shapes of a CDR: the list row, the interaction row, the full record.
+"""Kazoo's shapes of a CDR: list rows, interaction rows, full records.
 
-Pure functions from SQLite row tuples to dicts, shared by JSON and CSV.
+List and interaction rows are built in Python from a tuple of stored
+columns (``SOURCE_COLUMNS`` + the custom channel variables); full records
+(CDR detail, legs, the collector feed) are rendered by SQLite itself as a
+JSON object or a CSV record (``record_sql``).  The split follows measurement
+on a 1,000,000-row file: list rows need many derivations, which cost less in
+Python than as SQL expressions (SQLite re-evaluates every shared
+sub-expression); full records are plain columns with large text (SDPs),
+which SQLite encodes faster than Python, in the worker thread, GIL released.
 
-List rows follow crossbar's ``cb_cdrs`` column list and derivations:
+List rows follow crossbar's ``cb_cdrs`` columns and derivations:
 
-- ``timestamp`` is the call *start* (stored hangup ``timestamp`` minus
-  ``duration_seconds``) as a string of Gregorian seconds, and every date
-  column is derived from it: ``unix_timestamp`` (string), ``rfc_1036``
+- ``timestamp`` is the call *start* -- stored hangup ``timestamp`` minus
+  ``duration_seconds`` -- as a string of Gregorian seconds, and every date
+  column derives from it: ``unix_timestamp`` (string), ``rfc_1036``
   (``Mon, 13 Feb 2017 18:11:23 GMT``), ``iso_8601`` (the date only),
-  ``iso_8601_combined`` (``2017-02-13T18:11:23Z``) and ``datetime``
+  ``iso_8601_combined`` (``2017-02-13T18:11:23Z``), ``datetime``
   (``2017-02-13 18:11:23``, the only one shifted by ``utc_offset``);
-- ``dialed_number`` is the user part of ``request`` (inbound legs) or of
-  ``to`` (outbound legs); ``calling_from`` is ``caller_id_number`` (inbound)
+- ``dialed_number`` is the user part of ``request`` on inbound legs, of
+  ``to`` on outbound legs; ``calling_from`` is ``caller_id_number`` (inbound)
   or the user part of ``from_uri`` (outbound);
-- ``authorizing_id`` is empty when it equals the account id (Kazoo: a call
-  the account itself authorised);
-- ``cost`` (units, string) is computed only for ``account_billing =
-  per_minute`` legs, as ``kapps_call_util:call_cost`` does, else ``"0"``;
-  ``rate`` is ``custom_channel_vars.rate`` (units) in dollars as a string;
-- ``call_type`` (``account_billing``), ``rate_name``, ``recording_url``,
+- ``authorizing_id`` is empty when it equals the account id (a call the
+  account itself authorised);
+- ``cost`` (units of 1/10000 dollar, string) is ``kapps_call_util:call_cost``
+  for ``account_billing = per_minute`` legs, else ``"0"``; ``rate`` is
+  ``custom_channel_vars.rate`` (units) in dollars as a string;
+- ``call_type`` (``account_billing``), ``rate_name``, ``recording_url`` and
   ``call_priority`` come from ``custom_channel_vars`` with Kazoo's ``""``
-  default, ``media_recordings`` is always a list;
+  default; ``media_recordings`` is always a list;
 - ``bridge_id`` is ``custom_channel_vars.bridge_id`` when ecallmgr set it,
   else our ``other_leg_call_id``, else ``""``.
 
-Missing text values are ``""`` as in Kazoo (never null) so JSON and CSV
-agree.  The full record (CDR detail, legs, collector feed) is every stored
-column, JSON columns as objects and ``fax_success`` as a boolean.
+Text values are never null (Kazoo's ``""`` default), so JSON and CSV agree:
+a CSV cell is the JSON value's text (numbers as digits, lists as compact
+JSON).  CSV is RFC 4180 with every field quoted.
 """
 
 from __future__ import annotations
 
-import json
+import csv
+import functools
+import io
 import math
 import time
 from typing import Any, Iterable, Mapping, Sequence
+
+import orjson
 
 from .schema import COLUMN_NAMES, JSON_COLUMNS
 
@@ -52,8 +63,8 @@ LIST_COLUMNS: tuple[str, ...] = (
 )
 INTERACTION_COLUMNS: tuple[str, ...] = LIST_COLUMNS + ("inception_direction",)
 
-# The stored columns a list row needs, in the order ``list_row`` unpacks
-# them (no SDP blobs: they are most of a row's bytes).
+# What a list row reads, in the order list_values unpacks it (no SDP blobs:
+# they are most of a row's bytes).  custom_channel_vars is last.
 SOURCE_COLUMNS: tuple[str, ...] = (
     "id", "call_id", "caller_id_number", "caller_id_name", "callee_id_number",
     "callee_id_name", "duration_seconds", "billing_seconds", "timestamp",
@@ -61,64 +72,73 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     "call_direction", "request", "authorizing_id", "account_id", "from_uri",
     "media_server", "interaction_id", "custom_channel_vars",
 )
-
+_DIRECTION = SOURCE_COLUMNS.index("call_direction")
 _AUTHORIZING_ID = SOURCE_COLUMNS.index("authorizing_id")
+_RECORDINGS = LIST_COLUMNS.index("media_recordings")
+_DURATION = LIST_COLUMNS.index("duration_seconds")
+_BILLING = LIST_COLUMNS.index("billing_seconds")
+
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("", "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_NO_CCV: dict[str, Any] = {}
+_NO_VARS: dict[str, Any] = {}
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else value if isinstance(value, str) else str(value)
+# ------------------------------------------------------------ list rows
 
 
-def _user_part(uri: Any) -> str:
-    return _text(uri).split("@", 1)[0]
-
-
-def _ccv(raw: str | None) -> Mapping[str, Any]:
-    # Most legs carry a few variables; skip the parser for empty ones.
+def _vars(raw: str | None) -> Mapping[str, Any]:
+    """custom_channel_vars as a dict ({} when empty or not a JSON object)."""
     if not raw or raw == "{}":
-        return _NO_CCV
+        return _NO_VARS
     try:
-        value = json.loads(raw)
-    except ValueError:
-        return _NO_CCV
-    return value if isinstance(value, dict) else _NO_CCV
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _NO_VARS
+    return value if isinstance(value, dict) else _NO_VARS
 
 
-def _int(ccv: Mapping[str, Any], key: str, default: int = 0) -> int:
-    value = ccv.get(key)
+def _number(value: Any) -> int:
+    """Kazoo's to_integer for a variable: ints, digit strings, float strings; else 0."""
     if value is None or value == "":
-        return default
+        return 0
+    if type(value) is int:
+        return value
     try:
         return int(value)
     except (TypeError, ValueError):
         try:
             return int(float(value))
         except (TypeError, ValueError, OverflowError):
-            return default
+            return 0
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else _json_text(value)
 
 
 def call_cost(ccv: Mapping[str, Any], billing_seconds: int) -> int:
-    """Kazoo's per-minute cost in units (1/10000 dollar)."""
-    seconds = billing_seconds - _int(ccv, "billing_seconds_offset")
-    if seconds <= 0 or seconds <= _int(ccv, "rate_nocharge_time"):
+    """kapps_call_util:call_cost in units (1/10000 dollar): rate per minute,
+    rate minimum, increments, surcharge, no-charge time and discount."""
+    get = ccv.get
+    seconds = billing_seconds - _number(get("billing_seconds_offset"))
+    if seconds <= 0 or seconds <= _number(get("rate_nocharge_time")):
         return 0
-    rate = _int(ccv, "rate")
-    increment = _int(ccv, "rate_increment", 60) or 60
-    minimum = _int(ccv, "rate_minimum")
-    surcharge = _int(ccv, "surcharge")
+    rate = _number(get("rate"))
+    increment = _number(get("rate_increment")) or 60
+    minimum = _number(get("rate_minimum"))
+    surcharge = _number(get("surcharge"))
     if seconds <= minimum:
         cost = math.trunc(surcharge + (minimum / 60) * rate)
     else:
         cost = math.trunc(
-            surcharge
-            + (minimum / 60) * rate
+            surcharge + (minimum / 60) * rate
             + math.ceil((seconds - minimum) / increment) * ((increment / 60) * rate)
         )
-    discount = math.trunc(_int(ccv, "discount_percentage") * 0.01 * cost)
-    return math.trunc(cost - discount)
+    return math.trunc(cost - math.trunc(_number(get("discount_percentage")) * 0.01 * cost))
 
 
 def _recordings(ccv: Mapping[str, Any]) -> list:
@@ -128,123 +148,184 @@ def _recordings(ccv: Mapping[str, Any]) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _dates(gregorian: int, utc_offset: int) -> tuple[str, str, str, str, str]:
-    """(datetime, unix_timestamp, rfc_1036, iso_8601, iso_8601_combined)."""
-    unix = gregorian - GREGORIAN_UNIX_OFFSET
-    try:
-        t = time.gmtime(unix)
-        local = time.gmtime(unix + utc_offset) if utc_offset else t
-    except (OverflowError, OSError, ValueError):
-        return ("", str(unix), "", "", "")
-    day = "%04d-%02d-%02d" % (t.tm_year, t.tm_mon, t.tm_mday)
-    clock = "%02d:%02d:%02d" % (t.tm_hour, t.tm_min, t.tm_sec)
-    pretty = "%04d-%02d-%02d %02d:%02d:%02d" % (
-        local.tm_year, local.tm_mon, local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec,
-    )
-    rfc_1036 = "%s, %02d %s %d %s GMT" % (_WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon], t.tm_year, clock)
-    return (pretty, str(unix), rfc_1036, day, "%sT%sZ" % (day, clock))
+@functools.lru_cache(maxsize=4096)
+def _day(days: int) -> tuple[str, str]:
+    """('2017-02-13', 'Mon, 13 Feb 2017') for a day number since 1970-01-01.
+
+    A listing spans few days: the day part is formatted once per day.
+    """
+    t = time.gmtime(days * 86400)
+    return ("%04d-%02d-%02d" % (t.tm_year, t.tm_mon, t.tm_mday),
+            "%s, %02d %s %d" % (_WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon], t.tm_year))
 
 
-def list_row(values: Sequence[Any], utc_offset: int = 0) -> dict[str, Any]:
-    """A list row from a tuple of SOURCE_COLUMNS values."""
+def _user_part(uri: str | None) -> str:
+    return uri.split("@", 1)[0] if uri else ""
+
+
+def list_values(values: Sequence[Any], utc_offset: int = 0) -> list[Any]:
+    """A list row's values in LIST_COLUMNS order, from SOURCE_COLUMNS values.
+
+    Text columns come from SQLite as str or None (TEXT affinity), so
+    ``x or ""`` is Kazoo's ``""`` default at its cheapest.
+    """
     (cdr_id, call_id, caller_number, caller_name, callee_number, callee_name,
      duration, billing, timestamp, hangup_cause, disposition, other_leg, owner_id,
      to, from_, direction, request, authorizing_id, account_id, from_uri,
      media_server, interaction_id, ccv_raw) = values
-    ccv = _ccv(ccv_raw)
+    ccv = _vars(ccv_raw)
     duration = duration or 0
     billing = billing or 0
     start = (timestamp or 0) - duration
-    pretty, unix, rfc_1036, day, combined = _dates(start, utc_offset)
+    unix = start - GREGORIAN_UNIX_OFFSET
+    days, seconds = divmod(unix, 86400)
+    try:
+        day, rfc_day = _day(days)
+        local = _day((unix + utc_offset) // 86400)[0] if utc_offset else day
+    except (OverflowError, OSError, ValueError):  # not a date time.gmtime knows
+        day = rfc_day = local = ""
+    hours, rest = divmod(seconds, 3600)
+    clock = "%02d:%02d:%02d" % (hours, rest // 60, rest % 60)
+    if utc_offset:
+        hours, rest = divmod((unix + utc_offset) % 86400, 3600)
+        pretty = "%s %02d:%02d:%02d" % (local, hours, rest // 60, rest % 60)
+    else:
+        pretty = "%s %s" % (day, clock)
     if direction == "inbound":
-        dialed, calling = _user_part(request), _text(caller_number)
+        dialed, calling = _user_part(request), caller_number or ""
     elif direction == "outbound":
         dialed, calling = _user_part(to), _user_part(from_uri)
     else:
         dialed = calling = ""
-    billing_type = ccv.get("account_billing")
-    return {
-        "id": _text(cdr_id),
-        "call_id": _text(call_id),
-        "caller_id_number": _text(caller_number),
-        "caller_id_name": _text(caller_name),
-        "callee_id_number": _text(callee_number),
-        "callee_id_name": _text(callee_name),
-        "duration_seconds": duration,
-        "billing_seconds": billing,
-        "timestamp": str(start),
-        "hangup_cause": _text(hangup_cause),
-        "disposition": _text(disposition),
-        "other_leg_call_id": _text(other_leg),
-        "owner_id": _text(owner_id),
-        "to": _text(to),
-        "from": _text(from_),
-        "direction": _text(direction),
-        "request": _text(request),
-        "authorizing_id": "" if authorizing_id == account_id else _text(authorizing_id),
-        "cost": str(call_cost(ccv, billing)) if billing_type == "per_minute" else "0",
-        "dialed_number": dialed,
-        "calling_from": calling,
-        "datetime": pretty,
-        "unix_timestamp": unix,
-        "rfc_1036": rfc_1036,
-        "iso_8601": day,
-        "iso_8601_combined": combined,
-        "call_type": _text(billing_type),
-        "rate": repr(_int(ccv, "rate") / 10000),
-        "rate_name": _text(ccv.get("rate_name")),
-        "bridge_id": _text(ccv.get("bridge_id") or other_leg),
-        "recording_url": _text(ccv.get("recording_url")),
-        "media_recordings": _recordings(ccv),
-        "media_server": _text(media_server),
-        "call_priority": _text(ccv.get("call_priority")),
-        "interaction_id": _text(interaction_id),
-    }
-
-
-def interaction_row(values: Sequence[Any], utc_offset: int = 0, by_user: bool = False) -> dict[str, Any]:
-    """An interaction row: the list row of its first leg plus inception_direction.
-
-    As in Kazoo: for the account listing a leg some device/user authorised
-    was originated by the account ("origination"), else it came from outside
-    ("termination"); for a user's listing the leg's direction decides.
-    """
-    row = list_row(values, utc_offset)
-    if by_user:
-        row["inception_direction"] = "origination" if row["direction"] == "inbound" else "termination"
+    if ccv:
+        get = ccv.get
+        billing_type = get("account_billing")
+        extras = (
+            _text(billing_type),
+            repr(_number(get("rate")) / 10000),
+            _text(get("rate_name")),
+            _text(get("bridge_id")) or other_leg or "",
+            _text(get("recording_url")),
+            _recordings(ccv),
+            media_server or "",
+            _text(get("call_priority")),
+        )
+        cost = str(call_cost(ccv, billing)) if billing_type == "per_minute" else "0"
     else:
-        row["inception_direction"] = "origination" if values[_AUTHORIZING_ID] else "termination"
+        extras = ("", "0.0", "", other_leg or "", "", [], media_server or "", "")
+        cost = "0"
+    return [
+        cdr_id or "", call_id or "", caller_number or "", caller_name or "",
+        callee_number or "", callee_name or "", duration, billing, str(start),
+        hangup_cause or "", disposition or "", other_leg or "", owner_id or "",
+        to or "", from_ or "", direction or "", request or "",
+        "" if authorizing_id == account_id else authorizing_id or "",
+        cost, dialed, calling, pretty, str(unix),
+        "%s %s GMT" % (rfc_day, clock) if rfc_day else "",
+        day, "%sT%sZ" % (day, clock) if day else "",
+        *extras, interaction_id or "",
+    ]
+
+
+def interaction_values(values: Sequence[Any], utc_offset: int = 0, by_user: bool = False) -> list[Any]:
+    """An interaction row (INTERACTION_COLUMNS order): the list row of the
+    interaction's first leg plus ``inception_direction``.
+
+    As in Kazoo: on the account listing a leg some device/user authorised
+    was originated inside the account ("origination"), else it came from
+    outside ("termination"); on a user's listing the leg's direction decides.
+    """
+    row = list_values(values, utc_offset)
+    if by_user:
+        row.append("origination" if values[_DIRECTION] == "inbound" else "termination")
+    else:
+        row.append("origination" if values[_AUTHORIZING_ID] else "termination")
     return row
 
 
-def full_record(values: Sequence[Any]) -> dict[str, Any]:
-    """Every stored column of a ``SELECT *`` tuple (COLUMN_NAMES order)."""
-    record = dict(zip(COLUMN_NAMES, values))
-    for name in JSON_COLUMNS:
-        raw = record.get(name)
-        if isinstance(raw, str):
-            try:
-                record[name] = json.loads(raw)
-            except ValueError:
-                pass  # keep what was stored rather than hide it
-    fax = record.get("fax_success")
-    if fax is not None:
-        record["fax_success"] = bool(fax)
-    return record
+def as_cells(values: list[Any]) -> list[str]:
+    """A list/interaction row's values as CSV cells (in place)."""
+    values[_DURATION] = str(values[_DURATION])
+    values[_BILLING] = str(values[_BILLING])
+    values[_RECORDINGS] = _json_text(values[_RECORDINGS])
+    return values
 
 
-def csv_value(value: Any) -> str:
-    """One CSV cell: text as is, numbers as digits, structures as JSON text."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    return str(value)
+def csv_records(rows: Iterable[Sequence[str]]) -> str:
+    """RFC 4180 records -- CRLF, every field quoted, quotes doubled -- of str cells.
+
+    Quoting every field lets one join and two replaces per record do the
+    work of a per-field scan (5x faster than the csv module here).  A record
+    holding a NUL, the join marker, goes through the csv module instead.
+    """
+    out = []
+    for cells in rows:
+        joined = "\x00".join(cells)
+        if joined.count("\x00") == len(cells) - 1:
+            out.append('"%s"\r\n' % joined.replace('"', '""').replace("\x00", '","'))
+        else:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL).writerow(cells)
+            out.append(buffer.getvalue())
+    return "".join(out)
 
 
-def csv_cells(row: Mapping[str, Any], columns: Iterable[str]) -> list[str]:
-    return [csv_value(row.get(name)) for name in columns]
+# ------------------------------------------------------------ full records
+
+
+def _q(name: str) -> str:
+    return 'c."%s"' % name
+
+
+def _valid_json(name: str) -> str:
+    # A stored value that is not JSON is sent as a JSON string, never dropped.
+    return "CASE WHEN json_valid(%s) THEN %s ELSE json_quote(%s) END" % ((_q(name),) * 3)
+
+
+def _fax_success(true: str, false: str, null: str) -> str:
+    return "CASE WHEN c.fax_success IS NULL THEN %s WHEN c.fax_success THEN %s ELSE %s END" % (null, true, false)
+
+
+def _json_object(pairs: Sequence[tuple[str, str]]) -> str:
+    """A JSON object, keys in order.  SQL functions take at most 127
+    arguments in older SQLite builds: past 40 keys the object grows by
+    json_set, which appends in order and keeps nulls (json_patch drops them)."""
+    text = "json_object(%s)" % ", ".join("'%s', %s" % pair for pair in pairs[:40])
+    for i in range(40, len(pairs), 40):
+        text = "json_set(%s, %s)" % (text, ", ".join("'$.\"%s\"', %s" % pair for pair in pairs[i:i + 40]))
+    return text
+
+
+def _csv_record(cells: Sequence[str]) -> str:
+    """A CSV record: every field quoted, printf's %w doubles inner quotes."""
+    parts = ["printf('%s', %s)" % (",".join(['"%w"'] * len(cells[i:i + 40])), ", ".join(cells[i:i + 40]))
+             for i in range(0, len(cells), 40)]
+    return " || ',' || ".join(parts)
+
+
+def record_sql(fmt: str) -> str:
+    """The select expression rendering every stored column of ``cdrs AS c``.
+
+    ``json``: an object, JSON columns as JSON values, ``fax_success`` a
+    boolean.  ``csv``: a record in COLUMN_NAMES order, JSON columns as
+    compact JSON text, ``fax_success`` as ``true``/``false``/empty.
+    """
+    if fmt == "json":
+        pairs = []
+        for name in COLUMN_NAMES:
+            if name in JSON_COLUMNS:
+                pairs.append((name, "json(%s)" % _valid_json(name)))
+            elif name == "fax_success":
+                pairs.append((name, "json(%s)" % _fax_success("'true'", "'false'", "'null'")))
+            else:
+                pairs.append((name, _q(name)))
+        return _json_object(pairs)
+    cells = []
+    for name in COLUMN_NAMES:
+        if name in JSON_COLUMNS:
+            cells.append("COALESCE(json(%s), '')" % _valid_json(name))
+        elif name == "fax_success":
+            cells.append(_fax_success("'true'", "'false'", "''"))
+        else:
+            cells.append("COALESCE(CAST(%s AS TEXT), '')" % _q(name))
+    return _csv_record(cells)

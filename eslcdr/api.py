@@ -1,0 +1,609 @@
+"""The HTTP API: Kazoo v2 compatible CDR routes, the collector feed, health, metrics.
+
+``create_app(config, health=..., registry=...)`` builds everything (no module
+state): a Bottle app with the routes of DESIGN §3.4, wrapped in a small WSGI
+layer that assigns the request id, strips a trailing slash and records
+Prometheus metrics.  ``make_server`` serves it with gevent's WSGIServer and a
+handler that answers even malformed HTTP (too-long request line, bad request)
+with Kazoo's JSON error envelope and never writes ``auth_token`` to the
+access log.
+
+A request goes: route -> token (``X-Auth-Token``, ``auth_token`` or a Bearer
+header; unknown -> 401) -> account scope (another account -> 403; the ``*``
+token may read any) -> parameters (``queries.parse_*``; bad -> 400
+``validation error``) -> SQL on a pooled read-only connection -> Kazoo shapes
+(``kazoo``) -> JSON or CSV.  Every query is scoped by ``account_id`` in SQL, so
+CDR ids, legs and filters of other accounts simply do not exist (404 / no
+rows).
+
+Bounded work: a JSON page holds at most ``max_page_size`` rows and is built
+in memory; ``paginate=false``, CSV, legs and the NDJSON feed are streamed in
+``fetchmany`` batches (constant memory).  Every error -- including Bottle's
+own 404/405/500 -- is Kazoo's envelope ``{"status": "error", "error": "<code>",
+"message", "data", ...}``, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import bottle
+import orjson
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from . import __version__, kazoo
+from .config import Config
+from .queries import (
+    KIND_CDRS,
+    KIND_INTERACTIONS,
+    DatastoreError,
+    GeventRunner,
+    InlineRunner,
+    ParamError,
+    ReaderPool,
+    RowStream,
+    StatementTimeout,
+    cursor_for,
+    detail_sql,
+    encode_cursor,
+    feed_sql,
+    first,
+    legs_sql,
+    list_sql,
+    parse_feed_query,
+    parse_list_query,
+)
+from .schema import COLUMN_NAMES
+from .tokens import COLLECTOR, TokenStore
+
+if TYPE_CHECKING:
+    from gevent.pywsgi import WSGIServer
+
+HealthFn = Callable[[], Mapping[str, Any]]
+MAX_QUERY_FIELDS = 200
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_CSV_TYPES = ("text/csv", "text/comma-separated-values")
+_FILE_NAME_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/;]')
+_N_SOURCE = len(kazoo.SOURCE_COLUMNS)
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+def _records_json(rows: list[tuple]) -> list[str]:
+    return [row[0] for row in rows]  # rendered by SQLite (kazoo.record_sql)
+
+
+def _records_csv(rows: list[tuple]) -> str:
+    return "".join([row[0] + "\r\n" for row in rows])
+
+
+class ApiError(Exception):
+    """An error response in Kazoo's envelope."""
+
+    def __init__(self, status: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.data = {} if data is None else data
+
+
+def invalid_credentials() -> ApiError:
+    return ApiError(401, "invalid_credentials", {"message": "invalid credentials"})
+
+
+def forbidden() -> ApiError:
+    return ApiError(403, "forbidden", {"message": "forbidden"})
+
+
+def error_payload(status: int, message: str, data: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {"data": data, "error": str(status), "message": message, "status": "error", **meta}
+
+
+# ------------------------------------------------------------------ metrics
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Counter
+    latency: Histogram
+    rows: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> "Metrics":
+        return cls(
+            requests=Counter(
+                "eslcdr_api_requests", "HTTP requests answered, by route and status",
+                ["route", "status"], registry=registry,
+            ),
+            latency=Histogram(
+                "eslcdr_api_request_duration_seconds",
+                "time from request to the last byte of the response, by route",
+                ["route"], registry=registry,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            ),
+            rows=Counter(
+                "eslcdr_api_rows", "CDR rows sent, by route and format", ["route", "format"], registry=registry,
+            ),
+        )
+
+
+class _ObservedBody:
+    """Wraps a WSGI body; records metrics when the server closes it."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
+        self._body = body
+        self._done = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+
+
+class CdrApi:
+    """The WSGI application ``create_app`` returns.
+
+    ``bottle`` is the inner Bottle app; ``close()`` closes pooled connections.
+    """
+
+    def __init__(self, app: bottle.Bottle, pool: ReaderPool, metrics: Metrics) -> None:
+        self.bottle = app
+        self.pool = pool
+        self.metrics = metrics
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
+        supplied = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+        environ["eslcdr.request_id"] = request_id
+        path = environ.get("PATH_INFO", "")
+        if len(path) > 1 and path.endswith("/"):
+            environ["PATH_INFO"] = path.rstrip("/") or "/"
+        status_seen: list[str] = []
+
+        def start(status: str, headers: list, exc_info: Any = None) -> Callable:
+            status_seen.append(status.split(" ", 1)[0])
+            headers.append(("X-Request-ID", request_id))
+            return start_response(status, headers, exc_info)
+
+        body = self.bottle(environ, start)
+
+        def done() -> None:
+            route = environ.get("bottle.route")
+            label = route.rule if route is not None else "unmatched"
+            self.metrics.requests.labels(label, status_seen[-1] if status_seen else "000").inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+        return _ObservedBody(body, done)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+# ----------------------------------------------------------------- handlers
+
+
+class _StreamBody:
+    """A streamed response body that owns a RowStream (closed either way).
+
+    Once the headers are out, a failing batch cannot become an error
+    response: it is logged and re-raised, so the server drops the connection
+    and the client sees a truncated body rather than a complete-looking one.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], stream: RowStream) -> None:
+        self._chunks = chunks
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._chunks
+        except (StatementTimeout, DatastoreError) as exc:
+            structlog.get_logger("eslcdr.api").error("api_stream_aborted", error=str(exc))
+            raise
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        self._stream.close()
+
+
+class _Routes:
+    def __init__(
+        self,
+        config: Config,
+        pool: ReaderPool,
+        tokens: TokenStore,
+        health: HealthFn,
+        registry: CollectorRegistry,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.api = config.api
+        self.node = config.cdr.node_name
+        self.pool = pool
+        self.tokens = tokens
+        self.health_fn = health
+        self.registry = registry
+        self.metrics = metrics
+        self.clock = clock
+        self.log = structlog.get_logger("eslcdr.api")
+
+    # -- plumbing -----------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        environ = bottle.request.environ
+        now = time.gmtime(self.clock())
+        return {
+            "request_id": environ.get("eslcdr.request_id", ""),
+            "node": self.node,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
+            "version": __version__,
+        }
+
+    def json_response(self, payload: Mapping[str, Any], status: int = 200) -> bytes:
+        bottle.response.status = status
+        bottle.response.content_type = "application/json"
+        return _dumps(payload).encode("utf-8")
+
+    def error_response(self, status: int, message: str, data: Any = None) -> bytes:
+        return self.json_response(error_payload(status, message, {} if data is None else data, self.meta()), status)
+
+    def guard(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Turn the named failures of a handler into Kazoo error envelopes."""
+
+        def guarded(**kwargs: Any) -> Any:
+            try:
+                return handler(**kwargs)
+            except ApiError as exc:
+                return self.error_response(exc.status, exc.message, exc.data)
+            except ParamError as exc:
+                return self.error_response(400, "validation error", exc.as_data())
+            except StatementTimeout as exc:
+                self.log.warning("api_statement_timeout", path=bottle.request.path, error=str(exc))
+                return self.error_response(503, "datastore timeout", {"message": str(exc)})
+            except DatastoreError as exc:
+                self.log.error("api_datastore_error", path=bottle.request.path, error=str(exc))
+                return self.error_response(503, "datastore fatal error", {"message": "datastore fatal error"})
+
+        return guarded
+
+    def params(self) -> dict[str, list[str]]:
+        query = bottle.request.environ.get("QUERY_STRING", "")
+        try:
+            return urllib.parse.parse_qs(
+                query, keep_blank_values=True, errors="replace", max_num_fields=MAX_QUERY_FIELDS
+            )
+        except ValueError:
+            raise ApiError(400, "validation error", {"query": {"maxItems": {
+                "message": "at most %d query parameters" % MAX_QUERY_FIELDS}}}) from None
+
+    def scope(self, params: Mapping[str, Sequence[str]]) -> str:
+        """The presented token's account (or COLLECTOR); 401 if none is valid."""
+        headers = bottle.request.headers
+        token = headers.get("X-Auth-Token") or first(params, "auth_token")
+        if not token:
+            authorization = headers.get("Authorization", "")
+            if authorization[:7].lower() == "bearer ":
+                token = authorization[7:].strip()
+        account = self.tokens.lookup(token) if token else None
+        if account is None:
+            raise invalid_credentials()
+        return account
+
+    def authorize(self, params: Mapping[str, Sequence[str]], account_id: str) -> str:
+        scope = self.scope(params)
+        if scope != COLLECTOR and scope != account_id:
+            raise forbidden()
+        return scope
+
+    @staticmethod
+    def wants(params: Mapping[str, Sequence[str]], media_types: Sequence[str], short: str) -> bool:
+        accept_param = (first(params, "accept") or "").strip().lower()
+        if accept_param:
+            return accept_param == short or accept_param in media_types
+        header = bottle.request.headers.get("Accept", "").lower()
+        return any(media_type in header for media_type in media_types)
+
+    def file_name(self, params: Mapping[str, Sequence[str]], default: str) -> str:
+        name = first(params, "file_name") or bottle.request.headers.get("X-File-Name") or default
+        name = _FILE_NAME_UNSAFE.sub("_", os.path.basename(name.strip()))[:200]
+        return name or default
+
+    def csv_headers(self, file_name: str) -> None:
+        bottle.response.content_type = "text/csv; charset=utf-8"
+        fallback = file_name.encode("ascii", "replace").decode("ascii").replace("?", "_")
+        disposition = 'attachment; filename="%s"' % fallback
+        if fallback != file_name:
+            disposition += "; filename*=UTF-8''%s" % urllib.parse.quote(file_name, safe="")
+        bottle.response.set_header("Content-Disposition", disposition)
+
+    def count_rows(self, fmt: str, n: int) -> None:
+        route = bottle.request.environ.get("bottle.route")
+        self.metrics.rows.labels(route.rule if route else "unmatched", fmt).inc(n)
+
+    def envelope(self, data_json: str, fields: Mapping[str, Any]) -> bytes:
+        """A success envelope around ``data`` already rendered as JSON text."""
+        bottle.response.content_type = "application/json"
+        tail = _dumps({**fields, "status": "success", **self.meta()})
+        return ('{"data":%s,%s' % (data_json, tail[1:])).encode("utf-8")
+
+    # -- streamed bodies ------------------------------------------------------
+
+    def csv_body(self, stream: RowStream, render: Callable[[list[tuple]], str], columns: Sequence[str],
+                 file_name: str) -> _StreamBody:
+        """Header record, then ``render(batch)`` for each batch of rows."""
+        self.csv_headers(file_name)
+        counter = self.metrics.rows.labels(bottle.request.environ["bottle.route"].rule, "csv")
+
+        def chunks() -> Iterator[bytes]:
+            yield kazoo.csv_records([columns]).encode("utf-8")
+            for batch in stream:
+                counter.inc(len(batch))
+                yield render(batch).encode("utf-8")
+
+        return _StreamBody(chunks(), stream)
+
+    def json_body(self, stream: RowStream, render: Callable[[list[tuple]], list[str]]) -> _StreamBody:
+        """``{"data": [...], "page_size": n, "status": "success", ...}``, streamed;
+        ``render(batch)`` gives the rows' JSON texts."""
+        bottle.response.content_type = "application/json"
+        meta = self.meta()
+        counter = self.metrics.rows.labels(bottle.request.environ["bottle.route"].rule, "json")
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"data":['
+            sent = 0
+            for batch in stream:
+                text = ",".join(render(batch))
+                yield ((",%s" if sent else "%s") % text).encode("utf-8")
+                sent += len(batch)
+                counter.inc(len(batch))
+            yield ("]," + _dumps({"page_size": sent, "status": "success", **meta})[1:]).encode("utf-8")
+
+        return _StreamBody(chunks(), stream)
+
+    def ndjson_body(self, stream: RowStream) -> _StreamBody:
+        bottle.response.content_type = "application/x-ndjson"
+        counter = self.metrics.rows.labels(bottle.request.environ["bottle.route"].rule, "ndjson")
+
+        def chunks() -> Iterator[bytes]:
+            for batch in stream:
+                counter.inc(len(batch))
+                yield "".join([row[0] + "\n" for row in batch]).encode("utf-8")
+
+        return _StreamBody(chunks(), stream)
+
+    # -- routes -------------------------------------------------------------
+
+    def list_cdrs(self, account_id: str, user_id: str | None = None) -> Any:
+        return self._listing(KIND_CDRS, account_id, user_id)
+
+    def list_interactions(self, account_id: str, user_id: str | None = None) -> Any:
+        return self._listing(KIND_INTERACTIONS, account_id, user_id)
+
+    def _listing(self, kind: str, account_id: str, user_id: str | None) -> Any:
+        params = self.params()
+        self.authorize(params, account_id)
+        as_csv = self.wants(params, _CSV_TYPES, "csv")
+        query = parse_list_query(
+            params, kind=kind, account_id=account_id, owner_id=user_id,
+            api=self.api, now=self.clock(), unpaginated=as_csv,
+        )
+        offset, interactions, by_user = query.utc_offset, kind == KIND_INTERACTIONS, user_id is not None
+        columns = kazoo.INTERACTION_COLUMNS if interactions else kazoo.LIST_COLUMNS
+        if interactions:
+            def values_of(row: Sequence[Any]) -> list[Any]:
+                return kazoo.interaction_values(row[:_N_SOURCE], offset, by_user)
+        else:
+            def values_of(row: Sequence[Any]) -> list[Any]:
+                return kazoo.list_values(row[:_N_SOURCE], offset)
+
+        def as_json(rows: list[tuple]) -> list[str]:
+            return [orjson.dumps(dict(zip(columns, values_of(row)))).decode("utf-8") for row in rows]
+
+        def as_csv_text(rows: list[tuple]) -> str:
+            return kazoo.csv_records([kazoo.as_cells(values_of(row)) for row in rows])
+
+        sql, args = list_sql(query)
+        if as_csv:
+            default = "interactions.csv" if interactions else "cdrs.csv"
+            return self.csv_body(self.pool.stream(sql, args), as_csv_text, columns, self.file_name(params, default))
+        if query.page_size is None:
+            return self.json_body(self.pool.stream(sql, args), as_json)
+        rows = self.pool.fetch_all(sql, args, limit=query.page_size + 1)
+        page, rest = rows[: query.page_size], rows[query.page_size:]
+        fields: dict[str, Any] = {"page_size": len(page)}
+        if page:
+            fields["start_key"] = encode_cursor(cursor_for(query, page[0]))
+        elif query.cursor is not None:
+            fields["start_key"] = first(params, "start_key")
+        if rest:
+            fields["next_start_key"] = encode_cursor(cursor_for(query, rest[0]))
+        self.count_rows("json", len(page))
+        return self.envelope("[%s]" % ",".join(as_json(page)), fields)
+
+    def cdr_detail(self, account_id: str, cdr_id: str) -> Any:
+        params = self.params()
+        self.authorize(params, account_id)
+        as_csv = self.wants(params, _CSV_TYPES, "csv")
+        rows = self.pool.fetch_all(*detail_sql(account_id, cdr_id, "csv" if as_csv else "json"), limit=1)
+        if not rows:
+            raise ApiError(404, "could not find cdr with supplied id", {})
+        self.count_rows("csv" if as_csv else "json", 1)
+        if as_csv:
+            self.csv_headers(self.file_name(params, "cdr-%s.csv" % cdr_id))
+            return (kazoo.csv_records([COLUMN_NAMES]) + rows[0][0] + "\r\n").encode("utf-8")
+        return self.envelope(rows[0][0], {})
+
+    def legs(self, account_id: str, leg_id: str) -> Any:
+        params = self.params()
+        self.authorize(params, account_id)
+        as_csv = self.wants(params, _CSV_TYPES, "csv")
+        stream = self.pool.stream(*legs_sql(account_id, leg_id, "csv" if as_csv else "json"))
+        if stream.empty:
+            stream.close()
+            raise ApiError(404, "could not find legs for supplied id", {})
+        if as_csv:
+            return self.csv_body(stream, _records_csv, COLUMN_NAMES, self.file_name(params, "legs.csv"))
+        return self.json_body(stream, _records_json)
+
+    def feed(self) -> Any:
+        params = self.params()
+        if self.scope(params) != COLLECTOR:
+            raise forbidden()
+        ndjson = self.wants(params, ("application/x-ndjson",), "ndjson")
+        query = parse_feed_query(params, streamed=ndjson)
+        sql, args = feed_sql(query)
+        if ndjson:
+            return self.ndjson_body(self.pool.stream(sql, args))
+        rows = self.pool.fetch_all(sql, args, limit=query.limit)
+        self.count_rows("json", len(rows))
+        next_after = rows[-1][1] if rows else query.after
+        return self.envelope("[%s]" % ",".join([row[0] for row in rows]), {"next_after": next_after})
+
+    def health(self) -> Any:
+        info = dict(self.health_fn())
+        status = 200 if info.get("status", "ok") == "ok" else 503
+        return self.json_response(info, status)
+
+    def prometheus(self) -> Any:
+        bottle.response.content_type = CONTENT_TYPE_LATEST
+        return generate_latest(self.registry)
+
+    # -- Bottle's own errors (no route, wrong verb, unhandled exception) -----
+
+    def bottle_error(self, err: bottle.HTTPError) -> bytes:
+        code = err.status_code
+        if code == 404:
+            return self.error_response(404, "faulty_request", {"message": "faulty request"})
+        if code == 405:
+            return self.error_response(405, "invalid_method", {"message": "method not allowed"})
+        if code >= 500:
+            self.log.error("api_unhandled_exception", path=bottle.request.path,
+                           error=repr(err.exception), traceback=err.traceback)
+            return self.error_response(500, "unspecified_fault", {"message": "unspecified fault"})
+        return self.error_response(code, "bad request", {"message": str(err.body)[:200]})
+
+
+def create_app(
+    config: Config,
+    *,
+    health: HealthFn | None = None,
+    registry: CollectorRegistry | None = None,
+    tokens: TokenStore | None = None,
+    clock: Callable[[], float] = time.time,
+    runner: InlineRunner | GeventRunner | None = None,
+) -> CdrApi:
+    """Build the API for ``config`` (database ``[store] path``, ``[api]`` settings).
+
+    ``health`` returns the daemon's state for ``/health`` (a ``status`` other
+    than ``"ok"`` answers 503); ``registry`` receives the API's metrics and is
+    what ``/metrics`` exports; ``tokens`` defaults to ``[api] tokens_file``;
+    ``runner`` runs SQLite calls (default: gevent's thread pool).
+    """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics.create(registry)
+    pool = ReaderPool(config.store.path, config.api.statement_timeout, runner=runner)
+    routes = _Routes(
+        config,
+        pool,
+        tokens if tokens is not None else TokenStore(config.api.tokens_file),
+        health or (lambda: {"status": "ok"}),
+        registry,
+        metrics,
+        clock,
+    )
+    app = bottle.Bottle(catchall=True)
+    app.default_error_handler = routes.bottle_error
+    guard = routes.guard
+    account = "/v2/accounts/<account_id>"
+    # Literal segments first: Bottle tries dynamic routes in definition order.
+    app.route(account + "/cdrs", "GET", guard(routes.list_cdrs))
+    app.route(account + "/cdrs/interaction", "GET", guard(routes.list_interactions))
+    app.route(account + "/cdrs/legs/<leg_id>", "GET", guard(routes.legs))
+    app.route(account + "/cdrs/<cdr_id>", "GET", guard(routes.cdr_detail))
+    app.route(account + "/users/<user_id>/cdrs", "GET", guard(routes.list_cdrs))
+    app.route(account + "/users/<user_id>/cdrs/interaction", "GET", guard(routes.list_interactions))
+    app.route("/v2/feed/cdrs", "GET", guard(routes.feed))
+    app.route("/health", "GET", routes.health)
+    app.route("/metrics", "GET", routes.prometheus)
+    return CdrApi(app, pool, metrics)
+
+
+# ------------------------------------------------------------------- server
+
+
+def _envelope_bytes(status: int, reason: str, message: str) -> bytes:
+    body = _dumps(error_payload(status, message, {"message": reason}, {"version": __version__})).encode()
+    head = (
+        "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % (status, reason, len(body))
+    )
+    return head.encode("latin-1") + body
+
+
+_REDACT = re.compile(r"(auth_token=)[^&\s]*", re.IGNORECASE)
+
+
+def make_server(app: Callable, host: str, port: int, **kwargs: Any) -> "WSGIServer":
+    """A gevent WSGIServer for ``app`` whose own errors are Kazoo envelopes.
+
+    Extra keyword arguments go to ``WSGIServer`` (``log``, ``error_log``,
+    ``spawn``...).  Call ``start()``/``serve_forever()``/``stop()`` as usual.
+    """
+    from gevent import pywsgi
+
+    class ApiHandler(pywsgi.WSGIHandler):
+        def handle(self):
+            # Headers and body go out in separate writes; with Nagle on, a
+            # keep-alive client waits for its delayed ACK (~40 ms) each time.
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass  # not a TCP socket (a unix socket)
+            return super().handle()
+
+        def handle_one_request(self):
+            result = super().handle_one_request()
+            if isinstance(result, tuple):
+                # gevent answers unparseable requests itself with an empty body.
+                code = int(result[0])
+                reason = "request uri too long" if code == 414 else "bad request"
+                return (result[0], _envelope_bytes(code, reason, "faulty_request" if code == 414 else "bad_request"))
+            return result
+
+        def _send_error_response_if_possible(self, error_code):
+            if self.response_length or error_code != 500:
+                return super()._send_error_response_if_possible(error_code)
+            body = _dumps(error_payload(500, "unspecified_fault", {"message": "unspecified fault"},
+                                        {"version": __version__})).encode()
+            try:
+                self.start_response("500 Internal Server Error", [
+                    ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                    ("Connection", "close")])
+                self.write(body)
+            except OSError:
+                self.close_connection = True
+
+        def format_request(self):
+            # The request line may carry ?auth_token=...: never log it.
+            line = super().format_request()
+            return _REDACT.sub(r"\1[redacted]", line)[:2000]
+
+    return pywsgi.WSGIServer((host, port), app, handler_class=ApiHandler, **kwargs)

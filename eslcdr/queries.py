@@ -1,0 +1,680 @@
+"""Read-only queries behind the API: parameters, keyset cursors, SQL, streaming.
+
+Parsing.  ``parse_list_query`` turns the query string of a list request into
+a frozen ``ListQuery`` or raises ``ParamError`` (rendered by the API as
+Kazoo's ``validation error``).  Time bounds are Gregorian seconds, inclusive,
+defaulting to ``now - max_range .. now``.  Filter field names are checked
+against the ``cdrs`` columns; a dot path (``custom_channel_vars.owner_id``)
+is allowed into the JSON columns and becomes a *bound* JSON path parameter:
+no client text is ever spliced into SQL.
+
+Pagination is keyset, never OFFSET.  Every listing has a total order on a
+unique key: ``(timestamp, seq)`` for CDR lists (the hangup time; ``seq`` is
+unique) and ``interaction_id`` for interaction lists.  Interaction ids have
+Kazoo's shape ``<Gregorian seconds>-<8 hex>`` -- 11 digits of the
+interaction's start, then a key -- so their text order is start-time order,
+and an interaction keeps its place even when an earlier leg's CDR arrives
+after its partner's (an A-leg often hangs up last).  A page asks for
+``page_size + 1`` rows; the extra row, if any, becomes the ``next_start_key``
+and the next page starts *at* it (inclusive).  Rows that arrive between
+pages cannot shift anything: a row is either on the unvisited side of the
+cursor (and shows up later, once) or on the visited side (and is not shown);
+no existing row is skipped or repeated.  The cursor also carries the
+effective time range of the first page, so "the last 31 days" does not
+slide under a client that pages slowly.  Cursors are opaque urlsafe base64
+of a small JSON array and are validated like any input.
+
+Execution.  ``ReaderPool`` keeps a few read-only connections
+(``store.connect_reader``, memory-mapped).  A progress handler aborts any
+single SQLite call that runs longer than ``statement_timeout``
+(``StatementTimeout``).  Calls that may run long before their first row --
+every page query, the opening of every stream -- run in gevent's thread pool
+(``GeventRunner``), SQLite releasing the GIL, so the hub and the ESL reader
+on it keep running.  ``RowStream`` then reads ``fetchmany`` batches (constant
+memory however many rows an export has), inline while they are quick.
+
+Result rows are stored columns for list rows (``kazoo.list_values`` shapes
+them in Python) and SQLite-rendered JSON/CSV text for full records
+(``kazoo.record_sql``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+
+from .config import ApiConfig
+from .kazoo import GREGORIAN_UNIX_OFFSET, SOURCE_COLUMNS, record_sql
+from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS
+from .store import connect_reader
+
+T = TypeVar("T")
+Params = Mapping[str, Sequence[str]]
+
+KIND_CDRS = "cdrs"
+KIND_INTERACTIONS = "interactions"
+_KIND_CODES = {KIND_CDRS: "c", KIND_INTERACTIONS: "i"}
+_CURSOR_VERSION = 1
+
+MAX_GREGORIAN = 315537897599  # 9999-12-31T23:59:59Z
+MAX_UTC_OFFSET = 86400
+MAX_FILTERS = 32
+MAX_FILTER_VALUE = 1024
+MAX_START_KEY = 512
+FEED_DEFAULT_LIMIT = 1000
+FEED_MAX_LIMIT = 10000
+FETCH_BATCH = 500
+INLINE_BATCH_SECONDS = 0.05  # a streamed batch slower than this moves to the thread pool
+READER_MMAP_BYTES = 1 << 34  # SQLite caps it at its build's maximum (2 GiB here)
+_PROGRESS_STEPS = 4000  # VM instructions between deadline checks
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_MODB_CALL_ID = re.compile(r"\d{6}-(.+)", re.DOTALL)
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_FILTER_KEYS = ("has_key", "key_missing", "has_value", "value_missing")
+
+
+class ParamError(ValueError):
+    """A query parameter is invalid: Kazoo's ``data.<param>.<code>`` error."""
+
+    def __init__(self, param: str, code: str, message: str, cause: Any = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+        self.message = message
+        self.cause = cause
+
+    def as_data(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"message": self.message}
+        if self.cause is not None:
+            detail["cause"] = self.cause
+        return {self.param: {self.code: detail}}
+
+
+class StatementTimeout(Exception):
+    """A statement ran longer than ``[api] statement_timeout`` and was aborted."""
+
+
+class DatastoreError(Exception):
+    """The database could not be opened or queried."""
+
+
+# ---------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRef:
+    name: str  # as the client wrote it
+    column: str
+    json_path: str | None  # e.g. '$."owner_id"' (a bound parameter)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    op: str  # eq, ne, has_key, key_missing, has_value, value_missing
+    field: FieldRef
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    kind: str
+    key: int | str  # hangup timestamp (CDR lists) or interaction id (interaction lists)
+    seq: int  # 0 for interaction lists (the id is unique)
+    created_from: int
+    created_to: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    kind: str
+    account_id: str
+    owner_id: str | None
+    created_from: int
+    created_to: int
+    ascending: bool
+    page_size: int | None  # None: every row (paginate=false, CSV)
+    cursor: Cursor | None
+    filters: tuple[Filter, ...]
+    utc_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedQuery:
+    after: int
+    limit: int | None  # None: everything (NDJSON stream)
+
+
+def first(params: Params, name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+def parse_bool(params: Params, name: str, default: bool) -> bool:
+    raw = first(params, name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ParamError(name, "type", "%s must be true or false" % name, raw[:64])
+
+
+def parse_int(params: Params, name: str, low: int, high: int, unit: str = "an integer") -> int | None:
+    raw = first(params, name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    # int() also accepts '1_000' and non-ASCII digits; the API does not.
+    if not re.fullmatch(r"[+-]?[0-9]{1,20}", text):
+        raise ParamError(name, "type", "%s must be %s" % (name, unit), raw[:64])
+    value = int(text)
+    if not low <= value <= high:
+        raise ParamError(
+            name, "minimum" if value < low else "maximum",
+            "%s must be between %d and %d" % (name, low, high), raw[:64],
+        )
+    return value
+
+
+def resolve_field(name: str, param: str) -> FieldRef:
+    """A filterable field: a column, or a dot path into a JSON column."""
+    if name in COLUMN_NAMES:
+        return FieldRef(name, name, None)
+    head, dot, rest = name.partition(".")
+    if dot and head in JSON_COLUMNS:
+        segments = rest.split(".")
+        if all(_PATH_SEGMENT.fullmatch(segment) for segment in segments):
+            return FieldRef(name, head, "$" + "".join('."%s"' % s for s in segments))
+    raise ParamError(param, "unknown_field", "%s is not a CDR field" % name[:128], name[:128])
+
+
+def parse_filters(params: Params) -> tuple[Filter, ...]:
+    filters: list[Filter] = []
+    for key, values in params.items():
+        if key.startswith("filter_not_"):
+            op, field_name = "ne", key[len("filter_not_"):]
+        elif key.startswith("filter_"):
+            op, field_name = "eq", key[len("filter_"):]
+        elif key in _FILTER_KEYS:
+            for value in values:
+                filters.append(Filter(key, resolve_field(value, key)))
+            continue
+        else:
+            continue
+        field = resolve_field(field_name, key)
+        for value in values:
+            if len(value) > MAX_FILTER_VALUE:
+                raise ParamError(key, "maxLength", "%s is longer than %d characters" % (key, MAX_FILTER_VALUE))
+            if field.json_path is None and field.column.endswith("call_id"):
+                # Kazoo accepts a CDR id (YYYYMM-<call_id>) for call id filters.
+                match = _MODB_CALL_ID.fullmatch(value)
+                value = match.group(1) if match else value
+            filters.append(Filter(op, field, value))
+    if len(filters) > MAX_FILTERS:
+        raise ParamError("filter", "maxItems", "at most %d filters per request" % MAX_FILTERS, len(filters))
+    return tuple(filters)
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    payload = [_CURSOR_VERSION, _KIND_CODES[cursor.kind], cursor.key, cursor.seq,
+               cursor.created_from, cursor.created_to]
+    raw = json.dumps(payload, separators=(",", ":")).encode("ascii")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(text: str, kind: str, max_range: int) -> Cursor:
+    invalid = ParamError("start_key", "invalid", "start_key is not a key this listing returned", text[:64])
+    if len(text) > MAX_START_KEY:
+        raise invalid
+    try:
+        raw = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+        payload = json.loads(raw.decode("ascii"))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise invalid from None
+    if not (isinstance(payload, list) and len(payload) == 6 and payload[0] == _CURSOR_VERSION
+            and payload[1] == _KIND_CODES[kind]
+            and all(type(v) is int for v in payload[3:])):
+        raise invalid
+    _, _, key, seq, created_from, created_to = payload
+    if kind == KIND_INTERACTIONS:
+        key_ok = type(key) is str and 0 < len(key) <= 256
+    else:
+        key_ok = type(key) is int and -2**62 < key < 2**62
+    if not (key_ok and 0 <= created_from <= created_to <= MAX_GREGORIAN
+            and created_to - created_from <= max_range and 0 <= seq < 2**62):
+        raise invalid
+    return Cursor(kind, key, seq, created_from, created_to)
+
+
+def check_range(created_from: int, created_to: int, max_range: int) -> None:
+    """Kazoo's date_range validation (crossbar_view:time_range/5 wording)."""
+    if created_to < created_from:
+        raise ParamError(
+            "created_from", "date_range",
+            "created_to %d is prior to created_from %d" % (created_to, created_from), created_from,
+        )
+    if created_to - created_from > max_range:
+        raise ParamError(
+            "created_from", "date_range",
+            "created_to %d is more than %d seconds from created_from %d" % (created_to, max_range, created_from),
+            created_to,
+        )
+
+
+def parse_list_query(
+    params: Params,
+    *,
+    kind: str,
+    account_id: str,
+    owner_id: str | None,
+    api: ApiConfig,
+    now: float,
+    unpaginated: bool,
+) -> ListQuery:
+    """Validate a list/interaction-list request into a ListQuery."""
+    time_unit = "an integer (Gregorian seconds)"
+    req_from = parse_int(params, "created_from", 0, MAX_GREGORIAN, time_unit)
+    req_to = parse_int(params, "created_to", 0, MAX_GREGORIAN, time_unit)
+    page_size = parse_int(params, "page_size", 1, api.max_page_size)
+    utc_offset = parse_int(params, "utc_offset", -MAX_UTC_OFFSET, MAX_UTC_OFFSET, "an integer (seconds)") or 0
+    ascending = parse_bool(params, "ascending", False)
+    paginate = parse_bool(params, "paginate", True)
+    start_key = first(params, "start_key")
+    cursor = decode_cursor(start_key, kind, api.max_range) if start_key else None
+    filters = parse_filters(params)
+
+    # An explicit bound wins; else the first page's bound (kept in the
+    # cursor); else Kazoo's default of now / to - max_range.
+    created_to = req_to if req_to is not None else (
+        cursor.created_to if cursor else int(now) + GREGORIAN_UNIX_OFFSET)
+    created_from = req_from if req_from is not None else (
+        cursor.created_from if cursor and req_to is None else max(0, created_to - api.max_range))
+    check_range(created_from, created_to, api.max_range)
+    if unpaginated or not paginate:
+        size = None
+    else:
+        size = page_size or api.default_page_size
+    return ListQuery(kind, account_id, owner_id, created_from, created_to, ascending, size,
+                     cursor, filters, utc_offset)
+
+
+def parse_feed_query(params: Params, streamed: bool) -> FeedQuery:
+    after = parse_int(params, "after", 0, 2**62) or 0
+    limit = parse_int(params, "limit", 1, FEED_MAX_LIMIT)
+    if limit is None and not streamed:
+        limit = FEED_DEFAULT_LIMIT
+    return FeedQuery(after, limit)
+
+
+# ----------------------------------------------------------------------- SQL
+
+
+def _quote(name: str) -> str:
+    return '"%s"' % name
+
+
+def _filter_sql(flt: Filter, alias: str) -> tuple[str, list[Any]]:
+    column = "%s.%s" % (alias, _quote(flt.field.column))
+    path = flt.field.json_path
+    if path is None:
+        expr, args = column, []
+    else:
+        expr, args = "json_extract(%s, ?)" % column, [path]
+    as_text = "CAST(%s AS TEXT)" % expr
+    if flt.op in ("has_key", "key_missing"):
+        present = ("json_type(%s, ?) IS NOT NULL" % column) if path else ("%s IS NOT NULL" % column)
+        return (present if flt.op == "has_key" else "NOT (%s)" % present), list(args)
+    if flt.op in ("has_value", "value_missing"):
+        return "COALESCE(%s, '') %s ''" % (as_text, "!=" if flt.op == "has_value" else "="), list(args)
+    value: Any = flt.value
+    if path is None and flt.field.column in INTEGER_COLUMNS:
+        lowered = (value or "").lower()
+        if lowered in ("true", "false"):
+            value = 1 if lowered == "true" else 0
+        # INTEGER affinity converts '42' to 42 for the comparison; text that
+        # is not a number simply matches nothing.
+        equal, eq_args = "%s = ?" % expr, args + [value]
+    elif path is None:
+        equal, eq_args = "%s = ?" % expr, args + [value]
+    elif (value or "").lower() in ("true", "false"):
+        equal = "(json_type(%s, ?) = ? OR %s = ?)" % (column, as_text)
+        eq_args = [path, value.lower()] + args + [value]
+    else:
+        equal, eq_args = "%s = ?" % as_text, args + [value]
+    if flt.op == "eq":
+        return equal, eq_args
+    return "(%s IS NULL OR NOT %s)" % (expr, equal), args + eq_args
+
+
+def _where_filters(filters: Sequence[Filter], alias: str) -> tuple[list[str], list[Any]]:
+    clauses, args = [], []
+    for flt in filters:
+        sql, flt_args = _filter_sql(flt, alias)
+        clauses.append(sql)
+        args.extend(flt_args)
+    return clauses, args
+
+
+_SOURCE_SELECT = ", ".join("c.%s" % _quote(name) for name in SOURCE_COLUMNS)
+
+
+def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
+    """SQL for a CDR or interaction listing.
+
+    Result rows are the SOURCE_COLUMNS values (``kazoo.list_values`` shapes
+    them) followed by the keyset position: (timestamp, seq) for CDRs,
+    (interaction_id, 0) for interactions.
+    """
+    if query.kind == KIND_INTERACTIONS:
+        return _interactions_sql(query)
+    clauses = ["c.account_id = ?"]
+    args: list[Any] = [query.account_id]
+    if query.owner_id is not None:
+        clauses.append("c.owner_id = ?")
+        args.append(query.owner_id)
+    low, high = query.created_from, query.created_to
+    if query.cursor is not None:
+        # SQLite does not bound an index range by a row-value comparison:
+        # narrow the key range to the cursor's key (so a deep page seeks,
+        # not scans) and let the row value settle ties on that key.
+        if query.ascending:
+            low = max(low, query.cursor.key)
+        else:
+            high = min(high, query.cursor.key)
+        clauses.append('(c."timestamp", c.seq) %s (?, ?)' % (">=" if query.ascending else "<="))
+        args += [query.cursor.key, query.cursor.seq]
+    clauses.append('c."timestamp" BETWEEN ? AND ?')
+    args += [low, high]
+    filter_clauses, filter_args = _where_filters(query.filters, "c")
+    order = "ASC" if query.ascending else "DESC"
+    sql = 'SELECT %s, c."timestamp", c.seq FROM cdrs AS c WHERE %s ORDER BY c."timestamp" %s, c.seq %s' % (
+        _SOURCE_SELECT, " AND ".join(clauses + filter_clauses), order, order)
+    return _limit(sql, args + filter_args, query)
+
+
+def _interactions_sql(query: ListQuery) -> tuple[str, list[Any]]:
+    """One row per interaction -- its first leg in the account (and of the
+    user, on a user's listing), as Kazoo's reduce keeps the earliest channel
+    -- in interaction id order, by the start time in the id."""
+    # "+" keeps SQLite on the interaction index (a range in listing order)
+    # rather than the account index plus a sort of the whole range.
+    clauses = ["+c.account_id = ?"]
+    args: list[Any] = [query.account_id]
+    same_owner = ""
+    if query.owner_id is not None:
+        clauses.append("+c.owner_id = ?")
+        args.append(query.owner_id)
+        same_owner = " AND o.owner_id = c.owner_id"
+    # '-' sorts before the digits: "<t>-" <= every id of second t < "<t+1>-".
+    clauses.append("c.interaction_id >= ? AND c.interaction_id < ?")
+    args += ["%d-" % query.created_from, "%d-" % (query.created_to + 1)]
+    if query.cursor is not None:
+        clauses.append("c.interaction_id %s ?" % (">=" if query.ascending else "<="))
+        args.append(query.cursor.key)
+    filter_clauses, filter_args = _where_filters(query.filters, "c")
+    clauses += filter_clauses
+    args += filter_args
+    clauses.append(
+        "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id = c.interaction_id"
+        " AND o.account_id = c.account_id%s"
+        " AND (o.created_us < c.created_us OR (o.created_us = c.created_us AND o.seq < c.seq)))" % same_owner
+    )
+    sql = "SELECT %s, c.interaction_id, 0 FROM cdrs AS c WHERE %s ORDER BY c.interaction_id %s" % (
+        _SOURCE_SELECT, " AND ".join(clauses), "ASC" if query.ascending else "DESC")
+    return _limit(sql, args, query)
+
+
+def _limit(sql: str, args: list[Any], query: ListQuery) -> tuple[str, list[Any]]:
+    if query.page_size is not None:
+        sql += " LIMIT ?"
+        args.append(query.page_size + 1)
+    return sql, args
+
+
+def cursor_for(query: ListQuery, row: Sequence[Any]) -> Cursor:
+    """The cursor that starts a page at ``row`` (a list_sql row)."""
+    return Cursor(query.kind, row[-2], row[-1], query.created_from, query.created_to)
+
+
+def detail_sql(account_id: str, cdr_id: str, fmt: str = "json") -> tuple[str, list[Any]]:
+    """One full record (``kazoo.record_sql``) by CDR id, or failing that by call id."""
+    return ("SELECT %s FROM cdrs AS c WHERE c.account_id = ? AND (c.id = ? OR c.call_id = ?)"
+            " ORDER BY c.id = ? DESC LIMIT 1" % record_sql(fmt), [account_id, cdr_id, cdr_id, cdr_id])
+
+
+def legs_sql(account_id: str, leg_or_interaction: str, fmt: str = "json") -> tuple[str, list[Any]]:
+    """Every leg of the interaction named by an interaction id, a CDR id or a
+    call id, as full records in creation order.
+
+    A leg without an interaction id is its own interaction.  Three indexed
+    equalities joined by OR (SQLite's OR-by-union plan), each scoped to the
+    account.
+    """
+    return (
+        "WITH target(iid, seq) AS (SELECT interaction_id, seq FROM cdrs"
+        " WHERE account_id = ? AND (id = ? OR call_id = ?) LIMIT 1)"
+        " SELECT %s FROM cdrs AS c WHERE c.account_id = ? AND (c.interaction_id = ?"
+        " OR c.interaction_id = (SELECT iid FROM target)"
+        " OR c.seq = (SELECT seq FROM target WHERE iid IS NULL))"
+        " ORDER BY c.created_us, c.seq" % record_sql(fmt),
+        [account_id, leg_or_interaction, leg_or_interaction, account_id, leg_or_interaction],
+    )
+
+
+def feed_sql(query: FeedQuery) -> tuple[str, list[Any]]:
+    """Full records (JSON) after a seq in seq order; rows are (record, seq).
+
+    seq order is commit order: one writer at a time (SQLite's write lock)
+    takes AUTOINCREMENT values inside its transaction and commits them
+    whole, so any snapshot holds every seq up to its newest commit --
+    ``after=<last seq seen>`` never skips a row that becomes visible later.
+    """
+    sql = "SELECT %s, c.seq FROM cdrs AS c WHERE c.seq > ? ORDER BY c.seq" % record_sql("json")
+    args: list[Any] = [query.after]
+    if query.limit is not None:
+        sql += " LIMIT ?"
+        args.append(query.limit)
+    return sql, args
+
+
+# ------------------------------------------------------------------ execution
+
+
+class Done:
+    """An already finished job (what ``InlineRunner.spawn`` returns)."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        try:
+            self._value, self._error = fn(), None
+        except Exception as exc:  # re-raised by get(), like a thread pool would
+            self._value, self._error = None, exc
+
+    def get(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class InlineRunner:
+    """Runs SQLite calls in the caller (tests, tools without a hub)."""
+
+    def spawn(self, fn: Callable[[], T]) -> Done:
+        return Done(fn)
+
+
+class GeventRunner:
+    """Runs SQLite calls in the current hub's thread pool.
+
+    SQLite releases the GIL while it works, so the hub -- and the ESL reader
+    on it -- keeps running; ``spawn`` returns an AsyncResult whose ``get()``
+    waits cooperatively.
+    """
+
+    def spawn(self, fn: Callable[[], T]) -> Any:
+        import gevent  # here, not at import: the daemon patches before building the API
+
+        return gevent.get_hub().threadpool.spawn(fn)
+
+
+class Reader:
+    """One read-only connection whose every call is bounded in time."""
+
+    def __init__(self, conn: sqlite3.Connection, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self._deadline = math.inf
+        self._timed_out = False
+        conn.set_progress_handler(self._progress, _PROGRESS_STEPS)
+
+    def _progress(self) -> int:
+        if time.monotonic() > self._deadline:
+            self._timed_out = True
+            return 1  # non-zero aborts the statement (OperationalError: interrupted)
+        return 0
+
+    def call(self, fn: Callable[[], T]) -> T:
+        self._deadline = time.monotonic() + self.timeout
+        self._timed_out = False
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if self._timed_out:
+                raise StatementTimeout("statement ran longer than %.1f s" % self.timeout) from None
+            raise DatastoreError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise DatastoreError(str(exc)) from None
+        finally:
+            self._deadline = math.inf
+
+
+class ReaderPool:
+    """A few idle read-only connections, opened on demand."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        statement_timeout: float,
+        *,
+        runner: InlineRunner | GeventRunner | None = None,
+        max_idle: int = 8,
+    ) -> None:
+        self.path = path
+        self.statement_timeout = statement_timeout
+        self.runner = runner or GeventRunner()
+        self._idle: list[Reader] = []
+        self._max_idle = max_idle
+
+    def acquire(self) -> Reader:
+        if self._idle:
+            return self._idle.pop()
+        try:
+            conn = connect_reader(self.path)
+            # Readers wait briefly on a lock (WAL recovery), never for seconds.
+            conn.execute("PRAGMA busy_timeout=1000")
+            # Memory-mapped reads: a listing touches one table page per row,
+            # and a pread() per page was half the cost of an export.
+            conn.execute("PRAGMA mmap_size=%d" % READER_MMAP_BYTES)
+        except sqlite3.Error as exc:
+            raise DatastoreError("cannot open %s: %s" % (self.path, exc)) from None
+        return Reader(conn, self.statement_timeout)
+
+    def release(self, reader: Reader) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(reader)
+        else:
+            reader.conn.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().conn.close()
+
+    def fetch_all(self, sql: str, args: Sequence[Any], limit: int = 100_000) -> list[tuple]:
+        """A bounded result (a page, one CDR) in one call."""
+        reader = self.acquire()
+        try:
+            return self.runner.spawn(lambda: reader.call(lambda: reader.conn.execute(sql, args).fetchmany(limit))).get()
+        finally:
+            self.release(reader)
+
+    def stream(self, sql: str, args: Sequence[Any], batch: int = FETCH_BATCH) -> "RowStream":
+        return RowStream(self, sql, args, batch)
+
+
+class RowStream:
+    """Rows of one statement in batches of ``fetchmany``.
+
+    The statement runs and its first batch is read in the constructor, in
+    the runner's thread pool: that is where SQLite may sort or scan before
+    its first row, and errors surface before any response header is sent.
+    Later batches run inline, on the hub, while each takes under
+    ``INLINE_BATCH_SECONDS``: handing every batch to a thread costs an
+    export about a quarter of its speed (sqlite3 takes the GIL back for each
+    row).  The first slow batch moves the rest of the stream to the pool.
+    ``close()`` (also called on exhaustion) returns the connection to the
+    pool; unread rows are discarded.
+    """
+
+    def __init__(self, pool: ReaderPool, sql: str, args: Sequence[Any], batch: int) -> None:
+        self._pool = pool
+        self._batch = batch
+        self._reader: Reader | None = pool.acquire()
+        self._cursor: sqlite3.Cursor | None = None
+        try:
+            started = time.monotonic()
+            self._first = self._pool.runner.spawn(lambda: self._reader.call(lambda: self._open(sql, args))).get()
+            self._inline = time.monotonic() - started < INLINE_BATCH_SECONDS
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def empty(self) -> bool:
+        """True when the statement returned no row at all."""
+        return not self._first
+
+    def _open(self, sql: str, args: Sequence[Any]) -> list[tuple]:
+        self._cursor = self._reader.conn.execute(sql, args)
+        return self._cursor.fetchmany(self._batch)
+
+    def _next_batch(self) -> list[tuple]:
+        reader, cursor, size = self._reader, self._cursor, self._batch
+        if not self._inline:
+            return self._pool.runner.spawn(lambda: reader.call(lambda: cursor.fetchmany(size))).get()
+        started = time.monotonic()
+        rows = reader.call(lambda: cursor.fetchmany(size))
+        self._inline = time.monotonic() - started < INLINE_BATCH_SECONDS
+        return rows
+
+    def __iter__(self) -> Iterator[list[tuple]]:
+        try:
+            rows, self._first = self._first, []
+            while rows:
+                yield rows
+                if len(rows) < self._batch or self._reader is None:
+                    break
+                rows = self._next_batch()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        if self._cursor is not None:
+            try:
+                self._cursor.close()
+            except sqlite3.Error:
+                pass  # the connection is still usable; the statement is gone
+            self._cursor = None
+        self._pool.release(reader)

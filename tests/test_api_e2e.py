@@ -1,0 +1,232 @@
+"""The API end to end: a real gevent WSGIServer (api.make_server) on 127.0.0.1,
+real sockets, http.client, and a writer committing CDRs while clients read.
+
+The server and the writer run in real OS threads started with the original
+``_thread`` functions: importing eslcdr.cli (other test modules do)
+monkey-patches this whole process, and a patched thread would be a greenlet
+sharing the test's hub.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import socket
+import time
+from typing import Callable
+
+import pytest
+from gevent import monkey
+
+from eslcdr import api, store
+from eslcdr.config import from_mapping
+from eslcdr.tokens import TokenStore
+
+from .test_api import A, ACC_A, COLLECTOR, NOW_G, TOKENS, leg
+
+
+class LogLines:
+    """A file-like access/error log sink (what the daemon passes as ``log``)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_start_thread = monkey.get_original("_thread", "start_new_thread")
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+
+
+class RealThread:
+    """An OS thread, whatever the monkey patching; join() waits for it."""
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        self._done = _allocate_lock()
+        self._done.acquire()
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                self._done.release()
+
+        _start_thread(run, ())
+
+    def join(self, timeout: float = 30) -> None:
+        assert self._done.acquire(timeout=timeout), "thread did not finish"
+        self._done.release()
+
+
+class ServerThread:
+    """The API served by api.make_server in its own thread (with its own hub)."""
+
+    def __init__(self, app, log: LogLines) -> None:
+        self._app = app
+        self._log = log
+        self._ready = _allocate_lock()
+        self._ready.acquire()
+        self._thread = RealThread(self._run)
+        assert self._ready.acquire(timeout=10)
+
+    def _run(self) -> None:
+        import gevent
+
+        self.server = api.make_server(self._app, "127.0.0.1", 0, log=self._log, error_log=self._log)
+        self.server.start()
+        self.port = self.server.server_port
+        self.hub = gevent.get_hub()
+        self._ready.release()
+        self.server.serve_forever()
+        self.hub.destroy(destroy_loop=True)
+
+    def stop(self) -> None:
+        import gevent
+
+        # server.stop() waits for handlers: run it in a greenlet of that hub.
+        self.hub.loop.run_callback_threadsafe(lambda: gevent.spawn(self.server.stop, 2))
+        self._thread.join(10)
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+
+@pytest.fixture
+def served(tmp_path):
+    path = tmp_path / "cdrs.db"
+    writer = store.connect_writer(path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join("%s %s\n" % item for item in TOKENS.items()))
+    config = from_mapping({"store": {"path": str(path)}, "api": {"tokens_file": str(tokens)}})
+    log = LogLines()
+    # Default runner: SQLite calls in the server hub's thread pool, as in the daemon.
+    app = api.create_app(config, tokens=TokenStore(tokens), clock=lambda: NOW_G - 62167219200)
+    server = ServerThread(app, log)
+    yield server, writer, path, log
+    server.stop()
+    app.close()
+    writer.close()
+
+
+def get(conn: http.client.HTTPConnection, url: str, headers: dict | None = None):
+    conn.request("GET", url, headers=A if headers is None else headers)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def test_routes_over_a_real_socket(served):
+    server, writer, _, _ = served
+    records = [leg(NOW_G - i, caller_id_name='O\'Brien, "Mary"\n渡辺') for i in range(1234)]
+    store.insert_records(writer, records)
+    conn = server.connection()
+    response, body = get(conn, "/v2/accounts/%s/cdrs?page_size=7" % ACC_A)
+    page = json.loads(body)
+    assert response.status == 200 and response.getheader("Content-Type") == "application/json"
+    assert [r["call_id"] for r in page["data"]] == [r["call_id"] for r in records[:7]]
+    assert "next_start_key" in page
+
+    # A streamed CSV export: chunked, and the same rows as the JSON export.
+    response, body = get(conn, "/v2/accounts/%s/cdrs?accept=csv&file_name=all.csv" % ACC_A)
+    assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+    assert response.getheader("Content-Disposition") == 'attachment; filename="all.csv"'
+    table = list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))
+    response, body = get(conn, "/v2/accounts/%s/cdrs?paginate=false" % ACC_A)
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    everything = json.loads(body)["data"]
+    assert len(table) == 1 + len(everything) == 1 + len(records)
+    assert [row[3] for row in table[1:]] == [r["caller_id_name"] for r in everything]
+
+    response, body = get(conn, "/v2/accounts/%s/cdrs" % ACC_A, headers={})
+    assert response.status == 401 and json.loads(body)["message"] == "invalid_credentials"
+    conn.request("DELETE", "/v2/accounts/%s/cdrs" % ACC_A, headers=A)
+    response = conn.getresponse()
+    assert response.status == 405 and json.loads(response.read())["error"] == "405"
+    response, body = get(conn, "/health", headers={})
+    assert response.status == 200 and json.loads(body) == {"status": "ok"}
+    response, body = get(conn, "/metrics", headers={})
+    assert b"eslcdr_api_requests_total" in body
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_server_level_errors_are_envelopes(served):
+    server = served[0]
+    status, body = raw_exchange(server.port, b"GET /v2/accounts/x/cdrs?" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")
+    assert status == 414 and body["status"] == "error" and body["error"] == "414"
+    status, body = raw_exchange(server.port, b"NOT A REQUEST LINE\r\n\r\n")
+    assert status == 400 and body["error"] == "400"
+    # Long but acceptable URLs reach the app, which answers in the envelope.
+    conn = server.connection()
+    response, raw = get(conn, "/v2/accounts/%s/cdrs?filter_caller_id_name=%s" % (ACC_A, "x" * 7000))
+    assert response.status == 400 and json.loads(raw)["message"] == "validation error"
+
+
+def test_access_log_never_holds_the_token(served):
+    server, _, _, log = served
+    conn = server.connection()
+    response, _ = get(conn, "/v2/accounts/%s/cdrs?auth_token=token-a&page_size=2" % ACC_A, headers={})
+    assert response.status == 200
+    conn.close()
+    time.sleep(0.2)
+    text = "".join(log.lines)
+    assert "auth_token=[redacted]&page_size=2" in text
+    assert "token-a" not in text
+
+
+def test_feed_and_paging_while_a_writer_commits(served):
+    """Pulling with the returned cursors while CDRs keep arriving yields every
+    record exactly once; paging a listing skips and repeats nothing."""
+    server, writer, _, _ = served
+    existing = [leg(NOW_G - 3000 + i // 4) for i in range(400)]
+    store.insert_records(writer, existing)
+    committed: list[dict] = list(existing)
+    finished: list[bool] = []
+
+    def write_more() -> None:
+        for n in range(60):
+            batch = [leg(NOW_G - 3000 + (n * 7 + i) % 500) for i in range(1 + n % 5)]
+            store.insert_records(writer, batch)
+            committed.extend(batch)
+            time.sleep(0.005)
+        finished.append(True)
+
+    thread = RealThread(write_more)
+    feed_conn, list_conn = server.connection(), server.connection()
+    pulled, after = [], 0
+    listed, url = [], "/v2/accounts/%s/cdrs?page_size=9" % ACC_A
+    while url or not finished:
+        _, body = get(feed_conn, "/v2/feed/cdrs?limit=7&after=%d" % after, headers=COLLECTOR)
+        page = json.loads(body)
+        pulled += [r["call_id"] for r in page["data"]]
+        after = page["next_after"]
+        if url:
+            _, body = get(list_conn, url)
+            listing = json.loads(body)
+            listed += [r["call_id"] for r in listing["data"]]
+            key = listing.get("next_start_key")
+            url = "/v2/accounts/%s/cdrs?page_size=9&start_key=%s" % (ACC_A, key) if key else None
+    thread.join()
+    response, body = get(feed_conn, "/v2/feed/cdrs?after=%d" % after,
+                         headers={**COLLECTOR, "Accept": "application/x-ndjson"})
+    assert response.getheader("Content-Type") == "application/x-ndjson"
+    pulled += [json.loads(line)["call_id"] for line in body.decode().splitlines()]
+    assert pulled == [r["call_id"] for r in committed]
+    assert len(listed) == len(set(listed))
+    assert {r["call_id"] for r in existing} <= set(listed)
