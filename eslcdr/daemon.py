@@ -38,6 +38,9 @@ from .writer import Writer
 log = structlog.get_logger("eslcdr.daemon")
 
 HOUSEKEEPING_INTERVAL = 30.0
+# How long a leg missing from "show channels" may still get its hangup event.
+RESYNC_GRACE = 5.0
+LOST_CHECK_INTERVAL = 1.0
 SHUTDOWN_DRAIN_TIMEOUT = 15.0
 # Bugs in field mapping on a strange event must cost one CDR, not the reader.
 BUILD_ERRORS = (KeyError, ValueError, TypeError, AttributeError, IndexError)
@@ -92,12 +95,18 @@ class Pipeline:
             log.error("cdr_refused_backlog_full", node=self.node_name, call_id=record["call_id"])
 
     def on_resync(self, alive: set[str]) -> None:
-        """After (re)connecting: legs FreeSWITCH no longer has ended unseen."""
+        """After (re)connecting: legs FreeSWITCH no longer lists may have
+        ended unseen; they are written off after a grace (take_lost)."""
+        marked = self.tracker.resync(alive, self._clock(), grace_us=int(RESYNC_GRACE * 1_000_000))
+        log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker), missing=marked)
+
+    def write_off_lost(self) -> None:
         now = self._clock()
-        lost = self.tracker.resync(alive, now)
+        lost = self.tracker.take_lost(now)
         for leg in lost:
             self._submit(build_lost_cdr(leg, self.node_name, now))
-        log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker), hangup_missed=len(lost))
+        if lost:
+            log.warning("hangup_not_seen", node=self.node_name, legs=len(lost))
 
     def housekeeping(self) -> None:
         expired = self.tracker.expire(self._clock())
@@ -181,9 +190,15 @@ class Daemon:
         self._greenlets.append(greenlet)
 
     def _housekeeping(self) -> None:
-        while not self._stop.wait(timeout=HOUSEKEEPING_INTERVAL):
+        last_sweep = time.monotonic()
+        while not self._stop.wait(timeout=LOST_CHECK_INTERVAL):
+            sweep = time.monotonic() - last_sweep >= HOUSEKEEPING_INTERVAL
             for pipeline in self.pipelines.values():
-                pipeline.housekeeping()
+                pipeline.write_off_lost()
+                if sweep:
+                    pipeline.housekeeping()
+            if sweep:
+                last_sweep = time.monotonic()
 
     # -- state ----------------------------------------------------------------
     def health(self) -> dict:

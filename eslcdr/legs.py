@@ -141,6 +141,7 @@ class LegTracker:
         # (old id, new id) pairs the writer must apply to rows already written
         self.merges: list[tuple[str, str]] = []
         self.merged = 0
+        self._suspects: dict[str, int] = {}  # call id -> write-off deadline (µs)
         self.duplicates = 0
         self.expired = 0
 
@@ -190,6 +191,7 @@ class LegTracker:
 
         if name == "CHANNEL_HANGUP_COMPLETE":
             del self._legs[call_id]
+            self._suspects.pop(call_id, None)
             self._finished[call_id] = now_us
             self._written[interaction_id] = None
             return FinishedLeg(
@@ -283,6 +285,7 @@ class LegTracker:
         stale = [call_id for call_id, leg in self._legs.items() if leg.touched_us < cutoff]
         for call_id in stale:
             del self._legs[call_id]
+            self._suspects.pop(call_id, None)
         self.expired += len(stale)
         finished = self._finished
         for call_id in [c for c, when in finished.items() if when < cutoff]:
@@ -302,12 +305,35 @@ class LegTracker:
             for key in list(remembered)[:excess]:
                 del remembered[key]
 
-    def resync(self, alive: set[str], now_us: int) -> list[LostLeg]:
-        """After a reconnect: legs FreeSWITCH no longer has ended unseen."""
+    def resync(self, alive: set[str], now_us: int, grace_us: int = 10_000_000) -> int:
+        """After a reconnect: mark legs FreeSWITCH no longer lists.
+
+        They are not written off at once: FreeSWITCH answers ``show channels``
+        while events raised before it may still wait in the socket's queue,
+        so a leg missing from the list may have its HANGUP_COMPLETE on the
+        way.  ``take_lost`` writes off those still silent after ``grace_us``.
+        Returns how many legs were marked.
+        """
+        deadline = now_us + grace_us
+        marked = 0
+        for call_id in self._legs:
+            if call_id not in alive:
+                self._suspects[call_id] = deadline
+                marked += 1
+        return marked
+
+    def take_lost(self, now_us: int) -> list[LostLeg]:
+        """Marked legs whose grace has passed without a hangup."""
         lost = []
-        for call_id in [c for c in self._legs if c not in alive]:
-            leg = self._legs.pop(call_id)
+        for call_id, deadline in list(self._suspects.items()):
+            if deadline > now_us:
+                continue
+            del self._suspects[call_id]
+            leg = self._legs.pop(call_id, None)
+            if leg is None:  # it finished (or expired) meanwhile
+                continue
             self._finished[call_id] = now_us
-            self._written[self._interaction.get(call_id, "")] = None
-            lost.append(LostLeg(call_id, leg.created_us, self._interaction.get(call_id, "")))
+            interaction_id = self._interaction.get(call_id, "")
+            self._written[interaction_id] = None
+            lost.append(LostLeg(call_id, leg.created_us, interaction_id))
         return lost

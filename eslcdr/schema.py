@@ -75,11 +75,15 @@ JSON_COLUMNS = frozenset({"custom_channel_vars", "custom_sip_headers"})
 INTEGER_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("INTEGER"))
 
 INDEXES: tuple[tuple[str, str], ...] = (
+    # list and user list, keyset-paged on (timestamp, seq)
     ("idx_cdrs_account_ts", "account_id, timestamp, seq"),
-    ("idx_cdrs_ts", "timestamp, seq"),
-    ("idx_cdrs_interaction", "interaction_id"),
     ("idx_cdrs_owner_ts", "account_id, owner_id, timestamp, seq"),
-    ("idx_cdrs_account_created", "account_id, created_us"),
+    # the collector's admin listing across accounts
+    ("idx_cdrs_ts", "timestamp, seq"),
+    # interaction lists (paged on interaction_id), legs, merges
+    ("idx_cdrs_interaction", "interaction_id"),
+    ("idx_cdrs_account_interaction", "account_id, interaction_id"),
+    ("idx_cdrs_owner_interaction", "account_id, owner_id, interaction_id"),
 )
 
 

@@ -180,17 +180,34 @@ def test_legs_expire_and_memory_stays_bounded():
     assert len(tracker._interaction) <= 1000
 
 
-def test_resync_reports_legs_that_vanished(events_of):
+def test_resync_writes_off_vanished_legs_after_grace(events_of):
     events = [e for e in events_of("S1_json") if e["Event-Name"] == "CHANNEL_CREATE"]
     tracker = LegTracker()
     for event in events:
         tracker.feed(event, 0)
     keep = events[0]["Unique-ID"]
-    lost = tracker.resync({keep}, 5_000_000)
+    assert tracker.resync({keep}, 1_000_000, grace_us=5_000_000) == 3
+    assert tracker.take_lost(5_999_999) == []  # still in grace
+    lost = tracker.take_lost(6_000_000)
     assert {leg.call_id for leg in lost} == {e["Unique-ID"] for e in events[1:]}
-    record = build_lost_cdr(lost[0], "fs1", 5_000_000)
+    record = build_lost_cdr(lost[0], "fs1", 6_000_000)
     assert record["disposition"] == "eslcdr_hangup_not_seen"
     assert tracker.live_call_ids() == [keep]
+
+
+def test_hangup_arriving_within_grace_wins_over_resync(events_of):
+    # FreeSWITCH may answer "show channels" before it flushed the queued
+    # HANGUP_COMPLETE of a leg that just ended.
+    events = events_of("S6_json")
+    hangups = [e for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+    tracker = LegTracker()
+    for event in events:
+        if event["Event-Name"] != "CHANNEL_HANGUP_COMPLETE":
+            tracker.feed(event, 0)
+    tracker.resync(set(), 1_000_000, grace_us=5_000_000)
+    finished = [tracker.feed(e, 2_000_000) for e in hangups]
+    assert all(finished)
+    assert tracker.take_lost(10_000_000) == []
 
 
 def test_hangup_with_headers_missing_still_makes_a_record():

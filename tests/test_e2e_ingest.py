@@ -119,7 +119,7 @@ def test_legs_whose_hangup_was_missed_still_get_a_row(tmp_path):
     daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
     try:
         assert fake.wait_done(timeout=30)
-        rows = settle(tmp_path / "cdrs.db", 2.0)
+        rows = settle(tmp_path / "cdrs.db", 8.0)  # resync grace (5 s) + check interval
     finally:
         assert daemon.stop() == 0
         fake.stop()
