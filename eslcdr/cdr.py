@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from . import __version__
 from .config import CdrConfig
 from .events import Event
-from .legs import GREGORIAN_OFFSET, FinishedLeg, LostLeg, gregorian_seconds
+from .legs import GREGORIAN_OFFSET, FinishedLeg, LostLeg, gregorian_seconds, parse_int
 
 Record = dict[str, object]
 
@@ -40,18 +40,6 @@ def first(event: Event, *names: str) -> str | None:
         if value:
             return value
     return None
-
-
-def _int(value: str | None) -> int:
-    if not value:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return int(float(value))
-        except ValueError:
-            return 0
 
 
 def _convert(value: str | None, kind: str):
@@ -126,7 +114,7 @@ def _custom_fields(event: Event, rules: _CustomFieldRules) -> tuple[dict[str, st
 
 
 def _ringing_seconds(event: Event, answered_us: int, hangup_us: int) -> int:
-    ring_us = _int(event.get("Caller-Channel-Progress-Time")) or _int(
+    ring_us = parse_int(event.get("Caller-Channel-Progress-Time")) or parse_int(
         event.get("Caller-Channel-Progress-Media-Time")
     )
     if not ring_us:
@@ -143,8 +131,8 @@ def _billing_seconds(event: Event, answered_us: int) -> int:
         return 0
     billmsec = event.get("variable_billmsec")
     if billmsec:
-        return max(0, math.ceil(_int(billmsec) / 1000))
-    return max(0, _int(event.get("variable_billsec")))
+        return max(0, math.ceil(parse_int(billmsec) / 1000))
+    return max(0, parse_int(event.get("variable_billsec")))
 
 
 def _hangup_cause(event: Event) -> str | None:
@@ -190,14 +178,14 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
     node = builder.node
     ev = leg.hangup
     call_id = ev["Unique-ID"]
-    created_us = _int(ev.get("Caller-Channel-Created-Time"))
-    answered_us = _int(ev.get("Caller-Channel-Answered-Time"))
-    event_us = _int(ev.get("Event-Date-Timestamp"))
+    created_us = parse_int(ev.get("Caller-Channel-Created-Time"))
+    answered_us = parse_int(ev.get("Caller-Channel-Answered-Time"))
+    event_us = parse_int(ev.get("Event-Date-Timestamp"))
     # A hangup event stripped of its times still gets a date: when it came.
-    hangup_us = _int(ev.get("Caller-Channel-Hangup-Time")) or event_us or leg.finished_us
+    hangup_us = parse_int(ev.get("Caller-Channel-Hangup-Time")) or event_us or leg.finished_us
     timestamp_us = event_us or hangup_us
     channel_vars, sip_headers = _custom_fields(ev, builder.rules)
-    duration = _int(ev.get("variable_duration"))
+    duration = parse_int(ev.get("variable_duration"))
     if not duration and created_us and hangup_us:
         duration = _epoch_seconds(hangup_us) - _epoch_seconds(created_us)
     digits = ev.get("variable_digits_dialed")

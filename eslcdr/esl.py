@@ -33,7 +33,7 @@ from greenswitch.esl import InboundESL, NotConnectedError
 from .backoff import backoff_delay
 from .config import EslNode
 from .events import EVENT_TYPES, Event, EventDecodeError, decode_event
-from .frames import Frame, FrameParser, ProtocolError
+from .frames import Frame, FrameParser
 
 log = structlog.get_logger("eslcdr.esl")
 

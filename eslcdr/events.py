@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from itertools import compress, repeat
 from operator import is_not
+from typing import Iterator
 from urllib.parse import quote, unquote
 
 import orjson
@@ -81,10 +82,9 @@ def _as_text(value) -> str:
     return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
-def decode_plain(body: bytes) -> Event:
-    text = body.decode("utf-8", "replace")
-    head, sep, rest = text.partition("\n\n")
-    event: Event = {}
+def plain_header_pairs(head: str) -> Iterator[tuple[str, str]]:
+    """(name, value) of each line of a plain event's header block, values
+    percent-decoded after the split (an encoded newline stays in its value)."""
     for line in head.split("\n"):
         if not line:
             continue
@@ -96,10 +96,16 @@ def decode_plain(body: bytes) -> Event:
                 raise EventDecodeError("plain event line without a name: %r" % line[:80])
         if "%" in value:
             value = unquote(value, errors="replace")
-        event[name] = value
+        yield name, value
+
+
+def decode_plain(body: bytes) -> Event:
+    text = body.decode("utf-8", "replace")
+    head, sep, rest = text.partition("\n\n")
+    event: Event = dict(plain_header_pairs(head))
     if sep:
         length = event.get("Content-Length")
-        if length is not None and length.isdigit():
+        if length is not None and length.isascii() and length.isdigit():
             # The inner length counts bytes, the text is already decoded: cut
             # on the raw body instead.
             raw_rest = body[body.index(b"\n\n") + 2 :]

@@ -79,7 +79,6 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Union
-from urllib.parse import unquote
 
 import gevent
 from gevent.event import Event as GeventEvent
@@ -87,7 +86,16 @@ from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 from gevent.server import StreamServer
 
-from .events import JSON, PLAIN, Event, EventDecodeError, decode_event, encode_json, encode_plain
+from .events import (
+    JSON,
+    PLAIN,
+    Event,
+    EventDecodeError,
+    decode_event,
+    encode_json,
+    encode_plain,
+    plain_header_pairs,
+)
 from .frames import Frame, FrameParser, ProtocolError
 from .legs import gregorian_seconds
 
@@ -245,17 +253,8 @@ def _json_pairs(body: bytes) -> tuple[Pairs, str | None]:
 def _plain_pairs(body: bytes) -> tuple[Pairs, str | None]:
     head, _, rest = body.partition(b"\n\n")
     pairs, length = [], None
-    for line in head.decode("utf-8", "replace").split("\n"):
-        if not line:
-            continue
-        name, colon, value = line.partition(": ")
-        if not colon:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise EventDecodeError("plain event line without a name: %r" % line[:80])
-        if "%" in value:
-            value = unquote(value, errors="replace")
-        if name == "Content-Length" and value.isdigit():
+    for name, value in plain_header_pairs(head.decode("utf-8", "replace")):
+        if name == "Content-Length" and value.isascii() and value.isdigit():
             length = int(value)
         else:
             pairs.append((name, value))

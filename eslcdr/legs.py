@@ -86,13 +86,17 @@ def derive_interaction_id(call_id: str, created_us: int) -> str:
     return "%d-%s" % (gregorian_seconds(created_us), hexpart)
 
 
-def _int(value: str | None) -> int:
+def parse_int(value: str | None) -> int:
+    """An integer header value; 0 when absent or not a number."""
     if not value:
         return 0
     try:
         return int(value)
     except ValueError:
-        return 0
+        try:
+            return int(float(value))
+        except (ValueError, OverflowError):
+            return 0
 
 
 def linked_legs(event: Event) -> list[str]:
@@ -176,7 +180,7 @@ class LegTracker:
         name = event.get("Event-Name", "")
         leg = self._legs.get(call_id)
         if leg is None:
-            created = _int(event.get("Caller-Channel-Created-Time")) or now_us
+            created = parse_int(event.get("Caller-Channel-Created-Time")) or now_us
             leg = _Leg(now_us, created)
             self._legs[call_id] = leg
             interaction_id = self._link(call_id, event, created)

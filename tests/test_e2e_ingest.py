@@ -7,11 +7,10 @@ import json
 
 import pytest
 
-from eslcdr.events import decode_event
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 
 from .conftest import DATA, capture_events
-from .e2e import DaemonProcess, db_rows, settle, wait_rows, write_config
+from .e2e import DaemonProcess, settle, wait_rows, write_config
 from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT, S7_LEG_IDS
 
 
