@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import sqlite_utils
+
 # (name, SQL type, description) -- the description is the column's
 # documentation; README.md lists the same text (a test checks they agree).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -92,19 +94,21 @@ def _quote(name: str) -> str:
 
 
 def _create_cdrs(conn: sqlite3.Connection) -> None:
+    # The table by hand: sqlite-utils cannot declare AUTOINCREMENT, and seq
+    # must never be reused (the collector's cursor), even after deletions.
     cols = ",\n  ".join("%s %s" % (_quote(name), sqltype) for name, sqltype, _ in COLUMNS)
     conn.execute("CREATE TABLE cdrs (\n  %s\n)" % cols)
+    table = sqlite_utils.Database(conn)["cdrs"]
     for name, cols_sql in INDEXES:
-        conn.execute("CREATE INDEX %s ON cdrs (%s)" % (name, cols_sql))
+        table.create_index([c.strip() for c in cols_sql.split(",")], index_name=name)
 
 
 def _create_links(conn: sqlite3.Connection) -> None:
     # Which leg belongs to which interaction, also for legs whose CDR is not
     # written yet: lets a restarted daemon give late legs the same id.
-    conn.execute(
-        "CREATE TABLE interaction_links (call_id TEXT PRIMARY KEY, interaction_id TEXT NOT NULL)"
-    )
-    conn.execute("CREATE INDEX idx_links_interaction ON interaction_links (interaction_id)")
+    links = sqlite_utils.Database(conn)["interaction_links"]
+    links.create({"call_id": str, "interaction_id": str}, pk="call_id", not_null=["interaction_id"])
+    links.create_index(["interaction_id"], index_name="idx_links_interaction")
 
 
 MIGRATIONS = (_create_cdrs, _create_links)

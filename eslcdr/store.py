@@ -5,6 +5,9 @@ it); readers open their own read-only connections (``mode=ro``), so a query
 can never change data.  The file is in WAL mode, so readers never block the
 writer and the writer never blocks readers.
 
+Schema work (WAL, tables, indexes) goes through sqlite-utils; the insert
+path is one ``executemany`` per batch, the cheapest way to write many rows.
+
 ``insert_records`` is idempotent on ``call_id``: a leg delivered twice (a
 duplicate HANGUP_COMPLETE, a replayed capture, a re-imported json_cdr file)
 keeps its first row and its ``seq``, so the collector never sees it twice.
@@ -16,6 +19,8 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Mapping
+
+import sqlite_utils
 
 from .schema import JSON_COLUMNS, RECORD_COLUMNS, migrate
 
@@ -31,7 +36,7 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     if str(path) != ":memory:" and path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
-    conn.execute("PRAGMA journal_mode=WAL")
+    sqlite_utils.Database(conn).enable_wal()
     # NORMAL is durable against a process crash in WAL mode; an OS crash may
     # lose the last transactions, which FreeSWITCH could not resend anyway.
     conn.execute("PRAGMA synchronous=NORMAL")
