@@ -138,7 +138,7 @@ class Daemon:
             flush_interval=cfg.store.flush_interval,
             capacity=cfg.store.queue_size,
         )
-        remembered = recent_interaction_links(self.conn, 100_000)
+        remembered = recent_interaction_links(self.conn, 25_000)
         for node in cfg.nodes:
             pipeline = Pipeline(node, cfg, self.writer)
             pipeline.tracker.remember_interactions(remembered)

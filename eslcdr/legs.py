@@ -129,7 +129,7 @@ class LegTracker:
         self,
         interaction_id_vars: tuple[str, ...] = (),
         leg_ttl_us: int = 86_400_000_000,
-        max_remembered: int = 100_000,
+        max_remembered: int = 50_000,
     ) -> None:
         self._interaction_headers = tuple("variable_" + name for name in interaction_id_vars)
         self._leg_ttl_us = leg_ttl_us
