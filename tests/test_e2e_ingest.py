@@ -41,7 +41,13 @@ def check_interactions(rows: list[dict], capture: str) -> None:
 
 
 def replay(tmp_path, capture_files, fmt="json", expected_rows=None, **fake_options):
-    fake = FakeFreeSWITCH(events=ReplaySource([DATA / f for f in capture_files]), hold=True, **fake_options)
+    return serve(tmp_path, ReplaySource([DATA / f for f in capture_files]), fmt, expected_rows, **fake_options)
+
+
+def serve(tmp_path, source, fmt="json", expected_rows=None, **fake_options):
+    """Stand-in serving ``source`` into a fresh ``eslcdr run``; the rows once
+    every event was delivered and nothing more arrived."""
+    fake = FakeFreeSWITCH(events=source, hold=True, **fake_options)
     fake.start()
     daemon = DaemonProcess(write_config(tmp_path, fake.port, fmt), tmp_path / "daemon.log")
     try:
@@ -80,16 +86,7 @@ def test_burst_one_row_per_leg(tmp_path, capture):
 
 def test_same_capture_twice_adds_no_row(tmp_path):
     events = capture_events("S1_json.esl")
-    fake = FakeFreeSWITCH(events=StaticSource(events + events), hold=True)
-    fake.start()
-    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
-    try:
-        assert fake.wait_done(timeout=30)
-        rows = wait_rows(tmp_path / "cdrs.db", 4)
-        rows = settle(tmp_path / "cdrs.db")
-    finally:
-        assert daemon.stop() == 0
-        fake.stop()
+    rows, _ = serve(tmp_path, StaticSource(events + events), expected_rows=4)
     assert len(rows) == 4
     # And again, into a restarted daemon with the same file.
     rows_again, _ = replay(tmp_path, ["S1_json.esl"], expected_rows=5)
@@ -142,16 +139,7 @@ def test_malformed_frames_skipped_no_cdr_lost(tmp_path):
 
 def test_process_cdr_false_writes_nothing(tmp_path):
     events = [dict(e, variable_process_cdr="false") if e.get("Channel-Name", "").endswith("-b") else e for e in capture_events("S1_json.esl")]
-    fake = FakeFreeSWITCH(events=StaticSource(events), hold=True)
-    fake.start()
-    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
-    try:
-        assert fake.wait_done(timeout=30)
-        rows = wait_rows(tmp_path / "cdrs.db", 2)
-        rows = settle(tmp_path / "cdrs.db")
-    finally:
-        assert daemon.stop() == 0
-        fake.stop()
+    rows, _ = serve(tmp_path, StaticSource(events), expected_rows=2)
     assert sorted(r["channel_name"] for r in rows) == ["loopback/s1_answer-a", "loopback/s1_bridge-a"]
 
 
