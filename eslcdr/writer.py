@@ -89,8 +89,17 @@ class Writer:
         return True
 
     def merge_interactions(self, merges: list[tuple[str, str]]) -> None:
+        """Two interactions found to be one: rows already written are updated
+        in the next transaction; records still waiting are updated here (a
+        later batch must not write the old id after that UPDATE ran)."""
+        for old, new in merges:
+            for record in self._pending:
+                if record.get("interaction_id") == old:
+                    record["interaction_id"] = new
         self._merges.extend(merges)
         self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
 
     # -- the writer greenlet --------------------------------------------
     def run(self) -> None:
@@ -149,7 +158,7 @@ class Writer:
             self._wake.clear()
         if self._on_written is not None:
             self._on_written(new, len(batch) - new)
-        log.debug(
+        log.info(
             "batch_written",
             rows=new,
             duplicates=len(batch) - new,

@@ -129,3 +129,16 @@ def test_writer_refuses_past_capacity_and_says_so(tmp_path):
     writer = Writer(conn, capacity=3)
     assert [writer.submit(record(n)) for n in range(5)] == [True, True, True, False, False]
     assert writer.refused == 2
+
+
+def test_merge_reaches_records_still_waiting(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    writer = Writer(conn, batch_size=2, flush_interval=0.01)
+    for n in range(5):
+        writer.submit(record(n, "old"))
+    writer.merge_interactions([("old", "new")])
+    greenlet = run_writer(writer)
+    assert writer.wait_idle(timeout=10)
+    writer.stop()
+    greenlet.join(timeout=10)
+    assert {r[2] for r in rows(tmp_path / "a.db")} == {"new"}
