@@ -107,13 +107,20 @@ def cmd_run(args) -> int:
     from .daemon import Daemon
     from .http import serve_api
 
+    import sqlite3
+
+    from .tokens import TokenFileError
+
     cfg = _load(args)
     try:
         daemon = Daemon(cfg, api_factory=serve_api)
         daemon.start()
-    except OSError as exc:
-        print("eslcdr: cannot start: %s" % exc, file=sys.stderr)
+    except (OSError, sqlite3.Error) as exc:
+        print("eslcdr: cannot start (database %s, api %s:%d): %s" % (cfg.store.path, cfg.api.host, cfg.api.port, exc), file=sys.stderr)
         return EXIT_FAILURE
+    except TokenFileError as exc:
+        print("eslcdr: config error: %s" % exc, file=sys.stderr)
+        return EXIT_USAGE
     return daemon.serve_forever()
 
 

@@ -161,3 +161,29 @@ def test_import_bad_file_reported_rest_imported(tmp_path):
     assert result.returncode == 1
     assert "imported 1 new CDRs" in result.stdout and "2 files unreadable" in result.stdout
     assert "broken.cdr.json" in result.stderr
+
+
+def test_run_with_unwritable_database_fails_clearly(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the database folder should be")
+    ini = write_config(tmp_path, 8021, extra="")
+    text = ini.read_text().replace(str(tmp_path / "cdrs.db"), str(blocker / "cdrs.db"))
+    ini.write_text(text)
+    result = eslcdr("run", "-c", str(ini))
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "not-a-dir" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_api_port_taken_fails_clearly(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        ini = write_config(tmp_path, 8021)
+        ini.write_text(ini.read_text().replace("listen = 127.0.0.1:0", "listen = 127.0.0.1:%d" % port))
+        result = eslcdr("run", "-c", str(ini))
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
