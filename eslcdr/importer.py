@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import structlog
 
-from .cdr import build_cdr, should_record
+from .cdr import CdrBuilder, should_record
 from .config import Config
 from .events import Event
 from .legs import FinishedLeg, LegTracker
@@ -145,10 +145,10 @@ def build_records(events: list[Event], config: Config, tracker: LegTracker) -> l
         leg = tracker.feed(event, int(event.get("Event-Date-Timestamp") or 0))
         if leg is not None and should_record(event):
             finished.append(leg)
-    node = config.cdr.node_name
+    builder = CdrBuilder(config.cdr, config.cdr.node_name)
     records = []
     for leg in finished:
-        record = build_cdr(leg, config.cdr, node)
+        record = builder.build(leg)
         # A later file may have merged this leg's group: take the final id.
         record["interaction_id"] = tracker.interaction_of(record["call_id"]) or record["interaction_id"]
         records.append(record)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eslcdr import config
-from eslcdr.cdr import build_cdr, build_lost_cdr, should_record
+from eslcdr.cdr import CdrBuilder, build_cdr, build_lost_cdr, should_record
 from eslcdr.legs import LegTracker
 
 from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
@@ -14,14 +14,15 @@ CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 FIELDS_STORED_AS_EMPTY = {"custom_sip_headers": {}}
 
 
-def run_capture(events, tracker=None):
+def run_capture(events, tracker=None, cfg=CFG):
     if tracker is None:
-        tracker = LegTracker(CFG.cdr.interaction_id_vars)
+        tracker = LegTracker(cfg.cdr.interaction_id_vars)
+    builder = CdrBuilder(cfg.cdr, "fs1")
     records = {}
     for n, event in enumerate(events):
         finished = tracker.feed(event, 1_000_000 * n)
         if finished is not None and should_record(finished.hangup):
-            record = build_cdr(finished, CFG.cdr, "fs1")
+            record = builder.build(finished)
             assert record["call_id"] not in records
             records[record["call_id"]] = record
     return records, tracker
@@ -63,12 +64,8 @@ def test_record_fields_common_to_all_legs(events_of):
 
 def test_s4_custom_channel_vars_and_sip_headers(events_of):
     cfg = config.from_mapping({"cdr": {"custom_vars": "s4_exported_var, s4_seen_account", "custom_var_prefixes": "my_"}})
-    tracker = LegTracker()
-    out = {}
-    for event in events_of("S4_plain"):
-        finished = tracker.feed(event, 0)
-        if finished:
-            out[finished.hangup["Channel-Name"]] = build_cdr(finished, cfg.cdr, "n")
+    records, _ = run_capture(events_of("S4_plain"), cfg=cfg)
+    out = {r["channel_name"]: r for r in records.values()}
     # Loopback copies the originate variables to the -b half; "set" stays local.
     assert out["loopback/s4_call-b"]["custom_channel_vars"] == {
         "s4_exported_var": "exported-to-b-leg",
@@ -82,13 +79,8 @@ def test_s4_custom_channel_vars_and_sip_headers(events_of):
 
 def test_account_and_owner_from_configured_variables(events_of):
     cfg = config.from_mapping({"cdr": {"account_id_vars": "sip_h_X-Account-ID", "owner_id_vars": "s4_bleg_var"}})
-    tracker = LegTracker()
-    found = {}
-    for event in events_of("S4_json"):
-        finished = tracker.feed(event, 0)
-        if finished:
-            record = build_cdr(finished, cfg.cdr, "n")
-            found[record["channel_name"]] = (record["account_id"], record["owner_id"])
+    records, _ = run_capture(events_of("S4_json"), cfg=cfg)
+    found = {r["channel_name"]: (r["account_id"], r["owner_id"]) for r in records.values()}
     assert found["sofia/internal/s4_answer@127.0.0.1:5080"] == ("acme", "bleg-only")
     assert found["loopback/s4_call-a"] == (None, None)
 
