@@ -29,6 +29,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import time
 import urllib.parse
 import uuid
@@ -63,12 +64,15 @@ from .queries import (
     parse_list_query,
 )
 from .schema import COLUMN_NAMES
+from .store import record_ack, token_key
 from .tokens import COLLECTOR, TokenStore
 
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
 
 HealthFn = Callable[[], Mapping[str, Any]]
+AckFn = Callable[[str, int, int], None]
+DB_ID_SQL = "SELECT value FROM meta WHERE key = 'db_id'"
 MAX_QUERY_FIELDS = 200
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _CSV_TYPES = ("text/csv", "text/comma-separated-values")
@@ -233,7 +237,9 @@ class _Routes:
         registry: CollectorRegistry,
         metrics: Metrics,
         clock: Callable[[], float],
+        acknowledge: AckFn,
     ) -> None:
+        self.acknowledge = acknowledge
         self.api = config.api
         self.node = config.cdr.node_name
         self.pool = pool
@@ -293,14 +299,19 @@ class _Routes:
             raise ApiError(400, "validation error", {"query": {"maxItems": {
                 "message": "at most %d query parameters" % MAX_QUERY_FIELDS}}}) from None
 
-    def scope(self, params: Mapping[str, Sequence[str]]) -> str:
-        """The presented token's account (or COLLECTOR); 401 if none is valid."""
+    @staticmethod
+    def presented_token(params: Mapping[str, Sequence[str]]) -> str | None:
         headers = bottle.request.headers
         token = headers.get("X-Auth-Token") or first(params, "auth_token")
         if not token:
             authorization = headers.get("Authorization", "")
             if authorization[:7].lower() == "bearer ":
                 token = authorization[7:].strip()
+        return token or None
+
+    def scope(self, params: Mapping[str, Sequence[str]]) -> str:
+        """The presented token's account (or COLLECTOR); 401 if none is valid."""
+        token = self.presented_token(params)
         account = self.tokens.lookup(token) if token else None
         if account is None:
             raise invalid_credentials()
@@ -469,13 +480,21 @@ class _Routes:
             raise forbidden()
         ndjson = self.wants(params, ("application/x-ndjson",), "ndjson")
         query = parse_feed_query(params, streamed=ndjson)
+        # Pulling with after=N says "I have stored every seq <= N": the
+        # acknowledgement retention waits for (DESIGN §3.5).  Keyed by the
+        # token's sha256, never the token.
+        self.acknowledge(token_key(self.presented_token(params) or ""), query.after,
+                         int(self.clock() * 1_000_000))
+        db_id = self.pool.fetch_all(DB_ID_SQL, (), limit=1)[0][0]
+        bottle.response.set_header("X-DB-ID", db_id)
         sql, args = feed_sql(query)
         if ndjson:
             return self.ndjson_body(self.pool.stream(sql, args))
         rows = self.pool.fetch_all(sql, args, limit=query.limit)
         self.count_rows("json", len(rows))
         next_after = rows[-1][1] if rows else query.after
-        return self.envelope("[%s]" % ",".join([row[0] for row in rows]), {"next_after": next_after})
+        return self.envelope("[%s]" % ",".join([row[0] for row in rows]),
+                             {"next_after": next_after, "db_id": db_id})
 
     def health(self) -> Any:
         info = dict(self.health_fn())
@@ -509,13 +528,17 @@ def create_app(
     tokens: TokenStore | None = None,
     clock: Callable[[], float] = time.time,
     runner: InlineRunner | GeventRunner | None = None,
+    acknowledge: AckFn | None = None,
 ) -> CdrApi:
     """Build the API for ``config`` (database ``[store] path``, ``[api]`` settings).
 
     ``health`` returns the daemon's state for ``/health`` (a ``status`` other
     than ``"ok"`` answers 503); ``registry`` receives the API's metrics and is
     what ``/metrics`` exports; ``tokens`` defaults to ``[api] tokens_file``;
-    ``runner`` runs SQLite calls (default: gevent's thread pool).
+    ``runner`` runs SQLite calls (default: gevent's thread pool);
+    ``acknowledge(token_sha256, after, at_us)`` stores a collector's
+    acknowledgement (the daemon passes its writer's; default: a short write
+    of its own, waiting at most 200 ms for the lock).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics.create(registry)
@@ -528,6 +551,7 @@ def create_app(
         registry,
         metrics,
         clock,
+        acknowledge or _direct_ack(config.store.path),
     )
     app = bottle.Bottle(catchall=True)
     app.default_error_handler = routes.bottle_error
@@ -544,6 +568,17 @@ def create_app(
     app.route("/health", "GET", routes.health)
     app.route("/metrics", "GET", routes.prometheus)
     return CdrApi(app, pool, metrics)
+
+
+def _direct_ack(path: str) -> AckFn:
+    def acknowledge(key: str, after: int, at_us: int) -> None:
+        try:
+            record_ack(path, key, after, at_us)
+        except sqlite3.Error as exc:
+            # Not fatal: the collector acknowledges again with its next pull.
+            structlog.get_logger("eslcdr.api").warning("feed_ack_not_stored", error=str(exc))
+
+    return acknowledge
 
 
 # ------------------------------------------------------------------- server

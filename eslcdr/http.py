@@ -33,7 +33,8 @@ class ApiServer:
         config = daemon.config
         registry = CollectorRegistry()
         registry.register(DaemonCollector(daemon))
-        self.app = create_app(config, health=daemon.health, registry=registry)
+        self.app = create_app(config, health=daemon.health, registry=registry,
+                              acknowledge=daemon.writer.acknowledge)
         self.server = make_server(self.app, config.api.host, config.api.port, log=_AccessLog(), error_log=_AccessLog())
 
     @property

@@ -10,6 +10,7 @@ in place and a new one is built by the same steps.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 
 import sqlite_utils
 
@@ -111,7 +112,26 @@ def _create_links(conn: sqlite3.Connection) -> None:
     links.create_index(["interaction_id"], index_name="idx_links_interaction")
 
 
-MIGRATIONS = (_create_cdrs, _create_links)
+def _create_meta_and_acks(conn: sqlite3.Connection) -> None:
+    # meta: facts about the file itself.  db_id is minted once, when the
+    # file is created (or first upgraded): a collector that sees another
+    # db_id knows the media server's database was replaced and starts over.
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta (key, value) VALUES ('db_id', ?)", (uuid.uuid4().hex,))
+    # collector_acks: per collector token (its sha256, never the token),
+    # every seq <= acked_seq is stored at that collector; retention keeps
+    # rows a registered collector has not acknowledged yet.
+    conn.execute(
+        "CREATE TABLE collector_acks (\n"
+        "  token_sha256 TEXT PRIMARY KEY,\n"
+        "  acked_seq INTEGER NOT NULL,\n"
+        "  first_pull_us INTEGER NOT NULL,\n"
+        "  last_pull_us INTEGER NOT NULL\n"
+        ")"
+    )
+
+
+MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

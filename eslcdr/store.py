@@ -11,18 +11,29 @@ path is one ``executemany`` per batch, the cheapest way to write many rows.
 ``insert_records`` is idempotent on ``call_id``: a leg delivered twice (a
 duplicate HANGUP_COMPLETE, a replayed capture, a re-imported json_cdr file)
 keeps its first row and its ``seq``, so the collector never sees it twice.
+A row whose content changes is never UPDATEd in place: ``rewrite_rows`` and
+``replace_records`` delete and insert it again, so it takes a new ``seq``
+and the feed delivers the new version (DESIGN §3.4).  Collector
+acknowledgements (``collector_acks``) are written in the same transactions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
+import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import sqlite_utils
+import structlog
 
 from .schema import JSON_COLUMNS, RECORD_COLUMNS, migrate
+
+log = structlog.get_logger("eslcdr.store")
+
+AUTO_VACUUM_INCREMENTAL = 2
 
 _INSERT_SQL = "INSERT INTO cdrs (%s) VALUES (%s) ON CONFLICT DO NOTHING" % (
     ", ".join('"%s"' % name for name in RECORD_COLUMNS),
@@ -36,6 +47,7 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     if str(path) != ":memory:" and path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
+    _incremental_auto_vacuum(conn, path)
     sqlite_utils.Database(conn).enable_wal()
     # NORMAL is durable against a process crash in WAL mode; an OS crash may
     # lose the last transactions, which FreeSWITCH could not resend anyway.
@@ -43,6 +55,33 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=5000")
     migrate(conn)
     return conn
+
+
+def _incremental_auto_vacuum(conn: sqlite3.Connection, path: Path) -> None:
+    """auto_vacuum = INCREMENTAL, so pages freed by retention can be given
+    back to the file system (``PRAGMA incremental_vacuum``).
+
+    On a new file the setting takes effect when the first table is created.
+    A file created without it needs one VACUUM, which rewrites the whole
+    file (and needs as much free disk again): done once, logged.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == AUTO_VACUUM_INCREMENTAL:
+        return
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if not has_tables:
+        return
+    size = path.stat().st_size if path.exists() else 0
+    log.warning("auto_vacuum_migration_begin", db=str(path), bytes=size)
+    started = time.monotonic()
+    conn.execute("VACUUM")
+    log.warning(
+        "auto_vacuum_migration_done",
+        db=str(path),
+        bytes_before=size,
+        bytes_after=path.stat().st_size if path.exists() else 0,
+        seconds=round(time.monotonic() - started, 2),
+    )
 
 
 def connect_reader(path: str | Path) -> sqlite3.Connection:
@@ -71,11 +110,73 @@ def record_row(record: Mapping[str, object]) -> list:
 
 _LINK_SQL = "INSERT OR IGNORE INTO interaction_links (call_id, interaction_id) VALUES (?, ?)"
 
+# A rewritten row is deleted and inserted again (REPLACE resolves the
+# call_id/id conflict by deleting the old row), so it takes the next seq:
+# the feed delivers its new version to collectors that already pulled it.
+_REPLACE_SQL = "INSERT OR REPLACE INTO cdrs (%s) VALUES (%s)" % (
+    ", ".join('"%s"' % name for name in RECORD_COLUMNS),
+    ", ".join("?" for _ in RECORD_COLUMNS),
+)
+
+# The latest acknowledgement of a collector token, capped at the highest seq
+# ever given: a cursor from another (replaced) database cannot acknowledge
+# rows that do not exist yet.
+_ACK_SQL = (
+    "INSERT INTO collector_acks (token_sha256, acked_seq, first_pull_us, last_pull_us) "
+    "VALUES (?1, min(?2, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cdrs'), 0)), ?3, ?3) "
+    "ON CONFLICT (token_sha256) DO UPDATE SET acked_seq = excluded.acked_seq, last_pull_us = excluded.last_pull_us"
+)
+
+
+def rewrite_rows(
+    conn: sqlite3.Connection, where: str, args: Sequence[object], changes: Mapping[str, object]
+) -> int:
+    """Rewrite stored rows in place of themselves, each with a new ``seq``.
+
+    ``where`` selects the rows (SQL over the cdrs columns, ``?`` parameters
+    in ``args``); ``changes`` maps column -> new value.  Every rewrite of a
+    stored row must go through here or ``replace_records`` so the feed
+    delivers the new version again.  Call inside a transaction; returns the
+    number of rows rewritten.  (SQLite materialises a SELECT from the table
+    it inserts into before inserting, so the statement sees each old row
+    once.)
+    """
+    unknown = set(changes) - set(RECORD_COLUMNS)
+    if unknown:
+        raise ValueError("not cdrs columns: %s" % ", ".join(sorted(unknown)))
+    columns = ", ".join('"%s"' % name for name in RECORD_COLUMNS)
+    select = ", ".join("?" if name in changes else '"%s"' % name for name in RECORD_COLUMNS)
+    params = [_column_value(name, changes[name]) for name in RECORD_COLUMNS if name in changes]
+    sql = "INSERT OR REPLACE INTO cdrs (%s) SELECT %s FROM cdrs WHERE %s ORDER BY seq" % (columns, select, where)
+    before = conn.total_changes
+    conn.execute(sql, params + list(args))
+    # REPLACE's implicit deletes are not counted by total_changes.
+    return conn.total_changes - before
+
+
+def _column_value(name: str, value: object) -> object:
+    if name in JSON_COLUMNS and value is not None and not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return value
+
+
+def replace_records(conn: sqlite3.Connection, records: Iterable[Mapping[str, object]]) -> int:
+    """Store each record in place of any row with its call_id (or id), with a
+    new ``seq`` (e.g. a complete leg from its json_cdr file replacing a row
+    written as hangup-not-seen).  Call inside a transaction."""
+    rows = [record_row(record) for record in records]
+    before = conn.total_changes
+    conn.executemany(_REPLACE_SQL, rows)
+    return conn.total_changes - before
+
 
 def insert_records(
     conn: sqlite3.Connection,
     records: Iterable[Mapping[str, object]],
     merges: Iterable[tuple[str, str]] = (),
+    *,
+    replacements: Iterable[Mapping[str, object]] = (),
+    acks: Mapping[str, tuple[int, int]] | None = None,
 ) -> int:
     """Insert records in one transaction; return how many rows were new.
 
@@ -83,30 +184,38 @@ def insert_records(
     column) are remembered in ``interaction_links`` so that a daemon
     restarted mid-call gives the late legs the same interaction id.
     ``merges`` are (old id, new id) pairs: rows written with the old id
-    move to the new one (two groups found to be one call).
+    move to the new one (two groups found to be one call), each taking a new
+    seq.  ``replacements`` replace the stored row of their call_id (new seq).
+    ``acks`` maps a collector token's sha256 (hex) to (acknowledged seq,
+    time of the pull in µs).
     """
     records = list(records)
+    replacements = list(replacements)
     rows = [record_row(record) for record in records]
     links = []
-    for record in records:
+    for record in records + replacements:
         interaction_id = record.get("interaction_id")
         if interaction_id:
             # The leg itself is in cdrs; its partners may not be written yet.
             links.extend((other, interaction_id) for other in record.get("links", ()))
     merges = list(merges)
-    if not rows and not merges:
+    ack_rows = [(key, seq, at_us) for key, (seq, at_us) in (acks or {}).items()]
+    if not rows and not merges and not replacements and not ack_rows:
         return 0
     conn.execute("BEGIN IMMEDIATE")
     try:
         before = conn.total_changes
         conn.executemany(_INSERT_SQL, rows)
         new = conn.total_changes - before
+        if replacements:
+            replace_records(conn, replacements)
         conn.executemany(_LINK_SQL, links)
         for old, new_id in merges:
-            conn.execute("UPDATE cdrs SET interaction_id = ? WHERE interaction_id = ?", (new_id, old))
+            rewrite_rows(conn, "interaction_id = ?", (old,), {"interaction_id": new_id})
             conn.execute(
                 "UPDATE interaction_links SET interaction_id = ? WHERE interaction_id = ?", (new_id, old)
             )
+        conn.executemany(_ACK_SQL, ack_rows)
     except BaseException:
         # SQLite already rolled back on some errors (SQLITE_FULL): a second
         # ROLLBACK would fail and hide the real error.
@@ -115,6 +224,30 @@ def insert_records(
         raise
     conn.execute("COMMIT")
     return new
+
+
+def database_id(conn: sqlite3.Connection) -> str:
+    """The random id minted when the file was created (DESIGN §3.4 db_id)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone()
+    return row[0]
+
+
+def token_key(token: str) -> str:
+    """The non-secret name of a token in the database: its sha256 in hex,
+    as written in the tokens file (``sha256:HEX``)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def record_ack(path: str | Path, key: str, after: int, at_us: int, busy_timeout_ms: int = 200) -> None:
+    """Store one acknowledgement with a short-lived connection (for an API
+    running without the daemon's writer).  Waits at most ``busy_timeout_ms``
+    for the write lock: the next pull acknowledges again anyway."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
+    try:
+        conn.execute("PRAGMA busy_timeout=%d" % busy_timeout_ms)
+        conn.execute(_ACK_SQL, (key, after, at_us))
+    finally:
+        conn.close()
 
 
 def recent_interaction_links(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:

@@ -30,6 +30,10 @@ from .store import insert_records
 
 log = structlog.get_logger("eslcdr.writer")
 
+# Key of a record submitted to replace the stored row of its call_id (not a
+# column: record_row ignores it).
+REPLACES_STORED = "replaces_stored"
+
 # Errors worth retrying: SQLITE_FULL, SQLITE_BUSY/LOCKED, SQLITE_IOERR all
 # arrive as OperationalError; a DatabaseError covers a file that vanished.
 RETRYABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
@@ -61,6 +65,9 @@ class Writer:
         self._offload = offload or _in_thread
         self._pending: list[dict] = []
         self._merges: list[tuple[str, str]] = []
+        # Collector acknowledgements (token sha256 -> (seq, pull time µs)),
+        # the latest per token, stored with the next transaction.
+        self._acks: dict[str, tuple[int, int]] = {}
         self._wake = gevent.event.Event()
         self._idle = gevent.event.Event()
         self._idle.set()
@@ -88,6 +95,19 @@ class Writer:
             self._wake.set()
         return True
 
+    def acknowledge(self, key: str, after: int, at_us: int) -> None:
+        """A collector pulled the feed with ``after``: store it with the next
+        transaction (no I/O here: the API must not wait for the writer)."""
+        self._acks[key] = (after, at_us)
+        self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def submit_replacement(self, record: dict) -> bool:
+        """A record that replaces the stored row of its call_id (new seq)."""
+        record[REPLACES_STORED] = True
+        return self.submit(record)
+
     def merge_interactions(self, merges: list[tuple[str, str]]) -> None:
         """Two interactions found to be one: rows already written are updated
         in the next transaction; records still waiting are updated here (a
@@ -113,7 +133,7 @@ class Writer:
         """
         attempt = 0
         while True:
-            if not self._pending and not self._merges:
+            if not self._pending and not self._merges and not self._acks:
                 self._idle.set()
                 if self._stopping:
                     return
@@ -145,12 +165,21 @@ class Writer:
     def _write_one_batch(self) -> None:
         batch = self._pending[: self._batch_size]
         merges = self._merges[:]
+        acks = dict(self._acks)
+        inserts = [record for record in batch if not record.get(REPLACES_STORED)]
+        replacements = [record for record in batch if record.get(REPLACES_STORED)]
         started = time.perf_counter()
         conn = self._conn
-        new = self._offload(lambda: insert_records(conn, batch, merges=merges))
+        new = self._offload(
+            lambda: insert_records(conn, inserts, merges=merges, replacements=replacements, acks=acks)
+        )
         # Only now that the transaction committed do the records leave memory.
         del self._pending[: len(batch)]
         del self._merges[: len(merges)]
+        for key, value in acks.items():
+            if self._acks.get(key) == value:
+                del self._acks[key]
+        new += len(replacements)
         self.written += new
         self.duplicates += len(batch) - new
         self.last_write_at = time.time()
@@ -158,6 +187,8 @@ class Writer:
             self._wake.clear()
         if self._on_written is not None:
             self._on_written(new, len(batch) - new)
+        if not batch and not merges:
+            return  # acknowledgements only: nothing worth a line
         log.info(
             "batch_written",
             rows=new,
