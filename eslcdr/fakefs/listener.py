@@ -1,0 +1,517 @@
+"""One client connection: a mod_event_socket listener.
+
+:class:`_Listener` reads commands in its connection's greenlet and runs them
+as ``parse_command`` does (``auth``, ``event plain|json ...``, ``nixevent``,
+``noevents``, ``filter``, ``api``, ``exit``; ``-ERR command not found`` for
+the rest), and writes events from its own queue in a second greenlet, as
+mod_event_socket has a queue per listener.  The server *offers* each event
+(never blocking): the listener takes it if its subscription and filters
+accept it; a full queue loses the event and, past ``MAX_MISSED`` losses,
+drops the listener as FreeSWITCH does.  Fault markers (drop, shutdown, stall)
+travel through the same queue, behind the events already queued.  Closing
+sends a FIN after the queued bytes, never a RST that would discard events the
+client has received but not yet read.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import gevent
+from gevent.event import Event as GeventEvent
+from gevent.lock import Semaphore
+from gevent.queue import Empty, Full, Queue
+
+from ..events import JSON, PLAIN
+from .templates import _Emission
+
+if TYPE_CHECKING:
+    from .server import FakeFreeSWITCH
+
+AUTH_REQUEST = b"Content-Type: auth/request\n\n"
+GOODBYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
+SHUTDOWN = "The system is being shut down.\n"
+# mod_event_socket: listener queue length and how many lost events kill it.
+MAX_QUEUE_LEN = 100_000
+MAX_MISSED = 500
+
+
+_FORMATS = MappingProxyType({"plain": PLAIN, "json": JSON})
+
+# switch_event.c EVENT_NAMES: what `event` / `nixevent` accept.
+EVENT_NAMES = frozenset(
+    """CUSTOM CLONE CHANNEL_CREATE CHANNEL_DESTROY CHANNEL_STATE CHANNEL_CALLSTATE
+    CHANNEL_ANSWER CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE CHANNEL_EXECUTE
+    CHANNEL_EXECUTE_COMPLETE CHANNEL_HOLD CHANNEL_UNHOLD CHANNEL_BRIDGE CHANNEL_UNBRIDGE
+    CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA CHANNEL_OUTGOING CHANNEL_PARK CHANNEL_UNPARK
+    CHANNEL_APPLICATION CHANNEL_ORIGINATE CHANNEL_UUID API LOG INBOUND_CHAN OUTBOUND_CHAN
+    STARTUP SHUTDOWN PUBLISH UNPUBLISH TALK NOTALK SESSION_CRASH MODULE_LOAD MODULE_UNLOAD
+    DTMF MESSAGE PRESENCE_IN NOTIFY_IN PRESENCE_OUT PRESENCE_PROBE MESSAGE_WAITING
+    MESSAGE_QUERY ROSTER CODEC BACKGROUND_JOB DETECTED_SPEECH DETECTED_TONE PRIVATE_COMMAND
+    HEARTBEAT TRAP ADD_SCHEDULE DEL_SCHEDULE EXE_SCHEDULE RE_SCHEDULE RELOADXML NOTIFY
+    PHONE_FEATURE PHONE_FEATURE_SUBSCRIBE SEND_MESSAGE RECV_MESSAGE REQUEST_PARAMS
+    CHANNEL_DATA GENERAL COMMAND SESSION_HEARTBEAT CLIENT_DISCONNECTED SERVER_DISCONNECTED
+    SEND_INFO RECV_INFO RECV_RTCP_MESSAGE SEND_RTCP_MESSAGE CALL_SECURE NAT RECORD_START
+    RECORD_STOP PLAYBACK_START PLAYBACK_STOP CALL_UPDATE FAILURE SOCKET_DATA
+    MEDIA_BUG_START MEDIA_BUG_STOP CONFERENCE_DATA_QUERY CONFERENCE_DATA CALL_SETUP_REQ
+    CALL_SETUP_RESULT CALL_DETAIL DEVICE_STATE TEXT SHUTDOWN_REQUESTED ALL""".split()
+)
+
+
+_COMMAND_END = re.compile(rb"\n\r?\n")
+_DROP, _SHUTDOWN, _CLOSE = "drop", "shutdown", "close"
+
+
+def _reply(text: str) -> bytes:
+    return b"Content-Type: command/reply\nReply-Text: %s\n\n" % text.encode("utf-8")
+
+
+def _notice(message: str) -> bytes:
+    data = message.encode("utf-8")
+    return b"Content-Type: text/disconnect-notice\nContent-Length: %d\n\n" % len(data) + data
+
+
+def _malformed_frame(count: int) -> bytes:
+    """Three kinds of garbage in turn, each something a reader must survive."""
+    kind = count % 3
+    if kind == 1:
+        return b"this line is not an ESL header\n\n"
+    if kind == 2:
+        return b"Content-Length: many\nContent-Type: text/event-plain\n\n"
+    body = b'{"Event-Name": truncated'
+    return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
+
+
+def _event_type(token: str) -> str | None:
+    # switch_name_event: case-insensitive, "SWITCH_EVENT_" prefix allowed.
+    name = token.upper()
+    if name.startswith("SWITCH_EVENT_"):
+        name = name[13:]
+    return name if name in EVENT_NAMES else None
+
+
+def _regex_match(expression: str, value: str) -> bool:
+    # switch_regex_perform: "/re/flags" or a bare expression.
+    flags = 0
+    if expression.startswith("/"):
+        body, slash, options = expression[1:].rpartition("/")
+        expression = body if slash else expression[1:]
+        if slash and "i" in options:
+            flags |= re.IGNORECASE
+    try:
+        return re.search(expression, value, flags) is not None
+    except re.error:
+        return False
+
+
+class _Listener:
+    """One connection: command reader here, event writer in its own greenlet."""
+
+    def __init__(self, server: "FakeFreeSWITCH", sock: socket.socket):
+        self.server = server
+        self.sock = sock
+        self.ctype = PLAIN
+        self.authed = False
+        self.events_on = False
+        self.all_events = False
+        self.names: set[str] = set()
+        self.subclasses: set[str] = set()
+        self.filters: list[tuple[str, str]] = []
+        self.queue: Queue = Queue(maxsize=server.queue_limit)
+        self.drained = GeventEvent()  # the writer took from the queue
+        self.alive = True
+        self.closing = False  # told to go: takes no more events
+        self.busy = False
+        self.missed = 0
+        self.sent = 0
+        self.stall_until = 0.0
+        self._lock = Semaphore()
+        self._buf = bytearray()
+        self._shut = False
+
+    # -- lifecycle
+
+    def serve(self) -> None:
+        writer = gevent.spawn(self._write_loop)
+        try:
+            self._send(AUTH_REQUEST)
+            last = self._command_loop()
+            self._finish(last)
+        except OSError:
+            self.abort()
+        finally:
+            self.abort()
+            writer.join(timeout=1.0)
+            writer.kill(block=False)
+
+    def abort(self) -> None:
+        """Close without a word, as a broken connection does."""
+        if self.alive:
+            self.alive = False
+            self._wake_writer()
+        self._close_socket()
+
+    def idle(self) -> bool:
+        return not self.alive or (self.queue.empty() and not self.busy)
+
+    def _finish(self, last: bytes) -> None:
+        # mod_event_socket drops what is still queued and says goodbye.
+        if not self.alive:
+            return
+        self.alive = False
+        self._wake_writer()
+        try:
+            self._send(last + _notice(GOODBYE))
+        except OSError:
+            pass
+        self._close_socket()
+
+    def _wake_writer(self) -> None:
+        try:
+            self.queue.put_nowait(_CLOSE)
+        except Full:
+            pass
+
+    def _close_socket(self) -> None:
+        # FIN first; the command reader goes on reading until the client
+        # closes, and the second call closes for real.  Closing at once with
+        # unread client bytes would make the kernel send a RST, which throws
+        # away events the client has received but not read yet.
+        if self._shut:
+            self.sock.close()
+            return
+        self._shut = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.sock.close()
+            return
+        gevent.spawn_later(2.0, self.sock.close)  # a client that never closes
+
+    def _send(self, data: bytes, events: bool = False) -> None:
+        with self._lock:
+            wait = self.stall_until - time.monotonic()
+            if wait > 0:
+                gevent.sleep(wait)  # a stalled switch answers nothing
+            if events and not self.alive:
+                return
+            self.sock.sendall(data)
+
+    # -- commands
+
+    def _command_loop(self) -> bytes:
+        """Read and run commands; returns the last reply before goodbye."""
+        timeout = self.server.auth_timeout  # FreeSWITCH waits 25 s for the first
+        while self.alive:
+            command = self._read_command(timeout)
+            timeout = None
+            if command is None:
+                return b""
+            out, keep = self._execute(*command)
+            if not keep:
+                return out
+            if out:
+                self._send(out)
+        return b""
+
+    def _read_command(self, timeout: float | None) -> tuple[str, dict[str, str]] | None:
+        while True:
+            command = self._take_command()
+            if command is not None:
+                return command
+            data = self._recv(timeout)
+            if not data:
+                return None
+            self._buf += data
+
+    def _take_command(self) -> tuple[str, dict[str, str]] | None:
+        buf = self._buf
+        while buf[:1] in (b"\r", b"\n"):  # read_packet skips stray line ends
+            del buf[:1]
+        match = _COMMAND_END.search(buf)
+        if match is None:
+            return None
+        lines = bytes(buf[: match.start()]).decode("utf-8", "replace").split("\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.rstrip("\r").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = (
+            int(headers["content-length"]) if headers.get("content-length", "").isdigit() else 0
+        )
+        if len(buf) < match.end() + length:
+            return None  # sendmsg/sendevent body not all here yet
+        del buf[: match.end() + length]
+        return lines[0].rstrip("\r"), headers
+
+    def _recv(self, timeout: float | None) -> bytes:
+        try:
+            with gevent.Timeout(timeout, False):
+                return self.sock.recv(65536)
+        except OSError:
+            return b""
+        return b""  # timed out
+
+    def _execute(self, command: str, headers: dict[str, str]) -> tuple[bytes, bool]:
+        """Run one command as parse_command does; (output, keep the session)."""
+        lower = command.lower()
+        if lower.startswith("exit") or command.startswith("..."):
+            return _reply("+OK bye"), False
+        if not self.authed:
+            return self._authenticate(command, lower)
+        if lower.startswith("filter "):
+            return _reply(self._filter(command[7:])), True
+        if lower.startswith("api "):
+            return self._api(command[4:]), True
+        if lower.startswith("event"):
+            return _reply(self._event(command)), True
+        if lower.startswith("nixevent"):
+            return _reply(self._nixevent(command)), True
+        if lower.startswith("noevents"):
+            return _reply(self._noevents()), True
+        return _reply("-ERR command not found"), True
+
+    def _authenticate(self, command: str, lower: str) -> tuple[bytes, bool]:
+        if lower.startswith("auth "):
+            if command[5:] == self.server.password:
+                self.authed = True
+                return _reply("+OK accepted"), True
+            return _reply("-ERR invalid"), False
+        if lower.startswith("userauth "):
+            return _reply("-ERR invalid"), False  # no directory users here
+        return _reply("-ERR command not found"), True
+
+    def _api(self, line: str) -> bytes:
+        name, _, args = line.partition(" ")
+        data = self.server.api(name, args).encode("utf-8") or b"-ERR no reply\n"
+        return b"Content-Type: api/response\nContent-Length: %d\n\n" % len(data) + data
+
+    def _event(self, command: str) -> str:
+        _, _, rest = command.partition(" ")
+        tokens = rest.split(" ") if rest else []
+        if tokens and tokens[0].lower() == "xml":
+            return "-ERR the stand-in does not send xml events"
+        count = 0
+        custom = False
+        for i, token in enumerate(tokens):
+            if i == 0 and token.lower() in _FORMATS:
+                self.ctype = _FORMATS[token.lower()]
+                continue
+            if custom:  # after CUSTOM every word is a subclass
+                self.subclasses.add(token)
+                continue
+            name = _event_type(token)
+            if name is None:
+                continue
+            count += 1
+            if name == "ALL":
+                self.all_events = True
+            self.names.add(name)
+            custom = name == "CUSTOM"
+        if not count:
+            return "-ERR no keywords supplied"
+        self._subscribe()
+        return "+OK event listener enabled %s" % ("json" if self.ctype == JSON else "plain")
+
+    def _nixevent(self, command: str) -> str:
+        _, _, rest = command.partition(" ")
+        count = 0
+        custom = False
+        for token in rest.split(" ") if rest else []:
+            if custom:
+                self.subclasses.discard(token)
+                continue
+            name = _event_type(token)
+            if name is None:
+                continue
+            count += 1
+            if name == "CUSTOM":
+                custom = True
+            elif name == "ALL":
+                self.all_events = False
+                self.names.clear()
+            else:
+                if self.all_events:  # ALL becomes every single name but this one
+                    self.all_events = False
+                    self.names = set(EVENT_NAMES) - {"ALL"}
+                self.names.discard(name)
+        if not count:
+            return "-ERR no keywords supplied"
+        self._subscribe()
+        return "+OK events nixed"
+
+    def _noevents(self) -> str:
+        self._drop_queued_events()
+        if not self.events_on:
+            return "-ERR not listening for events"
+        self.events_on = False
+        self.all_events = False
+        self.names.clear()
+        self.subclasses.clear()
+        return "+OK no longer listening for events"
+
+    def _subscribe(self) -> None:
+        self.events_on = True
+        self.server._subscribed.set()
+
+    def _filter(self, args: str) -> str:
+        name, space, value = args.lstrip(" ").partition(" ")
+        if name.lower() == "delete" and space:
+            name, _, value = value.partition(" ")
+            if name.lower() == "all":
+                self.filters.clear()
+            else:
+                self.filters = [
+                    (n, v)
+                    for n, v in self.filters
+                    if not (n.lower() == name.lower() and (not value or v == value))
+                ]
+            return "+OK filter deleted. [%s][%s]" % (name, value)
+        if not space:
+            return "-ERR invalid syntax"
+        if name.lower() == "add":
+            name, _, value = value.partition(" ")
+        self.filters.append((name, value))
+        return "+OK filter added. [%s]=[%s]" % (name, value)
+
+    # -- events
+
+    def wants(self, emission: _Emission) -> bool:
+        if not (self.authed and self.events_on):
+            return False
+        template = emission.template
+        if not self.all_events:
+            if template.event_id not in self.names:
+                return False
+            if (
+                template.event_id == "CUSTOM"
+                and template.subclass
+                and template.subclass not in self.subclasses
+            ):
+                return False
+        return not self.filters or self._passes_filters(emission)
+
+    def _passes_filters(self, emission: _Emission) -> bool:
+        # event_handler(): any positive filter admits, a negative one vetoes.
+        send = False
+        for name, raw in self.filters:
+            value = emission.value(name)
+            if value is None:
+                continue
+            positive = True
+            i = 0
+            while i < len(raw) and raw[i] in "+- ":
+                if raw[i] != " ":
+                    positive = raw[i] == "+"
+                i += 1
+            expected = raw[i:]
+            if send and positive:
+                continue
+            if raw.startswith("/"):
+                matched = _regex_match(expected, value)
+            else:
+                matched = value.lower() == expected.lower()
+            if matched:
+                if not positive:
+                    return False
+                send = True
+        return send
+
+    def listening(self) -> bool:
+        return self.alive and not self.closing and self.authed and self.events_on
+
+    def offer(self, emission: _Emission) -> None:
+        """Queue an event if this connection wants it (never blocks)."""
+        if self.closing or not self.alive or not self.wants(emission):
+            return
+        try:
+            self.queue.put_nowait(emission)
+        except Full:
+            # mod_event_socket counts lost events and drops a listener that
+            # cannot keep up.
+            self.missed += 1
+            if self.missed > MAX_MISSED:
+                self.abort()
+
+    def control(self, item) -> None:
+        """Queue a fault marker behind the events already queued."""
+        if not self.alive:
+            return
+        if item in (_DROP, _SHUTDOWN):
+            self.closing = True
+        try:
+            self.queue.put(item, timeout=1.0)
+        except Full:
+            self.abort()
+
+    def _drop_queued_events(self) -> None:
+        kept = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except Empty:
+                break
+            if not isinstance(item, _Emission):
+                kept.append(item)
+        for item in kept:
+            self.queue.put_nowait(item)
+
+    def _write_loop(self) -> None:
+        while self.alive:
+            try:
+                item = self.queue.get(timeout=0.5)
+            except Empty:
+                continue
+            batch = [item]
+            while len(batch) < 256:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except Empty:
+                    break
+            self.drained.set()
+            self.busy = True
+            try:
+                self._write_batch(batch)
+            except OSError:
+                self.abort()
+            finally:
+                self.busy = False
+
+    def _write_batch(self, batch: list) -> None:
+        out: list[bytes] = []
+        every = self.server.malformed_every
+        for item in batch:
+            if isinstance(item, _Emission):
+                self.sent += 1
+                if every and self.sent % every == 0:
+                    out.append(_malformed_frame(self.sent // every))
+                out.append(item.frame(self.ctype))
+                continue
+            if out:
+                self._send(b"".join(out), events=True)
+                out = []
+            if not self._act(item):
+                return
+        if out:
+            self._send(b"".join(out), events=True)
+
+    def _act(self, item) -> bool:
+        """Carry out a fault marker; False when the connection is gone."""
+        if item == _DROP:
+            self.abort()
+            return False
+        if item == _SHUTDOWN:
+            if self.alive:
+                self.alive = False
+                self._send(_notice(SHUTDOWN))
+                self._close_socket()
+            return False
+        if item == _CLOSE:
+            return False
+        _, seconds = item  # ("stall", seconds)
+        self.stall_until = time.monotonic() + seconds
+        return True
