@@ -42,6 +42,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from . import __version__, kazoo
+from .channels import ChannelsFn, no_channels
 from .config import Config
 from .queries import (
     KIND_CDRS,
@@ -238,8 +239,10 @@ class _Routes:
         metrics: Metrics,
         clock: Callable[[], float],
         acknowledge: AckFn,
+        channels: ChannelsFn = no_channels,
     ) -> None:
         self.acknowledge = acknowledge
+        self.channels_fn = channels
         self.api = config.api
         self.node = config.cdr.node_name
         self.pool = pool
@@ -496,6 +499,18 @@ class _Routes:
         return self.envelope("[%s]" % ",".join([row[0] for row in rows]),
                              {"next_after": next_after, "db_id": db_id})
 
+    def channels(self, account_id: str | None = None, user_id: str | None = None) -> Any:
+        """Live legs from the trackers (a snapshot); ``/v2/channels``, every
+        account's and those without one, is the collector scope's."""
+        params = self.params()
+        if account_id is None:
+            if self.scope(params) != COLLECTOR:
+                raise forbidden()
+        else:
+            self.authorize(params, account_id)
+        found = self.channels_fn(account_id, user_id)
+        return self.envelope(_dumps(found), {"page_size": len(found)})
+
     def health(self) -> Any:
         info = dict(self.health_fn())
         status = 200 if info.get("status", "ok") == "ok" else 503
@@ -529,6 +544,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     runner: InlineRunner | GeventRunner | None = None,
     acknowledge: AckFn | None = None,
+    channels: ChannelsFn | None = None,
 ) -> CdrApi:
     """Build the API for ``config`` (database ``[store] path``, ``[api]`` settings).
 
@@ -539,6 +555,7 @@ def create_app(
     ``acknowledge(token_sha256, after, at_us)`` stores a collector's
     acknowledgement (the daemon passes its writer's; default: a short write
     of its own, waiting at most 200 ms for the lock).
+    ``channels(account_id, owner_id)`` lists live legs (the daemon's trackers).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics.create(registry)
@@ -552,6 +569,7 @@ def create_app(
         metrics,
         clock,
         acknowledge or _direct_ack(config.store.path),
+        channels or no_channels,
     )
     app = bottle.Bottle(catchall=True)
     app.default_error_handler = routes.bottle_error
@@ -564,6 +582,9 @@ def create_app(
     app.route(account + "/cdrs/<cdr_id>", "GET", guard(routes.cdr_detail))
     app.route(account + "/users/<user_id>/cdrs", "GET", guard(routes.list_cdrs))
     app.route(account + "/users/<user_id>/cdrs/interaction", "GET", guard(routes.list_interactions))
+    app.route(account + "/channels", "GET", guard(routes.channels))
+    app.route(account + "/users/<user_id>/channels", "GET", guard(routes.channels))
+    app.route("/v2/channels", "GET", guard(routes.channels))
     app.route("/v2/feed/cdrs", "GET", guard(routes.feed))
     app.route("/health", "GET", routes.health)
     app.route("/metrics", "GET", routes.prometheus)

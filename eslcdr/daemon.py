@@ -61,6 +61,9 @@ class Pipeline:
         self.tracker = LegTracker(
             interaction_id_vars=config.cdr.interaction_id_vars,
             leg_ttl_us=int(config.store.leg_ttl * 1_000_000),
+            account_id_vars=config.cdr.account_id_vars,
+            owner_id_vars=config.cdr.owner_id_vars,
+            authorizing_id_vars=config.cdr.authorizing_id_vars,
         )
         self.events = 0
         self.cdrs = 0
@@ -94,11 +97,18 @@ class Pipeline:
         else:
             log.error("cdr_refused_backlog_full", node=self.node_name, call_id=record["call_id"])
 
-    def on_resync(self, alive: set[str]) -> None:
-        """After (re)connecting: legs FreeSWITCH no longer lists may have
-        ended unseen; they are written off after a grace (take_lost)."""
-        marked = self.tracker.resync(alive, self._clock(), grace_us=int(RESYNC_GRACE * 1_000_000))
-        log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker), missing=marked)
+    def on_resync(self, rows: list[dict[str, str]]) -> list[str]:
+        """After (re)connecting, with the rows of ``show channels``: legs
+        FreeSWITCH no longer lists may have ended unseen (written off after
+        a grace, take_lost); legs it lists that we never saw are added.
+        Returns those new legs' ids (the connection dumps their variables)."""
+        now = self._clock()
+        alive = {row["uuid"] for row in rows}
+        marked = self.tracker.resync(alive, now, grace_us=int(RESYNC_GRACE * 1_000_000))
+        added = self.tracker.seed(rows, now)
+        log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker),
+                 missing=marked, added=len(added))
+        return added
 
     def write_off_lost(self) -> None:
         now = self._clock()
@@ -201,6 +211,10 @@ class Daemon:
                 last_sweep = time.monotonic()
 
     # -- state ----------------------------------------------------------------
+    def trackers(self) -> dict[str, LegTracker]:
+        """Node name -> its leg tracker (read by the live channels route)."""
+        return {name: pipeline.tracker for name, pipeline in self.pipelines.items()}
+
     def health(self) -> dict:
         writer = self.writer
         nodes = {}

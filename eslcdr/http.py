@@ -11,6 +11,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from .api import create_app, make_server
+from .channels import LiveChannels
 from .metrics import DaemonCollector
 
 log = structlog.get_logger("eslcdr.http")
@@ -34,7 +35,8 @@ class ApiServer:
         registry = CollectorRegistry()
         registry.register(DaemonCollector(daemon))
         self.app = create_app(config, health=daemon.health, registry=registry,
-                              acknowledge=daemon.writer.acknowledge)
+                              acknowledge=daemon.writer.acknowledge,
+                              channels=LiveChannels(daemon.trackers))
         self.server = make_server(self.app, config.api.host, config.api.port, log=_AccessLog(), error_log=_AccessLog())
 
     @property
