@@ -37,6 +37,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "flush_interval": "0.2",
         "batch_size": "500",
         "retention_days": "0",
+        "retention_check_interval": "60",
         "queue_size": "100000",
         "leg_ttl": "86400",
     },
@@ -91,6 +92,7 @@ class StoreConfig:
     flush_interval: float
     batch_size: int
     retention_days: int
+    retention_check_interval: float
     queue_size: int
     leg_ttl: float
 
@@ -259,6 +261,8 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             flush_interval=_get(store, "store", "flush_interval", float, lambda v: v > 0),
             batch_size=_get(store, "store", "batch_size", int, lambda v: v > 0),
             retention_days=_get(store, "store", "retention_days", int, lambda v: v >= 0),
+            retention_check_interval=_get(store, "store", "retention_check_interval", float,
+                                          lambda v: 0 < v <= 60),
             queue_size=_get(store, "store", "queue_size", int, lambda v: v > 0),
             leg_ttl=_get(store, "store", "leg_ttl", float, lambda v: v > 0),
         ),

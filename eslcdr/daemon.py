@@ -32,6 +32,7 @@ from .config import Config, EslNode
 from .esl import NodeConnection
 from .events import Event
 from .legs import LegTracker
+from .retention import Retention
 from .store import connect_writer, recent_interaction_links
 from .writer import Writer
 
@@ -132,6 +133,7 @@ class Daemon:
         self._greenlets: list[gevent.Greenlet] = []
         self.conn: sqlite3.Connection | None = None
         self.writer: Writer | None = None
+        self.retention: Retention | None = None
         self.pipelines: dict[str, Pipeline] = {}
         self.nodes: dict[str, NodeConnection] = {}
         self.http = None
@@ -158,6 +160,8 @@ class Daemon:
         for name, connection in self.nodes.items():
             self._spawn("esl:" + name, self._run_node(connection))
         self._spawn("housekeeping", self._housekeeping)
+        self.retention = Retention(cfg, self.writer, self._stop)
+        self._spawn("retention", self.retention.run)
         if self._api_factory is not None:
             self.http = self._api_factory(self)
             self.http.start()
@@ -238,12 +242,14 @@ class Daemon:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "nodes": nodes,
+            "store": self.retention.health() if self.retention else {},
             "writer": {
                 "backlog": writer.backlog if writer else 0,
                 "written": writer.written if writer else 0,
                 "duplicates": writer.duplicates if writer else 0,
                 "refused": writer.refused if writer else 0,
                 "failures": writer.failures if writer else 0,
+                "deleted": writer.deleted if writer else 0,
                 "last_error": writer.last_error if writer else None,
                 "last_write_at": writer.last_write_at if writer else None,
             },
