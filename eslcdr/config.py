@@ -48,6 +48,10 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "default_page_size": "50",
         "max_page_size": "1000",
         "statement_timeout": "10",
+        "header_timeout": "10",
+        "idle_timeout": "15",
+        "send_timeout": "60",
+        "max_connections": "256",
     },
     "cdr": {
         "account_id_vars": "ecallmgr_Account-ID",
@@ -106,6 +110,10 @@ class ApiConfig:
     default_page_size: int
     max_page_size: int
     statement_timeout: float
+    header_timeout: float
+    idle_timeout: float
+    send_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +282,10 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             default_page_size=default_page,
             max_page_size=_get(api, "api", "max_page_size", int, lambda v: v >= default_page),
             statement_timeout=_get(api, "api", "statement_timeout", float, lambda v: v > 0),
+            header_timeout=_get(api, "api", "header_timeout", float, lambda v: v > 0),
+            idle_timeout=_get(api, "api", "idle_timeout", float, lambda v: v > 0),
+            send_timeout=_get(api, "api", "send_timeout", float, lambda v: v > 0),
+            max_connections=_get(api, "api", "max_connections", int, lambda v: v > 0),
         ),
         cdr=CdrConfig(
             account_id_vars=_names(cdr_values["account_id_vars"]),
