@@ -62,18 +62,30 @@ def get(port: int, target: str | bytes, headers: bytes = b"", version: bytes = b
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    """``eslcdr run`` against a stand-in without calls; yields (process, api port, token)."""
-    fake = FakeFreeSWITCH(events=None)
-    fake.start()
-    token = add_token(tmp_path / "tokens", ACCOUNT)
-    ini = write_config(tmp_path, fake.port)
-    process = DaemonProcess(ini, tmp_path / "daemon.log")
-    try:
-        yield process, process.api_port(), token
-    finally:
+def start_daemon(tmp_path, monkeypatch):
+    """``start_daemon(**api_keys)``: ``eslcdr run`` against a stand-in without
+    calls, ``[api]`` keys set through the environment; returns (process, api port, token)."""
+    started = []
+
+    def start(**api_keys: object):
+        for key, value in api_keys.items():
+            monkeypatch.setenv("ESLCDR_API_%s" % key.upper(), str(value))
+        fake = FakeFreeSWITCH(events=None)
+        fake.start()
+        token = add_token(tmp_path / "tokens", ACCOUNT)
+        process = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
+        started.append((process, fake))
+        return process, process.api_port(), token
+
+    yield start
+    for process, fake in started:
         process.stop()
         fake.stop()
+
+
+@pytest.fixture
+def daemon(start_daemon):
+    return start_daemon()
 
 
 def test_no_token_spelling_reaches_the_log(daemon):
@@ -173,3 +185,77 @@ def test_no_token_spelling_reaches_the_log(daemon):
     served = [e for e in events if e["event"] == "http_request"]
     assert len(served) >= len(accepted) + len(refused) + len(header_cases)
     assert any("auth_token=[redacted]" in e["line"] for e in served)
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bytes | None:
+    """What the server sent before closing (None if still open after timeout)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+    except socket.timeout:
+        return None
+
+
+def health_ok(port: int) -> bool:
+    return status_of(get(port, "/health")) in (200, 503)
+
+
+def test_slow_idle_and_kept_alive_connections_are_closed_while_others_are_served(start_daemon):
+    process, port, token = start_daemon(header_timeout=2, idle_timeout=2)
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+    kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+    kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += kept.recv(65536)
+    assert head.startswith(b"HTTP/1.1 ")
+    # A header line every half second: never a complete head.
+    slow.sendall(b"GET /v2/accounts/%s/cdrs HTTP/1.1\r\n" % ACCOUNT.encode())
+    slow_answer, served = None, 0
+    for i in range(40):  # at most ~20 s
+        try:
+            slow.sendall(b"X-Slow-%d: still coming\r\n" % i)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert health_ok(port)  # others are served meanwhile
+        served += 1
+        slow_answer = closed_by_server(slow, 0.5)
+        if slow_answer is not None:
+            break
+    assert slow_answer is not None, "slow-header connection still open"
+    assert status_of(slow_answer) == 408 and envelope_of(slow_answer)["error"] == "408"
+    assert served >= 2
+    assert closed_by_server(silent, 15) == b""  # closed without a word
+    assert closed_by_server(kept, 15) == b""
+    assert health_ok(port)
+    for sock in (silent, slow, kept):
+        sock.close()
+    process.stop()
+    events = process.log_events()
+    assert [e["level"] for e in events if e["event"] == "http_request_timeout"] == ["warning"]
+
+
+def test_connections_past_the_cap_get_503_until_one_closes(start_daemon):
+    process, port, token = start_daemon(max_connections=3, idle_timeout=60)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    gevent.sleep(0.3)  # the server has accepted them
+    refused = get(port, "/health")
+    assert status_of(refused) == 503
+    assert envelope_of(refused)["message"] == "too_many_connections"
+    held.pop().close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and status_of(get(port, "/health")) == 503:
+        gevent.sleep(0.1)
+    assert status_of(get(port, "/health")) == 200
+    for sock in held:
+        sock.close()
+    process.stop()
+    assert any(e["event"] == "http_connections_refused" for e in process.log_events())
