@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     token_add.add_argument("--account", required=True, help="account id the token may read ('*' = collector)")
     token_add.add_argument("--tokens-file", metavar="PATH", help="tokens file (default: [api] tokens_file)")
 
+    collect = commands.add_parser("collect", help="pull every media server's CDRs into PostgreSQL")
+    collect.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="collector config (default: /etc/eslcdr/collector.ini, then conf/collector.ini)",
+    )
+
     check = commands.add_parser("check", help="validate the config and try the Event Socket login")
     _add_config_arg(check)
     return parser
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_token_add(args)
         if args.command == "check":
             return cmd_check(args)
+        if args.command == "collect":
+            return cmd_collect(args)
     except ConfigError as exc:
         print("eslcdr: config error: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
@@ -149,6 +159,28 @@ def cmd_token_add(args) -> int:
     print(token)
     print("token for account %s added to %s (only its sha256 is stored)" % (args.account, path), file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_collect(args) -> int:
+    import psycopg
+
+    from . import logs
+    from .collector import config as collector_config
+    from .collector.service import Collector
+
+    cfg = collector_config.load(args.config)
+    logs.configure(cfg.log.level, cfg.log.format)
+    collector = Collector(cfg)
+    try:
+        collector.start()
+    except psycopg.Error as exc:
+        # Never print the DSN: it may hold a password.
+        print("eslcdr: cannot start: PostgreSQL: %s" % str(exc).strip().splitlines()[0], file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print("eslcdr: cannot start: listen %s:%d: %s" % (cfg.host, cfg.port, exc), file=sys.stderr)
+        return EXIT_FAILURE
+    return collector.serve_forever()
 
 
 def cmd_check(args) -> int:

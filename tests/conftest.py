@@ -41,3 +41,35 @@ def events_of():
         return cache[name]
 
     return get
+
+
+# ---------------------------------------------------------------- PostgreSQL
+# A real PostgreSQL server (the pgserver wheel ships its binaries), started
+# once per test session in a temporary folder and deleted after; each test
+# that asks for ``pg_dsn`` gets a fresh database on it.
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    import tempfile
+
+    import pgserver
+
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="eslcdr-pg-"), cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+_pg_databases = iter(range(1, 10**6))
+
+
+@pytest.fixture
+def pg_dsn(pg_server):
+    import psycopg
+
+    name = "t%d" % next(_pg_databases)
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE %s" % name)
+    yield pg_server.get_uri(name)
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)

@@ -1,0 +1,242 @@
+"""The collector's PostgreSQL schema: tables, monthly partitions, migrations.
+
+``cdrs`` has every column of the SQLite table (``eslcdr.schema.COLUMNS``):
+INTEGER -> ``bigint``, REAL -> ``double precision``, TEXT -> ``text``, the
+JSON columns -> ``jsonb``, ``fax_success`` -> ``boolean`` (the feed sends it
+as one).  ``seq`` is the row's seq on its media server.  Beside them:
+``source`` (the collector's ``[node:NAME]`` the row came from),
+``created_at`` / ``answered_at`` / ``hangup_at`` (``timestamptz`` of the µs
+times; ``answered_at`` NULL when never answered) and ``collected_at``.
+
+Partitioning: ``cdrs`` is ``PARTITION BY RANGE (hangup_at)``, one partition
+per UTC month (``cdrs_yYYYYmMM``).  ``ensure_partitions`` creates the current
+month and the next ones ahead of need; a batch holding a row of a month
+without a partition (an old backfilled call) creates it on demand first, in
+its own short transaction under an advisory lock (two workers may need the
+same month at once).  There is no DEFAULT partition: a default would have to
+be scanned, and would make creating later months fail when it held rows.
+
+Upsert by call_id across partitions: PostgreSQL can only enforce a unique
+key that includes the partition key, so ``cdrs``' primary key is
+``(call_id, hangup_at)``, and ``call_id`` alone is made unique by a small
+side table ``cdr_keys (call_id PRIMARY KEY, hangup_at)``: where each call's
+row lives.  A batch is upserted as: (1) rows whose stored hangup_at differs
+from the new one (a leg written off as ``eslcdr_hangup_not_seen`` then
+replaced by its real record) are found through ``cdr_keys`` and deleted
+from their old partition; (2) ``cdr_keys`` takes the new keys; (3) ``cdrs``
+takes the rows with ``ON CONFLICT (call_id, hangup_at) DO UPDATE`` -- a
+re-delivered or rewritten row replaces the stored one.  The ``cdr_keys`` row
+lock also serialises two transactions writing the same call.
+
+Migrations: ``MIGRATIONS`` is an append-only list; ``eslcdr_schema.version``
+counts those applied.  Each runs in its own transaction holding an advisory
+lock, so two collectors starting together migrate once.  After them,
+``follow_sqlite_columns`` adds any column the SQLite schema gained since (a
+newer eslcdr's migration) with ``ADD COLUMN IF NOT EXISTS``: the collector
+stores every column its media servers send, without a hand-written PG
+migration per SQLite one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable
+
+import psycopg
+from psycopg import sql
+
+from ..schema import COLUMNS, JSON_COLUMNS
+
+UTC = dt.timezone.utc
+# Advisory lock keys (arbitrary, fixed): migrations, partition creation.
+LOCK_MIGRATE = 0x65736C01
+LOCK_PARTITION = 0x65736C02
+MONTHS_AHEAD = 2
+
+# Columns the collector adds beside the SQLite ones.
+EXTRA_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("source", "text NOT NULL", "the collector's `[node:NAME]` the row was pulled from"),
+    ("created_at", "timestamptz", "`created_us` as a time"),
+    ("answered_at", "timestamptz", "`answered_us` as a time; NULL when never answered"),
+    ("hangup_at", "timestamptz NOT NULL", "`hangup_us` as a time (the partition key)"),
+    ("collected_at", "timestamptz NOT NULL DEFAULT now()", "when the collector stored this version of the row"),
+)
+
+
+def pg_type(name: str, sqltype: str) -> str:
+    """The PostgreSQL type of a SQLite column."""
+    if name == "seq":
+        return "bigint NOT NULL"
+    if name in JSON_COLUMNS:
+        return "jsonb"
+    if name == "fax_success":
+        return "boolean"
+    base = sqltype.split()[0].upper()
+    kind = {"INTEGER": "bigint", "REAL": "double precision", "TEXT": "text"}.get(base, "text")
+    if "NOT NULL" in sqltype.upper():
+        kind += " NOT NULL"
+    return kind
+
+
+def sqlite_columns() -> list[tuple[str, str]]:
+    """(name, PG type) of every SQLite column, in the SQLite order."""
+    return [(name, pg_type(name, sqltype)) for name, sqltype, _ in COLUMNS]
+
+
+def _ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _m1_tables(cur: psycopg.Cursor) -> None:
+    cols = [sql.SQL("{} {}").format(_ident(n), sql.SQL(t)) for n, t in sqlite_columns()]
+    cols += [sql.SQL("{} {}").format(_ident(n), sql.SQL(t)) for n, t, _ in EXTRA_COLUMNS]
+    cols.append(sql.SQL("PRIMARY KEY (call_id, hangup_at)"))
+    cur.execute(
+        sql.SQL("CREATE TABLE cdrs ({}) PARTITION BY RANGE (hangup_at)").format(sql.SQL(", ").join(cols))
+    )
+    # Kazoo's queries: an account's calls by time, a user's, one interaction;
+    # and per media server by time (collector views, psql).
+    for name, columns in (
+        ("cdrs_account_time", "account_id, hangup_at"),
+        ("cdrs_owner_time", "account_id, owner_id, hangup_at"),
+        ("cdrs_interaction", "interaction_id"),
+        ("cdrs_source_time", "source, hangup_at"),
+        ("cdrs_time", "hangup_at"),
+    ):
+        cur.execute("CREATE INDEX %s ON cdrs (%s)" % (name, columns))
+    cur.execute(
+        "CREATE TABLE cdr_keys (call_id text PRIMARY KEY, hangup_at timestamptz NOT NULL)"
+    )
+    cur.execute("CREATE INDEX cdr_keys_time ON cdr_keys (hangup_at)")
+    cur.execute(
+        """CREATE TABLE collector_nodes (
+            node text PRIMARY KEY,
+            url text NOT NULL,
+            db_id text,
+            after bigint NOT NULL DEFAULT 0,
+            last_pull_at timestamptz,
+            last_error text,
+            rows bigint NOT NULL DEFAULT 0,
+            restarts integer NOT NULL DEFAULT 0
+        )"""
+    )
+    # Records the collector could not store (a value PostgreSQL refuses):
+    # kept whole, with the reason, so nothing is lost silently.
+    cur.execute(
+        """CREATE TABLE collector_rejects (
+            id bigserial PRIMARY KEY,
+            node text NOT NULL,
+            db_id text,
+            seq bigint,
+            call_id text,
+            error text NOT NULL,
+            record text NOT NULL,
+            rejected_at timestamptz NOT NULL DEFAULT now()
+        )"""
+    )
+
+
+MIGRATIONS = (_m1_tables,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def follow_sqlite_columns(cur: psycopg.Cursor) -> list[str]:
+    """Add SQLite columns that ``cdrs`` lacks; return their names."""
+    cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'cdrs'"
+    )
+    have = {row[0] for row in cur.fetchall()}
+    added = []
+    for name, kind in sqlite_columns():
+        if name not in have:
+            kind = kind.replace(" NOT NULL", "")  # old rows have no value
+            cur.execute(sql.SQL("ALTER TABLE cdrs ADD COLUMN IF NOT EXISTS {} {}").format(_ident(name), sql.SQL(kind)))
+            added.append(name)
+    return added
+
+
+def migrate(conn: psycopg.Connection) -> int:
+    """Bring the database up to SCHEMA_VERSION; return the version found."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))
+        conn.execute("CREATE TABLE IF NOT EXISTS eslcdr_schema (version integer NOT NULL)")
+        row = conn.execute("SELECT version FROM eslcdr_schema").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO eslcdr_schema (version) VALUES (0)")
+        found = row[0] if row else 0
+    if found > SCHEMA_VERSION:
+        raise RuntimeError("PostgreSQL schema version %d is newer than this eslcdr (%d)" % (found, SCHEMA_VERSION))
+    for version in range(found, SCHEMA_VERSION):
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))
+            current = cur.execute("SELECT version FROM eslcdr_schema").fetchone()[0]
+            if current > version:  # another collector did it meanwhile
+                continue
+            MIGRATIONS[version](cur)
+            cur.execute("UPDATE eslcdr_schema SET version = %s", (version + 1,))
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))
+        follow_sqlite_columns(cur)
+    return found
+
+
+# ---------------------------------------------------------------- partitions
+
+
+def month_start(when: dt.datetime) -> dt.date:
+    return dt.date(when.year, when.month, 1)
+
+
+def next_month(month: dt.date) -> dt.date:
+    return dt.date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+
+
+def partition_name(month: dt.date) -> str:
+    return "cdrs_y%04dm%02d" % (month.year, month.month)
+
+
+def existing_partitions(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'cdrs'"
+        " AND p.relnamespace = current_schema()::regnamespace"
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def create_partitions(conn: psycopg.Connection, months: Iterable[dt.date]) -> list[str]:
+    """Create the monthly partitions that do not exist yet (own transaction)."""
+    months = sorted(set(months))
+    if not months:
+        return []
+    created = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITION,))
+        have = existing_partitions(conn)
+        for month in months:
+            name = partition_name(month)
+            if name in have:
+                continue
+            start = dt.datetime(month.year, month.month, 1, tzinfo=UTC)
+            nxt = next_month(month)
+            end = dt.datetime(nxt.year, nxt.month, 1, tzinfo=UTC)
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF cdrs FOR VALUES FROM ({}) TO ({})").format(
+                    _ident(name), sql.Literal(start), sql.Literal(end)
+                )
+            )
+            created.append(name)
+    return created
+
+
+def ensure_partitions(conn: psycopg.Connection, now: dt.datetime, ahead: int = MONTHS_AHEAD) -> list[str]:
+    """The current month's partition and ``ahead`` more."""
+    month = month_start(now)
+    months = [month]
+    for _ in range(ahead):
+        month = next_month(month)
+        months.append(month)
+    return create_partitions(conn, months)

@@ -1,0 +1,258 @@
+"""``eslcdr collect``: the process that runs one worker per node.
+
+Start: read the config, connect to PostgreSQL and migrate (an unreachable
+server is a one-line error and exit 1: systemd restarts the unit), create
+the partitions ahead of need, start one supervised greenlet per node, a
+housekeeping greenlet (partitions for the coming months, checked hourly),
+and the HTTP server for ``/health`` and ``/metrics``; then tell systemd
+``READY=1`` (and ``WATCHDOG=1`` every ``WATCHDOG_USEC/2``).
+
+Stop (SIGTERM/SIGINT only set an event): stop the HTTP server, interrupt
+the workers that wait on the network or sleep, wait (bounded) for those
+inside a PostgreSQL transaction to commit it, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import time
+from typing import Callable
+
+import gevent
+import gevent.event
+import orjson
+import psycopg
+import structlog
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .. import __version__
+from ..backoff import backoff_delay
+from . import pgschema
+from .config import CollectorConfig
+from .worker import NodeWorker
+
+log = structlog.get_logger("eslcdr.collect")
+
+SHUTDOWN_TIMEOUT = 30.0
+PARTITION_CHECK_INTERVAL = 3600.0
+
+
+# ------------------------------------------------------------------ systemd
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's NOTIFY_SOCKET, when there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify_failed", error=str(exc))
+        return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    return int(usec) / 2_000_000 if usec.isdigit() and int(usec) > 0 else None
+
+
+# ------------------------------------------------------------------ metrics
+
+
+class CollectorMetrics:
+    """Turns the workers' plain counters into metric families at scrape time."""
+
+    def __init__(self, collector: "Collector") -> None:
+        self._collector = collector
+
+    def collect(self):
+        def family(cls, name, doc):
+            return cls(name, doc, labels=["node"])
+
+        stored = family(CounterMetricFamily, "eslcdr_collect_rows_stored", "Rows inserted or replaced in PostgreSQL")
+        rejected = family(CounterMetricFamily, "eslcdr_collect_rows_rejected", "Records kept in collector_rejects")
+        batches = family(CounterMetricFamily, "eslcdr_collect_batches", "Committed batches")
+        errors = family(CounterMetricFamily, "eslcdr_collect_errors", "Failed pulls (retried)")
+        restarts = family(CounterMetricFamily, "eslcdr_collect_db_restarts", "Node database replaced: restarted at seq 0")
+        rate = family(GaugeMetricFamily, "eslcdr_collect_rows_per_second", "Rows stored per second (last 10 s)")
+        lag_rows = family(GaugeMetricFamily, "eslcdr_collect_lag_rows", "Rows the node has that are not stored yet")
+        lag_seconds = family(GaugeMetricFamily, "eslcdr_collect_lag_seconds", "Seconds since the node was last caught up")
+        cursor = family(GaugeMetricFamily, "eslcdr_collect_cursor", "Last seq stored from the node")
+        up = family(GaugeMetricFamily, "eslcdr_collect_up", "1 unless the last pull failed")
+        last_error = GaugeMetricFamily(
+            "eslcdr_collect_last_error_timestamp_seconds", "When the last error happened (0: none)", labels=["node", "error"]
+        )
+        for name, worker in self._collector.workers.items():
+            stored.add_metric([name], worker.rows_stored)
+            rejected.add_metric([name], worker.rows_rejected)
+            batches.add_metric([name], worker.batches)
+            errors.add_metric([name], worker.errors)
+            restarts.add_metric([name], worker.db_restarts)
+            rate.add_metric([name], worker.rows_per_second)
+            if worker.lag_rows is not None:
+                lag_rows.add_metric([name], worker.lag_rows)
+            if worker.lag_seconds is not None:
+                lag_seconds.add_metric([name], worker.lag_seconds)
+            cursor.add_metric([name], worker.after)
+            up.add_metric([name], 0 if worker.state == "error" else 1)
+            last_error.add_metric([name, (worker.last_error or "")[:200]], worker.last_error_at or 0)
+        yield from (stored, rejected, batches, errors, restarts, rate, lag_rows, lag_seconds, cursor, up, last_error)
+
+
+class _AccessLog:
+    def write(self, line: str) -> None:
+        line = line.strip()
+        if line:
+            log.debug("http_request", line=line)
+
+    def flush(self) -> None:
+        pass
+
+
+def make_app(health: Callable[[], dict], registry: CollectorRegistry):
+    """``/health`` (JSON, 503 unless every node is fine) and ``/metrics``."""
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "").rstrip("/") or "/"
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            status, ctype, body = "405 Method Not Allowed", "application/json", b'{"status":"error","error":"405"}'
+        elif path == "/health":
+            info = health()
+            status = "200 OK" if info["status"] == "ok" else "503 Service Unavailable"
+            ctype, body = "application/json", orjson.dumps(info)
+        elif path == "/metrics":
+            status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
+        else:
+            status, ctype, body = "404 Not Found", "application/json", b'{"status":"error","error":"404"}'
+        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+# ------------------------------------------------------------------ the process
+
+
+class Collector:
+    def __init__(self, config: CollectorConfig, connect: Callable | None = None) -> None:
+        self.config = config
+        self._stop = gevent.event.Event()
+        self.workers: dict[str, NodeWorker] = {}
+        self._greenlets: dict[str, gevent.Greenlet] = {}
+        self._connect = connect
+        self.http: WSGIServer | None = None
+        self.started_at = time.time()
+
+    def start(self) -> None:
+        cfg = self.config
+        with psycopg.connect(cfg.dsn, connect_timeout=max(1, int(cfg.timeout)), application_name="eslcdr-collect") as conn:
+            found = pgschema.migrate(conn)
+            created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
+        log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created)
+        for node in cfg.nodes:
+            worker = NodeWorker(node, cfg, self._stop, connect=self._connect)
+            self.workers[node.name] = worker
+            self._spawn("node:" + node.name, worker.run)
+        self._spawn("partitions", self._partitions)
+        registry = CollectorRegistry()
+        registry.register(CollectorMetrics(self))
+        self.http = WSGIServer((cfg.host, cfg.port), make_app(self.health, registry), log=_AccessLog(), error_log=_AccessLog())
+        self.http.start()
+        log.info("collect_started", version=__version__, nodes=[n.name for n in cfg.nodes],
+                 listen="%s:%d" % (cfg.host, self.http.server_port))
+        sd_notify("READY=1\nSTATUS=collecting from %d nodes" % len(cfg.nodes))
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        """Run target in a greenlet; restart it if it crashes."""
+
+        def supervised() -> None:
+            attempt = 0
+            while not self._stop.is_set():
+                try:
+                    target()
+                    return
+                except gevent.GreenletExit:
+                    raise
+                except Exception:  # noqa: BLE001 -- supervisor boundary: log, restart
+                    attempt += 1
+                    log.exception("greenlet_crashed", greenlet=name, restart=attempt)
+                    self._stop.wait(timeout=backoff_delay(attempt, base=0.5, cap=30.0))
+
+        greenlet = gevent.spawn(supervised)
+        greenlet.name = name
+        self._greenlets[name] = greenlet
+
+    def _partitions(self) -> None:
+        while not self._stop.wait(timeout=PARTITION_CHECK_INTERVAL):
+            try:
+                with psycopg.connect(self.config.dsn, connect_timeout=max(1, int(self.config.timeout))) as conn:
+                    created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
+                if created:
+                    log.info("collect_partitions_created", partitions=created)
+            except psycopg.Error as exc:
+                log.error("collect_partitions_failed", error=str(exc))
+
+    def health(self) -> dict:
+        nodes = {name: worker.health() for name, worker in self.workers.items()}
+        healthy = all(n["state"] != "error" for n in nodes.values())
+        return {
+            "status": "ok" if healthy else "degraded",
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "rows_per_second": round(sum(n["rows_per_second"] for n in nodes.values()), 1),
+            "nodes": nodes,
+        }
+
+    @property
+    def port(self) -> int:
+        return self.http.server_port if self.http else 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def serve_forever(self) -> int:
+        gevent.signal_handler(signal.SIGTERM, self.request_stop)
+        gevent.signal_handler(signal.SIGINT, self.request_stop)
+        interval = watchdog_interval()
+        while not self._stop.wait(timeout=interval or 3600):
+            if interval:
+                sd_notify("WATCHDOG=1")
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        sd_notify("STOPPING=1")
+        log.info("collect_shutdown_begin")
+        if self.http is not None:
+            self.http.stop(timeout=2)
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        while time.monotonic() < deadline:
+            alive = [(name, g) for name, g in self._greenlets.items() if not g.dead]
+            if not alive:
+                break
+            for name, greenlet in alive:
+                worker = self.workers.get(name.split(":", 1)[1]) if name.startswith("node:") else None
+                # A worker inside a transaction finishes it and then sees
+                # the stop event; one waiting on the network is interrupted.
+                if worker is None or worker.interruptible:
+                    greenlet.kill(block=False)
+            gevent.sleep(0.05)
+        for name, greenlet in self._greenlets.items():
+            if not greenlet.dead:
+                log.error("collect_shutdown_forced", greenlet=name)
+                greenlet.kill(block=True, timeout=2)
+        for worker in self.workers.values():
+            worker.close()
+        log.info("collect_shutdown_done", rows_stored=sum(w.rows_stored for w in self.workers.values()))

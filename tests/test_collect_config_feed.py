@@ -1,0 +1,161 @@
+"""collector.ini, the NDJSON line splitter and the record checks."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eslcdr.collector import config as cc
+from eslcdr.collector.feed import FeedProtocolError, LineSplitter, RecordTooLarge, parse_record
+from eslcdr.collector.pgstore import FeedRecord, Rejected
+from eslcdr.config import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+NODE = {"url": "http://10.0.0.5:8080", "token": "t0k3n"}
+
+
+def test_defaults_and_nodes():
+    cfg = cc.from_mapping({"node:fs1": NODE, "node:fs-2": {"url": "https://fs2.example.com:8443/", "token": "x"}})
+    assert (cfg.dsn, cfg.host, cfg.port, cfg.batch_size, cfg.poll_interval) == (
+        "postgresql:///eslcdr", "127.0.0.1", 8090, 5000, 1.0)
+    assert [(n.name, n.url) for n in cfg.nodes] == [("fs1", "http://10.0.0.5:8080"), ("fs-2", "https://fs2.example.com:8443")]
+    assert "t0k3n" not in repr(cfg) and "t0k3n" not in repr(cfg.nodes[0])
+
+
+def test_environment_overrides_dsn_and_tokens():
+    cfg = cc.from_mapping(
+        {"collector": {"dsn": "postgresql:///x"}, "node:fs-2": {"url": "http://h:1"}},
+        environ={"ESLCDR_COLLECTOR_DSN": "postgresql://u:secret@db/cdrs", "ESLCDR_NODE_FS_2_TOKEN": "from-env",
+                 "ESLCDR_COLLECTOR_BATCH_SIZE": "7"},
+    )
+    assert (cfg.dsn, cfg.nodes[0].token, cfg.batch_size) == ("postgresql://u:secret@db/cdrs", "from-env", 7)
+    assert "secret" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({}, "no [node:NAME]"),
+        ({"node:fs1": {"url": "ftp://x", "token": "t"}}, "[node:fs1] url"),
+        ({"node:fs1": {"url": "http://x:1?a=b", "token": "t"}}, "[node:fs1] url"),
+        ({"node:fs1": {"url": "http://x:1"}}, "[node:fs1] token"),
+        ({"node:bad name": NODE}, "node name"),
+        ({"node:fs1": NODE, "collector": {"batch_size": "0"}}, "[collector] batch_size"),
+        ({"node:fs1": NODE, "collector": {"timeout": "soon"}}, "[collector] timeout"),
+        ({"node:fs1": NODE, "collector": {"listen": "nowhere"}}, "[collector] listen"),
+        ({"node:fs1": NODE, "collector": {"colour": "red"}}, "unknown key"),
+        ({"node:fs1": NODE, "esl": {"host": "x"}}, "unknown section"),
+        ({"node:fs1": NODE, "log": {"level": "loud"}}, "[log] level"),
+    ],
+)
+def test_bad_config_names_section_and_key(sections, message):
+    with pytest.raises(ConfigError) as err:
+        cc.from_mapping(sections)
+    assert message in str(err.value)
+
+
+def test_shipped_collector_ini_lists_every_key_with_its_default():
+    text = (ROOT / "conf" / "collector.ini").read_text()
+    for section in ("collector", "log"):
+        for key, default in cc.DEFAULTS[section].items():
+            assert re.search(r"^;%s = %s$" % (key, re.escape(default)), text, re.M), (section, key)
+    for key in cc.DEFAULTS["node"]:
+        assert re.search(r"^;%s = " % key, text, re.M), key
+    # and it parses once uncommented
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(re.sub(r"^;(\[?\w)", r"\1", text, flags=re.M))
+    assert cc.build(parser, {}, "x").nodes[0].name == "fs1"
+
+
+def test_readme_documents_every_collector_key():
+    for section, keys in cc.DEFAULTS.items():
+        for key in keys:
+            assert "`%s`" % key in README, (section, key)
+
+
+# ------------------------------------------------------------------ lines
+
+
+def test_splitter_keeps_the_incomplete_tail():
+    splitter = LineSplitter(100)
+    assert splitter.feed(b'{"a":1}\n{"b"') == [b'{"a":1}']
+    assert splitter.pending == 4
+    assert splitter.feed(b':2}\n\n') == [b'{"b":2}']
+    assert splitter.pending == 0
+
+
+@given(st.lists(st.binary(max_size=30).filter(lambda b: b"\n" not in b and b.strip()), max_size=20),
+       st.lists(st.integers(min_value=1, max_value=40), max_size=30))
+def test_splitter_lines_survive_any_chunking(lines, cuts):
+    data = b"".join(line + b"\n" for line in lines)
+    splitter, out, pos = LineSplitter(64), [], 0
+    for cut in cuts + [len(data)]:
+        out += splitter.feed(data[pos:pos + cut])
+        pos += cut
+    out += splitter.feed(data[pos:])
+    assert out == lines and splitter.pending == 0
+
+
+def test_an_endless_line_is_refused_before_it_fills_memory():
+    splitter = LineSplitter(1024)
+    splitter.feed(b"x" * 1000)
+    with pytest.raises(RecordTooLarge):
+        splitter.feed(b"x" * 100)
+    with pytest.raises(RecordTooLarge):
+        LineSplitter(10).feed(b"y" * 20 + b"\n")
+
+
+# ------------------------------------------------------------------ records
+
+
+def line(**fields):
+    import json
+
+    base = {"seq": 5, "call_id": "abc", "hangup_us": 1_764_000_000_000_000, "timestamp": 63_931_219_200}
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+
+def test_a_good_record():
+    record = parse_record(line(), 4)
+    assert isinstance(record, FeedRecord) and (record.seq, record.call_id) == (5, "abc")
+    assert record.hangup_at.year == 2025
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"\xff\xfe", "not UTF-8"),
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (line(seq="7"), "no integer seq"),
+    (line(seq=...), "no integer seq"),
+    (line(seq=4), "does not follow"),
+    (line(seq=True), "no integer seq"),
+])
+def test_a_line_without_a_usable_seq_stops_the_pull(raw, why):
+    with pytest.raises(FeedProtocolError) as err:
+        parse_record(raw, 4)
+    assert why in str(err.value)
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({"call_id": ...}, "call_id"),
+    ({"call_id": ""}, "call_id"),
+    ({"call_id": 12}, "call_id"),
+    ({"hangup_us": ..., "timestamp": ...}, "hangup"),
+    ({"hangup_us": 0, "timestamp": "x"}, "hangup"),
+])
+def test_a_record_with_a_seq_but_a_bad_body_is_rejected_not_lost(fields, why):
+    item = parse_record(line(**fields), 4)
+    assert isinstance(item, Rejected) and item.seq == 5 and why in item.error
+    assert item.line == line(**fields).decode()
+
+
+def test_hangup_falls_back_to_the_gregorian_timestamp():
+    record = parse_record(line(hangup_us=0, timestamp=1_764_028_800 + 62_167_219_200), 0)
+    assert record.hangup_at.isoformat() == "2025-11-25T00:00:00+00:00"

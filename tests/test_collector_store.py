@@ -1,0 +1,214 @@
+"""The collector's PostgreSQL side on a real server (pgserver): migrations,
+partitions, the batch upsert with its cursor, rejects."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import psycopg
+import pytest
+
+from eslcdr import queries, store
+from eslcdr.collector import pgschema
+from eslcdr.collector.feed import parse_record
+from eslcdr.collector.pgstore import CursorMoved, FeedRecord, PgStore, Rejected
+from eslcdr.schema import COLUMN_NAMES
+
+from .test_api import G, leg
+
+UTC = dt.timezone.utc
+
+
+def feed_items(tmp_path, records, after=0):
+    """Records -> the feed lines a node serves (the real SQLite rendering)."""
+    conn = store.connect_writer(tmp_path / ("node-%d.db" % len(list(tmp_path.iterdir()))))
+    store.insert_records(conn, records)
+    sql, args = queries.feed_sql(queries.FeedQuery(after, None))
+    lines = [row[0].encode() for row in conn.execute(sql, args)]
+    conn.close()
+    items, previous = [], after
+    for line in lines:
+        item = parse_record(line, previous)
+        previous = item.seq
+        items.append(item)
+    return items
+
+
+@pytest.fixture
+def pg(pg_dsn):
+    conn = psycopg.connect(pg_dsn)
+    pgschema.migrate(conn)
+    pg = PgStore(conn)
+    pg.node_state("fs1", "http://127.0.0.1:1")
+    yield pg
+    pg.close()
+
+
+def rows(pg, sql="SELECT * FROM cdrs ORDER BY source, seq", args=()):
+    with pg.conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        out = cur.execute(sql, args).fetchall()
+    pg.conn.commit()
+    return out
+
+
+def ts(year, month, day=15):
+    return int(dt.datetime(year, month, day, 12, tzinfo=UTC).timestamp()) + G
+
+
+def test_migrate_builds_every_table_once(pg_dsn):
+    with psycopg.connect(pg_dsn) as conn:
+        assert pgschema.migrate(conn) == 0
+        assert pgschema.migrate(conn) == pgschema.SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"cdrs", "cdr_keys", "collector_nodes", "collector_rejects", "eslcdr_schema"} <= tables
+        kinds = dict(conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'cdrs'").fetchall())
+    for name in COLUMN_NAMES:
+        assert name in kinds, name
+    assert kinds["custom_channel_vars"] == "jsonb"
+    assert kinds["hangup_at"] == "timestamp with time zone"
+    assert kinds["created_us"] == "bigint"
+
+
+def test_a_column_the_sqlite_schema_gained_is_added(pg_dsn):
+    with psycopg.connect(pg_dsn) as conn:
+        pgschema.migrate(conn)
+        conn.execute("ALTER TABLE cdrs DROP COLUMN remote_sdp")
+        conn.commit()
+        pgschema.migrate(conn)
+        assert conn.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'cdrs'"
+            " AND column_name = 'remote_sdp'").fetchone() == ("text",)
+
+
+def test_partitions_ahead_of_need(pg):
+    created = pgschema.ensure_partitions(pg.conn, dt.datetime(2026, 12, 3, tzinfo=UTC))
+    assert created == ["cdrs_y2026m12", "cdrs_y2027m01", "cdrs_y2027m02"]
+    assert pgschema.ensure_partitions(pg.conn, dt.datetime(2026, 12, 3, tzinfo=UTC)) == []
+
+
+def test_batch_stores_every_column_and_moves_the_cursor(pg, tmp_path):
+    records = [leg(ts(2026, 11)), leg(ts(2026, 10), fax_success=1, answered_us=0), leg(ts(2025, 1))]
+    items = feed_items(tmp_path, records)
+    result = pg.store_batch("fs1", "db-1", 0, items)
+    assert (result.stored, result.rejected, result.after) == (3, 0, items[-1].seq)
+    got = {r["call_id"]: r for r in rows(pg)}
+    assert len(got) == 3
+    for item in items:
+        doc = json.loads(item.line)
+        row = got[doc["call_id"]]
+        for name in COLUMN_NAMES:
+            assert row[name] == doc[name], name
+        assert row["source"] == "fs1"
+        assert row["hangup_at"] == dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=doc["hangup_us"])
+        assert row["created_at"] == dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=doc["created_us"])
+    unanswered = got[records[1]["call_id"]]
+    assert unanswered["answered_at"] is None and unanswered["fax_success"] is True
+    # old months got their partition on demand
+    assert {"cdrs_y2025m01", "cdrs_y2026m10", "cdrs_y2026m11"} <= pgschema.existing_partitions(pg.conn)
+    state = pg.node_state("fs1", "http://127.0.0.1:1")
+    assert (state.after, state.db_id, state.rows) == (items[-1].seq, "db-1", 3)
+
+
+def test_rewritten_row_replaces_the_stored_one(pg, tmp_path):
+    record = leg(ts(2026, 11))
+    first = feed_items(tmp_path, [record])
+    pg.store_batch("fs1", "db-1", 0, first)
+    record2 = dict(record, interaction_id="merged-interaction", billing_seconds=99)
+    again = feed_items(tmp_path, [record2])
+    line = json.loads(again[0].line)
+    line["seq"] = 7
+    rewritten = FeedRecord(7, record["call_id"], again[0].hangup_at, json.dumps(line))
+    pg.store_batch("fs1", "db-1", first[-1].seq, [rewritten])
+    got = rows(pg)
+    assert len(got) == 1
+    assert (got[0]["interaction_id"], got[0]["billing_seconds"], got[0]["seq"]) == ("merged-interaction", 99, 7)
+
+
+def test_a_new_hangup_time_moves_the_row_to_its_partition(pg, tmp_path):
+    record = leg(ts(2026, 11, 30))
+    first = feed_items(tmp_path, [record])
+    pg.store_batch("fs1", "db-1", 0, first)
+    later = dict(record, hangup_us=(ts(2026, 12, 1) - G) * 10**6, timestamp=ts(2026, 12, 1))
+    item = feed_items(tmp_path, [later])[0]
+    doc = json.loads(item.line)
+    doc["seq"] = 5
+    result = pg.store_batch("fs1", "db-1", first[-1].seq,
+                            [FeedRecord(5, record["call_id"], item.hangup_at, json.dumps(doc))])
+    assert result.moved == 1
+    got = rows(pg, "SELECT tableoid::regclass::text AS part, hangup_at FROM cdrs")
+    assert got == [{"part": "cdrs_y2026m12", "hangup_at": item.hangup_at}]
+    assert rows(pg, "SELECT count(*) AS n FROM cdr_keys") == [{"n": 1}]
+
+
+def test_a_stale_cursor_is_refused(pg, tmp_path):
+    items = feed_items(tmp_path, [leg(ts(2026, 11))])
+    pg.store_batch("fs1", "db-1", 0, items)
+    with pytest.raises(CursorMoved):
+        pg.store_batch("fs1", "db-1", 0, items)
+    with pytest.raises(CursorMoved):
+        pg.store_batch("fs1", "db-2", items[-1].seq, items)
+    assert len(rows(pg)) == 1
+
+
+def test_values_postgres_refuses_are_kept_in_rejects(pg, tmp_path):
+    good, bad = feed_items(tmp_path, [leg(ts(2026, 11)), leg(ts(2026, 11))])
+    doc = json.loads(bad.line)
+    doc["duration_seconds"] = "sixty"
+    bad = FeedRecord(bad.seq, bad.call_id, bad.hangup_at, json.dumps(doc))
+    no_call = Rejected(bad.seq + 1, None, "record has no usable call_id", '{"seq": %d}' % (bad.seq + 1))
+    result = pg.store_batch("fs1", "db-1", 0, [good, bad, no_call])
+    assert (result.stored, result.rejected, result.after) == (1, 2, bad.seq + 1)
+    assert [r["call_id"] for r in rows(pg)] == [good.call_id]
+    rejects = rows(pg, "SELECT seq, call_id, error, record FROM collector_rejects ORDER BY seq")
+    assert [(r["seq"], r["call_id"]) for r in rejects] == [(bad.seq, bad.call_id), (bad.seq + 1, None)]
+    assert "sixty" in rejects[0]["error"] and json.loads(rejects[0]["record"]) == doc
+    assert rows(pg, "SELECT call_id FROM cdr_keys") == [{"call_id": good.call_id}]
+
+
+def test_restart_node_resets_the_cursor(pg, tmp_path):
+    items = feed_items(tmp_path, [leg(ts(2026, 11))])
+    pg.store_batch("fs1", "db-1", 0, items)
+    pg.restart_node("fs1", "db-1", "db-2")
+    state = pg.node_state("fs1", "http://127.0.0.1:1")
+    assert (state.after, state.db_id) == (0, "db-2")
+    with pytest.raises(CursorMoved):
+        pg.restart_node("fs1", "db-1", "db-3")
+
+
+def test_readme_psql_examples_run(pg, tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## The central collector", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```sql\n")[1:]]
+    statements = []
+    for block in blocks:
+        for text in block.split(";"):
+            body = "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("--")).strip()
+            if body:
+                statements.append(body)
+    assert len(statements) == 4
+    now = int(dt.datetime.now(UTC).timestamp()) + G
+    pg.store_batch("fs1", "db-1", 0, feed_items(tmp_path, [leg(now - 60), leg(now - 30, answered_us=0)]))
+    results = []
+    for statement in statements:
+        with pg.conn.cursor() as cur:
+            results.append(cur.execute(statement).fetchall())
+        pg.conn.commit()
+    assert results[0][0][2] == 2  # two legs in the last hour of fs1
+    assert [r[2] for r in results[1]] == [50.0]  # one of two inbound legs answered
+
+
+def test_the_feed_names_its_newest_seq(tmp_path):
+    from .test_api import COLLECTOR, Env
+
+    env = Env(tmp_path)
+    try:
+        env.insert([leg(ts(2026, 11)), leg(ts(2026, 11))])
+        response = env.get("/v2/feed/cdrs?after=0&limit=1", headers=COLLECTOR)
+        assert response.headers["X-Feed-Last-Seq"] == "2"
+    finally:
+        env.close()
