@@ -28,9 +28,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sqlite3
 import time
+import traceback
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from . import __version__, kazoo
+from .channels import ChannelsFn, no_channels
 from .config import Config
 from .queries import (
     KIND_CDRS,
@@ -63,6 +64,7 @@ from .queries import (
     parse_feed_query,
     parse_list_query,
 )
+from .redact import Redactor, presented_in_environ
 from .schema import COLUMN_NAMES
 from .store import record_ack, token_key
 from .tokens import COLLECTOR, TokenStore
@@ -167,10 +169,15 @@ class CdrApi:
     ``bottle`` is the inner Bottle app; ``close()`` closes pooled connections.
     """
 
-    def __init__(self, app: bottle.Bottle, pool: ReaderPool, metrics: Metrics) -> None:
+    def __init__(self, app: bottle.Bottle, pool: ReaderPool, metrics: Metrics, routes: "_Routes") -> None:
         self.bottle = app
         self.pool = pool
         self.metrics = metrics
+        self._routes = routes
+
+    def is_token(self, text: str) -> bool:
+        """Whether text is a token of the tokens file (the access log redacts those)."""
+        return self._routes.tokens.known(text)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -187,7 +194,11 @@ class CdrApi:
             headers.append(("X-Request-ID", request_id))
             return start_response(status, headers, exc_info)
 
-        body = self.bottle(environ, start)
+        bad_header = _undecodable_header(environ)
+        if bad_header is None:
+            body = self.bottle(environ, start)
+        else:
+            body = self._bad_header(environ, bad_header, start)
 
         def done() -> None:
             route = environ.get("bottle.route")
@@ -197,8 +208,42 @@ class CdrApi:
 
         return _ObservedBody(body, done)
 
+    def _bad_header(self, environ: dict, name: str, start: Callable) -> list[bytes]:
+        """400 for a header whose bytes are not UTF-8 (Bottle would fail with a 500)."""
+        structlog.get_logger("eslcdr.api").warning(
+            "api_bad_header", header=name, client=environ.get("REMOTE_ADDR"), status=400)
+        payload = error_payload(400, "bad request", {"message": "header %s is not valid UTF-8" % name},
+                                self._routes.meta_for(environ))
+        body = _dumps(payload).encode("utf-8")
+        start("400 Bad Request", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
     def close(self) -> None:
         self.pool.close()
+
+
+# Header names a log line may carry as they are; any other becomes "other"
+# (a client chooses header names too).
+_NAMED_HEADERS = frozenset({
+    "X-Auth-Token", "Authorization", "Accept", "X-File-Name", "X-Request-Id", "Referer", "User-Agent",
+    "Origin", "Content-Type", "Cookie", "Host", "Accept-Encoding", "Accept-Language", "Connection",
+})
+
+
+def _undecodable_header(environ: Mapping[str, Any]) -> str | None:
+    """The name of the first request header that is not UTF-8, or None.
+
+    WSGI hands header values over as latin-1 text; Bottle re-decodes them as
+    UTF-8 when read and raises on bytes that are not.
+    """
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("latin-1").decode("utf-8")
+            except UnicodeError:
+                name = "-".join(part.capitalize() for part in key[5:].split("_"))
+                return name if name in _NAMED_HEADERS else "other"
+    return None
 
 
 # ----------------------------------------------------------------- handlers
@@ -221,6 +266,7 @@ class _StreamBody:
             yield from self._chunks
         except (StatementTimeout, DatastoreError) as exc:
             structlog.get_logger("eslcdr.api").error("api_stream_aborted", error=str(exc))
+            exc.eslcdr_logged = True  # the server drops the connection without a second line
             raise
 
     def close(self) -> None:
@@ -241,8 +287,10 @@ class _Routes:
         metrics: Metrics,
         clock: Callable[[], float],
         acknowledge: AckFn,
+        channels: ChannelsFn = no_channels,
     ) -> None:
         self.acknowledge = acknowledge
+        self.channels_fn = channels
         self.api = config.api
         self.node = config.cdr.node_name
         self.pool = pool
@@ -256,7 +304,9 @@ class _Routes:
     # -- plumbing -----------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
-        environ = bottle.request.environ
+        return self.meta_for(bottle.request.environ)
+
+    def meta_for(self, environ: Mapping[str, Any]) -> dict[str, Any]:
         now = time.gmtime(self.clock())
         return {
             "request_id": environ.get("eslcdr.request_id", ""),
@@ -284,13 +334,18 @@ class _Routes:
             except ParamError as exc:
                 return self.error_response(400, "validation error", exc.as_data())
             except StatementTimeout as exc:
-                self.log.warning("api_statement_timeout", path=bottle.request.path, error=str(exc))
+                self.log.warning("api_statement_timeout", path=self.log_path(), error=str(exc))
                 return self.error_response(503, "datastore timeout", {"message": str(exc)})
             except DatastoreError as exc:
-                self.log.error("api_datastore_error", path=bottle.request.path, error=str(exc))
+                self.log.error("api_datastore_error", path=self.log_path(), error=str(exc))
                 return self.error_response(503, "datastore fatal error", {"message": "datastore fatal error"})
 
         return guarded
+
+    def log_path(self) -> str:
+        """The request path fit for a log line (no token, however it was put there)."""
+        environ = bottle.request.environ
+        return Redactor(self.tokens.known, presented_in_environ(environ)).target(environ.get("PATH_INFO", ""))
 
     def params(self) -> dict[str, list[str]]:
         query = bottle.request.environ.get("QUERY_STRING", "")
@@ -500,6 +555,18 @@ class _Routes:
         return self.envelope("[%s]" % ",".join([row[0] for row in rows]),
                              {"next_after": next_after, "db_id": db_id})
 
+    def channels(self, account_id: str | None = None, user_id: str | None = None) -> Any:
+        """Live legs from the trackers (a snapshot); ``/v2/channels``, every
+        account's and those without one, is the collector scope's."""
+        params = self.params()
+        if account_id is None:
+            if self.scope(params) != COLLECTOR:
+                raise forbidden()
+        else:
+            self.authorize(params, account_id)
+        found = self.channels_fn(account_id, user_id)
+        return self.envelope(_dumps(found), {"page_size": len(found)})
+
     def health(self) -> Any:
         info = dict(self.health_fn())
         status = 200 if info.get("status", "ok") == "ok" else 503
@@ -518,8 +585,10 @@ class _Routes:
         if code == 405:
             return self.error_response(405, "invalid_method", {"message": "method not allowed"})
         if code >= 500:
-            self.log.error("api_unhandled_exception", path=bottle.request.path,
-                           error=repr(err.exception), traceback=err.traceback)
+            # Never the exception's text or repr: it may hold request bytes.
+            exc = err.exception
+            self.log.error("api_unhandled_exception", path=self.log_path(), error=type(exc).__name__,
+                           frames="".join(traceback.format_tb(getattr(exc, "__traceback__", None)))[-4000:])
             return self.error_response(500, "unspecified_fault", {"message": "unspecified fault"})
         return self.error_response(code, "bad request", {"message": str(err.body)[:200]})
 
@@ -533,6 +602,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     runner: InlineRunner | GeventRunner | None = None,
     acknowledge: AckFn | None = None,
+    channels: ChannelsFn | None = None,
 ) -> CdrApi:
     """Build the API for ``config`` (database ``[store] path``, ``[api]`` settings).
 
@@ -543,6 +613,7 @@ def create_app(
     ``acknowledge(token_sha256, after, at_us)`` stores a collector's
     acknowledgement (the daemon passes its writer's; default: a short write
     of its own, waiting at most 200 ms for the lock).
+    ``channels(account_id, owner_id)`` lists live legs (the daemon's trackers).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics.create(registry)
@@ -556,6 +627,7 @@ def create_app(
         metrics,
         clock,
         acknowledge or _direct_ack(config.store.path),
+        channels or no_channels,
     )
     app = bottle.Bottle(catchall=True)
     app.default_error_handler = routes.bottle_error
@@ -568,10 +640,13 @@ def create_app(
     app.route(account + "/cdrs/<cdr_id>", "GET", guard(routes.cdr_detail))
     app.route(account + "/users/<user_id>/cdrs", "GET", guard(routes.list_cdrs))
     app.route(account + "/users/<user_id>/cdrs/interaction", "GET", guard(routes.list_interactions))
+    app.route(account + "/channels", "GET", guard(routes.channels))
+    app.route(account + "/users/<user_id>/channels", "GET", guard(routes.channels))
+    app.route("/v2/channels", "GET", guard(routes.channels))
     app.route("/v2/feed/cdrs", "GET", guard(routes.feed))
     app.route("/health", "GET", routes.health)
     app.route("/metrics", "GET", routes.prometheus)
-    return CdrApi(app, pool, metrics)
+    return CdrApi(app, pool, metrics, routes)
 
 
 def _direct_ack(path: str) -> AckFn:
@@ -588,61 +663,8 @@ def _direct_ack(path: str) -> AckFn:
 # ------------------------------------------------------------------- server
 
 
-def _envelope_bytes(status: int, reason: str, message: str) -> bytes:
-    body = _dumps(error_payload(status, message, {"message": reason}, {"version": __version__})).encode()
-    head = (
-        "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-        % (status, reason, len(body))
-    )
-    return head.encode("latin-1") + body
-
-
-_REDACT = re.compile(r"(auth_token=)[^&\s]*", re.IGNORECASE)
-
-
 def make_server(app: Callable, host: str, port: int, **kwargs: Any) -> "WSGIServer":
-    """A gevent WSGIServer for ``app`` whose own errors are Kazoo envelopes.
+    """``server.make_server``: the app on gevent.pywsgi, bounded and redacting."""
+    from .server import make_server as make  # imports gevent.pywsgi: only when serving
 
-    Extra keyword arguments go to ``WSGIServer`` (``log``, ``error_log``,
-    ``spawn``...).  Call ``start()``/``serve_forever()``/``stop()`` as usual.
-    """
-    from gevent import pywsgi
-
-    class ApiHandler(pywsgi.WSGIHandler):
-        def handle(self):
-            # Headers and body go out in separate writes; with Nagle on, a
-            # keep-alive client waits for its delayed ACK (~40 ms) each time.
-            try:
-                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass  # not a TCP socket (a unix socket)
-            return super().handle()
-
-        def handle_one_request(self):
-            result = super().handle_one_request()
-            if isinstance(result, tuple):
-                # gevent answers unparseable requests itself with an empty body.
-                code = int(result[0])
-                reason = "request uri too long" if code == 414 else "bad request"
-                return (result[0], _envelope_bytes(code, reason, "faulty_request" if code == 414 else "bad_request"))
-            return result
-
-        def _send_error_response_if_possible(self, error_code):
-            if self.response_length or error_code != 500:
-                return super()._send_error_response_if_possible(error_code)
-            body = _dumps(error_payload(500, "unspecified_fault", {"message": "unspecified fault"},
-                                        {"version": __version__})).encode()
-            try:
-                self.start_response("500 Internal Server Error", [
-                    ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                    ("Connection", "close")])
-                self.write(body)
-            except OSError:
-                self.close_connection = True
-
-        def format_request(self):
-            # The request line may carry ?auth_token=...: never log it.
-            line = super().format_request()
-            return _REDACT.sub(r"\1[redacted]", line)[:2000]
-
-    return pywsgi.WSGIServer((host, port), app, handler_class=ApiHandler, **kwargs)
+    return make(app, host, port, **kwargs)

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "flush_interval": "0.2",
         "batch_size": "500",
         "retention_days": "0",
+        "retention_check_interval": "60",
         "queue_size": "100000",
         "leg_ttl": "86400",
     },
@@ -47,6 +48,10 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "default_page_size": "50",
         "max_page_size": "1000",
         "statement_timeout": "10",
+        "header_timeout": "10",
+        "idle_timeout": "15",
+        "send_timeout": "60",
+        "max_connections": "256",
     },
     "cdr": {
         "account_id_vars": "ecallmgr_Account-ID",
@@ -91,6 +96,7 @@ class StoreConfig:
     flush_interval: float
     batch_size: int
     retention_days: int
+    retention_check_interval: float
     queue_size: int
     leg_ttl: float
 
@@ -104,6 +110,10 @@ class ApiConfig:
     default_page_size: int
     max_page_size: int
     statement_timeout: float
+    header_timeout: float
+    idle_timeout: float
+    send_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +269,8 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             flush_interval=_get(store, "store", "flush_interval", float, lambda v: v > 0),
             batch_size=_get(store, "store", "batch_size", int, lambda v: v > 0),
             retention_days=_get(store, "store", "retention_days", int, lambda v: v >= 0),
+            retention_check_interval=_get(store, "store", "retention_check_interval", float,
+                                          lambda v: 0 < v <= 60),
             queue_size=_get(store, "store", "queue_size", int, lambda v: v > 0),
             leg_ttl=_get(store, "store", "leg_ttl", float, lambda v: v > 0),
         ),
@@ -270,6 +282,10 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             default_page_size=default_page,
             max_page_size=_get(api, "api", "max_page_size", int, lambda v: v >= default_page),
             statement_timeout=_get(api, "api", "statement_timeout", float, lambda v: v > 0),
+            header_timeout=_get(api, "api", "header_timeout", float, lambda v: v > 0),
+            idle_timeout=_get(api, "api", "idle_timeout", float, lambda v: v > 0),
+            send_timeout=_get(api, "api", "send_timeout", float, lambda v: v > 0),
+            max_connections=_get(api, "api", "max_connections", int, lambda v: v > 0),
         ),
         cdr=CdrConfig(
             account_id_vars=_names(cdr_values["account_id_vars"]),

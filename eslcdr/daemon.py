@@ -32,6 +32,7 @@ from .config import Config, EslNode
 from .esl import NodeConnection
 from .events import Event
 from .legs import LegTracker
+from .retention import Retention
 from .store import connect_writer, recent_interaction_links
 from .writer import Writer
 
@@ -61,6 +62,9 @@ class Pipeline:
         self.tracker = LegTracker(
             interaction_id_vars=config.cdr.interaction_id_vars,
             leg_ttl_us=int(config.store.leg_ttl * 1_000_000),
+            account_id_vars=config.cdr.account_id_vars,
+            owner_id_vars=config.cdr.owner_id_vars,
+            authorizing_id_vars=config.cdr.authorizing_id_vars,
         )
         self.events = 0
         self.cdrs = 0
@@ -94,11 +98,18 @@ class Pipeline:
         else:
             log.error("cdr_refused_backlog_full", node=self.node_name, call_id=record["call_id"])
 
-    def on_resync(self, alive: set[str]) -> None:
-        """After (re)connecting: legs FreeSWITCH no longer lists may have
-        ended unseen; they are written off after a grace (take_lost)."""
-        marked = self.tracker.resync(alive, self._clock(), grace_us=int(RESYNC_GRACE * 1_000_000))
-        log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker), missing=marked)
+    def on_resync(self, rows: list[dict[str, str]]) -> list[str]:
+        """After (re)connecting, with the rows of ``show channels``: legs
+        FreeSWITCH no longer lists may have ended unseen (written off after
+        a grace, take_lost); legs it lists that we never saw are added.
+        Returns those new legs' ids (the connection dumps their variables)."""
+        now = self._clock()
+        alive = {row["uuid"] for row in rows}
+        marked = self.tracker.resync(alive, now, grace_us=int(RESYNC_GRACE * 1_000_000))
+        added = self.tracker.seed(rows, now)
+        log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker),
+                 missing=marked, added=len(added))
+        return added
 
     def write_off_lost(self) -> None:
         now = self._clock()
@@ -122,6 +133,7 @@ class Daemon:
         self._greenlets: list[gevent.Greenlet] = []
         self.conn: sqlite3.Connection | None = None
         self.writer: Writer | None = None
+        self.retention: Retention | None = None
         self.pipelines: dict[str, Pipeline] = {}
         self.nodes: dict[str, NodeConnection] = {}
         self.http = None
@@ -148,6 +160,8 @@ class Daemon:
         for name, connection in self.nodes.items():
             self._spawn("esl:" + name, self._run_node(connection))
         self._spawn("housekeeping", self._housekeeping)
+        self.retention = Retention(cfg, self.writer, self._stop)
+        self._spawn("retention", self.retention.run)
         if self._api_factory is not None:
             self.http = self._api_factory(self)
             self.http.start()
@@ -201,6 +215,10 @@ class Daemon:
                 last_sweep = time.monotonic()
 
     # -- state ----------------------------------------------------------------
+    def trackers(self) -> dict[str, LegTracker]:
+        """Node name -> its leg tracker (read by the live channels route)."""
+        return {name: pipeline.tracker for name, pipeline in self.pipelines.items()}
+
     def health(self) -> dict:
         writer = self.writer
         nodes = {}
@@ -224,12 +242,14 @@ class Daemon:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "nodes": nodes,
+            "store": self.retention.health() if self.retention else {},
             "writer": {
                 "backlog": writer.backlog if writer else 0,
                 "written": writer.written if writer else 0,
                 "duplicates": writer.duplicates if writer else 0,
                 "refused": writer.refused if writer else 0,
                 "failures": writer.failures if writer else 0,
+                "deleted": writer.deleted if writer else 0,
                 "last_error": writer.last_error if writer else None,
                 "last_write_at": writer.last_write_at if writer else None,
             },

@@ -14,6 +14,10 @@ FreeSWITCH and the leg tracker.  Every command waits at most
 default, CUSTOM subclasses last), ask ``show channels as json`` which legs
 are still up, then wait for the socket to close and reconnect with capped,
 jittered backoff.  A refused password is fatal: retrying cannot fix it.
+The resync callback names the listed legs it did not know (created while
+no socket listened); each is asked for with ``uuid_dump <uuid> json`` (at
+most ``MAX_DUMPS``), whose CHANNEL_DATA answer goes down the normal event
+path, so such a leg gets its account, owner and links like any other.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import socket as stdlib_socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import gevent
 import gevent.event
@@ -32,7 +36,7 @@ from greenswitch.esl import InboundESL, NotConnectedError
 
 from .backoff import backoff_delay
 from .config import EslNode
-from .events import EVENT_TYPES, Event, EventDecodeError, decode_event
+from .events import EVENT_TYPES, Event, EventDecodeError, decode_event, decode_json
 from .frames import Frame, FrameParser
 
 log = structlog.get_logger("eslcdr.esl")
@@ -51,6 +55,9 @@ SUBSCRIBED_EVENTS = (
     "spandsp::rxfaxresult",
 )
 READ_CHUNK = 256 * 1024
+# uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
+# with thousands of channels stays a matter of seconds.
+MAX_DUMPS = 2000
 
 
 class AuthenticationError(Exception):
@@ -232,14 +239,36 @@ class EslClient(InboundESL):
     stop = close
 
 
-def parse_channel_uuids(body: str) -> set[str]:
-    """Unique-IDs from ``show channels as json`` (``{"row_count":0}`` when none)."""
+def parse_channel_rows(body: str) -> list[dict[str, str]]:
+    """Rows of ``show channels as json`` (``{"row_count":0}`` when none),
+    each with a ``uuid``; values as strings."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError:
         raise CommandFailed("show channels: not JSON: %r" % body[:80]) from None
     rows = (data.get("rows") or []) if isinstance(data, dict) else []
-    return {row["uuid"] for row in rows if isinstance(row, dict) and row.get("uuid")}
+    return [
+        {str(k): "" if v is None else str(v) for k, v in row.items()}
+        for row in rows
+        if isinstance(row, dict) and row.get("uuid")
+    ]
+
+
+def parse_channel_uuids(body: str) -> set[str]:
+    """Unique-IDs from ``show channels as json``."""
+    return {row["uuid"] for row in parse_channel_rows(body)}
+
+
+def parse_dump(body: str) -> Event | None:
+    """The CHANNEL_DATA event of ``uuid_dump <uuid> json``; None if gone."""
+    if not body.lstrip().startswith("{"):
+        return None  # "-ERR No such channel!"
+    try:
+        event = decode_json(body.encode("utf-8"))
+    except EventDecodeError:
+        return None
+    event.setdefault("Event-Name", "CHANNEL_DATA")
+    return event if event.get("Unique-ID") else None
 
 
 class NodeConnection:
@@ -249,7 +278,7 @@ class NodeConnection:
         self,
         node: EslNode,
         on_event: Callable[[Event], None],
-        on_resync: Callable[[set[str]], None],
+        on_resync: Callable[[list[dict[str, str]]], Iterable[str] | None],
         on_protocol_error: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.node = node
@@ -279,12 +308,24 @@ class NodeConnection:
             client.command("event %s %s" % (self.node.format, " ".join(SUBSCRIBED_EVENTS)))
             status = client.command("api status")
             channels = client.command("api show channels as json")
-            self._on_resync(parse_channel_uuids(channels.data))
+            unknown = self._on_resync(parse_channel_rows(channels.data))
+            self._dump(client, list(unknown or ())[:MAX_DUMPS])
         except BaseException:
             client.close()
             raise
         self.core_uuid = status.headers.get("Core-UUID")
         return client
+
+    def _dump(self, client: EslClient, call_ids: list[str]) -> None:
+        """Feed ``uuid_dump`` of legs created while no socket listened."""
+        for call_id in call_ids:
+            try:
+                reply = client.command("api uuid_dump %s json" % call_id)
+            except CommandFailed:
+                continue  # gone since, or a FreeSWITCH without uuid_dump
+            event = parse_dump(reply.data)
+            if event is not None:
+                self._on_event(event)
 
     def run(self) -> None:
         attempt = 0

@@ -1,8 +1,9 @@
 """The HTTP side of ``eslcdr run``: the API app on a gevent.pywsgi server.
 
 The daemon's health and metrics feed ``/health`` and ``/metrics``; the
-server's own access log goes through structlog (one line per request, with
-any ``auth_token`` query value redacted by the API's handler).
+server's own access log goes through structlog (one line per request, its
+target redacted by ``server.make_server``); ``[api]`` bounds the server
+(timeouts, connection cap: ``server.ServerLimits``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from .api import create_app, make_server
+from .channels import LiveChannels
 from .metrics import DaemonCollector
+from .server import ServerLimits
 
 log = structlog.get_logger("eslcdr.http")
 
@@ -34,8 +37,11 @@ class ApiServer:
         registry = CollectorRegistry()
         registry.register(DaemonCollector(daemon))
         self.app = create_app(config, health=daemon.health, registry=registry,
-                              acknowledge=daemon.writer.acknowledge)
-        self.server = make_server(self.app, config.api.host, config.api.port, log=_AccessLog(), error_log=_AccessLog())
+                              acknowledge=daemon.writer.acknowledge,
+                              channels=LiveChannels(daemon.trackers))
+        limits = ServerLimits.from_api(config.api)
+        self.server = make_server(self.app, config.api.host, config.api.port, limits=limits,
+                                  log=_AccessLog(), error_log=_AccessLog())
 
     @property
     def port(self) -> int:

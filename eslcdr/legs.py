@@ -18,6 +18,14 @@ leg of a group to be seen fixes the id -- the configured interaction variable
 when a leg carries one, otherwise one derived from that leg -- and every
 linked leg, also one not seen yet, inherits it.  ``remember_interactions``
 preloads ids written before a restart, so late legs keep the same id.
+
+Live view: each live leg also keeps the handful of strings an operator's
+"channels" list shows (direction, call state, caller/callee, destination,
+account/owner, partner), refreshed by CREATE / PROGRESS / ANSWER / BRIDGE.
+``live_legs()`` copies them out as frozen ``LiveLeg`` values (a snapshot: the
+API never holds the tracker while it writes a response).  After a reconnect
+``seed()`` takes the rows of ``show channels as json``: legs created while
+the socket was down are added, known ones catch up on their call state.
 """
 
 from __future__ import annotations
@@ -65,8 +73,51 @@ class LostLeg:
     interaction_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class LiveLeg:
+    """What the live channels list shows of one leg (a copy)."""
+
+    call_id: str
+    interaction_id: str
+    direction: str
+    state: str  # DOWN, RINGING, EARLY (early media), ACTIVE (answered)
+    answered: bool
+    created_us: int
+    answered_us: int  # 0 when not answered (or answered while we were away)
+    channel_name: str
+    destination: str
+    caller_id_name: str
+    caller_id_number: str
+    callee_id_name: str
+    callee_id_number: str
+    presence_id: str
+    account_id: str
+    owner_id: str
+    authorizing_id: str
+    other_leg: str  # the bridged partner, else the leg it was originated from
+
+
+# Call states in the order a leg passes them: a late PROGRESS must not undo
+# an ANSWER (events can arrive out of order).
+_STATE_RANK = {"DOWN": 0, "DIALING": 0, "RINGING": 1, "EARLY": 2, "ACTIVE": 3, "HELD": 3, "UNHELD": 3}
+_STATE_AFTER = {
+    "CHANNEL_PROGRESS": "RINGING",
+    "CHANNEL_PROGRESS_MEDIA": "EARLY",
+    "CHANNEL_ANSWER": "ACTIVE",
+    "CHANNEL_BRIDGE": "ACTIVE",
+}
+# CHANNEL_DATA is what ``uuid_dump`` answers: a live leg's every variable.
+_LIVE_REFRESH = frozenset(("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_DATA"))
+
+
 class _Leg:
-    __slots__ = ("digits", "fax", "partner", "touched_us", "created_us")
+    __slots__ = (
+        "digits", "fax", "partner", "touched_us", "created_us",
+        # live view (strings shared with the decoded events, not copies)
+        "direction", "state", "answered_us", "answered", "name", "destination",
+        "cid_name", "cid_num", "callee_name", "callee_num", "presence_id",
+        "account_id", "owner_id", "authorizing_id", "other_leg",
+    )
 
     def __init__(self, now_us: int, created_us: int) -> None:
         self.digits: list[str] = []
@@ -74,6 +125,19 @@ class _Leg:
         self.partner = ""
         self.touched_us = now_us
         self.created_us = created_us
+        self.direction = self.name = self.destination = ""
+        self.cid_name = self.cid_num = self.callee_name = self.callee_num = ""
+        self.presence_id = self.account_id = self.owner_id = self.authorizing_id = ""
+        self.other_leg = ""
+        self.state = "DOWN"
+        self.answered = False
+        self.answered_us = 0
+
+    def advance(self, state: str) -> None:
+        if _STATE_RANK.get(state, -1) >= _STATE_RANK.get(self.state, 0):
+            self.state = state
+        if _STATE_RANK.get(state, 0) >= 3:
+            self.answered = True
 
 
 def gregorian_seconds(unix_us: int) -> int:
@@ -130,8 +194,14 @@ class LegTracker:
         interaction_id_vars: tuple[str, ...] = (),
         leg_ttl_us: int = 86_400_000_000,
         max_remembered: int = 50_000,
+        account_id_vars: tuple[str, ...] = ("ecallmgr_Account-ID",),
+        owner_id_vars: tuple[str, ...] = ("ecallmgr_Owner-ID",),
+        authorizing_id_vars: tuple[str, ...] = ("ecallmgr_Authorizing-ID",),
     ) -> None:
         self._interaction_headers = tuple("variable_" + name for name in interaction_id_vars)
+        self._account_headers = tuple("variable_" + name for name in account_id_vars)
+        self._owner_headers = tuple("variable_" + name for name in owner_id_vars)
+        self._authorizing_headers = tuple("variable_" + name for name in authorizing_id_vars)
         self._leg_ttl_us = leg_ttl_us
         self._max_remembered = max_remembered
         self._legs: dict[str, _Leg] = {}
@@ -155,6 +225,39 @@ class LegTracker:
 
     def live_call_ids(self) -> list[str]:
         return list(self._legs)
+
+    def live_legs(self, account_id: str | None = None, owner_id: str | None = None) -> list[LiveLeg]:
+        """Copies of the live legs (of one account / owner when given)."""
+        out = []
+        interaction = self._interaction
+        for call_id, leg in self._legs.items():
+            if account_id is not None and leg.account_id != account_id:
+                continue
+            if owner_id is not None and leg.owner_id != owner_id:
+                continue
+            out.append(
+                LiveLeg(
+                    call_id=call_id,
+                    interaction_id=interaction.get(call_id, ""),
+                    direction=leg.direction,
+                    state=leg.state,
+                    answered=leg.answered,
+                    created_us=leg.created_us,
+                    answered_us=leg.answered_us,
+                    channel_name=leg.name,
+                    destination=leg.destination,
+                    caller_id_name=leg.cid_name,
+                    caller_id_number=leg.cid_num,
+                    callee_id_name=leg.callee_name,
+                    callee_id_number=leg.callee_num,
+                    presence_id=leg.presence_id,
+                    account_id=leg.account_id,
+                    owner_id=leg.owner_id,
+                    authorizing_id=leg.authorizing_id,
+                    other_leg=leg.partner or leg.other_leg,
+                )
+            )
+        return out
 
     def interaction_of(self, call_id: str) -> str | None:
         return self._interaction.get(call_id)
@@ -184,6 +287,8 @@ class LegTracker:
             leg = _Leg(now_us, created)
             self._legs[call_id] = leg
             interaction_id = self._link(call_id, event, created)
+            if name != "CHANNEL_HANGUP_COMPLETE":
+                self._observe(leg, event, now_us)
         else:
             leg.touched_us = now_us
             if name in _NO_NEW_LINKS:
@@ -192,6 +297,13 @@ class LegTracker:
                 interaction_id = ""
             else:
                 interaction_id = self._link(call_id, event, leg.created_us)
+            if name in _LIVE_REFRESH:
+                self._observe(leg, event, now_us)
+        state = _STATE_AFTER.get(name)
+        if state is not None:
+            leg.advance(state)
+            if state == "ACTIVE" and not leg.answered_us:
+                leg.answered_us = parse_int(event.get("Caller-Channel-Answered-Time")) or now_us
 
         if name == "CHANNEL_HANGUP_COMPLETE":
             del self._legs[call_id]
@@ -218,9 +330,43 @@ class LegTracker:
             other = self._legs.get(leg.partner)
             if other is not None:
                 other.partner = call_id
+                other.advance("ACTIVE")
         elif name == "CUSTOM" and event.get("Event-Subclass") in FAX_EVENTS:
             leg.fax = tuple((k, v) for k, v in event.items() if k.startswith("fax-"))
         return None
+
+    def _observe(self, leg: _Leg, event: Event, now_us: int) -> None:
+        """Refresh the live view from a CREATE / ANSWER / BRIDGE event."""
+        get = event.get
+        leg.direction = get("Call-Direction") or leg.direction
+        leg.name = get("Channel-Name") or leg.name
+        leg.destination = get("Caller-Destination-Number") or leg.destination
+        leg.cid_name = get("Caller-Caller-ID-Name") or leg.cid_name
+        leg.cid_num = get("Caller-Caller-ID-Number") or leg.cid_num
+        leg.callee_name = get("Caller-Callee-ID-Name") or leg.callee_name
+        leg.callee_num = get("Caller-Callee-ID-Number") or leg.callee_num
+        leg.presence_id = get("Channel-Presence-ID") or leg.presence_id
+        leg.other_leg = get("Other-Leg-Unique-ID") or get("variable_originating_leg_uuid") or leg.other_leg
+        for attr, headers in (
+            ("account_id", self._account_headers),
+            ("owner_id", self._owner_headers),
+            ("authorizing_id", self._authorizing_headers),
+        ):
+            if not getattr(leg, attr):
+                for header in headers:
+                    value = get(header)
+                    if value:
+                        setattr(leg, attr, value)
+                        break
+        state = get("Channel-Call-State")
+        if state:
+            # An event's call state is the one before it (ANSWER says EARLY):
+            # only ever a floor.
+            leg.advance(state)
+        if get("Answer-State") == "answered":
+            leg.advance("ACTIVE")
+            if not leg.answered_us:
+                leg.answered_us = parse_int(get("Caller-Channel-Answered-Time")) or now_us
 
     def _link(self, call_id: str, event: Event, created_us: int) -> str:
         """Give this leg, and every leg it names, one interaction id.
@@ -325,6 +471,43 @@ class LegTracker:
                 self._suspects[call_id] = deadline
                 marked += 1
         return marked
+
+    def seed(self, rows, now_us: int) -> list[str]:
+        """Take ``show channels as json`` rows after a (re)connect.
+
+        A leg created while no socket listened is added with what the row
+        says (FreeSWITCH's core-db columns: uuid, direction, created_epoch,
+        name, callstate, cid_*, callee_*, dest, presence_id -- no channel
+        variables, so no account: ``uuid_dump`` fills that in); a leg already tracked only moves its call state on (it
+        may have been answered while we were away).  Returns the ids of the
+        legs added.
+        """
+        added = []
+        for row in rows:
+            call_id = row.get("uuid")
+            if not call_id or call_id in self._finished:
+                continue
+            leg = self._legs.get(call_id)
+            if leg is None:
+                created = parse_int(row.get("created_epoch")) * 1_000_000 or now_us
+                leg = _Leg(now_us, created)
+                self._legs[call_id] = leg
+                self._link(call_id, {}, created)
+                leg.direction = row.get("direction") or ""
+                leg.name = row.get("name") or ""
+                leg.destination = row.get("dest") or ""
+                leg.cid_name = row.get("cid_name") or ""
+                leg.cid_num = row.get("cid_num") or ""
+                leg.callee_name = row.get("callee_name") or ""
+                leg.callee_num = row.get("callee_num") or ""
+                leg.presence_id = row.get("presence_id") or ""
+                added.append(call_id)
+            else:
+                leg.touched_us = now_us
+            callstate = row.get("callstate")
+            if callstate:
+                leg.advance(callstate)
+        return added
 
     def take_lost(self, now_us: int) -> list[LostLeg]:
         """Marked legs whose grace has passed without a hangup."""

@@ -2,7 +2,8 @@
 
 Key/value events through structlog; JSON lines when stderr is not a TTY (a
 systemd journal, a file), a readable console format on a terminal.  No
-secret is ever passed to a logger: passwords and tokens stay out of events.
+secret is ever passed to a logger: passwords and tokens stay out of events;
+``redact.scrub_event`` still removes anything that reads like one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import sys
 
 import structlog
+
+from .redact import scrub_event
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -30,6 +33,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            scrub_event,  # last line of defence: no credential-looking text leaves
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),

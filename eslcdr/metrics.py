@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .kazoo import GREGORIAN_UNIX_OFFSET
+
 
 class DaemonCollector:
     def __init__(self, daemon) -> None:
@@ -38,3 +40,26 @@ class DaemonCollector:
             yield CounterMetricFamily("eslcdr_cdrs_refused", "CDRs refused: writer backlog full", value=writer.refused)
             yield CounterMetricFamily("eslcdr_write_failures", "Failed SQLite transactions (retried)", value=writer.failures)
             yield GaugeMetricFamily("eslcdr_writer_backlog", "CDRs waiting to be written", value=writer.backlog)
+            yield CounterMetricFamily("eslcdr_cdrs_deleted", "CDR rows deleted by retention", value=writer.deleted)
+        retention = daemon.retention
+        if retention is not None and retention.stats:
+            stats = retention.stats
+            yield GaugeMetricFamily("eslcdr_db_bytes", "Size of the SQLite file (without its WAL)", value=stats["bytes"])
+            yield GaugeMetricFamily("eslcdr_db_wal_bytes", "Size of the SQLite WAL file", value=stats["wal_bytes"])
+            if stats["oldest_timestamp"] is not None:
+                yield GaugeMetricFamily(
+                    "eslcdr_db_oldest_cdr_timestamp_seconds",
+                    "Hangup time of the oldest stored CDR, Unix seconds",
+                    value=stats["oldest_timestamp"] - GREGORIAN_UNIX_OFFSET,
+                )
+            unpulled = GaugeMetricFamily(
+                "eslcdr_feed_unpulled_rows", "Rows a registered collector has not pulled yet",
+                labels=["collector"],
+            )
+            for key, collector in stats["collectors"].items():
+                unpulled.add_metric(["sha256:" + key[:12]], collector["unpulled"])
+            yield unpulled
+            yield GaugeMetricFamily(
+                "eslcdr_feed_unpulled_rows_max", "Most rows any registered collector has not pulled yet",
+                value=stats["unpulled_max"],
+            )

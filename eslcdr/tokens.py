@@ -132,6 +132,7 @@ class TokenStore:
         self._stamp: tuple[int, int] | None = None
         self._next_check = 0.0
         self._entries: tuple[TokenEntry, ...] = ()
+        self._digests: frozenset[bytes] = frozenset()
         self._reported_error: str | None = None
         # A broken file at start is a configuration error the operator must
         # see (raised); later breakage keeps the last good set (logged).
@@ -151,6 +152,11 @@ class TokenStore:
             self._refresh(strict=False)
         return match(self._entries, token)
 
+    def known(self, text: str) -> bool:
+        """Whether text is one of the tokens (for log redaction, not for
+        authentication: a set lookup, not constant time)."""
+        return digest(text) in self._digests
+
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
             st = self.path.stat()
@@ -166,6 +172,7 @@ class TokenStore:
             if self._stamp is not None or strict:
                 self._log.warning("tokens_file_missing", path=str(self.path))
             self._entries, self._stamp = (), None
+            self._digests = frozenset()
             return
         try:
             entries = load_tokens(self.path)
@@ -177,6 +184,7 @@ class TokenStore:
                 self._reported_error = str(exc)
             return
         self._entries, self._stamp, self._reported_error = entries, stamp, None
+        self._digests = frozenset(entry.digest for entry in entries)
         self._log.info("tokens_loaded", path=str(self.path), count=len(entries))
 
 

@@ -26,7 +26,7 @@ import gevent.event
 import structlog
 
 from .backoff import backoff_delay
-from .store import insert_records
+from .store import delete_expired, insert_records
 
 log = structlog.get_logger("eslcdr.writer")
 
@@ -55,6 +55,7 @@ class Writer:
         max_retry_delay: float = 10.0,
         on_written: Callable[[int, int], None] | None = None,
         offload: Callable[[Callable[[], int]], int] | None = None,
+        retention_batch: int = 1000,
     ) -> None:
         self._conn = conn
         self._batch_size = batch_size
@@ -68,6 +69,11 @@ class Writer:
         # Collector acknowledgements (token sha256 -> (seq, pull time µs)),
         # the latest per token, stored with the next transaction.
         self._acks: dict[str, tuple[int, int]] = {}
+        # The retention run in progress: (cutoff timestamp, collector keys).
+        self._retention: tuple[int, frozenset[str]] | None = None
+        self._retention_deleted = 0
+        self._retention_batch = retention_batch
+        self.deleted = 0
         self._wake = gevent.event.Event()
         self._idle = gevent.event.Event()
         self._idle.set()
@@ -108,6 +114,19 @@ class Writer:
         record[REPLACES_STORED] = True
         return self.submit(record)
 
+    def schedule_retention(self, cutoff_timestamp: int, collectors: frozenset[str]) -> None:
+        """Delete rows hung up before ``cutoff_timestamp`` (Gregorian s) that
+        every registered collector of ``collectors`` has acknowledged: in
+        batches of ``retention_batch`` rows, one between two insert batches,
+        until none is left."""
+        self._retention = (cutoff_timestamp, collectors)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def retention_running(self) -> bool:
+        return self._retention is not None
+
     def merge_interactions(self, merges: list[tuple[str, str]]) -> None:
         """Two interactions found to be one: rows already written are updated
         in the next transaction; records still waiting are updated here (a
@@ -133,15 +152,23 @@ class Writer:
         """
         attempt = 0
         while True:
-            if not self._pending and not self._merges and not self._acks:
+            has_work = bool(self._pending or self._merges or self._acks)
+            if not has_work:
                 self._idle.set()
                 if self._stopping:
                     return
-                self._wake.wait(timeout=self._flush_interval)
-                self._wake.clear()
-                continue
+                if self._retention is None:
+                    self._wake.wait(timeout=self._flush_interval)
+                    self._wake.clear()
+                    continue
             try:
-                self._write_one_batch()
+                if has_work:
+                    self._write_one_batch()
+                # Deletion interleaves with the inserts: at most one small
+                # batch between two insert batches, so ingest never waits
+                # behind a long delete.
+                if self._retention is not None and not self._stopping:
+                    self._delete_one_batch()
                 attempt = 0
             except RETRYABLE as exc:
                 attempt += 1
@@ -196,6 +223,24 @@ class Writer:
             merges=len(merges),
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+    def _delete_one_batch(self) -> None:
+        job = self._retention
+        if job is None:
+            return
+        cutoff, collectors = job
+        conn, limit = self._conn, self._retention_batch
+        started = time.perf_counter()
+        deleted = self._offload(lambda: delete_expired(conn, cutoff, collectors, limit))
+        self.deleted += deleted
+        self._retention_deleted += deleted
+        if deleted:
+            log.debug("retention_batch", rows=deleted, ms=round((time.perf_counter() - started) * 1000, 2))
+        if deleted < limit and self._retention is job:
+            self._retention = None
+            if self._retention_deleted:
+                log.info("retention_deleted", rows=self._retention_deleted, cutoff_timestamp=cutoff)
+            self._retention_deleted = 0
 
     def stop(self) -> None:
         self._stopping = True

@@ -1,0 +1,123 @@
+"""Retention and storage figures (DESIGN §3.5).
+
+Once at start and every ``[store] retention_check_interval`` seconds (at
+most a minute) the ``Retention`` greenlet:
+
+1. reads the current tokens file: its ``*`` tokens are the possible
+   collectors (a token removed from the file holds nothing back; a file that
+   cannot be read skips the deletion, never guesses);
+2. when ``retention_days`` > 0, asks the writer to delete rows hung up more
+   than that many days ago that every registered collector (a current ``*``
+   token with a row in ``collector_acks``) has acknowledged; the writer does
+   it in small batches between its insert batches;
+3. refreshes the figures ``/health`` and ``/metrics`` show: file size,
+   oldest row, rows each collector has not pulled yet -- on a read-only
+   connection in the thread pool, never on the writer's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable
+
+import gevent
+import gevent.event
+import structlog
+
+from .config import Config
+from .kazoo import GREGORIAN_UNIX_OFFSET
+from .store import connect_reader, storage_stats
+from .tokens import COLLECTOR, TokenFileError, load_tokens
+from .writer import Writer
+
+log = structlog.get_logger("eslcdr.retention")
+
+DAY = 86_400
+
+
+def collector_keys(tokens_file: str | Path) -> frozenset[str]:
+    """sha256 (hex) of every ``*`` token in the tokens file now; a missing
+    file has none.  Raises TokenFileError when the file cannot be read."""
+    path = Path(tokens_file)
+    if not path.exists():
+        return frozenset()
+    return frozenset(entry.digest.hex() for entry in load_tokens(path) if entry.account_id == COLLECTOR)
+
+
+class Retention:
+    def __init__(
+        self,
+        config: Config,
+        writer: Writer,
+        stop: gevent.event.Event,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = config.store
+        self._tokens_file = config.api.tokens_file
+        self._writer = writer
+        self._stop = stop
+        self._clock = clock
+        self._reported_error: str | None = None
+        self.stats: dict = {}
+        self.checks = 0
+
+    def run(self) -> None:
+        while True:
+            self.check()
+            if self._stop.wait(timeout=self._store.retention_check_interval):
+                return
+
+    def check(self) -> None:
+        try:
+            collectors = collector_keys(self._tokens_file)
+            self._reported_error = None
+        except TokenFileError as exc:
+            if self._reported_error != str(exc):
+                log.error("retention_skipped_tokens_unreadable", error=str(exc))
+                self._reported_error = str(exc)
+            collectors = None
+        days = self._store.retention_days
+        if days and collectors is not None:
+            cutoff = int(self._clock()) + GREGORIAN_UNIX_OFFSET - days * DAY
+            self._writer.schedule_retention(cutoff, collectors)
+        self.checks += 1
+        try:
+            self.stats = gevent.get_hub().threadpool.apply(self._read_stats, (collectors or frozenset(),))
+        except sqlite3.Error as exc:
+            log.warning("storage_stats_failed", error=str(exc))
+
+    def _read_stats(self, collectors: frozenset[str]) -> dict:
+        conn = connect_reader(self._store.path)
+        try:
+            return storage_stats(conn, self._store.path, collectors)
+        finally:
+            conn.close()
+
+    def health(self) -> dict:
+        """The figures for /health (collector keys shortened: they name the
+        token's sha256 line in the tokens file)."""
+        stats = self.stats
+        oldest = stats.get("oldest_timestamp")
+        return {
+            "path": self._store.path,
+            "bytes": stats.get("bytes"),
+            "wal_bytes": stats.get("wal_bytes"),
+            "free_pages": stats.get("free_pages"),
+            "oldest_timestamp": oldest,
+            "oldest_age_seconds": (
+                None if oldest is None else int(self._clock()) + GREGORIAN_UNIX_OFFSET - oldest
+            ),
+            "retention_days": self._store.retention_days,
+            "deleted": self._writer.deleted,
+            "unpulled_max": stats.get("unpulled_max", 0),
+            "collectors": {
+                "sha256:" + key[:12]: {
+                    "acked_seq": c["acked_seq"],
+                    "unpulled": c["unpulled"],
+                    "last_pull_at": c["last_pull_us"] / 1e6,
+                }
+                for key, c in stats.get("collectors", {}).items()
+            },
+        }
