@@ -33,7 +33,9 @@ List rows follow crossbar's ``cb_cdrs`` columns and derivations:
 
 Text values are never null (Kazoo's ``""`` default), so JSON and CSV agree:
 a CSV cell is the JSON value's text (numbers as digits, lists as compact
-JSON).  CSV is RFC 4180 with every field quoted.
+JSON).  CSV is RFC 4180 with every field quoted, and spreadsheet-safe:
+a cell that a spreadsheet would evaluate as a formula gets a leading ``'``
+(``spreadsheet_safe``).
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ import csv
 import functools
 import io
 import math
+import re
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
-from .schema import COLUMN_NAMES, JSON_COLUMNS
+from .schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS
+
+_TEXT_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("TEXT")) - JSON_COLUMNS
 
 GREGORIAN_UNIX_OFFSET = 62167219200
 
@@ -251,8 +256,43 @@ def as_cells(values: list[Any]) -> list[str]:
     return values
 
 
+# ------------------------------------------------------ spreadsheet safety
+#
+# Caller names come from SIP display names, which callers control: a cell a
+# spreadsheet would evaluate -- one starting with =, @, tab, CR, or + / -
+# followed by anything but a plain number -- gets a leading apostrophe, the
+# usual neutraliser (OWASP "CSV injection").  +442071838750 and -5 stay as
+# they are.  CSV only: JSON values are never altered.
+
+_FORMULA_START = frozenset("=@\t\r+-")
+_PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# The NUL before a formula cell, in NUL + cells joined by NULs: one scan
+# per record, fast because it starts with a literal.
+_FORMULA_CELL = re.compile(r"\x00(?=[=@\t\r]|[+-](?![0-9]+(?:\.[0-9]+)?(?:\x00|$)))")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    first = cell[:1]
+    if first not in _FORMULA_START:
+        return cell
+    if first in "+-" and _PLAIN_NUMBER.fullmatch(cell, 1):
+        return cell
+    return "'" + cell
+
+
+def _spreadsheet_safe_sql(expr: str) -> str:
+    """``spreadsheet_safe`` of a text expression, in SQL (full-record CSV)."""
+    rest = "substr(%s, 2)" % expr
+    plain = ("(%s != '' AND %s NOT GLOB '*[^0-9.]*' AND %s NOT GLOB '*.*.*' AND %s NOT GLOB '.*'"
+             " AND %s NOT GLOB '*.')" % ((rest,) * 5))
+    return ("CASE WHEN substr(%s, 1, 1) IN ('=', '@', char(9), char(13))"
+            " OR (substr(%s, 1, 1) IN ('+', '-') AND NOT %s) THEN '''' || %s ELSE %s END"
+            % (expr, expr, plain, expr, expr))
+
+
 def csv_records(rows: Iterable[Sequence[str]]) -> str:
-    """RFC 4180 records -- CRLF, every field quoted, quotes doubled -- of str cells.
+    """RFC 4180 records -- CRLF, every field quoted, quotes doubled -- of str
+    cells, spreadsheet-safe (``spreadsheet_safe``).
 
     Quoting every field lets one join and two replaces per record do the
     work of a per-field scan (5x faster than the csv module here).  A record
@@ -262,10 +302,12 @@ def csv_records(rows: Iterable[Sequence[str]]) -> str:
     for cells in rows:
         joined = "\x00".join(cells)
         if joined.count("\x00") == len(cells) - 1:
+            joined = _FORMULA_CELL.sub("\x00'", "\x00" + joined)[1:]
             out.append('"%s"\r\n' % joined.replace('"', '""').replace("\x00", '","'))
         else:
             buffer = io.StringIO()
-            csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL).writerow(cells)
+            csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL).writerow(
+                [spreadsheet_safe(cell) for cell in cells])
             out.append(buffer.getvalue())
     return "".join(out)
 
@@ -326,6 +368,8 @@ def record_sql(fmt: str) -> str:
             cells.append("COALESCE(json(%s), '')" % _valid_json(name))
         elif name == "fax_success":
             cells.append(_fax_success("'true'", "'false'", "''"))
+        elif name in _TEXT_COLUMNS:
+            cells.append(_spreadsheet_safe_sql("COALESCE(CAST(%s AS TEXT), '')" % _q(name)))
         else:
             cells.append("COALESCE(CAST(%s AS TEXT), '')" % _q(name))
     return _csv_record(cells)

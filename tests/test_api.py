@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 import tempfile
 import time
@@ -315,7 +316,10 @@ def cell(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
+    text = str(value)
+    if re.match(r"[=@\t\r]|[+-](?![0-9]+(\.[0-9]+)?$)", text):
+        return "'" + text  # neutralised for spreadsheets
+    return text
 
 
 @pytest.mark.parametrize("path, columns, kind", [
