@@ -30,7 +30,7 @@ from .backoff import backoff_delay
 from .cdr import CdrBuilder, build_lost_cdr, should_record
 from .config import Config, EslNode
 from .esl import NodeConnection
-from .events import Event
+from .events import Event, EventDecoder
 from .legs import LegTracker
 from .retention import Retention
 from .store import connect_writer, recent_interaction_links
@@ -66,6 +66,8 @@ class Pipeline:
             owner_id_vars=config.cdr.owner_id_vars,
             authorizing_id_vars=config.cdr.authorizing_id_vars,
         )
+        # JSON events the tracker needs little of are decoded light.
+        self.decoder = EventDecoder(self.tracker.headers_read)
         self.events = 0
         self.cdrs = 0
         self.skipped = 0
@@ -155,7 +157,7 @@ class Daemon:
             pipeline = Pipeline(node, cfg, self.writer)
             pipeline.tracker.remember_interactions(remembered)
             self.pipelines[node.name] = pipeline
-            self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync)
+            self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder)
         self._spawn("writer", self.writer.run)
         for name, connection in self.nodes.items():
             self._spawn("esl:" + name, self._run_node(connection))

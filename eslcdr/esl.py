@@ -36,7 +36,7 @@ from greenswitch.esl import InboundESL, NotConnectedError
 
 from .backoff import backoff_delay
 from .config import EslNode
-from .events import EVENT_TYPES, Event, EventDecodeError, decode_event, decode_json
+from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, decode_json
 from .frames import Frame, FrameParser
 
 log = structlog.get_logger("eslcdr.esl")
@@ -90,8 +90,10 @@ class EslClient(InboundESL):
         node: EslNode,
         on_event: Callable[[Event], None],
         on_protocol_error: Callable[[str, bytes], None],
+        decoder: EventDecoder | None = None,
     ) -> None:
         super().__init__(node.host, node.port, node.password, timeout=node.connect_timeout)
+        self._decode = (decoder or EventDecoder(fast=False)).decode
         self.command_timeout = node.command_timeout
         self._on_event = on_event
         self._on_protocol_error = on_protocol_error
@@ -183,7 +185,7 @@ class EslClient(InboundESL):
         ctype = frame.content_type
         if ctype in EVENT_TYPES:
             try:
-                event = decode_event(frame)
+                event = self._decode(frame)
             except EventDecodeError as exc:
                 self._on_protocol_error(str(exc), frame.body[:200])
                 return
@@ -280,8 +282,10 @@ class NodeConnection:
         on_event: Callable[[Event], None],
         on_resync: Callable[[list[dict[str, str]]], Iterable[str] | None],
         on_protocol_error: Callable[[str, bytes], None] | None = None,
+        decoder: EventDecoder | None = None,
     ) -> None:
         self.node = node
+        self._decoder = decoder
         self._on_event = on_event
         self._on_resync = on_resync
         self._on_protocol_error = on_protocol_error or self._log_protocol_error
@@ -301,7 +305,7 @@ class NodeConnection:
 
     def connect_once(self) -> EslClient:
         """Connect, log in, subscribe and resync; return the live client."""
-        client = EslClient(self.node, self._on_event, self._on_protocol_error)
+        client = EslClient(self.node, self._on_event, self._on_protocol_error, self._decoder)
         self.client = client
         try:
             client.connect()

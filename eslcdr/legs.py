@@ -48,6 +48,31 @@ LINK_HEADERS = (
     "Bridge-B-Unique-ID",
 )
 FAX_EVENTS = ("spandsp::txfaxresult", "spandsp::rxfaxresult")
+# Every header ``feed`` reads from an event other than HANGUP_COMPLETE and
+# the fax results (which it takes whole): the fast decoder keeps only these
+# of CREATE / PROGRESS / ANSWER / BRIDGE / DTMF.  Read a new one, list it here.
+TRACKED_HEADERS = (
+    "Event-Name",
+    "Event-Subclass",
+    "Unique-ID",
+    "Caller-Channel-Created-Time",
+    *LINK_HEADERS,
+    "variable_originated_legs",
+    "variable_sip_call_id",
+    "DTMF-Digit",
+    # the live view (_observe)
+    "Caller-Channel-Answered-Time",
+    "Call-Direction",
+    "Channel-Name",
+    "Caller-Destination-Number",
+    "Caller-Caller-ID-Name",
+    "Caller-Caller-ID-Number",
+    "Caller-Callee-ID-Name",
+    "Caller-Callee-ID-Number",
+    "Channel-Presence-ID",
+    "Channel-Call-State",
+    "Answer-State",
+)
 _NO_NEW_LINKS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CUSTOM"})
 
 
@@ -220,6 +245,17 @@ class LegTracker:
         self.expired = 0
 
     # -- queries -------------------------------------------------------
+    @property
+    def headers_read(self) -> tuple[str, ...]:
+        """The headers ``feed`` reads from light events (see TRACKED_HEADERS)."""
+        return (
+            TRACKED_HEADERS
+            + self._interaction_headers
+            + self._account_headers
+            + self._owner_headers
+            + self._authorizing_headers
+        )
+
     def __len__(self) -> int:
         return len(self._legs)
 
