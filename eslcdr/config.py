@@ -40,6 +40,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "retention_check_interval": "60",
         "queue_size": "100000",
         "leg_ttl": "86400",
+        "stall_timeout": "120",
     },
     "api": {
         "listen": "127.0.0.1:8080",
@@ -62,7 +63,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "custom_vars": "",
         "node_name": "",
     },
-    "log": {"level": "info", "format": "auto"},
+    "log": {"level": "info", "format": "auto", "summary_interval": "60"},
 }
 
 
@@ -99,6 +100,7 @@ class StoreConfig:
     retention_check_interval: float
     queue_size: int
     leg_ttl: float
+    stall_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class CdrConfig:
 class LogConfig:
     level: str
     format: str
+    summary_interval: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,7 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
                                           lambda v: 0 < v <= 60),
             queue_size=_get(store, "store", "queue_size", int, lambda v: v > 0),
             leg_ttl=_get(store, "store", "leg_ttl", float, lambda v: v > 0),
+            stall_timeout=_get(store, "store", "stall_timeout", float, lambda v: v > 0),
         ),
         api=ApiConfig(
             host=host,
@@ -296,7 +300,11 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             custom_vars=_names(cdr_values["custom_vars"]),
             node_name=node_name,
         ),
-        log=LogConfig(level=level, format=log_format),
+        log=LogConfig(
+            level=level,
+            format=log_format,
+            summary_interval=_get(log, "log", "summary_interval", float, lambda v: v > 0),
+        ),
         source=source,
     )
 

@@ -11,7 +11,11 @@ reader keeps up with FreeSWITCH.
 Every long-lived greenlet is supervised: an unexpected crash is logged and
 the greenlet restarted after a backoff.  Signal handlers only set an event;
 shutdown is a bounded sequence: stop accepting HTTP, close the Event
-Sockets, drain the writer, close the database.
+Sockets, drain the writer, close the database.  SIGHUP re-reads the tokens
+file and the ``[log] level`` (in the "reload" greenlet).  Under systemd the
+daemon speaks the notify protocol (notify.py): READY=1 once the database is
+open and the API listens, STATUS=/WATCHDOG=1 from the monitor (monitor.py),
+RELOADING=1 around a reload and STOPPING=1 when the shutdown starts.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ import gevent
 import gevent.event
 import structlog
 
-from . import __version__
+from . import __version__, logs
 from .backoff import backoff_delay
 from .cdr import CdrBuilder, build_lost_cdr, should_record
-from .config import Config, EslNode
+from .config import Config, ConfigError, EslNode
+from .config import load as load_config
 from .esl import NodeConnection
 from .events import Event, EventDecoder
 from .legs import LegTracker
+from .monitor import Monitor, status_text
+from .notify import Notifier
 from .retention import Retention
 from .store import connect_writer, recent_interaction_links
 from .writer import Writer
@@ -128,10 +135,13 @@ class Pipeline:
 
 
 class Daemon:
-    def __init__(self, config: Config, api_factory: Callable | None = None) -> None:
+    def __init__(self, config: Config, api_factory: Callable | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
         self._api_factory = api_factory
+        self.notifier = notifier if notifier is not None else Notifier.from_environ()
+        self.log_level = config.log.level
         self._stop = gevent.event.Event()
+        self._reload = gevent.event.Event()
         self._greenlets: list[gevent.Greenlet] = []
         self.conn: sqlite3.Connection | None = None
         self.writer: Writer | None = None
@@ -139,6 +149,7 @@ class Daemon:
         self.pipelines: dict[str, Pipeline] = {}
         self.nodes: dict[str, NodeConnection] = {}
         self.http = None
+        self.monitor: Monitor | None = None
         self.started_at = time.time()
         self.exit_code = 0
 
@@ -167,13 +178,26 @@ class Daemon:
         if self._api_factory is not None:
             self.http = self._api_factory(self)
             self.http.start()
+        self.monitor = Monitor(
+            self,
+            self.notifier,
+            summary_interval=cfg.log.summary_interval,
+            stall_timeout=cfg.store.stall_timeout,
+        )
+        self._spawn("monitor", lambda: self.monitor.run(self._stop))
+        self._spawn("reload", self._reloader)
         log.info(
             "daemon_started",
             version=__version__,
             db=cfg.store.path,
             nodes=[node.name for node in cfg.nodes],
             api="%s:%d" % (cfg.api.host, self.http.port) if self.http is not None else None,
+            systemd=self.notifier.enabled,
+            watchdog_interval=self.notifier.watchdog_interval,
         )
+        # The database is open and the API listens: ready, even while
+        # FreeSWITCH is still unreachable (the nodes keep reconnecting).
+        self.notifier.ready(status_text(self))
 
     def _run_node(self, connection: NodeConnection) -> Callable[[], None]:
         def run() -> None:
@@ -204,6 +228,40 @@ class Daemon:
         greenlet = gevent.spawn(supervised)
         greenlet.name = name
         self._greenlets.append(greenlet)
+
+    @property
+    def greenlets(self) -> list[gevent.Greenlet]:
+        return list(self._greenlets)
+
+    def _reloader(self) -> None:
+        while not self._stop.is_set():
+            if self._reload.wait(timeout=1.0):
+                self._reload.clear()
+                self.reload()
+
+    def reload(self) -> None:
+        """Re-read the tokens file and ``[log] level`` (SIGHUP, ``systemctl
+        reload``).  Every other setting needs a restart."""
+        self.notifier.reloading()
+        source = self.config.source
+        if source.startswith("<"):
+            level = self.log_level  # built in memory (demo, tests): no file to re-read
+        else:
+            try:
+                level = load_config(source).log.level
+            except ConfigError as exc:
+                log.error("reload_config_invalid", error=str(exc))
+                level = self.log_level
+        if level != self.log_level:
+            logs.configure(level, self.config.log.format)
+            self.log_level = level
+        if self.http is not None and hasattr(self.http, "reload_tokens"):
+            self.http.reload_tokens()
+        log.info("reloaded", log_level=self.log_level, config=source)
+        self.notifier.ready(status_text(self))
+
+    def request_reload(self) -> None:
+        self._reload.set()
 
     def _housekeeping(self) -> None:
         last_sweep = time.monotonic()
@@ -267,6 +325,7 @@ class Daemon:
     def serve_forever(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.request_stop)
         gevent.signal_handler(signal.SIGINT, self.request_stop)
+        gevent.signal_handler(signal.SIGHUP, self.request_reload)
         while not self._stop.wait(timeout=3600):
             pass
         self.shutdown()
@@ -274,6 +333,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         self._stop.set()
+        self.notifier.stopping("stopping: draining %d CDRs" % (self.writer.backlog if self.writer else 0))
         log.info("shutdown_begin")
         if self.http is not None:
             self.http.stop(timeout=5)
@@ -289,6 +349,7 @@ class Daemon:
                 greenlet.kill(block=True, timeout=2)
         if self.conn is not None:
             self.conn.close()
+        self.notifier.close()
         log.info(
             "shutdown_done",
             drained=drained,

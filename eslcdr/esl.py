@@ -347,7 +347,11 @@ class NodeConnection:
                 self.last_error = str(exc)
                 delay = backoff_delay(attempt, base=0.5, cap=self.node.reconnect_max_delay)
                 self.state = "disconnected"
-                log.warning(
+                # A state change is worth a warning; the retries while
+                # FreeSWITCH stays away are debug (the minute summary
+                # shows the node's state and last error).
+                report = log.warning if attempt == 1 else log.debug
+                report(
                     "esl_connect_failed",
                     node=self.node.name,
                     host=self.node.host,

@@ -15,6 +15,7 @@ from .api import create_app, make_server
 from .channels import LiveChannels
 from .metrics import DaemonCollector
 from .server import ServerLimits
+from .tokens import TokenStore
 
 log = structlog.get_logger("eslcdr.http")
 
@@ -36,7 +37,8 @@ class ApiServer:
         config = daemon.config
         registry = CollectorRegistry()
         registry.register(DaemonCollector(daemon))
-        self.app = create_app(config, health=daemon.health, registry=registry,
+        self.tokens = TokenStore(config.api.tokens_file)
+        self.app = create_app(config, health=daemon.health, registry=registry, tokens=self.tokens,
                               acknowledge=daemon.writer.acknowledge,
                               channels=LiveChannels(daemon.trackers))
         limits = ServerLimits.from_api(config.api)
@@ -49,6 +51,9 @@ class ApiServer:
 
     def start(self) -> None:
         self.server.start()
+
+    def reload_tokens(self) -> None:
+        self.tokens.reload()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.stop(timeout=timeout)

@@ -30,6 +30,7 @@ import hmac
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,12 @@ class TokenStore:
         authentication: a set lookup, not constant time)."""
         return digest(text) in self._digests
 
+    def reload(self) -> None:
+        """Re-read the file now, even if its mtime and size look unchanged
+        (SIGHUP); a broken file keeps the previous set, as on any reload."""
+        self._next_check = self._clock() + self._check_interval
+        self._refresh(strict=False, force=True)
+
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
             st = self.path.stat()
@@ -164,9 +171,9 @@ class TokenStore:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def _refresh(self, strict: bool) -> None:
+    def _refresh(self, strict: bool, force: bool = False) -> None:
         stamp = self._file_stamp()
-        if stamp == self._stamp and self._stamp is not None:
+        if stamp == self._stamp and self._stamp is not None and not force:
             return
         if stamp is None:
             if self._stamp is not None or strict:
@@ -191,8 +198,10 @@ class TokenStore:
 def add_token(path: str | os.PathLike, account_id: str) -> str:
     """Create a token for ``account_id``, append its sha256 to the file, return it.
 
-    The file is created with mode 0600 (and forced to 0600 if it exists):
-    even hashed entries say which accounts exist.  Only the hash is stored;
+    The file is created with mode 0600; an existing file loses any access
+    for others (even hashed entries say which accounts exist) but keeps its
+    group read bit: ``make install`` makes it 0640 root:eslcdr so the
+    service can read it while root adds tokens.  Only the hash is stored;
     the caller shows the returned token once.
     """
     if not valid_account_id(account_id):
@@ -203,7 +212,7 @@ def add_token(path: str | os.PathLike, account_id: str) -> str:
     line = "%s%s %s\n" % (_HASH_PREFIX, hashlib.sha256(token.encode("utf-8")).hexdigest(), account_id)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o640 | 0o600)
         size = os.fstat(fd).st_size
         # Keep one entry per line even if the file lost its final newline.
         if size and os.pread(fd, 1, size - 1) != b"\n":

@@ -84,11 +84,20 @@ class Writer:
         self.failures = 0
         self.last_write_at: float | None = None
         self.last_error: str | None = None
+        # Monotonic time of the last commit, or of the last moment nothing
+        # was waiting: how long CDRs have waited without progress.
+        self._progress_at = time.monotonic()
 
     # -- the producer side (called from ESL readers: no I/O) ------------
     @property
     def backlog(self) -> int:
         return len(self._pending)
+
+    def stalled_seconds(self, now: float) -> float:
+        """Seconds work has been waiting without a commit (0 when idle)."""
+        if not self._pending and not self._merges and not self._acks:
+            return 0.0
+        return max(0.0, now - self._progress_at)
 
     def submit(self, record: dict) -> bool:
         if len(self._pending) >= self._capacity:
@@ -155,6 +164,7 @@ class Writer:
             has_work = bool(self._pending or self._merges or self._acks)
             if not has_work:
                 self._idle.set()
+                self._progress_at = time.monotonic()
                 if self._stopping:
                     return
                 if self._retention is None:
@@ -210,13 +220,14 @@ class Writer:
         self.written += new
         self.duplicates += len(batch) - new
         self.last_write_at = time.time()
+        self._progress_at = time.monotonic()
         if not self._pending:
             self._wake.clear()
         if self._on_written is not None:
             self._on_written(new, len(batch) - new)
         if not batch and not merges:
             return  # acknowledgements only: nothing worth a line
-        log.info(
+        log.debug(
             "batch_written",
             rows=new,
             duplicates=len(batch) - new,

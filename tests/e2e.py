@@ -38,11 +38,11 @@ def write_config(tmp_path: Path, esl_port: int, fmt: str = "json", password: str
 
 
 class DaemonProcess:
-    def __init__(self, ini: Path, log_path: Path):
+    def __init__(self, ini: Path, log_path: Path, env: dict[str, str] | None = None):
         self.ini = ini
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eslcdr", "run", "-c", str(ini)],
             stdout=self._log,

@@ -114,11 +114,13 @@ def test_add_token_appends_hash_with_mode_0600(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert match(load_tokens(path), token) == ACCOUNT
 
-    # An existing file without a final newline, and with wider permissions.
+    # An existing file without a final newline, and with wider permissions:
+    # others lose access, the group keeps read (the installed file is
+    # 0640 root:eslcdr and the service reads it through its group).
     path.write_text("# tokens\nold-token other")
-    path.chmod(0o644)
+    path.chmod(0o666)
     second = add_token(path, "*")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
     entries = load_tokens(path)
     assert match(entries, "old-token") == "other"
     assert match(entries, second) == COLLECTOR
@@ -129,3 +131,23 @@ def test_add_token_rejects_bad_account(tmp_path, account):
     with pytest.raises(TokenFileError):
         add_token(tmp_path / "tokens", account)
     assert not (tmp_path / "tokens").exists()
+
+
+def test_reload_rereads_a_file_whose_mtime_and_size_did_not_change(tmp_path):
+    # SIGHUP calls reload(): it must not trust the (mtime, size) stamp, which
+    # an edit within the same timestamp granularity, or a restored mtime, hides.
+    path = tmp_path / "tokens"
+    path.write_text("token-aaa acct\n")
+    stamp = path.stat()
+    store = TokenStore(path, check_interval=0.0)
+    assert store.lookup("token-aaa") == "acct"
+    path.write_text("token-bbb acct\n")
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert store.lookup("token-bbb") is None  # the stamp looks unchanged
+    store.reload()
+    assert store.lookup("token-bbb") == "acct"
+    assert store.lookup("token-aaa") is None
+    # A broken file on reload keeps the previous set.
+    path.write_text("one two three\n")
+    store.reload()
+    assert store.lookup("token-bbb") == "acct"
