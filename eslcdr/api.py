@@ -67,6 +67,8 @@ from .queries import (
 from .redact import Redactor, presented_in_environ
 from .schema import COLUMN_NAMES
 from .store import record_ack, token_key
+from .stats import CSV_COLUMNS as STATS_CSV_COLUMNS
+from .stats import WORST_COLUMNS, csv_cells, parse_stats_query, parse_worst_query, run_stats, worst_sql
 from .tokens import COLLECTOR, TokenStore
 
 if TYPE_CHECKING:
@@ -532,6 +534,33 @@ class _Routes:
             return self.csv_body(stream, _records_csv, COLUMN_NAMES, self.file_name(params, "legs.csv"))
         return self.json_body(stream, _records_json)
 
+    def stats(self, account_id: str, user_id: str | None = None) -> Any:
+        """KPIs per time bucket (stats.py): JSON, or the buckets as CSV."""
+        params = self.params()
+        self.authorize(params, account_id)
+        query = parse_stats_query(params, account_id=account_id, owner_id=user_id, api=self.api,
+                                  now=self.clock())
+        result = run_stats(self.pool, query)
+        if self.wants(params, _CSV_TYPES, "csv"):
+            self.csv_headers(self.file_name(params, "cdr-stats.csv"))
+            rows = [STATS_CSV_COLUMNS] + [csv_cells(bucket) for bucket in result["buckets"]]
+            return kazoo.csv_records(rows).encode("utf-8")
+        return self.envelope(_dumps(result), {})
+
+    def worst(self, account_id: str, user_id: str | None = None) -> Any:
+        """The worst legs of a range: lowest MOS, longest PDD, or no RTP received."""
+        params = self.params()
+        self.authorize(params, account_id)
+        query = parse_worst_query(params, account_id=account_id, owner_id=user_id, api=self.api,
+                                  now=self.clock())
+        rows = self.pool.fetch_all(*worst_sql(query), limit=query.limit)
+        legs = [{name: value for name, value in zip(WORST_COLUMNS, row) if value is not None} for row in rows]
+        if self.wants(params, _CSV_TYPES, "csv"):
+            self.csv_headers(self.file_name(params, "cdr-worst-%s.csv" % query.kind))
+            cells = [["" if leg.get(name) is None else str(leg[name]) for name in WORST_COLUMNS] for leg in legs]
+            return kazoo.csv_records([WORST_COLUMNS] + cells).encode("utf-8")
+        return self.envelope(_dumps(legs), {"page_size": len(legs)})
+
     def feed(self) -> Any:
         params = self.params()
         if self.scope(params) != COLLECTOR:
@@ -637,12 +666,16 @@ def create_app(
     app.route(account + "/cdrs", "GET", guard(routes.list_cdrs))
     app.route(account + "/cdrs/interaction", "GET", guard(routes.list_interactions))
     app.route(account + "/cdrs/legs/<leg_id>", "GET", guard(routes.legs))
+    app.route(account + "/cdrs/stats", "GET", guard(routes.stats))
+    app.route(account + "/cdrs/worst", "GET", guard(routes.worst))
     app.route(account + "/cdrs/<cdr_id>", "GET", guard(routes.cdr_detail))
     app.route(account + "/users/<user_id>/cdrs", "GET", guard(routes.list_cdrs))
     app.route(account + "/users/<user_id>/cdrs/interaction", "GET", guard(routes.list_interactions))
     app.route(account + "/channels", "GET", guard(routes.channels))
     app.route(account + "/users/<user_id>/channels", "GET", guard(routes.channels))
     app.route("/v2/channels", "GET", guard(routes.channels))
+    app.route(account + "/users/<user_id>/cdrs/stats", "GET", guard(routes.stats))
+    app.route(account + "/users/<user_id>/cdrs/worst", "GET", guard(routes.worst))
     app.route("/v2/feed/cdrs", "GET", guard(routes.feed))
     app.route("/health", "GET", routes.health)
     app.route("/metrics", "GET", routes.prometheus)

@@ -32,6 +32,24 @@ _FAX_FIELDS = (
 )
 _TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
 
+# Quality columns taken as they are from one channel variable (DESIGN §3.7).
+_QUALITY_FIELDS = (
+    # (column, header, converter)
+    ("audio_in_quality_percentage", "variable_rtp_audio_in_quality_percentage", float),
+    ("audio_in_flaw_total", "variable_rtp_audio_in_flaw_total", int),
+    ("audio_in_packets", "variable_rtp_audio_in_packet_count", int),
+    ("audio_in_media_packets", "variable_rtp_audio_in_media_packet_count", int),
+    ("audio_in_skip_packets", "variable_rtp_audio_in_skip_packet_count", int),
+    ("audio_in_jitter_max_variance", "variable_rtp_audio_in_jitter_max_variance", float),
+    ("audio_in_mean_interval", "variable_rtp_audio_in_mean_interval", float),
+    ("audio_out_media_packets", "variable_rtp_audio_out_media_packet_count", int),
+    ("codec", "variable_rtp_use_codec_name", str),
+    ("codec_rate", "variable_rtp_use_codec_rate", int),
+    ("codec_ptime", "variable_rtp_use_codec_ptime", int),
+    ("local_media_ip", "variable_local_media_ip", str),
+)
+_PDD_STAGES = ("Caller-Channel-Progress-Time", "Caller-Channel-Progress-Media-Time", "Caller-Channel-Answered-Time")
+
 
 def first(event: Event, *names: str) -> str | None:
     """The first non-empty value among the named headers."""
@@ -53,6 +71,76 @@ def _convert(value: str | None, kind: str):
     if kind == "bool":
         return value.strip().lower() in _TRUE
     return value
+
+
+def _number(value: str | None, kind: type):
+    """A variable as int/float/str; None when absent, empty or not a finite number."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if kind is str:
+        return value
+    try:
+        number = float(value) if kind is float else int(value)
+    except ValueError:
+        if kind is not int:
+            return None
+        try:  # "20.00" for an integer variable
+            number = int(float(value))
+        except (ValueError, OverflowError):
+            return None
+    if kind is float and not math.isfinite(number):
+        return None
+    return number
+
+
+_NO_QUALITY: Record = {name: None for name in (
+    *(column for column, _, _ in _QUALITY_FIELDS),
+    "audio_in_mos", "remote_media_ip", "remote_media_port", "pdd_ms", "no_rtp_in",
+)}
+
+
+def is_loopback(channel_name: str | None) -> bool:
+    return bool(channel_name) and channel_name.startswith("loopback/")
+
+
+def _quality(event: Event, created_us: int, answered_us: int) -> Record:
+    """The quality columns of DESIGN §3.7 (NULL where FreeSWITCH said nothing).
+
+    Loopback legs are FreeSWITCH talking to itself: no RTP, and progress and
+    answer are instant; every quality column stays NULL (they count nowhere
+    in the KPIs either).
+    """
+    get = event.get
+    if is_loopback(get("Channel-Name")):
+        return dict(_NO_QUALITY)
+    fields: Record = {column: _number(get(header), kind) for column, header, kind in _QUALITY_FIELDS}
+    media_packets = fields["audio_in_media_packets"]
+    # FreeSWITCH reports MOS 4.50 for a leg that received no audio at all.
+    fields["audio_in_mos"] = (
+        _number(get("variable_rtp_audio_in_mos"), float) if media_packets else None
+    )
+    fields["remote_media_ip"] = _number(
+        get("variable_remote_audio_ip") or get("variable_remote_media_ip"), str
+    )
+    fields["remote_media_port"] = _number(
+        get("variable_remote_audio_port") or get("variable_remote_media_port"), int
+    )
+    pdd_ms = None
+    if created_us:
+        for header in _PDD_STAGES:
+            reached = parse_int(get(header))
+            if reached:
+                pdd_ms = (reached - created_us) // 1000 if reached >= created_us else None
+                break
+    fields["pdd_ms"] = pdd_ms
+    no_rtp_in = None
+    if answered_us and fields["audio_in_packets"] is not None and media_packets is not None:
+        no_rtp_in = 0 if media_packets > 0 else 1
+    fields["no_rtp_in"] = no_rtp_in
+    return fields
 
 
 def _epoch_seconds(us: int) -> int:
@@ -279,6 +367,7 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
         "remote_sdp": ev.get("variable_switch_r_sdp"),
     }
     record.update(_fax(ev, dict(leg.fax)))
+    record.update(_quality(ev, created_us, answered_us))
     return record
 
 

@@ -69,6 +69,21 @@ def _other_leg(profile: dict) -> dict:
     return {}
 
 
+def _media_stats(stats: object, event: Event) -> None:
+    """RTP counters the variables lack, from ``callStats.audio`` (the same
+    figures, as JSON numbers, in every mod_json_cdr file of a leg with RTP)."""
+    audio = stats.get("audio") if isinstance(stats, dict) else None
+    if not isinstance(audio, dict):
+        return
+    for section, prefix in (("inbound", "variable_rtp_audio_in_"), ("outbound", "variable_rtp_audio_out_")):
+        counters = audio.get(section)
+        if not isinstance(counters, dict):
+            continue
+        for name, value in counters.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                event.setdefault(prefix + name, "%.2f" % value if isinstance(value, float) else str(value))
+
+
 def json_cdr_to_event(data: dict) -> Event:
     """The CHANNEL_HANGUP_COMPLETE equivalent of one json_cdr document."""
     variables = data.get("variables")
@@ -83,6 +98,7 @@ def json_cdr_to_event(data: dict) -> Event:
         if isinstance(value, list):
             value = "ARRAY::" + "|:".join(unquote(str(v)) for v in value)
         event["variable_" + name] = unquote(str(value))
+    _media_stats(data.get("callStats"), event)
     call_id = event.get("variable_uuid") or profile.get("uuid")
     if not call_id:
         raise JsonCdrError("no leg uuid")

@@ -16,7 +16,8 @@ import sqlite_utils
 
 # (name, SQL type, description) -- the description is the column's
 # documentation; README.md lists the same text (a test checks they agree).
-COLUMNS: tuple[tuple[str, str, str], ...] = (
+# The columns of the first schema version; later migrations add the rest.
+BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT", "insertion counter, strictly increasing: the collector's cursor"),
     ("id", "TEXT NOT NULL UNIQUE", "CDR id, `YYYYMM-<call_id>` (month of the hangup, UTC)"),
     ("call_id", "TEXT NOT NULL UNIQUE", "the leg's FreeSWITCH `Unique-ID`"),
@@ -71,6 +72,39 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("remote_sdp", "TEXT", "SDP FreeSWITCH received"),
 )
 
+# Call quality (DESIGN §3.7), added by _add_quality_columns.  NULL when
+# FreeSWITCH did not report the variable (loopback legs, legs without SDP);
+# rows written before the migration keep NULL.
+QUALITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("audio_in_mos", "REAL",
+     "FreeSWITCH's MOS of the received audio (`rtp_audio_in_mos`, 1-4.5, from the share of flawed packets, "
+     "not an E-model score); NULL when no media packet was received"),
+    ("audio_in_quality_percentage", "REAL", "`rtp_audio_in_quality_percentage`: 100 minus the flaw penalty"),
+    ("audio_in_flaw_total", "INTEGER", "`rtp_audio_in_flaw_total`: lost or late packets seen by the jitter logic"),
+    ("audio_in_packets", "INTEGER", "`rtp_audio_in_packet_count`: RTP packets received (audio, DTMF, CNG)"),
+    ("audio_in_media_packets", "INTEGER", "`rtp_audio_in_media_packet_count`: audio packets received"),
+    ("audio_in_skip_packets", "INTEGER", "`rtp_audio_in_skip_packet_count`: packet slots with nothing to read"),
+    ("audio_in_jitter_max_variance", "REAL", "`rtp_audio_in_jitter_max_variance`: largest jitter variance, ms"),
+    ("audio_in_mean_interval", "REAL", "`rtp_audio_in_mean_interval`: mean time between received packets, ms"),
+    ("audio_out_media_packets", "INTEGER", "`rtp_audio_out_media_packet_count`: audio packets sent"),
+    ("codec", "TEXT", "negotiated audio codec (`rtp_use_codec_name`), e.g. `PCMA`"),
+    ("codec_rate", "INTEGER", "codec sample rate, Hz (`rtp_use_codec_rate`)"),
+    ("codec_ptime", "INTEGER", "packetisation time, ms (`rtp_use_codec_ptime`)"),
+    ("remote_media_ip", "TEXT",
+     "where the far end's RTP came from (`remote_audio_ip`, after NAT adjustment), else its SDP address "
+     "(`remote_media_ip`)"),
+    ("remote_media_port", "INTEGER", "the far end's RTP port (`remote_audio_port`, else `remote_media_port`)"),
+    ("local_media_ip", "TEXT", "FreeSWITCH's RTP address (`local_media_ip`)"),
+    ("pdd_ms", "INTEGER",
+     "post-dial delay: created to the first of progress (180), early media (183) or answer, ms; "
+     "NULL when none was reached"),
+    ("no_rtp_in", "INTEGER",
+     "1: answered with an audio RTP session but no audio packet received; 0: answered and audio received; "
+     "NULL otherwise"),
+)
+
+COLUMNS: tuple[tuple[str, str, str], ...] = BASE_COLUMNS + QUALITY_COLUMNS
+
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _, _ in COLUMNS)
 # Columns a CDR record supplies (seq is assigned by SQLite).
 RECORD_COLUMNS: tuple[str, ...] = COLUMN_NAMES[1:]
@@ -97,7 +131,7 @@ def _quote(name: str) -> str:
 def _create_cdrs(conn: sqlite3.Connection) -> None:
     # The table by hand: sqlite-utils cannot declare AUTOINCREMENT, and seq
     # must never be reused (the collector's cursor), even after deletions.
-    cols = ",\n  ".join("%s %s" % (_quote(name), sqltype) for name, sqltype, _ in COLUMNS)
+    cols = ",\n  ".join("%s %s" % (_quote(name), sqltype) for name, sqltype, _ in BASE_COLUMNS)
     conn.execute("CREATE TABLE cdrs (\n  %s\n)" % cols)
     table = sqlite_utils.Database(conn)["cdrs"]
     for name, cols_sql in INDEXES:
@@ -131,7 +165,27 @@ def _create_meta_and_acks(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks)
+def _add_quality_columns(conn: sqlite3.Connection) -> None:
+    # Existing rows get NULL: their quality was never recorded.
+    for name, sqltype, _ in QUALITY_COLUMNS:
+        conn.execute("ALTER TABLE cdrs ADD COLUMN %s %s" % (_quote(name), sqltype))
+    conn.execute("CREATE INDEX %s ON cdrs (%s) WHERE %s" % (STATS_INDEX, ", ".join(
+        _quote(c) for c in STATS_INDEX_COLUMNS), STATS_INDEX_WHERE))
+
+
+# The KPI route (stats.stats_statements) reads only these columns of an account's
+# time range: a covering index makes it a scan of a few dozen bytes per leg
+# instead of a visit to every (multi-kilobyte) row.  Partial: loopback legs
+# count nowhere, so they are not indexed; the query repeats the same WHERE
+# term, which is how SQLite knows it may use the index.
+STATS_INDEX = "idx_cdrs_stats"
+STATS_INDEX_COLUMNS = (
+    "account_id", "timestamp", "call_direction", "hangup_cause", "answered_us", "billing_seconds",
+    "pdd_ms", "audio_in_mos", "no_rtp_in",
+)
+STATS_INDEX_WHERE = "ifnull(channel_name, '') NOT LIKE 'loopback/%'"
+
+MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

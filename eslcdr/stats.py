@@ -1,0 +1,339 @@
+"""KPIs per time bucket (DESIGN §3.7): the ``cdrs/stats`` and ``cdrs/worst`` routes' queries.
+
+Which legs count.  Legs are taken by ``timestamp`` (their hangup) in the
+inclusive range and put in buckets of ``interval`` seconds aligned to
+multiples of the interval in Gregorian seconds (``timestamp / interval``,
+so hourly buckets start on the hour, daily ones at 00:00 UTC).  Loopback
+legs (``channel_name`` ``loopback/...``) are FreeSWITCH talking to itself
+and count nowhere.  Of the others:
+
+- an *attempt* is an inbound leg (a call offered to the switch);
+- a *seizure* is an outbound leg except those ended ``LOSE_RACE`` /
+  ``PICKED_OFF`` (the losers of a ring group or a pickup never seized
+  anything);
+- a seizure is *answered* (``answered_us > 0``), else a *user outcome* when
+  its cause says the called user decided (busy, no answer, rejected, absent,
+  cancelled by the caller), else a *failure* (network, routing, codec...).
+
+Figures, each next to the count it is a share or mean of: ``asr`` =
+answered / seizures, ``ner`` = (answered + user outcomes) / seizures, both
+in %; ``acd_seconds`` = mean ``billing_seconds`` of answered seizures;
+``pdd_ms_p50`` / ``_p95`` = nearest-rank percentiles of ``pdd_ms`` over the
+seizures that have one (``pdd_legs``); ``mos_avg`` = mean ``audio_in_mos``
+of the legs with a MOS (``mos_legs``), ``low_mos`` those under 3.6;
+``no_rtp`` = legs with ``no_rtp_in`` = 1 of the ``rtp_legs`` that say.  A
+mean or ratio over zero legs is left out, never 0.
+
+How.  Three aggregate statements in one read transaction (one snapshot, so
+the totals are exactly the sum of the buckets): counters per bucket, seizures
+per (bucket, cause), and seizures per (bucket, pdd_ms) -- a histogram from
+which the nearest rank is read in Python (exact, and far smaller than the
+legs when many share a delay).  On an account's range they read only the
+partial covering index ``idx_cdrs_stats`` (schema.py); a user's range goes
+through the owner index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from .config import ApiConfig
+from .kazoo import GREGORIAN_UNIX_OFFSET
+from .queries import (
+    MAX_GREGORIAN,
+    Filter,
+    ParamError,
+    Params,
+    ReaderPool,
+    _where_filters,
+    check_range,
+    parse_filters,
+    parse_int,
+)
+from .schema import STATS_INDEX, STATS_INDEX_WHERE
+
+DEFAULT_INTERVAL = 3600
+MIN_INTERVAL = 60
+MAX_INTERVAL = 366 * 86400
+MAX_BUCKETS = 50_000
+LOW_MOS = 3.6
+NOT_SEIZURES = ("LOSE_RACE", "PICKED_OFF")
+USER_OUTCOMES = ("USER_BUSY", "NO_USER_RESPONSE", "NO_ANSWER", "SUBSCRIBER_ABSENT", "CALL_REJECTED",
+                 "ORIGINATOR_CANCEL")
+UNKNOWN_CAUSE = "UNKNOWN"  # a seizure written without a cause (hangup never seen)
+WORST_KINDS = ("mos", "pdd", "no_rtp")
+WORST_DEFAULT_LIMIT = 20
+WORST_MAX_LIMIT = 500
+
+# The figures of one bucket, in the order of the JSON object and the CSV.
+KPI_FIELDS = (
+    "legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes", "failures",
+    "asr", "ner", "acd_seconds", "pdd_legs", "pdd_ms_p50", "pdd_ms_p95",
+    "mos_legs", "mos_avg", "low_mos", "rtp_legs", "no_rtp", "hangup_causes",
+)
+CSV_COLUMNS = ("from", "to") + KPI_FIELDS
+# The fields of a worst-legs row.
+WORST_COLUMNS = (
+    "id", "call_id", "interaction_id", "timestamp", "call_direction", "channel_name", "caller_id_number",
+    "callee_id_number", "hangup_cause", "billing_seconds", "codec", "remote_media_ip", "audio_in_mos",
+    "audio_in_quality_percentage", "audio_in_media_packets", "pdd_ms", "no_rtp_in",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    account_id: str
+    owner_id: str | None
+    created_from: int
+    created_to: int
+    interval: int
+    filters: tuple[Filter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorstQuery:
+    account_id: str
+    owner_id: str | None
+    created_from: int
+    created_to: int
+    kind: str
+    limit: int
+    filters: tuple[Filter, ...]
+
+
+def _range(params: Params, api: ApiConfig, now: float) -> tuple[int, int]:
+    """created_from / created_to as the list route takes them."""
+    unit = "an integer (Gregorian seconds)"
+    req_from = parse_int(params, "created_from", 0, MAX_GREGORIAN, unit)
+    req_to = parse_int(params, "created_to", 0, MAX_GREGORIAN, unit)
+    created_to = req_to if req_to is not None else int(now) + GREGORIAN_UNIX_OFFSET
+    created_from = req_from if req_from is not None else max(0, created_to - api.max_range)
+    check_range(created_from, created_to, api.max_range)
+    return created_from, created_to
+
+
+def parse_stats_query(params: Params, *, account_id: str, owner_id: str | None, api: ApiConfig,
+                      now: float) -> StatsQuery:
+    created_from, created_to = _range(params, api, now)
+    interval = parse_int(params, "interval", MIN_INTERVAL, MAX_INTERVAL, "an integer (seconds)")
+    interval = interval or DEFAULT_INTERVAL
+    buckets = created_to // interval - created_from // interval + 1
+    if buckets > MAX_BUCKETS:
+        raise ParamError("interval", "minimum", "the range holds %d buckets of %d s; at most %d" % (
+            buckets, interval, MAX_BUCKETS), interval)
+    return StatsQuery(account_id, owner_id, created_from, created_to, interval, parse_filters(params))
+
+
+def parse_worst_query(params: Params, *, account_id: str, owner_id: str | None, api: ApiConfig,
+                      now: float) -> WorstQuery:
+    created_from, created_to = _range(params, api, now)
+    kind = (params.get("by") or ["mos"])[0]
+    if kind not in WORST_KINDS:
+        raise ParamError("by", "enum", "by must be one of %s" % ", ".join(WORST_KINDS), kind[:64])
+    limit = parse_int(params, "limit", 1, WORST_MAX_LIMIT) or WORST_DEFAULT_LIMIT
+    return WorstQuery(account_id, owner_id, created_from, created_to, kind, limit, parse_filters(params))
+
+
+# ----------------------------------------------------------------------- SQL
+
+_SEIZURE = "(c.call_direction = 'outbound' AND ifnull(c.hangup_cause, '') NOT IN ('LOSE_RACE', 'PICKED_OFF'))"
+_ANSWERED = "c.answered_us > 0"
+_USER_OUTCOME = "c.hangup_cause IN (%s)" % ", ".join("'%s'" % cause for cause in USER_OUTCOMES)
+
+
+def _source(owner_id: str | None) -> str:
+    # An account's range: the covering index, always (the planner, without
+    # ANALYZE figures, may prefer the narrower account index and then visit
+    # every row).  A user's range: the owner index picks the few legs.
+    return "cdrs AS c" if owner_id is not None else "cdrs AS c INDEXED BY %s" % STATS_INDEX
+
+
+def _scope(account_id: str, owner_id: str | None, low: int, high: int,
+           filters: Sequence[Filter]) -> tuple[str, list[Any]]:
+    # The loopback term is written exactly as the partial index's WHERE:
+    # that is how SQLite knows the index holds every leg the query wants.
+    clauses = ["c.account_id = ?", 'c."timestamp" BETWEEN ? AND ?', STATS_INDEX_WHERE.replace(
+        "channel_name", "c.channel_name")]
+    args: list[Any] = [account_id, low, high]
+    if owner_id is not None:
+        clauses.append("c.owner_id = ?")
+        args.append(owner_id)
+    filter_clauses, filter_args = _where_filters(filters, "c")
+    return " AND ".join(clauses + filter_clauses), args + filter_args
+
+
+def stats_statements(query: StatsQuery) -> list[tuple[str, list[Any]]]:
+    """(sql, args) of the three aggregates; every row starts with its bucket."""
+    where, args = _scope(query.account_id, query.owner_id, query.created_from, query.created_to,
+                         query.filters)
+    bucket = 'c."timestamp" / %d' % query.interval  # an int from parse: no client text in SQL
+    counters = (
+        "SELECT {b}, count(*),"
+        " sum(c.call_direction = 'inbound'),"
+        " sum(c.call_direction = 'inbound' AND {ans}),"
+        " sum({seiz}),"
+        " sum({seiz} AND {ans}),"
+        " sum({seiz} AND NOT {ans} AND {user}),"
+        " total(CASE WHEN {seiz} AND {ans} THEN c.billing_seconds END),"
+        " count(c.audio_in_mos), total(c.audio_in_mos), sum(c.audio_in_mos < {low}),"
+        " count(c.no_rtp_in), sum(c.no_rtp_in = 1)"
+        " FROM {src} WHERE {where} GROUP BY 1"
+    ).format(src=_source(query.owner_id), b=bucket, ans=_ANSWERED, seiz=_SEIZURE, user=_USER_OUTCOME, low=LOW_MOS, where=where)
+    causes = ("SELECT {b}, ifnull(c.hangup_cause, '{unknown}'), count(*) FROM {src}"
+              " WHERE {where} AND {seiz} GROUP BY 1, 2").format(
+        src=_source(query.owner_id), b=bucket, unknown=UNKNOWN_CAUSE, where=where, seiz=_SEIZURE)
+    pdd = ("SELECT {b}, c.pdd_ms, count(*) FROM {src} WHERE {where} AND {seiz}"
+           " AND c.pdd_ms IS NOT NULL GROUP BY 1, 2").format(src=_source(query.owner_id), b=bucket, where=where, seiz=_SEIZURE)
+    return [(counters, args), (causes, list(args)), (pdd, list(args))]
+
+
+def worst_sql(query: WorstQuery) -> tuple[str, list[Any]]:
+    where, args = _scope(query.account_id, query.owner_id, query.created_from, query.created_to,
+                         query.filters)
+    if query.kind == "mos":
+        where += " AND c.audio_in_mos IS NOT NULL"
+        order = 'c.audio_in_mos ASC, c."timestamp" DESC, c.seq DESC'
+    elif query.kind == "pdd":
+        where += " AND %s AND c.pdd_ms IS NOT NULL" % _SEIZURE
+        order = 'c.pdd_ms DESC, c."timestamp" DESC, c.seq DESC'
+    else:
+        where += " AND c.no_rtp_in = 1"
+        order = 'c."timestamp" DESC, c.seq DESC'
+    columns = ", ".join('c."%s"' % name for name in WORST_COLUMNS)
+    sql = "SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT ?" % (columns, _source(query.owner_id), where, order)
+    return sql, args + [query.limit]
+
+
+# ------------------------------------------------------------------ figures
+
+
+class _Bucket:
+    __slots__ = ("legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes",
+                 "billing", "mos_legs", "mos_sum", "low_mos", "rtp_legs", "no_rtp", "causes", "pdd")
+
+    def __init__(self) -> None:
+        self.legs = self.attempts = self.answered_attempts = self.seizures = 0
+        self.answered = self.user_outcomes = self.mos_legs = self.low_mos = self.rtp_legs = self.no_rtp = 0
+        self.billing = self.mos_sum = 0.0
+        self.causes: dict[str, int] = {}
+        self.pdd: dict[int, int] = {}
+
+    def add(self, other: "_Bucket") -> None:
+        for name in ("legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes",
+                     "billing", "mos_legs", "mos_sum", "low_mos", "rtp_legs", "no_rtp"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for cause, n in other.causes.items():
+            self.causes[cause] = self.causes.get(cause, 0) + n
+        for value, n in other.pdd.items():
+            self.pdd[value] = self.pdd.get(value, 0) + n
+
+    def figures(self) -> dict[str, Any]:
+        """The bucket's KPIs; a mean or a ratio over zero legs is left out."""
+        out: dict[str, Any] = {
+            "legs": self.legs, "attempts": self.attempts, "answered_attempts": self.answered_attempts,
+            "seizures": self.seizures, "answered": self.answered, "user_outcomes": self.user_outcomes,
+            "failures": self.seizures - self.answered - self.user_outcomes,
+        }
+        if self.seizures:
+            out["asr"] = self.answered * 100 / self.seizures
+            out["ner"] = (self.answered + self.user_outcomes) * 100 / self.seizures
+        if self.answered:
+            out["acd_seconds"] = self.billing / self.answered
+        pdd_legs = sum(self.pdd.values())
+        out["pdd_legs"] = pdd_legs
+        if pdd_legs:
+            out["pdd_ms_p50"] = nearest_rank(self.pdd, pdd_legs, 50)
+            out["pdd_ms_p95"] = nearest_rank(self.pdd, pdd_legs, 95)
+        out["mos_legs"] = self.mos_legs
+        if self.mos_legs:
+            out["mos_avg"] = self.mos_sum / self.mos_legs
+        out["low_mos"] = self.low_mos
+        out["rtp_legs"] = self.rtp_legs
+        out["no_rtp"] = self.no_rtp
+        out["hangup_causes"] = dict(sorted(self.causes.items(), key=lambda item: (-item[1], item[0])))
+        return out
+
+
+def nearest_rank(histogram: Mapping[int, int], n: int, percent: int) -> int:
+    """The smallest value with at least ``percent`` % of the n values at or below it."""
+    rank = max(1, math.ceil(n * percent / 100))
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    raise ValueError("histogram holds fewer than %d values" % n)
+
+
+def compute(query: StatsQuery, results: Sequence[Iterable[tuple]]) -> dict[str, Any]:
+    """``{"totals": K, "buckets": [K + from/to]}`` from the rows of stats_statements."""
+    counters, causes, pdd = results
+    buckets: dict[int, _Bucket] = {}
+
+    def at(key: int) -> _Bucket:
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = _Bucket()
+        return bucket
+
+    for (key, legs, attempts, answered_attempts, seizures, answered, user_outcomes, billing,
+         mos_legs, mos_sum, low_mos, rtp_legs, no_rtp) in counters:
+        bucket = at(key)
+        bucket.legs, bucket.attempts, bucket.answered_attempts = legs, attempts or 0, answered_attempts or 0
+        bucket.seizures, bucket.answered, bucket.user_outcomes = seizures or 0, answered or 0, user_outcomes or 0
+        bucket.billing, bucket.mos_legs, bucket.mos_sum = billing, mos_legs, mos_sum
+        bucket.low_mos, bucket.rtp_legs, bucket.no_rtp = low_mos or 0, rtp_legs, no_rtp or 0
+    for key, cause, n in causes:
+        at(key).causes[cause] = n
+    for key, value, n in pdd:
+        at(key).pdd[value] = n
+
+    interval = query.interval
+    totals = _Bucket()
+    out = []
+    for key in range(query.created_from // interval, query.created_to // interval + 1):
+        bucket = buckets.get(key) or _Bucket()
+        totals.add(bucket)
+        start = key * interval
+        out.append({"from": max(start, query.created_from), "to": min(start + interval - 1, query.created_to),
+                    **bucket.figures()})
+    return {"totals": totals.figures(), "buckets": out}
+
+
+def run_stats(pool: ReaderPool, query: StatsQuery) -> dict[str, Any]:
+    """The KPIs, read in one transaction (one snapshot for the three statements)."""
+    statements = stats_statements(query)
+    reader = pool.acquire()
+
+    def work() -> list[list[tuple]]:
+        conn = reader.conn
+        conn.execute("BEGIN")
+        try:
+            return [conn.execute(sql, args).fetchall() for sql, args in statements]
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    try:
+        results = pool.runner.spawn(lambda: reader.call(work)).get()
+    finally:
+        pool.release(reader)
+    return compute(query, results)
+
+
+def csv_cells(bucket: Mapping[str, Any]) -> list[str]:
+    """A bucket as CSV cells (CSV_COLUMNS order): numbers as their JSON text,
+    absent figures empty, hangup_causes as compact JSON."""
+    cells = []
+    for name in CSV_COLUMNS:
+        value = bucket.get(name)
+        if value is None:
+            cells.append("")
+        elif name == "hangup_causes":
+            cells.append(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        else:
+            cells.append(json.dumps(value))
+    return cells

@@ -1,0 +1,279 @@
+"""KPIs (``cdrs/stats``), worst legs (``cdrs/worst``) and the quality columns
+through the API, on a hand-computed set of legs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from eslcdr.stats import CSV_COLUMNS, KPI_FIELDS, nearest_rank
+
+from .test_api import ACC_A, ACC_B, COLLECTOR, B, Env, NOW_G, assert_error, leg
+
+HOUR = 3600
+H0 = (NOW_G // HOUR) * HOUR - 3 * HOUR  # start of the first bucket (aligned)
+RANGE = "created_from=%d&created_to=%d" % (H0, H0 + 3 * HOUR - 1)  # three hourly buckets
+STATS = "/v2/accounts/%s/cdrs/stats" % ACC_A
+
+
+def seizure(ts, cause, *, answered=False, billing=0, pdd=None, mos=None, no_rtp=None, **fields):
+    extra = {"answered_us": (ts - 62167219200 - 30) * 10**6 if answered else 0}
+    return leg(ts, call_direction="outbound", hangup_cause=cause, billing_seconds=billing if answered else 0,
+               pdd_ms=pdd, audio_in_mos=mos, no_rtp_in=no_rtp, **{**extra, **fields})
+
+
+def attempt(ts, *, answered=True, cause="NORMAL_CLEARING", **fields):
+    if not answered:
+        fields.update(answered_us=0, billing_seconds=0)
+    return leg(ts, call_direction="inbound", hangup_cause=cause, **fields)
+
+
+def hand_set() -> dict[str, list[dict]]:
+    t1, t2 = H0 + 10, H0 + HOUR + 10
+    return {
+        "bucket1": [
+            attempt(t1, pdd_ms=2000, audio_in_mos=4.4, no_rtp_in=0, codec="PCMA"),  # answered attempt
+            attempt(t1 + 1, answered=False, cause="ORIGINATOR_CANCEL"),  # caller gave up
+            seizure(t1 + 2, "NORMAL_CLEARING", answered=True, billing=100, pdd=1200, mos=4.2, no_rtp=0,
+                    codec="PCMA", owner_id="user-9"),
+            seizure(t1 + 3, "NORMAL_CLEARING", answered=True, billing=50, pdd=3000, mos=3.1, no_rtp=0,
+                    codec="PCMU"),
+            seizure(t1 + 4, "NORMAL_CLEARING", answered=True, billing=10, pdd=500, no_rtp=1, codec="PCMU"),
+            seizure(t1 + 5, "USER_BUSY", pdd=800, owner_id="user-9"),  # busy
+            seizure(t1 + 6, "CALL_REJECTED"),  # rejected, no ringing
+            seizure(t1 + 7, "ORIGINATOR_CANCEL", pdd=4000),  # cancelled while ringing
+            seizure(t1 + 8, "NORMAL_TEMPORARY_FAILURE"),  # network failure
+            seizure(t1 + 9, "LOSE_RACE", pdd=100, mos=2.0),  # another phone of the group answered
+            seizure(t1 + 10, "NORMAL_CLEARING", answered=True, billing=999, pdd=9999, mos=1.0, no_rtp=1,
+                    channel_name="loopback/bridge-a"),  # loopback: counts nowhere
+        ],
+        "bucket2": [
+            attempt(t2, audio_in_mos=4.0, no_rtp_in=0),
+            attempt(t2 + 1, channel_name="loopback/bridge-b"),
+        ],
+        "elsewhere": [
+            seizure(t1, "NORMAL_CLEARING", answered=True, billing=70, pdd=10, mos=1.5, account=ACC_B),
+            seizure(H0 - 1, "NORMAL_CLEARING", answered=True, billing=70, pdd=10, mos=1.5),  # before the range
+            seizure(H0 + 3 * HOUR, "USER_BUSY", pdd=10),  # after it
+        ],
+    }
+
+
+BUCKET1 = {
+    "legs": 10, "attempts": 2, "answered_attempts": 1, "seizures": 7, "answered": 3, "user_outcomes": 3,
+    "failures": 1, "asr": 3 * 100 / 7, "ner": 6 * 100 / 7, "acd_seconds": 160 / 3,
+    "pdd_legs": 5, "pdd_ms_p50": 1200, "pdd_ms_p95": 4000,
+    "mos_legs": 4, "mos_avg": (4.4 + 4.2 + 3.1 + 2.0) / 4, "low_mos": 2, "rtp_legs": 4, "no_rtp": 1,
+    "hangup_causes": {"NORMAL_CLEARING": 3, "CALL_REJECTED": 1, "NORMAL_TEMPORARY_FAILURE": 1,
+                      "ORIGINATOR_CANCEL": 1, "USER_BUSY": 1},
+}
+BUCKET2 = {
+    "legs": 1, "attempts": 1, "answered_attempts": 1, "seizures": 0, "answered": 0, "user_outcomes": 0,
+    "failures": 0, "pdd_legs": 0, "mos_legs": 1, "mos_avg": 4.0, "low_mos": 0, "rtp_legs": 1, "no_rtp": 0,
+    "hangup_causes": {},
+}
+EMPTY = {"legs": 0, "attempts": 0, "answered_attempts": 0, "seizures": 0, "answered": 0, "user_outcomes": 0,
+         "failures": 0, "pdd_legs": 0, "mos_legs": 0, "low_mos": 0, "rtp_legs": 0, "no_rtp": 0,
+         "hangup_causes": {}}
+RATIOS = ("asr", "ner", "acd_seconds", "pdd_ms_p50", "pdd_ms_p95", "mos_avg")
+
+
+@pytest.fixture
+def env(tmp_path):
+    environment = Env(tmp_path)
+    for legs in hand_set().values():
+        environment.insert(legs)
+    yield environment
+    environment.close()
+
+
+def approx_equal(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected), sorted(set(got) ^ set(expected))
+    for name, value in expected.items():
+        if isinstance(value, float):
+            assert got[name] == pytest.approx(value), name
+        else:
+            assert got[name] == value, name
+
+
+def test_kpis_of_the_hand_computed_legs(env):
+    body = env.get("%s?%s" % (STATS, RANGE)).json
+    assert body["status"] == "success" and set(body["data"]) == {"totals", "buckets"}
+    buckets = body["data"]["buckets"]
+    assert [(b["from"], b["to"]) for b in buckets] == [
+        (H0, H0 + HOUR - 1), (H0 + HOUR, H0 + 2 * HOUR - 1), (H0 + 2 * HOUR, H0 + 3 * HOUR - 1)]
+    approx_equal({k: v for k, v in buckets[0].items() if k not in ("from", "to")}, BUCKET1)
+    approx_equal({k: v for k, v in buckets[1].items() if k not in ("from", "to")}, BUCKET2)
+    approx_equal({k: v for k, v in buckets[2].items() if k not in ("from", "to")}, EMPTY)
+    totals = body["data"]["totals"]
+    approx_equal(totals, {
+        **BUCKET1, "legs": 11, "attempts": 3, "answered_attempts": 2, "mos_legs": 5,
+        "mos_avg": (4.4 + 4.2 + 3.1 + 2.0 + 4.0) / 5, "rtp_legs": 5,
+    })
+    assert list(buckets[0])[2:] == list(KPI_FIELDS)  # every figure, in the documented order
+
+
+def test_ratios_over_zero_legs_are_absent_never_zero(env):
+    buckets = env.get("%s?%s" % (STATS, RANGE)).json["data"]["buckets"]
+    for bucket in buckets[1:]:
+        for name in ("asr", "ner", "acd_seconds", "pdd_ms_p50", "pdd_ms_p95"):
+            assert name not in bucket, name
+    assert "mos_avg" not in buckets[2]
+    # The same for a range without a single leg: totals hold counts only.
+    quiet = env.get("%s?created_from=%d&created_to=%d" % (STATS, H0 - 10 * HOUR, H0 - 9 * HOUR)).json["data"]
+    assert not set(RATIOS) & set(quiet["totals"]) and quiet["totals"]["legs"] == 0
+
+
+def test_totals_are_the_sum_of_the_buckets(env):
+    for interval in (60, 600, 1800, 3600, 7200, 86400):
+        data = env.get("%s?%s&interval=%d" % (STATS, RANGE, interval)).json["data"]
+        buckets, totals = data["buckets"], data["totals"]
+        for name in ("legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes",
+                     "failures", "pdd_legs", "mos_legs", "low_mos", "rtp_legs", "no_rtp"):
+            assert totals[name] == sum(b[name] for b in buckets), (interval, name)
+        causes: dict[str, int] = {}
+        for bucket in buckets:
+            for cause, n in bucket["hangup_causes"].items():
+                causes[cause] = causes.get(cause, 0) + n
+        assert causes == totals["hangup_causes"]
+        assert sum(causes.values()) == totals["seizures"] == 7
+        # Buckets tile the range exactly, aligned to multiples of the interval.
+        assert buckets[0]["from"] == H0 and buckets[-1]["to"] == H0 + 3 * HOUR - 1
+        for before, after in zip(buckets, buckets[1:]):
+            assert after["from"] == before["to"] + 1 and after["from"] % interval == 0
+
+
+def test_daily_buckets_start_at_midnight_utc_and_are_clipped_to_the_range(env):
+    data = env.get("%s?%s&interval=86400" % (STATS, RANGE)).json["data"]
+    for bucket in data["buckets"]:
+        assert H0 <= bucket["from"] <= bucket["to"] <= H0 + 3 * HOUR - 1
+    midnight = (H0 // 86400 + 1) * 86400
+    starts = [b["from"] for b in data["buckets"]]
+    assert starts == ([H0, midnight] if H0 < midnight <= H0 + 3 * HOUR - 1 else [H0])
+    assert (H0 - 62167219200) % 3600 == 0  # Gregorian hours are Unix hours
+
+
+def test_csv_is_the_json_buckets(env):
+    json_buckets = env.get("%s?%s&interval=1800" % (STATS, RANGE)).json["data"]["buckets"]
+    for request in ({"headers": {**env_headers(), "Accept": "text/csv"}, "url": "%s?%s&interval=1800"},
+                    {"headers": env_headers(), "url": "%s?%s&interval=1800&accept=csv"}):
+        response = env.get(request["url"] % (STATS, RANGE), headers=request["headers"])
+        assert response.content_type == "text/csv"
+        rows = list(csv.reader(io.StringIO(response.text)))
+        assert tuple(rows[0]) == CSV_COLUMNS
+        assert len(rows) - 1 == len(json_buckets)
+        for cells, bucket in zip(rows[1:], json_buckets):
+            parsed = {}
+            for name, cell in zip(CSV_COLUMNS, cells):
+                if cell != "":
+                    parsed[name] = json.loads(cell)
+            assert parsed == bucket
+
+
+def env_headers() -> dict:
+    return {"X-Auth-Token": "token-a"}
+
+
+def test_user_stats_count_only_the_users_legs(env):
+    data = env.get("/v2/accounts/%s/users/user-9/cdrs/stats?%s&interval=10800" % (ACC_A, RANGE)).json["data"]
+    approx_equal(data["totals"], {
+        "legs": 2, "attempts": 0, "answered_attempts": 0, "seizures": 2, "answered": 1, "user_outcomes": 1,
+        "failures": 0, "asr": 50.0, "ner": 100.0, "acd_seconds": 100.0, "pdd_legs": 2, "pdd_ms_p50": 800,
+        "pdd_ms_p95": 1200, "mos_legs": 1, "mos_avg": 4.2, "low_mos": 0, "rtp_legs": 1, "no_rtp": 0,
+        "hangup_causes": {"NORMAL_CLEARING": 1, "USER_BUSY": 1},
+    })
+
+
+def test_tenancy_another_accounts_legs_never_count(env):
+    # Account B sees its one leg; A's figures above never include it.
+    mine = env.get("/v2/accounts/%s/cdrs/stats?%s" % (ACC_B, RANGE), headers=B).json["data"]["totals"]
+    assert mine["legs"] == 1 and mine["mos_avg"] == 1.5
+    assert_error(env.get("/v2/accounts/%s/cdrs/stats?%s" % (ACC_B, RANGE), status=403), 403)
+    assert_error(env.get("/v2/accounts/%s/users/user-9/cdrs/stats" % ACC_B, status=403), 403)
+    assert_error(env.get("%s?%s" % (STATS, RANGE), headers={}, status=401), 401)
+    assert_error(env.get("%s?%s" % (STATS, RANGE), headers={"X-Auth-Token": "nope"}, status=401), 401)
+    as_collector = env.get("%s?%s" % (STATS, RANGE), headers=COLLECTOR).json["data"]["totals"]
+    assert as_collector["legs"] == 11
+
+
+@pytest.mark.parametrize("query, param", [
+    ("interval=59", "interval"),
+    ("interval=abc", "interval"),
+    ("interval=1e3", "interval"),
+    ("created_from=100&created_to=50", "created_from"),
+    ("created_from=0&created_to=%d" % NOW_G, "created_from"),
+    ("created_from=x", "created_from"),
+])
+def test_bad_parameters_are_validation_errors(env, query, param):
+    body = assert_error(env.get("%s?%s" % (STATS, query), status=400), 400, "validation error")
+    assert param in body["data"]
+
+
+def test_too_many_buckets_is_a_validation_error(tmp_path):
+    environment = Env(tmp_path, max_range=str(400 * 86400))
+    try:
+        body = assert_error(environment.get("%s?created_from=%d&created_to=%d&interval=60" % (
+            STATS, NOW_G - 60 * 86400, NOW_G), status=400), 400, "validation error")
+        assert "interval" in body["data"]
+    finally:
+        environment.close()
+
+
+def test_filters_narrow_the_stats(env):
+    totals = env.get("%s?%s&filter_codec=PCMU" % (STATS, RANGE)).json["data"]["totals"]
+    assert (totals["legs"], totals["seizures"], totals["answered"], totals["no_rtp"]) == (2, 2, 2, 1)
+    assert_error(env.get("%s?filter_nonsense=1" % STATS, status=400), 400, "validation error")
+
+
+def test_nearest_rank():
+    values = {15: 1, 20: 1, 35: 1, 40: 1, 50: 1}  # the textbook example
+    assert [nearest_rank(values, 5, p) for p in (5, 30, 40, 50, 95, 100)] == [15, 20, 20, 35, 50, 50]
+    assert nearest_rank({7: 3, 9: 1}, 4, 50) == 7 and nearest_rank({7: 3, 9: 1}, 4, 95) == 9
+
+
+# --------------------------------------------------------------- worst legs
+
+
+def test_worst_legs_by_mos_pdd_and_no_rtp(env):
+    base = "/v2/accounts/%s/cdrs/worst?%s" % (ACC_A, RANGE)
+    by_mos = env.get(base + "&by=mos").json["data"]
+    assert [row["audio_in_mos"] for row in by_mos] == [2.0, 3.1, 4.0, 4.2, 4.4]  # no loopback, no B
+    assert {"id", "call_id", "interaction_id", "timestamp", "hangup_cause"} <= set(by_mos[0])
+    by_pdd = env.get(base + "&by=pdd&limit=3").json["data"]
+    assert [row["pdd_ms"] for row in by_pdd] == [4000, 3000, 1200]  # seizures only
+    no_rtp = env.get(base + "&by=no_rtp").json["data"]
+    assert [(row["no_rtp_in"], row["billing_seconds"]) for row in no_rtp] == [(1, 10)]
+    # Each row links to its full record.
+    detail = env.get("/v2/accounts/%s/cdrs/%s" % (ACC_A, by_mos[0]["id"])).json["data"]
+    assert detail["audio_in_mos"] == 2.0
+    assert_error(env.get(base + "&by=jitter", status=400), 400, "validation error")
+    assert_error(env.get(base + "&limit=0", status=400), 400, "validation error")
+    assert_error(env.get("/v2/accounts/%s/cdrs/worst" % ACC_B, status=403), 403)
+    user = env.get("/v2/accounts/%s/users/user-9/cdrs/worst?%s&by=pdd" % (ACC_A, RANGE)).json["data"]
+    assert [row["pdd_ms"] for row in user] == [1200, 800]
+    rows = list(csv.reader(io.StringIO(env.get(base + "&by=mos&accept=csv").text)))
+    assert [float(r[rows[0].index("audio_in_mos")]) for r in rows[1:]] == [2.0, 3.1, 4.0, 4.2, 4.4]
+
+
+# --------------------------------------------------- quality columns in the API
+
+
+def test_full_records_carry_quality_and_list_rows_stay_kazoos(env):
+    listing = env.get("/v2/accounts/%s/cdrs?%s&filter_codec=PCMA" % (ACC_A, RANGE)).json["data"]
+    assert len(listing) == 2
+    assert not {"codec", "audio_in_mos", "pdd_ms", "no_rtp_in"} & set(listing[0])
+    detail = env.get("/v2/accounts/%s/cdrs/%s" % (ACC_A, listing[0]["id"])).json["data"]
+    assert detail["codec"] == "PCMA" and isinstance(detail["audio_in_mos"], float)
+    legs = env.get("/v2/accounts/%s/cdrs/legs/%s" % (ACC_A, listing[0]["id"])).json["data"]
+    assert legs[0]["codec"] == "PCMA" and legs[0]["no_rtp_in"] == 0
+    feed = env.get("/v2/feed/cdrs?after=0", headers=COLLECTOR).json["data"]
+    pdds = sorted(row["pdd_ms"] for row in feed if row.get("pdd_ms") is not None)
+    assert pdds == sorted([2000, 1200, 3000, 500, 800, 4000, 100, 9999, 10, 10, 10])
+    assert all(isinstance(p, int) for p in pdds)
+    by_rtp = env.get("/v2/accounts/%s/cdrs?%s&filter_no_rtp_in=1" % (ACC_A, RANGE)).json["data"]
+    assert len(by_rtp) == 2  # the SIP leg and the loopback one (lists filter, they do not judge)
+    by_mos = env.get("/v2/accounts/%s/cdrs?%s&filter_audio_in_mos=4.2" % (ACC_A, RANGE)).json["data"]
+    assert len(by_mos) == 1
