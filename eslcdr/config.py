@@ -133,7 +133,7 @@ class CdrConfig:
 class LogConfig:
     level: str
     format: str
-    summary_interval: float
+    summary_interval: float = 60.0  # s between summary lines (the collector has none)
 
 
 @dataclass(frozen=True, slots=True)
