@@ -146,3 +146,37 @@ def test_any_event_decodes_as_the_reference_keeps_it(name, headers):
     headers["Event-Name"] = name
     frame = frame_of(json.dumps(headers).encode())
     assert FAST.decode(frame) == expected_view(REFERENCE.decode(frame))
+
+
+class _Recording(dict):
+    """An event that notes every header name read from it."""
+
+    reads: set[str] = set()
+
+    def get(self, key, default=None):
+        _Recording.reads.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        _Recording.reads.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        _Recording.reads.add(key)
+        return super().__contains__(key)
+
+
+@pytest.mark.parametrize("capture", ["S1_json.esl", "S5_json.esl", "S6_json.esl", "S7_json.esl"])
+def test_tracker_reads_no_header_of_a_light_event_that_the_decoder_drops(capture):
+    # Whoever makes the tracker read a new header must list it in
+    # TRACKED_HEADERS, or the fast path silently loses it.
+    tracker = LegTracker(CFG.cdr.interaction_id_vars)
+    _Recording.reads = set()
+    for n, frame in enumerate(json_frames(capture)):
+        event = REFERENCE.decode(frame)
+        if event.get("Event-Name") in LIGHT_EVENTS:
+            tracker.feed(_Recording(event), 1_000_000 * n)
+        else:
+            tracker.feed(event, 1_000_000 * n)
+    assert _Recording.reads
+    assert _Recording.reads <= set(tracker.headers_read)
