@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from eslcdr import store
+from eslcdr.collector import pgschema
 from eslcdr.schema import COLUMN_NAMES, JSON_COLUMNS
 
 from .e2e import ROOT, DaemonProcess, db_rows, write_config
@@ -283,3 +284,210 @@ def test_two_media_servers_one_postgresql_every_column(media, collector, pg_dsn)
         assert state["db_id"] and state["last_error"] is None
     assert pg_rows(pg_dsn, "SELECT * FROM collector_rejects") == []
     assert process.stop() == 0
+
+
+class FaultProxy:
+    """A TCP proxy in front of a node's API that cuts or stalls responses.
+
+    ``cut_after``: the first ``cuts`` connections are closed after that many
+    response bytes (mid-line).  ``stall``: responses are held that long
+    before a byte is forwarded.
+    """
+
+    def __init__(self, target_port: int, cut_after: int | None = None, cuts: int = 0, stall: float = 0) -> None:
+        self.target_port = target_port
+        self.cut_after = cut_after
+        self.cuts_left = cuts
+        self.stall = stall
+        self.connections = 0
+        self.server = gevent.server.StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.server.server_port
+
+    def _handle(self, client, _address) -> None:
+        self.connections += 1
+        limit = None
+        if self.cut_after is not None and self.cuts_left > 0:
+            self.cuts_left -= 1
+            limit = self.cut_after
+        upstream = gevent.socket.create_connection(("127.0.0.1", self.target_port))
+        pump = gevent.spawn(self._pump, client, upstream)
+        try:
+            if self.stall:
+                gevent.sleep(self.stall)
+            sent = 0
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                if limit is not None and sent + len(data) >= limit:
+                    client.sendall(data[: limit - sent])
+                    break
+                client.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            pump.kill()
+            upstream.close()
+            client.close()
+
+    @staticmethod
+    def _pump(client, upstream) -> None:
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.server.stop(timeout=1)
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_collector_killed_mid_batch_stores_each_row_once(media, collector, pg_dsn):
+    node = media("fs-a", calls=40, seed=3)
+    rows = node.settled_rows(40)
+    with psycopg.connect(pg_dsn) as conn:
+        pgschema.migrate(conn)
+    # Hold one batch in the middle inside its transaction: an uncommitted
+    # cdr_keys row for one of its calls makes its INSERT INTO cdr_keys wait
+    # (after the batch's COPY), while the batches before it commit.
+    middle = rows[len(rows) // 2]["call_id"]
+    with psycopg.connect(pg_dsn) as blocker:
+        blocker.execute("INSERT INTO cdr_keys (call_id, hangup_at) VALUES (%s, now())", (middle,))
+        process = collector({"fs-a": node.url})
+        process.port()
+        wait_for(lambda: pg_rows(
+            pg_dsn, "SELECT pid FROM pg_stat_activity WHERE application_name = 'eslcdr-collect'"
+            " AND wait_event_type = 'Lock'"), what="a batch waiting inside its transaction")
+        stored_before = len(pg_rows(pg_dsn))
+        assert 0 < stored_before < len(rows)
+        process.stop(signal.SIGKILL)
+        blocker.rollback()
+    assert len(pg_rows(pg_dsn)) == stored_before
+    assert node_state(pg_dsn, "fs-a")["rows"] == stored_before
+    process.start()
+    wait_collected(pg_dsn, [node])
+    assert_exactly_once(pg_dsn, [node])
+    state = node_state(pg_dsn, "fs-a")
+    assert state["rows"] == len(rows)  # no batch was committed twice
+    assert state["after"] == max(r["seq"] for r in rows)
+    assert process.stop() == 0
+
+
+def test_node_stopped_restarted_replaced_and_rewritten(media, collector, pg_dsn):
+    node = media("fs-a", calls=40, seed=4, cps=10)
+    other = media("fs-b", calls=20, seed=5)
+    process = collector({"fs-a": node.url, "fs-b": other.url})
+    port = process.port()
+    wait_for(lambda: len(pg_rows(pg_dsn, "SELECT 1 FROM cdrs WHERE source = 'fs-a'")) >= 10, what="fs-a rows")
+
+    # 1. the node goes away for a while, then comes back with more calls
+    node.stop()
+    wait_for(lambda: [e for e in process.events_named("collect_pull_failed") if e["node"] == "fs-a"],
+             what="the collector to notice fs-a is down")
+    status, body = http_get(port, "/health")
+    health = json.loads(body)
+    assert status == 503 and health["nodes"]["fs-a"]["state"] == "error"
+    assert health["nodes"]["fs-a"]["last_error"] and health["nodes"]["fs-b"]["state"] != "error"
+    node.start()
+    rows_a = node.settled_rows(40)
+    wait_collected(pg_dsn, [node, other])
+    assert_exactly_once(pg_dsn, [node, other])
+    assert node_state(pg_dsn, "fs-a")["rows"] == len(rows_a)
+
+    # 2. a row rewritten on the node after it was pulled: its new version wins
+    target = rows_a[0]["call_id"]
+    conn = store.connect_writer(node.db)
+    conn.execute("BEGIN IMMEDIATE")
+    assert store.rewrite_rows(conn, "call_id = ?", [target], {"interaction_id": "merged-by-test"}) == 1
+    conn.execute("COMMIT")
+    conn.close()
+    wait_for(lambda: pg_rows(pg_dsn, "SELECT 1 FROM cdrs WHERE call_id = %s AND interaction_id = 'merged-by-test'",
+                             (target,)), what="the rewritten row")
+    assert_exactly_once(pg_dsn, [node, other])
+
+    # 3. the node's database replaced by a new file: pulled again from seq 0
+    old_db_id = node_state(pg_dsn, "fs-a")["db_id"]
+    node.stop()
+    old_calls = {r["call_id"] for r in node.rows()}
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(str(node.db) + suffix)
+        if path.exists():
+            path.rename(str(path) + ".old")
+    node.fakefs.stop()
+    node.fakefs = FakeFS(node.root / "fakefs2.log", 15, 6, "fs-a.example.com")
+    node.start()
+    new_rows = node.settled_rows(15)
+    wait_collected(pg_dsn, [node, other])
+    changed = process.events_named("collect_node_database_changed")
+    assert [(e["node"], e["old_db_id"]) for e in changed] == [("fs-a", old_db_id)]
+    state = node_state(pg_dsn, "fs-a")
+    assert state["db_id"] != old_db_id and state["restarts"] == 1 and state["after"] == max(r["seq"] for r in new_rows)
+    got = pg_rows(pg_dsn, "SELECT call_id FROM cdrs WHERE source = 'fs-a'")
+    ids = [r["call_id"] for r in got]
+    assert len(ids) == len(set(ids)) and set(ids) == old_calls | {r["call_id"] for r in new_rows}
+    for row in new_rows:
+        assert_same_row(row, pg_rows(pg_dsn, "SELECT * FROM cdrs WHERE call_id = %s", (row["call_id"],))[0])
+    assert process.stop() == 0
+
+
+def test_connection_cut_mid_stream_loses_and_repeats_nothing(media, collector, pg_dsn):
+    node = media("fs-a", calls=30, seed=7)
+    rows = node.settled_rows(30)
+    proxy = FaultProxy(node.api_port, cut_after=5000, cuts=3)
+    try:
+        process = collector({"fs-a": proxy.url})
+        process.port()
+        wait_collected(pg_dsn, [node])
+        assert_exactly_once(pg_dsn, [node])
+        assert node_state(pg_dsn, "fs-a")["rows"] == len(rows)
+        failures = [e for e in process.events_named("collect_pull_failed") if e["node"] == "fs-a"]
+        assert len(failures) >= 3 and proxy.connections >= 4
+        assert process.stop() == 0
+    finally:
+        proxy.stop()
+
+
+def test_a_stalling_node_does_not_delay_the_other(media, collector, pg_dsn):
+    fast, slow = media("fs-a", calls=30, seed=8), media("fs-b", calls=10, seed=9)
+    fast.settled_rows(30)
+    slow.settled_rows(10)
+    proxy = FaultProxy(slow.api_port, stall=3600)
+    try:
+        process = collector({"fs-a": fast.url, "fs-b": proxy.url})
+        port = process.port()
+        wait_collected(pg_dsn, [fast])
+        assert pg_rows(pg_dsn, "SELECT 1 FROM cdrs WHERE source = 'fs-b'") == []
+        wait_for(lambda: [e for e in process.events_named("collect_pull_failed") if e["node"] == "fs-b"],
+                 what="fs-b's timeout")
+        status, body = http_get(port, "/metrics")
+        text = body.decode()
+        assert status == 200
+        assert 'eslcdr_collect_rows_stored_total{node="fs-a"} %d.0' % len(fast.rows()) in text
+        assert 'eslcdr_collect_up{node="fs-b"} 0.0' in text
+        assert process.stop() == 0
+    finally:
+        proxy.stop()

@@ -45,6 +45,7 @@ log = structlog.get_logger("eslcdr.collect")
 RETRYABLE = TRANSPORT_ERRORS + (psycopg.Error, CursorMoved)
 FEED_LIMIT = 10_000  # the node's maximum page; one request per 10k rows at most
 RATE_WINDOW = 10.0
+TOUCH_INTERVAL = 10.0
 
 
 class NodeWorker:
@@ -80,6 +81,7 @@ class NodeWorker:
         self.last_pull_at: float | None = None
         self.caught_up_at: float | None = None
         self._recent: list[tuple[float, int]] = []
+        self._touched_at = 0.0
 
     # -- figures -------------------------------------------------------------
     @property
@@ -182,6 +184,7 @@ class NodeWorker:
         """One request; True when the node may have more right away."""
         store = self._open_store()
         cfg = self._config
+        recovering = self.state == "error"
         self.interruptible = True
         response = self._client.open(self.after, FEED_LIMIT)
         self.last_pull_at = self._clock()
@@ -229,13 +232,17 @@ class NodeWorker:
             self.caught_up_at = self._clock()
             if self.node_last_seq is not None and self.node_last_seq < self.after:
                 self.node_last_seq = self.after
-            if received == 0:
+            if received == 0 and (recovering or self.db_id is None
+                                  or self._clock() - self._touched_at >= TOUCH_INTERVAL):
+                # An idle node: note in PostgreSQL that it answers (and its
+                # db_id on first contact), at most every TOUCH_INTERVAL.
                 self.interruptible = False
                 try:
                     store.touch(self.name, db_id)
                 finally:
                     self.interruptible = True
                 self.db_id = db_id
+                self._touched_at = self._clock()
             return False
         self.state = "catching_up"
         return True
@@ -251,10 +258,12 @@ class NodeWorker:
         self.rows_stored += result.stored
         self.rows_rejected += result.rejected
         self.batches += 1
-        self._recent.append((self._clock(), result.stored))
+        now = self._clock()
+        self._recent.append((now, result.stored))
+        while self._recent and now - self._recent[0][0] > RATE_WINDOW:
+            del self._recent[0]
         if self.state == "error":
             self.state = "catching_up"
-            self.last_error = None
         log.info("collect_batch_stored", node=self.name, rows=result.stored, rejected=result.rejected,
                  moved=result.moved, after=result.after, ms=round((time.perf_counter() - started) * 1000, 1))
 

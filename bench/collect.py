@@ -1,0 +1,269 @@
+"""Collector benchmark: rows/s from two media servers into PostgreSQL.
+
+Builds (once, reused afterwards) two node databases of N rows each with
+bench/api.py's generator (different seeds: different calls), serves each
+with a real ``eslcdr run`` (its Event Socket points at a closed port: only
+the API matters here), starts a private PostgreSQL (pgserver) and a real
+``eslcdr collect`` pulling both, and measures how long PostgreSQL takes to
+hold every row (collector_nodes cursors at the nodes' last seq).
+
+``--compare`` also measures the choices made in the collector, on the
+same records:
+- feed format: NDJSON stream vs JSON pages of 10,000 (fetch + parse only);
+- write path: staged COPY of the raw lines + jsonb_populate_record (what
+  the collector does), per-row INSERT ... ON CONFLICT with executemany in
+  pipeline mode, and a typed COPY with the values converted in Python.
+
+Prints figures; not a pass/fail test.  Target (issue 8): >= 20,000 rows/s
+from two nodes.
+
+    python bench/collect.py [--rows 100000] [--batch-size 5000] [--compare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import orjson  # noqa: E402
+import psycopg  # noqa: E402
+
+from api import generate, row_count  # noqa: E402
+from eslcdr.collector import pgschema  # noqa: E402
+from eslcdr.collector.feed import parse_record  # noqa: E402
+from eslcdr.collector.pgstore import PgStore  # noqa: E402
+
+TOKEN = "bench-collector-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_node(work: Path, name: str, db: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    (work / "tokens").write_text("%s *\n" % TOKEN)
+    ini = work / ("%s.ini" % name)
+    ini.write_text(
+        "[esl]\nhost = 127.0.0.1\nport = %d\nreconnect_max_delay = 30\n[store]\npath = %s\n"
+        "[api]\nlisten = 127.0.0.1:%d\ntokens_file = %s\n[cdr]\nnode_name = %s\n[log]\nlevel = warning\nformat = json\n"
+        % (free_port(), db, port, work / "tokens", name)
+    )
+    log = open(work / ("%s.log" % name), "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "eslcdr", "run", "-c", str(ini)], stdout=log, stderr=log,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("node %s did not start: %s" % (name, (work / ("%s.log" % name)).read_text()[-2000:]))
+
+
+def fetch(port: int, path: str, accept: str) -> tuple[bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path, headers={"X-Auth-Token": TOKEN, "Accept": accept})
+    resp = conn.getresponse()
+    body = resp.read()
+    headers = dict(resp.getheaders())
+    conn.close()
+    return body, headers
+
+
+def compare_feed(port: int, rows: int) -> None:
+    for label, accept in (("ndjson", "application/x-ndjson"), ("json pages", "application/json")):
+        after, got, peak = 0, 0, 0
+        started = time.perf_counter()
+        while got < rows:
+            body, _ = fetch(port, "/v2/feed/cdrs?after=%d&limit=10000" % after, accept)
+            peak = max(peak, len(body))
+            if accept == "application/x-ndjson":
+                records = [orjson.loads(line) for line in body.split(b"\n") if line]
+            else:
+                records = orjson.loads(body)["data"]
+            if not records:
+                break
+            got += len(records)
+            after = records[-1]["seq"]
+        elapsed = time.perf_counter() - started
+        print("feed %-10s: %d rows in %.2f s = %.0f rows/s (largest response %.1f MB held whole here;"
+              " the collector streams NDJSON line by line)" % (label, got, elapsed, got / elapsed, peak / 1e6))
+
+
+def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int) -> None:
+    body, headers = fetch(port, "/v2/feed/cdrs?after=0&limit=%d" % min(n, 10000), "application/x-ndjson")
+    lines = [line for line in body.split(b"\n") if line]
+    items, previous = [], 0
+    for line in lines:
+        item = parse_record(line, previous)
+        previous = item.seq
+        items.append(item)
+    columns = [name for name, _ in pgschema.sqlite_columns()]
+
+    def fresh(name: str) -> psycopg.Connection:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+            admin.execute("CREATE DATABASE %s" % name)
+        conn = psycopg.connect(dsn_base % name)
+        pgschema.migrate(conn)
+        return conn
+
+    # 1. the collector's path
+    conn = fresh("cmp_staged")
+    store = PgStore(conn)
+    store.node_state("n", "http://x")
+    store.ensure_months(items)
+    started = time.perf_counter()
+    after = 0
+    for i in range(0, len(items), batch):
+        after = store.store_batch("n", "db", after, items[i:i + batch]).after
+    report("write staged COPY + jsonb_populate_record", len(items), time.perf_counter() - started)
+    conn.close()
+
+    # 2. executemany, pipeline mode, values converted in Python
+    conn = fresh("cmp_many")
+    PgStore(conn).ensure_months(items)
+    docs = [orjson.loads(i.line) for i in items]
+    names = columns + ["source", "created_at", "answered_at", "hangup_at"]
+    insert = "INSERT INTO cdrs (%s) VALUES (%s) ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s" % (
+        ", ".join('"%s"' % c for c in names), ", ".join(["%s"] * len(names)),
+        ", ".join('"%s" = EXCLUDED."%s"' % (c, c) for c in names if c not in ("call_id", "hangup_at")))
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    started = time.perf_counter()
+    for i in range(0, len(docs), batch):
+        chunk = docs[i:i + batch]
+        rows = []
+        for d, item in zip(chunk, items[i:i + batch]):
+            values = [psycopg.types.json.Jsonb(d[c]) if c in ("custom_channel_vars", "custom_sip_headers") and d[c] is not None
+                      else d.get(c) for c in columns]
+            values += ["n", epoch + dt.timedelta(microseconds=d["created_us"]),
+                       epoch + dt.timedelta(microseconds=d["answered_us"]) if d["answered_us"] else None, item.hangup_at]
+            rows.append(values)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany("INSERT INTO cdr_keys (call_id, hangup_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                            [(d["call_id"], it.hangup_at) for d, it in zip(chunk, items[i:i + batch])])
+            cur.executemany(insert, rows)
+    report("write executemany (pipeline) INSERT", len(items), time.perf_counter() - started)
+    conn.close()
+
+    # 3. typed COPY into a staging table, values converted in Python
+    conn = fresh("cmp_typed")
+    PgStore(conn).ensure_months(items)
+    conn.execute("CREATE TEMP TABLE typed (LIKE cdrs) ON COMMIT DELETE ROWS")
+    started = time.perf_counter()
+    for i in range(0, len(docs), batch):
+        chunk = docs[i:i + batch]
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy("COPY typed (%s) FROM STDIN" % ", ".join('"%s"' % c for c in names)) as copy:
+                for d, item in zip(chunk, items[i:i + batch]):
+                    values = [orjson.dumps(d[c]).decode() if c in ("custom_channel_vars", "custom_sip_headers") and d[c] is not None
+                              else d.get(c) for c in columns]
+                    values += ["n", epoch + dt.timedelta(microseconds=d["created_us"]),
+                               epoch + dt.timedelta(microseconds=d["answered_us"]) if d["answered_us"] else None,
+                               item.hangup_at]
+                    copy.write_row(values)
+            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at) SELECT call_id, hangup_at FROM typed ON CONFLICT DO NOTHING")
+            cur.execute("INSERT INTO cdrs SELECT * FROM typed ON CONFLICT (call_id, hangup_at) DO NOTHING")
+    report("write typed COPY (Python conversion)", len(items), time.perf_counter() - started)
+    conn.close()
+
+
+def report(label: str, rows: int, elapsed: float) -> None:
+    print("%-45s: %d rows in %.2f s = %.0f rows/s" % (label, rows, elapsed, rows / elapsed))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="rows per node (default 100000)")
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "eslcdr-bench-collect"))
+    parser.add_argument("--compare", action="store_true", help="also compare feed formats and write paths")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    dbs = []
+    for index in (1, 2):
+        db = work / ("node%d-%d.db" % (index, args.rows))
+        if row_count(db) != args.rows:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(db) + suffix).unlink(missing_ok=True)
+            generate(db, args.rows, seed=100 + index)
+        dbs.append(db)
+
+    import pgserver
+
+    pg = pgserver.get_server(tempfile.mkdtemp(prefix="eslcdr-bench-pg-"), cleanup_mode="delete")
+    nodes = []
+    try:
+        admin = pg.get_uri()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        dsn = pg.get_uri("bench")
+        for index, db in enumerate(dbs, 1):
+            nodes.append(start_node(work, "node%d" % index, db))
+        ini = work / "collector.ini"
+        ini.write_text(
+            "[collector]\ndsn = %s\nlisten = 127.0.0.1:0\npoll_interval = 0.2\nbatch_size = %d\n[log]\nlevel = warning\n"
+            % (dsn, args.batch_size)
+            + "".join("[node:node%d]\nurl = http://127.0.0.1:%d\ntoken = %s\n" % (i, port, TOKEN)
+                      for i, (_, port) in enumerate(nodes, 1))
+        )
+        log = open(work / "collector.log", "wb")
+        started = time.perf_counter()
+        collector = subprocess.Popen([sys.executable, "-m", "eslcdr", "collect", "-c", str(ini)], stdout=log,
+                                     stderr=log, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        want = 2 * args.rows
+        first_row_at = None
+        done = 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while True:
+                time.sleep(0.2)
+                if collector.poll() is not None:
+                    raise SystemExit("collector exited: %s" % (work / "collector.log").read_text()[-2000:])
+                try:
+                    done = conn.execute("SELECT coalesce(sum(rows), 0) FROM collector_nodes").fetchone()[0]
+                except psycopg.errors.UndefinedTable:
+                    continue
+                if done and first_row_at is None:
+                    first_row_at = time.perf_counter()
+                if done >= want:
+                    break
+            finished = time.perf_counter()
+            stored = conn.execute("SELECT count(*) FROM cdrs").fetchone()[0]
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(60)
+        total = finished - started
+        print("collected %d rows from 2 nodes (%d in cdrs) in %.2f s from process start = %.0f rows/s;"
+              " %.0f rows/s from the first stored batch" % (
+                  done, stored, total, done / total, done / (finished - first_row_at)))
+        if args.compare:
+            compare_feed(nodes[0][1], args.rows)
+            compare_writes(pg.get_uri("%s"), admin, nodes[0][1], 10000, args.batch_size)
+    finally:
+        for proc, _ in nodes:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        pg.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
