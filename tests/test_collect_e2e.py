@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,7 +132,8 @@ class MediaServer:
 
 
 class CollectorProcess:
-    def __init__(self, root: Path, dsn: str, nodes: dict[str, str], extra: str = "") -> None:
+    def __init__(self, root: Path, dsn: str, nodes: dict[str, str], extra: str = "", env: dict | None = None) -> None:
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         self.ini = root / "collector.ini"
         self.ini.write_text(
             "[collector]\ndsn = %s\nlisten = 127.0.0.1:0\npoll_interval = 0.1\nbatch_size = 10\n"
@@ -145,7 +147,7 @@ class CollectorProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eslcdr", "collect", "-c", str(self.ini)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
         )
 
     def events(self) -> list[dict]:
@@ -251,8 +253,8 @@ def media(tmp_path):
 def collector(tmp_path, pg_dsn):
     started: list[CollectorProcess] = []
 
-    def make(nodes: dict[str, str], extra: str = "") -> CollectorProcess:
-        process = CollectorProcess(tmp_path, pg_dsn, nodes, extra)
+    def make(nodes: dict[str, str], extra: str = "", env: dict | None = None) -> CollectorProcess:
+        process = CollectorProcess(tmp_path, pg_dsn, nodes, extra, env)
         started.append(process)
         return process
 
@@ -272,8 +274,14 @@ def node_state(dsn: str, node: str) -> dict:
 def test_two_media_servers_one_postgresql_every_column(media, collector, pg_dsn):
     first, second = media("fs-a", seed=1), media("fs-b", seed=2)
     rows_a, rows_b = first.settled_rows(30), second.settled_rows(30)
-    process = collector({"fs-a": first.url, "fs-b": second.url})
+    notify_dir = tempfile.mkdtemp(prefix="sd-")
+    notify = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(os.path.join(notify_dir, "notify"))
+    notify.settimeout(WAIT)
+    process = collector({"fs-a": first.url, "fs-b": second.url},
+                        env={"NOTIFY_SOCKET": os.path.join(notify_dir, "notify")})
     process.port()
+    assert notify.recv(4096).decode().startswith("READY=1\nSTATUS=2 nodes")
     wait_collected(pg_dsn, [first, second])
     got = assert_exactly_once(pg_dsn, [first, second])
     assert len(got) == len(rows_a) + len(rows_b)
@@ -284,6 +292,11 @@ def test_two_media_servers_one_postgresql_every_column(media, collector, pg_dsn)
         assert state["db_id"] and state["last_error"] is None
     assert pg_rows(pg_dsn, "SELECT * FROM collector_rejects") == []
     assert process.stop() == 0
+    messages = []
+    notify.settimeout(5)
+    while not any(m.startswith("STOPPING=1") for m in messages):
+        messages.append(notify.recv(4096).decode())
+    notify.close()
 
 
 class FaultProxy:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..config import ConfigError, LogConfig, parse_listen
+from ..config import ConfigError, parse_listen
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/collector.ini"), Path("conf/collector.ini"))
 
@@ -48,6 +48,12 @@ class FeedNode:
 
     def __repr__(self) -> str:  # never print the token
         return "FeedNode(name=%r, url=%r)" % (self.name, self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str
+    format: str
 
 
 @dataclass(frozen=True, slots=True)

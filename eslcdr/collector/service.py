@@ -15,9 +15,7 @@ inside a PostgreSQL transaction to commit it, close, exit 0.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
-import socket
 import time
 from typing import Callable
 
@@ -32,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
 from ..backoff import backoff_delay
+from ..notify import Notifier
 from . import pgschema
 from .config import CollectorConfig
 from .worker import NodeWorker
@@ -40,31 +39,7 @@ log = structlog.get_logger("eslcdr.collect")
 
 SHUTDOWN_TIMEOUT = 30.0
 PARTITION_CHECK_INTERVAL = 3600.0
-
-
-# ------------------------------------------------------------------ systemd
-
-
-def sd_notify(message: str) -> bool:
-    """Send ``message`` to systemd's NOTIFY_SOCKET, when there is one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.warning("sd_notify_failed", error=str(exc))
-        return False
-    return True
-
-
-def watchdog_interval() -> float | None:
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    return int(usec) / 2_000_000 if usec.isdigit() and int(usec) > 0 else None
+STATUS_INTERVAL = 10.0
 
 
 # ------------------------------------------------------------------ metrics
@@ -145,8 +120,10 @@ def make_app(health: Callable[[], dict], registry: CollectorRegistry):
 
 
 class Collector:
-    def __init__(self, config: CollectorConfig, connect: Callable | None = None) -> None:
+    def __init__(self, config: CollectorConfig, connect: Callable | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier if notifier is not None else Notifier.from_environ()
         self._stop = gevent.event.Event()
         self.workers: dict[str, NodeWorker] = {}
         self._greenlets: dict[str, gevent.Greenlet] = {}
@@ -171,7 +148,7 @@ class Collector:
         self.http.start()
         log.info("collect_started", version=__version__, nodes=[n.name for n in cfg.nodes],
                  listen="%s:%d" % (cfg.host, self.http.server_port))
-        sd_notify("READY=1\nSTATUS=collecting from %d nodes" % len(cfg.nodes))
+        self.notifier.ready(self.status_text())
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Run target in a greenlet; restart it if it crashes."""
@@ -221,19 +198,34 @@ class Collector:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def status_text(self) -> str:
+        workers = self.workers.values()
+        failing = sum(1 for w in workers if w.state == "error")
+        rate = sum(w.rows_per_second for w in workers)
+        return "%d nodes, %d failing, %.0f rows/s, %d rows stored" % (
+            len(self.workers), failing, rate, sum(w.rows_stored for w in workers))
+
+    def alive(self) -> bool:
+        """Every greenlet still runs (the supervisor restarts crashed ones)."""
+        return all(not g.dead for g in self._greenlets.values())
+
     def serve_forever(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.request_stop)
         gevent.signal_handler(signal.SIGINT, self.request_stop)
-        interval = watchdog_interval()
-        while not self._stop.wait(timeout=interval or 3600):
-            if interval:
-                sd_notify("WATCHDOG=1")
+        interval = self.notifier.watchdog_interval
+        # STATUS= at least every STATUS_INTERVAL; WATCHDOG=1 only while the
+        # workers run (a wedged process is restarted by systemd).
+        tick = min(interval, STATUS_INTERVAL) if interval else STATUS_INTERVAL
+        while not self._stop.wait(timeout=tick):
+            if interval and self.alive():
+                self.notifier.watchdog()
+            self.notifier.status(self.status_text())
         self.shutdown()
         return 0
 
     def shutdown(self) -> None:
         self._stop.set()
-        sd_notify("STOPPING=1")
+        self.notifier.stopping("stopping: finishing the current batches")
         log.info("collect_shutdown_begin")
         if self.http is not None:
             self.http.stop(timeout=2)
@@ -256,3 +248,4 @@ class Collector:
         for worker in self.workers.values():
             worker.close()
         log.info("collect_shutdown_done", rows_stored=sum(w.rows_stored for w in self.workers.values()))
+        self.notifier.close()
