@@ -131,8 +131,12 @@ def test_channels_follow_the_calls_and_come_back_after_a_restart(tmp_path):
         assert set(everything) == {bridge_a, bridge_b, answer_a, extra_create["Unique-ID"]}
         for call_id in (bridge_a, bridge_b, answer_a):
             assert everything[call_id]["answered"] is True and everything[call_id]["state"] == "ACTIVE"
+        # uuid_dump gave the re-seeded legs their account and owner.
+        assert set(channels(port)) == set(everything)
+        assert {c["owner_id"] for c in everything.values()} == {"user-1"}
         new = everything[extra_create["Unique-ID"]]
         assert new["answered"] is False and new["direction"] == "outbound"
+        assert new["channel_name"] == extra_create["Channel-Name"]
         assert new["destination"] == extra_create["Caller-Destination-Number"]
         assert new["timestamp"] == int(extra_create["Caller-Channel-Created-Time"]) // 1_000_000 + 62167219200
 
@@ -147,3 +151,21 @@ def test_channels_follow_the_calls_and_come_back_after_a_restart(tmp_path):
         fake.stop()
     log = [e for e in second.log_events() if e.get("event") == "esl_resync"]
     assert log and log[0]["added"] == 4
+
+
+def test_stand_in_uuid_dump_answers_like_mod_commands():
+    events = capture_events("S1_json.esl")
+    fake = FakeFreeSWITCH(events=StaticSource(events[:10]), wait_for_subscriber=False)
+    fake.start()
+    try:
+        assert fake.wait_done(timeout=10)
+        uuid = events[1]["Unique-ID"]
+        dump = json.loads(fake.api("uuid_dump", uuid + " json"))
+        assert dump["Event-Name"] == "CHANNEL_DATA" and dump["Unique-ID"] == uuid
+        assert dump["Channel-Call-State"] == "ACTIVE" and dump["Answer-State"] == "answered"
+        assert dump["Channel-Name"] == events[1]["Channel-Name"]
+        text = fake.api("uuid_dump", uuid)
+        assert "Unique-ID: %s\n" % uuid in text and "Event-Name: CHANNEL_DATA\n" in text
+        assert fake.api("uuid_dump", "no-such-uuid json") == "-ERR No such channel!\n"
+    finally:
+        fake.stop()

@@ -8,7 +8,9 @@ starts from), refreshed by later channel events (the call state becomes the
 one the event leads to), gone at ``CHANNEL_HANGUP_COMPLETE`` /
 ``CHANNEL_DESTROY``.  ``_channels_json`` and ``_channels_delim`` write the
 rows as mod_commands does (``as json``, and the default delimited form with
-its ``N total.`` footer).
+its ``N total.`` footer).  The table also keeps each live channel's latest
+event, for ``uuid_dump``: its headers and variables as a CHANNEL_DATA event
+(``_dump_json`` / ``_dump_text``, mod_commands' two forms).
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class _ChannelTable:
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, str]] = {}
+        self.latest: dict[str, _Emission] = {}  # what uuid_dump shows
         self.created = 0
         self.peak = 0
 
@@ -103,14 +106,31 @@ class _ChannelTable:
             return
         if name == "CHANNEL_CREATE":
             self.rows[key] = self._row(emission)
+            self.latest[key] = emission
             self.created += 1
             self.peak = max(self.peak, len(self.rows))
         elif name in _CHANNEL_GONE:
             self.rows.pop(key, None)
+            self.latest.pop(key, None)
         elif key in self.rows:
             row = self.rows[key]
             self._refresh(row, emission)
             row["callstate"] = _CALLSTATE_AFTER.get(name, row["callstate"])
+            self.latest[key] = emission
+
+    def dump(self, key: str) -> dict[str, str] | None:
+        """The channel's headers and variables now, as ``uuid_dump`` gives
+        them (a CHANNEL_DATA event); None when there is no such channel."""
+        emission = self.latest.get(key)
+        row = self.rows.get(key)
+        if emission is None or row is None:
+            return None
+        event = {k: v for k, v in emission.event().items() if k != "_body"}
+        event["Event-Name"] = "CHANNEL_DATA"
+        event["Channel-Call-State"] = row["callstate"]
+        if row["callstate"] in ("ACTIVE", "HELD"):
+            event["Answer-State"] = "answered"
+        return event
 
     @staticmethod
     def _row(emission: _Emission) -> dict[str, str]:
@@ -135,6 +155,19 @@ class _ChannelTable:
 
     def clear(self) -> None:
         self.rows.clear()
+        self.latest.clear()
+
+
+def _dump_json(event: dict[str, str]) -> str:
+    # switch_event_serialize_json: ARRAY:: variables become JSON arrays.
+    doc = {
+        k: v[7:].split("|:") if v.startswith("ARRAY::") else v for k, v in event.items()
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def _dump_text(event: dict[str, str]) -> str:
+    return "".join("%s: %s\n" % (k, v) for k, v in event.items())
 
 
 def _channels_json(rows: list[dict[str, str]]) -> str:

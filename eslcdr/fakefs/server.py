@@ -23,7 +23,8 @@ table emptied, the stream continuing where it was), and a malformed frame
 before every Nth event a connection receives (``malformed_every``).
 
 The ``api`` commands answer as mod_commands does: ``status``, ``show
-channels [count|as json|as csv|as delim X]``, ``version``, ``hostname``.
+channels [count|as json|as csv|as delim X]``, ``uuid_dump <uuid> [json]``,
+``version``, ``hostname``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gevent.event import Event as GeventEvent
 from gevent.server import StreamServer
 
 from ..events import EventDecodeError
-from .channels import _channels_delim, _channels_json, _ChannelTable
+from .channels import _channels_delim, _channels_json, _ChannelTable, _dump_json, _dump_text
 from .generated import GeneratedSource
 from .listener import _FORMATS, _SHUTDOWN, MAX_QUEUE_LEN, _DROP, _Listener
 from .replay import ReplaySource, StaticSource
@@ -222,6 +223,8 @@ class FakeFreeSWITCH:
             return self._status()
         if lower == "show":
             return self._show(args)
+        if lower == "uuid_dump":
+            return self._uuid_dump(args)
         if lower == "version":
             return "FreeSWITCH Version %s ( 64bit)\n" % FS_VERSION_FULL
         if lower in ("hostname", "switchname"):
@@ -316,6 +319,17 @@ class FakeFreeSWITCH:
             self.restart()
 
     # -- api commands
+
+    def _uuid_dump(self, args: str) -> str:
+        argv = args.split()
+        if not argv:
+            return "-USAGE: <uuid> [format]\n"
+        event = self._channels.dump(argv[0])
+        if event is None:
+            return "-ERR No such channel!\n"
+        if len(argv) > 1 and argv[1].lower() == "json":
+            return _dump_json(event)
+        return _dump_text(event)
 
     def _show(self, args: str) -> str:
         argv = [token for token in args.split(" ") if token]
