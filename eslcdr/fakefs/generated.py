@@ -8,7 +8,9 @@ a weighted scenario, new UUIDs, a new caller (some names carry commas, quotes
 and non-ASCII), a later start (a Poisson stream) and a longer or shorter talk
 time; and, as a Kazoo platform's FreeSWITCH has them on every leg, the
 ``ecallmgr_*`` account, owner, authorizing and (on some calls) interaction
-ids from a second RNG.  The calls' events are merged by time through a heap,
+ids from a second RNG, and the answered SIP legs' RTP quality (codec,
+packet counts, jitter, MOS, remote media address; some lossy, some with no
+RTP at all) from a third (quality.py).  The calls' events are merged by time through a heap,
 each call keeping its captured order, so many calls overlap as on a real
 switch.
 """
@@ -27,6 +29,7 @@ from typing import Iterable, Iterator
 
 from ..legs import gregorian_seconds
 from .capture import Pairs
+from .quality import draw_quality, rtp_finder, rtp_legs
 from .templates import (
     _ACCOUNT,
     _AUTHORIZING,
@@ -58,6 +61,9 @@ class CallTemplate:
     t0: int  # first Event-Date-Timestamp, µs
     pivot: int | None  # last answer/bridge/progress: later times stretch
     answered: bool
+    # legs with RTP statistics (original Unique-ID -> leg number, billsec)
+    rtp_legs: dict[str, int]
+    rtp_billsec: dict[str, int]
 
 
 # Events whose last occurrence marks where a call's talk (or ring) time is.
@@ -104,7 +110,9 @@ def call_template(data: dict) -> CallTemplate:
     times = [_event_ts(event) for event in events]
     marks = [ts for event, ts in zip(events, times) if event.get("Event-Name") in _PIVOT_EVENTS]
     pivot = max(marks) if marks else None
+    with_rtp = rtp_legs(events)
     finders = (
+        rtp_finder(with_rtp),
         _find_ids,
         _find_times,
         _caller_finder(data.get("caller_number"), data.get("caller_name")),
@@ -130,6 +138,12 @@ def call_template(data: dict) -> CallTemplate:
         t0=min(ts for ts in times if ts),
         pivot=pivot,
         answered=any(event.get("Event-Name") == "CHANNEL_ANSWER" for event in events),
+        rtp_legs=with_rtp,
+        rtp_billsec={
+            e["Unique-ID"]: int(e.get("variable_billsec") or 0)
+            for e in events
+            if e.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE" and e.get("Unique-ID") in with_rtp
+        },
     )
 
 
@@ -297,6 +311,7 @@ class GeneratedSource:
         # The Kazoo variables draw from their own RNG: the calls themselves
         # (scenarios, callers, times) stay what they were before they existed.
         kazoo_rng = random.Random("kazoo:%s" % self.seed)
+        rtp_rng = random.Random("rtp:%s" % self.seed)  # likewise for RTP quality
         numbers = itertools.count() if self.calls is None else range(self.calls)
         for index in numbers:
             template = rng.choices(self.templates, self._weights)[0]
@@ -330,6 +345,10 @@ class GeneratedSource:
                 cnum=number,
                 cname=name,
                 kazoo=kazoo,
+                rtp=draw_quality(rtp_rng, template.rtp_legs, {
+                    call_id: billsec + extra if billsec else 0
+                    for call_id, billsec in template.rtp_billsec.items()
+                }) if template.rtp_legs else None,
             )
             yield _CallPlan(template, events, ctx, template.t0 + shift)
             when += int(rng.expovariate(rate) * 1_000_000)

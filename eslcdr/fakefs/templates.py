@@ -38,6 +38,8 @@ from .capture import _UUID_RE, Pairs
 _UUID, _CORE, _HOST, _SEQ, _USEC, _SEC, _LOCAL, _GMT = range(8)
 _CNUM, _CNAME, _DUR_S, _DUR_MS, _DUR_US = range(8, 13)
 _ACCOUNT, _OWNER, _AUTHORIZING, _INTERACTION = range(13, 17)
+# RTP quality variables of generated calls (quality.py); ref = leg and variable.
+_RTP = 17
 # Kinds whose value belongs to the emission (not to the call or repetition).
 _PER_EMISSION = frozenset((_CORE, _HOST, _SEQ))
 _DUR_UNITS = MappingProxyType({_DUR_S: 1_000_000, _DUR_MS: 1_000, _DUR_US: 1})
@@ -360,12 +362,14 @@ class _Context:
         "cnum",
         "cname",
         "kazoo",
+        "rtp",
         "_uuids",
         "cache",
     )
 
     def __init__(
-        self, key=None, shift_us=0, pivot_us=None, delta_us=0, cnum="", cname="", kazoo=None
+        self, key=None, shift_us=0, pivot_us=None, delta_us=0, cnum="", cname="", kazoo=None,
+        rtp=None,
     ):
         self.key = key  # None: ids unchanged
         self.shift_us = shift_us  # every time moves by this (whole seconds)
@@ -374,6 +378,7 @@ class _Context:
         self.cnum = cnum
         self.cname = cname
         self.kazoo: dict[int, str] = kazoo or {}  # Kazoo variable slot kind -> value
+        self.rtp: dict[int, str] = rtp or {}  # _RTP slot ref -> value (quality.py)
         self._uuids: dict[str, str] = {}
         # per format: slot -> its bytes on the wire
         self.cache: dict[str, dict[Slot, bytes]] = {PLAIN: {}, JSON: {}}
@@ -405,6 +410,8 @@ class _Context:
             return self.cname
         if kind in self.kazoo:
             return self.kazoo[kind]
+        if kind == _RTP:
+            return self.rtp.get(ref, text)
         return str(int(text) + self.delta_us // _DUR_UNITS[kind])
 
     def fill(self, ctype: str, slot: Slot, emission: "_Emission") -> bytes:
