@@ -39,6 +39,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "retention_days": "0",
         "retention_check_interval": "60",
         "queue_size": "100000",
+        "spool_path": "",
         "leg_ttl": "86400",
         "stall_timeout": "120",
     },
@@ -99,6 +100,7 @@ class StoreConfig:
     retention_days: int
     retention_check_interval: float
     queue_size: int
+    spool_path: str  # CDRs SQLite cannot take yet; default: the database path + ".spool"
     leg_ttl: float
     stall_timeout: float
 
@@ -275,6 +277,7 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             retention_check_interval=_get(store, "store", "retention_check_interval", float,
                                           lambda v: 0 < v <= 60),
             queue_size=_get(store, "store", "queue_size", int, lambda v: v > 0),
+            spool_path=store["spool_path"].strip() or store["path"].strip() + ".spool",
             leg_ttl=_get(store, "store", "leg_ttl", float, lambda v: v > 0),
             stall_timeout=_get(store, "store", "stall_timeout", float, lambda v: v > 0),
         ),

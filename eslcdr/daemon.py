@@ -40,6 +40,7 @@ from .legs import LegTracker
 from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
+from .spool import Spool
 from .store import connect_writer, recent_interaction_links
 from .writer import Writer
 
@@ -105,7 +106,9 @@ class Pipeline:
         if self._writer.submit(record):
             self.cdrs += 1
         else:
-            log.error("cdr_refused_backlog_full", node=self.node_name, call_id=record["call_id"])
+            # Neither memory nor the spool can take it: the record itself
+            # goes to the log, the last place it can be recovered from.
+            log.error("cdr_lost_backlog_full", node=self.node_name, call_id=record["call_id"], record=record)
 
     def on_resync(self, rows: list[dict[str, str]]) -> list[str]:
         """After (re)connecting, with the rows of ``show channels``: legs
@@ -157,11 +160,18 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         self.conn = connect_writer(cfg.store.path)
+        try:
+            spool = Spool(cfg.store.spool_path)
+        except OSError as exc:
+            # Ingest matters more: run without a spool, say so loudly.
+            log.error("spool_unusable", path=cfg.store.spool_path, error=str(exc))
+            spool = None
         self.writer = Writer(
             self.conn,
             batch_size=cfg.store.batch_size,
             flush_interval=cfg.store.flush_interval,
             capacity=cfg.store.queue_size,
+            spool=spool,
         )
         remembered = recent_interaction_links(self.conn, 25_000)
         for node in cfg.nodes:
@@ -170,6 +180,7 @@ class Daemon:
             self.pipelines[node.name] = pipeline
             self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder)
         self._spawn("writer", self.writer.run)
+        self._spawn("spooler", self.writer.run_spooler)
         for name, connection in self.nodes.items():
             self._spawn("esl:" + name, self._run_node(connection))
         self._spawn("housekeeping", self._housekeeping)
@@ -296,7 +307,7 @@ class Daemon:
                 "live_legs": len(pipeline.tracker),
                 "last_error": connection.last_error,
             }
-        healthy = all(n["state"] == "connected" for n in nodes.values()) and (writer is None or writer.last_error is None or writer.backlog == 0)
+        healthy = all(n["state"] == "connected" for n in nodes.values()) and (writer is None or ((writer.last_error is None or writer.backlog == 0) and writer.spool_backlog == 0))
         return {
             "status": "ok" if healthy else "degraded",
             "version": __version__,
@@ -310,6 +321,9 @@ class Daemon:
                 "refused": writer.refused if writer else 0,
                 "failures": writer.failures if writer else 0,
                 "deleted": writer.deleted if writer else 0,
+                "spool_backlog": writer.spool_backlog if writer else 0,
+                "spooled": writer.spooled if writer else 0,
+                "lost": writer.lost if writer else 0,
                 "last_error": writer.last_error if writer else None,
                 "last_write_at": writer.last_write_at if writer else None,
             },

@@ -41,6 +41,11 @@ class DaemonCollector:
             yield CounterMetricFamily("eslcdr_write_failures", "Failed SQLite transactions (retried)", value=writer.failures)
             yield GaugeMetricFamily("eslcdr_writer_backlog", "CDRs waiting to be written", value=writer.backlog)
             yield CounterMetricFamily("eslcdr_cdrs_deleted", "CDR rows deleted by retention", value=writer.deleted)
+            yield GaugeMetricFamily("eslcdr_spool_backlog", "CDRs in the spool file, not yet in SQLite",
+                                    value=writer.spool_backlog)
+            yield CounterMetricFamily("eslcdr_cdrs_spooled", "CDRs written to the spool file", value=writer.spooled)
+            yield CounterMetricFamily("eslcdr_cdrs_lost", "CDRs neither stored nor spooled (logged in full)",
+                                      value=writer.lost + writer.refused)
         retention = daemon.retention
         if retention is not None and retention.stats:
             stats = retention.stats

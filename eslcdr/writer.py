@@ -10,9 +10,18 @@ the GIL while SQLite works, so the ESL readers keep decoding on the hub
 (and on a second core) while a batch is committed.
 
 When SQLite fails (disk full, file locked, I/O error) the batch is kept and
-retried with capped jittered backoff; records keep accumulating up to
-``capacity``.  Past that, a record is refused: ``submit()`` returns False and
-the caller logs the call id, so a loss is never silent.
+retried with capped jittered backoff.  Nothing is refused while the spool
+(spool.py) can be written: after a failed transaction the writer moves its
+whole backlog to the spool file (so a crash or SIGKILL during a long outage
+loses nothing), and records arriving past ``capacity`` are appended to it by
+the spooler greenlet.  The spool is replayed (idempotent on call_id) a batch
+at a time, interleaved with live batches, as soon as SQLite takes writes --
+which includes the start.  Only when the spool cannot be written either is a
+record lost: the spooler, or ``submit()``'s caller when even the queue to
+the spooler is full, logs it in full at error level.
+
+Retention (retention.py) schedules deletions; the writer runs them in small
+batches between two insert batches.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import gevent.event
 import structlog
 
 from .backoff import backoff_delay
+from .spool import Spool
 from .store import delete_expired, insert_records
 
 log = structlog.get_logger("eslcdr.writer")
@@ -33,6 +43,7 @@ log = structlog.get_logger("eslcdr.writer")
 # Key of a record submitted to replace the stored row of its call_id (not a
 # column: record_row ignores it).
 REPLACES_STORED = "replaces_stored"
+MIN_OVERFLOW = 1000
 
 # Errors worth retrying: SQLITE_FULL, SQLITE_BUSY/LOCKED, SQLITE_IOERR all
 # arrive as OperationalError; a DatabaseError covers a file that vanished.
@@ -56,6 +67,7 @@ class Writer:
         on_written: Callable[[int, int], None] | None = None,
         offload: Callable[[Callable[[], int]], int] | None = None,
         retention_batch: int = 1000,
+        spool: Spool | None = None,
     ) -> None:
         self._conn = conn
         self._batch_size = batch_size
@@ -74,6 +86,16 @@ class Writer:
         self._retention_deleted = 0
         self._retention_batch = retention_batch
         self.deleted = 0
+        # The spool (on disk) takes what memory cannot: records past
+        # ``capacity`` (via _overflow and the spooler greenlet) and the whole
+        # backlog once SQLite has failed (the writer spills it).
+        self._spool = spool
+        self._overflow: list[dict] = []
+        self._spool_wake = gevent.event.Event()
+        # Merges seen while records sit in the spool, applied when replayed.
+        self._spool_merges: dict[str, str] = {}
+        self.spooled = 0
+        self.lost = 0
         self._wake = gevent.event.Event()
         self._idle = gevent.event.Event()
         self._idle.set()
@@ -93,14 +115,29 @@ class Writer:
     def backlog(self) -> int:
         return len(self._pending)
 
+    @property
+    def spool_backlog(self) -> int:
+        """Records in the spool (or on their way to it) not yet in SQLite."""
+        return len(self._overflow) + (self._spool.backlog if self._spool is not None else 0)
+
     def stalled_seconds(self, now: float) -> float:
-        """Seconds work has been waiting without a commit (0 when idle)."""
-        if not self._pending and not self._merges and not self._acks:
+        """Seconds work has been waiting without a commit (0 when idle);
+        CDRs waiting in the spool are waiting too."""
+        if not self._pending and not self._merges and not self._acks and not self.spool_backlog:
             return 0.0
         return max(0.0, now - self._progress_at)
 
     def submit(self, record: dict) -> bool:
+        """Take a record; False only when neither memory nor the spool can
+        (the caller then logs the record in full)."""
         if len(self._pending) >= self._capacity:
+            # The overflow is only a hand-over to the spooler, drained each
+            # time the reader yields: bounded, but not by a tiny queue_size.
+            if self._spool is not None and len(self._overflow) < max(self._capacity, MIN_OVERFLOW):
+                self._overflow.append(record)
+                if not self._spool_wake.is_set():
+                    self._spool_wake.set()
+                return True
             self.refused += 1
             return False
         self._pending.append(record)
@@ -141,9 +178,12 @@ class Writer:
         in the next transaction; records still waiting are updated here (a
         later batch must not write the old id after that UPDATE ran)."""
         for old, new in merges:
-            for record in self._pending:
-                if record.get("interaction_id") == old:
-                    record["interaction_id"] = new
+            for waiting in (self._pending, self._overflow):
+                for record in waiting:
+                    if record.get("interaction_id") == old:
+                        record["interaction_id"] = new
+            if self._spool is not None and (self._spool.size or self._overflow):
+                self._spool_merges[old] = new
         self._merges.extend(merges)
         self._idle.clear()
         if not self._wake.is_set():
@@ -164,16 +204,19 @@ class Writer:
             has_work = bool(self._pending or self._merges or self._acks)
             if not has_work:
                 self._idle.set()
-                self._progress_at = time.monotonic()
+                if not self.spool_backlog:
+                    self._progress_at = time.monotonic()
                 if self._stopping:
                     return
-                if self._retention is None:
+                if self._retention is None and not self._replay_due():
                     self._wake.wait(timeout=self._flush_interval)
                     self._wake.clear()
                     continue
             try:
                 if has_work:
                     self._write_one_batch()
+                if self._replay_due():
+                    self._replay_one_chunk()
                 # Deletion interleaves with the inserts: at most one small
                 # batch between two insert batches, so ingest never waits
                 # behind a long delete.
@@ -191,13 +234,102 @@ class Writer:
                     backlog=len(self._pending),
                     retry_in=round(delay, 3),
                 )
+                # SQLite has already kept us waiting (busy_timeout): put the
+                # backlog on disk, so a crash or kill meanwhile loses nothing.
+                self._spill()
                 if self._stopping and attempt >= 3:
-                    log.error("writer_gave_up", unwritten=len(self._pending))
+                    log.error("writer_gave_up", unwritten=len(self._pending), spooled=self.spool_backlog)
                     return
                 gevent.sleep(delay)
                 continue
             # Let the readers run before the next batch.
             gevent.sleep(0)
+
+    # -- the spool ------------------------------------------------------
+    def run_spooler(self) -> None:
+        """Append records past ``capacity`` to the spool, fsynced per batch.
+        Only if that fails is a record lost: logged in full, at error."""
+        spool = self._spool
+        if spool is None:
+            return
+        while True:
+            if not self._overflow:
+                if self._stopping:
+                    return
+                self._spool_wake.wait(timeout=1.0)
+                self._spool_wake.clear()
+                continue
+            batch = self._overflow[:]
+            try:
+                with spool.lock:
+                    self._offload(lambda: spool.append(batch))
+            except OSError as exc:
+                del self._overflow[: len(batch)]
+                self.lost += len(batch)
+                for record in batch:
+                    log.error("cdr_lost_spool_unwritable", spool=str(spool.path), error=str(exc), record=record)
+                continue
+            del self._overflow[: len(batch)]
+            self.spooled += len(batch)
+            log.warning("cdrs_spooled", records=len(batch), spool_backlog=self.spool_backlog)
+            if not self._wake.is_set():
+                self._wake.set()
+
+    def _spill(self) -> None:
+        """Move the in-memory backlog to the spool (after a failed write)."""
+        spool = self._spool
+        if spool is None or not self._pending:
+            return
+        batch = self._pending[:]
+        try:
+            with spool.lock:
+                self._offload(lambda: spool.append(batch))
+        except OSError as exc:
+            # Keep them in memory: SQLite may come back before the spool does.
+            log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(self._pending))
+            return
+        del self._pending[: len(batch)]
+        self.spooled += len(batch)
+        log.warning("backlog_spooled", records=len(batch), spool_backlog=self.spool_backlog)
+
+    def _replay_due(self) -> bool:
+        spool = self._spool
+        # Live records first while memory is filling up.
+        return (
+            spool is not None
+            and not spool.empty
+            and not self._stopping
+            and len(self._pending) < max(1, self._capacity // 2)
+        )
+
+    def _replay_one_chunk(self) -> None:
+        spool = self._spool
+        with spool.lock:
+            records, offset = self._offload(lambda: spool.read(self._batch_size))
+        merges = self._spool_merges
+        for record in records:
+            interaction_id = record.get("interaction_id")
+            for _ in range(16):  # follow chained merges, bounded
+                if interaction_id not in merges:
+                    break
+                interaction_id = merges[interaction_id]
+            if interaction_id is not None:
+                record["interaction_id"] = interaction_id
+        conn = self._conn
+        inserts = [record for record in records if not record.get(REPLACES_STORED)]
+        replacements = [record for record in records if record.get(REPLACES_STORED)]
+        new = self._offload(lambda: insert_records(conn, inserts, replacements=replacements))
+        new += len(replacements)
+        spool.committed(offset, len(records))
+        self._progress_at = time.monotonic()
+        self.written += new
+        self.duplicates += len(records) - new
+        self.last_write_at = time.time()
+        log.debug("spool_batch_replayed", rows=new, duplicates=len(records) - new, spool_backlog=spool.backlog)
+        if spool.empty and not self._overflow:
+            with spool.lock:
+                if self._offload(spool.truncate_if_replayed) and not self._overflow:
+                    self._spool_merges.clear()
 
     def _write_one_batch(self) -> None:
         batch = self._pending[: self._batch_size]
@@ -256,6 +388,7 @@ class Writer:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._spool_wake.set()
 
     def wait_idle(self, timeout: float) -> bool:
         """True once everything submitted so far is committed."""

@@ -1,0 +1,145 @@
+"""The spool: CDRs that SQLite cannot take yet, on disk (DESIGN §3.5).
+
+An append-only file of JSON lines, one CDR record per line, each append
+fsynced before it returns.  The writer appends when its in-memory backlog
+is full or SQLite keeps failing, and replays the file into SQLite when it
+takes writes again (and at start): it reads from the offset it has reached,
+inserts (idempotent on call_id, so a line replayed twice -- after a crash
+between the commit and the truncation -- still gives one row), and only
+once every line is committed truncates the file.
+
+A crash in the middle of an append leaves a torn last line: at open it is
+cut off with a warning (its CDR was not reported as spooled, so it is
+accounted for by the error log of the caller, never lost silently), so the
+next append starts on a line of its own.
+
+Blocking file I/O: callers run these methods in the thread pool and hold
+``lock`` (a gevent lock) around them, so an append never interleaves with a
+read or the truncation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import gevent.lock
+import structlog
+
+log = structlog.get_logger("eslcdr.spool")
+
+READ_CHUNK = 1 << 20
+
+
+class Spool:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock = gevent.lock.BoundedSemaphore()
+        # Bytes of the file already replayed and committed to SQLite.
+        self.offset = 0
+        self.size = 0
+        # Records in the file not yet replayed (exact within this process).
+        self.backlog = 0
+        self.appended = 0
+        self.replayed = 0
+        self.skipped = 0
+        self._open()
+
+    def _open(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("spool_torn_line_skipped", path=str(self.path), bytes=len(data) - end)
+            self.skipped += 1
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        self.size = end
+        self.backlog = data.count(b"\n", 0, end)
+        if self.backlog:
+            log.warning("spool_found", path=str(self.path), records=self.backlog)
+
+    @property
+    def empty(self) -> bool:
+        return self.offset >= self.size
+
+    def append(self, records: Iterable[dict]) -> int:
+        """Write the records, fsync; raise OSError if they could not be (then
+        nothing counts as written: a partial line is cut off again)."""
+        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":"), default=_jsonable) + "\n"
+                 for r in records]
+        if not lines:
+            return 0
+        data = "".join(lines).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            try:
+                written = os.write(fd, data)
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            except OSError:
+                # Leave no partial line behind for the next append to join.
+                try:
+                    os.ftruncate(fd, self.size)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
+        self.size += len(data)
+        self.backlog += len(lines)
+        self.appended += len(lines)
+        return len(lines)
+
+    def read(self, max_records: int) -> tuple[list[dict], int]:
+        """Up to ``max_records`` records after the replayed offset, and the
+        offset after them (pass it to ``committed`` once they are stored)."""
+        records: list[dict] = []
+        offset = self.offset
+        if offset >= self.size:
+            return records, offset
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            while len(records) < max_records and offset < self.size:
+                line = f.readline(min(self.size - offset, 64 * READ_CHUNK))
+                if not line:
+                    break
+                offset += len(line)
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    self.skipped += 1
+                    log.error("spool_line_unreadable", path=str(self.path), at=offset - len(line),
+                              line=line[:4000].decode("utf-8", "replace"))
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+        return records, offset
+
+    def committed(self, offset: int, count: int) -> None:
+        self.offset = offset
+        self.backlog = max(0, self.backlog - count)
+        self.replayed += count
+
+    def truncate_if_replayed(self) -> bool:
+        """Empty the file once everything in it is committed."""
+        if self.offset < self.size or self.size == 0:
+            return False
+        with open(self.path, "r+b") as f:
+            f.truncate(0)
+            os.fsync(f.fileno())
+        log.info("spool_replayed", path=str(self.path), records=self.replayed)
+        self.offset = self.size = self.backlog = 0
+        return True
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)

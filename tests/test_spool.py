@@ -1,0 +1,284 @@
+"""Nothing refused (DESIGN §3.5 Spool): what SQLite cannot take goes to the
+spool file and is replayed into SQLite exactly once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+import urllib.request
+
+import gevent
+import structlog
+from structlog.testing import capture_logs
+
+from eslcdr import store
+from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
+from eslcdr.spool import Spool
+from eslcdr.writer import Writer
+
+from .conftest import DATA
+from .e2e import DaemonProcess, db_rows, wait_rows, write_config
+from .expected_cdrs import EXPECTED
+from .test_store import record
+
+WAIT = 30.0
+
+
+def stored(path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT call_id FROM cdrs ORDER BY seq")]
+
+
+def wait_until(predicate, timeout: float = WAIT):
+    waited = 0.0
+    while waited < timeout:
+        value = predicate()
+        if value:
+            return value
+        gevent.sleep(0.02)
+        waited += 0.02
+    return predicate()
+
+
+def run_writer(writer: Writer) -> list[gevent.Greenlet]:
+    return [gevent.spawn(writer.run), gevent.spawn(writer.run_spooler)]
+
+
+def stop_writer(writer: Writer, greenlets) -> None:
+    writer.stop()
+    gevent.joinall(greenlets, timeout=10)
+    assert all(g.dead for g in greenlets)
+
+
+def locked(path) -> sqlite3.Connection:
+    """Another program holding the database's write lock."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def fast_failing(path) -> sqlite3.Connection:
+    conn = store.connect_writer(path)
+    conn.execute("PRAGMA busy_timeout=50")
+    return conn
+
+
+# ----------------------------------------------------------------- the file
+
+
+def test_spool_appends_reads_and_empties_once_replayed(tmp_path):
+    spool = Spool(tmp_path / "s.spool")
+    assert spool.empty and spool.backlog == 0
+    assert spool.append([record(1), dict(record(2), links=("a", "b"))]) == 2
+    spool.append([record(3)])
+    assert spool.backlog == 3
+    records, offset = spool.read(2)
+    assert [r["call_id"] for r in records] == ["call-000001", "call-000002"]
+    assert records[1]["links"] == ["a", "b"] and records[0]["custom_channel_vars"] == {"k": 1}
+    assert not spool.truncate_if_replayed()
+    spool.committed(offset, 2)
+    records, offset = spool.read(10)
+    assert [r["call_id"] for r in records] == ["call-000003"]
+    spool.committed(offset, 1)
+    assert spool.empty and spool.truncate_if_replayed()
+    assert (tmp_path / "s.spool").stat().st_size == 0 and spool.backlog == 0
+
+
+def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "s.spool"
+    path.write_text(json.dumps(record(1)) + "\n" + json.dumps(record(2))[:25])
+    with capture_logs() as logs:
+        spool = Spool(path)
+    assert [e["event"] for e in logs] == ["spool_torn_line_skipped", "spool_found"]
+    assert spool.backlog == 1
+    spool.append([record(3)])
+    records, _ = spool.read(10)
+    assert [r["call_id"] for r in records] == ["call-000001", "call-000003"]
+
+
+def test_an_unreadable_line_in_the_middle_is_logged_and_skipped(tmp_path):
+    path = tmp_path / "s.spool"
+    path.write_bytes(json.dumps(record(1)).encode() + b"\n{\xff garbage\n" + json.dumps(record(2)).encode() + b"\n")
+    spool = Spool(path)
+    with capture_logs() as logs:
+        records, _ = spool.read(10)
+    assert [r["call_id"] for r in records] == ["call-000001", "call-000002"]
+    assert [e["event"] for e in logs] == ["spool_line_unreadable"]
+
+
+# --------------------------------------------------------------- the writer
+
+
+def test_locked_database_overflow_goes_to_the_spool_then_in_once(tmp_path):
+    db = tmp_path / "a.db"
+    conn = fast_failing(db)
+    spool = Spool(tmp_path / "a.db.spool")
+    writer = Writer(conn, batch_size=4, flush_interval=0.01, capacity=5, max_retry_delay=0.05, spool=spool)
+    other = locked(db)
+    greenlets = run_writer(writer)
+    for n in range(40):
+        assert writer.submit(record(n))
+    # The overflow is on disk; after the first failed write the backlog too.
+    assert wait_until(lambda: spool.backlog == 40 and writer.backlog == 0)
+    assert writer.refused == 0 and stored(db) == []
+    other.execute("ROLLBACK")
+    other.close()
+    assert wait_until(lambda: len(stored(db)) == 40)
+    assert wait_until(lambda: writer.spool_backlog == 0 and (tmp_path / "a.db.spool").stat().st_size == 0)
+    stop_writer(writer, greenlets)
+    assert sorted(stored(db)) == ["call-%06d" % n for n in range(40)]
+
+
+def test_full_disk_spools_and_replays_when_space_returns(tmp_path):
+    db = tmp_path / "a.db"
+    conn = store.connect_writer(db)
+    store.insert_records(conn, [record(0)])
+    # SQLITE_FULL, exactly as a full disk reports it.
+    conn.execute("PRAGMA max_page_count = %d" % conn.execute("PRAGMA page_count").fetchone()[0])
+    spool = Spool(tmp_path / "a.db.spool")
+    writer = Writer(conn, batch_size=50, flush_interval=0.01, capacity=20, max_retry_delay=0.05, spool=spool)
+    greenlets = run_writer(writer)
+    for n in range(1, 301):
+        assert writer.submit(record(n))
+    # What fitted in the last free bytes of the file is written; the rest
+    # waits in the spool.
+    assert wait_until(lambda: writer.failures > 0 and spool.backlog + len(stored(db)) - 1 == 300)
+    assert "full" in writer.last_error and spool.backlog >= 250
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert wait_until(lambda: len(stored(db)) == 301 and writer.spool_backlog == 0)
+    stop_writer(writer, greenlets)
+    assert sorted(stored(db)) == ["call-%06d" % n for n in range(301)]
+
+
+def test_spool_unwritable_too_logs_each_record_in_full(tmp_path):
+    db = tmp_path / "a.db"
+    conn = fast_failing(db)
+    (tmp_path / "not-a-dir").write_text("")
+    spool = Spool(tmp_path / "not-a-dir" / "a.spool")
+    writer = Writer(conn, batch_size=4, flush_interval=0.01, capacity=3, max_retry_delay=0.05, spool=spool)
+    other = locked(db)
+    with capture_logs() as logs:
+        greenlets = run_writer(writer)
+        for n in range(8):
+            writer.submit(record(n))
+        # The spool cannot take them: the overflow is logged, memory kept.
+        assert wait_until(lambda: writer.lost == 5)
+        other.execute("ROLLBACK")
+        # What memory held is still written once SQLite is back.
+        assert wait_until(lambda: len(stored(db)) == 3)
+        stop_writer(writer, greenlets)
+    lost = [e for e in logs if e["event"] == "cdr_lost_spool_unwritable"]
+    assert sorted(e["record"]["call_id"] for e in lost) == ["call-%06d" % n for n in range(3, 8)]
+    assert lost[0]["record"]["caller_id_name"] == record(3)["caller_id_name"]
+    assert all(e["log_level"] == "error" for e in lost)
+    assert sorted(stored(db)) == ["call-%06d" % n for n in range(3)]
+
+
+def test_replay_at_start_is_idempotent_and_follows_merges(tmp_path):
+    db = tmp_path / "a.db"
+    conn = store.connect_writer(db)
+    store.insert_records(conn, [record(1), record(2)])
+    path = tmp_path / "a.db.spool"
+    # A crash after replaying 1 and 2 but before the truncation: they are
+    # in the spool and in SQLite.
+    path.write_text("".join(json.dumps(record(n, "old")) + "\n" for n in range(1, 6)))
+    spool = Spool(path)
+    writer = Writer(conn, batch_size=2, flush_interval=0.01, spool=spool)
+    writer.merge_interactions([("old", "new")])
+    greenlets = run_writer(writer)
+    assert wait_until(lambda: spool.backlog == 0 and path.stat().st_size == 0)
+    stop_writer(writer, greenlets)
+    assert stored(db) == ["call-%06d" % n for n in range(1, 6)]
+    with sqlite3.connect(db) as check:
+        assert {r[0] for r in check.execute("SELECT interaction_id FROM cdrs WHERE seq > 2")} == {"new"}
+    assert writer.duplicates == 2
+
+
+# --------------------------------------------------------------- real daemon
+
+
+def health(daemon: DaemonProcess) -> dict:
+    url = "http://127.0.0.1:%d/health" % daemon.api_port()
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503 while degraded
+        return json.loads(exc.read())
+
+
+def prepared(tmp_path, fake_port: int, queue_size: int = 100000):
+    db = tmp_path / "cdrs.db"
+    store.connect_writer(db).close()  # an existing database: the daemon needs no write to open it
+    ini = write_config(tmp_path, fake_port)
+    ini.write_text(ini.read_text().replace("[store]\n", "[store]\nqueue_size = %d\n" % queue_size))
+    return db, ini
+
+
+def test_daemon_write_lock_held_10s_while_calls_arrive(tmp_path):
+    legs = set(EXPECTED["S1_json"]) | set(EXPECTED["S3_json"])
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl", DATA / "S3_json.esl"]), hold=True)
+    fake.start()
+    db, ini = prepared(tmp_path, fake.port)
+    other = locked(db)
+    daemon = DaemonProcess(ini, tmp_path / "daemon.log")
+    try:
+        assert fake.wait_done(timeout=WAIT)
+        started = time.monotonic()
+        # Held 10 s in all; the daemon keeps taking calls meanwhile.
+        assert wait_until(lambda: health(daemon)["writer"]["spool_backlog"] == len(legs), timeout=9)
+        gevent.sleep(max(0.0, 10 - (time.monotonic() - started)))
+        assert db_rows(db) == []
+        other.execute("ROLLBACK")
+        other.close()
+        rows = wait_rows(db, len(legs))
+        assert wait_until(lambda: health(daemon)["writer"]["spool_backlog"] == 0)
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    assert sorted(r["call_id"] for r in db_rows(db)) == sorted(legs) and len(rows) == len(legs)
+    events = [e["event"] for e in daemon.log_events()]
+    assert "sqlite_write_failed" in events and "backlog_spooled" in events and "spool_replayed" in events
+
+
+def test_daemon_sigkilled_with_a_full_spool_stores_every_cdr_once_after_restart(tmp_path):
+    legs = set(EXPECTED["S2_json"]) | set(EXPECTED["S4_json"]) | set(EXPECTED["S5_json"])
+    fake = FakeFreeSWITCH(
+        events=ReplaySource([DATA / "S2_json.esl", DATA / "S4_json.esl", DATA / "S5_json.esl"]), hold=True)
+    fake.start()
+    db, ini = prepared(tmp_path, fake.port, queue_size=2)
+    other = locked(db)
+    daemon = DaemonProcess(ini, tmp_path / "daemon.log")
+    spool = tmp_path / "cdrs.db.spool"
+    try:
+        assert fake.wait_done(timeout=WAIT)
+        # Past queue_size at once (overflow), then the backlog after the
+        # first failed write: every CDR on disk.
+        assert wait_until(lambda: spool.exists() and spool.read_text().count("\n") == len(legs))
+        daemon.proc.send_signal(signal.SIGKILL)
+        assert daemon.wait_exit(10) == -signal.SIGKILL
+    finally:
+        daemon.stop()
+        fake.stop()
+    events = [e["event"] for e in daemon.log_events()]
+    assert "cdrs_spooled" in events
+    other.execute("ROLLBACK")
+    other.close()
+    assert db_rows(db) == []
+    # A torn line, as if the kill had hit an append.
+    with open(spool, "a") as f:
+        f.write('{"call_id": "torn')
+    fake = FakeFreeSWITCH(events=StaticSource([]), hold=True).start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon2.log")
+    try:
+        rows = wait_rows(db, len(legs))
+        assert wait_until(lambda: spool.stat().st_size == 0)
+        gevent.sleep(0.3)
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    rows = db_rows(db)
+    assert sorted(r["call_id"] for r in rows) == sorted(legs)
+    events = [e["event"] for e in daemon.log_events()]
+    assert "spool_torn_line_skipped" in events and "spool_replayed" in events
