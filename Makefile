@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean install uninstall
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info eslcdr-demo.db*
+
+# The service on a media server (as root): systemd/install.sh does the work
+# and documents the variables. `make install PYTHON=/usr/bin/python3`;
+# DESTDIR=/some/dir stages every file there (no user, chown or systemctl).
+INSTALL_VARS = PYTHON='$(PYTHON)' DESTDIR='$(DESTDIR)' PIP_ARGS='$(PIP_ARGS)' \
+	$(if $(PREFIX),PREFIX='$(PREFIX)') $(if $(SYSCONFDIR),SYSCONFDIR='$(SYSCONFDIR)') \
+	$(if $(STATEDIR),STATEDIR='$(STATEDIR)') $(if $(UNITDIR),UNITDIR='$(UNITDIR)') \
+	$(if $(SYSUSERSDIR),SYSUSERSDIR='$(SYSUSERSDIR)') $(if $(DOCDIR),DOCDIR='$(DOCDIR)')
+
+install:
+	$(INSTALL_VARS) sh systemd/install.sh install
+
+uninstall:
+	$(INSTALL_VARS) sh systemd/install.sh uninstall
