@@ -169,7 +169,12 @@ def test_freeswitch_down_at_start_then_up(tmp_path):
     try:
         import gevent
 
-        gevent.sleep(1.0)
+        # Wait for a refused attempt (not a fixed sleep: a loaded machine
+        # may take longer than that just to start the daemon).
+        for _ in range(300):
+            if any(e["event"] == "esl_connect_failed" for e in daemon.log_events()):
+                break
+            gevent.sleep(0.1)
         assert daemon.proc.poll() is None  # still retrying
         fake = FakeFreeSWITCH(port=port, events=ReplaySource([DATA / "S6_json.esl"]), hold=True)
         fake.start()
