@@ -277,3 +277,60 @@ def test_full_records_carry_quality_and_list_rows_stay_kazoos(env):
     assert len(by_rtp) == 2  # the SIP leg and the loopback one (lists filter, they do not judge)
     by_mos = env.get("/v2/accounts/%s/cdrs?%s&filter_audio_in_mos=4.2" % (ACC_A, RANGE)).json["data"]
     assert len(by_mos) == 1
+
+
+# ------------------------------------------------------------- end to end
+
+
+def test_captured_sip_call_through_the_daemon_to_the_kpis(tmp_path):
+    """S4 replayed by the stand-in over TCP into ``eslcdr run``; the KPIs and a
+    full record read back over HTTP from the daemon's own API."""
+    import http.client
+
+    from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
+
+    from .conftest import DATA, capture_events
+    from .e2e import DaemonProcess, settle, wait_rows, write_config
+
+    hangup_ts = [int(e["Event-Date-Timestamp"]) // 10**6 + 62167219200
+                 for e in capture_events("S4_json.esl") if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S4_json.esl"]), hold=True)
+    fake.start()
+    ini = write_config(tmp_path, fake.port)
+    # The two SIP legs carry X-Account-ID; the loopback legs have no account.
+    ini.write_text(ini.read_text().replace("[cdr]\n", "[cdr]\naccount_id_vars = sip_h_X-Account-ID\n"))
+    (tmp_path / "tokens").write_text("tok-acme acme\n")
+    daemon = DaemonProcess(ini, tmp_path / "daemon.log")
+    try:
+        assert len(wait_rows(tmp_path / "cdrs.db", 4)) == 4
+        assert fake.wait_done(timeout=30)
+        settle(tmp_path / "cdrs.db", 0.2)
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.api_port(), timeout=10)
+        query = "created_from=%d&created_to=%d&interval=60" % (min(hangup_ts) - 120, max(hangup_ts) + 120)
+        conn.request("GET", "/v2/accounts/acme/cdrs/stats?" + query, headers={"X-Auth-Token": "tok-acme"})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 200, body
+        totals = body["data"]["totals"]
+        # B-leg: answered seizure that received 99 audio packets (MOS 4.5);
+        # callee leg: answered attempt that received none (no MOS, no_rtp 1).
+        assert {k: totals[k] for k in ("legs", "attempts", "answered_attempts", "seizures", "answered",
+                                       "asr", "ner", "mos_legs", "mos_avg", "rtp_legs", "no_rtp",
+                                       "hangup_causes")} == {
+            "legs": 2, "attempts": 1, "answered_attempts": 1, "seizures": 1, "answered": 1, "asr": 100.0,
+            "ner": 100.0, "mos_legs": 1, "mos_avg": 4.5, "rtp_legs": 2, "no_rtp": 1,
+            "hangup_causes": {"NORMAL_CLEARING": 1}}
+        assert totals["pdd_legs"] == 1 and totals["pdd_ms_p50"] == totals["pdd_ms_p95"] >= 0
+        assert sum(b["legs"] for b in body["data"]["buckets"]) == 2
+        conn.request("GET", "/v2/accounts/acme/cdrs/worst?by=no_rtp&" + query, headers={"X-Auth-Token": "tok-acme"})
+        worst = json.loads(conn.getresponse().read())["data"]
+        assert [(w["channel_name"], w["no_rtp_in"]) for w in worst] == [("sofia/external/1000@127.0.0.1", 1)]
+        conn.request("GET", "/v2/accounts/acme/cdrs/%s" % worst[0]["id"], headers={"X-Auth-Token": "tok-acme"})
+        record = json.loads(conn.getresponse().read())["data"]
+        assert (record["codec"], record["codec_rate"], record["audio_in_media_packets"]) == ("PCMU", 8000, 0)
+        assert record.get("audio_in_mos") is None and record["audio_out_media_packets"] == 100
+        conn.close()
+    finally:
+        code = daemon.stop()
+        fake.stop()
+    assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
