@@ -30,7 +30,7 @@ import pytest
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
 from eslcdr.notify import Notifier, socket_address, watchdog_interval
 
-from .e2e import ROOT, DaemonProcess, db_rows, wait_rows
+from .e2e import ROOT, DaemonProcess, db_rows, settle, wait_rows
 
 WAIT = 30.0
 UNIT = ROOT / "systemd" / "eslcdr.service"
@@ -359,12 +359,20 @@ def test_summary_line_per_interval_and_no_batch_lines_at_info(tmp_path):
     try:
         listener.wait_for("READY", "1")
         fake = burst(port, calls=8, seed=21)
-        rows = wait_rows(tmp_path / "cdrs.db", 8)
-        gevent.sleep(1.5)
-        summaries = wait_log(daemon, "summary", count=2)
+        wait_rows(tmp_path / "cdrs.db", 8)
+        assert fake.wait_done(timeout=WAIT)
+        rows = settle(tmp_path / "cdrs.db", 1.0)  # a call has several legs: wait for all
+        # Per-interval figures add up to what was received and stored, once
+        # a summary has covered the last of them.
+        deadline = time.monotonic() + WAIT
+        while True:
+            summaries = events_named(daemon, "summary")
+            if summaries and summaries[-1]["written_total"] == len(rows):
+                break
+            assert time.monotonic() < deadline, summaries[-3:]
+            gevent.sleep(0.1)
+        assert len(summaries) >= 2
         assert all(s["level"] == "info" for s in summaries)
-        # Per-interval figures add up to what was received and stored.
-        summaries = events_named(daemon, "summary")
         assert sum(s["cdrs"] for s in summaries) == len(rows)
         assert sum(s["nodes"]["fs-test"]["cdrs"] for s in summaries) == len(rows)
         assert sum(s["events"] for s in summaries) > len(rows)
