@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cps", type=float, default=5.0, help="calls per second (default: 5)")
     demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--verbose", action="store_true", help="log at info level instead of the live status line")
 
     fakefs = commands.add_parser("fakefs", help="the FreeSWITCH stand-in alone")
     from .fakefs import add_arguments as add_fakefs_arguments

@@ -240,6 +240,10 @@ class Daemon:
         greenlet.name = name
         self._greenlets.append(greenlet)
 
+    def supervise(self, name: str, target: Callable[[], None]) -> None:
+        """Run ``target`` in a supervised greenlet until the daemon stops."""
+        self._spawn(name, target)
+
     @property
     def greenlets(self) -> list[gevent.Greenlet]:
         return list(self._greenlets)

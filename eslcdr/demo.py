@@ -4,12 +4,23 @@ Starts the FreeSWITCH stand-in with generated calls on a free loopback port,
 runs the daemon against it with a database in the current folder, serves the
 API on 127.0.0.1:8080, and prints a working token and curl commands.  The
 token is created fresh for the run and kept in ``<db>.tokens`` (hash only).
+
+Rather than a log stream, stdout shows one live status line (live legs,
+CDRs written and per second, backlog, FreeSWITCH state) above the curl
+examples: on a terminal it is redrawn in place with ANSI cursor moves, every
+half second; elsewhere (a pipe, a file) a plain line is printed every few
+seconds.  Only warnings and errors are logged (stderr), unless
+``--verbose`` brings the info log back (and the status line goes plain).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import time
+from collections import deque
 from pathlib import Path
+from typing import TextIO
 
 import gevent
 import structlog
@@ -61,8 +72,79 @@ def instructions(base: str, token: str, db: Path) -> str:
     )
 
 
+TTY_REFRESH = 0.5
+PLAIN_EVERY = 5.0
+RATE_WINDOW = 5.0  # seconds the CDRs/s figure is averaged over
+
+
+def status_text(daemon, rate: float) -> str:
+    nodes = daemon.nodes.values()
+    connected = sum(1 for c in nodes if c.state == "connected")
+    freeswitch = "connected" if connected == len(nodes) else "%s" % next(
+        (c.state for c in nodes if c.state != "connected"), "down")
+    writer = daemon.writer
+    return "live legs %d | CDRs %d (%.1f/s) | backlog %d | FreeSWITCH %s" % (
+        sum(len(p.tracker) for p in daemon.pipelines.values()),
+        writer.written if writer else 0,
+        rate,
+        writer.backlog if writer else 0,
+        freeswitch,
+    )
+
+
+class StatusLine:
+    """The status line: redrawn in place on a terminal, plain lines elsewhere.
+
+    On a terminal it sits ``lines_below`` lines above the cursor (the curl
+    examples were printed after it): move up, clear the line, write, move
+    back down.  The text is cut to the terminal width so it never wraps.
+    """
+
+    def __init__(self, stream: TextIO, in_place: bool, lines_below: int = 0) -> None:
+        self.stream = stream
+        self.in_place = in_place
+        self.lines_below = lines_below
+
+    def show(self, text: str) -> None:
+        if self.in_place:
+            width = shutil.get_terminal_size((100, 24)).columns
+            up = self.lines_below
+            self.stream.write("\x1b[%dA\r\x1b[2K%s\x1b[%dB\r" % (up, text[: max(width - 1, 20)], up))
+        else:
+            self.stream.write("status: %s\n" % text)
+        self.stream.flush()
+
+
+class Rate:
+    """CDRs per second over the last RATE_WINDOW seconds."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def update(self, written: int) -> float:
+        now = self._clock()
+        self._samples.append((now, written))
+        while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
+            self._samples.popleft()
+        first_at, first = self._samples[0]
+        return (written - first) / (now - first_at) if now > first_at else 0.0
+
+
+def show_status(daemon, line: StatusLine) -> None:
+    """Until the daemon stops (a supervised greenlet); a last line at the end."""
+    rate = Rate()
+    every = TTY_REFRESH if line.in_place else PLAIN_EVERY
+    while True:
+        stopping = daemon.wait(timeout=every)
+        line.show(status_text(daemon, rate.update(daemon.writer.written if daemon.writer else 0)))
+        if stopping:
+            return
+
+
 def run_demo(args) -> int:
-    logs.configure("info", "auto")
+    verbose = getattr(args, "verbose", False)
+    logs.configure("info" if verbose else "warning", "auto")
     db = Path(args.db).resolve()
     tokens = db.with_name(db.name + ".tokens")
     fake = FakeFreeSWITCH(
@@ -80,7 +162,20 @@ def run_demo(args) -> int:
         print("eslcdr demo: cannot start: %s" % exc, file=sys.stderr)
         fake.stop()
         return 1
-    print(instructions("http://%s:%d" % (cfg.api.host, daemon.http.port), token, db), file=sys.stderr)
+    text = instructions("http://%s:%d" % (cfg.api.host, daemon.http.port), token, db)
+    out = sys.stdout
+    in_place = not verbose and out.isatty()
+    if in_place:
+        head, _, rest = text.partition("\n\n")
+        # The status line goes between the title and the token/curl block.
+        out.write(head + "\n\nstarting...\n\n" + rest)
+        # The cursor is now `lines_below` lines under the status line.
+        line = StatusLine(out, True, lines_below=2 + rest.count("\n"))
+    else:
+        out.write(text)
+        line = StatusLine(out, False)
+    out.flush()
+    daemon.supervise("demo-status", lambda: show_status(daemon, line))
     if args.duration:
         gevent.spawn_later(args.duration, daemon.request_stop)
     try:
