@@ -44,6 +44,12 @@ _URL_SAFE = "".join(
 )
 
 
+def percent_encode(value: str) -> str:
+    """A value as FreeSWITCH writes it in a plain event (and in mod_json_cdr
+    files with ``encode-values``): switch_url_encode."""
+    return quote(value, safe=_URL_SAFE)
+
+
 class EventDecodeError(ValueError):
     """The body of an event frame could not be decoded."""
 
@@ -145,7 +151,7 @@ def encode_plain(event: Event) -> bytes:
     for name, value in event.items():
         if name == "_body" or name == "Content-Length":
             continue
-        lines.append("%s: %s\n" % (name, quote(value, safe=_URL_SAFE)))
+        lines.append("%s: %s\n" % (name, percent_encode(value)))
     text = "".join(lines)
     if body is not None:
         raw = body.encode("utf-8")

@@ -59,14 +59,15 @@ class ImportResult:
     failed: int
 
 
-def _other_leg(profile: dict) -> dict:
+def _other_leg(profile: dict) -> tuple[str, dict]:
+    """The partner's role (``originator`` / ``originatee``) and caller profile."""
     for role in ("originator", "originatee"):
         section = profile.get(role)
         if isinstance(section, dict):
             profiles = section.get(role + "_caller_profiles") or []
             if profiles and isinstance(profiles[0], dict):
-                return profiles[0]
-    return {}
+                return role, profiles[0]
+    return "", {}
 
 
 def _media_stats(stats: object, event: Event) -> None:
@@ -117,9 +118,14 @@ def json_cdr_to_event(data: dict) -> Event:
     event["Hangup-Cause"] = event.get("variable_hangup_cause", "")
     if event.get("variable_presence_id"):
         event["Channel-Presence-ID"] = event["variable_presence_id"]
-    other = _other_leg(profile)
+    role, other = _other_leg(profile)
     if other.get("uuid"):
+        event["Other-Type"] = role
         event["Other-Leg-Unique-ID"] = other["uuid"]
+        if role == "originatee":
+            # A leg that originate/bridge created is an outbound channel; an
+            # originator's direction is not in the file (left unknown).
+            event["Other-Leg-Direction"] = "outbound"
         for field, header in (
             ("caller_id_name", "Other-Leg-Caller-ID-Name"),
             ("caller_id_number", "Other-Leg-Caller-ID-Number"),

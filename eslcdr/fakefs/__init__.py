@@ -47,12 +47,18 @@ overflows loses events and is dropped.  The stand-in does that with
 builds every frame before listening, for benchmarks that must not pay for
 the stand-in.
 
+*json_cdr files.*  With ``json_cdr_dir`` the stand-in writes each leg's
+mod_json_cdr file at its hangup, as FreeSWITCH does, whether anybody
+listens or not.
+
 *Faults* are counted in events of the stream: close every connection after
 event N (``drop_after``), stop sending anything for S seconds after event N
 (``stall_after``), restart with a new ``Core-UUID`` after event N
 (``restart_after``: the shutdown notice, connections closed, the channel
-table emptied, the stream continuing where it was), and a malformed frame
-before every Nth event a connection receives (``malformed_every``).
+table emptied, the stream continuing where it was), a malformed frame
+before every Nth event a connection receives (``malformed_every``), and
+*away* (``away_after``: every connection closed and new ones refused while
+the next ``away_events`` events play unheard).
 
 Use: ``FakeFreeSWITCH(port=0, events=GeneratedSource(calls=50)).start()``,
 then ``.port``, ``.wait_done(timeout)``, ``.live_channels()``, ``.stop()``;
@@ -69,6 +75,7 @@ part works):
 - ``generated``: :class:`GeneratedSource`, calls cloned from the call
   templates in ``call_templates/``.
 - ``channels``: the table behind ``show channels``.
+- ``json_cdr``: the mod_json_cdr file of each leg, written at its hangup.
 - ``listener``: one client connection (commands, subscription, filters, its
   event queue and writer).
 - ``server``: :class:`FakeFreeSWITCH`, the pump, flow control, faults, api.

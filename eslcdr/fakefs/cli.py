@@ -1,8 +1,8 @@
 """The command line: ``eslcdr fakefs``.
 
 :func:`add_arguments` declares the options (event source, stream, fault
-injection), :func:`source_from_args` builds the source they describe, and
-:func:`run` serves it until SIGTERM / SIGINT (signal handlers only set an
+injection, mod_json_cdr files), :func:`source_from_args` builds the source
+they describe, and :func:`run` serves it until SIGTERM / SIGINT (signal handlers only set an
 event) or, with ``--exit-when-done``, until the stream has been delivered.
 """
 
@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 import gevent
 from gevent.event import Event as GeventEvent
@@ -167,10 +168,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse connections for S seconds after the restart",
     )
     faults.add_argument(
+        "--away-after",
+        type=_positive_int,
+        metavar="N",
+        help="after event N close every connection and refuse new ones while the next "
+        "--away-events events are played (lost, as FreeSWITCH loses them)",
+    )
+    faults.add_argument(
+        "--away-events",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="events played with nobody listening after --away-after (default %(default)s)",
+    )
+    faults.add_argument(
         "--malformed-every",
         type=_positive_int,
         metavar="N",
         help="send a malformed frame before every Nth event of a connection",
+    )
+
+
+    files = parser.add_argument_group("mod_json_cdr files (one per leg, written at its hangup)")
+    files.add_argument(
+        "--json-cdr-dir",
+        metavar="DIR",
+        help="write each leg's mod_json_cdr file into DIR (an existing folder), heard or not",
+    )
+    files.add_argument(
+        "--json-cdr-no-prefix",
+        action="store_true",
+        help="name every file <uuid>.cdr.json (default: a_<uuid>.cdr.json for A legs, "
+        "as mod_json_cdr's prefix-a-leg)",
+    )
+    files.add_argument(
+        "--json-cdr-delay",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="fault: a file appears S seconds after its leg's hangup",
+    )
+    files.add_argument(
+        "--json-cdr-truncate-every",
+        type=_positive_int,
+        metavar="N",
+        help="fault: every Nth file is cut in half (FreeSWITCH died mid-write)",
     )
 
 
@@ -186,6 +228,9 @@ def source_from_args(args: argparse.Namespace) -> Source:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted (or, with --exit-when-done, until delivered)."""
+    if args.json_cdr_dir and not Path(args.json_cdr_dir).is_dir():
+        print("eslcdr fakefs: --json-cdr-dir %s is not a folder" % args.json_cdr_dir, file=sys.stderr)
+        return 2
     try:
         source = source_from_args(args)
     except (OSError, ValueError, EventDecodeError) as exc:
@@ -207,6 +252,12 @@ def run(args: argparse.Namespace) -> int:
         restart_after=args.restart_after,
         restart_downtime=args.restart_downtime,
         malformed_every=args.malformed_every,
+        away_after=args.away_after,
+        away_events=args.away_events,
+        json_cdr_dir=args.json_cdr_dir,
+        json_cdr_prefix_a_leg=not args.json_cdr_no_prefix,
+        json_cdr_delay=args.json_cdr_delay,
+        json_cdr_truncate_every=args.json_cdr_truncate_every,
     )
     try:
         fake.start()

@@ -22,6 +22,21 @@ event N (``drop_after``), stop sending anything for S seconds after event N
 table emptied, the stream continuing where it was), and a malformed frame
 before every Nth event a connection receives (``malformed_every``).
 
+*Away* (``away_after`` N, ``away_events`` K): after event N every connection
+is closed without a word and connections are refused while the switch goes
+on with the next K events: nobody hears them, as when a network cut or a
+stopped daemon leaves FreeSWITCH without a listener (it queues nothing for
+a client that is not there).  Then connections are accepted again.  Tests
+that stop the daemon itself use ``pause_after`` N: the stream stops after
+event N until :meth:`FakeFreeSWITCH.resume`, which can first play K events
+away (``resume(away_events=K)``).  Calls go on on the stand-in's clock
+throughout: with ``cps`` > 0 an event is due at its time whether or not
+anybody listens.
+
+*json_cdr files* (``json_cdr_dir``): as mod_json_cdr does, the stand-in
+writes each leg's CDR file when it hangs up, heard or not (see
+:mod:`.json_cdr`).
+
 The ``api`` commands answer as mod_commands does: ``status``, ``show
 channels [count|as json|as csv|as delim X]``, ``uuid_dump <uuid> [json]``,
 ``version``, ``hostname``.
@@ -42,6 +57,7 @@ from gevent.server import StreamServer
 from ..events import EventDecodeError
 from .channels import _channels_delim, _channels_json, _ChannelTable, _dump_json, _dump_text
 from .generated import GeneratedSource
+from .json_cdr import JsonCdrWriter
 from .listener import _FORMATS, _SHUTDOWN, MAX_QUEUE_LEN, _DROP, _Listener
 from .replay import ReplaySource, StaticSource
 from .templates import _derive_uuid, _Emission
@@ -106,6 +122,13 @@ class FakeFreeSWITCH:
         restart_downtime: float = 0.0,
         malformed_every: int | None = None,
         prerender: str | None = None,
+        away_after: int | None = None,
+        away_events: int = 0,
+        pause_after: int | None = None,
+        json_cdr_dir: str | None = None,
+        json_cdr_prefix_a_leg: bool = True,
+        json_cdr_delay: float = 0.0,
+        json_cdr_truncate_every: int | None = None,
     ):
         self.host = host
         self.port = port
@@ -125,6 +148,23 @@ class FakeFreeSWITCH:
         self.restart_downtime = restart_downtime
         self.malformed_every = malformed_every
         self.prerender = prerender
+        self.away_after = away_after
+        self.away_events = away_events
+        self.pause_after = pause_after
+        self.json_cdr = (
+            JsonCdrWriter(
+                json_cdr_dir,
+                prefix_a_leg=json_cdr_prefix_a_leg,
+                delay=json_cdr_delay,
+                truncate_every=json_cdr_truncate_every,
+            )
+            if json_cdr_dir
+            else None
+        )
+        self.unheard = 0  # events played away (offered to no connection)
+        self._away_left = 0  # events still to play away
+        self._resumed = GeventEvent()
+        self._resumed.set()
         self.position = 0  # events the stream has emitted so far
         self.restarts = 0
         self.error: Exception | None = None
@@ -175,6 +215,8 @@ class FakeFreeSWITCH:
             listener.abort()
         if self._pump is not None:
             self._pump.kill(block=True, timeout=timeout)
+        if self.json_cdr is not None:
+            self.json_cdr.cancel()
         if self._server is not None:
             self._server.stop(timeout=timeout)
 
@@ -216,6 +258,25 @@ class FakeFreeSWITCH:
         """Close every connection after what is queued for it, without a word."""
         self._broadcast(_DROP)
 
+    def go_away(self, events: int) -> None:
+        """Close every connection and refuse new ones while the stream plays
+        its next ``events`` events (lost: nobody listens)."""
+        if events <= 0:
+            self.drop_connections()
+            return
+        self._away_left += events
+        self.drop_connections()
+
+    def paused(self) -> bool:
+        """The stream waits for :meth:`resume` (``pause_after``)."""
+        return not self._resumed.is_set()
+
+    def resume(self, away_events: int = 0) -> None:
+        """Continue a paused stream, its next ``away_events`` events unheard."""
+        if away_events > 0:
+            self.go_away(away_events)
+        self._resumed.set()
+
     def api(self, name: str, args: str = "") -> str:
         """The text of an ``api`` command, as mod_commands writes it."""
         lower = name.lower()
@@ -234,8 +295,8 @@ class FakeFreeSWITCH:
     # -- connections
 
     def _handle(self, sock: socket.socket, address) -> None:
-        if self._stopping or time.monotonic() < self._down_until:
-            sock.close()  # the switch is down: nothing answers
+        if self._stopping or time.monotonic() < self._down_until or self._away_left:
+            sock.close()  # the switch is down or out of reach: nothing answers
             return
         listener = _Listener(self, sock)
         self._listeners.add(listener)
@@ -274,13 +335,22 @@ class FakeFreeSWITCH:
                 wait = started + paused + emission.due - time.monotonic()
                 if wait > 0:
                     gevent.sleep(wait)
-            if self.hold:
-                paused += self._await_subscriber()
-            if self.backpressure:
-                self._throttle()
+            if not self._away_left:
+                if self.hold:
+                    paused += self._await_subscriber()
+                if self.backpressure:
+                    self._throttle()
             self._emit(emission)
+            if not self._resumed.is_set():
+                paused += self._await_resume()
             if self.position % 64 == 0:
                 gevent.sleep(0)  # let the writers run
+
+    def _await_resume(self) -> float:
+        began = time.monotonic()
+        while not self._stopping and not self._resumed.wait(timeout=0.5):
+            pass
+        return time.monotonic() - began
 
     def _await_subscriber(self) -> float:
         began = time.monotonic()
@@ -305,8 +375,15 @@ class FakeFreeSWITCH:
         emission.core = self.core_uuid
         emission.host = self.hostname
         self._channels.observe(emission)
-        for listener in list(self._listeners):
-            listener.offer(emission)
+        if self.json_cdr is not None and emission.template.event_id == "CHANNEL_HANGUP_COMPLETE":
+            # mod_json_cdr writes the file before the core fires the event.
+            self.json_cdr.hangup(emission.event())
+        if self._away_left:
+            self._away_left -= 1
+            self.unheard += 1
+        else:
+            for listener in list(self._listeners):
+                listener.offer(emission)
         self._inject_faults()
 
     def _inject_faults(self) -> None:
@@ -317,6 +394,10 @@ class FakeFreeSWITCH:
             self._broadcast(("stall", self.stall_seconds))
         if position == self.restart_after:
             self.restart()
+        if position == self.away_after:
+            self.go_away(self.away_events)
+        if position == self.pause_after:
+            self._resumed.clear()
 
     # -- api commands
 
