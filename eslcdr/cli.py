@@ -206,6 +206,12 @@ def cmd_check(args) -> int:
     tokens = cfg.api.tokens_file
     if not os.path.exists(tokens):
         print("tokens file %s: missing (the API will refuse every request)" % tokens)
+    if cfg.backfill.json_cdr_dir:
+        from .backfill import folder_problem
+
+        problem = folder_problem(cfg.backfill.json_cdr_dir)
+        print("json_cdr_dir %s: %s" % (cfg.backfill.json_cdr_dir, problem or "readable"))
+        failed = failed or problem is not None
     return EXIT_FAILURE if failed else EXIT_OK
 
 

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "leg_ttl": "86400",
         "stall_timeout": "120",
     },
+    "backfill": {"json_cdr_dir": ""},
     "api": {
         "listen": "127.0.0.1:8080",
         "tokens_file": "/etc/eslcdr/tokens",
@@ -106,6 +107,11 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BackfillConfig:
+    json_cdr_dir: str  # FreeSWITCH's mod_json_cdr log-dir; "" = off
+
+
+@dataclass(frozen=True, slots=True)
 class ApiConfig:
     host: str
     port: int
@@ -145,6 +151,7 @@ class Config:
     api: ApiConfig
     cdr: CdrConfig
     log: LogConfig
+    backfill: BackfillConfig
     source: str  # the file it was read from, or "<defaults>"
 
 
@@ -308,6 +315,7 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             format=log_format,
             summary_interval=_get(log, "log", "summary_interval", float, lambda v: v > 0),
         ),
+        backfill=BackfillConfig(json_cdr_dir=section_values("backfill")["json_cdr_dir"].strip()),
         source=source,
     )
 

@@ -31,12 +31,13 @@ import structlog
 
 from . import __version__, logs
 from .backoff import backoff_delay
+from .backfill import Backfill
 from .cdr import CdrBuilder, build_lost_cdr, should_record
 from .config import Config, ConfigError, EslNode
 from .config import load as load_config
 from .esl import NodeConnection
 from .events import Event, EventDecoder
-from .legs import LegTracker
+from .legs import FinishedLeg, LegTracker, linked_legs
 from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
@@ -80,35 +81,79 @@ class Pipeline:
         self.cdrs = 0
         self.skipped = 0
         self.build_errors = 0
+        self.backfilled = 0
         self.last_event_at: float | None = None
+        # Set when [backfill] json_cdr_dir serves this node (daemon.Daemon).
+        self.backfill: Backfill | None = None
 
     def on_event(self, event: Event) -> None:
         self.events += 1
+        self._take(event)
+
+    def on_backfill(self, event: Event) -> bool:
+        """A hangup read from the leg's json_cdr file: the same path as a
+        live one (a leg already finished here is ignored); True when a CDR
+        was submitted."""
+        if self._take(event):
+            self.backfilled += 1
+            return True
+        return False
+
+    def _take(self, event: Event) -> bool:
         tracker = self.tracker
         finished = tracker.feed(event, self._clock())
         if tracker.merges:
             self._writer.merge_interactions(tracker.merges)
             tracker.merges = []
         if finished is None:
-            return
+            return False
         if not should_record(finished.hangup):
             self.skipped += 1
-            return
+            return False
+        record = self._build(finished)
+        return record is not None and self._submit(record)
+
+    def _build(self, finished: FinishedLeg) -> dict | None:
         try:
-            record = self._builder.build(finished)
+            return self._builder.build(finished)
         except BUILD_ERRORS as exc:
             self.build_errors += 1
-            log.error("cdr_build_failed", node=self.node_name, call_id=event.get("Unique-ID"), error=repr(exc))
-            return
-        self._submit(record)
+            log.error("cdr_build_failed", node=self.node_name, call_id=finished.hangup.get("Unique-ID"), error=repr(exc))
+            return None
 
-    def _submit(self, record: dict) -> None:
+    def replace_from_file(self, event: Event, interaction_id: str) -> bool:
+        """The complete CDR of a leg already written off as not seen, from
+        its json_cdr file: it replaces the stored row (with a new seq)."""
+        call_id = event["Unique-ID"]
+        now = self._clock()
+        self.tracker.note_finished(call_id, now)
+        if not should_record(event):
+            return False
+        leg = FinishedLeg(
+            hangup=event,
+            digits="",
+            fax=(),
+            bridge_partner="",
+            interaction_id=interaction_id or self.tracker.interaction_of(call_id) or "",
+            links=tuple(linked_legs(event)),
+            finished_us=now,
+        )
+        record = self._build(leg)
+        if record is None:
+            return False
+        if not self._writer.submit_replacement(record):
+            log.error("cdr_lost_backlog_full", node=self.node_name, call_id=call_id, record=record)
+            return False
+        return True
+
+    def _submit(self, record: dict) -> bool:
         if self._writer.submit(record):
             self.cdrs += 1
-        else:
-            # Neither memory nor the spool can take it: the record itself
-            # goes to the log, the last place it can be recovered from.
-            log.error("cdr_lost_backlog_full", node=self.node_name, call_id=record["call_id"], record=record)
+            return True
+        # Neither memory nor the spool can take it: the record itself
+        # goes to the log, the last place it can be recovered from.
+        log.error("cdr_lost_backlog_full", node=self.node_name, call_id=record["call_id"], record=record)
+        return False
 
     def on_resync(self, rows: list[dict[str, str]]) -> list[str]:
         """After (re)connecting, with the rows of ``show channels``: legs
@@ -121,13 +166,25 @@ class Pipeline:
         added = self.tracker.seed(rows, now)
         log.info("esl_resync", node=self.node_name, alive=len(alive), tracked=len(self.tracker),
                  missing=marked, added=len(added))
+        if self.backfill is not None:
+            self.backfill.request_scan()
         return added
 
     def write_off_lost(self) -> None:
+        backfill = self.backfill
+        if backfill is not None:
+            # Before writing a leg off, its own json_cdr file (file I/O in a
+            # thread: this runs in the housekeeping greenlet).
+            due = self.tracker.due_lost(self._clock())
+            rescued = sum(1 for event in backfill.rescue(due) if self.on_backfill(event))
+            if rescued:
+                log.info("hangup_from_json_cdr", node=self.node_name, legs=rescued)
         now = self._clock()
         lost = self.tracker.take_lost(now)
         for leg in lost:
             self._submit(build_lost_cdr(leg, self.node_name, now))
+            if backfill is not None:
+                backfill.await_file(leg.call_id, leg.interaction_id)
         if lost:
             log.warning("hangup_not_seen", node=self.node_name, legs=len(lost))
 
@@ -153,6 +210,7 @@ class Daemon:
         self.nodes: dict[str, NodeConnection] = {}
         self.http = None
         self.monitor: Monitor | None = None
+        self.backfill: Backfill | None = None
         self.started_at = time.time()
         self.exit_code = 0
 
@@ -181,6 +239,18 @@ class Daemon:
             self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder)
         self._spawn("writer", self.writer.run)
         self._spawn("spooler", self.writer.run_spooler)
+        if cfg.backfill.json_cdr_dir:
+            # The folder is the local FreeSWITCH's: the [esl] node's.
+            local = cfg.nodes[0].name
+            self.backfill = Backfill(
+                cfg.backfill.json_cdr_dir,
+                self.pipelines[local],
+                self.writer,
+                cfg.store.path,
+                lambda: self.nodes[local].connected_since,
+            )
+            self.pipelines[local].backfill = self.backfill
+            self._spawn("backfill", self.backfill.run)
         for name, connection in self.nodes.items():
             self._spawn("esl:" + name, self._run_node(connection))
         self._spawn("housekeeping", self._housekeeping)
@@ -331,6 +401,7 @@ class Daemon:
                 "last_error": writer.last_error if writer else None,
                 "last_write_at": writer.last_write_at if writer else None,
             },
+            "backfill": self.backfill.stats() if self.backfill is not None else None,
         }
 
     # -- stop ---------------------------------------------------------------
@@ -357,6 +428,8 @@ class Daemon:
             self.http.stop(timeout=5)
         for connection in self.nodes.values():
             connection.stop()
+        if self.backfill is not None:
+            self.backfill.stop()
         drained = True
         if self.writer is not None:
             drained = self.writer.wait_idle(timeout=SHUTDOWN_DRAIN_TIMEOUT)

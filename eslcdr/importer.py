@@ -136,6 +136,35 @@ def json_cdr_to_event(data: dict) -> Event:
     return event
 
 
+def parse_json_cdr(raw: bytes) -> tuple[Event, bool]:
+    """A json_cdr file's bytes -> (its CHANNEL_HANGUP_COMPLETE equivalent,
+    whether bytes that are not UTF-8 had to be replaced).
+
+    Raises ``JsonCdrError`` with a reason a person can act on: empty,
+    truncated or otherwise not JSON, not a mod_json_cdr object.
+    """
+    if not raw.strip():
+        raise JsonCdrError("empty file")
+    replaced = False
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # FreeSWITCH writes UTF-8; keep the leg, mark the damage (U+FFFD).
+        text = raw.decode("utf-8", "replace")
+        replaced = True
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        stripped = text.rstrip()
+        if stripped.startswith("{") and not stripped.endswith("}"):
+            # An object cut short: a write that did not finish.
+            raise JsonCdrError("truncated JSON (%d bytes, ends before the object closes)" % len(raw)) from None
+        raise JsonCdrError("not JSON: %s" % exc) from None
+    if not isinstance(data, dict):
+        raise JsonCdrError("not a JSON object")
+    return json_cdr_to_event(data), replaced
+
+
 def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
     for path in map(Path, paths):
         if path.is_dir():
@@ -149,11 +178,11 @@ def load_events(paths: Iterable[str | Path]) -> tuple[list[Event], int]:
     for path in iter_files(paths):
         try:
             with open(path, "rb") as handle:
-                data = json.loads(handle.read().decode("utf-8", "replace"))
-            if not isinstance(data, dict):
-                raise JsonCdrError("not a JSON object")
-            events.append(json_cdr_to_event(data))
-        except (OSError, json.JSONDecodeError, JsonCdrError) as exc:
+                event, replaced = parse_json_cdr(handle.read())
+            if replaced:
+                log.warning("import_file_not_utf8", path=str(path), hint="bad bytes replaced by U+FFFD")
+            events.append(event)
+        except (OSError, JsonCdrError) as exc:
             failed += 1
             log.error("import_file_failed", path=str(path), error=str(exc))
     return events, failed

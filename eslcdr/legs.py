@@ -298,6 +298,11 @@ class LegTracker:
     def interaction_of(self, call_id: str) -> str | None:
         return self._interaction.get(call_id)
 
+    def knows(self, call_id: str) -> bool:
+        """The leg is live here, or finished (and remembered): its CDR is
+        written or on its way, or will come from its own hangup."""
+        return call_id in self._legs or call_id in self._finished
+
     def remember_interactions(self, pairs) -> None:
         """Preload (call id, interaction id) pairs, e.g. from the database."""
         for call_id, interaction_id in pairs:
@@ -544,6 +549,22 @@ class LegTracker:
             if callstate:
                 leg.advance(callstate)
         return added
+
+    def note_finished(self, call_id: str, now_us: int) -> None:
+        """A leg's CDR was written from elsewhere (its json_cdr file): any
+        later hangup for it is a duplicate."""
+        self._legs.pop(call_id, None)
+        self._suspects.pop(call_id, None)
+        self._finished[call_id] = now_us
+
+    def due_lost(self, now_us: int) -> list[str]:
+        """Marked legs whose grace has passed: ``take_lost`` would write them
+        off now, unless their hangup (or their CDR file) comes first."""
+        return [
+            call_id
+            for call_id, deadline in self._suspects.items()
+            if deadline <= now_us and call_id in self._legs
+        ]
 
     def take_lost(self, now_us: int) -> list[LostLeg]:
         """Marked legs whose grace has passed without a hangup."""

@@ -131,6 +131,14 @@ _ACK_SQL = (
 )
 
 
+_META_SQL = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+
+def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
 def rewrite_rows(
     conn: sqlite3.Connection, where: str, args: Sequence[object], changes: Mapping[str, object]
 ) -> int:
@@ -180,6 +188,7 @@ def insert_records(
     *,
     replacements: Iterable[Mapping[str, object]] = (),
     acks: Mapping[str, tuple[int, int]] | None = None,
+    meta: Mapping[str, str] | None = None,
 ) -> int:
     """Insert records in one transaction; return how many rows were new.
 
@@ -190,7 +199,8 @@ def insert_records(
     move to the new one (two groups found to be one call), each taking a new
     seq.  ``replacements`` replace the stored row of their call_id (new seq).
     ``acks`` maps a collector token's sha256 (hex) to (acknowledged seq,
-    time of the pull in µs).
+    time of the pull in µs).  ``meta`` maps keys of the ``meta`` table to
+    new values.
     """
     records = list(records)
     replacements = list(replacements)
@@ -203,7 +213,8 @@ def insert_records(
             links.extend((other, interaction_id) for other in record.get("links", ()))
     merges = list(merges)
     ack_rows = [(key, seq, at_us) for key, (seq, at_us) in (acks or {}).items()]
-    if not rows and not merges and not replacements and not ack_rows:
+    meta_rows = list((meta or {}).items())
+    if not rows and not merges and not replacements and not ack_rows and not meta_rows:
         return 0
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -219,6 +230,7 @@ def insert_records(
                 "UPDATE interaction_links SET interaction_id = ? WHERE interaction_id = ?", (new_id, old)
             )
         conn.executemany(_ACK_SQL, ack_rows)
+        conn.executemany(_META_SQL, meta_rows)
     except BaseException:
         # SQLite already rolled back on some errors (SQLITE_FULL): a second
         # ROLLBACK would fail and hide the real error.

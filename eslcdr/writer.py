@@ -96,6 +96,9 @@ class Writer:
         self._spool_merges: dict[str, str] = {}
         self.spooled = 0
         self.lost = 0
+        # meta table entries (e.g. the backfill's high-water mark), stored
+        # with the next transaction: after every record submitted before.
+        self._meta: dict[str, str] = {}
         self._wake = gevent.event.Event()
         self._idle = gevent.event.Event()
         self._idle.set()
@@ -155,6 +158,13 @@ class Writer:
         if not self._wake.is_set():
             self._wake.set()
 
+    def note_meta(self, key: str, value: str) -> None:
+        """Store ``meta[key] = value`` with the next transaction (no I/O)."""
+        self._meta[key] = value
+        self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
+
     def submit_replacement(self, record: dict) -> bool:
         """A record that replaces the stored row of its call_id (new seq)."""
         record[REPLACES_STORED] = True
@@ -201,7 +211,7 @@ class Writer:
         """
         attempt = 0
         while True:
-            has_work = bool(self._pending or self._merges or self._acks)
+            has_work = bool(self._pending or self._merges or self._acks or self._meta)
             if not has_work:
                 self._idle.set()
                 if not self.spool_backlog:
@@ -335,12 +345,15 @@ class Writer:
         batch = self._pending[: self._batch_size]
         merges = self._merges[:]
         acks = dict(self._acks)
+        meta = dict(self._meta)
         inserts = [record for record in batch if not record.get(REPLACES_STORED)]
         replacements = [record for record in batch if record.get(REPLACES_STORED)]
         started = time.perf_counter()
         conn = self._conn
         new = self._offload(
-            lambda: insert_records(conn, inserts, merges=merges, replacements=replacements, acks=acks)
+            lambda: insert_records(
+                conn, inserts, merges=merges, replacements=replacements, acks=acks, meta=meta
+            )
         )
         # Only now that the transaction committed do the records leave memory.
         del self._pending[: len(batch)]
@@ -348,6 +361,9 @@ class Writer:
         for key, value in acks.items():
             if self._acks.get(key) == value:
                 del self._acks[key]
+        for key, value in meta.items():
+            if self._meta.get(key) == value:
+                del self._meta[key]
         new += len(replacements)
         self.written += new
         self.duplicates += len(batch) - new

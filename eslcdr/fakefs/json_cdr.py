@@ -23,7 +23,9 @@ recorded beside the captures (tests/data/json_cdr/, set J) show:
 
 The file is ``<uuid>.cdr.json``, or ``a_<uuid>.cdr.json`` for an "A" leg
 (one without an originator: ``prefix-a-leg``).  mod_json_cdr writes the file
-in place; the stand-in writes a temporary name and renames it, so a reader
+in place (open with O_TRUNC, write, close: a reader can catch it half
+written; with ``queue-capacity`` a thread writes it, possibly after the event
+went out); the stand-in writes a temporary name and renames it, so a reader
 never sees half a file unless a fault asks for one: ``delay`` (the file
 appears that many seconds after the hangup) and ``truncate_every`` (every
 Nth file is cut short, as when FreeSWITCH dies mid-write).
@@ -159,7 +161,7 @@ class JsonCdrWriter:
             return
         name = json_cdr_filename(event, self.prefix_a_leg)
         data = json.dumps(json_cdr_document(event), ensure_ascii=False, separators=(",", ":"))
-        raw = data.encode("utf-8")
+        raw = data.encode("utf-8") + b"\n"  # cJSON_PrintUnformatted, then a newline
         self.hangups += 1
         if self.truncate_every and self.hangups % self.truncate_every == 0:
             raw = raw[: len(raw) // 2]

@@ -230,6 +230,10 @@ class FakeFreeSWITCH:
         """The source is exhausted and every connection has been sent its share."""
         return self._source_done and all(listener.idle() for listener in list(self._listeners))
 
+    def delivered(self) -> bool:
+        """Every connection has been sent every event offered to it so far."""
+        return all(listener.idle() for listener in list(self._listeners))
+
     def wait_done(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self.done():
