@@ -350,25 +350,14 @@ def test_restarts_read_only_new_files_and_store_each_leg_once(tmp_path, tmp_path
 
 
 def test_check_reports_the_json_cdr_folder(tmp_path):
-    import sys
-
-    from gevent import subprocess  # the stand-in serves in this process meanwhile
-
-    from .e2e import ROOT
+    from .test_cli import eslcdr  # a subprocess, gevent serving the stand-in meanwhile
 
     fake = FakeFreeSWITCH().start()
     try:
         results = {}
         for name, folder in (("missing", tmp_path / "nope"), ("there", tmp_path)):
             ini = write_config(tmp_path, fake.port, extra=backfill_config(folder))
-            results[name] = subprocess.run(
-                [sys.executable, "-m", "eslcdr", "check", "-c", str(ini)],
-                capture_output=True,
-                text=True,
-                timeout=WAIT,
-                env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                cwd=str(tmp_path),
-            )
+            results[name] = eslcdr("check", "-c", str(ini), cwd=tmp_path, timeout=WAIT)
     finally:
         fake.stop()
     assert results["missing"].returncode == 1
