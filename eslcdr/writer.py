@@ -66,7 +66,7 @@ class Writer:
         max_retry_delay: float = 10.0,
         on_written: Callable[[int, int], None] | None = None,
         offload: Callable[[Callable[[], int]], int] | None = None,
-        retention_batch: int = 1000,
+        retention_batch: int = 250,
         spool: Spool | None = None,
     ) -> None:
         self._conn = conn
@@ -228,9 +228,13 @@ class Writer:
                 if self._replay_due():
                     self._replay_one_chunk()
                 # Deletion interleaves with the inserts: at most one small
-                # batch between two insert batches, so ingest never waits
-                # behind a long delete.
-                if self._retention is not None and not self._stopping:
+                # batch between two insert batches, and none while a backlog
+                # of a whole batch is waiting -- ingest first, always.
+                if (
+                    self._retention is not None
+                    and not self._stopping
+                    and len(self._pending) < self._batch_size
+                ):
                     self._delete_one_batch()
                 attempt = 0
             except RETRYABLE as exc:

@@ -17,6 +17,7 @@ from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
 from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET as G
 from eslcdr.retention import collector_keys
 from eslcdr.tokens import TokenFileError
+from eslcdr import writer as writer_module
 from eslcdr.writer import Writer
 
 from .conftest import DATA
@@ -109,19 +110,21 @@ def test_an_old_file_is_converted_to_incremental_auto_vacuum_once(tmp_path):
     assert len(call_ids(path)) == 1
 
 
-def test_writer_deletes_between_insert_batches(tmp_path):
+def test_writer_deletes_between_insert_batches_once_ingest_has_caught_up(tmp_path, monkeypatch):
     path = tmp_path / "a.db"
     conn = store.connect_writer(path)
-    olds, _ = old_and_new(conn, 2500, 0)
+    old_and_new(conn, 2500, 0)
     writer = Writer(conn, batch_size=100, flush_interval=0.01, retention_batch=1000)
-    calls = []
-    real_delete = store.delete_expired
+    work = []
 
-    def offload(work):
-        calls.append(work)
-        return work()
+    def recording(name, real):
+        def call(*args, **kwargs):
+            work.append((name, writer.backlog))
+            return real(*args, **kwargs)
+        return call
 
-    writer._offload = offload
+    monkeypatch.setattr(writer_module, "insert_records", recording("insert", store.insert_records))
+    monkeypatch.setattr(writer_module, "delete_expired", recording("delete", store.delete_expired))
     for n in range(300):
         writer.submit(leg(NOW_G - n))
     writer.schedule_retention(NOW_G - DAY, frozenset())
@@ -131,13 +134,19 @@ def test_writer_deletes_between_insert_batches(tmp_path):
     while writer.retention_running and waited < 10:
         gevent.sleep(0.01)
         waited += 0.01
+    for n in range(300, 302):  # a trickle: each record, then one delete batch
+        writer.submit(leg(NOW_G - n))
+        writer.schedule_retention(NOW_G - DAY, frozenset())
+        assert writer.wait_idle(timeout=10)
+        while writer.retention_running and waited < 10:
+            gevent.sleep(0.01)
+            waited += 0.01
     writer.stop()
     greenlet.join(timeout=10)
-    assert real_delete is store.delete_expired
-    assert writer.deleted == 2500 and len(call_ids(path)) == 300
-    # insert, delete, insert, delete, insert, delete: no long delete run
-    # ahead of the records waiting.
-    assert len(calls) == 6
+    assert writer.deleted == 2500 and len(call_ids(path)) == 302
+    # No delete while a whole batch was waiting; then batches of 1000.
+    assert [name for name, _ in work] == ["insert"] * 3 + ["delete"] * 3 + ["insert", "delete"] * 2
+    assert all(backlog < 100 for name, backlog in work if name == "delete")
 
 
 def test_collector_keys_are_the_current_star_tokens(tmp_path):
