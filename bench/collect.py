@@ -10,7 +10,7 @@ hold every row (collector_nodes cursors at the nodes' last seq).
 ``--compare`` also measures the choices made in the collector, on the
 same records:
 - feed format: NDJSON stream vs JSON pages of 10,000 (fetch + parse only);
-- write path: staged COPY of the raw lines + jsonb_populate_record (what
+- write path: staged COPY of the raw lines + json_populate_record (what
   the collector does), per-row INSERT ... ON CONFLICT with executemany in
   pipeline mode, and a typed COPY with the values converted in Python.
 
@@ -109,6 +109,10 @@ def compare_feed(port: int, rows: int) -> None:
 
 
 def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int) -> None:
+    """The three write paths on the same records; CPU of this process and of
+    its PostgreSQL backend per row (robust on a shared machine), and wall."""
+    import psutil
+
     body, headers = fetch(port, "/v2/feed/cdrs?after=0&limit=%d" % min(n, 10000), "application/x-ndjson")
     lines = [line for line in body.split(b"\n") if line]
     items, previous = [], 0
@@ -117,6 +121,19 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
         previous = item.seq
         items.append(item)
     columns = [name for name, _ in pgschema.sqlite_columns()]
+    names = columns + ["source", "created_at", "answered_at", "hangup_at", "collected_at"]
+    upsert = "ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s" % ", ".join(
+        '"%s" = EXCLUDED."%s"' % (c, c) for c in names if c not in ("call_id", "hangup_at"))
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    json_columns = {"custom_channel_vars", "custom_sip_headers"}
+
+    def values_of(item, jsonify):
+        d = orjson.loads(item.line)
+        values = [jsonify(d[c]) if c in json_columns and d.get(c) is not None else d.get(c) for c in columns]
+        values += ["n", epoch + dt.timedelta(microseconds=d["created_us"]),
+                   epoch + dt.timedelta(microseconds=d["answered_us"]) if d["answered_us"] else None,
+                   item.hangup_at, dt.datetime.now(dt.timezone.utc)]
+        return values
 
     def fresh(name: str) -> psycopg.Connection:
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
@@ -124,66 +141,62 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
             admin.execute("CREATE DATABASE %s" % name)
         conn = psycopg.connect(dsn_base % name)
         pgschema.migrate(conn)
+        PgStore(conn).ensure_months(items)
         return conn
+
+    def measure(label, conn, write):
+        backend = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        conn.commit()
+        cpu0, server0, wall0 = time.process_time(), sum(backend.cpu_times()[:2]), time.perf_counter()
+        for i in range(0, len(items), batch):
+            write(items[i:i + batch])
+        cpu, server = time.process_time() - cpu0, sum(backend.cpu_times()[:2]) - server0
+        wall = time.perf_counter() - wall0
+        print("%-44s: %d rows; CPU per row: collector %.1f us + PostgreSQL %.1f us = %.1f us; wall %.0f rows/s" % (
+            label, len(items), cpu / len(items) * 1e6, server / len(items) * 1e6,
+            (cpu + server) / len(items) * 1e6, len(items) / wall))
+        conn.close()
 
     # 1. the collector's path
     conn = fresh("cmp_staged")
     store = PgStore(conn)
     store.node_state("n", "http://x")
-    store.ensure_months(items)
-    started = time.perf_counter()
-    after = 0
-    for i in range(0, len(items), batch):
-        after = store.store_batch("n", "db", after, items[i:i + batch]).after
-    report("write staged COPY + jsonb_populate_record", len(items), time.perf_counter() - started)
-    conn.close()
+    state = {"after": 0}
 
-    # 2. executemany, pipeline mode, values converted in Python
+    def staged(chunk):
+        state["after"] = store.store_batch("n", "db", state["after"], chunk).after
+
+    measure("staged COPY of raw lines + json_populate_record", conn, staged)
+
+    # 2. executemany in pipeline mode, values converted in Python
     conn = fresh("cmp_many")
-    PgStore(conn).ensure_months(items)
-    docs = [orjson.loads(i.line) for i in items]
-    names = columns + ["source", "created_at", "answered_at", "hangup_at"]
-    insert = "INSERT INTO cdrs (%s) VALUES (%s) ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s" % (
-        ", ".join('"%s"' % c for c in names), ", ".join(["%s"] * len(names)),
-        ", ".join('"%s" = EXCLUDED."%s"' % (c, c) for c in names if c not in ("call_id", "hangup_at")))
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    started = time.perf_counter()
-    for i in range(0, len(docs), batch):
-        chunk = docs[i:i + batch]
-        rows = []
-        for d, item in zip(chunk, items[i:i + batch]):
-            values = [psycopg.types.json.Jsonb(d[c]) if c in ("custom_channel_vars", "custom_sip_headers") and d[c] is not None
-                      else d.get(c) for c in columns]
-            values += ["n", epoch + dt.timedelta(microseconds=d["created_us"]),
-                       epoch + dt.timedelta(microseconds=d["answered_us"]) if d["answered_us"] else None, item.hangup_at]
-            rows.append(values)
+    insert = "INSERT INTO cdrs (%s) VALUES (%s) %s" % (
+        ", ".join('"%s"' % c for c in names), ", ".join(["%s"] * len(names)), upsert)
+
+    def many(chunk):
+        rows = [values_of(item, psycopg.types.json.Jsonb) for item in chunk]
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany("INSERT INTO cdr_keys (call_id, hangup_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                            [(d["call_id"], it.hangup_at) for d, it in zip(chunk, items[i:i + batch])])
+                            [(item.call_id, item.hangup_at) for item in chunk])
             cur.executemany(insert, rows)
-    report("write executemany (pipeline) INSERT", len(items), time.perf_counter() - started)
-    conn.close()
+
+    measure("executemany (pipeline) INSERT ... ON CONFLICT", conn, many)
 
     # 3. typed COPY into a staging table, values converted in Python
     conn = fresh("cmp_typed")
-    PgStore(conn).ensure_months(items)
     conn.execute("CREATE TEMP TABLE typed (LIKE cdrs) ON COMMIT DELETE ROWS")
-    started = time.perf_counter()
-    for i in range(0, len(docs), batch):
-        chunk = docs[i:i + batch]
+    conn.commit()
+
+    def typed(chunk):
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy("COPY typed (%s) FROM STDIN" % ", ".join('"%s"' % c for c in names)) as copy:
-                for d, item in zip(chunk, items[i:i + batch]):
-                    values = [orjson.dumps(d[c]).decode() if c in ("custom_channel_vars", "custom_sip_headers") and d[c] is not None
-                              else d.get(c) for c in columns]
-                    values += ["n", epoch + dt.timedelta(microseconds=d["created_us"]),
-                               epoch + dt.timedelta(microseconds=d["answered_us"]) if d["answered_us"] else None,
-                               item.hangup_at]
-                    copy.write_row(values)
-            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at) SELECT call_id, hangup_at FROM typed ON CONFLICT DO NOTHING")
-            cur.execute("INSERT INTO cdrs SELECT * FROM typed ON CONFLICT (call_id, hangup_at) DO NOTHING")
-    report("write typed COPY (Python conversion)", len(items), time.perf_counter() - started)
-    conn.close()
+                for item in chunk:
+                    copy.write_row(values_of(item, lambda v: orjson.dumps(v).decode()))
+            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at) SELECT call_id, hangup_at FROM typed"
+                        " ON CONFLICT DO NOTHING")
+            cur.execute("INSERT INTO cdrs SELECT * FROM typed " + upsert)
+
+    measure("typed COPY (values converted in Python)", conn, typed)
 
 
 def report(label: str, rows: int, elapsed: float) -> None:
@@ -226,6 +239,25 @@ def main() -> int:
             + "".join("[node:node%d]\nurl = http://127.0.0.1:%d\ntoken = %s\n" % (i, port, TOKEN)
                       for i, (_, port) in enumerate(nodes, 1))
         )
+        import psutil
+
+        def cpu_of(pids):
+            total = 0.0
+            for pid in pids:
+                try:
+                    times = psutil.Process(pid).cpu_times()
+                    total += times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+            return total
+
+        def pg_pids():
+            postmaster = psutil.Process(pg.get_pid())
+            return [postmaster.pid] + [c.pid for c in postmaster.children(recursive=True)]
+
+        node_pids = [proc.pid for proc, _ in nodes]
+        cpu_nodes0 = cpu_of(node_pids)
+        pg_cpu0 = {pid: cpu_of([pid]) for pid in pg_pids()}
         log = open(work / "collector.log", "wb")
         started = time.perf_counter()
         collector = subprocess.Popen([sys.executable, "-m", "eslcdr", "collect", "-c", str(ini)], stdout=log,
@@ -239,7 +271,7 @@ def main() -> int:
                 if collector.poll() is not None:
                     raise SystemExit("collector exited: %s" % (work / "collector.log").read_text()[-2000:])
                 try:
-                    done = conn.execute("SELECT coalesce(sum(rows), 0) FROM collector_nodes").fetchone()[0]
+                    done = int(conn.execute("SELECT coalesce(sum(rows), 0) FROM collector_nodes").fetchone()[0])
                 except psycopg.errors.UndefinedTable:
                     continue
                 if done and first_row_at is None:
@@ -247,6 +279,9 @@ def main() -> int:
                 if done >= want:
                     break
             finished = time.perf_counter()
+            cpu_collector = cpu_of([collector.pid])
+            cpu_nodes = cpu_of(node_pids) - cpu_nodes0
+            cpu_pg = sum(cpu_of([pid]) - pg_cpu0.get(pid, 0.0) for pid in pg_pids())
             stored = conn.execute("SELECT count(*) FROM cdrs").fetchone()[0]
         collector.send_signal(signal.SIGTERM)
         collector.wait(60)
@@ -254,6 +289,10 @@ def main() -> int:
         print("collected %d rows from 2 nodes (%d in cdrs) in %.2f s from process start = %.0f rows/s;"
               " %.0f rows/s from the first stored batch" % (
                   done, stored, total, done / total, done / (finished - first_row_at)))
+        cpu = cpu_collector + cpu_nodes + cpu_pg
+        print("CPU seconds: collector %.1f, two nodes %.1f, PostgreSQL %.1f = %.1f us per row;"
+              " on 2 idle cores: about %.0f rows/s; load average now %.1f" % (
+                  cpu_collector, cpu_nodes, cpu_pg, cpu / done * 1e6, 2 * done / cpu, os.getloadavg()[0]))
         if args.compare:
             compare_feed(nodes[0][1], args.rows)
             compare_writes(pg.get_uri("%s"), admin, nodes[0][1], 10000, args.batch_size)

@@ -129,8 +129,8 @@ def test_a_good_record():
 
 
 @pytest.mark.parametrize("raw, why", [
-    (b"\xff\xfe", "not UTF-8"),
-    (b"{not json", "not JSON"),
+    (b"\xff\xfe", "not UTF-8 JSON"),
+    (b"{not json", "not UTF-8 JSON"),
     (b"[1, 2]", "not a JSON object"),
     (line(seq="7"), "no integer seq"),
     (line(seq=...), "no integer seq"),
@@ -159,3 +159,32 @@ def test_a_record_with_a_seq_but_a_bad_body_is_rejected_not_lost(fields, why):
 def test_hangup_falls_back_to_the_gregorian_timestamp():
     record = parse_record(line(hangup_us=0, timestamp=1_764_028_800 + 62_167_219_200), 0)
     assert record.hangup_at.isoformat() == "2025-11-25T00:00:00+00:00"
+
+
+# ------------------------------------------------------------------ the command
+
+
+def run_collect(ini: Path, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "eslcdr", "collect", "-c", str(ini)], capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})), cwd=str(ini.parent),
+    )
+
+
+def test_collect_config_error_exits_2(tmp_path):
+    ini = tmp_path / "collector.ini"
+    ini.write_text("[collector]\nbatch_size = many\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
+    result = run_collect(ini)
+    assert result.returncode == 2 and "[collector] batch_size" in result.stderr
+
+
+def test_unreachable_postgresql_exits_1_and_never_prints_the_password(tmp_path):
+    ini = tmp_path / "collector.ini"
+    ini.write_text("[collector]\nlisten = 127.0.0.1:0\ntimeout = 2\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
+    result = run_collect(ini, env={"ESLCDR_COLLECTOR_DSN": "postgresql://u:s3cr3t@/db?host=%s" % (tmp_path / "none")})
+    assert result.returncode == 1
+    assert "cannot start: PostgreSQL" in result.stderr and "s3cr3t" not in result.stderr + result.stdout

@@ -132,13 +132,14 @@ class MediaServer:
 
 
 class CollectorProcess:
-    def __init__(self, root: Path, dsn: str, nodes: dict[str, str], extra: str = "", env: dict | None = None) -> None:
+    def __init__(self, root: Path, dsn: str, nodes: dict, extra: str = "", env: dict | None = None) -> None:
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         self.ini = root / "collector.ini"
         self.ini.write_text(
             "[collector]\ndsn = %s\nlisten = 127.0.0.1:0\npoll_interval = 0.1\nbatch_size = 10\n"
             "timeout = 2\nretry_max_delay = 0.5\n%s\n[log]\nlevel = debug\nformat = json\n" % (dsn, extra)
-            + "".join("[node:%s]\nurl = %s\ntoken = %s\n" % (name, url, TOKEN) for name, url in nodes.items())
+            + "".join("[node:%s]\nurl = %s\ntoken = %s\n" % ((name,) + (node if isinstance(node, tuple) else (node, TOKEN)))
+                      for name, node in nodes.items())
         )
         self.log_path = root / "collector.log"
         self.start()
@@ -253,7 +254,7 @@ def media(tmp_path):
 def collector(tmp_path, pg_dsn):
     started: list[CollectorProcess] = []
 
-    def make(nodes: dict[str, str], extra: str = "", env: dict | None = None) -> CollectorProcess:
+    def make(nodes: dict, extra: str = "", env: dict | None = None) -> CollectorProcess:
         process = CollectorProcess(tmp_path, pg_dsn, nodes, extra, env)
         started.append(process)
         return process
@@ -490,17 +491,52 @@ def test_a_stalling_node_does_not_delay_the_other(media, collector, pg_dsn):
     slow.settled_rows(10)
     proxy = FaultProxy(slow.api_port, stall=3600)
     try:
-        process = collector({"fs-a": fast.url, "fs-b": proxy.url})
+        # fs-bad: the right node, a wrong token
+        process = collector({"fs-a": fast.url, "fs-b": proxy.url, "fs-bad": (fast.url, "not-the-token")})
         port = process.port()
         wait_collected(pg_dsn, [fast])
-        assert pg_rows(pg_dsn, "SELECT 1 FROM cdrs WHERE source = 'fs-b'") == []
+        assert pg_rows(pg_dsn, "SELECT 1 FROM cdrs WHERE source <> 'fs-a'") == []
         wait_for(lambda: [e for e in process.events_named("collect_pull_failed") if e["node"] == "fs-b"],
                  what="fs-b's timeout")
+        status, body = http_get(port, "/health")
+        health = json.loads(body)
+        assert status == 503 and health["status"] == "degraded"
+        assert health["nodes"]["fs-a"]["state"] == "caught_up" and health["nodes"]["fs-a"]["lag_rows"] == 0
+        assert "timed out" in health["nodes"]["fs-b"]["last_error"]
+        assert "HTTP 401" in health["nodes"]["fs-bad"]["last_error"]
+        assert "not-the-token" not in process.log_path.read_text()
         status, body = http_get(port, "/metrics")
         text = body.decode()
         assert status == 200
         assert 'eslcdr_collect_rows_stored_total{node="fs-a"} %d.0' % len(fast.rows()) in text
-        assert 'eslcdr_collect_up{node="fs-b"} 0.0' in text
+        assert 'eslcdr_collect_up{node="fs-b"} 0.0' in text and 'eslcdr_collect_up{node="fs-a"} 1.0' in text
+        assert 'eslcdr_collect_lag_rows{node="fs-a"} 0.0' in text
         assert process.stop() == 0
     finally:
         proxy.stop()
+
+
+def test_sigterm_finishes_the_batch_being_committed(media, collector, pg_dsn):
+    node = media("fs-a", calls=30, seed=10)
+    rows = node.settled_rows(30)
+    with psycopg.connect(pg_dsn) as conn:
+        pgschema.migrate(conn)
+    middle = rows[len(rows) // 2]["call_id"]
+    with psycopg.connect(pg_dsn) as blocker:
+        blocker.execute("INSERT INTO cdr_keys (call_id, hangup_at) VALUES (%s, now())", (middle,))
+        process = collector({"fs-a": node.url})
+        process.port()
+        wait_for(lambda: pg_rows(
+            pg_dsn, "SELECT pid FROM pg_stat_activity WHERE application_name = 'eslcdr-collect'"
+            " AND wait_event_type = 'Lock'"), what="a batch waiting inside its transaction")
+        before = node_state(pg_dsn, "fs-a")
+        process.proc.send_signal(signal.SIGTERM)
+        gevent.sleep(1.0)
+        assert process.proc.poll() is None  # still finishing its transaction
+        blocker.rollback()
+    assert process.stop() == 0
+    after = node_state(pg_dsn, "fs-a")
+    assert after["rows"] == before["rows"] + 10  # the held batch (batch_size 10) was committed
+    assert len(pg_rows(pg_dsn)) == after["rows"]
+    stored = pg_rows(pg_dsn, "SELECT max(seq) AS seq FROM cdrs")[0]["seq"]
+    assert after["after"] == stored and middle in {r["call_id"] for r in pg_rows(pg_dsn)}

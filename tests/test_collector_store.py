@@ -120,7 +120,7 @@ def test_rewritten_row_replaces_the_stored_one(pg, tmp_path):
     again = feed_items(tmp_path, [record2])
     line = json.loads(again[0].line)
     line["seq"] = 7
-    rewritten = FeedRecord(7, record["call_id"], again[0].hangup_at, json.dumps(line))
+    rewritten = FeedRecord(7, record["call_id"], again[0].hangup_us, json.dumps(line).encode())
     pg.store_batch("fs1", "db-1", first[-1].seq, [rewritten])
     got = rows(pg)
     assert len(got) == 1
@@ -136,11 +136,24 @@ def test_a_new_hangup_time_moves_the_row_to_its_partition(pg, tmp_path):
     doc = json.loads(item.line)
     doc["seq"] = 5
     result = pg.store_batch("fs1", "db-1", first[-1].seq,
-                            [FeedRecord(5, record["call_id"], item.hangup_at, json.dumps(doc))])
+                            [FeedRecord(5, record["call_id"], item.hangup_us, json.dumps(doc).encode())])
     assert result.moved == 1
     got = rows(pg, "SELECT tableoid::regclass::text AS part, hangup_at FROM cdrs")
     assert got == [{"part": "cdrs_y2026m12", "hangup_at": item.hangup_at}]
     assert rows(pg, "SELECT count(*) AS n FROM cdr_keys") == [{"n": 1}]
+
+
+def test_values_with_copy_escapes_arrive_intact(pg, tmp_path):
+    # Backslashes (JSON escapes), a tab and a CR as JSON whitespace, a
+    # call_id with a backslash and a tab: COPY's text format must keep all.
+    record = leg(ts(2026, 11), caller_id_name='Tab\there "q" back\\slash \u00e9\r\n')
+    record["call_id"] = "odd\\call\tid"
+    record["id"] = "202611-" + record["call_id"]
+    item = feed_items(tmp_path, [record])[0]
+    raw = item.line.replace(b'"seq":', b'\t\r "seq":', 1)
+    pg.store_batch("fs1", "db-1", 0, [FeedRecord(item.seq, item.call_id, item.hangup_us, raw)])
+    got = rows(pg)
+    assert [(r["call_id"], r["caller_id_name"]) for r in got] == [(record["call_id"], record["caller_id_name"])]
 
 
 def test_a_stale_cursor_is_refused(pg, tmp_path):
@@ -157,7 +170,7 @@ def test_values_postgres_refuses_are_kept_in_rejects(pg, tmp_path):
     good, bad = feed_items(tmp_path, [leg(ts(2026, 11)), leg(ts(2026, 11))])
     doc = json.loads(bad.line)
     doc["duration_seconds"] = "sixty"
-    bad = FeedRecord(bad.seq, bad.call_id, bad.hangup_at, json.dumps(doc))
+    bad = FeedRecord(bad.seq, bad.call_id, bad.hangup_us, json.dumps(doc).encode())
     no_call = Rejected(bad.seq + 1, None, "record has no usable call_id", '{"seq": %d}' % (bad.seq + 1))
     result = pg.store_batch("fs1", "db-1", 0, [good, bad, no_call])
     assert (result.stored, result.rejected, result.after) == (1, 2, bad.seq + 1)

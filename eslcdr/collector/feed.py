@@ -31,7 +31,7 @@ from typing import Iterator
 import orjson
 
 from .. import __version__
-from .pgstore import FeedRecord, Rejected, hangup_time
+from .pgstore import FeedRecord, Rejected, hangup_micros
 
 FEED_PATH = "/v2/feed/cdrs"
 READ_CHUNK = 256 * 1024
@@ -86,27 +86,23 @@ class LineSplitter:
 
 def parse_record(line: bytes, previous_seq: int) -> FeedRecord | Rejected:
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FeedProtocolError("feed line after seq %d is not UTF-8 (%s)" % (previous_seq, exc.reason)) from None
-    try:
-        doc = orjson.loads(line)
+        doc = orjson.loads(line)  # also checks the bytes are UTF-8
     except orjson.JSONDecodeError as exc:
-        raise FeedProtocolError("feed line after seq %d is not JSON: %s" % (previous_seq, exc)) from None
-    if not isinstance(doc, dict):
+        raise FeedProtocolError("feed line after seq %d is not UTF-8 JSON: %s" % (previous_seq, exc)) from None
+    if type(doc) is not dict:
         raise FeedProtocolError("feed line after seq %d is not a JSON object" % previous_seq)
     seq = doc.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
+    if type(seq) is not int:
         raise FeedProtocolError("feed line after seq %d has no integer seq" % previous_seq)
     if seq <= previous_seq:
         raise FeedProtocolError("feed seq %d does not follow %d" % (seq, previous_seq))
     call_id = doc.get("call_id")
-    if not isinstance(call_id, str) or not call_id or len(call_id) > 256:
-        return Rejected(seq, None, "record has no usable call_id", text)
-    hangup_at = hangup_time(doc.get("hangup_us"), doc.get("timestamp"))
-    if hangup_at is None:
-        return Rejected(seq, call_id, "record has no usable hangup_us or timestamp", text)
-    return FeedRecord(seq=seq, call_id=call_id, hangup_at=hangup_at, line=text)
+    if type(call_id) is not str or not call_id or len(call_id) > 256:
+        return Rejected(seq, None, "record has no usable call_id", line.decode("utf-8", "replace"))
+    hangup_us = hangup_micros(doc.get("hangup_us"), doc.get("timestamp"))
+    if hangup_us is None:
+        return Rejected(seq, call_id, "record has no usable hangup_us or timestamp", line.decode("utf-8", "replace"))
+    return FeedRecord(seq, call_id, hangup_us, line)
 
 
 @dataclass(frozen=True, slots=True)

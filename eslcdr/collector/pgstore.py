@@ -9,14 +9,15 @@ and db_id compared with what the worker believes; a mismatch (a second
 collector pulling the same node) aborts the batch with ``CursorMoved``
 instead of writing twice.
 
-The rows go in by COPY of the raw feed lines into a temporary table
-(``call_id, seq, hangup_at, doc``), then set-based SQL does the rest:
-``jsonb_populate_record`` turns each document into a ``cdrs`` row
-(PostgreSQL parses and converts in C; the collector only checks each line
-and reads its seq, call_id and hangup time), and the upsert of pgschema's
-header.  bench/collect.py compared this with per-row ``executemany``
-INSERTs in pipeline mode and with a typed COPY built in Python; the staged
-COPY was the fastest (figures in the bench's header).
+The rows go in by COPY of the raw feed lines, in one block per batch, into
+a temporary table (``call_id, seq, hangup_us, doc json``); set-based SQL
+does the rest: ``json_populate_record`` turns each document into a ``cdrs``
+row (PostgreSQL parses and converts in C; the collector only checks each
+line and reads its seq, call_id and hangup time), then the upsert of
+pgschema's header.  bench/collect.py compared this with per-row
+``executemany`` INSERTs in pipeline mode and with a typed COPY whose values
+are converted in Python: the staged COPY costs the least CPU per row, and
+the collector's single Python process does the least of it.
 
 A value PostgreSQL refuses (a string in an integer column, a date out of
 range) makes the batch fail with a DataError; the batch is then written one
@@ -28,6 +29,7 @@ node, and an operator can look at it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,8 +54,12 @@ class FeedRecord:
 
     seq: int
     call_id: str
-    hangup_at: dt.datetime
-    line: str  # the JSON document as received
+    hangup_us: int  # the partition key, µs since the epoch
+    line: bytes  # the JSON document as received (UTF-8)
+
+    @property
+    def hangup_at(self) -> dt.datetime:
+        return EPOCH + dt.timedelta(microseconds=self.hangup_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +90,43 @@ class BatchResult:
     after: int
 
 
-def hangup_time(hangup_us: object, timestamp: object) -> dt.datetime | None:
+# Hangup times PostgreSQL and the partitions can hold: 1970 .. 9999.
+MAX_HANGUP_US = 253_402_300_800_000_000
+GREGORIAN_OFFSET = 62_167_219_200
+DAY_US = 86_400_000_000
+
+
+def hangup_micros(hangup_us: object, timestamp: object) -> int | None:
     """The partition key of a record: its hangup time (µs), else its
     Gregorian-seconds ``timestamp``; None when neither is a usable number."""
-    try:
-        if isinstance(hangup_us, int) and not isinstance(hangup_us, bool) and hangup_us > 0:
-            return EPOCH + dt.timedelta(microseconds=hangup_us)
-        if isinstance(timestamp, int) and not isinstance(timestamp, bool) and timestamp > 62167219200:
-            return EPOCH + dt.timedelta(seconds=timestamp - 62167219200)
-    except OverflowError:
-        return None
+    if type(hangup_us) is int and 0 < hangup_us < MAX_HANGUP_US:
+        return hangup_us
+    if type(timestamp) is int and GREGORIAN_OFFSET < timestamp < GREGORIAN_OFFSET + MAX_HANGUP_US // 1_000_000:
+        return (timestamp - GREGORIAN_OFFSET) * 1_000_000
     return None
 
 
+_COPY_ESCAPES = re.compile(rb"[\\\t\n\r]")
+
+
+def _copy_escape(value: bytes) -> bytes:
+    """A value in COPY's text format (backslash, tab, newline, CR escaped)."""
+    if _COPY_ESCAPES.search(value) is None:
+        return value
+    return (
+        value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    )
+
+
+def copy_block(rows: Sequence[FeedRecord]) -> bytes:
+    """The batch as one block of COPY text: call_id, seq, hangup_us, doc."""
+    escape = _copy_escape
+    return b"".join(
+        [b"%s\t%d\t%d\t%s\n" % (escape(r.call_id.encode()), r.seq, r.hangup_us, escape(r.line)) for r in rows]
+    )
+
+
+STAGED_HANGUP_AT = "('epoch'::timestamptz + s.hangup_us * interval '1 microsecond')"
 _SQLITE_COLUMNS = [name for name, _ in sqlite_columns()]
 _EXTRA_NAMES = [name for name, _, _ in EXTRA_COLUMNS if name != "collected_at"]
 
@@ -108,7 +138,7 @@ def _insert_sql(columns: Sequence[str]) -> sql.Composed:
         sql.Placeholder("source"),
         sql.SQL("CASE WHEN r.created_us > 0 THEN 'epoch'::timestamptz + r.created_us * interval '1 microsecond' END"),
         sql.SQL("CASE WHEN r.answered_us > 0 THEN 'epoch'::timestamptz + r.answered_us * interval '1 microsecond' END"),
-        sql.SQL("s.hangup_at"),
+        sql.SQL(STAGED_HANGUP_AT),
         sql.SQL("now()"),
     ]
     updates = [
@@ -118,7 +148,7 @@ def _insert_sql(columns: Sequence[str]) -> sql.Composed:
     ]
     return sql.SQL(
         "INSERT INTO cdrs ({cols}) SELECT {select} FROM _staged AS s,"
-        " jsonb_populate_record(NULL::cdrs, s.doc::jsonb) AS r {where} ORDER BY s.call_id"
+        " json_populate_record(NULL::cdrs, s.doc) AS r {where} ORDER BY s.call_id"
         " ON CONFLICT (call_id, hangup_at) DO UPDATE SET {updates}"
     ).format(
         cols=sql.SQL(", ").join(sql.Identifier(n) for n in names),
@@ -140,7 +170,7 @@ class PgStore:
         self._partitions: set[str] = set()
         conn.execute(
             "CREATE TEMPORARY TABLE IF NOT EXISTS _staged (call_id text NOT NULL, seq bigint NOT NULL,"
-            " hangup_at timestamptz NOT NULL, doc text NOT NULL) ON COMMIT DELETE ROWS"
+            " hangup_us bigint NOT NULL, doc json NOT NULL) ON COMMIT DELETE ROWS"
         )
         conn.commit()
 
@@ -198,7 +228,8 @@ class PgStore:
 
     # -- partitions --------------------------------------------------------
     def ensure_months(self, records: Sequence[FeedRecord]) -> None:
-        months = {month_start(r.hangup_at) for r in records}
+        days = {r.hangup_us // DAY_US for r in records}
+        months = {month_start(EPOCH + dt.timedelta(days=day)) for day in days}
         missing = {m for m in months if partition_name(m) not in self._partitions}
         if not missing:
             return
@@ -237,13 +268,12 @@ class PgStore:
                     "node %s: stored cursor %r, expected (%s, %d)" % (node, found, db_id, expected_after)
                 )
             with conn.cursor() as cur:
-                with cur.copy("COPY _staged (call_id, seq, hangup_at, doc) FROM STDIN") as copy:
-                    for r in rows:
-                        copy.write_row((r.call_id, r.seq, r.hangup_at, r.line))
+                with cur.copy("COPY _staged (call_id, seq, hangup_us, doc) FROM STDIN") as copy:
+                    copy.write(copy_block(rows))
                 moved = self._delete_moved(cur)
                 cur.execute(
-                    "INSERT INTO cdr_keys (call_id, hangup_at) SELECT call_id, hangup_at FROM _staged"
-                    " ORDER BY call_id ON CONFLICT (call_id) DO UPDATE SET hangup_at = EXCLUDED.hangup_at"
+                    "INSERT INTO cdr_keys (call_id, hangup_at) SELECT s.call_id, " + STAGED_HANGUP_AT +
+                    " FROM _staged AS s ORDER BY s.call_id ON CONFLICT (call_id) DO UPDATE SET hangup_at = EXCLUDED.hangup_at"
                     " WHERE cdr_keys.hangup_at <> EXCLUDED.hangup_at"
                 )
                 rejected = len(refused)
@@ -271,7 +301,7 @@ class PgStore:
         # replaced by its real record), so one DELETE per row is fine.
         cur.execute(
             "SELECT k.call_id, k.hangup_at FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
-            " WHERE k.hangup_at <> s.hangup_at"
+            " WHERE k.hangup_at <> " + STAGED_HANGUP_AT
         )
         moved = cur.fetchall()
         if moved:
@@ -291,13 +321,15 @@ class PgStore:
                 rejected += 1
                 cur.execute("DELETE FROM cdr_keys WHERE call_id = %s AND NOT EXISTS"
                             " (SELECT 1 FROM cdrs WHERE call_id = %s)", (record.call_id, record.call_id))
-                reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(), record.line)
+                reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
+                       record.line.decode("utf-8", "replace"))
         return stored, rejected
 
 
 def reject(cur: psycopg.Cursor, node: str, db_id: str | None, seq: int | None, call_id: str | None,
            error: str, line: str) -> None:
     """Keep a record PostgreSQL (or the collector's checks) refused."""
+    line = line.replace("\x00", "\\u0000")  # text cannot hold NUL
     cur.execute(
         "INSERT INTO collector_rejects (node, db_id, seq, call_id, error, record) VALUES (%s, %s, %s, %s, %s, %s)",
         (node, db_id, seq, call_id, error[:2000], line),

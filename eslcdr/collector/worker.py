@@ -219,6 +219,10 @@ class NodeWorker:
                 if len(batch) >= cfg.batch_size or size >= cfg.max_batch_bytes:
                     self._store_batch(store, db_id, batch)
                     batch, size = [], 0
+                    if self._stop.is_set():
+                        # Shutting down: this batch was the last one.
+                        self._client.close()
+                        return False
         except TRANSPORT_ERRORS:
             # The complete records received before a cut or a bad line are
             # good: store them, then let the caller back off and resume.
