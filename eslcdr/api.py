@@ -18,7 +18,8 @@ rows).
 
 Bounded work: a JSON page holds at most ``max_page_size`` rows and is built
 in memory; ``paginate=false``, CSV, legs and the NDJSON feed are streamed in
-``fetchmany`` batches (constant memory).  Every error -- including Bottle's
+keyset chunks, each its own short statement (constant memory, no snapshot
+held while a client reads).  Every error -- including Bottle's
 own 404/405/500 -- is Kazoo's envelope ``{"status": "error", "error": "<code>",
 "message", "data", ...}``, never an HTML page.
 """
@@ -33,7 +34,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import bottle
@@ -52,7 +53,8 @@ from .queries import (
     InlineRunner,
     ParamError,
     ReaderPool,
-    RowStream,
+    FeedQuery,
+    KeysetStream,
     StatementTimeout,
     cursor_for,
     detail_sql,
@@ -252,14 +254,14 @@ def _undecodable_header(environ: Mapping[str, Any]) -> str | None:
 
 
 class _StreamBody:
-    """A streamed response body that owns a RowStream (closed either way).
+    """A streamed response body that owns a KeysetStream (closed either way).
 
     Once the headers are out, a failing batch cannot become an error
     response: it is logged and re-raised, so the server drops the connection
     and the client sees a truncated body rather than a complete-looking one.
     """
 
-    def __init__(self, chunks: Iterator[bytes], stream: RowStream) -> None:
+    def __init__(self, chunks: Iterator[bytes], stream: KeysetStream) -> None:
         self._chunks = chunks
         self._stream = stream
 
@@ -416,7 +418,7 @@ class _Routes:
 
     # -- streamed bodies ------------------------------------------------------
 
-    def csv_body(self, stream: RowStream, render: Callable[[list[tuple]], str], columns: Sequence[str],
+    def csv_body(self, stream: KeysetStream, render: Callable[[list[tuple]], str], columns: Sequence[str],
                  file_name: str) -> _StreamBody:
         """Header record, then ``render(batch)`` for each batch of rows."""
         self.csv_headers(file_name)
@@ -430,7 +432,7 @@ class _Routes:
 
         return _StreamBody(chunks(), stream)
 
-    def json_body(self, stream: RowStream, render: Callable[[list[tuple]], list[str]]) -> _StreamBody:
+    def json_body(self, stream: KeysetStream, render: Callable[[list[tuple]], list[str]]) -> _StreamBody:
         """``{"data": [...], "page_size": n, "status": "success", ...}``, streamed;
         ``render(batch)`` gives the rows' JSON texts."""
         bottle.response.content_type = "application/json"
@@ -449,7 +451,7 @@ class _Routes:
 
         return _StreamBody(chunks(), stream)
 
-    def ndjson_body(self, stream: RowStream) -> _StreamBody:
+    def ndjson_body(self, stream: KeysetStream) -> _StreamBody:
         bottle.response.content_type = "application/x-ndjson"
         counter = self.metrics.rows.labels(bottle.request.environ["bottle.route"].rule, "ndjson")
 
@@ -491,12 +493,14 @@ class _Routes:
         def as_csv_text(rows: list[tuple]) -> str:
             return kazoo.csv_records([kazoo.as_cells(values_of(row)) for row in rows])
 
+        if query.page_size is None:  # every row: in keyset chunks, no long snapshot
+            stream = self.pool.keyset_stream(lambda start, n: list_sql(replace(
+                query, page_size=n - 1, cursor=query.cursor if start is None else cursor_for(query, start))))
+            if as_csv:
+                default = "interactions.csv" if interactions else "cdrs.csv"
+                return self.csv_body(stream, as_csv_text, columns, self.file_name(params, default))
+            return self.json_body(stream, as_json)
         sql, args = list_sql(query)
-        if as_csv:
-            default = "interactions.csv" if interactions else "cdrs.csv"
-            return self.csv_body(self.pool.stream(sql, args), as_csv_text, columns, self.file_name(params, default))
-        if query.page_size is None:
-            return self.json_body(self.pool.stream(sql, args), as_json)
         rows = self.pool.fetch_all(sql, args, limit=query.page_size + 1)
         page, rest = rows[: query.page_size], rows[query.page_size:]
         fields: dict[str, Any] = {"page_size": len(page)}
@@ -526,7 +530,8 @@ class _Routes:
         params = self.params()
         self.authorize(params, account_id)
         as_csv = self.wants(params, _CSV_TYPES, "csv")
-        stream = self.pool.stream(*legs_sql(account_id, leg_id, "csv" if as_csv else "json"))
+        fmt = "csv" if as_csv else "json"
+        stream = self.pool.keyset_stream(lambda start, n: legs_sql(account_id, leg_id, fmt, start, n))
         if stream.empty:
             stream.close()
             raise ApiError(404, "could not find legs for supplied id", {})
@@ -575,10 +580,11 @@ class _Routes:
         db_id = self.pool.fetch_all(DB_ID_SQL, (), limit=1)[0][0]
         bottle.response.set_header("X-DB-ID", db_id)
         bottle.response.set_header("X-Feed-Last-Seq", str(self.pool.fetch_all(LAST_SEQ_SQL, (), limit=1)[0][0]))
-        sql, args = feed_sql(query)
         if ndjson:
-            return self.ndjson_body(self.pool.stream(sql, args))
-        rows = self.pool.fetch_all(sql, args, limit=query.limit)
+            return self.ndjson_body(self.pool.keyset_stream(
+                lambda start, n: feed_sql(FeedQuery(query.after if start is None else start[-1] - 1, n)),
+                limit=query.limit))
+        rows = self.pool.fetch_all(*feed_sql(query), limit=query.limit)
         self.count_rows("json", len(rows))
         next_after = rows[-1][1] if rows else query.after
         return self.envelope("[%s]" % ",".join([row[0] for row in rows]),

@@ -30,8 +30,10 @@ single SQLite call that runs longer than ``statement_timeout``
 (``StatementTimeout``).  Calls that may run long before their first row --
 every page query, the opening of every stream -- run in gevent's thread pool
 (``GeventRunner``), SQLite releasing the GIL, so the hub and the ESL reader
-on it keep running.  ``RowStream`` then reads ``fetchmany`` batches (constant
-memory however many rows an export has), inline while they are quick.
+on it keep running.  Exports read through ``KeysetStream``: chunks of rows,
+each its own statement read to its end (constant memory however many rows an
+export has, and no read snapshot held while the response is written -- a
+stalled client must not stop WAL checkpoints), inline while they are quick.
 
 Result rows are stored columns for list rows (``kazoo.list_values`` shapes
 them in Python) and SQLite-rendered JSON/CSV text for full records
@@ -453,23 +455,33 @@ def detail_sql(account_id: str, cdr_id: str, fmt: str = "json") -> tuple[str, li
             " ORDER BY c.id = ? DESC LIMIT 1" % record_sql(fmt), [account_id, cdr_id, cdr_id, cdr_id])
 
 
-def legs_sql(account_id: str, leg_or_interaction: str, fmt: str = "json") -> tuple[str, list[Any]]:
+def legs_sql(account_id: str, leg_or_interaction: str, fmt: str = "json",
+             start: Sequence[Any] | None = None, limit: int | None = None) -> tuple[str, list[Any]]:
     """Every leg of the interaction named by an interaction id, a CDR id or a
     call id, as full records in creation order.
 
     A leg without an interaction id is its own interaction.  Three indexed
     equalities joined by OR (SQLite's OR-by-union plan), each scoped to the
-    account.
+    account.  Rows are (record, created key, seq); ``start`` (a row) and
+    ``limit`` read them in keyset chunks.
     """
-    return (
+    args = [account_id, leg_or_interaction, leg_or_interaction, account_id, leg_or_interaction]
+    after = ""
+    if start is not None:
+        after = " AND (COALESCE(c.created_us, -1), c.seq) >= (?, ?)"
+        args += [start[-2], start[-1]]
+    sql = (
         "WITH target(iid, seq) AS (SELECT interaction_id, seq FROM cdrs"
         " WHERE account_id = ? AND (id = ? OR call_id = ?) LIMIT 1)"
-        " SELECT %s FROM cdrs AS c WHERE c.account_id = ? AND (c.interaction_id = ?"
+        " SELECT %s, COALESCE(c.created_us, -1), c.seq FROM cdrs AS c WHERE c.account_id = ? AND (c.interaction_id = ?"
         " OR c.interaction_id = (SELECT iid FROM target)"
-        " OR c.seq = (SELECT seq FROM target WHERE iid IS NULL))"
-        " ORDER BY c.created_us, c.seq" % record_sql(fmt),
-        [account_id, leg_or_interaction, leg_or_interaction, account_id, leg_or_interaction],
+        " OR c.seq = (SELECT seq FROM target WHERE iid IS NULL))%s"
+        " ORDER BY c.created_us, c.seq" % (record_sql(fmt), after)
     )
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, args
 
 
 def feed_sql(query: FeedQuery) -> tuple[str, list[Any]]:
@@ -607,8 +619,92 @@ class ReaderPool:
         finally:
             self.release(reader)
 
+    def fetch_chunk(self, sql: str, args: Sequence[Any], inline: bool) -> list[tuple]:
+        """Every row of a statement with a LIMIT, read to its end: the
+        statement is finished and its read transaction over when this returns."""
+        reader = self.acquire()
+
+        def run() -> list[tuple]:
+            cursor = reader.conn.execute(sql, args)
+            try:
+                return cursor.fetchall()
+            finally:
+                cursor.close()
+
+        try:
+            if inline:
+                return reader.call(run)
+            return self.runner.spawn(lambda: reader.call(run)).get()
+        finally:
+            self.release(reader)
+
     def stream(self, sql: str, args: Sequence[Any], batch: int = FETCH_BATCH) -> "RowStream":
+        """One statement read in batches: it holds its read snapshot until
+        closed, so only for results known to be small.  Exports use
+        ``keyset_stream``."""
         return RowStream(self, sql, args, batch)
+
+    def keyset_stream(self, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
+                      chunk: int = FETCH_BATCH, limit: int | None = None) -> "KeysetStream":
+        return KeysetStream(self, chunk_sql, chunk, limit)
+
+
+class KeysetStream:
+    """The rows of a keyset-ordered listing, ``chunk`` rows per statement.
+
+    ``chunk_sql(start, n)`` gives the SQL for at most ``n`` rows from the
+    row ``start`` on (inclusive; None: from the beginning).  Each chunk asks
+    for ``chunk + 1`` rows and the extra one starts the next chunk -- the
+    pagination algorithm of the API's pages, so a stream skips and repeats
+    nothing while rows arrive, exactly as paging does.  Every chunk is its
+    own short statement, read to its end before the rows are handed out:
+    no read transaction is open while the response is written, so a client
+    that stops reading pins no WAL snapshot and checkpoints go on.
+
+    The first chunk runs in the constructor, in the runner's thread pool
+    (errors surface before any header is sent).  Later chunks run inline,
+    on the hub, while each takes under ``INLINE_BATCH_SECONDS`` (handing each
+    to a thread costs an export about a quarter of its speed); a slow one
+    moves the rest to the pool.  ``limit`` caps the rows of the whole stream.
+    """
+
+    def __init__(self, pool: ReaderPool, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
+                 chunk: int, limit: int | None) -> None:
+        self._pool = pool
+        self._chunk_sql = chunk_sql
+        self._chunk = chunk
+        self._left = limit
+        self._inline = False
+        self._closed = False
+        self._first = self._read(None)
+
+    @property
+    def empty(self) -> bool:
+        """True when the listing has no row at all."""
+        return not self._first
+
+    def _read(self, start: Sequence[Any] | None) -> list[tuple]:
+        size = self._chunk if self._left is None else min(self._chunk, self._left)
+        sql, args = self._chunk_sql(start, size + 1)
+        started = time.monotonic()
+        rows = self._pool.fetch_chunk(sql, args, self._inline)
+        self._inline = time.monotonic() - started < INLINE_BATCH_SECONDS
+        return rows
+
+    def __iter__(self) -> Iterator[list[tuple]]:
+        rows, self._first = self._first, []
+        while rows and not self._closed:
+            size = self._chunk if self._left is None else min(self._chunk, self._left)
+            batch, rest = rows[:size], rows[size:]
+            if self._left is not None:
+                self._left -= len(batch)
+            yield batch
+            if not rest or self._left == 0:
+                break
+            rows = self._read(rest[0])
+
+    def close(self) -> None:
+        self._closed = True
 
 
 class RowStream:

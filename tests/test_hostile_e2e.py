@@ -264,3 +264,115 @@ def test_connections_past_the_cap_get_503_until_one_closes(start_daemon):
         sock.close()
     process.stop()
     assert any(e["event"] == "http_connections_refused" for e in process.log_events())
+
+
+def generated_legs(source) -> set[str]:
+    """Unique-IDs of the legs a generated source hangs up (one CDR each)."""
+    legs = set()
+    for emission in source:
+        emission.core, emission.host = source.core_uuid, source.hostname
+        event = emission.event()
+        if event["Event-Name"] == "CHANNEL_HANGUP_COMPLETE":
+            legs.add(event["Unique-ID"])
+    return legs
+
+
+def test_a_stalled_csv_reader_pins_no_snapshot_and_is_dropped(tmp_path, monkeypatch):
+    """While a CSV reader stops reading, ~10,000 legs arrive: the WAL is
+    checkpointed as usual (it stays small), every CDR is stored, and the
+    reader is dropped after send_timeout."""
+    from eslcdr import store
+    from eslcdr.fakefs import GeneratedSource
+
+    from .test_api import leg
+
+    stall_seconds, send_timeout = 20.0, 25
+    monkeypatch.setenv("ESLCDR_API_SEND_TIMEOUT", str(send_timeout))
+    db = tmp_path / "cdrs.db"
+    now_g = int(time.time()) + 62167219200
+    existing = [leg(now_g - 60 - i % 3000, account=ACCOUNT, caller_id_name="n%05d " % i + "x" * 400)
+                for i in range(20000)]  # a CSV far larger than the socket buffers
+    writer = store.connect_writer(db)
+    store.insert_records(writer, existing)
+    writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    writer.close()
+    source = GeneratedSource(calls=3000, seed=7)
+    expected = generated_legs(GeneratedSource(calls=3000, seed=7))
+    assert len(expected) > 9000
+    token = add_token(tmp_path / "tokens", ACCOUNT)
+    with socket.socket() as probe:  # a free port for the stand-in, started once the reader stalls
+        probe.bind(("127.0.0.1", 0))
+        esl_port = probe.getsockname()[1]
+    fake = FakeFreeSWITCH(port=esl_port, events=source)
+    process = None
+    try:
+        process = DaemonProcess(write_config(tmp_path, esl_port), tmp_path / "daemon.log")
+        port = process.api_port()
+        reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.settimeout(10)
+        reader.connect(("127.0.0.1", port))
+        reader.sendall(b"GET /v2/accounts/%s/cdrs?accept=csv&paginate=false HTTP/1.1\r\nHost: x\r\n"
+                       b"X-Auth-Token: %s\r\n\r\n" % (ACCOUNT.encode(), token.encode()))
+        head = reader.recv(1024)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        fake.start()  # the daemon (re)connects within a second and the calls flow
+        wal = db.with_name(db.name + "-wal")
+        wal_sizes = []
+        started = time.monotonic()
+        while time.monotonic() - started < stall_seconds:  # not reading, calls arriving
+            wal_sizes.append(wal.stat().st_size if wal.exists() else 0)
+            gevent.sleep(0.2)
+        assert fake.wait_done(timeout=120)
+        waited = 0.0
+        while waited < 60:
+            stored = {row[0] for row in store_rows(db)}
+            if expected <= stored:
+                break
+            gevent.sleep(0.5)
+            waited += 0.5
+        stored = {row[0] for row in store_rows(db)}
+        assert expected <= stored and len(stored) == len(expected) + len(existing)
+        # Dropped once send_timeout passed without progress.
+        waited = 0.0
+        while waited < 2 * send_timeout and not any(
+                e.get("event") == "http_client_stalled" for e in process.log_events()):
+            gevent.sleep(0.5)
+            waited += 0.5
+        stalled = [e for e in process.log_events() if e.get("event") == "http_client_stalled"]
+        assert len(stalled) == 1 and stalled[0]["level"] == "warning"
+        received = head + drain(reader)
+        assert not received.endswith(b"0\r\n\r\n")  # the chunked body never completed
+        reader.close()
+        db_size = db.stat().st_size
+        # Checkpoints went on: the WAL never held the ingest (tens of MB), only
+        # the recent batches (a few MB at SQLite's 1000-page auto-checkpoint).
+        assert max(wal_sizes) < 16 * 1024 * 1024, (max(wal_sizes), db_size)
+        assert max(wal_sizes) > 0
+    finally:
+        if process is not None:
+            process.stop()
+        fake.stop()
+
+
+def store_rows(db) -> list[tuple]:
+    import sqlite3
+
+    conn = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+    try:
+        return conn.execute("SELECT call_id FROM cdrs").fetchall()
+    finally:
+        conn.close()
+
+
+def drain(sock: socket.socket) -> bytes:
+    data = b""
+    sock.settimeout(5)
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return data
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        return data
