@@ -8,6 +8,8 @@ target redacted by ``server.make_server``); ``[api]`` bounds the server
 
 from __future__ import annotations
 
+import re
+
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -20,13 +22,24 @@ from .tokens import TokenStore
 log = structlog.get_logger("eslcdr.http")
 
 
+# pywsgi's access line: `client - - [date] "request line" STATUS LENGTH SECONDS`.
+_STATUS = re.compile(r'" (\d{3}) ')
+
+
 class _AccessLog:
-    """File-like sink for pywsgi's access log lines."""
+    """File-like sink for pywsgi's access log lines.
+
+    A collector polls the feed every few seconds: successful requests are
+    debug lines (the info log stays readable); refused or failed ones
+    (4xx, 5xx: a wrong token, a bad query) stay at info.
+    """
 
     def write(self, line: str) -> None:
         line = line.strip()
         if line:
-            log.info("http_request", line=line)
+            status = _STATUS.search(line)
+            failed = status is None or int(status.group(1)) >= 400
+            (log.info if failed else log.debug)("http_request", line=line)
 
     def flush(self) -> None:  # pywsgi may call it
         pass

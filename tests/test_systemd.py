@@ -297,6 +297,9 @@ def test_sighup_reloads_tokens_and_log_level(tmp_path):
         api = daemon.api_port()
         assert http_status(api, old_token) == 200
         assert http_status(api, new_token) == 401
+        # At info, a refused request is logged, a served one is not (debug).
+        refused = wait_log(daemon, "http_request")
+        assert len(refused) == 1 and '" 401 ' in refused[0]["line"]
 
         # Phase 1 at info: CDRs are written, no per-batch line.
         fake = burst(port, calls=5, seed=11)
