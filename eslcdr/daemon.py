@@ -217,6 +217,9 @@ class Daemon:
     # -- start --------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        # systemctl status shows this while a one-time migration (e.g. the
+        # auto_vacuum VACUUM of a big file) keeps the service from being ready.
+        self.notifier.status("opening the database %s" % cfg.store.path)
         self.conn = connect_writer(cfg.store.path)
         try:
             spool = Spool(cfg.store.spool_path)

@@ -202,6 +202,8 @@ def test_ready_status_watchdog_and_stopping_from_eslcdr_run(tmp_path):
         # Ready although FreeSWITCH is not there yet: database open, API listening.
         ready = listener.wait_for("READY", "1")
         assert "nodes 0/1 connected" in ready[0][1]["STATUS"]
+        # Before it: what it is doing while not ready (a migration may take long).
+        assert listener.messages[0][1] == {"STATUS": "opening the database %s" % (tmp_path / "cdrs.db")}
         assert (tmp_path / "cdrs.db").exists()
         assert daemon.api_port() > 0
         fake = burst(port, calls=10, seed=3)
