@@ -334,7 +334,8 @@ class Backfill:
     def _load_state(self) -> None:
         def load() -> tuple[int, list[tuple[str, str | None]], int]:
             stored = read_meta(self._db, HWM_KEY)
-            newest = self._db.execute("SELECT max(hangup_us) FROM cdrs").fetchone()[0] or 0
+            # max(timestamp): one step down idx_cdrs_ts, however big the table.
+            newest = self._db.execute("SELECT max(timestamp) FROM cdrs").fetchone()[0] or 0
             since = int(self._clock() - AWAIT_FOR) + GREGORIAN_OFFSET
             rows = self._db.execute(
                 "SELECT call_id, interaction_id FROM cdrs WHERE timestamp >= ? AND disposition = ? LIMIT ?",
@@ -342,12 +343,12 @@ class Backfill:
             ).fetchall()
             return (int(stored) if stored and stored.isdigit() else -1), rows, newest
 
-        stored, rows, newest_us = _in_thread(load)
+        stored, rows, newest = _in_thread(load)
         if stored >= 0:
             self.mark_ns = self._stored_mark_ns = stored
-        elif newest_us:
+        elif newest:
             # A database from before backfill was on: from its newest CDR.
-            self.mark_ns = newest_us * 1000 - int(MARGIN * SECOND_NS)
+            self.mark_ns = (newest - GREGORIAN_OFFSET) * SECOND_NS - int(MARGIN * SECOND_NS)
         # else: a new database takes every file the folder holds.
         now = self._clock()
         for call_id, interaction_id in rows:
