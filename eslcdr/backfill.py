@@ -253,6 +253,7 @@ class Backfill:
         self._bad: dict[str, tuple[int, int]] = {}  # path -> (mtime, size) warned about
         self._folder_ok: bool | None = None
         self._rotating = False  # the folder has subfolders (mod_json_cdr rotate)
+        self._flat = False  # a listing found no subfolder: the folder's mtime tells news
         self._resync_at: float | None = None
         self.scans = 0
         self.files_listed = 0
@@ -363,8 +364,11 @@ class Backfill:
         listed = new = replaced = bad = 0
         subfolders: list[tuple[int, str]] = []
         try:
-            entries = _entries(self.folder, since_ns, subfolders)  # runs in the threads below
             done = False
+            if self._flat and _in_thread(os.stat, self.folder).st_mtime_ns < since_ns:
+                # No name added, renamed or removed since the mark: nothing to list.
+                done = True
+            entries = _entries(self.folder, since_ns, subfolders)  # runs in the threads below
             while not done and not self._stop.is_set():
                 files, done = _in_thread(_next_files, entries, since_ns, until_ns)
                 listed += len(files)
@@ -382,7 +386,9 @@ class Backfill:
             self._retry_scan()
             return
         self._folder_state(True)
-        self._rotating = bool(subfolders)
+        if not self._flat or subfolders:  # what a full listing found
+            self._rotating = bool(subfolders)
+            self._flat = not subfolders
         if self._stop.is_set():
             return
         self.scans += 1
