@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import gevent
 
@@ -38,7 +39,8 @@ def write_config(tmp_path: Path, esl_port: int, fmt: str = "json", password: str
 
 
 class DaemonProcess:
-    def __init__(self, ini: Path, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, ini: Path, log_path: Path, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None):
         self.ini = ini
         self.log_path = log_path
         self._log = open(log_path, "ab")
@@ -49,6 +51,7 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=str(ini.parent),
+            preexec_fn=preexec_fn,
         )
 
     def wait_exit(self, timeout: float = WAIT) -> int | None:

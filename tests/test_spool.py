@@ -4,6 +4,7 @@ spool file and is replayed into SQLite exactly once."""
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import sqlite3
 import time
@@ -282,3 +283,45 @@ def test_daemon_sigkilled_with_a_full_spool_stores_every_cdr_once_after_restart(
     assert sorted(r["call_id"] for r in rows) == sorted(legs)
     events = [e["event"] for e in daemon.log_events()]
     assert "spool_torn_line_skipped" in events and "spool_replayed" in events
+
+
+def test_daemon_disk_full_spools_then_stores_every_cdr_once_when_space_returns(tmp_path):
+    """A real write failure in the daemon: its file-size limit (RLIMIT_FSIZE)
+    stops the WAL from growing, as a full disk would; the small spool file
+    still fits.  Raising the limit is the disk getting space back."""
+    legs = set(EXPECTED["S1_json"]) | set(EXPECTED["S3_json"])
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl", DATA / "S3_json.esl"]), hold=True)
+    fake.start()
+    db, ini = prepared(tmp_path, fake.port)
+    ini.write_text(ini.read_text().replace("level = debug", "level = info"))
+    # A WAL of ~600 kB that the daemon must append to (this connection stays
+    # open, so nothing checkpoints it away); the limit sits just above it.
+    holder = store.connect_writer(db)
+    holder.execute("PRAGMA wal_autocheckpoint = 0")
+    earlier = [dict(record(n), interaction_id="i-%d" % n, local_sdp="v=0 " * 200) for n in range(300)]
+    store.insert_records(holder, earlier)
+    limit = (tmp_path / "cdrs.db-wal").stat().st_size + 4096
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    daemon = DaemonProcess(ini, tmp_path / "daemon.log", preexec_fn=small_disk)
+    try:
+        assert fake.wait_done(timeout=WAIT)
+        # Every CDR is either committed (before the limit was reached) or
+        # in the spool, most of them in the spool.
+        spooled = wait_until(lambda: (lambda backlog: backlog if backlog + len(db_rows(db)) - len(earlier) == len(legs)
+                                      else None)(health(daemon)["writer"]["spool_backlog"]))
+        assert spooled and spooled >= len(legs) // 2
+        failures = [e for e in daemon.log_events() if e["event"] == "sqlite_write_failed"]
+        assert failures and "disk" in failures[0]["error"]
+        resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        rows = wait_rows(db, len(earlier) + len(legs))
+        assert wait_until(lambda: health(daemon)["writer"]["spool_backlog"] == 0)
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+        holder.close()
+    rows = db_rows(db)
+    assert len(rows) == len(earlier) + len(legs)
+    assert {r["call_id"] for r in rows} == legs | {r["call_id"] for r in earlier}
