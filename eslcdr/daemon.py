@@ -178,6 +178,7 @@ class Pipeline:
             due = self.tracker.due_lost(self._clock())
             rescued = sum(1 for event in backfill.rescue(due) if self.on_backfill(event))
             if rescued:
+                backfill.count_rescued(rescued)
                 log.info("hangup_from_json_cdr", node=self.node_name, legs=rescued)
         now = self._clock()
         lost = self.tracker.take_lost(now)

@@ -46,6 +46,20 @@ class DaemonCollector:
             yield CounterMetricFamily("eslcdr_cdrs_spooled", "CDRs written to the spool file", value=writer.spooled)
             yield CounterMetricFamily("eslcdr_cdrs_lost", "CDRs neither stored nor spooled (logged in full)",
                                       value=writer.lost + writer.refused)
+        backfill = getattr(daemon, "backfill", None)
+        if backfill is not None:
+            yield CounterMetricFamily(
+                "eslcdr_backfill_legs", "Legs stored from their mod_json_cdr file (hangup not heard)",
+                value=backfill.backfilled + backfill.rescued,
+            )
+            yield CounterMetricFamily(
+                "eslcdr_backfill_replaced", "Not-seen rows replaced from a json_cdr file that came later",
+                value=backfill.replaced,
+            )
+            yield CounterMetricFamily("eslcdr_backfill_bad_files", "Unreadable json_cdr files skipped",
+                                      value=backfill.bad_files)
+            yield GaugeMetricFamily("eslcdr_backfill_awaiting", "Not-seen legs whose json_cdr file is awaited",
+                                    value=len(backfill.awaiting))
         retention = daemon.retention
         if retention is not None and retention.stats:
             stats = retention.stats

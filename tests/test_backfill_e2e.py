@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import gevent
@@ -197,12 +198,18 @@ def test_socket_dropped_every_leg_once_and_complete_from_files(tmp_path, tmp_pat
         # ends; the others by the scans after the reconnect.
         wait_until(lambda: len(db_rows(db)) >= len(expected))
         rows = settle(db, 1.5)
+        port = daemon.api_port()
+        metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
+        health = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=10).read())
     finally:
         assert daemon.stop() == 0
         fake.stop()
     assert_complete(rows, expected, from_files=lost)
     assert not [r for r in rows if r["disposition"] == NOT_SEEN]
     assert log_events(daemon, "esl_resync")
+    assert "eslcdr_backfill_legs_total %s" % float(len(lost)) in metrics
+    assert health["backfill"]["backfilled"] + health["backfill"]["rescued"] == len(lost)
+    assert health["backfill"]["rescued"] > 0 and health["backfill"]["readable"] is True
 
 
 def test_socket_dropped_without_files_writes_not_seen_rows_as_before(tmp_path, tmp_path_factory):
