@@ -61,6 +61,7 @@ from .queries import (
     encode_cursor,
     feed_sql,
     first,
+    is_heavy,
     legs_sql,
     list_sql,
     parse_feed_query,
@@ -495,13 +496,14 @@ class _Routes:
 
         if query.page_size is None:  # every row: in keyset chunks, no long snapshot
             stream = self.pool.keyset_stream(lambda start, n: list_sql(replace(
-                query, page_size=n - 1, cursor=query.cursor if start is None else cursor_for(query, start))))
+                query, page_size=n - 1, cursor=query.cursor if start is None else cursor_for(query, start))),
+                heavy=is_heavy(query))
             if as_csv:
                 default = "interactions.csv" if interactions else "cdrs.csv"
                 return self.csv_body(stream, as_csv_text, columns, self.file_name(params, default))
             return self.json_body(stream, as_json)
         sql, args = list_sql(query)
-        rows = self.pool.fetch_all(sql, args, limit=query.page_size + 1)
+        rows = self.pool.fetch_all(sql, args, limit=query.page_size + 1, heavy=is_heavy(query))
         page, rest = rows[: query.page_size], rows[query.page_size:]
         fields: dict[str, Any] = {"page_size": len(page)}
         if page:
@@ -652,7 +654,8 @@ def create_app(
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics.create(registry)
-    pool = ReaderPool(config.store.path, config.api.statement_timeout, runner=runner)
+    pool = ReaderPool(config.store.path, config.api.statement_timeout, runner=runner,
+                      heavy_slots=config.api.heavy_queries)
     routes = _Routes(
         config,
         pool,

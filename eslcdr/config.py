@@ -55,6 +55,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "idle_timeout": "15",
         "send_timeout": "60",
         "max_connections": "256",
+        "heavy_queries": "2",
     },
     "cdr": {
         "account_id_vars": "ecallmgr_Account-ID",
@@ -124,6 +125,7 @@ class ApiConfig:
     idle_timeout: float
     send_timeout: float
     max_connections: int
+    heavy_queries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,7 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             idle_timeout=_get(api, "api", "idle_timeout", float, lambda v: v > 0),
             send_timeout=_get(api, "api", "send_timeout", float, lambda v: v > 0),
             max_connections=_get(api, "api", "max_connections", int, lambda v: v > 0),
+            heavy_queries=_get(api, "api", "heavy_queries", int, lambda v: v > 0),
         ),
         cdr=CdrConfig(
             account_id_vars=_names(cdr_values["account_id_vars"]),

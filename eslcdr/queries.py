@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import math
 import re
@@ -570,6 +571,42 @@ class Reader:
             self._deadline = math.inf
 
 
+def is_heavy(query: ListQuery) -> bool:
+    """A listing with filters: they are not indexed, so SQLite may evaluate
+    them (JSON paths, NOT ...) on every row of the time range before it finds
+    a page -- hundreds of ms on 100k rows, where a plain first page takes a
+    few.  Such statements go through the pool's heavy lane."""
+    return bool(query.filters)
+
+
+class HeavyLane:
+    """At most ``slots`` heavy statements run at once; the others wait
+    (cooperatively, at most ``wait`` seconds, then ``StatementTimeout``).
+
+    Without it a dozen filter-heavy listings fill gevent's thread pool and
+    share two cores and the GIL with everything else, and a one-row page
+    waits behind them.  Light statements never wait here.
+    """
+
+    def __init__(self, slots: int, wait: float) -> None:
+        self.slots = slots
+        self.wait = wait
+        self._semaphore: Any = None
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self._semaphore is None:
+            from gevent.lock import BoundedSemaphore  # here: the daemon patches before building the API
+
+            self._semaphore = BoundedSemaphore(self.slots)
+        if not self._semaphore.acquire(timeout=self.wait):
+            raise StatementTimeout("too many filtered queries at once: none freed a slot in %.1f s" % self.wait)
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
 class ReaderPool:
     """A few idle read-only connections, opened on demand."""
 
@@ -580,12 +617,14 @@ class ReaderPool:
         *,
         runner: InlineRunner | GeventRunner | None = None,
         max_idle: int = 8,
+        heavy_slots: int = 2,
     ) -> None:
         self.path = path
         self.statement_timeout = statement_timeout
         self.runner = runner or GeventRunner()
         self._idle: list[Reader] = []
         self._max_idle = max_idle
+        self.heavy = HeavyLane(heavy_slots, statement_timeout)
 
     def acquire(self) -> Reader:
         if self._idle:
@@ -611,17 +650,25 @@ class ReaderPool:
         while self._idle:
             self._idle.pop().conn.close()
 
-    def fetch_all(self, sql: str, args: Sequence[Any], limit: int = 100_000) -> list[tuple]:
-        """A bounded result (a page, one CDR) in one call."""
+    def fetch_all(self, sql: str, args: Sequence[Any], limit: int = 100_000, heavy: bool = False) -> list[tuple]:
+        """A bounded result (a page, one CDR) in one call; ``heavy`` waits for
+        a slot of the heavy lane first."""
+        if heavy:
+            with self.heavy.slot():
+                return self.fetch_all(sql, args, limit)
         reader = self.acquire()
         try:
             return self.runner.spawn(lambda: reader.call(lambda: reader.conn.execute(sql, args).fetchmany(limit))).get()
         finally:
             self.release(reader)
 
-    def fetch_chunk(self, sql: str, args: Sequence[Any], inline: bool) -> list[tuple]:
+    def fetch_chunk(self, sql: str, args: Sequence[Any], inline: bool, heavy: bool = False) -> list[tuple]:
         """Every row of a statement with a LIMIT, read to its end: the
-        statement is finished and its read transaction over when this returns."""
+        statement is finished and its read transaction over when this returns.
+        A heavy chunk waits for a slot of the heavy lane and never runs inline."""
+        if heavy:
+            with self.heavy.slot():
+                return self.fetch_chunk(sql, args, False)
         reader = self.acquire()
 
         def run() -> list[tuple]:
@@ -645,8 +692,8 @@ class ReaderPool:
         return RowStream(self, sql, args, batch)
 
     def keyset_stream(self, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
-                      chunk: int = FETCH_BATCH, limit: int | None = None) -> "KeysetStream":
-        return KeysetStream(self, chunk_sql, chunk, limit)
+                      chunk: int = FETCH_BATCH, limit: int | None = None, heavy: bool = False) -> "KeysetStream":
+        return KeysetStream(self, chunk_sql, chunk, limit, heavy)
 
 
 class KeysetStream:
@@ -669,8 +716,9 @@ class KeysetStream:
     """
 
     def __init__(self, pool: ReaderPool, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
-                 chunk: int, limit: int | None) -> None:
+                 chunk: int, limit: int | None, heavy: bool = False) -> None:
         self._pool = pool
+        self._heavy = heavy
         self._chunk_sql = chunk_sql
         self._chunk = chunk
         self._left = limit
@@ -687,7 +735,7 @@ class KeysetStream:
         size = self._chunk if self._left is None else min(self._chunk, self._left)
         sql, args = self._chunk_sql(start, size + 1)
         started = time.monotonic()
-        rows = self._pool.fetch_chunk(sql, args, self._inline)
+        rows = self._pool.fetch_chunk(sql, args, self._inline, self._heavy)
         self._inline = time.monotonic() - started < INLINE_BATCH_SECONDS
         return rows
 
