@@ -10,12 +10,23 @@ hold every row (collector_nodes cursors at the nodes' last seq).
 ``--compare`` also measures the choices made in the collector, on the
 same records:
 - feed format: NDJSON stream vs JSON pages of 10,000 (fetch + parse only);
-- write path: staged COPY of the raw lines + json_populate_record (what
-  the collector does), per-row INSERT ... ON CONFLICT with executemany in
-  pipeline mode, and a typed COPY with the values converted in Python.
+- write path: a typed COPY with the values taken from the parsed records
+  (what the collector does), a COPY of the raw lines turned into rows by
+  json_populate_record in SQL, per-row INSERT ... ON CONFLICT with
+  executemany in pipeline mode.
 
 Prints figures; not a pass/fail test.  Target (issue 8): >= 20,000 rows/s
-from two nodes.
+from two nodes.  Wall-clock figures swing with whatever else runs on the
+machine, so it also counts the CPU seconds of every process involved
+(collector, nodes, PostgreSQL) and derives the rate two idle cores give.
+
+Measured 2026-11-30, 2 x 100,000 rows, on the 2-core machine shared with
+other jobs (load average 6.8): 79 us CPU per row in total (collector 28,
+nodes 17, PostgreSQL 35) = about 25,300 rows/s on 2 idle cores; wall
+7,631 rows/s under that load.  Feed: NDJSON 27 us CPU per row (node +
+client) vs JSON pages 35 us.  Writes (collector + PostgreSQL CPU per row):
+typed COPY 10 + 25 us, raw lines + json_populate_record 5 + 52 us,
+executemany pipeline 48 + 48 us.
 
     python bench/collect.py [--rows 100000] [--batch-size 5000] [--compare]
 """
@@ -41,6 +52,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
+import psycopg.sql  # noqa: E402
 
 from api import generate, row_count  # noqa: E402
 from eslcdr.collector import pgschema  # noqa: E402
@@ -88,10 +100,14 @@ def fetch(port: int, path: str, accept: str) -> tuple[bytes, dict]:
     return body, headers
 
 
-def compare_feed(port: int, rows: int) -> None:
+def compare_feed(port: int, node_pid: int, rows: int) -> None:
+    """NDJSON vs JSON pages of 10,000: wall, and CPU of the node + this client."""
+    import psutil
+
+    node = psutil.Process(node_pid)
     for label, accept in (("ndjson", "application/x-ndjson"), ("json pages", "application/json")):
         after, got, peak = 0, 0, 0
-        started = time.perf_counter()
+        node0, cpu0, started = sum(node.cpu_times()[:2]), time.process_time(), time.perf_counter()
         while got < rows:
             body, _ = fetch(port, "/v2/feed/cdrs?after=%d&limit=10000" % after, accept)
             peak = max(peak, len(body))
@@ -104,8 +120,10 @@ def compare_feed(port: int, rows: int) -> None:
             got += len(records)
             after = records[-1]["seq"]
         elapsed = time.perf_counter() - started
-        print("feed %-10s: %d rows in %.2f s = %.0f rows/s (largest response %.1f MB held whole here;"
-              " the collector streams NDJSON line by line)" % (label, got, elapsed, got / elapsed, peak / 1e6))
+        cpu = sum(node.cpu_times()[:2]) - node0 + time.process_time() - cpu0
+        print("feed %-10s: %d rows, %.1f us CPU per row (node + client), wall %.0f rows/s;"
+              " a page is %.1f MB held whole, NDJSON is parsed line by line" % (
+                  label, got, cpu / got * 1e6, got / elapsed, peak / 1e6))
 
 
 def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int) -> None:
@@ -157,18 +175,42 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
             (cpu + server) / len(items) * 1e6, len(items) / wall))
         conn.close()
 
-    # 1. the collector's path
-    conn = fresh("cmp_staged")
+    # 1. the collector's path (PgStore): typed COPY, values from the parsed records
+    conn = fresh("cmp_typed")
     store = PgStore(conn)
     store.node_state("n", "http://x")
     state = {"after": 0}
 
-    def staged(chunk):
+    def typed(chunk):
         state["after"] = store.store_batch("n", "db", state["after"], chunk).after
 
-    measure("staged COPY of raw lines + json_populate_record", conn, staged)
+    measure("typed COPY (the collector, PgStore)", conn, typed)
 
-    # 2. executemany in pipeline mode, values converted in Python
+    # 2. COPY of the raw lines into a json column, json_populate_record in SQL
+    conn = fresh("cmp_raw")
+    conn.execute("CREATE TEMP TABLE raw (call_id text, hangup_at timestamptz, doc json) ON COMMIT DELETE ROWS")
+    conn.commit()
+    select = ", ".join(["r.%s" % psycopg.sql.Identifier(c).as_string(conn) for c in columns])
+    raw_insert = (
+        "INSERT INTO cdrs (%s) SELECT %s, 'n', CASE WHEN r.created_us > 0 THEN 'epoch'::timestamptz"
+        " + r.created_us * interval '1 microsecond' END, CASE WHEN r.answered_us > 0 THEN 'epoch'::timestamptz"
+        " + r.answered_us * interval '1 microsecond' END, s.hangup_at, now() FROM raw AS s,"
+        " json_populate_record(NULL::cdrs, s.doc) AS r ORDER BY s.call_id %s" % (
+            ", ".join('"%s"' % c for c in names), select, upsert))
+
+    def raw(chunk):
+        block = b"".join(b"%s\t%s\t%s\n" % (item.call_id.encode(), item.hangup_at.isoformat().encode(),
+                                            item.line.replace(b"\\", b"\\\\")) for item in chunk)
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy("COPY raw (call_id, hangup_at, doc) FROM STDIN") as copy:
+                copy.write(block)
+            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at) SELECT call_id, hangup_at FROM raw"
+                        " ON CONFLICT DO NOTHING")
+            cur.execute(raw_insert)
+
+    measure("raw lines COPY + json_populate_record", conn, raw)
+
+    # 3. executemany in pipeline mode, values converted in Python
     conn = fresh("cmp_many")
     insert = "INSERT INTO cdrs (%s) VALUES (%s) %s" % (
         ", ".join('"%s"' % c for c in names), ", ".join(["%s"] * len(names)), upsert)
@@ -181,22 +223,6 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
             cur.executemany(insert, rows)
 
     measure("executemany (pipeline) INSERT ... ON CONFLICT", conn, many)
-
-    # 3. typed COPY into a staging table, values converted in Python
-    conn = fresh("cmp_typed")
-    conn.execute("CREATE TEMP TABLE typed (LIKE cdrs) ON COMMIT DELETE ROWS")
-    conn.commit()
-
-    def typed(chunk):
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy("COPY typed (%s) FROM STDIN" % ", ".join('"%s"' % c for c in names)) as copy:
-                for item in chunk:
-                    copy.write_row(values_of(item, lambda v: orjson.dumps(v).decode()))
-            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at) SELECT call_id, hangup_at FROM typed"
-                        " ON CONFLICT DO NOTHING")
-            cur.execute("INSERT INTO cdrs SELECT * FROM typed " + upsert)
-
-    measure("typed COPY (values converted in Python)", conn, typed)
 
 
 def report(label: str, rows: int, elapsed: float) -> None:
@@ -294,7 +320,7 @@ def main() -> int:
               " on 2 idle cores: about %.0f rows/s; load average now %.1f" % (
                   cpu_collector, cpu_nodes, cpu_pg, cpu / done * 1e6, 2 * done / cpu, os.getloadavg()[0]))
         if args.compare:
-            compare_feed(nodes[0][1], args.rows)
+            compare_feed(nodes[0][1], nodes[0][0].pid, args.rows)
             compare_writes(pg.get_uri("%s"), admin, nodes[0][1], 10000, args.batch_size)
     finally:
         for proc, _ in nodes:

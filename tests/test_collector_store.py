@@ -225,3 +225,18 @@ def test_the_feed_names_its_newest_seq(tmp_path):
         assert response.headers["X-Feed-Last-Seq"] == "2"
     finally:
         env.close()
+
+
+def test_an_object_in_a_text_column_and_a_nul_are_refused_values(pg, tmp_path):
+    first, second, third = feed_items(tmp_path, [leg(ts(2026, 11)) for _ in range(3)])
+    odd = []
+    for item, change in ((first, {"caller_id_name": "nul\u0000here"}), (second, {"duration_seconds": {"x": 1}})):
+        doc = json.loads(item.line)
+        doc.update(change)
+        odd.append(FeedRecord(item.seq, item.call_id, item.hangup_us, json.dumps(doc).encode()))
+    result = pg.store_batch("fs1", "db-1", 0, odd + [third])
+    assert (result.stored, result.rejected, result.after) == (1, 2, third.seq)
+    assert [r["call_id"] for r in rows(pg)] == [third.call_id]
+    rejects = rows(pg, "SELECT seq, record FROM collector_rejects ORDER BY seq")
+    assert [r["seq"] for r in rejects] == [first.seq, second.seq]
+    assert json.loads(rejects[1]["record"])["duration_seconds"] == {"x": 1}

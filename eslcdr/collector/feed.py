@@ -102,7 +102,7 @@ def parse_record(line: bytes, previous_seq: int) -> FeedRecord | Rejected:
     hangup_us = hangup_micros(doc.get("hangup_us"), doc.get("timestamp"))
     if hangup_us is None:
         return Rejected(seq, call_id, "record has no usable hangup_us or timestamp", line.decode("utf-8", "replace"))
-    return FeedRecord(seq, call_id, hangup_us, line)
+    return FeedRecord(seq, call_id, hangup_us, line, doc)
 
 
 @dataclass(frozen=True, slots=True)
