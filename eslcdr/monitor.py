@@ -40,13 +40,17 @@ def status_text(daemon) -> str:
     connected = sum(1 for c in daemon.nodes.values() if c.state == "connected")
     writer = daemon.writer
     live = sum(len(p.tracker) for p in daemon.pipelines.values())
-    return "nodes %d/%d connected, %d CDRs written, backlog %d, live legs %d" % (
+    text = "nodes %d/%d connected, %d CDRs written, backlog %d, live legs %d" % (
         connected,
         len(daemon.nodes),
         writer.written if writer else 0,
         writer.backlog if writer else 0,
         live,
     )
+    spooled = writer.spool_backlog if writer else 0
+    if spooled:
+        text += ", %d CDRs in the spool (SQLite not writable)" % spooled
+    return text
 
 
 def unhealthy_reason(daemon, stall_timeout: float, now: float) -> str | None:
@@ -104,6 +108,7 @@ class Summary:
             "reconnects": totals[2],
             "written_total": writer.written if writer else 0,
             "backlog": writer.backlog if writer else 0,
+            "spool_backlog": writer.spool_backlog if writer else 0,
             "nodes": nodes,
         }
 

@@ -150,6 +150,9 @@ install_config() {
     create_once "$etc/environment" 0600 "# Read by systemd (as root) for eslcdr.service: secrets stay out of eslcdr.ini.
 #ESLCDR_ESL_PASSWORD=ClueCon"
     owner root:root "$etc/environment"
+    create_once "$etc/collector.environment" 0600 "# Read by systemd (as root) for eslcdr-collect.service, on the central host only.
+#ESLCDR_COLLECTOR_DSN=postgresql://eslcdr:secret@localhost/cdrs"
+    owner root:root "$etc/collector.environment"
 }
 
 install_units() {

@@ -110,6 +110,7 @@ def test_config_files_and_modes(staged):
     assert mode(etc / "tokens") == 0o640
     assert mode(etc / "environment") == 0o600
     assert "ESLCDR_ESL_PASSWORD" in (etc / "environment").read_text()
+    assert mode(etc / "collector.environment") == 0o600
     # The installed tokens file parses (comments only: no token yet).
     from eslcdr.tokens import load_tokens
 

@@ -269,6 +269,11 @@ def test_watchdog_stops_while_the_writer_is_stuck_and_resumes(tmp_path):
         gevent.sleep(2.0)  # ten intervals
         assert len(listener.with_key("WATCHDOG", "1")) == stalled_count
         assert db_rows(tmp_path / "cdrs.db") == []
+        # systemctl status says where the CDRs wait: the writer moved them to the spool.
+        deadline = time.monotonic() + WAIT
+        while not any("in the spool" in m["STATUS"] for _, m in listener.with_key("STATUS")):
+            assert time.monotonic() < deadline, listener.with_key("STATUS")[-3:]
+            gevent.sleep(0.1)
         # The lock goes away: the backlog is committed and the pings resume.
         lock.execute("COMMIT")
         lock.close()
@@ -382,7 +387,7 @@ def test_summary_line_per_interval_and_no_batch_lines_at_info(tmp_path):
         assert sum(s["nodes"]["fs-test"]["cdrs"] for s in summaries) == len(rows)
         assert sum(s["events"] for s in summaries) > len(rows)
         assert summaries[-1]["nodes"]["fs-test"]["state"] == "connected"
-        assert summaries[-1]["backlog"] == 0
+        assert summaries[-1]["backlog"] == 0 and summaries[-1]["spool_backlog"] == 0
         assert summaries[-1]["written_total"] == len(rows)
         assert events_named(daemon, "batch_written") == []
         assert events_named(daemon, "esl_connected")  # a state change is still logged
