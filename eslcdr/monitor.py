@@ -49,7 +49,7 @@ def status_text(daemon) -> str:
     )
     spooled = writer.spool_backlog if writer else 0
     if spooled:
-        text += ", %d CDRs in the spool (SQLite not writable)" % spooled
+        text += ", %d CDRs waiting in the spool" % spooled
     return text
 
 
