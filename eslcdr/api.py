@@ -189,6 +189,9 @@ class CdrApi:
         supplied = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
         environ["eslcdr.request_id"] = request_id
+        # Bottle writes tracebacks (exception text: request bytes) and the
+        # path to wsgi.errors; bottle_error logs the type and frames instead.
+        environ["wsgi.errors"] = _WSGI_ERRORS
         path = environ.get("PATH_INFO", "")
         if len(path) > 1 and path.endswith("/"):
             environ["PATH_INFO"] = path.rstrip("/") or "/"
@@ -225,6 +228,20 @@ class CdrApi:
 
     def close(self) -> None:
         self.pool.close()
+
+
+class _WsgiErrors:
+    """``wsgi.errors`` for Bottle: nothing it writes is logged as written."""
+
+    def write(self, text: str) -> None:
+        if text.startswith("<h1>Critical error"):  # the error handler itself failed
+            structlog.get_logger("eslcdr.api").error("api_critical_error")
+
+    def flush(self) -> None:
+        pass
+
+
+_WSGI_ERRORS = _WsgiErrors()
 
 
 # Header names a log line may carry as they are; any other becomes "other"

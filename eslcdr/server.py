@@ -50,6 +50,7 @@ log = structlog.get_logger("eslcdr.http")
 # beyond these the listener pauses.
 REJECT_SLACK = 16
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between "connections refused" lines under a flood
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
 _STATUS_REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
                    503: "Service Unavailable"}
 
@@ -101,6 +102,8 @@ def bad_request_reason(exc: BaseException) -> str:
         return "bad_content_length"
     if text.startswith("invalid literal for int()"):
         return "bad_number"  # a Content-Length or an HTTP version that is not one
+    if type(exc).__name__ == "_InvalidClientInput":
+        return "bad_body"  # e.g. a broken chunked body
     return "bad_request:" + type(exc).__name__
 
 
@@ -272,7 +275,8 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
         def format_request(self):
             length = self.response_length or "-"
             delta = "%.6f" % (self.time_finish - self.time_start) if self.time_finish else "-"
-            request = "%s %s %s" % (self.command, self._loggable_target(), self.request_version) \
+            method = self.command if self.command in _METHODS else "OTHER"  # a client's word
+            request = "%s %s %s" % (method, self._loggable_target(), self.request_version) \
                 if self._parsed else "-"
             status = (self._orig_status or self.status or "000")
             if isinstance(status, bytes):

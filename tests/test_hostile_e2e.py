@@ -150,6 +150,7 @@ def test_no_token_spelling_reaches_the_log(daemon):
         b"GET /?auth_token=" + t + b" HTTP/1.x\r\n\r\n",
         b"GET /?auth_token=" + t + b" FTP/1.1\r\n\r\n",
         b"BREW /?auth_token=" + t + b"\r\n\r\n",
+        b"GET /%s HTTP/1.1\r\nHost: x\r\n" % t + b"Transfer-Encoding: chunked\r\n\r\nzz" + t + b"\r\n\r\n",
         b"GET /?auth_token=" + t + b" HTTP/1.1 extra " + t + b"\r\n\r\n",
         b"GET /?auth_token=" + t + b"&x=" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nX-Auth-Token: " + t + b"\r\nContent-Length: " + t + b"\r\n\r\n",
@@ -159,8 +160,10 @@ def test_no_token_spelling_reaches_the_log(daemon):
     ]
     for raw in bad_lines:
         response = exchange(port, raw)
-        assert status_of(response) in (400, 414), raw[:60]
+        assert status_of(response) in (400, 404, 414), raw[:60]  # 404: the bad chunked body comes after
         assert envelope_of(response)["status"] == "error"
+    # A client's word in place of the method: answered, and not logged.
+    assert status_of(exchange(port, t + b" " + cdrs.encode() + b" HTTP/1.1\r\nConnection: close\r\n\r\n")) == 405
     # Still serving.
     assert status_of(get(port, cdrs, b"X-Auth-Token: " + t + b"\r\n")) == 200
     gevent.sleep(0.5)

@@ -91,3 +91,15 @@ def test_feed_and_legs_chunks(db):  # noqa: F811
                               chunk=64, limit=333)
     seqs = [row[-1] for batch in feed for row in batch]
     assert seqs == list(range(11, 11 + 333))
+
+
+def test_a_paused_feed_stream_holds_no_snapshot(db):  # noqa: F811
+    path, writer = db
+    store.insert_records(writer, [record(NOW_G - i) for i in range(1500)])
+    pool = ReaderPool(path, 5, runner=InlineRunner())
+    feed = iter(pool.keyset_stream(lambda s, n: feed_sql(FeedQuery(0 if s is None else s[-1] - 1, n)), chunk=100))
+    seqs = [row[-1] for row in next(feed)]
+    store.insert_records(writer, [record(NOW_G - i) for i in range(50)])  # the collector's reader pauses here
+    assert checkpoint_is_complete(writer)
+    seqs += [row[-1] for batch in feed for row in batch]
+    assert seqs == list(range(1, 1551))

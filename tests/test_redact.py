@@ -54,3 +54,34 @@ def test_scrub_removes_what_reads_like_a_credential(text):
 def test_scrub_leaves_other_text_and_redacted_text_alone():
     assert scrub("caller 100%% sure, page_size=5") == "caller 100%% sure, page_size=5"
     assert scrub("/a?auth%5Ftoken=[redacted]") == "/a?auth%5Ftoken=[redacted]"
+
+
+def test_an_unexpected_exception_logs_its_type_and_frames_never_its_text(tmp_path):
+    import io
+
+    import structlog
+
+    from eslcdr import api
+    from eslcdr.config import from_mapping
+    from eslcdr.queries import InlineRunner
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("")
+
+    def broken_health():
+        raise UnicodeDecodeError("utf-8", b"header-bytes-" + TOKEN.encode() + b"\xff", 5, 6, "invalid start byte")
+
+    config = from_mapping({"store": {"path": str(tmp_path / "x.db")}, "api": {"tokens_file": str(tokens)}})
+    app = api.create_app(config, health=broken_health, runner=InlineRunner())
+    errors = io.StringIO()
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/health", "QUERY_STRING": "x=1", "SERVER_NAME": "x",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(b""), "wsgi.errors": errors}
+    statuses = []
+    with structlog.testing.capture_logs() as logs:
+        body = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses[0].startswith("500") and b'"error":"500"' in body
+    assert errors.getvalue() == ""  # Bottle's traceback never reaches wsgi.errors
+    assert [entry["event"] for entry in logs] == ["api_unhandled_exception"]
+    assert logs[0]["error"] == "UnicodeDecodeError" and "broken_health" in logs[0]["frames"]
+    assert TOKEN not in repr(logs)
