@@ -26,6 +26,7 @@ own 404/405/500 -- is Kazoo's envelope ``{"status": "error", "error": "<code>",
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -72,7 +73,8 @@ from .schema import COLUMN_NAMES
 from .store import record_ack, token_key
 from .stats import CSV_COLUMNS as STATS_CSV_COLUMNS
 from .stats import WORST_COLUMNS, csv_cells, parse_stats_query, parse_worst_query, run_stats, worst_sql
-from .tokens import COLLECTOR, TokenStore
+from .sessions import SessionStore
+from .tokens import COLLECTOR, TokenStore, digest
 
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
@@ -85,14 +87,60 @@ DB_ID_SQL = "SELECT value FROM meta WHERE key = 'db_id'"
 LAST_SEQ_SQL = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cdrs'), 0)"
 MAX_QUERY_FIELDS = 200
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_CSV_TYPES = ("text/csv", "text/comma-separated-values")
+# Kazoo's CSV_CONTENT_TYPES: a client asking for octet-stream gets CSV.
+_CSV_TYPES = ("text/csv", "text/comma-separated-values", "application/octet-stream")
+_JSON_TYPES = ("application/json", "application/x-json")
+MAX_LOGIN_BODY = 65536
+# CORS, as Kazoo's api_util:get_cors_headers (plus what our own routes read).
+CORS_ALLOW_HEADERS = (
+    "Content-Type, Depth, User-Agent, X-Http-Method-Override, X-File-Size, X-Requested-With, "
+    "If-Modified-Since, X-File-Name, Cache-Control, X-Auth-Token, X-Kazoo-Cluster-ID, If-Match, "
+    "Accept, Authorization, X-Request-ID"
+)
+CORS_EXPOSE_HEADERS = "Content-Type, X-Auth-Token, X-Request-ID, Location, ETag, Content-Disposition"
+CORS_MAX_AGE = "86400"
 _FILE_NAME_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/;]')
 _N_SOURCE = len(kazoo.SOURCE_COLUMNS)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
+def without_nulls(value: Any) -> Any:
+    """``value`` with every None left out (dict members) or dropped (list items):
+    Kazoo leaves out what has no value, and clients read ``.length`` of what is there."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [without_nulls(v) for v in value if v is not None]
+    return value
+
+
+def accepts_first(accept: str, preferred: Sequence[str], others: Sequence[str]) -> bool:
+    """True when the Accept header ranks a ``preferred`` type above every one of ``others``
+    (q values, then order); False when none of ``preferred`` is acceptable."""
+    best_preferred = best_other = None
+    for position, part in enumerate(accept.lower().split(",")):
+        fields = part.split(";")
+        media_type = fields[0].strip()
+        quality = 1.0
+        for field in fields[1:]:
+            name, _, value = field.strip().partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality <= 0:
+            continue
+        rank = (quality, -position)
+        if media_type in preferred:
+            best_preferred = max(best_preferred or rank, rank)
+        elif media_type in others:
+            best_other = max(best_other or rank, rank)
+    return best_preferred is not None and (best_other is None or best_preferred > best_other)
+
+
 def _records_json(rows: list[tuple]) -> list[str]:
-    return [row[0] for row in rows]  # rendered by SQLite (kazoo.record_sql)
+    return [kazoo.record_text(row[0]) for row in rows]  # rendered by SQLite (kazoo.record_sql)
 
 
 def _records_csv(rows: list[tuple]) -> str:
@@ -115,6 +163,27 @@ def invalid_credentials() -> ApiError:
 
 def forbidden() -> ApiError:
     return ApiError(403, "forbidden", {"message": "forbidden"})
+
+
+def token_of(environ: dict) -> str:
+    """The request's token: ``X-Auth-Token``, else the ``auth_token`` query
+    value, else an ``Authorization: Bearer`` value; "" when none (cached)."""
+    token = environ.get("eslcdr.auth_token")
+    if token is None:
+        token = environ.get("HTTP_X_AUTH_TOKEN") or ""
+        query = environ.get("QUERY_STRING", "")
+        if not token and query:
+            try:
+                values = urllib.parse.parse_qs(query, errors="replace", max_num_fields=MAX_QUERY_FIELDS)
+            except ValueError:
+                values = {}
+            token = (values.get("auth_token") or [""])[0]
+        if not token:
+            authorization = environ.get("HTTP_AUTHORIZATION", "")
+            if authorization[:7].lower() == "bearer ":
+                token = authorization[7:].strip()
+        environ["eslcdr.auth_token"] = token
+    return token
 
 
 def error_payload(status: int, message: str, data: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,15 +243,39 @@ class CdrApi:
     ``bottle`` is the inner Bottle app; ``close()`` closes pooled connections.
     """
 
-    def __init__(self, app: bottle.Bottle, pool: ReaderPool, metrics: Metrics, routes: "_Routes") -> None:
+    def __init__(self, app: bottle.Bottle, pool: ReaderPool, metrics: Metrics, routes: "_Routes",
+                 cors_origins: Sequence[str] = ("*",)) -> None:
         self.bottle = app
         self.pool = pool
         self.metrics = metrics
         self._routes = routes
+        self.cors_origins = tuple(cors_origins)
 
     def is_token(self, text: str) -> bool:
-        """Whether text is a token of the tokens file (the access log redacts those)."""
-        return self._routes.tokens.known(text)
+        """Whether text is a token of the tokens file or a login session's
+        (the access log redacts those)."""
+        return self._routes._known_token(text)
+
+    def cors_headers(self, environ: Mapping[str, Any], status: str, headers: list) -> list[tuple[str, str]]:
+        """CORS headers for one response: the origin on every answer, and on a
+        preflight (an OPTIONS answered 204) the methods, headers and max age."""
+        if not self.cors_origins:
+            return []
+        if self.cors_origins == ("*",):
+            out = [("Access-Control-Allow-Origin", "*")]
+        else:
+            origin = environ.get("HTTP_ORIGIN", "")
+            out = [("Vary", "Origin")]
+            if origin not in self.cors_origins:
+                return out
+            out.append(("Access-Control-Allow-Origin", origin))
+        out.append(("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS))
+        if environ.get("REQUEST_METHOD") == "OPTIONS" and status.startswith("204"):
+            allow = next((value for name, value in headers if name.lower() == "allow"), "GET, OPTIONS")
+            out += [("Access-Control-Allow-Methods", allow),
+                    ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+                    ("Access-Control-Max-Age", CORS_MAX_AGE)]
+        return out
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -200,6 +293,7 @@ class CdrApi:
         def start(status: str, headers: list, exc_info: Any = None) -> Callable:
             status_seen.append(status.split(" ", 1)[0])
             headers.append(("X-Request-ID", request_id))
+            headers.extend(self.cors_headers(environ, status, headers))
             return start_response(status, headers, exc_info)
 
         bad_header = _undecodable_header(environ)
@@ -220,6 +314,7 @@ class CdrApi:
         """400 for a header whose bytes are not UTF-8 (Bottle would fail with a 500)."""
         structlog.get_logger("eslcdr.api").warning(
             "api_bad_header", header=name, client=environ.get("REMOTE_ADDR"), status=400)
+        environ["eslcdr.auth_token"] = ""  # a token next to undecodable bytes is not echoed
         payload = error_payload(400, "bad request", {"message": "header %s is not valid UTF-8" % name},
                                 self._routes.meta_for(environ))
         body = _dumps(payload).encode("utf-8")
@@ -309,11 +404,13 @@ class _Routes:
         metrics: Metrics,
         clock: Callable[[], float],
         acknowledge: AckFn,
+        sessions: SessionStore,
         channels: ChannelsFn = no_channels,
     ) -> None:
         self.acknowledge = acknowledge
         self.channels_fn = channels
         self.api = config.api
+        self.sessions = sessions
         self.node = config.cdr.node_name
         self.pool = pool
         self.tokens = tokens
@@ -330,17 +427,21 @@ class _Routes:
 
     def meta_for(self, environ: Mapping[str, Any]) -> dict[str, Any]:
         now = time.gmtime(self.clock())
-        return {
+        meta = {
             "request_id": environ.get("eslcdr.request_id", ""),
             "node": self.node,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
             "version": __version__,
         }
+        token = token_of(environ)
+        if token:
+            meta["auth_token"] = token  # Kazoo echoes the request's token
+        return meta
 
     def json_response(self, payload: Mapping[str, Any], status: int = 200) -> bytes:
         bottle.response.status = status
         bottle.response.content_type = "application/json"
-        return _dumps(payload).encode("utf-8")
+        return _dumps(without_nulls(payload)).encode("utf-8")
 
     def error_response(self, status: int, message: str, data: Any = None) -> bytes:
         return self.json_response(error_payload(status, message, {} if data is None else data, self.meta()), status)
@@ -364,10 +465,13 @@ class _Routes:
 
         return guarded
 
+    def _known_token(self, text: str) -> bool:
+        return self.tokens.known(text) or self.sessions.known(text)
+
     def log_path(self) -> str:
         """The request path fit for a log line (no token, however it was put there)."""
         environ = bottle.request.environ
-        return Redactor(self.tokens.known, presented_in_environ(environ)).target(environ.get("PATH_INFO", ""))
+        return Redactor(self._known_token, presented_in_environ(environ)).target(environ.get("PATH_INFO", ""))
 
     def params(self) -> dict[str, list[str]]:
         query = bottle.request.environ.get("QUERY_STRING", "")
@@ -380,19 +484,19 @@ class _Routes:
                 "message": "at most %d query parameters" % MAX_QUERY_FIELDS}}}) from None
 
     @staticmethod
-    def presented_token(params: Mapping[str, Sequence[str]]) -> str | None:
-        headers = bottle.request.headers
-        token = headers.get("X-Auth-Token") or first(params, "auth_token")
-        if not token:
-            authorization = headers.get("Authorization", "")
-            if authorization[:7].lower() == "bearer ":
-                token = authorization[7:].strip()
-        return token or None
+    def presented_token(params: Mapping[str, Sequence[str]] | None = None) -> str | None:
+        return token_of(bottle.request.environ) or None
 
     def scope(self, params: Mapping[str, Sequence[str]]) -> str:
-        """The presented token's account (or COLLECTOR); 401 if none is valid."""
+        """The presented token's account (or COLLECTOR); 401 if none is valid.
+
+        A token is an API key of the tokens file or a live login session."""
         token = self.presented_token(params)
-        account = self.tokens.lookup(token) if token else None
+        account = None
+        if token:
+            account = self.sessions.lookup(token, self.tokens.lookup_digest)
+            if account is None:
+                account = self.tokens.lookup(token)
         if account is None:
             raise invalid_credentials()
         return account
@@ -405,11 +509,12 @@ class _Routes:
 
     @staticmethod
     def wants(params: Mapping[str, Sequence[str]], media_types: Sequence[str], short: str) -> bool:
+        """``?accept=<short or type>`` wins; else the Accept header ranks one of
+        ``media_types`` above JSON."""
         accept_param = (first(params, "accept") or "").strip().lower()
         if accept_param:
             return accept_param == short or accept_param in media_types
-        header = bottle.request.headers.get("Accept", "").lower()
-        return any(media_type in header for media_type in media_types)
+        return accepts_first(bottle.request.headers.get("Accept", ""), media_types, _JSON_TYPES)
 
     def file_name(self, params: Mapping[str, Sequence[str]], default: str) -> str:
         name = first(params, "file_name") or bottle.request.headers.get("X-File-Name") or default
@@ -417,7 +522,7 @@ class _Routes:
         return name or default
 
     def csv_headers(self, file_name: str) -> None:
-        bottle.response.content_type = "text/csv; charset=utf-8"
+        bottle.response.content_type = "text/csv"  # exactly, as Kazoo (the body is UTF-8)
         fallback = file_name.encode("ascii", "replace").decode("ascii").replace("?", "_")
         disposition = 'attachment; filename="%s"' % fallback
         if fallback != file_name:
@@ -443,7 +548,7 @@ class _Routes:
         counter = self.metrics.rows.labels(bottle.request.environ["bottle.route"].rule, "csv")
 
         def chunks() -> Iterator[bytes]:
-            yield kazoo.csv_records([columns]).encode("utf-8")
+            yield kazoo.csv_records([kazoo.csv_header(columns)]).encode("utf-8")
             for batch in stream:
                 counter.inc(len(batch))
                 yield render(batch).encode("utf-8")
@@ -476,7 +581,7 @@ class _Routes:
         def chunks() -> Iterator[bytes]:
             for batch in stream:
                 counter.inc(len(batch))
-                yield "".join([row[0] + "\n" for row in batch]).encode("utf-8")
+                yield "".join([kazoo.record_text(row[0]) + "\n" for row in batch]).encode("utf-8")
 
         return _StreamBody(chunks(), stream)
 
@@ -542,8 +647,12 @@ class _Routes:
         self.count_rows("csv" if as_csv else "json", 1)
         if as_csv:
             self.csv_headers(self.file_name(params, "cdr-%s.csv" % cdr_id))
-            return (kazoo.csv_records([COLUMN_NAMES]) + rows[0][0] + "\r\n").encode("utf-8")
-        return self.envelope(rows[0][0], {})
+            return (kazoo.csv_records([kazoo.csv_header(kazoo.RECORD_CSV_FIELDS)]) + rows[0][0] + "\r\n").encode("utf-8")
+        # Kazoo's revision (and ETag) of a document: changes whenever the record does.
+        record = kazoo.record_text(rows[0][0])
+        revision = hashlib.md5(record.encode("utf-8"), usedforsecurity=False).hexdigest()
+        bottle.response.set_header("ETag", '"%s"' % revision)
+        return self.envelope(record, {"revision": revision})
 
     def legs(self, account_id: str, leg_id: str) -> Any:
         params = self.params()
@@ -555,7 +664,7 @@ class _Routes:
             stream.close()
             raise ApiError(404, "could not find legs for supplied id", {})
         if as_csv:
-            return self.csv_body(stream, _records_csv, COLUMN_NAMES, self.file_name(params, "legs.csv"))
+            return self.csv_body(stream, _records_csv, kazoo.RECORD_CSV_FIELDS, self.file_name(params, "legs.csv"))
         return self.json_body(stream, _records_json)
 
     def stats(self, account_id: str, user_id: str | None = None) -> Any:
@@ -594,7 +703,10 @@ class _Routes:
         # Pulling with after=N says "I have stored every seq <= N": the
         # acknowledgement retention waits for (DESIGN §3.5).  Keyed by the
         # token's sha256, never the token.
-        self.acknowledge(token_key(self.presented_token(params) or ""), query.after,
+        # A collector logged in through api_auth acknowledges as its API key.
+        token = self.presented_token(params) or ""
+        session_key = self.sessions.key_of(token)
+        self.acknowledge(session_key.hex() if session_key is not None else token_key(token), query.after,
                          int(self.clock() * 1_000_000))
         db_id = self.pool.fetch_all(DB_ID_SQL, (), limit=1)[0][0]
         bottle.response.set_header("X-DB-ID", db_id)
@@ -606,7 +718,7 @@ class _Routes:
         rows = self.pool.fetch_all(*feed_sql(query), limit=query.limit)
         self.count_rows("json", len(rows))
         next_after = rows[-1][1] if rows else query.after
-        return self.envelope("[%s]" % ",".join([row[0] for row in rows]),
+        return self.envelope("[%s]" % ",".join(_records_json(rows)),
                              {"next_after": next_after, "db_id": db_id})
 
     def channels(self, account_id: str | None = None, user_id: str | None = None) -> Any:
@@ -620,6 +732,55 @@ class _Routes:
             self.authorize(params, account_id)
         found = self.channels_fn(account_id, user_id)
         return self.envelope(_dumps(found), {"page_size": len(found)})
+
+    # -- login (Kazoo's cb_api_auth / cb_user_auth) -------------------------
+
+    def login_body(self) -> Any:
+        """The request body as JSON; Kazoo's 400s when it is too large or not JSON."""
+        body = bottle.request.body.read(MAX_LOGIN_BODY + 1)
+        if len(body) > MAX_LOGIN_BODY:
+            raise ApiError(413, "request entity too large",
+                           {"message": "the request body is larger than %d bytes" % MAX_LOGIN_BODY})
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "validation error", {"json": {"invalid": {
+                "message": "failed to parse request body as JSON", "target": "body"}}}) from None
+
+    def api_auth(self) -> Any:
+        """``PUT /v2/api_auth {"data": {"api_key": KEY}}``: KEY is a token of
+        the tokens file; the answer is a session token (201), as Kazoo."""
+        payload = self.login_body()
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict):
+            raise ApiError(400, "validation error", {"data": {"type": {
+                "message": "the request envelope needs a data object", "target": "body"}}})
+        api_key = data.get("api_key")
+        account = self.tokens.lookup(api_key) if isinstance(api_key, str) and api_key else None
+        if account is None:
+            raise invalid_credentials()
+        token = self.sessions.create(digest(api_key), account)
+        bottle.request.environ["eslcdr.auth_token"] = token  # the envelope's auth_token
+        data_json = _dumps({"account_id": account})
+        revision = hashlib.md5(data_json.encode("utf-8"), usedforsecurity=False).hexdigest()
+        bottle.response.status = 201
+        return self.envelope(data_json, {"revision": revision})
+
+    def user_auth(self) -> Any:
+        """Kazoo's user/password login: there are no users here."""
+        raise invalid_credentials()
+
+    @staticmethod
+    def preflight(method: str) -> Callable[..., Any]:
+        """OPTIONS on a route: 204 and ``Allow``; CdrApi adds the CORS headers."""
+        allow = "%s, OPTIONS" % method
+
+        def answer(**_: Any) -> bytes:
+            bottle.response.status = 204
+            bottle.response.set_header("Allow", allow)
+            return b""
+
+        return answer
 
     def health(self) -> Any:
         info = dict(self.health_fn())
@@ -657,6 +818,7 @@ def create_app(
     runner: InlineRunner | GeventRunner | None = None,
     acknowledge: AckFn | None = None,
     channels: ChannelsFn | None = None,
+    sessions: SessionStore | None = None,
 ) -> CdrApi:
     """Build the API for ``config`` (database ``[store] path``, ``[api]`` settings).
 
@@ -668,6 +830,7 @@ def create_app(
     acknowledgement (the daemon passes its writer's; default: a short write
     of its own, waiting at most 200 ms for the lock).
     ``channels(account_id, owner_id)`` lists live legs (the daemon's trackers).
+    ``sessions`` holds login sessions (default: ``[api] session_ttl``).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics.create(registry)
@@ -682,6 +845,7 @@ def create_app(
         metrics,
         clock,
         acknowledge or _direct_ack(config.store.path),
+        sessions if sessions is not None else SessionStore(config.api.session_ttl),
         channels or no_channels,
     )
     app = bottle.Bottle(catchall=True)
@@ -689,23 +853,31 @@ def create_app(
     guard = routes.guard
     account = "/v2/accounts/<account_id>"
     # Literal segments first: Bottle tries dynamic routes in definition order.
-    app.route(account + "/cdrs", "GET", guard(routes.list_cdrs))
-    app.route(account + "/cdrs/interaction", "GET", guard(routes.list_interactions))
-    app.route(account + "/cdrs/legs/<leg_id>", "GET", guard(routes.legs))
-    app.route(account + "/cdrs/stats", "GET", guard(routes.stats))
-    app.route(account + "/cdrs/worst", "GET", guard(routes.worst))
-    app.route(account + "/cdrs/<cdr_id>", "GET", guard(routes.cdr_detail))
-    app.route(account + "/users/<user_id>/cdrs", "GET", guard(routes.list_cdrs))
-    app.route(account + "/users/<user_id>/cdrs/interaction", "GET", guard(routes.list_interactions))
-    app.route(account + "/channels", "GET", guard(routes.channels))
-    app.route(account + "/users/<user_id>/channels", "GET", guard(routes.channels))
-    app.route("/v2/channels", "GET", guard(routes.channels))
-    app.route(account + "/users/<user_id>/cdrs/stats", "GET", guard(routes.stats))
-    app.route(account + "/users/<user_id>/cdrs/worst", "GET", guard(routes.worst))
-    app.route("/v2/feed/cdrs", "GET", guard(routes.feed))
-    app.route("/health", "GET", routes.health)
-    app.route("/metrics", "GET", routes.prometheus)
-    return CdrApi(app, pool, metrics, routes)
+    table = (
+        (account + "/cdrs", "GET", guard(routes.list_cdrs)),
+        (account + "/cdrs/interaction", "GET", guard(routes.list_interactions)),
+        (account + "/cdrs/legs/<leg_id>", "GET", guard(routes.legs)),
+        (account + "/cdrs/stats", "GET", guard(routes.stats)),
+        (account + "/cdrs/worst", "GET", guard(routes.worst)),
+        (account + "/cdrs/<cdr_id>", "GET", guard(routes.cdr_detail)),
+        (account + "/users/<user_id>/cdrs", "GET", guard(routes.list_cdrs)),
+        (account + "/users/<user_id>/cdrs/interaction", "GET", guard(routes.list_interactions)),
+        (account + "/channels", "GET", guard(routes.channels)),
+        (account + "/users/<user_id>/channels", "GET", guard(routes.channels)),
+        ("/v2/channels", "GET", guard(routes.channels)),
+        (account + "/users/<user_id>/cdrs/stats", "GET", guard(routes.stats)),
+        (account + "/users/<user_id>/cdrs/worst", "GET", guard(routes.worst)),
+        ("/v2/feed/cdrs", "GET", guard(routes.feed)),
+        ("/health", "GET", routes.health),
+        ("/metrics", "GET", routes.prometheus),
+        ("/v2/api_auth", "PUT", guard(routes.api_auth)),
+        ("/v2/user_auth", "PUT", guard(routes.user_auth)),
+    )
+    for rule, method, handler in table:
+        app.route(rule, method, handler)
+        # Browsers preflight cross-origin requests; Bottle's 405 would block them.
+        app.route(rule, "OPTIONS", routes.preflight(method))
+    return CdrApi(app, pool, metrics, routes, config.api.cors_origins)
 
 
 def _direct_ack(path: str) -> AckFn:

@@ -56,6 +56,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "send_timeout": "60",
         "max_connections": "256",
         "heavy_queries": "2",
+        "cors_origins": "*",
+        "session_ttl": "3600",
     },
     "cdr": {
         "account_id_vars": "ecallmgr_Account-ID",
@@ -126,6 +128,8 @@ class ApiConfig:
     send_timeout: float
     max_connections: int
     heavy_queries: int
+    cors_origins: tuple[str, ...] = ("*",)  # () = no CORS headers
+    session_ttl: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,15 @@ def _get(values: Mapping[str, str], section: str, key: str, conv, check=None):
 
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.replace("\n", ",").split(",") if part.strip())
+
+
+def _cors_origins(raw: str) -> tuple[str, ...]:
+    """``*``, or origins (``https://ui.example.com``) separated by commas or spaces; empty = off."""
+    origins = tuple(part for part in raw.replace(",", " ").split() if part)
+    for origin in origins:
+        if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
+            raise ConfigError("[api] cors_origins: %r is not * or an origin like https://ui.example.com" % origin)
+    return ("*",) if "*" in origins else origins
 
 
 def parse_listen(raw: str) -> tuple[str, int]:
@@ -303,6 +316,8 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             send_timeout=_get(api, "api", "send_timeout", float, lambda v: v > 0),
             max_connections=_get(api, "api", "max_connections", int, lambda v: v > 0),
             heavy_queries=_get(api, "api", "heavy_queries", int, lambda v: v > 0),
+            cors_origins=_cors_origins(api["cors_origins"]),
+            session_ttl=_get(api, "api", "session_ttl", float, lambda v: v > 0),
         ),
         cdr=CdrConfig(
             account_id_vars=_names(cdr_values["account_id_vars"]),

@@ -67,6 +67,14 @@ LIST_COLUMNS: tuple[str, ...] = (
     "interaction_id",
 )
 INTERACTION_COLUMNS: tuple[str, ...] = LIST_COLUMNS + ("inception_direction",)
+# A full record (detail, legs, feed): every stored column, then what Kazoo's
+# CDR documents carry besides (channel_created_time: created_us, in µs).
+RECORD_FIELDS: tuple[str, ...] = COLUMN_NAMES + ("channel_created_time",)
+# The same as CSV columns: the id first, as every Kazoo CSV starts.
+RECORD_CSV_FIELDS: tuple[str, ...] = ("id",) + tuple(n for n in RECORD_FIELDS if n != "id")
+# Kazoo's CSV_HEADER_MAP (crossbar.hrl) for the columns we have: how its CSV
+# writer names them in the header row.
+CSV_HEADER_NAMES: Mapping[str, str] = {"id": "ID", "account_id": "Account ID"}
 
 # What a list row reads, in the order list_values unpacks it (no SDP blobs:
 # they are most of a row's bytes).  custom_channel_vars is last.
@@ -150,7 +158,15 @@ def _recordings(ccv: Mapping[str, Any]) -> list:
     value = ccv.get("media_recordings")
     if value is None:
         return []
-    return value if isinstance(value, list) else [value]
+    return [_no_nulls(item) for item in value if item is not None] if isinstance(value, list) else [_no_nulls(value)]
+
+
+def _no_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nulls(v) for v in value if v is not None]
+    return value
 
 
 @functools.lru_cache(maxsize=4096)
@@ -288,6 +304,9 @@ def _spreadsheet_safe_sql(expr: str) -> str:
     return ("CASE WHEN substr(%s, 1, 1) IN ('=', '@', char(9), char(13))"
             " OR (substr(%s, 1, 1) IN ('+', '-') AND NOT %s) THEN '''' || %s ELSE %s END"
             % (expr, expr, plain, expr, expr))
+def csv_header(columns: Sequence[str]) -> list[str]:
+    """The header row of a CSV of ``columns``, named as Kazoo's CSV writer does."""
+    return [CSV_HEADER_NAMES.get(name, name) for name in columns]
 
 
 def csv_records(rows: Iterable[Sequence[str]]) -> str:
@@ -319,6 +338,15 @@ def _q(name: str) -> str:
     return 'c."%s"' % name
 
 
+def record_text(text: str) -> str:
+    """A full record's JSON as rendered by record_sql, with the nulls SQL
+    leaves (inside arrays of the JSON columns) dropped too.  Most records
+    hold no ``null`` at all and pass through untouched."""
+    if "null" not in text:
+        return text
+    return orjson.dumps(_no_nulls(orjson.loads(text))).decode("utf-8")
+
+
 def _valid_json(name: str) -> str:
     # A stored value that is not JSON is sent as a JSON string, never dropped.
     return "CASE WHEN json_valid(%s) THEN %s ELSE json_quote(%s) END" % ((_q(name),) * 3)
@@ -346,11 +374,13 @@ def _csv_record(cells: Sequence[str]) -> str:
 
 
 def record_sql(fmt: str) -> str:
-    """The select expression rendering every stored column of ``cdrs AS c``.
+    """The select expression rendering every field (RECORD_FIELDS) of ``cdrs AS c``.
 
     ``json``: an object, JSON columns as JSON values, ``fax_success`` a
-    boolean.  ``csv``: a record in COLUMN_NAMES order, JSON columns as
-    compact JSON text, ``fax_success`` as ``true``/``false``/empty.
+    boolean; a field without a value (NULL) is left out, at any depth, as
+    Kazoo does -- json_patch onto ``{}`` drops null members and keeps the
+    order.  ``csv``: a record in RECORD_CSV_FIELDS order, JSON columns as compact
+    JSON text, ``fax_success`` as ``true``/``false``/empty, NULL as empty.
     """
     if fmt == "json":
         pairs = []
@@ -361,10 +391,13 @@ def record_sql(fmt: str) -> str:
                 pairs.append((name, "json(%s)" % _fax_success("'true'", "'false'", "'null'")))
             else:
                 pairs.append((name, _q(name)))
-        return _json_object(pairs)
+        pairs.append(("channel_created_time", _q("created_us")))
+        return "json_patch('{}', %s)" % _json_object(pairs)
     cells = []
-    for name in COLUMN_NAMES:
-        if name in JSON_COLUMNS:
+    for name in RECORD_CSV_FIELDS:
+        if name == "channel_created_time":
+            cells.append("COALESCE(CAST(%s AS TEXT), '')" % _q("created_us"))
+        elif name in JSON_COLUMNS:
             cells.append("COALESCE(json(%s), '')" % _valid_json(name))
         elif name == "fax_success":
             cells.append(_fax_success("'true'", "'false'", "''"))

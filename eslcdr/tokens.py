@@ -107,7 +107,11 @@ def load_tokens(path: str | os.PathLike) -> tuple[TokenEntry, ...]:
 
 def match(entries: tuple[TokenEntry, ...], token: str) -> str | None:
     """The account id of ``token``, or None; constant time in the token."""
-    presented = digest(token)
+    return match_digest(entries, digest(token))
+
+
+def match_digest(entries: tuple[TokenEntry, ...], presented: bytes) -> str | None:
+    """The account id of the token whose sha256 is ``presented``, or None."""
     found = None
     for entry in entries:
         # No break: every entry is compared, whatever matches.
@@ -163,6 +167,13 @@ class TokenStore:
         (SIGHUP); a broken file keeps the previous set, as on any reload."""
         self._next_check = self._clock() + self._check_interval
         self._refresh(strict=False, force=True)
+    def lookup_digest(self, token_digest: bytes) -> str | None:
+        """Account id (or COLLECTOR) of the token with this sha256, if still in the file."""
+        now = self._clock()
+        if now >= self._next_check:
+            self._next_check = now + self._check_interval
+            self._refresh(strict=False)
+        return match_digest(self._entries, token_digest)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
