@@ -60,6 +60,7 @@ class Retention:
         self._stop = stop
         self._clock = clock
         self._reported_error: str | None = None
+        self._held_back_logged_at = float("-inf")
         self.stats: dict = {}
         self.checks = 0
 
@@ -81,12 +82,36 @@ class Retention:
         days = self._store.retention_days
         if days and collectors is not None:
             cutoff = int(self._clock()) + GREGORIAN_UNIX_OFFSET - days * DAY
+            self._warn_if_held_back(cutoff)
             self._writer.schedule_retention(cutoff, collectors)
         self.checks += 1
         try:
             self.stats = gevent.get_hub().threadpool.apply(self._read_stats, (collectors or frozenset(),))
         except sqlite3.Error as exc:
             log.warning("storage_stats_failed", error=str(exc))
+
+    def _warn_if_held_back(self, cutoff: int) -> None:
+        """A collector that stopped pulling keeps every row from then on:
+        say so (hourly) while rows an hour past due are kept for it, so the
+        operator removes its token or mends it before the disk fills."""
+        stats = self.stats
+        oldest = stats.get("oldest_timestamp")
+        behind = {key: c for key, c in stats.get("collectors", {}).items() if c["unpulled"]}
+        if oldest is None or oldest >= cutoff - 3600 or not behind or self._writer.retention_running:
+            return
+        now = self._clock()
+        if now - self._held_back_logged_at < 3600:
+            return
+        self._held_back_logged_at = now
+        log.warning(
+            "retention_held_back_by_collector",
+            oldest_timestamp=oldest,
+            collectors={
+                "sha256:" + key[:12]: {"acked_seq": c["acked_seq"], "unpulled": c["unpulled"],
+                                       "last_pull_at": c["last_pull_us"] / 1e6}
+                for key, c in behind.items()
+            },
+        )
 
     def _read_stats(self, collectors: frozenset[str]) -> dict:
         conn = connect_reader(self._store.path)

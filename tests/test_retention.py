@@ -250,6 +250,8 @@ def test_daemon_keeps_old_calls_until_the_collector_has_acknowledged_them(tmp_pa
         gevent.sleep(1.0)
         assert call_ids(db) == olds | recent
         assert list(health["store"]["collectors"].values())[0]["unpulled"] == len(olds | recent)
+        held = [e for e in daemon.log_events() if e["event"] == "retention_held_back_by_collector"]
+        assert len(held) == 1 and list(held[0]["collectors"].values())[0]["acked_seq"] == 0
         # The collector pulls three rows, then acknowledges them with its next pull.
         first = http_json(port, "/v2/feed/cdrs?limit=3", token)
         pulled = [r["call_id"] for r in first["data"]]
