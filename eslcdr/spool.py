@@ -50,16 +50,26 @@ class Spool:
     def _open(self) -> None:
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log.warning("spool_torn_line_skipped", path=str(self.path), bytes=len(data) - end)
+        # Count the lines a chunk at a time: a spool may be far larger than memory.
+        lines = end = total = 0
+        with open(self.path, "rb") as f:
+            while True:
+                chunk = f.read(READ_CHUNK)
+                if not chunk:
+                    break
+                count = chunk.count(b"\n")
+                if count:
+                    lines += count
+                    end = total + chunk.rfind(b"\n") + 1
+                total += len(chunk)
+        if end < total:
+            log.warning("spool_torn_line_skipped", path=str(self.path), bytes=total - end)
             self.skipped += 1
             with open(self.path, "r+b") as f:
                 f.truncate(end)
                 os.fsync(f.fileno())
         self.size = end
-        self.backlog = data.count(b"\n", 0, end)
+        self.backlog = lines
         if self.backlog:
             log.warning("spool_found", path=str(self.path), records=self.backlog)
 
