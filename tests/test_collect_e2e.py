@@ -5,6 +5,7 @@ process, a real PostgreSQL server (pgserver), and faults in between."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -292,6 +293,12 @@ def test_two_media_servers_one_postgresql_every_column(media, collector, pg_dsn)
         assert state["rows"] == len(rows)  # each row committed once
         assert state["db_id"] and state["last_error"] is None
     assert pg_rows(pg_dsn, "SELECT * FROM collector_rejects") == []
+    # The pulls acknowledged what PostgreSQL holds: the nodes' retention
+    # keeps nothing back any more, and would keep anything above it.
+    key = hashlib.sha256(TOKEN.encode()).hexdigest()
+    for node, rows in ((first, rows_a), (second, rows_b)):
+        wait_for(lambda: db_rows(node.db, "SELECT token_sha256, acked_seq FROM collector_acks")
+                 == [{"token_sha256": key, "acked_seq": max(r["seq"] for r in rows)}], what="the final ack")
     assert process.stop() == 0
     messages = []
     notify.settimeout(5)
@@ -540,3 +547,24 @@ def test_sigterm_finishes_the_batch_being_committed(media, collector, pg_dsn):
     assert len(pg_rows(pg_dsn)) == after["rows"]
     stored = pg_rows(pg_dsn, "SELECT max(seq) AS seq FROM cdrs")[0]["seq"]
     assert after["after"] == stored and middle in {r["call_id"] for r in pg_rows(pg_dsn)}
+
+
+def test_lost_postgresql_connections_are_reopened_and_nothing_repeats(media, collector, pg_dsn):
+    node = media("fs-a", calls=40, seed=11, cps=10)
+    process = collector({"fs-a": node.url})
+    process.port()
+    terminated = 0
+    for _ in range(2):
+        wait_for(lambda: len(pg_rows(pg_dsn)) > terminated * 20, what="rows before cutting PostgreSQL")
+        killed = pg_rows(pg_dsn, "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity"
+                                 " WHERE application_name = 'eslcdr-collect'")
+        assert killed and all(r["ok"] for r in killed)
+        terminated += 1
+        gevent.sleep(0.5)
+    rows = node.settled_rows(40)
+    wait_collected(pg_dsn, [node])
+    assert_exactly_once(pg_dsn, [node])
+    assert node_state(pg_dsn, "fs-a")["rows"] == len(rows)
+    failures = [e for e in process.events_named("collect_pull_failed") if e["node"] == "fs-a"]
+    assert failures and all("OperationalError" in e["error"] or "AdminShutdown" in e["error"] for e in failures)
+    assert process.stop() == 0
