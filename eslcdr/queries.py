@@ -530,14 +530,33 @@ class GeventRunner:
     """Runs SQLite calls in the current hub's thread pool.
 
     SQLite releases the GIL while it works, so the hub -- and the ESL reader
-    on it -- keeps running; ``spawn`` returns an AsyncResult whose ``get()``
-    waits cooperatively.
+    on it -- keeps running; ``spawn`` returns a job whose ``get()`` waits
+    cooperatively.  The named query errors travel back as values: raised in
+    the worker thread, gevent would print each one raw to stderr, outside the
+    structured log.
     """
 
-    def spawn(self, fn: Callable[[], T]) -> Any:
+    def spawn(self, fn: Callable[[], T]) -> "_ThreadJob":
         import gevent  # here, not at import: the daemon patches before building the API
 
-        return gevent.get_hub().threadpool.spawn(fn)
+        def run() -> tuple[Any, Exception | None]:
+            try:
+                return fn(), None
+            except (StatementTimeout, DatastoreError) as exc:
+                return None, exc
+
+        return _ThreadJob(gevent.get_hub().threadpool.spawn(run))
+
+
+class _ThreadJob:
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def get(self) -> Any:
+        value, error = self._result.get()
+        if error is not None:
+            raise error
+        return value
 
 
 class Reader:

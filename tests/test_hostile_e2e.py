@@ -379,3 +379,27 @@ def drain(sock: socket.socket) -> bytes:
             data += chunk
     except (ConnectionResetError, socket.timeout):
         return data
+
+
+def test_a_statement_timeout_is_one_structured_line(start_daemon, tmp_path):
+    """Errors raised in SQLite's worker threads come back as 503s and
+    structured lines, never as gevent's raw "failed with ..." on stderr."""
+    from eslcdr import store
+
+    from .test_api import leg
+
+    writer = store.connect_writer(tmp_path / "cdrs.db")
+    now_g = int(time.time()) + 62167219200
+    store.insert_records(writer, [leg(now_g - 60 - i, account=ACCOUNT) for i in range(3000)])
+    writer.close()
+    process, port, token = start_daemon(statement_timeout="0.000001")
+    auth = b"X-Auth-Token: " + token.encode() + b"\r\n"
+    for target in ("/v2/accounts/%s/cdrs?filter_caller_id_name=nobody" % ACCOUNT,
+                   "/v2/accounts/%s/cdrs?accept=csv&filter_caller_id_name=nobody" % ACCOUNT):
+        response = get(port, target, auth)
+        assert status_of(response) == 503 and envelope_of(response)["message"] == "datastore timeout"
+    process.stop()
+    text = process.log_path.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), [line for line in lines if not line.startswith("{")]
+    assert len([e for e in process.log_events() if e["event"] == "api_statement_timeout"]) == 2
