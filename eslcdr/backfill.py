@@ -266,8 +266,10 @@ class Backfill:
     # -- called by the daemon (no I/O) ------------------------------------
     def request_scan(self) -> None:
         """After a (re)connect: scan once the connection has settled."""
-        self._resync_at = self._clock()
-        self._scans_due = [self._resync_at + SETTLE, self._resync_at + LATE_SCAN]
+        self._resync_at = now = self._clock()
+        # A scan already due (the one at start) still runs first.
+        due = [when for when in self._scans_due if when <= now]
+        self._scans_due = due + [now + SETTLE, now + LATE_SCAN]
         self._wake.set()
 
     def await_file(self, call_id: str, interaction_id: str | None) -> None:
