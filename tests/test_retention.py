@@ -269,3 +269,25 @@ def test_daemon_keeps_old_calls_until_the_collector_has_acknowledged_them(tmp_pa
         assert daemon.stop() == 0
         old.stop()
         new.stop()
+
+
+def test_daemon_a_collector_removed_from_the_tokens_file_holds_nothing_back(tmp_path):
+    (tmp_path / "tokens").write_text("still-here-but-never-pulled *\n")
+    db = tmp_path / "cdrs.db"
+    conn = store.connect_writer(db)
+    # This collector pulled once (after=0), then its token was removed.
+    store.insert_records(conn, [], acks={hashlib.sha256(b"removed-token").hexdigest(): (0, 1)})
+    conn.close()
+    now = time.time()
+    old = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl"], time_base=now - 3 * DAY), hold=True).start()
+    new = FakeFreeSWITCH(events=ReplaySource([DATA / "S2_json.esl"], time_base=now - 60), hold=True).start()
+    daemon = DaemonProcess(config_with(tmp_path, old.port, new.port), tmp_path / "daemon.log")
+    try:
+        assert old.wait_done(timeout=30) and new.wait_done(timeout=30)
+        assert wait_until(lambda: call_ids(db) == set(EXPECTED["S2_json"])), call_ids(db)
+        deleted = sum(e.get("rows", 0) for e in daemon.log_events() if e["event"] == "retention_deleted")
+        assert deleted == len(EXPECTED["S1_json"])
+    finally:
+        assert daemon.stop() == 0
+        old.stop()
+        new.stop()
