@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+BROWSER = /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: demo test bench clean install uninstall
 
@@ -16,8 +17,13 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/eslcdr demo
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest
+
+# The /ui page's test drives Debian's chromium headless through chromedriver:
+# installed from Debian when missing, never downloaded at run time.
+$(BROWSER):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -43,7 +43,7 @@ import orjson
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from . import __version__, kazoo
+from . import __version__, kazoo, webpage
 from .channels import ChannelsFn, no_channels
 from .config import Config
 from .queries import (
@@ -782,6 +782,12 @@ class _Routes:
 
         return answer
 
+    def tokeninfo(self) -> Any:
+        """Kazoo's ``GET /v2/auth/tokeninfo``: which account the presented
+        token reads (``*`` for the collector scope); the page starts here."""
+        scope = self.scope(self.params())
+        return self.envelope(_dumps({"account_id": scope}), {})
+
     def health(self) -> Any:
         info = dict(self.health_fn())
         status = 200 if info.get("status", "ok") == "ok" else 503
@@ -868,6 +874,7 @@ def create_app(
         (account + "/users/<user_id>/cdrs/stats", "GET", guard(routes.stats)),
         (account + "/users/<user_id>/cdrs/worst", "GET", guard(routes.worst)),
         ("/v2/feed/cdrs", "GET", guard(routes.feed)),
+        ("/v2/auth/tokeninfo", "GET", guard(routes.tokeninfo)),
         ("/health", "GET", routes.health),
         ("/metrics", "GET", routes.prometheus),
         ("/v2/api_auth", "PUT", guard(routes.api_auth)),
@@ -877,6 +884,7 @@ def create_app(
         app.route(rule, method, handler)
         # Browsers preflight cross-origin requests; Bottle's 405 would block them.
         app.route(rule, "OPTIONS", routes.preflight(method))
+    webpage.add_routes(app)
     return CdrApi(app, pool, metrics, routes, config.api.cors_origins)
 
 

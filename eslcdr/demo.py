@@ -2,7 +2,10 @@
 
 Starts the FreeSWITCH stand-in with generated calls on a free loopback port,
 runs the daemon against it with a database in the current folder, serves the
-API on 127.0.0.1:8080, and prints a working token and curl commands.  The
+API on 127.0.0.1:8080, and prints a working token, the URL of the /ui page
+(token in the fragment, which browsers never send) and curl commands.  The
+stand-in first sends ``--history`` calls of the past 24 hours, so the page
+has a day of KPIs to draw.  The
 token is created fresh for the run and kept in ``<db>.tokens`` (hash only).
 
 Rather than a log stream, stdout shows one live status line (live legs,
@@ -57,6 +60,8 @@ def instructions(base: str, token: str, db: Path) -> str:
             "eslcdr demo is running: generated FreeSWITCH calls -> %s" % db,
             "",
             "  API token (collector scope, valid for any account): %s" % token,
+            "",
+            "  The page:  %s/ui#token=%s&account=demo-account" % (base, token),
             "",
             "  curl -s -H 'X-Auth-Token: %s' %s/health" % (token, base),
             "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?page_size=5'" % (token, base),
@@ -150,7 +155,8 @@ def run_demo(args) -> int:
     fake = FakeFreeSWITCH(
         host="127.0.0.1",
         port=0,
-        events=GeneratedSource(calls=args.calls, cps=args.cps, seed=args.seed),
+        events=GeneratedSource(calls=args.calls or None, cps=args.cps, seed=args.seed,
+                               history_calls=args.history),
     )
     fake.start()
     cfg = build_config(db, tokens, args.listen, fake.port)

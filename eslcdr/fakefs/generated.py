@@ -60,6 +60,7 @@ class CallTemplate:
     interaction_events: tuple[_Template, ...]
     t0: int  # first Event-Date-Timestamp, µs
     pivot: int | None  # last answer/bridge/progress: later times stretch
+    first_ring: int | None  # first progress time (µs); None: the call never rings
     answered: bool
     # legs with RTP statistics (original Unique-ID -> leg number, billsec)
     rtp_legs: dict[str, int]
@@ -110,6 +111,13 @@ def call_template(data: dict) -> CallTemplate:
     times = [_event_ts(event) for event in events]
     marks = [ts for event, ts in zip(events, times) if event.get("Event-Name") in _PIVOT_EVENTS]
     pivot = max(marks) if marks else None
+    rings = [
+        int(v)
+        for event in events
+        for v in (event.get("Caller-Channel-Progress-Time"), event.get("Caller-Channel-Progress-Media-Time"))
+        if v and v.isdigit() and v != "0"
+    ]
+    first_ring = min(rings) if rings else None
     with_rtp = rtp_legs(events)
     finders = (
         rtp_finder(with_rtp),
@@ -137,6 +145,7 @@ def call_template(data: dict) -> CallTemplate:
         interaction_events=compile_events(interaction=True),
         t0=min(ts for ts in times if ts),
         pivot=pivot,
+        first_ring=first_ring,
         answered=any(event.get("Event-Name") == "CHANNEL_ANSWER" for event in events),
         rtp_legs=with_rtp,
         rtp_billsec={
@@ -209,6 +218,24 @@ DEFAULT_ACCOUNTS = (
 INTERACTION_SHARE = 0.5
 
 
+def _post_dial_delay_us(rng: random.Random) -> int:
+    """Extra time before the first ring: most carriers ring at once, some
+    take seconds, a few are slow enough for a NOC to chase.  Whole seconds,
+    as every shift: epoch seconds, µs times and durations stay in step."""
+    draw = rng.random()
+    if draw < 0.45:
+        seconds = 0
+    elif draw < 0.7:
+        seconds = 1
+    elif draw < 0.85:
+        seconds = 2
+    elif draw < 0.95:
+        seconds = rng.randint(3, 5)
+    else:
+        seconds = rng.randint(6, 12)
+    return seconds * 1_000_000
+
+
 def _kazoo_id(kind: str, key: str) -> str:
     """A Kazoo-style id (32 hex digits, as CouchDB's) that ``key`` always gets."""
     return hashlib.sha1(("%s:%s" % (kind, key)).encode("utf-8")).hexdigest()[:32]
@@ -222,8 +249,9 @@ class _CallPlan:
     start_us: int
 
     def event_time(self, index: int) -> int:
-        ts = self.events[index].ts
-        return ts + self.ctx.shift(ts)
+        event = self.events[index]
+        # A CHANNEL_CREATE is dated by its leg's creation, which a post-dial delay leaves.
+        return event.ts + self.ctx.shift(event.ts, ring=event.event_id != "CHANNEL_CREATE")
 
 
 class GeneratedSource:
@@ -235,6 +263,9 @@ class GeneratedSource:
     the clients read, their times spaced as at 10 calls per second and ending
     (by default) before now.  Each call picks a scenario by weight (about 3 in
     4 answered), a caller, and a talk (or ring) time.
+
+    ``history_calls`` calls come first, spread over the ``history_seconds``
+    before the start and sent at once (their times in the past).
 
     Every leg carries the Kazoo variables of its call: ``ecallmgr_Account-ID``
     (one of ``accounts``), ``ecallmgr_Owner-ID`` (the caller's user),
@@ -252,9 +283,17 @@ class GeneratedSource:
         start_time: float | None = None,
         templates: Iterable[dict] | None = None,
         accounts: Iterable[str] = DEFAULT_ACCOUNTS,
+        history_calls: int = 0,
+        history_seconds: float = 86400.0,
     ):
         if calls is not None and calls < 0:
             raise ValueError("calls must not be negative")
+        if history_calls < 0 or history_seconds <= 0:
+            raise ValueError("history_calls must not be negative, history_seconds must be positive")
+        # Calls of the past, sent first as fast as read: a dashboard (the
+        # demo's /ui page) then has a day to show, not just the last minutes.
+        self.history_calls = history_calls
+        self.history_seconds = history_seconds
         if cps < 0:
             raise ValueError("cps must not be negative")
         self.accounts = tuple(accounts)
@@ -312,8 +351,17 @@ class GeneratedSource:
         # (scenarios, callers, times) stay what they were before they existed.
         kazoo_rng = random.Random("kazoo:%s" % self.seed)
         rtp_rng = random.Random("rtp:%s" % self.seed)  # likewise for RTP quality
-        numbers = itertools.count() if self.calls is None else range(self.calls)
+        pdd_rng = random.Random("pdd:%s" % self.seed)  # and post-dial delay
+        history = self.history_calls
+        span_us = int(self.history_seconds * 1_000_000)
+        # Uniform over the span, sorted: a Poisson walk could overshoot "now".
+        past = sorted(start_us - 1 - int(rng.random() * span_us) for _ in range(history))
+        numbers = itertools.count() if self.calls is None else range(history + self.calls)
         for index in numbers:
+            if index < history:
+                when = past[index]
+            elif index == history:
+                when = start_us  # the past is over: live calls from the start
             template = rng.choices(self.templates, self._weights)[0]
             extra = self._extra_seconds(rng, template)
             number = _caller_number(rng)
@@ -349,6 +397,8 @@ class GeneratedSource:
                     call_id: billsec + extra if billsec else 0
                     for call_id, billsec in template.rtp_billsec.items()
                 }) if template.rtp_legs else None,
+                ring_from_us=template.t0 if template.first_ring else None,
+                ring_us=_post_dial_delay_us(pdd_rng) if template.first_ring else 0,
             )
             yield _CallPlan(template, events, ctx, template.t0 + shift)
             when += int(rng.expovariate(rate) * 1_000_000)

@@ -40,6 +40,15 @@ _CNUM, _CNAME, _DUR_S, _DUR_MS, _DUR_US = range(8, 13)
 _ACCOUNT, _OWNER, _AUTHORIZING, _INTERACTION = range(13, 17)
 # RTP quality variables of generated calls (quality.py); ref = leg and variable.
 _RTP = 17
+# A leg's creation times: a generated call's post-dial delay moves every
+# other time of the call, never these (so each leg's PDD grows by it).
+_USEC_C, _SEC_C, _LOCAL_C, _GMT_C = range(18, 22)
+_AT_CREATION = MappingProxyType({_USEC: _USEC_C, _SEC: _SEC_C, _LOCAL: _LOCAL_C, _GMT: _GMT_C})
+_FROM_CREATION = MappingProxyType({v: k for k, v in _AT_CREATION.items()})
+_CREATION_HEADERS = frozenset((
+    "Caller-Channel-Created-Time", "Caller-Profile-Created-Time",
+    "variable_start_epoch", "variable_start_uepoch", "variable_start_stamp",
+))
 # Kinds whose value belongs to the emission (not to the call or repetition).
 _PER_EMISSION = frozenset((_CORE, _HOST, _SEQ))
 _DUR_UNITS = MappingProxyType({_DUR_S: 1_000_000, _DUR_MS: 1_000, _DUR_US: 1})
@@ -77,6 +86,7 @@ _DURATIONS = MappingProxyType(
         "variable_flow_billusec": _DUR_US,
     }
 )
+_SINCE_CREATED = frozenset(("variable_duration", "variable_mduration", "variable_uduration"))
 # The channel variables a Kazoo platform's ecallmgr exports to every leg of a
 # call (Authorizing-ID only on the caller's side, Call-Interaction-ID not on
 # every call), so that generated calls belong to accounts as Kazoo's do.  The
@@ -223,6 +233,14 @@ def _find_ids(name: str, value: str, event: dict):
 
 
 def _find_times(name: str, value: str, event: dict):
+    spans = _time_spans(name, value, event)
+    if spans and (name in _CREATION_HEADERS
+                  or (name.startswith("Event-Date-") and event.get("Event-Name") == "CHANNEL_CREATE")):
+        return [(start, end, _AT_CREATION[kind], ref) for start, end, kind, ref in spans]
+    return spans
+
+
+def _time_spans(name: str, value: str, event: dict):
     if not _TIME_NAME_RE.search(name):
         return ()
     if _USEC_RE.fullmatch(value):
@@ -287,7 +305,10 @@ def _duration_finder(pivot: int | None) -> Finder:
         kind = _DURATIONS.get(header)
         if kind is None or pivot is None or not value.isdigit() or value == "0":
             return ()
-        return ((0, len(value), kind, 0),) if _event_ts(event) > pivot else ()
+        # ref 1: a created -> hangup duration, which a longer post-dial delay
+        # lengthens (creation times stay, the hangup moves)
+        ref = 1 if header in _SINCE_CREATED else 0
+        return ((0, len(value), kind, ref),) if _event_ts(event) > pivot else ()
 
     return find
 
@@ -363,13 +384,15 @@ class _Context:
         "cname",
         "kazoo",
         "rtp",
+        "ring_from_us",
+        "ring_us",
         "_uuids",
         "cache",
     )
 
     def __init__(
         self, key=None, shift_us=0, pivot_us=None, delta_us=0, cnum="", cname="", kazoo=None,
-        rtp=None,
+        rtp=None, ring_from_us=None, ring_us=0,
     ):
         self.key = key  # None: ids unchanged
         self.shift_us = shift_us  # every time moves by this (whole seconds)
@@ -379,15 +402,23 @@ class _Context:
         self.cname = cname
         self.kazoo: dict[int, str] = kazoo or {}  # Kazoo variable slot kind -> value
         self.rtp: dict[int, str] = rtp or {}  # _RTP slot ref -> value (quality.py)
+        # every time but the legs' creation moves this much more: a longer
+        # post-dial delay (None: the call never rings, nothing moves)
+        self.ring_from_us = _NEVER if ring_from_us is None else ring_from_us
+        self.ring_us = ring_us
         self._uuids: dict[str, str] = {}
         # per format: slot -> its bytes on the wire
         self.cache: dict[str, dict[Slot, bytes]] = {PLAIN: {}, JSON: {}}
 
-    def shift(self, usec: int) -> int:
-        return self.shift_us + (self.delta_us if usec > self.pivot_us else 0)
+    def shift(self, usec: int, ring: bool = True) -> int:
+        return (self.shift_us + (self.delta_us if usec > self.pivot_us else 0)
+                + (self.ring_us if ring and usec >= self.ring_from_us else 0))
 
     def text(self, slot: Slot, emission: "_Emission") -> str:
         kind, text, ref = slot
+        ring = kind not in _FROM_CREATION
+        if not ring:
+            kind = _FROM_CREATION[kind]
         if kind == _UUID:
             return self._uuid(text)
         if kind == _CORE:
@@ -398,11 +429,11 @@ class _Context:
             return str(emission.seq)
         if kind == _USEC:
             value = int(text)
-            return str(value + self.shift(value))
+            return str(value + self.shift(value, ring))
         if kind == _SEC:
-            return str((ref + self.shift(ref)) // 1_000_000)
+            return str((ref + self.shift(ref, ring)) // 1_000_000)
         if kind in (_LOCAL, _GMT):
-            moved = (ref + self.shift(ref)) // 1_000_000 - ref // 1_000_000
+            moved = (ref + self.shift(ref, ring)) // 1_000_000 - ref // 1_000_000
             return _shift_date(kind, text, moved)
         if kind == _CNUM:
             return self.cnum
@@ -412,7 +443,8 @@ class _Context:
             return self.kazoo[kind]
         if kind == _RTP:
             return self.rtp.get(ref, text)
-        return str(int(text) + self.delta_us // _DUR_UNITS[kind])
+        extra = self.delta_us + (self.ring_us if ref and self.ring_from_us != _NEVER else 0)
+        return str(int(text) + extra // _DUR_UNITS[kind])
 
     def fill(self, ctype: str, slot: Slot, emission: "_Emission") -> bytes:
         """Encode a slot; remembered unless it belongs to the emission."""

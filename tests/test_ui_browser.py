@@ -1,0 +1,215 @@
+"""The /ui page in a real headless browser (Debian's chromium through
+chromedriver, driven by selenium): the stand-in plays a day of generated
+calls and then live ones into a real ``eslcdr run``; the page, loaded with a
+token in its URL fragment, draws its charts from the API, lists the worst
+legs and opens their records, shows the live channels, and logs no
+JavaScript error.  A screenshot is written to the test's tmp folder.
+
+``make test`` installs chromium and chromium-driver from Debian when
+/usr/bin/chromium is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import urllib.request
+from pathlib import Path
+
+import gevent
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
+
+from .e2e import DaemonProcess, write_config
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ACCOUNT = "demo-account"
+TOKENS = "token-demo %s\ntoken-collector *\n" % ACCOUNT
+GREGORIAN = 62167219200
+CHARTS = ("chart-calls", "chart-ratios", "chart-acd", "chart-pdd", "chart-mos")
+
+
+def get_json(port: int, path: str, token: str = "token-collector") -> dict:
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), headers={"X-Auth-Token": token})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def wait_until(check, what: str, timeout: float = 30.0):
+    """Poll ``check()`` (cooperating with gevent, so the stand-in keeps
+    playing) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        gevent.sleep(0.1)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def browser(profile: Path) -> webdriver.Chrome:
+    assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), (
+        "chromium and chromium-driver are missing: `make test` installs them (apt-get)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1500", "--user-data-dir=%s" % profile):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
+    return driver
+
+
+def wait_for_page(driver, attribute: str, timeout: float = 30.0) -> None:
+    wait_until(lambda: driver.execute_script("return document.body.getAttribute(arguments[0])", attribute) == "1",
+               "the page's %s" % attribute, timeout)
+
+
+def painted_pixels(driver, figure_id: str) -> int:
+    """Non-transparent pixels of the figure's uPlot canvas (0: nothing drawn)."""
+    return driver.execute_script(
+        "var c = document.querySelector('#' + arguments[0] + ' canvas');"
+        "if (!c) return -1;"
+        "var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = 0;"
+        "for (var i = 3; i < d.length; i += 4) if (d[i] > 0) n++;"
+        "return n;", figure_id)
+
+
+def severe(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e.get("level") == "SEVERE"]
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A day of calls (and live ones, without end) through a real daemon."""
+    source = GeneratedSource(calls=None, cps=2.0, seed=5, history_calls=300)
+    fake = FakeFreeSWITCH(events=source)
+    fake.start()
+    (tmp_path / "tokens").write_text(TOKENS)
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
+    try:
+        port = daemon.api_port()
+        db = tmp_path / "cdrs.db"
+
+        def history_written():
+            try:
+                conn = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+                try:
+                    return conn.execute("SELECT count(*) FROM cdrs").fetchone()[0] >= 600
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                return False
+
+        wait_until(history_written, "the history's CDRs", 60)
+        wait_until(lambda: get_json(port, "/v2/channels")["data"], "live channels", 30)
+        yield port, db
+    finally:
+        daemon.stop()
+        fake.stop()
+
+
+def test_page_draws_kpis_worst_legs_and_live_channels(served, tmp_path):
+    port, db = served
+    now_g = int(time.time()) + GREGORIAN
+    before = get_json(port, "/v2/accounts/%s/cdrs/stats?created_from=%d&created_to=%d"
+                      % (ACCOUNT, now_g - 86400, now_g + 5))["data"]["totals"]
+    assert before["mos_legs"] > 0 and before["seizures"] > 0
+    driver = browser(tmp_path / "profile")
+    try:
+        # An account token in the fragment, no account: the page finds it.
+        driver.get("http://127.0.0.1:%d/ui#token=token-demo" % port)
+        wait_for_page(driver, "data-stats-loaded")
+        wait_for_page(driver, "data-channels-loaded")
+        assert driver.find_element(By.ID, "account").get_attribute("value") == ACCOUNT
+        assert "token" not in driver.current_url  # taken out of the address bar
+        assert driver.execute_script("return sessionStorage.getItem('eslcdr.token')") == "token-demo"
+
+        for figure in CHARTS:
+            points = int(driver.find_element(By.ID, figure).get_attribute("data-points"))
+            assert points > 0, figure
+            assert painted_pixels(driver, figure) > 500, figure
+
+        tiles = {tile.find_element(By.CLASS_NAME, "label").text.lower(): tile.find_element(By.TAG_NAME, "strong").text
+                 for tile in driver.find_elements(By.CSS_SELECTOR, "#kpis .tile")}
+        after = get_json(port, "/v2/accounts/%s/cdrs/stats?created_from=%d&created_to=%d"
+                         % (ACCOUNT, now_g - 86400, int(time.time()) + GREGORIAN + 5))["data"]["totals"]
+        # Calls keep arriving: what the page shows lies between two reads of the API.
+        assert before["legs"] <= int(tiles["legs"]) <= after["legs"]
+        assert tiles["mos"] != "–" and 1.0 <= float(tiles["mos"]) <= 4.5
+
+        causes = driver.find_elements(By.CSS_SELECTOR, "#causes li .cause")
+        assert {c.text for c in causes} <= set(after["hangup_causes"]) and causes
+
+        # Worst legs: a row of the lowest-MOS table opens its record.
+        rows = driver.find_elements(By.CSS_SELECTOR, "#worst-mos tr")[1:]
+        assert rows, "no lowest-MOS rows"
+        shown_mos = rows[0].find_elements(By.TAG_NAME, "td")[4].text
+        link = rows[0].find_element(By.TAG_NAME, "a")
+        cdr_id = link.get_attribute("title")
+        link.click()
+        wait_until(lambda: driver.find_element(By.ID, "record").get_attribute("open") is not None, "the record")
+        fields = {row.find_element(By.TAG_NAME, "th").text: row.find_element(By.TAG_NAME, "td").text
+                  for row in driver.find_elements(By.CSS_SELECTOR, "#record-fields tr")}
+        record = get_json(port, "/v2/accounts/%s/cdrs/%s" % (ACCOUNT, cdr_id), "token-demo")["data"]
+        assert fields["id"] == cdr_id == record["id"]
+        assert fields["call_id"] == record["call_id"]
+        assert "%.2f" % record["audio_in_mos"] == shown_mos
+        driver.find_element(By.ID, "record-close").click()
+
+        # Live channels: every row is a leg the daemon follows (or has just written).
+        wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#channels tr[title]"), "live channel rows")
+        shown = [row.get_attribute("title") for row in driver.find_elements(By.CSS_SELECTOR, "#channels tr[title]")]
+        live_now = {c["uuid"] for c in get_json(port, "/v2/accounts/%s/channels" % ACCOUNT, "token-demo")["data"]}
+        conn = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+        try:
+            written = {r[0] for r in conn.execute("SELECT call_id FROM cdrs WHERE account_id = ?", (ACCOUNT,))}
+        finally:
+            conn.close()
+        assert shown and set(shown) <= live_now | written
+        listed = int(driver.find_element(By.ID, "live-count").text[1:].split(",")[0])
+        assert len(shown) == min(listed, 50)
+
+        screenshot = tmp_path / "ui.png"
+        assert driver.save_screenshot(str(screenshot))
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+        assert severe(driver.get_log("browser")) == []
+    finally:
+        driver.quit()
+
+
+def test_collector_token_and_a_refused_token(served, tmp_path):
+    port, _ = served
+    driver = browser(tmp_path / "profile")
+    try:
+        driver.get("http://127.0.0.1:%d/ui#token=token-collector&account=%s" % (port, ACCOUNT))
+        wait_for_page(driver, "data-stats-loaded")
+        assert driver.find_element(By.ID, "account").get_attribute("value") == ACCOUNT
+        assert int(driver.find_element(By.ID, "chart-calls").get_attribute("data-points")) > 0
+        assert severe(driver.get_log("browser")) == []
+
+        # A token the server does not know: a clear message, no script error.
+        driver.execute_script("sessionStorage.clear()")
+        driver.get("about:blank")  # else only the fragment changes: no reload
+        driver.get("http://127.0.0.1:%d/ui#token=not-a-token" % port)
+        try:
+            wait_until(lambda: "refused" in driver.find_element(By.ID, "status").text, "the refusal", 15)
+        except (TimeoutException, WebDriverException) as exc:  # pragma: no cover - diagnostics
+            raise AssertionError(driver.find_element(By.ID, "status").text) from exc
+        assert driver.find_element(By.ID, "dashboard").get_attribute("hidden") is not None
+        errors = severe(driver.get_log("browser"))
+        # The browser reports the 401 itself (a network entry); nothing else.
+        assert all(e["source"] == "network" and " 401 " in e["message"] for e in errors), errors
+    finally:
+        driver.quit()
