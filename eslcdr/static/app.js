@@ -238,7 +238,7 @@
           spanGaps: false
         });
       });
-      var axes = [{}, { scale: "y", size: 48 }];
+      var axes = [{}, { scale: "y", size: 60 }];
       var scales = { x: { time: true } };
       if (twoScales) {
         axes.push({ scale: "count", side: 1, size: 40, grid: { show: false } });
@@ -278,15 +278,17 @@
 
   function when(gregorian) {
     var d = new Date((gregorian - GREGORIAN) * 1000);
-    return d.toLocaleString([], { month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit" });
+    return (d.getMonth() + 1) + "/" + d.getDate() + " " +
+      String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
   }
 
+  var CODEC = ["codec", function (l) { return l.codec || "–"; }];
+  var REMOTE = ["remote", function (l) { return l.remote_media_ip || "–"; }];
   var WORST = {
-    mos: [["MOS", function (l) { return fmt(l.audio_in_mos, 2); }],
-          ["quality", function (l) { return fmt(l.audio_in_quality_percentage, 1) + " %"; }],
-          ["packets", function (l) { return fmt(l.audio_in_media_packets); }]],
-    no_rtp: [["billed", function (l) { return fmt(l.billing_seconds) + " s"; }],
-             ["packets", function (l) { return fmt(l.audio_in_media_packets); }]],
+    mos: [CODEC, REMOTE,
+          ["MOS", function (l) { return fmt(l.audio_in_mos, 2); }],
+          ["quality", function (l) { return fmt(l.audio_in_quality_percentage, 1) + " %"; }]],
+    no_rtp: [CODEC, REMOTE, ["billed", function (l) { return fmt(l.billing_seconds) + " s"; }]],
     pdd: [["PDD", function (l) { return fmt(l.pdd_ms) + " ms"; }],
           ["cause", function (l) { return fmt(l.hangup_cause); }]]
   };
@@ -295,7 +297,7 @@
     var table = $(id);
     table.replaceChildren();
     var head = el("tr");
-    ["when", "call", "codec", "remote"].concat(WORST[kind].map(function (c) { return c[0]; })).forEach(function (h) {
+    ["when", "call"].concat(WORST[kind].map(function (c) { return c[0]; })).forEach(function (h) {
       head.appendChild(el("th", h));
     });
     table.appendChild(head);
@@ -312,15 +314,13 @@
       });
       cell.appendChild(link);
       row.appendChild(cell);
-      row.appendChild(el("td", leg.codec || "–"));
-      row.appendChild(el("td", leg.remote_media_ip || "–"));
       WORST[kind].forEach(function (c) { row.appendChild(el("td", c[1](leg))); });
       table.appendChild(row);
     });
     if (!legs.length) {
       var empty = el("tr");
       var td = el("td", "none in this range", "empty");
-      td.colSpan = 4 + WORST[kind].length;
+      td.colSpan = 2 + WORST[kind].length;
       empty.appendChild(td);
       table.appendChild(empty);
     }
