@@ -156,7 +156,7 @@ def run_demo(args) -> int:
         host="127.0.0.1",
         port=0,
         events=GeneratedSource(calls=args.calls or None, cps=args.cps, seed=args.seed,
-                               history_calls=args.history),
+                               history_calls=args.history, post_dial_delay=True),
     )
     fake.start()
     cfg = build_config(db, tokens, args.listen, fake.port)

@@ -67,3 +67,32 @@ def test_quality_is_deterministic_and_the_same_in_both_formats():
         plain = decode_event(Frame({"Content-Type": PLAIN}, emission.body(PLAIN)))
         as_json = decode_event(Frame({"Content-Type": JSON}, emission.body(JSON)))
         assert plain == as_json
+
+
+def outbound_pdd_ms(**options) -> list[int]:
+    pdds = []
+    for event in hangups_of(**options):
+        progress = int(event.get("Caller-Channel-Progress-Time") or 0) or int(
+            event.get("Caller-Channel-Progress-Media-Time") or 0)
+        if progress and event["Call-Direction"] == "outbound":
+            pdds.append((progress - int(event["Caller-Channel-Created-Time"])) // 1000)
+    return pdds
+
+
+def hangups_of(**options) -> list[dict]:
+    return [e.event() for e in GeneratedSource(**options) if e.template.event_id == "CHANNEL_HANGUP_COMPLETE"]
+
+
+def test_post_dial_delay_varies_pdd_and_keeps_times_consistent():
+    plain = outbound_pdd_ms(calls=200, seed=2)
+    delayed = outbound_pdd_ms(calls=200, seed=2, post_dial_delay=True)
+    assert max(plain) < 1000  # the captures ring at once
+    assert len(delayed) == len(plain) and max(delayed) >= 6000
+    assert sum(1 for p in delayed if p >= 1000) > len(delayed) // 3
+    for event in hangups_of(calls=200, seed=2, post_dial_delay=True):
+        created = int(event["Caller-Channel-Created-Time"])
+        answered = int(event["Caller-Channel-Answered-Time"])
+        hangup = int(event["Caller-Channel-Hangup-Time"])
+        assert created <= hangup and (answered == 0 or created <= answered <= hangup)
+        assert int(event["variable_duration"]) == int(event["variable_end_epoch"]) - int(event["variable_start_epoch"])
+        assert int(event["variable_start_epoch"]) == created // 1_000_000

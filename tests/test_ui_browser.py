@@ -93,7 +93,7 @@ def severe(entries: list[dict]) -> list[dict]:
 @pytest.fixture
 def served(tmp_path):
     """A day of calls (and live ones, without end) through a real daemon."""
-    source = GeneratedSource(calls=None, cps=2.0, seed=5, history_calls=300)
+    source = GeneratedSource(calls=None, cps=2.0, seed=5, history_calls=300, post_dial_delay=True)
     fake = FakeFreeSWITCH(events=source)
     fake.start()
     (tmp_path / "tokens").write_text(TOKENS)

@@ -265,7 +265,9 @@ class GeneratedSource:
     4 answered), a caller, and a talk (or ring) time.
 
     ``history_calls`` calls come first, spread over the ``history_seconds``
-    before the start and sent at once (their times in the past).
+    before the start and sent at once (their times in the past).  With
+    ``post_dial_delay`` each call waits 0 to 12 whole seconds before its
+    first ring, so PDD varies as on a real switch.
 
     Every leg carries the Kazoo variables of its call: ``ecallmgr_Account-ID``
     (one of ``accounts``), ``ecallmgr_Owner-ID`` (the caller's user),
@@ -285,6 +287,7 @@ class GeneratedSource:
         accounts: Iterable[str] = DEFAULT_ACCOUNTS,
         history_calls: int = 0,
         history_seconds: float = 86400.0,
+        post_dial_delay: bool = False,
     ):
         if calls is not None and calls < 0:
             raise ValueError("calls must not be negative")
@@ -294,6 +297,9 @@ class GeneratedSource:
         # demo's /ui page) then has a day to show, not just the last minutes.
         self.history_calls = history_calls
         self.history_seconds = history_seconds
+        # Seconds of silence before the first ring (a carrier's post-dial
+        # delay), drawn per call; off by default: it changes calls' timing.
+        self.post_dial_delay = post_dial_delay
         if cps < 0:
             raise ValueError("cps must not be negative")
         self.accounts = tuple(accounts)
@@ -398,7 +404,7 @@ class GeneratedSource:
                     for call_id, billsec in template.rtp_billsec.items()
                 }) if template.rtp_legs else None,
                 ring_from_us=template.t0 if template.first_ring else None,
-                ring_us=_post_dial_delay_us(pdd_rng) if template.first_ring else 0,
+                ring_us=_post_dial_delay_us(pdd_rng) if template.first_ring and self.post_dial_delay else 0,
             )
             yield _CallPlan(template, events, ctx, template.t0 + shift)
             when += int(rng.expovariate(rate) * 1_000_000)
