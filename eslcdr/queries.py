@@ -10,11 +10,13 @@ no client text is ever spliced into SQL.
 
 Pagination is keyset, never OFFSET.  Every listing has a total order on a
 unique key: ``(timestamp, seq)`` for CDR lists (the hangup time; ``seq`` is
-unique) and ``interaction_id`` for interaction lists.  Interaction ids have
-Kazoo's shape ``<Gregorian seconds>-<8 hex>`` -- 11 digits of the
-interaction's start, then a key -- so their text order is start-time order,
-and an interaction keeps its place even when an earlier leg's CDR arrives
-after its partner's (an A-leg often hangs up last).  A page asks for
+unique) and ``(start, interaction_id)`` for interaction lists.  An
+interaction's start is the time prefix of a Kazoo-shaped id
+(``<Gregorian seconds>-<8 hex>``, Kazoo's interaction_time), so such an
+interaction keeps its place even when an earlier leg's CDR arrives after its
+partner's (an A-leg often hangs up last); any other id (a UUID from
+``interaction_id_vars``) starts at its earliest leg's creation -- an earlier
+leg arriving later moves that interaction back by its ring time.  A page asks for
 ``page_size + 1`` rows; the extra row, if any, becomes the ``next_start_key``
 and the next page starts *at* it (inclusive).  Rows that arrive between
 pages cannot shift anything: a row is either on the unvisited side of the
@@ -56,7 +58,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from .config import ApiConfig
 from .kazoo import GREGORIAN_UNIX_OFFSET, SOURCE_COLUMNS, record_sql
-from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS
+from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS, interaction_start
 from .store import connect_reader
 
 T = TypeVar("T")
@@ -65,7 +67,8 @@ Params = Mapping[str, Sequence[str]]
 KIND_CDRS = "cdrs"
 KIND_INTERACTIONS = "interactions"
 _KIND_CODES = {KIND_CDRS: "c", KIND_INTERACTIONS: "i"}
-_CURSOR_VERSION = 1
+_CURSOR_VERSION = 1  # interaction cursors: 2 (start time, interaction id)
+_INTERACTION_CURSOR_VERSION = 2
 
 MAX_GREGORIAN = 315537897599  # 9999-12-31T23:59:59Z
 MAX_UTC_OFFSET = 86400
@@ -130,8 +133,8 @@ class Filter:
 @dataclass(frozen=True, slots=True)
 class Cursor:
     kind: str
-    key: int | str  # hangup timestamp (CDR lists) or interaction id (interaction lists)
-    seq: int  # 0 for interaction lists (the id is unique)
+    key: int  # hangup timestamp (CDR lists) or interaction start (interaction lists), Gregorian s
+    seq: int | str  # seq (CDR lists) or interaction id (interaction lists): unique with the key
     created_from: int
     created_to: int
 
@@ -230,7 +233,8 @@ def parse_filters(params: Params) -> tuple[Filter, ...]:
 
 
 def encode_cursor(cursor: Cursor) -> str:
-    payload = [_CURSOR_VERSION, _KIND_CODES[cursor.kind], cursor.key, cursor.seq,
+    version = _INTERACTION_CURSOR_VERSION if cursor.kind == KIND_INTERACTIONS else _CURSOR_VERSION
+    payload = [version, _KIND_CODES[cursor.kind], cursor.key, cursor.seq,
                cursor.created_from, cursor.created_to]
     raw = json.dumps(payload, separators=(",", ":")).encode("ascii")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
@@ -245,17 +249,21 @@ def decode_cursor(text: str, kind: str, max_range: int) -> Cursor:
         payload = json.loads(raw.decode("ascii"))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise invalid from None
-    if not (isinstance(payload, list) and len(payload) == 6 and payload[0] == _CURSOR_VERSION
+    interactions = kind == KIND_INTERACTIONS
+    version = _INTERACTION_CURSOR_VERSION if interactions else _CURSOR_VERSION
+    if not (isinstance(payload, list) and len(payload) == 6 and payload[0] == version
             and payload[1] == _KIND_CODES[kind]
-            and all(type(v) is int for v in payload[3:])):
+            and all(type(v) is int for v in payload[4:])):
         raise invalid
     _, _, key, seq, created_from, created_to = payload
-    if kind == KIND_INTERACTIONS:
-        key_ok = type(key) is str and 0 < len(key) <= 256
+    key_ok = type(key) is int and -2**62 < key < 2**62
+    if interactions:
+        key_ok = key_ok and type(seq) is str and 0 < len(seq) <= 256
+        seq_ok = True
     else:
-        key_ok = type(key) is int and -2**62 < key < 2**62
+        seq_ok = type(seq) is int and 0 <= seq < 2**62
     if not (key_ok and 0 <= created_from <= created_to <= MAX_GREGORIAN
-            and created_to - created_from <= max_range and 0 <= seq < 2**62):
+            and created_to - created_from <= max_range and seq_ok):
         raise invalid
     return Cursor(kind, key, seq, created_from, created_to)
 
@@ -377,7 +385,7 @@ def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
 
     Result rows are the SOURCE_COLUMNS values (``kazoo.list_values`` shapes
     them) followed by the keyset position: (timestamp, seq) for CDRs,
-    (interaction_id, 0) for interactions.
+    (start, interaction_id) for interactions.
     """
     if query.kind == KIND_INTERACTIONS:
         return _interactions_sql(query)
@@ -406,35 +414,51 @@ def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
     return _limit(sql, args + filter_args, query)
 
 
+_START = interaction_start("c")
+
+
 def _interactions_sql(query: ListQuery) -> tuple[str, list[Any]]:
     """One row per interaction -- its first leg in the account (and of the
     user, on a user's listing), as Kazoo's reduce keeps the earliest channel
-    -- in interaction id order, by the start time in the id."""
-    # "+" keeps SQLite on the interaction index (a range in listing order)
-    # rather than the account index plus a sort of the whole range.
-    clauses = ["+c.account_id = ?"]
+    -- ordered by (start, interaction id), the time range on the start.
+
+    The start (schema.interaction_start) is the time prefix of a Kazoo-shaped
+    id, else the first leg's creation: both kinds of id page together.  The
+    (account[, owner], start, interaction id) index gives the rows in listing
+    order, so a page reads about page_size interactions' legs.
+    """
+    clauses = ["c.account_id = ?"]
     args: list[Any] = [query.account_id]
     same_owner = ""
     if query.owner_id is not None:
-        clauses.append("+c.owner_id = ?")
+        clauses.append("c.owner_id = ?")
         args.append(query.owner_id)
         same_owner = " AND o.owner_id = c.owner_id"
-    # '-' sorts before the digits: "<t>-" <= every id of second t < "<t+1>-".
-    clauses.append("c.interaction_id >= ? AND c.interaction_id < ?")
-    args += ["%d-" % query.created_from, "%d-" % (query.created_to + 1)]
+    low, high = query.created_from, query.created_to
     if query.cursor is not None:
-        clauses.append("c.interaction_id %s ?" % (">=" if query.ascending else "<="))
-        args.append(query.cursor.key)
+        # As for CDR lists: the cursor narrows the indexed range, the row
+        # value settles ties on the start.
+        if query.ascending:
+            low = max(low, query.cursor.key)
+        else:
+            high = min(high, query.cursor.key)
+        clauses.append("(%s, c.interaction_id) %s (?, ?)" % (_START, ">=" if query.ascending else "<="))
+        args += [query.cursor.key, query.cursor.seq]
+    clauses.append("%s BETWEEN ? AND ?" % _START)
+    args += [low, high]
+    clauses.append("c.interaction_id IS NOT NULL")
     filter_clauses, filter_args = _where_filters(query.filters, "c")
     clauses += filter_clauses
     args += filter_args
     clauses.append(
         "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id = c.interaction_id"
         " AND o.account_id = c.account_id%s"
-        " AND (o.created_us < c.created_us OR (o.created_us = c.created_us AND o.seq < c.seq)))" % same_owner
+        " AND (ifnull(o.created_us, 0) < ifnull(c.created_us, 0)"
+        " OR (ifnull(o.created_us, 0) = ifnull(c.created_us, 0) AND o.seq < c.seq)))" % same_owner
     )
-    sql = "SELECT %s, c.interaction_id, 0 FROM cdrs AS c WHERE %s ORDER BY c.interaction_id %s" % (
-        _SOURCE_SELECT, " AND ".join(clauses), "ASC" if query.ascending else "DESC")
+    order = "ASC" if query.ascending else "DESC"
+    sql = "SELECT %s, %s, c.interaction_id FROM cdrs AS c WHERE %s ORDER BY %s %s, c.interaction_id %s" % (
+        _SOURCE_SELECT, _START, " AND ".join(clauses), _START, order, order)
     return _limit(sql, args, query)
 
 

@@ -185,7 +185,35 @@ STATS_INDEX_COLUMNS = (
 )
 STATS_INDEX_WHERE = "ifnull(channel_name, '') NOT LIKE 'loopback/%'"
 
-MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns)
+# When an interaction started, in Gregorian seconds, from one of its rows:
+# the time prefix of a Kazoo-shaped id (``<11 digits>-<hex>``, Kazoo's
+# interaction_time), else the leg's own creation.  The interaction list
+# shows each interaction's earliest leg, so for any other id (a UUID from
+# ``interaction_id_vars``) this is the earliest leg's creation.  Indexed as
+# an expression; queries spell it exactly the same way (``interaction_start``).
+INTERACTION_START = (
+    "CASE WHEN {a}interaction_id GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9a-fA-F]*'"
+    " THEN CAST(substr({a}interaction_id, 1, 11) AS INTEGER)"
+    " ELSE ifnull({a}created_us, 0) / 1000000 + 62167219200 END"
+)
+
+
+def interaction_start(alias: str = "") -> str:
+    return INTERACTION_START.format(a=alias + "." if alias else "")
+
+
+def _add_interaction_start_indexes(conn: sqlite3.Connection) -> None:
+    # Interaction lists page on (start, interaction_id) per account and per
+    # user; the owner index on interaction_id alone served the old listing.
+    conn.execute("DROP INDEX IF EXISTS idx_cdrs_owner_interaction")
+    conn.execute("CREATE INDEX idx_cdrs_account_istart ON cdrs (account_id, %s, interaction_id)"
+                 % interaction_start())
+    conn.execute("CREATE INDEX idx_cdrs_owner_istart ON cdrs (account_id, owner_id, %s, interaction_id)"
+                 % interaction_start())
+
+
+MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns,
+              _add_interaction_start_indexes)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -59,7 +59,8 @@ def test_chunks_hold_no_snapshot_and_skip_or_repeat_nothing(db, kind, ascending)
     assert len(keys) == len(set(keys)) and len(call_ids) == len(set(call_ids))
     assert keys == sorted(keys, reverse=not ascending)
     wanted = {r["interaction_id"] for r in first} if kind == KIND_INTERACTIONS else {r["call_id"] for r in first}
-    assert wanted <= ({key for key, _ in keys} if kind == KIND_INTERACTIONS else set(call_ids))
+    # Interaction rows end with (start, interaction_id).
+    assert wanted <= ({iid for _, iid in keys} if kind == KIND_INTERACTIONS else set(call_ids))
 
 
 def test_the_old_single_statement_stream_would_pin_the_wal(db):  # noqa: F811

@@ -183,14 +183,23 @@ def test_cursor_round_trip_and_validation():
             decode_cursor(text, KIND_CDRS, API.max_range)
 
 
-def test_interaction_cursor_keys_are_ids():
-    cursor = Cursor(KIND_INTERACTIONS, "63900000000-0badcafe", 0, NOW_G - 10, NOW_G)
-    assert decode_cursor(encode_cursor(cursor), KIND_INTERACTIONS, API.max_range) == cursor
+def test_interaction_cursor_keys_are_start_and_id():
+    for iid in ("63900000000-0badcafe", "8d3c0a3e-5a4f-4b7e-9f0e-2b1c6f1d2e3a"):
+        cursor = Cursor(KIND_INTERACTIONS, 63900000000, iid, NOW_G - 10, NOW_G)
+        assert decode_cursor(encode_cursor(cursor), KIND_INTERACTIONS, API.max_range) == cursor
     with pytest.raises(ParamError):
         decode_cursor(encode_cursor(Cursor(KIND_CDRS, 5, 1, NOW_G - 10, NOW_G)), KIND_INTERACTIONS, API.max_range)
+    for bad in (Cursor(KIND_INTERACTIONS, 5, 0, NOW_G - 10, NOW_G),
+                Cursor(KIND_INTERACTIONS, "63900000000-0badcafe", "x", NOW_G - 10, NOW_G),
+                Cursor(KIND_INTERACTIONS, 5, "", NOW_G - 10, NOW_G),
+                Cursor(KIND_INTERACTIONS, 5, "x" * 257, NOW_G - 10, NOW_G)):
+        with pytest.raises(ParamError):
+            decode_cursor(encode_cursor(bad), KIND_INTERACTIONS, API.max_range)
+    # A version-1 interaction cursor (the interaction id alone) is refused, not misread.
+    import base64
+    old = base64.urlsafe_b64encode(b'[1,"i","63900000000-0badcafe",0,%d,%d]' % (NOW_G - 10, NOW_G)).decode()
     with pytest.raises(ParamError):
-        decode_cursor(encode_cursor(Cursor(KIND_INTERACTIONS, 5, 0, NOW_G - 10, NOW_G)), KIND_INTERACTIONS,
-                      API.max_range)
+        decode_cursor(old.rstrip("="), KIND_INTERACTIONS, API.max_range)
 
 
 def test_feed_parameters():
@@ -274,7 +283,7 @@ def test_interaction_rows_are_first_legs_in_account_and_owner(db):
 
     def listing(owner=None, created_from=NOW_G - 3600, ascending=False):
         q = ListQuery(KIND_INTERACTIONS, ACC, owner, created_from, NOW_G, ascending, 50, None, (), 0)
-        return [(row[-2], row[1]) for row in run(pool, q)]
+        return [(row[-1], row[1]) for row in run(pool, q)]
 
     assert listing() == [(second, single["call_id"]), (first, b["call_id"])]
     # The A-leg's CDR arrives after its B-leg's: it becomes the interaction's
