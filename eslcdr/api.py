@@ -587,6 +587,19 @@ class _Routes:
 
     # -- routes -------------------------------------------------------------
 
+    def own_account(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """``/v2/cdrs...`` without an account: the token's own account (PyKazoo's
+        ``cdrs.get_cdrs()`` asks there).  A ``*`` token has none: 404, as an
+        account-less CDR path is in Kazoo."""
+
+        def with_account(**kwargs: Any) -> Any:
+            account = self.scope(self.params())
+            if account == COLLECTOR:
+                raise ApiError(404, "faulty_request", {"message": "faulty request"})
+            return handler(account_id=account, **kwargs)
+
+        return with_account
+
     def list_cdrs(self, account_id: str, user_id: str | None = None) -> Any:
         return self._listing(KIND_CDRS, account_id, user_id)
 
@@ -879,6 +892,10 @@ def create_app(
         ("/v2/auth/tokeninfo", "GET", guard(routes.tokeninfo)),
         ("/health", "GET", routes.health),
         ("/metrics", "GET", routes.prometheus),
+        ("/v2/cdrs", "GET", guard(routes.own_account(routes.list_cdrs))),
+        ("/v2/cdrs/interaction", "GET", guard(routes.own_account(routes.list_interactions))),
+        ("/v2/cdrs/legs/<leg_id>", "GET", guard(routes.own_account(routes.legs))),
+        ("/v2/cdrs/<cdr_id>", "GET", guard(routes.own_account(routes.cdr_detail))),
         ("/v2/api_auth", "PUT", guard(routes.api_auth)),
         ("/v2/user_auth", "PUT", guard(routes.user_auth)),
     )

@@ -217,6 +217,19 @@ def test_pykazoo_login_list_detail_errors_and_relogin(daemon):
                                                                    ACCOUNT))
 
 
+def test_pykazoo_cdrs_api_reads_the_logged_in_account(daemon):
+    base, tmp = daemon
+    client = PyKazooClient(base)
+    client.authentication.api_auth(KEY)
+    answer = client.cdrs.get_cdrs({"paginate": "false"})  # GET /v2/cdrs: no account in the path
+    assert {r["id"] for r in answer["data"]} == {
+        r[0] for r in rows(tmp, "SELECT id FROM cdrs WHERE account_id = ?", ACCOUNT)}
+    collector = PyKazooClient(base)
+    collector.authentication.api_auth(COLLECTOR_KEY)
+    with pytest.raises(ValueError, match="404"):  # a collector names the account
+        collector.cdrs.get_cdrs()
+
+
 def test_collector_key_logs_in_and_reads_any_account(daemon):
     base, tmp = daemon
     client = PyKazooClient(base)

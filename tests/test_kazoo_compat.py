@@ -182,7 +182,21 @@ def test_tokens_never_reach_the_logs(env, capsys):
 
 PREFLIGHT = {"Origin": "https://ui.example.net", "Access-Control-Request-Method": "GET",
              "Access-Control-Request-Headers": "x-auth-token, content-type"}
-ROUTES = ["/v2/accounts/%s/cdrs" % ACC_A, "/v2/accounts/%s/cdrs/interaction" % ACC_A,
+def test_account_less_cdr_paths_are_the_tokens_account(env):
+    mine = env.insert([leg(NOW_G - 5)])[0]
+    theirs = env.insert([leg(NOW_G - 6, account=ACC_B)])[0]
+    assert [r["id"] for r in env.get("/v2/cdrs").json["data"]] == [mine["id"]]
+    assert [r["id"] for r in env.get("/v2/cdrs", headers={"X-Auth-Token": "token-b"}).json["data"]] == [
+        theirs["id"]]
+    assert env.get("/v2/cdrs/%s" % mine["id"]).json["data"]["call_id"] == mine["call_id"]
+    assert env.get("/v2/cdrs/%s" % theirs["id"], status=404)
+    assert [r["call_id"] for r in env.get("/v2/cdrs/legs/%s" % mine["id"]).json["data"]] == [mine["call_id"]]
+    assert [r["id"] for r in env.get("/v2/cdrs/interaction").json["data"]] == [mine["id"]]
+    assert_kazoo_error(env.get("/v2/cdrs", headers={}, status=401), 401, "invalid_credentials")
+    assert_kazoo_error(env.get("/v2/cdrs", headers=COLLECTOR, status=404), 404, "faulty_request")
+
+
+ROUTES = ["/v2/accounts/%s/cdrs" % ACC_A, "/v2/cdrs", "/v2/cdrs/interaction", "/v2/cdrs/x", "/v2/accounts/%s/cdrs/interaction" % ACC_A,
           "/v2/accounts/%s/cdrs/legs/x" % ACC_A, "/v2/accounts/%s/cdrs/202601-x" % ACC_A,
           "/v2/accounts/%s/users/u1/cdrs" % ACC_A, "/v2/accounts/%s/users/u1/cdrs/interaction" % ACC_A,
           "/v2/feed/cdrs", "/v2/api_auth", "/v2/user_auth", "/health", "/metrics"]
