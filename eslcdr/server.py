@@ -73,12 +73,13 @@ class ServerLimits:
                    int(api["max_connections"]))
 
 
-def envelope_bytes(status: int, message: str, detail: str) -> bytes:
-    """A complete HTTP/1.1 response (connection closed) with Kazoo's error envelope."""
+def envelope_bytes(status: int, message: str, detail: str, extra_headers: str = "") -> bytes:
+    """A complete HTTP/1.1 response (connection closed) with Kazoo's error envelope;
+    ``extra_headers`` are whole header lines (CRLF-terminated)."""
     body = json.dumps({"data": {"message": detail}, "error": str(status), "message": message,
                        "status": "error", "version": __version__}, separators=(",", ":")).encode()
-    head = "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
-        status, _STATUS_REASONS.get(status, "Error"), len(body))
+    head = "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+        status, _STATUS_REASONS.get(status, "Error"), len(body), extra_headers)
     return head.encode("latin-1") + body
 
 
@@ -135,6 +136,13 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
     """
     limits = limits or ServerLimits.default()
     is_token = getattr(app, "is_token", None)
+    # The server's own answers (unparseable request, timeouts, connection cap)
+    # carry the CORS origin too when any origin may read (``*``): a browser
+    # page then sees the error instead of an opaque failure.
+    cors = "Access-Control-Allow-Origin: *\r\n" if tuple(getattr(app, "cors_origins", ())) == ("*",) else ""
+
+    def envelope(status: int, message: str, detail: str) -> bytes:
+        return envelope_bytes(status, message, detail, cors)
 
     class ApiHandler(pywsgi.WSGIHandler):
         _head_timer: gevent.Timeout | None = None
@@ -207,7 +215,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 log.warning("http_request_timeout", client=self._client(), status=408,
                             header_timeout=limits.header_timeout)
                 try:
-                    self.socket.sendall(envelope_bytes(408, "request_timeout", "request head not received in time"))
+                    self.socket.sendall(envelope(408, "request_timeout", "request head not received in time"))
                 except OSError:
                     pass
                 return None
@@ -221,7 +229,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                                 reason="request_line_too_long" if code == 414 else "bad_request")
                 message = "faulty_request" if code == 414 else "bad_request"
                 detail = "request uri too long" if code == 414 else "bad request"
-                return (result[0], envelope_bytes(code, message, detail))
+                return (result[0], envelope(code, message, detail))
             return result
 
         def _handle_client_error(self, ex):
@@ -229,7 +237,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             # the raw request line: one structured line instead.
             self._logged = True
             log.warning("http_bad_request", client=self._client(), status=400, reason=bad_request_reason(ex))
-            return ("400", envelope_bytes(400, "bad_request", "bad request"))
+            return ("400", envelope(400, "bad_request", "bad request"))
 
         def log_error(self, msg, *args):
             log.warning("http_server_error", client=self._client(), message=str(msg)[:200])
@@ -250,11 +258,11 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
         def _send_error_response_if_possible(self, error_code):
             if self.response_length or error_code != 500:
                 return super()._send_error_response_if_possible(error_code)
-            body = envelope_bytes(500, "unspecified_fault", "unspecified fault").split(b"\r\n\r\n", 1)[1]
+            body = envelope(500, "unspecified_fault", "unspecified fault").split(b"\r\n\r\n", 1)[1]
             try:
                 self.start_response("500 Internal Server Error", [
                     ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                    ("Connection", "close")])
+                    ("Connection", "close")] + ([("Access-Control-Allow-Origin", "*")] if cors else []))
                 self.write(body)
             except OSError:
                 self.close_connection = True
@@ -296,7 +304,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 self.refusals.refused(limits.max_connections)
                 try:
                     sock.settimeout(1.0)
-                    sock.sendall(envelope_bytes(503, "too_many_connections", "too many connections"))
+                    sock.sendall(envelope(503, "too_many_connections", "too many connections"))
                 except OSError:
                     pass
                 finally:
