@@ -85,10 +85,11 @@ class Retention:
             self._warn_if_held_back(cutoff)
             self._writer.schedule_retention(cutoff, collectors)
         self.checks += 1
-        try:
-            self.stats = gevent.get_hub().threadpool.apply(self._read_stats, (collectors or frozenset(),))
-        except sqlite3.Error as exc:
-            log.warning("storage_stats_failed", error=str(exc))
+        stats = gevent.get_hub().threadpool.apply(self._read_stats, (collectors or frozenset(),))
+        if "error" in stats:
+            log.warning("storage_stats_failed", error=str(stats["error"]))
+        else:
+            self.stats = stats
 
     def _warn_if_held_back(self, cutoff: int) -> None:
         """A collector that stopped pulling keeps every row from then on:
@@ -114,11 +115,16 @@ class Retention:
         )
 
     def _read_stats(self, collectors: frozenset[str]) -> dict:
-        conn = connect_reader(self._store.path)
+        # The error is returned, not raised, in the pool thread (gevent would
+        # print its traceback to stderr); check() raises it.
         try:
-            return storage_stats(conn, self._store.path, collectors)
-        finally:
-            conn.close()
+            conn = connect_reader(self._store.path)
+            try:
+                return storage_stats(conn, self._store.path, collectors)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            return {"error": exc}
 
     def health(self) -> dict:
         """The figures for /health (collector keys shortened: they name the

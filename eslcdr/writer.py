@@ -52,8 +52,22 @@ RETRYABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
 
 def _in_thread(work: Callable[[], int]) -> int:
     """Run blocking SQLite work in gevent's thread pool (one call at a time:
-    the writer greenlet waits for it, so the connection has one user)."""
-    return gevent.get_hub().threadpool.apply(work)
+    the writer greenlet waits for it, so the connection has one user).
+
+    An error comes back as a value and is raised here: gevent's pool would
+    print the traceback of every failed call to stderr, i.e. a multi-line
+    trace in the journal at each retry while the disk is full."""
+
+    def guarded() -> tuple[object, BaseException | None]:
+        try:
+            return work(), None
+        except (sqlite3.Error, OSError) as exc:
+            return None, exc
+
+    value, error = gevent.get_hub().threadpool.apply(guarded)
+    if error is not None:
+        raise error
+    return value
 
 
 class Writer:
