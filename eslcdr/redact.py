@@ -34,7 +34,11 @@ _NON_ALNUM = re.compile(r"[^a-z0-9]")
 _CANDIDATE = re.compile(r"[A-Za-z0-9_\-.~]{%d,512}" % MIN_SECRET)
 _SEPARATOR = re.compile(r"[_\-.~]")
 GENERATED_TOKEN_LENGTH = 43  # secrets.token_urlsafe(32), what ``eslcdr token add`` makes
-MAX_CUTS = 16
+MAX_CUTS = 8
+MAX_WINDOWED_RUN = 128  # glued tokens are looked for in runs up to this long
+# A longer value is redacted whole rather than searched: bounds the work a
+# client can cause per logged request (a few hundred hashes per value).
+MAX_CHECKED_VALUE = 512
 _SCRUB = re.compile(
     r"(?i)((?:auth[\W_]{0,3}tok\w{0,3}|api[\W_]?key|passw\w{0,4})[\"']?\s*[=:]\s*[\"']?|bearer\s+)"
     r"[^\s&;,\"'<>]+"
@@ -70,8 +74,9 @@ def candidates(text: str) -> set[str]:
             for end in ends:
                 if end - start >= MIN_SECRET:
                     found.add(run[start:end])
-        for start in range(len(run) - GENERATED_TOKEN_LENGTH + 1):
-            found.add(run[start:start + GENERATED_TOKEN_LENGTH])
+        if len(run) <= MAX_WINDOWED_RUN:
+            for start in range(len(run) - GENERATED_TOKEN_LENGTH + 1):
+                found.add(run[start:start + GENERATED_TOKEN_LENGTH])
     return found
 
 
@@ -98,6 +103,8 @@ class Redactor:
     def leaks(self, text: str) -> bool:
         if not text:
             return False
+        if len(text) > MAX_CHECKED_VALUE:
+            return True
         for form in decodings(text):
             for secret in self._presented:
                 if secret in form:
