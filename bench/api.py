@@ -23,19 +23,26 @@ p99 < 50 ms, CSV >= 50,000 rows/s on a 1,000,000-row file.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import http.client
-import json
-import os
-import random
-import sqlite3
-import subprocess
-import sys
-import tempfile
-import time
-import uuid
-from pathlib import Path
+# Before anything imports bottle or sockets (as ``eslcdr run`` does): bottle's
+# request/response objects are thread-locals, and patched late they would be
+# shared by every greenlet of the served child.
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -140,9 +147,6 @@ def row_count(path: Path) -> int:
 
 def serve(db: Path, tokens_file: Path) -> None:
     """Child process: the API as the daemon runs it (patched gevent, WSGIServer)."""
-    from gevent import monkey
-
-    monkey.patch_all()
     import structlog
 
     # stdout carries the port number to the parent; logs go to stderr.
