@@ -8,7 +8,7 @@ Kazoo's crossbar ``cb_channels`` answers: ``uuid``, ``direction``,
 ``answered``, ``destination``, ``other_leg``, ``owner_id``,
 ``authorizing_id``, ``presence_id``, ``timestamp`` (creation, Gregorian
 seconds), plus ``account_id``, caller/callee ids, ``state`` (DOWN, RINGING,
-EARLY, ACTIVE), ``node``, ``channel_name``, ``elapsed_s`` and
+EARLY, ACTIVE, HELD), ``node``, ``channel_name``, ``elapsed_s`` and
 ``interaction_id``.  Empty fields are left out, as Kazoo leaves out nulls.
 """
 

@@ -47,6 +47,9 @@ SUBSCRIBED_EVENTS = (
     "CHANNEL_PROGRESS_MEDIA",
     "CHANNEL_ANSWER",
     "CHANNEL_BRIDGE",
+    # hold and unhold: the live channels show a held call as HELD
+    "CHANNEL_HOLD",
+    "CHANNEL_UNHOLD",
     "CHANNEL_HANGUP_COMPLETE",
     "DTMF",
     # CUSTOM must come last: FreeSWITCH reads every word after it as a subclass.

@@ -196,6 +196,8 @@ LIGHT_EVENTS = frozenset(
         "CHANNEL_ANSWER",
         "CHANNEL_BRIDGE",
         "CHANNEL_CALLSTATE",
+        "CHANNEL_HOLD",
+        "CHANNEL_UNHOLD",
         "DTMF",
     }
 )

@@ -73,7 +73,8 @@ TRACKED_HEADERS = (
     "Channel-Call-State",
     "Answer-State",
 )
-_NO_NEW_LINKS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CUSTOM"})
+_NO_NEW_LINKS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CUSTOM",
+                           "CHANNEL_HOLD", "CHANNEL_UNHOLD"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ class LiveLeg:
     call_id: str
     interaction_id: str
     direction: str
-    state: str  # DOWN, RINGING, EARLY (early media), ACTIVE (answered)
+    state: str  # DOWN, RINGING, EARLY (early media), ACTIVE (answered), HELD
     answered: bool
     created_us: int
     answered_us: int  # 0 when not answered (or answered while we were away)
@@ -130,6 +131,8 @@ _STATE_AFTER = {
     "CHANNEL_PROGRESS_MEDIA": "EARLY",
     "CHANNEL_ANSWER": "ACTIVE",
     "CHANNEL_BRIDGE": "ACTIVE",
+    "CHANNEL_HOLD": "HELD",
+    "CHANNEL_UNHOLD": "ACTIVE",
 }
 # CHANNEL_DATA is what ``uuid_dump`` answers: a live leg's every variable.
 _LIVE_REFRESH = frozenset(("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_DATA"))

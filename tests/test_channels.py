@@ -93,6 +93,22 @@ def test_live_view_is_scoped_and_a_copy(events_of):
     assert len(snapshot) == 4 and all(leg.state == "DOWN" or leg.state == "EARLY" for leg in snapshot)
 
 
+def test_hold_and_unhold_move_an_answered_leg(events_of):
+    events = events_of("S1_json")
+    create, answer = events[0], events[8]
+    tracker = LegTracker()
+    tracker.feed(create, 1)
+    tracker.feed(answer, 2)
+    states = []
+    for n, name in enumerate(("CHANNEL_HOLD", "CHANNEL_PROGRESS", "CHANNEL_UNHOLD")):
+        tracker.feed(dict(answer, **{"Event-Name": name}), 3 + n)
+        (leg,) = tracker.live_legs()
+        states.append((leg.state, leg.answered, leg.answered_us))
+    answered_us = int(answer["Caller-Channel-Answered-Time"])
+    # A late PROGRESS does not take a held call off hold.
+    assert states == [("HELD", True, answered_us), ("HELD", True, answered_us), ("ACTIVE", True, answered_us)]
+
+
 def test_out_of_order_progress_never_undoes_an_answer(events_of):
     events = events_of("S1_json")
     create, progress, answer = events[0], events[2], events[8]

@@ -108,6 +108,12 @@ def test_channels_follow_the_calls_and_come_back_after_a_restart(tmp_path):
         assert live[answer_a]["other_leg"] == bridge_b
         assert live[bridge_b]["interaction_id"] == live[answer_a]["interaction_id"]
 
+        # Hold and unhold (CHANNEL_HOLD / CHANNEL_UNHOLD, subscribed).
+        source.push(dict(events[10], **{"Event-Name": "CHANNEL_HOLD"}))
+        wait_for(lambda: channels(port)[bridge_b]["state"] == "HELD", "the hold")
+        source.push(dict(events[10], **{"Event-Name": "CHANNEL_UNHOLD"}))
+        wait_for(lambda: channels(port)[bridge_b]["state"] == "ACTIVE", "the unhold")
+
         source.push(events[11])  # CHANNEL_HANGUP_COMPLETE of answer-b
         live = wait_for(lambda: answer_b not in channels(port) and channels(port), "the hangup")
         assert set(live) == {bridge_a, bridge_b, answer_a}
