@@ -212,8 +212,101 @@ def _add_interaction_start_indexes(conn: sqlite3.Connection) -> None:
                  % interaction_start())
 
 
+
+# Roll-ups for the KPIs of busy accounts (stats.py), kept by triggers so that
+# every way a row comes and goes -- the writer's inserts, REPLACE rewrites
+# (merges, backfill; the writer connection enables recursive_triggers so the
+# implicit delete fires), retention's deletes, a person's UPDATE in sqlite3
+# -- keeps them exact.  Loopback legs and legs without an account are left
+# out, as the KPIs leave them out.
+#   stats_minutes: per account, minute (timestamp / 60), direction, cause and
+#     answered-or-not: additive counters;
+#   stats_pdd_hours: per account and hour, how many seizures had each pdd_ms
+#     (an exact histogram: percentiles need every value).
+ROLLUP_TABLES = ("stats_minutes", "stats_pdd_hours")
+_ROLLUP_COUNTERS = (
+    # (column, expression over a cdrs row R, with the sign d)
+    ("legs", "{d}"),
+    ("billing_seconds", "{d} * ifnull({R}.billing_seconds, 0)"),
+    ("mos_legs", "{d} * ({R}.audio_in_mos IS NOT NULL)"),
+    ("mos_sum", "{d} * ifnull({R}.audio_in_mos, 0.0)"),
+    ("low_mos", "{d} * ifnull({R}.audio_in_mos < 3.6, 0)"),
+    ("rtp_legs", "{d} * ({R}.no_rtp_in IS NOT NULL)"),
+    ("no_rtp", "{d} * ifnull({R}.no_rtp_in = 1, 0)"),
+)
+_ROLLUP_KEY = (
+    ("account_id", "{R}.account_id"),
+    ("minute", "ifnull({R}.\"timestamp\", 0) / 60"),
+    ("call_direction", "ifnull({R}.call_direction, '')"),
+    ("hangup_cause", "ifnull({R}.hangup_cause, '')"),
+    ("answered", "ifnull({R}.answered_us, 0) > 0"),
+)
+_ROLLUP_WHEN = "{R}.account_id IS NOT NULL AND ifnull({R}.channel_name, '') NOT LIKE 'loopback/%'"
+_PDD_WHEN = (_ROLLUP_WHEN + " AND {R}.call_direction = 'outbound'"
+             " AND ifnull({R}.hangup_cause, '') NOT IN ('LOSE_RACE', 'PICKED_OFF') AND {R}.pdd_ms IS NOT NULL")
+# The columns whose change moves a row in the roll-ups (an interaction merge
+# changes none of them).
+ROLLUP_SOURCE_COLUMNS = ("account_id", "timestamp", "channel_name", "call_direction", "hangup_cause",
+                         "answered_us", "billing_seconds", "audio_in_mos", "no_rtp_in", "pdd_ms")
+
+
+def _rollup_statements(row: str, sign: int) -> str:
+    """Trigger statements adding (sign 1) or removing (-1) cdrs row ``row``."""
+    fmt = {"R": row, "d": sign}
+    key_cols = ", ".join(name for name, _ in _ROLLUP_KEY)
+    key_vals = ", ".join(expr.format(**fmt) for _, expr in _ROLLUP_KEY)
+    cols = ", ".join(name for name, _ in _ROLLUP_COUNTERS)
+    vals = ", ".join(expr.format(**fmt) for _, expr in _ROLLUP_COUNTERS)
+    sets = ", ".join("%s = %s + excluded.%s" % (name, name, name) for name, _ in _ROLLUP_COUNTERS)
+    when = _ROLLUP_WHEN.format(**fmt)
+    out = [
+        "INSERT INTO stats_minutes (%s, %s) SELECT %s, %s WHERE %s ON CONFLICT DO UPDATE SET %s;"
+        % (key_cols, cols, key_vals, vals, when, sets),
+        "INSERT INTO stats_pdd_hours (account_id, hour, pdd_ms, seizures)"
+        " SELECT {R}.account_id, ifnull({R}.\"timestamp\", 0) / 3600, {R}.pdd_ms, {d} WHERE {w}"
+        " ON CONFLICT DO UPDATE SET seizures = seizures + excluded.seizures;".format(
+            w=_PDD_WHEN.format(**fmt), **fmt),
+    ]
+    if sign < 0:  # an emptied cell goes away
+        match = " AND ".join("%s = %s" % (name, expr.format(**fmt)) for name, expr in _ROLLUP_KEY)
+        out.append("DELETE FROM stats_minutes WHERE %s AND legs = 0;" % match)
+        out.append("DELETE FROM stats_pdd_hours WHERE account_id = {R}.account_id"
+                   " AND hour = ifnull({R}.\"timestamp\", 0) / 3600 AND pdd_ms = {R}.pdd_ms"
+                   " AND seizures = 0;".format(**fmt))
+    return "\n  ".join(out)
+
+
+def _add_stats_rollups(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE stats_minutes (account_id TEXT NOT NULL, minute INTEGER NOT NULL,"
+        " call_direction TEXT NOT NULL, hangup_cause TEXT NOT NULL, answered INTEGER NOT NULL,"
+        " legs INTEGER NOT NULL, billing_seconds INTEGER NOT NULL, mos_legs INTEGER NOT NULL,"
+        " mos_sum REAL NOT NULL, low_mos INTEGER NOT NULL, rtp_legs INTEGER NOT NULL, no_rtp INTEGER NOT NULL,"
+        " PRIMARY KEY (account_id, minute, call_direction, hangup_cause, answered)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "CREATE TABLE stats_pdd_hours (account_id TEXT NOT NULL, hour INTEGER NOT NULL, pdd_ms INTEGER NOT NULL,"
+        " seizures INTEGER NOT NULL, PRIMARY KEY (account_id, hour, pdd_ms)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE TRIGGER cdrs_stats_insert AFTER INSERT ON cdrs BEGIN\n  %s\nEND"
+                 % _rollup_statements("NEW", 1))
+    conn.execute("CREATE TRIGGER cdrs_stats_delete AFTER DELETE ON cdrs BEGIN\n  %s\nEND"
+                 % _rollup_statements("OLD", -1))
+    conn.execute("CREATE TRIGGER cdrs_stats_update AFTER UPDATE OF %s ON cdrs BEGIN\n  %s\n  %s\nEND" % (
+        ", ".join(_quote(c) for c in ROLLUP_SOURCE_COLUMNS), _rollup_statements("OLD", -1),
+        _rollup_statements("NEW", 1)))
+    # The rows already there.
+    key = ", ".join(expr.format(R="c") for _, expr in _ROLLUP_KEY)
+    conn.execute("INSERT INTO stats_minutes SELECT %s, %s FROM cdrs AS c WHERE %s GROUP BY %s" % (
+        key, ", ".join("total(%s)" % expr.format(R="c", d=1) if name == "mos_sum" else "sum(%s)" % expr.format(
+            R="c", d=1) for name, expr in _ROLLUP_COUNTERS), _ROLLUP_WHEN.format(R="c"),
+        ", ".join(str(i + 1) for i in range(len(_ROLLUP_KEY)))))
+    conn.execute("INSERT INTO stats_pdd_hours SELECT c.account_id, ifnull(c.\"timestamp\", 0) / 3600, c.pdd_ms,"
+                 " count(*) FROM cdrs AS c WHERE %s GROUP BY 1, 2, 3" % _PDD_WHEN.format(R="c"))
+
+
 MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns,
-              _add_interaction_start_indexes)
+              _add_interaction_start_indexes, _add_stats_rollups)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

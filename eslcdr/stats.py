@@ -24,19 +24,22 @@ of the legs with a MOS (``mos_legs``), ``low_mos`` those under 3.6;
 ``no_rtp`` = legs with ``no_rtp_in`` = 1 of the ``rtp_legs`` that say.  A
 mean or ratio over zero legs is left out, never 0.
 
-How.  Three aggregate statements in one read transaction (one snapshot, so
-the totals are exactly the sum of the buckets): counters per bucket, seizures
-per (bucket, cause), and seizures per (bucket, pdd_ms) -- a histogram from
-which the nearest rank is read in Python (exact, and far smaller than the
-legs when many share a delay).  On an account's range they read only the
-partial covering index ``idx_cdrs_stats`` (schema.py); a user's range goes
-through the owner index.
+How.  Three kinds of rows, all read in one transaction (one snapshot, so the
+totals are exactly the sum of the buckets) and added up per bucket by
+compute(): counters, seizures per cause, and seizures per pdd_ms (a
+histogram from which the nearest rank is read, exact).  An account's range
+reads the roll-ups schema.py's triggers keep (``stats_minutes``,
+``stats_pdd_hours``) for its whole minutes / hours and the legs only for the
+ragged edges (plan()); a user's range, a filtered one or an interval that
+is not whole minutes reads the legs: the partial covering index
+``idx_cdrs_stats`` for an account, the owner index for a user.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -182,7 +185,8 @@ def stats_statements(query: StatsQuery) -> list[tuple[str, list[Any]]]:
         " count(c.no_rtp_in), sum(c.no_rtp_in = 1)"
         " FROM {src} WHERE {where} GROUP BY 1"
     ).format(src=_source(query.owner_id), b=bucket, ans=_ANSWERED, seiz=_SEIZURE, user=_USER_OUTCOME, low=LOW_MOS, where=where)
-    causes = ("SELECT {b}, ifnull(c.hangup_cause, '{unknown}'), count(*) FROM {src}"
+    causes = ("SELECT {b}, CASE WHEN ifnull(c.hangup_cause, '') = '' THEN '{unknown}' ELSE c.hangup_cause END,"
+              " count(*) FROM {src}"
               " WHERE {where} AND {seiz} GROUP BY 1, 2").format(
         src=_source(query.owner_id), b=bucket, unknown=UNKNOWN_CAUSE, where=where, seiz=_SEIZURE)
     pdd = ("SELECT {b}, c.pdd_ms, count(*) FROM {src} WHERE {where} AND {seiz}"
@@ -279,17 +283,29 @@ def compute(query: StatsQuery, results: Sequence[Iterable[tuple]]) -> dict[str, 
             bucket = buckets[key] = _Bucket()
         return bucket
 
+    # The same bucket may come from several statements (roll-ups and the
+    # raw edges of the range): everything adds up.
     for (key, legs, attempts, answered_attempts, seizures, answered, user_outcomes, billing,
          mos_legs, mos_sum, low_mos, rtp_legs, no_rtp) in counters:
         bucket = at(key)
-        bucket.legs, bucket.attempts, bucket.answered_attempts = legs, attempts or 0, answered_attempts or 0
-        bucket.seizures, bucket.answered, bucket.user_outcomes = seizures or 0, answered or 0, user_outcomes or 0
-        bucket.billing, bucket.mos_legs, bucket.mos_sum = billing, mos_legs, mos_sum
-        bucket.low_mos, bucket.rtp_legs, bucket.no_rtp = low_mos or 0, rtp_legs, no_rtp or 0
+        bucket.legs += legs
+        bucket.attempts += attempts or 0
+        bucket.answered_attempts += answered_attempts or 0
+        bucket.seizures += seizures or 0
+        bucket.answered += answered or 0
+        bucket.user_outcomes += user_outcomes or 0
+        bucket.billing += billing or 0
+        bucket.mos_legs += mos_legs or 0
+        bucket.mos_sum += mos_sum or 0
+        bucket.low_mos += low_mos or 0
+        bucket.rtp_legs += rtp_legs or 0
+        bucket.no_rtp += no_rtp or 0
     for key, cause, n in causes:
-        at(key).causes[cause] = n
+        found = at(key).causes
+        found[cause] = found.get(cause, 0) + n
     for key, value, n in pdd:
-        at(key).pdd[value] = n
+        found = at(key).pdd
+        found[value] = found.get(value, 0) + n
 
     interval = query.interval
     totals = _Bucket()
@@ -303,25 +319,104 @@ def compute(query: StatsQuery, results: Sequence[Iterable[tuple]]) -> dict[str, 
     return {"totals": totals.figures(), "buckets": out}
 
 
-def run_stats(pool: ReaderPool, query: StatsQuery) -> dict[str, Any]:
-    """The KPIs, read in one transaction (one snapshot for the three statements)."""
-    statements = stats_statements(query)
-    reader = pool.acquire()
+# Roll-up statements (schema.py's stats_minutes / stats_pdd_hours), rows
+# shaped as stats_statements' rows.
+_R_SEIZURE = "(s.call_direction = 'outbound' AND s.hangup_cause NOT IN ('LOSE_RACE', 'PICKED_OFF'))"
+_ROLLUP_COUNTERS_SQL = (
+    "SELECT s.minute * 60 / {i}, sum(s.legs),"
+    " sum(CASE WHEN s.call_direction = 'inbound' THEN s.legs ELSE 0 END),"
+    " sum(CASE WHEN s.call_direction = 'inbound' AND s.answered THEN s.legs ELSE 0 END),"
+    " sum(CASE WHEN {seiz} THEN s.legs ELSE 0 END),"
+    " sum(CASE WHEN {seiz} AND s.answered THEN s.legs ELSE 0 END),"
+    " sum(CASE WHEN {seiz} AND NOT s.answered AND s.hangup_cause IN ({user}) THEN s.legs ELSE 0 END),"
+    " total(CASE WHEN {seiz} AND s.answered THEN s.billing_seconds END),"
+    " sum(s.mos_legs), total(s.mos_sum), sum(s.low_mos), sum(s.rtp_legs), sum(s.no_rtp)"
+    " FROM stats_minutes AS s WHERE s.account_id = ? AND s.minute BETWEEN ? AND ? GROUP BY 1"
+)
+_ROLLUP_CAUSES_SQL = (
+    "SELECT s.minute * 60 / {i}, CASE s.hangup_cause WHEN '' THEN '%s' ELSE s.hangup_cause END, sum(s.legs)"
+    " FROM stats_minutes AS s WHERE s.account_id = ? AND s.minute BETWEEN ? AND ? AND {seiz} GROUP BY 1, 2"
+    % UNKNOWN_CAUSE
+)
+# No GROUP BY: the rows come in key order straight from the table, and
+# compute() adds up the hours of one bucket (a sort of every row otherwise).
+_ROLLUP_PDD_SQL = (
+    "SELECT p.hour * 3600 / {i}, p.pdd_ms, p.seizures FROM stats_pdd_hours AS p"
+    " WHERE p.account_id = ? AND p.hour BETWEEN ? AND ?"
+)
 
-    def work() -> list[list[tuple]]:
-        conn = reader.conn
+
+def _whole_units(low: int, high: int, unit: int) -> tuple[int, int] | None:
+    """The units (minutes, hours) lying wholly inside [low, high], or None."""
+    first, last = -(-low // unit), (high + 1) // unit - 1
+    return (first, last) if first <= last else None
+
+
+def _raw(query: StatsQuery, low: int, high: int) -> list[tuple[str, list[Any]]]:
+    return stats_statements(StatsQuery(query.account_id, query.owner_id, low, high, query.interval,
+                                       query.filters))
+
+
+def plan(query: StatsQuery, use_rollups: bool = True) -> list[list[tuple[str, list[Any]]]]:
+    """The statements whose rows, added up, are the KPIs: per kind (counters,
+    causes, pdd) a list of (sql, args).
+
+    An account's stats without filters read the roll-ups for the whole
+    minutes (PDD: whole hours, when the interval is a multiple of an hour)
+    inside the range and the legs themselves only for the ragged edges; a
+    user's stats, filtered stats and intervals that are not whole minutes
+    read the legs.
+    """
+    low, high, interval = query.created_from, query.created_to, query.interval
+    kinds: list[list[tuple[str, list[Any]]]] = [[], [], []]
+    minutes = _whole_units(low, high, 60)
+    if not (use_rollups and query.owner_id is None and not query.filters and interval % 60 == 0 and minutes):
+        for kind, statement in zip(kinds, _raw(query, low, high)):
+            kind.append(statement)
+        return kinds
+    fmt = {"i": interval, "seiz": _R_SEIZURE, "user": ", ".join("'%s'" % c for c in USER_OUTCOMES)}
+    args = [query.account_id, minutes[0], minutes[1]]
+    kinds[0].append((_ROLLUP_COUNTERS_SQL.format(**fmt), list(args)))
+    kinds[1].append((_ROLLUP_CAUSES_SQL.format(**fmt), list(args)))
+    edges = [(low, minutes[0] * 60 - 1), ((minutes[1] + 1) * 60, high)]
+    for edge_low, edge_high in edges:
+        if edge_low <= edge_high:
+            counters, causes, _ = _raw(query, edge_low, edge_high)
+            kinds[0].append(counters)
+            kinds[1].append(causes)
+    hours = _whole_units(low, high, 3600) if interval % 3600 == 0 else None
+    if hours is None:
+        kinds[2].append(_raw(query, low, high)[2])
+    else:
+        kinds[2].append((_ROLLUP_PDD_SQL.format(**fmt), [query.account_id, hours[0], hours[1]]))
+        for edge_low, edge_high in [(low, hours[0] * 3600 - 1), ((hours[1] + 1) * 3600, high)]:
+            if edge_low <= edge_high:
+                kinds[2].append(_raw(query, edge_low, edge_high)[2])
+    return kinds
+
+
+def read_stats(conn: sqlite3.Connection, query: StatsQuery, use_rollups: bool = True) -> dict[str, Any]:
+    """The KPIs from one connection, in one read transaction (one snapshot
+    for every statement, so the totals are exactly the sum of the buckets)."""
+    kinds = plan(query, use_rollups)
+    began = not conn.in_transaction
+    if began:
         conn.execute("BEGIN")
-        try:
-            return [conn.execute(sql, args).fetchall() for sql, args in statements]
-        finally:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
-
     try:
-        results = pool.runner.spawn(lambda: reader.call(work)).get()
+        results = [[row for sql, args in kind for row in conn.execute(sql, args).fetchall()] for kind in kinds]
+    finally:
+        if began and conn.in_transaction:
+            conn.execute("COMMIT")
+    return compute(query, results)
+
+
+def run_stats(pool: ReaderPool, query: StatsQuery) -> dict[str, Any]:
+    """The KPIs through the API's reader pool (thread pool, statement timeout)."""
+    reader = pool.acquire()
+    try:
+        return pool.runner.spawn(lambda: reader.call(lambda: read_stats(reader.conn, query))).get()
     finally:
         pool.release(reader)
-    return compute(query, results)
 
 
 def csv_cells(bucket: Mapping[str, Any]) -> list[str]:

@@ -53,6 +53,9 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     # lose the last transactions, which FreeSWITCH could not resend anyway.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
+    # REPLACE (row rewrites) deletes the old row: with recursive triggers
+    # that delete fires the KPI roll-up trigger too (schema.py).
+    conn.execute("PRAGMA recursive_triggers=ON")
     # The WAL is reused, not shrunk, after a checkpoint: cap what it keeps
     # after a burst (e.g. a retention run).
     conn.execute("PRAGMA journal_size_limit=%d" % (64 * 1024 * 1024))

@@ -334,3 +334,118 @@ def test_captured_sip_call_through_the_daemon_to_the_kpis(tmp_path):
         code = daemon.stop()
         fake.stop()
     assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+# ------------------------------------------------------------------ roll-ups
+
+
+def random_legs(rng, n: int, base: int) -> list[dict]:
+    causes = ["NORMAL_CLEARING", "USER_BUSY", "NO_ANSWER", "ORIGINATOR_CANCEL", "LOSE_RACE", "PICKED_OFF",
+              "NORMAL_TEMPORARY_FAILURE", None, ""]
+    out = []
+    for _ in range(n):
+        answered = rng.random() < 0.5
+        fields = dict(
+            account=rng.choice([ACC_A, ACC_A, ACC_B, None]),
+            call_direction=rng.choice(["inbound", "outbound", "outbound", None]),
+            hangup_cause=rng.choice(causes),
+            channel_name=rng.choice(["sofia/internal/1000@x", "sofia/external/2000@y", "loopback/z-a", None]),
+            answered_us=rng.randrange(1, 10**12) if answered else 0,
+            billing_seconds=rng.randrange(0, 600) if answered else 0,
+            pdd_ms=rng.choice([None, rng.randrange(0, 9000), 1000]),
+            audio_in_mos=rng.choice([None, round(rng.uniform(1, 4.5), 2), 4.5]),
+            no_rtp_in=rng.choice([None, 0, 1]),
+        )
+        account = fields.pop("account")
+        record = leg(base + rng.randrange(0, 3 * 86400), account=account or ACC_A, **fields)
+        record["account_id"] = account
+        out.append(record)
+    return out
+
+
+def test_rollups_give_the_figures_of_the_legs_through_inserts_rewrites_and_deletes(tmp_path):
+    import random
+
+    from eslcdr.stats import StatsQuery, read_stats
+
+    rng = random.Random(5)
+    base = H0 - 2 * 86400
+    conn = store_writer(tmp_path / "r.db")
+    legs = random_legs(rng, 600, base)
+    store_insert(conn, legs)
+    # Rewrites (REPLACE: what merges and backfill do), updates by hand, deletes (retention).
+    from eslcdr import store
+
+    conn.execute("BEGIN")
+    store.replace_records(conn, [dict(r, hangup_cause="USER_BUSY", answered_us=0, pdd_ms=777)
+                                 for r in legs[:40]])
+    store.rewrite_rows(conn, "call_id IN (%s)" % ",".join("?" * 30), [r["call_id"] for r in legs[40:70]],
+                       {"interaction_id": "merged-1"})
+    conn.execute("COMMIT")
+    conn.execute("UPDATE cdrs SET audio_in_mos = 2.5, pdd_ms = NULL WHERE seq % 7 = 0")
+    conn.execute("UPDATE cdrs SET \"timestamp\" = \"timestamp\" + 3600 WHERE seq % 11 = 0")
+    conn.execute("DELETE FROM cdrs WHERE seq % 5 = 0")
+    store_insert(conn, random_legs(rng, 200, base))
+    assert conn.execute("SELECT count(*) FROM stats_minutes WHERE legs <= 0").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM stats_pdd_hours WHERE seizures <= 0").fetchone()[0] == 0
+    checked = 0
+    for _ in range(60):
+        low = base + rng.randrange(-3600, 3 * 86400)
+        high = low + rng.randrange(0, 2 * 86400)
+        interval = rng.choice([60, 120, 300, 3600, 7200, 86400, 90, 61])
+        for account in (ACC_A, ACC_B):
+            query = StatsQuery(account, None, low, high, interval, ())
+            fast, slow = read_stats(conn, query), read_stats(conn, query, use_rollups=False)
+            assert_same_stats(fast, slow)
+            checked += fast["totals"]["legs"]
+    assert checked > 1000
+    conn.close()
+
+
+def assert_same_stats(fast: dict, slow: dict) -> None:
+    assert len(fast["buckets"]) == len(slow["buckets"])
+    for got, want in zip([fast["totals"]] + fast["buckets"], [slow["totals"]] + slow["buckets"]):
+        assert set(got) == set(want)
+        for name, value in want.items():
+            if isinstance(value, float):
+                assert got[name] == pytest.approx(value, rel=1e-9), name
+            else:
+                assert got[name] == value, name
+
+
+def test_upgrade_fills_the_rollups_from_the_rows_already_there(tmp_path):
+    import random
+    import sqlite3
+
+    from eslcdr import schema, store
+    from eslcdr.stats import StatsQuery, read_stats
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(str(path), isolation_level=None)
+    version = schema.MIGRATIONS.index(schema._add_stats_rollups)
+    for n, migration in enumerate(schema.MIGRATIONS[:version]):
+        migration(old)
+        old.execute("PRAGMA user_version = %d" % (n + 1))
+    legs = random_legs(random.Random(9), 300, H0 - 86400)
+    old.executemany("INSERT INTO cdrs (%s) VALUES (%s)" % (", ".join('"%s"' % c for c in schema.RECORD_COLUMNS),
+                                                          ", ".join("?" * len(schema.RECORD_COLUMNS))),
+                    [store.record_row(r) for r in legs])
+    old.close()
+    conn = store.connect_writer(path)
+    query = StatsQuery(ACC_A, None, H0 - 86400, H0 + 2 * 86400, 3600, ())
+    fast = read_stats(conn, query)
+    assert fast["totals"]["legs"] > 50
+    assert_same_stats(fast, read_stats(conn, query, use_rollups=False))
+    conn.close()
+
+
+def store_writer(path):
+    from eslcdr import store
+
+    return store.connect_writer(path)
+
+
+def store_insert(conn, records):
+    from eslcdr import store
+
+    store.insert_records(conn, records)
