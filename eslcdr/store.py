@@ -162,10 +162,9 @@ def rewrite_rows(
     select = ", ".join("?" if name in changes else '"%s"' % name for name in RECORD_COLUMNS)
     params = [_column_value(name, changes[name]) for name in RECORD_COLUMNS if name in changes]
     sql = "INSERT OR REPLACE INTO cdrs (%s) SELECT %s FROM cdrs WHERE %s ORDER BY seq" % (columns, select, where)
-    before = conn.total_changes
-    conn.execute(sql, params + list(args))
-    # REPLACE's implicit deletes are not counted by total_changes.
-    return conn.total_changes - before
+    # rowcount (sqlite3_changes) counts the rows this statement wrote: not
+    # REPLACE's implicit deletes, nor what triggers (the KPI roll-ups) write.
+    return max(conn.execute(sql, params + list(args)).rowcount, 0)
 
 
 def _column_value(name: str, value: object) -> object:
@@ -179,9 +178,9 @@ def replace_records(conn: sqlite3.Connection, records: Iterable[Mapping[str, obj
     new ``seq`` (e.g. a complete leg from its json_cdr file replacing a row
     written as hangup-not-seen).  Call inside a transaction."""
     rows = [record_row(record) for record in records]
-    before = conn.total_changes
-    conn.executemany(_REPLACE_SQL, rows)
-    return conn.total_changes - before
+    if not rows:
+        return 0
+    return max(conn.executemany(_REPLACE_SQL, rows).rowcount, 0)  # without trigger writes
 
 
 def insert_records(
@@ -221,9 +220,8 @@ def insert_records(
         return 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        before = conn.total_changes
-        conn.executemany(_INSERT_SQL, rows)
-        new = conn.total_changes - before
+        # rowcount, not total_changes: the roll-up triggers' writes are not new rows.
+        new = max(conn.executemany(_INSERT_SQL, rows).rowcount, 0) if rows else 0
         if replacements:
             replace_records(conn, replacements)
         conn.executemany(_LINK_SQL, links)
