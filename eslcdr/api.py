@@ -8,8 +8,12 @@ handler that answers even malformed HTTP (too-long request line, bad request)
 with Kazoo's JSON error envelope and never writes ``auth_token`` to the
 access log.
 
+Kazoo clients first ``PUT /v2/api_auth`` with a tokens-file token and get a
+session token (``sessions``); CORS headers go on every answer (``CdrApi``),
+``OPTIONS`` on every route is a 204 preflight.  No JSON answer holds a null.
+
 A request goes: route -> token (``X-Auth-Token``, ``auth_token`` or a Bearer
-header; unknown -> 401) -> account scope (another account -> 403; the ``*``
+header: a login session or a tokens-file token; unknown -> 401) -> account scope (another account -> 403; the ``*``
 token may read any) -> parameters (``queries.parse_*``; bad -> 400
 ``validation error``) -> SQL on a pooled read-only connection -> Kazoo shapes
 (``kazoo``) -> JSON or CSV.  Every query is scoped by ``account_id`` in SQL, so

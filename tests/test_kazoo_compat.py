@@ -370,12 +370,16 @@ def test_no_json_answer_holds_a_null(nulls, ccvs, query, uuid_ids):
             urls = [base + "/cdrs" + query, base + "/cdrs/interaction" + query,
                     base + "/users/user-1/cdrs" + query, base + "/users/user-1/cdrs/interaction" + query,
                     "/v2/feed/cdrs", "/health", base + "/cdrs/202601-missing", base + "/cdrs?page_size=x",
-                    "/v2/nowhere"]
+                    "/v2/nowhere", "/v2/cdrs" + query, "/v2/cdrs/interaction",
+                    base + "/cdrs/stats", base + "/cdrs/stats?interval=60", base + "/users/user-1/cdrs/stats",
+                    base + "/cdrs/worst?by=mos", base + "/cdrs/worst?by=pdd", base + "/cdrs/worst?by=no_rtp",
+                    base + "/users/user-1/cdrs/worst?by=mos", base + "/channels", base + "/users/user-1/channels",
+                    "/v2/channels"]
             for rec in records:
                 urls += [base + "/cdrs/%s" % rec["id"], base + "/cdrs/legs/%s" % rec["id"],
                          base + "/cdrs/legs/%s" % rec["interaction_id"]]
             for url in urls:
-                headers = COLLECTOR if url.startswith("/v2/feed") else A
+                headers = COLLECTOR if url.startswith(("/v2/feed", "/v2/channels")) else A
                 response = env.web.get(url, headers=headers, status="*")
                 assert response.content_type == "application/json", url
                 assert list(null_paths(response.json)) == [], url
