@@ -59,7 +59,7 @@ class FakeFS:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eslcdr", "fakefs", "--port", "0", "--calls", str(calls), "--seed", str(seed),
-             "--hostname", hostname, "--cps", str(cps), "--hold"],
+             "--hostname", hostname, "--cps", str(cps), "--hold", "--exit-when-done"],
             stdout=subprocess.PIPE, stderr=self._log, env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
         line = self.proc.stdout.readline().decode()
@@ -119,10 +119,15 @@ class MediaServer:
         return db_rows(self.db)
 
     def settled_rows(self, calls_at_least: int = 1) -> list[dict]:
-        """The node's rows once no new row arrived for a second."""
+        """The node's rows once its stand-in has delivered every call (it
+        exits then; --hold pauses it while the daemon is away) and no new row
+        arrived for a second.  Quiet alone is not enough: real-time calls can
+        leave a second without a hangup while some are still up."""
         previous = -1
         rows = []
         deadline = time.monotonic() + WAIT
+        while self.fakefs.proc.poll() is None and time.monotonic() < deadline:
+            gevent.sleep(0.2)
         while time.monotonic() < deadline:
             rows = self.rows()
             if len(rows) == previous and len(rows) >= calls_at_least:
@@ -433,8 +438,13 @@ def test_node_stopped_restarted_replaced_and_rewritten(media, collector, pg_dsn)
     health = json.loads(body)
     assert status == 503 and health["nodes"]["fs-a"]["state"] == "error"
     assert health["nodes"]["fs-a"]["last_error"] and health["nodes"]["fs-b"]["state"] != "error"
+    before = len(node.rows())
     node.start()
-    rows_a = node.settled_rows(40)
+    # The real-time stream would run for two minutes: end it once the
+    # restarted daemon has written more, so the node's rows stop changing.
+    wait_for(lambda: len(node.rows()) >= before + 5, what="fs-a rows after its restart")
+    node.fakefs.stop()
+    rows_a = node.settled_rows(before + 5)
     wait_collected(pg_dsn, [node, other])
     assert_exactly_once(pg_dsn, [node, other])
     assert node_state(pg_dsn, "fs-a")["rows"] == len(rows_a)
@@ -561,7 +571,8 @@ def test_lost_postgresql_connections_are_reopened_and_nothing_repeats(media, col
         assert killed and all(r["ok"] for r in killed)
         terminated += 1
         gevent.sleep(0.5)
-    rows = node.settled_rows(40)
+    node.fakefs.stop()  # end the real-time stream: the node's rows settle
+    rows = node.settled_rows(1)
     wait_collected(pg_dsn, [node])
     assert_exactly_once(pg_dsn, [node])
     assert node_state(pg_dsn, "fs-a")["rows"] == len(rows)
