@@ -2,13 +2,14 @@
 row visible through the API.
 
 The stand-in (``eslcdr fakefs``, generated calls in real time at ``--cps``)
-and the daemon (``eslcdr run``) are real subprocesses.  With ``--cps`` > 0
-the stand-in sends each event at the time it carries, so a leg's hangup time
-(``hangup_us``) is when its HANGUP_COMPLETE left the stand-in.  This process
-polls the collector feed (``GET /v2/feed/cdrs?after=``, a ``*`` token) every
-``--poll`` seconds and takes, for each new row, (time first seen) -
-``hangup_us``.  The poll interval is part of the figure (at most one
-interval late).  Prints p50 / p99 / max over the legs; figures, not pass/fail.
+and the daemon (``eslcdr run``) are real subprocesses.  This process is a
+second Event Socket client of the stand-in (a thread, subscribed to
+CHANNEL_HANGUP_COMPLETE only): when a hangup reaches it, it left the
+stand-in for the daemon too.  It also polls the collector feed (``GET
+/v2/feed/cdrs?after=``, a ``*`` token) every ``--poll`` seconds and takes,
+for each new row, (time first seen) - (time its hangup was sent).  The poll
+interval is part of the figure (at most one interval late).  Prints p50 /
+p99 / max over the legs; figures, not pass/fail.
 
 Use half the maximum ingest rate (bench/ingest.py prints legs/s; the
 generated mix has ~2.6 legs per call):
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -36,6 +38,41 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def listen_hangups(port: int, sent: dict[str, int], stop: threading.Event) -> None:
+    """A second ESL client: Unique-ID -> when its HANGUP_COMPLETE arrived (µs)."""
+    sys.path.insert(0, str(ROOT))
+    from eslcdr.events import EVENT_TYPES, decode_event
+    from eslcdr.frames import Frame, FrameParser
+
+    while not stop.is_set():
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        return
+    sock.sendall(b"auth ClueCon\n\nevent json CHANNEL_HANGUP_COMPLETE\n\n")
+    parser = FrameParser()
+    sock.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            data = sock.recv(1 << 16)
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        now_us = time.time_ns() // 1000
+        parser.feed(data)
+        for item in parser.items():
+            if isinstance(item, Frame) and item.content_type in EVENT_TYPES:
+                call_id = decode_event(item).get("Unique-ID")
+                if call_id:
+                    sent.setdefault(call_id, now_us)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -71,7 +108,12 @@ def main() -> int:
             [sys.executable, "-m", "eslcdr", "run", "-c", str(ini)],
             env=env, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "daemon.log", "wb"),
         )
+        sent: dict[str, int] = {}
+        stop = threading.Event()
+        listener = threading.Thread(target=listen_hangups, args=(esl_port, sent, stop), daemon=True)
+        listener.start()
         latencies: list[float] = []
+        unmatched = 0
         after = 0
         deadline = time.time() + args.seconds + 60
         quiet_since = None
@@ -88,8 +130,11 @@ def main() -> int:
                 seen_us = time.time_ns() // 1000
                 rows = answer.get("data") or []
                 for row in rows:
-                    if row.get("hangup_us"):
-                        latencies.append((seen_us - row["hangup_us"]) / 1000.0)
+                    sent_us = sent.get(row.get("call_id"))
+                    if sent_us is None:
+                        unmatched += 1
+                    else:
+                        latencies.append((seen_us - sent_us) / 1000.0)
                 after = answer.get("next_after", after)
                 if rows:
                     quiet_since = None
@@ -99,6 +144,7 @@ def main() -> int:
                         break
                 time.sleep(args.poll)
         finally:
+            stop.set()
             daemon.terminate()
             fake.terminate()
             daemon.wait(timeout=30)
@@ -106,9 +152,9 @@ def main() -> int:
     if not latencies:
         print("no rows seen")
         return 1
-    print("cps %.0f, %d legs: latency p50 %.1f ms  p99 %.1f ms  max %.1f ms  (poll every %.0f ms)" % (
+    print("cps %.0f, %d legs: latency p50 %.1f ms  p99 %.1f ms  max %.1f ms  (poll every %.0f ms; %d rows unmatched)" % (
         args.cps, len(latencies), percentile(latencies, 0.50), percentile(latencies, 0.99), max(latencies),
-        args.poll * 1000))
+        args.poll * 1000, unmatched))
     return 0
 
 
