@@ -25,8 +25,10 @@ test: $(STAMP) $(BROWSER)
 $(BROWSER):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
 
+# The quick benchmarks (about a minute); bench/README.md lists the others.
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --repeat 30 --rounds 3
+	$(BIN)/python bench/latency.py --cps 600 --seconds 10
 
 clean:
 	rm -rf $(VENV) *.egg-info eslcdr-demo.db*
