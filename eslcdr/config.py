@@ -18,7 +18,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
 
@@ -221,10 +221,12 @@ def _node(name: str, section: str, values: Mapping[str, str]) -> EslNode:
     )
 
 
-def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read the config file (or the first default path that exists)."""
-    environ = os.environ if environ is None else environ
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+def read_config_file(
+    parser: configparser.ConfigParser, path: str | os.PathLike | None, default_paths: Sequence[Path]
+) -> str:
+    """Read ``path`` (it must exist), or else the first of ``default_paths``
+    that exists, into ``parser``; return what was read (``<defaults>`` when
+    nothing was).  Shared by ``eslcdr run`` and ``eslcdr collect``."""
     source = "<defaults>"
     if path is not None:
         path = Path(path)
@@ -232,7 +234,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
             raise ConfigError("config file %s does not exist" % path)
         candidates = [path]
     else:
-        candidates = [p for p in DEFAULT_PATHS if p.is_file()][:1]
+        candidates = [p for p in default_paths if p.is_file()][:1]
     for candidate in candidates:
         try:
             with open(candidate, encoding="utf-8") as handle:
@@ -242,6 +244,14 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
         except OSError as exc:
             raise ConfigError("cannot read %s: %s" % (candidate, exc.strerror)) from None
         source = str(candidate)
+    return source
+
+
+def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the config file (or the first default path that exists)."""
+    environ = os.environ if environ is None else environ
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    source = read_config_file(parser, path, DEFAULT_PATHS)
     return build(parser, environ, source)
 
 

@@ -30,7 +30,6 @@ import gevent.event
 import structlog
 
 from . import __version__, logs
-from .backoff import backoff_delay
 from .backfill import Backfill
 from .cdr import CdrBuilder, build_lost_cdr, should_record
 from .config import Config, ConfigError, EslNode
@@ -42,6 +41,7 @@ from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
 from .spool import Spool
+from .supervise import spawn_supervised
 from .store import connect_writer, recent_interaction_links
 from .writer import Writer
 
@@ -296,23 +296,7 @@ class Daemon:
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Run target in a greenlet; restart it if it crashes."""
-
-        def supervised() -> None:
-            attempt = 0
-            while not self._stop.is_set():
-                try:
-                    target()
-                    return
-                except gevent.GreenletExit:
-                    raise
-                except Exception:  # noqa: BLE001 -- supervisor boundary: log, restart
-                    attempt += 1
-                    log.exception("greenlet_crashed", greenlet=name, restart=attempt)
-                    self._stop.wait(timeout=backoff_delay(attempt, base=0.5, cap=30.0))
-
-        greenlet = gevent.spawn(supervised)
-        greenlet.name = name
-        self._greenlets.append(greenlet)
+        self._greenlets.append(spawn_supervised(name, target, self._stop))
 
     def supervise(self, name: str, target: Callable[[], None]) -> None:
         """Run ``target`` in a supervised greenlet until the daemon stops."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..config import ConfigError, parse_listen
+from ..config import ConfigError, parse_listen, read_config_file
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/collector.ini"), Path("conf/collector.ini"))
 
@@ -93,22 +93,7 @@ def _env_key(name: str) -> str:
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> CollectorConfig:
     environ = os.environ if environ is None else environ
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    source = "<defaults>"
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError("config file %s does not exist" % path)
-        candidates = [Path(path)]
-    else:
-        candidates = [p for p in DEFAULT_PATHS if p.is_file()][:1]
-    for candidate in candidates:
-        try:
-            with open(candidate, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise ConfigError("%s: %s" % (candidate, exc)) from None
-        except OSError as exc:
-            raise ConfigError("cannot read %s: %s" % (candidate, exc.strerror)) from None
-        source = str(candidate)
+    source = read_config_file(parser, path, DEFAULT_PATHS)
     return build(parser, environ, source)
 
 

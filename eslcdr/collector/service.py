@@ -29,8 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
-from ..backoff import backoff_delay
 from ..notify import Notifier
+from ..supervise import spawn_supervised
 from . import pgschema
 from .config import CollectorConfig
 from .worker import NodeWorker
@@ -152,23 +152,7 @@ class Collector:
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Run target in a greenlet; restart it if it crashes."""
-
-        def supervised() -> None:
-            attempt = 0
-            while not self._stop.is_set():
-                try:
-                    target()
-                    return
-                except gevent.GreenletExit:
-                    raise
-                except Exception:  # noqa: BLE001 -- supervisor boundary: log, restart
-                    attempt += 1
-                    log.exception("greenlet_crashed", greenlet=name, restart=attempt)
-                    self._stop.wait(timeout=backoff_delay(attempt, base=0.5, cap=30.0))
-
-        greenlet = gevent.spawn(supervised)
-        greenlet.name = name
-        self._greenlets[name] = greenlet
+        self._greenlets[name] = spawn_supervised(name, target, self._stop)
 
     def _partitions(self) -> None:
         while not self._stop.wait(timeout=PARTITION_CHECK_INTERVAL):
