@@ -328,6 +328,7 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
         "presence_id": first(ev, "Channel-Presence-ID", "variable_presence_id"),
         "user_agent": ev.get("variable_sip_user_agent"),
         "created_us": created_us or None,
+        "interaction_created_us": _interaction_created(leg.interaction_created_us, created_us),
         "answered_us": answered_us,
         "hangup_us": hangup_us,
         "timestamp": gregorian_seconds(timestamp_us),
@@ -371,6 +372,13 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
     return record
 
 
+def _interaction_created(interaction_us: int, created_us: int) -> int | None:
+    # The tracker's value has normally seen this leg too; a leg built from
+    # elsewhere (a json_cdr file) may be earlier than what the tracker knew.
+    known = [us for us in (interaction_us, created_us) if us]
+    return min(known) if known else None
+
+
 def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:
     """A leg whose hangup was missed while disconnected: what we know of it.
 
@@ -385,6 +393,7 @@ def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:
         "app_version": __version__,
         "node": node,
         "created_us": leg.created_us or None,
+        "interaction_created_us": _interaction_created(leg.interaction_created_us, leg.created_us),
         "answered_us": 0,
         "hangup_us": now_us,
         "timestamp": now_us // 1_000_000 + GREGORIAN_OFFSET,

@@ -42,7 +42,7 @@ from .notify import Notifier
 from .retention import Retention
 from .spool import Spool
 from .supervise import spawn_supervised
-from .store import connect_writer, recent_interaction_links
+from .store import connect_writer, recent_interaction_links, recent_interaction_starts
 from .writer import Writer
 
 log = structlog.get_logger("eslcdr.daemon")
@@ -129,14 +129,16 @@ class Pipeline:
         self.tracker.note_finished(call_id, now)
         if not should_record(event):
             return False
+        interaction_id = interaction_id or self.tracker.interaction_of(call_id) or ""
         leg = FinishedLeg(
             hangup=event,
             digits="",
             fax=(),
             bridge_partner="",
-            interaction_id=interaction_id or self.tracker.interaction_of(call_id) or "",
+            interaction_id=interaction_id,
             links=tuple(linked_legs(event)),
             finished_us=now,
+            interaction_created_us=self.tracker.interaction_created_us(interaction_id),
         )
         record = self._build(leg)
         if record is None:
@@ -236,9 +238,11 @@ class Daemon:
             spool=spool,
         )
         remembered = recent_interaction_links(self.conn, 25_000)
+        starts = recent_interaction_starts(self.conn, 25_000)
         for node in cfg.nodes:
             pipeline = Pipeline(node, cfg, self.writer)
             pipeline.tracker.remember_interactions(remembered)
+            pipeline.tracker.remember_interaction_starts(starts)
             self.pipelines[node.name] = pipeline
             self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder)
         self._spawn("writer", self.writer.run)

@@ -23,7 +23,7 @@ from .cdr import CdrBuilder, should_record
 from .config import Config
 from .events import Event
 from .legs import FinishedLeg, LegTracker
-from .store import connect_writer, insert_records, recent_interaction_links
+from .store import connect_writer, insert_records, recent_interaction_links, recent_interaction_starts
 
 log = structlog.get_logger("eslcdr.import")
 
@@ -202,6 +202,11 @@ def build_records(events: list[Event], config: Config, tracker: LegTracker) -> l
         record = builder.build(leg)
         # A later file may have merged this leg's group: take the final id.
         record["interaction_id"] = tracker.interaction_of(record["call_id"]) or record["interaction_id"]
+        # ... and the start of the whole group: every file was read first, so
+        # a leg written before its earlier partner's file still gets it.
+        started = tracker.interaction_created_us(record["interaction_id"])
+        if started and (record["interaction_created_us"] is None or started < record["interaction_created_us"]):
+            record["interaction_created_us"] = started
         records.append(record)
     return records
 
@@ -212,6 +217,7 @@ def import_paths(config: Config, paths: Iterable[str | Path], batch_size: int = 
     try:
         tracker = LegTracker(config.cdr.interaction_id_vars)
         tracker.remember_interactions(recent_interaction_links(conn, 100_000))
+        tracker.remember_interaction_starts(recent_interaction_starts(conn, 100_000))
         records = build_records(events, config, tracker)
         new = 0
         for start in range(0, len(records), batch_size):

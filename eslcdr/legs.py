@@ -19,6 +19,13 @@ when a leg carries one, otherwise one derived from that leg -- and every
 linked leg, also one not seen yet, inherits it.  ``remember_interactions``
 preloads ids written before a restart, so late legs keep the same id.
 
+Each interaction also keeps the earliest creation time of the legs seen in
+it (``interaction_created_us``: set when a leg is first seen, the minimum
+with what the group had; a merge gives the winner the minimum of both).
+Every finished leg carries it, so the rows of one call share a start that
+does not move when the earliest leg (usually the A-leg, hanging up last) is
+written after its partners: the interaction list pages on it.
+
 Live view: each live leg also keeps the handful of strings an operator's
 "channels" list shows (direction, call state, caller/callee, destination,
 account/owner, partner), refreshed by CREATE / PROGRESS / ANSWER / BRIDGE.
@@ -88,6 +95,8 @@ class FinishedLeg:
     interaction_id: str
     links: tuple[str, ...]  # Unique-IDs (and "sip:<Call-ID>") it is linked to
     finished_us: int = 0  # tracker clock when the hangup arrived
+    # creation (µs) of the interaction's earliest leg seen so far; 0 unknown
+    interaction_created_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,7 @@ class LostLeg:
     call_id: str
     created_us: int
     interaction_id: str
+    interaction_created_us: int = 0  # as FinishedLeg's
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +248,8 @@ class LegTracker:
         self._interaction: dict[str, str] = {}
         self._finished: dict[str, int] = {}  # call id -> when it finished (µs)
         self._members: dict[str, list[str]] = {}  # interaction id -> its keys
+        # interaction id -> creation (µs) of its earliest leg seen
+        self._started: dict[str, int] = {}
         self._explicit: dict[str, None] = {}  # ids that came from a variable
         self._written: dict[str, None] = {}  # ids some CDR was built with
         # (old id, new id) pairs the writer must apply to rows already written
@@ -301,6 +313,10 @@ class LegTracker:
     def interaction_of(self, call_id: str) -> str | None:
         return self._interaction.get(call_id)
 
+    def interaction_created_us(self, interaction_id: str) -> int:
+        """Creation (µs) of the interaction's earliest leg seen; 0 unknown."""
+        return self._started.get(interaction_id, 0)
+
     def knows(self, call_id: str) -> bool:
         """The leg is live here, or finished (and remembered): its CDR is
         written or on its way, or will come from its own hangup."""
@@ -313,6 +329,14 @@ class LegTracker:
                 self._interaction[call_id] = interaction_id
                 self._members.setdefault(interaction_id, []).append(call_id)
                 self._written[interaction_id] = None
+
+    def remember_interaction_starts(self, pairs) -> None:
+        """Preload (interaction id, earliest leg creation µs) pairs, e.g. from
+        the database, so legs ending after a restart keep their call's start."""
+        started = self._started
+        for interaction_id, created_us in pairs:
+            if created_us and (interaction_id not in started or created_us < started[interaction_id]):
+                started[interaction_id] = created_us
 
     # -- the event path ------------------------------------------------
     def feed(self, event: Event, now_us: int) -> FinishedLeg | None:
@@ -362,6 +386,7 @@ class LegTracker:
                 interaction_id=interaction_id,
                 links=tuple(linked_legs(event)),
                 finished_us=now_us,
+                interaction_created_us=self._started.get(interaction_id, 0),
             )
         if name == "DTMF":
             digit = event.get("DTMF-Digit")
@@ -437,6 +462,9 @@ class LegTracker:
                 chosen = found if chosen is None else self._winner(chosen, found)
         if chosen is None:
             chosen = derive_interaction_id(call_id, created_us)
+        started = self._started.get(chosen)
+        if created_us and (started is None or created_us < started):
+            self._started[chosen] = created_us
         members = self._members.get(chosen)
         if members is None:
             members = self._members[chosen] = []
@@ -468,6 +496,11 @@ class LegTracker:
         for key in moved:
             interaction[key] = winner
         self._members.setdefault(winner, []).extend(moved)
+        lost_start = self._started.pop(loser, None)
+        if lost_start is not None:
+            started = self._started.get(winner)
+            if started is None or lost_start < started:
+                self._started[winner] = lost_start
         if loser in self._written:
             self.merges.append((loser, winner))
         self.merged += 1
@@ -487,6 +520,7 @@ class LegTracker:
         self._trim(finished)
         self._trim(self._interaction)
         self._trim(self._members)
+        self._trim(self._started)
         self._trim(self._explicit)
         self._trim(self._written)
         return stale
@@ -582,5 +616,6 @@ class LegTracker:
             self._finished[call_id] = now_us
             interaction_id = self._interaction.get(call_id, "")
             self._written[interaction_id] = None
-            lost.append(LostLeg(call_id, leg.created_us, interaction_id))
+            lost.append(LostLeg(call_id, leg.created_us, interaction_id,
+                                self._started.get(interaction_id, 0) or leg.created_us))
         return lost

@@ -423,7 +423,9 @@ def _interactions_sql(query: ListQuery) -> tuple[str, list[Any]]:
     -- ordered by (start, interaction id), the time range on the start.
 
     The start (schema.interaction_start) is the time prefix of a Kazoo-shaped
-    id, else the first leg's creation: both kinds of id page together.  The
+    id, else the earliest leg's creation as every row of the interaction
+    carries it (``interaction_created_us``): both kinds of id page together,
+    and the position does not move when an earlier leg is written later.  The
     (account[, owner], start, interaction id) index gives the rows in listing
     order, so a page reads about page_size interactions' legs.
     """

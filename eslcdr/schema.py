@@ -103,7 +103,15 @@ QUALITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
      "NULL otherwise"),
 )
 
-COLUMNS: tuple[tuple[str, str, str], ...] = BASE_COLUMNS + QUALITY_COLUMNS
+# Added by _add_interaction_created: where the interaction list places a call
+# whose id is not Kazoo-shaped (INTERACTION_START).
+START_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("interaction_created_us", "INTEGER",
+     "creation time of the interaction's earliest leg known when the row was written, UTC µs "
+     "(every leg of a call normally carries the same value)"),
+)
+
+COLUMNS: tuple[tuple[str, str, str], ...] = BASE_COLUMNS + QUALITY_COLUMNS + START_COLUMNS
 
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _, _ in COLUMNS)
 # Columns a CDR record supplies (seq is assigned by SQLite).
@@ -187,12 +195,24 @@ STATS_INDEX_WHERE = "ifnull(channel_name, '') NOT LIKE 'loopback/%'"
 
 # When an interaction started, in Gregorian seconds, from one of its rows:
 # the time prefix of a Kazoo-shaped id (``<11 digits>-<hex>``, Kazoo's
-# interaction_time), else the leg's own creation.  The interaction list
-# shows each interaction's earliest leg, so for any other id (a UUID from
-# ``interaction_id_vars``) this is the earliest leg's creation.  Indexed as
-# an expression; queries spell it exactly the same way (``interaction_start``).
+# interaction_time), else the creation of the interaction's earliest leg as
+# the tracker knew it when the row was written (``interaction_created_us``;
+# the leg's own creation on a row without it).  Every leg of a call carries
+# the same value, so the position of an interaction in the list does not
+# move when its earliest leg (the A-leg, usually hanging up last) is written
+# after its partners.  Indexed as an expression; queries spell it exactly
+# the same way (``interaction_start``).
+_KAZOO_SHAPED = "{a}interaction_id GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9a-fA-F]*'"
 INTERACTION_START = (
-    "CASE WHEN {a}interaction_id GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9a-fA-F]*'"
+    "CASE WHEN " + _KAZOO_SHAPED +
+    " THEN CAST(substr({a}interaction_id, 1, 11) AS INTEGER)"
+    " ELSE ifnull(ifnull({a}interaction_created_us, {a}created_us), 0) / 1000000 + 62167219200 END"
+)
+# The expression of schema version 5 (the leg's own creation), kept so that
+# migration 5 builds the same indexes on a new file as it did then; migration
+# 7 replaces them.
+_INTERACTION_START_V5 = (
+    "CASE WHEN " + _KAZOO_SHAPED +
     " THEN CAST(substr({a}interaction_id, 1, 11) AS INTEGER)"
     " ELSE ifnull({a}created_us, 0) / 1000000 + 62167219200 END"
 )
@@ -202,15 +222,37 @@ def interaction_start(alias: str = "") -> str:
     return INTERACTION_START.format(a=alias + "." if alias else "")
 
 
+def _create_interaction_start_indexes(conn: sqlite3.Connection, start: str) -> None:
+    conn.execute("CREATE INDEX idx_cdrs_account_istart ON cdrs (account_id, %s, interaction_id)" % start)
+    conn.execute("CREATE INDEX idx_cdrs_owner_istart ON cdrs (account_id, owner_id, %s, interaction_id)" % start)
+
+
 def _add_interaction_start_indexes(conn: sqlite3.Connection) -> None:
     # Interaction lists page on (start, interaction_id) per account and per
     # user; the owner index on interaction_id alone served the old listing.
     conn.execute("DROP INDEX IF EXISTS idx_cdrs_owner_interaction")
-    conn.execute("CREATE INDEX idx_cdrs_account_istart ON cdrs (account_id, %s, interaction_id)"
-                 % interaction_start())
-    conn.execute("CREATE INDEX idx_cdrs_owner_istart ON cdrs (account_id, owner_id, %s, interaction_id)"
-                 % interaction_start())
+    _create_interaction_start_indexes(conn, _INTERACTION_START_V5.format(a=""))
 
+
+def _add_interaction_created(conn: sqlite3.Connection) -> None:
+    # Rows already written get the earliest creation of their interaction's
+    # written legs: that is where the list placed those interactions before
+    # (it showed the earliest leg, at its own creation), so no listing moves,
+    # and every leg of an old call now carries one value.  Filling them (rather
+    # than leaving NULL and falling back to the leg's own creation) is what
+    # makes the position the same from every row.  An UPDATE, not a rewrite:
+    # the rows keep their seq (a collector that took them already keeps NULL
+    # there, which reads as the leg's creation).  Legs without an interaction
+    # id or creation time stay NULL.
+    for name, sqltype, _ in START_COLUMNS:
+        conn.execute("ALTER TABLE cdrs ADD COLUMN %s %s" % (_quote(name), sqltype))
+    conn.execute(
+        "UPDATE cdrs SET interaction_created_us = (SELECT min(o.created_us) FROM cdrs AS o"
+        " WHERE o.interaction_id = cdrs.interaction_id) WHERE interaction_id IS NOT NULL"
+    )
+    conn.execute("DROP INDEX idx_cdrs_account_istart")
+    conn.execute("DROP INDEX idx_cdrs_owner_istart")
+    _create_interaction_start_indexes(conn, interaction_start())
 
 
 # Roll-ups for the KPIs of busy accounts (stats.py), kept by triggers so that
@@ -306,7 +348,7 @@ def _add_stats_rollups(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns,
-              _add_interaction_start_indexes, _add_stats_rollups)
+              _add_interaction_start_indexes, _add_stats_rollups, _add_interaction_created)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

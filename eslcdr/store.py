@@ -167,6 +167,23 @@ def rewrite_rows(
     return max(conn.execute(sql, params + list(args)).rowcount, 0)
 
 
+def _merge_interaction(conn: sqlite3.Connection, old: str, new_id: str) -> None:
+    """Move the rows of interaction ``old`` to ``new_id``: they join the
+    merged call, which started when the earlier of the two groups did, so
+    rows of either group that carry a later start take the earlier one (the
+    tracker gives legs written after the merge the same)."""
+    start = conn.execute(
+        "SELECT min(ifnull(interaction_created_us, created_us)) FROM cdrs WHERE interaction_id IN (?, ?)",
+        (old, new_id),
+    ).fetchone()[0]
+    if start is None:
+        rewrite_rows(conn, "interaction_id = ?", (old,), {"interaction_id": new_id})
+        return
+    rewrite_rows(conn, "interaction_id = ?", (old,), {"interaction_id": new_id, "interaction_created_us": start})
+    rewrite_rows(conn, "interaction_id = ? AND ifnull(interaction_created_us, created_us) > ?", (new_id, start),
+                 {"interaction_created_us": start})
+
+
 def _column_value(name: str, value: object) -> object:
     if name in JSON_COLUMNS and value is not None and not isinstance(value, str):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
@@ -226,7 +243,7 @@ def insert_records(
             replace_records(conn, replacements)
         conn.executemany(_LINK_SQL, links)
         for old, new_id in merges:
-            rewrite_rows(conn, "interaction_id = ?", (old,), {"interaction_id": new_id})
+            _merge_interaction(conn, old, new_id)
             conn.execute(
                 "UPDATE interaction_links SET interaction_id = ? WHERE interaction_id = ?", (new_id, old)
             )
@@ -279,6 +296,17 @@ def recent_interaction_links(conn: sqlite3.Connection, limit: int) -> list[tuple
     rows = links + legs
     rows.reverse()
     return rows
+
+
+def recent_interaction_starts(conn: sqlite3.Connection, limit: int) -> list[tuple[str, int]]:
+    """(interaction id, creation µs of its earliest leg known) of the
+    interactions of the newest ``limit`` rows."""
+    return conn.execute(
+        "SELECT interaction_id, min(ifnull(interaction_created_us, created_us)) FROM"
+        " (SELECT interaction_id, interaction_created_us, created_us FROM cdrs"
+        " WHERE interaction_id IS NOT NULL ORDER BY seq DESC LIMIT ?) GROUP BY interaction_id",
+        (limit,),
+    ).fetchall()
 
 
 # ------------------------------------------------------------------ retention

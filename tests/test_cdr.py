@@ -236,3 +236,66 @@ def test_garbage_values_do_not_break_the_builder():
     assert record["billing_seconds"] == 0
     assert record["duration_seconds"] == 0
     assert record["fax_success"] is True and record["fax_total_pages"] is None
+
+
+@pytest.mark.parametrize("capture", sorted(INTERACTIONS))
+def test_legs_of_one_call_carry_the_earliest_legs_creation(events_of, capture):
+    # The interaction list places a call by this value: every leg must carry
+    # the same one, the earliest creation of the call's legs, whichever leg
+    # hangs up first.
+    records, _ = run_capture(events_of(capture))
+    for call in INTERACTIONS[capture]:
+        starts = {records[call_id]["interaction_created_us"] for call_id in call}
+        assert starts == {min(records[call_id]["created_us"] for call_id in call)}, (capture, call)
+
+
+def _event(name: str, call_id: str, created_us: int, **headers: str) -> dict:
+    return {"Event-Name": name, "Unique-ID": call_id, "Caller-Channel-Created-Time": str(created_us), **headers}
+
+
+def test_tracker_keeps_the_earliest_creation_per_interaction():
+    tracker = LegTracker(("my_iid",))
+    tracker.feed(_event("CHANNEL_CREATE", "a", 5_000_000, variable_my_iid="u-1"), 1)
+    tracker.feed(_event("CHANNEL_CREATE", "b", 7_000_000, **{"Other-Leg-Unique-ID": "a"}), 2)
+    # The B-leg (created later) ends first: it carries the A-leg's creation.
+    b = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "b", 7_000_000, **{"Other-Leg-Unique-ID": "a"}), 3)
+    assert (b.interaction_id, b.interaction_created_us) == ("u-1", 5_000_000)
+    a = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "a", 5_000_000, variable_my_iid="u-1"), 4)
+    assert (a.interaction_id, a.interaction_created_us) == ("u-1", 5_000_000)
+    # A leg first seen at its hangup (no CREATE seen) still counts.
+    c = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "c", 9_000_000, variable_my_iid="u-2"), 5)
+    assert c.interaction_created_us == 9_000_000
+    # A lost leg carries it too.
+    tracker.feed(_event("CHANNEL_CREATE", "d", 3_000_000, **{"Other-Leg-Unique-ID": "e"}), 6)
+    tracker.feed(_event("CHANNEL_CREATE", "e", 2_000_000), 7)
+    tracker.resync(set(), 8, grace_us=0)
+    lost = {leg.call_id: leg for leg in tracker.take_lost(9)}
+    assert {leg.interaction_created_us for leg in lost.values()} == {2_000_000}
+    assert build_lost_cdr(lost["d"], "fs1", 10)["interaction_created_us"] == 2_000_000
+
+
+def test_merged_interaction_takes_the_earlier_creation():
+    tracker = LegTracker(("my_iid",))
+    # Two groups, the explicit one created later: the explicit id wins the
+    # merge, the derived group's earlier creation is kept.
+    tracker.feed(_event("CHANNEL_CREATE", "x", 1_000_000, variable_sip_call_id="shared"), 1)
+    tracker.feed(_event("CHANNEL_CREATE", "y", 4_000_000, variable_my_iid="u-9"), 2)
+    assert tracker.interaction_created_us("u-9") == 4_000_000
+    y = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "y", 4_000_000, variable_my_iid="u-9",
+                            variable_sip_call_id="shared"), 3)
+    assert (y.interaction_id, y.interaction_created_us) == ("u-9", 1_000_000)
+    assert tracker.interaction_created_us("u-9") == 1_000_000
+    x = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "x", 1_000_000, variable_sip_call_id="shared"), 4)
+    assert (x.interaction_id, x.interaction_created_us) == ("u-9", 1_000_000)
+
+
+def test_remembered_starts_and_trimming():
+    tracker = LegTracker(max_remembered=10, leg_ttl_us=1)
+    tracker.remember_interactions([("late", "u-r")])
+    tracker.remember_interaction_starts([("u-r", 6_000_000), ("u-r", 8_000_000)])
+    late = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "late", 9_000_000), 1)
+    assert (late.interaction_id, late.interaction_created_us) == ("u-r", 6_000_000)
+    for n in range(50):
+        tracker.feed(_event("CHANNEL_CREATE", "leg-%d" % n, 10_000_000 + n), 2)
+    tracker.expire(10**9)
+    assert len(tracker._started) <= 10

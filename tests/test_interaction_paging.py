@@ -1,16 +1,23 @@
 """Interaction lists mixing Kazoo-shaped ids (``<11 digits>-<hex>``, listed by
 the time in the id) and other ids (UUIDs from ``interaction_id_vars``,
 listed by their earliest leg's creation): one order, one range, keyset pages
-that never skip or repeat, also while CDRs arrive."""
+that never skip or repeat, also while CDRs arrive -- also when a call's
+earliest leg (its A-leg) is written after its partners."""
 
 from __future__ import annotations
 
+import base64
+import json
 import tempfile
 import uuid
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from eslcdr import config
+from eslcdr.cdr import CdrBuilder
+from eslcdr.legs import GREGORIAN_OFFSET, LegTracker
 
 from .test_api import ACC_A, NOW_G, Env, leg
 
@@ -136,5 +143,104 @@ def test_mixed_ids_page_without_skip_or_repeat_while_cdrs_arrive(initial, arriva
             for row in rows:  # each row is its interaction's earliest leg
                 first = min(known[row["interaction_id"]], key=lambda r: r["created_us"])
                 assert row["call_id"] == first["call_id"]
+        finally:
+            env.close()
+
+
+# -- A-legs written after their B-legs, through the real tracker and builder
+
+TRACKED = config.from_mapping({"cdr": {"node_name": "fs1", "interaction_id_vars": "my_interaction"}})
+
+
+def call_events(iid: str, a_created_us: int, b_delay_us: int, b_first: bool = True) -> list[dict]:
+    """One two-leg call with a UUID interaction id on the A-leg (as from
+    ``interaction_id_vars``): CREATE A, CREATE B, then the hangups, the
+    B-leg's (created later) first."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    b_created = a_created_us + b_delay_us
+    common = {"variable_ecallmgr_Account-ID": ACC_A, "variable_ecallmgr_Owner-ID": "user-1"}
+    a_vars = dict(common, **{"variable_my_interaction": iid, "Call-Direction": "inbound"})
+    b_vars = dict(common, **{"Other-Leg-Unique-ID": a, "Call-Direction": "outbound"})
+
+    def event(name: str, call_id: str, created: int, hangup: int, extra: dict) -> dict:
+        ev = {"Event-Name": name, "Unique-ID": call_id, "Caller-Channel-Created-Time": str(created),
+              "Channel-Name": "sofia/internal/%s" % call_id[:8], **extra}
+        if name == "CHANNEL_HANGUP_COMPLETE":
+            ev.update({"Caller-Channel-Hangup-Time": str(hangup), "Event-Date-Timestamp": str(hangup),
+                       "Hangup-Cause": "NORMAL_CLEARING"})
+        return ev
+
+    b_hangup = b_created + 30_000_000
+    a_hangup = b_hangup + 5_000_000
+    hangups = [event("CHANNEL_HANGUP_COMPLETE", b, b_created, b_hangup, b_vars),
+               event("CHANNEL_HANGUP_COMPLETE", a, a_created_us, a_hangup, a_vars)]
+    if not b_first:
+        hangups.reverse()
+    return [event("CHANNEL_CREATE", a, a_created_us, 0, a_vars),
+            event("CHANNEL_CREATE", b, b_created, 0, b_vars)] + hangups
+
+
+def cursor_position(start_key: str) -> tuple[int, str]:
+    payload = json.loads(base64.urlsafe_b64decode(start_key + "=" * (-len(start_key) % 4)))
+    return payload[2], payload[3]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    # (A-leg created, seconds before NOW; B-leg created that many seconds later)
+    calls=st.lists(st.tuples(st.integers(3000, 3010), st.integers(1, 12)), min_size=1, max_size=8),
+    a_pages=st.data(),
+    ascending=st.booleans(),
+)
+def test_a_leg_written_after_its_b_leg_does_not_move_the_interaction(calls, a_pages, ascending):
+    tracker = LegTracker(TRACKED.cdr.interaction_id_vars)
+    builder = CdrBuilder(TRACKED.cdr, "fs1")
+    b_records, a_records, a_created = [], {}, {}
+    clock = 0
+    for offset, b_delay in calls:
+        iid = str(uuid.uuid4())
+        a_created[iid] = (NOW_G - GREGORIAN_OFFSET - offset) * 10**6
+        b_leg_done, a_leg_done = [], []
+        for ev in call_events(iid, a_created[iid], b_delay * 10**6):
+            clock += 1
+            finished = tracker.feed(ev, clock)
+            if finished is not None:
+                (b_leg_done if not b_leg_done else a_leg_done).append(builder.build(finished))
+        b_records += b_leg_done
+        a_records[iid] = a_leg_done[0]
+    # The A-legs (created earlier) are written while the list is paged,
+    # each before the listing reads page n (drawn).
+    when = {iid: a_pages.draw(st.integers(0, len(calls) + 1), label="A-leg of %s written before page" % iid)
+            for iid in a_records}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = Env(Path(tmp))
+        try:
+            env.insert(b_records)
+            with env.writer:  # every written B-leg already carries its A-leg's creation
+                stored = dict(env.writer.execute("SELECT interaction_id, interaction_created_us FROM cdrs"))
+            assert stored == a_created
+
+            def arrive(page: int) -> None:
+                env.insert([a_records[iid] for iid in a_records if when[iid] == page + 1])
+
+            env.insert([a_records[iid] for iid in a_records if when[iid] == 0])
+            url = "/v2/accounts/%s/cdrs/interaction?page_size=1&ascending=%s" % (ACC_A, str(ascending).lower())
+            rows, positions, next_url = [], [], url
+            for page in range(50):
+                body = env.get(next_url).json
+                rows += body["data"]
+                arrive(page)
+                if "next_start_key" not in body:
+                    break
+                positions.append(cursor_position(body["next_start_key"]))
+                next_url = url + "&start_key=" + body["next_start_key"]
+            seen = [r["interaction_id"] for r in rows]
+            assert sorted(seen) == sorted(a_created), "an interaction was skipped or repeated"
+            # Each cursor holds the next interaction's position: its A-leg's
+            # creation, whether or not that leg was written yet.
+            a_start = {iid: us // 10**6 + GREGORIAN_OFFSET for iid, us in a_created.items()}
+            assert positions == [(a_start[iid], iid) for iid in seen[1:]]
+            keys = [(a_start[iid], iid) for iid in seen]
+            assert keys == sorted(keys, reverse=not ascending)
         finally:
             env.close()

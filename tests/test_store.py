@@ -76,6 +76,51 @@ def test_merge_rewrites_interaction(tmp_path):
     assert {r[2] for r in rows(tmp_path / "a.db")} == {"keep"}
 
 
+def test_merge_gives_both_groups_the_earlier_interaction_start(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    late = [dict(record(1, "winner"), created_us=9_000_000, interaction_created_us=8_000_000),
+            dict(record(2, "winner"), created_us=8_000_000, interaction_created_us=8_000_000)]
+    early = [dict(record(3, "loser"), created_us=5_000_000, interaction_created_us=5_000_000),
+             dict(record(4, "other"), created_us=1_000_000, interaction_created_us=1_000_000)]
+    insert_records(conn, late + early)
+    seq_before = dict(conn.execute("SELECT call_id, seq FROM cdrs"))
+    insert_records(conn, [], merges=[("loser", "winner")])
+    got = dict(conn.execute("SELECT call_id, interaction_created_us FROM cdrs WHERE interaction_id = 'winner'"))
+    assert got == {"call-000001": 5_000_000, "call-000002": 5_000_000, "call-000003": 5_000_000}
+    # The rows that changed take new seqs (the feed delivers them again); others keep theirs.
+    seq_after = dict(conn.execute("SELECT call_id, seq FROM cdrs"))
+    assert all(seq_after[c] > max(seq_before.values()) for c in got)
+    assert seq_after["call-000004"] == seq_before["call-000004"]
+    assert conn.execute("SELECT interaction_created_us FROM cdrs WHERE call_id = 'call-000004'").fetchone() == (
+        1_000_000,)
+
+
+def test_migration_fills_interaction_start_of_old_rows(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(str(path), isolation_level=None)
+    version = schema.MIGRATIONS.index(schema._add_interaction_created)
+    for n, migration in enumerate(schema.MIGRATIONS[:version]):
+        migration(old)
+        old.execute("PRAGMA user_version = %d" % (n + 1))
+    for n, (iid, created) in enumerate([("u-1", 7_000_000), ("u-1", 3_000_000), ("u-2", 4_000_000),
+                                        (None, 2_000_000), ("u-3", None)]):
+        old.execute("INSERT INTO cdrs (id, call_id, interaction_id, created_us) VALUES (?, ?, ?, ?)",
+                    ("202601-%d" % n, "c%d" % n, iid, created))
+    seqs = old.execute("SELECT call_id, seq FROM cdrs").fetchall()
+    old.close()
+    conn = connect_writer(path)
+    got = conn.execute("SELECT call_id, interaction_created_us FROM cdrs ORDER BY call_id").fetchall()
+    assert got == [("c0", 3_000_000), ("c1", 3_000_000), ("c2", 4_000_000), ("c3", None), ("c4", None)]
+    assert conn.execute("SELECT call_id, seq FROM cdrs").fetchall() == seqs
+    # The listing's indexes are rebuilt on the new expression, and used.
+    plan = " ".join(r[-1] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT interaction_id FROM cdrs WHERE account_id = 'a' ORDER BY %s, interaction_id"
+        % schema.interaction_start()))
+    assert "idx_cdrs_account_istart" in plan and "TEMP B-TREE" not in plan
+    indexed = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'idx_cdrs_owner_istart'").fetchone()[0]
+    assert "interaction_created_us" in indexed
+
+
 def test_reader_is_read_only(tmp_path):
     connect_writer(tmp_path / "a.db").close()
     reader = connect_reader(tmp_path / "a.db")
