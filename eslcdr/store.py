@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -167,11 +168,17 @@ def rewrite_rows(
     return max(conn.execute(sql, params + list(args)).rowcount, 0)
 
 
+# schema.INTERACTION_START's test, in Python.
+_KAZOO_SHAPED = re.compile(r"[0-9]{11}-[0-9a-fA-F]")
+
+
 def _merge_interaction(conn: sqlite3.Connection, old: str, new_id: str) -> None:
     """Move the rows of interaction ``old`` to ``new_id``: they join the
     merged call, which started when the earlier of the two groups did, so
     rows of either group that carry a later start take the earlier one (the
-    tracker gives legs written after the merge the same)."""
+    tracker gives legs written after the merge the same).  The winner's rows
+    are rewritten only when the start matters (an id not Kazoo-shaped) and
+    they carry one (a row without falls back to its leg's creation)."""
     start = conn.execute(
         "SELECT min(ifnull(interaction_created_us, created_us)) FROM cdrs WHERE interaction_id IN (?, ?)",
         (old, new_id),
@@ -180,7 +187,9 @@ def _merge_interaction(conn: sqlite3.Connection, old: str, new_id: str) -> None:
         rewrite_rows(conn, "interaction_id = ?", (old,), {"interaction_id": new_id})
         return
     rewrite_rows(conn, "interaction_id = ?", (old,), {"interaction_id": new_id, "interaction_created_us": start})
-    rewrite_rows(conn, "interaction_id = ? AND ifnull(interaction_created_us, created_us) > ?", (new_id, start),
+    if _KAZOO_SHAPED.match(new_id):
+        return  # the list places it by the time in its id: its own rows need no rewrite
+    rewrite_rows(conn, "interaction_id = ? AND interaction_created_us > ?", (new_id, start),
                  {"interaction_created_us": start})
 
 
