@@ -43,8 +43,12 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eslcdr import api, config, store  # noqa: E402
+# bench/api.py patches gevent before eslcdr and bottle are imported (as
+# ``eslcdr run`` does) and has the served child, the GET and the row count.
+from api import get, row_count, serve  # noqa: E402
+from eslcdr import config, store  # noqa: E402
 from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET  # noqa: E402
 from eslcdr.schema import RECORD_COLUMNS  # noqa: E402
 
@@ -155,31 +159,6 @@ def generate(path: Path, rows: int, days: int, seed: int = 11) -> None:
         rows, days, elapsed, path.stat().st_size / 1e6))
 
 
-def serve(db: Path, tokens_file: Path) -> None:
-    """Child process: the API as the daemon runs it (patched gevent, WSGIServer)."""
-    from gevent import monkey
-
-    monkey.patch_all()
-    import structlog
-
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    cfg = config.from_mapping({"store": {"path": str(db)},
-                               "api": {"tokens_file": str(tokens_file), "statement_timeout": "60"}})
-    server = api.make_server(api.create_app(cfg), "127.0.0.1", 0, log=None)
-    server.start()
-    print(server.server_port, flush=True)
-    server.serve_forever()
-
-
-def get(conn: http.client.HTTPConnection, url: str, token: str, accept: str = "application/json") -> bytes:
-    conn.request("GET", url, headers={"X-Auth-Token": token, "Accept": accept})
-    response = conn.getresponse()
-    body = response.read()
-    if response.status != 200:
-        raise RuntimeError("%s -> %d %s" % (url, response.status, body[:300]))
-    return body
-
-
 def latency(conn, url: str, token: str, n: int, accept: str = "application/json") -> tuple[float, float, bytes]:
     body = get(conn, url, token, accept)  # warm the page cache
     times = []
@@ -189,17 +168,6 @@ def latency(conn, url: str, token: str, n: int, accept: str = "application/json"
         times.append(time.perf_counter() - started)
     times.sort()
     return times[len(times) // 2] * 1000, times[min(len(times) - 1, int(len(times) * 0.99))] * 1000, body
-
-
-def row_count(path: Path) -> int:
-    try:
-        conn = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
-        try:
-            return conn.execute("SELECT max(seq) FROM cdrs").fetchone()[0] or 0
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
 
 
 def bench_api(args) -> None:

@@ -38,6 +38,18 @@ def write_config(tmp_path: Path, esl_port: int, fmt: str = "json", password: str
     return ini
 
 
+def read_log_events(path: Path) -> list[dict]:
+    """The JSON log lines of a process (other lines, e.g. a traceback, skipped)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
 class DaemonProcess:
     def __init__(self, ini: Path, log_path: Path, env: dict[str, str] | None = None,
                  preexec_fn: Callable[[], None] | None = None):
@@ -72,14 +84,7 @@ class DaemonProcess:
         return code
 
     def log_events(self) -> list[dict]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-        return out
+        return read_log_events(self.log_path)
 
     def api_port(self, timeout: float = WAIT) -> int:
         """The port the daemon's API bound (listen = 127.0.0.1:0)."""

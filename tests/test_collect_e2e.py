@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from eslcdr import store
 from eslcdr.collector import pgschema
 from eslcdr.schema import COLUMN_NAMES, JSON_COLUMNS
 
-from .e2e import ROOT, DaemonProcess, db_rows, write_config
+from .e2e import ROOT, DaemonProcess, db_rows, read_log_events, write_config
 
 WAIT = 60.0
 TOKEN = "collector-secret-token"
@@ -158,14 +157,7 @@ class CollectorProcess:
         )
 
     def events(self) -> list[dict]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-        return out
+        return read_log_events(self.log_path)
 
     def events_named(self, name: str) -> list[dict]:
         return [e for e in self.events() if e.get("event") == name]
