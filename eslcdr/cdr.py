@@ -265,23 +265,26 @@ def build_cdr(leg: FinishedLeg, config: CdrConfig, node: str) -> Record:
 def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
     node = builder.node
     ev = leg.hangup
+    # "a or b or None": the first non-empty of the sources (first(), inlined:
+    # this runs once per leg with ~30 lookups).
+    get = ev.get
     call_id = ev["Unique-ID"]
-    created_us = parse_int(ev.get("Caller-Channel-Created-Time"))
-    answered_us = parse_int(ev.get("Caller-Channel-Answered-Time"))
-    event_us = parse_int(ev.get("Event-Date-Timestamp"))
+    created_us = parse_int(get("Caller-Channel-Created-Time"))
+    answered_us = parse_int(get("Caller-Channel-Answered-Time"))
+    event_us = parse_int(get("Event-Date-Timestamp"))
     # A hangup event stripped of its times still gets a date: when it came.
-    hangup_us = parse_int(ev.get("Caller-Channel-Hangup-Time")) or event_us or leg.finished_us
+    hangup_us = parse_int(get("Caller-Channel-Hangup-Time")) or event_us or leg.finished_us
     timestamp_us = event_us or hangup_us
     channel_vars, sip_headers = _custom_fields(ev, builder.rules)
-    duration = parse_int(ev.get("variable_duration"))
+    duration = parse_int(get("variable_duration"))
     if not duration and created_us and hangup_us:
         duration = _epoch_seconds(hangup_us) - _epoch_seconds(created_us)
-    digits = ev.get("variable_digits_dialed")
+    digits = get("variable_digits_dialed")
     if not digits or digits == "none":
         digits = leg.digits or None
-    sip_from = ev.get("variable_sip_from_uri")
-    sip_to = ev.get("variable_sip_to_uri")
-    sip_req = ev.get("variable_sip_req_uri")
+    sip_from = get("variable_sip_from_uri")
+    sip_to = get("variable_sip_to_uri")
+    sip_req = get("variable_sip_req_uri")
     record: Record = {
         "id": cdr_id(call_id, timestamp_us),
         "call_id": call_id,
@@ -293,40 +296,40 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
         "app_name": "eslcdr",
         "app_version": __version__,
         "node": node,
-        "media_server": ev.get("FreeSWITCH-Hostname"),
-        "channel_name": ev.get("Channel-Name"),
-        "call_direction": ev.get("Call-Direction"),
-        "caller_id_name": first(
-            ev,
-            "variable_origination_caller_id_name",
-            "variable_effective_caller_id_name",
-            "Caller-Caller-ID-Name",
+        "media_server": get("FreeSWITCH-Hostname"),
+        "channel_name": get("Channel-Name"),
+        "call_direction": get("Call-Direction"),
+        "caller_id_name": (
+            get("variable_origination_caller_id_name")
+            or get("variable_effective_caller_id_name")
+            or get("Caller-Caller-ID-Name")
+            or None
         ),
-        "caller_id_number": first(
-            ev,
-            "variable_origination_caller_id_number",
-            "variable_effective_caller_id_number",
-            "Caller-Caller-ID-Number",
+        "caller_id_number": (
+            get("variable_origination_caller_id_number")
+            or get("variable_effective_caller_id_number")
+            or get("Caller-Caller-ID-Number")
+            or None
         ),
-        "callee_id_name": first(
-            ev,
-            "variable_origination_callee_id_name",
-            "variable_effective_callee_id_name",
-            "Caller-Callee-ID-Name",
+        "callee_id_name": (
+            get("variable_origination_callee_id_name")
+            or get("variable_effective_callee_id_name")
+            or get("Caller-Callee-ID-Name")
+            or None
         ),
-        "callee_id_number": first(
-            ev,
-            "variable_origination_callee_id_number",
-            "variable_effective_callee_id_number",
-            "Caller-Callee-ID-Number",
+        "callee_id_number": (
+            get("variable_origination_callee_id_number")
+            or get("variable_effective_callee_id_number")
+            or get("Caller-Callee-ID-Number")
+            or None
         ),
-        "request": sip_req or ev.get("Caller-Destination-Number"),
-        "from": sip_from or ev.get("Channel-Presence-ID"),
+        "request": sip_req or get("Caller-Destination-Number"),
+        "from": sip_from or get("Channel-Presence-ID"),
         "from_uri": sip_from,
         "to": sip_to or sip_req,
         "to_uri": sip_to,
-        "presence_id": first(ev, "Channel-Presence-ID", "variable_presence_id"),
-        "user_agent": ev.get("variable_sip_user_agent"),
+        "presence_id": (get("Channel-Presence-ID") or get("variable_presence_id") or None),
+        "user_agent": get("variable_sip_user_agent"),
         "created_us": created_us or None,
         "interaction_created_us": _interaction_created(leg.interaction_created_us, created_us),
         "answered_us": answered_us,
@@ -336,36 +339,35 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
         "billing_seconds": _billing_seconds(ev, answered_us),
         "ringing_seconds": _ringing_seconds(ev, answered_us, hangup_us),
         "hangup_cause": _hangup_cause(ev),
-        "hangup_code": first(
-            ev,
-            "variable_proto_specific_hangup_cause",
-            "variable_last_bridge_proto_specific_hangup_cause",
+        "hangup_code": (
+            get("variable_proto_specific_hangup_cause")
+            or get("variable_last_bridge_proto_specific_hangup_cause")
+            or None
         ),
-        "disposition": first(
-            ev,
-            "variable_sip_hangup_disposition",
-            "variable_originate_disposition",
-            "variable_endpoint_disposition",
+        "disposition": (
+            get("variable_sip_hangup_disposition")
+            or get("variable_originate_disposition")
+            or get("variable_endpoint_disposition")
+            or None
         ),
         "digits_dialed": digits,
-        "other_leg_call_id": first(
-            ev,
-            "Other-Leg-Unique-ID",
-            "variable_bridge_uuid",
-            "variable_last_bridge_to",
-            "variable_originating_leg_uuid",
-            "variable_signal_bond",
-        )
-        or leg.bridge_partner
-        or None,
-        "other_leg_caller_id_name": ev.get("Other-Leg-Caller-ID-Name"),
-        "other_leg_caller_id_number": ev.get("Other-Leg-Caller-ID-Number"),
-        "other_leg_destination_number": ev.get("Other-Leg-Destination-Number"),
-        "other_leg_direction": ev.get("Other-Leg-Direction"),
+        "other_leg_call_id": (
+            get("Other-Leg-Unique-ID")
+            or get("variable_bridge_uuid")
+            or get("variable_last_bridge_to")
+            or get("variable_originating_leg_uuid")
+            or get("variable_signal_bond")
+            or leg.bridge_partner
+            or None
+        ),
+        "other_leg_caller_id_name": get("Other-Leg-Caller-ID-Name"),
+        "other_leg_caller_id_number": get("Other-Leg-Caller-ID-Number"),
+        "other_leg_destination_number": get("Other-Leg-Destination-Number"),
+        "other_leg_direction": get("Other-Leg-Direction"),
         "custom_channel_vars": channel_vars,
         "custom_sip_headers": sip_headers,
-        "local_sdp": ev.get("variable_rtp_local_sdp_str"),
-        "remote_sdp": ev.get("variable_switch_r_sdp"),
+        "local_sdp": get("variable_rtp_local_sdp_str"),
+        "remote_sdp": get("variable_switch_r_sdp"),
     }
     record.update(_fax(ev, dict(leg.fax)))
     record.update(_quality(ev, created_us, answered_us))

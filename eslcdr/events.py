@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 
 import msgspec
 import orjson
-from msgspec.structs import astuple
+from msgspec import to_builtins
 
 from .frames import Frame
 
@@ -222,10 +222,13 @@ class EventDecoder:
         self.fast = fast
         # Struct fields need identifiers; rename maps them to the headers.
         fields = ["f%d" % i for i in range(len(headers))]
+        # omit_defaults: to_builtins() leaves out the headers the body did not
+        # have (None), so the dict is built in C, already without them.
         light = msgspec.defstruct(
             "LightEvent",
             [(field, _LightValue, None) for field in fields],
             rename=dict(zip(fields, headers)),
+            omit_defaults=True,
         )
         self._light = msgspec.json.Decoder(light)
         self._typed_whole = msgspec.json.Decoder(dict[str, Union[str, list[str]]])
@@ -244,15 +247,17 @@ class EventDecoder:
             if name not in _LIGHT_NAMES:
                 return self._whole(body)
         try:
-            values = astuple(self._light.decode(body))
+            event = to_builtins(self._light.decode(body))
         except (msgspec.ValidationError, msgspec.DecodeError):
             return self._reference(body)
-        if values[0] not in LIGHT_EVENTS:
+        if event.get("Event-Name") not in LIGHT_EVENTS:
             return self._whole(body)
         self.light_decoded += 1
-        if list in map(type, values):
-            values = tuple(_array_value(v) if type(v) is list else v for v in values)
-        return dict(compress(zip(self.light_headers, values), map(is_not, values, repeat(None))))
+        if b"[" in body:
+            # ARRAY:: variables arrive as lists; no bracket, no list.
+            for key in [key for key, value in event.items() if value.__class__ is list]:
+                event[key] = _array_value(event[key])
+        return event
 
     def _whole(self, body: bytes) -> Event:
         try:

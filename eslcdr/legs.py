@@ -354,7 +354,8 @@ class LegTracker:
             created = parse_int(event.get("Caller-Channel-Created-Time")) or now_us
             leg = _Leg(now_us, created)
             self._legs[call_id] = leg
-            interaction_id = self._link(call_id, event, created)
+            links = linked_legs(event)
+            interaction_id = self._link(call_id, links, event, created)
             if name != "CHANNEL_HANGUP_COMPLETE":
                 self._observe(leg, event, now_us)
         else:
@@ -363,8 +364,10 @@ class LegTracker:
                 # Progress, DTMF and fax events repeat the links the leg
                 # already showed; skipping them keeps the hot path short.
                 interaction_id = ""
+                links = ()
             else:
-                interaction_id = self._link(call_id, event, leg.created_us)
+                links = linked_legs(event)
+                interaction_id = self._link(call_id, links, event, leg.created_us)
             if name in _LIVE_REFRESH:
                 self._observe(leg, event, now_us)
         state = _STATE_AFTER.get(name)
@@ -384,7 +387,7 @@ class LegTracker:
                 fax=leg.fax,
                 bridge_partner=leg.partner,
                 interaction_id=interaction_id,
-                links=tuple(linked_legs(event)),
+                links=tuple(links),
                 finished_us=now_us,
                 interaction_created_us=self._started.get(interaction_id, 0),
             )
@@ -437,7 +440,7 @@ class LegTracker:
             if not leg.answered_us:
                 leg.answered_us = parse_int(get("Caller-Channel-Answered-Time")) or now_us
 
-    def _link(self, call_id: str, event: Event, created_us: int) -> str:
+    def _link(self, call_id: str, links: list[str], event: Event, created_us: int) -> str:
         """Give this leg, and every leg it names, one interaction id.
 
         When the event joins two groups that already have different ids (the
@@ -448,7 +451,7 @@ class LegTracker:
         """
         interaction = self._interaction
         keys = [call_id]
-        keys.extend(linked_legs(event))
+        keys.extend(links)
         explicit = None
         for header in self._interaction_headers:
             explicit = event.get(header)
@@ -570,7 +573,7 @@ class LegTracker:
                 created = parse_int(row.get("created_epoch")) * 1_000_000 or now_us
                 leg = _Leg(now_us, created)
                 self._legs[call_id] = leg
-                self._link(call_id, {}, created)
+                self._link(call_id, [], {}, created)
                 leg.direction = row.get("direction") or ""
                 leg.name = row.get("name") or ""
                 leg.destination = row.get("dest") or ""
