@@ -28,7 +28,7 @@ How.  Three kinds of rows, all read in one transaction (one snapshot, so the
 totals are exactly the sum of the buckets) and added up per bucket by
 compute(): counters, seizures per cause, and seizures per pdd_ms (a
 histogram from which the nearest rank is read, exact).  An account's range
-reads the roll-ups schema.py's triggers keep (``stats_minutes``,
+reads the roll-ups the writer and schema.py's triggers keep (``stats_minutes``,
 ``stats_pdd_hours``) for its whole minutes / hours and the legs only for the
 ragged edges (plan()); a user's range, a filtered one or an interval that
 is not whole minutes reads the legs: the partial covering index
