@@ -1,11 +1,18 @@
 """Memory benchmark: RSS of the leg tracker with N live legs, and its growth
 while many calls pass (figures, not pass/fail).
 
-Feeds generated calls (the stand-in's templates, as decoded events) straight
-into a Pipeline whose writer only counts: the socket and SQLite are left out
-so the figure is the tracker's and the CDR builder's own.
+Generated calls (the stand-in's templates, as JSON event frames, the
+daemon's default subscription) go through the daemon's own decoder and
+``Pipeline``; the writer only counts: the socket and SQLite are left out so
+the figure is the decoder's, the tracker's and the CDR builder's own.
+Housekeeping (which trims what the tracker remembers of finished calls)
+runs every ``--sweep`` events, as the daemon's does every 30 s.
 
-    python bench/memory.py [--live 10000] [--legs 50000 250000]
+    python bench/memory.py [--live 10000] [--calls 200000 1000000]
+
+The growth figure compares RSS at the first and the last ``--calls``
+checkpoint (calls started, counted from the stream); the issue's target is
+< 10 % from 200,000 to 1,000,000 calls (about half an hour on one core).
 """
 
 from __future__ import annotations
@@ -21,7 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from eslcdr import config  # noqa: E402
 from eslcdr.daemon import Pipeline  # noqa: E402
+from eslcdr.events import JSON  # noqa: E402
 from eslcdr.fakefs import GeneratedSource  # noqa: E402
+from eslcdr.frames import Frame  # noqa: E402
+
+JSON_HEADERS = {"Content-Type": JSON}
 
 
 def rss_mb() -> float:
@@ -49,51 +60,87 @@ def pipeline() -> tuple[Pipeline, CountingWriter]:
     return Pipeline(cfg.nodes[0], cfg, writer), writer
 
 
+def decoded(pipe: Pipeline, emission) -> dict:
+    """The event as the daemon decodes it (light for the events it reads
+    little of)."""
+    return pipe.decoder.decode(Frame(JSON_HEADERS, emission.body(JSON)))
+
+
+def call_number(emission) -> int:
+    """1-based number of the generated call the event belongs to (its
+    context's key is ``call:<seed>:<index>``)."""
+    return int(emission.ctx.key.rsplit(":", 1)[1]) + 1
+
+
 def live_legs(count: int) -> None:
     pipe, _ = pipeline()
     gc.collect()
     before = rss_mb()
     source = GeneratedSource(calls=None, seed=7)
     for emission in source:
-        event = emission.event()
-        if event.get("Event-Name") in ("CHANNEL_CREATE", "CHANNEL_ANSWER"):
-            pipe.on_event(event)
-        if len(pipe.tracker) >= count:
-            break
+        if emission.template.event_id in ("CHANNEL_CREATE", "CHANNEL_ANSWER"):
+            pipe.on_event(decoded(pipe, emission))
+            if len(pipe.tracker) >= count:
+                break
     gc.collect()
     after = rss_mb()
-    print("live legs %7d: RSS %.1f MB (tracker and events: +%.1f MB)" % (len(pipe.tracker), after, after - before))
+    print("live legs %7d: RSS %.1f MB (tracker and events: +%.1f MB)" % (len(pipe.tracker), after, after - before),
+          flush=True)
 
 
-def many_legs(checkpoints: list[int]) -> None:
-    """RSS after each checkpoint of CDRs built, as calls keep passing."""
+def remembered(pipe: Pipeline) -> str:
+    tracker = pipe.tracker
+    return "remembered: %d interactions, %d keys, %d finished legs" % (
+        len(tracker._members), len(tracker._interaction), len(tracker._finished))
+
+
+def many_calls(checkpoints: list[int], sweep: int, cps: float) -> None:
+    """RSS after each checkpoint of calls started, as calls keep passing."""
     pipe, writer = pipeline()
-    source = GeneratedSource(calls=None, seed=11)
+    source = GeneratedSource(calls=None, cps=cps, seed=11)
     started = time.perf_counter()
-    targets = list(checkpoints)
+    cpu_started = time.process_time()
+    targets = sorted(checkpoints)
+    first_rss = None
+    on_event = pipe.on_event
     for n, emission in enumerate(source):
-        pipe.on_event(emission.event())
-        if n % 50000 == 0:
+        on_event(decoded(pipe, emission))
+        if n % sweep == 0:
             pipe.housekeeping()
-        if writer.count >= targets[0]:
+        if n % 1000 == 0 and call_number(emission) >= targets[0]:
+            # Right after a sweep at every checkpoint: the same state.
+            pipe.housekeeping()
             gc.collect()
-            print("CDRs %8d: RSS %.1f MB, live legs %d, %.0f s" % (
-                writer.count, rss_mb(), len(pipe.tracker), time.perf_counter() - started))
+            rss = rss_mb()
+            first_rss = rss if first_rss is None else first_rss
+            print("calls %8d: RSS %.1f MB (%+.1f %%), %d CDRs, %d events, live legs %d, %s; %.0f s (CPU %.0f s)" % (
+                targets[0], rss, 100 * (rss - first_rss) / first_rss, writer.count, n + 1,
+                len(pipe.tracker), remembered(pipe), time.perf_counter() - started,
+                time.process_time() - cpu_started), flush=True)
             targets.pop(0)
             if not targets:
-                return
+                break
+    if len(checkpoints) > 1:
+        print("growth from %d to %d calls: %+.1f %%" % (
+            min(checkpoints), max(checkpoints), 100 * (rss - first_rss) / first_rss), flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--live", type=int, default=10000)
-    parser.add_argument("--legs", type=int, nargs="*", default=[50000, 250000],
-                        help="report RSS after this many CDRs (default 50000 250000)")
+    parser.add_argument("--live", type=int, default=10000, help="live legs to hold (0: skip)")
+    parser.add_argument("--calls", type=int, nargs="*", default=[200000, 1000000],
+                        help="report RSS after this many calls (default 200000 1000000)")
+    parser.add_argument("--sweep", type=int, default=50000,
+                        help="events between two housekeeping sweeps (default 50000)")
+    parser.add_argument("--cps", type=float, default=10.0,
+                        help="calls per second of the generated stream's clock: how many calls overlap"
+                             " (default 10: about 1,000 live legs; 110: about 10,000)")
     args = parser.parse_args()
-    print("start: RSS %.1f MB" % rss_mb())
-    live_legs(args.live)
-    if args.legs:
-        many_legs(sorted(args.legs))
+    print("start: RSS %.1f MB" % rss_mb(), flush=True)
+    if args.live:
+        live_legs(args.live)
+    if args.calls:
+        many_calls(args.calls, args.sweep, args.cps)
     return 0
 
 

@@ -9,7 +9,10 @@ carries every channel variable; it completes the leg and yields a
 
 Tolerance: a HANGUP_COMPLETE for a leg never seen still yields a complete
 leg; a second HANGUP_COMPLETE (or any late event) for a finished leg is
-ignored; legs not heard of for ``leg_ttl`` are expired by ``expire()``.
+ignored; legs not heard of for ``leg_ttl`` are expired by ``expire()``, which
+also bounds what is kept of finished calls: the last ``max_remembered``
+finished legs, the last ``max_interactions`` interactions (never one with a
+live leg), so memory stays flat however many calls pass.
 
 Interactions: every leg of one call shares one interaction id.  Legs are
 linked through the headers FreeSWITCH uses to point at a partner (bridge,
@@ -232,6 +235,7 @@ class LegTracker:
         interaction_id_vars: tuple[str, ...] = (),
         leg_ttl_us: int = 86_400_000_000,
         max_remembered: int = 50_000,
+        max_interactions: int = 20_000,
         account_id_vars: tuple[str, ...] = ("ecallmgr_Account-ID",),
         owner_id_vars: tuple[str, ...] = ("ecallmgr_Owner-ID",),
         authorizing_id_vars: tuple[str, ...] = ("ecallmgr_Authorizing-ID",),
@@ -241,7 +245,13 @@ class LegTracker:
         self._owner_headers = tuple("variable_" + name for name in owner_id_vars)
         self._authorizing_headers = tuple("variable_" + name for name in authorizing_id_vars)
         self._leg_ttl_us = leg_ttl_us
+        # Finished legs remembered (a late duplicate hangup is recognised).
         self._max_remembered = max_remembered
+        # Interactions remembered (id, keys, start: for legs that end or link
+        # later); past this many the oldest with no live leg are forgotten.
+        # 20,000 calls cost ~25 MB and cover more than the daemon preloads
+        # from the database at start (bench/memory.py).
+        self._max_interactions = max_interactions
         self._legs: dict[str, _Leg] = {}
         # call id (or "sip:<call-id>") -> interaction id; kept after a leg
         # ends so that its partners, ending later, find the id.
@@ -521,20 +531,47 @@ class LegTracker:
         for call_id in [c for c, when in finished.items() if when < cutoff]:
             del finished[call_id]
         self._trim(finished)
-        self._trim(self._interaction)
-        self._trim(self._members)
-        self._trim(self._started)
-        self._trim(self._explicit)
-        self._trim(self._written)
+        self._forget_interactions()
+        # Entries no remembered interaction owns: starts preloaded from the
+        # database, an explicit id that lost a merge.
+        for remembered in (self._started, self._explicit, self._written):
+            self._trim(remembered, keep=self._members)
         return stale
 
-    def _trim(self, remembered: dict) -> None:
+    def _trim(self, remembered: dict, keep: dict | None = None) -> None:
         # Memory stays bounded however many calls pass: dicts keep insertion
-        # order, so the oldest entries go first.
+        # order, so the oldest entries go first (never one ``keep`` has).
         excess = len(remembered) - self._max_remembered
         if excess > 0:
-            for key in list(remembered)[:excess]:
+            oldest = list(remembered) if keep is None else [k for k in remembered if k not in keep]
+            for key in oldest[:excess]:
                 del remembered[key]
+
+    def _forget_interactions(self) -> None:
+        """Past ``max_interactions`` interactions, forget the oldest whole: the
+        id, every key naming it, its start.  Trimming the maps one by one
+        kept the keys of interactions already forgotten (and lost the id of
+        a long call's legs while they were still live); an interaction with
+        a live leg now stays, however old: its legs' hangups need the id."""
+        members = self._members
+        excess = len(members) - self._max_interactions
+        if excess <= 0:
+            return
+        legs = self._legs
+        done = []
+        for interaction_id, keys in members.items():
+            if not any(key in legs for key in keys):
+                done.append(interaction_id)
+                if len(done) == excess:
+                    break
+        interaction = self._interaction
+        for interaction_id in done:
+            for key in members.pop(interaction_id):
+                if interaction.get(key) == interaction_id:
+                    del interaction[key]
+            self._started.pop(interaction_id, None)
+            self._explicit.pop(interaction_id, None)
+            self._written.pop(interaction_id, None)
 
     def resync(self, alive: set[str], now_us: int, grace_us: int = 10_000_000) -> int:
         """After a reconnect: mark legs FreeSWITCH no longer lists.

@@ -162,7 +162,7 @@ def test_interaction_survives_restart_through_remembered_links(events_of):
 
 
 def test_legs_expire_and_memory_stays_bounded():
-    tracker = LegTracker(leg_ttl_us=10_000_000, max_remembered=1000)
+    tracker = LegTracker(leg_ttl_us=10_000_000, max_remembered=1000, max_interactions=1000)
     for n in range(5000):
         tracker.feed({"Unique-ID": "leg-%d" % n, "Event-Name": "CHANNEL_CREATE"}, n * 1000)
     assert len(tracker) == 5000
@@ -290,7 +290,7 @@ def test_merged_interaction_takes_the_earlier_creation():
 
 
 def test_remembered_starts_and_trimming():
-    tracker = LegTracker(max_remembered=10, leg_ttl_us=1)
+    tracker = LegTracker(max_remembered=10, max_interactions=10, leg_ttl_us=1)
     tracker.remember_interactions([("late", "u-r")])
     tracker.remember_interaction_starts([("u-r", 6_000_000), ("u-r", 8_000_000)])
     late = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "late", 9_000_000), 1)
