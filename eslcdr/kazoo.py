@@ -284,7 +284,7 @@ _FORMULA_START = frozenset("=@\t\r+-")
 _PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # The NUL before a formula cell, in NUL + cells joined by NULs: one scan
 # per record, fast because it starts with a literal.
-_FORMULA_CELL = re.compile(r"\x00(?=[=@\t\r]|[+-](?![0-9]+(?:\.[0-9]+)?(?:\x00|$)))")
+_FORMULA_CELL = re.compile(r"\x00(?=[=@\t\r]|[+-](?![0-9]+(?:\.[0-9]+)?(?:\x00|\Z)))")
 
 
 def spreadsheet_safe(cell: str) -> str:

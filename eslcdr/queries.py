@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
+import orjson
+
 from .config import ApiConfig
 from .kazoo import GREGORIAN_UNIX_OFFSET, SOURCE_COLUMNS, record_sql
 from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS, interaction_start
@@ -377,7 +379,11 @@ def _where_filters(filters: Sequence[Filter], alias: str) -> tuple[list[str], li
     return clauses, args
 
 
-_SOURCE_SELECT = ", ".join("c.%s" % _quote(name) for name in SOURCE_COLUMNS)
+# Listing rows: SOURCE_COLUMNS, then the two keyset columns; named v0, v1, ...
+# so that packed_sql can refer to them from outside.
+LIST_ROW_WIDTH = len(SOURCE_COLUMNS) + 2
+_SOURCE_SELECT = ", ".join("c.%s AS v%d" % (_quote(name), i) for i, name in enumerate(SOURCE_COLUMNS))
+_KEYS_SELECT = ", %%s AS v%d, %%s AS v%d" % (LIST_ROW_WIDTH - 2, LIST_ROW_WIDTH - 1)
 
 
 def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
@@ -409,8 +415,9 @@ def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
     args += [low, high]
     filter_clauses, filter_args = _where_filters(query.filters, "c")
     order = "ASC" if query.ascending else "DESC"
-    sql = 'SELECT %s, c."timestamp", c.seq FROM cdrs AS c WHERE %s ORDER BY c."timestamp" %s, c.seq %s' % (
-        _SOURCE_SELECT, " AND ".join(clauses + filter_clauses), order, order)
+    sql = "SELECT %s%s FROM cdrs AS c WHERE %s ORDER BY c.\"timestamp\" %s, c.seq %s" % (
+        _SOURCE_SELECT, _KEYS_SELECT % ('c."timestamp"', "c.seq"), " AND ".join(clauses + filter_clauses),
+        order, order)
     return _limit(sql, args + filter_args, query)
 
 
@@ -459,8 +466,8 @@ def _interactions_sql(query: ListQuery) -> tuple[str, list[Any]]:
         " OR (ifnull(o.created_us, 0) = ifnull(c.created_us, 0) AND o.seq < c.seq)))" % same_owner
     )
     order = "ASC" if query.ascending else "DESC"
-    sql = "SELECT %s, %s, c.interaction_id FROM cdrs AS c WHERE %s ORDER BY %s %s, c.interaction_id %s" % (
-        _SOURCE_SELECT, _START, " AND ".join(clauses), _START, order, order)
+    sql = "SELECT %s%s FROM cdrs AS c WHERE %s ORDER BY %s %s, c.interaction_id %s" % (
+        _SOURCE_SELECT, _KEYS_SELECT % (_START, "c.interaction_id"), " AND ".join(clauses), _START, order, order)
     return _limit(sql, args, query)
 
 
@@ -469,6 +476,30 @@ def _limit(sql: str, args: list[Any], query: ListQuery) -> tuple[str, list[Any]]
         sql += " LIMIT ?"
         args.append(query.page_size + 1)
     return sql, args
+
+
+def packed_sql(sql: str, args: list[Any]) -> tuple[str, list[Any]]:
+    """A ``list_sql`` statement whose rows come back as one value: a JSON
+    array of the rows (each an array of LIST_ROW_WIDTH values), as a BLOB of
+    UTF-8 (``unpack_rows`` reads it).
+
+    SQLite builds it inside one step, which runs with the GIL released: in a
+    worker thread, the whole chunk is read while the hub renders the previous
+    one.  Fetched as tuples, sqlite3 takes the GIL back for every row, and a
+    busy hub holds it for its switch interval each time.  Row order is the
+    listing's: the aggregate reads the ordered subquery as a co-routine.
+    """
+    columns = ", ".join("v%d" % i for i in range(LIST_ROW_WIDTH))
+    return "SELECT CAST(json_group_array(json_array(%s)) AS BLOB) FROM (%s)" % (columns, sql), args
+
+
+def unpack_rows(fetched: list[tuple]) -> list[list[Any]]:
+    """The rows of a ``packed_sql`` result: lists, values as stored (INTEGER
+    as int, TEXT as str, NULL as None)."""
+    try:
+        return orjson.loads(fetched[0][0])
+    except (orjson.JSONDecodeError, IndexError, TypeError) as exc:
+        raise DatastoreError("packed rows are not a JSON array: %s" % exc) from None
 
 
 def cursor_for(query: ListQuery, row: Sequence[Any]) -> Cursor:
@@ -640,16 +671,22 @@ class HeavyLane:
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
         if self._semaphore is None:
             from gevent.lock import BoundedSemaphore  # here: the daemon patches before building the API
 
             self._semaphore = BoundedSemaphore(self.slots)
         if not self._semaphore.acquire(timeout=self.wait):
             raise StatementTimeout("too many filtered queries at once: none freed a slot in %.1f s" % self.wait)
-        try:
-            yield
-        finally:
-            self._semaphore.release()
+
+    def release(self) -> None:
+        self._semaphore.release()
 
 
 class ReaderPool:
@@ -737,8 +774,10 @@ class ReaderPool:
         return RowStream(self, sql, args, batch)
 
     def keyset_stream(self, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
-                      chunk: int = FETCH_BATCH, limit: int | None = None, heavy: bool = False) -> "KeysetStream":
-        return KeysetStream(self, chunk_sql, chunk, limit, heavy)
+                      chunk: int = FETCH_BATCH, limit: int | None = None, heavy: bool = False,
+                      decode: Callable[[list[tuple]], list[Any]] | None = None,
+                      ahead: bool = False) -> "KeysetStream":
+        return KeysetStream(self, chunk_sql, chunk, limit, heavy, decode, ahead)
 
 
 class KeysetStream:
@@ -752,52 +791,129 @@ class KeysetStream:
     own short statement, read to its end before the rows are handed out:
     no read transaction is open while the response is written, so a client
     that stops reading pins no WAL snapshot and checkpoints go on.
+    ``decode(fetched)`` turns a statement's result into the chunk's rows
+    (default: as fetched; ``unpack_rows`` for ``packed_sql``).
 
     The first chunk runs in the constructor, in the runner's thread pool
-    (errors surface before any header is sent).  Later chunks run inline,
-    on the hub, while each takes under ``INLINE_BATCH_SECONDS`` (handing each
-    to a thread costs an export about a quarter of its speed); a slow one
-    moves the rest to the pool.  ``limit`` caps the rows of the whole stream.
+    (errors surface before any header is sent).  With ``ahead``, each next
+    chunk starts in the thread pool as soon as the previous one is read, so
+    it is fetched while the caller renders and sends the previous one (at
+    most one chunk ahead; it is read to its end there too).  Without, later
+    chunks run inline, on the hub, while each takes under
+    ``INLINE_BATCH_SECONDS`` (handing each to a thread costs a tuple export
+    about a quarter of its speed); a slow one moves the rest to the pool.
+    ``limit`` caps the rows of the whole stream.  ``close()`` waits for a
+    chunk still being read (a bounded statement) and gives its connection back.
     """
 
     def __init__(self, pool: ReaderPool, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
-                 chunk: int, limit: int | None, heavy: bool = False) -> None:
+                 chunk: int, limit: int | None, heavy: bool = False,
+                 decode: Callable[[list[tuple]], list[Any]] | None = None, ahead: bool = False) -> None:
         self._pool = pool
         self._heavy = heavy
         self._chunk_sql = chunk_sql
         self._chunk = chunk
         self._left = limit
+        self._decode = decode
+        self._ahead = ahead
         self._inline = False
         self._closed = False
-        self._first = self._read(None)
+        self._pending: PendingChunk | None = None
+        self._first = self._start(None).result()
 
     @property
     def empty(self) -> bool:
         """True when the listing has no row at all."""
         return not self._first
 
-    def _read(self, start: Sequence[Any] | None) -> list[tuple]:
+    def _start(self, start: Sequence[Any] | None) -> "PendingChunk":
+        size = self._chunk if self._left is None else min(self._chunk, self._left)
+        sql, args = self._chunk_sql(start, size + 1)
+        return PendingChunk(self._pool, sql, args, self._heavy, self._decode)
+
+    def _read(self, start: Sequence[Any] | None) -> list[Any]:
         size = self._chunk if self._left is None else min(self._chunk, self._left)
         sql, args = self._chunk_sql(start, size + 1)
         started = time.monotonic()
         rows = self._pool.fetch_chunk(sql, args, self._inline, self._heavy)
         self._inline = time.monotonic() - started < INLINE_BATCH_SECONDS
-        return rows
+        return rows if self._decode is None else self._decode(rows)
 
-    def __iter__(self) -> Iterator[list[tuple]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         rows, self._first = self._first, []
         while rows and not self._closed:
             size = self._chunk if self._left is None else min(self._chunk, self._left)
             batch, rest = rows[:size], rows[size:]
             if self._left is not None:
                 self._left -= len(batch)
+            more = bool(rest) and self._left != 0
+            if more and self._ahead:
+                self._pending = self._start(rest[0])
             yield batch
-            if not rest or self._left == 0:
+            if not more:
                 break
-            rows = self._read(rest[0])
+            if self._pending is not None:
+                pending, self._pending = self._pending, None
+                rows = pending.result()
+            else:
+                rows = self._read(rest[0])
 
     def close(self) -> None:
         self._closed = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+
+
+class PendingChunk:
+    """One chunk statement started in the runner's thread pool (with a heavy
+    slot first when ``heavy``); ``result()`` waits for its rows, ``cancel()``
+    for its end.  Either gives the connection (and slot) back, once."""
+
+    def __init__(self, pool: ReaderPool, sql: str, args: Sequence[Any], heavy: bool,
+                 decode: Callable[[list[tuple]], list[Any]] | None) -> None:
+        self._pool = pool
+        self._heavy = heavy
+        if heavy:
+            pool.heavy.acquire()
+        try:
+            self._reader: Reader | None = pool.acquire()
+        except BaseException:
+            if heavy:
+                pool.heavy.release()
+            raise
+        reader = self._reader
+
+        def run() -> list[Any]:
+            cursor = reader.conn.execute(sql, args)
+            try:
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+            return rows if decode is None else decode(rows)
+
+        self._job = pool.runner.spawn(lambda: reader.call(run))
+
+    def result(self) -> list[Any]:
+        try:
+            return self._job.get()
+        finally:
+            self._done()
+
+    def cancel(self) -> None:
+        try:
+            self._job.get()
+        except (StatementTimeout, DatastoreError):
+            pass  # nobody wants these rows any more
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            self._pool.release(reader)
+            if self._heavy:
+                self._pool.heavy.release()
 
 
 class RowStream:

@@ -1,0 +1,262 @@
+"""List and interaction rows as CSV records, fast: the CSV export's inner loop.
+
+``list_csv(rows, utc_offset, inception)`` turns a chunk of ``list_sql`` rows
+into the exact text of ``list_csv_reference`` -- the obvious version, kept
+for the tests and for the rows the fast loop does not handle:
+``kazoo.list_values`` (or ``interaction_values``) per row, ``as_cells``,
+then per cell ``spreadsheet_safe`` and the csv module (every field quoted,
+CRLF).  ``tests/test_list_csv.py`` holds the two to the same output on
+varied data (formula cells, quotes, commas, newlines, NULs, non-ASCII, odd
+custom channel variables).
+
+Why it is faster (bench/api.py's rows, 1,000-row chunks: 5.3 µs a row against
+7.2 for the per-record quoting used before, 11.7 for the reference): one loop
+per chunk with the derivations of ``list_values`` inlined (no per-row calls
+besides ``orjson.loads`` of the custom channel variables); the date and clock
+parts, rates and costs looked up in small caches (a listing spans few days,
+few rates); and the quoting done once per chunk instead of per record, on
+UTF-8 bytes: cells are joined with NUL and records with SOH, two regular
+expressions mark the formula cells, three replaces quote everything.  A
+chunk with a NUL or SOH inside a cell, and a row whose date ``time.gmtime``
+cannot represent, take the reference path.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from typing import Any, Sequence
+
+import orjson
+
+from .kazoo import (
+    GREGORIAN_UNIX_OFFSET,
+    LIST_COLUMNS,
+    SOURCE_COLUMNS,
+    _day,
+    _json_text,
+    _number,
+    _recordings,
+    as_cells,
+    call_cost,
+    interaction_values,
+    list_values,
+    spreadsheet_safe,
+)
+
+# Interaction listings: what decides ``inception_direction`` (kazoo.interaction_values).
+INCEPTION_ACCOUNT = "account"
+INCEPTION_USER = "user"
+
+_N_SOURCE = len(SOURCE_COLUMNS)
+_CELL, _RECORD = "\x00", "\x01"  # separators while a chunk is built; never in a cell (checked)
+_CELL_BYTES, _RECORD_BYTES = _CELL.encode(), _RECORD.encode()
+# A record: _RECORD, then the cells joined by _CELL; two date cells are built here.
+_LIST_LINE = _RECORD + _CELL.join(
+    {"rfc_1036": "%s %s GMT", "iso_8601_combined": "%sT%sZ"}.get(name, "%s") for name in LIST_COLUMNS)
+_INTERACTION_LINE = _LIST_LINE + _CELL + "%s"
+# A cell a spreadsheet would evaluate (kazoo.spreadsheet_safe): =, @, tab or CR
+# first, or + / - not followed by a plain number up to the cell's end.  One
+# pattern per separator: a literal first character makes the scan several
+# times faster than a character class.
+# The chunk is scanned as UTF-8 bytes, where these characters are single
+# bytes that no multi-byte character contains.
+_FORMULA = rb"(?=[=@\t\r]|[+-](?![0-9]+(?:\.[0-9]+)?[\x00\x01]))"
+_FORMULA_AFTER_CELL = re.compile(_CELL.encode() + _FORMULA)
+_FORMULA_AFTER_RECORD = re.compile(_RECORD.encode() + _FORMULA)
+_CACHE_MAX = 100_000  # entries per cache; cleared when full (a long export of odd values)
+
+_days: dict[Any, tuple[str, str]] = {}
+_clocks: dict[Any, str] = {}
+_rates: dict[str, str] = {}
+_costs: dict[tuple, str] = {}
+
+
+def list_csv_reference(rows: Sequence[Sequence[Any]], utc_offset: int = 0, inception: str | None = None) -> str:
+    """The obvious version: shape each row, make each cell spreadsheet-safe, csv module."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        values = row[:_N_SOURCE]
+        if inception is None:
+            cells = as_cells(list_values(values, utc_offset))
+        else:
+            cells = as_cells(interaction_values(values, utc_offset, inception == INCEPTION_USER))
+        writer.writerow([spreadsheet_safe(cell) for cell in cells])
+    return buffer.getvalue()
+
+
+def _day_parts(days: Any) -> tuple[str, str]:
+    parts = _days.get(days)
+    if parts is None:
+        parts = _day(days)  # raises on a day time.gmtime does not know: the caller falls back
+        if len(_days) >= _CACHE_MAX:
+            _days.clear()
+        _days[days] = parts
+    return parts
+
+
+def _clock(seconds: Any) -> str:
+    text = _clocks.get(seconds)
+    if text is None:
+        hours, rest = divmod(seconds, 3600)
+        text = "%02d:%02d:%02d" % (hours, rest // 60, rest % 60)  # as kazoo.list_values
+        if len(_clocks) >= _CACHE_MAX:
+            _clocks.clear()
+        _clocks[seconds] = text
+    return text
+
+
+def _rate_text(raw: Any) -> str:
+    if raw.__class__ is not str:
+        return repr(_number(raw) / 10000)
+    text = _rates.get(raw)
+    if text is None:
+        text = repr(_number(raw) / 10000)
+        if len(_rates) >= _CACHE_MAX:
+            _rates.clear()
+        _rates[raw] = text
+    return text
+
+
+_COST_KEYS = ("rate", "rate_increment", "rate_minimum", "surcharge", "rate_nocharge_time",
+              "billing_seconds_offset", "discount_percentage")
+
+
+def _cost_text(ccv: dict, billing: Any) -> str:
+    get = ccv.get
+    key = (billing, get("rate"), get("rate_increment"), get("rate_minimum"), get("surcharge"),
+           get("rate_nocharge_time"), get("billing_seconds_offset"), get("discount_percentage"))
+    try:
+        text = _costs.get(key)
+    except TypeError:  # a list or object among the rate variables: not cached
+        return str(call_cost(ccv, billing))
+    if text is None:
+        text = str(call_cost(ccv, billing))
+        if len(_costs) >= _CACHE_MAX:
+            _costs.clear()
+        _costs[key] = text
+    return text
+
+
+def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | None) -> list[str]:
+    """Each row as _RECORD + its cells joined by _CELL (not yet quoted), shaped as
+    list_csv_reference shapes it."""
+    line = _LIST_LINE if inception is None else _INTERACTION_LINE
+    by_user = inception == INCEPTION_USER
+    loads, decode_error, json_text = orjson.loads, orjson.JSONDecodeError, _json_text
+    day_parts, clock, rate_text, cost_text = _day_parts, _clock, _rate_text, _cost_text
+    days_cache, clocks_cache, rates_cache = _days, _clocks, _rates
+    out: list[str] = []
+    append = out.append
+    for row in rows:
+        (cdr_id, call_id, caller_number, caller_name, callee_number, callee_name,
+         duration, billing, timestamp, hangup_cause, disposition, other_leg, owner_id,
+         to, from_, direction, request, authorizing_id, account_id, from_uri,
+         media_server, interaction_id, ccv_raw, _, _) = row
+        duration = duration or 0
+        billing = billing or 0
+        start = (timestamp or 0) - duration
+        unix = start - GREGORIAN_UNIX_OFFSET
+        days, seconds = divmod(unix, 86400)
+        parts = days_cache.get(days)
+        clock_text = clocks_cache.get(seconds)
+        if parts is None or clock_text is None or utc_offset:
+            try:
+                parts = day_parts(days)
+                clock_text = clock(seconds)
+                if utc_offset:
+                    local_days, local_seconds = divmod(unix + utc_offset, 86400)
+                    pretty = "%s %s" % (day_parts(local_days)[0], clock(local_seconds))
+                else:
+                    pretty = "%s %s" % (parts[0], clock_text)
+            except (OverflowError, OSError, ValueError):  # not a date time.gmtime knows
+                append(_reference_record(row, utc_offset, inception))
+                continue
+        else:
+            pretty = "%s %s" % (parts[0], clock_text)
+        day, rfc_day = parts
+        if direction == "inbound":
+            dialed = request.split("@", 1)[0] if request else ""
+            calling = caller_number or ""
+        elif direction == "outbound":
+            dialed = to.split("@", 1)[0] if to else ""
+            calling = from_uri.split("@", 1)[0] if from_uri else ""
+        else:
+            dialed = calling = ""
+        ccv: Any = None
+        if ccv_raw and ccv_raw != "{}":
+            try:
+                ccv = loads(ccv_raw)
+            except decode_error:
+                pass
+        if ccv.__class__ is not dict or not ccv:
+            call_type, rate, rate_name, recording_url, recordings, call_priority = "", "0.0", "", "", "[]", ""
+            bridge_id = other_leg or ""
+            cost = "0"
+        else:
+            get = ccv.get
+            value = get("account_billing")
+            call_type = "" if value is None else value if value.__class__ is str else json_text(value)
+            value = get("rate")
+            rate = (value.__class__ is str and rates_cache.get(value)) or rate_text(value)
+            value = get("rate_name")
+            rate_name = "" if value is None else value if value.__class__ is str else json_text(value)
+            value = get("bridge_id")
+            bridge_id = ("" if value is None else value if value.__class__ is str else json_text(value)) \
+                or other_leg or ""
+            value = get("recording_url")
+            recording_url = "" if value is None else value if value.__class__ is str else json_text(value)
+            recordings = "[]" if get("media_recordings") is None else json_text(_recordings(ccv))
+            value = get("call_priority")
+            call_priority = "" if value is None else value if value.__class__ is str else json_text(value)
+            cost = cost_text(ccv, billing) if call_type == "per_minute" else "0"
+        values = (
+            cdr_id or "", call_id or "", caller_number or "", caller_name or "",
+            callee_number or "", callee_name or "", duration, billing, start,
+            hangup_cause or "", disposition or "", other_leg or "", owner_id or "",
+            to or "", from_ or "", direction or "", request or "",
+            "" if authorizing_id == account_id else authorizing_id or "",
+            cost, dialed, calling, pretty, unix, rfc_day, clock_text, day, day, clock_text,
+            call_type, rate, rate_name, bridge_id, recording_url, recordings,
+            media_server or "", call_priority, interaction_id or "",
+        )
+        if inception is None:
+            append(line % values)
+        elif by_user:
+            append(line % (*values, "origination" if direction == "inbound" else "termination"))
+        else:
+            append(line % (*values, "origination" if authorizing_id else "termination"))
+    return out
+
+
+def _reference_record(row: Sequence[Any], utc_offset: int, inception: str | None) -> str:
+    values = row[:_N_SOURCE]
+    if inception is None:
+        cells = as_cells(list_values(values, utc_offset))
+    else:
+        cells = as_cells(interaction_values(values, utc_offset, inception == INCEPTION_USER))
+    return _RECORD + _CELL.join(cells)
+
+
+def list_csv(rows: Sequence[Sequence[Any]], utc_offset: int = 0, inception: str | None = None) -> bytes:
+    """CSV records (RFC 4180, every field quoted, CRLF, spreadsheet-safe) of
+    ``list_sql`` rows, UTF-8: a CDR listing when ``inception`` is None, else
+    an interaction listing (INCEPTION_ACCOUNT or INCEPTION_USER).  The bytes
+    of ``list_csv_reference``.
+
+    The quoting works on bytes: each record is encoded on its own, so one
+    non-Latin-1 name does not make every string of the chunk four times wider.
+    """
+    if not rows:
+        return b""
+    records = _records(rows, utc_offset, inception)
+    text = b"".join([record.encode("utf-8") for record in records]) + _RECORD_BYTES
+    cells = len(LIST_COLUMNS) + (inception is not None)
+    if text.count(_CELL_BYTES) != len(records) * (cells - 1) or text.count(_RECORD_BYTES) != len(records) + 1:
+        return list_csv_reference(rows, utc_offset, inception).encode("utf-8")  # a separator inside a cell
+    text = _FORMULA_AFTER_CELL.sub(_CELL_BYTES + b"'", text)
+    text = _FORMULA_AFTER_RECORD.sub(_RECORD_BYTES + b"'", text)
+    # "\x01a\x00b\x01" -> '"\r\n"a","b"\r\n"' -> 'a","b"\r\n' after the cut
+    return text.replace(b'"', b'""').replace(_CELL_BYTES, b'","').replace(_RECORD_BYTES, b'"\r\n"')[3:-1]
