@@ -52,10 +52,6 @@ INCEPTION_USER = "user"
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CELL, _RECORD = "\x00", "\x01"  # separators while a chunk is built; never in a cell (checked)
 _CELL_BYTES, _RECORD_BYTES = _CELL.encode(), _RECORD.encode()
-# A record: _RECORD, then the cells joined by _CELL; two date cells are built here.
-_LIST_LINE = _RECORD + _CELL.join(
-    {"rfc_1036": "%s %s GMT", "iso_8601_combined": "%sT%sZ"}.get(name, "%s") for name in LIST_COLUMNS)
-_INTERACTION_LINE = _LIST_LINE + _CELL + "%s"
 # A cell a spreadsheet would evaluate (kazoo.spreadsheet_safe): =, @, tab or CR
 # first, or + / - not followed by a plain number up to the cell's end.  One
 # pattern per separator: a literal first character makes the scan several
@@ -141,9 +137,10 @@ def _cost_text(ccv: dict, billing: Any) -> str:
 
 
 def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | None) -> list[str]:
-    """Each row as _RECORD + its cells joined by _CELL (not yet quoted), shaped as
-    list_csv_reference shapes it."""
-    line = _LIST_LINE if inception is None else _INTERACTION_LINE
+    """Each row's cells joined by _CELL (not yet quoted), shaped as
+    list_csv_reference shapes them.  (str.join of str cells: a third of the
+    time of a 35-field % format.)"""
+    join = _CELL.join
     by_user = inception == INCEPTION_USER
     loads, decode_error, json_text = orjson.loads, orjson.JSONDecodeError, _json_text
     day_parts, clock, rate_text, cost_text = _day_parts, _clock, _rate_text, _cost_text
@@ -214,20 +211,21 @@ def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | No
             cost = cost_text(ccv, billing) if call_type == "per_minute" else "0"
         values = (
             cdr_id or "", call_id or "", caller_number or "", caller_name or "",
-            callee_number or "", callee_name or "", duration, billing, start,
+            callee_number or "", callee_name or "", str(duration), str(billing), str(start),
             hangup_cause or "", disposition or "", other_leg or "", owner_id or "",
             to or "", from_ or "", direction or "", request or "",
             "" if authorizing_id == account_id else authorizing_id or "",
-            cost, dialed, calling, pretty, unix, rfc_day, clock_text, day, day, clock_text,
+            cost, dialed, calling, pretty, str(unix), rfc_day + " " + clock_text + " GMT",
+            day, day + "T" + clock_text + "Z",
             call_type, rate, rate_name, bridge_id, recording_url, recordings,
             media_server or "", call_priority, interaction_id or "",
         )
         if inception is None:
-            append(line % values)
+            append(join(values))
         elif by_user:
-            append(line % (*values, "origination" if direction == "inbound" else "termination"))
+            append(join((*values, "origination" if direction == "inbound" else "termination")))
         else:
-            append(line % (*values, "origination" if authorizing_id else "termination"))
+            append(join((*values, "origination" if authorizing_id else "termination")))
     return out
 
 
@@ -237,7 +235,7 @@ def _reference_record(row: Sequence[Any], utc_offset: int, inception: str | None
         cells = as_cells(list_values(values, utc_offset))
     else:
         cells = as_cells(interaction_values(values, utc_offset, inception == INCEPTION_USER))
-    return _RECORD + _CELL.join(cells)
+    return _CELL.join(cells)
 
 
 def list_csv(rows: Sequence[Sequence[Any]], utc_offset: int = 0, inception: str | None = None) -> bytes:
@@ -252,7 +250,7 @@ def list_csv(rows: Sequence[Sequence[Any]], utc_offset: int = 0, inception: str 
     if not rows:
         return b""
     records = _records(rows, utc_offset, inception)
-    text = b"".join([record.encode("utf-8") for record in records]) + _RECORD_BYTES
+    text = _RECORD_BYTES + _RECORD_BYTES.join([record.encode("utf-8") for record in records]) + _RECORD_BYTES
     cells = len(LIST_COLUMNS) + (inception is not None)
     if text.count(_CELL_BYTES) != len(records) * (cells - 1) or text.count(_RECORD_BYTES) != len(records) + 1:
         return list_csv_reference(rows, utc_offset, inception).encode("utf-8")  # a separator inside a cell

@@ -83,6 +83,12 @@ FETCH_BATCH = 500
 INLINE_BATCH_SECONDS = 0.05  # a streamed batch slower than this moves to the thread pool
 READER_MMAP_BYTES = 1 << 34  # SQLite caps it at its build's maximum (2 GiB here)
 _PROGRESS_STEPS = 4000  # VM instructions between deadline checks
+# The same for a packed chunk read in a worker thread: every check is a Python
+# call, which waits for the GIL (up to the 5 ms switch interval) while the hub
+# renders -- 25 checks per 1,000-row chunk stalled the worker more than SQLite
+# worked.  A million instructions take a few ms; the deadline is checked once
+# more when the statement ends.
+_COARSE_PROGRESS_STEPS = 1_000_000
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 _MODB_CALL_ID = re.compile(r"\d{6}-(.+)", re.DOTALL)
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -632,11 +638,21 @@ class Reader:
             return 1  # non-zero aborts the statement (OperationalError: interrupted)
         return 0
 
-    def call(self, fn: Callable[[], T]) -> T:
+    def call(self, fn: Callable[[], T], coarse: bool = False) -> T:
+        """``fn()`` (SQLite calls on this connection), aborted past the timeout.
+
+        ``coarse``: for a statement in a worker thread, the deadline is
+        checked every _COARSE_PROGRESS_STEPS instructions and at its end
+        (a statement that finished late is a timeout too)."""
         self._deadline = time.monotonic() + self.timeout
         self._timed_out = False
+        if coarse:
+            self.conn.set_progress_handler(self._progress, _COARSE_PROGRESS_STEPS)
         try:
-            return fn()
+            result = fn()
+            if coarse and time.monotonic() > self._deadline:
+                raise StatementTimeout("statement ran longer than %.1f s" % self.timeout)
+            return result
         except sqlite3.OperationalError as exc:
             if self._timed_out:
                 raise StatementTimeout("statement ran longer than %.1f s" % self.timeout) from None
@@ -645,6 +661,8 @@ class Reader:
             raise DatastoreError(str(exc)) from None
         finally:
             self._deadline = math.inf
+            if coarse:
+                self.conn.set_progress_handler(self._progress, _PROGRESS_STEPS)
 
 
 def is_heavy(query: ListQuery) -> bool:
@@ -874,6 +892,7 @@ class PendingChunk:
                  decode: Callable[[list[tuple]], list[Any]] | None) -> None:
         self._pool = pool
         self._heavy = heavy
+        self._decode = decode
         if heavy:
             pool.heavy.acquire()
         try:
@@ -884,21 +903,23 @@ class PendingChunk:
             raise
         reader = self._reader
 
-        def run() -> list[Any]:
+        def run() -> list[tuple]:
             cursor = reader.conn.execute(sql, args)
             try:
-                rows = cursor.fetchall()
+                return cursor.fetchall()
             finally:
                 cursor.close()
-            return rows if decode is None else decode(rows)
 
-        self._job = pool.runner.spawn(lambda: reader.call(run))
+        self._job = pool.runner.spawn(lambda: reader.call(run, coarse=True))
 
     def result(self) -> list[Any]:
+        """The chunk's rows, decoded here: decoding holds the GIL, which a
+        worker thread would first have to win from the hub."""
         try:
-            return self._job.get()
+            rows = self._job.get()
         finally:
             self._done()
+        return rows if self._decode is None else self._decode(rows)
 
     def cancel(self) -> None:
         try:
