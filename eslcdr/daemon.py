@@ -346,6 +346,8 @@ class Daemon:
             sweep = time.monotonic() - last_sweep >= HOUSEKEEPING_INTERVAL
             for pipeline in self.pipelines.values():
                 pipeline.write_off_lost()
+                # What is kept of finished calls: bounded every second.
+                pipeline.tracker.trim()
                 if sweep:
                     pipeline.housekeeping()
             if sweep:

@@ -530,13 +530,19 @@ class LegTracker:
         finished = self._finished
         for call_id in [c for c, when in finished.items() if when < cutoff]:
             del finished[call_id]
-        self._trim(finished)
+        self.trim()
+        return stale
+
+    def trim(self) -> None:
+        """Forget the oldest finished calls past the caps (cheap when under
+        them: the daemon calls it every second, so a burst of calls cannot
+        pile up until the next ``expire``)."""
+        self._trim(self._finished)
         self._forget_interactions()
         # Entries no remembered interaction owns: starts preloaded from the
         # database, an explicit id that lost a merge.
         for remembered in (self._started, self._explicit, self._written):
             self._trim(remembered, keep=self._members)
-        return stale
 
     def _trim(self, remembered: dict, keep: dict | None = None) -> None:
         # Memory stays bounded however many calls pass: dicts keep insertion
