@@ -151,7 +151,11 @@ def greenswitch_reader(port: int, events: int, decode_json: bool) -> float:
     return elapsed
 
 
-def eslcdr_pipeline(port: int, legs: int) -> tuple[float, int]:
+def eslcdr_pipeline(port: int, legs: int, events: int = 0, split: dict | None = None) -> tuple[float, int]:
+    """Wall seconds from Daemon.start() until ``legs`` rows are committed.
+    ``split`` (optional) receives where the time went: when the last event
+    was taken (``read_s``), the CPU of the main thread (reader, tracker,
+    builder: ``main_cpu_s``) and of the others (the SQLite writer thread)."""
     from eslcdr import config
     from eslcdr.daemon import Daemon
 
@@ -166,11 +170,19 @@ def eslcdr_pipeline(port: int, legs: int) -> tuple[float, int]:
         )
         daemon = Daemon(cfg)
         start = time.perf_counter()
+        cpu_start, main_start = time.process_time(), time.thread_time()
         daemon.start()
+        read_s = None
         # "Committed and visible": the writer's counter moves after COMMIT.
         while daemon.writer.written < legs and time.perf_counter() - start < 300:
+            if read_s is None and events and sum(p.events for p in daemon.pipelines.values()) >= events:
+                read_s = time.perf_counter() - start
             gevent.sleep(0.001)
         elapsed = time.perf_counter() - start
+        if split is not None:
+            main_cpu = time.thread_time() - main_start
+            split.update(read_s=read_s or elapsed, main_cpu_s=main_cpu,
+                         other_cpu_s=time.process_time() - cpu_start - main_cpu)
         written = daemon.writer.written
         daemon.shutdown()
     return elapsed, written
@@ -205,13 +217,15 @@ def main() -> int:
     wall: dict[str, float] = {}
     cpu_per_leg: dict[str, float] = {}
     for name, (fmt, run) in runs.items():
-        times, cpu = [], []
+        times, cpu, splits = [], [], []
         for _ in range(args.rounds):
             server = Server(args.repeat, fmt)
             try:
                 cpu_start = time.process_time()
                 if run is None:
-                    elapsed, written = eslcdr_pipeline(server.port, legs)
+                    split: dict = {}
+                    elapsed, written = eslcdr_pipeline(server.port, legs, events, split)
+                    splits.append(split)
                     assert written == legs, "only %d of %d legs written" % (written, legs)
                 else:
                     elapsed = run(server.port)
@@ -224,6 +238,11 @@ def main() -> int:
         print("%-13s median %.3f s  (runs: %s)  %7.0f legs/s  %7.0f events/s  cpu %.0f us/leg" % (
             name, wall[name], " ".join("%.3f" % t for t in times), legs / wall[name], events / wall[name],
             cpu_per_leg[name]))
+        if splits:
+            print("%13s last event taken at %.3f s; CPU us/leg: main thread (read, decode, legs, CDR) %.0f,"
+                  " writer thread %.0f" % ("", median([s["read_s"] for s in splits]),
+                                           median([s["main_cpu_s"] for s in splits]) / legs * 1e6,
+                                           median([s["other_cpu_s"] for s in splits]) / legs * 1e6))
     print()
     if "eslcdr" in wall and "greenswitch" in wall:
         print("eslcdr vs stock greenswitch (b/a): %.2fx its speed (target >= 3.0x)" % (wall["greenswitch"] / wall["eslcdr"]))
