@@ -38,12 +38,14 @@ log = structlog.get_logger("eslcdr.store")
 
 AUTO_VACUUM_INCREMENTAL = 2
 
-# Rows go in as multi-row INSERTs of up to _ROWS_PER_STATEMENT rows: one
+# Rows go in as multi-row INSERTs of up to _PARAMS_PER_STATEMENT values: one
 # sqlite3_step per statement instead of per row.  That is a third less CPU
 # than executemany, and -- the writer runs in a thread -- each step is one
 # release and re-acquisition of the GIL, which under a busy ESL reader costs
-# up to the interpreter's switch interval every time.
-_ROWS_PER_STATEMENT = 64
+# up to the interpreter's switch interval every time.  (SQLite allows 32,766
+# parameters per statement since 3.32.)
+_PARAMS_PER_STATEMENT = 16384
+_MAX_ROWS_PER_STATEMENT = 512
 _INSERT_PREFIX = "INSERT INTO cdrs (%s) VALUES " % ", ".join('"%s"' % name for name in RECORD_COLUMNS)
 _INSERT_SUFFIX = " ON CONFLICT DO NOTHING"
 _LINK_PREFIX = "INSERT OR IGNORE INTO interaction_links (call_id, interaction_id) VALUES "
@@ -55,12 +57,15 @@ def _values_sql(prefix: str, suffix: str, width: int, rows: int) -> str:
 
 
 def _insert_many(conn: sqlite3.Connection, prefix: str, suffix: str, width: int, rows: Sequence[Sequence]) -> int:
-    """Insert ``rows`` in statements of _ROWS_PER_STATEMENT rows, then
-    halving sizes (so at most 7 statement shapes are ever prepared and
-    cached); returns how many rows were inserted (sqlite3_changes)."""
+    """Insert ``rows`` in statements of as many rows as fit (a power of
+    two), then halving sizes (so at most 10 statement shapes per table are
+    ever prepared and cached); returns how many rows were inserted
+    (sqlite3_changes)."""
     inserted = 0
     start = 0
-    size = _ROWS_PER_STATEMENT
+    size = _MAX_ROWS_PER_STATEMENT
+    while size * width > _PARAMS_PER_STATEMENT:
+        size >>= 1
     while start < len(rows):
         while size > len(rows) - start:
             size >>= 1
