@@ -73,6 +73,7 @@ from .queries import (
     parse_feed_query,
     parse_list_query,
     unpack_rows,
+    warm_sql,
 )
 from .list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv
 from .redact import Redactor, presented_in_environ
@@ -648,9 +649,11 @@ class _Routes:
         if query.page_size is None:  # every row: in keyset chunks, no long snapshot
             if as_csv:
                 # Packed chunks, read one ahead in the thread pool while the hub renders.
+                # On a cold page cache, the rows ahead are read in file order first.
                 stream = self.pool.keyset_stream(lambda start, n: packed_sql(*chunk_sql(start, n)),
                                                  chunk=CSV_BATCH, heavy=is_heavy(query), decode=unpack_rows,
-                                                 ahead=True)
+                                                 ahead=True, descending=not query.ascending,
+                                                 warm=lambda low, high: warm_sql(account_id, user_id, low, high))
                 default = "interactions.csv" if interactions else "cdrs.csv"
                 return self.csv_body(stream, as_csv_records, columns, self.file_name(params, default))
             return self.json_body(self.pool.keyset_stream(chunk_sql, heavy=is_heavy(query)), as_json)

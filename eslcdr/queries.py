@@ -80,6 +80,7 @@ MAX_START_KEY = 512
 FEED_DEFAULT_LIMIT = 1000
 FEED_MAX_LIMIT = 10000
 FETCH_BATCH = 500
+WARM_CHUNKS = 8  # chunks of rows a warm statement reads ahead of a cold export (KeysetStream)
 INLINE_BATCH_SECONDS = 0.05  # a streamed batch slower than this moves to the thread pool
 READER_MMAP_BYTES = 1 << 34  # SQLite caps it at its build's maximum (2 GiB here)
 _PROGRESS_STEPS = 4000  # VM instructions between deadline checks
@@ -564,6 +565,21 @@ def feed_sql(query: FeedQuery) -> tuple[str, list[Any]]:
     return sql, args
 
 
+def warm_sql(account_id: str, owner_id: str | None, low: int, high: int) -> tuple[str, list[Any]]:
+    """A statement that reads the rows of an account (or one user's) hung up
+    in [low, high] and returns one number: it brings their pages into the OS
+    page cache, in file order (the index ascending), ahead of an export that
+    reads them newest first -- a backward walk the kernel does not read ahead
+    for, where a forward one is about three times faster from disk."""
+    clauses, args = ["c.account_id = ?"], [account_id]
+    if owner_id is not None:
+        clauses.append("c.owner_id = ?")
+        args.append(owner_id)
+    clauses.append('c."timestamp" BETWEEN ? AND ?')
+    args += [low, high]
+    return "SELECT count(c.custom_channel_vars) FROM cdrs AS c WHERE %s" % " AND ".join(clauses), args
+
+
 # ------------------------------------------------------------------ execution
 
 
@@ -580,6 +596,9 @@ class Done:
         if self._error is not None:
             raise self._error
         return self._value
+
+    def ready(self) -> bool:
+        return True
 
 
 class InlineRunner:
@@ -620,6 +639,9 @@ class _ThreadJob:
         if error is not None:
             raise error
         return value
+
+    def ready(self) -> bool:
+        return self._result.ready()
 
 
 class Reader:
@@ -794,8 +816,9 @@ class ReaderPool:
     def keyset_stream(self, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
                       chunk: int = FETCH_BATCH, limit: int | None = None, heavy: bool = False,
                       decode: Callable[[list[tuple]], list[Any]] | None = None,
-                      ahead: bool = False) -> "KeysetStream":
-        return KeysetStream(self, chunk_sql, chunk, limit, heavy, decode, ahead)
+                      ahead: bool = False, warm: Callable[[int, int], tuple[str, list[Any]]] | None = None,
+                      descending: bool = True) -> "KeysetStream":
+        return KeysetStream(self, chunk_sql, chunk, limit, heavy, decode, ahead, warm, descending)
 
 
 class KeysetStream:
@@ -826,8 +849,14 @@ class KeysetStream:
 
     def __init__(self, pool: ReaderPool, chunk_sql: Callable[[Sequence[Any] | None, int], tuple[str, list[Any]]],
                  chunk: int, limit: int | None, heavy: bool = False,
-                 decode: Callable[[list[tuple]], list[Any]] | None = None, ahead: bool = False) -> None:
+                 decode: Callable[[list[tuple]], list[Any]] | None = None, ahead: bool = False,
+                 warm: Callable[[int, int], tuple[str, list[Any]]] | None = None, descending: bool = True) -> None:
         self._pool = pool
+        self._warm = warm
+        self._descending = descending
+        self._cold = False
+        self._warmer: PendingChunk | None = None
+        self._warmed: int | None = None
         self._heavy = heavy
         self._chunk_sql = chunk_sql
         self._chunk = chunk
@@ -837,7 +866,9 @@ class KeysetStream:
         self._inline = False
         self._closed = False
         self._pending: PendingChunk | None = None
-        self._first = self._start(None).result()
+        first = self._start(None)
+        self._first = first.result()
+        self._cold = first.waited_on_disk
 
     @property
     def empty(self) -> bool:
@@ -867,20 +898,56 @@ class KeysetStream:
             more = bool(rest) and self._left != 0
             if more and self._ahead:
                 self._pending = self._start(rest[0])
+                if self._cold and self._warm is not None:
+                    self._warm_after(rows)
             yield batch
             if not more:
                 break
             if self._pending is not None:
                 pending, self._pending = self._pending, None
                 rows = pending.result()
+                self._cold = self._cold or pending.waited_on_disk
             else:
                 rows = self._read(rest[0])
+
+    def _warm_after(self, rows: list[Any]) -> None:
+        """Start the warm statement for the window after ``rows`` unless one
+        runs, or what was warmed reaches more than half a window ahead."""
+        if self._warmer is not None:
+            if not self._warmer.ready():
+                return
+            warmer, self._warmer = self._warmer, None
+            warmer.cancel()  # finished: collect it, the number is not needed
+        first_key, last_key = rows[0][-2], rows[-1][-2]
+        if type(first_key) is not int or type(last_key) is not int:
+            return
+        window = (abs(first_key - last_key) + 1) * WARM_CHUNKS
+        if self._descending:
+            edge = last_key if self._warmed is None else min(last_key, self._warmed)
+            if last_key - edge > window // 2:
+                return
+            low, high, self._warmed = edge - window, edge, edge - window - 1
+        else:
+            edge = last_key if self._warmed is None else max(last_key, self._warmed)
+            if edge - last_key > window // 2:
+                return
+            low, high, self._warmed = edge, edge + window, edge + window + 1
+        self._warmer = PendingChunk(self._pool, *self._warm(low, high), heavy=False, decode=None)
 
     def close(self) -> None:
         self._closed = True
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
+        warmer, self._warmer = self._warmer, None
+        if warmer is not None:
+            warmer.cancel()
+
+
+def waited_on_disk(wall: float, cpu: float) -> bool:
+    """Whether a statement that took ``wall`` seconds, ``cpu`` of them
+    running, mostly waited: page faults on a file not in the page cache."""
+    return wall > 0.002 and wall > 2 * cpu
 
 
 class PendingChunk:
@@ -910,7 +977,15 @@ class PendingChunk:
             finally:
                 cursor.close()
 
-        self._job = pool.runner.spawn(lambda: reader.call(run, coarse=True))
+        self.waited_on_disk = False
+
+        def timed() -> list[tuple]:
+            started, cpu = time.perf_counter(), time.thread_time()
+            rows = reader.call(run, coarse=True)
+            self.waited_on_disk = waited_on_disk(time.perf_counter() - started, time.thread_time() - cpu)
+            return rows
+
+        self._job = pool.runner.spawn(timed)
 
     def result(self) -> list[Any]:
         """The chunk's rows, decoded here: decoding holds the GIL, which a
@@ -920,6 +995,9 @@ class PendingChunk:
         finally:
             self._done()
         return rows if self._decode is None else self._decode(rows)
+
+    def ready(self) -> bool:
+        return self._job.ready()
 
     def cancel(self) -> None:
         try:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eslcdr import kazoo, list_csv, store
+from eslcdr import kazoo, list_csv, queries, store
 from eslcdr.list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv_reference
 from eslcdr.queries import (
     KIND_CDRS,
@@ -33,6 +33,7 @@ from eslcdr.queries import (
     list_sql,
     packed_sql,
     unpack_rows,
+    warm_sql,
 )
 
 from .test_api import ACC_A, HARD_NAMES, NOW_G, env, leg  # noqa: F401 -- env is a fixture
@@ -175,6 +176,40 @@ def test_a_stream_reading_ahead_holds_no_snapshot_and_closes_cleanly(db):  # noq
     stream.close()  # a client that went away: the chunk read ahead gives its connection back
     assert len(seen) == 400 and len(set(seen)) == 400
     assert len(pool._idle) == 1
+
+
+@pytest.mark.parametrize("ascending", [False, True])
+def test_a_cold_stream_warms_the_rows_ahead_and_changes_nothing(db, monkeypatch, ascending):  # noqa: F811
+    """On a cold page cache (forced here) the stream reads the key range ahead
+    with a second statement, window after window; the rows are the same, every
+    connection comes back, no snapshot is held between chunks."""
+    path, writer = db
+    store.insert_records(writer, [record(NOW_G - 5000 + i // 2) for i in range(1200)])
+    pool = ReaderPool(path, 5, runner=InlineRunner())
+    query = listing(KIND_CDRS, ascending)
+    plain = [list(row) for batch in pool.keyset_stream(chunks_of(query, False), chunk=10**6) for row in batch]
+    monkeypatch.setattr(queries, "waited_on_disk", lambda wall, cpu: True)
+    windows = []
+
+    def warm(low, high):
+        windows.append((low, high))
+        return warm_sql(ACC, None, low, high)
+
+    stream = pool.keyset_stream(chunks_of(query, True), chunk=50, decode=unpack_rows, ahead=True, warm=warm,
+                                descending=not ascending)
+    got = []
+    for batch in stream:
+        got += batch
+        busy, log, done = writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0 and log == done
+    stream.close()
+    assert got == plain and len(got) == 1200
+    assert len(windows) >= 2
+    ordered = sorted(windows, reverse=not ascending)
+    assert windows == ordered and all(low <= high for low, high in windows)
+    covered = [key for key in (row[-2] for row in got) if any(low <= key <= high for low, high in windows)]
+    assert len(covered) > 1000  # the windows ran ahead of the chunks over nearly every row
+    assert len(pool._idle) == 2  # the chunks' connection and the warm statements'
 
 
 def test_csv_route_is_the_reference(env):  # noqa: F811
