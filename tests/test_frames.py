@@ -105,10 +105,21 @@ def test_malformed_header_resynchronises():
 def test_bad_content_length_skips_header_block():
     good = b"Content-Type: command/reply\nReply-Text: +OK\n\n"
     for bad_length in (b"abc", b"-5", b"\xc2\xb2", b"1e3", str(MAX_BODY + 1).encode()):
-        bad = b"Content-Type: text/event-plain\nContent-Length: " + bad_length + b"\n\n"
-        items = parse_all([bad + good])
-        assert isinstance(items[0], ProtocolError)
-        assert items[-1] == Frame({"Content-Type": "command/reply", "Reply-Text": "+OK"})
+        # Both orders: FreeSWITCH's own (Content-Length first) takes the one-match path.
+        for bad in (b"Content-Type: text/event-plain\nContent-Length: " + bad_length + b"\n\n",
+                    b"Content-Length: " + bad_length + b"\nContent-Type: text/event-json\n\n"):
+            items = parse_all([bad + good])
+            assert isinstance(items[0], ProtocolError)
+            assert items[-1] == Frame({"Content-Type": "command/reply", "Reply-Text": "+OK"})
+
+
+def test_usual_event_header_block_gives_the_same_frame_as_any_other_order():
+    body = b'{"Event-Name":"DTMF"}'
+    usual = b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
+    other = b"Content-Type: text/event-json\nContent-Length: %d\n\n" % len(body) + body
+    assert parse_all([usual]) == parse_all([other]) == [
+        Frame({"Content-Length": str(len(body)), "Content-Type": "text/event-json"}, body)
+    ]
 
 
 def test_non_utf8_header_bytes_replaced():
