@@ -469,15 +469,26 @@ class LegTracker:
                 self._explicit[explicit] = None
                 break
         chosen = explicit
+        # Most events name legs already in the leg's group: then there is
+        # nothing to add or merge below.
+        settled = True
         for key in keys:
             found = interaction.get(key)
-            if found is not None and found != chosen:
-                chosen = found if chosen is None else self._winner(chosen, found)
+            if found is None:
+                settled = False
+            elif found != chosen:
+                if chosen is None:
+                    chosen = found
+                else:
+                    chosen = self._winner(chosen, found)
+                    settled = False
         if chosen is None:
             chosen = derive_interaction_id(call_id, created_us)
         started = self._started.get(chosen)
         if created_us and (started is None or created_us < started):
             self._started[chosen] = created_us
+        if settled:
+            return chosen
         members = self._members.get(chosen)
         if members is None:
             members = self._members[chosen] = []
