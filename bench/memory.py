@@ -18,6 +18,7 @@ checkpoint (calls started, counted from the stream); the issue's target is
 writer, API) fed by ``eslcdr fakefs`` as fast as it reads, one stand-in per
 stretch between checkpoints (each with its own seed; the daemon reconnects);
 at each checkpoint, once every CDR is committed, the daemon's RSS.  The
+stand-in is paused while the daemon's writer lags (``deliver``).  The
 database (a few GB for 1,000,000 calls) goes in ``--workdir``, removed after.
 
     python bench/memory.py --live 0 --daemon --calls 200000 1000000
@@ -30,6 +31,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,12 +176,35 @@ def settled(api_port: int, timeout: float = 600.0) -> dict:
     raise SystemExit("the daemon did not settle within %.0f s" % timeout)
 
 
+def deliver(fake: subprocess.Popen, api_port: int, max_waiting: int = 5000) -> int:
+    """Wait for the stand-in to deliver its calls.  It sends as fast as the
+    daemon reads, which is faster than SQLite commits: it is paused (SIGSTOP)
+    while more than ``max_waiting`` CDRs wait in the daemon, so the figure is
+    that of a daemon keeping up, not of a full queue (``queue_size`` records
+    in memory, the rest spooled)."""
+    paused = False
+    while fake.poll() is None:
+        time.sleep(0.2)
+        try:
+            writer = health(api_port)["writer"]
+        except OSError:
+            continue
+        waiting = writer["backlog"] + writer["spool_backlog"]
+        if not paused and waiting > max_waiting:
+            fake.send_signal(signal.SIGSTOP)
+            paused = True
+        elif paused and waiting < max_waiting // 5:
+            fake.send_signal(signal.SIGCONT)
+            paused = False
+    return fake.returncode
+
+
 def through_daemon(checkpoints: list[int], workdir: str | None) -> None:
     """RSS of a real ``eslcdr run`` after each checkpoint of calls."""
     esl_port, api_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     tmp = tempfile.mkdtemp(prefix="eslcdr-memory-", dir=workdir)
-    daemon = None
+    daemon = fake = None
     try:
         ini = Path(tmp) / "eslcdr.ini"
         ini.write_text(
@@ -199,8 +224,9 @@ def through_daemon(checkpoints: list[int], workdir: str | None) -> None:
                  "--seed", str(seed), "--exit-when-done"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-            if fake.wait() != 0:
+            if deliver(fake, api_port) != 0:
                 raise SystemExit("eslcdr fakefs failed (exit %d)" % fake.returncode)
+            fake = None
             info = settled(api_port)
             done = target
             rss = rss_mb(str(daemon.pid))
@@ -213,6 +239,10 @@ def through_daemon(checkpoints: list[int], workdir: str | None) -> None:
             print("daemon, growth from %d to %d calls: %+.1f %%" % (
                 min(checkpoints), max(checkpoints), 100 * (rss - first_rss) / first_rss), flush=True)
     finally:
+        if fake is not None:
+            fake.send_signal(signal.SIGCONT)
+            fake.terminate()
+            fake.wait(timeout=30)
         if daemon is not None:
             daemon.terminate()
             daemon.wait(timeout=60)
