@@ -6,7 +6,8 @@ daemon's default subscription) go through the daemon's own decoder and
 ``Pipeline``; the writer only counts: the socket and SQLite are left out so
 the figure is the decoder's, the tracker's and the CDR builder's own.
 Housekeeping (which trims what the tracker remembers of finished calls)
-runs every ``--sweep`` events, as the daemon's does every 30 s.
+runs every ``--sweep`` events (a few seconds of this stream; the daemon
+trims every second and expires every 30 s).
 
     python bench/memory.py [--live 10000] [--calls 200000 1000000]
 
