@@ -116,10 +116,6 @@ def _rate_text(raw: Any) -> str:
     return text
 
 
-_COST_KEYS = ("rate", "rate_increment", "rate_minimum", "surcharge", "rate_nocharge_time",
-              "billing_seconds_offset", "discount_percentage")
-
-
 def _cost_text(ccv: dict, billing: Any) -> str:
     get = ccv.get
     key = (billing, get("rate"), get("rate_increment"), get("rate_minimum"), get("surcharge"),
