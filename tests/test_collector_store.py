@@ -205,7 +205,10 @@ def test_readme_psql_examples_run(pg, tmp_path):
                 statements.append(body)
     assert len(statements) == 4
     now = int(dt.datetime.now(UTC).timestamp()) + G
-    pg.store_batch("fs1", "db-1", 0, feed_items(tmp_path, [leg(now - 60), leg(now - 30, answered_us=0)]))
+    # Both legs in the current hour (so also this month): a minute earlier
+    # fell into the previous hour when the test ran at hh:00.
+    hour_start = now - (now - G) % 3600
+    pg.store_batch("fs1", "db-1", 0, feed_items(tmp_path, [leg(hour_start + 1), leg(hour_start + 2, answered_us=0)]))
     results = []
     for statement in statements:
         with pg.conn.cursor() as cur:
