@@ -729,6 +729,16 @@ class HeavyLane:
         self._semaphore.release()
 
 
+def _rows_of(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[tuple]:
+    """Every row of a statement, the cursor closed after: its read
+    transaction ends here, not when the cursor is collected."""
+    cursor = conn.execute(sql, args)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 class ReaderPool:
     """A few idle read-only connections, opened on demand."""
 
@@ -794,11 +804,7 @@ class ReaderPool:
         reader = self.acquire()
 
         def run() -> list[tuple]:
-            cursor = reader.conn.execute(sql, args)
-            try:
-                return cursor.fetchall()
-            finally:
-                cursor.close()
+            return _rows_of(reader.conn, sql, args)
 
         try:
             if inline:
@@ -971,11 +977,7 @@ class PendingChunk:
         reader = self._reader
 
         def run() -> list[tuple]:
-            cursor = reader.conn.execute(sql, args)
-            try:
-                return cursor.fetchall()
-            finally:
-                cursor.close()
+            return _rows_of(reader.conn, sql, args)
 
         self.waited_on_disk = False
 
