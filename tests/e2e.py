@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -126,3 +128,33 @@ def settle(db: Path, seconds: float = 0.5) -> list[dict]:
     """Rows after nothing new arrived for a while (to catch extra rows)."""
     gevent.sleep(seconds)
     return db_rows(db)
+
+
+def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to a local server, read until it closes (bounded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def database_before(path: Path, migration: Callable) -> sqlite3.Connection:
+    """A database file as an older eslcdr left it: every migration before
+    ``migration`` applied (autocommit connection; close it before opening
+    the file with store.connect_writer)."""
+    from eslcdr import schema
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    for version, earlier in enumerate(schema.MIGRATIONS[: schema.MIGRATIONS.index(migration)]):
+        earlier(conn)
+        conn.execute("PRAGMA user_version = %d" % (version + 1))
+    return conn

@@ -13,7 +13,6 @@ import csv
 import http.client
 import io
 import json
-import socket
 import time
 from typing import Callable
 
@@ -24,6 +23,7 @@ from eslcdr import api, store
 from eslcdr.config import from_mapping
 from eslcdr.tokens import TokenStore
 
+from .e2e import exchange
 from .test_api import A, ACC_A, COLLECTOR, NOW_G, TOKENS, leg
 
 
@@ -154,15 +154,7 @@ def test_routes_over_a_real_socket(served):
 
 
 def raw_exchange(port: int, request: bytes) -> tuple[int, dict]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = exchange(port, request).partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
 

@@ -25,26 +25,9 @@ import pytest
 from eslcdr.fakefs import FakeFreeSWITCH
 from eslcdr.tokens import add_token
 
-from .e2e import DaemonProcess, write_config
+from .e2e import DaemonProcess, exchange, write_config
 
 ACCOUNT = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
-
-
-def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes, read until the server closes (bounded)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        data = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            data += chunk
-        return data
 
 
 def status_of(response: bytes) -> int:

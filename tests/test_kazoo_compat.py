@@ -392,8 +392,7 @@ def test_no_json_answer_holds_a_null(nulls, ccvs, query, uuid_ids):
 def test_the_servers_own_errors_carry_the_origin_header(tmp_path):
     """Requests gevent cannot parse never reach the app: the server's own
     Kazoo envelope carries Access-Control-Allow-Origin too."""
-    import socket
-
+    from .e2e import exchange
     from .test_api_e2e import LogLines, ServerThread
 
     env = Env(tmp_path)
@@ -401,15 +400,7 @@ def test_the_servers_own_errors_carry_the_origin_header(tmp_path):
     try:
         for raw in (b"GET /v2/accounts/x/cdrs HTTP/9.9\r\nOrigin: https://ui.example.net\r\n\r\n",
                     b"BREW /\r\n\r\n", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"):
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-                sock.sendall(raw)
-                answer = b""
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    answer += chunk
-            head, _, body = answer.partition(b"\r\n\r\n")
+            head, _, body = exchange(server.port, raw).partition(b"\r\n\r\n")
             assert head.split(b" ")[1] in (b"400", b"414"), head
             assert b"\r\nAccess-Control-Allow-Origin: *" in head
             assert json.loads(body)["status"] == "error"

@@ -4,7 +4,6 @@ its raw variables, the migration of an old file, import, and the API."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from eslcdr.cdr import CdrBuilder
 from eslcdr.legs import FinishedLeg, LegTracker
 
 from .conftest import DATA
+from .e2e import database_before
 from .test_cdr import run_capture
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
@@ -203,10 +203,7 @@ def test_early_media_on_an_unanswered_leg_keeps_its_mos(events_of):
 
 def test_migration_gives_old_files_the_columns_with_nulls(tmp_path, events_of):
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    for version, migration in enumerate(schema.MIGRATIONS[:2]):  # a file from before the quality columns
-        migration(conn)
-        conn.execute("PRAGMA user_version = %d" % (version + 1))
+    conn = database_before(path, schema._add_quality_columns)
     base = [name for name, _, _ in schema.BASE_COLUMNS[1:]]
     conn.execute("INSERT INTO cdrs (id, call_id, timestamp, channel_name) VALUES ('202601-old', 'old', 1, 'sofia/x')")
     conn.close()

@@ -415,17 +415,14 @@ def assert_same_stats(fast: dict, slow: dict) -> None:
 
 def test_upgrade_fills_the_rollups_from_the_rows_already_there(tmp_path):
     import random
-    import sqlite3
 
     from eslcdr import schema, store
     from eslcdr.stats import StatsQuery, read_stats
 
+    from .e2e import database_before
+
     path = tmp_path / "old.db"
-    old = sqlite3.connect(str(path), isolation_level=None)
-    version = schema.MIGRATIONS.index(schema._add_stats_rollups)
-    for n, migration in enumerate(schema.MIGRATIONS[:version]):
-        migration(old)
-        old.execute("PRAGMA user_version = %d" % (n + 1))
+    old = database_before(path, schema._add_stats_rollups)
     legs = random_legs(random.Random(9), 300, H0 - 86400)
     # The columns of that version: later migrations append theirs at the end.
     columns = schema.RECORD_COLUMNS[: len(schema.RECORD_COLUMNS) - len(schema.START_COLUMNS)]

@@ -11,6 +11,8 @@ from eslcdr import schema
 from eslcdr.store import connect_reader, connect_writer, insert_records, recent_interaction_links
 from eslcdr.writer import Writer
 
+from .e2e import database_before
+
 
 def record(n: int, interaction: str = "63900000000-aaaaaaaa") -> dict:
     call_id = "call-%06d" % n
@@ -97,11 +99,7 @@ def test_merge_gives_both_groups_the_earlier_interaction_start(tmp_path):
 
 def test_migration_fills_interaction_start_of_old_rows(tmp_path):
     path = tmp_path / "old.db"
-    old = sqlite3.connect(str(path), isolation_level=None)
-    version = schema.MIGRATIONS.index(schema._add_interaction_created)
-    for n, migration in enumerate(schema.MIGRATIONS[:version]):
-        migration(old)
-        old.execute("PRAGMA user_version = %d" % (n + 1))
+    old = database_before(path, schema._add_interaction_created)
     for n, (iid, created) in enumerate([("u-1", 7_000_000), ("u-1", 3_000_000), ("u-2", 4_000_000),
                                         (None, 2_000_000), ("u-3", None)]):
         old.execute("INSERT INTO cdrs (id, call_id, interaction_id, created_us) VALUES (?, ?, ?, ?)",
