@@ -25,6 +25,7 @@ import json
 import re
 import sqlite3
 import time
+from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -51,7 +52,9 @@ _INSERT_SUFFIX = " ON CONFLICT DO NOTHING"
 _LINK_PREFIX = "INSERT OR IGNORE INTO interaction_links (call_id, interaction_id) VALUES "
 
 
+@lru_cache(maxsize=32)
 def _values_sql(prefix: str, suffix: str, width: int, rows: int) -> str:
+    # Built once per shape (a 128-row INSERT is ~18,000 characters).
     one = "(%s)" % ",".join("?" * width)
     return prefix + ",".join([one] * rows) + suffix
 
