@@ -19,7 +19,7 @@ from .test_cdr import run_capture
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 QUALITY = tuple(name for name, _, _ in schema.QUALITY_COLUMNS)
 CAPTURES = sorted(p.name for p in DATA.glob("*.esl")) + sorted(
-    "json_cdr/" + p.name for p in (DATA / "json_cdr").glob("*.esl"))
+    folder + "/" + p.name for folder in ("json_cdr", "flows") for p in (DATA / folder).glob("*.esl"))
 STRAIGHT = {  # column -> (variable, type): copied as they are
     "audio_in_quality_percentage": ("rtp_audio_in_quality_percentage", float),
     "audio_in_flaw_total": ("rtp_audio_in_flaw_total", int),
