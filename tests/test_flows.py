@@ -26,7 +26,7 @@ from eslcdr.legs import GREGORIAN_OFFSET, LegTracker
 
 from .conftest import DATA
 from .e2e import DaemonProcess, settle, wait_rows, write_config
-from .test_backfill_e2e import NOT_IN_FILES, backfill_config
+from .test_backfill_e2e import NOT_IN_FILES, backfill_config, groups
 from .test_cdr import run_capture
 from .test_e2e_ingest import replay
 
@@ -84,13 +84,6 @@ def check_legs(rows, run: str, skip: frozenset | set = frozenset(), exact_start:
             c: starts[want["flow"]] for c, want in ORACLE[run].items()}
 
 
-def groups(records) -> list[list[str]]:
-    by_interaction: dict[str, set] = {}
-    for record in records:
-        by_interaction.setdefault(record["interaction_id"], set()).add(record["call_id"])
-    return sorted(sorted(g) for g in by_interaction.values())
-
-
 def live(events_of, run: str) -> dict[str, dict]:
     records, _ = run_capture(events_of("flows/%s.esl" % run))
     return records
@@ -121,7 +114,7 @@ def test_json_cdr_files_give_the_fields_of_the_live_events(events_of, run):
     for call_id, record in heard.items():
         differing = {f for f, v in record.items() if from_files[call_id][f] != v}
         assert differing <= NOT_IN_FILES | {"interaction_id"}, (call_id, differing)
-    assert groups(from_files.values()) == groups(heard.values())
+    assert groups(from_files) == groups(heard)
 
 
 def per_flow(run: str, records: dict[str, dict]) -> dict[str, list[str]]:
