@@ -61,7 +61,7 @@ def serve(tmp_path, source, fmt="json", expected_rows=None, **fake_options):
     return rows, daemon
 
 
-SCENARIO_CAPTURES = sorted(EXPECTED)  # S1..S6, plain and json
+SCENARIO_CAPTURES = sorted(EXPECTED)  # S1..S7, plain and json
 
 
 @pytest.mark.parametrize("capture", SCENARIO_CAPTURES)
@@ -80,6 +80,7 @@ def test_burst_one_row_per_leg(tmp_path, capture):
     rows, _ = replay(tmp_path, [capture + ".esl"], expected_rows=80)
     assert len(rows) == 80
     assert {r["call_id"] for r in rows} == set(S7_LEG_IDS[capture])
+    check_fields(rows, capture)
     check_interactions(rows, capture)
     assert len({r["seq"] for r in rows}) == 80
 

@@ -126,8 +126,9 @@ def cdr(event: dict, bridge_partner: str | None) -> dict:
     }
 
 
-def flows(events: list[dict]) -> dict[str, str]:
-    """Leg -> flow name: connected groups over the README's link fields."""
+def connected(events: list[dict], links: tuple[str, ...] = LINKS) -> list[set[str]]:
+    """The connected groups of legs over the ``links`` headers and a shared
+    v:sip_call_id (every leg an event names, whether or not it hung up)."""
     parent: dict[str, str] = {}
 
     def root(leg: str) -> str:
@@ -139,7 +140,7 @@ def flows(events: list[dict]) -> dict[str, str]:
     for event in events:
         leg = event["Unique-ID"]
         root(leg)
-        others = [event[h] for h in LINKS if event.get(h)]
+        others = [event[h] for h in links if event.get(h)]
         if event.get("variable_sip_call_id"):
             others.append(by_sip_call_id.setdefault(event["variable_sip_call_id"], leg))
         for other in others:
@@ -147,8 +148,13 @@ def flows(events: list[dict]) -> dict[str, str]:
     groups: dict[str, set] = {}
     for leg in parent:
         groups.setdefault(root(leg), set()).add(leg)
+    return list(groups.values())
+
+
+def flows(events: list[dict]) -> dict[str, str]:
+    """Leg -> flow name: connected groups over the README's link fields."""
     names = {}
-    for legs in groups.values():
+    for legs in connected(events):
         flow_names = {e["variable_origination_caller_id_name"] for e in events
                       if e["Unique-ID"] in legs and e.get("variable_origination_caller_id_name")}
         (name,) = flow_names  # exactly one originated flow per group
