@@ -27,6 +27,8 @@ from eslcdr.queries import InlineRunner
 from eslcdr.schema import COLUMN_NAMES
 from eslcdr.tokens import TokenStore
 
+from . import kazoo_shapes
+
 G = kazoo.GREGORIAN_UNIX_OFFSET
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the app's clock in these tests
 NOW_G = int(NOW) + G
@@ -161,7 +163,7 @@ def test_list_envelope_and_row_shape(env):
     assert body["timestamp"] == "2026-01-01T00:00:00Z" and body["version"] and "node" in body
     assert ids(response) == [r["id"] for r in records]  # newest first
     row = body["data"][0]
-    assert list(row) == list(kazoo.LIST_COLUMNS)
+    assert list(row) == kazoo_shapes.LIST_COLUMNS
     rec = records[0]
     start = rec["timestamp"] - rec["duration_seconds"]
     assert row["timestamp"] == str(start) and row["unix_timestamp"] == str(start - G)
@@ -188,7 +190,7 @@ def test_interaction_listing(env):
     env.insert([b_leg, a_leg, lone])  # the A-leg's CDR arrives last
     body = env.get("/v2/accounts/%s/cdrs/interaction" % ACC_A).json
     assert [r["call_id"] for r in body["data"]] == [lone["call_id"], a_leg["call_id"]]
-    assert list(body["data"][0]) == list(kazoo.INTERACTION_COLUMNS)
+    assert list(body["data"][0]) == kazoo_shapes.INTERACTION_COLUMNS
     assert [r["inception_direction"] for r in body["data"]] == ["termination", "origination"]
     user = env.get("/v2/accounts/%s/users/user-2/cdrs/interaction" % ACC_A).json["data"]
     assert [(r["call_id"], r["inception_direction"]) for r in user] == [
@@ -242,7 +244,7 @@ def test_legs_by_interaction_or_cdr_id(env):
 
 def record_keys(rec: dict) -> list[str]:
     """The keys of a full record's JSON: the fields with a value, in order."""
-    return [n for n in kazoo.RECORD_FIELDS
+    return [n for n in kazoo_shapes.RECORD_FIELDS
             if n in ("seq", "channel_created_time") or rec.get(n) is not None]
 
 
@@ -331,9 +333,9 @@ def cell(value) -> str:
 
 
 @pytest.mark.parametrize("path, columns, kind", [
-    ("/cdrs", kazoo.LIST_COLUMNS, "list"),
-    ("/cdrs/interaction", kazoo.INTERACTION_COLUMNS, "list"),
-    ("/users/user-1/cdrs", kazoo.LIST_COLUMNS, "list"),
+    ("/cdrs", kazoo_shapes.LIST_COLUMNS, "list"),
+    ("/cdrs/interaction", kazoo_shapes.INTERACTION_COLUMNS, "list"),
+    ("/users/user-1/cdrs", kazoo_shapes.LIST_COLUMNS, "list"),
 ])
 def test_csv_parses_back_to_the_json_values(env, path, columns, kind):
     records = [leg(NOW_G - 7 * i, caller_id_name=name, callee_id_name=name[::-1], hangup_cause=name or None,
@@ -362,9 +364,9 @@ def test_csv_of_detail_and_legs(env):
         json_rows = env.get(url).json["data"]
         json_rows = json_rows if isinstance(json_rows, list) else [json_rows]
         table = parse_csv(env.get(url + "?accept=csv"))
-        assert table[0] == kazoo.csv_header(kazoo.RECORD_CSV_FIELDS)
+        assert table[0] == kazoo_shapes.csv_header(kazoo_shapes.RECORD_CSV_FIELDS)
         assert table[0][:3] == ["ID", "seq", "call_id"] and "Account ID" in table[0]
-        assert [row for row in table[1:]] == [[cell(r.get(name)) for name in kazoo.RECORD_CSV_FIELDS]
+        assert [row for row in table[1:]] == [[cell(r.get(name)) for name in kazoo_shapes.RECORD_CSV_FIELDS]
                                              for r in json_rows]
 
 

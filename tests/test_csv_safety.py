@@ -10,6 +10,7 @@ import io
 from eslcdr import kazoo
 from eslcdr.schema import COLUMN_NAMES
 
+from . import kazoo_shapes
 from .test_api import ACC_A, NOW_G, env, interaction_id, leg  # noqa: F401 -- env is a fixture
 
 # caller_id_name as sent -> as a spreadsheet must receive it
@@ -48,7 +49,7 @@ def test_formula_cells_are_neutralised_and_numbers_untouched(env):  # noqa: F811
     # Full records (legs, one CDR) are rendered by SQLite: the same rule.
     legs = read_csv(env.get(base + "/cdrs/legs/%s?accept=csv" % iid).body)
     assert [row["caller_id_name"] for row in legs] == [CASES[name] for name in names]
-    assert list(legs[0]) == kazoo.csv_header(kazoo.RECORD_CSV_FIELDS)  # "ID" first, as Kazoo
+    assert list(legs[0]) == kazoo_shapes.csv_header(kazoo_shapes.RECORD_CSV_FIELDS)  # "ID" first, as Kazoo
     first = env.get(base + "/cdrs/legs/%s" % iid).json["data"][0]
     one = read_csv(env.get(base + "/cdrs/%s?accept=csv" % first["id"]).body)
     assert one[0]["caller_id_name"] == CASES[names[0]]

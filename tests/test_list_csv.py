@@ -36,6 +36,7 @@ from eslcdr.queries import (
     warm_sql,
 )
 
+from . import kazoo_shapes
 from .test_api import ACC_A, HARD_NAMES, NOW_G, env, leg  # noqa: F401 -- env is a fixture
 from .test_queries import ACC, db, record  # noqa: F401 -- db is a fixture
 
@@ -227,8 +228,8 @@ def test_csv_route_is_the_reference(env):  # noqa: F811
         rows = [row for batch in pool.keyset_stream(chunks_of(query, False), chunk=10**6) for row in batch]
         body = env.get("/v2/accounts/%s%s?accept=csv&created_from=%d&created_to=%d" % (
             ACC_A, path, NOW_G - 31 * 86400, NOW_G)).body
-        columns = kazoo.INTERACTION_COLUMNS if inception else kazoo.LIST_COLUMNS
-        header = kazoo.csv_records([kazoo.csv_header(columns)]).encode("utf-8")
+        columns = kazoo_shapes.INTERACTION_COLUMNS if inception else kazoo_shapes.LIST_COLUMNS
+        header = kazoo.csv_records([kazoo_shapes.csv_header(columns)]).encode("utf-8")
         assert body == header + reference_bytes(rows, 0, inception)
         assert len(rows) > 1000
     pool.close()
