@@ -124,6 +124,17 @@ def wait_rows(db: Path, count: int, timeout: float = WAIT) -> list[dict]:
     return rows
 
 
+def wait_until(predicate: Callable[[], object], timeout: float = WAIT, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something true or ``timeout``
+    seconds passed; its last value (so ``assert wait_until(...)`` fails when
+    the condition never held). A deadline, not a count of sleeps: a loaded
+    machine gets the whole timeout."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()) and time.monotonic() < deadline:
+        gevent.sleep(interval)
+    return value
+
+
 def settle(db: Path, seconds: float = 0.5) -> list[dict]:
     """Rows after nothing new arrived for a while (to catch extra rows)."""
     gevent.sleep(seconds)

@@ -25,7 +25,7 @@ import pytest
 from eslcdr.fakefs import FakeFreeSWITCH
 from eslcdr.tokens import add_token
 
-from .e2e import DaemonProcess, exchange, write_config
+from .e2e import DaemonProcess, exchange, wait_until, write_config
 
 ACCOUNT = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
 
@@ -237,9 +237,13 @@ def test_slow_idle_and_kept_alive_connections_are_closed_while_others_are_served
 def test_connections_past_the_cap_get_503_until_one_closes(start_daemon):
     process, port, token = start_daemon(max_connections=3, idle_timeout=60)
     held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
-    gevent.sleep(0.3)  # the server has accepted them
-    refused = get(port, "/health")
-    assert status_of(refused) == 503
+
+    def refused_now() -> bytes | None:
+        answer = get(port, "/health")
+        return answer if status_of(answer) == 503 else None
+
+    refused = wait_until(refused_now)  # once the server has accepted them, however long that takes
+    assert refused is not None
     assert envelope_of(refused)["message"] == "too_many_connections"
     held.pop().close()
     deadline = time.monotonic() + 10

@@ -11,7 +11,7 @@ from eslcdr import schema
 from eslcdr.store import connect_reader, connect_writer, insert_records, recent_interaction_links
 from eslcdr.writer import Writer
 
-from .e2e import database_before
+from .e2e import database_before, wait_until
 
 
 def record(n: int, interaction: str = "63900000000-aaaaaaaa") -> dict:
@@ -155,8 +155,7 @@ def test_full_disk_keeps_records_and_writes_them_when_space_returns(tmp_path):
     greenlet = run_writer(writer)
     for n in range(1, 301):
         writer.submit(record(n))
-    gevent.sleep(0.5)
-    assert writer.failures > 0
+    assert wait_until(lambda: writer.failures > 0, timeout=10)
     assert "full" in writer.last_error
     assert writer.backlog == 300
     assert len(rows(path)) == 1
