@@ -10,7 +10,7 @@ import pytest
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 
 from .conftest import DATA, capture_events
-from .e2e import DaemonProcess, settle, wait_rows, write_config
+from .e2e import DaemonProcess, db_rows, settle, wait_rows, wait_until, write_config
 from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT, S7_LEG_IDS
 
 
@@ -111,22 +111,33 @@ def test_dropped_socket_mid_stream_loses_no_cdr(tmp_path):
 def test_legs_whose_hangup_was_missed_still_get_a_row(tmp_path):
     # Without hold, events emitted while disconnected are lost, as with a real
     # FreeSWITCH; the resync after the reconnect writes the vanished legs.
+    before_drop = capture_events("S7_json.esl")[:150]
+    seen = {event["Unique-ID"] for event in before_drop}
+    # Hung up before the drop: the rest of the legs seen lost their hangup
+    # unless the daemon was back before the stream moved past it.
+    hung_up = {e["Unique-ID"] for e in before_drop if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
+    assert seen - hung_up  # the capture gives the scenario legs to miss
+
+    def rows_once_every_seen_leg_has_one() -> list[dict] | None:
+        rows = db_rows(tmp_path / "cdrs.db")
+        return rows if seen <= {r["call_id"] for r in rows} else None
+
     fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S7_json.esl"]), drop_after=150)
     fake.start()
     daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
     try:
         assert fake.wait_done(timeout=30)
-        rows = settle(tmp_path / "cdrs.db", 8.0)  # resync grace (5 s) + check interval
+        # Every leg the daemon saw before the drop gets a row (after the
+        # resync grace of 5 s + a check interval): polled, not slept.
+        rows = wait_until(rows_once_every_seen_leg_has_one)
     finally:
         assert daemon.stop() == 0
         fake.stop()
-    seen = set()
-    for event in capture_events("S7_json.esl")[:150]:
-        seen.add(event["Unique-ID"])
-    got = {r["call_id"]: r for r in rows}
-    # Every leg the daemon saw before the drop has a row.
-    assert seen <= set(got)
+    assert rows is not None, "not every leg seen before the drop got a row"
     missed = [r for r in rows if r["disposition"] == "eslcdr_hangup_not_seen"]
+    # The scenario must produce hangups not seen, on legs that did not hang up before the drop.
+    assert missed
+    assert {r["call_id"] for r in missed} <= seen - hung_up
     assert all(r["hangup_cause"] is None for r in missed)
 
 
