@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 BROWSER = /usr/bin/chromium /usr/bin/chromedriver
+SYSTEMD_ANALYZE = /usr/bin/systemd-analyze
 
 .PHONY: demo test bench clean install uninstall
 
@@ -17,13 +18,18 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/eslcdr demo
 
-test: $(STAMP) $(BROWSER)
+test: $(STAMP) $(BROWSER) $(SYSTEMD_ANALYZE)
 	$(BIN)/python -m pytest
 
 # The /ui page's test drives Debian's chromium headless through chromedriver:
 # installed from Debian when missing, never downloaded at run time.
 $(BROWSER):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+
+# The unit's hardening is checked with systemd-analyze (verify, security):
+# Debian's systemd package, installed the same way when it is missing.
+$(SYSTEMD_ANALYZE):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y systemd
 
 # The quick benchmarks (about a minute); bench/README.md lists the others.
 bench: $(STAMP)
