@@ -26,7 +26,7 @@ from .e2e import DaemonProcess, settle, write_config
 # (objects become OrderedDicts, whose == minds key order): put it back so
 # the rest of the suite is unaffected.  The client works either way.
 _JSON_DECODER = json._default_decoder
-kazoo_sdk = pytest.importorskip("kazoo.client")
+import kazoo.client as kazoo_sdk  # noqa: E402 -- a test dependency (setup.cfg [test]): missing fails, never skips
 json._default_decoder = _JSON_DECODER
 from kazoo.exceptions import KazooApiBadDataError, KazooApiError  # noqa: E402
 from kazoo.request_objects import KazooRequest  # noqa: E402
