@@ -229,3 +229,19 @@ def test_interaction_id_survives_a_daemon_restart_mid_call(tmp_path):
         fake.stop()
     assert len(rows) == 4
     assert len({r["interaction_id"] for r in rows}) == 1
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_nul_in_caller_name_x_header_and_custom_var_is_stored_as_u_fffd(tmp_path, fmt):
+    # FreeSWITCH sends it as \u0000 (JSON) or %00 (plain); SQLite would keep
+    # it, PostgreSQL (the collector) refuses it: the row holds U+FFFD instead.
+    from .test_events import NUL_HEADERS, nul_free
+
+    events = [dict(e, **NUL_HEADERS) for e in capture_events("S1_json.esl")]
+    rows, _ = serve(tmp_path, StaticSource(events), fmt=fmt, expected_rows=4)
+    assert len(rows) == 4
+    for row in rows:
+        assert nul_free(row), row
+        assert row["caller_id_name"] == "Al\ufffdice"
+        assert json.loads(row["custom_sip_headers"])["x_tenant"] == "t\ufffdenant"
+        assert json.loads(row["custom_channel_vars"]) == {"note": "n\ufffdote", "bad\ufffdkey": "v\ufffd"}
