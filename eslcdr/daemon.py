@@ -36,7 +36,7 @@ from .config import Config, ConfigError, EslNode
 from .config import load as load_config
 from .esl import NodeConnection
 from .events import Event, EventDecoder
-from .legs import FinishedLeg, LegTracker, linked_legs
+from .legs import MAX_DTMF_DIGITS, FinishedLeg, LegTracker, linked_legs
 from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
@@ -110,6 +110,9 @@ class Pipeline:
         if not should_record(finished.hangup):
             self.skipped += 1
             return False
+        if finished.dtmf_count > MAX_DTMF_DIGITS:
+            log.warning("dtmf_digits_truncated", node=self.node_name, call_id=finished.hangup.get("Unique-ID"),
+                        received=finished.dtmf_count, kept=MAX_DTMF_DIGITS)
         record = self._build(finished)
         return record is not None and self._submit(record)
 

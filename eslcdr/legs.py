@@ -58,6 +58,12 @@ LINK_HEADERS = (
     "Bridge-B-Unique-ID",
 )
 FAX_EVENTS = ("spandsp::txfaxresult", "spandsp::rxfaxresult")
+# digits_dialed keeps a leg's first this many DTMF digits (from its DTMF
+# events or FreeSWITCH's digits_dialed variable): a caller flooding DTMF
+# (72,000 events made a 72,000-character row) costs neither memory nor
+# disk.  The number received is counted (FinishedLeg.dtmf_count) and the
+# daemon logs it when digits were dropped.
+MAX_DTMF_DIGITS = 256
 # Every header ``feed`` reads from an event other than HANGUP_COMPLETE and
 # the fax results (which it takes whole): the fast decoder keeps only these
 # of CREATE / PROGRESS / ANSWER / BRIDGE / DTMF.  Read a new one, list it here.
@@ -92,7 +98,7 @@ class FinishedLeg:
     """A leg whose CHANNEL_HANGUP_COMPLETE arrived, with what it lacks."""
 
     hangup: Event
-    digits: str  # DTMF digits received on the leg, in order
+    digits: str  # DTMF digits received on the leg, in order (the first MAX_DTMF_DIGITS)
     fax: tuple[tuple[str, str], ...]  # fax-* headers of the spandsp result event
     bridge_partner: str  # Unique-ID of the CHANNEL_BRIDGE partner, or ""
     interaction_id: str
@@ -100,6 +106,7 @@ class FinishedLeg:
     finished_us: int = 0  # tracker clock when the hangup arrived
     # creation (µs) of the interaction's earliest leg seen so far; 0 unknown
     interaction_created_us: int = 0
+    dtmf_count: int = 0  # DTMF events received (more than len(digits) when capped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +160,7 @@ _LIVE_REFRESH = frozenset(("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
 
 class _Leg:
     __slots__ = (
-        "digits", "fax", "partner", "touched_us", "created_us",
+        "digits", "dtmf_count", "fax", "partner", "touched_us", "created_us",
         # live view (strings shared with the decoded events, not copies)
         "direction", "state", "answered_us", "answered", "name", "destination",
         "cid_name", "cid_num", "callee_name", "callee_num", "presence_id",
@@ -161,7 +168,8 @@ class _Leg:
     )
 
     def __init__(self, now_us: int, created_us: int) -> None:
-        self.digits: list[str] = []
+        self.digits = ""  # at most MAX_DTMF_DIGITS characters
+        self.dtmf_count = 0
         self.fax: tuple[tuple[str, str], ...] = ()
         self.partner = ""
         self.touched_us = now_us
@@ -393,18 +401,23 @@ class LegTracker:
             self._written[interaction_id] = None
             return FinishedLeg(
                 hangup=event,
-                digits="".join(leg.digits),
+                digits=leg.digits,
                 fax=leg.fax,
                 bridge_partner=leg.partner,
                 interaction_id=interaction_id,
                 links=tuple(links),
                 finished_us=now_us,
                 interaction_created_us=self._started.get(interaction_id, 0),
+                dtmf_count=leg.dtmf_count,
             )
         if name == "DTMF":
             digit = event.get("DTMF-Digit")
             if digit:
-                leg.digits.append(digit)
+                leg.dtmf_count += 1
+                if len(leg.digits) < MAX_DTMF_DIGITS:
+                    # Characters are capped, not events: a DTMF-Digit is one
+                    # character from FreeSWITCH, but nothing else bounds it.
+                    leg.digits = (leg.digits + digit)[:MAX_DTMF_DIGITS]
         elif name == "CHANNEL_BRIDGE":
             a_leg = event.get("Bridge-A-Unique-ID", call_id)
             b_leg = event.get("Bridge-B-Unique-ID") or event.get("Other-Leg-Unique-ID", "")

@@ -299,3 +299,56 @@ def test_remembered_starts_and_trimming():
         tracker.feed(_event("CHANNEL_CREATE", "leg-%d" % n, 10_000_000 + n), 2)
     tracker.expire(10**9)
     assert len(tracker._started) <= 10
+
+
+# ------------------------------------------------------------------ DTMF flood
+
+
+def dtmf_flood(events, count: int, digit: str = "5"):
+    """The capture with ``count`` DTMF events on its first hung-up leg, just
+    before that leg's hangup."""
+    at = next(i for i, e in enumerate(events) if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    call_id = events[at]["Unique-ID"]
+    dtmf = {"Event-Name": "DTMF", "Unique-ID": call_id, "DTMF-Digit": digit, "DTMF-Duration": "2000"}
+    return events[:at] + [dtmf] * count + events[at:], call_id
+
+
+def test_a_dtmf_flood_stores_the_first_digits_and_counts_them_all(events_of):
+    from eslcdr.legs import MAX_DTMF_DIGITS
+
+    events, call_id = dtmf_flood(events_of("S1_json"), 72_000)
+    tracker = LegTracker()
+    finished = [leg for n, e in enumerate(events) if (leg := tracker.feed(e, n)) is not None]
+    leg = next(leg for leg in finished if leg.hangup["Unique-ID"] == call_id)
+    assert leg.dtmf_count == 72_000
+    assert leg.digits == "5" * MAX_DTMF_DIGITS == build_cdr(leg, CFG.cdr, "fs1")["digits_dialed"]
+    # FreeSWITCH's own digits_dialed variable is capped alike.
+    hangup = dict(leg.hangup, variable_digits_dialed="1" * 72_000)
+    import dataclasses
+
+    assert build_cdr(dataclasses.replace(leg, hangup=hangup), CFG.cdr, "fs1")["digits_dialed"] == "1" * MAX_DTMF_DIGITS
+
+
+def test_a_dtmf_flood_keeps_the_trackers_memory_per_leg_bounded(events_of):
+    import tracemalloc
+
+    events = events_of("S1_json")
+    at = next(i for i, e in enumerate(events) if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    tracker = LegTracker()
+    for n, event in enumerate(events[:at]):
+        tracker.feed(event, n)
+    # Distinct digit strings, as decoded events give (each its own object),
+    # and a DTMF-Digit longer than one character, which nothing else bounds.
+    floods = [{"Event-Name": "DTMF", "Unique-ID": events[at]["Unique-ID"], "DTMF-Digit": "%d" % (n % 10) + "#" * 9}
+              for n in range(72_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for n, event in enumerate(floods):
+            tracker.feed(event, at + n)
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert grown < 16_384, grown  # the old list of 72,000 digits: ~600 KB
+    leg = tracker.feed(events[at], len(events))
+    assert len(leg.digits) == 256 and leg.dtmf_count == 72_000

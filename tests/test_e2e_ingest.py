@@ -245,3 +245,15 @@ def test_nul_in_caller_name_x_header_and_custom_var_is_stored_as_u_fffd(tmp_path
         assert row["caller_id_name"] == "Al\ufffdice"
         assert json.loads(row["custom_sip_headers"])["x_tenant"] == "t\ufffdenant"
         assert json.loads(row["custom_channel_vars"]) == {"note": "n\ufffdote", "bad\ufffdkey": "v\ufffd"}
+
+
+def test_a_dtmf_flood_through_the_socket_stores_256_digits_and_logs_the_count(tmp_path):
+    from .test_cdr import dtmf_flood
+
+    events, call_id = dtmf_flood(capture_events("S1_json.esl"), 5_000, digit="7")
+    rows, daemon = serve(tmp_path, StaticSource(events), expected_rows=4)
+    by_id = {r["call_id"]: r for r in rows}
+    assert by_id[call_id]["digits_dialed"] == "7" * 256
+    assert all(r["digits_dialed"] is None for c, r in by_id.items() if c != call_id)
+    truncated = [e for e in daemon.log_events() if e["event"] == "dtmf_digits_truncated"]
+    assert [(e["call_id"], e["received"], e["kept"]) for e in truncated] == [(call_id, 5_000, 256)]
