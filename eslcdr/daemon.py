@@ -36,7 +36,7 @@ from .config import Config, ConfigError, EslNode
 from .config import load as load_config
 from .esl import NodeConnection
 from .events import Event, EventDecoder
-from .legs import MAX_DTMF_DIGITS, FinishedLeg, LegTracker, linked_legs
+from .legs import MAX_DTMF_DIGITS, FinishedLeg, LegTracker
 from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
@@ -139,7 +139,7 @@ class Pipeline:
             fax=(),
             bridge_partner="",
             interaction_id=interaction_id,
-            links=tuple(linked_legs(event)),
+            links=tuple(self.tracker.links_of(event)),
             finished_us=now,
             interaction_created_us=self.tracker.interaction_created_us(interaction_id),
         )

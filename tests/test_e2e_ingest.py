@@ -257,3 +257,21 @@ def test_a_dtmf_flood_through_the_socket_stores_256_digits_and_logs_the_count(tm
     assert all(r["digits_dialed"] is None for c, r in by_id.items() if c != call_id)
     truncated = [e for e in daemon.log_events() if e["event"] == "dtmf_digits_truncated"]
     assert [(e["call_id"], e["received"], e["kept"]) for e in truncated] == [(call_id, 5_000, 256)]
+
+
+def test_the_same_sip_call_id_in_two_accounts_makes_two_interactions(tmp_path):
+    # S3's self-calls link only through their Call-ID; the same Call-IDs sent
+    # in another account's calls a second later, through the socket into
+    # eslcdr run: each account's ends still link, no id spans accounts.
+    from .test_cdr import same_call_ids_elsewhere
+
+    ours = same_call_ids_elsewhere(capture_events("S3_json.esl"), "", "acct-a")
+    theirs = same_call_ids_elsewhere(capture_events("S3_json.esl"), "b:", "acct-b", shift_s=1)
+    rows, _ = serve(tmp_path, StaticSource(ours + theirs), expected_rows=2 * ROW_COUNT["S3_json"])
+    assert len(rows) == 2 * ROW_COUNT["S3_json"]
+    check_interactions([r for r in rows if r["account_id"] == "acct-a"], "S3_json")
+    accounts_of: dict[str, set] = {}
+    for row in rows:
+        accounts_of.setdefault(row["interaction_id"], set()).add(row["account_id"])
+    assert all(len(accounts) == 1 for accounts in accounts_of.values()), accounts_of
+    assert len(accounts_of) == 2 * len(INTERACTIONS["S3_json"])
