@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from . import __version__
 from .config import CdrConfig
 from .events import Event
-from .legs import GREGORIAN_OFFSET, FinishedLeg, LostLeg, gregorian_seconds, parse_int
+from .legs import GREGORIAN_OFFSET, MAX_DTMF_DIGITS, FinishedLeg, LostLeg, gregorian_seconds, parse_int
 
 Record = dict[str, object]
 
@@ -282,6 +282,8 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
     digits = get("variable_digits_dialed")
     if not digits or digits == "none":
         digits = leg.digits or None
+    elif len(digits) > MAX_DTMF_DIGITS:
+        digits = digits[:MAX_DTMF_DIGITS]
     sip_from = get("variable_sip_from_uri")
     sip_to = get("variable_sip_to_uri")
     sip_req = get("variable_sip_req_uri")

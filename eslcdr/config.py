@@ -239,12 +239,30 @@ def read_config_file(
         try:
             with open(candidate, encoding="utf-8") as handle:
                 parser.read_file(handle)
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise ConfigError("%s: %s" % (candidate, exc)) from None
+        except configparser.Error as exc:
+            raise ConfigError("%s: %s" % (candidate, _parse_error(exc))) from None
+        except UnicodeDecodeError:
+            raise ConfigError("%s: not UTF-8 text" % candidate) from None
         except OSError as exc:
             raise ConfigError("cannot read %s: %s" % (candidate, exc.strerror)) from None
         source = str(candidate)
     return source
+
+
+def _parse_error(exc: configparser.Error) -> str:
+    """What is wrong with the file, by line number only: configparser's own
+    message quotes the offending line, which may hold a password or token
+    (a ``password`` line that lost its ``=``)."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return "line %d: a line before the first [section] header" % exc.lineno
+    if isinstance(exc, configparser.ParsingError):
+        numbers = ", ".join(str(number) for number, _line in exc.errors)
+        return "line %s: not a 'key = value' line, a [section] header or a comment" % numbers
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return "line %s: [%s] %s is set twice" % (exc.lineno, exc.section, exc.option)
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return "line %s: section [%s] appears twice" % (exc.lineno, exc.section)
+    return "not a valid INI file (%s)" % type(exc).__name__
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -36,13 +36,14 @@ from .config import Config, ConfigError, EslNode
 from .config import load as load_config
 from .esl import NodeConnection
 from .events import Event, EventDecoder
-from .legs import FinishedLeg, LegTracker, linked_legs
+from .legs import MAX_DTMF_DIGITS, FinishedLeg, LegTracker
 from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
 from .spool import Spool
 from .supervise import spawn_supervised
 from .store import connect_writer, recent_interaction_links, recent_interaction_starts
+from .tokens import TokenStore
 from .writer import Writer
 
 log = structlog.get_logger("eslcdr.daemon")
@@ -110,6 +111,9 @@ class Pipeline:
         if not should_record(finished.hangup):
             self.skipped += 1
             return False
+        if finished.dtmf_count > MAX_DTMF_DIGITS:
+            log.warning("dtmf_digits_truncated", node=self.node_name, call_id=finished.hangup.get("Unique-ID"),
+                        received=finished.dtmf_count, kept=MAX_DTMF_DIGITS)
         record = self._build(finished)
         return record is not None and self._submit(record)
 
@@ -136,7 +140,7 @@ class Pipeline:
             fax=(),
             bridge_partner="",
             interaction_id=interaction_id,
-            links=tuple(linked_legs(event)),
+            links=tuple(self.tracker.links_of(event)),
             finished_us=now,
             interaction_created_us=self.tracker.interaction_created_us(interaction_id),
         )
@@ -209,6 +213,7 @@ class Daemon:
         self.conn: sqlite3.Connection | None = None
         self.writer: Writer | None = None
         self.retention: Retention | None = None
+        self.tokens: TokenStore | None = None
         self.pipelines: dict[str, Pipeline] = {}
         self.nodes: dict[str, NodeConnection] = {}
         self.http = None
@@ -220,6 +225,9 @@ class Daemon:
     # -- start --------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        # One token set for the API and retention (a broken file at start
+        # raises TokenFileError: a configuration error).
+        self.tokens = TokenStore(cfg.api.tokens_file)
         # systemctl status shows this while a one-time migration (e.g. the
         # auto_vacuum VACUUM of a big file) keeps the service from being ready.
         self.notifier.status("opening the database %s" % cfg.store.path)
@@ -262,7 +270,7 @@ class Daemon:
         for name, connection in self.nodes.items():
             self._spawn("esl:" + name, self._run_node(connection))
         self._spawn("housekeeping", self._housekeeping)
-        self.retention = Retention(cfg, self.writer, self._stop)
+        self.retention = Retention(cfg, self.writer, self._stop, self.tokens)
         self._spawn("retention", self.retention.run)
         if self._api_factory is not None:
             self.http = self._api_factory(self)
@@ -332,8 +340,8 @@ class Daemon:
         if level != self.log_level:
             logs.configure(level, self.config.log.format)
             self.log_level = level
-        if self.http is not None and hasattr(self.http, "reload_tokens"):
-            self.http.reload_tokens()
+        if self.tokens is not None:
+            self.tokens.reload()
         log.info("reloaded", log_level=self.log_level, config=source)
         self.notifier.ready(status_text(self))
 

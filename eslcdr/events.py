@@ -11,7 +11,10 @@ JSON events: values are raw strings; ``ARRAY::`` variables arrive as JSON
 arrays and are re-encoded in FreeSWITCH's plain form (``ARRAY::a|:b``) so both
 subscriptions decode to the same values.  The body is ``_body`` already.
 
-Bytes that are not UTF-8 are replaced (U+FFFD), never fatal.  JSON is parsed
+Bytes that are not UTF-8 are replaced (U+FFFD), never fatal; so is NUL
+(U+0000, ``%00`` in a plain event, ``\u0000`` in a JSON one, in a name or a
+value): PostgreSQL's text and jsonb cannot hold it, so a row carrying one
+would be refused by the collector.  JSON is parsed
 with orjson (about twice as fast as the stdlib on these events).  A body that
 cannot be decoded at all raises ``EventDecodeError`` for the caller to count.
 """
@@ -54,6 +57,36 @@ class EventDecodeError(ValueError):
     """The body of an event frame could not be decoded."""
 
 
+NUL = "\x00"
+NUL_REPLACEMENT = "\ufffd"
+# A JSON text carries U+0000 only as this escape (a raw control byte is not
+# JSON); a plain event only percent-encoded (FreeSWITCH encodes control bytes).
+_JSON_NUL = b"\\u0000"
+_PLAIN_NULS = (b"%00", b"\x00")
+
+
+def without_nul(event: Event) -> Event:
+    """The event with every NUL in a header name or value replaced by U+FFFD
+    (call it only when the body may hold one: it copies the event)."""
+    return {name.replace(NUL, NUL_REPLACEMENT): value.replace(NUL, NUL_REPLACEMENT)
+            for name, value in event.items()}
+
+
+def json_may_hold_nul(body: bytes) -> bool:
+    """Whether a JSON text may decode to a string holding NUL.
+
+    memchr for a backslash first (~0.2 µs for an event of 5 KB; events
+    without SDP have none); then rfind, which skips on the needle's first
+    byte -- the rare backslash -- where ``in`` skips on its last, a ``0``
+    that JSON is full of: 2.2 against 5.2 µs on a hangup holding SDP.
+    """
+    return b"\\" in body and body.rfind(_JSON_NUL) >= 0
+
+
+def plain_may_hold_nul(body: bytes) -> bool:
+    return any(marker in body for marker in _PLAIN_NULS)
+
+
 def _array_value(items: list) -> str:
     return "ARRAY::" + "|:".join(str(item) for item in items)
 
@@ -79,6 +112,8 @@ def decode_json(body: bytes) -> Event:
     odd = list(compress(data, map(is_not, map(type, data.values()), repeat(str))))
     for key in odd:
         data[key] = _as_text(data[key])
+    if json_may_hold_nul(body):
+        return without_nul(data)
     return data
 
 
@@ -120,6 +155,8 @@ def decode_plain(body: bytes) -> Event:
             event["_body"] = raw_rest[: int(length)].decode("utf-8", "replace")
         elif rest.strip():
             event["_body"] = rest
+    if plain_may_hold_nul(body):
+        return without_nul(event)
     return event
 
 
@@ -240,6 +277,8 @@ class EventDecoder:
         if not self.fast or frame.content_type != JSON:
             return decode_event(frame)
         body = frame.body
+        if json_may_hold_nul(body):
+            return self._reference(body)  # decode_json replaces it
         # FreeSWITCH writes Event-Name first: a hangup is seen without a
         # light pass, which would be wasted on it.
         if body.startswith(_NAME_PREFIX):

@@ -17,7 +17,6 @@ from .api import create_app, make_server
 from .channels import LiveChannels
 from .metrics import DaemonCollector
 from .server import ServerLimits
-from .tokens import TokenStore
 
 log = structlog.get_logger("eslcdr.http")
 
@@ -50,7 +49,7 @@ class ApiServer:
         config = daemon.config
         registry = CollectorRegistry()
         registry.register(DaemonCollector(daemon))
-        self.tokens = TokenStore(config.api.tokens_file)
+        self.tokens = daemon.tokens
         self.app = create_app(config, health=daemon.health, registry=registry, tokens=self.tokens,
                               acknowledge=daemon.writer.acknowledge,
                               channels=LiveChannels(daemon.trackers))
@@ -64,9 +63,6 @@ class ApiServer:
 
     def start(self) -> None:
         self.server.start()
-
-    def reload_tokens(self) -> None:
-        self.tokens.reload()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.stop(timeout=timeout)

@@ -21,7 +21,7 @@ import structlog
 
 from .cdr import CdrBuilder, should_record
 from .config import Config
-from .events import Event
+from .events import Event, json_may_hold_nul, without_nul
 from .legs import FinishedLeg, LegTracker
 from .store import connect_writer, insert_records, recent_interaction_links, recent_interaction_starts
 
@@ -162,7 +162,12 @@ def parse_json_cdr(raw: bytes) -> tuple[Event, bool]:
         raise JsonCdrError("not JSON: %s" % exc) from None
     if not isinstance(data, dict):
         raise JsonCdrError("not a JSON object")
-    return json_cdr_to_event(data), replaced
+    event = json_cdr_to_event(data)
+    # NUL as the JSON escape, or percent-encoded (encode-values): replaced
+    # as the ESL decoders do (events.py).
+    if json_may_hold_nul(raw) or b"%00" in raw:
+        event = without_nul(event)
+    return event, replaced
 
 
 def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:

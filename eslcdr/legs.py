@@ -58,6 +58,19 @@ LINK_HEADERS = (
     "Bridge-B-Unique-ID",
 )
 FAX_EVENTS = ("spandsp::txfaxresult", "spandsp::rxfaxresult")
+# digits_dialed keeps a leg's first this many DTMF digits (from its DTMF
+# events or FreeSWITCH's digits_dialed variable): a caller flooding DTMF
+# (72,000 events made a 72,000-character row) costs neither memory nor
+# disk.  The number received is counted (FinishedLeg.dtmf_count) and the
+# daemon logs it when digits were dropped.
+MAX_DTMF_DIGITS = 256
+# A SIP Call-ID links legs (``sip:<account> <Call-ID>``) only within one
+# account and only for legs created this close together: the two ends of a
+# call FreeSWITCH places to itself are created milliseconds apart, and the
+# Call-ID is chosen by whoever sends the INVITE, so two accounts' callers
+# (or one UA reusing its Call-IDs) must not join each other's calls.
+SIP_KEY_PREFIX = "sip:"
+SIP_LINK_WINDOW_US = 30_000_000
 # Every header ``feed`` reads from an event other than HANGUP_COMPLETE and
 # the fax results (which it takes whole): the fast decoder keeps only these
 # of CREATE / PROGRESS / ANSWER / BRIDGE / DTMF.  Read a new one, list it here.
@@ -92,14 +105,15 @@ class FinishedLeg:
     """A leg whose CHANNEL_HANGUP_COMPLETE arrived, with what it lacks."""
 
     hangup: Event
-    digits: str  # DTMF digits received on the leg, in order
+    digits: str  # DTMF digits received on the leg, in order (the first MAX_DTMF_DIGITS)
     fax: tuple[tuple[str, str], ...]  # fax-* headers of the spandsp result event
     bridge_partner: str  # Unique-ID of the CHANNEL_BRIDGE partner, or ""
     interaction_id: str
-    links: tuple[str, ...]  # Unique-IDs (and "sip:<Call-ID>") it is linked to
+    links: tuple[str, ...]  # Unique-IDs (and "sip:<account> <Call-ID>") it is linked to
     finished_us: int = 0  # tracker clock when the hangup arrived
     # creation (µs) of the interaction's earliest leg seen so far; 0 unknown
     interaction_created_us: int = 0
+    dtmf_count: int = 0  # DTMF events received (more than len(digits) when capped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +167,7 @@ _LIVE_REFRESH = frozenset(("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
 
 class _Leg:
     __slots__ = (
-        "digits", "fax", "partner", "touched_us", "created_us",
+        "digits", "dtmf_count", "fax", "partner", "touched_us", "created_us",
         # live view (strings shared with the decoded events, not copies)
         "direction", "state", "answered_us", "answered", "name", "destination",
         "cid_name", "cid_num", "callee_name", "callee_num", "presence_id",
@@ -161,7 +175,8 @@ class _Leg:
     )
 
     def __init__(self, now_us: int, created_us: int) -> None:
-        self.digits: list[str] = []
+        self.digits = ""  # at most MAX_DTMF_DIGITS characters
+        self.dtmf_count = 0
         self.fax: tuple[tuple[str, str], ...] = ()
         self.partner = ""
         self.touched_us = now_us
@@ -204,8 +219,17 @@ def parse_int(value: str | None) -> int:
             return 0
 
 
-def linked_legs(event: Event) -> list[str]:
-    """Unique-IDs (and SIP call ids, as ``sip:<id>``) this event links to."""
+def sip_key(call_id: str, account_id: str) -> str:
+    """The link key of a SIP Call-ID in one account.  A Call-ID holds no
+    whitespace (RFC 3261 ``word``), nor does an account id the API serves:
+    the space keeps every (account, Call-ID) pair apart."""
+    return "%s%s %s" % (SIP_KEY_PREFIX, account_id, call_id)
+
+
+def linked_legs(event: Event, account_headers: tuple[str, ...] = ()) -> list[str]:
+    """Unique-IDs (and the SIP Call-ID, as ``sip_key`` in the leg's account:
+    the first of ``account_headers``, else none) this event links to; the
+    SIP key, if any, comes last."""
     get = event.get
     own = get("Unique-ID", "")
     found = [value for value in map(get, LINK_HEADERS) if value and value != own]
@@ -218,12 +242,13 @@ def linked_legs(event: Event) -> list[str]:
             uuid = item.split(";", 1)[0]
             if uuid and uuid != own:
                 found.append(uuid)
+    if len(found) > 1:
+        found = list(dict.fromkeys(found))
     sip_call_id = get("variable_sip_call_id")
     if sip_call_id:
         # Both ends of a SIP call FreeSWITCH places to itself share it.
-        found.append("sip:" + sip_call_id)
-    if len(found) > 1:
-        found = list(dict.fromkeys(found))
+        account = next(filter(None, map(get, account_headers)), "")
+        found.append(sip_key(sip_call_id, account))
     return found
 
 
@@ -253,7 +278,7 @@ class LegTracker:
         # from the database at start (bench/memory.py).
         self._max_interactions = max_interactions
         self._legs: dict[str, _Leg] = {}
-        # call id (or "sip:<call-id>") -> interaction id; kept after a leg
+        # call id (or sip_key) -> interaction id; kept after a leg
         # ends so that its partners, ending later, find the id.
         self._interaction: dict[str, str] = {}
         self._finished: dict[str, int] = {}  # call id -> when it finished (µs)
@@ -261,6 +286,9 @@ class LegTracker:
         # interaction id -> creation (µs) of its earliest leg seen
         self._started: dict[str, int] = {}
         self._explicit: dict[str, None] = {}  # ids that came from a variable
+        # sip key -> creation (µs) of the leg that named it first (dropped
+        # with its interaction): the SIP_LINK_WINDOW_US check
+        self._sip_named: dict[str, int] = {}
         self._written: dict[str, None] = {}  # ids some CDR was built with
         # (old id, new id) pairs the writer must apply to rows already written
         self.merges: list[tuple[str, str]] = []
@@ -327,6 +355,10 @@ class LegTracker:
         """Creation (µs) of the interaction's earliest leg seen; 0 unknown."""
         return self._started.get(interaction_id, 0)
 
+    def links_of(self, event: Event) -> list[str]:
+        """What ``event`` links its leg to (its SIP key in its account)."""
+        return linked_legs(event, self._account_headers)
+
     def knows(self, call_id: str) -> bool:
         """The leg is live here, or finished (and remembered): its CDR is
         written or on its way, or will come from its own hangup."""
@@ -364,7 +396,7 @@ class LegTracker:
             created = parse_int(event.get("Caller-Channel-Created-Time")) or now_us
             leg = _Leg(now_us, created)
             self._legs[call_id] = leg
-            links = linked_legs(event)
+            links = self._links(event, created)
             interaction_id = self._link(call_id, links, event, created)
             if name != "CHANNEL_HANGUP_COMPLETE":
                 self._observe(leg, event, now_us)
@@ -376,7 +408,7 @@ class LegTracker:
                 interaction_id = ""
                 links = ()
             else:
-                links = linked_legs(event)
+                links = self._links(event, leg.created_us)
                 interaction_id = self._link(call_id, links, event, leg.created_us)
             if name in _LIVE_REFRESH:
                 self._observe(leg, event, now_us)
@@ -393,18 +425,23 @@ class LegTracker:
             self._written[interaction_id] = None
             return FinishedLeg(
                 hangup=event,
-                digits="".join(leg.digits),
+                digits=leg.digits,
                 fax=leg.fax,
                 bridge_partner=leg.partner,
                 interaction_id=interaction_id,
                 links=tuple(links),
                 finished_us=now_us,
                 interaction_created_us=self._started.get(interaction_id, 0),
+                dtmf_count=leg.dtmf_count,
             )
         if name == "DTMF":
             digit = event.get("DTMF-Digit")
             if digit:
-                leg.digits.append(digit)
+                leg.dtmf_count += 1
+                if len(leg.digits) < MAX_DTMF_DIGITS:
+                    # Characters are capped, not events: a DTMF-Digit is one
+                    # character from FreeSWITCH, but nothing else bounds it.
+                    leg.digits = (leg.digits + digit)[:MAX_DTMF_DIGITS]
         elif name == "CHANNEL_BRIDGE":
             a_leg = event.get("Bridge-A-Unique-ID", call_id)
             b_leg = event.get("Bridge-B-Unique-ID") or event.get("Other-Leg-Unique-ID", "")
@@ -449,6 +486,35 @@ class LegTracker:
             leg.advance("ACTIVE")
             if not leg.answered_us:
                 leg.answered_us = parse_int(get("Caller-Channel-Answered-Time")) or now_us
+
+    def _links(self, event: Event, created_us: int) -> list[str]:
+        links = linked_legs(event, self._account_headers)
+        if links and links[-1].startswith(SIP_KEY_PREFIX):
+            self._claim_sip_key(links[-1], created_us)
+        return links
+
+    def _claim_sip_key(self, key: str, created_us: int) -> None:
+        """Let a leg created at ``created_us`` link through ``key`` only if
+        the leg that named it first was created within SIP_LINK_WINDOW_US;
+        otherwise the key is this leg's from now on (another call reusing the
+        Call-ID joins nothing).  A key preloaded from the database
+        (``remember_interactions``) has no naming time: its call's start
+        stands in, and a call whose start is not known joins nothing."""
+        named = self._sip_named.get(key)
+        if named is None:
+            owner = self._interaction.get(key)
+            if owner is None:
+                self._sip_named[key] = created_us
+                return
+            named = self._started.get(owner)
+        if named is not None and abs(created_us - named) <= SIP_LINK_WINDOW_US:
+            return
+        owner = self._interaction.pop(key, None)
+        if owner is not None:
+            members = self._members.get(owner)
+            if members is not None and key in members:
+                members.remove(key)
+        self._sip_named[key] = created_us
 
     def _link(self, call_id: str, links: list[str], event: Event, created_us: int) -> str:
         """Give this leg, and every leg it names, one interaction id.
@@ -582,10 +648,12 @@ class LegTracker:
                 if len(done) == excess:
                     break
         interaction = self._interaction
+        sip_named = self._sip_named
         for interaction_id in done:
             for key in members.pop(interaction_id):
                 if interaction.get(key) == interaction_id:
                     del interaction[key]
+                    sip_named.pop(key, None)
             self._started.pop(interaction_id, None)
             self._explicit.pop(interaction_id, None)
             self._written.pop(interaction_id, None)

@@ -3,9 +3,11 @@
 Once at start and every ``[store] retention_check_interval`` seconds (at
 most a minute) the ``Retention`` greenlet:
 
-1. reads the current tokens file: its ``*`` tokens are the possible
-   collectors (a token removed from the file holds nothing back; a file that
-   cannot be read skips the deletion, never guesses);
+1. asks the daemon's ``TokenStore`` for the ``*`` tokens in force: the
+   possible collectors (a token removed from the file holds nothing back
+   once the removal applies; a file caught half-written or emptied during
+   an edit keeps the previous set, see tokens.py; a file that cannot be
+   read skips the deletion, never guesses);
 2. when ``retention_days`` > 0, asks the writer to delete rows hung up more
    than that many days ago that every registered collector (a current ``*``
    token with a row in ``collector_acks``) has acknowledged; the writer does
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from pathlib import Path
 from typing import Callable
 
 import gevent
@@ -29,21 +30,12 @@ import structlog
 from .config import Config
 from .kazoo import GREGORIAN_UNIX_OFFSET
 from .store import connect_reader, storage_stats
-from .tokens import COLLECTOR, TokenFileError, load_tokens
+from .tokens import TokenStore
 from .writer import Writer
 
 log = structlog.get_logger("eslcdr.retention")
 
 DAY = 86_400
-
-
-def collector_keys(tokens_file: str | Path) -> frozenset[str]:
-    """sha256 (hex) of every ``*`` token in the tokens file now; a missing
-    file has none.  Raises TokenFileError when the file cannot be read."""
-    path = Path(tokens_file)
-    if not path.exists():
-        return frozenset()
-    return frozenset(entry.digest.hex() for entry in load_tokens(path) if entry.account_id == COLLECTOR)
 
 
 class Retention:
@@ -52,10 +44,11 @@ class Retention:
         config: Config,
         writer: Writer,
         stop: gevent.event.Event,
+        tokens: TokenStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = config.store
-        self._tokens_file = config.api.tokens_file
+        self._tokens = tokens
         self._writer = writer
         self._stop = stop
         self._clock = clock
@@ -71,14 +64,13 @@ class Retention:
                 return
 
     def check(self) -> None:
-        try:
-            collectors = collector_keys(self._tokens_file)
-            self._reported_error = None
-        except TokenFileError as exc:
-            if self._reported_error != str(exc):
-                log.error("retention_skipped_tokens_unreadable", error=str(exc))
-                self._reported_error = str(exc)
+        collectors: frozenset[str] | None = self._tokens.collector_keys()
+        error = self._tokens.error
+        if error is not None:
+            if self._reported_error != error:
+                log.error("retention_skipped_tokens_unreadable", error=error)
             collectors = None
+        self._reported_error = error
         days = self._store.retention_days
         if days and collectors is not None:
             cutoff = int(self._clock()) + GREGORIAN_UNIX_OFFSET - days * DAY

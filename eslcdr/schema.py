@@ -52,7 +52,9 @@ BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("hangup_cause", "TEXT", "Q.850 cause name, e.g. `NORMAL_CLEARING`, `USER_BUSY`"),
     ("hangup_code", "TEXT", "protocol cause, e.g. `sip:486`"),
     ("disposition", "TEXT", "who ended the call: `recv_bye`, `send_bye`, `recv_cancel`, ..."),
-    ("digits_dialed", "TEXT", "DTMF digits received on the leg, in order"),
+    ("digits_dialed", "TEXT",
+     "DTMF digits received on the leg, in order: the first 256 (a longer run is logged, "
+     "`dtmf_digits_truncated` with the number received)"),
     ("other_leg_call_id", "TEXT", "`Unique-ID` of the bridged/partner leg"),
     ("other_leg_caller_id_name", "TEXT", "the other leg's caller name"),
     ("other_leg_caller_id_number", "TEXT", "the other leg's caller number"),

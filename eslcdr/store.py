@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
+import stat
 import time
 from functools import lru_cache
 from itertools import chain
@@ -96,11 +98,50 @@ def _roll_up_after(conn: sqlite3.Connection, seq: int) -> None:
     conn.execute(_ROLLUP_PDD_SQL, (seq,))
 
 
+# The database holds every caller's numbers: readable by its owner only, as
+# the spool (spool.py).  SQLite creates the -wal and -shm (and -journal)
+# files with the mode of the database file, so they follow it.
+DB_FILE_MODE = 0o600
+# An existing file keeps a group read bit an operator gave it (a reporting
+# group); everything else beyond DB_FILE_MODE is taken away.
+_DB_KEPT_BITS = 0o640
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _restrict_mode(path: Path) -> None:
+    """Create the database file with DB_FILE_MODE whatever the umask
+    (SQLite itself would create it 0644 minus the umask), and take access
+    for others away from an existing file and its side files (a file made
+    by an older eslcdr, or left by a crash, is 0644)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, DB_FILE_MODE)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode) & _DB_KEPT_BITS | DB_FILE_MODE
+        _chmod(path, lambda: os.fchmod(fd, mode))
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        side = Path(str(path) + suffix)
+        _chmod(side, lambda: os.chmod(side, mode))
+
+
+def _chmod(path: Path, change) -> None:
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    try:
+        change()
+    except PermissionError as exc:  # not the owner (e.g. an import run by another user)
+        log.warning("db_file_mode_unchanged", path=str(path), mode=oct(current), error=exc.strerror)
+
+
 def connect_writer(path: str | Path) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the database for writing."""
     path = Path(path)
-    if str(path) != ":memory:" and path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if str(path) != ":memory:":
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        _restrict_mode(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
     _incremental_auto_vacuum(conn, path)
     sqlite_utils.Database(conn).enable_wal()
@@ -349,7 +390,9 @@ def record_ack(path: str | Path, key: str, after: int, at_us: int, busy_timeout_
     """Store one acknowledgement with a short-lived connection (for an API
     running without the daemon's writer).  Waits at most ``busy_timeout_ms``
     for the write lock: the next pull acknowledges again anyway."""
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
+    # mode=rw: never create a missing file (it would be an empty one, 0644).
+    conn = sqlite3.connect("file:%s?mode=rw" % Path(path).resolve(), uri=True, isolation_level=None,
+                           timeout=busy_timeout_ms / 1000)
     try:
         conn.execute("PRAGMA busy_timeout=%d" % busy_timeout_ms)
         conn.execute(_ACK_SQL, (key, after, at_us))

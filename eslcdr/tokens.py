@@ -18,9 +18,23 @@ much of a token matched or where in the file it sits.
 
 ``TokenStore`` re-reads the file when its mtime or size changes (checked at
 most once per ``check_interval`` seconds), so ``eslcdr token add`` takes
-effect without a restart; a broken edit keeps the previous set and is
-reported once.  Nothing here ever logs or formats a token: errors name the
-file and line number only.
+effect without a restart.  A file caught in the middle of an edit must not
+lock everyone out (every login session ended, retention deleting what a
+collector has not pulled, as if no collector existed), so:
+
+- a file with a line that does not parse is refused whole: the previous set
+  stays (reported once);
+- a complete file (every line ends with a newline) that only adds entries
+  applies at once;
+- any other change -- an entry removed or moved to another account, an
+  empty or missing file, a last line without its newline -- applies only
+  once the file has read the same for ``settle`` seconds
+  (TOKENS_SETTLE_SECONDS); until then the previous set stays;
+- ``reload()`` (SIGHUP, ``systemctl reload``) applies whatever parses, at
+  once: the way to empty the file on purpose without waiting.
+
+Nothing here ever logs or formats a token: errors name the file and line
+number only.
 """
 
 from __future__ import annotations
@@ -39,6 +53,9 @@ from typing import Callable
 import structlog
 
 COLLECTOR = "*"
+# How long a change that takes entries away must read the same before it
+# applies (an editor truncating and rewriting the file took 1.5 s).
+TOKENS_SETTLE_SECONDS = 5.0
 _HASH_PREFIX = "sha256:"
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 # Account ids are used as SQL parameters only, but a token line must stay
@@ -95,14 +112,17 @@ def parse_tokens(text: str, source: str = "<tokens>") -> tuple[TokenEntry, ...]:
     return tuple(entries)
 
 
-def load_tokens(path: str | os.PathLike) -> tuple[TokenEntry, ...]:
+def read_tokens_text(path: str | os.PathLike) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise TokenFileError("%s: not UTF-8 text" % path) from None
     except OSError as exc:
         raise TokenFileError("cannot read %s: %s" % (path, exc.strerror)) from None
-    return parse_tokens(text, str(path))
+
+
+def load_tokens(path: str | os.PathLike) -> tuple[TokenEntry, ...]:
+    return parse_tokens(read_tokens_text(path), str(path))
 
 
 def match(entries: tuple[TokenEntry, ...], token: str) -> str | None:
@@ -128,10 +148,12 @@ class TokenStore:
         path: str | os.PathLike,
         *,
         check_interval: float = 1.0,
+        settle: float = TOKENS_SETTLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self._check_interval = check_interval
+        self._settle = settle
         self._clock = clock
         self._log = structlog.get_logger("eslcdr.tokens")
         self._stamp: tuple[int, int] | None = None
@@ -139,6 +161,10 @@ class TokenStore:
         self._entries: tuple[TokenEntry, ...] = ()
         self._digests: frozenset[bytes] = frozenset()
         self._reported_error: str | None = None
+        # A change that takes entries away, waiting to read the same for
+        # ``settle`` seconds: (file text or None when missing, its entries,
+        # when it was first read).
+        self._pending: tuple[str | None, tuple[TokenEntry, ...], float] | None = None
         # A broken file at start is a configuration error the operator must
         # see (raised); later breakage keeps the last good set (logged).
         self._refresh(strict=True)
@@ -147,15 +173,30 @@ class TokenStore:
     def count(self) -> int:
         return len(self._entries)
 
+    @property
+    def error(self) -> str | None:
+        """Why the file as it is now was refused (the previous set applies),
+        or None."""
+        return self._reported_error
+
+    def collector_keys(self) -> frozenset[str]:
+        """sha256 (hex) of every ``*`` token of the set in force (the file
+        is checked first, as by a lookup)."""
+        self._check()
+        return frozenset(entry.digest.hex() for entry in self._entries if entry.account_id == COLLECTOR)
+
     def lookup(self, token: str | None) -> str | None:
         """Account id (or COLLECTOR) for a presented token; None if unknown."""
         if not token:
             return None
+        self._check()
+        return match(self._entries, token)
+
+    def _check(self) -> None:
         now = self._clock()
         if now >= self._next_check:
             self._next_check = now + self._check_interval
             self._refresh(strict=False)
-        return match(self._entries, token)
 
     def known(self, text: str) -> bool:
         """Whether text is one of the tokens (for log redaction, not for
@@ -167,12 +208,10 @@ class TokenStore:
         (SIGHUP); a broken file keeps the previous set, as on any reload."""
         self._next_check = self._clock() + self._check_interval
         self._refresh(strict=False, force=True)
+
     def lookup_digest(self, token_digest: bytes) -> str | None:
         """Account id (or COLLECTOR) of the token with this sha256, if still in the file."""
-        now = self._clock()
-        if now >= self._next_check:
-            self._next_check = now + self._check_interval
-            self._refresh(strict=False)
+        self._check()
         return match_digest(self._entries, token_digest)
 
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -184,26 +223,55 @@ class TokenStore:
 
     def _refresh(self, strict: bool, force: bool = False) -> None:
         stamp = self._file_stamp()
-        if stamp == self._stamp and self._stamp is not None and not force:
-            return
-        if stamp is None:
-            if self._stamp is not None or strict:
-                self._log.warning("tokens_file_missing", path=str(self.path))
-            self._entries, self._stamp = (), None
-            self._digests = frozenset()
-            return
-        try:
-            entries = load_tokens(self.path)
-        except TokenFileError as exc:
-            if strict:
-                raise
-            if self._reported_error != str(exc):
-                self._log.error("tokens_file_invalid_keeping_previous", error=str(exc))
-                self._reported_error = str(exc)
-            return
-        self._entries, self._stamp, self._reported_error = entries, stamp, None
+        pending = self._pending
+        now = self._clock()
+        if stamp == self._stamp and not strict and not force:
+            if pending is None or now - pending[2] < self._settle:
+                return
+        text: str | None = None
+        entries: tuple[TokenEntry, ...] = ()
+        if stamp is not None:
+            try:
+                text = read_tokens_text(self.path)
+                entries = parse_tokens(text, str(self.path))
+            except TokenFileError as exc:
+                if strict:
+                    raise
+                if self._reported_error != str(exc):
+                    self._log.error("tokens_file_invalid_keeping_previous", error=str(exc))
+                    self._reported_error = str(exc)
+                self._pending = None
+                return
+        self._reported_error = None
+        if strict or force or self._settle <= 0 or self._only_adds(text, entries):
+            self._apply(entries, stamp)
+        elif pending is not None and pending[0] == text:
+            if now - pending[2] >= self._settle:
+                self._apply(entries, stamp)  # it read the same for the whole settle time
+        else:
+            self._pending = (text, entries, now)
+            kept = {(e.digest, e.account_id) for e in entries}
+            self._log.warning(
+                "tokens_file_change_waiting", path=str(self.path), missing=text is None, entries=len(entries),
+                removed=sum((e.digest, e.account_id) not in kept for e in self._entries),
+                last_line_complete=not text or text.endswith("\n"), settle_seconds=self._settle,
+            )
+
+    def _only_adds(self, text: str | None, entries: tuple[TokenEntry, ...]) -> bool:
+        """A complete file that keeps every entry in force (``token add``)."""
+        if text and not text.endswith("\n"):
+            return False  # a last line still being written
+        have = {(e.digest, e.account_id) for e in entries}
+        return all((e.digest, e.account_id) in have for e in self._entries)
+
+    def _apply(self, entries: tuple[TokenEntry, ...], stamp: tuple[int, int] | None) -> None:
+        self._pending = None
+        self._entries, self._stamp = entries, stamp
         self._digests = frozenset(entry.digest for entry in entries)
-        self._log.info("tokens_loaded", path=str(self.path), count=len(entries))
+        if stamp is None:
+            self._log.warning("tokens_file_missing", path=str(self.path))
+        else:
+            self._log.info("tokens_loaded", path=str(self.path), count=len(entries))
 
 
 def add_token(path: str | os.PathLike, account_id: str) -> str:

@@ -299,3 +299,150 @@ def test_remembered_starts_and_trimming():
         tracker.feed(_event("CHANNEL_CREATE", "leg-%d" % n, 10_000_000 + n), 2)
     tracker.expire(10**9)
     assert len(tracker._started) <= 10
+
+
+# ------------------------------------------------------------------ DTMF flood
+
+
+def dtmf_flood(events, count: int, digit: str = "5"):
+    """The capture with ``count`` DTMF events on its first hung-up leg, just
+    before that leg's hangup."""
+    at = next(i for i, e in enumerate(events) if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    call_id = events[at]["Unique-ID"]
+    dtmf = {"Event-Name": "DTMF", "Unique-ID": call_id, "DTMF-Digit": digit, "DTMF-Duration": "2000"}
+    return events[:at] + [dtmf] * count + events[at:], call_id
+
+
+def test_a_dtmf_flood_stores_the_first_digits_and_counts_them_all(events_of):
+    from eslcdr.legs import MAX_DTMF_DIGITS
+
+    events, call_id = dtmf_flood(events_of("S1_json"), 72_000)
+    tracker = LegTracker()
+    finished = [leg for n, e in enumerate(events) if (leg := tracker.feed(e, n)) is not None]
+    leg = next(leg for leg in finished if leg.hangup["Unique-ID"] == call_id)
+    assert leg.dtmf_count == 72_000
+    assert leg.digits == "5" * MAX_DTMF_DIGITS == build_cdr(leg, CFG.cdr, "fs1")["digits_dialed"]
+    # FreeSWITCH's own digits_dialed variable is capped alike.
+    hangup = dict(leg.hangup, variable_digits_dialed="1" * 72_000)
+    import dataclasses
+
+    assert build_cdr(dataclasses.replace(leg, hangup=hangup), CFG.cdr, "fs1")["digits_dialed"] == "1" * MAX_DTMF_DIGITS
+
+
+def test_a_dtmf_flood_keeps_the_trackers_memory_per_leg_bounded(events_of):
+    import tracemalloc
+
+    events = events_of("S1_json")
+    at = next(i for i, e in enumerate(events) if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    tracker = LegTracker()
+    for n, event in enumerate(events[:at]):
+        tracker.feed(event, n)
+    # Distinct digit strings, as decoded events give (each its own object),
+    # and a DTMF-Digit longer than one character, which nothing else bounds.
+    floods = [{"Event-Name": "DTMF", "Unique-ID": events[at]["Unique-ID"], "DTMF-Digit": "%d" % (n % 10) + "#" * 9}
+              for n in range(72_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for n, event in enumerate(floods):
+            tracker.feed(event, at + n)
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert grown < 16_384, grown  # the old list of 72,000 digits: ~600 KB
+    leg = tracker.feed(events[at], len(events))
+    assert len(leg.digits) == 256 and leg.dtmf_count == 72_000
+
+
+# ------------------------------------------------------------------ SIP Call-ID links
+
+_UUID = __import__("re").compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def same_call_ids_elsewhere(events, tag: str, account: str | None, shift_s: int = 0):
+    """The capture's calls again under new leg ids (``tag``), in ``account``
+    (``ecallmgr_Account-ID``), ``shift_s`` later -- with the same SIP
+    Call-IDs, as a caller who chose them would send."""
+    import uuid
+
+    def new_id(match):
+        return str(uuid.uuid5(uuid.NAMESPACE_OID, tag + match.group(0)))
+
+    out = []
+    for event in events:
+        copy = {}
+        for name, value in event.items():
+            if name != "variable_sip_call_id" and tag:
+                value = _UUID.sub(new_id, value)
+            if shift_s and len(value) == 16 and value.isdigit():  # µs times
+                value = str(int(value) + shift_s * 1_000_000)
+            copy[name] = value
+        if account is not None:
+            copy["variable_ecallmgr_Account-ID"] = account
+        out.append(copy)
+    return out
+
+
+def interaction_groups(records, capture, tag=""):
+    import uuid
+
+    def leg(call_id):
+        return str(uuid.uuid5(uuid.NAMESPACE_OID, tag + call_id)) if tag else call_id
+
+    return [{records[leg(c)]["interaction_id"] for c in call} for call in INTERACTIONS[capture]]
+
+
+def test_a_sip_call_id_links_legs_of_one_account_only(events_of):
+    # S3's two SIP calls FreeSWITCH placed to itself link only through their
+    # Call-ID.  The same Call-IDs in another account, a second later, must
+    # join nothing there; each account's own two ends still link.
+    ours = same_call_ids_elsewhere(events_of("S3_json"), "", "acct-a")
+    theirs = same_call_ids_elsewhere(events_of("S3_json"), "b:", "acct-b", shift_s=1)
+    records, _ = run_capture(ours + theirs)
+    assert len(records) == 2 * ROW_COUNT["S3_json"]
+    for tag in ("", "b:"):
+        assert all(len(ids) == 1 for ids in interaction_groups(records, "S3_json", tag))
+    by_account = {}
+    for record in records.values():
+        by_account.setdefault(record["account_id"], set()).add(record["interaction_id"])
+    assert set(by_account) == {"acct-a", "acct-b"}
+    assert not by_account["acct-a"] & by_account["acct-b"]
+
+
+def test_a_sip_call_id_reused_later_in_the_same_account_joins_nothing(events_of):
+    # An hour later (SIP_LINK_WINDOW_US is 30 s): a UA that reuses Call-IDs.
+    first = events_of("S3_json")
+    later = same_call_ids_elsewhere(first, "later:", None, shift_s=3600)
+    records, _ = run_capture(first + later)
+    assert all(len(ids) == 1 for ids in interaction_groups(records, "S3_json"))
+    assert all(len(ids) == 1 for ids in interaction_groups(records, "S3_json", "later:"))
+    earlier_ids = set().union(*interaction_groups(records, "S3_json"))
+    later_ids = set().union(*interaction_groups(records, "S3_json", "later:"))
+    assert not earlier_ids & later_ids
+
+
+def test_restart_keeps_sip_links_within_account_and_window(events_of, tmp_path):
+    # A daemon restarted between the two ends of each self-call: the links it
+    # stored give the late end its call's id; after the restart, another
+    # account's legs with the same Call-IDs, and the same account's an hour
+    # later, still join nothing.
+    from eslcdr import store
+
+    events = same_call_ids_elsewhere(events_of("S3_json"), "", "acct-a")
+    ends = [e for call in INTERACTIONS["S3_json"] for e in call]
+    first_hangup = next(i for i, e in enumerate(events)
+                        if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE" and e["Unique-ID"] in ends[4:])
+    before, _ = run_capture(events[: first_hangup + 1])
+    conn = store.connect_writer(tmp_path / "cdrs.db")
+    store.insert_records(conn, before.values())
+    fresh = LegTracker()
+    fresh.remember_interactions(store.recent_interaction_links(conn, 25_000))
+    fresh.remember_interaction_starts(store.recent_interaction_starts(conn, 25_000))
+    theirs = same_call_ids_elsewhere(events_of("S3_json"), "b:", "acct-b", shift_s=1)
+    later = same_call_ids_elsewhere(events_of("S3_json"), "later:", "acct-a", shift_s=3600)
+    after, _ = run_capture(events[first_hangup + 1:] + theirs + later, tracker=fresh)
+    records = {**before, **after}
+    groups = {tag: interaction_groups(records, "S3_json", tag) for tag in ("", "b:", "later:")}
+    assert all(len(ids) == 1 for calls in groups.values() for ids in calls)
+    ours, other, again = (set().union(*calls) for calls in groups.values())
+    assert not ours & other and not ours & again

@@ -87,6 +87,17 @@ def test_bad_config_exit_2(tmp_path):
         assert "[esl] port" in result.stderr
 
 
+def test_a_config_line_without_equals_is_not_echoed(tmp_path):
+    # The password line lost its '=': the error names the file and line, not the secret.
+    for command, name in (("run", "eslcdr.ini"), ("check", "eslcdr.ini"), ("collect", "collector.ini")):
+        ini = tmp_path / name
+        ini.write_text("[esl]\nhost = 127.0.0.1\npassword Zq9-s3cr3t\n")
+        result = eslcdr(command, "-c", str(ini))
+        assert result.returncode == 2, (command, result.stderr)
+        assert "%s: line 3" % ini in result.stderr, result.stderr
+        assert "s3cr3t" not in result.stdout + result.stderr
+
+
 def test_token_add_stores_only_the_hash(tmp_path):
     tokens = tmp_path / "tokens"
     result = eslcdr("token", "add", "--account", "acct1", "--tokens-file", str(tokens))

@@ -72,6 +72,34 @@ def test_bad_values_are_clear_errors(tmp_path, text, message):
     assert message in str(info.value)
 
 
+SECRET = "Zq9-s3cr3t-ClueCon"
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        # A password line that lost its '=' (or its ':'), a stray token
+        # pasted at the top, a key given twice: configparser's message
+        # quotes the line; ours names its number only.
+        ("[esl]\nhost = fs1\npassword %s\n" % SECRET, "line 3"),
+        ("%s\n[esl]\nhost = fs1\n" % SECRET, "line 1"),
+        ("[esl]\npassword = a\npassword = %s\n" % SECRET, "line 3"),
+        ("[esl]\n%s\nhost = fs1\n[api]\nlisten%s\n" % (SECRET, SECRET), "line 2, 5"),
+    ],
+)
+def test_a_malformed_line_is_named_by_number_never_echoed(tmp_path, text, line):
+    from eslcdr.collector import config as collector_config
+
+    for loader, name in ((config.load, "eslcdr.ini"), (collector_config.load, "collector.ini")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            loader(path, environ={})
+        message = str(info.value)
+        assert str(path) in message and line in message, message
+        assert SECRET not in message and "s3cr3t" not in repr(info.value), message
+
+
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.ini", environ={})

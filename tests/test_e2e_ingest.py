@@ -241,3 +241,49 @@ def test_interaction_id_survives_a_daemon_restart_mid_call(tmp_path):
         fake.stop()
     assert len(rows) == 4
     assert len({r["interaction_id"] for r in rows}) == 1
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_nul_in_caller_name_x_header_and_custom_var_is_stored_as_u_fffd(tmp_path, fmt):
+    # FreeSWITCH sends it as \u0000 (JSON) or %00 (plain); SQLite would keep
+    # it, PostgreSQL (the collector) refuses it: the row holds U+FFFD instead.
+    from .test_events import NUL_HEADERS, nul_free
+
+    events = [dict(e, **NUL_HEADERS) for e in capture_events("S1_json.esl")]
+    rows, _ = serve(tmp_path, StaticSource(events), fmt=fmt, expected_rows=4)
+    assert len(rows) == 4
+    for row in rows:
+        assert nul_free(row), row
+        assert row["caller_id_name"] == "Al\ufffdice"
+        assert json.loads(row["custom_sip_headers"])["x_tenant"] == "t\ufffdenant"
+        assert json.loads(row["custom_channel_vars"]) == {"note": "n\ufffdote", "bad\ufffdkey": "v\ufffd"}
+
+
+def test_a_dtmf_flood_through_the_socket_stores_256_digits_and_logs_the_count(tmp_path):
+    from .test_cdr import dtmf_flood
+
+    events, call_id = dtmf_flood(capture_events("S1_json.esl"), 5_000, digit="7")
+    rows, daemon = serve(tmp_path, StaticSource(events), expected_rows=4)
+    by_id = {r["call_id"]: r for r in rows}
+    assert by_id[call_id]["digits_dialed"] == "7" * 256
+    assert all(r["digits_dialed"] is None for c, r in by_id.items() if c != call_id)
+    truncated = [e for e in daemon.log_events() if e["event"] == "dtmf_digits_truncated"]
+    assert [(e["call_id"], e["received"], e["kept"]) for e in truncated] == [(call_id, 5_000, 256)]
+
+
+def test_the_same_sip_call_id_in_two_accounts_makes_two_interactions(tmp_path):
+    # S3's self-calls link only through their Call-ID; the same Call-IDs sent
+    # in another account's calls a second later, through the socket into
+    # eslcdr run: each account's ends still link, no id spans accounts.
+    from .test_cdr import same_call_ids_elsewhere
+
+    ours = same_call_ids_elsewhere(capture_events("S3_json.esl"), "", "acct-a")
+    theirs = same_call_ids_elsewhere(capture_events("S3_json.esl"), "b:", "acct-b", shift_s=1)
+    rows, _ = serve(tmp_path, StaticSource(ours + theirs), expected_rows=2 * ROW_COUNT["S3_json"])
+    assert len(rows) == 2 * ROW_COUNT["S3_json"]
+    check_interactions([r for r in rows if r["account_id"] == "acct-a"], "S3_json")
+    accounts_of: dict[str, set] = {}
+    for row in rows:
+        accounts_of.setdefault(row["interaction_id"], set()).add(row["account_id"])
+    assert all(len(accounts) == 1 for accounts in accounts_of.values()), accounts_of
+    assert len(accounts_of) == 2 * len(INTERACTIONS["S3_json"])

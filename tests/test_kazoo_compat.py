@@ -128,7 +128,7 @@ def test_sessions_expire_and_follow_the_tokens_file(tmp_path):
     from eslcdr import store
     store.connect_writer(tmp_path / "c.db").close()
     sessions = SessionStore(60, clock=lambda: now[0])
-    web = webtest.TestApp(api.create_app(config, tokens=TokenStore(tokens, check_interval=0), runner=InlineRunner(),
+    web = webtest.TestApp(api.create_app(config, tokens=TokenStore(tokens, check_interval=0, settle=0), runner=InlineRunner(),
                                          clock=lambda: NOW, sessions=sessions))
     url = "/v2/accounts/%s/cdrs" % ACC_A
     token = login(web, "token-a").json["auth_token"]

@@ -15,8 +15,7 @@ import pytest
 from eslcdr import store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
 from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET as G
-from eslcdr.retention import collector_keys
-from eslcdr.tokens import TokenFileError
+from eslcdr.tokens import TokenStore
 from eslcdr import writer as writer_module
 from eslcdr.writer import Writer
 
@@ -149,14 +148,17 @@ def test_writer_deletes_between_insert_batches_once_ingest_has_caught_up(tmp_pat
     assert all(backlog < 100 for name, backlog in work if name == "delete")
 
 
-def test_collector_keys_are_the_current_star_tokens(tmp_path):
+def test_collector_keys_are_the_star_tokens_in_force(tmp_path):
     tokens = tmp_path / "tokens"
-    assert collector_keys(tokens) == frozenset()
+    store = TokenStore(tokens, check_interval=0)
+    assert store.collector_keys() == frozenset()
     tokens.write_text("secret-one *\nsecret-two 4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d\nsha256:%s *\n" % ("ab" * 32))
-    assert collector_keys(tokens) == {hashlib.sha256(b"secret-one").hexdigest(), "ab" * 32}
+    expected = {hashlib.sha256(b"secret-one").hexdigest(), "ab" * 32}
+    assert store.collector_keys() == expected and store.error is None
+    # A file that does not parse: the set in force stays, and says why.
     tokens.write_text("only-one-field\n")
-    with pytest.raises(TokenFileError):
-        collector_keys(tokens)
+    assert store.collector_keys() == expected
+    assert "line 1" in store.error
 
 
 # ------------------------------------------------------------ real daemon

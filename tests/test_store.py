@@ -184,3 +184,73 @@ def test_merge_reaches_records_still_waiting(tmp_path):
     writer.stop()
     greenlet.join(timeout=10)
     assert {r[2] for r in rows(tmp_path / "a.db")} == {"new"}
+
+
+def modes(db) -> dict[str, int]:
+    import os
+    import stat
+
+    return {p.name[len(db.name):] or "db": stat.S_IMODE(os.stat(p).st_mode)
+            for p in db.parent.iterdir() if p.name.startswith(db.name)}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_database_and_its_wal_and_shm_are_created_0600_whatever_the_umask(tmp_path, umask):
+    import os
+
+    db = tmp_path / "cdrs.db"
+    old = os.umask(umask)
+    try:
+        conn = connect_writer(db)
+        insert_records(conn, [record(1)])
+        assert modes(db) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
+        conn.close()
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_world_readable_database_loses_access_for_others(tmp_path):
+    # A file made by an older eslcdr (0644) and a -wal/-shm left by a crash:
+    # others lose access, a group read bit given by the operator stays.
+    import os
+    import shutil
+
+    db = tmp_path / "cdrs.db"
+    conn = connect_writer(db)
+    insert_records(conn, [record(1)])
+    for suffix in ("-wal", "-shm"):  # as a crash leaves them
+        shutil.copy(str(db) + suffix, tmp_path / ("kept" + suffix))
+    conn.close()
+    for suffix in ("-wal", "-shm"):
+        shutil.copy(tmp_path / ("kept" + suffix), str(db) + suffix)
+        os.chmod(str(db) + suffix, 0o666)
+    os.chmod(db, 0o644)
+    conn = connect_writer(db)
+    assert modes(db) == {"db": 0o640, "-wal": 0o640, "-shm": 0o640}
+    conn.close()
+    os.chmod(db, 0o604)
+    conn = connect_writer(db)
+    insert_records(conn, [record(2)])
+    assert modes(db) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
+    conn.close()
+
+
+def test_eslcdr_run_under_umask_0_keeps_the_database_private(tmp_path):
+    import os
+
+    from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
+
+    from .conftest import DATA
+    from .e2e import DaemonProcess, wait_rows, write_config
+    from .expected_cdrs import ROW_COUNT
+
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl"]), hold=True).start()
+    db = tmp_path / "cdrs.db"
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log", preexec_fn=lambda: os.umask(0))
+    try:
+        assert len(wait_rows(db, ROW_COUNT["S1_json"])) == ROW_COUNT["S1_json"]
+        assert modes(db) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}  # while it runs
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
+    assert modes(db) == {"db": 0o600}

@@ -8,7 +8,16 @@ import stat
 
 import pytest
 
-from eslcdr.tokens import COLLECTOR, TokenFileError, TokenStore, add_token, load_tokens, match, parse_tokens
+from eslcdr.tokens import (
+    COLLECTOR,
+    TOKENS_SETTLE_SECONDS,
+    TokenFileError,
+    TokenStore,
+    add_token,
+    load_tokens,
+    match,
+    parse_tokens,
+)
 
 ACCOUNT = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
 
@@ -77,20 +86,31 @@ def test_store_reloads_on_change_and_keeps_last_good(tmp_path):
     assert store.lookup("first-token") == ACCOUNT
     assert store.lookup(None) is None and store.lookup("") is None
 
-    path.write_text("second-token %s\n" % ACCOUNT)
+    path.write_text("first-token %s\nadded-token %s\n" % (ACCOUNT, ACCOUNT))
     os.utime(path, ns=(1, 10**18))  # a different mtime, whatever the clock
-    assert store.lookup("first-token") == ACCOUNT  # not re-checked within the interval
+    assert store.lookup("added-token") is None  # not re-checked within the interval
     clock.now += 1.5
+    assert store.lookup("added-token") == ACCOUNT  # an addition applies at once
+
+    # A change that takes a token away applies once the file has read the
+    # same for TOKENS_SETTLE_SECONDS.
+    path.write_text("second-token %s\n" % ACCOUNT)
+    os.utime(path, ns=(1, 2 * 10**18))
+    clock.now += 1.5
+    assert store.lookup("first-token") == ACCOUNT and store.lookup("second-token") is None
+    clock.now += TOKENS_SETTLE_SECONDS
     assert store.lookup("second-token") == ACCOUNT
     assert store.lookup("first-token") is None
 
     path.write_text("broken line with too many fields\n")
-    os.utime(path, ns=(1, 2 * 10**18))
-    clock.now += 1.5
+    os.utime(path, ns=(1, 3 * 10**18))
+    clock.now += 1.5 + TOKENS_SETTLE_SECONDS
     assert store.lookup("second-token") == ACCOUNT  # the last good set stays
 
     path.unlink()
     clock.now += 1.5
+    assert store.lookup("second-token") == ACCOUNT
+    clock.now += TOKENS_SETTLE_SECONDS
     assert store.lookup("second-token") is None
     assert store.count == 0
 
@@ -151,3 +171,155 @@ def test_reload_rereads_a_file_whose_mtime_and_size_did_not_change(tmp_path):
     path.write_text("one two three\n")
     store.reload()
     assert store.lookup("token-bbb") == "acct"
+
+
+# ------------------------------------------------------------------ an edit in progress
+
+FULL = "api-key-a %s\ncollector-key *\n" % ACCOUNT
+
+
+def rewrite(path, text: str, n: int) -> None:
+    path.write_text(text)
+    os.utime(path, ns=(n, n * 10**12))  # each write its own mtime, whatever the clock
+
+
+def test_a_file_emptied_or_half_written_during_an_edit_keeps_the_previous_set(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(FULL)
+    clock = FakeClock()
+    store = TokenStore(path, check_interval=0.25, clock=clock)
+    collectors = {sha("collector-key")}
+    # The editor truncates the file, then writes it back in pieces over 1.5 s
+    # (a piece cutting the account id short: a valid line for the wrong account).
+    for n, text in enumerate(["", "", "api-key-a %s" % ACCOUNT[:7], "api-key-a %s\ncoll" % ACCOUNT, FULL], 1):
+        rewrite(path, text, n)
+        for _ in range(2):
+            clock.now += 0.3
+            assert store.lookup("api-key-a") == ACCOUNT, text
+            assert store.collector_keys() == collectors, text
+    assert store.lookup("api-key-a") == ACCOUNT and store.count == 2
+    clock.now += 2 * TOKENS_SETTLE_SECONDS  # nothing left pending
+    assert store.lookup("api-key-a") == ACCOUNT and store.collector_keys() == collectors
+
+
+def test_a_deliberately_emptied_file_applies_once_it_stays_empty_or_on_reload(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(FULL)
+    clock = FakeClock()
+    store = TokenStore(path, check_interval=0.25, clock=clock)
+    rewrite(path, "", 1)
+    clock.now += 0.3
+    assert store.lookup("api-key-a") == ACCOUNT
+    clock.now += TOKENS_SETTLE_SECONDS - 0.5
+    assert store.lookup("api-key-a") == ACCOUNT  # not yet settled
+    clock.now += 0.5
+    assert store.lookup("api-key-a") is None and store.collector_keys() == frozenset()
+    # SIGHUP (reload) applies at once what parses, also an empty file.
+    rewrite(path, FULL, 2)
+    clock.now += 0.3
+    assert store.lookup("api-key-a") == ACCOUNT  # an addition: at once
+    rewrite(path, "", 3)
+    store.reload()
+    assert store.lookup("api-key-a") is None and store.count == 0
+
+
+def test_a_last_line_without_its_newline_waits_even_when_it_only_adds(tmp_path):
+    # "api-key-b <account cut short>" is a valid line naming another account.
+    path = tmp_path / "tokens"
+    path.write_text(FULL)
+    clock = FakeClock()
+    store = TokenStore(path, check_interval=0.25, clock=clock)
+    rewrite(path, FULL + "api-key-b 7e1f3a", 1)
+    clock.now += 0.3
+    assert store.lookup("api-key-b") is None
+    rewrite(path, FULL + "api-key-b 7e1f3a9b\n", 2)  # complete: an addition, at once
+    clock.now += 0.3
+    assert store.lookup("api-key-b") == "7e1f3a9b"
+    # A file written without a final newline on purpose applies once it settles.
+    rewrite(path, FULL + "api-key-b 7e1f3a9b\napi-key-c 00c", 3)
+    clock.now += 0.3
+    assert store.lookup("api-key-c") is None
+    clock.now += TOKENS_SETTLE_SECONDS
+    assert store.lookup("api-key-c") == "00c"
+
+
+def test_eslcdr_run_rides_out_a_tokens_file_edit_and_applies_a_deliberate_one(tmp_path):
+    # A real daemon; the tokens file is emptied for 1.5 s, then half written,
+    # then complete again, while a client uses its login session and its API
+    # key: no 401, the session lives on, and retention keeps the old rows the
+    # collector has not pulled.  Emptied on purpose + SIGHUP: applies at once.
+    import json
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    import gevent
+
+    from eslcdr import store
+    from eslcdr.fakefs import FakeFreeSWITCH
+
+    from .e2e import DaemonProcess, db_rows, write_config
+    from .test_api import G, leg
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(FULL)
+    db = tmp_path / "cdrs.db"
+    conn = store.connect_writer(db)
+    olds = [leg(int(time.time()) + G - 3 * 86_400 + i, account=ACCOUNT) for i in range(5)]
+    # The collector pulled once (after=0): it holds back every row.
+    store.insert_records(conn, olds, acks={sha("collector-key"): (0, 1)})
+    conn.close()
+    fake = FakeFreeSWITCH().start()
+    ini = write_config(tmp_path, fake.port)
+    ini.write_text(ini.read_text().replace("[store]\n", "[store]\nretention_days = 1\nretention_check_interval = 0.2\n"))
+    daemon = DaemonProcess(ini, tmp_path / "daemon.log")
+
+    def call(method: str, path: str, token: str | None = None, body: dict | None = None):
+        request = urllib.request.Request(
+            "http://127.0.0.1:%d%s" % (port, path), method=method,
+            data=json.dumps(body).encode() if body else None,
+            headers={"Content-Type": "application/json", **({"X-Auth-Token": token} if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    url = "/v2/accounts/%s/cdrs" % ACCOUNT
+    statuses: list[int] = []
+
+    def use_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            statuses.append(call("GET", url, session)[0])
+            statuses.append(call("GET", url, "api-key-a")[0])
+            gevent.sleep(0.02)
+
+    try:
+        port = daemon.api_port()
+        status, answer = call("PUT", "/v2/api_auth", body={"data": {"api_key": "api-key-a"}})
+        assert status == 201
+        session = answer["auth_token"]
+        tokens.write_text("")  # the editor truncates the file ...
+        use_for(1.5)
+        tokens.write_text("api-key-a %s" % ACCOUNT[:9])  # ... writes part of it ...
+        use_for(0.5)
+        tokens.write_text(FULL)  # ... and the rest
+        use_for(0.5)
+        assert len(statuses) > 20 and statuses.count(401) == 0, statuses.count(401)
+        assert call("GET", url, session)[0] == 200  # the login session lives on
+        assert len(db_rows(db)) == 5  # retention still saw the collector
+
+        tokens.write_text("")
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while call("GET", url, "api-key-a")[0] != 401 and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert call("GET", url, "api-key-a")[0] == 401 and call("GET", url, session)[0] == 401
+        while db_rows(db) and time.monotonic() < deadline:  # no collector now: age alone decides
+            gevent.sleep(0.05)
+        assert db_rows(db) == []
+    finally:
+        assert daemon.stop() == 0
+        fake.stop()
