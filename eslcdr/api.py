@@ -107,6 +107,12 @@ CORS_ALLOW_HEADERS = (
 )
 CORS_EXPOSE_HEADERS = "Content-Type, X-Auth-Token, X-Request-ID, Location, ETag, Content-Disposition"
 CORS_MAX_AGE = "86400"
+HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
+# For monitoring, not for web pages: they name the database file and
+# FreeSWITCH's address, so no CORS header lets another origin's page read them
+# (their OPTIONS preflight gets none either, and the browser stops there).
+NO_CORS_PATHS = frozenset({HEALTH_PATH, METRICS_PATH})
 _FILE_NAME_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/;]')
 _N_SOURCE = len(kazoo.SOURCE_COLUMNS)
 # Rows per chunk of a CSV listing export: each chunk is one statement (its own
@@ -269,8 +275,9 @@ class CdrApi:
 
     def cors_headers(self, environ: Mapping[str, Any], status: str, headers: list) -> list[tuple[str, str]]:
         """CORS headers for one response: the origin on every answer, and on a
-        preflight (an OPTIONS answered 204) the methods, headers and max age."""
-        if not self.cors_origins:
+        preflight (an OPTIONS answered 204) the methods, headers and max age;
+        none on NO_CORS_PATHS."""
+        if not self.cors_origins or environ.get("PATH_INFO") in NO_CORS_PATHS:
             return []
         if self.cors_origins == ("*",):
             out = [("Access-Control-Allow-Origin", "*")]
@@ -910,8 +917,8 @@ def create_app(
         (account + "/users/<user_id>/cdrs/worst", "GET", guard(routes.worst)),
         ("/v2/feed/cdrs", "GET", guard(routes.feed)),
         ("/v2/auth/tokeninfo", "GET", guard(routes.tokeninfo)),
-        ("/health", "GET", routes.health),
-        ("/metrics", "GET", routes.prometheus),
+        (HEALTH_PATH, "GET", routes.health),
+        (METRICS_PATH, "GET", routes.prometheus),
         ("/v2/cdrs", "GET", guard(routes.own_account(routes.list_cdrs))),
         ("/v2/cdrs/interaction", "GET", guard(routes.own_account(routes.list_interactions))),
         ("/v2/cdrs/legs/<leg_id>", "GET", guard(routes.own_account(routes.legs))),
