@@ -24,7 +24,6 @@ from eslcdr.queries import InlineRunner
 from eslcdr.sessions import SessionStore
 from eslcdr.tokens import TokenStore
 
-from .e2e import exchange
 from .test_api import A, ACC_A, ACC_B, COLLECTOR, NOW, NOW_G, TOKENS, Env, interaction_id, leg
 from .test_hostile_e2e import start_daemon  # noqa: F401 (a fixture)
 
@@ -278,6 +277,7 @@ def test_health_and_metrics_carry_no_cors_headers_the_v2_routes_do(start_daemon)
     no web page of another origin may read them, whatever ``cors_origins``
     says -- no Access-Control-* header on GET nor on the OPTIONS preflight,
     from a real ``eslcdr run`` with ``cors_origins = *``.  Kazoo's routes keep theirs."""
+    from .e2e import exchange
     from .test_hostile_e2e import ACCOUNT, status_of
 
     _, port, token = start_daemon(cors_origins="*")
