@@ -150,6 +150,8 @@ def generate(path: Path, rows: int, days: int, seed: int = 11) -> None:
             batch.clear()
     if batch:
         conn.executemany(sql, batch)
+    # The KPI roll-ups, as the daemon's writer keeps them (a raw INSERT does not).
+    store._roll_up_after(conn, 0)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("ANALYZE")

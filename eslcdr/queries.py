@@ -90,6 +90,15 @@ _PROGRESS_STEPS = 4000  # VM instructions between deadline checks
 # worked.  A million instructions take a few ms; the deadline is checked once
 # more when the statement ends.
 _COARSE_PROGRESS_STEPS = 1_000_000
+# A heavy request's Python work on the hub (the buckets of a month by minute,
+# their CSV or JSON: ~0.5 s) runs in slices of HEAVY_SLICE seconds, each
+# followed by HEAVY_PAUSE seconds that no heavy request works (HeavyLane.pacer).
+# Yielding to other greenlets is not enough: a worker thread (a light page's
+# query, the writer) takes the GIL back for every row it reads, and while the
+# hub computes it waits up to the switch interval (5 ms) each time -- 51 rows,
+# a quarter of a second.  In the pause the hub idles in its poll, GIL free.
+HEAVY_SLICE = 0.003
+HEAVY_PAUSE = 0.002
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 _MODB_CALL_ID = re.compile(r"\d{6}-(.+)", re.DOTALL)
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -702,12 +711,48 @@ class HeavyLane:
     Without it a dozen filter-heavy listings fill gevent's thread pool and
     share two cores and the GIL with everything else, and a one-row page
     waits behind them.  Light statements never wait here.
+
+    ``pacer()`` paces a heavy request's Python work on the hub: slices of
+    HEAVY_SLICE seconds, one request's at a time, each followed by
+    HEAVY_PAUSE seconds left to everything else.
     """
 
     def __init__(self, slots: int, wait: float) -> None:
         self.slots = slots
         self.wait = wait
         self._semaphore: Any = None
+        self._quiet_until = 0.0
+
+    def pacer(self) -> Callable[[], None]:
+        """A ``breathe()`` for one heavy request's loop on the hub: call it
+        every few items.  Once the request has worked HEAVY_SLICE seconds it
+        sleeps until the lane's pause is over -- while one request pauses, no
+        other heavy request works either -- and starts a new slice.  The
+        first slice starts once a pause under way is over."""
+        self._wait_quiet()
+        resumed = time.perf_counter()
+
+        def breathe() -> None:
+            nonlocal resumed
+            now = time.perf_counter()
+            if now - resumed >= HEAVY_SLICE:
+                self._rest(now)
+                resumed = time.perf_counter()
+
+        return breathe
+
+    def _rest(self, now: float) -> None:
+        self._quiet_until = max(self._quiet_until, now + HEAVY_PAUSE)
+        self._wait_quiet()
+
+    def _wait_quiet(self) -> None:
+        import gevent  # here: the daemon patches before building the API
+
+        while True:
+            left = self._quiet_until - time.perf_counter()
+            if left <= 0:
+                return
+            gevent.sleep(left)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:

@@ -26,6 +26,7 @@ from eslcdr.tokens import TokenStore
 
 from . import kazoo_shapes
 from .test_api import A, ACC_A, ACC_B, COLLECTOR, NOW, NOW_G, TOKENS, Env, interaction_id, leg
+from .test_hostile_e2e import start_daemon  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_account_less_cdr_paths_are_the_tokens_account(env):
 ROUTES = ["/v2/accounts/%s/cdrs" % ACC_A, "/v2/cdrs", "/v2/cdrs/interaction", "/v2/cdrs/x", "/v2/accounts/%s/cdrs/interaction" % ACC_A,
           "/v2/accounts/%s/cdrs/legs/x" % ACC_A, "/v2/accounts/%s/cdrs/202601-x" % ACC_A,
           "/v2/accounts/%s/users/u1/cdrs" % ACC_A, "/v2/accounts/%s/users/u1/cdrs/interaction" % ACC_A,
-          "/v2/feed/cdrs", "/v2/api_auth", "/v2/user_auth", "/health", "/metrics"]
+          "/v2/feed/cdrs", "/v2/api_auth", "/v2/user_auth"]
 
 
 @pytest.mark.parametrize("url", ROUTES)
@@ -256,6 +257,11 @@ def test_cors_with_a_list_of_origins_or_none(tmp_path):
         assert pre.headers["Access-Control-Max-Age"] == "86400"
         pre_bad = listed.web.options(url, headers={**PREFLIGHT, "Origin": "https://evil.example.com"}, status=204)
         assert not any(h.startswith("Access-Control-") for h in pre_bad.headers)
+        for path in ("/health", "/metrics"):  # not even for a listed origin
+            for response in (listed.web.get(path, headers={"Origin": "https://ui.example.net"}),
+                             listed.web.options(path, headers={**PREFLIGHT, "Origin": "https://ui.example.net"},
+                                                status=204)):
+                assert not any(h.startswith("Access-Control-") or h == "Vary" for h in response.headers), path
     finally:
         listed.close()
     (tmp_path / "b").mkdir()
@@ -265,6 +271,43 @@ def test_cors_with_a_list_of_origins_or_none(tmp_path):
         assert not any(h.startswith("Access-Control-") for h in response.headers)
     finally:
         off.close()
+
+
+def test_health_and_metrics_carry_no_cors_headers_the_v2_routes_do(start_daemon):
+    """/health and /metrics name the database file and FreeSWITCH's address:
+    no web page of another origin may read them, whatever ``cors_origins``
+    says -- no Access-Control-* header on GET nor on the OPTIONS preflight,
+    from a real ``eslcdr run`` with ``cors_origins = *``.  Kazoo's routes keep theirs."""
+    from .e2e import exchange
+    from .test_hostile_e2e import ACCOUNT, status_of
+
+    _, port, token = start_daemon(cors_origins="*")
+    origin = b"Host: x\r\nConnection: close\r\nOrigin: https://evil.example.com\r\n"
+    preflight = origin + b"Access-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: x-auth-token\r\n"
+
+    def answer(method: bytes, target: str, headers: bytes) -> tuple[int, dict[str, str], bytes]:
+        head, _, body = exchange(port, b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target.encode(), headers)
+                                 ).partition(b"\r\n\r\n")
+        fields = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:])
+        return status_of(head), {name.lower(): value for name, value in fields.items()}, body
+
+    for target in ("/health", "/metrics", "/health/", "/metrics?x=1"):
+        status, headers, body = answer(b"GET", target, origin)
+        assert status == 200, (target, body[:200])
+        assert b"eslcdr_api_requests" in body if target.startswith("/metrics") else json.loads(body)["status"] == "ok"
+        assert not any(name.startswith("access-control-") for name in headers), (target, headers)
+        status, headers, _ = answer(b"OPTIONS", target, preflight)
+        assert status == 204 and headers["allow"] == "GET, OPTIONS"
+        assert not any(name.startswith("access-control-") for name in headers), (target, headers)
+    cdrs = "/v2/accounts/%s/cdrs" % ACCOUNT
+    status, headers, body = answer(b"GET", cdrs, origin + b"X-Auth-Token: %s\r\n" % token.encode())
+    assert status == 200 and json.loads(body)["status"] == "success"
+    assert headers["access-control-allow-origin"] == "*" and "x-request-id" in headers[
+        "access-control-expose-headers"].lower()
+    status, headers, _ = answer(b"OPTIONS", cdrs, preflight)
+    assert status == 204 and headers["access-control-allow-origin"] == "*"
+    assert headers["access-control-allow-methods"] == "GET, OPTIONS"
+    assert "x-auth-token" in headers["access-control-allow-headers"].lower()
 
 
 def test_bad_cors_config_is_a_config_error(tmp_path):
