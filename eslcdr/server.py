@@ -80,10 +80,10 @@ _STATUS_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too
 
 
 class ClientFault(BaseException):
-    """A client passed one of the limits (``reason``: a key of ``_FAULTS``): it gets
-    that status if nothing was answered yet, one warning line, and its connection is
-    closed.  A BaseException, so that neither Bottle nor gevent's generic handlers
-    take it for an application error on its way up to the handler."""
+    """A client passed one of the limits while its request was read (``reason``:
+    a key of ``_FAULTS``): it gets that status, one warning line, and its
+    connection is closed.  A BaseException, so that gevent's generic handlers
+    between the read and ``handle_one_request`` do not take it for a parse error."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -315,8 +315,6 @@ def read_body(given: Any, limit: int) -> bytes:
     broken chunked body is ClientFault(400)."""
     try:
         body = given.read(limit + 1)
-    except ClientFault:
-        raise
     except OSError as exc:
         if type(exc).__name__ == "_InvalidClientInput" or str(exc).startswith("unexpected end of file"):
             raise ClientFault("bad_body") from None
@@ -374,7 +372,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 return super().handle()
             except OSError as exc:  # the client went away while we answered it
                 log.debug("http_connection_lost", client=self._client(), error=type(exc).__name__)
-            except ClientFault as fault:  # answering a refused request failed half way
+            except ClientFault as fault:  # the connection's boundary: nothing above knows it
                 log.debug("http_connection_lost", client=self._client(), error=fault.reason)
             except Exception as exc:  # noqa: BLE001 -- connection boundary: gevent would print it raw
                 log.error("http_handler_error", client=self._client(), error=type(exc).__name__,
@@ -460,12 +458,6 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
         # -- errors while answering ---------------------------------------------
 
         def handle_error(self, t, v, tb):
-            if issubclass(t, ClientFault):  # the body: too slow, too large, evicted
-                self.close_connection = True
-                status, message, detail = self._fault(v)
-                if not self.response_length:
-                    self._send_envelope(status, message, detail)
-                return
             if issubclass(t, TimeoutError):
                 self.close_connection = True
                 self._warn("http_client_stalled", "send_timeout", path=self._loggable_target(),
