@@ -72,7 +72,7 @@ REJECT_SLACK = 16
 LOG_INTERVAL = 10.0  # seconds: a kind of client mistake gets one line, then one http_repeated line
 RECEIVE_GRACE = 2.0  # seconds of a request before min_receive_rate applies
 EVICT_AFTER = 1.0  # seconds a client must be behind before it may be evicted at the cap
-RECV_SIZE = 65536
+RECV_SIZE = 16384  # bytes asked of one recv: a head or body overshoots its limit by this at most
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
 _STATUS_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long",
                    431: "Request Header Fields Too Large", 500: "Internal Server Error",
