@@ -98,7 +98,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Kazoo's CSV_CONTENT_TYPES: a client asking for octet-stream gets CSV.
 _CSV_TYPES = ("text/csv", "text/comma-separated-values", "application/octet-stream")
 _JSON_TYPES = ("application/json", "application/x-json")
-MAX_LOGIN_BODY = 65536
 # CORS, as Kazoo's api_util:get_cors_headers (plus what our own routes read).
 CORS_ALLOW_HEADERS = (
     "Content-Type, Depth, User-Agent, X-Http-Method-Override, X-File-Size, X-Requested-With, "
@@ -790,11 +789,22 @@ class _Routes:
     # -- login (Kazoo's cb_api_auth / cb_user_auth) -------------------------
 
     def login_body(self) -> Any:
-        """The request body as JSON; Kazoo's 400s when it is too large or not JSON."""
-        body = bottle.request.body.read(MAX_LOGIN_BODY + 1)
-        if len(body) > MAX_LOGIN_BODY:
-            raise ApiError(413, "request entity too large",
-                           {"message": "the request body is larger than %d bytes" % MAX_LOGIN_BODY})
+        """The request body as JSON; 413 past ``max_body_bytes`` (refused on its
+        Content-Length, before a byte is read; at most one byte more of a chunked
+        body is read), Kazoo's 400 when it is not JSON or cannot be read (a broken
+        chunked body).  ``wsgi.input`` itself, never Bottle's ``request.body``, which
+        reads the whole Content-Length into a temporary file first."""
+        limit = self.api.limits.max_body_bytes
+        too_large = ApiError(413, "request entity too large",
+                             {"message": "the request body is larger than %d bytes" % limit})
+        if bottle.request.content_length > limit:
+            raise too_large
+        try:
+            body = bottle.request.environ["wsgi.input"].read(limit + 1)
+        except OSError:  # gevent's broken chunked body, a connection cut mid-body
+            raise ApiError(400, "bad request", {"message": "the request body could not be read"}) from None
+        if len(body) > limit:
+            raise too_large
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:

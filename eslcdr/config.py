@@ -18,9 +18,23 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
+
+# The HTTP server's bounds (``ServerLimits``, used by ``server.make_server``): the
+# same keys in ``[api]`` and in the collector's ``[collector]``.
+# key: (default, type, valid when)
+SERVER_LIMITS: dict[str, tuple[str, Callable, Callable]] = {
+    "header_timeout": ("10", float, lambda v: v > 0),
+    "idle_timeout": ("15", float, lambda v: v > 0),
+    "send_timeout": ("60", float, lambda v: v > 0),
+    "request_timeout": ("30", float, lambda v: v > 0),
+    "min_receive_rate": ("500", float, lambda v: v >= 0),  # 0: off
+    "max_connections": ("256", int, lambda v: v > 0),
+    "max_head_bytes": ("65536", int, lambda v: v >= 8192),  # gevent's request line limit is 8192
+    "max_body_bytes": ("65536", int, lambda v: v >= 1024),
+}
 
 DEFAULTS: dict[str, dict[str, str]] = {
     "esl": {
@@ -51,10 +65,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "default_page_size": "50",
         "max_page_size": "1000",
         "statement_timeout": "10",
-        "header_timeout": "10",
-        "idle_timeout": "15",
-        "send_timeout": "60",
-        "max_connections": "256",
+        **{key: default for key, (default, _, _) in SERVER_LIMITS.items()},
         "heavy_queries": "2",
         "cors_origins": "*",
         "session_ttl": "3600",
@@ -115,6 +126,25 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """How the HTTP server holds its clients to account (``SERVER_LIMITS``; the
+    README's API section says what a client gets past each)."""
+
+    header_timeout: float  # s from a request's first byte to the end of its head
+    idle_timeout: float  # s a connection may send nothing (new, or between requests)
+    send_timeout: float  # s a response write may make no progress
+    request_timeout: float  # s from a request's first byte to the end of its body
+    min_receive_rate: float  # bytes/s a request must average after its first seconds; 0: off
+    max_connections: int
+    max_head_bytes: int  # request line and headers together
+    max_body_bytes: int
+
+    @classmethod
+    def default(cls) -> "ServerLimits":
+        return server_limits({key: default for key, (default, _, _) in SERVER_LIMITS.items()}, "api")
+
+
+@dataclass(frozen=True, slots=True)
 class ApiConfig:
     host: str
     port: int
@@ -123,10 +153,7 @@ class ApiConfig:
     default_page_size: int
     max_page_size: int
     statement_timeout: float
-    header_timeout: float
-    idle_timeout: float
-    send_timeout: float
-    max_connections: int
+    limits: ServerLimits
     heavy_queries: int
     cors_origins: tuple[str, ...] = ("*",)  # () = no CORS headers
     session_ttl: float = 3600.0
@@ -170,6 +197,12 @@ def _get(values: Mapping[str, str], section: str, key: str, conv, check=None):
     if check is not None and not check(value):
         raise ConfigError("[%s] %s: %r is out of range" % (section, key, raw))
     return value
+
+
+def server_limits(values: Mapping[str, str], section: str) -> ServerLimits:
+    """The ``SERVER_LIMITS`` keys of a section, checked."""
+    return ServerLimits(**{key: _get(values, section, key, conv, check)
+                           for key, (_, conv, check) in SERVER_LIMITS.items()})
 
 
 def _names(raw: str) -> tuple[str, ...]:
@@ -339,10 +372,7 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             default_page_size=default_page,
             max_page_size=_get(api, "api", "max_page_size", int, lambda v: v >= default_page),
             statement_timeout=_get(api, "api", "statement_timeout", float, lambda v: v > 0),
-            header_timeout=_get(api, "api", "header_timeout", float, lambda v: v > 0),
-            idle_timeout=_get(api, "api", "idle_timeout", float, lambda v: v > 0),
-            send_timeout=_get(api, "api", "send_timeout", float, lambda v: v > 0),
-            max_connections=_get(api, "api", "max_connections", int, lambda v: v > 0),
+            limits=server_limits(api, "api"),
             heavy_queries=_get(api, "api", "heavy_queries", int, lambda v: v > 0),
             cors_origins=_cors_origins(api["cors_origins"]),
             session_ttl=_get(api, "api", "session_ttl", float, lambda v: v > 0),

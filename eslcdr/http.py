@@ -3,7 +3,7 @@
 The daemon's health and metrics feed ``/health`` and ``/metrics``; the
 server's own access log goes through structlog (one line per request, its
 target redacted by ``server.make_server``); ``[api]`` bounds the server
-(timeouts, connection cap: ``server.ServerLimits``).
+(timeouts, sizes, receive rate, connection cap: ``config.ServerLimits``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry
 from .api import create_app, make_server
 from .channels import LiveChannels
 from .metrics import DaemonCollector
-from .server import ServerLimits
 
 log = structlog.get_logger("eslcdr.http")
 
@@ -30,7 +29,9 @@ class _AccessLog:
 
     A collector polls the feed every few seconds: successful requests are
     debug lines (the info log stays readable); refused or failed ones
-    (4xx, 5xx: a wrong token, a bad query) stay at info.
+    (4xx, 5xx: a wrong token, a bad query) stay at info -- of the 4xx, the
+    server passes one per status every 10 s and counts the others
+    (``server._Repeats``), so a client's mistakes cannot flood the log.
     """
 
     def write(self, line: str) -> None:
@@ -53,8 +54,7 @@ class ApiServer:
         self.app = create_app(config, health=daemon.health, registry=registry, tokens=self.tokens,
                               acknowledge=daemon.writer.acknowledge,
                               channels=LiveChannels(daemon.trackers))
-        limits = ServerLimits.from_api(config.api)
-        self.server = make_server(self.app, config.api.host, config.api.port, limits=limits,
+        self.server = make_server(self.app, config.api.host, config.api.port, limits=config.api.limits,
                                   log=_AccessLog(), error_log=_AccessLog())
 
     @property

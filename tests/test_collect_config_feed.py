@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from eslcdr.collector import config as cc
 from eslcdr.collector.feed import FeedProtocolError, LineSplitter, RecordTooLarge, parse_record
 from eslcdr.collector.pgstore import FeedRecord, Rejected
-from eslcdr.config import ConfigError
+from eslcdr.config import ConfigError, ServerLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -49,6 +49,7 @@ def test_environment_overrides_dsn_and_tokens():
         ({"node:fs1": NODE, "collector": {"batch_size": "0"}}, "[collector] batch_size"),
         ({"node:fs1": NODE, "collector": {"timeout": "soon"}}, "[collector] timeout"),
         ({"node:fs1": NODE, "collector": {"listen": "nowhere"}}, "[collector] listen"),
+        ({"node:fs1": NODE, "collector": {"max_body_bytes": "10"}}, "[collector] max_body_bytes"),
         ({"node:fs1": NODE, "collector": {"colour": "red"}}, "unknown key"),
         ({"node:fs1": NODE, "esl": {"host": "x"}}, "unknown section"),
         ({"node:fs1": NODE, "log": {"level": "loud"}}, "[log] level"),
@@ -58,6 +59,12 @@ def test_bad_config_names_section_and_key(sections, message):
     with pytest.raises(ConfigError) as err:
         cc.from_mapping(sections)
     assert message in str(err.value)
+
+
+def test_the_http_limits_are_the_daemons_keys():
+    cfg = cc.from_mapping({"node:fs1": NODE, "collector": {"max_connections": "7", "request_timeout": "4"}})
+    assert (cfg.limits.max_connections, cfg.limits.request_timeout) == (7, 4.0)
+    assert cfg.limits.max_head_bytes == ServerLimits.default().max_head_bytes
 
 
 def test_shipped_collector_ini_lists_every_key_with_its_default():

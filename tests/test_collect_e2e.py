@@ -27,6 +27,7 @@ from eslcdr.collector import pgschema
 from eslcdr.schema import COLUMN_NAMES, JSON_COLUMNS
 
 from .e2e import ROOT, DaemonProcess, db_rows, read_log_events, write_config
+from .test_hostile_e2e import closed_by_server
 
 WAIT = 60.0
 TOKEN = "collector-secret-token"
@@ -571,3 +572,41 @@ def test_lost_postgresql_connections_are_reopened_and_nothing_repeats(media, col
     failures = [e for e in process.events_named("collect_pull_failed") if e["node"] == "fs-a"]
     assert failures and all("OperationalError" in e["error"] or "AdminShutdown" in e["error"] for e in failures)
     assert process.stop() == 0
+
+
+def test_the_collectors_health_server_holds_clients_to_the_limits(collector, pg_dsn):
+    """Issue 15.12: /health and /metrics are served by the daemon's hardened
+    server with [collector]'s limits: a slow head is answered 408, a huge one 431,
+    a silent connection is closed, and /health keeps answering meanwhile."""
+    process = collector({"fs-gone": "http://127.0.0.1:%d" % free_port()},
+                        extra="header_timeout = 1\nidle_timeout = 2\nmax_head_bytes = 16384\n")
+    port = process.port()
+    silent = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    slow = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    slow_answer = None
+    for i in range(20):  # a header line every 0.25 s, never the end of the head
+        try:
+            slow.sendall(b"X-Slow-%d: 1\r\n" % i)
+        except OSError:
+            pass
+        status, body = http_get(port, "/health")  # others are served meanwhile
+        assert status in (200, 503) and "nodes" in json.loads(body)
+        slow_answer = closed_by_server(slow, 0.25)
+        if slow_answer is not None:
+            break
+    assert slow_answer is not None and slow_answer.startswith(b"HTTP/1.1 408 "), slow_answer
+    assert time.monotonic() - started < 4
+    big = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    big.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-Big-%d: %s\r\n" % (i, b"b" * 1000)
+                                                                for i in range(20)))
+    big_answer = closed_by_server(big, 5)
+    assert big_answer is not None and big_answer.startswith(b"HTTP/1.1 431 "), big_answer
+    assert closed_by_server(silent, 5) == b""  # closed after idle_timeout, without a word
+    for sock in (silent, slow, big):
+        sock.close()
+    assert process.stop() == 0
+    events = process.events()
+    assert {e.get("reason") for e in events if e["event"] in ("http_request_timeout", "http_bad_request")} \
+        == {"header_timeout", "head_too_large"}

@@ -60,6 +60,8 @@ def test_password_never_in_repr(tmp_path):
         ("[esl]\nformat = xml\n", "[esl] format"),
         ("[store]\nbatch_size = 0\n", "[store] batch_size"),
         ("[api]\nlisten = nowhere\n", "[api] listen"),
+        ("[api]\nmax_head_bytes = 1000\n", "[api] max_head_bytes: '1000' is out of range"),
+        ("[api]\nmin_receive_rate = -1\n", "[api] min_receive_rate"),
         ("[bogus]\nx = 1\n", "unknown section"),
         ("[esl]\npasword = typo\n", "unknown key"),
         ("[log]\nlevel = loud\n", "[log] level"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..config import ConfigError, parse_listen, read_config_file
+from ..config import SERVER_LIMITS, ConfigError, ServerLimits, parse_listen, read_config_file, server_limits
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/collector.ini"), Path("conf/collector.ini"))
 
@@ -33,6 +33,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "max_record_bytes": "1048576",
         "max_batch_bytes": "33554432",
         "retry_max_delay": "30",
+        # the bounds of the /health and /metrics server, as [api]'s of eslcdr run
+        **{key: default for key, (default, _, _) in SERVER_LIMITS.items()},
     },
     "node": {"url": "", "token": ""},
     "log": {"level": "info", "format": "auto"},
@@ -67,6 +69,7 @@ class CollectorConfig:
     max_record_bytes: int
     max_batch_bytes: int
     retry_max_delay: float
+    limits: ServerLimits
     nodes: tuple[FeedNode, ...]
     log: LogConfig
     source: str
@@ -182,6 +185,7 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
         max_record_bytes=_number(values, section, "max_record_bytes", int, 1024),
         max_batch_bytes=_number(values, section, "max_batch_bytes", int, 1024),
         retry_max_delay=_number(values, section, "retry_max_delay", float, 0.1),
+        limits=server_limits(values, section),
         nodes=tuple(nodes),
         log=LogConfig(level=level, format=fmt),
         source=source,

@@ -4,7 +4,8 @@ Start: read the config, connect to PostgreSQL and migrate (an unreachable
 server is a one-line error and exit 1: systemd restarts the unit), create
 the partitions ahead of need, start one supervised greenlet per node, a
 housekeeping greenlet (partitions for the coming months, checked hourly),
-and the HTTP server for ``/health`` and ``/metrics``; then tell systemd
+and the HTTP server for ``/health`` and ``/metrics`` (the daemon's hardened
+server, bounded by the ``[collector]`` limits); then tell systemd
 ``READY=1`` (and ``WATCHDOG=1`` every ``WATCHDOG_USEC/2``).
 
 Stop (SIGTERM/SIGINT only set an event): stop the HTTP server, interrupt
@@ -17,23 +18,26 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import gevent
 import gevent.event
 import orjson
 import psycopg
 import structlog
-from gevent.pywsgi import WSGIServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
 from ..notify import Notifier
+from ..server import make_server
 from ..supervise import spawn_supervised
 from . import pgschema
 from .config import CollectorConfig
 from .worker import NodeWorker
+
+if TYPE_CHECKING:
+    from gevent.pywsgi import WSGIServer
 
 log = structlog.get_logger("eslcdr.collect")
 
@@ -128,7 +132,7 @@ class Collector:
         self.workers: dict[str, NodeWorker] = {}
         self._greenlets: dict[str, gevent.Greenlet] = {}
         self._connect = connect
-        self.http: WSGIServer | None = None
+        self.http: WSGIServer | None = None  # server.make_server's: the limits of [collector]
         self.started_at = time.time()
 
     def start(self) -> None:
@@ -144,7 +148,8 @@ class Collector:
         self._spawn("partitions", self._partitions)
         registry = CollectorRegistry()
         registry.register(CollectorMetrics(self))
-        self.http = WSGIServer((cfg.host, cfg.port), make_app(self.health, registry), log=_AccessLog(), error_log=_AccessLog())
+        self.http = make_server(make_app(self.health, registry), cfg.host, cfg.port, limits=cfg.limits,
+                                log=_AccessLog(), error_log=_AccessLog())
         self.http.start()
         log.info("collect_started", version=__version__, nodes=[n.name for n in cfg.nodes],
                  listen="%s:%d" % (cfg.host, self.http.server_port))
