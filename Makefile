@@ -6,6 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 BROWSER = /usr/bin/chromium /usr/bin/chromedriver
 SYSTEMD_ANALYZE = /usr/bin/systemd-analyze
+EXAMPLE_TOOLS = /usr/bin/curl /usr/bin/sqlite3
 
 .PHONY: demo test bench clean install uninstall
 
@@ -18,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/eslcdr demo
 
-test: $(STAMP) $(BROWSER) $(SYSTEMD_ANALYZE)
+test: $(STAMP) $(BROWSER) $(SYSTEMD_ANALYZE) $(EXAMPLE_TOOLS)
 	$(BIN)/python -m pytest
 
 # The /ui page's test drives Debian's chromium headless through chromedriver:
@@ -30,6 +31,10 @@ $(BROWSER):
 # Debian's systemd package, installed the same way when it is missing.
 $(SYSTEMD_ANALYZE):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y systemd
+
+# The docs' curl and sqlite3 examples run with the real commands (tests/test_docs.py).
+$(EXAMPLE_TOOLS):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y curl sqlite3
 
 # The quick benchmarks (about a minute); bench/README.md lists the others.
 bench: $(STAMP)

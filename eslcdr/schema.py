@@ -15,7 +15,7 @@ import uuid
 import sqlite_utils
 
 # (name, SQL type, description) -- the description is the column's
-# documentation; README.md lists the same text (a test checks they agree).
+# documentation; docs/database.md lists the same text (a test checks they agree).
 # The columns of the first schema version; later migrations add the rest.
 BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT", "insertion counter, strictly increasing: the collector's cursor"),

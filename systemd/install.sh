@@ -9,7 +9,8 @@
 #           tokens 0640 root:eslcdr, environment 0600; files already there are
 #           never overwritten), every systemd/*.service in $UNITDIR, the
 #           sysusers file, the eslcdr system user, $STATEDIR (/var/lib/eslcdr,
-#           0750 eslcdr), then `systemctl daemon-reload` if systemd runs.
+#           0750 eslcdr), README.md and docs/ in $DOCDIR, then
+#           `systemctl daemon-reload` if systemd runs.
 #           Run again, it upgrades the program and keeps config, tokens, data.
 # uninstall stops and removes the units and the program; keeps $SYSCONFDIR,
 #           $STATEDIR and the eslcdr user (it owns the data).
@@ -166,6 +167,12 @@ install_units() {
     chmod 0644 "$DESTDIR$SYSUSERSDIR/eslcdr.conf"
     cp "$SRC/README.md" "$DESTDIR$DOCDIR/README.md"
     chmod 0644 "$DESTDIR$DOCDIR/README.md"
+    # The README links the pages of docs/: they go beside it.
+    mkdir -p "$DESTDIR$DOCDIR/docs"
+    for page in "$SRC"/docs/*; do
+        cp "$page" "$DESTDIR$DOCDIR/docs/"
+        chmod 0644 "$DESTDIR$DOCDIR/docs/$(basename "$page")"
+    done
 }
 
 install_state() {

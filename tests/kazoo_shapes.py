@@ -29,7 +29,7 @@ INTERACTION_COLUMNS = LIST_COLUMNS + ["inception_direction"]
 CSV_HEADER_MAP = {"id": "ID", "account_id": "Account ID"}
 
 # A full record (GET /cdrs/{id}, /cdrs/legs/{id}, the feed): every stored
-# column (the schema, documented column by column in the README) then
+# column (the schema, documented column by column in docs/database.md) then
 # Kazoo's channel_created_time (µs); as CSV the id comes first.
 RECORD_FIELDS = list(COLUMN_NAMES) + ["channel_created_time"]
 RECORD_CSV_FIELDS = ["id"] + [name for name in RECORD_FIELDS if name != "id"]

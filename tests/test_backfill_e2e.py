@@ -24,7 +24,7 @@ from .e2e import DaemonProcess, db_rows, settle, wait_rows, write_config
 START = time.time() - 3 * 3600  # whole seconds are kept by the generator
 CALLS = 40
 SEED = 11
-# What mod_json_cdr files do not hold (README: backfill): the callee and the
+# What mod_json_cdr files do not hold (docs/backfill.md): the callee and the
 # direction of an originator.
 NOT_IN_FILES = {"callee_id_name", "callee_id_number", "other_leg_direction"}
 NOT_SEEN = "eslcdr_hangup_not_seen"

@@ -16,7 +16,6 @@ from eslcdr.collector.pgstore import FeedRecord, Rejected
 from eslcdr.config import ConfigError, ServerLimits
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
 NODE = {"url": "http://10.0.0.5:8080", "token": "t0k3n"}
 
 
@@ -78,12 +77,6 @@ def test_shipped_collector_ini_lists_every_key_with_its_default():
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(re.sub(r"^;(\[?\w)", r"\1", text, flags=re.M))
     assert cc.build(parser, {}, "x").nodes[0].name == "fs1"
-
-
-def test_readme_documents_every_collector_key():
-    for section, keys in cc.DEFAULTS.items():
-        for key in keys:
-            assert "`%s`" % key in README, (section, key)
 
 
 # ------------------------------------------------------------------ lines

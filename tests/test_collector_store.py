@@ -191,12 +191,10 @@ def test_restart_node_resets_the_cursor(pg, tmp_path):
         pg.restart_node("fs1", "db-1", "db-3")
 
 
-def test_readme_psql_examples_run(pg, tmp_path):
-    from pathlib import Path
+def test_docs_psql_examples_run(pg, tmp_path):
+    from .test_docs import code_blocks, page
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## The central collector", 1)[1].split("\n## ", 1)[0]
-    blocks = [b.split("```", 1)[0] for b in section.split("```sql\n")[1:]]
+    blocks = code_blocks(page("collector"), "sql")
     statements = []
     for block in blocks:
         for text in block.split(";"):

@@ -4,7 +4,7 @@ One real install (a virtualenv, pip installing eslcdr with its dependencies)
 is shared by the module; a second install over it, with changed config,
 tokens and data, checks the upgrade keeps them.  Under DESTDIR no user is
 created and nothing is chowned (see systemd/install.sh), so only modes and
-contents are checked here; the real-root run is in the README's notes.
+contents are checked here; the real-root run is described in docs/install.md.
 """
 
 from __future__ import annotations
@@ -117,7 +117,14 @@ def test_config_files_and_modes(staged):
     assert load_tokens(etc / "tokens") == ()
     sysusers = root / "usr/lib/sysusers.d/eslcdr.conf"
     assert re.search(r"^u eslcdr ", sysusers.read_text(), re.M)
-    assert (root / "usr/share/doc/eslcdr/README.md").is_file()
+    doc = root / "usr/share/doc/eslcdr"
+    assert (doc / "README.md").read_bytes() == (ROOT / "README.md").read_bytes()
+    # The pages the README links are beside it, so its links work where it is installed.
+    pages = sorted(page.name for page in (ROOT / "docs").iterdir())
+    assert "install.md" in pages and sorted(page.name for page in (doc / "docs").iterdir()) == pages
+    for name in pages:
+        assert (doc / "docs" / name).read_bytes() == (ROOT / "docs" / name).read_bytes()
+        assert mode(doc / "docs" / name) == 0o644
     state = root / "var/lib/eslcdr"
     assert state.is_dir() and mode(state) == 0o750
 
