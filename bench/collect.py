@@ -204,7 +204,7 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy("COPY raw (call_id, hangup_at, doc) FROM STDIN") as copy:
                 copy.write(block)
-            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at) SELECT call_id, hangup_at FROM raw"
+            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) SELECT call_id, hangup_at, 'n' FROM raw"
                         " ON CONFLICT DO NOTHING")
             cur.execute(raw_insert)
 
@@ -218,8 +218,8 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
     def many(chunk):
         rows = [values_of(item, psycopg.types.json.Jsonb) for item in chunk]
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany("INSERT INTO cdr_keys (call_id, hangup_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                            [(item.call_id, item.hangup_at) for item in chunk])
+            cur.executemany("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, %s, 'n')"
+                            " ON CONFLICT DO NOTHING", [(item.call_id, item.hangup_at) for item in chunk])
             cur.executemany(insert, rows)
 
     measure("executemany (pipeline) INSERT ... ON CONFLICT", conn, many)

@@ -177,8 +177,9 @@ def cmd_collect(args) -> int:
     try:
         collector.start()
     except psycopg.Error as exc:
-        # Never print the DSN: it may hold a password.
-        print("eslcdr: cannot start: PostgreSQL: %s" % str(exc).strip().splitlines()[0], file=sys.stderr)
+        # Never print the DSN, nor a piece of its password libpq may name.
+        message = cfg.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        print("eslcdr: cannot start: PostgreSQL: %s" % message, file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
         print("eslcdr: cannot start: listen %s:%d: %s" % (cfg.host, cfg.port, exc), file=sys.stderr)

@@ -188,3 +188,91 @@ def test_unreachable_postgresql_exits_1_and_never_prints_the_password(tmp_path):
     result = run_collect(ini, env={"ESLCDR_COLLECTOR_DSN": "postgresql://u:s3cr3t@/db?host=%s" % (tmp_path / "none")})
     assert result.returncode == 1
     assert "cannot start: PostgreSQL" in result.stderr and "s3cr3t" not in result.stderr + result.stdout
+
+
+# ------------------------------------------------------------------ the DSN's password
+
+# Passwords libpq reads other than written: an unescaped '@' makes it cut the
+# password there and take the rest for the host (which it names in its
+# error), a bad percent-escape makes it name the whole token.
+BAD_DSNS = [
+    ("postgresql://u:hunter2@s3cr3tpw@127.0.0.1:1/db", ("hunter2", "s3cr3tpw")),
+    ("postgresql://u:s3cr3t%zzpw@127.0.0.1:1/db", ("s3cr3t", "zzpw")),
+    ("postgresql://u:p@ss%zzword@/db?host=/nowhere", ("ss%zzword", "zzword")),
+    ("postgresql://u:pa/ssw0rd@127.0.0.1:1/db", ("ssw0rd",)),
+]
+
+
+@pytest.mark.parametrize("dsn, pieces", BAD_DSNS)
+def test_a_dsn_libpq_would_misread_is_refused_without_its_password(tmp_path, dsn, pieces):
+    ini = tmp_path / "collector.ini"
+    ini.write_text("[collector]\nlisten = 127.0.0.1:0\ntimeout = 2\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
+    result = run_collect(ini, env={"ESLCDR_COLLECTOR_DSN": dsn})
+    output = result.stderr + result.stdout
+    assert result.returncode == 2 and "[collector] dsn:" in result.stderr, output
+    for piece in pieces:
+        assert piece not in output
+
+
+def test_redact_hides_every_piece_of_the_password_in_real_libpq_messages():
+    import psycopg
+
+    for dsn, pieces in BAD_DSNS[:3]:  # (libpq names no piece of the fourth)
+        cfg = cc.from_mapping({"node:fs1": NODE})
+        cfg = __import__("dataclasses").replace(cfg, dsn=dsn)
+        try:
+            psycopg.connect(dsn, connect_timeout=1).close()
+        except psycopg.Error as exc:
+            message = str(exc)
+        assert any(piece in message for piece in pieces), message  # libpq does name it
+        assert not any(piece in cfg.redact(message) for piece in pieces), cfg.redact(message)
+    cfg = cc.from_mapping({"node:fs1": NODE, "collector": {"dsn": "host=/x user=u password=Tr0ub4dor dbname=y"}})
+    assert cfg.redact("missing '=' after 'Tr0ub4dor' ... t0k3n") == "missing '=' after '[redacted]' ... [redacted]"
+    assert cfg.redact("connection to server on socket failed") == "connection to server on socket failed"
+
+
+# ------------------------------------------------------------------ the hangup window
+
+
+def test_a_hangup_outside_the_window_is_rejected_with_its_reason():
+    from eslcdr.collector.feed import HangupWindow
+
+    now = 1_764_000_000.0
+    window = HangupWindow.around(now, 400)
+    inside = parse_record(line(hangup_us=int(now * 1e6) - 399 * 86_400 * 10**6), 4, window)
+    assert isinstance(inside, FeedRecord)
+    for hangup_us, why in ((int(now * 1e6) - 401 * 86_400 * 10**6, "older"),
+                           (int(now * 1e6) + 25 * 3600 * 10**6, "later"),
+                           (int(now * 1e6) + 300 * 365 * 86_400 * 10**6, "later")):
+        item = parse_record(line(hangup_us=hangup_us), 4, window)
+        assert isinstance(item, Rejected) and item.reason == "hangup_out_of_window" and why in item.error
+    # a day ahead is clock skew, not a lie
+    assert isinstance(parse_record(line(hangup_us=int(now * 1e6) + 23 * 3600 * 10**6), 4, window), FeedRecord)
+
+
+@pytest.mark.parametrize("key, value", [("max_pull_seconds", "0.5"), ("min_pull_rate", "-1"),
+                                        ("max_record_age_days", "0"), ("max_new_partitions", "x")])
+def test_the_hostile_node_bounds_are_checked(key, value):
+    with pytest.raises(ConfigError) as err:
+        cc.from_mapping({"node:fs1": NODE, "collector": {key: value}})
+    assert "[collector] %s" % key in str(err.value)
+
+
+def test_the_splitter_does_not_rescan_a_long_pending_line():
+    # A line fed one byte at a time: each feed searches its own byte, never
+    # the pending line again (which made a 1 MiB line cost 10^12 byte reads).
+    searched = []
+
+    class Tally(bytearray):
+        def rfind(self, *args):
+            searched.append(len(self))
+            return super().rfind(*args)
+
+        find = index = rindex = rfind
+
+    splitter = LineSplitter(1 << 20)
+    splitter._buf = Tally()
+    for _ in range(2000):
+        assert splitter.feed(b"x") == []
+    assert splitter.feed(b"x\n{}\n") == [b"x" * 2001, b"{}"] and splitter.pending == 0
+    assert sum(searched) < 10 * 2000

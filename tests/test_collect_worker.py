@@ -3,14 +3,18 @@ what a broken or malicious node could, a real PostgreSQL behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
+import json
 import threading
 
 import gevent.event
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from eslcdr.collector import pgschema
+from eslcdr.collector import worker as worker_module
 from eslcdr.collector.config import from_mapping
 from eslcdr.collector.feed import FeedError, FeedProtocolError, RecordTooLarge
 from eslcdr.collector.pgstore import PgStore
@@ -118,3 +122,59 @@ def test_a_cut_inside_the_last_line_keeps_the_complete_ones(feed, worker, pg_dsn
     with pytest.raises(FeedError):
         worker.pull_once()
     assert cursor(pg_dsn) == (2, 2, "db-1")
+
+
+def test_more_records_than_asked_for_stop_the_pull(feed, worker, pg_dsn, tmp_path, monkeypatch):
+    monkeypatch.setattr(worker_module, "FEED_LIMIT", 2)
+    feed.body = b"\n".join(lines(tmp_path, 3)) + b"\n"
+    with pytest.raises(FeedProtocolError) as err:
+        worker.pull_once()
+    assert "more than the 2 records" in str(err.value)
+    assert cursor(pg_dsn) == (2, 2, "db-1")  # the two asked for are stored
+
+
+def test_a_db_id_that_keeps_changing_backs_off_and_shows_as_an_error(feed, pg_dsn, tmp_path):
+    with psycopg.connect(pg_dsn) as conn:
+        pgschema.migrate(conn)
+    cfg = from_mapping({"collector": {"dsn": pg_dsn, "timeout": "5"}, "node:fs1": {"url": feed.url, "token": "t"}})
+    stop = gevent.event.Event()
+    node_worker = NodeWorker(cfg.nodes[0], cfg, stop, connect=lambda: PgStore.connect(pg_dsn))
+    waits = []
+    node_worker._wait = waits.append  # the backoff asked for, not slept
+    feed.body = b"\n".join(lines(tmp_path, 1)) + b"\n"
+    try:
+        with capture_logs() as logs:
+            assert node_worker.pull_once() is False  # first contact: db-1
+            for number in range(2, 7):
+                feed.headers = {"X-DB-ID": "db-%d" % number}
+                assert node_worker.pull_once() is True  # restarted from 0, after waits[-1]
+    finally:
+        node_worker.close()
+    # 1 s, 2 s, 4 s, 8 s, 16 s ceilings (full jitter: half to whole)
+    assert [round(w / c, 1) >= 0.5 and w <= c for w, c in zip(waits, (1, 2, 4, 8, 16))] == [True] * 5
+    flapping = [e for e in logs if e["event"] == "collect_node_db_id_flapping"]
+    assert [e["changes_last_hour"] for e in flapping] == [4, 5] and flapping[0]["log_level"] == "warning"
+    health = node_worker.health()
+    assert health["state"] == "error" and "db_id changed 5 times" in health["last_error"]
+    assert health["db_id_changes_last_hour"] == 5 and health["db_restarts"] == 5
+
+
+@pytest.mark.parametrize("dsn, pieces", [
+    ("postgresql://u:hunter2@s3cr3tpw@127.0.0.1:1/db", ("s3cr3tpw",)),
+    ("postgresql://u:s3cr3t%zzpw@127.0.0.1:1/db", ("s3cr3t", "zzpw")),
+])
+def test_the_dsn_password_never_reaches_health_logs_or_last_error(feed, pg_dsn, dsn, pieces):
+    # collector.ini refuses these DSNs; a worker handed one must still hide it
+    cfg = dataclasses.replace(from_mapping({"collector": {"dsn": pg_dsn, "timeout": "1"},
+                                            "node:fs1": {"url": feed.url, "token": "t"}}), dsn=dsn)
+    stop = gevent.event.Event()
+    stop.set()  # no backoff sleep
+    node_worker = NodeWorker(cfg.nodes[0], cfg, stop)
+    with pytest.raises(psycopg.Error) as err:
+        node_worker.pull_once()
+    assert any(piece in str(err.value) for piece in pieces)  # libpq names it
+    with capture_logs() as logs:
+        node_worker._failed(err.value, 1)
+    shown = json.dumps(node_worker.health()) + json.dumps(logs) + (node_worker.last_error or "")
+    assert node_worker.state == "error" and "[redacted]" in node_worker.last_error
+    assert not any(piece in shown for piece in pieces)

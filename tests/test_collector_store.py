@@ -241,3 +241,115 @@ def test_an_object_in_a_text_column_and_a_nul_are_refused_values(pg, tmp_path):
     rejects = rows(pg, "SELECT seq, record FROM collector_rejects ORDER BY seq")
     assert [r["seq"] for r in rejects] == [first.seq, second.seq]
     assert json.loads(rejects[1]["record"])["duration_seconds"] == {"x": 1}
+
+
+# ------------------------------------------------------------------ one owner per call
+
+
+def replayed(item: FeedRecord, seq: int, **changes) -> FeedRecord:
+    """A node's record as another node could send it: a new seq, other values."""
+    doc = json.loads(item.line)
+    doc.update(changes, seq=seq)
+    hangup_us = doc["hangup_us"]
+    return FeedRecord(seq, item.call_id, hangup_us, json.dumps(doc).encode())
+
+
+def test_only_the_node_that_stored_a_call_may_replace_it(pg, tmp_path):
+    pg.node_state("fs2", "http://127.0.0.1:2")
+    items = feed_items(tmp_path, [leg(ts(2026, 11, 10)), leg(ts(2026, 11, 11))])
+    pg.store_batch("fs1", "db-1", 0, items)
+    before = rows(pg)
+    same, moved = items
+    # fs2 sends fs1's calls: one with new values, one hung up in another month
+    hostile = [replayed(same, 1, billing_seconds=99999),
+               replayed(moved, 2, billing_seconds=99999, hangup_us=moved.hangup_us - 30 * 86_400 * 10**6)]
+    own = [replayed(feed_items(tmp_path, [leg(ts(2026, 11, 12))])[0], 3)]
+    result = pg.store_batch("fs2", "db-2", 0, hostile + own)
+    assert (result.stored, result.moved, result.rejected, result.after) == (1, 0, 2, own[-1].seq)
+    assert [r for r in rows(pg) if r["source"] == "fs1"] == before  # unchanged, in place
+    assert [r["call_id"] for r in rows(pg) if r["source"] == "fs2"] == [own[0].call_id]
+    rejects = rows(pg, "SELECT node, seq, call_id, reason, error, record FROM collector_rejects ORDER BY seq")
+    assert [(r["node"], r["seq"], r["call_id"], r["reason"]) for r in rejects] == [
+        ("fs2", 1, same.call_id, "other_node"), ("fs2", 2, moved.call_id, "other_node")]
+    assert all(r["error"] == "call_id already stored from node fs1" for r in rejects)
+    assert json.loads(rejects[0]["record"])["billing_seconds"] == 99999
+    assert rows(pg, "SELECT call_id, source FROM cdr_keys ORDER BY source, call_id") == sorted(
+        [{"call_id": i.call_id, "source": "fs1"} for i in items], key=lambda r: r["call_id"]) + [
+        {"call_id": own[0].call_id, "source": "fs2"}]
+    # fs1 itself still may: a rewrite, and a move to another month
+    result = pg.store_batch("fs1", "db-1", items[-1].seq, [
+        replayed(same, 10, billing_seconds=7), replayed(moved, 11, hangup_us=moved.hangup_us - 30 * 86_400 * 10**6)])
+    assert (result.stored, result.moved, result.rejected) == (2, 1, 0)
+    got = {r["call_id"]: r for r in rows(pg) if r["source"] == "fs1"}
+    assert got[same.call_id]["billing_seconds"] == 7 and got[moved.call_id]["hangup_at"].month == 10
+
+
+def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg_dsn, tmp_path):
+    import time
+
+    from .test_api_e2e import RealThread  # an OS thread even when eslcdr.cli patched this process
+
+    item = feed_items(tmp_path, [leg(ts(2026, 11))])[0]
+    pg.ensure_months([item])
+    with psycopg.connect(pg_dsn) as other:
+        other.execute("INSERT INTO collector_nodes (node, url) VALUES ('fs2', 'x')")
+        other.commit()
+        # fs2's transaction has taken the call and not committed yet
+        other.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, now(), 'fs2')", (item.call_id,))
+        done = []
+        worker = RealThread(lambda: done.append(pg.store_batch("fs1", "db-1", 0, [item])))
+        time.sleep(1.0)
+        assert done == []  # waits for fs2's transaction
+        other.commit()
+        worker.join(10)
+    assert (done[0].stored, done[0].rejected) == (0, 1)
+    assert rows(pg) == []
+    assert rows(pg, "SELECT reason FROM collector_rejects") == [{"reason": "other_node"}]
+
+
+# ------------------------------------------------------------------ partitions a node may create
+
+
+def test_new_partitions_per_node_are_bounded_and_the_rest_rejected(pg, tmp_path):
+    pg.node_state("fs2", "http://127.0.0.1:2")
+    items = feed_items(tmp_path, [leg(ts(2024, month)) for month in (3, 4, 5, 6)])
+    result = pg.store_batch("fs1", "db-1", 0, items, max_new_partitions=2)
+    assert (result.stored, result.rejected, result.after) == (2, 2, items[-1].seq)
+    # the newest months got theirs; the others are kept, with the reason
+    assert {"cdrs_y2024m05", "cdrs_y2024m06"} <= pgschema.existing_partitions(pg.conn)
+    assert not {"cdrs_y2024m03", "cdrs_y2024m04"} & pgschema.existing_partitions(pg.conn)
+    rejects = rows(pg, "SELECT seq, reason, error FROM collector_rejects ORDER BY seq")
+    assert [(r["seq"], r["reason"]) for r in rejects] == [(items[0].seq, "partition_limit"),
+                                                          (items[1].seq, "partition_limit")]
+    assert "2024-03" in rejects[0]["error"] and "max_new_partitions" in rejects[0]["error"]
+    # a month that exists costs nothing; the bound is per node
+    more = feed_items(tmp_path, [leg(ts(2024, 6)), leg(ts(2024, 3))])
+    result = pg.store_batch("fs2", "db-2", 0, more, max_new_partitions=2)
+    assert (result.stored, result.rejected) == (2, 0)
+    made = rows(pg, "SELECT name, node FROM collector_partitions WHERE node IS NOT NULL ORDER BY name")
+    assert made == [{"name": "cdrs_y2024m03", "node": "fs2"}, {"name": "cdrs_y2024m05", "node": "fs1"},
+                    {"name": "cdrs_y2024m06", "node": "fs1"}]
+
+
+def test_migration_3_names_the_owner_of_every_stored_call(pg_dsn, tmp_path):
+    with psycopg.connect(pg_dsn) as conn:
+        with conn.transaction(), conn.cursor() as cur:  # a database of the version before
+            cur.execute("CREATE TABLE eslcdr_schema (version integer NOT NULL)")
+            cur.execute("INSERT INTO eslcdr_schema VALUES (2)")
+            for migration in pgschema.MIGRATIONS[:2]:
+                migration(cur)
+        conn.execute("CREATE TABLE cdrs_y2026m11 PARTITION OF cdrs FOR VALUES FROM ('2026-11-01') TO ('2026-12-01')")
+        items = feed_items(tmp_path, [leg(ts(2026, 11)), leg(ts(2026, 11))])
+        for item in items:
+            conn.execute("INSERT INTO cdrs (seq, id, call_id, timestamp, source, hangup_at)"
+                         " VALUES (%s, 'x', %s, 1, 'fs1', %s)", (item.seq, item.call_id, item.hangup_at))
+            conn.execute("INSERT INTO cdr_keys VALUES (%s, %s)", (item.call_id, item.hangup_at))
+        conn.execute("INSERT INTO cdr_keys VALUES ('row-dropped-with-its-month', now())")
+        conn.execute("INSERT INTO collector_rejects (node, error, record) VALUES"
+                     " ('fs1', 'record has no usable call_id', '{}'), ('fs1', 'invalid input syntax for type bigint', '{}')")
+        conn.commit()
+        assert pgschema.migrate(conn) == 2
+        assert sorted(conn.execute("SELECT call_id, source FROM cdr_keys").fetchall()) == sorted(
+            (item.call_id, "fs1") for item in items)
+        assert conn.execute("SELECT reason FROM collector_rejects ORDER BY id").fetchall() == [
+            ("bad_record",), ("refused_value",)]

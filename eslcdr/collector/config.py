@@ -33,6 +33,10 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "max_record_bytes": "1048576",
         "max_batch_bytes": "33554432",
         "retry_max_delay": "30",
+        "max_pull_seconds": "300",
+        "min_pull_rate": "1024",
+        "max_record_age_days": "400",
+        "max_new_partitions": "3",
         # the bounds of the /health and /metrics server, as [api]'s of eslcdr run
         **{key: default for key, (default, _, _) in SERVER_LIMITS.items()},
     },
@@ -40,6 +44,12 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "log": {"level": "info", "format": "auto"},
 }
 _NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A piece of a password shorter than this is not searched for in messages
+# (it would match ordinary words); the whole password always is.
+MIN_SECRET_PIECE = 3
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:\\.|[^'\\])*'?|\S+)")
+_QUERY_PASSWORD = re.compile(r"(?:^|&)password=([^&#]*)")
+REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,10 @@ class CollectorConfig:
     max_record_bytes: int
     max_batch_bytes: int
     retry_max_delay: float
+    max_pull_seconds: float
+    min_pull_rate: int
+    max_record_age_days: int
+    max_new_partitions: int
     limits: ServerLimits
     nodes: tuple[FeedNode, ...]
     log: LogConfig
@@ -76,6 +90,61 @@ class CollectorConfig:
 
     def __repr__(self) -> str:  # the DSN may hold a password
         return "CollectorConfig(nodes=%r, listen=%s:%d)" % (self.nodes, self.host, self.port)
+
+    def redact(self, text: str) -> str:
+        """``text`` (a psycopg/libpq or node message) without the DSN's
+        password, any piece of it, or a node's token."""
+        return redact_secrets(text, dsn_secrets(self.dsn) + tuple(n.token for n in self.nodes))
+
+
+def dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """The password of a libpq DSN as written, decoded, and cut at the
+    characters libpq may split it at (an unescaped ``@`` or ``/`` in a URL's
+    password puts its tail in the host or port libpq then names in its
+    error), longest first."""
+    found: list[str] = []
+    if "://" in dsn:
+        rest = dsn.split("://", 1)[1]
+        head, _, query = rest.partition("?")
+        if "@" in head:
+            userinfo = head[: head.rindex("@")]
+            if ":" in userinfo:
+                found.append(userinfo.split(":", 1)[1])
+        found += _QUERY_PASSWORD.findall(query)
+    else:
+        found += [value.strip("'") for value in _KEYWORD_PASSWORD.findall(dsn)]
+    secrets = set()
+    for password in found:
+        for form in (password, urllib.parse.unquote(password, errors="replace")):
+            secrets.add(form)
+            secrets.update(re.split(r"[@/:?#%]", form))
+    return tuple(sorted((s for s in secrets if len(s) >= MIN_SECRET_PIECE), key=len, reverse=True))
+
+
+def redact_secrets(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def check_dsn(dsn: str) -> None:
+    """Refuse a DSN libpq would read other than written, without ever
+    naming its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" in dsn:
+        head = dsn.split("://", 1)[1].partition("?")[0]
+        if "@" in head and any(c in head[: head.rindex("@")] for c in "@/#"):
+            raise ConfigError(
+                "[collector] dsn: the user:password part holds an '@', '/' or '#': libpq would cut it there"
+                " and take the rest for the host; percent-encode them (@ as %40, / as %2F, # as %23)")
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq cannot parse it
+        message = redact_secrets(str(exc).strip().splitlines()[0], dsn_secrets(dsn))
+        hint = " (a '%' in the password must be written %25)" if "percent" in message else ""
+        raise ConfigError("[collector] dsn: %s%s" % (message, hint)) from None
 
 
 def _number(values: Mapping[str, str], section: str, key: str, conv, low):
@@ -174,6 +243,7 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
     dsn = values["dsn"].strip()
     if not dsn:
         raise ConfigError("[collector] dsn: empty (a PostgreSQL URL, or ESLCDR_COLLECTOR_DSN)")
+    check_dsn(dsn)
     section = "collector"
     return CollectorConfig(
         dsn=dsn,
@@ -185,6 +255,10 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
         max_record_bytes=_number(values, section, "max_record_bytes", int, 1024),
         max_batch_bytes=_number(values, section, "max_batch_bytes", int, 1024),
         retry_max_delay=_number(values, section, "retry_max_delay", float, 0.1),
+        max_pull_seconds=_number(values, section, "max_pull_seconds", float, 1),
+        min_pull_rate=_number(values, section, "min_pull_rate", int, 0),
+        max_record_age_days=_number(values, section, "max_record_age_days", int, 1),
+        max_new_partitions=_number(values, section, "max_new_partitions", int, 0),
         limits=server_limits(values, section),
         nodes=tuple(nodes),
         log=LogConfig(level=level, format=fmt),

@@ -16,17 +16,30 @@ its own short transaction under an advisory lock (two workers may need the
 same month at once).  There is no DEFAULT partition: a default would have to
 be scanned, and would make creating later months fail when it held rows.
 
+A node creates partitions only within bounds: records outside the hangup
+window are refused before (``feed.HangupWindow``), and a month created on
+demand is written down in ``collector_partitions`` with the node it was
+created for; past ``max_new_partitions`` of them in 24 hours, that node's
+records of further new months are refused (``partition_limit``).  The
+months created ahead of need (node NULL) do not count.
+
 Upsert by call_id across partitions: PostgreSQL can only enforce a unique
 key that includes the partition key, so ``cdrs``' primary key is
 ``(call_id, hangup_at)``, and ``call_id`` alone is made unique by a small
-side table ``cdr_keys (call_id PRIMARY KEY, hangup_at)``: where each call's
-row lives.  A batch is upserted as: (1) rows whose stored hangup_at differs
-from the new one (a leg written off as ``eslcdr_hangup_not_seen`` then
-replaced by its real record) are found through ``cdr_keys`` and deleted
-from their old partition; (2) ``cdr_keys`` takes the new keys; (3) ``cdrs``
-takes the rows with ``ON CONFLICT (call_id, hangup_at) DO UPDATE`` -- a
-re-delivered or rewritten row replaces the stored one.  The ``cdr_keys`` row
-lock also serialises two transactions writing the same call.
+side table ``cdr_keys (call_id PRIMARY KEY, hangup_at, source)``: where each
+call's row lives and which node stored it.  Only that node may replace it: a
+record of another node with the same call_id is refused (``other_node``).
+A batch is upserted as: (1) the node's own rows whose stored hangup_at
+differs from the new one (a leg written off as ``eslcdr_hangup_not_seen``
+then replaced by its real record) are found through ``cdr_keys`` and deleted
+from their old partition; (2) ``cdr_keys`` takes the new keys, updating
+only the node's own (``ON CONFLICT ... WHERE source = EXCLUDED.source``);
+the calls it did not take belong to another node and leave the batch for
+``collector_rejects``; (3) ``cdrs`` takes the rows with ``ON CONFLICT
+(call_id, hangup_at) DO UPDATE`` -- a re-delivered or rewritten row replaces
+the stored one.  The ``cdr_keys`` row lock also serialises two transactions
+writing the same call: the second waits for the first and then sees its
+owner.
 
 Migrations: ``MIGRATIONS`` is an append-only list; ``eslcdr_schema.version``
 counts those applied.  Each runs in its own transaction holding an advisory
@@ -149,7 +162,32 @@ def _m2_lighter_time_indexes(cur: psycopg.Cursor) -> None:
     cur.execute("CREATE INDEX cdrs_time_brin ON cdrs USING brin (hangup_at)")
 
 
-MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes)
+def _m3_owners_and_bounds(cur: psycopg.Cursor) -> None:
+    # Which node stored each call: only it may replace the row.  Keys whose
+    # row is gone (its month dropped) are let go.
+    cur.execute("ALTER TABLE cdr_keys ADD COLUMN source text")
+    cur.execute(
+        "UPDATE cdr_keys AS k SET source = c.source FROM cdrs AS c"
+        " WHERE c.call_id = k.call_id AND c.hangup_at = k.hangup_at"
+    )
+    cur.execute("DELETE FROM cdr_keys WHERE source IS NULL")
+    cur.execute("ALTER TABLE cdr_keys ALTER COLUMN source SET NOT NULL")
+    # Why a record was refused, as a word to group by (see pgstore.REASONS).
+    cur.execute("ALTER TABLE collector_rejects ADD COLUMN reason text NOT NULL DEFAULT 'refused_value'")
+    cur.execute("UPDATE collector_rejects SET reason = 'bad_record' WHERE error LIKE 'record has no usable %'")
+    cur.execute("ALTER TABLE collector_rejects ALTER COLUMN reason DROP DEFAULT")
+    # Every partition the collector created, and the node it was created
+    # for (NULL: ahead of need): the per-node bound counts these.
+    cur.execute(
+        """CREATE TABLE collector_partitions (
+            name text PRIMARY KEY,
+            node text,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )"""
+    )
+
+
+MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -219,16 +257,36 @@ def existing_partitions(conn: psycopg.Connection) -> set[str]:
 
 def create_partitions(conn: psycopg.Connection, months: Iterable[dt.date]) -> list[str]:
     """Create the monthly partitions that do not exist yet (own transaction)."""
-    months = sorted(set(months))
+    return create_partitions_for(conn, months)[0]
+
+
+def create_partitions_for(
+    conn: psycopg.Connection, months: Iterable[dt.date], node: str | None = None, limit: int | None = None
+) -> tuple[list[str], set[dt.date]]:
+    """Create the missing monthly partitions among ``months``, for ``node``
+    (None: ahead of need), at most ``limit`` a day for that node, newest
+    first.  Returns (created, the months refused by the limit)."""
+    months = sorted(set(months), reverse=True)
     if not months:
-        return []
-    created = []
+        return [], set()
+    created: list[str] = []
+    refused: set[dt.date] = set()
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITION,))
         have = existing_partitions(conn)
+        allowed = None
+        if node is not None and limit is not None:
+            used = conn.execute(
+                "SELECT count(*) FROM collector_partitions WHERE node = %s AND created_at > now() - interval '1 day'",
+                (node,),
+            ).fetchone()[0]
+            allowed = max(0, limit - used)
         for month in months:
             name = partition_name(month)
             if name in have:
+                continue
+            if allowed is not None and len(created) >= allowed:
+                refused.add(month)
                 continue
             start = dt.datetime(month.year, month.month, 1, tzinfo=UTC)
             nxt = next_month(month)
@@ -238,8 +296,13 @@ def create_partitions(conn: psycopg.Connection, months: Iterable[dt.date]) -> li
                     _ident(name), sql.Literal(start), sql.Literal(end)
                 )
             )
+            conn.execute(
+                "INSERT INTO collector_partitions (name, node) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, created_at = now()",
+                (name, node),
+            )
             created.append(name)
-    return created
+    return sorted(created), refused
 
 
 def ensure_partitions(conn: psycopg.Connection, now: dt.datetime, ahead: int = MONTHS_AHEAD) -> list[str]:

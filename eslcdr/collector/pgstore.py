@@ -24,6 +24,13 @@ text) makes the COPY or the INSERT fail with a DataError; that step is
 then done one row at a time under savepoints and each refused record is
 stored whole in ``collector_rejects`` with the error: nothing is lost,
 nothing blocks the node, and an operator can look at it.
+
+Every refused record is kept the same way, with one of ``REASONS``: a
+record without a usable call_id or hangup time, a value PostgreSQL refuses,
+a call_id another node stored (only the node that stored a row may replace
+it: pgschema's ``cdr_keys.source``), a hangup time outside the window, a
+month whose partition the node may not create (pgschema's
+``create_partitions_for``).
 """
 
 from __future__ import annotations
@@ -37,12 +44,20 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from .pgschema import UTC, create_partitions, existing_partitions, month_start, partition_name, sqlite_columns
+from .pgschema import UTC, create_partitions_for, existing_partitions, month_start, partition_name, sqlite_columns
 
 # PostgreSQL refuses values in these ways; anything else (connection lost,
 # serialisation failure) fails the whole batch and is retried.
 ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+
+# collector_rejects.reason: why a record is not a row.
+REASON_BAD_RECORD = "bad_record"  # no usable call_id or hangup time
+REASON_REFUSED = "refused_value"  # PostgreSQL refused a value
+REASON_OTHER_NODE = "other_node"  # the call_id was stored from another node
+REASON_OUT_OF_WINDOW = "hangup_out_of_window"  # hangup too old or in the future
+REASON_PARTITION_LIMIT = "partition_limit"  # its month would pass the node's bound on new partitions
+REASONS = (REASON_BAD_RECORD, REASON_REFUSED, REASON_OTHER_NODE, REASON_OUT_OF_WINDOW, REASON_PARTITION_LIMIT)
 
 
 class CursorMoved(Exception):
@@ -66,6 +81,10 @@ class FeedRecord:
     def hangup_at(self) -> dt.datetime:
         return EPOCH + dt.timedelta(microseconds=self.hangup_us)
 
+    @property
+    def month(self) -> dt.date:
+        return month_start(EPOCH + dt.timedelta(days=self.hangup_us // DAY_US))
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
@@ -75,6 +94,7 @@ class Rejected:
     call_id: str | None
     error: str
     line: str
+    reason: str = REASON_BAD_RECORD
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +113,7 @@ class BatchResult:
     moved: int  # rows whose hangup time changed (moved between partitions)
     rejected: int  # records stored in collector_rejects
     after: int
+    partitions: tuple[str, ...] = ()  # partitions created for this batch
 
 
 # Hangup times PostgreSQL and the partitions can hold: 1970 .. 9999.
@@ -152,8 +173,24 @@ def _insert_sql(columns: Sequence[str]) -> str:
     updates = ["{0} = EXCLUDED.{0}".format(q) for name, q in zip(names, quoted) if name not in ("call_id", "hangup_at")]
     return (
         "INSERT INTO cdrs (%s) SELECT %s FROM _staged AS s {where} ORDER BY s.call_id"
-        " ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s" % (", ".join(quoted), ", ".join(select), ", ".join(updates))
+        " ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s WHERE cdrs.source = EXCLUDED.source"
+        % (", ".join(quoted), ", ".join(select), ", ".join(updates))
     )
+
+
+# cdr_keys takes the batch's calls: new ones, and the node's own (a new
+# hangup time is written, an unchanged one rewritten so that RETURNING names
+# it); a call another node stored is left as it is, and the DELETE takes it
+# out of the batch.  The ON CONFLICT waits for a concurrent transaction that
+# inserted the same call, then sees its owner.
+CLAIM_KEYS = (
+    "WITH claimed AS (INSERT INTO cdr_keys (call_id, hangup_at, source)"
+    " SELECT s.call_id, " + STAGED_HANGUP_AT + ", %(source)s FROM _staged AS s ORDER BY s.call_id"
+    " ON CONFLICT (call_id) DO UPDATE SET hangup_at = EXCLUDED.hangup_at"
+    " WHERE cdr_keys.source = EXCLUDED.source RETURNING call_id)"
+    " DELETE FROM _staged AS s WHERE NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.call_id = s.call_id)"
+    " RETURNING s.seq, s.call_id"
+)
 
 
 class PgStore:
@@ -234,23 +271,32 @@ class PgStore:
             )
 
     # -- partitions --------------------------------------------------------
-    def ensure_months(self, records: Sequence[FeedRecord]) -> None:
-        days = {r.hangup_us // DAY_US for r in records}
-        months = {month_start(EPOCH + dt.timedelta(days=day)) for day in days}
-        missing = {m for m in months if partition_name(m) not in self._partitions}
+    def ensure_months(self, records: Sequence[FeedRecord], node: str | None = None,
+                      limit: int | None = None) -> tuple[list[str], set[dt.date]]:
+        """Create the partitions the records need; with ``limit``, at most
+        that many a day for ``node``.  Returns the partitions created and
+        the months left without one."""
+        missing = {r.month for r in records}
+        missing = {m for m in missing if partition_name(m) not in self._partitions}
         if not missing:
-            return
+            return [], set()
         self._partitions = existing_partitions(self.conn)
         self.conn.commit()
         missing = {m for m in missing if partition_name(m) not in self._partitions}
-        if missing:
-            self._partitions.update(create_partitions(self.conn, missing))
+        if not missing:
+            return [], set()
+        created, refused = create_partitions_for(self.conn, missing, node, limit)
+        self._partitions.update(created)
+        return created, refused
 
     # -- the batch ---------------------------------------------------------
     def store_batch(
-        self, node: str, db_id: str, expected_after: int, items: Sequence[FeedRecord | Rejected]
+        self, node: str, db_id: str, expected_after: int, items: Sequence[FeedRecord | Rejected],
+        max_new_partitions: int | None = None,
     ) -> BatchResult:
-        """Upsert the records, keep the rejects, move the cursor to the last seq."""
+        """Upsert the records, keep the rejects, move the cursor to the last seq.
+        ``max_new_partitions``: the node's bound on partitions created for it
+        in 24 hours (None: no bound)."""
         if not items:
             return BatchResult(0, 0, 0, expected_after)
         # One row per call: a leg rewritten twice within one batch keeps its
@@ -264,7 +310,19 @@ class PgStore:
                 refused.append(item)
         rows = list(latest.values())
         new_after = items[-1].seq
-        self.ensure_months(rows)
+        created, no_partition = self.ensure_months(rows, node, max_new_partitions)
+        if no_partition:
+            kept = []
+            for record in rows:
+                if record.month in no_partition:
+                    refused.append(Rejected(
+                        record.seq, record.call_id,
+                        "month %s has no partition and node %s may create at most %d new ones a day"
+                        " (max_new_partitions)" % (record.month.strftime("%Y-%m"), node, max_new_partitions),
+                        record.line.decode("utf-8", "replace"), REASON_PARTITION_LIMIT))
+                else:
+                    kept.append(record)
+            rows = kept
         conn = self.conn
         with conn.transaction():
             found = conn.execute(
@@ -277,14 +335,13 @@ class PgStore:
             with conn.cursor() as cur:
                 rejected = len(refused)
                 for item in refused:
-                    reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line)
+                    reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line, item.reason)
                 rejected += self._stage(cur, node, db_id, rows)
-                moved = self._delete_moved(cur)
-                cur.execute(
-                    "INSERT INTO cdr_keys (call_id, hangup_at) SELECT s.call_id, " + STAGED_HANGUP_AT +
-                    " FROM _staged AS s ORDER BY s.call_id ON CONFLICT (call_id) DO UPDATE SET hangup_at = EXCLUDED.hangup_at"
-                    " WHERE cdr_keys.hangup_at <> EXCLUDED.hangup_at"
-                )
+                moved = self._delete_moved(cur, node)
+                taken = self._claim_keys(cur, node, db_id, rows)
+                if taken:
+                    rejected += len(taken)
+                    rows = [r for r in rows if r.seq not in taken]
                 stored = 0
                 if rows:
                     try:
@@ -299,7 +356,22 @@ class PgStore:
                     " last_pull_at = now(), last_error = NULL WHERE node = %s",
                     (new_after, db_id, stored, node),
                 )
-        return BatchResult(stored, moved, rejected, new_after)
+        return BatchResult(stored, moved, rejected, new_after, tuple(created))
+
+    def _claim_keys(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> set[int]:
+        """Take the batch's calls in cdr_keys; those another node stored go
+        to collector_rejects.  Returns their seqs."""
+        cur.execute(CLAIM_KEYS, {"source": node})
+        taken = dict(cur.fetchall())
+        if not taken:
+            return set()
+        owners = dict(cur.execute(
+            "SELECT call_id, source FROM cdr_keys WHERE call_id = ANY(%s)", (list(taken.values()),)).fetchall())
+        lines = {r.seq: r.line for r in rows}
+        for seq, call_id in sorted(taken.items()):
+            reject(cur, node, db_id, seq, call_id, "call_id already stored from node %s" % owners.get(call_id),
+                   lines[seq].decode("utf-8", "replace"), REASON_OTHER_NODE)
+        return set(taken)
 
     def _stage(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> int:
         """COPY the rows into _staged; on a refused value, row by row.
@@ -322,20 +394,21 @@ class PgStore:
             except ROW_ERRORS as exc:
                 rejected += 1
                 reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
-                       record.line.decode("utf-8", "replace"))
+                       record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return rejected
 
-    def _delete_moved(self, cur: psycopg.Cursor) -> int:
-        # Rows stored under another hangup time live in another partition:
-        # the upsert below would not see them.  Rare (a written-off leg
-        # replaced by its real record), so one DELETE per row is fine.
+    def _delete_moved(self, cur: psycopg.Cursor, node: str) -> int:
+        # The node's own rows stored under another hangup time live in
+        # another partition: the upsert below would not see them.  Rare (a
+        # written-off leg replaced by its real record), so one DELETE per
+        # row is fine.  Another node's rows are never touched.
         cur.execute(
-            "SELECT k.call_id, k.hangup_at FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
-            " WHERE k.hangup_at <> " + STAGED_HANGUP_AT
+            "SELECT k.call_id, k.hangup_at, k.source FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
+            " WHERE k.source = %s AND k.hangup_at <> " + STAGED_HANGUP_AT, (node,)
         )
         moved = cur.fetchall()
         if moved:
-            cur.executemany("DELETE FROM cdrs WHERE call_id = %s AND hangup_at = %s", moved)
+            cur.executemany("DELETE FROM cdrs WHERE call_id = %s AND hangup_at = %s AND source = %s", moved)
         return len(moved)
 
     def _one_by_one(
@@ -349,18 +422,20 @@ class PgStore:
                     stored += cur.rowcount
             except ROW_ERRORS as exc:
                 rejected += 1
-                cur.execute("DELETE FROM cdr_keys WHERE call_id = %s AND NOT EXISTS"
-                            " (SELECT 1 FROM cdrs WHERE call_id = %s)", (record.call_id, record.call_id))
+                cur.execute("DELETE FROM cdr_keys WHERE call_id = %s AND source = %s AND NOT EXISTS"
+                            " (SELECT 1 FROM cdrs WHERE call_id = %s)", (record.call_id, node, record.call_id))
                 reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
-                       record.line.decode("utf-8", "replace"))
+                       record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return stored, rejected
 
 
 def reject(cur: psycopg.Cursor, node: str, db_id: str | None, seq: int | None, call_id: str | None,
-           error: str, line: str) -> None:
-    """Keep a record PostgreSQL (or the collector's checks) refused."""
+           error: str, line: str, reason: str) -> None:
+    """Keep a record PostgreSQL (or the collector's checks) refused, with
+    its reason (one of REASONS) and the error in words."""
     line = line.replace("\x00", "\\u0000")  # text cannot hold NUL
     cur.execute(
-        "INSERT INTO collector_rejects (node, db_id, seq, call_id, error, record) VALUES (%s, %s, %s, %s, %s, %s)",
-        (node, db_id, seq, call_id, error[:2000], line),
+        "INSERT INTO collector_rejects (node, db_id, seq, call_id, reason, error, record)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (node, db_id, seq, call_id, reason, error[:2000], line),
     )

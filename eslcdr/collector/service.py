@@ -167,7 +167,7 @@ class Collector:
                 if created:
                     log.info("collect_partitions_created", partitions=created)
             except psycopg.Error as exc:
-                log.error("collect_partitions_failed", error=str(exc))
+                log.error("collect_partitions_failed", error=self.config.redact(str(exc)))
 
     def health(self) -> dict:
         nodes = {name: worker.health() for name, worker in self.workers.items()}

@@ -8,7 +8,11 @@ others keep their pace (gevent switches at every socket wait).
 A pull: ``GET feed?after=<stored cursor>&limit=<feed_limit>`` -> the
 response's ``X-DB-ID`` is compared with the stored one (a different id: the
 node's database is a new file; the cursor restarts at 0, logged, and the
-upsert by call_id makes the replay harmless) -> lines are checked and
+upsert by call_id makes the replay harmless; the re-pull waits a backoff
+that grows with the changes of the last hour, and past
+``DB_ID_CHANGES_WARN`` of them the node is shown failing: an id that keeps
+changing is two databases answering one URL, not a replaced file) -> lines
+are checked (hangup times inside the window: ``feed.HangupWindow``) and
 gathered into a batch of at most ``batch_size`` records and
 ``max_batch_bytes`` bytes -> each batch is one PostgreSQL transaction with
 the cursor.  When a pull ends early (an error, a cut connection) the
@@ -34,7 +38,7 @@ import structlog
 
 from ..backoff import backoff_delay
 from .config import CollectorConfig, FeedNode
-from .feed import TRANSPORT_ERRORS, FeedClient, FeedError, lines_of, parse_record
+from .feed import TRANSPORT_ERRORS, FeedClient, FeedError, FeedProtocolError, HangupWindow, lines_of, parse_record
 from .pgstore import CursorMoved, FeedRecord, PgStore, Rejected
 
 log = structlog.get_logger("eslcdr.collect")
@@ -46,6 +50,13 @@ RETRYABLE = TRANSPORT_ERRORS + (psycopg.Error, CursorMoved)
 FEED_LIMIT = 10_000  # the node's maximum page; one request per 10k rows at most
 RATE_WINDOW = 10.0
 TOUCH_INTERVAL = 10.0
+# A changed db_id: the re-pull from 0 waits backoff_delay(changes in the
+# last hour, DB_ID_BACKOFF_BASE, cap); past DB_ID_CHANGES_WARN changes an
+# hour the node is flapping (warned, shown as an error).
+DB_ID_WINDOW = 3600.0
+DB_ID_BACKOFF_BASE = 1.0
+DB_ID_BACKOFF_CAP = 60.0
+DB_ID_CHANGES_WARN = 3
 
 
 class NodeWorker:
@@ -63,7 +74,7 @@ class NodeWorker:
         self._stop = stop
         self._connect = connect or (lambda: PgStore.connect(config.dsn, connect_timeout=config.timeout))
         self._clock = clock
-        self._client = FeedClient(node.url, node.token, config.timeout)
+        self._client = FeedClient(node.url, node.token, config.timeout, config.max_pull_seconds, config.min_pull_rate)
         self._store: PgStore | None = None
         self.interruptible = True
         # -- state shown on /health and /metrics --
@@ -82,6 +93,7 @@ class NodeWorker:
         self.caught_up_at: float | None = None
         self._recent: list[tuple[float, int]] = []
         self._touched_at = 0.0
+        self._db_id_changes: list[float] = []  # when the node's db_id changed, last hour
 
     # -- figures -------------------------------------------------------------
     @property
@@ -130,7 +142,8 @@ class NodeWorker:
     def _failed(self, exc: BaseException, attempt: int) -> None:
         self.errors += 1
         self.state = "error"
-        message = "%s: %s" % (type(exc).__name__, exc)
+        # psycopg/libpq may name a piece of the DSN's password: never shown.
+        message = self._config.redact("%s: %s" % (type(exc).__name__, exc))
         self.last_error = message[:500]
         self.last_error_at = self._clock()
         delay = backoff_delay(attempt, base=0.5, cap=self._config.retry_max_delay)
@@ -194,24 +207,19 @@ class NodeWorker:
             raise FeedError("the node's feed has no X-DB-ID (eslcdr too old?)")
         if self.db_id is not None and response.db_id != self.db_id:
             self._client.close()  # the body belongs to the old cursor
-            log.warning("collect_node_database_changed", node=self.name, old_db_id=self.db_id,
-                        new_db_id=response.db_id, old_after=self.after)
-            self.interruptible = False
-            try:
-                store.restart_node(self.name, self.db_id, response.db_id)
-            finally:
-                self.interruptible = True
-            self.db_id, self.after = response.db_id, 0
-            self.db_restarts += 1
+            self._database_changed(store, response.db_id)
             return True
         db_id = response.db_id
         batch: list[FeedRecord | Rejected] = []
         size = 0
         received = 0
         previous = self.after
+        window = HangupWindow.around(self._clock(), cfg.max_record_age_days)
         try:
             for line in lines_of(response, cfg.max_record_bytes):
-                item = parse_record(line, previous)
+                if received >= FEED_LIMIT:
+                    raise FeedProtocolError("the node sent more than the %d records asked for" % FEED_LIMIT)
+                item = parse_record(line, previous, window)
                 previous = item.seq
                 batch.append(item)
                 size += len(line)
@@ -251,11 +259,39 @@ class NodeWorker:
         self.state = "catching_up"
         return True
 
+    def _database_changed(self, store: PgStore, new_db_id: str) -> None:
+        """Restart the node at seq 0, after a backoff that grows with the
+        changes of the last hour; past a few, the node is shown failing."""
+        now = self._clock()
+        self._db_id_changes = [t for t in self._db_id_changes if now - t < DB_ID_WINDOW] + [now]
+        changes = len(self._db_id_changes)
+        log.warning("collect_node_database_changed", node=self.name, old_db_id=self.db_id,
+                    new_db_id=new_db_id, old_after=self.after, changes_last_hour=changes)
+        self.interruptible = False
+        try:
+            store.restart_node(self.name, self.db_id, new_db_id)
+        finally:
+            self.interruptible = True
+        self.db_id, self.after = new_db_id, 0
+        self.db_restarts += 1
+        delay = backoff_delay(changes, base=DB_ID_BACKOFF_BASE,
+                              cap=max(self._config.retry_max_delay, DB_ID_BACKOFF_CAP))
+        if changes > DB_ID_CHANGES_WARN:
+            self.errors += 1
+            self.state = "error"
+            self.last_error = ("db_id changed %d times in the last hour: two databases behind one URL?"
+                               " (re-pulled from seq 0 each time)" % changes)
+            self.last_error_at = now
+            log.warning("collect_node_db_id_flapping", node=self.name, changes_last_hour=changes,
+                        retry_in=round(delay, 2))
+        self._wait(delay)
+
     def _store_batch(self, store: PgStore, db_id: str, batch: list) -> None:
         started = time.perf_counter()
         self.interruptible = False
         try:
-            result = store.store_batch(self.name, db_id, self.after, batch)
+            result = store.store_batch(self.name, db_id, self.after, batch,
+                                       max_new_partitions=self._config.max_new_partitions)
         finally:
             self.interruptible = True
         self.after, self.db_id = result.after, db_id
@@ -269,7 +305,8 @@ class NodeWorker:
         if self.state == "error":
             self.state = "catching_up"
         log.info("collect_batch_stored", node=self.name, rows=result.stored, rejected=result.rejected,
-                 moved=result.moved, after=result.after, ms=round((time.perf_counter() - started) * 1000, 1))
+                 moved=result.moved, after=result.after, ms=round((time.perf_counter() - started) * 1000, 1),
+                 **({"partitions_created": list(result.partitions)} if result.partitions else {}))
 
     def health(self) -> dict:
         return {
@@ -286,6 +323,7 @@ class NodeWorker:
             "batches": self.batches,
             "errors": self.errors,
             "db_restarts": self.db_restarts,
+            "db_id_changes_last_hour": sum(1 for t in self._db_id_changes if self._clock() - t < DB_ID_WINDOW),
             "last_pull_at": self.last_pull_at,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
