@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -63,13 +65,22 @@ def pg_server():
 _pg_databases = iter(range(1, 10**6))
 
 
-@pytest.fixture
-def pg_dsn(pg_server):
+@contextlib.contextmanager
+def fresh_database(server) -> Iterator[str]:
+    """A new, empty database on ``server`` (its DSN), dropped after."""
     import psycopg
 
     name = "t%d" % next(_pg_databases)
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute("CREATE DATABASE %s" % name)
-    yield pg_server.get_uri(name)
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    try:
+        yield server.get_uri(name)
+    finally:
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+@pytest.fixture
+def pg_dsn(pg_server):
+    with fresh_database(pg_server) as dsn:
+        yield dsn
