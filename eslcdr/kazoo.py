@@ -50,11 +50,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
+from .legs import GREGORIAN_OFFSET
 from .schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS
 
 _TEXT_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("TEXT")) - JSON_COLUMNS
-
-GREGORIAN_UNIX_OFFSET = 62167219200
 
 LIST_COLUMNS: tuple[str, ...] = (
     "id", "call_id", "caller_id_number", "caller_id_name", "callee_id_number",
@@ -198,7 +197,7 @@ def list_values(values: Sequence[Any], utc_offset: int = 0) -> list[Any]:
     duration = duration or 0
     billing = billing or 0
     start = (timestamp or 0) - duration
-    unix = start - GREGORIAN_UNIX_OFFSET
+    unix = start - GREGORIAN_OFFSET
     days, seconds = divmod(unix, 86400)
     try:
         day, rfc_day = _day(days)

@@ -31,7 +31,6 @@ from typing import Any, Sequence
 import orjson
 
 from .kazoo import (
-    GREGORIAN_UNIX_OFFSET,
     LIST_COLUMNS,
     SOURCE_COLUMNS,
     _day,
@@ -44,6 +43,7 @@ from .kazoo import (
     list_values,
     spreadsheet_safe,
 )
+from .legs import GREGORIAN_OFFSET
 
 # Interaction listings: what decides ``inception_direction`` (kazoo.interaction_values).
 INCEPTION_ACCOUNT = "account"
@@ -151,7 +151,7 @@ def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | No
         duration = duration or 0
         billing = billing or 0
         start = (timestamp or 0) - duration
-        unix = start - GREGORIAN_UNIX_OFFSET
+        unix = start - GREGORIAN_OFFSET
         days, seconds = divmod(unix, 86400)
         parts = days_cache.get(days)
         clock_text = clocks_cache.get(seconds)

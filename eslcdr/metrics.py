@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .kazoo import GREGORIAN_UNIX_OFFSET
+from .legs import GREGORIAN_OFFSET
 
 
 class DaemonCollector:
@@ -69,7 +69,7 @@ class DaemonCollector:
                 yield GaugeMetricFamily(
                     "eslcdr_db_oldest_cdr_timestamp_seconds",
                     "Hangup time of the oldest stored CDR, Unix seconds",
-                    value=stats["oldest_timestamp"] - GREGORIAN_UNIX_OFFSET,
+                    value=stats["oldest_timestamp"] - GREGORIAN_OFFSET,
                 )
             unpulled = GaugeMetricFamily(
                 "eslcdr_feed_unpulled_rows", "Rows a registered collector has not pulled yet",

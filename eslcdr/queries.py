@@ -59,7 +59,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 import orjson
 
 from .config import ApiConfig
-from .kazoo import GREGORIAN_UNIX_OFFSET, SOURCE_COLUMNS, record_sql
+from .kazoo import SOURCE_COLUMNS, record_sql
+from .legs import GREGORIAN_OFFSET
 from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS, interaction_start
 from .store import connect_reader
 
@@ -326,7 +327,7 @@ def parse_list_query(
     # An explicit bound wins; else the first page's bound (kept in the
     # cursor); else Kazoo's default of now / to - max_range.
     created_to = req_to if req_to is not None else (
-        cursor.created_to if cursor else int(now) + GREGORIAN_UNIX_OFFSET)
+        cursor.created_to if cursor else int(now) + GREGORIAN_OFFSET)
     created_from = req_from if req_from is not None else (
         cursor.created_from if cursor and req_to is None else max(0, created_to - api.max_range))
     check_range(created_from, created_to, api.max_range)

@@ -28,7 +28,7 @@ import gevent.event
 import structlog
 
 from .config import Config
-from .kazoo import GREGORIAN_UNIX_OFFSET
+from .legs import GREGORIAN_OFFSET
 from .store import connect_reader, storage_stats
 from .tokens import TokenStore
 from .writer import Writer
@@ -73,7 +73,7 @@ class Retention:
         self._reported_error = error
         days = self._store.retention_days
         if days and collectors is not None:
-            cutoff = int(self._clock()) + GREGORIAN_UNIX_OFFSET - days * DAY
+            cutoff = int(self._clock()) + GREGORIAN_OFFSET - days * DAY
             self._warn_if_held_back(cutoff)
             self._writer.schedule_retention(cutoff, collectors)
         self.checks += 1
@@ -130,7 +130,7 @@ class Retention:
             "free_pages": stats.get("free_pages"),
             "oldest_timestamp": oldest,
             "oldest_age_seconds": (
-                None if oldest is None else int(self._clock()) + GREGORIAN_UNIX_OFFSET - oldest
+                None if oldest is None else int(self._clock()) + GREGORIAN_OFFSET - oldest
             ),
             "retention_days": self._store.retention_days,
             "deleted": self._writer.deleted,
