@@ -78,21 +78,17 @@ from .queries import (
 from .list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv
 from .redact import Redactor, presented_in_environ
 from .schema import COLUMN_NAMES
-from .store import record_ack, token_key
+from .store import DB_ID_SQL, LAST_SEQ_SQL, record_ack
 from .stats import WORST_COLUMNS, paced_chunks, parse_stats_query, parse_worst_query, run_stats, worst_sql
 from .stats import csv_text as stats_csv
 from .sessions import SessionStore
-from .tokens import COLLECTOR, TokenStore, digest
+from .tokens import COLLECTOR, TokenStore, digest, token_key
 
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
 
 HealthFn = Callable[[], Mapping[str, Any]]
 AckFn = Callable[[str, int, int], None]
-DB_ID_SQL = "SELECT value FROM meta WHERE key = 'db_id'"
-# The newest seq handed out (AUTOINCREMENT's counter): a collector's lag in
-# rows is this minus its cursor.
-LAST_SEQ_SQL = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cdrs'), 0)"
 MAX_QUERY_FIELDS = 200
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Kazoo's CSV_CONTENT_TYPES: a client asking for octet-stream gets CSV.

@@ -78,7 +78,14 @@ class TokenEntry:
 
 
 def digest(token: str) -> bytes:
+    """A token's sha256: all that is kept of it (in memory, in the file)."""
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def token_key(token: str) -> str:
+    """The non-secret name of a token in the database and the logs: its
+    sha256 in hex, as written in the tokens file (``sha256:HEX``)."""
+    return digest(token).hex()
 
 
 def valid_account_id(account_id: str) -> bool:
@@ -288,7 +295,7 @@ def add_token(path: str | os.PathLike, account_id: str) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    line = "%s%s %s\n" % (_HASH_PREFIX, hashlib.sha256(token.encode("utf-8")).hexdigest(), account_id)
+    line = "%s%s %s\n" % (_HASH_PREFIX, token_key(token), account_id)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o640 | 0o600)
