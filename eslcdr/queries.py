@@ -54,7 +54,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import orjson
 
@@ -63,6 +63,9 @@ from .kazoo import SOURCE_COLUMNS, record_sql
 from .legs import GREGORIAN_OFFSET
 from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS, interaction_start
 from .store import connect_reader
+
+if TYPE_CHECKING:
+    from .supervise import ThreadJob
 
 T = TypeVar("T")
 Params = Mapping[str, Sequence[str]]
@@ -628,30 +631,11 @@ class GeventRunner:
     structured log.
     """
 
-    def spawn(self, fn: Callable[[], T]) -> "_ThreadJob":
-        import gevent  # here, not at import: the daemon patches before building the API
+    def spawn(self, fn: Callable[[], T]) -> "ThreadJob[T]":
+        # Here, not at import: the daemon patches before building the API.
+        from .supervise import spawn_in_thread
 
-        def run() -> tuple[Any, Exception | None]:
-            try:
-                return fn(), None
-            except (StatementTimeout, DatastoreError) as exc:
-                return None, exc
-
-        return _ThreadJob(gevent.get_hub().threadpool.spawn(run))
-
-
-class _ThreadJob:
-    def __init__(self, result: Any) -> None:
-        self._result = result
-
-    def get(self) -> Any:
-        value, error = self._result.get()
-        if error is not None:
-            raise error
-        return value
-
-    def ready(self) -> bool:
-        return self._result.ready()
+        return spawn_in_thread(fn, errors=(StatementTimeout, DatastoreError))
 
 
 class Reader:
