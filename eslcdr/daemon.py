@@ -253,8 +253,8 @@ class Daemon:
             pipeline.tracker.remember_interaction_starts(starts)
             self.pipelines[node.name] = pipeline
             self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder)
-        self._spawn("writer", self.writer.run)
-        self._spawn("spooler", self.writer.run_spooler)
+        self.supervise("writer", self.writer.run)
+        self.supervise("spooler", self.writer.run_spooler)
         if cfg.backfill.json_cdr_dir:
             # The folder is the local FreeSWITCH's: the [esl] node's.
             local = cfg.nodes[0].name
@@ -266,12 +266,12 @@ class Daemon:
                 lambda: self.nodes[local].connected_since,
             )
             self.pipelines[local].backfill = self.backfill
-            self._spawn("backfill", self.backfill.run)
+            self.supervise("backfill", self.backfill.run)
         for name, connection in self.nodes.items():
-            self._spawn("esl:" + name, self._run_node(connection))
-        self._spawn("housekeeping", self._housekeeping)
+            self.supervise("esl:" + name, self._run_node(connection))
+        self.supervise("housekeeping", self._housekeeping)
         self.retention = Retention(cfg, self.writer, self._stop, self.tokens)
-        self._spawn("retention", self.retention.run)
+        self.supervise("retention", self.retention.run)
         if self._api_factory is not None:
             self.http = self._api_factory(self)
             self.http.start()
@@ -281,8 +281,8 @@ class Daemon:
             summary_interval=cfg.log.summary_interval,
             stall_timeout=cfg.store.stall_timeout,
         )
-        self._spawn("monitor", lambda: self.monitor.run(self._stop))
-        self._spawn("reload", self._reloader)
+        self.supervise("monitor", lambda: self.monitor.run(self._stop))
+        self.supervise("reload", self._reloader)
         log.info(
             "daemon_started",
             version=__version__,
@@ -306,13 +306,10 @@ class Daemon:
 
         return run
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        """Run target in a greenlet; restart it if it crashes."""
-        self._greenlets.append(spawn_supervised(name, target, self._stop))
-
     def supervise(self, name: str, target: Callable[[], None]) -> None:
-        """Run ``target`` in a supervised greenlet until the daemon stops."""
-        self._spawn(name, target)
+        """Run ``target`` in a greenlet until the daemon stops; restart it
+        if it crashes."""
+        self._greenlets.append(spawn_supervised(name, target, self._stop))
 
     @property
     def greenlets(self) -> list[gevent.Greenlet]:
