@@ -41,6 +41,7 @@ from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
 from .spool import Spool
+from .status import DaemonStatus, NodeStatus, WriterStatus
 from .supervise import spawn_supervised
 from .store import connect_writer, recent_interaction_links, recent_interaction_starts
 from .tokens import TokenStore
@@ -294,7 +295,7 @@ class Daemon:
         )
         # The database is open and the API listens: ready, even while
         # FreeSWITCH is still unreachable (the nodes keep reconnecting).
-        self.notifier.ready(status_text(self))
+        self.notifier.ready(status_text(self.status()))
 
     def _run_node(self, connection: NodeConnection) -> Callable[[], None]:
         def run() -> None:
@@ -340,7 +341,7 @@ class Daemon:
         if self.tokens is not None:
             self.tokens.reload()
         log.info("reloaded", log_level=self.log_level, config=source)
-        self.notifier.ready(status_text(self))
+        self.notifier.ready(status_text(self.status()))
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -363,45 +364,37 @@ class Daemon:
         """Node name -> its leg tracker (read by the live channels route)."""
         return {name: pipeline.tracker for name, pipeline in self.pipelines.items()}
 
+    def status(self) -> DaemonStatus:
+        """The live figures now: the one place they are read from the
+        daemon's objects (/health, /metrics, STATUS=, the summary line and
+        the demo's status line all show this snapshot)."""
+        return DaemonStatus(
+            version=__version__,
+            uptime_seconds=round(time.time() - self.started_at, 1),
+            nodes=tuple(
+                NodeStatus(
+                    name=name,
+                    state=connection.state,
+                    host=connection.node.host,
+                    port=connection.node.port,
+                    connected_since=connection.connected_since,
+                    reconnects=connection.reconnects,
+                    protocol_errors=connection.protocol_errors,
+                    events=self.pipelines[name].events,
+                    cdrs=self.pipelines[name].cdrs,
+                    live_legs=len(self.pipelines[name].tracker),
+                    last_error=connection.last_error,
+                )
+                for name, connection in self.nodes.items()
+            ),
+            writer=None if self.writer is None else WriterStatus.of(self.writer),
+            store=self.retention.health() if self.retention else {},
+            backfill=self.backfill.stats() if self.backfill is not None else None,
+        )
+
     def health(self) -> dict:
-        writer = self.writer
-        nodes = {}
-        for name, connection in self.nodes.items():
-            pipeline = self.pipelines[name]
-            nodes[name] = {
-                "state": connection.state,
-                "host": connection.node.host,
-                "port": connection.node.port,
-                "connected_since": connection.connected_since,
-                "reconnects": connection.reconnects,
-                "protocol_errors": connection.protocol_errors,
-                "events": pipeline.events,
-                "cdrs": pipeline.cdrs,
-                "live_legs": len(pipeline.tracker),
-                "last_error": connection.last_error,
-            }
-        healthy = all(n["state"] == "connected" for n in nodes.values()) and (writer is None or ((writer.last_error is None or writer.backlog == 0) and writer.spool_backlog == 0))
-        return {
-            "status": "ok" if healthy else "degraded",
-            "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "nodes": nodes,
-            "store": self.retention.health() if self.retention else {},
-            "writer": {
-                "backlog": writer.backlog if writer else 0,
-                "written": writer.written if writer else 0,
-                "duplicates": writer.duplicates if writer else 0,
-                "refused": writer.refused if writer else 0,
-                "failures": writer.failures if writer else 0,
-                "deleted": writer.deleted if writer else 0,
-                "spool_backlog": writer.spool_backlog if writer else 0,
-                "spooled": writer.spooled if writer else 0,
-                "lost": writer.lost if writer else 0,
-                "last_error": writer.last_error if writer else None,
-                "last_write_at": writer.last_write_at if writer else None,
-            },
-            "backfill": self.backfill.stats() if self.backfill is not None else None,
-        }
+        """The body of /health."""
+        return self.status().health()
 
     # -- stop ---------------------------------------------------------------
     def request_stop(self) -> None:
