@@ -390,7 +390,7 @@ def _filter_sql(flt: Filter, alias: str) -> tuple[str, list[Any]]:
     return "(%s IS NULL OR NOT %s)" % (expr, equal), args + eq_args
 
 
-def _where_filters(filters: Sequence[Filter], alias: str) -> tuple[list[str], list[Any]]:
+def where_filters(filters: Sequence[Filter], alias: str) -> tuple[list[str], list[Any]]:
     clauses, args = [], []
     for flt in filters:
         sql, flt_args = _filter_sql(flt, alias)
@@ -433,7 +433,7 @@ def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
         args += [query.cursor.key, query.cursor.seq]
     clauses.append('c."timestamp" BETWEEN ? AND ?')
     args += [low, high]
-    filter_clauses, filter_args = _where_filters(query.filters, "c")
+    filter_clauses, filter_args = where_filters(query.filters, "c")
     order = "ASC" if query.ascending else "DESC"
     sql = "SELECT %s%s FROM cdrs AS c WHERE %s ORDER BY c.\"timestamp\" %s, c.seq %s" % (
         _SOURCE_SELECT, _KEYS_SELECT % ('c."timestamp"', "c.seq"), " AND ".join(clauses + filter_clauses),
@@ -476,7 +476,7 @@ def _interactions_sql(query: ListQuery) -> tuple[str, list[Any]]:
     clauses.append("%s BETWEEN ? AND ?" % _START)
     args += [low, high]
     clauses.append("c.interaction_id IS NOT NULL")
-    filter_clauses, filter_args = _where_filters(query.filters, "c")
+    filter_clauses, filter_args = where_filters(query.filters, "c")
     clauses += filter_clauses
     args += filter_args
     clauses.append(

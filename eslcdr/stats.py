@@ -52,10 +52,10 @@ from .queries import (
     ParamError,
     Params,
     ReaderPool,
-    _where_filters,
     check_range,
     parse_filters,
     parse_int,
+    where_filters,
 )
 from .schema import STATS_INDEX, STATS_INDEX_WHERE
 
@@ -168,7 +168,7 @@ def _scope(account_id: str, owner_id: str | None, low: int, high: int,
     if owner_id is not None:
         clauses.append("c.owner_id = ?")
         args.append(owner_id)
-    filter_clauses, filter_args = _where_filters(filters, "c")
+    filter_clauses, filter_args = where_filters(filters, "c")
     return " AND ".join(clauses + filter_clauses), args + filter_args
 
 
