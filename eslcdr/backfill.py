@@ -68,7 +68,7 @@ from .legs import GREGORIAN_OFFSET
 from .store import connect_reader, read_meta
 from .supervise import in_thread
 
-log = structlog.get_logger("eslcdr.backfill")
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 

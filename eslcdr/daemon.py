@@ -47,7 +47,7 @@ from .store import connect_writer, recent_interaction_links, recent_interaction_
 from .tokens import TokenStore
 from .writer import Writer
 
-log = structlog.get_logger("eslcdr.daemon")
+log = structlog.get_logger(__name__)
 
 HOUSEKEEPING_INTERVAL = 30.0
 # How long a leg missing from "show channels" may still get its hangup event.

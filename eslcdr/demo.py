@@ -36,7 +36,7 @@ from .http import serve_api
 from .status import DaemonStatus
 from .tokens import add_token
 
-log = structlog.get_logger("eslcdr.demo")
+log = structlog.get_logger(__name__)
 
 DEMO_ACCOUNT = "*"
 

@@ -32,7 +32,7 @@ import structlog
 from .notify import Notifier
 from .status import DaemonStatus
 
-log = structlog.get_logger("eslcdr.monitor")
+log = structlog.get_logger(__name__)
 
 STATUS_INTERVAL = 5.0
 

@@ -33,7 +33,7 @@ from .supervise import in_thread
 from .tokens import TokenStore
 from .writer import Writer
 
-log = structlog.get_logger("eslcdr.retention")
+log = structlog.get_logger(__name__)
 
 DAY = 86_400
 

@@ -36,7 +36,7 @@ import structlog
 
 from .schema import JSON_COLUMNS, RECORD_COLUMNS, migrate, rollup_insert_statements
 
-log = structlog.get_logger("eslcdr.store")
+log = structlog.get_logger(__name__)
 
 AUTO_VACUUM_INCREMENTAL = 2
 

@@ -24,7 +24,7 @@ import structlog
 
 from .backoff import backoff_delay
 
-log = structlog.get_logger("eslcdr.supervise")
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Errors = tuple[type[BaseException], ...]

@@ -52,6 +52,8 @@ from typing import Callable
 
 import structlog
 
+log = structlog.get_logger(__name__)
+
 COLLECTOR = "*"
 # How long a change that takes entries away must read the same before it
 # applies (an editor truncating and rewriting the file took 1.5 s).
@@ -162,7 +164,6 @@ class TokenStore:
         self._check_interval = check_interval
         self._settle = settle
         self._clock = clock
-        self._log = structlog.get_logger("eslcdr.tokens")
         self._stamp: tuple[int, int] | None = None
         self._next_check = 0.0
         self._entries: tuple[TokenEntry, ...] = ()
@@ -245,7 +246,7 @@ class TokenStore:
                 if strict:
                     raise
                 if self._reported_error != str(exc):
-                    self._log.error("tokens_file_invalid_keeping_previous", error=str(exc))
+                    log.error("tokens_file_invalid_keeping_previous", error=str(exc))
                     self._reported_error = str(exc)
                 self._pending = None
                 return
@@ -258,7 +259,7 @@ class TokenStore:
         else:
             self._pending = (text, entries, now)
             kept = {(e.digest, e.account_id) for e in entries}
-            self._log.warning(
+            log.warning(
                 "tokens_file_change_waiting", path=str(self.path), missing=text is None, entries=len(entries),
                 removed=sum((e.digest, e.account_id) not in kept for e in self._entries),
                 last_line_complete=not text or text.endswith("\n"), settle_seconds=self._settle,
@@ -276,9 +277,9 @@ class TokenStore:
         self._entries, self._stamp = entries, stamp
         self._digests = frozenset(entry.digest for entry in entries)
         if stamp is None:
-            self._log.warning("tokens_file_missing", path=str(self.path))
+            log.warning("tokens_file_missing", path=str(self.path))
         else:
-            self._log.info("tokens_loaded", path=str(self.path), count=len(entries))
+            log.info("tokens_loaded", path=str(self.path), count=len(entries))
 
 
 def add_token(path: str | os.PathLike, account_id: str) -> str:
