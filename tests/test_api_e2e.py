@@ -38,10 +38,17 @@ class LogLines:
         pass
 
 
-def start_thread(target: Callable[[], None]) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
+class Worker(threading.Thread):
+    """``target`` in a (daemon) OS thread, started at once; join() is bounded
+    and fails when the thread has not finished."""
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        super().__init__(target=target, daemon=True)
+        self.start()
+
+    def join(self, timeout: float = 30) -> None:
+        super().join(timeout)
+        assert not self.is_alive(), "thread did not finish"
 
 
 class ServerThread:
@@ -51,7 +58,7 @@ class ServerThread:
         self._app = app
         self._log = log
         self._ready = threading.Event()
-        self._thread = start_thread(self._run)
+        self._thread = Worker(self._run)
         assert self._ready.wait(timeout=10)
 
     def _run(self) -> None:
@@ -71,7 +78,6 @@ class ServerThread:
         # server.stop() waits for handlers: run it in a greenlet of that hub.
         self.hub.loop.run_callback_threadsafe(lambda: gevent.spawn(self.server.stop, 2))
         self._thread.join(10)
-        assert not self._thread.is_alive(), "server thread did not finish"
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -178,7 +184,7 @@ def test_feed_and_paging_while_a_writer_commits(served):
             time.sleep(0.005)
         finished.append(True)
 
-    thread = start_thread(write_more)
+    thread = Worker(write_more)
     feed_conn, list_conn = server.connection(), server.connection()
     pulled, after = [], 0
     listed, url = [], "/v2/accounts/%s/cdrs?page_size=9" % ACC_A
@@ -194,7 +200,6 @@ def test_feed_and_paging_while_a_writer_commits(served):
             key = listing.get("next_start_key")
             url = "/v2/accounts/%s/cdrs?page_size=9&start_key=%s" % (ACC_A, key) if key else None
     thread.join(30)
-    assert not thread.is_alive(), "writer thread did not finish"
     response, body = get(feed_conn, "/v2/feed/cdrs?after=%d" % after,
                          headers={**COLLECTOR, "Accept": "application/x-ndjson"})
     assert response.getheader("Content-Type") == "application/x-ndjson"
