@@ -52,7 +52,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eslcdr import api, config, queries, store  # noqa: E402
-from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET  # noqa: E402
+from eslcdr.legs import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.schema import RECORD_COLUMNS  # noqa: E402
 
 ACCOUNTS = ["4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d", "7e1f3a9b2c4d5e6f708192a3b4c5d6e7",
@@ -91,7 +91,7 @@ def generate(path: Path, rows: int, seed: int = 7, uuid_share: float = 0.0) -> N
         account = ACCOUNTS[rng.randrange(len(ACCOUNTS))]
         owner = "user%02d" % rng.randrange(50)
         created = int(t)
-        interaction = "%d-%08x" % (created + GREGORIAN_UNIX_OFFSET, rng.getrandbits(32))
+        interaction = "%d-%08x" % (created + GREGORIAN_OFFSET, rng.getrandbits(32))
         if rng.random() < uuid_share:  # an operator's interaction_id_vars holding a UUID
             interaction = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         a_leg = str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -114,7 +114,7 @@ def generate(path: Path, rows: int, seed: int = 7, uuid_share: float = 0.0) -> N
                 ("callee_id_name", rng.choice(NAMES)), ("callee_id_number", "%d" % rng.randrange(1000, 9999)),
                 ("request", "2%03d@example.com" % rng.randrange(1000)),
                 ("created_us", created * 10**6 + leg), ("answered_us", (created + 3) * 10**6 if answered else 0),
-                ("hangup_us", hangup * 10**6), ("timestamp", hangup + GREGORIAN_UNIX_OFFSET),
+                ("hangup_us", hangup * 10**6), ("timestamp", hangup + GREGORIAN_OFFSET),
                 ("duration_seconds", duration), ("billing_seconds", duration - 3 if answered else 0),
                 ("hangup_cause", "NORMAL_CLEARING" if answered else "NO_ANSWER"),
                 ("hangup_code", "sip:200" if answered else "sip:480"),
@@ -278,7 +278,7 @@ def main() -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     token, collector = "bench-account-token", "bench-collector-token"
     base = "/v2/accounts/%s" % ACCOUNTS[0]
-    now_g = int(time.time()) + GREGORIAN_UNIX_OFFSET
+    now_g = int(time.time()) + GREGORIAN_OFFSET
     month = "created_from=%d&created_to=%d" % (now_g - 31 * 86400, now_g)
     try:
         print("\n%d rows; account %s; %d requests per latency figure; load average %s" % (

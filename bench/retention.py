@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from eslcdr import store  # noqa: E402
-from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET  # noqa: E402
+from eslcdr.legs import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.writer import Writer  # noqa: E402
 from tests.test_api import leg  # noqa: E402
 
@@ -40,7 +40,7 @@ DAY = 86_400
 
 def build(path: Path, old: int) -> None:
     conn = store.connect_writer(path)
-    now_g = int(time.time()) + GREGORIAN_UNIX_OFFSET
+    now_g = int(time.time()) + GREGORIAN_OFFSET
     for start in range(0, old, 5000):
         store.insert_records(conn, [leg(now_g - 2 * DAY - (start + i) % DAY) for i in range(min(5000, old - start))])
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -61,7 +61,7 @@ def run(path: Path, new: int, retention: bool, rate: float) -> dict:
     the ESL reader hands them over; 0 = all at once) while retention runs
     or not; latency = submit to commit of each burst."""
     conn = store.connect_writer(path)
-    now_g = int(time.time()) + GREGORIAN_UNIX_OFFSET
+    now_g = int(time.time()) + GREGORIAN_OFFSET
     commits: list[tuple[int, float]] = []
     writer = Writer(conn, batch_size=500, flush_interval=0.01, capacity=new + 1,
                     on_written=lambda new_rows, dup: commits.append((writer.written, time.perf_counter())))

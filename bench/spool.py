@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from eslcdr import store  # noqa: E402
-from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET  # noqa: E402
+from eslcdr.legs import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.spool import Spool  # noqa: E402
 from eslcdr.writer import Writer  # noqa: E402
 from tests.test_api import leg  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="eslcdr-spool-"))
     try:
-        now_g = int(time.time()) + GREGORIAN_UNIX_OFFSET
+        now_g = int(time.time()) + GREGORIAN_OFFSET
         records = [leg(now_g - i) for i in range(args.records)]
         spool = Spool(folder / "cdrs.db.spool")
         started, cpu = time.perf_counter(), time.process_time()

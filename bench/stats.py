@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # ``eslcdr run`` does) and has the served child, the GET and the row count.
 from api import get, row_count, serve  # noqa: E402
 from eslcdr import config, store  # noqa: E402
-from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET  # noqa: E402
+from eslcdr.legs import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.schema import RECORD_COLUMNS  # noqa: E402
 
 ACCOUNTS = ["4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d", "7e1f3a9b2c4d5e6f708192a3b4c5d6e7",
@@ -90,7 +90,7 @@ def generate(path: Path, rows: int, days: int, seed: int = 11) -> None:
         account = ACCOUNTS[rng.randrange(len(ACCOUNTS))]
         owner = "user%02d" % rng.randrange(50)
         created = int(t)
-        interaction = "%d-%08x" % (created + GREGORIAN_UNIX_OFFSET, rng.getrandbits(32))
+        interaction = "%d-%08x" % (created + GREGORIAN_OFFSET, rng.getrandbits(32))
         cause, answered, _ = rng.choice(causes)
         kind = rng.random()
         # legs: the A-leg, its B-leg(s); sometimes a ring-group loser or a loopback pair
@@ -116,7 +116,7 @@ def generate(path: Path, rows: int, days: int, seed: int = 11) -> None:
                 "caller_id_name": "Caller", "caller_id_number": "+1555%07d" % rng.randrange(10**7),
                 "callee_id_number": "%d" % rng.randrange(1000, 9999), "request": "2000@example.com",
                 "created_us": created * 10**6 + n, "answered_us": (created + ring) * 10**6 if leg_answered else 0,
-                "hangup_us": hangup * 10**6, "timestamp": hangup + GREGORIAN_UNIX_OFFSET,
+                "hangup_us": hangup * 10**6, "timestamp": hangup + GREGORIAN_OFFSET,
                 "duration_seconds": duration, "billing_seconds": talk if leg_answered else 0,
                 "ringing_seconds": ring, "hangup_cause": leg_cause,
                 "other_leg_call_id": a_leg if n else None,

@@ -78,21 +78,19 @@ from .queries import (
 from .list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv
 from .redact import Redactor, presented_in_environ
 from .schema import COLUMN_NAMES
-from .store import record_ack, token_key
+from .store import DB_ID_SQL, LAST_SEQ_SQL, record_ack
 from .stats import WORST_COLUMNS, paced_chunks, parse_stats_query, parse_worst_query, run_stats, worst_sql
 from .stats import csv_text as stats_csv
 from .sessions import SessionStore
-from .tokens import COLLECTOR, TokenStore, digest
+from .tokens import COLLECTOR, TokenStore, digest, token_key
 
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
 
+log = structlog.get_logger(__name__)
+
 HealthFn = Callable[[], Mapping[str, Any]]
 AckFn = Callable[[str, int, int], None]
-DB_ID_SQL = "SELECT value FROM meta WHERE key = 'db_id'"
-# The newest seq handed out (AUTOINCREMENT's counter): a collector's lag in
-# rows is this minus its cursor.
-LAST_SEQ_SQL = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cdrs'), 0)"
 MAX_QUERY_FIELDS = 200
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Kazoo's CSV_CONTENT_TYPES: a client asking for octet-stream gets CSV.
@@ -329,7 +327,7 @@ class CdrApi:
 
     def _bad_header(self, environ: dict, name: str, start: Callable) -> list[bytes]:
         """400 for a header whose bytes are not UTF-8 (Bottle would fail with a 500)."""
-        structlog.get_logger("eslcdr.api").warning(
+        log.warning(
             "api_bad_header", header=name, client=environ.get("REMOTE_ADDR"), status=400)
         environ["eslcdr.auth_token"] = ""  # a token next to undecodable bytes is not echoed
         payload = error_payload(400, "bad request", {"message": "header %s is not valid UTF-8" % name},
@@ -347,7 +345,7 @@ class _WsgiErrors:
 
     def write(self, text: str) -> None:
         if text.startswith("<h1>Critical error"):  # the error handler itself failed
-            structlog.get_logger("eslcdr.api").error("api_critical_error")
+            log.error("api_critical_error")
 
     def flush(self) -> None:
         pass
@@ -399,7 +397,7 @@ class _StreamBody:
         try:
             yield from self._chunks
         except (StatementTimeout, DatastoreError) as exc:
-            structlog.get_logger("eslcdr.api").error("api_stream_aborted", error=str(exc))
+            log.error("api_stream_aborted", error=str(exc))
             exc.eslcdr_logged = True  # the server drops the connection without a second line
             raise
 
@@ -435,7 +433,6 @@ class _Routes:
         self.registry = registry
         self.metrics = metrics
         self.clock = clock
-        self.log = structlog.get_logger("eslcdr.api")
 
     # -- plumbing -----------------------------------------------------------
 
@@ -474,10 +471,10 @@ class _Routes:
             except ParamError as exc:
                 return self.error_response(400, "validation error", exc.as_data())
             except StatementTimeout as exc:
-                self.log.warning("api_statement_timeout", path=self.log_path(), error=str(exc))
+                log.warning("api_statement_timeout", path=self.log_path(), error=str(exc))
                 return self.error_response(503, "datastore timeout", {"message": str(exc)})
             except DatastoreError as exc:
-                self.log.error("api_datastore_error", path=self.log_path(), error=str(exc))
+                log.error("api_datastore_error", path=self.log_path(), error=str(exc))
                 return self.error_response(503, "datastore fatal error", {"message": "datastore fatal error"})
 
         return guarded
@@ -872,7 +869,7 @@ class _Routes:
         if code >= 500:
             # Never the exception's text or repr: it may hold request bytes.
             exc = err.exception
-            self.log.error("api_unhandled_exception", path=self.log_path(), error=type(exc).__name__,
+            log.error("api_unhandled_exception", path=self.log_path(), error=type(exc).__name__,
                            frames="".join(traceback.format_tb(getattr(exc, "__traceback__", None)))[-4000:])
             return self.error_response(500, "unspecified_fault", {"message": "unspecified fault"})
         return self.error_response(code, "bad request", {"message": str(err.body)[:200]})
@@ -962,7 +959,7 @@ def _direct_ack(path: str) -> AckFn:
             record_ack(path, key, after, at_us)
         except sqlite3.Error as exc:
             # Not fatal: the collector acknowledges again with its next pull.
-            structlog.get_logger("eslcdr.api").warning("feed_ack_not_stored", error=str(exc))
+            log.warning("feed_ack_not_stored", error=str(exc))
 
     return acknowledge
 

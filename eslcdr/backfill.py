@@ -56,7 +56,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import gevent
 import gevent.event
@@ -66,8 +66,11 @@ from .events import Event
 from .importer import JsonCdrError, parse_json_cdr
 from .legs import GREGORIAN_OFFSET
 from .store import connect_reader, read_meta
+from .supervise import in_thread
 
-log = structlog.get_logger("eslcdr.backfill")
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 SUFFIX = ".cdr.json"
 A_PREFIX = "a_"
@@ -96,8 +99,10 @@ LOOKUP_STEP = 512  # call ids per database query / awaiting look-ups per tick
 READ_ERRORS = (OSError, sqlite3.Error)
 
 
-def _in_thread(work: Callable, *args):
-    return gevent.get_hub().threadpool.apply(work, args)
+def _in_thread(work: Callable[..., T], *args: Any) -> T:
+    """Blocking folder / database work, its READ_ERRORS raised here (each
+    caller handles them)."""
+    return in_thread(work, *args, errors=READ_ERRORS)
 
 
 def call_id_of(name: str) -> str:

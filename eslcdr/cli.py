@@ -1,19 +1,16 @@
 """The ``eslcdr`` command line: a thin layer over the library.
 
-gevent's monkey patching runs first, before anything imports sockets or
-bottle.  Exit codes: 0 ok, 2 usage or configuration error, 1 other failure.
+``main`` runs gevent's monkey patching first, before anything imports
+sockets or bottle (every command's modules are imported after it, in the
+function that runs the command); importing this module patches nothing.
+Exit codes: 0 ok, 2 usage or configuration error, 1 other failure.
 """
 
-from gevent import monkey
+import argparse
+import os
+import sys
 
-monkey.patch_all()
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-
-from . import __version__  # noqa: E402
-from .config import ConfigError  # noqa: E402
+from . import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -78,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+    from .config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

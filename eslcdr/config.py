@@ -6,9 +6,14 @@ environment variables ``ESLCDR_<SECTION>_<KEY>`` (``ESLCDR_ESL_PASSWORD``,
 sections; each inherits the keys of ``[esl]`` it does not set.  Their
 environment overrides are ``ESLCDR_ESL_<NAME>_<KEY>``.
 
-Every key and its default is listed in ``conf/eslcdr.ini``; a test checks
-that file and ``DEFAULTS`` agree.  Bad values raise ``ConfigError`` with the
-section, key and reason, which the CLI turns into exit code 2.
+Every key is declared once, in ``SETTINGS``: its default (as the INI file
+writes it), how its text becomes a value, when that value is valid and what
+it is for.  ``DEFAULTS``, the checks of ``build`` and the keys the file may
+hold derive from it; ``conf/eslcdr.ini`` lists every key with its default
+under its help (a test checks the file against ``SETTINGS``), and
+docs/configuration.md names each (another test).  Bad values raise
+``ConfigError`` with the section, key and reason, which the CLI turns into
+exit code 2.
 """
 
 from __future__ import annotations
@@ -18,73 +23,224 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
-
-# The HTTP server's bounds (``ServerLimits``, used by ``server.make_server``): the
-# same keys in ``[api]`` and in the collector's ``[collector]``.
-# key: (default, type, valid when)
-SERVER_LIMITS: dict[str, tuple[str, Callable, Callable]] = {
-    "header_timeout": ("10", float, lambda v: v > 0),
-    "idle_timeout": ("15", float, lambda v: v > 0),
-    "send_timeout": ("60", float, lambda v: v > 0),
-    "request_timeout": ("30", float, lambda v: v > 0),
-    "min_receive_rate": ("500", float, lambda v: v >= 0),  # 0: off
-    "max_connections": ("256", int, lambda v: v > 0),
-    "max_head_bytes": ("65536", int, lambda v: v >= 8192),  # gevent's request line limit is 8192
-    "max_body_bytes": ("65536", int, lambda v: v >= 1024),
-}
-
-DEFAULTS: dict[str, dict[str, str]] = {
-    "esl": {
-        "host": "127.0.0.1",
-        "port": "8021",
-        "password": "ClueCon",
-        "format": "json",
-        "connect_timeout": "5",
-        "command_timeout": "5",
-        "reconnect_max_delay": "30",
-    },
-    "store": {
-        "path": "/var/lib/eslcdr/cdrs.db",
-        "flush_interval": "0.2",
-        "batch_size": "500",
-        "retention_days": "0",
-        "retention_check_interval": "60",
-        "queue_size": "100000",
-        "spool_path": "",
-        "leg_ttl": "86400",
-        "stall_timeout": "120",
-    },
-    "backfill": {"json_cdr_dir": ""},
-    "api": {
-        "listen": "127.0.0.1:8080",
-        "tokens_file": "/etc/eslcdr/tokens",
-        "max_range": "2682000",
-        "default_page_size": "50",
-        "max_page_size": "1000",
-        "statement_timeout": "10",
-        **{key: default for key, (default, _, _) in SERVER_LIMITS.items()},
-        "heavy_queries": "2",
-        "cors_origins": "*",
-        "session_ttl": "3600",
-    },
-    "cdr": {
-        "account_id_vars": "ecallmgr_Account-ID",
-        "owner_id_vars": "ecallmgr_Owner-ID",
-        "authorizing_id_vars": "ecallmgr_Authorizing-ID",
-        "interaction_id_vars": "ecallmgr_Call-Interaction-ID, Call-Interaction-ID",
-        "custom_var_prefixes": "ecallmgr_",
-        "custom_vars": "",
-        "node_name": "",
-    },
-    "log": {"level": "info", "format": "auto", "summary_interval": "60"},
-}
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names section and key."""
+
+
+class Invalid(ValueError):
+    """Raised by a ``Setting``'s parser: why the text is refused (the error
+    reads ``[section] key: <why>``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One key of an INI section, declared once."""
+
+    default: str  # as written in the INI file
+    # text -> value; a ValueError reads "'x' is not a valid <parse's name>",
+    # an Invalid gives its own reason
+    parse: Callable[[str], Any]
+    check: Callable[[Any], bool] | None = None  # the bounds: valid when true, else "out of range"
+    help: str = ""  # what it is for: the comment above the key in conf/eslcdr.ini
+
+    def value(self, values: Mapping[str, str], section: str, key: str) -> Any:
+        """``values[key]`` parsed and checked."""
+        raw = values[key]
+        try:
+            value = self.parse(raw)
+        except Invalid as exc:
+            raise ConfigError("[%s] %s: %s" % (section, key, exc)) from None
+        except ValueError:
+            raise ConfigError("[%s] %s: %r is not a valid %s" % (section, key, raw, self.parse.__name__)) from None
+        if self.check is not None and not self.check(value):
+            raise ConfigError("[%s] %s: %r is out of range" % (section, key, raw))
+        return value
+
+
+def text(raw: str) -> str:
+    return raw.strip()
+
+
+def names(raw: str) -> tuple[str, ...]:
+    """Names separated by commas (or lines)."""
+    return tuple(part.strip() for part in raw.replace("\n", ",").split(",") if part.strip())
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    """One of ``options`` (case and surrounding blanks ignored)."""
+    allowed = ", ".join(options[:-1]) + " or " + options[-1]
+
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise Invalid("%r must be %s" % (value, allowed))
+        return value
+
+    return parse
+
+
+def _listen(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise Invalid("%r is not host:port" % raw)
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_listen(raw: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port)."""
+    try:
+        return _listen(raw)
+    except Invalid as exc:
+        raise ConfigError("[api] listen: %s" % exc) from None
+
+
+def _cors_origins(raw: str) -> tuple[str, ...]:
+    """``*``, or origins (``https://ui.example.com``) separated by commas or spaces; empty = off."""
+    origins = tuple(part for part in raw.replace(",", " ").split() if part)
+    for origin in origins:
+        if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
+            raise Invalid("%r is not * or an origin like https://ui.example.com" % origin)
+    return ("*",) if "*" in origins else origins
+
+
+def positive(value: float) -> bool:
+    return value > 0
+
+
+def non_negative(value: float) -> bool:
+    return value >= 0
+
+
+# The HTTP server's bounds (``ServerLimits``, used by ``server.make_server``): the
+# same keys in ``[api]`` and in the collector's ``[collector]``.
+SERVER_LIMIT_SETTINGS: dict[str, Setting] = {
+    "header_timeout": Setting("10", float, positive, help=(
+        "seconds a client has to send a whole request head (request line and headers) once it started")),
+    "idle_timeout": Setting("15", float, positive, help=(
+        "seconds a connection may stay silent (a new one, or keep-alive between requests) before it is closed")),
+    "send_timeout": Setting("60", float, positive, help=(
+        "seconds a response write may make no progress (a client that stopped reading) before the client is dropped")),
+    "request_timeout": Setting("30", float, positive, help=(
+        "seconds a client has to send a whole request (head and body) once it started; else 408")),
+    "min_receive_rate": Setting("500", float, non_negative, help=(
+        "bytes per second a request must average after its first 2 seconds (0 = off); a slower\n"
+        "client gets 408, and at max_connections it is the first to make room for a new one")),
+    "max_connections": Setting("256", int, positive, help=(
+        "connections served at once; past them a new connection takes the slot of one that is idle\n"
+        "or below min_receive_rate (for 1 s at least), or is answered 503 and closed")),
+    # gevent's request line limit is 8192
+    "max_head_bytes": Setting("65536", int, lambda v: v >= 8192, help=(
+        "bytes of a request head (request line and headers) before it is answered 431 (at least 8192)")),
+    "max_body_bytes": Setting("65536", int, lambda v: v >= 1024, help=(
+        "bytes of a request body (the login's JSON); a larger Content-Length is answered 413 before\n"
+        "a byte of the body is read, a chunked body as soon as it passes this (at least 1024)")),
+}
+# The same as (default, type, valid when), as collector/config.py reads them.
+SERVER_LIMITS: dict[str, tuple[str, Callable, Callable]] = {
+    key: (setting.default, setting.parse, setting.check) for key, setting in SERVER_LIMIT_SETTINGS.items()
+}
+
+SETTINGS: dict[str, dict[str, Setting]] = {
+    # [esl:NAME] sections take the same keys.
+    "esl": {
+        "host": Setting("127.0.0.1", text, help="address of FreeSWITCH's mod_event_socket"),
+        "port": Setting("8021", int, lambda v: 0 < v < 65536, help="its TCP port"),
+        "password": Setting("ClueCon", str, help=(
+            "Prefer ESLCDR_ESL_PASSWORD in the service environment over writing it here.")),
+        "format": Setting("json", choice("json", "plain"), help="json (default: cheaper to decode) or plain"),
+        "connect_timeout": Setting("5", float, positive, help="seconds to wait for the TCP connection"),
+        "command_timeout": Setting("5", float, positive, help="seconds to wait for any command's reply"),
+        "reconnect_max_delay": Setting("30", float, positive, help=(
+            "cap (seconds) of the jittered exponential backoff between reconnects")),
+    },
+    "store": {
+        "path": Setting("/var/lib/eslcdr/cdrs.db", text, help=(
+            "the SQLite file (WAL mode; created with its folder if missing)")),
+        "flush_interval": Setting("0.2", float, positive, help=(
+            "most seconds a finished CDR waits for its commit (under load it is committed as soon as the reader yields)")),
+        "batch_size": Setting("500", int, positive, help="CDRs per transaction"),
+        "retention_days": Setting("0", int, non_negative, help=(
+            "delete CDRs that hung up more than this many days ago (0 = keep everything), but never\n"
+            "a row a registered collector (a '*' token of the tokens file that has pulled the feed)\n"
+            "has not acknowledged yet; deleted in batches of 250 between insert batches, the file shrinks")),
+        "retention_check_interval": Setting("60", float, lambda v: 0 < v <= 60, help=(
+            "seconds between two retention checks (also the refresh of the size, oldest row and\n"
+            "unpulled rows shown by /health and /metrics); at most 60")),
+        "queue_size": Setting("100000", int, positive, help=(
+            "CDRs held in memory while SQLite cannot write (locked, disk full); past it they go to the spool")),
+        # "" = the database path + ".spool" (build)
+        "spool_path": Setting("", text, help=(
+            "append-only file (one JSON record per line, fsynced) for the CDRs SQLite cannot take yet:\n"
+            "those past queue_size, and the whole backlog once a write has failed; replayed into SQLite\n"
+            "exactly once at start and as soon as it takes writes again. Empty = the database path + .spool\n"
+            "(elsewhere, the systemd unit must be allowed to write there: ReadWritePaths=)")),
+        "leg_ttl": Setting("86400", float, positive, help="seconds after which a leg that never hung up is forgotten"),
+        "stall_timeout": Setting("120", float, positive, help=(
+            "seconds CDRs may wait with nothing committed before the writer counts as stuck:\n"
+            "the systemd watchdog is then no longer fed and systemd restarts the service")),
+    },
+    "backfill": {
+        "json_cdr_dir": Setting("", text, help=(
+            "FreeSWITCH's mod_json_cdr log-dir (one <uuid>.cdr.json per leg; read only, never written).\n"
+            "Legs whose hangup eslcdr did not hear (stopped, restarting, disconnected) are stored\n"
+            "from their file. Empty = off.")),
+    },
+    "api": {
+        "listen": Setting("127.0.0.1:8080", _listen, help="host:port of the HTTP API; loopback by default"),
+        "tokens_file": Setting("/etc/eslcdr/tokens", text, help=(
+            "one token per line: TOKEN ACCOUNT_ID or sha256:HEX ACCOUNT_ID ('*' = collector)")),
+        "max_range": Setting("2682000", int, positive, help=(
+            "widest created_from..created_to range in seconds (Kazoo's default: 31 days)")),
+        "default_page_size": Setting("50", int, positive, help="rows of a listing's page when the client names no page_size"),
+        # and at least default_page_size (build)
+        "max_page_size": Setting("1000", int, positive, help=(
+            "largest page_size a client may ask for (at least default_page_size)")),
+        "statement_timeout": Setting("10", float, positive, help="seconds a single query may run before it is aborted"),
+        **SERVER_LIMIT_SETTINGS,
+        "heavy_queries": Setting("2", int, positive, help=(
+            "filtered listings (SQLite may scan the whole range), stats and filtered worst legs run at most\n"
+            "this many at once; the others wait up to statement_timeout for a slot (then 503), so a plain\n"
+            "page stays fast while they run")),
+        "cors_origins": Setting("*", _cors_origins, help=(
+            "origins whose browser pages may call the API (CORS): * (any, as Kazoo), or a list\n"
+            "like https://ui.example.com https://ops.example.com; empty = no CORS headers")),
+        "session_ttl": Setting("3600", float, positive, help=(
+            "seconds an auth_token from PUT /v2/api_auth stays valid (Kazoo's token_auth_expiry_s)")),
+    },
+    "cdr": {
+        "account_id_vars": Setting("ecallmgr_Account-ID", names, help=(
+            "channel variables that name the account (first non-empty wins)")),
+        "owner_id_vars": Setting("ecallmgr_Owner-ID", names, help=(
+            "channel variables that name the owner (first non-empty wins)")),
+        "authorizing_id_vars": Setting("ecallmgr_Authorizing-ID", names, help=(
+            "channel variables that name the authorizing device (first non-empty wins)")),
+        "interaction_id_vars": Setting("ecallmgr_Call-Interaction-ID, Call-Interaction-ID", names, help=(
+            "channel variables holding an explicit interaction id (otherwise one is derived)")),
+        "custom_var_prefixes": Setting("ecallmgr_", names, help=(
+            "variables starting with these prefixes go to custom_channel_vars (prefix removed)")),
+        "custom_vars": Setting("", names, help="further variables copied to custom_channel_vars by exact name"),
+        # "" = socket.gethostname() (build)
+        "node_name": Setting("", text, help="node name of the [esl] connection (default: this host's name)"),
+    },
+    "log": {
+        "level": Setting("info", choice("debug", "info", "warning", "error"), help="debug, info, warning, error"),
+        "format": Setting("auto", choice("json", "console", "auto"), help=(
+            "json, console or auto (console on a terminal, json otherwise)")),
+        "summary_interval": Setting("60", float, positive, help=(
+            "seconds between two info `summary` lines (events, CDRs, backlog, reconnects per node);\n"
+            "per-batch lines are at debug level")),
+    },
+}
+
+# Section -> key -> default, as the INI file writes it.
+DEFAULTS: dict[str, dict[str, str]] = {
+    section: {key: setting.default for key, setting in settings.items()} for section, settings in SETTINGS.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,21 +283,22 @@ class BackfillConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
-    """How the HTTP server holds its clients to account (``SERVER_LIMITS``; the
-    README's API section says what a client gets past each)."""
+    """How the HTTP server holds its clients to account (each field's meaning:
+    its help in ``SERVER_LIMIT_SETTINGS``; docs/api.md says what a client
+    gets past each)."""
 
-    header_timeout: float  # s from a request's first byte to the end of its head
-    idle_timeout: float  # s a connection may send nothing (new, or between requests)
-    send_timeout: float  # s a response write may make no progress
-    request_timeout: float  # s from a request's first byte to the end of its body
-    min_receive_rate: float  # bytes/s a request must average after its first seconds; 0: off
+    header_timeout: float
+    idle_timeout: float
+    send_timeout: float
+    request_timeout: float
+    min_receive_rate: float
     max_connections: int
-    max_head_bytes: int  # request line and headers together
+    max_head_bytes: int
     max_body_bytes: int
 
     @classmethod
     def default(cls) -> "ServerLimits":
-        return server_limits({key: default for key, (default, _, _) in SERVER_LIMITS.items()}, "api")
+        return server_limits(DEFAULTS["api"], "api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +312,8 @@ class ApiConfig:
     statement_timeout: float
     limits: ServerLimits
     heavy_queries: int
-    cors_origins: tuple[str, ...] = ("*",)  # () = no CORS headers
-    session_ttl: float = 3600.0
+    cors_origins: tuple[str, ...]  # () = no CORS headers
+    session_ttl: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +331,7 @@ class CdrConfig:
 class LogConfig:
     level: str
     format: str
-    summary_interval: float = 60.0  # s between summary lines (the collector has none)
+    summary_interval: float  # s between summary lines (the collector has none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,43 +345,14 @@ class Config:
     source: str  # the file it was read from, or "<defaults>"
 
 
-def _get(values: Mapping[str, str], section: str, key: str, conv, check=None):
-    raw = values[key]
-    try:
-        value = conv(raw)
-    except ValueError:
-        raise ConfigError("[%s] %s: %r is not a valid %s" % (section, key, raw, conv.__name__)) from None
-    if check is not None and not check(value):
-        raise ConfigError("[%s] %s: %r is out of range" % (section, key, raw))
-    return value
+def parsed(settings: Mapping[str, Setting], values: Mapping[str, str], section: str) -> dict[str, Any]:
+    """The keys of ``settings`` in a section's ``values``, parsed and checked."""
+    return {key: setting.value(values, section, key) for key, setting in settings.items()}
 
 
 def server_limits(values: Mapping[str, str], section: str) -> ServerLimits:
-    """The ``SERVER_LIMITS`` keys of a section, checked."""
-    return ServerLimits(**{key: _get(values, section, key, conv, check)
-                           for key, (_, conv, check) in SERVER_LIMITS.items()})
-
-
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.replace("\n", ",").split(",") if part.strip())
-
-
-def _cors_origins(raw: str) -> tuple[str, ...]:
-    """``*``, or origins (``https://ui.example.com``) separated by commas or spaces; empty = off."""
-    origins = tuple(part for part in raw.replace(",", " ").split() if part)
-    for origin in origins:
-        if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
-            raise ConfigError("[api] cors_origins: %r is not * or an origin like https://ui.example.com" % origin)
-    return ("*",) if "*" in origins else origins
-
-
-def parse_listen(raw: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port)."""
-    host, sep, port = raw.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("[api] listen: %r is not host:port" % raw)
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    """The server-limit keys of a section, checked."""
+    return ServerLimits(**parsed(SERVER_LIMIT_SETTINGS, values, section))
 
 
 def _env_overrides(section: str, keys, environ: Mapping[str, str]) -> dict[str, str]:
@@ -238,20 +366,7 @@ def _env_overrides(section: str, keys, environ: Mapping[str, str]) -> dict[str, 
 
 
 def _node(name: str, section: str, values: Mapping[str, str]) -> EslNode:
-    fmt = values["format"].strip().lower()
-    if fmt not in ("json", "plain"):
-        raise ConfigError("[%s] format: %r must be json or plain" % (section, values["format"]))
-    positive = lambda v: v > 0  # noqa: E731
-    return EslNode(
-        name=name,
-        host=values["host"].strip(),
-        port=_get(values, section, "port", int, lambda v: 0 < v < 65536),
-        password=values["password"],
-        format=fmt,
-        connect_timeout=_get(values, section, "connect_timeout", float, positive),
-        command_timeout=_get(values, section, "command_timeout", float, positive),
-        reconnect_max_delay=_get(values, section, "reconnect_max_delay", float, positive),
-    )
+    return EslNode(name=name, **parsed(SETTINGS["esl"], values, section))
 
 
 def read_config_file(
@@ -327,8 +442,8 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
         return values
 
     esl = section_values("esl")
-    cdr_values = section_values("cdr")
-    node_name = cdr_values["node_name"].strip() or socket.gethostname()
+    cdr = parsed(SETTINGS["cdr"], section_values("cdr"), "cdr")
+    node_name = cdr["node_name"] or socket.gethostname()
     nodes = [_node(node_name, "esl", esl)]
     for section in parser.sections():
         if section.startswith("esl:"):
@@ -339,59 +454,20 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
     if len({node.name for node in nodes}) != len(nodes):
         raise ConfigError("two [esl] sections share the node name %r" % node_name)
 
-    store = section_values("store")
-    api = section_values("api")
-    log = section_values("log")
-    host, port = parse_listen(api["listen"])
-    level = log["level"].strip().lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("[log] level: %r must be debug, info, warning or error" % level)
-    log_format = log["format"].strip().lower()
-    if log_format not in ("json", "console", "auto"):
-        raise ConfigError("[log] format: %r must be json, console or auto" % log_format)
-    default_page = _get(api, "api", "default_page_size", int, lambda v: v > 0)
+    store = parsed(SETTINGS["store"], section_values("store"), "store")
+    api_values = section_values("api")
+    api = parsed(SETTINGS["api"], api_values, "api")
+    if api["max_page_size"] < api["default_page_size"]:
+        raise ConfigError("[api] max_page_size: %r is out of range" % api_values["max_page_size"])
+    host, port = api.pop("listen")
+    limits = ServerLimits(**{key: api.pop(key) for key in SERVER_LIMIT_SETTINGS})
     return Config(
         nodes=tuple(nodes),
-        store=StoreConfig(
-            path=store["path"].strip(),
-            flush_interval=_get(store, "store", "flush_interval", float, lambda v: v > 0),
-            batch_size=_get(store, "store", "batch_size", int, lambda v: v > 0),
-            retention_days=_get(store, "store", "retention_days", int, lambda v: v >= 0),
-            retention_check_interval=_get(store, "store", "retention_check_interval", float,
-                                          lambda v: 0 < v <= 60),
-            queue_size=_get(store, "store", "queue_size", int, lambda v: v > 0),
-            spool_path=store["spool_path"].strip() or store["path"].strip() + ".spool",
-            leg_ttl=_get(store, "store", "leg_ttl", float, lambda v: v > 0),
-            stall_timeout=_get(store, "store", "stall_timeout", float, lambda v: v > 0),
-        ),
-        api=ApiConfig(
-            host=host,
-            port=port,
-            tokens_file=api["tokens_file"].strip(),
-            max_range=_get(api, "api", "max_range", int, lambda v: v > 0),
-            default_page_size=default_page,
-            max_page_size=_get(api, "api", "max_page_size", int, lambda v: v >= default_page),
-            statement_timeout=_get(api, "api", "statement_timeout", float, lambda v: v > 0),
-            limits=server_limits(api, "api"),
-            heavy_queries=_get(api, "api", "heavy_queries", int, lambda v: v > 0),
-            cors_origins=_cors_origins(api["cors_origins"]),
-            session_ttl=_get(api, "api", "session_ttl", float, lambda v: v > 0),
-        ),
-        cdr=CdrConfig(
-            account_id_vars=_names(cdr_values["account_id_vars"]),
-            owner_id_vars=_names(cdr_values["owner_id_vars"]),
-            authorizing_id_vars=_names(cdr_values["authorizing_id_vars"]),
-            interaction_id_vars=_names(cdr_values["interaction_id_vars"]),
-            custom_var_prefixes=_names(cdr_values["custom_var_prefixes"]),
-            custom_vars=_names(cdr_values["custom_vars"]),
-            node_name=node_name,
-        ),
-        log=LogConfig(
-            level=level,
-            format=log_format,
-            summary_interval=_get(log, "log", "summary_interval", float, lambda v: v > 0),
-        ),
-        backfill=BackfillConfig(json_cdr_dir=section_values("backfill")["json_cdr_dir"].strip()),
+        store=StoreConfig(**{**store, "spool_path": store["spool_path"] or store["path"] + ".spool"}),
+        api=ApiConfig(host=host, port=port, limits=limits, **api),
+        cdr=CdrConfig(**{**cdr, "node_name": node_name}),
+        log=LogConfig(**parsed(SETTINGS["log"], section_values("log"), "log")),
+        backfill=BackfillConfig(**parsed(SETTINGS["backfill"], section_values("backfill"), "backfill")),
         source=source,
     )
 

@@ -41,12 +41,13 @@ from .monitor import Monitor, status_text
 from .notify import Notifier
 from .retention import Retention
 from .spool import Spool
+from .status import DaemonStatus, NodeStatus, WriterStatus
 from .supervise import spawn_supervised
 from .store import connect_writer, recent_interaction_links, recent_interaction_starts
 from .tokens import TokenStore
 from .writer import Writer
 
-log = structlog.get_logger("eslcdr.daemon")
+log = structlog.get_logger(__name__)
 
 HOUSEKEEPING_INTERVAL = 30.0
 # How long a leg missing from "show channels" may still get its hangup event.
@@ -253,8 +254,8 @@ class Daemon:
             pipeline.tracker.remember_interaction_starts(starts)
             self.pipelines[node.name] = pipeline
             self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder)
-        self._spawn("writer", self.writer.run)
-        self._spawn("spooler", self.writer.run_spooler)
+        self.supervise("writer", self.writer.run)
+        self.supervise("spooler", self.writer.run_spooler)
         if cfg.backfill.json_cdr_dir:
             # The folder is the local FreeSWITCH's: the [esl] node's.
             local = cfg.nodes[0].name
@@ -266,12 +267,12 @@ class Daemon:
                 lambda: self.nodes[local].connected_since,
             )
             self.pipelines[local].backfill = self.backfill
-            self._spawn("backfill", self.backfill.run)
+            self.supervise("backfill", self.backfill.run)
         for name, connection in self.nodes.items():
-            self._spawn("esl:" + name, self._run_node(connection))
-        self._spawn("housekeeping", self._housekeeping)
+            self.supervise("esl:" + name, self._run_node(connection))
+        self.supervise("housekeeping", self._housekeeping)
         self.retention = Retention(cfg, self.writer, self._stop, self.tokens)
-        self._spawn("retention", self.retention.run)
+        self.supervise("retention", self.retention.run)
         if self._api_factory is not None:
             self.http = self._api_factory(self)
             self.http.start()
@@ -281,8 +282,8 @@ class Daemon:
             summary_interval=cfg.log.summary_interval,
             stall_timeout=cfg.store.stall_timeout,
         )
-        self._spawn("monitor", lambda: self.monitor.run(self._stop))
-        self._spawn("reload", self._reloader)
+        self.supervise("monitor", lambda: self.monitor.run(self._stop))
+        self.supervise("reload", self._reloader)
         log.info(
             "daemon_started",
             version=__version__,
@@ -294,7 +295,7 @@ class Daemon:
         )
         # The database is open and the API listens: ready, even while
         # FreeSWITCH is still unreachable (the nodes keep reconnecting).
-        self.notifier.ready(status_text(self))
+        self.notifier.ready(status_text(self.status()))
 
     def _run_node(self, connection: NodeConnection) -> Callable[[], None]:
         def run() -> None:
@@ -306,13 +307,10 @@ class Daemon:
 
         return run
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        """Run target in a greenlet; restart it if it crashes."""
-        self._greenlets.append(spawn_supervised(name, target, self._stop))
-
     def supervise(self, name: str, target: Callable[[], None]) -> None:
-        """Run ``target`` in a supervised greenlet until the daemon stops."""
-        self._spawn(name, target)
+        """Run ``target`` in a greenlet until the daemon stops; restart it
+        if it crashes."""
+        self._greenlets.append(spawn_supervised(name, target, self._stop))
 
     @property
     def greenlets(self) -> list[gevent.Greenlet]:
@@ -343,7 +341,7 @@ class Daemon:
         if self.tokens is not None:
             self.tokens.reload()
         log.info("reloaded", log_level=self.log_level, config=source)
-        self.notifier.ready(status_text(self))
+        self.notifier.ready(status_text(self.status()))
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -366,45 +364,37 @@ class Daemon:
         """Node name -> its leg tracker (read by the live channels route)."""
         return {name: pipeline.tracker for name, pipeline in self.pipelines.items()}
 
+    def status(self) -> DaemonStatus:
+        """The live figures now: the one place they are read from the
+        daemon's objects (/health, /metrics, STATUS=, the summary line and
+        the demo's status line all show this snapshot)."""
+        return DaemonStatus(
+            version=__version__,
+            uptime_seconds=round(time.time() - self.started_at, 1),
+            nodes=tuple(
+                NodeStatus(
+                    name=name,
+                    state=connection.state,
+                    host=connection.node.host,
+                    port=connection.node.port,
+                    connected_since=connection.connected_since,
+                    reconnects=connection.reconnects,
+                    protocol_errors=connection.protocol_errors,
+                    events=self.pipelines[name].events,
+                    cdrs=self.pipelines[name].cdrs,
+                    live_legs=len(self.pipelines[name].tracker),
+                    last_error=connection.last_error,
+                )
+                for name, connection in self.nodes.items()
+            ),
+            writer=None if self.writer is None else WriterStatus.of(self.writer),
+            store=self.retention.health() if self.retention else {},
+            backfill=self.backfill.stats() if self.backfill is not None else None,
+        )
+
     def health(self) -> dict:
-        writer = self.writer
-        nodes = {}
-        for name, connection in self.nodes.items():
-            pipeline = self.pipelines[name]
-            nodes[name] = {
-                "state": connection.state,
-                "host": connection.node.host,
-                "port": connection.node.port,
-                "connected_since": connection.connected_since,
-                "reconnects": connection.reconnects,
-                "protocol_errors": connection.protocol_errors,
-                "events": pipeline.events,
-                "cdrs": pipeline.cdrs,
-                "live_legs": len(pipeline.tracker),
-                "last_error": connection.last_error,
-            }
-        healthy = all(n["state"] == "connected" for n in nodes.values()) and (writer is None or ((writer.last_error is None or writer.backlog == 0) and writer.spool_backlog == 0))
-        return {
-            "status": "ok" if healthy else "degraded",
-            "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "nodes": nodes,
-            "store": self.retention.health() if self.retention else {},
-            "writer": {
-                "backlog": writer.backlog if writer else 0,
-                "written": writer.written if writer else 0,
-                "duplicates": writer.duplicates if writer else 0,
-                "refused": writer.refused if writer else 0,
-                "failures": writer.failures if writer else 0,
-                "deleted": writer.deleted if writer else 0,
-                "spool_backlog": writer.spool_backlog if writer else 0,
-                "spooled": writer.spooled if writer else 0,
-                "lost": writer.lost if writer else 0,
-                "last_error": writer.last_error if writer else None,
-                "last_write_at": writer.last_write_at if writer else None,
-            },
-            "backfill": self.backfill.stats() if self.backfill is not None else None,
-        }
+        """The body of /health."""
+        return self.status().health()
 
     # -- stop ---------------------------------------------------------------
     def request_stop(self) -> None:

@@ -33,9 +33,10 @@ from .config import parse_listen
 from .daemon import Daemon
 from .fakefs import FakeFreeSWITCH, GeneratedSource
 from .http import serve_api
+from .status import DaemonStatus
 from .tokens import add_token
 
-log = structlog.get_logger("eslcdr.demo")
+log = structlog.get_logger(__name__)
 
 DEMO_ACCOUNT = "*"
 
@@ -82,17 +83,14 @@ PLAIN_EVERY = 5.0
 RATE_WINDOW = 5.0  # seconds the CDRs/s figure is averaged over
 
 
-def status_text(daemon, rate: float) -> str:
-    nodes = daemon.nodes.values()
-    connected = sum(1 for c in nodes if c.state == "connected")
-    freeswitch = "connected" if connected == len(nodes) else "%s" % next(
-        (c.state for c in nodes if c.state != "connected"), "down")
-    writer = daemon.writer
+def line_text(status: DaemonStatus, rate: float) -> str:
+    """The demo's status line (``rate``: CDRs per second)."""
+    freeswitch = next((node.state for node in status.nodes if not node.connected), "connected")
     return "live legs %d | CDRs %d (%.1f/s) | backlog %d | FreeSWITCH %s" % (
-        sum(len(p.tracker) for p in daemon.pipelines.values()),
-        writer.written if writer else 0,
+        status.live_legs,
+        status.written,
         rate,
-        writer.backlog if writer else 0,
+        status.backlog,
         freeswitch,
     )
 
@@ -142,7 +140,8 @@ def show_status(daemon, line: StatusLine) -> None:
     every = TTY_REFRESH if line.in_place else PLAIN_EVERY
     while True:
         stopping = daemon.wait(timeout=every)
-        line.show(status_text(daemon, rate.update(daemon.writer.written if daemon.writer else 0)))
+        status = daemon.status()
+        line.show(line_text(status, rate.update(status.written)))
         if stopping:
             return
 

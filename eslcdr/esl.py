@@ -39,7 +39,7 @@ from .config import EslNode
 from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, decode_json
 from .frames import Frame, FrameParser
 
-log = structlog.get_logger("eslcdr.esl")
+log = structlog.get_logger(__name__)
 
 SUBSCRIBED_EVENTS = (
     "CHANNEL_CREATE",

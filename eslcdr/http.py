@@ -17,7 +17,7 @@ from .api import create_app, make_server
 from .channels import LiveChannels
 from .metrics import DaemonCollector
 
-log = structlog.get_logger("eslcdr.http")
+log = structlog.get_logger(__name__)
 
 
 # pywsgi's access line: `client - - [date] "request line" STATUS LENGTH SECONDS`.

@@ -25,7 +25,7 @@ from .events import Event, json_may_hold_nul, without_nul
 from .legs import FinishedLeg, LegTracker
 from .store import connect_writer, insert_records, recent_interaction_links, recent_interaction_starts
 
-log = structlog.get_logger("eslcdr.import")
+log = structlog.get_logger(__name__)
 
 _TIMES = (
     ("created_time", "Caller-Channel-Created-Time"),

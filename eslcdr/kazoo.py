@@ -50,11 +50,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
+from .legs import GREGORIAN_OFFSET
 from .schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS
 
 _TEXT_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("TEXT")) - JSON_COLUMNS
-
-GREGORIAN_UNIX_OFFSET = 62167219200
 
 LIST_COLUMNS: tuple[str, ...] = (
     "id", "call_id", "caller_id_number", "caller_id_name", "callee_id_number",
@@ -110,7 +109,7 @@ def _vars(raw: str | None) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else _NO_VARS
 
 
-def _number(value: Any) -> int:
+def to_integer(value: Any) -> int:
     """Kazoo's to_integer for a variable: ints, digit strings, float strings; else 0."""
     if value is None or value == "":
         return 0
@@ -125,25 +124,25 @@ def _number(value: Any) -> int:
             return 0
 
 
-def _json_text(value: Any) -> str:
+def compact_json(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
 def _text(value: Any) -> str:
-    return "" if value is None else value if isinstance(value, str) else _json_text(value)
+    return "" if value is None else value if isinstance(value, str) else compact_json(value)
 
 
 def call_cost(ccv: Mapping[str, Any], billing_seconds: int) -> int:
     """kapps_call_util:call_cost in units (1/10000 dollar): rate per minute,
     rate minimum, increments, surcharge, no-charge time and discount."""
     get = ccv.get
-    seconds = billing_seconds - _number(get("billing_seconds_offset"))
-    if seconds <= 0 or seconds <= _number(get("rate_nocharge_time")):
+    seconds = billing_seconds - to_integer(get("billing_seconds_offset"))
+    if seconds <= 0 or seconds <= to_integer(get("rate_nocharge_time")):
         return 0
-    rate = _number(get("rate"))
-    increment = _number(get("rate_increment")) or 60
-    minimum = _number(get("rate_minimum"))
-    surcharge = _number(get("surcharge"))
+    rate = to_integer(get("rate"))
+    increment = to_integer(get("rate_increment")) or 60
+    minimum = to_integer(get("rate_minimum"))
+    surcharge = to_integer(get("surcharge"))
     if seconds <= minimum:
         cost = math.trunc(surcharge + (minimum / 60) * rate)
     else:
@@ -151,10 +150,10 @@ def call_cost(ccv: Mapping[str, Any], billing_seconds: int) -> int:
             surcharge + (minimum / 60) * rate
             + math.ceil((seconds - minimum) / increment) * ((increment / 60) * rate)
         )
-    return math.trunc(cost - math.trunc(_number(get("discount_percentage")) * 0.01 * cost))
+    return math.trunc(cost - math.trunc(to_integer(get("discount_percentage")) * 0.01 * cost))
 
 
-def _recordings(ccv: Mapping[str, Any]) -> list:
+def recordings_list(ccv: Mapping[str, Any]) -> list:
     value = ccv.get("media_recordings")
     if value is None:
         return []
@@ -170,7 +169,7 @@ def _no_nulls(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
-def _day(days: int) -> tuple[str, str]:
+def day_texts(days: int) -> tuple[str, str]:
     """('2017-02-13', 'Mon, 13 Feb 2017') for a day number since 1970-01-01.
 
     A listing spans few days: the day part is formatted once per day.
@@ -198,11 +197,11 @@ def list_values(values: Sequence[Any], utc_offset: int = 0) -> list[Any]:
     duration = duration or 0
     billing = billing or 0
     start = (timestamp or 0) - duration
-    unix = start - GREGORIAN_UNIX_OFFSET
+    unix = start - GREGORIAN_OFFSET
     days, seconds = divmod(unix, 86400)
     try:
-        day, rfc_day = _day(days)
-        local = _day((unix + utc_offset) // 86400)[0] if utc_offset else day
+        day, rfc_day = day_texts(days)
+        local = day_texts((unix + utc_offset) // 86400)[0] if utc_offset else day
     except (OverflowError, OSError, ValueError):  # not a date time.gmtime knows
         day = rfc_day = local = ""
     hours, rest = divmod(seconds, 3600)
@@ -223,11 +222,11 @@ def list_values(values: Sequence[Any], utc_offset: int = 0) -> list[Any]:
         billing_type = get("account_billing")
         extras = (
             _text(billing_type),
-            repr(_number(get("rate")) / 10000),
+            repr(to_integer(get("rate")) / 10000),
             _text(get("rate_name")),
             _text(get("bridge_id")) or other_leg or "",
             _text(get("recording_url")),
-            _recordings(ccv),
+            recordings_list(ccv),
             media_server or "",
             _text(get("call_priority")),
         )
@@ -268,7 +267,7 @@ def as_cells(values: list[Any]) -> list[str]:
     """A list/interaction row's values as CSV cells (in place)."""
     values[_DURATION] = str(values[_DURATION])
     values[_BILLING] = str(values[_BILLING])
-    values[_RECORDINGS] = _json_text(values[_RECORDINGS])
+    values[_RECORDINGS] = compact_json(values[_RECORDINGS])
     return values
 
 

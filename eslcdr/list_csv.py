@@ -31,19 +31,19 @@ from typing import Any, Sequence
 import orjson
 
 from .kazoo import (
-    GREGORIAN_UNIX_OFFSET,
     LIST_COLUMNS,
     SOURCE_COLUMNS,
-    _day,
-    _json_text,
-    _number,
-    _recordings,
     as_cells,
     call_cost,
+    compact_json,
+    day_texts,
     interaction_values,
     list_values,
+    recordings_list,
     spreadsheet_safe,
+    to_integer,
 )
+from .legs import GREGORIAN_OFFSET
 
 # Interaction listings: what decides ``inception_direction`` (kazoo.interaction_values).
 INCEPTION_ACCOUNT = "account"
@@ -86,7 +86,7 @@ def list_csv_reference(rows: Sequence[Sequence[Any]], utc_offset: int = 0, incep
 def _day_parts(days: Any) -> tuple[str, str]:
     parts = _days.get(days)
     if parts is None:
-        parts = _day(days)  # raises on a day time.gmtime does not know: the caller falls back
+        parts = day_texts(days)  # raises on a day time.gmtime does not know: the caller falls back
         if len(_days) >= _CACHE_MAX:
             _days.clear()
         _days[days] = parts
@@ -106,10 +106,10 @@ def _clock(seconds: Any) -> str:
 
 def _rate_text(raw: Any) -> str:
     if raw.__class__ is not str:
-        return repr(_number(raw) / 10000)
+        return repr(to_integer(raw) / 10000)
     text = _rates.get(raw)
     if text is None:
-        text = repr(_number(raw) / 10000)
+        text = repr(to_integer(raw) / 10000)
         if len(_rates) >= _CACHE_MAX:
             _rates.clear()
         _rates[raw] = text
@@ -138,7 +138,7 @@ def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | No
     time of a 35-field % format.)"""
     join = _CELL.join
     by_user = inception == INCEPTION_USER
-    loads, decode_error, json_text = orjson.loads, orjson.JSONDecodeError, _json_text
+    loads, decode_error, json_text = orjson.loads, orjson.JSONDecodeError, compact_json
     day_parts, clock, rate_text, cost_text = _day_parts, _clock, _rate_text, _cost_text
     days_cache, clocks_cache, rates_cache = _days, _clocks, _rates
     out: list[str] = []
@@ -151,7 +151,7 @@ def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | No
         duration = duration or 0
         billing = billing or 0
         start = (timestamp or 0) - duration
-        unix = start - GREGORIAN_UNIX_OFFSET
+        unix = start - GREGORIAN_OFFSET
         days, seconds = divmod(unix, 86400)
         parts = days_cache.get(days)
         clock_text = clocks_cache.get(seconds)
@@ -201,7 +201,7 @@ def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | No
                 or other_leg or ""
             value = get("recording_url")
             recording_url = "" if value is None else value if value.__class__ is str else json_text(value)
-            recordings = "[]" if get("media_recordings") is None else json_text(_recordings(ccv))
+            recordings = "[]" if get("media_recordings") is None else json_text(recordings_list(ccv))
             value = get("call_priority")
             call_priority = "" if value is None else value if value.__class__ is str else json_text(value)
             cost = cost_text(ccv, billing) if call_type == "per_minute" else "0"

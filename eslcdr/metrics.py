@@ -1,15 +1,16 @@
 """Prometheus metrics of the daemon, read at scrape time.
 
 The event path only bumps plain integer counters on its own objects; this
-collector turns them into metric families when ``/metrics`` is scraped, so
-metrics cost nothing per event.
+collector turns the daemon's status snapshot (``Daemon.status()``) into
+metric families when ``/metrics`` is scraped, so metrics cost nothing per
+event.
 """
 
 from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .kazoo import GREGORIAN_UNIX_OFFSET
+from .legs import GREGORIAN_OFFSET
 
 
 class DaemonCollector:
@@ -17,23 +18,22 @@ class DaemonCollector:
         self._daemon = daemon
 
     def collect(self):
-        daemon = self._daemon
+        status = self._daemon.status()
         events = CounterMetricFamily("eslcdr_events", "Events received from FreeSWITCH", labels=["node"])
         cdrs = CounterMetricFamily("eslcdr_cdrs_built", "CDRs built from finished legs", labels=["node"])
         errors = CounterMetricFamily("eslcdr_protocol_errors", "Malformed frames or events skipped", labels=["node"])
         reconnects = CounterMetricFamily("eslcdr_reconnects", "Event Socket reconnects", labels=["node"])
         connected = GaugeMetricFamily("eslcdr_connected", "1 when the Event Socket is connected", labels=["node"])
         live = GaugeMetricFamily("eslcdr_live_legs", "Legs being tracked", labels=["node"])
-        for name, connection in daemon.nodes.items():
-            pipeline = daemon.pipelines[name]
-            events.add_metric([name], pipeline.events)
-            cdrs.add_metric([name], pipeline.cdrs)
-            errors.add_metric([name], connection.protocol_errors)
-            reconnects.add_metric([name], connection.reconnects)
-            connected.add_metric([name], 1 if connection.state == "connected" else 0)
-            live.add_metric([name], len(pipeline.tracker))
+        for node in status.nodes:
+            events.add_metric([node.name], node.events)
+            cdrs.add_metric([node.name], node.cdrs)
+            errors.add_metric([node.name], node.protocol_errors)
+            reconnects.add_metric([node.name], node.reconnects)
+            connected.add_metric([node.name], 1 if node.connected else 0)
+            live.add_metric([node.name], node.live_legs)
         yield from (events, cdrs, errors, reconnects, connected, live)
-        writer = daemon.writer
+        writer = status.writer
         if writer is not None:
             yield CounterMetricFamily("eslcdr_cdrs_written", "CDR rows committed to SQLite", value=writer.written)
             yield CounterMetricFamily("eslcdr_cdrs_duplicate", "CDRs already stored (ignored)", value=writer.duplicates)
@@ -46,39 +46,38 @@ class DaemonCollector:
             yield CounterMetricFamily("eslcdr_cdrs_spooled", "CDRs written to the spool file", value=writer.spooled)
             yield CounterMetricFamily("eslcdr_cdrs_lost", "CDRs neither stored nor spooled (logged in full)",
                                       value=writer.lost + writer.refused)
-        backfill = getattr(daemon, "backfill", None)
+        backfill = status.backfill
         if backfill is not None:
             yield CounterMetricFamily(
                 "eslcdr_backfill_legs", "Legs stored from their mod_json_cdr file (hangup not heard)",
-                value=backfill.backfilled + backfill.rescued,
+                value=backfill["backfilled"] + backfill["rescued"],
             )
             yield CounterMetricFamily(
                 "eslcdr_backfill_replaced", "Not-seen rows replaced from a json_cdr file that came later",
-                value=backfill.replaced,
+                value=backfill["replaced"],
             )
             yield CounterMetricFamily("eslcdr_backfill_bad_files", "Unreadable json_cdr files skipped",
-                                      value=backfill.bad_files)
+                                      value=backfill["bad_files"])
             yield GaugeMetricFamily("eslcdr_backfill_awaiting", "Not-seen legs whose json_cdr file is awaited",
-                                    value=len(backfill.awaiting))
-        retention = daemon.retention
-        if retention is not None and retention.stats:
-            stats = retention.stats
-            yield GaugeMetricFamily("eslcdr_db_bytes", "Size of the SQLite file (without its WAL)", value=stats["bytes"])
-            yield GaugeMetricFamily("eslcdr_db_wal_bytes", "Size of the SQLite WAL file", value=stats["wal_bytes"])
-            if stats["oldest_timestamp"] is not None:
+                                    value=backfill["awaiting"])
+        store = status.store
+        if store.get("bytes") is not None:  # after the first storage check
+            yield GaugeMetricFamily("eslcdr_db_bytes", "Size of the SQLite file (without its WAL)", value=store["bytes"])
+            yield GaugeMetricFamily("eslcdr_db_wal_bytes", "Size of the SQLite WAL file", value=store["wal_bytes"])
+            if store["oldest_timestamp"] is not None:
                 yield GaugeMetricFamily(
                     "eslcdr_db_oldest_cdr_timestamp_seconds",
                     "Hangup time of the oldest stored CDR, Unix seconds",
-                    value=stats["oldest_timestamp"] - GREGORIAN_UNIX_OFFSET,
+                    value=store["oldest_timestamp"] - GREGORIAN_OFFSET,
                 )
             unpulled = GaugeMetricFamily(
                 "eslcdr_feed_unpulled_rows", "Rows a registered collector has not pulled yet",
                 labels=["collector"],
             )
-            for key, collector in stats["collectors"].items():
-                unpulled.add_metric(["sha256:" + key[:12]], collector["unpulled"])
+            for name, collector in store["collectors"].items():  # named sha256:<first 12 hex>
+                unpulled.add_metric([name], collector["unpulled"])
             yield unpulled
             yield GaugeMetricFamily(
                 "eslcdr_feed_unpulled_rows_max", "Most rows any registered collector has not pulled yet",
-                value=stats["unpulled_max"],
+                value=store["unpulled_max"],
             )

@@ -17,7 +17,8 @@ sleeps until the earliest:
   happened since the previous one (events, CDRs, reconnects, per node) and
   the backlog now.  Per-batch detail is at debug level.
 
-Everything here reads plain counters of the daemon's objects: no I/O except
+Status and summary read the daemon's status snapshot (``Daemon.status()``);
+the watchdog checks its greenlets and the writer's progress.  No I/O except
 the notification datagrams and the log line.
 """
 
@@ -29,27 +30,24 @@ from typing import Callable
 import structlog
 
 from .notify import Notifier
+from .status import DaemonStatus
 
-log = structlog.get_logger("eslcdr.monitor")
+log = structlog.get_logger(__name__)
 
 STATUS_INTERVAL = 5.0
 
 
-def status_text(daemon) -> str:
+def status_text(status: DaemonStatus) -> str:
     """One line for ``systemctl status``: nodes, CDRs written, backlog."""
-    connected = sum(1 for c in daemon.nodes.values() if c.state == "connected")
-    writer = daemon.writer
-    live = sum(len(p.tracker) for p in daemon.pipelines.values())
     text = "nodes %d/%d connected, %d CDRs written, backlog %d, live legs %d" % (
-        connected,
-        len(daemon.nodes),
-        writer.written if writer else 0,
-        writer.backlog if writer else 0,
-        live,
+        status.connected,
+        len(status.nodes),
+        status.written,
+        status.backlog,
+        status.live_legs,
     )
-    spooled = writer.spool_backlog if writer else 0
-    if spooled:
-        text += ", %d CDRs waiting in the spool" % spooled
+    if status.spool_backlog:
+        text += ", %d CDRs waiting in the spool" % status.spool_backlog
     return text
 
 
@@ -71,44 +69,39 @@ class Summary:
 
     def __init__(self, daemon) -> None:
         self._daemon = daemon
-        self._previous = self._counters()
+        self._previous = self._counters(daemon.status())
 
-    def _counters(self) -> dict[str, tuple[int, int, int]]:
-        daemon = self._daemon
-        return {
-            name: (daemon.pipelines[name].events, daemon.pipelines[name].cdrs, connection.reconnects)
-            for name, connection in daemon.nodes.items()
-        }
+    @staticmethod
+    def _counters(status: DaemonStatus) -> dict[str, tuple[int, int, int]]:
+        return {node.name: (node.events, node.cdrs, node.reconnects) for node in status.nodes}
 
     def line(self) -> dict:
         """The fields of one summary line; resets the interval."""
-        daemon = self._daemon
-        now = self._counters()
+        status = self._daemon.status()
+        now = self._counters(status)
         nodes = {}
         totals = [0, 0, 0]
-        for name, values in now.items():
-            before = self._previous.get(name, (0, 0, 0))
-            delta = [a - b for a, b in zip(values, before)]
+        for node in status.nodes:
+            before = self._previous.get(node.name, (0, 0, 0))
+            delta = [a - b for a, b in zip(now[node.name], before)]
             totals = [t + d for t, d in zip(totals, delta)]
-            connection = daemon.nodes[name]
-            nodes[name] = {
-                "state": connection.state,
+            nodes[node.name] = {
+                "state": node.state,
                 "events": delta[0],
                 "cdrs": delta[1],
                 "reconnects": delta[2],
-                "live_legs": len(daemon.pipelines[name].tracker),
+                "live_legs": node.live_legs,
             }
-            if connection.state != "connected" and connection.last_error:
-                nodes[name]["last_error"] = connection.last_error
+            if not node.connected and node.last_error:
+                nodes[node.name]["last_error"] = node.last_error
         self._previous = now
-        writer = daemon.writer
         return {
             "events": totals[0],
             "cdrs": totals[1],
             "reconnects": totals[2],
-            "written_total": writer.written if writer else 0,
-            "backlog": writer.backlog if writer else 0,
-            "spool_backlog": writer.spool_backlog if writer else 0,
+            "written_total": status.written,
+            "backlog": status.backlog,
+            "spool_backlog": status.spool_backlog,
             "nodes": nodes,
         }
 
@@ -166,10 +159,10 @@ class Monitor:
                 self.pings += 1
             return
         if reason != self._withheld:
-            log.error("watchdog_withheld", reason=reason, backlog=self._daemon.writer.backlog if self._daemon.writer else 0)
+            log.error("watchdog_withheld", reason=reason, backlog=self._daemon.status().backlog)
             self._withheld = reason
 
     def update_status(self) -> None:
-        text = status_text(self._daemon)
+        text = status_text(self._daemon.status())
         if text != self._last_status and self._notifier.status(text):
             self._last_status = text

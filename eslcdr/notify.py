@@ -24,7 +24,7 @@ from typing import Mapping
 
 import structlog
 
-log = structlog.get_logger("eslcdr.notify")
+log = structlog.get_logger(__name__)
 
 # A datagram send either succeeds at once or fails: no waiting involved.
 SEND_ERRORS = (OSError,)

@@ -54,14 +54,18 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import orjson
 
 from .config import ApiConfig
-from .kazoo import GREGORIAN_UNIX_OFFSET, SOURCE_COLUMNS, record_sql
+from .kazoo import SOURCE_COLUMNS, record_sql
+from .legs import GREGORIAN_OFFSET
 from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS, interaction_start
 from .store import connect_reader
+
+if TYPE_CHECKING:
+    from .supervise import ThreadJob
 
 T = TypeVar("T")
 Params = Mapping[str, Sequence[str]]
@@ -326,7 +330,7 @@ def parse_list_query(
     # An explicit bound wins; else the first page's bound (kept in the
     # cursor); else Kazoo's default of now / to - max_range.
     created_to = req_to if req_to is not None else (
-        cursor.created_to if cursor else int(now) + GREGORIAN_UNIX_OFFSET)
+        cursor.created_to if cursor else int(now) + GREGORIAN_OFFSET)
     created_from = req_from if req_from is not None else (
         cursor.created_from if cursor and req_to is None else max(0, created_to - api.max_range))
     check_range(created_from, created_to, api.max_range)
@@ -386,7 +390,7 @@ def _filter_sql(flt: Filter, alias: str) -> tuple[str, list[Any]]:
     return "(%s IS NULL OR NOT %s)" % (expr, equal), args + eq_args
 
 
-def _where_filters(filters: Sequence[Filter], alias: str) -> tuple[list[str], list[Any]]:
+def where_filters(filters: Sequence[Filter], alias: str) -> tuple[list[str], list[Any]]:
     clauses, args = [], []
     for flt in filters:
         sql, flt_args = _filter_sql(flt, alias)
@@ -429,7 +433,7 @@ def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
         args += [query.cursor.key, query.cursor.seq]
     clauses.append('c."timestamp" BETWEEN ? AND ?')
     args += [low, high]
-    filter_clauses, filter_args = _where_filters(query.filters, "c")
+    filter_clauses, filter_args = where_filters(query.filters, "c")
     order = "ASC" if query.ascending else "DESC"
     sql = "SELECT %s%s FROM cdrs AS c WHERE %s ORDER BY c.\"timestamp\" %s, c.seq %s" % (
         _SOURCE_SELECT, _KEYS_SELECT % ('c."timestamp"', "c.seq"), " AND ".join(clauses + filter_clauses),
@@ -472,7 +476,7 @@ def _interactions_sql(query: ListQuery) -> tuple[str, list[Any]]:
     clauses.append("%s BETWEEN ? AND ?" % _START)
     args += [low, high]
     clauses.append("c.interaction_id IS NOT NULL")
-    filter_clauses, filter_args = _where_filters(query.filters, "c")
+    filter_clauses, filter_args = where_filters(query.filters, "c")
     clauses += filter_clauses
     args += filter_args
     clauses.append(
@@ -627,30 +631,11 @@ class GeventRunner:
     structured log.
     """
 
-    def spawn(self, fn: Callable[[], T]) -> "_ThreadJob":
-        import gevent  # here, not at import: the daemon patches before building the API
+    def spawn(self, fn: Callable[[], T]) -> "ThreadJob[T]":
+        # Here, not at import: the daemon patches before building the API.
+        from .supervise import spawn_in_thread
 
-        def run() -> tuple[Any, Exception | None]:
-            try:
-                return fn(), None
-            except (StatementTimeout, DatastoreError) as exc:
-                return None, exc
-
-        return _ThreadJob(gevent.get_hub().threadpool.spawn(run))
-
-
-class _ThreadJob:
-    def __init__(self, result: Any) -> None:
-        self._result = result
-
-    def get(self) -> Any:
-        value, error = self._result.get()
-        if error is not None:
-            raise error
-        return value
-
-    def ready(self) -> bool:
-        return self._result.ready()
+        return spawn_in_thread(fn, errors=(StatementTimeout, DatastoreError))
 
 
 class Reader:

@@ -23,17 +23,17 @@ import sqlite3
 import time
 from typing import Callable
 
-import gevent
 import gevent.event
 import structlog
 
 from .config import Config
-from .kazoo import GREGORIAN_UNIX_OFFSET
+from .legs import GREGORIAN_OFFSET
 from .store import connect_reader, storage_stats
+from .supervise import in_thread
 from .tokens import TokenStore
 from .writer import Writer
 
-log = structlog.get_logger("eslcdr.retention")
+log = structlog.get_logger(__name__)
 
 DAY = 86_400
 
@@ -73,15 +73,14 @@ class Retention:
         self._reported_error = error
         days = self._store.retention_days
         if days and collectors is not None:
-            cutoff = int(self._clock()) + GREGORIAN_UNIX_OFFSET - days * DAY
+            cutoff = int(self._clock()) + GREGORIAN_OFFSET - days * DAY
             self._warn_if_held_back(cutoff)
             self._writer.schedule_retention(cutoff, collectors)
         self.checks += 1
-        stats = gevent.get_hub().threadpool.apply(self._read_stats, (collectors or frozenset(),))
-        if "error" in stats:
-            log.warning("storage_stats_failed", error=str(stats["error"]))
-        else:
-            self.stats = stats
+        try:
+            self.stats = in_thread(self._read_stats, collectors or frozenset(), errors=(sqlite3.Error,))
+        except sqlite3.Error as exc:
+            log.warning("storage_stats_failed", error=str(exc))
 
     def _warn_if_held_back(self, cutoff: int) -> None:
         """A collector that stopped pulling keeps every row from then on:
@@ -107,16 +106,11 @@ class Retention:
         )
 
     def _read_stats(self, collectors: frozenset[str]) -> dict:
-        # The error is returned, not raised, in the pool thread (gevent would
-        # print its traceback to stderr); check() raises it.
+        conn = connect_reader(self._store.path)
         try:
-            conn = connect_reader(self._store.path)
-            try:
-                return storage_stats(conn, self._store.path, collectors)
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            return {"error": exc}
+            return storage_stats(conn, self._store.path, collectors)
+        finally:
+            conn.close()
 
     def health(self) -> dict:
         """The figures for /health (collector keys shortened: they name the
@@ -130,7 +124,7 @@ class Retention:
             "free_pages": stats.get("free_pages"),
             "oldest_timestamp": oldest,
             "oldest_age_seconds": (
-                None if oldest is None else int(self._clock()) + GREGORIAN_UNIX_OFFSET - oldest
+                None if oldest is None else int(self._clock()) + GREGORIAN_OFFSET - oldest
             ),
             "retention_days": self._store.retention_days,
             "deleted": self._writer.deleted,

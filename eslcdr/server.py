@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientFault", "ServerLimits", "envelope_bytes", "make_server"]
 
-log = structlog.get_logger("eslcdr.http")
+log = structlog.get_logger(__name__)
 
 # Connections past the cap that are still accepted: on probation (they may
 # take a slow holder's slot), then some more to be answered 503; beyond these

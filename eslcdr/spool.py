@@ -28,7 +28,7 @@ from typing import Iterable
 import gevent.lock
 import structlog
 
-log = structlog.get_logger("eslcdr.spool")
+log = structlog.get_logger(__name__)
 
 READ_CHUNK = 1 << 20
 

@@ -45,17 +45,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import kazoo
 from .config import ApiConfig
-from .kazoo import GREGORIAN_UNIX_OFFSET
+from .legs import GREGORIAN_OFFSET
 from .queries import (
     MAX_GREGORIAN,
     Filter,
     ParamError,
     Params,
     ReaderPool,
-    _where_filters,
     check_range,
     parse_filters,
     parse_int,
+    where_filters,
 )
 from .schema import STATS_INDEX, STATS_INDEX_WHERE
 
@@ -116,7 +116,7 @@ def _range(params: Params, api: ApiConfig, now: float) -> tuple[int, int]:
     unit = "an integer (Gregorian seconds)"
     req_from = parse_int(params, "created_from", 0, MAX_GREGORIAN, unit)
     req_to = parse_int(params, "created_to", 0, MAX_GREGORIAN, unit)
-    created_to = req_to if req_to is not None else int(now) + GREGORIAN_UNIX_OFFSET
+    created_to = req_to if req_to is not None else int(now) + GREGORIAN_OFFSET
     created_from = req_from if req_from is not None else max(0, created_to - api.max_range)
     check_range(created_from, created_to, api.max_range)
     return created_from, created_to
@@ -168,7 +168,7 @@ def _scope(account_id: str, owner_id: str | None, low: int, high: int,
     if owner_id is not None:
         clauses.append("c.owner_id = ?")
         args.append(owner_id)
-    filter_clauses, filter_args = _where_filters(filters, "c")
+    filter_clauses, filter_args = where_filters(filters, "c")
     return " AND ".join(clauses + filter_clauses), args + filter_args
 
 

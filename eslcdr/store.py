@@ -20,7 +20,6 @@ acknowledgements (``collector_acks``) are written in the same transactions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,7 +36,7 @@ import structlog
 
 from .schema import JSON_COLUMNS, RECORD_COLUMNS, migrate, rollup_insert_statements
 
-log = structlog.get_logger("eslcdr.store")
+log = structlog.get_logger(__name__)
 
 AUTO_VACUUM_INCREMENTAL = 2
 
@@ -82,11 +81,15 @@ def _insert_many(conn: sqlite3.Connection, prefix: str, suffix: str, width: int,
 
 
 _ROLLUP_MINUTES_SQL, _ROLLUP_PDD_SQL = rollup_insert_statements()
+# The random id minted when the file was created (DESIGN §3.4 db_id).
+DB_ID_SQL = "SELECT value FROM meta WHERE key = 'db_id'"
+# The newest seq handed out (AUTOINCREMENT's counter), 0 before any: a
+# collector's lag in rows is this minus its cursor.
+LAST_SEQ_SQL = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cdrs'), 0)"
 
 
 def _last_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'cdrs'").fetchone()
-    return row[0] if row else 0
+    return conn.execute(LAST_SEQ_SQL).fetchone()[0]
 
 
 def _roll_up_after(conn: sqlite3.Connection, seq: int) -> None:
@@ -226,7 +229,7 @@ _REPLACE_SQL = "INSERT OR REPLACE INTO cdrs (%s) VALUES (%s)" % (
 # rows that do not exist yet.
 _ACK_SQL = (
     "INSERT INTO collector_acks (token_sha256, acked_seq, first_pull_us, last_pull_us) "
-    "VALUES (?1, min(?2, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cdrs'), 0)), ?3, ?3) "
+    "VALUES (?1, min(?2, (" + LAST_SEQ_SQL + ")), ?3, ?3) "
     "ON CONFLICT (token_sha256) DO UPDATE SET acked_seq = excluded.acked_seq, last_pull_us = excluded.last_pull_us"
 )
 
@@ -376,14 +379,7 @@ def insert_records(
 
 def database_id(conn: sqlite3.Connection) -> str:
     """The random id minted when the file was created (DESIGN §3.4 db_id)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone()
-    return row[0]
-
-
-def token_key(token: str) -> str:
-    """The non-secret name of a token in the database: its sha256 in hex,
-    as written in the tokens file (``sha256:HEX``)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return conn.execute(DB_ID_SQL).fetchone()[0]
 
 
 def record_ack(path: str | Path, key: str, after: int, at_us: int, busy_timeout_ms: int = 200) -> None:

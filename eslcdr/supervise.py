@@ -1,13 +1,22 @@
-"""Supervised greenlets: a long-lived task that crashes is logged and
-restarted after a capped, jittered backoff, until its owner stops.
+"""Supervised greenlets, and blocking work run in gevent's thread pool.
 
-Both long-running processes (``eslcdr run`` and ``eslcdr collect``) run
-every long-lived task through here, so no task dies silently.
+A long-lived task that crashes is logged and restarted after a capped,
+jittered backoff, until its owner stops.  Both long-running processes
+(``eslcdr run`` and ``eslcdr collect``) run every long-lived task through
+here, so no task dies silently.
+
+Blocking calls (SQLite, the file system) run in the hub's thread pool
+through ``in_thread`` / ``spawn_in_thread``, each naming the errors its
+caller handles: those travel back as values and are raised in the calling
+greenlet.  Raised in the pool thread, gevent would print each one's
+traceback raw to stderr (a multi-line trace in the journal at each retry
+while a disk is full), outside the structured log.  Any other exception is
+a bug: gevent prints it, and it is raised in the caller too.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Generic, TypeVar
 
 import gevent
 import gevent.event
@@ -15,7 +24,10 @@ import structlog
 
 from .backoff import backoff_delay
 
-log = structlog.get_logger("eslcdr.supervise")
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Errors = tuple[type[BaseException], ...]
 
 
 def spawn_supervised(name: str, target: Callable[[], None], stop: gevent.event.Event) -> gevent.Greenlet:
@@ -39,3 +51,46 @@ def spawn_supervised(name: str, target: Callable[[], None], stop: gevent.event.E
     greenlet = gevent.spawn(supervised)
     greenlet.name = name
     return greenlet
+
+
+def _guarded(work: Callable[..., T], args: tuple, errors: Errors) -> Callable[[], tuple[Any, BaseException | None]]:
+    def guarded() -> tuple[Any, BaseException | None]:
+        try:
+            return work(*args), None
+        except errors as exc:
+            return None, exc
+
+    return guarded
+
+
+def in_thread(work: Callable[..., T], *args: Any, errors: Errors) -> T:
+    """``work(*args)`` run in the hub's thread pool; the calling greenlet
+    waits for it (the hub keeps running).  ``errors`` (the ones the caller
+    handles) are raised here, untraced by gevent."""
+    value, error = gevent.get_hub().threadpool.apply(_guarded(work, args, errors))
+    if error is not None:
+        raise error
+    return value
+
+
+class ThreadJob(Generic[T]):
+    """A call running in the thread pool (``spawn_in_thread``)."""
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def get(self) -> T:
+        """Wait (cooperatively) for the call: its value, or its error raised."""
+        value, error = self._result.get()
+        if error is not None:
+            raise error
+        return value
+
+    def ready(self) -> bool:
+        return self._result.ready()
+
+
+def spawn_in_thread(work: Callable[..., T], *args: Any, errors: Errors) -> ThreadJob[T]:
+    """Start ``work(*args)`` in the hub's thread pool without waiting;
+    ``get()`` on the job waits, and raises ``errors`` as ``in_thread`` does."""
+    return ThreadJob(gevent.get_hub().threadpool.spawn(_guarded(work, args, errors)))

@@ -52,6 +52,8 @@ from typing import Callable
 
 import structlog
 
+log = structlog.get_logger(__name__)
+
 COLLECTOR = "*"
 # How long a change that takes entries away must read the same before it
 # applies (an editor truncating and rewriting the file took 1.5 s).
@@ -78,7 +80,14 @@ class TokenEntry:
 
 
 def digest(token: str) -> bytes:
+    """A token's sha256: all that is kept of it (in memory, in the file)."""
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def token_key(token: str) -> str:
+    """The non-secret name of a token in the database and the logs: its
+    sha256 in hex, as written in the tokens file (``sha256:HEX``)."""
+    return digest(token).hex()
 
 
 def valid_account_id(account_id: str) -> bool:
@@ -155,7 +164,6 @@ class TokenStore:
         self._check_interval = check_interval
         self._settle = settle
         self._clock = clock
-        self._log = structlog.get_logger("eslcdr.tokens")
         self._stamp: tuple[int, int] | None = None
         self._next_check = 0.0
         self._entries: tuple[TokenEntry, ...] = ()
@@ -238,7 +246,7 @@ class TokenStore:
                 if strict:
                     raise
                 if self._reported_error != str(exc):
-                    self._log.error("tokens_file_invalid_keeping_previous", error=str(exc))
+                    log.error("tokens_file_invalid_keeping_previous", error=str(exc))
                     self._reported_error = str(exc)
                 self._pending = None
                 return
@@ -251,7 +259,7 @@ class TokenStore:
         else:
             self._pending = (text, entries, now)
             kept = {(e.digest, e.account_id) for e in entries}
-            self._log.warning(
+            log.warning(
                 "tokens_file_change_waiting", path=str(self.path), missing=text is None, entries=len(entries),
                 removed=sum((e.digest, e.account_id) not in kept for e in self._entries),
                 last_line_complete=not text or text.endswith("\n"), settle_seconds=self._settle,
@@ -269,9 +277,9 @@ class TokenStore:
         self._entries, self._stamp = entries, stamp
         self._digests = frozenset(entry.digest for entry in entries)
         if stamp is None:
-            self._log.warning("tokens_file_missing", path=str(self.path))
+            log.warning("tokens_file_missing", path=str(self.path))
         else:
-            self._log.info("tokens_loaded", path=str(self.path), count=len(entries))
+            log.info("tokens_loaded", path=str(self.path), count=len(entries))
 
 
 def add_token(path: str | os.PathLike, account_id: str) -> str:
@@ -288,7 +296,7 @@ def add_token(path: str | os.PathLike, account_id: str) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    line = "%s%s %s\n" % (_HASH_PREFIX, hashlib.sha256(token.encode("utf-8")).hexdigest(), account_id)
+    line = "%s%s %s\n" % (_HASH_PREFIX, token_key(token), account_id)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o640 | 0o600)

@@ -23,13 +23,14 @@ from prometheus_client import CollectorRegistry
 
 from eslcdr import api, kazoo, store
 from eslcdr.config import from_mapping
+from eslcdr.legs import GREGORIAN_OFFSET
 from eslcdr.queries import InlineRunner
 from eslcdr.schema import COLUMN_NAMES
 from eslcdr.tokens import TokenStore
 
 from . import kazoo_shapes
 
-G = kazoo.GREGORIAN_UNIX_OFFSET
+G = GREGORIAN_OFFSET
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the app's clock in these tests
 NOW_G = int(NOW) + G
 ACC_A = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"

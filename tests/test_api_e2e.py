@@ -1,10 +1,8 @@
 """The API end to end: a real gevent WSGIServer (api.make_server) on 127.0.0.1,
 real sockets, http.client, and a writer committing CDRs while clients read.
 
-The server and the writer run in real OS threads started with the original
-``_thread`` functions: importing eslcdr.cli (other test modules do)
-monkey-patches this whole process, and a patched thread would be a greenlet
-sharing the test's hub.
+The server runs in its own OS thread (with its own hub), the writer in
+another: nothing monkey-patches the test process.
 """
 
 from __future__ import annotations
@@ -13,11 +11,11 @@ import csv
 import http.client
 import io
 import json
+import threading
 import time
 from typing import Callable
 
 import pytest
-from gevent import monkey
 
 from eslcdr import api, store
 from eslcdr.config import from_mapping
@@ -40,28 +38,17 @@ class LogLines:
         pass
 
 
-_start_thread = monkey.get_original("_thread", "start_new_thread")
-_allocate_lock = monkey.get_original("_thread", "allocate_lock")
-
-
-class RealThread:
-    """An OS thread, whatever the monkey patching; join() waits for it."""
+class Worker(threading.Thread):
+    """``target`` in a (daemon) OS thread, started at once; join() is bounded
+    and fails when the thread has not finished."""
 
     def __init__(self, target: Callable[[], None]) -> None:
-        self._done = _allocate_lock()
-        self._done.acquire()
-
-        def run() -> None:
-            try:
-                target()
-            finally:
-                self._done.release()
-
-        _start_thread(run, ())
+        super().__init__(target=target, daemon=True)
+        self.start()
 
     def join(self, timeout: float = 30) -> None:
-        assert self._done.acquire(timeout=timeout), "thread did not finish"
-        self._done.release()
+        super().join(timeout)
+        assert not self.is_alive(), "thread did not finish"
 
 
 class ServerThread:
@@ -70,10 +57,9 @@ class ServerThread:
     def __init__(self, app, log: LogLines) -> None:
         self._app = app
         self._log = log
-        self._ready = _allocate_lock()
-        self._ready.acquire()
-        self._thread = RealThread(self._run)
-        assert self._ready.acquire(timeout=10)
+        self._ready = threading.Event()
+        self._thread = Worker(self._run)
+        assert self._ready.wait(timeout=10)
 
     def _run(self) -> None:
         import gevent
@@ -82,7 +68,7 @@ class ServerThread:
         self.server.start()
         self.port = self.server.server_port
         self.hub = gevent.get_hub()
-        self._ready.release()
+        self._ready.set()
         self.server.serve_forever()
         self.hub.destroy(destroy_loop=True)
 
@@ -198,7 +184,7 @@ def test_feed_and_paging_while_a_writer_commits(served):
             time.sleep(0.005)
         finished.append(True)
 
-    thread = RealThread(write_more)
+    thread = Worker(write_more)
     feed_conn, list_conn = server.connection(), server.connection()
     pulled, after = [], 0
     listed, url = [], "/v2/accounts/%s/cdrs?page_size=9" % ACC_A
@@ -213,7 +199,7 @@ def test_feed_and_paging_while_a_writer_commits(served):
             listed += [r["call_id"] for r in listing["data"]]
             key = listing.get("next_start_key")
             url = "/v2/accounts/%s/cdrs?page_size=9&start_key=%s" % (ACC_A, key) if key else None
-    thread.join()
+    thread.join(30)
     response, body = get(feed_conn, "/v2/feed/cdrs?after=%d" % after,
                          headers={**COLLECTOR, "Accept": "application/x-ndjson"})
     assert response.getheader("Content-Type") == "application/x-ndjson"

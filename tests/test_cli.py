@@ -40,6 +40,25 @@ def eslcdr(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproce
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
 
 
+def test_importing_the_cli_patches_nothing_and_main_patches_first():
+    # A test process (or a tool) importing eslcdr.cli keeps its own sockets
+    # and threads; `eslcdr ...` patches before any command imports a socket.
+    code = (
+        "import sys, gevent.monkey as monkey\n"
+        "import eslcdr.cli as cli\n"
+        "print(monkey.is_module_patched('socket'), monkey.is_module_patched('threading'), 'socket' in sys.modules)\n"
+        "try:\n"
+        "    cli.main(['--version'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(monkey.is_module_patched('socket'), monkey.is_module_patched('threading'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(ROOT))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False False False", "eslcdr 0.1.0", "True True"], result.stdout
+
+
 def test_usage_error_exit_2():
     result = eslcdr("no-such-command")
     assert result.returncode == 2

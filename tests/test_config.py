@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eslcdr import config
-from eslcdr.config import DEFAULTS, ConfigError
+from eslcdr.config import DEFAULTS, SETTINGS, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,9 +21,36 @@ def shipped() -> configparser.ConfigParser:
 
 def test_shipped_ini_lists_every_key_with_its_default():
     parser = shipped()
-    for section, keys in DEFAULTS.items():
+    for section, settings in SETTINGS.items():
         assert parser.has_section(section), section
-        assert dict(parser[section]) == keys, section
+        assert dict(parser[section]) == {key: setting.default for key, setting in settings.items()}, section
+    assert DEFAULTS == {section: dict(parser[section]) for section in SETTINGS}
+
+
+def comments_above_each_key() -> dict[tuple[str, str], list[str]]:
+    """(section, key) -> the comment lines right above the key in the shipped file."""
+    found = {}
+    section, comments = None, []
+    for line in (ROOT / "conf" / "eslcdr.ini").read_text().splitlines():
+        if line.startswith("["):
+            section, comments = line.strip("[]"), []
+        elif line.startswith(";"):
+            comments.append(line[1:].strip())
+        elif "=" in line and section is not None:
+            found[(section, line.split("=", 1)[0].strip())] = comments
+            comments = []
+        else:
+            comments = []
+    return found
+
+
+def test_shipped_ini_says_what_each_key_is_for_under_its_declared_help():
+    comments = comments_above_each_key()
+    wrong = {(section, key): comments.get((section, key))
+             for section, settings in SETTINGS.items() for key, setting in settings.items()
+             if not setting.help or comments.get((section, key), [])[-len(setting.help.splitlines()):]
+             != setting.help.splitlines()}
+    assert wrong == {}
 
 
 def test_shipped_ini_loads(tmp_path):
@@ -65,6 +92,11 @@ def test_password_never_in_repr(tmp_path):
         ("[bogus]\nx = 1\n", "unknown section"),
         ("[esl]\npasword = typo\n", "unknown key"),
         ("[log]\nlevel = loud\n", "[log] level"),
+        ("[api]\ndefault_page_size = 100\nmax_page_size = 99\n", "[api] max_page_size: '99' is out of range"),
+        ("[api]\ncors_origins = https://ui.example.com/\n", "[api] cors_origins: 'https://ui.example.com/' is not *"),
+        ("[esl:fs2]\nport = 0\n", "[esl:fs2] port: '0' is out of range"),
+        ("[store]\nretention_check_interval = 61\n", "[store] retention_check_interval: '61' is out of range"),
+        ("[log]\nsummary_interval = soon\n", "[log] summary_interval: 'soon' is not a valid float"),
         ("not an ini file", "eslcdr.ini"),
     ],
 )

@@ -12,6 +12,7 @@ links every page.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import os
 import re
@@ -175,6 +176,33 @@ def test_module_map_names_every_module_and_only_modules():
     named = [cells[0].strip("`") for cells in table_rows(text) if cells and cells[0].startswith("`eslcdr/")]
     assert len(named) >= len(modules)
     assert [name for name in named if not (ROOT / name).exists()] == []
+
+
+def test_no_module_imports_another_modules_private_name():
+    # What a module imports from another is that module's public name (the
+    # map above and the later move into subpackages rely on it).
+    private = []
+    for path in sorted((ROOT / "eslcdr").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("eslcdr")):
+                private += ["%s: %s" % (path.relative_to(ROOT), alias.name) for alias in node.names
+                            if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []
+
+
+# Modules other branches are changing at the same time; their loggers get
+# __name__ once those are merged.
+LOGGER_NAME_PENDING = {"eslcdr/writer.py", "eslcdr/collector/worker.py", "eslcdr/collector/service.py"}
+
+
+def test_every_module_logs_under_its_own_name():
+    fixed = []
+    for path in sorted((ROOT / "eslcdr").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_logger"
+                    and [ast.unparse(arg) for arg in node.args] != ["__name__"]):
+                fixed.append("%s:%d" % (path.relative_to(ROOT), node.lineno))
+    assert sorted({name.split(":")[0] for name in fixed} - LOGGER_NAME_PENDING) == [], fixed
 
 
 def test_development_page_lists_every_test_file():

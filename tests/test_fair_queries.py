@@ -18,7 +18,7 @@ from eslcdr.queries import KIND_CDRS, is_heavy, parse_list_query
 
 from .e2e import DaemonProcess, db_rows, write_config
 from .test_api import ACC_A, G, NOW_G, Env, assert_error, leg
-from .test_api_e2e import RealThread
+from .test_api_e2e import Worker
 from .test_collect_e2e import FakeFS
 
 
@@ -113,7 +113,7 @@ def test_light_pages_and_ingest_go_on_while_three_month_by_minute_stats_run(tmp_
                 answers.append((response.status, response.read().count(b"\r\n")))
             conn.close()
 
-        clients = [RealThread(stats_client) for _ in range(3)]
+        clients = [Worker(stats_client) for _ in range(3)]
         time.sleep(1.0)  # each has its request in flight
         seq_before = last_seq(db)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

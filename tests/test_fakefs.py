@@ -376,10 +376,10 @@ def test_reencoding_capture_events_round_trips(name):
             event["_body"] = body
         assert event == decoded(frame)
         for ctype in (PLAIN, JSON):
-            template = fakefs.templates._compile(pairs, body, ())
+            template = fakefs.templates.compile_template(pairs, body, ())
             again = Frame(
                 {"Content-Type": ctype},
-                fakefs.templates._Emission(template, fakefs.templates._Context(), 0).body(ctype),
+                fakefs.templates.Emission(template, fakefs.templates.Context(), 0).body(ctype),
             )
             assert decoded(again) == event
 
@@ -658,7 +658,7 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def generated_calls(**options) -> list[list[dict]]:
-    """The decoded events of each generated call (one _Context per call)."""
+    """The decoded events of each generated call (one Context per call)."""
     source = fakefs.GeneratedSource(**options)
     calls: dict = {}  # keyed by the context itself: an id() could be reused
     for emission in source:
@@ -694,7 +694,7 @@ def test_generated_legs_carry_the_kazoo_variables_of_their_call():
                 assert event["Event-Name"] == "DTMF" and not kazoo_vars(event)
         creates = [e for e in call if e["Event-Name"] == "CHANNEL_CREATE"]
         number = creates[0]["Caller-Caller-ID-Number"]
-        assert owner == fakefs.generated._kazoo_id("user", number)  # the owner follows the caller
+        assert owner == fakefs.generated.kazoo_id("user", number)  # the owner follows the caller
         # Authorizing-ID: the caller's legs only (the first and its loopback
         # twin), the same device on each.
         first = creates[0]["Unique-ID"]
@@ -703,7 +703,7 @@ def test_generated_legs_carry_the_kazoo_variables_of_their_call():
             if event["Event-Name"] != "DTMF":
                 authorizing = kazoo_vars(event).get("Authorizing-ID")
                 if event["Unique-ID"] in caller_side:
-                    assert authorizing == fakefs.generated._kazoo_id("device", number)
+                    assert authorizing == fakefs.generated.kazoo_id("device", number)
                 else:
                     assert authorizing is None
         if interaction is not None:

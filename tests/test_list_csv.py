@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eslcdr import kazoo, list_csv, queries, store
+from eslcdr.legs import GREGORIAN_OFFSET
 from eslcdr.list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv_reference
 from eslcdr.queries import (
     KIND_CDRS,
@@ -40,7 +41,7 @@ from . import kazoo_shapes
 from .test_api import ACC_A, HARD_NAMES, NOW_G, env, leg  # noqa: F401 -- env is a fixture
 from .test_queries import ACC, db, record  # noqa: F401 -- db is a fixture
 
-G = kazoo.GREGORIAN_UNIX_OFFSET
+G = GREGORIAN_OFFSET
 INCEPTIONS = [None, INCEPTION_ACCOUNT, INCEPTION_USER]
 
 TRICKY = ["", "plain", "=1+1", "@SUM(A1)", "\tTAB", "\rCR", "+15551234567", "-5", "-12.50", "+1 (555)",

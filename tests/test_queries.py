@@ -14,6 +14,7 @@ import pytest
 
 from eslcdr import kazoo, store
 from eslcdr.config import from_mapping
+from eslcdr.legs import GREGORIAN_OFFSET
 from eslcdr.queries import (
     KIND_CDRS,
     KIND_INTERACTIONS,
@@ -32,7 +33,7 @@ from eslcdr.queries import (
 
 from . import kazoo_shapes
 
-G = kazoo.GREGORIAN_UNIX_OFFSET
+G = GREGORIAN_OFFSET
 API = from_mapping({}).api
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 NOW_G = int(NOW) + G

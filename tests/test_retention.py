@@ -14,7 +14,7 @@ import pytest
 
 from eslcdr import store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
-from eslcdr.kazoo import GREGORIAN_UNIX_OFFSET as G
+from eslcdr.legs import GREGORIAN_OFFSET as G
 from eslcdr.tokens import TokenStore
 from eslcdr import writer as writer_module
 from eslcdr.writer import Writer

@@ -1,12 +1,18 @@
-"""Supervised greenlets: a crash is logged and the task restarted; stop ends it."""
+"""Supervised greenlets: a crash is logged and the task restarted; stop ends it.
+Blocking work in the thread pool: declared errors come back to the caller."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import gevent
 import gevent.event
+import pytest
 import structlog.testing
 
-from eslcdr.supervise import spawn_supervised
+from eslcdr import backfill
+from eslcdr.supervise import in_thread, spawn_in_thread, spawn_supervised
 
 
 def test_a_crashing_task_is_restarted_until_it_returns():
@@ -38,3 +44,40 @@ def test_stop_ends_the_restarts():
     greenlet = spawn_supervised("doomed", task, stop)
     greenlet.join(timeout=10)
     assert greenlet.dead and len(runs) == 1
+
+
+def test_in_thread_runs_the_work_in_a_pool_thread_and_returns_its_value():
+    def work(a, b):
+        return a + b, threading.get_ident()
+
+    value, ident = in_thread(work, 2, 3, errors=(OSError,))
+    assert value == 5 and ident != threading.get_ident()
+    job = spawn_in_thread(work, 4, 5, errors=(OSError,))
+    assert job.get()[0] == 9 and job.ready()
+
+
+def test_a_declared_error_is_raised_in_the_caller_and_gevent_prints_no_traceback(capfd):
+    def fails():
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError, match="gone"):
+        in_thread(fails, errors=(OSError,))
+    with pytest.raises(FileNotFoundError, match="gone"):
+        spawn_in_thread(fails, errors=(OSError,)).get()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_undeclared_error_still_reaches_the_caller():
+    def fails():
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        in_thread(fails, errors=(OSError,))
+
+
+def test_backfill_thread_calls_raise_their_read_errors_without_a_trace(capfd, tmp_path):
+    # backfill handles OSError / sqlite3.Error from its folder and database
+    # reads itself (a log line, a retry): gevent must not also print a trace.
+    with pytest.raises(FileNotFoundError):
+        backfill._in_thread(os.stat, str(tmp_path / "missing"))
+    assert "Traceback" not in capfd.readouterr().err

@@ -82,7 +82,7 @@ def read_capture(capture: Union[str, Path, bytes]) -> list[tuple[Pairs, str | No
     return events
 
 
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def extract_calls(capture: Union[str, Path, bytes]) -> list[list[tuple[Pairs, str | None]]]:
@@ -103,7 +103,7 @@ def extract_calls(capture: Union[str, Path, bytes]) -> list[list[tuple[Pairs, st
     for pairs, _ in events:
         values = dict(pairs)
         core = values.get("Core-UUID")
-        ids = {m for _, v in pairs for m in _UUID_RE.findall(v)} - {core}
+        ids = {m for _, v in pairs for m in UUID_RE.findall(v)} - {core}
         key = root(values.get("Unique-ID") or next(iter(sorted(ids)), "") or str(len(keys)))
         for other in ids:
             parent[root(other)] = key

@@ -1,16 +1,16 @@
 """The channel table behind ``show channels``.
 
 FreeSWITCH answers ``show channels`` from the ``channels`` table of its core
-database, which the core keeps from channel events.  :class:`_ChannelTable`
+database, which the core keeps from channel events.  :class:`ChannelTable`
 does the same from the stream the pump plays: a row per ``CHANNEL_CREATE``
 (columns in the order of ``switch_core_sqldb.c``, each from the header it
 starts from), refreshed by later channel events (the call state becomes the
 one the event leads to), gone at ``CHANNEL_HANGUP_COMPLETE`` /
-``CHANNEL_DESTROY``.  ``_channels_json`` and ``_channels_delim`` write the
+``CHANNEL_DESTROY``.  ``channels_json`` and ``channels_delim`` write the
 rows as mod_commands does (``as json``, and the default delimited form with
 its ``N total.`` footer).  The table also keeps each live channel's latest
 event, for ``uuid_dump``: its headers and variables as a CHANNEL_DATA event
-(``_dump_json`` / ``_dump_text``, mod_commands' two forms).
+(``dump_json`` / ``dump_text``, mod_commands' two forms).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from types import MappingProxyType
 
-from .templates import _Emission
+from .templates import Emission
 
 # The `channels` table of switch_core_sqldb.c (1.10), in column order, with the
 # CHANNEL_CREATE header each column starts from (None: left empty).
@@ -88,16 +88,16 @@ _CALLSTATE_AFTER = MappingProxyType(
 )
 
 
-class _ChannelTable:
+class ChannelTable:
     """Live channels, kept from the stream as FreeSWITCH's core db is."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, str]] = {}
-        self.latest: dict[str, _Emission] = {}  # what uuid_dump shows
+        self.latest: dict[str, Emission] = {}  # what uuid_dump shows
         self.created = 0
         self.peak = 0
 
-    def observe(self, emission: _Emission) -> None:
+    def observe(self, emission: Emission) -> None:
         name = emission.template.event_id
         if name not in _CHANNEL_EVENTS:
             return
@@ -133,7 +133,7 @@ class _ChannelTable:
         return event
 
     @staticmethod
-    def _row(emission: _Emission) -> dict[str, str]:
+    def _row(emission: Emission) -> dict[str, str]:
         row = {}
         for column, header in CHANNEL_COLUMNS:
             row[column] = (emission.value(header) or "") if header else ""
@@ -146,7 +146,7 @@ class _ChannelTable:
         return row
 
     @staticmethod
-    def _refresh(row: dict[str, str], emission: _Emission) -> None:
+    def _refresh(row: dict[str, str], emission: Emission) -> None:
         for column, header in CHANNEL_COLUMNS:
             if header and column in _CHANNEL_REFRESHED:
                 value = emission.value(header)
@@ -158,7 +158,7 @@ class _ChannelTable:
         self.latest.clear()
 
 
-def _dump_json(event: dict[str, str]) -> str:
+def dump_json(event: dict[str, str]) -> str:
     # switch_event_serialize_json: ARRAY:: variables become JSON arrays.
     doc = {
         k: v[7:].split("|:") if v.startswith("ARRAY::") else v for k, v in event.items()
@@ -166,11 +166,11 @@ def _dump_json(event: dict[str, str]) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
-def _dump_text(event: dict[str, str]) -> str:
+def dump_text(event: dict[str, str]) -> str:
     return "".join("%s: %s\n" % (k, v) for k, v in event.items())
 
 
-def _channels_json(rows: list[dict[str, str]]) -> str:
+def channels_json(rows: list[dict[str, str]]) -> str:
     if not rows:
         return '{"row_count": 0}\n'  # show_function's text when no row matched
     return json.dumps(
@@ -178,7 +178,7 @@ def _channels_json(rows: list[dict[str, str]]) -> str:
     )
 
 
-def _channels_delim(rows: list[dict[str, str]], delim: str = ",") -> str:
+def channels_delim(rows: list[dict[str, str]], delim: str = ",") -> str:
     lines = []
     if rows:
         lines.append(delim.join(column for column, _ in CHANNEL_COLUMNS) + "\n")

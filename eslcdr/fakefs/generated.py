@@ -31,22 +31,22 @@ from ..legs import gregorian_seconds
 from .capture import Pairs
 from .quality import draw_quality, rtp_finder, rtp_legs
 from .templates import (
-    _ACCOUNT,
-    _AUTHORIZING,
-    _INTERACTION,
-    _KAZOO_VARS,
-    _OWNER,
-    _caller_finder,
-    _compile,
-    _Context,
-    _derive_uuid,
-    _duration_finder,
-    _Emission,
-    _event_ts,
-    _find_ids,
-    _find_kazoo,
-    _find_times,
-    _Template,
+    KAZOO_VARS,
+    SLOT_ACCOUNT,
+    SLOT_AUTHORIZING,
+    SLOT_INTERACTION,
+    SLOT_OWNER,
+    Context,
+    Emission,
+    Template,
+    caller_finder,
+    compile_template,
+    derive_uuid,
+    duration_finder,
+    event_ts,
+    find_ids,
+    find_kazoo,
+    find_times,
 )
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +55,9 @@ class CallTemplate:
 
     name: str
     weight: float
-    events: tuple[_Template, ...]  # with the Kazoo variables, but no Call-Interaction-ID
+    events: tuple[Template, ...]  # with the Kazoo variables, but no Call-Interaction-ID
     # The same with a Call-Interaction-ID too (Kazoo sets one on some calls only).
-    interaction_events: tuple[_Template, ...]
+    interaction_events: tuple[Template, ...]
     t0: int  # first Event-Date-Timestamp, µs
     pivot: int | None  # last answer/bridge/progress: later times stretch
     first_ring: int | None  # first progress time (µs); None: the call never rings
@@ -95,8 +95,8 @@ def _with_kazoo_vars(pairs: Pairs, caller_side: bool, interaction: bool) -> Pair
         return pairs
     added = tuple(
         (name, "")
-        for name, kind in _KAZOO_VARS.items()
-        if (kind != _AUTHORIZING or caller_side) and (kind != _INTERACTION or interaction)
+        for name, kind in KAZOO_VARS.items()
+        if (kind != SLOT_AUTHORIZING or caller_side) and (kind != SLOT_INTERACTION or interaction)
     )
     return pairs[: last + 1] + added + pairs[last + 1 :]
 
@@ -108,7 +108,7 @@ def call_template(data: dict) -> CallTemplate:
     ]
     events = [dict(pairs) for pairs, _ in raw]
     caller_side = _caller_side(events)
-    times = [_event_ts(event) for event in events]
+    times = [event_ts(event) for event in events]
     marks = [ts for event, ts in zip(events, times) if event.get("Event-Name") in _PIVOT_EVENTS]
     pivot = max(marks) if marks else None
     rings = [
@@ -121,16 +121,16 @@ def call_template(data: dict) -> CallTemplate:
     with_rtp = rtp_legs(events)
     finders = (
         rtp_finder(with_rtp),
-        _find_ids,
-        _find_times,
-        _caller_finder(data.get("caller_number"), data.get("caller_name")),
-        _duration_finder(pivot),
-        _find_kazoo,
+        find_ids,
+        find_times,
+        caller_finder(data.get("caller_number"), data.get("caller_name")),
+        duration_finder(pivot),
+        find_kazoo,
     )
 
-    def compile_events(interaction: bool) -> tuple[_Template, ...]:
+    def compile_events(interaction: bool) -> tuple[Template, ...]:
         return tuple(
-            _compile(
+            compile_template(
                 _with_kazoo_vars(pairs, event.get("Unique-ID") in caller_side, interaction),
                 body,
                 finders,
@@ -236,7 +236,7 @@ def _post_dial_delay_us(rng: random.Random) -> int:
     return seconds * 1_000_000
 
 
-def _kazoo_id(kind: str, key: str) -> str:
+def kazoo_id(kind: str, key: str) -> str:
     """A Kazoo-style id (32 hex digits, as CouchDB's) that ``key`` always gets."""
     return hashlib.sha1(("%s:%s" % (kind, key)).encode("utf-8")).hexdigest()[:32]
 
@@ -244,8 +244,8 @@ def _kazoo_id(kind: str, key: str) -> str:
 @dataclass(slots=True)
 class _CallPlan:
     template: CallTemplate
-    events: tuple[_Template, ...]  # the template's, with or without an interaction id
-    ctx: _Context
+    events: tuple[Template, ...]  # the template's, with or without an interaction id
+    ctx: Context
     start_us: int
 
     def event_time(self, index: int) -> int:
@@ -315,10 +315,10 @@ class GeneratedSource:
         ]
         self._weights = [t.weight for t in self.templates]
         first = self.templates[0].events[0]
-        self.core_uuid = _derive_uuid("core:%s" % seed, first.original("Core-UUID") or "")
+        self.core_uuid = derive_uuid("core:%s" % seed, first.original("Core-UUID") or "")
         self.hostname = first.original("FreeSWITCH-Hostname")
 
-    def __iter__(self) -> Iterator[_Emission]:
+    def __iter__(self) -> Iterator[Emission]:
         rng = random.Random(self.seed)
         start = self.start_time if self.start_time is not None else self._default_start()
         # Whole seconds: the calls' order then does not depend on the start.
@@ -336,7 +336,7 @@ class GeneratedSource:
                 continue
             when, _, plan, index = heapq.heappop(heap)
             due = (when - start_us) / 1_000_000 if self.cps > 0 else None
-            yield _Emission(plan.events[index], plan.ctx, next(seq), due)
+            yield Emission(plan.events[index], plan.ctx, next(seq), due)
             if index + 1 < len(plan.events):
                 # Within a call the capture's order is kept, whatever the times say.
                 later = max(when, plan.event_time(index + 1))
@@ -379,19 +379,19 @@ class GeneratedSource:
             # would not), so the accounts given change nothing else.
             account = self.accounts[int(kazoo_rng.random() * len(self.accounts))]
             kazoo = {
-                _ACCOUNT: account,
-                _OWNER: _kazoo_id("user", number),
-                _AUTHORIZING: _kazoo_id("device", number),
+                SLOT_ACCOUNT: account,
+                SLOT_OWNER: kazoo_id("user", number),
+                SLOT_AUTHORIZING: kazoo_id("device", number),
             }
             events = template.events
             if kazoo_rng.random() < INTERACTION_SHARE:
                 # Kazoo's shape: <gregorian seconds of the call start>-<8 hex>.
-                kazoo[_INTERACTION] = "%d-%08x" % (
+                kazoo[SLOT_INTERACTION] = "%d-%08x" % (
                     gregorian_seconds(template.t0 + shift),
                     kazoo_rng.getrandbits(32),
                 )
                 events = template.interaction_events
-            ctx = _Context(
+            ctx = Context(
                 key="call:%s:%d" % (self.seed, index),
                 shift_us=shift,
                 pivot_us=template.pivot,

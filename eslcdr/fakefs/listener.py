@@ -1,6 +1,6 @@
 """One client connection: a mod_event_socket listener.
 
-:class:`_Listener` reads commands in its connection's greenlet and runs them
+:class:`Listener` reads commands in its connection's greenlet and runs them
 as ``parse_command`` does (``auth``, ``event plain|json ...``, ``nixevent``,
 ``noevents``, ``filter``, ``api``, ``exit``; ``-ERR command not found`` for
 the rest), and writes events from its own queue in a second greenlet, as
@@ -27,7 +27,7 @@ from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
 from ..events import JSON, PLAIN
-from .templates import _Emission
+from .templates import Emission
 
 if TYPE_CHECKING:
     from .server import FakeFreeSWITCH
@@ -40,7 +40,7 @@ MAX_QUEUE_LEN = 100_000
 MAX_MISSED = 500
 
 
-_FORMATS = MappingProxyType({"plain": PLAIN, "json": JSON})
+FORMATS = MappingProxyType({"plain": PLAIN, "json": JSON})
 
 # switch_event.c EVENT_NAMES: what `event` / `nixevent` accept.
 EVENT_NAMES = frozenset(
@@ -63,7 +63,7 @@ EVENT_NAMES = frozenset(
 
 
 _COMMAND_END = re.compile(rb"\n\r?\n")
-_DROP, _SHUTDOWN, _CLOSE = "drop", "shutdown", "close"
+QUEUE_DROP, QUEUE_SHUTDOWN, QUEUE_CLOSE = "drop", "shutdown", "close"
 
 
 def _reply(text: str) -> bytes:
@@ -108,7 +108,7 @@ def _regex_match(expression: str, value: str) -> bool:
         return False
 
 
-class _Listener:
+class Listener:
     """One connection: command reader here, event writer in its own greenlet."""
 
     def __init__(self, server: "FakeFreeSWITCH", sock: socket.socket):
@@ -172,7 +172,7 @@ class _Listener:
 
     def _wake_writer(self) -> None:
         try:
-            self.queue.put_nowait(_CLOSE)
+            self.queue.put_nowait(QUEUE_CLOSE)
         except Full:
             pass
 
@@ -298,8 +298,8 @@ class _Listener:
         count = 0
         custom = False
         for i, token in enumerate(tokens):
-            if i == 0 and token.lower() in _FORMATS:
-                self.ctype = _FORMATS[token.lower()]
+            if i == 0 and token.lower() in FORMATS:
+                self.ctype = FORMATS[token.lower()]
                 continue
             if custom:  # after CUSTOM every word is a subclass
                 self.subclasses.add(token)
@@ -380,7 +380,7 @@ class _Listener:
 
     # -- events
 
-    def wants(self, emission: _Emission) -> bool:
+    def wants(self, emission: Emission) -> bool:
         if not (self.authed and self.events_on):
             return False
         template = emission.template
@@ -395,7 +395,7 @@ class _Listener:
                 return False
         return not self.filters or self._passes_filters(emission)
 
-    def _passes_filters(self, emission: _Emission) -> bool:
+    def _passes_filters(self, emission: Emission) -> bool:
         # event_handler(): any positive filter admits, a negative one vetoes.
         send = False
         for name, raw in self.filters:
@@ -424,7 +424,7 @@ class _Listener:
     def listening(self) -> bool:
         return self.alive and not self.closing and self.authed and self.events_on
 
-    def offer(self, emission: _Emission) -> None:
+    def offer(self, emission: Emission) -> None:
         """Queue an event if this connection wants it (never blocks)."""
         if self.closing or not self.alive or not self.wants(emission):
             return
@@ -441,7 +441,7 @@ class _Listener:
         """Queue a fault marker behind the events already queued."""
         if not self.alive:
             return
-        if item in (_DROP, _SHUTDOWN):
+        if item in (QUEUE_DROP, QUEUE_SHUTDOWN):
             self.closing = True
         try:
             self.queue.put(item, timeout=1.0)
@@ -455,7 +455,7 @@ class _Listener:
                 item = self.queue.get_nowait()
             except Empty:
                 break
-            if not isinstance(item, _Emission):
+            if not isinstance(item, Emission):
                 kept.append(item)
         for item in kept:
             self.queue.put_nowait(item)
@@ -485,7 +485,7 @@ class _Listener:
         out: list[bytes] = []
         every = self.server.malformed_every
         for item in batch:
-            if isinstance(item, _Emission):
+            if isinstance(item, Emission):
                 self.sent += 1
                 if every and self.sent % every == 0:
                     out.append(_malformed_frame(self.sent // every))
@@ -501,16 +501,16 @@ class _Listener:
 
     def _act(self, item) -> bool:
         """Carry out a fault marker; False when the connection is gone."""
-        if item == _DROP:
+        if item == QUEUE_DROP:
             self.abort()
             return False
-        if item == _SHUTDOWN:
+        if item == QUEUE_SHUTDOWN:
             if self.alive:
                 self.alive = False
                 self._send(_notice(SHUTDOWN))
                 self._close_socket()
             return False
-        if item == _CLOSE:
+        if item == QUEUE_CLOSE:
             return False
         _, seconds = item  # ("stall", seconds)
         self.stall_until = time.monotonic() + seconds

@@ -5,7 +5,7 @@ have something to show.
 The answered SIP legs of the call templates carry the ``rtp_audio_in_*`` /
 ``rtp_audio_out_*`` variables, the codec and the remote media address of the
 capture they come from.  :func:`rtp_finder` cuts those values out as
-``_RTP`` slots (one per leg and variable, so a leg's values stay consistent
+``SLOT_RTP`` slots (one per leg and variable, so a leg's values stay consistent
 across its events); :func:`draw_quality` fills them for one call from its
 own RNG: most legs good, some lossy (MOS below 3.6), some answered legs
 that received no RTP at all (FreeSWITCH then still says MOS 4.50 and
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 
-from .templates import _RTP, Finder
+from .templates import SLOT_RTP, Finder
 
 # Variables slotted per leg, with their codes in the slot ref.
 RTP_VARIABLES = (
@@ -84,7 +84,7 @@ def rtp_finder(legs: dict[str, int]) -> Finder:
         leg = legs.get(event.get("Unique-ID", ""))
         if leg is None:
             return ()
-        return ((0, len(value), _RTP, leg * _STRIDE + code),)
+        return ((0, len(value), SLOT_RTP, leg * _STRIDE + code),)
 
     return find
 
@@ -143,7 +143,7 @@ def _leg_stats(rng: random.Random, talk_s: int, ptime: int) -> dict[str, str]:
 
 def draw_quality(rng: random.Random, legs: dict[str, int], talk_s: dict[str, int],
                  ptime: int = 20) -> dict[int, str]:
-    """Slot values (``_Context.rtp``) for one call's RTP legs."""
+    """Slot values (``Context.rtp``) for one call's RTP legs."""
     codec, payload_type = _CODECS[0] if rng.random() < 0.7 else _CODECS[1]
     values: dict[int, str] = {}
     for call_id, leg in legs.items():

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Union
 
 from ..events import Event
 from .capture import read_capture
-from .templates import _compile, _Context, _Emission, _find_ids, _find_times
+from .templates import Context, Emission, compile_template, find_ids, find_times
 
 class ReplaySource:
     """The events of raw captures, in their exact order, ``repeat`` times.
@@ -37,9 +37,9 @@ class ReplaySource:
     ):
         if repeat < 1:
             raise ValueError("repeat must be at least 1")
-        finders = (_find_ids, _find_times)
+        finders = (find_ids, find_times)
         self._templates = [
-            _compile(pairs, body, finders)
+            compile_template(pairs, body, finders)
             for capture in captures
             for pairs, body in read_capture(capture)
         ]
@@ -61,14 +61,14 @@ class ReplaySource:
     def __len__(self) -> int:
         return len(self._templates) * self.repeat
 
-    def __iter__(self) -> Iterator[_Emission]:
+    def __iter__(self) -> Iterator[Emission]:
         for rep in range(self.repeat):
-            ctx = _Context(
+            ctx = Context(
                 key=None if rep == 0 else "replay:%d" % rep,
                 shift_us=self.base_us + rep * self.period_us,
             )
             for template in self._templates:
-                yield _Emission(template, ctx, template.seq + rep * self.seq_span)
+                yield Emission(template, ctx, template.seq + rep * self.seq_span)
 
 
 class StaticSource:
@@ -80,11 +80,11 @@ class StaticSource:
     def __init__(self, events: Iterable[Event]):
         self._events = events
 
-    def __iter__(self) -> Iterator[_Emission]:
-        ctx = _Context()
+    def __iter__(self) -> Iterator[Emission]:
+        ctx = Context()
         for event in self._events:
             body = event.get("_body")
             # decode_event keeps a body's inner Content-Length: encoding redoes it.
             skip = ("_body", "Content-Length") if body is not None else ("_body",)
             pairs = tuple((k, v) for k, v in event.items() if k not in skip)
-            yield _Emission(_compile(pairs, body, ()), ctx, 0)
+            yield Emission(compile_template(pairs, body, ()), ctx, 0)

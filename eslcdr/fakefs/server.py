@@ -1,7 +1,7 @@
 """The server: FreeSWITCH's core as far as the Event Socket shows it.
 
 :class:`FakeFreeSWITCH` listens (a gevent ``StreamServer``), gives each
-connection a :class:`~.listener._Listener`, and runs one pump greenlet that
+connection a :class:`~.listener.Listener`, and runs one pump greenlet that
 plays the source like FreeSWITCH's core: it keeps the table ``show channels``
 reads and offers each event to every connection.  Events emitted while no
 client is subscribed are lost, as with FreeSWITCH; by default the stream only
@@ -55,12 +55,12 @@ from gevent.event import Event as GeventEvent
 from gevent.server import StreamServer
 
 from ..events import EventDecodeError
-from .channels import _channels_delim, _channels_json, _ChannelTable, _dump_json, _dump_text
+from .channels import ChannelTable, channels_delim, channels_json, dump_json, dump_text
 from .generated import GeneratedSource
 from .json_cdr import JsonCdrWriter
-from .listener import _FORMATS, _SHUTDOWN, MAX_QUEUE_LEN, _DROP, _Listener
+from .listener import FORMATS, MAX_QUEUE_LEN, QUEUE_DROP, QUEUE_SHUTDOWN, Listener
 from .replay import ReplaySource, StaticSource
-from .templates import _derive_uuid, _Emission
+from .templates import Emission, derive_uuid
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8021
@@ -168,8 +168,8 @@ class FakeFreeSWITCH:
         self.position = 0  # events the stream has emitted so far
         self.restarts = 0
         self.error: Exception | None = None
-        self._listeners: set[_Listener] = set()
-        self._channels = _ChannelTable()
+        self._listeners: set[Listener] = set()
+        self._channels = ChannelTable()
         self._subscribed = GeventEvent()
         self._source_done = self._source is None
         self._stopping = False
@@ -185,7 +185,7 @@ class FakeFreeSWITCH:
         if self._server is not None:
             raise RuntimeError("already started")
         if self.prerender and self._source is not None:
-            self._source = self._render_all(self._source, _FORMATS[self.prerender])
+            self._source = self._render_all(self._source, FORMATS[self.prerender])
         self._server = StreamServer((self.host, self.port), self._handle)
         self._server.start()
         self.port = self._server.server_port
@@ -194,7 +194,7 @@ class FakeFreeSWITCH:
             self._pump = gevent.spawn(self._run_source)
         return self
 
-    def _render_all(self, source, ctype: str) -> list[_Emission]:
+    def _render_all(self, source, ctype: str) -> list[Emission]:
         """Build every frame before serving, so that serving costs only the
         socket writes (benchmarks).  A restart then keeps the old Core-UUID
         in these frames."""
@@ -253,14 +253,14 @@ class FakeFreeSWITCH:
         """Restart FreeSWITCH: notice and close every connection, new Core-UUID,
         empty channel table; the stream goes on where it was."""
         self.restarts += 1
-        self.core_uuid = _derive_uuid("restart:%d" % self.restarts, self.core_uuid)
+        self.core_uuid = derive_uuid("restart:%d" % self.restarts, self.core_uuid)
         self._down_until = time.monotonic() + self.restart_downtime
         self._channels.clear()
-        self._broadcast(_SHUTDOWN)
+        self._broadcast(QUEUE_SHUTDOWN)
 
     def drop_connections(self) -> None:
         """Close every connection after what is queued for it, without a word."""
-        self._broadcast(_DROP)
+        self._broadcast(QUEUE_DROP)
 
     def go_away(self, events: int) -> None:
         """Close every connection and refuse new ones while the stream plays
@@ -302,7 +302,7 @@ class FakeFreeSWITCH:
         if self._stopping or time.monotonic() < self._down_until or self._away_left:
             sock.close()  # the switch is down or out of reach: nothing answers
             return
-        listener = _Listener(self, sock)
+        listener = Listener(self, sock)
         self._listeners.add(listener)
         try:
             listener.serve()
@@ -373,7 +373,7 @@ class FakeFreeSWITCH:
                 if listener.queue.qsize() >= level:
                     listener.drained.wait(timeout=0.5)
 
-    def _emit(self, emission: _Emission) -> None:
+    def _emit(self, emission: Emission) -> None:
         self.position += 1
         emission.position = self.position
         emission.core = self.core_uuid
@@ -413,8 +413,8 @@ class FakeFreeSWITCH:
         if event is None:
             return "-ERR No such channel!\n"
         if len(argv) > 1 and argv[1].lower() == "json":
-            return _dump_json(event)
-        return _dump_text(event)
+            return dump_json(event)
+        return dump_text(event)
 
     def _show(self, args: str) -> str:
         argv = [token for token in args.split(" ") if token]
@@ -430,9 +430,9 @@ class FakeFreeSWITCH:
             return "\n%d total.\n" % len(rows)
         form = argv[2].lower() if len(argv) > 2 and argv[1].lower() == "as" else "delim"
         if form == "json":
-            return _channels_json(rows)
+            return channels_json(rows)
         if form in ("delim", "csv"):
-            return _channels_delim(rows, argv[3] if form == "delim" and len(argv) > 3 else ",")
+            return channels_delim(rows, argv[3] if form == "delim" and len(argv) > 3 else ",")
         return "-ERR Cannot find format %s\n" % form
 
     def _status(self) -> str:

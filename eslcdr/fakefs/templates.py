@@ -1,20 +1,20 @@
 """Templates: events with slots, encoded once per format.
 
-Every event the stand-in sends is held as a :class:`_Template`: its headers in
+Every event the stand-in sends is held as a :class:`Template`: its headers in
 wire order (duplicates kept: FreeSWITCH sends ``Hangup-Cause`` twice) with the
 parts that change from one use to the next cut out as *slots*: Unique-IDs and
 every other UUID, times (``Event-Date-*``, ``*-Time``, ``*_epoch``,
 ``*_uepoch``, ``*_stamp``), ``Event-Sequence``, ``Core-UUID``, the host name,
 and for generated calls the caller's number and name, the call durations and
 the Kazoo variables added to them (``ecallmgr_Account-ID`` ...).  *Finders*
-say where the slots are; :func:`_compile` cuts them out, encodes the marked
+say where the slots are; :func:`compile_template` cuts them out, encodes the marked
 event once per format with :func:`eslcdr.events.encode_plain` /
 ``encode_json`` and splits the bytes at the slot markers.
 
-A :class:`_Context` (one replay repetition, or one generated call) says how to
+A :class:`Context` (one replay repetition, or one generated call) says how to
 fill the slots: fresh deterministic UUIDs, times moved by a shift (and, after
 a pivot, by a delta that stretches the talk time), a caller.  An
-:class:`_Emission` is one event of the stream (template + context + sequence
+:class:`Emission` is one event of the stream (template + context + sequence
 number + due time); sending it only joins bytes, so the stand-in stays much
 faster than the daemon it feeds.  Slot values are cached per context and
 format, except those that belong to the emission (Core-UUID, host, sequence).
@@ -32,14 +32,14 @@ from typing import Callable, Iterable, Union
 
 from ..events import JSON, PLAIN, Event, decode_event, encode_json, encode_plain
 from ..frames import Frame
-from .capture import _UUID_RE, Pairs
+from .capture import UUID_RE, Pairs
 
 # Slot kinds.  A slot is (kind, original text, reference time in µs).
 _UUID, _CORE, _HOST, _SEQ, _USEC, _SEC, _LOCAL, _GMT = range(8)
 _CNUM, _CNAME, _DUR_S, _DUR_MS, _DUR_US = range(8, 13)
-_ACCOUNT, _OWNER, _AUTHORIZING, _INTERACTION = range(13, 17)
+SLOT_ACCOUNT, SLOT_OWNER, SLOT_AUTHORIZING, SLOT_INTERACTION = range(13, 17)
 # RTP quality variables of generated calls (quality.py); ref = leg and variable.
-_RTP = 17
+SLOT_RTP = 17
 # A leg's creation times: a generated call's post-dial delay moves every
 # other time of the call, never these (so each leg's PDD grows by it).
 _USEC_C, _SEC_C, _LOCAL_C, _GMT_C = range(18, 22)
@@ -91,18 +91,18 @@ _SINCE_CREATED = frozenset(("variable_duration", "variable_mduration", "variable
 # call (Authorizing-ID only on the caller's side, Call-Interaction-ID not on
 # every call), so that generated calls belong to accounts as Kazoo's do.  The
 # captures have none: call_template() adds them, and each is one slot.
-_KAZOO_VARS = MappingProxyType(
+KAZOO_VARS = MappingProxyType(
     {
-        "variable_ecallmgr_Account-ID": _ACCOUNT,
-        "variable_ecallmgr_Owner-ID": _OWNER,
-        "variable_ecallmgr_Authorizing-ID": _AUTHORIZING,
-        "variable_ecallmgr_Call-Interaction-ID": _INTERACTION,
+        "variable_ecallmgr_Account-ID": SLOT_ACCOUNT,
+        "variable_ecallmgr_Owner-ID": SLOT_OWNER,
+        "variable_ecallmgr_Authorizing-ID": SLOT_AUTHORIZING,
+        "variable_ecallmgr_Call-Interaction-ID": SLOT_INTERACTION,
     }
 )
 
 
 @dataclass(frozen=True, slots=True)
-class _Template:
+class Template:
     """One event with its variable parts cut out as slots."""
 
     event_id: str  # Event-Name (CUSTOM for custom events)
@@ -123,12 +123,12 @@ class _Template:
         return "".join(p if isinstance(p, str) else self.slots[p][1] for p in pieces)
 
 
-def _event_ts(event: dict) -> int:
+def event_ts(event: dict) -> int:
     value = event.get("Event-Date-Timestamp", "")
     return int(value) if value.isdigit() else 0
 
 
-def _compile(pairs: Pairs, body: str | None, finders: tuple[Finder, ...]) -> _Template:
+def compile_template(pairs: Pairs, body: str | None, finders: tuple[Finder, ...]) -> Template:
     event = dict(pairs)
     slots: list[Slot] = []
     index: dict[Slot, int] = {}
@@ -141,17 +141,17 @@ def _compile(pairs: Pairs, body: str | None, finders: tuple[Finder, ...]) -> _Te
     if body is not None:
         # Only ids inside a body (BACKGROUND_JOB "+OK <uuid>"): same length,
         # so its Content-Length holds.
-        marked_body = _marked(_cut("_body", body, event, (_find_ids,), slots, index))
+        marked_body = _marked(_cut("_body", body, event, (find_ids,), slots, index))
     body_length = len(body.encode("utf-8")) if body is not None else 0
     chunks = {}
     for ctype in (PLAIN, JSON):
         parts = _MARK_RE.split(_encode_pairs(ctype, marked, marked_body, body_length))
         chunks[ctype] = (tuple(parts[0::2]), tuple(int(p) for p in parts[1::2]))
     seq = event.get("Event-Sequence", "")
-    return _Template(
+    return Template(
         event_id=event.get("Event-Name", ""),
         subclass=event.get("Event-Subclass"),
-        ts=_event_ts(event),
+        ts=event_ts(event),
         seq=int(seq) if seq.isdigit() else 0,
         slots=tuple(slots),
         values=values,
@@ -220,7 +220,7 @@ def _escape(ctype: str, text: str) -> bytes:
     return _json_string(text)[1:-1]
 
 
-def _find_ids(name: str, value: str, event: dict):
+def find_ids(name: str, value: str, event: dict):
     if name == "Event-Sequence":
         return ((0, len(value), _SEQ, 0),) if value.isdigit() else ()
     if name in _HOST_HEADERS:
@@ -228,11 +228,11 @@ def _find_ids(name: str, value: str, event: dict):
     core = event.get("Core-UUID")
     return [
         (m.start(), m.end(), _CORE if m.group() == core else _UUID, 0)
-        for m in _UUID_RE.finditer(value)
+        for m in UUID_RE.finditer(value)
     ]
 
 
-def _find_times(name: str, value: str, event: dict):
+def find_times(name: str, value: str, event: dict):
     spans = _time_spans(name, value, event)
     if spans and (name in _CREATION_HEADERS
                   or (name.startswith("Event-Date-") and event.get("Event-Name") == "CHANNEL_CREATE")):
@@ -271,7 +271,7 @@ def _reference_usec(name: str, event: dict) -> int:
     return int(value) if _USEC_RE.fullmatch(value) else 0
 
 
-def _caller_finder(number: str | None, name: str | None) -> Finder:
+def caller_finder(number: str | None, name: str | None) -> Finder:
     """Slots for the template call's caller number and name."""
     number_re = re.compile(r"(?<![\w.+])%s(?![\w.])" % re.escape(number)) if number else None
     name_re = re.compile(re.escape(name)) if name else None
@@ -289,12 +289,12 @@ def _caller_finder(number: str | None, name: str | None) -> Finder:
     return find
 
 
-def _find_kazoo(name: str, value: str, event: dict):
-    kind = _KAZOO_VARS.get(name)
+def find_kazoo(name: str, value: str, event: dict):
+    kind = KAZOO_VARS.get(name)
     return ((0, len(value), kind, 0),) if kind is not None else ()
 
 
-def _duration_finder(pivot: int | None) -> Finder:
+def duration_finder(pivot: int | None) -> Finder:
     """Slots for the durations a longer talk (or ring) time changes.
 
     Only non-zero durations of events after the pivot: a leg that was never
@@ -308,7 +308,7 @@ def _duration_finder(pivot: int | None) -> Finder:
         # ref 1: a created -> hangup duration, which a longer post-dial delay
         # lengthens (creation times stay, the hangup moves)
         ref = 1 if header in _SINCE_CREATED else 0
-        return ((0, len(value), kind, ref),) if _event_ts(event) > pivot else ()
+        return ((0, len(value), kind, ref),) if event_ts(event) > pivot else ()
 
     return find
 
@@ -367,12 +367,12 @@ def _shift_date(kind: int, text: str, seconds: int) -> str:
     )
 
 
-def _derive_uuid(key: str, original: str) -> str:
+def derive_uuid(key: str, original: str) -> str:
     digest = hashlib.sha1(("%s|%s" % (key, original)).encode("utf-8")).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
-class _Context:
+class Context:
     """How one replay repetition or one generated call fills the slots."""
 
     __slots__ = (
@@ -401,7 +401,7 @@ class _Context:
         self.cnum = cnum
         self.cname = cname
         self.kazoo: dict[int, str] = kazoo or {}  # Kazoo variable slot kind -> value
-        self.rtp: dict[int, str] = rtp or {}  # _RTP slot ref -> value (quality.py)
+        self.rtp: dict[int, str] = rtp or {}  # SLOT_RTP slot ref -> value (quality.py)
         # every time but the legs' creation moves this much more: a longer
         # post-dial delay (None: the call never rings, nothing moves)
         self.ring_from_us = _NEVER if ring_from_us is None else ring_from_us
@@ -414,7 +414,7 @@ class _Context:
         return (self.shift_us + (self.delta_us if usec > self.pivot_us else 0)
                 + (self.ring_us if ring and usec >= self.ring_from_us else 0))
 
-    def text(self, slot: Slot, emission: "_Emission") -> str:
+    def text(self, slot: Slot, emission: "Emission") -> str:
         kind, text, ref = slot
         ring = kind not in _FROM_CREATION
         if not ring:
@@ -441,12 +441,12 @@ class _Context:
             return self.cname
         if kind in self.kazoo:
             return self.kazoo[kind]
-        if kind == _RTP:
+        if kind == SLOT_RTP:
             return self.rtp.get(ref, text)
         extra = self.delta_us + (self.ring_us if ref and self.ring_from_us != _NEVER else 0)
         return str(int(text) + extra // _DUR_UNITS[kind])
 
-    def fill(self, ctype: str, slot: Slot, emission: "_Emission") -> bytes:
+    def fill(self, ctype: str, slot: Slot, emission: "Emission") -> bytes:
         """Encode a slot; remembered unless it belongs to the emission."""
         data = _escape(ctype, self.text(slot, emission))
         if slot[0] not in _PER_EMISSION:
@@ -458,16 +458,16 @@ class _Context:
             return original
         new = self._uuids.get(original)
         if new is None:
-            new = self._uuids[original] = _derive_uuid(self.key, original)
+            new = self._uuids[original] = derive_uuid(self.key, original)
         return new
 
 
-class _Emission:
+class Emission:
     """One event of the stream: a template, its context and its place."""
 
     __slots__ = ("template", "ctx", "seq", "due", "core", "host", "position", "_frames")
 
-    def __init__(self, template: _Template, ctx: _Context, seq: int, due: float | None = None):
+    def __init__(self, template: Template, ctx: Context, seq: int, due: float | None = None):
         self.template = template
         self.ctx = ctx
         self.seq = seq
