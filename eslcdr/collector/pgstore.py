@@ -44,6 +44,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from ..legs import GREGORIAN_OFFSET
 from .pgschema import UTC, create_partitions_for, existing_partitions, month_start, partition_name, sqlite_columns
 
 # PostgreSQL refuses values in these ways; anything else (connection lost,
@@ -118,7 +119,6 @@ class BatchResult:
 
 # Hangup times PostgreSQL and the partitions can hold: 1970 .. 9999.
 MAX_HANGUP_US = 253_402_300_800_000_000
-GREGORIAN_OFFSET = 62_167_219_200
 DAY_US = 86_400_000_000
 
 

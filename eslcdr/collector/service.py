@@ -39,7 +39,7 @@ from .worker import NodeWorker
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
 
-log = structlog.get_logger("eslcdr.collect")
+log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT = 30.0
 PARTITION_CHECK_INTERVAL = 3600.0

@@ -41,7 +41,7 @@ from .config import CollectorConfig, FeedNode
 from .feed import TRANSPORT_ERRORS, FeedClient, FeedError, FeedProtocolError, HangupWindow, lines_of, parse_record
 from .pgstore import CursorMoved, FeedRecord, PgStore, Rejected
 
-log = structlog.get_logger("eslcdr.collect")
+log = structlog.get_logger(__name__)
 
 # Everything a pull may raise that a later pull may not: the node or the
 # network (TRANSPORT_ERRORS), PostgreSQL (psycopg.Error), another collector
