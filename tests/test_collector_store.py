@@ -285,9 +285,8 @@ def test_only_the_node_that_stored_a_call_may_replace_it(pg, tmp_path):
 
 
 def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg_dsn, tmp_path):
+    import threading
     import time
-
-    from .test_api_e2e import RealThread  # an OS thread even when eslcdr.cli patched this process
 
     item = feed_items(tmp_path, [leg(ts(2026, 11))])[0]
     pg.ensure_months([item])
@@ -297,7 +296,8 @@ def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg
         # fs2's transaction has taken the call and not committed yet
         other.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, now(), 'fs2')", (item.call_id,))
         done = []
-        worker = RealThread(lambda: done.append(pg.store_batch("fs1", "db-1", 0, [item])))
+        worker = threading.Thread(target=lambda: done.append(pg.store_batch("fs1", "db-1", 0, [item])), daemon=True)
+        worker.start()
         time.sleep(1.0)
         assert done == []  # waits for fs2's transaction
         other.commit()
