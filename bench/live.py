@@ -92,7 +92,7 @@ class Run:
         )
         self.daemon = subprocess.Popen(
             [sys.executable, "-m", "eslcdr", "run", "-c", str(ini)],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
+            env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
         )
         self.fake: subprocess.Popen | None = None
         self.reader: sqlite3.Connection | None = None
@@ -127,7 +127,7 @@ class Run:
     def start_fake(self, *args: str) -> None:
         self.fake = subprocess.Popen(
             [sys.executable, "-m", "eslcdr", "fakefs", "--port", str(self.port), "--seed", "7", *args],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
     def poll_rows(self) -> int:
