@@ -3,11 +3,12 @@
 The ESL readers hand CDR records to ``submit()``, which only appends to a
 bounded in-memory list (no I/O, never blocks the socket reader); the first
 record of a batch wakes the writer, which then lets the batch gather: it
-commits once ``batch_size`` records wait, or when the batch's window closes
--- the time the last batches took to bring GATHER_ROWS records, never more
-than ``flush_interval`` after the first record.  So a media server's
-trickle of CDRs costs a few transactions a second, not one per leg, while a
-burst is written in full batches and its last one without waiting.  A
+commits (up to ``batch_size`` records) once GATHER_ROWS records wait, or
+when the batch's window closes -- the time the last batch took to bring
+GATHER_ROWS records, never more than ``flush_interval`` after the first
+record.  So a media server's trickle of CDRs costs a few transactions a
+second, not one per leg, while a burst starts its first transaction early
+and its last one does not wait.  A
 batch is inserted in one transaction, with the interaction links of its
 legs and any interaction merges.  The transaction runs in a thread of
 gevent's pool: sqlite3 releases the GIL while SQLite works, so the ESL
@@ -50,10 +51,11 @@ log = structlog.get_logger("eslcdr.writer")
 # column: record_row ignores it).
 REPLACES_STORED = "replaces_stored"
 MIN_OVERFLOW = 1000
-# A batch waits for about this many records (at the rate the last batches
-# arrived at), at most flush_interval: a commit costs the same for 1 row as
-# for 64 (the thread hand-over, BEGIN/COMMIT, the roll-up upserts), and
-# after a burst the last rows are not kept waiting.
+# A batch waits for this many records (or for as long as they took to come
+# at the rate of the batch before), at most flush_interval: a transaction
+# costs about the same for 1 row as for 64 (the thread hand-over,
+# BEGIN/COMMIT, the roll-up upserts), and neither the start nor the end of a
+# burst is kept waiting.
 GATHER_ROWS = 64
 # With nothing to do the writer sleeps this long between looks: everything
 # that brings work (submit, acks, merges, retention, the spooler) wakes it.
@@ -99,6 +101,7 @@ class Writer:
     ) -> None:
         self._conn = conn
         self._batch_size = batch_size
+        self._gather_rows = min(batch_size, GATHER_ROWS)
         self._flush_interval = flush_interval
         self._capacity = capacity
         self._max_retry_delay = max_retry_delay
@@ -184,8 +187,8 @@ class Writer:
         pending.append(record)
         if self._idle.is_set():
             self._arrives()
-        elif len(pending) >= self._batch_size and not self._wake.is_set():
-            self._wake.set()  # a full batch: no reason to wait
+        elif len(pending) >= self._gather_rows and not self._wake.is_set():
+            self._wake.set()  # enough for a batch: no reason to wait
         return True
 
     def _arrives(self) -> None:
@@ -269,9 +272,10 @@ class Writer:
                     self._write_one_batch()
                 if self._replay_due():
                     self._replay_one_chunk()
-                # Deletion interleaves with the inserts: at most one small
-                # batch between two insert batches, and none while a backlog
-                # of a whole batch is waiting -- ingest first, always.
+                # Deletion interleaves with the inserts: small batches while
+                # a batch gathers (until its window closes) and one after
+                # it, none while a backlog of a whole batch is waiting --
+                # ingest first, always.
                 if (
                     self._retention is not None
                     and not self._stopping
@@ -302,11 +306,11 @@ class Writer:
             gevent.sleep(0)
 
     def _gather(self) -> None:
-        """Wait for the batch to fill: until ``batch_size`` records wait or
+        """Wait for the batch to gather: until GATHER_ROWS records wait or
         its window closes (or a flush, or stop).  Meanwhile the spool is
         replayed and retention deletes, a chunk at a time."""
         deadline = self._first_at + self._window
-        while not self._stopping and not self._flush and len(self._pending) < self._batch_size:
+        while not self._stopping and not self._flush and len(self._pending) < self._gather_rows:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
