@@ -162,7 +162,9 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "path": Setting("/var/lib/eslcdr/cdrs.db", text, help=(
             "the SQLite file (WAL mode; created with its folder if missing)")),
         "flush_interval": Setting("0.2", float, positive, help=(
-            "most seconds a finished CDR waits for its commit (under load it is committed as soon as the reader yields)")),
+            "most seconds a finished CDR waits for its transaction: CDRs arriving within it are committed\n"
+            "together (a trickle costs a few commits a second, not one per leg); a full batch, or the\n"
+            "last CDRs of a burst, go at once")),
         "batch_size": Setting("500", int, positive, help="CDRs per transaction"),
         "retention_days": Setting("0", int, non_negative, help=(
             "delete CDRs that hung up more than this many days ago (0 = keep everything), but never\n"

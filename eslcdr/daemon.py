@@ -53,6 +53,9 @@ HOUSEKEEPING_INTERVAL = 30.0
 # How long a leg missing from "show channels" may still get its hangup event.
 RESYNC_GRACE = 5.0
 LOST_CHECK_INTERVAL = 1.0
+# Greenlets woken by what they wait for still look this often (a timeout on
+# every wait); each wake-up of an idle daemon costs CPU on the media server.
+IDLE_WAKE = 30.0
 SHUTDOWN_DRAIN_TIMEOUT = 15.0
 # Bugs in field mapping on a strange event must cost one CDR, not the reader.
 BUILD_ERRORS = (KeyError, ValueError, TypeError, AttributeError, IndexError)
@@ -318,7 +321,9 @@ class Daemon:
 
     def _reloader(self) -> None:
         while not self._stop.is_set():
-            if self._reload.wait(timeout=1.0):
+            # Woken by SIGHUP or the stop: an idle daemon is not woken to poll.
+            gevent.wait([self._reload, self._stop], count=1, timeout=IDLE_WAKE)
+            if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
 

@@ -8,7 +8,10 @@ the socket into the sans-IO ``FrameParser``; command replies resolve the
 pending command (in order, as greenswitch does); events are decoded and
 handed to ``on_event`` right there, in the reader, so nothing queues between
 FreeSWITCH and the leg tracker.  Every command waits at most
-``command_timeout``.
+``command_timeout``.  Once subscribed, the reader lets events gather in the
+socket after a small read (``_gather``: until PACE_BYTES wait or READ_PACE
+has passed), so a media server's steady trickle wakes the daemon a few
+times a second rather than once per event.
 
 ``NodeConnection`` supervises one node: connect, log in, subscribe (JSON by
 default, CUSTOM subclasses last), ask ``show channels as json`` which legs
@@ -58,6 +61,21 @@ SUBSCRIBED_EVENTS = (
     "spandsp::rxfaxresult",
 )
 READ_CHUNK = 256 * 1024
+# A chunk at least this big suggests more is waiting: yield after it.
+YIELD_AFTER = 64 * 1024
+# After a smaller read the reader waits until this many bytes wait in the
+# socket (SO_RCVLOWAT), at most as long as they took to come at the rate
+# since the last such wait, and never more than READ_PACE: every wake-up
+# costs the same (the loop, a switch, a recv; on a busy host mostly cold
+# caches) however many events it brings.  The socket never holds more than
+# this because of the wait; the delay adds at most READ_PACE to a CDR's
+# latency, a few ms during a burst.  (32 KiB: the kernel grows the receive
+# buffer, and clamps the window, only for a low-water mark above ~64 KiB.)
+PACE_BYTES = 32 * 1024
+READ_PACE = 0.1
+# How often the supervising loop looks at a live connection (it is woken
+# when the socket closes or stop() is called).
+CLOSED_CHECK = 30.0
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
 MAX_DUMPS = 2000
@@ -103,8 +121,13 @@ class EslClient(InboundESL):
         self._parser = FrameParser()
         self._closed = gevent.event.Event()
         self._reader: gevent.Greenlet | None = None
+        # Bytes read since the last pacing, and when that was.
+        self._read_bytes = 0
+        self._read_at = 0.0
         self.rejection = ""
         self.sock = None
+        # Set once subscribed (NodeConnection): reads are then paced.
+        self.pace = False
 
     # -- connecting -------------------------------------------------------
     def connect(self) -> None:
@@ -165,6 +188,7 @@ class EslClient(InboundESL):
                     break
                 if not data:
                     break
+                self._read_bytes += len(data)
                 parser.feed(data)
                 while True:
                     item = parser.next_item()
@@ -175,14 +199,43 @@ class EslClient(InboundESL):
                     else:
                         self._on_protocol_error(item.reason, item.skipped)
                 # While FreeSWITCH keeps the socket full, recv never blocks
-                # and so never yields: let the writer start its batch (in its
-                # thread) after each chunk rather than only when the burst ends.
-                gevent.sleep(0)
+                # and so never yields: after a big chunk let the writer start
+                # its batch (in its thread) rather than only when the burst
+                # ends.  A small chunk was all there was: the next recv
+                # yields anyway, and an extra turn of the loop per event is
+                # what a media server's steady trickle would pay for it.
+                if len(data) >= YIELD_AFTER:
+                    gevent.sleep(0)
+                elif self.pace and not self._commands_sent:
+                    try:
+                        self._gather()
+                    except OSError as exc:  # closed meanwhile (close())
+                        reason = "socket error: %s" % exc
+                        break
             tail = parser.eof()
             if tail is not None:
                 self._on_protocol_error(tail.reason, tail.skipped)
         finally:
             self._mark_closed(reason)
+
+    def _gather(self) -> None:
+        """After a small read: wait until PACE_BYTES are in the socket, or
+        as long as they took to come at the rate since the last pacing, at
+        most READ_PACE (the next recv takes whatever is there, or waits for
+        data as usual)."""
+        now = time.monotonic()
+        pace = min(READ_PACE, PACE_BYTES * (now - self._read_at) / max(self._read_bytes, 1))
+        self._read_at, self._read_bytes = now, 0
+        sock = self.sock
+        watcher = getattr(sock, "_read_event", None)  # the gevent socket's own
+        if watcher is None:
+            self.pace = False
+            return
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, PACE_BYTES)
+        try:
+            gevent.socket.wait(watcher, timeout=pace, timeout_exc=False)
+        finally:
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, 1)
 
     def _dispatch(self, frame: Frame) -> None:
         ctype = frame.content_type
@@ -321,6 +374,7 @@ class NodeConnection:
             client.close()
             raise
         self.core_uuid = status.headers.get("Core-UUID")
+        client.pace = True
         return client
 
     def _dump(self, client: EslClient, call_ids: list[str]) -> None:
@@ -369,7 +423,8 @@ class NodeConnection:
             self.state = "connected"
             self.connected_since = time.time()
             log.info("esl_connected", node=self.node.name, host=self.node.host, port=self.node.port, format=self.node.format)
-            while not self._stop.is_set() and not client.wait_closed(timeout=1.0):
+            # stop() closes the client: the wait ends at once either way.
+            while not self._stop.is_set() and not client.wait_closed(timeout=CLOSED_CHECK):
                 pass
             self.connected_since = None
             if self._stop.is_set():

@@ -363,11 +363,14 @@ def rollup_insert_statements() -> tuple[str, str]:
         R="c", d=1) for name, expr in _ROLLUP_COUNTERS)
     sets = ", ".join("%s = %s + excluded.%s" % (name, name, name) for name, _ in _ROLLUP_COUNTERS)
     group = ", ".join(str(i + 1) for i in range(len(_ROLLUP_KEY)))
-    minutes = ("INSERT INTO stats_minutes (%s, %s) SELECT %s, %s FROM cdrs AS c WHERE c.seq > ? AND %s"
+    # NOT INDEXED: the rows after ``seq`` by the primary key.  Left to
+    # itself the planner scans idx_cdrs_stats for "account_id IS NOT NULL",
+    # i.e. every row of the table for every batch.
+    minutes = ("INSERT INTO stats_minutes (%s, %s) SELECT %s, %s FROM cdrs AS c NOT INDEXED WHERE c.seq > ? AND %s"
                " GROUP BY %s ON CONFLICT DO UPDATE SET %s" % (key_cols, cols, key_vals, vals,
                                                             _ROLLUP_WHEN.format(R="c"), group, sets))
     pdd = ("INSERT INTO stats_pdd_hours (account_id, hour, pdd_ms, seizures) SELECT c.account_id,"
-           " ifnull(c.\"timestamp\", 0) / 3600, c.pdd_ms, count(*) FROM cdrs AS c WHERE c.seq > ? AND %s"
+           " ifnull(c.\"timestamp\", 0) / 3600, c.pdd_ms, count(*) FROM cdrs AS c NOT INDEXED WHERE c.seq > ? AND %s"
            " GROUP BY 1, 2, 3 ON CONFLICT DO UPDATE SET seizures = seizures + excluded.seizures"
            % _PDD_WHEN.format(R="c"))
     return minutes, pdd

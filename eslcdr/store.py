@@ -159,6 +159,10 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     # after a burst (e.g. a retention run).
     conn.execute("PRAGMA journal_size_limit=%d" % (64 * 1024 * 1024))
     migrate(conn)
+    # A batch's temporary b-trees (the roll-ups' GROUP BY) in memory, not a
+    # file created and deleted in /var/tmp at every commit.  Set after the
+    # migrations: a VACUUM or an index build of a big file needs the disk.
+    conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
 
@@ -365,8 +369,10 @@ def insert_records(
             conn.execute(
                 "UPDATE interaction_links SET interaction_id = ? WHERE interaction_id = ?", (new_id, old)
             )
-        conn.executemany(_ACK_SQL, ack_rows)
-        conn.executemany(_META_SQL, meta_rows)
+        if ack_rows:
+            conn.executemany(_ACK_SQL, ack_rows)
+        if meta_rows:
+            conn.executemany(_META_SQL, meta_rows)
     except BaseException:
         # SQLite already rolled back on some errors (SQLITE_FULL): a second
         # ROLLBACK would fail and hide the real error.

@@ -1,13 +1,19 @@
 """The writer: the only greenlet that writes to SQLite.
 
 The ESL readers hand CDR records to ``submit()``, which only appends to a
-bounded in-memory list (no I/O, never blocks the socket reader) and wakes
-the writer.  The writer greenlet gets the hub when the readers wait for
-data, takes up to ``batch_size`` records and inserts them in one
-transaction, with the interaction links of its legs and any interaction
-merges.  The transaction runs in a thread of gevent's pool: sqlite3 releases
-the GIL while SQLite works, so the ESL readers keep decoding on the hub
-(and on a second core) while a batch is committed.
+bounded in-memory list (no I/O, never blocks the socket reader); the first
+record of a batch wakes the writer, which then lets the batch gather: it
+commits (up to ``batch_size`` records) once GATHER_ROWS records wait, or
+when the batch's window closes -- the time the last batch took to bring
+GATHER_ROWS records, never more than ``flush_interval`` after the first
+record.  So a media server's trickle of CDRs costs a few transactions a
+second, not one per leg, while a burst starts its first transaction early
+and its last one does not wait.  A
+batch is inserted in one transaction, with the interaction links of its
+legs and any interaction merges.  The transaction runs in a thread of
+gevent's pool: sqlite3 releases the GIL while SQLite works, so the ESL
+readers keep decoding on the hub (and on a second core) while a batch is
+committed.
 
 When SQLite fails (disk full, file locked, I/O error) the batch is kept and
 retried with capped jittered backoff.  Nothing is refused while the spool
@@ -21,7 +27,8 @@ record lost: the spooler, or ``submit()``'s caller when even the queue to
 the spooler is full, logs it in full at error level.
 
 Retention (retention.py) schedules deletions; the writer runs them in small
-batches between two insert batches.
+batches between two insert batches (also while a batch gathers), as it
+replays the spool.
 """
 
 from __future__ import annotations
@@ -37,13 +44,23 @@ import structlog
 from .backoff import backoff_delay
 from .spool import Spool
 from .store import delete_expired, insert_records
+from .supervise import in_thread
 
-log = structlog.get_logger("eslcdr.writer")
+log = structlog.get_logger(__name__)
 
 # Key of a record submitted to replace the stored row of its call_id (not a
 # column: record_row ignores it).
 REPLACES_STORED = "replaces_stored"
 MIN_OVERFLOW = 1000
+# A batch waits for this many records (or for as long as they took to come
+# at the rate of the batch before), at most flush_interval: a transaction
+# costs about the same for 1 row as for 64 (the thread hand-over,
+# BEGIN/COMMIT, the roll-up upserts), and neither the start nor the end of a
+# burst is kept waiting.
+GATHER_ROWS = 64
+# With nothing to do the writer sleeps this long between looks: everything
+# that brings work (submit, acks, merges, retention, the spooler) wakes it.
+IDLE_WAIT = 5.0
 
 # Errors worth retrying: SQLITE_FULL, SQLITE_BUSY/LOCKED, SQLITE_IOERR all
 # arrive as OperationalError; a DatabaseError covers a file that vanished.
@@ -52,22 +69,9 @@ RETRYABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
 
 def _in_thread(work: Callable[[], int]) -> int:
     """Run blocking SQLite work in gevent's thread pool (one call at a time:
-    the writer greenlet waits for it, so the connection has one user).
-
-    An error comes back as a value and is raised here: gevent's pool would
-    print the traceback of every failed call to stderr, i.e. a multi-line
-    trace in the journal at each retry while the disk is full."""
-
-    def guarded() -> tuple[object, BaseException | None]:
-        try:
-            return work(), None
-        except (sqlite3.Error, OSError) as exc:
-            return None, exc
-
-    value, error = gevent.get_hub().threadpool.apply(guarded)
-    if error is not None:
-        raise error
-    return value
+    the writer greenlet waits for it, so the connection has one user); SQLite
+    and OS errors are raised here (see ``supervise.in_thread``)."""
+    return in_thread(work, errors=(sqlite3.Error, OSError))
 
 
 class Writer:
@@ -85,6 +89,7 @@ class Writer:
     ) -> None:
         self._conn = conn
         self._batch_size = batch_size
+        self._gather_rows = min(batch_size, GATHER_ROWS)
         self._flush_interval = flush_interval
         self._capacity = capacity
         self._max_retry_delay = max_retry_delay
@@ -117,6 +122,15 @@ class Writer:
         self._idle = gevent.event.Event()
         self._idle.set()
         self._stopping = False
+        # The window of the batch gathering: it closes at _first_at + _window
+        # (monotonic), _first_at being when its first work arrived.  _flush:
+        # how many of the records waiting are written without a window
+        # (wait_idle asks for those waiting when it is called).
+        self._first_at = time.monotonic()
+        self._window = flush_interval
+        self._taken_at = time.monotonic()
+        self._flush = 0
+        self.batches = 0
         self.written = 0
         self.duplicates = 0
         self.refused = 0
@@ -157,27 +171,32 @@ class Writer:
                 return True
             self.refused += 1
             return False
-        self._pending.append(record)
+        pending = self._pending
+        pending.append(record)
         if self._idle.is_set():
-            self._idle.clear()
-        if not self._wake.is_set():
-            self._wake.set()
+            self._arrives()
+        elif len(pending) >= self._gather_rows and not self._wake.is_set():
+            self._wake.set()  # enough for a batch: no reason to wait
         return True
+
+    def _arrives(self) -> None:
+        """The first work after the writer went idle: its window opens."""
+        self._idle.clear()
+        self._first_at = time.monotonic()
+        self._wake.set()
 
     def acknowledge(self, key: str, after: int, at_us: int) -> None:
         """A collector pulled the feed with ``after``: store it with the next
         transaction (no I/O here: the API must not wait for the writer)."""
         self._acks[key] = (after, at_us)
-        self._idle.clear()
-        if not self._wake.is_set():
-            self._wake.set()
+        if self._idle.is_set():
+            self._arrives()
 
     def note_meta(self, key: str, value: str) -> None:
         """Store ``meta[key] = value`` with the next transaction (no I/O)."""
         self._meta[key] = value
-        self._idle.clear()
-        if not self._wake.is_set():
-            self._wake.set()
+        if self._idle.is_set():
+            self._arrives()
 
     def submit_replacement(self, record: dict) -> bool:
         """A record that replaces the stored row of its call_id (new seq)."""
@@ -209,41 +228,42 @@ class Writer:
             if self._spool is not None and (self._spool.size or self._overflow):
                 self._spool_merges[old] = new
         self._merges.extend(merges)
-        self._idle.clear()
-        if not self._wake.is_set():
-            self._wake.set()
+        if self._idle.is_set():
+            self._arrives()
 
     # -- the writer greenlet --------------------------------------------
     def run(self) -> None:
         """Write batches until stop() and the backlog is drained.
 
-        The writer runs whenever the ESL readers yield the hub (they do so
-        only when their sockets have no data), so under load the buffer has
-        filled up meanwhile and batches are large; when CDRs trickle in, each
-        is committed at once.  ``flush_interval`` bounds how long the writer
-        sleeps when nothing wakes it.
+        The first work wakes the writer; the batch then gathers (_gather)
+        until it is full or its window closes, and is committed in one
+        transaction.  Under load batches are full; when CDRs trickle in, a
+        batch holds what arrived within ``flush_interval``.
         """
         attempt = 0
         while True:
             has_work = bool(self._pending or self._merges or self._acks or self._meta)
             if not has_work:
                 self._idle.set()
+                self._flush = 0
                 if not self.spool_backlog:
                     self._progress_at = time.monotonic()
                 if self._stopping:
                     return
                 if self._retention is None and not self._replay_due():
-                    self._wake.wait(timeout=self._flush_interval)
+                    self._wake.wait(timeout=IDLE_WAIT)
                     self._wake.clear()
                     continue
             try:
                 if has_work:
+                    self._gather()
                     self._write_one_batch()
                 if self._replay_due():
                     self._replay_one_chunk()
-                # Deletion interleaves with the inserts: at most one small
-                # batch between two insert batches, and none while a backlog
-                # of a whole batch is waiting -- ingest first, always.
+                # Deletion interleaves with the inserts: small batches while
+                # a batch gathers (until its window closes) and one after
+                # it, none while a backlog of a whole batch is waiting --
+                # ingest first, always.
                 if (
                     self._retention is not None
                     and not self._stopping
@@ -273,6 +293,23 @@ class Writer:
             # Let the readers run before the next batch.
             gevent.sleep(0)
 
+    def _gather(self) -> None:
+        """Wait for the batch to gather: until GATHER_ROWS records wait or
+        its window closes (or a flush, or stop).  Meanwhile the spool is
+        replayed and retention deletes, a chunk at a time."""
+        deadline = self._first_at + self._window
+        while not self._stopping and not self._flush and len(self._pending) < self._gather_rows:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._replay_due():
+                self._replay_one_chunk()
+            elif self._retention is not None:
+                self._delete_one_batch()
+            else:
+                self._wake.clear()
+                self._wake.wait(timeout=left)
+
     # -- the spool ------------------------------------------------------
     def run_spooler(self) -> None:
         """Append records past ``capacity`` to the spool, fsynced per batch.
@@ -284,7 +321,7 @@ class Writer:
             if not self._overflow:
                 if self._stopping:
                     return
-                self._spool_wake.wait(timeout=1.0)
+                self._spool_wake.wait(timeout=IDLE_WAIT)
                 self._spool_wake.clear()
                 continue
             batch = self._overflow[:]
@@ -360,6 +397,8 @@ class Writer:
                     self._spool_merges.clear()
 
     def _write_one_batch(self) -> None:
+        taken_at = time.monotonic()
+        waited = taken_at - self._first_at
         batch = self._pending[: self._batch_size]
         merges = self._merges[:]
         acks = dict(self._acks)
@@ -385,10 +424,17 @@ class Writer:
         new += len(replacements)
         self.written += new
         self.duplicates += len(batch) - new
+        self.batches += 1
         self.last_write_at = time.time()
-        self._progress_at = time.monotonic()
-        if not self._pending:
-            self._wake.clear()
+        now = self._progress_at = time.monotonic()
+        # The next window: as long as GATHER_ROWS took to arrive at the rate
+        # this batch came in at, at most flush_interval.  What arrived
+        # during this transaction has waited since it began.
+        rate = len(batch) / max(taken_at - self._taken_at, 1e-6)
+        self._window = min(self._flush_interval, GATHER_ROWS / rate) if batch else self._flush_interval
+        self._taken_at = taken_at
+        self._first_at = taken_at if self._pending else now
+        self._flush = max(0, self._flush - max(len(batch), 1))
         if self._on_written is not None:
             self._on_written(new, len(batch) - new)
         if not batch and not merges:
@@ -398,6 +444,8 @@ class Writer:
             rows=new,
             duplicates=len(batch) - new,
             merges=len(merges),
+            # how long the batch's first record waited for its transaction
+            waited_ms=round(waited * 1000, 1),
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
@@ -425,6 +473,8 @@ class Writer:
         self._spool_wake.set()
 
     def wait_idle(self, timeout: float) -> bool:
-        """True once everything submitted so far is committed."""
+        """True once everything submitted so far is committed (what waits
+        now is written without waiting for a window)."""
+        self._flush = max(self._flush, len(self._pending), 1)
         self._wake.set()
         return self._idle.wait(timeout=timeout)

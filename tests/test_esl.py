@@ -8,7 +8,7 @@ import gevent.server
 import pytest
 from greenswitch.esl import NotConnectedError
 
-from eslcdr import config
+from eslcdr import config, esl
 from eslcdr.backoff import backoff_delay
 from eslcdr.esl import (
     AuthenticationError,
@@ -17,7 +17,8 @@ from eslcdr.esl import (
     NodeConnection,
     parse_channel_uuids,
 )
-from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
+from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
+from eslcdr.frames import FrameParser
 
 from .conftest import DATA, capture_events
 
@@ -222,6 +223,45 @@ def test_supervisor_stops_on_wrong_password():
     assert runner.dead
     assert connection.state == "auth_failed"
     assert "refused" in connection.fatal
+
+
+def test_a_trickle_of_events_is_read_a_few_at_a_time(monkeypatch):
+    # FreeSWITCH sends each event as it happens; once subscribed the reader
+    # lets them gather in the socket (at most READ_PACE) rather than waking
+    # for each one: ~5 reads for 40 events 10 ms apart instead of 40.
+    reads = []
+
+    class CountingParser(FrameParser):
+        __slots__ = ()
+
+        def feed(self, data: bytes) -> None:
+            reads.append(len(data))
+            super().feed(data)
+
+    monkeypatch.setattr(esl, "FrameParser", CountingParser)
+
+    def trickle():
+        for n in range(40):
+            gevent.sleep(0.01)
+            yield {"Event-Name": "CHANNEL_CREATE", "Unique-ID": "leg-%02d" % n, "Channel-Name": "sofia/x/%d" % n}
+
+    fake = FakeFreeSWITCH(events=StaticSource(trickle()), hold=True).start()
+    rec = Recorder()
+    connection = NodeConnection(node(fake.port), rec.on_event, lambda rows: None, rec.on_error)
+    runner = gevent.spawn(connection.run)
+    try:
+        with gevent.Timeout(10):
+            while len(rec.events) < 40:
+                gevent.sleep(0.01)
+        assert fake.wait_done(timeout=10)
+    finally:
+        connection.stop()
+        runner.join(timeout=5)
+        fake.stop()
+    assert [e["Unique-ID"] for e in rec.events] == ["leg-%02d" % n for n in range(40)]
+    assert rec.errors == []
+    # The login, subscription and resync replies take a few reads of their own.
+    assert len(reads) <= 20, reads
 
 
 def test_parse_channel_uuids():

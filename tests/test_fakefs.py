@@ -552,6 +552,29 @@ def test_generated_calls_are_deterministic_by_seed():
     assert ids == [(e["Unique-ID"], e["Event-Name"]) for e in generated_events(calls=10, seed=5)]
 
 
+def test_max_talk_caps_the_talk_time_and_changes_nothing_else():
+    def lifetimes(**options) -> dict[str, float]:
+        """Seconds from a leg's first event to its hangup."""
+        first: dict[str, int] = {}
+        out = {}
+        for e in generated_events(calls=60, seed=3, start_time=1_900_000_000.0, **options):
+            at = int(e["Event-Date-Timestamp"])
+            first.setdefault(e["Unique-ID"], at)
+            if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE":
+                out[e["Unique-ID"]] = (at - first[e["Unique-ID"]]) / 1e6
+        return out
+
+    free, capped = lifetimes(), lifetimes(max_talk=2)
+    assert capped.keys() == free.keys()  # the same calls and legs
+    assert max(free.values()) > 60  # talk times average 30 s uncapped...
+    # ...and a capped leg lives at most its template's own time (the fax
+    # call's is 34 s) plus 2 s.
+    assert max(capped.values()) < 40
+    assert all(capped[call_id] <= seconds + 1e-6 for call_id, seconds in free.items())
+    with pytest.raises(ValueError):
+        fakefs.GeneratedSource(calls=1, max_talk=-1)
+
+
 def test_generated_legs_are_whole_and_linked(serve):
     fake = serve(fakefs.GeneratedSource(calls=40, seed=11, start_time=1_900_000_000.0))
     client = Client(fake.port)

@@ -101,6 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed of the generated calls (default %(default)s)",
     )
     source.add_argument(
+        "--max-talk",
+        type=_non_negative_int,
+        default=GeneratedSource.MAX_TALK,
+        metavar="S",
+        help="longest talk time of a generated call, seconds (default %(default)s)",
+    )
+    source.add_argument(
         "--accounts",
         type=_account_list,
         default=DEFAULT_ACCOUNTS,
@@ -222,7 +229,8 @@ def source_from_args(args: argparse.Namespace) -> Source:
             args.replay, repeat=args.repeat, time_base=time.time() if args.now else None
         )
     return GeneratedSource(
-        calls=args.calls or None, cps=args.cps, seed=args.seed, accounts=args.accounts
+        calls=args.calls or None, cps=args.cps, seed=args.seed, accounts=args.accounts,
+        max_talk=args.max_talk,
     )
 
 

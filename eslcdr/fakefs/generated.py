@@ -276,6 +276,8 @@ class GeneratedSource:
     """
 
     SIMULATED_CPS = 10.0
+    # The longest talk time of a generated call (s), unless max_talk says less.
+    MAX_TALK = 1800
 
     def __init__(
         self,
@@ -288,6 +290,7 @@ class GeneratedSource:
         history_calls: int = 0,
         history_seconds: float = 86400.0,
         post_dial_delay: bool = False,
+        max_talk: int = MAX_TALK,
     ):
         if calls is not None and calls < 0:
             raise ValueError("calls must not be negative")
@@ -302,6 +305,11 @@ class GeneratedSource:
         self.post_dial_delay = post_dial_delay
         if cps < 0:
             raise ValueError("cps must not be negative")
+        if max_talk < 0:
+            raise ValueError("max_talk must not be negative")
+        # Talk times are drawn as ever, then capped: a short cap (a paced
+        # benchmark) ends the calls sooner and changes nothing else.
+        self.max_talk = max_talk
         self.accounts = tuple(accounts)
         if not self.accounts or not all(self.accounts):
             raise ValueError("accounts must be one or more non-empty ids")
@@ -369,7 +377,7 @@ class GeneratedSource:
             elif index == history:
                 when = start_us  # the past is over: live calls from the start
             template = rng.choices(self.templates, self._weights)[0]
-            extra = self._extra_seconds(rng, template)
+            extra = self._extra_seconds(rng, template, self.max_talk)
             number = _caller_number(rng)
             name = rng.choice(CALLER_NAMES) if rng.random() < 0.8 else number
             # Whole seconds keep epoch seconds, µs and date strings in step;
@@ -410,9 +418,9 @@ class GeneratedSource:
             when += int(rng.expovariate(rate) * 1_000_000)
 
     @staticmethod
-    def _extra_seconds(rng: random.Random, template: CallTemplate) -> int:
+    def _extra_seconds(rng: random.Random, template: CallTemplate, max_talk: int = MAX_TALK) -> int:
         if template.pivot is None:
             return 0
         if template.answered:
-            return min(int(rng.expovariate(1 / 30)), 1800)  # talk time
+            return min(int(rng.expovariate(1 / 30)), max_talk)  # talk time
         return rng.randint(0, 10)  # ring time

@@ -1,0 +1,298 @@
+"""Live regime: CPU per leg of ``eslcdr run`` when events arrive as a media
+server sends them (a few at a time, in real time), beside the burst figure.
+
+The stand-in (``eslcdr fakefs``, generated calls) and the daemon (``eslcdr
+run``, the default config but for paths and ports) are real subprocesses.
+The daemon starts first and waits for FreeSWITCH; the stand-in is started
+once it is idle.  CPU is the daemon process's own (utime + stime from
+/proc/<pid>/stat; its main thread -- socket, decoding, legs, CDRs -- apart
+from its other threads, the SQLite writer's), so other load on the machine
+changes it less than wall time; still compare figures of one run, and mind
+the load average printed with them.
+
+  burst   ``--calls N --cps 0``: as fast as the daemon reads; CPU from just
+          before the stand-in starts until every CDR is committed (the
+          row count stays put for 1.5 s), then the CPU per second of the
+          idle daemon (connected, no events) over --idle seconds.
+  paced   ``--cps R`` for every R of --rates, no end to the calls, talk
+          times capped (--max-talk, so that the calls in flight reach their
+          steady state within seconds): after --warmup seconds, CPU and
+          committed legs over --window seconds (CPU per leg of the steady
+          state: as many legs end in the window as start in it).  Latency:
+          a second Event Socket client of the stand-in (a thread here) notes
+          when each HANGUP_COMPLETE left the stand-in, and the database is
+          polled (read-only, every --poll s) for the moment its row is
+          committed; p50/p99/max over the legs committed in the window.
+
+    python bench/live.py [--rates 10,50,200] [--warmup 10] [--window 20] [--profile DIR]
+
+The window's legs are those committed in it; with --max-talk 5 every call
+but the fax (34 s, 4 % of calls) ends within ~15 s of its start, so the
+window sees as many legs end as start (the fax legs slightly fewer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import free_port, listen_hangups, percentile  # noqa: E402
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+WAIT = 60.0
+
+
+def stat_cpu(path: str) -> float:
+    """utime + stime (s) of a /proc stat file."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def process_cpu(pid: int) -> float:
+    """CPU of the whole process, threads that ended included."""
+    return stat_cpu("/proc/%d/stat" % pid)
+
+
+class Sample:
+    def __init__(self, pid: int, committed: int):
+        self.at = time.monotonic()
+        # The main thread (socket, decoding, legs, CDRs) apart from the
+        # others (the SQLite writer's work in gevent's thread pool).
+        self.main = stat_cpu("/proc/%d/task/%d/stat" % (pid, pid))
+        self.cpu = process_cpu(pid)
+        self.others = self.cpu - self.main
+        self.committed = committed
+
+
+class Run:
+    """One daemon with its database, and (later) one stand-in."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.port = free_port()
+        self.db = tmp / "cdrs.db"
+        self.log = tmp / "daemon.log"
+        (tmp / "tokens").write_text("")
+        ini = tmp / "eslcdr.ini"
+        ini.write_text(
+            "[esl]\nport = %d\nreconnect_max_delay = 0.5\n[store]\npath = %s\n"
+            "[api]\nlisten = 127.0.0.1:0\ntokens_file = %s\n[log]\nlevel = info\nformat = json\n"
+            % (self.port, self.db, tmp / "tokens")
+        )
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "eslcdr", "run", "-c", str(ini)],
+            env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
+        )
+        self.fake: subprocess.Popen | None = None
+        self.reader: sqlite3.Connection | None = None
+        self.seen_seq = 0
+        self.committed = 0
+        self.visible: dict[str, int] = {}
+        self.await_log("daemon_started")
+        self.reader = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, isolation_level=None)
+
+    def await_log(self, event: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.daemon.poll() is not None:
+                raise RuntimeError("eslcdr run exited: %s" % self.log.read_text()[-2000:])
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith("{") and json.loads(line).get("event") == event:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("no %s in the daemon's log within %ss" % (event, timeout))
+
+    def settle(self, quiet: float = 0.005, timeout: float = 10.0) -> None:
+        """Wait until the daemon uses (almost) no CPU: start-up is over."""
+        deadline = time.monotonic() + timeout
+        last = process_cpu(self.daemon.pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = process_cpu(self.daemon.pid)
+            if now - last <= quiet:
+                return
+            last = now
+
+    def start_fake(self, *args: str) -> None:
+        self.fake = subprocess.Popen(
+            [sys.executable, "-m", "eslcdr", "fakefs", "--port", str(self.port), "--seed", "7", *args],
+            env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def poll_rows(self) -> int:
+        """Note the rows committed since the last poll; returns how many."""
+        rows = self.reader.execute(
+            "SELECT seq, call_id FROM cdrs WHERE seq > ? ORDER BY seq", (self.seen_seq,)
+        ).fetchall()
+        now_us = time.time_ns() // 1000
+        for seq, call_id in rows:
+            self.visible[call_id] = now_us
+            self.seen_seq = seq
+        self.committed += len(rows)
+        return len(rows)
+
+    def sample(self) -> Sample:
+        return Sample(self.daemon.pid, self.committed)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        for proc in (self.daemon, self.fake):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in (self.daemon, self.fake):
+            if proc is not None:
+                proc.wait(timeout=30)
+
+
+class Profiler:
+    """py-spy (when asked for, and installed: not a dependency) sampling
+    the daemon; raw collapsed stacks, summed by bench/profile_split.py."""
+
+    def __init__(self, out: Path | None, pid: int, name: str):
+        self.proc = None
+        if out is None:
+            return
+        spy = Path(sys.executable).parent / "py-spy"
+        out.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
+             "--format", "raw", "--output", str(out / ("%s.txt" % name))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+
+
+def load() -> str:
+    return "%.2f" % os.getloadavg()[0]
+
+
+def burst(calls: int, idle: float, poll: float, profile: Path | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Run(Path(tmp))
+        try:
+            run.settle()
+            profiler = Profiler(profile, run.daemon.pid, "burst")
+            before = run.sample()
+            run.start_fake("--calls", str(calls), "--cps", "0")
+            last = before
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if run.poll_rows():
+                    last = run.sample()
+                elif run.committed and time.monotonic() - last.at > 1.5:
+                    break
+                time.sleep(poll)
+            profiler.stop()
+            idle_from = run.sample()
+            time.sleep(idle)
+            idle_to = run.sample()
+        finally:
+            run.close()
+    legs = last.committed
+    return {
+        "legs": legs,
+        "seconds": last.at - before.at,
+        "us_per_leg": (last.cpu - before.cpu) / legs * 1e6,
+        "main_us": (last.main - before.main) / legs * 1e6,
+        "others_us": (last.others - before.others) / legs * 1e6,
+        "idle_cpu_per_s": (idle_to.cpu - idle_from.cpu) / (idle_to.at - idle_from.at),
+    }
+
+
+def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, profile: Path | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Run(Path(tmp))
+        sent: dict[str, int] = {}
+        stop = threading.Event()
+        try:
+            run.settle()
+            run.start_fake("--calls", "0", "--cps", str(cps), "--max-talk", str(max_talk))
+            # The stream starts at the daemon's subscription; the listener
+            # connects after it (a first subscriber would start it alone).
+            run.await_log("esl_connected")
+            listener = threading.Thread(target=listen_hangups, args=(run.port, sent, stop), daemon=True)
+            listener.start()
+            started = time.monotonic()
+            first = None
+            while True:
+                run.poll_rows()
+                now = time.monotonic()
+                if first is None and now - started >= warmup:
+                    profiler = Profiler(profile, run.daemon.pid, "paced-%g" % cps)
+                    first = run.sample()
+                    window_seqs_from = run.seen_seq
+                elif first is not None and now - first.at >= window:
+                    last = run.sample()
+                    profiler.stop()
+                    break
+                time.sleep(poll)
+            rows = run.reader.execute(
+                "SELECT call_id FROM cdrs WHERE seq > ? AND seq <= ?", (window_seqs_from, run.seen_seq)
+            ).fetchall()
+        finally:
+            stop.set()
+            run.close()
+    latencies = [(run.visible[c] - sent[c]) / 1000.0 for (c,) in rows if c in sent and c in run.visible]
+    legs = last.committed - first.committed
+    return {
+        "legs": legs,
+        "legs_per_s": legs / (last.at - first.at),
+        "us_per_leg": (last.cpu - first.cpu) / legs * 1e6,
+        "main_us": (last.main - first.main) / legs * 1e6,
+        "others_us": (last.others - first.others) / legs * 1e6,
+        "p50": percentile(latencies, 0.5) if latencies else float("nan"),
+        "p99": percentile(latencies, 0.99) if latencies else float("nan"),
+        "max": max(latencies) if latencies else float("nan"),
+        "unmatched": len(rows) - len(latencies),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="10,50,200", help="paced calls/s, comma-separated (default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the window (default %(default)s)")
+    parser.add_argument("--window", type=float, default=20.0, help="measured seconds per rate (default %(default)s)")
+    parser.add_argument("--max-talk", type=int, default=5, help="stand-in's --max-talk (default %(default)s)")
+    parser.add_argument("--burst-calls", type=int, default=3000, help="burst calls, 0: no burst (default %(default)s)")
+    parser.add_argument("--idle", type=float, default=5.0, help="idle seconds measured after the burst (default %(default)s)")
+    parser.add_argument("--poll", type=float, default=0.01, help="database poll interval, s (default %(default)s)")
+    parser.add_argument("--profile", type=Path, help="sample the daemon with py-spy into this folder (raw stacks)")
+    args = parser.parse_args()
+
+    print("CPU of the eslcdr run process per committed leg (main thread + writer threads); load = 1-min load average")
+    if args.burst_calls:
+        result = burst(args.burst_calls, args.idle, args.poll, args.profile)
+        print("burst  --calls %d --cps 0: %5d legs in %.2f s  cpu %4.0f us/leg (main %.0f + others %.0f)  "
+              "idle %.4f s CPU/s  load %s" % (args.burst_calls, result["legs"], result["seconds"], result["us_per_leg"],
+                                              result["main_us"], result["others_us"], result["idle_cpu_per_s"], load()))
+    for rate in [float(r) for r in args.rates.split(",") if r]:
+        result = paced(rate, args.warmup, args.window, args.max_talk, args.poll, args.profile)
+        print("paced  --cps %-4g: %5d legs (%.0f legs/s)  cpu %4.0f us/leg (main %.0f + others %.0f)  "
+              "latency p50 %.0f ms p99 %.0f ms max %.0f ms (%d unmatched)  load %s" % (
+                  rate, result["legs"], result["legs_per_s"], result["us_per_leg"], result["main_us"],
+                  result["others_us"], result["p50"], result["p99"], result["max"], result["unmatched"], load()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Where the daemon's time goes: sums py-spy's raw stacks (``bench/live.py
+--profile DIR`` writes them, one file per run) into the parts of the ingest
+path, in per cent of the samples.
+
+    python bench/profile_split.py DIR/paced-50.txt [...]
+
+A sample is put in the first part that matches, from the thread's root:
+the SQLite thread's work by the statement it runs; on the main thread a
+socket call, the thread hand-over, gevent's own loop (switches, timers,
+events), else the deepest eslcdr module on the stack.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+WORKER_PARTS = (
+    ("_last_seq", "SQLite thread: _last_seq query"),
+    ("_roll_up_after", "SQLite thread: roll-up upserts"),
+    ("record_row", "SQLite thread: row lists"),
+    ("_insert_many", "SQLite thread: INSERT statements"),
+    ("insert_records", "SQLite thread: BEGIN/COMMIT, links"),
+    ("delete_expired", "SQLite thread: retention"),
+)
+MODULES = (
+    ("eslcdr/frames.py", "frames"),
+    ("eslcdr/events.py", "event decoding"),
+    ("eslcdr/legs.py", "leg tracker"),
+    ("eslcdr/cdr.py", "CDR building"),
+    ("eslcdr/writer.py", "writer greenlet"),
+    ("eslcdr/store.py", "writer greenlet"),
+    ("eslcdr/esl.py", "reader loop"),
+    ("eslcdr/daemon.py", "pipeline, housekeeping"),
+)
+GEVENT_LOOP = ("gevent/hub.py", "gevent/timeout.py", "gevent/event.py", "gevent/_abstract_linkable.py",
+               "gevent/greenlet.py", "gevent/_hub_primitives.py", "gevent/_waiter.py")
+
+
+def part(frames: list[str]) -> str:
+    if frames[0].startswith("_WorkerGreenlet.run"):
+        for name, label in WORKER_PARTS:
+            if any(frame.startswith(name + " ") for frame in frames):
+                return label
+        return "thread hand-over (SQLite thread side)"
+    leaf = frames[-1]
+    if "gevent/_socket" in leaf:
+        return "socket calls"
+    if any("gevent/threadpool.py" in f or "gevent/_threading.py" in f or "gevent/pool.py" in f for f in frames):
+        return "thread hand-over (hub side)"
+    if any(path in leaf for path in GEVENT_LOOP) or leaf.startswith("Hub.run"):
+        return "gevent loop: wake-ups, switches, timers"
+    for frame in reversed(frames):
+        for path, label in MODULES:
+            if path in frame:
+                return label
+        if "eslcdr/" in frame:
+            return "other eslcdr (API, monitor, logs)"
+    return "other"
+
+
+def split(paths: list[str]) -> Counter:
+    counts: Counter = Counter()
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                stack, _, count = line.rstrip("\n").rpartition(" ")
+                if stack:
+                    counts[part(stack.split(";"))] += int(count)
+    return counts
+
+
+def main() -> int:
+    for path in sys.argv[1:]:
+        counts = split([path])
+        total = sum(counts.values()) or 1
+        print("%s: %d samples" % (path, total))
+        for label, count in counts.most_common():
+            print("  %5.1f %%  %s" % (100.0 * count / total, label))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
