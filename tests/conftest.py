@@ -12,7 +12,9 @@ from eslcdr.events import EVENT_TYPES, decode_event
 from eslcdr.frames import Frame, FrameParser
 
 DATA = Path(__file__).parent / "data"
-CAPTURES = sorted(p.name for p in DATA.glob("*.esl"))
+# Every raw capture: the S set at the top, the J set (json_cdr/) and the F call flows (flows/).
+CAPTURES = sorted(p.name for p in DATA.glob("*.esl")) + sorted(
+    folder + "/" + p.name for folder in ("json_cdr", "flows") for p in (DATA / folder).glob("*.esl"))
 SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
 
 

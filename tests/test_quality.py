@@ -12,14 +12,12 @@ from eslcdr import config, importer, schema, store
 from eslcdr.cdr import CdrBuilder
 from eslcdr.legs import FinishedLeg, LegTracker
 
-from .conftest import DATA
+from .conftest import CAPTURES, DATA
 from .e2e import database_before
 from .test_cdr import run_capture
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 QUALITY = tuple(name for name, _, _ in schema.QUALITY_COLUMNS)
-CAPTURES = sorted(p.name for p in DATA.glob("*.esl")) + sorted(
-    folder + "/" + p.name for folder in ("json_cdr", "flows") for p in (DATA / folder).glob("*.esl"))
 STRAIGHT = {  # column -> (variable, type): copied as they are
     "audio_in_quality_percentage": ("rtp_audio_in_quality_percentage", float),
     "audio_in_flaw_total": ("rtp_audio_in_flaw_total", int),
