@@ -20,6 +20,7 @@ from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
 from eslcdr.fakefs.json_cdr import json_cdr_document, json_cdr_filename
 
 from .e2e import DaemonProcess, db_rows, settle, wait_rows, write_config
+from .e2e import wait_until as poll_until
 
 START = time.time() - 3 * 3600  # whole seconds are kept by the generator
 CALLS = 40
@@ -73,11 +74,8 @@ def reference(tmp_path_factory) -> dict[str, dict]:
 
 
 def wait_until(predicate, timeout: float = WAIT) -> None:
-    waited = 0.0
-    while not predicate():
-        assert waited < timeout, "timed out"
-        gevent.sleep(0.05)
-        waited += 0.05
+    """``e2e.wait_until`` that fails the test when the condition never held."""
+    assert poll_until(predicate, timeout), "timed out"
 
 
 def groups(rows: dict[str, dict]) -> list[list[str]]:

@@ -20,7 +20,7 @@ from eslcdr import writer as writer_module
 from eslcdr.writer import Writer
 
 from .conftest import DATA
-from .e2e import DaemonProcess, db_rows, write_config
+from .e2e import DaemonProcess, db_rows, wait_until, write_config
 from .expected_cdrs import EXPECTED
 from .test_api import leg
 
@@ -172,17 +172,6 @@ def http_json(port: int, path: str, token: str | None = None) -> dict:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:  # /health answers 503 while degraded
         return json.loads(exc.read())
-
-
-def wait_until(predicate, timeout: float = 30.0):
-    waited = 0.0
-    while waited < timeout:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.05)
-        waited += 0.05
-    return predicate()
 
 
 RETENTION = "retention_days = 1\nretention_check_interval = 0.2\n"

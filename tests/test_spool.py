@@ -20,7 +20,7 @@ from eslcdr.spool import Spool
 from eslcdr.writer import Writer
 
 from .conftest import DATA
-from .e2e import DaemonProcess, db_rows, wait_rows, write_config
+from .e2e import DaemonProcess, db_rows, wait_rows, wait_until, write_config
 from .expected_cdrs import EXPECTED
 from .test_store import record
 
@@ -30,17 +30,6 @@ WAIT = 30.0
 def stored(path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [r[0] for r in conn.execute("SELECT call_id FROM cdrs ORDER BY seq")]
-
-
-def wait_until(predicate, timeout: float = WAIT):
-    waited = 0.0
-    while waited < timeout:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.02)
-        waited += 0.02
-    return predicate()
 
 
 def run_writer(writer: Writer) -> list[gevent.Greenlet]:
