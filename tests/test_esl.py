@@ -279,3 +279,21 @@ def test_backoff_is_capped_and_jittered(attempt):
     ceiling = min(30.0, 0.5 * 2 ** (attempt - 1))
     assert all(ceiling / 2 <= d <= ceiling for d in delays)
     assert len(set(delays)) > 1
+
+
+def test_the_gevent_socket_watcher_the_reader_paces_on_still_exists():
+    """EslClient._gather waits on the gevent socket's private read watcher;
+    without it pacing silently turns off, so a gevent upgrade that renames it
+    must fail here."""
+    import gevent.socket
+
+    left, right = gevent.socket.socketpair()
+    try:
+        watcher = getattr(left, "_read_event", None)
+        assert watcher is not None
+        right.sendall(b"x")
+        assert gevent.socket.wait(watcher, timeout=5, timeout_exc=False) is None
+        assert left.recv(1) == b"x"
+    finally:
+        left.close()
+        right.close()
