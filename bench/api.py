@@ -6,7 +6,7 @@ Builds (once, reused afterwards) a database of N CDR rows -- default
 names with commas, quotes, newlines and non-ASCII text.  Rows are generated
 with executemany in one transaction.
 
-Then it serves the real app (``eslcdr.api.create_app`` + ``make_server``, the
+Then it serves the real app (``eslcdr.api.app.create_app`` + ``make_server``, the
 gevent WSGIServer, gevent monkey-patched as in ``eslcdr run``) on 127.0.0.1
 in a child process and measures over HTTP with a keep-alive connection:
 
@@ -51,9 +51,11 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eslcdr import api, config, queries, store  # noqa: E402
-from eslcdr.legs import GREGORIAN_OFFSET  # noqa: E402
-from eslcdr.schema import RECORD_COLUMNS  # noqa: E402
+from eslcdr import config, store  # noqa: E402
+from eslcdr.api import app as api
+from eslcdr.query import queries
+from eslcdr.ingest.legs import GREGORIAN_OFFSET  # noqa: E402
+from eslcdr.store.schema import RECORD_COLUMNS  # noqa: E402
 
 ACCOUNTS = ["4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d", "7e1f3a9b2c4d5e6f708192a3b4c5d6e7",
             "a1b2c3d4e5f60718293a4b5c6d7e8f90", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"]

@@ -37,14 +37,14 @@ monkey.patch_all()
 import gevent  # noqa: E402
 import structlog  # noqa: E402
 
-from eslcdr import backfill as backfill_module  # noqa: E402
+from eslcdr.service import backfill as backfill_module  # noqa: E402
 from eslcdr import config  # noqa: E402
-from eslcdr.backfill import Backfill  # noqa: E402
-from eslcdr.daemon import Pipeline  # noqa: E402
+from eslcdr.service.backfill import Backfill  # noqa: E402
+from eslcdr.service.daemon import Pipeline  # noqa: E402
 from eslcdr.fakefs import GeneratedSource  # noqa: E402
 from eslcdr.fakefs.json_cdr import json_cdr_document, json_cdr_filename  # noqa: E402
-from eslcdr.store import connect_writer  # noqa: E402
-from eslcdr.writer import Writer  # noqa: E402
+from eslcdr.store.db import connect_writer  # noqa: E402
+from eslcdr.store.writer import Writer  # noqa: E402
 
 
 def fill(folder: Path, files: int) -> float:

@@ -39,12 +39,13 @@ if __name__ == "__main__" and "--serve" in sys.argv:
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from eslcdr import api, config  # noqa: E402
+from eslcdr import config  # noqa: E402
+from eslcdr.api import app as api
 from eslcdr.config import DEFAULTS  # noqa: E402
 
 
 def _bench_api():
-    spec = importlib.util.spec_from_file_location("bench_api", HERE / "api.py")
+    spec = importlib.util.spec_from_file_location("bench_api", HERE / "api/app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -53,8 +53,8 @@ def serve(port: int, repeat: int, fmt: str) -> None:
 
 
 def count_events_and_legs() -> tuple[int, int]:
-    from eslcdr.events import JSON, decode_event
-    from eslcdr.frames import Frame, FrameParser
+    from eslcdr.esl.events import JSON, decode_event
+    from eslcdr.esl.frames import Frame, FrameParser
 
     events = legs = 0
     for capture in CAPTURES:
@@ -157,7 +157,7 @@ def eslcdr_pipeline(port: int, legs: int, events: int = 0, split: dict | None = 
     was taken (``read_s``), the CPU of the main thread (reader, tracker,
     builder: ``main_cpu_s``) and of the others (the SQLite writer thread)."""
     from eslcdr import config
-    from eslcdr.daemon import Daemon
+    from eslcdr.service.daemon import Daemon
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.from_mapping(
@@ -199,7 +199,7 @@ def main() -> int:
     if args.serve:
         serve(args.serve, args.repeat, args.format)
         return 0
-    from eslcdr import logs
+    from eslcdr.service import logs
 
     logs.configure("warning", "json")
     events, legs = count_events_and_legs()

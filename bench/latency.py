@@ -43,8 +43,8 @@ def free_port() -> int:
 def listen_hangups(port: int, sent: dict[str, int], stop: threading.Event) -> None:
     """A second ESL client: Unique-ID -> when its HANGUP_COMPLETE arrived (µs)."""
     sys.path.insert(0, str(ROOT))
-    from eslcdr.events import EVENT_TYPES, decode_event
-    from eslcdr.frames import Frame, FrameParser
+    from eslcdr.esl.events import EVENT_TYPES, decode_event
+    from eslcdr.esl.frames import Frame, FrameParser
 
     while not stop.is_set():
         try:

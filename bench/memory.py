@@ -46,10 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from eslcdr import config  # noqa: E402
-from eslcdr.daemon import Pipeline  # noqa: E402
-from eslcdr.events import JSON  # noqa: E402
+from eslcdr.service.daemon import Pipeline  # noqa: E402
+from eslcdr.esl.events import JSON  # noqa: E402
 from eslcdr.fakefs import GeneratedSource  # noqa: E402
-from eslcdr.frames import Frame  # noqa: E402
+from eslcdr.esl.frames import Frame  # noqa: E402
 
 JSON_HEADERS = {"Content-Type": JSON}
 

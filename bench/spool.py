@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from eslcdr import store  # noqa: E402
-from eslcdr.legs import GREGORIAN_OFFSET  # noqa: E402
-from eslcdr.spool import Spool  # noqa: E402
-from eslcdr.writer import Writer  # noqa: E402
+from eslcdr.ingest.legs import GREGORIAN_OFFSET  # noqa: E402
+from eslcdr.store.spool import Spool  # noqa: E402
+from eslcdr.store.writer import Writer  # noqa: E402
 from tests.test_api import leg  # noqa: E402
 
 

@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # ``eslcdr run`` does) and has the served child, the GET and the row count.
 from api import get, row_count, serve  # noqa: E402
 from eslcdr import config, store  # noqa: E402
-from eslcdr.legs import GREGORIAN_OFFSET  # noqa: E402
-from eslcdr.schema import RECORD_COLUMNS  # noqa: E402
+from eslcdr.ingest.legs import GREGORIAN_OFFSET  # noqa: E402
+from eslcdr.store.schema import RECORD_COLUMNS  # noqa: E402
 
 ACCOUNTS = ["4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d", "7e1f3a9b2c4d5e6f708192a3b4c5d6e7",
             "a1b2c3d4e5f60718293a4b5c6d7e8f90", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"]
@@ -238,10 +238,10 @@ def bench_api(args) -> None:
 
 def bench_ingest(args) -> None:
     """What the quality columns cost per leg: building and inserting."""
-    from eslcdr import cdr
-    from eslcdr.events import EVENT_TYPES, decode_event
-    from eslcdr.frames import FrameParser
-    from eslcdr.legs import FinishedLeg
+    from eslcdr.ingest import cdr
+    from eslcdr.esl.events import EVENT_TYPES, decode_event
+    from eslcdr.esl.frames import FrameParser
+    from eslcdr.ingest.legs import FinishedLeg
 
     data = Path(__file__).resolve().parent.parent / "tests" / "data"
     hangups = []

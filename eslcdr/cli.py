@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "demo":
-            from .demo import run_demo
+            from .service.demo import run_demo
 
             return run_demo(args)
         if args.command == "fakefs":
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args):
-    from . import config, logs
+    from . import config
+    from .service import logs
 
     cfg = config.load(args.config)
     logs.configure(cfg.log.level, cfg.log.format)
@@ -119,12 +120,12 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
-    from .daemon import Daemon
-    from .http import serve_api
+    from .service.daemon import Daemon
+    from .service.http import serve_api
 
     import sqlite3
 
-    from .tokens import TokenFileError
+    from .api.tokens import TokenFileError
 
     cfg = _load(args)
     try:
@@ -140,7 +141,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from .importer import import_paths
+    from .service.importer import import_paths
 
     cfg = _load(args)
     result = import_paths(cfg, args.paths)
@@ -149,7 +150,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_token_add(args) -> int:
-    from .tokens import add_token
+    from .api.tokens import add_token
 
     path = args.tokens_file
     if path is None:
@@ -169,7 +170,7 @@ def cmd_token_add(args) -> int:
 def cmd_collect(args) -> int:
     import psycopg
 
-    from . import logs
+    from .service import logs
     from .collector import config as collector_config
     from .collector.service import Collector
 
@@ -190,7 +191,7 @@ def cmd_collect(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .esl import RETRYABLE, AuthenticationError, NodeConnection
+    from .esl.client import RETRYABLE, AuthenticationError, NodeConnection
 
     cfg = _load(args)
     print("config %s: ok" % cfg.source)
@@ -212,7 +213,7 @@ def cmd_check(args) -> int:
     if not os.path.exists(tokens):
         print("tokens file %s: missing (the API will refuse every request)" % tokens)
     if cfg.backfill.json_cdr_dir:
-        from .backfill import folder_problem
+        from .service.backfill import folder_problem
 
         problem = folder_problem(cfg.backfill.json_cdr_dir)
         print("json_cdr_dir %s: %s" % (cfg.backfill.json_cdr_dir, problem or "readable"))

@@ -8,8 +8,8 @@ from typing import Iterator
 
 import pytest
 
-from eslcdr.events import EVENT_TYPES, decode_event
-from eslcdr.frames import Frame, FrameParser
+from eslcdr.esl.events import EVENT_TYPES, decode_event
+from eslcdr.esl.frames import Frame, FrameParser
 
 DATA = Path(__file__).parent / "data"
 # Every raw capture: the S set at the top, the J set (json_cdr/) and the F call flows (flows/).

@@ -162,7 +162,7 @@ def database_before(path: Path, migration: Callable) -> sqlite3.Connection:
     """A database file as an older eslcdr left it: every migration before
     ``migration`` applied (autocommit connection; close it before opening
     the file with store.connect_writer)."""
-    from eslcdr import schema
+    from eslcdr.store import schema
 
     conn = sqlite3.connect(str(path), isolation_level=None)
     for version, earlier in enumerate(schema.MIGRATIONS[: schema.MIGRATIONS.index(migration)]):

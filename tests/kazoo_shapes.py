@@ -1,5 +1,5 @@
 """Kazoo's row shapes written out, so the tests check eslcdr against Kazoo and
-not against eslcdr's own constants (eslcdr.kazoo.LIST_COLUMNS, ...).
+not against eslcdr's own constants (eslcdr.query.kazoo.LIST_COLUMNS, ...).
 
 Source: Kazoo 4.3's crossbar, applications/crossbar/src/modules/cb_cdrs.erl
 and applications/crossbar/src/crossbar.hrl (also DESIGN section 3.4).
@@ -7,7 +7,7 @@ and applications/crossbar/src/crossbar.hrl (also DESIGN section 3.4).
 
 from __future__ import annotations
 
-from eslcdr.schema import COLUMN_NAMES
+from eslcdr.store.schema import COLUMN_NAMES
 
 # cb_cdrs.erl ?COLUMNS: a row of GET /cdrs (and /users/{id}/cdrs), in this
 # order (DESIGN 3.4 "List rows (in this order)").

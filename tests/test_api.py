@@ -21,12 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from eslcdr import api, kazoo, store
+from eslcdr.api import app as api
+from eslcdr.query import kazoo
+from eslcdr.store import db as store
 from eslcdr.config import from_mapping
-from eslcdr.legs import GREGORIAN_OFFSET
-from eslcdr.queries import InlineRunner
-from eslcdr.schema import COLUMN_NAMES
-from eslcdr.tokens import TokenStore
+from eslcdr.ingest.legs import GREGORIAN_OFFSET
+from eslcdr.query.queries import InlineRunner
+from eslcdr.store.schema import COLUMN_NAMES
+from eslcdr.api.tokens import TokenStore
 
 from . import kazoo_shapes
 

@@ -17,9 +17,10 @@ from typing import Callable
 
 import pytest
 
-from eslcdr import api, store
+from eslcdr.api import app as api
+from eslcdr.store import db as store
 from eslcdr.config import from_mapping
-from eslcdr.tokens import TokenStore
+from eslcdr.api.tokens import TokenStore
 
 from .e2e import exchange, wait_until
 from .test_api import A, ACC_A, COLLECTOR, NOW_G, TOKENS, leg

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from eslcdr import backfill
-from eslcdr.importer import JsonCdrError, parse_json_cdr
+from eslcdr.service import backfill
+from eslcdr.service.importer import JsonCdrError, parse_json_cdr
 
 from .conftest import DATA
 

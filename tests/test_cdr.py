@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eslcdr import config
-from eslcdr.cdr import CdrBuilder, build_cdr, build_lost_cdr, should_record
-from eslcdr.legs import LegTracker
+from eslcdr.ingest.cdr import CdrBuilder, build_cdr, build_lost_cdr, should_record
+from eslcdr.ingest.legs import LegTracker
 
 from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
 
@@ -314,7 +314,7 @@ def dtmf_flood(events, count: int, digit: str = "5"):
 
 
 def test_a_dtmf_flood_stores_the_first_digits_and_counts_them_all(events_of):
-    from eslcdr.legs import MAX_DTMF_DIGITS
+    from eslcdr.ingest.legs import MAX_DTMF_DIGITS
 
     events, call_id = dtmf_flood(events_of("S1_json"), 72_000)
     tracker = LegTracker()
@@ -426,7 +426,7 @@ def test_restart_keeps_sip_links_within_account_and_window(events_of, tmp_path):
     # stored give the late end its call's id; after the restart, another
     # account's legs with the same Call-IDs, and the same account's an hour
     # later, still join nothing.
-    from eslcdr import store
+    from eslcdr.store import db as store
 
     events = same_call_ids_elsewhere(events_of("S3_json"), "", "acct-a")
     ends = [e for call in INTERACTIONS["S3_json"] for e in call]

@@ -11,13 +11,14 @@ import json
 import pytest
 import webtest
 
-from eslcdr import api, store
-from eslcdr.channels import LiveChannels
+from eslcdr.api import app as api
+from eslcdr.store import db as store
+from eslcdr.ingest.live import LiveChannels
 from eslcdr.config import from_mapping
-from eslcdr.esl import parse_channel_rows, parse_dump
-from eslcdr.legs import GREGORIAN_OFFSET, LegTracker
-from eslcdr.queries import InlineRunner
-from eslcdr.tokens import TokenStore
+from eslcdr.esl.client import parse_channel_rows, parse_dump
+from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
+from eslcdr.query.queries import InlineRunner
+from eslcdr.api.tokens import TokenStore
 
 ACC = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
 OTHER = "7e1f3a9b2c4d5e6f708192a3b4c5d6e7"

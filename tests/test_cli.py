@@ -149,9 +149,9 @@ def test_import_json_cdr_folders_idempotent(tmp_path):
 @pytest.mark.parametrize("run", ["J_plain", "J_json"])
 def test_import_matches_the_live_events_of_the_same_calls(tmp_path, run):
     from eslcdr import config
-    from eslcdr.importer import build_records, load_events
-    from eslcdr.legs import LegTracker
-    from eslcdr.cdr import build_cdr
+    from eslcdr.service.importer import build_records, load_events
+    from eslcdr.ingest.legs import LegTracker
+    from eslcdr.ingest.cdr import build_cdr
 
     cfg = config.from_mapping({"cdr": {"node_name": "vm"}})
     events, failed = load_events([JSON_CDR / run])

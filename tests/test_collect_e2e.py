@@ -22,9 +22,9 @@ import gevent.socket
 import psycopg
 import pytest
 
-from eslcdr import store
+from eslcdr.store import db as store
 from eslcdr.collector import pgschema
-from eslcdr.schema import COLUMN_NAMES, JSON_COLUMNS
+from eslcdr.store.schema import COLUMN_NAMES, JSON_COLUMNS
 
 from .e2e import ROOT, DaemonProcess, db_rows, read_log_events, write_config
 from .test_hostile_e2e import closed_by_server

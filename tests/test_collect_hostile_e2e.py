@@ -15,7 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eslcdr import queries, store
+from eslcdr.query import queries
+from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 
 from .e2e import ROOT

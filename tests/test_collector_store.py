@@ -9,11 +9,12 @@ import json
 import psycopg
 import pytest
 
-from eslcdr import queries, store
+from eslcdr.query import queries
+from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgstore import CursorMoved, FeedRecord, PgStore, Rejected
-from eslcdr.schema import COLUMN_NAMES
+from eslcdr.store.schema import COLUMN_NAMES
 
 from .test_api import G, leg
 

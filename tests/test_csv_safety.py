@@ -7,8 +7,8 @@ from __future__ import annotations
 import csv
 import io
 
-from eslcdr import kazoo
-from eslcdr.schema import COLUMN_NAMES
+from eslcdr.query import kazoo
+from eslcdr.store.schema import COLUMN_NAMES
 
 from . import kazoo_shapes
 from .test_api import ACC_A, NOW_G, env, interaction_id, leg  # noqa: F401 -- env is a fixture

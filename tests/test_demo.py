@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from eslcdr.demo import Rate, StatusLine
+from eslcdr.service.demo import Rate, StatusLine
 
 from .e2e import ROOT
 

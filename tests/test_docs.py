@@ -21,12 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eslcdr import api, store
+from eslcdr.api import app as api
+from eslcdr.store import db as store
 from eslcdr.cli import build_parser
 from eslcdr.collector import config as collector_config
 from eslcdr.config import DEFAULTS, from_mapping
-from eslcdr.queries import InlineRunner
-from eslcdr.schema import COLUMNS
+from eslcdr.query.queries import InlineRunner
+from eslcdr.store.schema import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -8,9 +8,10 @@ import gevent.server
 import pytest
 from greenswitch.esl import NotConnectedError
 
-from eslcdr import config, esl
+from eslcdr import config
+from eslcdr.esl import client as esl
 from eslcdr.backoff import backoff_delay
-from eslcdr.esl import (
+from eslcdr.esl.client import (
     AuthenticationError,
     CommandTimeout,
     EslClient,
@@ -18,7 +19,7 @@ from eslcdr.esl import (
     parse_channel_uuids,
 )
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
-from eslcdr.frames import FrameParser
+from eslcdr.esl.frames import FrameParser
 
 from .conftest import DATA, capture_events
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eslcdr.events import (
+from eslcdr.esl.events import (
     EventDecodeError,
     decode_event,
     decode_json,
@@ -17,7 +17,7 @@ from eslcdr.events import (
     encode_plain,
     event_name,
 )
-from eslcdr.frames import Frame
+from eslcdr.esl.frames import Frame
 
 from .conftest import SCENARIOS
 
@@ -193,9 +193,9 @@ def nul_free(value) -> bool:
 
 
 def records_of(events, decode):
-    from eslcdr.cdr import CdrBuilder
+    from eslcdr.ingest.cdr import CdrBuilder
     from eslcdr.config import from_mapping
-    from eslcdr.legs import LegTracker
+    from eslcdr.ingest.legs import LegTracker
 
     tracker, builder = LegTracker(), CdrBuilder(from_mapping({}).cdr, "fs1")
     records = []
@@ -207,8 +207,8 @@ def records_of(events, decode):
 
 
 def frame_decoders():
-    from eslcdr.events import JSON, PLAIN, EventDecoder
-    from eslcdr.legs import TRACKED_HEADERS
+    from eslcdr.esl.events import JSON, PLAIN, EventDecoder
+    from eslcdr.ingest.legs import TRACKED_HEADERS
 
     fast, reference = EventDecoder(TRACKED_HEADERS), EventDecoder(fast=False)
     return {
@@ -220,7 +220,7 @@ def frame_decoders():
 
 @pytest.mark.parametrize("path", ["plain", "json", "json-fast"])
 def test_nul_in_a_value_or_name_becomes_u_fffd_when_decoded(events_of, path):
-    from eslcdr.store import record_row
+    from eslcdr.store.db import record_row
 
     events = with_nuls(events_of("S1_json"))
     # The encoders write it as FreeSWITCH does: %00 in plain, \u0000 in JSON.
@@ -239,7 +239,7 @@ def test_nul_in_a_value_or_name_becomes_u_fffd_when_decoded(events_of, path):
 def test_nul_in_a_json_cdr_file_becomes_u_fffd(tmp_path):
     import json
 
-    from eslcdr.importer import parse_json_cdr
+    from eslcdr.service.importer import parse_json_cdr
 
     from .conftest import DATA
 
@@ -257,8 +257,8 @@ def test_postgresql_takes_the_record_of_a_value_that_held_nul(events_of, pg_dsn)
     # the replacement PostgreSQL refuses both (the control below).
     import psycopg
 
-    from eslcdr.schema import JSON_COLUMNS, RECORD_COLUMNS
-    from eslcdr.store import record_row
+    from eslcdr.store.schema import JSON_COLUMNS, RECORD_COLUMNS
+    from eslcdr.store.db import record_row
 
     events = with_nuls(events_of("S1_json"))
     records = records_of(events, frame_decoders()["plain"])

@@ -19,8 +19,8 @@ from gevent import socket
 from gevent.queue import Queue
 
 from eslcdr import fakefs
-from eslcdr.events import JSON, PLAIN, EventDecodeError, decode_event, event_name
-from eslcdr.frames import Frame, FrameParser, ProtocolError
+from eslcdr.esl.events import JSON, PLAIN, EventDecodeError, decode_event, event_name
+from eslcdr.esl.frames import Frame, FrameParser, ProtocolError
 
 DATA = Path(__file__).parent / "data"
 CAPTURE_LIST = (

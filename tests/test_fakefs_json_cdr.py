@@ -15,10 +15,10 @@ import gevent
 import pytest
 
 from eslcdr import config, fakefs
-from eslcdr.cdr import CdrBuilder
+from eslcdr.ingest.cdr import CdrBuilder
 from eslcdr.fakefs.json_cdr import json_cdr_document, json_cdr_filename
-from eslcdr.importer import json_cdr_to_event
-from eslcdr.legs import LegTracker
+from eslcdr.service.importer import json_cdr_to_event
+from eslcdr.ingest.legs import LegTracker
 
 from .conftest import DATA, capture_events
 from .test_fakefs import TIMEOUT, Client, capture_frames, raw_frame, serve  # noqa: F401 (fixture)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from eslcdr.events import JSON, PLAIN, decode_event
+from eslcdr.esl.events import JSON, PLAIN, decode_event
 from eslcdr.fakefs import GeneratedSource
 from eslcdr.fakefs.quality import MOS_LOW, mos_of
-from eslcdr.frames import Frame
+from eslcdr.esl.frames import Frame
 
 
 def hangups(calls: int = 400, seed: int = 3) -> list[dict]:

@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eslcdr import config
-from eslcdr.cdr import CdrBuilder, should_record
-from eslcdr.events import JSON, LIGHT_EVENTS, EventDecoder, decode_event, encode_json
-from eslcdr.frames import Frame
-from eslcdr.legs import TRACKED_HEADERS, LegTracker
+from eslcdr.ingest.cdr import CdrBuilder, should_record
+from eslcdr.esl.events import JSON, LIGHT_EVENTS, EventDecoder, decode_event, encode_json
+from eslcdr.esl.frames import Frame
+from eslcdr.ingest.legs import TRACKED_HEADERS, LegTracker
 
 from .conftest import CAPTURES, capture_frames
 

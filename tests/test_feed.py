@@ -11,9 +11,9 @@ import urllib.request
 import gevent
 import pytest
 
-from eslcdr import store
+from eslcdr.store import db as store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
-from eslcdr.writer import Writer
+from eslcdr.store.writer import Writer
 
 from .conftest import DATA
 from .e2e import DaemonProcess, db_rows, wait_rows, write_config

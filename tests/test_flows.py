@@ -20,9 +20,10 @@ import time
 
 import pytest
 
-from eslcdr import config, importer
+from eslcdr import config
+from eslcdr.service import importer
 from eslcdr.fakefs import FakeFreeSWITCH
-from eslcdr.legs import GREGORIAN_OFFSET, LegTracker
+from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
 
 from .conftest import DATA
 from .e2e import DaemonProcess, settle, wait_rows, write_config

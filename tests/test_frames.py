@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eslcdr.frames import MAX_BODY, Frame, FrameParser, ProtocolError
+from eslcdr.esl.frames import MAX_BODY, Frame, FrameParser, ProtocolError
 
 from .conftest import CAPTURES, capture_bytes, capture_frames
 

@@ -24,7 +24,7 @@ import gevent.socket
 import pytest
 
 from eslcdr.fakefs import FakeFreeSWITCH
-from eslcdr.tokens import add_token
+from eslcdr.api.tokens import add_token
 
 from .e2e import DaemonProcess, exchange, wait_until, write_config
 
@@ -289,7 +289,7 @@ def test_a_stalled_csv_reader_pins_no_snapshot_and_is_dropped(tmp_path, monkeypa
     """While a CSV reader stops reading, ~10,000 legs arrive: the WAL is
     checkpointed as usual (it stays small), every CDR is stored, and the
     reader is dropped after send_timeout."""
-    from eslcdr import store
+    from eslcdr.store import db as store
     from eslcdr.fakefs import GeneratedSource
 
     from .test_api import leg
@@ -389,7 +389,7 @@ def drain(sock: socket.socket) -> bytes:
 def test_a_statement_timeout_is_one_structured_line(start_daemon, tmp_path):
     """Errors raised in SQLite's worker threads come back as 503s and
     structured lines, never as gevent's raw "failed with ..." on stderr."""
-    from eslcdr import store
+    from eslcdr.store import db as store
 
     from .test_api import leg
 

@@ -113,7 +113,7 @@ def ingested(tmp_path_factory, pg_server):
 
 
 def test_a_dtmf_flood_is_stored_as_its_first_256_digits_and_logged(ingested):
-    from eslcdr.legs import MAX_DTMF_DIGITS
+    from eslcdr.ingest.legs import MAX_DTMF_DIGITS
 
     assert ingested.rows[ingested.dtmf_leg]["digits_dialed"] == "7" * MAX_DTMF_DIGITS == "7" * 256
     truncated = [e for e in ingested.daemon.log_events() if e["event"] == "dtmf_digits_truncated"]

@@ -69,7 +69,7 @@ def test_program_in_its_own_virtualenv(staged, tmp_path):
     assert "run" in help_text.stdout and "demo" in help_text.stdout
     # A real install, not an editable one pointing back at the source tree.
     where = subprocess.run(
-        [str(venv / "bin/python"), "-c", "import eslcdr, eslcdr.notify; print(eslcdr.__file__)"],
+        [str(venv / "bin/python"), "-c", "import eslcdr, eslcdr.service.notify; print(eslcdr.__file__)"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert where.returncode == 0, where.stderr
@@ -112,7 +112,7 @@ def test_config_files_and_modes(staged):
     assert "ESLCDR_ESL_PASSWORD" in (etc / "environment").read_text()
     assert mode(etc / "collector.environment") == 0o600
     # The installed tokens file parses (comments only: no token yet).
-    from eslcdr.tokens import load_tokens
+    from eslcdr.api.tokens import load_tokens
 
     assert load_tokens(etc / "tokens") == ()
     sysusers = root / "usr/lib/sysusers.d/eslcdr.conf"

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eslcdr import config
-from eslcdr.cdr import CdrBuilder
-from eslcdr.legs import GREGORIAN_OFFSET, LegTracker
+from eslcdr.ingest.cdr import CdrBuilder
+from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
 
 from .test_api import ACC_A, NOW_G, Env, leg
 

@@ -18,11 +18,11 @@ import webtest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eslcdr import api
+from eslcdr.api import app as api
 from eslcdr.config import from_mapping
-from eslcdr.queries import InlineRunner
-from eslcdr.sessions import SessionStore
-from eslcdr.tokens import TokenStore
+from eslcdr.query.queries import InlineRunner
+from eslcdr.api.sessions import SessionStore
+from eslcdr.api.tokens import TokenStore
 
 from . import kazoo_shapes
 from .test_api import A, ACC_A, ACC_B, COLLECTOR, NOW, NOW_G, TOKENS, Env, interaction_id, leg
@@ -126,7 +126,7 @@ def test_sessions_expire_and_follow_the_tokens_file(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("token-a %s\ntoken-b %s\n" % (ACC_A, ACC_B))
     config = from_mapping({"store": {"path": str(tmp_path / "c.db")}, "api": {"tokens_file": str(tokens)}})
-    from eslcdr import store
+    from eslcdr.store import db as store
     store.connect_writer(tmp_path / "c.db").close()
     sessions = SessionStore(60, clock=lambda: now[0])
     web = webtest.TestApp(api.create_app(config, tokens=TokenStore(tokens, check_interval=0, settle=0), runner=InlineRunner(),

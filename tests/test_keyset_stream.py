@@ -8,8 +8,8 @@ import dataclasses
 
 import pytest
 
-from eslcdr import store
-from eslcdr.queries import (
+from eslcdr.store import db as store
+from eslcdr.query.queries import (
     KIND_CDRS,
     KIND_INTERACTIONS,
     FeedQuery,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from eslcdr import config
 from eslcdr.fakefs import GeneratedSource
-from eslcdr.legs import LegTracker
+from eslcdr.ingest.legs import LegTracker
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 

@@ -20,10 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eslcdr import kazoo, list_csv, queries, store
-from eslcdr.legs import GREGORIAN_OFFSET
-from eslcdr.list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv_reference
-from eslcdr.queries import (
+from eslcdr.query import kazoo
+from eslcdr.query import list_csv
+from eslcdr.query import queries
+from eslcdr.store import db as store
+from eslcdr.ingest.legs import GREGORIAN_OFFSET
+from eslcdr.query.list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv_reference
+from eslcdr.query.queries import (
     KIND_CDRS,
     KIND_INTERACTIONS,
     LIST_ROW_WIDTH,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from eslcdr.daemon import Daemon
-from eslcdr.monitor import Monitor, Summary, status_text, unhealthy_reason
+from eslcdr.service.daemon import Daemon
+from eslcdr.service.monitor import Monitor, Summary, status_text, unhealthy_reason
 
 
 @dataclass
@@ -172,9 +172,9 @@ def full_daemon(tmp_path, degraded: bool = False):
     import gevent.event
 
     from eslcdr.config import from_mapping
-    from eslcdr.daemon import Daemon
-    from eslcdr.notify import Notifier
-    from eslcdr.retention import Retention
+    from eslcdr.service.daemon import Daemon
+    from eslcdr.service.notify import Notifier
+    from eslcdr.store.retention import Retention
 
     config = from_mapping({"esl": {"host": "127.0.0.1"},
                            "store": {"path": str(tmp_path / "c.db"), "retention_days": "30"},
@@ -318,7 +318,7 @@ eslcdr_feed_unpulled_rows_max 2.0
 def test_metrics_show_every_figure(tmp_path):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from eslcdr.metrics import DaemonCollector
+    from eslcdr.service.metrics import DaemonCollector
 
     daemon = full_daemon(tmp_path, degraded=True)
     registry = CollectorRegistry()
@@ -332,7 +332,7 @@ def test_metrics_show_every_figure(tmp_path):
 
 
 def test_the_status_is_a_frozen_snapshot_every_view_reads(tmp_path):
-    from eslcdr.demo import line_text
+    from eslcdr.service.demo import line_text
 
     daemon = full_daemon(tmp_path, degraded=True)
     status = daemon.status()

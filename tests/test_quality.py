@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from eslcdr import config, importer, schema, store
-from eslcdr.cdr import CdrBuilder
-from eslcdr.legs import FinishedLeg, LegTracker
+from eslcdr import config
+from eslcdr.service import importer
+from eslcdr.store import schema
+from eslcdr.store import db as store
+from eslcdr.ingest.cdr import CdrBuilder
+from eslcdr.ingest.legs import FinishedLeg, LegTracker
 
 from .conftest import CAPTURES, DATA
 from .e2e import database_before

@@ -12,10 +12,11 @@ import uuid
 
 import pytest
 
-from eslcdr import kazoo, store
+from eslcdr.query import kazoo
+from eslcdr.store import db as store
 from eslcdr.config import from_mapping
-from eslcdr.legs import GREGORIAN_OFFSET
-from eslcdr.queries import (
+from eslcdr.ingest.legs import GREGORIAN_OFFSET
+from eslcdr.query.queries import (
     KIND_CDRS,
     KIND_INTERACTIONS,
     Cursor,

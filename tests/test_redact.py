@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eslcdr.redact import REDACTED, Redactor, candidates, presented_in_environ, scrub, secret_name
+from eslcdr.web.redact import REDACTED, Redactor, candidates, presented_in_environ, scrub, secret_name
 
 TOKEN = "Zq3_vK9-xYt2LmN0pQr5sTu7wXy1aBc3dEf5gHi7jKl"  # token_urlsafe(32) shape
 
@@ -61,9 +61,9 @@ def test_an_unexpected_exception_logs_its_type_and_frames_never_its_text(tmp_pat
 
     import structlog
 
-    from eslcdr import api
+    from eslcdr.api import app as api
     from eslcdr.config import from_mapping
-    from eslcdr.queries import InlineRunner
+    from eslcdr.query.queries import InlineRunner
 
     tokens = tmp_path / "tokens"
     tokens.write_text("")

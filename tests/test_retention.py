@@ -12,12 +12,12 @@ import urllib.request
 import gevent
 import pytest
 
-from eslcdr import store
+from eslcdr.store import db as store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
-from eslcdr.legs import GREGORIAN_OFFSET as G
-from eslcdr.tokens import TokenStore
-from eslcdr import writer as writer_module
-from eslcdr.writer import Writer
+from eslcdr.ingest.legs import GREGORIAN_OFFSET as G
+from eslcdr.api.tokens import TokenStore
+from eslcdr.store import writer as writer_module
+from eslcdr.store.writer import Writer
 
 from .conftest import DATA
 from .e2e import DaemonProcess, db_rows, wait_until, write_config

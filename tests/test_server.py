@@ -17,7 +17,7 @@ import gevent.socket
 import pytest
 from gevent import pywsgi
 
-from eslcdr import server as srv
+from eslcdr.web import server as srv
 from eslcdr.config import ServerLimits
 
 

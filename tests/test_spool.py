@@ -14,10 +14,10 @@ import gevent
 import structlog
 from structlog.testing import capture_logs
 
-from eslcdr import store
+from eslcdr.store import db as store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
-from eslcdr.spool import Spool
-from eslcdr.writer import Writer
+from eslcdr.store.spool import Spool
+from eslcdr.store.writer import Writer
 
 from .conftest import DATA
 from .e2e import DaemonProcess, db_rows, wait_rows, wait_until, write_config

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from eslcdr.stats import CSV_COLUMNS, KPI_FIELDS, nearest_rank
+from eslcdr.query.stats import CSV_COLUMNS, KPI_FIELDS, nearest_rank
 
 from .test_api import ACC_A, ACC_B, COLLECTOR, B, Env, NOW_G, assert_error, leg
 
@@ -366,7 +366,7 @@ def random_legs(rng, n: int, base: int) -> list[dict]:
 def test_rollups_give_the_figures_of_the_legs_through_inserts_rewrites_and_deletes(tmp_path):
     import random
 
-    from eslcdr.stats import StatsQuery, read_stats
+    from eslcdr.query.stats import StatsQuery, read_stats
 
     rng = random.Random(5)
     base = H0 - 2 * 86400
@@ -374,7 +374,7 @@ def test_rollups_give_the_figures_of_the_legs_through_inserts_rewrites_and_delet
     legs = random_legs(rng, 600, base)
     store_insert(conn, legs)
     # Rewrites (REPLACE: what merges and backfill do), updates by hand, deletes (retention).
-    from eslcdr import store
+    from eslcdr.store import db as store
 
     conn.execute("BEGIN")
     store.replace_records(conn, [dict(r, hangup_cause="USER_BUSY", answered_us=0, pdd_ms=777)
@@ -416,8 +416,9 @@ def assert_same_stats(fast: dict, slow: dict) -> None:
 def test_upgrade_fills_the_rollups_from_the_rows_already_there(tmp_path):
     import random
 
-    from eslcdr import schema, store
-    from eslcdr.stats import StatsQuery, read_stats
+    from eslcdr.store import schema
+    from eslcdr.store import db as store
+    from eslcdr.query.stats import StatsQuery, read_stats
 
     from .e2e import database_before
 
@@ -439,13 +440,13 @@ def test_upgrade_fills_the_rollups_from_the_rows_already_there(tmp_path):
 
 
 def store_writer(path):
-    from eslcdr import store
+    from eslcdr.store import db as store
 
     return store.connect_writer(path)
 
 
 def store_insert(conn, records):
-    from eslcdr import store
+    from eslcdr.store import db as store
 
     store.insert_records(conn, records)
 
@@ -456,8 +457,8 @@ def test_rollups_stay_exact_when_a_batch_merges_rows_it_just_inserted(tmp_path):
     # delete trigger fires), so the roll-up must already hold them by then.
     import random
 
-    from eslcdr import store
-    from eslcdr.stats import StatsQuery, read_stats
+    from eslcdr.store import db as store
+    from eslcdr.query.stats import StatsQuery, read_stats
 
     rng = random.Random(12)
     base = H0 - 86400

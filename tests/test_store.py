@@ -7,9 +7,9 @@ import sqlite3
 import gevent
 import pytest
 
-from eslcdr import schema
-from eslcdr.store import connect_reader, connect_writer, insert_records, recent_interaction_links
-from eslcdr.writer import Writer
+from eslcdr.store import schema
+from eslcdr.store.db import connect_reader, connect_writer, insert_records, recent_interaction_links
+from eslcdr.store.writer import Writer
 
 from .e2e import database_before, wait_until
 

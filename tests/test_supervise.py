@@ -11,7 +11,7 @@ import gevent.event
 import pytest
 import structlog.testing
 
-from eslcdr import backfill
+from eslcdr.service import backfill
 from eslcdr.supervise import in_thread, spawn_in_thread, spawn_supervised
 
 

@@ -28,7 +28,7 @@ import gevent.socket
 import pytest
 
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
-from eslcdr.notify import Notifier, socket_address, watchdog_interval
+from eslcdr.service.notify import Notifier, socket_address, watchdog_interval
 
 from .e2e import ROOT, DaemonProcess, db_rows, settle, wait_rows
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from eslcdr.tokens import (
+from eslcdr.api.tokens import (
     COLLECTOR,
     TOKENS_SETTLE_SECONDS,
     TokenFileError,
@@ -256,7 +256,7 @@ def test_eslcdr_run_rides_out_a_tokens_file_edit_and_applies_a_deliberate_one(tm
 
     import gevent
 
-    from eslcdr import store
+    from eslcdr.store import db as store
     from eslcdr.fakefs import FakeFreeSWITCH
 
     from .e2e import DaemonProcess, db_rows, write_config

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import webtest
 
-from eslcdr import api, store
+from eslcdr.api import app as api
+from eslcdr.store import db as store
 from eslcdr.config import from_mapping
-from eslcdr.queries import InlineRunner
-from eslcdr.tokens import TokenStore
-from eslcdr.webpage import STATIC
+from eslcdr.query.queries import InlineRunner
+from eslcdr.api.tokens import TokenStore
+from eslcdr.api.webpage import STATIC
 
 
 @pytest.fixture

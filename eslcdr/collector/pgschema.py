@@ -1,6 +1,6 @@
 """The collector's PostgreSQL schema: tables, monthly partitions, migrations.
 
-``cdrs`` has every column of the SQLite table (``eslcdr.schema.COLUMNS``):
+``cdrs`` has every column of the SQLite table (``eslcdr.store.schema.COLUMNS``):
 INTEGER -> ``bigint``, REAL -> ``double precision``, TEXT -> ``text``, the
 JSON columns -> ``jsonb``, ``fax_success`` -> ``boolean`` (the feed sends it
 as one).  ``seq`` is the row's seq on its media server.  Beside them:
@@ -58,7 +58,7 @@ from typing import Iterable
 import psycopg
 from psycopg import sql
 
-from ..schema import COLUMNS, JSON_COLUMNS
+from ..store.schema import COLUMNS, JSON_COLUMNS
 
 UTC = dt.timezone.utc
 # Advisory lock keys (arbitrary, fixed): migrations, partition creation.

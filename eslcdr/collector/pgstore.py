@@ -44,7 +44,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from ..legs import GREGORIAN_OFFSET
+from ..ingest.legs import GREGORIAN_OFFSET
 from .pgschema import UTC, create_partitions_for, existing_partitions, month_start, partition_name, sqlite_columns
 
 # PostgreSQL refuses values in these ways; anything else (connection lost,

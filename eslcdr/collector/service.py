@@ -29,8 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
-from ..notify import Notifier
-from ..server import make_server
+from ..service.notify import Notifier
+from ..web.server import make_server
 from ..supervise import spawn_supervised
 from . import pgschema
 from .config import CollectorConfig

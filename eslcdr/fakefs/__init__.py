@@ -16,7 +16,7 @@ other UUID, times (``Event-Date-*``, ``*-Time``, ``*_epoch``, ``*_uepoch``,
 ``*_stamp``), ``Event-Sequence``, ``Core-UUID``, the host name, and for
 generated calls the caller's number and name, the call durations and the
 Kazoo variables added to them (``ecallmgr_Account-ID`` ...).  Each
-template is encoded once per format with :func:`eslcdr.events.encode_plain` /
+template is encoded once per format with :func:`eslcdr.esl.events.encode_plain` /
 ``encode_json`` and split at the slots, so sending an event only joins bytes:
 the stand-in must stay much faster than the daemon it feeds.
 

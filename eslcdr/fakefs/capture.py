@@ -1,7 +1,7 @@
 """Reading raw Event Socket captures into header pairs.
 
 A capture is the bytes a client received from FreeSWITCH.  The project's own
-sans-IO :class:`~eslcdr.frames.FrameParser` cuts it into frames; every event
+sans-IO :class:`~eslcdr.esl.frames.FrameParser` cuts it into frames; every event
 frame (``text/event-plain`` or ``text/event-json``) becomes its headers *in
 wire order, duplicates kept* (``decode_event`` gives a dict where the last
 duplicate wins; the stand-in must send events exactly as FreeSWITCH did) and
@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Union
 
-from ..events import JSON, PLAIN, EventDecodeError, plain_header_pairs
-from ..frames import Frame, FrameParser, ProtocolError
+from ..esl.events import JSON, PLAIN, EventDecodeError, plain_header_pairs
+from ..esl.frames import Frame, FrameParser, ProtocolError
 
 Pairs = tuple[tuple[str, str], ...]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import gevent
 from gevent.event import Event as GeventEvent
 
-from ..events import EventDecodeError
+from ..esl.events import EventDecodeError
 from .generated import DEFAULT_ACCOUNTS, GeneratedSource
 from .listener import MAX_QUEUE_LEN
 from .replay import ReplaySource

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Iterable, Iterator
 
-from ..legs import gregorian_seconds
+from ..ingest.legs import gregorian_seconds
 from .capture import Pairs
 from .quality import draw_quality, rtp_finder, rtp_legs
 from .templates import (

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import gevent
 
-from ..events import Event, percent_encode
+from ..esl.events import Event, percent_encode
 
 _TIMES = (
     ("created_time", "Caller-Channel-Created-Time"),

@@ -26,7 +26,7 @@ from gevent.event import Event as GeventEvent
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
-from ..events import JSON, PLAIN
+from ..esl.events import JSON, PLAIN
 from .templates import Emission
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator, Union
 
-from ..events import Event
+from ..esl.events import Event
 from .capture import read_capture
 from .templates import Context, Emission, compile_template, find_ids, find_times
 

@@ -54,7 +54,7 @@ import gevent
 from gevent.event import Event as GeventEvent
 from gevent.server import StreamServer
 
-from ..events import EventDecodeError
+from ..esl.events import EventDecodeError
 from .channels import ChannelTable, channels_delim, channels_json, dump_json, dump_text
 from .generated import GeneratedSource
 from .json_cdr import JsonCdrWriter

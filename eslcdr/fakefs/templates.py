@@ -8,7 +8,7 @@ every other UUID, times (``Event-Date-*``, ``*-Time``, ``*_epoch``,
 and for generated calls the caller's number and name, the call durations and
 the Kazoo variables added to them (``ecallmgr_Account-ID`` ...).  *Finders*
 say where the slots are; :func:`compile_template` cuts them out, encodes the marked
-event once per format with :func:`eslcdr.events.encode_plain` /
+event once per format with :func:`eslcdr.esl.events.encode_plain` /
 ``encode_json`` and splits the bytes at the slot markers.
 
 A :class:`Context` (one replay repetition, or one generated call) says how to
@@ -30,8 +30,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Callable, Iterable, Union
 
-from ..events import JSON, PLAIN, Event, decode_event, encode_json, encode_plain
-from ..frames import Frame
+from ..esl.events import JSON, PLAIN, Event, decode_event, encode_json, encode_plain
+from ..esl.frames import Frame
 from .capture import UUID_RE, Pairs
 
 # Slot kinds.  A slot is (kind, original text, reference time in µs).
@@ -191,7 +191,7 @@ def _encode_pairs(
     """Encode header pairs as FreeSWITCH does, duplicates included.
 
     Each header goes through the project's own encoders, so the stand-in
-    quotes exactly as ``eslcdr.events`` expects.  ``body`` may hold slot
+    quotes exactly as ``eslcdr.esl.events`` expects.  ``body`` may hold slot
     markers: ``body_length`` is the real one.
     """
     if ctype == PLAIN:

@@ -14,7 +14,7 @@ duplicate HANGUP_COMPLETE, a replayed capture, a re-imported json_cdr file)
 keeps its first row and its ``seq``, so the collector never sees it twice.
 A row whose content changes is never UPDATEd in place: ``rewrite_rows`` and
 ``replace_records`` delete and insert it again, so it takes a new ``seq``
-and the feed delivers the new version (DESIGN §3.4).  Collector
+and the feed delivers the new version (docs/api.md).  Collector
 acknowledgements (``collector_acks``) are written in the same transactions.
 """
 
@@ -81,7 +81,7 @@ def _insert_many(conn: sqlite3.Connection, prefix: str, suffix: str, width: int,
 
 
 _ROLLUP_MINUTES_SQL, _ROLLUP_PDD_SQL = rollup_insert_statements()
-# The random id minted when the file was created (DESIGN §3.4 db_id).
+# The random id minted when the file was created (docs/api.md, the feed's db_id).
 DB_ID_SQL = "SELECT value FROM meta WHERE key = 'db_id'"
 # The newest seq handed out (AUTOINCREMENT's counter), 0 before any: a
 # collector's lag in rows is this minus its cursor.
@@ -93,7 +93,7 @@ def _last_seq(conn: sqlite3.Connection) -> int:
 
 
 def _roll_up_after(conn: sqlite3.Connection, seq: int) -> None:
-    """Add the rows written after ``seq`` to the KPI roll-ups (schema.py):
+    """Add the rows written after ``seq`` to the KPI roll-ups (store/schema.py):
     every statement that writes cdrs rows is followed by this, before any
     later statement can rewrite or delete those rows (whose delete trigger
     takes them out again)."""
@@ -102,7 +102,7 @@ def _roll_up_after(conn: sqlite3.Connection, seq: int) -> None:
 
 
 # The database holds every caller's numbers: readable by its owner only, as
-# the spool (spool.py).  SQLite creates the -wal and -shm (and -journal)
+# the spool (store/spool.py).  SQLite creates the -wal and -shm (and -journal)
 # files with the mode of the database file, so they follow it.
 DB_FILE_MODE = 0o600
 # An existing file keeps a group read bit an operator gave it (a reporting
@@ -153,7 +153,7 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
     # REPLACE (row rewrites) deletes the old row: with recursive triggers
-    # that delete fires the KPI roll-up trigger too (schema.py).
+    # that delete fires the KPI roll-up trigger too (store/schema.py).
     conn.execute("PRAGMA recursive_triggers=ON")
     # The WAL is reused, not shrunk, after a checkpoint: cap what it keeps
     # after a burst (e.g. a retention run).
@@ -384,7 +384,7 @@ def insert_records(
 
 
 def database_id(conn: sqlite3.Connection) -> str:
-    """The random id minted when the file was created (DESIGN §3.4 db_id)."""
+    """The random id minted when the file was created (docs/api.md, the feed's db_id)."""
     return conn.execute(DB_ID_SQL).fetchone()[0]
 
 

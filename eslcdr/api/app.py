@@ -1,7 +1,7 @@
 """The HTTP API: Kazoo v2 compatible CDR routes, the collector feed, health, metrics.
 
 ``create_app(config, health=..., registry=...)`` builds everything (no module
-state): a Bottle app with the routes of DESIGN §3.4, wrapped in a small WSGI
+state): a Bottle app with the routes of docs/api.md, wrapped in a small WSGI
 layer that assigns the request id, strips a trailing slash and records
 Prometheus metrics.  ``make_server`` serves it with gevent's WSGIServer and a
 handler that answers even malformed HTTP (too-long request line, bad request)
@@ -47,10 +47,12 @@ import orjson
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from . import __version__, kazoo, webpage
-from .channels import ChannelsFn, no_channels
-from .config import Config
-from .queries import (
+from .. import __version__
+from ..query import kazoo
+from . import webpage
+from ..ingest.live import ChannelsFn, no_channels
+from ..config import Config
+from ..query.queries import (
     KIND_CDRS,
     KIND_INTERACTIONS,
     DatastoreError,
@@ -75,12 +77,12 @@ from .queries import (
     unpack_rows,
     warm_sql,
 )
-from .list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv
-from .redact import Redactor, presented_in_environ
-from .schema import COLUMN_NAMES
-from .store import DB_ID_SQL, LAST_SEQ_SQL, record_ack
-from .stats import WORST_COLUMNS, paced_chunks, parse_stats_query, parse_worst_query, run_stats, worst_sql
-from .stats import csv_text as stats_csv
+from ..query.list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv
+from ..web.redact import Redactor, presented_in_environ
+from ..store.schema import COLUMN_NAMES
+from ..store.db import DB_ID_SQL, LAST_SEQ_SQL, record_ack
+from ..query.stats import WORST_COLUMNS, paced_chunks, parse_stats_query, parse_worst_query, run_stats, worst_sql
+from ..query.stats import csv_text as stats_csv
 from .sessions import SessionStore
 from .tokens import COLLECTOR, TokenStore, digest, token_key
 
@@ -704,7 +706,7 @@ class _Routes:
         return self.json_body(stream, _records_json)
 
     def stats(self, account_id: str, user_id: str | None = None) -> Any:
-        """KPIs per time bucket (stats.py): JSON, or the buckets as CSV.
+        """KPIs per time bucket (query/stats.py): JSON, or the buckets as CSV.
 
         Through the heavy lane (`max_range` by minute is 44,701 buckets: its
         statements read the whole range, and adding up and rendering the
@@ -749,7 +751,7 @@ class _Routes:
         ndjson = self.wants(params, ("application/x-ndjson",), "ndjson")
         query = parse_feed_query(params, streamed=ndjson)
         # Pulling with after=N says "I have stored every seq <= N": the
-        # acknowledgement retention waits for (DESIGN §3.5).  Keyed by the
+        # acknowledgement retention waits for (docs/database.md).  Keyed by the
         # token's sha256, never the token.
         # A collector logged in through api_auth acknowledges as its API key.
         token = self.presented_token(params) or ""
@@ -969,6 +971,6 @@ def _direct_ack(path: str) -> AckFn:
 
 def make_server(app: Callable, host: str, port: int, **kwargs: Any) -> "WSGIServer":
     """``server.make_server``: the app on gevent.pywsgi, bounded and redacting."""
-    from .server import make_server as make  # imports gevent.pywsgi: only when serving
+    from ..web.server import make_server as make  # imports gevent.pywsgi: only when serving
 
     return make(app, host, port, **kwargs)

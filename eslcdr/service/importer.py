@@ -19,11 +19,11 @@ from urllib.parse import unquote
 
 import structlog
 
-from .cdr import CdrBuilder, should_record
-from .config import Config
-from .events import Event, json_may_hold_nul, without_nul
-from .legs import FinishedLeg, LegTracker
-from .store import connect_writer, insert_records, recent_interaction_links, recent_interaction_starts
+from ..ingest.cdr import CdrBuilder, should_record
+from ..config import Config
+from ..esl.events import Event, json_may_hold_nul, without_nul
+from ..ingest.legs import FinishedLeg, LegTracker
+from ..store.db import connect_writer, insert_records, recent_interaction_links, recent_interaction_starts
 
 log = structlog.get_logger(__name__)
 
@@ -164,7 +164,7 @@ def parse_json_cdr(raw: bytes) -> tuple[Event, bool]:
         raise JsonCdrError("not a JSON object")
     event = json_cdr_to_event(data)
     # NUL as the JSON escape, or percent-encoded (encode-values): replaced
-    # as the ESL decoders do (events.py).
+    # as the ESL decoders do (esl/events.py).
     if json_may_hold_nul(raw) or b"%00" in raw:
         event = without_nul(event)
     return event, replaced

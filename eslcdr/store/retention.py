@@ -1,12 +1,12 @@
-"""Retention and storage figures (DESIGN §3.5).
+"""Retention and storage figures (docs/database.md).
 
 Once at start and every ``[store] retention_check_interval`` seconds (at
 most a minute) the ``Retention`` greenlet:
 
-1. asks the daemon's ``TokenStore`` for the ``*`` tokens in force: the
+1. asks the daemon's ``TokenStore`` (as ``CollectorScopes``) for the ``*`` tokens in force: the
    possible collectors (a token removed from the file holds nothing back
    once the removal applies; a file caught half-written or emptied during
-   an edit keeps the previous set, see tokens.py; a file that cannot be
+   an edit keeps the previous set, see eslcdr/api/tokens.py; a file that cannot be
    read skips the deletion, never guesses);
 2. when ``retention_days`` > 0, asks the writer to delete rows hung up more
    than that many days ago that every registered collector (a current ``*``
@@ -21,21 +21,30 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import gevent.event
 import structlog
 
-from .config import Config
-from .legs import GREGORIAN_OFFSET
-from .store import connect_reader, storage_stats
-from .supervise import in_thread
-from .tokens import TokenStore
+from ..config import Config
+from ..ingest.legs import GREGORIAN_OFFSET
+from .db import connect_reader, storage_stats
+from ..supervise import in_thread
 from .writer import Writer
 
 log = structlog.get_logger(__name__)
 
 DAY = 86_400
+
+
+class CollectorScopes(Protocol):
+    """What retention needs of the credentials (the API's ``TokenStore``
+    provides it; the store does not import the API)."""
+
+    @property
+    def error(self) -> str | None: ...
+
+    def collector_keys(self) -> frozenset[str] | None: ...
 
 
 class Retention:
@@ -44,7 +53,7 @@ class Retention:
         config: Config,
         writer: Writer,
         stop: gevent.event.Event,
-        tokens: TokenStore,
+        tokens: CollectorScopes,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = config.store

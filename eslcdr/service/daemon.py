@@ -1,7 +1,7 @@
 """``eslcdr run``: wires the stages together and supervises them.
 
-socket -> decode (esl.py) -> legs (legs.py) -> CDR (cdr.py) -> writer
-(writer.py) -> SQLite <- queries <- HTTP (api.py).
+socket -> decode (esl/client.py) -> legs (ingest/legs.py) -> CDR (ingest/cdr.py) -> writer
+(store/writer.py) -> SQLite <- queries <- HTTP (api/app.py).
 
 Each FreeSWITCH node has its own connection and leg tracker; every node
 feeds the one writer.  The per-event path (``Pipeline.on_event``) is pure
@@ -13,8 +13,8 @@ the greenlet restarted after a backoff.  Signal handlers only set an event;
 shutdown is a bounded sequence: stop accepting HTTP, close the Event
 Sockets, drain the writer, close the database.  SIGHUP re-reads the tokens
 file and the ``[log] level`` (in the "reload" greenlet).  Under systemd the
-daemon speaks the notify protocol (notify.py): READY=1 once the database is
-open and the API listens, STATUS=/WATCHDOG=1 from the monitor (monitor.py),
+daemon speaks the notify protocol (service/notify.py): READY=1 once the database is
+open and the API listens, STATUS=/WATCHDOG=1 from the monitor (service/monitor.py),
 RELOADING=1 around a reload and STOPPING=1 when the shutdown starts.
 """
 
@@ -29,23 +29,24 @@ import gevent
 import gevent.event
 import structlog
 
-from . import __version__, logs
+from .. import __version__
+from . import logs
 from .backfill import Backfill
-from .cdr import CdrBuilder, build_lost_cdr, should_record
-from .config import Config, ConfigError, EslNode
-from .config import load as load_config
-from .esl import NodeConnection
-from .events import Event, EventDecoder
-from .legs import MAX_DTMF_DIGITS, FinishedLeg, LegTracker
+from ..ingest.cdr import CdrBuilder, build_lost_cdr, should_record
+from ..config import Config, ConfigError, EslNode
+from ..config import load as load_config
+from ..esl.client import NodeConnection
+from ..esl.events import Event, EventDecoder
+from ..ingest.legs import MAX_DTMF_DIGITS, FinishedLeg, LegTracker
 from .monitor import Monitor, status_text
 from .notify import Notifier
-from .retention import Retention
-from .spool import Spool
+from ..store.retention import Retention
+from ..store.spool import Spool
 from .status import DaemonStatus, NodeStatus, WriterStatus
-from .supervise import spawn_supervised
-from .store import connect_writer, recent_interaction_links, recent_interaction_starts
-from .tokens import TokenStore
-from .writer import Writer
+from ..supervise import spawn_supervised
+from ..store.db import connect_writer, recent_interaction_links, recent_interaction_starts
+from ..api.tokens import TokenStore
+from ..store.writer import Writer
 
 log = structlog.get_logger(__name__)
 

@@ -3,8 +3,8 @@
 ``Daemon.status()`` builds a ``DaemonStatus`` from the counters of its
 objects (connections, pipelines, writer, retention, backfill); everything
 that shows them reads the snapshot, never the objects: ``/health``
-(``DaemonStatus.health``), Prometheus (metrics.py), systemd's ``STATUS=``
-and the summary log line (monitor.py), the demo's status line (demo.py).
+(``DaemonStatus.health``), Prometheus (service/metrics.py), systemd's ``STATUS=``
+and the summary log line (service/monitor.py), the demo's status line (service/demo.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .legs import GREGORIAN_OFFSET
+from ..ingest.legs import GREGORIAN_OFFSET
 
 
 class DaemonCollector:

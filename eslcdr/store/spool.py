@@ -1,4 +1,4 @@
-"""The spool: CDRs that SQLite cannot take yet, on disk (DESIGN §3.5).
+"""The spool: CDRs that SQLite cannot take yet, on disk (docs/database.md).
 
 An append-only file of JSON lines, one CDR record per line, each append
 fsynced before it returns.  The writer appends when its in-memory backlog

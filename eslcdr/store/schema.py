@@ -1,6 +1,6 @@
 """The ``cdrs`` table: columns, indexes and versioned migrations.
 
-The column list is the contract of DESIGN §3.3: one row per call leg, columns
+The column list is the contract of docs/database.md: one row per call leg, columns
 named as the CDR fields.  ``MIGRATIONS`` is an ordered list; ``migrate()``
 applies the ones a database has not seen yet (``PRAGMA user_version`` holds
 the count applied), each in its own transaction, so an old file is upgraded
@@ -74,7 +74,7 @@ BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("remote_sdp", "TEXT", "SDP FreeSWITCH received"),
 )
 
-# Call quality (DESIGN §3.7), added by _add_quality_columns.  NULL when
+# Call quality (docs/api.md), added by _add_quality_columns.  NULL when
 # FreeSWITCH did not report the variable (loopback legs, legs without SDP);
 # rows written before the migration keep NULL.
 QUALITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -257,9 +257,9 @@ def _add_interaction_created(conn: sqlite3.Connection) -> None:
     _create_interaction_start_indexes(conn, interaction_start())
 
 
-# Roll-ups for the KPIs of busy accounts (stats.py), kept exact through
+# Roll-ups for the KPIs of busy accounts (query/stats.py), kept exact through
 # every way a row comes and goes: eslcdr's inserts and REPLACE rewrites add
-# their new rows once per batch (store.py, rollup_insert_statements; until
+# their new rows once per batch (store/db.py, rollup_insert_statements; until
 # schema version 8 an insert trigger did it per row), and triggers take out
 # the rows that go -- REPLACE's implicit delete (the writer connection
 # enables recursive_triggers so it fires), retention's deletes, a person's
@@ -354,7 +354,7 @@ def _add_stats_rollups(conn: sqlite3.Connection) -> None:
 def rollup_insert_statements() -> tuple[str, str]:
     """Statements adding the rows with ``seq > ?`` to the roll-ups (what the
     insert trigger did a row at a time): the writer runs them once per batch
-    (store.py), a grouped upsert of a few dozen cells instead of two upserts
+    (store/db.py), a grouped upsert of a few dozen cells instead of two upserts
     per row."""
     key_cols = ", ".join(name for name, _ in _ROLLUP_KEY)
     key_vals = ", ".join(expr.format(R="c") for _, expr in _ROLLUP_KEY)
@@ -379,7 +379,7 @@ def rollup_insert_statements() -> tuple[str, str]:
 def _rollups_per_batch(conn: sqlite3.Connection) -> None:
     # The insert trigger cost two upserts per row (a third of the writer's
     # time); eslcdr's own inserts now add their rows to the roll-ups once
-    # per batch (store.py).  Deletes and updates keep their triggers: a
+    # per batch (store/db.py).  Deletes and updates keep their triggers: a
     # REPLACE's implicit delete, retention, and a person's UPDATE or DELETE
     # in sqlite3 stay exact.  Rows a person INSERTs by hand are not counted.
     conn.execute("DROP TRIGGER IF EXISTS cdrs_stats_insert")

@@ -53,8 +53,8 @@ import structlog
 from gevent import pywsgi
 from gevent.pool import Pool
 
-from . import __version__
-from .config import ServerLimits
+from .. import __version__
+from ..config import ServerLimits
 from .redact import Redactor, presented_in_environ
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ committed.
 
 When SQLite fails (disk full, file locked, I/O error) the batch is kept and
 retried with capped jittered backoff.  Nothing is refused while the spool
-(spool.py) can be written: after a failed transaction the writer moves its
+(store/spool.py) can be written: after a failed transaction the writer moves its
 whole backlog to the spool file (so a crash or SIGKILL during a long outage
 loses nothing), and records arriving past ``capacity`` are appended to it by
 the spooler greenlet.  The spool is replayed (idempotent on call_id) a batch
@@ -26,7 +26,7 @@ which includes the start.  Only when the spool cannot be written either is a
 record lost: the spooler, or ``submit()``'s caller when even the queue to
 the spooler is full, logs it in full at error level.
 
-Retention (retention.py) schedules deletions; the writer runs them in small
+Retention (store/retention.py) schedules deletions; the writer runs them in small
 batches between two insert batches (also while a batch gathers), as it
 replays the spool.
 """
@@ -41,10 +41,10 @@ import gevent
 import gevent.event
 import structlog
 
-from .backoff import backoff_delay
+from ..backoff import backoff_delay
 from .spool import Spool
-from .store import delete_expired, insert_records
-from .supervise import in_thread
+from .db import delete_expired, insert_records
+from ..supervise import in_thread
 
 log = structlog.get_logger(__name__)
 

@@ -37,8 +37,8 @@ import gevent.socket
 import structlog
 from greenswitch.esl import InboundESL, NotConnectedError
 
-from .backoff import backoff_delay
-from .config import EslNode
+from ..backoff import backoff_delay
+from ..config import EslNode
 from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, decode_json
 from .frames import Frame, FrameParser
 

@@ -13,7 +13,7 @@ import sys
 
 import structlog
 
-from .redact import scrub_event
+from ..web.redact import scrub_event
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -13,8 +13,8 @@ import re
 import structlog
 from prometheus_client import CollectorRegistry
 
-from .api import create_app, make_server
-from .channels import LiveChannels
+from ..api.app import create_app, make_server
+from ..ingest.live import LiveChannels
 from .metrics import DaemonCollector
 
 log = structlog.get_logger(__name__)

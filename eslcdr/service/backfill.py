@@ -1,5 +1,5 @@
 """Backfill: legs whose hangup eslcdr never heard, from FreeSWITCH's own
-mod_json_cdr files (``[backfill] json_cdr_dir``, DESIGN §3.5).
+mod_json_cdr files (``[backfill] json_cdr_dir``, docs/database.md).
 
 mod_json_cdr writes one file per leg into its ``log-dir``
 (``<uuid>.cdr.json``; ``a_<uuid>.cdr.json`` for "A" legs with
@@ -62,11 +62,11 @@ import gevent
 import gevent.event
 import structlog
 
-from .events import Event
+from ..esl.events import Event
 from .importer import JsonCdrError, parse_json_cdr
-from .legs import GREGORIAN_OFFSET
-from .store import connect_reader, read_meta
-from .supervise import in_thread
+from ..ingest.legs import GREGORIAN_OFFSET
+from ..store.db import connect_reader, read_meta
+from ..supervise import in_thread
 
 log = structlog.get_logger(__name__)
 

@@ -58,14 +58,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Ty
 
 import orjson
 
-from .config import ApiConfig
+from ..config import ApiConfig
 from .kazoo import SOURCE_COLUMNS, record_sql
-from .legs import GREGORIAN_OFFSET
-from .schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS, interaction_start
-from .store import connect_reader
+from ..ingest.legs import GREGORIAN_OFFSET
+from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, JSON_COLUMNS, interaction_start
+from ..store.db import connect_reader
 
 if TYPE_CHECKING:
-    from .supervise import ThreadJob
+    from ..supervise import ThreadJob
 
 T = TypeVar("T")
 Params = Mapping[str, Sequence[str]]
@@ -633,7 +633,7 @@ class GeventRunner:
 
     def spawn(self, fn: Callable[[], T]) -> "ThreadJob[T]":
         # Here, not at import: the daemon patches before building the API.
-        from .supervise import spawn_in_thread
+        from ..supervise import spawn_in_thread
 
         return spawn_in_thread(fn, errors=(StatementTimeout, DatastoreError))
 

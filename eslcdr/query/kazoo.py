@@ -50,8 +50,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
 
-from .legs import GREGORIAN_OFFSET
-from .schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS
+from ..ingest.legs import GREGORIAN_OFFSET
+from ..store.schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS
 
 _TEXT_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("TEXT")) - JSON_COLUMNS
 

@@ -1,8 +1,8 @@
-"""CDR builder: a finished leg -> one CDR record (DESIGN §4).  Pure.
+"""CDR builder: a finished leg -> one CDR record (docs/database.md).  Pure.
 
 The record is a dict of column -> value, in the ``cdrs`` table's terms (see
-schema.py).  Each field takes the first non-empty of its sources, in the
-order of the DESIGN's table; CHANNEL_HANGUP_COMPLETE carries every channel
+store/schema.py).  Each field takes the first non-empty of its sources, in the
+order of the table in docs/database.md; CHANNEL_HANGUP_COMPLETE carries every channel
 variable, the leg tracker adds DTMF digits, the fax result event and the
 bridge partner.  ``should_record`` applies ``process_cdr=false``.
 """
@@ -13,9 +13,9 @@ import math
 import re
 from datetime import datetime, timezone
 
-from . import __version__
-from .config import CdrConfig
-from .events import Event
+from .. import __version__
+from ..config import CdrConfig
+from ..esl.events import Event
 from .legs import GREGORIAN_OFFSET, MAX_DTMF_DIGITS, FinishedLeg, LostLeg, gregorian_seconds, parse_int
 
 Record = dict[str, object]
@@ -32,7 +32,7 @@ _FAX_FIELDS = (
 )
 _TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
 
-# Quality columns taken as they are from one channel variable (DESIGN §3.7).
+# Quality columns taken as they are from one channel variable (docs/api.md).
 _QUALITY_FIELDS = (
     # (column, header, converter)
     ("audio_in_quality_percentage", "variable_rtp_audio_in_quality_percentage", float),
@@ -107,7 +107,7 @@ def is_loopback(channel_name: str | None) -> bool:
 
 
 def _quality(event: Event, created_us: int, answered_us: int) -> Record:
-    """The quality columns of DESIGN §3.7 (NULL where FreeSWITCH said nothing).
+    """The quality columns of docs/api.md (NULL where FreeSWITCH said nothing).
 
     Loopback legs are FreeSWITCH talking to itself: no RTP, and progress and
     answer are instant; every quality column stays NULL (they count nowhere

@@ -1,4 +1,4 @@
-"""KPIs per time bucket (DESIGN §3.7): the ``cdrs/stats`` and ``cdrs/worst`` routes' queries.
+"""KPIs per time bucket (docs/api.md): the ``cdrs/stats`` and ``cdrs/worst`` routes' queries.
 
 Which legs count.  Legs are taken by ``timestamp`` (their hangup) in the
 inclusive range and put in buckets of ``interval`` seconds aligned to
@@ -28,7 +28,7 @@ How.  Three kinds of rows, all read in one transaction (one snapshot, so the
 totals are exactly the sum of the buckets) and added up per bucket by
 compute(): counters, seizures per cause, and seizures per pdd_ms (a
 histogram from which the nearest rank is read, exact).  An account's range
-reads the roll-ups the writer and schema.py's triggers keep (``stats_minutes``,
+reads the roll-ups the writer and store/schema.py's triggers keep (``stats_minutes``,
 ``stats_pdd_hours``) for its whole minutes / hours and the legs only for the
 ragged edges (plan()); a user's range, a filtered one or an interval that
 is not whole minutes reads the legs: the partial covering index
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import kazoo
-from .config import ApiConfig
-from .legs import GREGORIAN_OFFSET
+from ..config import ApiConfig
+from ..ingest.legs import GREGORIAN_OFFSET
 from .queries import (
     MAX_GREGORIAN,
     Filter,
@@ -57,7 +57,7 @@ from .queries import (
     parse_int,
     where_filters,
 )
-from .schema import STATS_INDEX, STATS_INDEX_WHERE
+from ..store.schema import STATS_INDEX, STATS_INDEX_WHERE
 
 DEFAULT_INTERVAL = 3600
 MIN_INTERVAL = 60
@@ -341,7 +341,7 @@ def compute(query: StatsQuery, results: Sequence[Iterable[tuple]],
     return {"totals": totals.figures(), "buckets": out}
 
 
-# Roll-up statements (schema.py's stats_minutes / stats_pdd_hours), rows
+# Roll-up statements (store/schema.py's stats_minutes / stats_pdd_hours), rows
 # shaped as stats_statements' rows.
 _R_SEIZURE = "(s.call_direction = 'outbound' AND s.hangup_cause NOT IN ('LOSE_RACE', 'PICKED_OFF'))"
 _ROLLUP_COUNTERS_SQL = (

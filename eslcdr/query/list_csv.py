@@ -43,7 +43,7 @@ from .kazoo import (
     spreadsheet_safe,
     to_integer,
 )
-from .legs import GREGORIAN_OFFSET
+from ..ingest.legs import GREGORIAN_OFFSET
 
 # Interaction listings: what decides ``inception_direction`` (kazoo.interaction_values).
 INCEPTION_ACCOUNT = "account"

@@ -28,13 +28,14 @@ from typing import TextIO
 import gevent
 import structlog
 
-from . import config, logs
-from .config import parse_listen
+from .. import config
+from . import logs
+from ..config import parse_listen
 from .daemon import Daemon
-from .fakefs import FakeFreeSWITCH, GeneratedSource
+from ..fakefs import FakeFreeSWITCH, GeneratedSource
 from .http import serve_api
 from .status import DaemonStatus
-from .tokens import add_token
+from ..api.tokens import add_token
 
 log = structlog.get_logger(__name__)
 
