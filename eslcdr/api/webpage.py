@@ -15,7 +15,7 @@ from pathlib import Path
 
 import bottle
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[1] / "static"
 # The page may load and call only this origin; no framing, no inline script.
 SECURITY_HEADERS = (
     ("Content-Security-Policy",
