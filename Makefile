@@ -8,7 +8,7 @@ BROWSER = /usr/bin/chromium /usr/bin/chromedriver
 SYSTEMD_ANALYZE = /usr/bin/systemd-analyze
 EXAMPLE_TOOLS = /usr/bin/curl /usr/bin/sqlite3
 
-.PHONY: demo test bench clean install uninstall
+.PHONY: demo test test-fast bench clean install uninstall
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP) $(BROWSER) $(SYSTEMD_ANALYZE) $(EXAMPLE_TOOLS)
 	$(BIN)/python -m pytest
 
+# The unit tests alone: no process, PostgreSQL or browser (docs/development.md).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m 'not postgres and not subprocess and not browser'
+
 # The /ui page's test drives Debian's chromium headless through chromedriver:
 # installed from Debian when missing, never downloaded at run time.
 $(BROWSER):
@@ -32,7 +36,7 @@ $(BROWSER):
 $(SYSTEMD_ANALYZE):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y systemd
 
-# The docs' curl and sqlite3 examples run with the real commands (tests/test_docs.py).
+# The docs' curl and sqlite3 examples run with the real commands (tests/unit/test_docs.py).
 $(EXAMPLE_TOOLS):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y curl sqlite3
 

@@ -12,6 +12,21 @@ from eslcdr.esl.events import EVENT_TYPES, decode_event
 from eslcdr.esl.frames import Frame, FrameParser
 
 DATA = Path(__file__).parent / "data"
+TESTS = Path(__file__).resolve().parent
+
+# What a test needs, as markers (docs/development.md): set here from the
+# fixtures a test takes and the folder it sits in, so no test can forget.
+POSTGRES_FIXTURES = frozenset({"pg_dsn", "fresh_database"})
+PROCESS_FOLDERS = ("e2e", "compat")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if folder in PROCESS_FOLDERS:
+            item.add_marker(pytest.mark.subprocess)
 # Every raw capture: the S set at the top, the J set (json_cdr/) and the F call flows (flows/).
 CAPTURES = sorted(p.name for p in DATA.glob("*.esl")) + sorted(
     folder + "/" + p.name for folder in ("json_cdr", "flows") for p in (DATA / folder).glob("*.esl"))

@@ -20,7 +20,7 @@ import requests
 
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
 
-from .e2e import DaemonProcess, settle, write_config
+from tests.harness import DaemonProcess, settle, write_config
 
 # kazoo-sdk's __init__ swaps json's default decoder for the whole process
 # (objects become OrderedDicts, whose == minds key order): put it back so

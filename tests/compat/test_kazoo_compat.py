@@ -24,9 +24,9 @@ from eslcdr.query.queries import InlineRunner
 from eslcdr.api.sessions import SessionStore
 from eslcdr.api.tokens import TokenStore
 
-from . import kazoo_shapes
-from .test_api import A, ACC_A, ACC_B, COLLECTOR, NOW, NOW_G, TOKENS, Env, interaction_id, leg
-from .test_hostile_e2e import start_daemon  # noqa: F401 (a fixture)
+from tests import kazoo_shapes
+from tests.unit.api.test_api import A, ACC_A, ACC_B, COLLECTOR, NOW, NOW_G, TOKENS, Env, interaction_id, leg
+from tests.e2e.test_hostile_e2e import start_daemon  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -278,8 +278,8 @@ def test_health_and_metrics_carry_no_cors_headers_the_v2_routes_do(start_daemon)
     no web page of another origin may read them, whatever ``cors_origins``
     says -- no Access-Control-* header on GET nor on the OPTIONS preflight,
     from a real ``eslcdr run`` with ``cors_origins = *``.  Kazoo's routes keep theirs."""
-    from .e2e import exchange
-    from .test_hostile_e2e import ACCOUNT, status_of
+    from tests.harness import exchange
+    from tests.e2e.test_hostile_e2e import ACCOUNT, status_of
 
     _, port, token = start_daemon(cors_origins="*")
     origin = b"Host: x\r\nConnection: close\r\nOrigin: https://evil.example.com\r\n"
@@ -436,8 +436,8 @@ def test_no_json_answer_holds_a_null(nulls, ccvs, query, uuid_ids):
 def test_the_servers_own_errors_carry_the_origin_header(tmp_path):
     """Requests gevent cannot parse never reach the app: the server's own
     Kazoo envelope carries Access-Control-Allow-Origin too."""
-    from .e2e import exchange
-    from .test_api_e2e import LogLines, ServerThread
+    from tests.harness import exchange
+    from tests.e2e.test_api_e2e import LogLines, ServerThread
 
     env = Env(tmp_path)
     server = ServerThread(env.app, LogLines())

@@ -22,8 +22,8 @@ from eslcdr.store import db as store
 from eslcdr.config import from_mapping
 from eslcdr.api.tokens import TokenStore
 
-from .e2e import exchange, wait_until
-from .test_api import A, ACC_A, COLLECTOR, NOW_G, TOKENS, leg
+from tests.harness import exchange, wait_until
+from tests.unit.api.test_api import A, ACC_A, COLLECTOR, NOW_G, TOKENS, leg
 
 
 class LogLines:

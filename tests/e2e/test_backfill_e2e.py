@@ -19,8 +19,8 @@ import gevent
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
 from eslcdr.fakefs.json_cdr import json_cdr_document, json_cdr_filename
 
-from .e2e import DaemonProcess, db_rows, settle, wait_rows, write_config
-from .e2e import wait_until as poll_until
+from tests.harness import DaemonProcess, db_rows, settle, wait_rows, write_config
+from tests.harness import wait_until as poll_until
 
 START = time.time() - 3 * 3600  # whole seconds are kept by the generator
 CALLS = 40
@@ -365,7 +365,7 @@ def test_restarts_read_only_new_files_and_store_each_leg_once(tmp_path, tmp_path
 
 
 def test_check_reports_the_json_cdr_folder(tmp_path):
-    from .test_cli import eslcdr  # a subprocess, gevent serving the stand-in meanwhile
+    from tests.unit.test_cli import eslcdr  # a subprocess, gevent serving the stand-in meanwhile
 
     fake = FakeFreeSWITCH().start()
     try:

@@ -15,8 +15,8 @@ import gevent.queue
 
 from eslcdr.fakefs import FakeFreeSWITCH, StaticSource
 
-from .conftest import capture_events
-from .e2e import WAIT, DaemonProcess, write_config
+from tests.conftest import capture_events
+from tests.harness import WAIT, DaemonProcess, write_config
 
 ACC = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
 TOKENS = "token-a %s\ntoken-collector *\n" % ACC

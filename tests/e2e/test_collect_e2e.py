@@ -26,8 +26,8 @@ from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 from eslcdr.store.schema import COLUMN_NAMES, JSON_COLUMNS
 
-from .e2e import ROOT, DaemonProcess, db_rows, read_log_events, write_config
-from .test_hostile_e2e import closed_by_server
+from tests.harness import ROOT, DaemonProcess, db_rows, read_log_events, write_config
+from tests.e2e.test_hostile_e2e import closed_by_server
 
 WAIT = 60.0
 TOKEN = "collector-secret-token"

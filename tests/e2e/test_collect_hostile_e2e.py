@@ -19,9 +19,9 @@ from eslcdr.query import queries
 from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 
-from .e2e import ROOT
-from .test_api import G, leg
-from .test_collect_e2e import collector, http_get, media, pg_rows, wait_collected, wait_for  # noqa: F401
+from tests.harness import ROOT
+from tests.unit.api.test_api import G, leg
+from tests.e2e.test_collect_e2e import collector, http_get, media, pg_rows, wait_collected, wait_for  # noqa: F401
 
 UTC = dt.timezone.utc
 DAY_US = 86_400 * 10**6

@@ -17,7 +17,7 @@ import time
 
 from eslcdr.service.demo import Rate, StatusLine
 
-from .e2e import ROOT
+from tests.harness import ROOT
 
 WAIT = 60.0
 DEMO = [sys.executable, "-m", "eslcdr", "demo", "--listen", "127.0.0.1:0", "--duration", "3", "--cps", "20"]

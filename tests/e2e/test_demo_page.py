@@ -12,7 +12,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from .e2e import ROOT
+from tests.harness import ROOT
 
 GREGORIAN = 62167219200
 

@@ -9,9 +9,9 @@ import pytest
 
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 
-from .conftest import DATA, capture_events
-from .e2e import DaemonProcess, db_rows, settle, wait_rows, wait_until, write_config
-from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT, S7_LEG_IDS
+from tests.conftest import DATA, capture_events
+from tests.harness import DaemonProcess, db_rows, settle, wait_rows, wait_until, write_config
+from tests.expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT, S7_LEG_IDS
 
 
 def check_fields(rows: list[dict], capture: str) -> None:
@@ -247,7 +247,7 @@ def test_interaction_id_survives_a_daemon_restart_mid_call(tmp_path):
 def test_nul_in_caller_name_x_header_and_custom_var_is_stored_as_u_fffd(tmp_path, fmt):
     # FreeSWITCH sends it as \u0000 (JSON) or %00 (plain); SQLite would keep
     # it, PostgreSQL (the collector) refuses it: the row holds U+FFFD instead.
-    from .test_events import NUL_HEADERS, nul_free
+    from tests.unit.esl.test_events import NUL_HEADERS, nul_free
 
     events = [dict(e, **NUL_HEADERS) for e in capture_events("S1_json.esl")]
     rows, _ = serve(tmp_path, StaticSource(events), fmt=fmt, expected_rows=4)
@@ -260,7 +260,7 @@ def test_nul_in_caller_name_x_header_and_custom_var_is_stored_as_u_fffd(tmp_path
 
 
 def test_a_dtmf_flood_through_the_socket_stores_256_digits_and_logs_the_count(tmp_path):
-    from .test_cdr import dtmf_flood
+    from tests.unit.ingest.test_cdr import dtmf_flood
 
     events, call_id = dtmf_flood(capture_events("S1_json.esl"), 5_000, digit="7")
     rows, daemon = serve(tmp_path, StaticSource(events), expected_rows=4)
@@ -275,7 +275,7 @@ def test_the_same_sip_call_id_in_two_accounts_makes_two_interactions(tmp_path):
     # S3's self-calls link only through their Call-ID; the same Call-IDs sent
     # in another account's calls a second later, through the socket into
     # eslcdr run: each account's ends still link, no id spans accounts.
-    from .test_cdr import same_call_ids_elsewhere
+    from tests.unit.ingest.test_cdr import same_call_ids_elsewhere
 
     ours = same_call_ids_elsewhere(capture_events("S3_json.esl"), "", "acct-a")
     theirs = same_call_ids_elsewhere(capture_events("S3_json.esl"), "b:", "acct-b", shift_s=1)

@@ -26,7 +26,7 @@ import pytest
 from eslcdr.fakefs import FakeFreeSWITCH
 from eslcdr.api.tokens import add_token
 
-from .e2e import DaemonProcess, exchange, wait_until, write_config
+from tests.harness import DaemonProcess, exchange, wait_until, write_config
 
 ACCOUNT = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
 
@@ -292,7 +292,7 @@ def test_a_stalled_csv_reader_pins_no_snapshot_and_is_dropped(tmp_path, monkeypa
     from eslcdr.store import db as store
     from eslcdr.fakefs import GeneratedSource
 
-    from .test_api import leg
+    from tests.unit.api.test_api import leg
 
     stall_seconds, send_timeout = 20.0, 25
     monkeypatch.setenv("ESLCDR_API_SEND_TIMEOUT", str(send_timeout))
@@ -391,7 +391,7 @@ def test_a_statement_timeout_is_one_structured_line(start_daemon, tmp_path):
     structured lines, never as gevent's raw "failed with ..." on stderr."""
     from eslcdr.store import db as store
 
-    from .test_api import leg
+    from tests.unit.api.test_api import leg
 
     writer = store.connect_writer(tmp_path / "cdrs.db")
     now_g = int(time.time()) + 62167219200

@@ -26,14 +26,14 @@ import pytest
 
 from eslcdr.fakefs import FakeFreeSWITCH, StaticSource
 
-from .conftest import capture_events, fresh_database
-from .e2e import DaemonProcess, db_rows, settle, wait_rows, wait_until, write_config
-from .expected_cdrs import INTERACTIONS, ROW_COUNT
-from .test_cdr import dtmf_flood, interaction_groups, same_call_ids_elsewhere
-from .test_collect_e2e import TOKEN, CollectorProcess, assert_same_row, pg_rows
-from .test_collect_hostile_e2e import node_after
-from .test_events import NUL_HEADERS, nul_free
-from .test_hostile_e2e import envelope_of, get, status_of
+from tests.conftest import capture_events, fresh_database
+from tests.harness import DaemonProcess, db_rows, settle, wait_rows, wait_until, write_config
+from tests.expected_cdrs import INTERACTIONS, ROW_COUNT
+from tests.unit.ingest.test_cdr import dtmf_flood, interaction_groups, same_call_ids_elsewhere
+from tests.e2e.test_collect_e2e import TOKEN, CollectorProcess, assert_same_row, pg_rows
+from tests.e2e.test_collect_hostile_e2e import node_after
+from tests.unit.esl.test_events import NUL_HEADERS, nul_free
+from tests.e2e.test_hostile_e2e import envelope_of, get, status_of
 
 ACCOUNT_A = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
 ACCOUNT_B = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b"

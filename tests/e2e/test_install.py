@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .e2e import ROOT
-from .test_systemd import exposure, unit_with_exec, verify_unit
+from tests.harness import ROOT
+from tests.e2e.test_systemd import exposure, unit_with_exec, verify_unit
 
 INSTALL_TIMEOUT = 600
 

@@ -13,7 +13,7 @@ import gevent
 
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource, call_template, template_documents
 
-from .e2e import DaemonProcess, db_rows, write_config
+from tests.harness import DaemonProcess, db_rows, write_config
 
 FLUSH_INTERVAL = 0.2  # the default
 CALLS, CPS, SEED = 60, 20.0, 5

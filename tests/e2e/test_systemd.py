@@ -30,7 +30,7 @@ import pytest
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
 from eslcdr.service.notify import Notifier, socket_address, watchdog_interval
 
-from .e2e import ROOT, DaemonProcess, db_rows, settle, wait_rows
+from tests.harness import ROOT, DaemonProcess, db_rows, settle, wait_rows
 
 WAIT = 30.0
 UNIT = ROOT / "systemd" / "eslcdr.service"

@@ -27,7 +27,9 @@ from selenium.webdriver.common.by import By
 
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
 
-from .e2e import DaemonProcess, write_config
+from tests.harness import DaemonProcess, write_config
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

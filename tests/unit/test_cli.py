@@ -14,10 +14,10 @@ import pytest
 
 from eslcdr.fakefs import FakeFreeSWITCH
 
-from .conftest import DATA, capture_events
-from .e2e import write_config
+from tests.conftest import DATA, capture_events
+from tests.harness import write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JSON_CDR = DATA / "json_cdr"
 
 
@@ -40,6 +40,7 @@ def eslcdr(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproce
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
 
 
+@pytest.mark.subprocess
 def test_importing_the_cli_patches_nothing_and_main_patches_first():
     # A test process (or a tool) importing eslcdr.cli keeps its own sockets
     # and threads; `eslcdr ...` patches before any command imports a socket.
@@ -59,12 +60,14 @@ def test_importing_the_cli_patches_nothing_and_main_patches_first():
     assert result.stdout.splitlines() == ["False False False", "eslcdr 0.1.0", "True True"], result.stdout
 
 
+@pytest.mark.subprocess
 def test_usage_error_exit_2():
     result = eslcdr("no-such-command")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
 
 
+@pytest.mark.subprocess
 def test_check_logs_in(tmp_path):
     fake = FakeFreeSWITCH().start()
     try:
@@ -75,6 +78,7 @@ def test_check_logs_in(tmp_path):
     assert "login ok" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_check_wrong_password_exit_2(tmp_path):
     fake = FakeFreeSWITCH(password="right").start()
     try:
@@ -86,6 +90,7 @@ def test_check_wrong_password_exit_2(tmp_path):
     assert "Zq9-bad" not in result.stdout + result.stderr
 
 
+@pytest.mark.subprocess
 def test_check_nothing_listening_exit_1(tmp_path):
     import socket
 
@@ -97,6 +102,7 @@ def test_check_nothing_listening_exit_1(tmp_path):
     assert "cannot connect" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_bad_config_exit_2(tmp_path):
     ini = tmp_path / "bad.ini"
     ini.write_text("[esl]\nport = lots\n")
@@ -106,6 +112,7 @@ def test_bad_config_exit_2(tmp_path):
         assert "[esl] port" in result.stderr
 
 
+@pytest.mark.subprocess
 def test_a_config_line_without_equals_is_not_echoed(tmp_path):
     # The password line lost its '=': the error names the file and line, not the secret.
     for command, name in (("run", "eslcdr.ini"), ("check", "eslcdr.ini"), ("collect", "collector.ini")):
@@ -117,6 +124,7 @@ def test_a_config_line_without_equals_is_not_echoed(tmp_path):
         assert "s3cr3t" not in result.stdout + result.stderr
 
 
+@pytest.mark.subprocess
 def test_token_add_stores_only_the_hash(tmp_path):
     tokens = tmp_path / "tokens"
     result = eslcdr("token", "add", "--account", "acct1", "--tokens-file", str(tokens))
@@ -134,6 +142,7 @@ def imported_rows(db: Path) -> list[tuple]:
         return conn.execute("SELECT call_id, interaction_id, hangup_cause, billing_seconds FROM cdrs ORDER BY seq").fetchall()
 
 
+@pytest.mark.subprocess
 def test_import_json_cdr_folders_idempotent(tmp_path):
     ini = write_config(tmp_path, 8021)
     result = eslcdr("import", "-c", str(ini), str(JSON_CDR / "J_plain"), str(JSON_CDR / "J_json"))
@@ -180,6 +189,7 @@ def test_import_matches_the_live_events_of_the_same_calls(tmp_path, run):
     assert groups(imported) == groups(live)
 
 
+@pytest.mark.subprocess
 def test_import_bad_file_reported_rest_imported(tmp_path):
     folder = tmp_path / "cdrs"
     folder.mkdir()
@@ -193,6 +203,7 @@ def test_import_bad_file_reported_rest_imported(tmp_path):
     assert "broken.cdr.json" in result.stderr
 
 
+@pytest.mark.subprocess
 def test_run_with_unwritable_database_fails_clearly(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the database folder should be")
@@ -205,6 +216,7 @@ def test_run_with_unwritable_database_fails_clearly(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_run_with_api_port_taken_fails_clearly(tmp_path):
     import socket
 

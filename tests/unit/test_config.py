@@ -10,7 +10,7 @@ import pytest
 from eslcdr import config
 from eslcdr.config import DEFAULTS, SETTINGS, ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def shipped() -> configparser.ConfigParser:

@@ -11,6 +11,7 @@ links every page.
 
 from __future__ import annotations
 
+import pytest
 import argparse
 import ast
 import collections
@@ -29,7 +30,7 @@ from eslcdr.config import DEFAULTS, from_mapping
 from eslcdr.query.queries import InlineRunner
 from eslcdr.store.schema import COLUMNS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 # The topics of docs/, one page each.
@@ -208,7 +209,8 @@ def test_every_module_logs_under_its_own_name():
 
 def test_development_page_lists_every_test_file():
     text = page("development")
-    files = sorted(path.name for path in (ROOT / "tests").glob("*.py") if path.name != "__init__.py")
+    files = sorted(str(path.relative_to(ROOT / "tests")) for path in (ROOT / "tests").rglob("*.py")
+                   if path.name != "__init__.py" and "data" not in path.relative_to(ROOT / "tests").parts)
     assert [name for name in files if "`%s`" % name not in text] == []
     assert "make test" in text
 
@@ -287,8 +289,9 @@ def test_slug_is_githubs():
 # ------------------------------------------------------------------ examples
 
 
+@pytest.mark.subprocess
 def test_sqlite_examples_run(tmp_path):
-    from .test_api import G, leg
+    from tests.unit.api.test_api import G, leg
 
     examples = re.findall(r"sqlite3 (\S+\.db) (\"[^\"\n]+\"|'[^'\n]+')", docs_text())
     assert len(examples) >= 4
@@ -315,10 +318,11 @@ def example_blocks(text: str) -> list[str]:
     return out
 
 
+@pytest.mark.subprocess
 def test_curl_examples_run_against_a_real_daemon(tmp_path):
     """Every curl example, as written (address, token and account filled in),
     against ``eslcdr run`` recording generated calls."""
-    from .test_collect_e2e import MediaServer
+    from tests.e2e.test_collect_e2e import MediaServer
 
     blocks = example_blocks(docs_text())
     script = "\n".join(blocks)

@@ -30,7 +30,7 @@ from eslcdr.query.queries import InlineRunner
 from eslcdr.store.schema import COLUMN_NAMES
 from eslcdr.api.tokens import TokenStore
 
-from . import kazoo_shapes
+from tests import kazoo_shapes
 
 G = GREGORIAN_OFFSET
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the app's clock in these tests

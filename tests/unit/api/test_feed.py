@@ -15,11 +15,11 @@ from eslcdr.store import db as store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 from eslcdr.store.writer import Writer
 
-from .conftest import DATA
-from .e2e import DaemonProcess, db_rows, wait_rows, write_config
-from .expected_cdrs import ROW_COUNT
-from .test_api import COLLECTOR, NOW, NOW_G, Env, leg
-from .test_store import record, rows
+from tests.conftest import DATA
+from tests.harness import DaemonProcess, db_rows, wait_rows, write_config
+from tests.expected_cdrs import ROW_COUNT
+from tests.unit.api.test_api import COLLECTOR, NOW, NOW_G, Env, leg
+from tests.unit.store.test_store import record, rows
 
 
 @pytest.fixture
@@ -190,6 +190,7 @@ def wait_for(predicate, timeout: float = 10.0):
     return predicate()
 
 
+@pytest.mark.subprocess
 def test_daemon_feed_db_id_survives_a_restart_and_acks_persist(tmp_path):
     token = "collector-secret-0123456789"
     (tmp_path / "tokens").write_text("%s *\n" % token)

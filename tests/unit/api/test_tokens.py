@@ -243,6 +243,7 @@ def test_a_last_line_without_its_newline_waits_even_when_it_only_adds(tmp_path):
     assert store.lookup("api-key-c") == "00c"
 
 
+@pytest.mark.subprocess
 def test_eslcdr_run_rides_out_a_tokens_file_edit_and_applies_a_deliberate_one(tmp_path):
     # A real daemon; the tokens file is emptied for 1.5 s, then half written,
     # then complete again, while a client uses its login session and its API
@@ -259,8 +260,8 @@ def test_eslcdr_run_rides_out_a_tokens_file_edit_and_applies_a_deliberate_one(tm
     from eslcdr.store import db as store
     from eslcdr.fakefs import FakeFreeSWITCH
 
-    from .e2e import DaemonProcess, db_rows, write_config
-    from .test_api import G, leg
+    from tests.harness import DaemonProcess, db_rows, write_config
+    from tests.unit.api.test_api import G, leg
 
     tokens = tmp_path / "tokens"
     tokens.write_text(FULL)

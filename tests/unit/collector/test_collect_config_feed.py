@@ -15,7 +15,7 @@ from eslcdr.collector.feed import FeedProtocolError, LineSplitter, RecordTooLarg
 from eslcdr.collector.pgstore import FeedRecord, Rejected
 from eslcdr.config import ConfigError, ServerLimits
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 NODE = {"url": "http://10.0.0.5:8080", "token": "t0k3n"}
 
 

@@ -20,8 +20,8 @@ from eslcdr.collector.feed import FeedError, FeedProtocolError, RecordTooLarge
 from eslcdr.collector.pgstore import PgStore
 from eslcdr.collector.worker import NodeWorker
 
-from .test_api import leg
-from .test_collector_store import feed_items, ts
+from tests.unit.api.test_api import leg
+from tests.unit.collector.test_collector_store import feed_items, ts
 
 
 class FeedServer:

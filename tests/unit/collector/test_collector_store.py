@@ -16,7 +16,7 @@ from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgstore import CursorMoved, FeedRecord, PgStore, Rejected
 from eslcdr.store.schema import COLUMN_NAMES
 
-from .test_api import G, leg
+from tests.unit.api.test_api import G, leg
 
 UTC = dt.timezone.utc
 
@@ -193,7 +193,7 @@ def test_restart_node_resets_the_cursor(pg, tmp_path):
 
 
 def test_docs_psql_examples_run(pg, tmp_path):
-    from .test_docs import code_blocks, page
+    from tests.unit.test_docs import code_blocks, page
 
     blocks = code_blocks(page("collector"), "sql")
     statements = []
@@ -218,7 +218,7 @@ def test_docs_psql_examples_run(pg, tmp_path):
 
 
 def test_the_feed_names_its_newest_seq(tmp_path):
-    from .test_api import COLLECTOR, Env
+    from tests.unit.api.test_api import COLLECTOR, Env
 
     env = Env(tmp_path)
     try:

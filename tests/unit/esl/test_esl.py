@@ -21,7 +21,7 @@ from eslcdr.esl.client import (
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 from eslcdr.esl.frames import FrameParser
 
-from .conftest import DATA, capture_events
+from tests.conftest import DATA, capture_events
 
 AUTH_REQUEST = b"Content-Type: auth/request\n\n"
 ACCEPTED = b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n"

@@ -19,7 +19,7 @@ from eslcdr.esl.events import (
 )
 from eslcdr.esl.frames import Frame
 
-from .conftest import SCENARIOS
+from tests.conftest import SCENARIOS
 
 # Headers whose values do not depend on ids, clocks or ports of one run.
 STABLE = (
@@ -241,7 +241,7 @@ def test_nul_in_a_json_cdr_file_becomes_u_fffd(tmp_path):
 
     from eslcdr.service.importer import parse_json_cdr
 
-    from .conftest import DATA
+    from tests.conftest import DATA
 
     path = sorted((DATA / "json_cdr" / "J_json").glob("*.cdr.json"))[0]
     data = json.loads(path.read_text())

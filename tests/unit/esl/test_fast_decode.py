@@ -22,7 +22,7 @@ from eslcdr.esl.events import JSON, LIGHT_EVENTS, EventDecoder, decode_event, en
 from eslcdr.esl.frames import Frame
 from eslcdr.ingest.legs import TRACKED_HEADERS, LegTracker
 
-from .conftest import CAPTURES, capture_frames
+from tests.conftest import CAPTURES, capture_frames
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 TRACKER = LegTracker(CFG.cdr.interaction_id_vars)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from eslcdr.esl.frames import MAX_BODY, Frame, FrameParser, ProtocolError
 
-from .conftest import CAPTURES, capture_bytes, capture_frames
+from tests.conftest import CAPTURES, capture_bytes, capture_frames
 
 
 def parse_all(chunks) -> list:

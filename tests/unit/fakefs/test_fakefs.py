@@ -22,7 +22,7 @@ from eslcdr import fakefs
 from eslcdr.esl.events import JSON, PLAIN, EventDecodeError, decode_event, event_name
 from eslcdr.esl.frames import Frame, FrameParser, ProtocolError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 CAPTURE_LIST = (
     "CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE CHANNEL_PROGRESS "
     "CHANNEL_PROGRESS_MEDIA CHANNEL_BRIDGE DTMF CUSTOM spandsp::txfaxresult spandsp::rxfaxresult"

@@ -20,8 +20,8 @@ from eslcdr.fakefs.json_cdr import json_cdr_document, json_cdr_filename
 from eslcdr.service.importer import json_cdr_to_event
 from eslcdr.ingest.legs import LegTracker
 
-from .conftest import DATA, capture_events
-from .test_fakefs import TIMEOUT, Client, capture_frames, raw_frame, serve  # noqa: F401 (fixture)
+from tests.conftest import DATA, capture_events
+from tests.unit.fakefs.test_fakefs import TIMEOUT, Client, capture_frames, raw_frame, serve  # noqa: F401 (fixture)
 
 JSON_CDR = DATA / "json_cdr"
 START = 1_900_000_000.0

@@ -8,7 +8,7 @@ from eslcdr import config
 from eslcdr.ingest.cdr import CdrBuilder, build_cdr, build_lost_cdr, should_record
 from eslcdr.ingest.legs import LegTracker
 
-from .expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
+from tests.expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 FIELDS_STORED_AS_EMPTY = {"custom_sip_headers": {}}

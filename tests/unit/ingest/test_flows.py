@@ -25,11 +25,11 @@ from eslcdr.service import importer
 from eslcdr.fakefs import FakeFreeSWITCH
 from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
 
-from .conftest import DATA
-from .e2e import DaemonProcess, settle, wait_rows, write_config
-from .test_backfill_e2e import NOT_IN_FILES, backfill_config, groups
-from .test_cdr import run_capture
-from .test_e2e_ingest import replay
+from tests.conftest import DATA
+from tests.harness import DaemonProcess, settle, wait_rows, write_config
+from tests.e2e.test_backfill_e2e import NOT_IN_FILES, backfill_config, groups
+from tests.unit.ingest.test_cdr import run_capture
+from tests.e2e.test_e2e_ingest import replay
 
 FLOWS = DATA / "flows"
 ORACLE: dict[str, dict[str, dict]] = json.loads((FLOWS / "expected.json").read_text())["runs"]
@@ -154,6 +154,7 @@ def test_replayed_over_tcp_into_the_daemon(tmp_path, run):
     check_legs(rows, run)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("run", RUNS)
 def test_backfilled_by_the_daemon_from_the_json_cdr_files(tmp_path, run):
     folder = tmp_path / "json_cdr"

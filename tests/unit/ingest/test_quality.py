@@ -15,9 +15,9 @@ from eslcdr.store import db as store
 from eslcdr.ingest.cdr import CdrBuilder
 from eslcdr.ingest.legs import FinishedLeg, LegTracker
 
-from .conftest import CAPTURES, DATA
-from .e2e import database_before
-from .test_cdr import run_capture
+from tests.conftest import CAPTURES, DATA
+from tests.harness import database_before
+from tests.unit.ingest.test_cdr import run_capture
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 QUALITY = tuple(name for name, _, _ in schema.QUALITY_COLUMNS)

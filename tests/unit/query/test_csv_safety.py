@@ -10,8 +10,8 @@ import io
 from eslcdr.query import kazoo
 from eslcdr.store.schema import COLUMN_NAMES
 
-from . import kazoo_shapes
-from .test_api import ACC_A, NOW_G, env, interaction_id, leg  # noqa: F401 -- env is a fixture
+from tests import kazoo_shapes
+from tests.unit.api.test_api import ACC_A, NOW_G, env, interaction_id, leg  # noqa: F401 -- env is a fixture
 
 # caller_id_name as sent -> as a spreadsheet must receive it
 CASES = {

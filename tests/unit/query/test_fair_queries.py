@@ -7,6 +7,7 @@ bench/stats_load.py."""
 
 from __future__ import annotations
 
+import pytest
 import http.client
 import json
 import time
@@ -16,10 +17,10 @@ from eslcdr.config import from_mapping
 from eslcdr.fakefs import DEFAULT_ACCOUNTS
 from eslcdr.query.queries import KIND_CDRS, is_heavy, parse_list_query
 
-from .e2e import DaemonProcess, db_rows, write_config
-from .test_api import ACC_A, G, NOW_G, Env, assert_error, leg
-from .test_api_e2e import Worker
-from .test_collect_e2e import FakeFS
+from tests.harness import DaemonProcess, db_rows, write_config
+from tests.unit.api.test_api import ACC_A, G, NOW_G, Env, assert_error, leg
+from tests.e2e.test_api_e2e import Worker
+from tests.e2e.test_collect_e2e import FakeFS
 
 
 def test_filtered_listings_wait_for_a_heavy_slot_plain_pages_do_not(tmp_path):
@@ -74,6 +75,7 @@ def last_seq(db) -> int:
     return rows[0]["seq"] if rows else 0
 
 
+@pytest.mark.subprocess
 def test_light_pages_and_ingest_go_on_while_three_month_by_minute_stats_run(tmp_path):
     """Issue 15: three clients ask over and over for 31 days by minute (44,701
     buckets) as CSV from a real ``eslcdr run`` while the stand-in feeds it

@@ -19,7 +19,7 @@ from eslcdr import config
 from eslcdr.ingest.cdr import CdrBuilder
 from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
 
-from .test_api import ACC_A, NOW_G, Env, leg
+from tests.unit.api.test_api import ACC_A, NOW_G, Env, leg
 
 
 def start_of(iid: str, legs: list[dict]) -> int:

@@ -22,7 +22,7 @@ from eslcdr.query.queries import (
     list_sql,
 )
 
-from .test_queries import ACC, NOW_G, db, record  # noqa: F401 -- db is a fixture
+from tests.unit.query.test_queries import ACC, NOW_G, db, record  # noqa: F401 -- db is a fixture
 
 
 def listing(kind: str, ascending: bool) -> ListQuery:

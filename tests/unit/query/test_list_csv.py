@@ -40,9 +40,9 @@ from eslcdr.query.queries import (
     warm_sql,
 )
 
-from . import kazoo_shapes
-from .test_api import ACC_A, HARD_NAMES, NOW_G, env, leg  # noqa: F401 -- env is a fixture
-from .test_queries import ACC, db, record  # noqa: F401 -- db is a fixture
+from tests import kazoo_shapes
+from tests.unit.api.test_api import ACC_A, HARD_NAMES, NOW_G, env, leg  # noqa: F401 -- env is a fixture
+from tests.unit.query.test_queries import ACC, db, record  # noqa: F401 -- db is a fixture
 
 G = GREGORIAN_OFFSET
 INCEPTIONS = [None, INCEPTION_ACCOUNT, INCEPTION_USER]

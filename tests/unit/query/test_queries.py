@@ -32,7 +32,7 @@ from eslcdr.query.queries import (
     InlineRunner,
 )
 
-from . import kazoo_shapes
+from tests import kazoo_shapes
 
 G = GREGORIAN_OFFSET
 API = from_mapping({}).api

@@ -11,7 +11,7 @@ import pytest
 
 from eslcdr.query.stats import CSV_COLUMNS, KPI_FIELDS, nearest_rank
 
-from .test_api import ACC_A, ACC_B, COLLECTOR, B, Env, NOW_G, assert_error, leg
+from tests.unit.api.test_api import ACC_A, ACC_B, COLLECTOR, B, Env, NOW_G, assert_error, leg
 
 HOUR = 3600
 H0 = (NOW_G // HOUR) * HOUR - 3 * HOUR  # start of the first bucket (aligned)
@@ -282,6 +282,7 @@ def test_full_records_carry_quality_and_list_rows_stay_kazoos(env):
 # ------------------------------------------------------------- end to end
 
 
+@pytest.mark.subprocess
 def test_captured_sip_call_through_the_daemon_to_the_kpis(tmp_path):
     """S4 replayed by the stand-in over TCP into ``eslcdr run``; the KPIs and a
     full record read back over HTTP from the daemon's own API."""
@@ -289,8 +290,8 @@ def test_captured_sip_call_through_the_daemon_to_the_kpis(tmp_path):
 
     from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
 
-    from .conftest import DATA, capture_events
-    from .e2e import DaemonProcess, settle, wait_rows, write_config
+    from tests.conftest import DATA, capture_events
+    from tests.harness import DaemonProcess, settle, wait_rows, write_config
 
     hangup_ts = [int(e["Event-Date-Timestamp"]) // 10**6 + 62167219200
                  for e in capture_events("S4_json.esl") if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
@@ -420,7 +421,7 @@ def test_upgrade_fills_the_rollups_from_the_rows_already_there(tmp_path):
     from eslcdr.store import db as store
     from eslcdr.query.stats import StatsQuery, read_stats
 
-    from .e2e import database_before
+    from tests.harness import database_before
 
     path = tmp_path / "old.db"
     old = database_before(path, schema._add_stats_rollups)

@@ -12,7 +12,7 @@ import pytest
 from eslcdr.service import backfill
 from eslcdr.service.importer import JsonCdrError, parse_json_cdr
 
-from .conftest import DATA
+from tests.conftest import DATA
 
 REAL = sorted((DATA / "json_cdr" / "J_json").glob("*.cdr.json"))
 NOW = time.time_ns()

@@ -19,10 +19,10 @@ from eslcdr.api.tokens import TokenStore
 from eslcdr.store import writer as writer_module
 from eslcdr.store.writer import Writer
 
-from .conftest import DATA
-from .e2e import DaemonProcess, db_rows, wait_until, write_config
-from .expected_cdrs import EXPECTED
-from .test_api import leg
+from tests.conftest import DATA
+from tests.harness import DaemonProcess, db_rows, wait_until, write_config
+from tests.expected_cdrs import EXPECTED
+from tests.unit.api.test_api import leg
 
 DAY = 86_400
 NOW_G = int(time.time()) + G
@@ -184,6 +184,7 @@ def config_with(tmp_path, old_port: int, new_port: int):
     return ini
 
 
+@pytest.mark.subprocess
 def test_daemon_deletes_old_calls_without_collector_and_the_file_shrinks(tmp_path):
     db = tmp_path / "cdrs.db"
     conn = store.connect_writer(db)
@@ -221,6 +222,7 @@ def test_daemon_deletes_old_calls_without_collector_and_the_file_shrinks(tmp_pat
     assert db.stat().st_size * 5 < size_before
 
 
+@pytest.mark.subprocess
 def test_daemon_keeps_old_calls_until_the_collector_has_acknowledged_them(tmp_path):
     token = "collector-token-for-retention"
     (tmp_path / "tokens").write_text("%s *\n" % token)
@@ -264,6 +266,7 @@ def test_daemon_keeps_old_calls_until_the_collector_has_acknowledged_them(tmp_pa
         new.stop()
 
 
+@pytest.mark.subprocess
 def test_daemon_a_collector_removed_from_the_tokens_file_holds_nothing_back(tmp_path):
     (tmp_path / "tokens").write_text("still-here-but-never-pulled *\n")
     db = tmp_path / "cdrs.db"

@@ -3,6 +3,7 @@ spool file and is replayed into SQLite exactly once."""
 
 from __future__ import annotations
 
+import pytest
 import json
 import resource
 import signal
@@ -19,10 +20,10 @@ from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 from eslcdr.store.spool import Spool
 from eslcdr.store.writer import Writer
 
-from .conftest import DATA
-from .e2e import DaemonProcess, db_rows, wait_rows, wait_until, write_config
-from .expected_cdrs import EXPECTED
-from .test_store import record
+from tests.conftest import DATA
+from tests.harness import DaemonProcess, db_rows, wait_rows, wait_until, write_config
+from tests.expected_cdrs import EXPECTED
+from tests.unit.store.test_store import record
 
 WAIT = 30.0
 
@@ -208,6 +209,7 @@ def prepared(tmp_path, fake_port: int, queue_size: int = 100000):
     return db, ini
 
 
+@pytest.mark.subprocess
 def test_daemon_write_lock_held_10s_while_calls_arrive(tmp_path):
     legs = set(EXPECTED["S1_json"]) | set(EXPECTED["S3_json"])
     fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl", DATA / "S3_json.esl"]), hold=True)
@@ -234,6 +236,7 @@ def test_daemon_write_lock_held_10s_while_calls_arrive(tmp_path):
     assert "sqlite_write_failed" in events and "backlog_spooled" in events and "spool_replayed" in events
 
 
+@pytest.mark.subprocess
 def test_daemon_sigkilled_with_a_full_spool_stores_every_cdr_once_after_restart(tmp_path):
     legs = set(EXPECTED["S2_json"]) | set(EXPECTED["S4_json"]) | set(EXPECTED["S5_json"])
     fake = FakeFreeSWITCH(
@@ -276,6 +279,7 @@ def test_daemon_sigkilled_with_a_full_spool_stores_every_cdr_once_after_restart(
     assert "spool_torn_line_skipped" in events and "spool_replayed" in events
 
 
+@pytest.mark.subprocess
 def test_daemon_disk_full_spools_then_stores_every_cdr_once_when_space_returns(tmp_path):
     """A real write failure in the daemon: its file-size limit (RLIMIT_FSIZE)
     stops the WAL from growing, as a full disk would; the small spool file

@@ -11,7 +11,7 @@ from eslcdr.store import schema
 from eslcdr.store.db import connect_reader, connect_writer, insert_records, recent_interaction_links
 from eslcdr.store.writer import Writer
 
-from .e2e import database_before, wait_until
+from tests.harness import database_before, wait_until
 
 
 def record(n: int, interaction: str = "63900000000-aaaaaaaa") -> dict:
@@ -248,14 +248,15 @@ def test_an_existing_world_readable_database_loses_access_for_others(tmp_path):
     conn.close()
 
 
+@pytest.mark.subprocess
 def test_eslcdr_run_under_umask_0_keeps_the_database_private(tmp_path):
     import os
 
     from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
 
-    from .conftest import DATA
-    from .e2e import DaemonProcess, wait_rows, write_config
-    from .expected_cdrs import ROW_COUNT
+    from tests.conftest import DATA
+    from tests.harness import DaemonProcess, wait_rows, write_config
+    from tests.expected_cdrs import ROW_COUNT
 
     fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl"]), hold=True).start()
     db = tmp_path / "cdrs.db"
