@@ -22,9 +22,10 @@ demo: $(STAMP)
 test: $(STAMP) $(BROWSER) $(SYSTEMD_ANALYZE) $(EXAMPLE_TOOLS)
 	$(BIN)/python -m pytest
 
-# The unit tests alone: no process, PostgreSQL or browser (docs/development.md).
+# The unit tests alone: no process, PostgreSQL, browser or deliberately large volume
+# (docs/development.md).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit -m 'not postgres and not subprocess and not browser'
+	$(BIN)/python -m pytest tests/unit -m 'not postgres and not subprocess and not browser and not slow'
 
 # The /ui page's test drives Debian's chromium headless through chromedriver:
 # installed from Debian when missing, never downloaded at run time.

@@ -631,6 +631,7 @@ STAMPS = st.integers(min_value=0, max_value=12).map(lambda i: NOW_G - 1000 - 37 
     ascending=st.booleans(),
     interactions=st.booleans(),
 )
+@pytest.mark.slow
 def test_paging_returns_every_row_exactly_once(initial, arrivals, page_size, ascending, interactions):
     with tempfile.TemporaryDirectory() as tmp:
         environment = Env(Path(tmp))
@@ -701,6 +702,7 @@ def export_peak(env: Env, query: str) -> tuple[int, int]:
     return total, peak
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query", ["accept=csv", "paginate=false"])
 def test_streaming_export_memory_does_not_grow_with_rows(env, query):
     env.insert([leg(NOW_G - i % 2000, caller_id_name="x" * 300) for i in range(3000)])

@@ -175,6 +175,7 @@ def run_collect(ini: Path, env: dict | None = None):
     )
 
 
+@pytest.mark.subprocess
 def test_collect_config_error_exits_2(tmp_path):
     ini = tmp_path / "collector.ini"
     ini.write_text("[collector]\nbatch_size = many\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
@@ -182,6 +183,7 @@ def test_collect_config_error_exits_2(tmp_path):
     assert result.returncode == 2 and "[collector] batch_size" in result.stderr
 
 
+@pytest.mark.subprocess
 def test_unreachable_postgresql_exits_1_and_never_prints_the_password(tmp_path):
     ini = tmp_path / "collector.ini"
     ini.write_text("[collector]\nlisten = 127.0.0.1:0\ntimeout = 2\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
@@ -203,6 +205,7 @@ BAD_DSNS = [
 ]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("dsn, pieces", BAD_DSNS)
 def test_a_dsn_libpq_would_misread_is_refused_without_its_password(tmp_path, dsn, pieces):
     ini = tmp_path / "collector.ini"

@@ -533,6 +533,7 @@ def generated_events(**options) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
 def test_generated_calls_are_deterministic_by_seed():
     first = fakefs.GeneratedSource(calls=30, seed=5, start_time=1_900_000_000.0)
     again = fakefs.GeneratedSource(calls=30, seed=5, start_time=1_900_000_000.0)

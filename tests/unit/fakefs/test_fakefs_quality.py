@@ -4,6 +4,7 @@ some lossy legs, some answered legs that received no RTP at all."""
 
 from __future__ import annotations
 
+import pytest
 from collections import Counter
 
 from eslcdr.esl.events import JSON, PLAIN, decode_event
@@ -57,6 +58,7 @@ def test_answered_sip_legs_have_consistent_rtp_figures():
     assert len(remote) > 0.9 * sum(kinds.values())
 
 
+@pytest.mark.slow
 def test_quality_is_deterministic_and_the_same_in_both_formats():
     first = [e.get("variable_rtp_audio_in_mos") for e in hangups(60, seed=9)]
     assert first == [e.get("variable_rtp_audio_in_mos") for e in hangups(60, seed=9)]
@@ -83,6 +85,7 @@ def hangups_of(**options) -> list[dict]:
     return [e.event() for e in GeneratedSource(**options) if e.template.event_id == "CHANNEL_HANGUP_COMPLETE"]
 
 
+@pytest.mark.slow
 def test_post_dial_delay_varies_pdd_and_keeps_times_consistent():
     plain = outbound_pdd_ms(calls=200, seed=2)
     delayed = outbound_pdd_ms(calls=200, seed=2, post_dial_delay=True)

@@ -4,6 +4,7 @@ while it lasts."""
 
 from __future__ import annotations
 
+import pytest
 from eslcdr import config
 from eslcdr.fakefs import GeneratedSource
 from eslcdr.ingest.legs import LegTracker
@@ -47,6 +48,7 @@ def test_a_long_call_keeps_its_interaction_while_many_calls_pass():
     assert b.interaction_created_us == a.interaction_created_us == created
 
 
+@pytest.mark.slow
 def test_remembered_calls_stay_bounded_and_consistent_as_generated_calls_pass():
     cap = 100
     tracker = LegTracker(

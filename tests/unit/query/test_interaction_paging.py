@@ -6,6 +6,7 @@ earliest leg (its A-leg) is written after its partners."""
 
 from __future__ import annotations
 
+import pytest
 import base64
 import json
 import tempfile
@@ -107,6 +108,7 @@ def legs_of(iid: str, start: int, count: int, after: int = 0) -> list[dict]:
     page_size=st.integers(1, 5),
     ascending=st.booleans(),
 )
+@pytest.mark.slow
 def test_mixed_ids_page_without_skip_or_repeat_while_cdrs_arrive(initial, arrivals, page_size, ascending):
     with tempfile.TemporaryDirectory() as tmp:
         env = Env(Path(tmp))
@@ -192,6 +194,7 @@ def cursor_position(start_key: str) -> tuple[int, str]:
     a_pages=st.data(),
     ascending=st.booleans(),
 )
+@pytest.mark.slow
 def test_a_leg_written_after_its_b_leg_does_not_move_the_interaction(calls, a_pages, ascending):
     tracker = LegTracker(TRACKED.cdr.interaction_id_vars)
     builder = CdrBuilder(TRACKED.cdr, "fs1")

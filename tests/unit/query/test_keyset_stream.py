@@ -63,6 +63,7 @@ def test_chunks_hold_no_snapshot_and_skip_or_repeat_nothing(db, kind, ascending)
     assert wanted <= ({iid for _, iid in keys} if kind == KIND_INTERACTIONS else set(call_ids))
 
 
+@pytest.mark.slow
 def test_the_old_single_statement_stream_would_pin_the_wal(db):  # noqa: F811
     """The property the chunks exist for: one open statement blocks a complete checkpoint."""
     path, writer = db

@@ -92,6 +92,7 @@ def reference_bytes(rows, utc_offset, inception):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(source_rows(), max_size=12), utc_offset=st.sampled_from([0, 3600, -19800, 86400, -86400]),
        inception=st.sampled_from(INCEPTIONS))
+@pytest.mark.slow
 def test_fast_csv_is_the_reference_byte_for_byte(rows, utc_offset, inception):
     expected = reference_bytes(rows, utc_offset, inception)
     assert list_csv.list_csv(rows, utc_offset, inception) == expected
