@@ -31,12 +31,14 @@ from typing import Any, Sequence
 import orjson
 
 from .kazoo import (
+    FORMULA_GUARD,
     LIST_COLUMNS,
     SOURCE_COLUMNS,
     as_cells,
     call_cost,
     compact_json,
     day_texts,
+    formula_ahead,
     interaction_values,
     list_values,
     recordings_list,
@@ -52,15 +54,15 @@ INCEPTION_USER = "user"
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CELL, _RECORD = "\x00", "\x01"  # separators while a chunk is built; never in a cell (checked)
 _CELL_BYTES, _RECORD_BYTES = _CELL.encode(), _RECORD.encode()
-# A cell a spreadsheet would evaluate (kazoo.spreadsheet_safe): =, @, tab or CR
-# first, or + / - not followed by a plain number up to the cell's end.  One
-# pattern per separator: a literal first character makes the scan several
-# times faster than a character class.
-# The chunk is scanned as UTF-8 bytes, where these characters are single
+# A cell a spreadsheet would evaluate (kazoo's spreadsheet rule, formula_ahead):
+# each cell ends at a separator.  One pattern per separator: a literal first
+# character makes the scan several times faster than a character class.
+# The chunk is scanned as UTF-8 bytes, where the rule's characters are single
 # bytes that no multi-byte character contains.
-_FORMULA = rb"(?=[=@\t\r]|[+-](?![0-9]+(?:\.[0-9]+)?[\x00\x01]))"
-_FORMULA_AFTER_CELL = re.compile(_CELL.encode() + _FORMULA)
-_FORMULA_AFTER_RECORD = re.compile(_RECORD.encode() + _FORMULA)
+_FORMULA = formula_ahead("[%s]" % (_CELL + _RECORD)).encode("ascii")
+_FORMULA_AFTER_CELL = re.compile(_CELL_BYTES + _FORMULA)
+_FORMULA_AFTER_RECORD = re.compile(_RECORD_BYTES + _FORMULA)
+_GUARD_BYTES = FORMULA_GUARD.encode("ascii")
 _CACHE_MAX = 100_000  # entries per cache; cleared when full (a long export of odd values)
 
 _days: dict[Any, tuple[str, str]] = {}
@@ -250,7 +252,7 @@ def list_csv(rows: Sequence[Sequence[Any]], utc_offset: int = 0, inception: str 
     cells = len(LIST_COLUMNS) + (inception is not None)
     if text.count(_CELL_BYTES) != len(records) * (cells - 1) or text.count(_RECORD_BYTES) != len(records) + 1:
         return list_csv_reference(rows, utc_offset, inception).encode("utf-8")  # a separator inside a cell
-    text = _FORMULA_AFTER_CELL.sub(_CELL_BYTES + b"'", text)
-    text = _FORMULA_AFTER_RECORD.sub(_RECORD_BYTES + b"'", text)
+    text = _FORMULA_AFTER_CELL.sub(_CELL_BYTES + _GUARD_BYTES, text)
+    text = _FORMULA_AFTER_RECORD.sub(_RECORD_BYTES + _GUARD_BYTES, text)
     # "\x01a\x00b\x01" -> '"\r\n"a","b"\r\n"' -> 'a","b"\r\n' after the cut
     return text.replace(b'"', b'""').replace(_CELL_BYTES, b'","').replace(_RECORD_BYTES, b'"\r\n"')[3:-1]
