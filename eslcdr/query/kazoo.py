@@ -1,41 +1,17 @@
-"""Kazoo's shapes of a CDR: list rows, interaction rows, full records.
+"""Kazoo's shapes of a CDR: list rows, interaction rows, full records, and its CSV rules.
 
-List and interaction rows are built in Python from a tuple of stored
-columns (``SOURCE_COLUMNS`` + the custom channel variables); full records
-(CDR detail, legs, the collector feed) are rendered by SQLite itself as a
-JSON object or a CSV record (``record_sql``).  The split follows measurement
-on a 1,000,000-row file: list rows need many derivations, which cost less in
-Python than as SQL expressions (SQLite re-evaluates every shared
-sub-expression); full records are plain columns with large text (SDPs),
-which SQLite encodes faster than Python, in the worker thread, GIL released.
+List and interaction rows are built in Python from a tuple of stored columns
+(``SOURCE_COLUMNS`` + the custom channel variables; ``list_values`` holds crossbar's
+``cb_cdrs`` derivations); full records (CDR detail, legs, the collector feed) are rendered by
+SQLite itself as a JSON object or a CSV record (``record_sql``).  The split follows measurement
+on a 1,000,000-row file: list rows need many derivations, which cost less in Python than as SQL
+expressions (SQLite re-evaluates every shared sub-expression); full records are plain columns
+with large text (SDPs), which SQLite encodes faster, in the worker thread, GIL released.
 
-List rows follow crossbar's ``cb_cdrs`` columns and derivations:
-
-- ``timestamp`` is the call *start* -- stored hangup ``timestamp`` minus
-  ``duration_seconds`` -- as a string of Gregorian seconds, and every date
-  column derives from it: ``unix_timestamp`` (string), ``rfc_1036``
-  (``Mon, 13 Feb 2017 18:11:23 GMT``), ``iso_8601`` (the date only),
-  ``iso_8601_combined`` (``2017-02-13T18:11:23Z``), ``datetime``
-  (``2017-02-13 18:11:23``, the only one shifted by ``utc_offset``);
-- ``dialed_number`` is the user part of ``request`` on inbound legs, of
-  ``to`` on outbound legs; ``calling_from`` is ``caller_id_number`` (inbound)
-  or the user part of ``from_uri`` (outbound);
-- ``authorizing_id`` is empty when it equals the account id (a call the
-  account itself authorised);
-- ``cost`` (units of 1/10000 dollar, string) is ``kapps_call_util:call_cost``
-  for ``account_billing = per_minute`` legs, else ``"0"``; ``rate`` is
-  ``custom_channel_vars.rate`` (units) in dollars as a string;
-- ``call_type`` (``account_billing``), ``rate_name``, ``recording_url`` and
-  ``call_priority`` come from ``custom_channel_vars`` with Kazoo's ``""``
-  default; ``media_recordings`` is always a list;
-- ``bridge_id`` is ``custom_channel_vars.bridge_id`` when ecallmgr set it,
-  else our ``other_leg_call_id``, else ``""``.
-
-Text values are never null (Kazoo's ``""`` default), so JSON and CSV agree:
-a CSV cell is the JSON value's text (numbers as digits, lists as compact
-JSON).  CSV is RFC 4180 with every field quoted, and spreadsheet-safe:
-a cell that a spreadsheet would evaluate as a formula gets a leading ``'``
-(``spreadsheet_safe``).
+Text values are never null (Kazoo's ``""`` default), so JSON and CSV agree: a CSV cell is the
+JSON value's text (numbers as digits, lists as compact JSON).  CSV is RFC 4180 with every field
+quoted, and spreadsheet-safe: a cell a spreadsheet would evaluate as a formula gets a leading
+``'`` (one rule, ``FORMULA_FIRST`` and the constants beside it).  JSON is never altered.
 """
 
 from __future__ import annotations
@@ -185,6 +161,28 @@ def _user_part(uri: str | None) -> str:
 
 def list_values(values: Sequence[Any], utc_offset: int = 0) -> list[Any]:
     """A list row's values in LIST_COLUMNS order, from SOURCE_COLUMNS values.
+
+    List rows follow crossbar's ``cb_cdrs`` columns and derivations:
+
+    - ``timestamp`` is the call *start* -- stored hangup ``timestamp`` minus
+      ``duration_seconds`` -- as a string of Gregorian seconds, and every date
+      column derives from it: ``unix_timestamp`` (string), ``rfc_1036``
+      (``Mon, 13 Feb 2017 18:11:23 GMT``), ``iso_8601`` (the date only),
+      ``iso_8601_combined`` (``2017-02-13T18:11:23Z``), ``datetime``
+      (``2017-02-13 18:11:23``, the only one shifted by ``utc_offset``);
+    - ``dialed_number`` is the user part of ``request`` on inbound legs, of
+      ``to`` on outbound legs; ``calling_from`` is ``caller_id_number`` (inbound)
+      or the user part of ``from_uri`` (outbound);
+    - ``authorizing_id`` is empty when it equals the account id (a call the
+      account itself authorised);
+    - ``cost`` (units of 1/10000 dollar, string) is ``kapps_call_util:call_cost``
+      for ``account_billing = per_minute`` legs, else ``"0"``; ``rate`` is
+      ``custom_channel_vars.rate`` (units) in dollars as a string;
+    - ``call_type`` (``account_billing``), ``rate_name``, ``recording_url`` and
+      ``call_priority`` come from ``custom_channel_vars`` with Kazoo's ``""``
+      default; ``media_recordings`` is always a list;
+    - ``bridge_id`` is ``custom_channel_vars.bridge_id`` when ecallmgr set it,
+      else our ``other_leg_call_id``, else ``""``.
 
     Text columns come from SQLite as str or None (TEXT affinity), so
     ``x or ""`` is Kazoo's ``""`` default at its cheapest.

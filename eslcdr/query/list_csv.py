@@ -1,23 +1,16 @@
 """List and interaction rows as CSV records, fast: the CSV export's inner loop.
 
-``list_csv(rows, utc_offset, inception)`` turns a chunk of ``list_sql`` rows
-into the exact text of ``list_csv_reference`` -- the obvious version, kept
-for the tests and for the rows the fast loop does not handle:
-``kazoo.list_values`` (or ``interaction_values``) per row, ``as_cells``,
-then per cell ``spreadsheet_safe`` and the csv module (every field quoted,
-CRLF).  ``tests/test_list_csv.py`` holds the two to the same output on
-varied data (formula cells, quotes, commas, newlines, NULs, non-ASCII, odd
-custom channel variables).
+``list_csv(rows, utc_offset, inception)`` turns a chunk of ``list_sql`` rows into the exact
+text of ``list_csv_reference`` -- the obvious version, kept for the tests and for the rows the
+fast loop does not handle: ``kazoo.list_values`` (or ``interaction_values``) per row,
+``as_cells``, then per cell ``spreadsheet_safe`` and the csv module (every field quoted, CRLF).
+``tests/test_list_csv.py`` holds the two to the same output on varied data.
 
-Why it is faster (bench/api.py's rows, 1,000-row chunks: 5.3 µs a row against
-7.2 for the per-record quoting used before, 11.7 for the reference): one loop
-per chunk with the derivations of ``list_values`` inlined (no per-row calls
-besides ``orjson.loads`` of the custom channel variables); the date and clock
-parts, rates and costs looked up in small caches (a listing spans few days,
-few rates); and the quoting done once per chunk instead of per record, on
-UTF-8 bytes: cells are joined with NUL and records with SOH, two regular
-expressions mark the formula cells, three replaces quote everything.  A
-chunk with a NUL or SOH inside a cell, and a row whose date ``time.gmtime``
+Why it is faster (bench/api.py's rows, 1,000-row chunks: 5.3 µs a row against 7.2 for
+per-record quoting, 11.7 for the reference): one loop per chunk with ``list_values``'
+derivations inlined; dates, clocks, rates and costs from small caches; the quoting once per
+chunk on UTF-8 bytes (cells joined with NUL, records with SOH, kazoo's formula patterns, three
+replaces).  A chunk with a NUL or SOH inside a cell, and a row whose date ``time.gmtime``
 cannot represent, take the reference path.
 """
 

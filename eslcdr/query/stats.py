@@ -1,38 +1,17 @@
-"""KPIs per time bucket (docs/api.md): the ``cdrs/stats`` and ``cdrs/worst`` routes' queries.
+"""KPIs per time bucket and the worst legs: the ``cdrs/stats`` and ``cdrs/worst`` routes' queries.
 
-Which legs count.  Legs are taken by ``timestamp`` (their hangup) in the
-inclusive range and put in buckets of ``interval`` seconds aligned to
-multiples of the interval in Gregorian seconds (``timestamp / interval``,
-so hourly buckets start on the hour, daily ones at 00:00 UTC).  Loopback
-legs (``channel_name`` ``loopback/...``) are FreeSWITCH talking to itself
-and count nowhere.  Of the others:
+Which legs count and what each figure means is docs/api.md#kpis: legs by ``timestamp`` (their
+hangup) in the inclusive range, loopback legs nowhere, attempts / seizures / answered / user
+outcomes / failures, in buckets of ``interval`` seconds aligned to multiples of the interval in
+Gregorian seconds.  A mean or ratio over zero legs is left out, never 0.
 
-- an *attempt* is an inbound leg (a call offered to the switch);
-- a *seizure* is an outbound leg except those ended ``LOSE_RACE`` /
-  ``PICKED_OFF`` (the losers of a ring group or a pickup never seized
-  anything);
-- a seizure is *answered* (``answered_us > 0``), else a *user outcome* when
-  its cause says the called user decided (busy, no answer, rejected, absent,
-  cancelled by the caller), else a *failure* (network, routing, codec...).
-
-Figures, each next to the count it is a share or mean of: ``asr`` =
-answered / seizures, ``ner`` = (answered + user outcomes) / seizures, both
-in %; ``acd_seconds`` = mean ``billing_seconds`` of answered seizures;
-``pdd_ms_p50`` / ``_p95`` = nearest-rank percentiles of ``pdd_ms`` over the
-seizures that have one (``pdd_legs``); ``mos_avg`` = mean ``audio_in_mos``
-of the legs with a MOS (``mos_legs``), ``low_mos`` those under 3.6;
-``no_rtp`` = legs with ``no_rtp_in`` = 1 of the ``rtp_legs`` that say.  A
-mean or ratio over zero legs is left out, never 0.
-
-How.  Three kinds of rows, all read in one transaction (one snapshot, so the
-totals are exactly the sum of the buckets) and added up per bucket by
-compute(): counters, seizures per cause, and seizures per pdd_ms (a
-histogram from which the nearest rank is read, exact).  An account's range
-reads the roll-ups the writer and store/schema.py's triggers keep (``stats_minutes``,
-``stats_pdd_hours``) for its whole minutes / hours and the legs only for the
-ragged edges (plan()); a user's range, a filtered one or an interval that
-is not whole minutes reads the legs: the partial covering index
-``idx_cdrs_stats`` for an account, the owner index for a user.
+Invariants.  Three kinds of rows (counters, seizures per cause, seizures per ``pdd_ms``: a
+histogram read exactly by nearest rank) are read in one transaction -- one snapshot, so the
+totals are exactly the sum of the buckets -- and added up per bucket by ``compute()``.  An
+account's range reads the roll-ups the writer and store/schema.py's triggers keep
+(``stats_minutes``, ``stats_pdd_hours``) for its whole minutes / hours and the legs only for the
+ragged edges (``plan()``); a user's, a filtered one or an interval that is not whole minutes
+reads the legs (the partial covering index ``idx_cdrs_stats``, or the owner index).
 """
 
 from __future__ import annotations
