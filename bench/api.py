@@ -51,9 +51,10 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eslcdr import config, store  # noqa: E402
-from eslcdr.api import app as api
-from eslcdr.query import queries
+from eslcdr import config  # noqa: E402
+from eslcdr.api import app as api  # noqa: E402
+from eslcdr.store import db as store  # noqa: E402
+from eslcdr.query.params import KIND_CDRS, Cursor, encode_cursor  # noqa: E402
 from eslcdr.ingest.legs import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.store.schema import RECORD_COLUMNS  # noqa: E402
 
@@ -321,7 +322,7 @@ def main() -> None:
             'SELECT "timestamp", seq FROM cdrs WHERE account_id = ? ORDER BY "timestamp" DESC, seq DESC'
             " LIMIT 1 OFFSET ?", (ACCOUNTS[0], total // 2)).fetchone()
         db.close()
-        cursor = queries.encode_cursor(queries.Cursor(queries.KIND_CDRS, key, seq, now_g - 2682000, now_g))
+        cursor = encode_cursor(Cursor(KIND_CDRS, key, seq, now_g - 2682000, now_g))
         p50, p99, _ = latency(conn, base + "/cdrs?start_key=" + cursor, token, args.requests)
         print("deep page (row %7d of %7d)   p50 %6.2f ms  p99 %6.2f ms" % (total // 2, total, p50, p99))
 

@@ -40,12 +40,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from eslcdr import config  # noqa: E402
-from eslcdr.api import app as api
+from eslcdr.api import app as api  # noqa: E402
 from eslcdr.config import DEFAULTS  # noqa: E402
 
 
 def _bench_api():
-    spec = importlib.util.spec_from_file_location("bench_api", HERE / "api/app.py")
+    spec = importlib.util.spec_from_file_location("bench_api", HERE / "api.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -52,31 +52,21 @@ from ..query import kazoo
 from . import webpage
 from ..ingest.live import ChannelsFn, no_channels
 from ..config import Config
-from ..query.queries import (
+from ..query.params import (
     KIND_CDRS,
     KIND_INTERACTIONS,
-    DatastoreError,
-    GeventRunner,
-    InlineRunner,
-    ParamError,
-    ReaderPool,
     FeedQuery,
-    KeysetStream,
-    StatementTimeout,
+    ParamError,
     cursor_for,
-    detail_sql,
     encode_cursor,
-    feed_sql,
     first,
-    is_heavy,
-    legs_sql,
-    list_sql,
-    packed_sql,
     parse_feed_query,
     parse_list_query,
-    unpack_rows,
-    warm_sql,
 )
+from ..query.pool import ReaderPool, is_heavy
+from ..query.reader import DatastoreError, GeventRunner, InlineRunner, StatementTimeout
+from ..query.sql import detail_sql, feed_sql, legs_sql, list_sql, packed_sql, unpack_rows, warm_sql
+from ..query.stream import KeysetStream
 from ..query.list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv
 from ..web.redact import Redactor, presented_in_environ
 from ..store.schema import COLUMN_NAMES

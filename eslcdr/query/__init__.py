@@ -1,7 +1,8 @@
 """Stage 4, the read side: parameters, SQL and reader pools over the store.
 
-``kazoo`` holds Kazoo's CDR shapes, ``queries`` the list/detail/interaction
-parameters, keyset cursors and reader pools, ``stats`` the KPI roll-ups and
-worst-call queries, ``list_csv`` the CSV rendering. Nothing here speaks HTTP.
-See docs/api.md.
+``params`` parses request parameters and keyset cursors, ``sql`` builds the
+statements, ``reader`` / ``pool`` / ``stream`` run them (bounded connections,
+the heavy lane, keyset-chunked exports), ``kazoo`` holds Kazoo's CDR shapes,
+``stats`` the KPI roll-ups and worst-call queries, ``list_csv`` the CSV
+rendering. Nothing here speaks HTTP. See docs/api.md.
 """

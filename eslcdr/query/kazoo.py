@@ -1,41 +1,17 @@
-"""Kazoo's shapes of a CDR: list rows, interaction rows, full records.
+"""Kazoo's shapes of a CDR: list rows, interaction rows, full records, and its CSV rules.
 
-List and interaction rows are built in Python from a tuple of stored
-columns (``SOURCE_COLUMNS`` + the custom channel variables); full records
-(CDR detail, legs, the collector feed) are rendered by SQLite itself as a
-JSON object or a CSV record (``record_sql``).  The split follows measurement
-on a 1,000,000-row file: list rows need many derivations, which cost less in
-Python than as SQL expressions (SQLite re-evaluates every shared
-sub-expression); full records are plain columns with large text (SDPs),
-which SQLite encodes faster than Python, in the worker thread, GIL released.
+List and interaction rows are built in Python from a tuple of stored columns
+(``SOURCE_COLUMNS`` + the custom channel variables; ``list_values`` holds crossbar's
+``cb_cdrs`` derivations); full records (CDR detail, legs, the collector feed) are rendered by
+SQLite itself as a JSON object or a CSV record (``record_sql``).  The split follows measurement
+on a 1,000,000-row file: list rows need many derivations, which cost less in Python than as SQL
+expressions (SQLite re-evaluates every shared sub-expression); full records are plain columns
+with large text (SDPs), which SQLite encodes faster, in the worker thread, GIL released.
 
-List rows follow crossbar's ``cb_cdrs`` columns and derivations:
-
-- ``timestamp`` is the call *start* -- stored hangup ``timestamp`` minus
-  ``duration_seconds`` -- as a string of Gregorian seconds, and every date
-  column derives from it: ``unix_timestamp`` (string), ``rfc_1036``
-  (``Mon, 13 Feb 2017 18:11:23 GMT``), ``iso_8601`` (the date only),
-  ``iso_8601_combined`` (``2017-02-13T18:11:23Z``), ``datetime``
-  (``2017-02-13 18:11:23``, the only one shifted by ``utc_offset``);
-- ``dialed_number`` is the user part of ``request`` on inbound legs, of
-  ``to`` on outbound legs; ``calling_from`` is ``caller_id_number`` (inbound)
-  or the user part of ``from_uri`` (outbound);
-- ``authorizing_id`` is empty when it equals the account id (a call the
-  account itself authorised);
-- ``cost`` (units of 1/10000 dollar, string) is ``kapps_call_util:call_cost``
-  for ``account_billing = per_minute`` legs, else ``"0"``; ``rate`` is
-  ``custom_channel_vars.rate`` (units) in dollars as a string;
-- ``call_type`` (``account_billing``), ``rate_name``, ``recording_url`` and
-  ``call_priority`` come from ``custom_channel_vars`` with Kazoo's ``""``
-  default; ``media_recordings`` is always a list;
-- ``bridge_id`` is ``custom_channel_vars.bridge_id`` when ecallmgr set it,
-  else our ``other_leg_call_id``, else ``""``.
-
-Text values are never null (Kazoo's ``""`` default), so JSON and CSV agree:
-a CSV cell is the JSON value's text (numbers as digits, lists as compact
-JSON).  CSV is RFC 4180 with every field quoted, and spreadsheet-safe:
-a cell that a spreadsheet would evaluate as a formula gets a leading ``'``
-(``spreadsheet_safe``).
+Text values are never null (Kazoo's ``""`` default), so JSON and CSV agree: a CSV cell is the
+JSON value's text (numbers as digits, lists as compact JSON).  CSV is RFC 4180 with every field
+quoted, and spreadsheet-safe: a cell a spreadsheet would evaluate as a formula gets a leading
+``'`` (one rule, ``FORMULA_FIRST`` and the constants beside it).  JSON is never altered.
 """
 
 from __future__ import annotations
@@ -186,6 +162,28 @@ def _user_part(uri: str | None) -> str:
 def list_values(values: Sequence[Any], utc_offset: int = 0) -> list[Any]:
     """A list row's values in LIST_COLUMNS order, from SOURCE_COLUMNS values.
 
+    List rows follow crossbar's ``cb_cdrs`` columns and derivations:
+
+    - ``timestamp`` is the call *start* -- stored hangup ``timestamp`` minus
+      ``duration_seconds`` -- as a string of Gregorian seconds, and every date
+      column derives from it: ``unix_timestamp`` (string), ``rfc_1036``
+      (``Mon, 13 Feb 2017 18:11:23 GMT``), ``iso_8601`` (the date only),
+      ``iso_8601_combined`` (``2017-02-13T18:11:23Z``), ``datetime``
+      (``2017-02-13 18:11:23``, the only one shifted by ``utc_offset``);
+    - ``dialed_number`` is the user part of ``request`` on inbound legs, of
+      ``to`` on outbound legs; ``calling_from`` is ``caller_id_number`` (inbound)
+      or the user part of ``from_uri`` (outbound);
+    - ``authorizing_id`` is empty when it equals the account id (a call the
+      account itself authorised);
+    - ``cost`` (units of 1/10000 dollar, string) is ``kapps_call_util:call_cost``
+      for ``account_billing = per_minute`` legs, else ``"0"``; ``rate`` is
+      ``custom_channel_vars.rate`` (units) in dollars as a string;
+    - ``call_type`` (``account_billing``), ``rate_name``, ``recording_url`` and
+      ``call_priority`` come from ``custom_channel_vars`` with Kazoo's ``""``
+      default; ``media_recordings`` is always a list;
+    - ``bridge_id`` is ``custom_channel_vars.bridge_id`` when ecallmgr set it,
+      else our ``other_leg_call_id``, else ``""``.
+
     Text columns come from SQLite as str or None (TEXT affinity), so
     ``x or ""`` is Kazoo's ``""`` default at its cheapest.
     """
@@ -277,32 +275,63 @@ def as_cells(values: list[Any]) -> list[str]:
 # spreadsheet would evaluate -- one starting with =, @, tab, CR, or + / -
 # followed by anything but a plain number -- gets a leading apostrophe, the
 # usual neutraliser (OWASP "CSV injection").  +442071838750 and -5 stay as
-# they are.  CSV only: JSON values are never altered.
+# they are.  CSV only: JSON values are never altered.  The rule is the
+# constants below; spreadsheet_safe (Python), formula_ahead (the regular
+# expressions of the fast CSV paths, here and in list_csv) and
+# spreadsheet_safe_sql (full records, rendered by SQLite) are built from them.
 
-_FORMULA_START = frozenset("=@\t\r+-")
-_PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+FORMULA_FIRST = "=@\t\r"  # a cell starting with one of these is a formula;
+FORMULA_SIGNS = "+-"  # one starting with a sign too, unless a plain number follows:
+# digits, or digits, one point, digits.  A range both a regular expression's
+# character class and SQLite's GLOB class read the same way.
+PLAIN_DIGITS = "0-9"
+DECIMAL_POINT = "."
+FORMULA_GUARD = "'"  # what goes before a formula cell
+
+_FORMULA_START = frozenset(FORMULA_FIRST + FORMULA_SIGNS)
+_PLAIN_NUMBER_RE = "[{d}]+(?:{p}[{d}]+)?".format(d=PLAIN_DIGITS, p=re.escape(DECIMAL_POINT))
+_PLAIN_NUMBER = re.compile(_PLAIN_NUMBER_RE)
+
+
+def formula_ahead(end: str) -> str:
+    """A regular expression (lookahead) matching where a formula cell starts,
+    in text where each cell is followed by a match of ``end``."""
+    return "(?=[%s]|[%s](?!%s(?:%s)))" % (re.escape(FORMULA_FIRST), re.escape(FORMULA_SIGNS),
+                                         _PLAIN_NUMBER_RE, end)
+
+
 # The NUL before a formula cell, in NUL + cells joined by NULs: one scan
 # per record, fast because it starts with a literal.
-_FORMULA_CELL = re.compile(r"\x00(?=[=@\t\r]|[+-](?![0-9]+(?:\.[0-9]+)?(?:\x00|\Z)))")
+_FORMULA_CELL = re.compile("\x00" + formula_ahead(r"\x00|\Z"))
 
 
 def spreadsheet_safe(cell: str) -> str:
     first = cell[:1]
     if first not in _FORMULA_START:
         return cell
-    if first in "+-" and _PLAIN_NUMBER.fullmatch(cell, 1):
+    if first in FORMULA_SIGNS and _PLAIN_NUMBER.fullmatch(cell, 1):
         return cell
-    return "'" + cell
+    return FORMULA_GUARD + cell
 
 
-def _spreadsheet_safe_sql(expr: str) -> str:
+def _sql_text(text: str) -> str:
+    """A string literal for SQL; a control character as char(n)."""
+    if len(text) == 1 and not text.isprintable():
+        return "char(%d)" % ord(text)
+    return "'%s'" % text.replace("'", "''")
+
+
+def spreadsheet_safe_sql(expr: str) -> str:
     """``spreadsheet_safe`` of a text expression, in SQL (full-record CSV)."""
-    rest = "substr(%s, 2)" % expr
-    plain = ("(%s != '' AND %s NOT GLOB '*[^0-9.]*' AND %s NOT GLOB '*.*.*' AND %s NOT GLOB '.*'"
-             " AND %s NOT GLOB '*.')" % ((rest,) * 5))
-    return ("CASE WHEN substr(%s, 1, 1) IN ('=', '@', char(9), char(13))"
-            " OR (substr(%s, 1, 1) IN ('+', '-') AND NOT %s) THEN '''' || %s ELSE %s END"
-            % (expr, expr, plain, expr, expr))
+    plain = ("({r} != '' AND {r} NOT GLOB '*[^{d}{p}]*' AND {r} NOT GLOB '*{p}*{p}*'"
+             " AND {r} NOT GLOB '{p}*' AND {r} NOT GLOB '*{p}')").format(
+        r="substr(%s, 2)" % expr, d=PLAIN_DIGITS, p=DECIMAL_POINT)  # GLOB reads the point literally
+    return "CASE WHEN substr({e}, 1, 1) IN ({formula}) OR (substr({e}, 1, 1) IN ({signs}) AND NOT {plain})" \
+        " THEN {guard} || {e} ELSE {e} END".format(
+            e=expr, formula=", ".join(map(_sql_text, FORMULA_FIRST)), signs=", ".join(map(_sql_text, FORMULA_SIGNS)),
+            plain=plain, guard=_sql_text(FORMULA_GUARD))
+
+
 def csv_header(columns: Sequence[str]) -> list[str]:
     """The header row of a CSV of ``columns``, named as Kazoo's CSV writer does."""
     return [CSV_HEADER_NAMES.get(name, name) for name in columns]
@@ -320,7 +349,7 @@ def csv_records(rows: Iterable[Sequence[str]]) -> str:
     for cells in rows:
         joined = "\x00".join(cells)
         if joined.count("\x00") == len(cells) - 1:
-            joined = _FORMULA_CELL.sub("\x00'", "\x00" + joined)[1:]
+            joined = _FORMULA_CELL.sub("\x00" + FORMULA_GUARD, "\x00" + joined)[1:]
             out.append('"%s"\r\n' % joined.replace('"', '""').replace("\x00", '","'))
         else:
             buffer = io.StringIO()
@@ -401,7 +430,7 @@ def record_sql(fmt: str) -> str:
         elif name == "fax_success":
             cells.append(_fax_success("'true'", "'false'", "''"))
         elif name in _TEXT_COLUMNS:
-            cells.append(_spreadsheet_safe_sql("COALESCE(CAST(%s AS TEXT), '')" % _q(name)))
+            cells.append(spreadsheet_safe_sql("COALESCE(CAST(%s AS TEXT), '')" % _q(name)))
         else:
             cells.append("COALESCE(CAST(%s AS TEXT), '')" % _q(name))
     return _csv_record(cells)

@@ -1,23 +1,16 @@
 """List and interaction rows as CSV records, fast: the CSV export's inner loop.
 
-``list_csv(rows, utc_offset, inception)`` turns a chunk of ``list_sql`` rows
-into the exact text of ``list_csv_reference`` -- the obvious version, kept
-for the tests and for the rows the fast loop does not handle:
-``kazoo.list_values`` (or ``interaction_values``) per row, ``as_cells``,
-then per cell ``spreadsheet_safe`` and the csv module (every field quoted,
-CRLF).  ``tests/test_list_csv.py`` holds the two to the same output on
-varied data (formula cells, quotes, commas, newlines, NULs, non-ASCII, odd
-custom channel variables).
+``list_csv(rows, utc_offset, inception)`` turns a chunk of ``list_sql`` rows into the exact
+text of ``list_csv_reference`` -- the obvious version, kept for the tests and for the rows the
+fast loop does not handle: ``kazoo.list_values`` (or ``interaction_values``) per row,
+``as_cells``, then per cell ``spreadsheet_safe`` and the csv module (every field quoted, CRLF).
+``tests/test_list_csv.py`` holds the two to the same output on varied data.
 
-Why it is faster (bench/api.py's rows, 1,000-row chunks: 5.3 µs a row against
-7.2 for the per-record quoting used before, 11.7 for the reference): one loop
-per chunk with the derivations of ``list_values`` inlined (no per-row calls
-besides ``orjson.loads`` of the custom channel variables); the date and clock
-parts, rates and costs looked up in small caches (a listing spans few days,
-few rates); and the quoting done once per chunk instead of per record, on
-UTF-8 bytes: cells are joined with NUL and records with SOH, two regular
-expressions mark the formula cells, three replaces quote everything.  A
-chunk with a NUL or SOH inside a cell, and a row whose date ``time.gmtime``
+Why it is faster (bench/api.py's rows, 1,000-row chunks: 5.3 µs a row against 7.2 for
+per-record quoting, 11.7 for the reference): one loop per chunk with ``list_values``'
+derivations inlined; dates, clocks, rates and costs from small caches; the quoting once per
+chunk on UTF-8 bytes (cells joined with NUL, records with SOH, kazoo's formula patterns, three
+replaces).  A chunk with a NUL or SOH inside a cell, and a row whose date ``time.gmtime``
 cannot represent, take the reference path.
 """
 
@@ -31,12 +24,14 @@ from typing import Any, Sequence
 import orjson
 
 from .kazoo import (
+    FORMULA_GUARD,
     LIST_COLUMNS,
     SOURCE_COLUMNS,
     as_cells,
     call_cost,
     compact_json,
     day_texts,
+    formula_ahead,
     interaction_values,
     list_values,
     recordings_list,
@@ -52,15 +47,15 @@ INCEPTION_USER = "user"
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CELL, _RECORD = "\x00", "\x01"  # separators while a chunk is built; never in a cell (checked)
 _CELL_BYTES, _RECORD_BYTES = _CELL.encode(), _RECORD.encode()
-# A cell a spreadsheet would evaluate (kazoo.spreadsheet_safe): =, @, tab or CR
-# first, or + / - not followed by a plain number up to the cell's end.  One
-# pattern per separator: a literal first character makes the scan several
-# times faster than a character class.
-# The chunk is scanned as UTF-8 bytes, where these characters are single
+# A cell a spreadsheet would evaluate (kazoo's spreadsheet rule, formula_ahead):
+# each cell ends at a separator.  One pattern per separator: a literal first
+# character makes the scan several times faster than a character class.
+# The chunk is scanned as UTF-8 bytes, where the rule's characters are single
 # bytes that no multi-byte character contains.
-_FORMULA = rb"(?=[=@\t\r]|[+-](?![0-9]+(?:\.[0-9]+)?[\x00\x01]))"
-_FORMULA_AFTER_CELL = re.compile(_CELL.encode() + _FORMULA)
-_FORMULA_AFTER_RECORD = re.compile(_RECORD.encode() + _FORMULA)
+_FORMULA = formula_ahead("[%s]" % (_CELL + _RECORD)).encode("ascii")
+_FORMULA_AFTER_CELL = re.compile(_CELL_BYTES + _FORMULA)
+_FORMULA_AFTER_RECORD = re.compile(_RECORD_BYTES + _FORMULA)
+_GUARD_BYTES = FORMULA_GUARD.encode("ascii")
 _CACHE_MAX = 100_000  # entries per cache; cleared when full (a long export of odd values)
 
 _days: dict[Any, tuple[str, str]] = {}
@@ -250,7 +245,7 @@ def list_csv(rows: Sequence[Sequence[Any]], utc_offset: int = 0, inception: str 
     cells = len(LIST_COLUMNS) + (inception is not None)
     if text.count(_CELL_BYTES) != len(records) * (cells - 1) or text.count(_RECORD_BYTES) != len(records) + 1:
         return list_csv_reference(rows, utc_offset, inception).encode("utf-8")  # a separator inside a cell
-    text = _FORMULA_AFTER_CELL.sub(_CELL_BYTES + b"'", text)
-    text = _FORMULA_AFTER_RECORD.sub(_RECORD_BYTES + b"'", text)
+    text = _FORMULA_AFTER_CELL.sub(_CELL_BYTES + _GUARD_BYTES, text)
+    text = _FORMULA_AFTER_RECORD.sub(_RECORD_BYTES + _GUARD_BYTES, text)
     # "\x01a\x00b\x01" -> '"\r\n"a","b"\r\n"' -> 'a","b"\r\n' after the cut
     return text.replace(b'"', b'""').replace(_CELL_BYTES, b'","').replace(_RECORD_BYTES, b'"\r\n"')[3:-1]

@@ -1,38 +1,17 @@
-"""KPIs per time bucket (docs/api.md): the ``cdrs/stats`` and ``cdrs/worst`` routes' queries.
+"""KPIs per time bucket and the worst legs: the ``cdrs/stats`` and ``cdrs/worst`` routes' queries.
 
-Which legs count.  Legs are taken by ``timestamp`` (their hangup) in the
-inclusive range and put in buckets of ``interval`` seconds aligned to
-multiples of the interval in Gregorian seconds (``timestamp / interval``,
-so hourly buckets start on the hour, daily ones at 00:00 UTC).  Loopback
-legs (``channel_name`` ``loopback/...``) are FreeSWITCH talking to itself
-and count nowhere.  Of the others:
+Which legs count and what each figure means is docs/api.md#kpis: legs by ``timestamp`` (their
+hangup) in the inclusive range, loopback legs nowhere, attempts / seizures / answered / user
+outcomes / failures, in buckets of ``interval`` seconds aligned to multiples of the interval in
+Gregorian seconds.  A mean or ratio over zero legs is left out, never 0.
 
-- an *attempt* is an inbound leg (a call offered to the switch);
-- a *seizure* is an outbound leg except those ended ``LOSE_RACE`` /
-  ``PICKED_OFF`` (the losers of a ring group or a pickup never seized
-  anything);
-- a seizure is *answered* (``answered_us > 0``), else a *user outcome* when
-  its cause says the called user decided (busy, no answer, rejected, absent,
-  cancelled by the caller), else a *failure* (network, routing, codec...).
-
-Figures, each next to the count it is a share or mean of: ``asr`` =
-answered / seizures, ``ner`` = (answered + user outcomes) / seizures, both
-in %; ``acd_seconds`` = mean ``billing_seconds`` of answered seizures;
-``pdd_ms_p50`` / ``_p95`` = nearest-rank percentiles of ``pdd_ms`` over the
-seizures that have one (``pdd_legs``); ``mos_avg`` = mean ``audio_in_mos``
-of the legs with a MOS (``mos_legs``), ``low_mos`` those under 3.6;
-``no_rtp`` = legs with ``no_rtp_in`` = 1 of the ``rtp_legs`` that say.  A
-mean or ratio over zero legs is left out, never 0.
-
-How.  Three kinds of rows, all read in one transaction (one snapshot, so the
-totals are exactly the sum of the buckets) and added up per bucket by
-compute(): counters, seizures per cause, and seizures per pdd_ms (a
-histogram from which the nearest rank is read, exact).  An account's range
-reads the roll-ups the writer and store/schema.py's triggers keep (``stats_minutes``,
-``stats_pdd_hours``) for its whole minutes / hours and the legs only for the
-ragged edges (plan()); a user's range, a filtered one or an interval that
-is not whole minutes reads the legs: the partial covering index
-``idx_cdrs_stats`` for an account, the owner index for a user.
+Invariants.  Three kinds of rows (counters, seizures per cause, seizures per ``pdd_ms``: a
+histogram read exactly by nearest rank) are read in one transaction -- one snapshot, so the
+totals are exactly the sum of the buckets -- and added up per bucket by ``compute()``.  An
+account's range reads the roll-ups the writer and store/schema.py's triggers keep
+(``stats_minutes``, ``stats_pdd_hours``) for its whole minutes / hours and the legs only for the
+ragged edges (``plan()``); a user's, a filtered one or an interval that is not whole minutes
+reads the legs (the partial covering index ``idx_cdrs_stats``, or the owner index).
 """
 
 from __future__ import annotations
@@ -45,18 +24,19 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from . import kazoo
 from ..config import ApiConfig
-from ..ingest.legs import GREGORIAN_OFFSET
-from .queries import (
-    MAX_GREGORIAN,
+from .params import (
+    SECONDS,
     Filter,
     ParamError,
     Params,
-    ReaderPool,
-    check_range,
+    effective_range,
+    first,
     parse_filters,
     parse_int,
-    where_filters,
+    requested_range,
 )
+from .pool import ReaderPool
+from .sql import HANGUP_IN_RANGE, account_scope, column_sql, where_filters
 from ..store.schema import STATS_INDEX, STATS_INDEX_WHERE
 
 DEFAULT_INTERVAL = 3600
@@ -112,20 +92,14 @@ class WorstQuery:
 
 
 def _range(params: Params, api: ApiConfig, now: float) -> tuple[int, int]:
-    """created_from / created_to as the list route takes them."""
-    unit = "an integer (Gregorian seconds)"
-    req_from = parse_int(params, "created_from", 0, MAX_GREGORIAN, unit)
-    req_to = parse_int(params, "created_to", 0, MAX_GREGORIAN, unit)
-    created_to = req_to if req_to is not None else int(now) + GREGORIAN_OFFSET
-    created_from = req_from if req_from is not None else max(0, created_to - api.max_range)
-    check_range(created_from, created_to, api.max_range)
-    return created_from, created_to
+    """created_from / created_to as the list route takes them (no cursor here)."""
+    return effective_range(*requested_range(params), None, api.max_range, now)
 
 
 def parse_stats_query(params: Params, *, account_id: str, owner_id: str | None, api: ApiConfig,
                       now: float) -> StatsQuery:
     created_from, created_to = _range(params, api, now)
-    interval = parse_int(params, "interval", MIN_INTERVAL, MAX_INTERVAL, "an integer (seconds)")
+    interval = parse_int(params, "interval", MIN_INTERVAL, MAX_INTERVAL, SECONDS)
     interval = interval or DEFAULT_INTERVAL
     buckets = created_to // interval - created_from // interval + 1
     if buckets > MAX_BUCKETS:
@@ -137,7 +111,8 @@ def parse_stats_query(params: Params, *, account_id: str, owner_id: str | None, 
 def parse_worst_query(params: Params, *, account_id: str, owner_id: str | None, api: ApiConfig,
                       now: float) -> WorstQuery:
     created_from, created_to = _range(params, api, now)
-    kind = (params.get("by") or ["mos"])[0]
+    kind = first(params, "by")
+    kind = "mos" if kind is None else kind
     if kind not in WORST_KINDS:
         raise ParamError("by", "enum", "by must be one of %s" % ", ".join(WORST_KINDS), kind[:64])
     limit = parse_int(params, "limit", 1, WORST_MAX_LIMIT) or WORST_DEFAULT_LIMIT
@@ -146,9 +121,16 @@ def parse_worst_query(params: Params, *, account_id: str, owner_id: str | None, 
 
 # ----------------------------------------------------------------------- SQL
 
-_SEIZURE = "(c.call_direction = 'outbound' AND ifnull(c.hangup_cause, '') NOT IN ('LOSE_RACE', 'PICKED_OFF'))"
+def _sql_list(names: Sequence[str]) -> str:
+    return ", ".join("'%s'" % name for name in names)  # our constants: no client text
+
+
+# A seizure, of a leg (c) or of a roll-up row (s: hangup_cause '' when none).
+_SEIZURE_OF = "({t}.call_direction = 'outbound' AND {cause} NOT IN (%s))" % _sql_list(NOT_SEIZURES)
+_SEIZURE = _SEIZURE_OF.format(t="c", cause="ifnull(c.hangup_cause, '')")
 _ANSWERED = "c.answered_us > 0"
-_USER_OUTCOME = "c.hangup_cause IN (%s)" % ", ".join("'%s'" % cause for cause in USER_OUTCOMES)
+_USER_OUTCOMES = _sql_list(USER_OUTCOMES)
+_USER_OUTCOME = "c.hangup_cause IN (%s)" % _USER_OUTCOMES
 
 
 def _source(owner_id: str | None) -> str:
@@ -162,12 +144,9 @@ def _scope(account_id: str, owner_id: str | None, low: int, high: int,
            filters: Sequence[Filter]) -> tuple[str, list[Any]]:
     # The loopback term is written exactly as the partial index's WHERE:
     # that is how SQLite knows the index holds every leg the query wants.
-    clauses = ["c.account_id = ?", 'c."timestamp" BETWEEN ? AND ?', STATS_INDEX_WHERE.replace(
-        "channel_name", "c.channel_name")]
-    args: list[Any] = [account_id, low, high]
-    if owner_id is not None:
-        clauses.append("c.owner_id = ?")
-        args.append(owner_id)
+    clauses, args = account_scope(account_id, owner_id)
+    clauses += [HANGUP_IN_RANGE, STATS_INDEX_WHERE.replace("channel_name", "c.channel_name")]
+    args += [low, high]
     filter_clauses, filter_args = where_filters(filters, "c")
     return " AND ".join(clauses + filter_clauses), args + filter_args
 
@@ -210,7 +189,7 @@ def worst_sql(query: WorstQuery) -> tuple[str, list[Any]]:
     else:
         where += " AND c.no_rtp_in = 1"
         order = 'c."timestamp" DESC, c.seq DESC'
-    columns = ", ".join('c."%s"' % name for name in WORST_COLUMNS)
+    columns = ", ".join(column_sql(name) for name in WORST_COLUMNS)
     sql = "SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT ?" % (columns, _source(query.owner_id), where, order)
     return sql, args + [query.limit]
 
@@ -343,7 +322,7 @@ def compute(query: StatsQuery, results: Sequence[Iterable[tuple]],
 
 # Roll-up statements (store/schema.py's stats_minutes / stats_pdd_hours), rows
 # shaped as stats_statements' rows.
-_R_SEIZURE = "(s.call_direction = 'outbound' AND s.hangup_cause NOT IN ('LOSE_RACE', 'PICKED_OFF'))"
+_R_SEIZURE = _SEIZURE_OF.format(t="s", cause="s.hangup_cause")
 _ROLLUP_COUNTERS_SQL = (
     "SELECT s.minute * 60 / {i}, sum(s.legs),"
     " sum(CASE WHEN s.call_direction = 'inbound' THEN s.legs ELSE 0 END),"
@@ -396,7 +375,7 @@ def plan(query: StatsQuery, use_rollups: bool = True) -> list[list[tuple[str, li
         for kind, statement in zip(kinds, _raw(query, low, high)):
             kind.append(statement)
         return kinds
-    fmt = {"i": interval, "seiz": _R_SEIZURE, "user": ", ".join("'%s'" % c for c in USER_OUTCOMES)}
+    fmt = {"i": interval, "seiz": _R_SEIZURE, "user": _USER_OUTCOMES}
     args = [query.account_id, minutes[0], minutes[1]]
     kinds[0].append((_ROLLUP_COUNTERS_SQL.format(**fmt), list(args)))
     kinds[1].append((_ROLLUP_CAUSES_SQL.format(**fmt), list(args)))

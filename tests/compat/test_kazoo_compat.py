@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from eslcdr.api import app as api
 from eslcdr.config import from_mapping
-from eslcdr.query.queries import InlineRunner
+from eslcdr.query.reader import InlineRunner
 from eslcdr.api.sessions import SessionStore
 from eslcdr.api.tokens import TokenStore
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eslcdr.query import queries
+from eslcdr.query.params import FeedQuery
+from eslcdr.query.sql import feed_sql
 from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 
@@ -87,7 +88,7 @@ def feed_docs(db: Path) -> list[dict]:
     """A node database's records as its feed renders them."""
     conn = store.connect_writer(db)
     try:
-        sql, args = queries.feed_sql(queries.FeedQuery(0, None))
+        sql, args = feed_sql(FeedQuery(0, None))
         return [json.loads(row[0]) for row in conn.execute(sql, args)]
     finally:
         conn.close()

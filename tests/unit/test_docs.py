@@ -27,7 +27,7 @@ from eslcdr.store import db as store
 from eslcdr.cli import build_parser
 from eslcdr.collector import config as collector_config
 from eslcdr.config import DEFAULTS, from_mapping
-from eslcdr.query.queries import InlineRunner
+from eslcdr.query.reader import InlineRunner
 from eslcdr.store.schema import COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from eslcdr.query import kazoo
 from eslcdr.store import db as store
 from eslcdr.config import from_mapping
 from eslcdr.ingest.legs import GREGORIAN_OFFSET
-from eslcdr.query.queries import InlineRunner
+from eslcdr.query.reader import InlineRunner
 from eslcdr.store.schema import COLUMN_NAMES
 from eslcdr.api.tokens import TokenStore
 

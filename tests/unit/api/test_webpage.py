@@ -9,7 +9,7 @@ import webtest
 from eslcdr.api import app as api
 from eslcdr.store import db as store
 from eslcdr.config import from_mapping
-from eslcdr.query.queries import InlineRunner
+from eslcdr.query.reader import InlineRunner
 from eslcdr.api.tokens import TokenStore
 from eslcdr.api.webpage import STATIC
 

@@ -9,7 +9,8 @@ import json
 import psycopg
 import pytest
 
-from eslcdr.query import queries
+from eslcdr.query.params import FeedQuery
+from eslcdr.query.sql import feed_sql
 from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 from eslcdr.collector.feed import parse_record
@@ -25,7 +26,7 @@ def feed_items(tmp_path, records, after=0):
     """Records -> the feed lines a node serves (the real SQLite rendering)."""
     conn = store.connect_writer(tmp_path / ("node-%d.db" % len(list(tmp_path.iterdir()))))
     store.insert_records(conn, records)
-    sql, args = queries.feed_sql(queries.FeedQuery(after, None))
+    sql, args = feed_sql(FeedQuery(after, None))
     lines = [row[0].encode() for row in conn.execute(sql, args)]
     conn.close()
     items, previous = [], after

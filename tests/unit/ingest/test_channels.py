@@ -17,7 +17,7 @@ from eslcdr.ingest.live import LiveChannels
 from eslcdr.config import from_mapping
 from eslcdr.esl.client import parse_channel_rows, parse_dump
 from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
-from eslcdr.query.queries import InlineRunner
+from eslcdr.query.reader import InlineRunner
 from eslcdr.api.tokens import TokenStore
 
 ACC = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"

@@ -1,13 +1,21 @@
 """Spreadsheet-safe CSV: a cell a spreadsheet would evaluate gets a leading
 apostrophe; phone numbers and plain numbers stay exactly as they are; JSON is
-never altered.  Checked by reading the CSV back with the csv module."""
+never altered.  Checked by reading the CSV back with the csv module, and the
+rule's four renderings (Python, the two fast-path regular expressions, SQL)
+against each other."""
 
 from __future__ import annotations
 
 import csv
 import io
+import sqlite3
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eslcdr.query import kazoo
+from eslcdr.query import list_csv
+from eslcdr.query.kazoo import SOURCE_COLUMNS
 from eslcdr.store.schema import COLUMN_NAMES
 
 from tests import kazoo_shapes
@@ -69,3 +77,45 @@ def test_json_is_never_altered(env):  # noqa: F811
 def test_spreadsheet_safe_rule():
     for given, expected in CASES.items():
         assert kazoo.spreadsheet_safe(given) == expected
+
+
+# Cells near the rule's edges: its characters, digits, points, and others.
+EDGES = ["+1.", "-.5", "+.", "+1.2.3", "+1..2", "-0.0", "+12", "-12.50", "+1 2", "-5\n", "+\t1", "=", "@",
+         "\t", "\r", "\n=1", " =1", "'=1", "-", "+", "+١٢", "-½", "+1e5", "-0x1", "+-1", "--1", "a=1", "é", ""]
+RULE_CHARS = kazoo.FORMULA_FIRST + kazoo.FORMULA_SIGNS + kazoo.DECIMAL_POINT + "0123456789"
+cells = st.one_of(st.sampled_from(EDGES), st.text(alphabet=RULE_CHARS + "a '\"\n,é١", max_size=7))
+
+
+def renderings(cell: str, conn: sqlite3.Connection) -> dict[str, str]:
+    """The cell as each rendering of the spreadsheet rule writes it."""
+    sql = kazoo.spreadsheet_safe_sql("t.v")
+    (in_sql,) = conn.execute("SELECT %s FROM (SELECT ? AS v) AS t" % sql, [cell]).fetchone()
+    # kazoo.csv_records: a formula cell found after the join marker (and at the end).
+    records = next(csv.reader(io.StringIO(kazoo.csv_records([["x", cell, cell]]), newline="")))
+    # list_csv: one pattern after a cell, another after a record (the id is a record's first cell).
+    row = [None] * len(SOURCE_COLUMNS) + [0, 0]
+    row[SOURCE_COLUMNS.index("id")] = row[SOURCE_COLUMNS.index("caller_id_name")] = cell
+    row[SOURCE_COLUMNS.index("timestamp")] = 63_900_000_000
+    listed = list(csv.reader(io.StringIO(list_csv.list_csv([row, row]).decode("utf-8"), newline="")))
+    return {"sql": in_sql, "csv_records": records[1], "csv_records_last": records[2],
+            "list_csv_first_cell": listed[1][0], "list_csv_cell": listed[1][3]}
+
+
+@settings(max_examples=400, deadline=None)
+@given(cell=cells)
+def test_every_rendering_of_the_spreadsheet_rule_agrees(cell):
+    """spreadsheet_safe (Python) is the rule; the SQL of full records and the
+    regular expressions of both fast CSV paths are built from the same
+    constants and must write every cell exactly as it does."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        expected = kazoo.spreadsheet_safe(cell)
+        assert renderings(cell, conn) == dict.fromkeys(
+            ["sql", "csv_records", "csv_records_last", "list_csv_first_cell", "list_csv_cell"], expected)
+    finally:
+        conn.close()
+
+
+def test_the_edges_of_the_rule():
+    assert [kazoo.spreadsheet_safe(cell) for cell in ["+1.", "-.5", "+1.2.3", "-0.0", "+12", "+١٢", "-5\n"]] == \
+        ["'+1.", "'-.5", "'+1.2.3", "-0.0", "+12", "'+١٢", "'-5\n"]

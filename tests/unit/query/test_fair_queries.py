@@ -15,7 +15,8 @@ import time
 from eslcdr.store import db as store
 from eslcdr.config import from_mapping
 from eslcdr.fakefs import DEFAULT_ACCOUNTS
-from eslcdr.query.queries import KIND_CDRS, is_heavy, parse_list_query
+from eslcdr.query.params import KIND_CDRS, parse_list_query
+from eslcdr.query.pool import is_heavy
 
 from tests.harness import DaemonProcess, db_rows, write_config
 from tests.unit.api.test_api import ACC_A, G, NOW_G, Env, assert_error, leg

@@ -9,18 +9,10 @@ import dataclasses
 import pytest
 
 from eslcdr.store import db as store
-from eslcdr.query.queries import (
-    KIND_CDRS,
-    KIND_INTERACTIONS,
-    FeedQuery,
-    InlineRunner,
-    ListQuery,
-    ReaderPool,
-    cursor_for,
-    feed_sql,
-    legs_sql,
-    list_sql,
-)
+from eslcdr.query.params import KIND_CDRS, KIND_INTERACTIONS, FeedQuery, ListQuery, cursor_for
+from eslcdr.query.pool import ReaderPool
+from eslcdr.query.reader import InlineRunner
+from eslcdr.query.sql import feed_sql, legs_sql, list_sql
 
 from tests.unit.query.test_queries import ACC, NOW_G, db, record  # noqa: F401 -- db is a fixture
 

@@ -22,23 +22,14 @@ from hypothesis import strategies as st
 
 from eslcdr.query import kazoo
 from eslcdr.query import list_csv
-from eslcdr.query import queries
+from eslcdr.query import stream as streams
 from eslcdr.store import db as store
 from eslcdr.ingest.legs import GREGORIAN_OFFSET
 from eslcdr.query.list_csv import INCEPTION_ACCOUNT, INCEPTION_USER, list_csv_reference
-from eslcdr.query.queries import (
-    KIND_CDRS,
-    KIND_INTERACTIONS,
-    LIST_ROW_WIDTH,
-    InlineRunner,
-    ListQuery,
-    ReaderPool,
-    cursor_for,
-    list_sql,
-    packed_sql,
-    unpack_rows,
-    warm_sql,
-)
+from eslcdr.query.params import KIND_CDRS, KIND_INTERACTIONS, ListQuery, cursor_for
+from eslcdr.query.pool import ReaderPool
+from eslcdr.query.reader import InlineRunner
+from eslcdr.query.sql import LIST_ROW_WIDTH, list_sql, packed_sql, unpack_rows, warm_sql
 
 from tests import kazoo_shapes
 from tests.unit.api.test_api import ACC_A, HARD_NAMES, NOW_G, env, leg  # noqa: F401 -- env is a fixture
@@ -194,7 +185,7 @@ def test_a_cold_stream_warms_the_rows_ahead_and_changes_nothing(db, monkeypatch,
     pool = ReaderPool(path, 5, runner=InlineRunner())
     query = listing(KIND_CDRS, ascending)
     plain = [list(row) for batch in pool.keyset_stream(chunks_of(query, False), chunk=10**6) for row in batch]
-    monkeypatch.setattr(queries, "waited_on_disk", lambda wall, cpu: True)
+    monkeypatch.setattr(streams, "waited_on_disk", lambda wall, cpu: True)
     windows = []
 
     def warm(low, high):

@@ -16,21 +16,20 @@ from eslcdr.query import kazoo
 from eslcdr.store import db as store
 from eslcdr.config import from_mapping
 from eslcdr.ingest.legs import GREGORIAN_OFFSET
-from eslcdr.query.queries import (
+from eslcdr.query.params import (
     KIND_CDRS,
     KIND_INTERACTIONS,
     Cursor,
     ListQuery,
     ParamError,
-    ReaderPool,
-    StatementTimeout,
     decode_cursor,
     encode_cursor,
-    list_sql,
     parse_feed_query,
     parse_list_query,
-    InlineRunner,
 )
+from eslcdr.query.pool import ReaderPool
+from eslcdr.query.reader import InlineRunner, StatementTimeout
+from eslcdr.query.sql import list_sql
 
 from tests import kazoo_shapes
 

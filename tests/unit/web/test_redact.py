@@ -63,7 +63,7 @@ def test_an_unexpected_exception_logs_its_type_and_frames_never_its_text(tmp_pat
 
     from eslcdr.api import app as api
     from eslcdr.config import from_mapping
-    from eslcdr.query.queries import InlineRunner
+    from eslcdr.query.reader import InlineRunner
 
     tokens = tmp_path / "tokens"
     tokens.write_text("")
