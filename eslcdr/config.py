@@ -1,20 +1,17 @@
 """Configuration: one frozen ``Config`` built once at start and passed down.
 
-Sources, later ones winning: built-in defaults, the INI file, then
-environment variables ``ESLCDR_<SECTION>_<KEY>`` (``ESLCDR_ESL_PASSWORD``,
-``ESLCDR_API_LISTEN``...).  Further FreeSWITCH nodes are ``[esl:NAME]``
-sections; each inherits the keys of ``[esl]`` it does not set.  Their
-environment overrides are ``ESLCDR_ESL_<NAME>_<KEY>``.
+Sources, later ones winning: built-in defaults, the INI file, then the
+environment, ``ESLCDR_<SECTION>_<KEY>`` (``env_name``).  Further FreeSWITCH
+nodes are ``[esl:NAME]`` sections; each inherits the keys of ``[esl]`` it
+does not set.
 
 Every key is declared once, in ``SETTINGS``: its default (as the INI file
 writes it), how its text becomes a value, when that value is valid and what
 it is for.  ``DEFAULTS``, the checks of ``build`` and the keys the file may
 hold derive from it; ``conf/eslcdr.ini`` lists every key with its default
-under its help (a test checks the file against ``SETTINGS``), and
-docs/configuration.md names each (another test).  The collector's
-``collector/config.py`` declares its keys with the same ``Setting`` and
-helpers.  Bad values raise ``ConfigError`` with the section, key and reason,
-which the CLI turns into exit code 2.
+under its help, docs/configuration.md names each (both tested).  The
+collector's ``collector/config.py`` declares its keys with the same parts.
+Bad values raise ``ConfigError`` naming section, key and reason (exit 2).
 """
 
 from __future__ import annotations

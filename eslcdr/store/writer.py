@@ -1,34 +1,18 @@
 """The writer: the only greenlet that writes to SQLite.
 
 The ESL readers hand CDR records to ``submit()``, which only appends to a
-bounded in-memory list (no I/O, never blocks the socket reader); the first
-record of a batch wakes the writer, which then lets the batch gather: it
-commits (up to ``batch_size`` records) once GATHER_ROWS records wait, or
-when the batch's window closes -- the time the last batch took to bring
-GATHER_ROWS records, never more than ``flush_interval`` after the first
-record.  So a media server's trickle of CDRs costs a few transactions a
-second, not one per leg, while a burst starts its first transaction early
-and its last one does not wait.  A
-batch is inserted in one transaction, with the interaction links of its
-legs and any interaction merges.  The transaction runs in a thread of
-gevent's pool: sqlite3 releases the GIL while SQLite works, so the ESL
-readers keep decoding on the hub (and on a second core) while a batch is
-committed.
+bounded in-memory list (no I/O, never blocks the socket reader); the writer
+commits them in batches (``Writer.run``, ``_gather``), each in one
+transaction with the interaction links of its legs and any interaction
+merges, in a thread of gevent's pool (sqlite3 releases the GIL while SQLite
+works, so the ESL readers keep decoding meanwhile).
 
 When SQLite fails (disk full, file locked, I/O error) the batch is kept and
 retried with capped jittered backoff.  Nothing is refused while the spool
-(store/spool.py) can be written: after a failed transaction the writer moves its
-whole backlog to the spool file (so a crash or SIGKILL during a long outage
-loses nothing), and records arriving past ``capacity`` are appended to it by
-the spooler greenlet.  The spool is replayed (idempotent on call_id) a batch
-at a time, interleaved with live batches, as soon as SQLite takes writes --
-which includes the start.  Only when the spool cannot be written either is a
-record lost: the spooler, or ``submit()``'s caller when even the queue to
-the spooler is full, logs it in full at error level.
-
-Retention (store/retention.py) schedules deletions; the writer runs them in small
-batches between two insert batches (also while a batch gathers), as it
-replays the spool.
+(store/spool.py) can be written (``Writer`` says how); only when it cannot
+either is a record lost, logged in full at error level.  Retention
+(store/retention.py) schedules deletions; the writer runs them in small
+batches between two insert batches, as it replays the spool.
 """
 
 from __future__ import annotations
@@ -75,6 +59,26 @@ def _in_thread(work: Callable[[], int]) -> int:
 
 
 class Writer:
+    """The only writer of the SQLite file.
+
+    A batch gathers after its first record wakes the writer: it is committed
+    (up to ``batch_size`` records) once GATHER_ROWS records wait, or when the
+    batch's window closes -- the time the last batch took to bring
+    GATHER_ROWS records, never more than ``flush_interval`` after the first
+    record.  So a media server's trickle of CDRs costs a few transactions a
+    second, not one per leg, while a burst starts its first transaction early
+    and its last one does not wait.
+
+    After a failed transaction the writer moves its whole backlog to the
+    spool file (so a crash or SIGKILL during a long outage loses nothing),
+    and records arriving past ``capacity`` are appended to it by the spooler
+    greenlet.  The spool is replayed (idempotent on call_id) a batch at a
+    time, interleaved with live batches, as soon as SQLite takes writes --
+    which includes the start.  Only when the spool cannot be written either
+    is a record lost: the spooler, or ``submit()``'s caller when even the
+    queue to the spooler is full, logs it in full at error level.
+    """
+
     def __init__(
         self,
         conn: sqlite3.Connection,
