@@ -40,6 +40,7 @@ from ..config import (
     read_config_file,
     section_values,
 )
+from ..web.redact import REDACTED
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/collector.ini"), Path("conf/collector.ini"))
 _NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -48,7 +49,6 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MIN_SECRET_PIECE = 3
 _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:\\.|[^'\\])*'?|\S+)")
 _QUERY_PASSWORD = re.compile(r"(?:^|&)password=([^&#]*)")
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
