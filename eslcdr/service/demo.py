@@ -39,11 +39,11 @@ log = structlog.get_logger(__name__)
 DEMO_ACCOUNT = "*"
 
 
-def build_config(db: Path, tokens: Path, listen: str, esl_port: int) -> config.Config:
+def build_config(db: Path, tokens: Path, listen: str, esl_port: int, esl_password: str) -> config.Config:
     host, port = parse_listen(listen)
     return config.from_mapping(
         {
-            "esl": {"host": "127.0.0.1", "port": str(esl_port), "password": "ClueCon"},
+            "esl": {"host": "127.0.0.1", "port": str(esl_port), "password": esl_password},
             "store": {"path": str(db)},
             "api": {"listen": "%s:%d" % (host, port), "tokens_file": str(tokens)},
             "cdr": {"node_name": "demo-fs"},
@@ -159,7 +159,7 @@ def run_demo(args) -> int:
                                history_calls=args.history, post_dial_delay=True),
     )
     fake.start()
-    cfg = build_config(db, tokens, args.listen, fake.port)
+    cfg = build_config(db, tokens, args.listen, fake.port, fake.password)
     token = add_token(str(tokens), DEMO_ACCOUNT)
     daemon = Daemon(cfg, api_factory=serve_api)
     try:
