@@ -330,8 +330,7 @@ class Writer:
                 continue
             batch = self._overflow[:]
             try:
-                with spool.lock:
-                    self._offload(lambda: spool.append(batch))
+                self._on_spool(lambda: spool.append(batch))
             except OSError as exc:
                 del self._overflow[: len(batch)]
                 self.lost += len(batch)
@@ -351,8 +350,7 @@ class Writer:
             return
         batch = self._pending[:]
         try:
-            with spool.lock:
-                self._offload(lambda: spool.append(batch))
+            self._on_spool(lambda: spool.append(batch))
         except OSError as exc:
             # Keep them in memory: SQLite may come back before the spool does.
             log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(self._pending))
@@ -371,10 +369,15 @@ class Writer:
             and len(self._pending) < max(1, self._capacity // 2)
         )
 
+    def _on_spool(self, work: Callable):
+        """``work`` on the spool file as spool.py asks: in the thread pool,
+        holding the spool's lock."""
+        with self._spool.lock:
+            return self._offload(work)
+
     def _replay_one_chunk(self) -> None:
         spool = self._spool
-        with spool.lock:
-            records, offset = self._offload(lambda: spool.read(self._batch_size))
+        records, offset = self._on_spool(lambda: spool.read(self._batch_size))
         merges = self._spool_merges
         for record in records:
             interaction_id = record.get("interaction_id")
@@ -396,9 +399,10 @@ class Writer:
         self.last_write_at = time.time()
         log.debug("spool_batch_replayed", rows=new, duplicates=len(records) - new, spool_backlog=spool.backlog)
         if spool.empty and not self._overflow:
-            with spool.lock:
-                if self._offload(spool.truncate_if_replayed) and not self._overflow:
-                    self._spool_merges.clear()
+            # (no switch between the lock's release and the check: gevent
+            # wakes a waiter on the next loop turn)
+            if self._on_spool(spool.truncate_if_replayed) and not self._overflow:
+                self._spool_merges.clear()
 
     def _write_one_batch(self) -> None:
         taken_at = time.monotonic()
