@@ -1,29 +1,28 @@
 """Configuration: one frozen ``Config`` built once at start and passed down.
 
-Sources, later ones winning: built-in defaults, the INI file, then
-environment variables ``ESLCDR_<SECTION>_<KEY>`` (``ESLCDR_ESL_PASSWORD``,
-``ESLCDR_API_LISTEN``...).  Further FreeSWITCH nodes are ``[esl:NAME]``
-sections; each inherits the keys of ``[esl]`` it does not set.  Their
-environment overrides are ``ESLCDR_ESL_<NAME>_<KEY>``.
+Sources, later ones winning: built-in defaults, the INI file, then the
+environment, ``ESLCDR_<SECTION>_<KEY>`` (``env_name``).  Further FreeSWITCH
+nodes are ``[esl:NAME]`` sections; each inherits the keys of ``[esl]`` it
+does not set.
 
 Every key is declared once, in ``SETTINGS``: its default (as the INI file
 writes it), how its text becomes a value, when that value is valid and what
 it is for.  ``DEFAULTS``, the checks of ``build`` and the keys the file may
 hold derive from it; ``conf/eslcdr.ini`` lists every key with its default
-under its help (a test checks the file against ``SETTINGS``), and
-docs/configuration.md names each (another test).  Bad values raise
-``ConfigError`` with the section, key and reason, which the CLI turns into
-exit code 2.
+under its help, docs/configuration.md names each (both tested).  The
+collector's ``collector/config.py`` declares its keys with the same parts.
+Bad values raise ``ConfigError`` naming section, key and reason (exit 2).
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
 
@@ -84,7 +83,8 @@ def choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _listen(raw: str) -> tuple[str, int]:
+def host_port(raw: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6; no host = loopback) -> (host, port)."""
     host, sep, port = raw.strip().rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise Invalid("%r is not host:port" % raw)
@@ -94,7 +94,7 @@ def _listen(raw: str) -> tuple[str, int]:
 def parse_listen(raw: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port)."""
     try:
-        return _listen(raw)
+        return host_port(raw)
     except Invalid as exc:
         raise ConfigError("[api] listen: %s" % exc) from None
 
@@ -116,6 +116,11 @@ def non_negative(value: float) -> bool:
     return value >= 0
 
 
+def at_least(low: float) -> Callable[[float], bool]:
+    """The check of a value that must be ``low`` or more."""
+    return lambda value: value >= low
+
+
 # The HTTP server's bounds (``ServerLimits``, used by ``server.make_server``): the
 # same keys in ``[api]`` and in the collector's ``[collector]``.
 SERVER_LIMIT_SETTINGS: dict[str, Setting] = {
@@ -134,15 +139,17 @@ SERVER_LIMIT_SETTINGS: dict[str, Setting] = {
         "connections served at once; past them a new connection takes the slot of one that is idle\n"
         "or below min_receive_rate (for 1 s at least), or is answered 503 and closed")),
     # gevent's request line limit is 8192
-    "max_head_bytes": Setting("65536", int, lambda v: v >= 8192, help=(
+    "max_head_bytes": Setting("65536", int, at_least(8192), help=(
         "bytes of a request head (request line and headers) before it is answered 431 (at least 8192)")),
-    "max_body_bytes": Setting("65536", int, lambda v: v >= 1024, help=(
+    "max_body_bytes": Setting("65536", int, at_least(1024), help=(
         "bytes of a request body (the login's JSON); a larger Content-Length is answered 413 before\n"
         "a byte of the body is read, a chunked body as soon as it passes this (at least 1024)")),
 }
-# The same as (default, type, valid when), as collector/config.py reads them.
-SERVER_LIMITS: dict[str, tuple[str, Callable, Callable]] = {
-    key: (setting.default, setting.parse, setting.check) for key, setting in SERVER_LIMIT_SETTINGS.items()
+# The [log] keys of both eslcdr run and eslcdr collect.
+LOG_SETTINGS: dict[str, Setting] = {
+    "level": Setting("info", choice("debug", "info", "warning", "error"), help="debug, info, warning, error"),
+    "format": Setting("auto", choice("json", "console", "auto"), help=(
+        "json, console or auto (console on a terminal, json otherwise)")),
 }
 
 SETTINGS: dict[str, dict[str, Setting]] = {
@@ -193,7 +200,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "from their file. Empty = off.")),
     },
     "api": {
-        "listen": Setting("127.0.0.1:8080", _listen, help="host:port of the HTTP API; loopback by default"),
+        "listen": Setting("127.0.0.1:8080", host_port, help="host:port of the HTTP API; loopback by default"),
         "tokens_file": Setting("/etc/eslcdr/tokens", text, help=(
             "one token per line: TOKEN ACCOUNT_ID or sha256:HEX ACCOUNT_ID ('*' = collector)")),
         "max_range": Setting("2682000", int, positive, help=(
@@ -230,19 +237,19 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "node_name": Setting("", text, help="node name of the [esl] connection (default: this host's name)"),
     },
     "log": {
-        "level": Setting("info", choice("debug", "info", "warning", "error"), help="debug, info, warning, error"),
-        "format": Setting("auto", choice("json", "console", "auto"), help=(
-            "json, console or auto (console on a terminal, json otherwise)")),
+        **LOG_SETTINGS,
         "summary_interval": Setting("60", float, positive, help=(
             "seconds between two info `summary` lines (events, CDRs, backlog, reconnects per node);\n"
             "per-batch lines are at debug level")),
     },
 }
 
-# Section -> key -> default, as the INI file writes it.
-DEFAULTS: dict[str, dict[str, str]] = {
-    section: {key: setting.default for key, setting in settings.items()} for section, settings in SETTINGS.items()
-}
+def defaults(settings: Mapping[str, Mapping[str, Setting]]) -> dict[str, dict[str, str]]:
+    """Section -> key -> default, as the INI file writes it."""
+    return {section: {key: setting.default for key, setting in keys.items()} for section, keys in settings.items()}
+
+
+DEFAULTS: dict[str, dict[str, str]] = defaults(SETTINGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +307,12 @@ class ServerLimits:
 
     @classmethod
     def default(cls) -> "ServerLimits":
-        return server_limits(DEFAULTS["api"], "api")
+        return cls(**parsed(SERVER_LIMIT_SETTINGS, DEFAULTS["api"], "api"))
+
+    @classmethod
+    def taken_from(cls, values: dict[str, Any]) -> "ServerLimits":
+        """The limits among a section's parsed ``values``, removed from them."""
+        return cls(**{key: values.pop(key) for key in SERVER_LIMIT_SETTINGS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,19 +364,36 @@ def parsed(settings: Mapping[str, Setting], values: Mapping[str, str], section: 
     return {key: setting.value(values, section, key) for key, setting in settings.items()}
 
 
-def server_limits(values: Mapping[str, str], section: str) -> ServerLimits:
-    """The server-limit keys of a section, checked."""
-    return ServerLimits(**parsed(SERVER_LIMIT_SETTINGS, values, section))
+def env_name(section: str, key: str) -> str:
+    """The environment variable that overrides ``[section] key``:
+    ``ESLCDR_<SECTION>_<KEY>``, upper case, any character but A-Z and 0-9 as
+    ``_`` (``[esl:fs-2] host`` -> ``ESLCDR_ESL_FS_2_HOST``)."""
+    return re.sub(r"[^A-Z0-9]", "_", "ESLCDR_%s_%s" % (section.upper(), key.upper()))
 
 
-def _env_overrides(section: str, keys, environ: Mapping[str, str]) -> dict[str, str]:
-    prefix = "ESLCDR_%s_" % section.upper().replace(":", "_").replace("-", "_")
-    found = {}
-    for key in keys:
-        env_name = prefix + key.upper()
-        if env_name in environ:
-            found[key] = environ[env_name]
-    return found
+def check_sections(parser: configparser.ConfigParser, settings: Mapping[str, Mapping[str, Setting]],
+                   plain: Collection[str], named: Collection[str]) -> None:
+    """Refuse a section or key ``settings`` does not declare: a section is
+    ``[NAME]`` for NAME in ``plain`` or ``[NAME:...]`` for NAME in ``named``."""
+    for section in parser.sections():
+        base, colon, _ = section.partition(":")
+        if base not in settings or base not in (named if colon else plain):
+            raise ConfigError("unknown section [%s]" % section)
+        for key in parser[section]:
+            if key not in settings[base]:
+                raise ConfigError("[%s] unknown key %r" % (section, key))
+
+
+def section_values(parser: configparser.ConfigParser, section: str, defaults: Mapping[str, str],
+                   environ: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A section's text: its ``defaults``, then what it ``inherit``s, then the
+    file's keys, then the environment's (``env_name``)."""
+    values = dict(defaults)
+    values.update(inherit or {})
+    if parser.has_section(section):
+        values.update(parser[section])
+    values.update({key: environ[env_name(section, key)] for key in defaults if env_name(section, key) in environ})
+    return values
 
 
 def _node(name: str, section: str, values: Mapping[str, str]) -> EslNode:
@@ -424,27 +453,13 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
 
 
 def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> Config:
-    for section in parser.sections():
-        base = section.split(":", 1)[0]
-        if base not in DEFAULTS:
-            raise ConfigError("unknown section [%s]" % section)
-        known = DEFAULTS[base]
-        for key in parser[section]:
-            if key not in known:
-                raise ConfigError("[%s] unknown key %r" % (section, key))
+    check_sections(parser, SETTINGS, plain=SETTINGS, named=("esl",))
 
-    def section_values(name: str, inherit: Mapping[str, str] | None = None) -> dict[str, str]:
-        base = name.split(":", 1)[0]
-        values = dict(DEFAULTS[base])
-        if inherit:
-            values.update(inherit)
-        if parser.has_section(name):
-            values.update(parser[name])
-        values.update(_env_overrides(name, DEFAULTS[base], environ))
-        return values
+    def values(name: str, inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+        return section_values(parser, name, DEFAULTS[name.split(":", 1)[0]], environ, inherit)
 
-    esl = section_values("esl")
-    cdr = parsed(SETTINGS["cdr"], section_values("cdr"), "cdr")
+    esl = values("esl")
+    cdr = parsed(SETTINGS["cdr"], values("cdr"), "cdr")
     node_name = cdr["node_name"] or socket.gethostname()
     nodes = [_node(node_name, "esl", esl)]
     for section in parser.sections():
@@ -452,24 +467,24 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
             name = section.split(":", 1)[1].strip()
             if not name:
                 raise ConfigError("[%s] needs a node name after esl:" % section)
-            nodes.append(_node(name, section, section_values(section, inherit=esl)))
+            nodes.append(_node(name, section, values(section, inherit=esl)))
     if len({node.name for node in nodes}) != len(nodes):
         raise ConfigError("two [esl] sections share the node name %r" % node_name)
 
-    store = parsed(SETTINGS["store"], section_values("store"), "store")
-    api_values = section_values("api")
+    store = parsed(SETTINGS["store"], values("store"), "store")
+    api_values = values("api")
     api = parsed(SETTINGS["api"], api_values, "api")
     if api["max_page_size"] < api["default_page_size"]:
         raise ConfigError("[api] max_page_size: %r is out of range" % api_values["max_page_size"])
     host, port = api.pop("listen")
-    limits = ServerLimits(**{key: api.pop(key) for key in SERVER_LIMIT_SETTINGS})
+    limits = ServerLimits.taken_from(api)
     return Config(
         nodes=tuple(nodes),
         store=StoreConfig(**{**store, "spool_path": store["spool_path"] or store["path"] + ".spool"}),
         api=ApiConfig(host=host, port=port, limits=limits, **api),
         cdr=CdrConfig(**{**cdr, "node_name": node_name}),
-        log=LogConfig(**parsed(SETTINGS["log"], section_values("log"), "log")),
-        backfill=BackfillConfig(**parsed(SETTINGS["backfill"], section_values("backfill"), "backfill")),
+        log=LogConfig(**parsed(SETTINGS["log"], values("log"), "log")),
+        backfill=BackfillConfig(**parsed(SETTINGS["backfill"], values("backfill"), "backfill")),
         source=source,
     )
 

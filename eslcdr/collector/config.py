@@ -4,9 +4,14 @@ Sources, later ones winning: built-in defaults, the INI file, then the
 environment: ``ESLCDR_COLLECTOR_DSN`` (the DSN usually carries a password),
 ``ESLCDR_COLLECTOR_<KEY>`` for the other ``[collector]`` keys and
 ``ESLCDR_NODE_<NAME>_TOKEN`` / ``_URL`` for a node (NAME upper-cased, ``-``
-as ``_``), so secrets can live in a systemd ``EnvironmentFile``.  Every key
-is listed, commented, in ``conf/collector.ini``.  Bad values raise
-``ConfigError`` naming the section and key.
+as ``_``), so secrets can live in a systemd ``EnvironmentFile``.
+
+Every key is declared once, in ``SETTINGS`` (``eslcdr/config.py``'s
+``Setting``: default, parser, bounds, help); ``DEFAULTS``, the checks of
+``build`` and the keys the file may hold derive from it, and
+``conf/collector.ini`` lists every key, commented out, with its default
+under its help (a test checks it).  Bad values raise ``ConfigError`` naming
+the section and key.
 """
 
 from __future__ import annotations
@@ -19,37 +24,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..config import SERVER_LIMITS, ConfigError, ServerLimits, parse_listen, read_config_file, server_limits
+from ..config import (
+    LOG_SETTINGS,
+    SERVER_LIMIT_SETTINGS,
+    ConfigError,
+    Invalid,
+    ServerLimits,
+    Setting,
+    at_least,
+    check_sections,
+    defaults,
+    host_port,
+    non_negative,
+    parsed,
+    read_config_file,
+    section_values,
+)
+from ..web.redact import REDACTED
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/collector.ini"), Path("conf/collector.ini"))
-
-DEFAULTS: dict[str, dict[str, str]] = {
-    "collector": {
-        "dsn": "postgresql:///eslcdr",
-        "listen": "127.0.0.1:8090",
-        "poll_interval": "1",
-        "batch_size": "5000",
-        "timeout": "30",
-        "max_record_bytes": "1048576",
-        "max_batch_bytes": "33554432",
-        "retry_max_delay": "30",
-        "max_pull_seconds": "300",
-        "min_pull_rate": "1024",
-        "max_record_age_days": "400",
-        "max_new_partitions": "3",
-        # the bounds of the /health and /metrics server, as [api]'s of eslcdr run
-        **{key: default for key, (default, _, _) in SERVER_LIMITS.items()},
-    },
-    "node": {"url": "", "token": ""},
-    "log": {"level": "info", "format": "auto"},
-}
 _NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # A piece of a password shorter than this is not searched for in messages
 # (it would match ordinary words); the whole password always is.
 MIN_SECRET_PIECE = 3
 _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:\\.|[^'\\])*'?|\S+)")
 _QUERY_PASSWORD = re.compile(r"(?:^|&)password=([^&#]*)")
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,38 +127,93 @@ def redact_secrets(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-def check_dsn(dsn: str) -> None:
-    """Refuse a DSN libpq would read other than written, without ever
-    naming its password."""
+def pg_dsn(raw: str) -> str:
+    """A libpq DSN, refused (``Invalid``, never naming its password) when
+    empty or when libpq would read it other than written."""
     from psycopg.conninfo import conninfo_to_dict
 
+    dsn = raw.strip()
+    if not dsn:
+        raise Invalid("empty (a PostgreSQL URL, or ESLCDR_COLLECTOR_DSN)")
     if "://" in dsn:
         head = dsn.split("://", 1)[1].partition("?")[0]
         if "@" in head and any(c in head[: head.rindex("@")] for c in "@/#"):
-            raise ConfigError(
-                "[collector] dsn: the user:password part holds an '@', '/' or '#': libpq would cut it there"
+            raise Invalid(
+                "the user:password part holds an '@', '/' or '#': libpq would cut it there"
                 " and take the rest for the host; percent-encode them (@ as %40, / as %2F, # as %23)")
     try:
         conninfo_to_dict(dsn)
     except Exception as exc:  # psycopg.ProgrammingError: libpq cannot parse it
         message = redact_secrets(str(exc).strip().splitlines()[0], dsn_secrets(dsn))
         hint = " (a '%' in the password must be written %25)" if "percent" in message else ""
-        raise ConfigError("[collector] dsn: %s%s" % (message, hint)) from None
+        raise Invalid("%s%s" % (message, hint)) from None
+    return dsn
 
 
-def _number(values: Mapping[str, str], section: str, key: str, conv, low):
-    raw = values[key]
+def feed_url(raw: str) -> str:
+    """``http(s)://host:port`` of a node's API, without a trailing slash."""
+    url = raw.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid("%r must be http://host:port or https://host:port" % raw)
     try:
-        value = conv(raw)
+        parts.port
     except ValueError:
-        raise ConfigError("[%s] %s: %r is not a valid %s" % (section, key, raw, conv.__name__)) from None
-    if value < low:
-        raise ConfigError("[%s] %s: %r is out of range (at least %s)" % (section, key, raw, low))
-    return value
+        raise Invalid("%r has a bad port" % raw) from None
+    if parts.query or parts.fragment or parts.username:
+        raise Invalid("%r must not carry a query, fragment or credentials" % raw)
+    return url
 
 
-def _env_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+def token(raw: str) -> str:
+    """A node's ``*`` token (never echoed)."""
+    if not raw.strip():
+        raise Invalid("a '*' token of that media server is required")
+    return raw.strip()
+
+
+SETTINGS: dict[str, dict[str, Setting]] = {
+    "collector": {
+        "dsn": Setting("postgresql:///eslcdr", pg_dsn, help=(
+            "PostgreSQL URL (libpq); keep a password out of this file: ESLCDR_COLLECTOR_DSN.")),
+        "listen": Setting("127.0.0.1:8090", host_port, help="/health and /metrics of the collector."),
+        "poll_interval": Setting("1", float, at_least(0.01), help=(
+            "Seconds between pulls of a node that had nothing new (at least 0.01).")),
+        "batch_size": Setting("5000", int, at_least(1), help=(
+            "Records per PostgreSQL transaction (rows + the node's cursor).")),
+        "timeout": Setting("30", float, at_least(0.1), help=(
+            "Seconds any HTTP connect/read or PostgreSQL connect may take (at least 0.1).")),
+        "max_record_bytes": Setting("1048576", int, at_least(1024), help=(
+            "A feed line longer than this is refused (memory stays bounded; at least 1024).")),
+        "max_batch_bytes": Setting("33554432", int, at_least(1024), help=(
+            "A batch is committed early once its records reach this many bytes (at least 1024).")),
+        "retry_max_delay": Setting("30", float, at_least(0.1), help=(
+            "Longest wait between retries of a failing node (capped, jittered backoff; at least 0.1).")),
+        "max_pull_seconds": Setting("300", float, at_least(1), help=(
+            "Longest a pull may wait for and read one answer of a node (seconds, at least 1); a\n"
+            "node that never ends its answer is cut there and shown failing.")),
+        "min_pull_rate": Setting("1024", int, non_negative, help=(
+            "A pull older than `timeout` seconds receiving fewer bytes per second than\n"
+            "this on average is cut (a node that trickles; 0 = off).")),
+        "max_record_age_days": Setting("400", int, at_least(1), help=(
+            "Records hung up more than this many days ago (or over a day ahead) are\n"
+            "refused to collector_rejects (reason hangup_out_of_window).")),
+        "max_new_partitions": Setting("3", int, non_negative, help=(
+            "Monthly partitions a node's records may create in 24 hours; records of\n"
+            "further new months go to collector_rejects (reason partition_limit).")),
+        # the bounds of the /health and /metrics server, as [api]'s of eslcdr run
+        **SERVER_LIMIT_SETTINGS,
+    },
+    # [node:NAME] sections, one per media server
+    "node": {
+        "url": Setting("", feed_url, help="http(s)://host:port of the media server's eslcdr API"),
+        "token": Setting("", token, help=(
+            "a '*' token there (`eslcdr token add --account '*'` on that server),\n"
+            "or ESLCDR_NODE_<NAME>_TOKEN")),
+    },
+    "log": LOG_SETTINGS,
+}
+DEFAULTS: dict[str, dict[str, str]] = defaults(SETTINGS)
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -175,92 +229,26 @@ def from_mapping(sections: Mapping[str, Mapping[str, str]], environ: Mapping[str
     return build(parser, environ or {}, "<mapping>")
 
 
-def _check_url(section: str, raw: str) -> str:
-    url = raw.strip().rstrip("/")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("[%s] url: %r must be http://host:port or https://host:port" % (section, raw))
-    try:
-        parts.port
-    except ValueError:
-        raise ConfigError("[%s] url: %r has a bad port" % (section, raw)) from None
-    if parts.query or parts.fragment or parts.username:
-        raise ConfigError("[%s] url: %r must not carry a query, fragment or credentials" % (section, raw))
-    return url
-
-
 def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> CollectorConfig:
-    for section in parser.sections():
-        base = section.split(":", 1)[0]
-        if base not in DEFAULTS or (base == "node") != (":" in section):
-            raise ConfigError("unknown section [%s]" % section)
-        for key in parser[section]:
-            if key not in DEFAULTS[base]:
-                raise ConfigError("[%s] unknown key %r" % (section, key))
-    values = dict(DEFAULTS["collector"])
-    if parser.has_section("collector"):
-        values.update(parser["collector"])
-    for key in DEFAULTS["collector"]:
-        env = "ESLCDR_COLLECTOR_" + key.upper()
-        if env in environ:
-            values[key] = environ[env]
-    try:
-        host, port = parse_listen(values["listen"])
-    except ConfigError:
-        raise ConfigError("[collector] listen: %r is not host:port" % values["listen"]) from None
-
+    check_sections(parser, SETTINGS, plain=("collector", "log"), named=("node",))
+    values = parsed(SETTINGS["collector"], section_values(parser, "collector", DEFAULTS["collector"], environ),
+                    "collector")
+    host, port = values.pop("listen")
+    limits = ServerLimits.taken_from(values)
     nodes = []
     for section in parser.sections():
         if not section.startswith("node:"):
             continue
-        name = section.split(":", 1)[1].strip()
+        name = section.split(":", 1)[1]
         if not _NODE_NAME.fullmatch(name):
             raise ConfigError("[%s] node name must be 1-64 of A-Z a-z 0-9 . _ -" % section)
-        node_values = dict(DEFAULTS["node"])
-        node_values.update(parser[section])
-        for key in ("url", "token"):
-            env = "ESLCDR_NODE_%s_%s" % (_env_key(name), key.upper())
-            if env in environ:
-                node_values[key] = environ[env]
-        token = node_values["token"].strip()
-        if not token:
-            raise ConfigError("[%s] token: a '*' token of that media server is required" % section)
-        nodes.append(FeedNode(name=name, url=_check_url(section, node_values["url"]), token=token))
+        node = parsed(SETTINGS["node"], section_values(parser, section, DEFAULTS["node"], environ), section)
+        nodes.append(FeedNode(name=name, **node))
     if not nodes:
         raise ConfigError("no [node:NAME] section: nothing to collect")
     if len({n.name for n in nodes}) != len(nodes):
         raise ConfigError("two [node:...] sections share a name")
-
-    log = dict(DEFAULTS["log"])
-    if parser.has_section("log"):
-        log.update(parser["log"])
-    level = log["level"].strip().lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("[log] level: %r must be debug, info, warning or error" % level)
-    fmt = log["format"].strip().lower()
-    if fmt not in ("json", "console", "auto"):
-        raise ConfigError("[log] format: %r must be json, console or auto" % fmt)
-    dsn = values["dsn"].strip()
-    if not dsn:
-        raise ConfigError("[collector] dsn: empty (a PostgreSQL URL, or ESLCDR_COLLECTOR_DSN)")
-    check_dsn(dsn)
-    section = "collector"
-    return CollectorConfig(
-        dsn=dsn,
-        host=host,
-        port=port,
-        poll_interval=_number(values, section, "poll_interval", float, 0.01),
-        batch_size=_number(values, section, "batch_size", int, 1),
-        timeout=_number(values, section, "timeout", float, 0.1),
-        max_record_bytes=_number(values, section, "max_record_bytes", int, 1024),
-        max_batch_bytes=_number(values, section, "max_batch_bytes", int, 1024),
-        retry_max_delay=_number(values, section, "retry_max_delay", float, 0.1),
-        max_pull_seconds=_number(values, section, "max_pull_seconds", float, 1),
-        min_pull_rate=_number(values, section, "min_pull_rate", int, 0),
-        max_record_age_days=_number(values, section, "max_record_age_days", int, 1),
-        max_new_partitions=_number(values, section, "max_new_partitions", int, 0),
-        limits=server_limits(values, section),
-        nodes=tuple(nodes),
-        log=LogConfig(level=level, format=fmt),
-        source=source,
-    )
+    # [log] takes no environment variable (docs/configuration.md)
+    log = parsed(SETTINGS["log"], section_values(parser, "log", DEFAULTS["log"], {}), "log")
+    return CollectorConfig(host=host, port=port, limits=limits, nodes=tuple(nodes), log=LogConfig(**log),
+                           source=source, **values)

@@ -7,30 +7,11 @@ parsed and written while the response is still arriving, memory holds one
 batch whatever the page size, and a connection cut mid-stream keeps every
 complete line before the cut (bench/collect.py has the figures).
 
-``LineSplitter`` is sans-IO: bytes in, complete lines out, and a line that
-grows past ``max_line`` bytes without its newline raises ``RecordTooLarge``
-(memory stays bounded whatever a node sends).  It looks for newlines only in
-the bytes just fed: a long line arriving a byte at a time costs linear time,
-not a rescan of the whole buffer per byte.  ``parse_record`` checks one
-line: valid UTF-8 JSON object, an integer ``seq`` above the previous one,
-a ``call_id`` string and a usable hangup time inside the plausible window
-(``HangupWindow``).  A line whose seq cannot be read stops the pull
+Memory and time stay bounded whatever a node sends: ``LineSplitter`` refuses
+a line past ``max_line`` bytes, ``FeedClient`` a pull past its deadline or
+below its byte rate.  A line whose seq cannot be read stops the pull
 (``FeedProtocolError``: retried, never skipped); a line with a good seq but
-a bad body becomes a ``Rejected`` item (with its reason) that the store
-keeps in ``collector_rejects`` while the cursor moves past it.
-
-``FeedClient`` holds one keep-alive connection to the node; every socket
-operation has ``timeout`` (a stalled node raises, it never hangs the
-worker), and any error closes the connection so the next pull starts clean.
-A pull also has a wall-clock deadline (``max_pull_seconds``) and, once it is
-``timeout`` old, a minimum average byte rate (``min_pull_rate``), both over
-the time spent waiting for and reading the node's answer (not the time
-spent storing it): a node that trickles or never ends its answer fails the
-pull (``PullTooSlow``) instead of holding its worker forever.  The body is
-read in whatever the node sends, possibly one byte per chunk, and data that
-is always there never makes the socket wait, so the reader lets the other
-greenlets run (``gevent.idle``) at least every ``YIELD_INTERVAL`` seconds:
-every node's worker keeps its pace whatever this one receives.
+a bad body becomes a ``Rejected`` item (``parse_record``).
 """
 
 from __future__ import annotations
@@ -75,7 +56,13 @@ TRANSPORT_ERRORS = (OSError, http.client.HTTPException, FeedError)
 
 
 class LineSplitter:
-    """Bytes in, complete ``\\n``-terminated lines out (without the newline)."""
+    """Bytes in, complete ``\\n``-terminated lines out (without the newline).
+
+    Sans-IO; a line that grows past ``max_line`` bytes without its newline
+    raises ``RecordTooLarge`` (memory stays bounded whatever a node sends).  It
+    looks for newlines only in the bytes just fed: a long line arriving a byte
+    at a time costs linear time, not a rescan of the whole buffer per byte.
+    """
 
     def __init__(self, max_line: int) -> None:
         self._max = max_line
@@ -138,6 +125,14 @@ def _iso(micros: int) -> str:
 
 
 def parse_record(line: bytes, previous_seq: int, window: HangupWindow | None = None) -> FeedRecord | Rejected:
+    """One line checked: valid UTF-8 JSON object, an integer ``seq`` above the
+    previous one, a ``call_id`` string and a usable hangup time inside the
+    plausible window (``HangupWindow``).  A line whose seq cannot be read
+    raises ``FeedProtocolError`` (the pull stops: retried, never skipped); a
+    line with a good seq but a bad body becomes a ``Rejected`` item (with its
+    reason) that the store keeps in ``collector_rejects`` while the cursor
+    moves past it.
+    """
     try:
         doc = orjson.loads(line)  # also checks the bytes are UTF-8
     except orjson.JSONDecodeError as exc:
@@ -171,6 +166,22 @@ class FeedResponse:
 
 
 class FeedClient:
+    """One keep-alive connection to a node's feed.
+
+    Every socket operation has ``timeout`` (a stalled node raises, it never
+    hangs the worker), and any error closes the connection so the next pull
+    starts clean.  A pull also has a wall-clock deadline (``max_seconds``) and,
+    once it is ``timeout`` old, a minimum average byte rate (``min_rate``),
+    both over the time spent waiting for and reading the node's answer (not
+    the time spent storing it): a node that trickles or never ends its answer
+    fails the pull (``PullTooSlow``) instead of holding its worker forever.
+    The body is read in whatever the node sends, possibly one byte per chunk,
+    and data that is always there never makes the socket wait, so the reader
+    lets the other greenlets run (``gevent.idle``) at least every
+    ``YIELD_INTERVAL`` seconds: every node's worker keeps its pace whatever
+    this one receives.
+    """
+
     def __init__(self, url: str, token: str, timeout: float, max_seconds: float = 300.0,
                  min_rate: int = 0) -> None:
         parts = urllib.parse.urlsplit(url)

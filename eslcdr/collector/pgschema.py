@@ -1,53 +1,18 @@
 """The collector's PostgreSQL schema: tables, monthly partitions, migrations.
 
-``cdrs`` has every column of the SQLite table (``eslcdr.store.schema.COLUMNS``):
-INTEGER -> ``bigint``, REAL -> ``double precision``, TEXT -> ``text``, the
-JSON columns -> ``jsonb``, ``fax_success`` -> ``boolean`` (the feed sends it
-as one).  ``seq`` is the row's seq on its media server.  Beside them:
-``source`` (the collector's ``[node:NAME]`` the row came from),
-``created_at`` / ``answered_at`` / ``hangup_at`` (``timestamptz`` of the µs
-times; ``answered_at`` NULL when never answered) and ``collected_at``.
+``cdrs`` has every column of the SQLite table (``eslcdr.store.schema.COLUMNS``,
+types by ``pg_type``), ``seq`` being the row's seq on its media server, and
+beside them ``source`` (the ``[node:NAME]`` the row came from), the µs times
+as ``timestamptz`` and ``collected_at``.  It is ``PARTITION BY RANGE
+(hangup_at)``, one partition per UTC month (``cdrs_yYYYYmMM``), no DEFAULT
+partition (``ensure_partitions``, ``create_partitions_for``).
 
-Partitioning: ``cdrs`` is ``PARTITION BY RANGE (hangup_at)``, one partition
-per UTC month (``cdrs_yYYYYmMM``).  ``ensure_partitions`` creates the current
-month and the next ones ahead of need; a batch holding a row of a month
-without a partition (an old backfilled call) creates it on demand first, in
-its own short transaction under an advisory lock (two workers may need the
-same month at once).  There is no DEFAULT partition: a default would have to
-be scanned, and would make creating later months fail when it held rows.
-
-A node creates partitions only within bounds: records outside the hangup
-window are refused before (``feed.HangupWindow``), and a month created on
-demand is written down in ``collector_partitions`` with the node it was
-created for; past ``max_new_partitions`` of them in 24 hours, that node's
-records of further new months are refused (``partition_limit``).  The
-months created ahead of need (node NULL) do not count.
-
-Upsert by call_id across partitions: PostgreSQL can only enforce a unique
-key that includes the partition key, so ``cdrs``' primary key is
-``(call_id, hangup_at)``, and ``call_id`` alone is made unique by a small
-side table ``cdr_keys (call_id PRIMARY KEY, hangup_at, source)``: where each
-call's row lives and which node stored it.  Only that node may replace it: a
-record of another node with the same call_id is refused (``other_node``).
-A batch is upserted as: (1) the node's own rows whose stored hangup_at
-differs from the new one (a leg written off as ``eslcdr_hangup_not_seen``
-then replaced by its real record) are found through ``cdr_keys`` and deleted
-from their old partition; (2) ``cdr_keys`` takes the new keys, updating
-only the node's own (``ON CONFLICT ... WHERE source = EXCLUDED.source``);
-the calls it did not take belong to another node and leave the batch for
-``collector_rejects``; (3) ``cdrs`` takes the rows with ``ON CONFLICT
-(call_id, hangup_at) DO UPDATE`` -- a re-delivered or rewritten row replaces
-the stored one.  The ``cdr_keys`` row lock also serialises two transactions
-writing the same call: the second waits for the first and then sees its
-owner.
-
-Migrations: ``MIGRATIONS`` is an append-only list; ``eslcdr_schema.version``
-counts those applied.  Each runs in its own transaction holding an advisory
-lock, so two collectors starting together migrate once.  After them,
-``follow_sqlite_columns`` adds any column the SQLite schema gained since (a
-newer eslcdr's migration) with ``ADD COLUMN IF NOT EXISTS``: the collector
-stores every column its media servers send, without a hand-written PG
-migration per SQLite one.
+Its primary key is ``(call_id, hangup_at)`` (PostgreSQL only enforces a key
+that includes the partition key); ``call_id`` alone is unique through the
+side table ``cdr_keys (call_id PRIMARY KEY, hangup_at, source)``, which also
+names the one node that may replace each call (the upsert:
+``pgstore.PgStore.store_batch``).  Migrations: ``MIGRATIONS`` is append-only,
+``eslcdr_schema.version`` counts those applied (``migrate``).
 """
 
 from __future__ import annotations
@@ -77,7 +42,12 @@ EXTRA_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def pg_type(name: str, sqltype: str) -> str:
-    """The PostgreSQL type of a SQLite column."""
+    """The PostgreSQL type of a SQLite column.
+
+    INTEGER -> ``bigint``, REAL -> ``double precision``, TEXT -> ``text``, the
+    JSON columns -> ``jsonb``, ``fax_success`` -> ``boolean`` (the feed sends
+    it as one).
+    """
     if name == "seq":
         return "bigint NOT NULL"
     if name in JSON_COLUMNS:
@@ -207,7 +177,15 @@ def follow_sqlite_columns(cur: psycopg.Cursor) -> list[str]:
 
 
 def migrate(conn: psycopg.Connection) -> int:
-    """Bring the database up to SCHEMA_VERSION; return the version found."""
+    """Bring the database up to SCHEMA_VERSION; return the version found.
+
+    Each migration runs in its own transaction holding an advisory lock, so
+    two collectors starting together migrate once.  After them,
+    ``follow_sqlite_columns`` adds any column the SQLite schema gained since (a
+    newer eslcdr's migration) with ``ADD COLUMN IF NOT EXISTS``: the collector
+    stores every column its media servers send, without a hand-written PG
+    migration per SQLite one.
+    """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))
         conn.execute("CREATE TABLE IF NOT EXISTS eslcdr_schema (version integer NOT NULL)")
@@ -265,7 +243,17 @@ def create_partitions_for(
 ) -> tuple[list[str], set[dt.date]]:
     """Create the missing monthly partitions among ``months``, for ``node``
     (None: ahead of need), at most ``limit`` a day for that node, newest
-    first.  Returns (created, the months refused by the limit)."""
+    first.  Returns (created, the months refused by the limit).
+
+    In its own short transaction under an advisory lock (two workers may need
+    the same month at once).  A node creates partitions only within bounds:
+    records outside the hangup window are refused before
+    (``feed.HangupWindow``), and a month created on demand is written down in
+    ``collector_partitions`` with the node it was created for; past
+    ``max_new_partitions`` of them in 24 hours, that node's records of further
+    new months are refused (``partition_limit``).  The months created ahead of
+    need (node NULL) do not count.
+    """
     months = sorted(set(months), reverse=True)
     if not months:
         return [], set()
@@ -306,7 +294,14 @@ def create_partitions_for(
 
 
 def ensure_partitions(conn: psycopg.Connection, now: dt.datetime, ahead: int = MONTHS_AHEAD) -> list[str]:
-    """The current month's partition and ``ahead`` more."""
+    """The current month's partition and ``ahead`` more.
+
+    Created ahead of need; a batch holding a row of a month without a
+    partition (an old backfilled call) creates it on demand first
+    (``create_partitions_for``).  There is no DEFAULT partition: a default
+    would have to be scanned, and would make creating later months fail when
+    it held rows.
+    """
     month = month_start(now)
     months = [month]
     for _ in range(ahead):

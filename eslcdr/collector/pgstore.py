@@ -4,33 +4,13 @@ A batch is the records of one node after its stored cursor, in seq order.
 ``store_batch`` writes them and moves the node's cursor (``collector_nodes
 .after``) in the same transaction, so after a crash PostgreSQL holds either
 the rows and the new cursor or neither: the next pull asks for exactly what
-is missing.  The node's row is locked first (``FOR UPDATE``) and its cursor
-and db_id compared with what the worker believes; a mismatch (a second
-collector pulling the same node) aborts the batch with ``CursorMoved``
-instead of writing twice.
+is missing.  A second collector pulling the same node aborts the batch
+(``CursorMoved``) instead of writing twice.
 
-The rows go in by COPY into a temporary table shaped like ``cdrs`` (the
-values taken from each record's parsed JSON, the two JSON columns as JSON
-text), then set-based SQL does the rest: the timestamptz columns from the
-µs ones, and the upsert of pgschema's header.  bench/collect.py measured
-three ways on the same records (CPU per row, collector + PostgreSQL):
-this typed COPY 10 + 25 µs, a COPY of the raw lines turned into rows by
-``json_populate_record`` 5 + 52 µs, per-row ``executemany`` INSERTs in
-pipeline mode 48 + 48 µs.  The typed COPY costs the least in total and
-the least on PostgreSQL, the resource many collectors share.
-
-A value PostgreSQL refuses (a string in an integer column, a NUL in a
-text) makes the COPY or the INSERT fail with a DataError; that step is
-then done one row at a time under savepoints and each refused record is
-stored whole in ``collector_rejects`` with the error: nothing is lost,
-nothing blocks the node, and an operator can look at it.
-
-Every refused record is kept the same way, with one of ``REASONS``: a
-record without a usable call_id or hangup time, a value PostgreSQL refuses,
-a call_id another node stored (only the node that stored a row may replace
-it: pgschema's ``cdr_keys.source``), a hangup time outside the window, a
-month whose partition the node may not create (pgschema's
-``create_partitions_for``).
+The rows go in by COPY into a temporary table shaped like ``cdrs``, then
+set-based SQL upserts them (``_stage``, ``store_batch``).  A record that is
+not stored is kept whole in ``collector_rejects`` with one of ``REASONS``
+(docs/collector.md): nothing is lost, nothing blocks the node.
 """
 
 from __future__ import annotations
@@ -296,7 +276,23 @@ class PgStore:
     ) -> BatchResult:
         """Upsert the records, keep the rejects, move the cursor to the last seq.
         ``max_new_partitions``: the node's bound on partitions created for it
-        in 24 hours (None: no bound)."""
+        in 24 hours (None: no bound).
+
+        The node's row is locked first (``FOR UPDATE``) and its cursor and
+        db_id compared with what the worker believes (else ``CursorMoved``).
+        The upsert by call_id across partitions: (1) the node's own rows whose
+        stored hangup_at differs from the new one (a leg written off as
+        ``eslcdr_hangup_not_seen`` then replaced by its real record) are found
+        through ``cdr_keys`` and deleted from their old partition; (2)
+        ``cdr_keys`` takes the new keys, updating only the node's own (``ON
+        CONFLICT ... WHERE source = EXCLUDED.source``); the calls it did not
+        take belong to another node and leave the batch for
+        ``collector_rejects`` (``other_node``); (3) ``cdrs`` takes the rows
+        with ``ON CONFLICT (call_id, hangup_at) DO UPDATE`` -- a re-delivered
+        or rewritten row replaces the stored one.  The ``cdr_keys`` row lock
+        also serialises two transactions writing the same call: the second
+        waits for the first and then sees its owner.
+        """
         if not items:
             return BatchResult(0, 0, 0, expected_after)
         # One row per call: a leg rewritten twice within one batch keeps its
@@ -375,7 +371,17 @@ class PgStore:
 
     def _stage(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> int:
         """COPY the rows into _staged; on a refused value, row by row.
-        Returns how many records were rejected."""
+        Returns how many records were rejected.
+
+        The values come from each record's parsed JSON (the two JSON columns as
+        JSON text); SQL then derives the timestamptz columns from the µs ones.
+        bench/collect.py measured three ways on the same records (CPU per row,
+        collector + PostgreSQL): this typed COPY 10 + 25 µs, a COPY of the raw
+        lines turned into rows by ``json_populate_record`` 5 + 52 µs, per-row
+        ``executemany`` INSERTs in pipeline mode 48 + 48 µs.  The typed COPY
+        costs the least in total and the least on PostgreSQL, the resource many
+        collectors share.
+        """
         columns = self._columns
         try:
             with self.conn.transaction():
@@ -414,6 +420,11 @@ class PgStore:
     def _one_by_one(
         self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]
     ) -> tuple[int, int]:
+        """A value PostgreSQL refuses (a string in an integer column, a NUL in a
+        text) made the COPY or the INSERT fail with a DataError: the batch is
+        then stored one row at a time under savepoints and each refused record
+        is stored whole in ``collector_rejects`` with the error.  Returns
+        (stored, rejected)."""
         stored = rejected = 0
         for record in rows:
             try:

@@ -3,23 +3,11 @@
 A worker owns its HTTP connection (``FeedClient``) and its PostgreSQL
 connection (``PgStore``): nothing is shared between nodes, so a node that
 is down, slow or sending garbage costs only its own worker's time, and the
-others keep their pace (gevent switches at every socket wait).
-
-A pull: ``GET feed?after=<stored cursor>&limit=<feed_limit>`` -> the
-response's ``X-DB-ID`` is compared with the stored one (a different id: the
-node's database is a new file; the cursor restarts at 0, logged, and the
-upsert by call_id makes the replay harmless; the re-pull waits a backoff
-that grows with the changes of the last hour, and past
-``DB_ID_CHANGES_WARN`` of them the node is shown failing: an id that keeps
-changing is two databases answering one URL, not a replaced file) -> lines
-are checked (hangup times inside the window: ``feed.HangupWindow``) and
-gathered into a batch of at most ``batch_size`` records and
-``max_batch_bytes`` bytes -> each batch is one PostgreSQL transaction with
-the cursor.  When a pull ends early (an error, a cut connection) the
-complete records already received are still stored before the error is
-handled, then the pull is retried after a capped, jittered backoff.  The
-request with ``after=`` is also the node's acknowledgement: its retention
-keeps every row above the cursor stored here.
+others keep their pace (gevent switches at every socket wait).  A pull
+(``NodeWorker.pull_once``) stores its batches, each one PostgreSQL
+transaction with the cursor; a failed pull is retried after a capped,
+jittered backoff.  The request with ``after=`` is also the node's
+acknowledgement: its retention keeps every row above the cursor stored here.
 
 Shutdown: ``stop()`` sets an event; the service interrupts a worker only
 while it waits on the network or sleeps (``interruptible``), never inside a
@@ -194,7 +182,22 @@ class NodeWorker:
         return self._store
 
     def pull_once(self) -> bool:
-        """One request; True when the node may have more right away."""
+        """One request; True when the node may have more right away.
+
+        ``GET feed?after=<stored cursor>&limit=<feed_limit>`` -> the response's
+        ``X-DB-ID`` is compared with the stored one (a different id: the node's
+        database is a new file; the cursor restarts at 0, logged, and the
+        upsert by call_id makes the replay harmless; the re-pull waits a backoff
+        that grows with the changes of the last hour, and past
+        ``DB_ID_CHANGES_WARN`` of them the node is shown failing: an id that
+        keeps changing is two databases answering one URL, not a replaced file)
+        -> lines are checked (hangup times inside the window:
+        ``feed.HangupWindow``) and gathered into a batch of at most
+        ``batch_size`` records and ``max_batch_bytes`` bytes -> each batch is
+        one PostgreSQL transaction with the cursor.  When a pull ends early (an
+        error, a cut connection) the complete records already received are
+        still stored before the error is handled, then the pull is retried.
+        """
         store = self._open_store()
         cfg = self._config
         recovering = self.state == "error"

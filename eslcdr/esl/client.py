@@ -3,24 +3,16 @@
 ``EslClient`` is greenswitch's ``InboundESL`` with its reading replaced:
 greenswitch decodes a whole event block before splitting its lines (so an
 encoded newline in a value breaks the event), cannot read JSON events and
-waits forever on commands.  Here one reader greenlet pulls large chunks off
-the socket into the sans-IO ``FrameParser``; command replies resolve the
-pending command (in order, as greenswitch does); events are decoded and
-handed to ``on_event`` right there, in the reader, so nothing queues between
-FreeSWITCH and the leg tracker.  Every command waits at most
-``command_timeout``.  Once subscribed, the reader lets events gather in the
-socket after a small read (``_gather``: until PACE_BYTES wait or READ_PACE
-has passed), so a media server's steady trickle wakes the daemon a few
-times a second rather than once per event.
+waits forever on commands.  Here one reader greenlet feeds the sans-IO
+``FrameParser``; command replies resolve the pending command (in order);
+events are decoded and handed to ``on_event`` right there, in the reader, so
+nothing queues between FreeSWITCH and the leg tracker.  Every command waits
+at most ``command_timeout``.  The greenswitch internals it relies on are
+pinned by tests/test_esl.py.
 
-``NodeConnection`` supervises one node: connect, log in, subscribe (JSON by
-default, CUSTOM subclasses last), ask ``show channels as json`` which legs
-are still up, then wait for the socket to close and reconnect with capped,
-jittered backoff.  A refused password is fatal: retrying cannot fix it.
-The resync callback names the listed legs it did not know (created while
-no socket listened); each is asked for with ``uuid_dump <uuid> json`` (at
-most ``MAX_DUMPS``), whose CHANNEL_DATA answer goes down the normal event
-path, so such a leg gets its account, owner and links like any other.
+``NodeConnection`` supervises one node: connect, log in, subscribe, resync
+the legs still up, reconnect with capped, jittered backoff.  A refused
+password is fatal: retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -106,6 +98,14 @@ class Reply:
 
 
 class EslClient(InboundESL):
+    """greenswitch's ``InboundESL`` reading through ``FrameParser``.
+
+    The reader pulls large chunks off the socket; once subscribed it lets
+    events gather in the socket after a small read (``_gather``: until
+    PACE_BYTES wait or READ_PACE has passed), so a media server's steady
+    trickle wakes the daemon a few times a second rather than once per event.
+    """
+
     def __init__(
         self,
         node: EslNode,
@@ -330,7 +330,16 @@ def parse_dump(body: str) -> Event | None:
 
 
 class NodeConnection:
-    """Keeps one FreeSWITCH node connected, for the life of the daemon."""
+    """Keeps one FreeSWITCH node connected, for the life of the daemon.
+
+    Connect, log in, subscribe (JSON by default, CUSTOM subclasses last), ask
+    ``show channels as json`` which legs are still up, then wait for the
+    socket to close and reconnect with capped, jittered backoff.  The resync
+    callback names the listed legs it did not know (created while no socket
+    listened); each is asked for with ``uuid_dump <uuid> json`` (at most
+    ``MAX_DUMPS``), whose CHANNEL_DATA answer goes down the normal event path,
+    so such a leg gets its account, owner and links like any other.
+    """
 
     def __init__(
         self,

@@ -1,22 +1,17 @@
 """Lossless decoding of FreeSWITCH event bodies (``text/event-plain`` and
 ``text/event-json``) into a dict of ``str -> str``.
 
-Plain events: one ``Name: value`` header a line, every value percent-encoded
-by FreeSWITCH.  We split the lines first and percent-decode each value after
-(greenswitch decodes the whole block first, which breaks values that hold an
-encoded newline, such as SDP).  A body (``Content-Length`` inside the event,
-as on BACKGROUND_JOB) follows the blank line and is kept under ``_body``.
-
-JSON events: values are raw strings; ``ARRAY::`` variables arrive as JSON
-arrays and are re-encoded in FreeSWITCH's plain form (``ARRAY::a|:b``) so both
-subscriptions decode to the same values.  The body is ``_body`` already.
+Plain events (``decode_plain``) are split into lines first and each value
+percent-decoded after (greenswitch decodes the whole block first, which
+breaks values that hold an encoded newline, such as SDP).  JSON events
+(``decode_json``) re-encode ``ARRAY::`` variables in FreeSWITCH's plain form,
+so both subscriptions decode to the same values.  A body is kept under
+``_body``.
 
 Bytes that are not UTF-8 are replaced (U+FFFD), never fatal; so is NUL
-(U+0000, ``%00`` in a plain event, ``\u0000`` in a JSON one, in a name or a
-value): PostgreSQL's text and jsonb cannot hold it, so a row carrying one
-would be refused by the collector.  JSON is parsed
-with orjson (about twice as fast as the stdlib on these events).  A body that
-cannot be decoded at all raises ``EventDecodeError`` for the caller to count.
+(PostgreSQL's text and jsonb cannot hold it, so a row carrying one would be
+refused by the collector: ``without_nul``).  A body that cannot be decoded at
+all raises ``EventDecodeError`` for the caller to count.
 """
 
 from __future__ import annotations
@@ -92,6 +87,12 @@ def _array_value(items: list) -> str:
 
 
 def decode_json(body: bytes) -> Event:
+    """Values are raw strings; ``ARRAY::`` variables arrive as JSON arrays and
+    are re-encoded in FreeSWITCH's plain form (``ARRAY::a|:b``).  The body is
+    ``_body`` already.  NUL (``\\u0000`` in a name or a value) is replaced as in
+    a plain event (``%00``).  Parsed with orjson (about twice as fast as the
+    stdlib on these events).
+    """
     try:
         try:
             # orjson parses FreeSWITCH's events in half the time of json.
@@ -143,6 +144,10 @@ def plain_header_pairs(head: str) -> Iterator[tuple[str, str]]:
 
 
 def decode_plain(body: bytes) -> Event:
+    """One ``Name: value`` header a line, every value percent-encoded by
+    FreeSWITCH.  A body (``Content-Length`` inside the event, as on
+    BACKGROUND_JOB) follows the blank line and is kept under ``_body``.
+    """
     text = body.decode("utf-8", "replace")
     head, sep, rest = text.partition("\n\n")
     event: Event = dict(plain_header_pairs(head))

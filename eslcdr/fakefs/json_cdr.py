@@ -3,32 +3,13 @@
 FreeSWITCH's mod_json_cdr writes one file per leg in the channel's reporting
 state, just *before* the core fires CHANNEL_HANGUP_COMPLETE for it, so the
 stand-in writes a leg's file when the pump reaches that event, before it
-offers the event to any connection, whether a client listens or not.
+offers the event to any connection, whether a client listens or not.  The
+document is built from that event (``json_cdr_document``), field by field as
+the real files beside the captures (tests/data/json_cdr/, set J) show.
 
-The document is built from the leg's CHANNEL_HANGUP_COMPLETE, which carries
-everything mod_json_cdr puts in the file, field by field as the real files
-recorded beside the captures (tests/data/json_cdr/, set J) show:
-
-- ``core-uuid`` / ``switchname``: ``Core-UUID`` / ``FreeSWITCH-Switchname``;
-- ``channel_data``: state ``CS_REPORTING``, ``Call-Direction``, state number 11;
-- ``callStats``: ``{}`` (RTP counters are not in the events);
-- ``variables``: every ``variable_*`` without the prefix, URL-encoded as in
-  a plain event (``encode-values``, mod_json_cdr's default);
-- ``app_log``: the leg's last application (``current_application``), when
-  it ran one (the events do not list the earlier ones);
-- ``callflow[0]``: ``caller_profile`` from the ``Caller-*`` headers, the
-  partner's profile under ``originator`` / ``originatee`` from the
-  ``Other-Leg-*`` headers (as ``Other-Type`` says), and ``times`` from the
-  ``Caller-Channel-*-Time`` headers.
-
-The file is ``<uuid>.cdr.json``, or ``a_<uuid>.cdr.json`` for an "A" leg
-(one without an originator: ``prefix-a-leg``).  mod_json_cdr writes the file
-in place (open with O_TRUNC, write, close: a reader can catch it half
-written; with ``queue-capacity`` a thread writes it, possibly after the event
-went out); the stand-in writes a temporary name and renames it, so a reader
-never sees half a file unless a fault asks for one: ``delay`` (the file
-appears that many seconds after the hangup) and ``truncate_every`` (every
-Nth file is cut short, as when FreeSWITCH dies mid-write).
+mod_json_cdr writes the file in place (a reader can catch it half written);
+the stand-in writes a temporary name and renames it, so a reader never sees
+half a file unless a fault asks for one (``JsonCdrWriter``).
 """
 
 from __future__ import annotations
@@ -84,7 +65,20 @@ def is_a_leg(event: Event) -> bool:
 
 
 def json_cdr_document(event: Event) -> dict:
-    """The mod_json_cdr document of a leg, from its CHANNEL_HANGUP_COMPLETE."""
+    """The mod_json_cdr document of a leg, from its CHANNEL_HANGUP_COMPLETE.
+
+    - ``core-uuid`` / ``switchname``: ``Core-UUID`` / ``FreeSWITCH-Switchname``;
+    - ``channel_data``: state ``CS_REPORTING``, ``Call-Direction``, state number 11;
+    - ``callStats``: ``{}`` (RTP counters are not in the events);
+    - ``variables``: every ``variable_*`` without the prefix, URL-encoded as in
+      a plain event (``encode-values``, mod_json_cdr's default);
+    - ``app_log``: the leg's last application (``current_application``), when
+      it ran one (the events do not list the earlier ones);
+    - ``callflow[0]``: ``caller_profile`` from the ``Caller-*`` headers, the
+      partner's profile under ``originator`` / ``originatee`` from the
+      ``Other-Leg-*`` headers (as ``Other-Type`` says), and ``times`` from the
+      ``Caller-Channel-*-Time`` headers.
+    """
     variables = {
         name[9:]: percent_encode(value)
         for name, value in event.items()
@@ -132,12 +126,22 @@ def json_cdr_document(event: Event) -> dict:
 
 
 def json_cdr_filename(event: Event, prefix_a_leg: bool = True) -> str:
+    """``<uuid>.cdr.json``, or ``a_<uuid>.cdr.json`` for an "A" leg (one
+    without an originator: ``prefix-a-leg``).
+    """
     prefix = "a_" if prefix_a_leg and is_a_leg(event) else ""
     return "%s%s.cdr.json" % (prefix, event["Unique-ID"])
 
 
 class JsonCdrWriter:
-    """Writes the json_cdr file of every leg that hangs up into ``folder``."""
+    """Writes the json_cdr file of every leg that hangs up into ``folder``.
+
+    mod_json_cdr opens the file with O_TRUNC, writes, closes (with
+    ``queue-capacity`` a thread writes it, possibly after the event went out).
+    Here: a temporary name, then a rename.  Faults: ``delay`` (the file appears
+    that many seconds after the hangup) and ``truncate_every`` (every Nth file
+    is cut short, as when FreeSWITCH dies mid-write).
+    """
 
     def __init__(
         self,

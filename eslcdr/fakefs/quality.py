@@ -10,11 +10,7 @@ across its events); :func:`draw_quality` fills them for one call from its
 own RNG: most legs good, some lossy (MOS below 3.6), some answered legs
 that received no RTP at all (FreeSWITCH then still says MOS 4.50 and
 quality 100: it counts flaws among packets received, and there were none).
-
-FreeSWITCH's figures (switch_rtp.c): ``quality_percentage`` R is the share of
-received packets without a flaw (lost or late), ``mos`` = 1 + 0.035 R +
-7e-6 R (R - 60) (100 - R), so a clean leg has 4.50.  ``largest_jb_size`` is
-always 0 (a FreeSWITCH bug), ``jitter_*_rate`` are unbounded ratios.
+FreeSWITCH's formulas: ``mos_of``.
 """
 
 from __future__ import annotations
@@ -90,6 +86,12 @@ def rtp_finder(legs: dict[str, int]) -> Finder:
 
 
 def mos_of(r: float) -> float:
+    """FreeSWITCH's MOS of a leg (switch_rtp.c): ``quality_percentage`` R is the
+    share of received packets without a flaw (lost or late), ``mos`` = 1 +
+    0.035 R + 7e-6 R (R - 60) (100 - R), so a clean leg has 4.50.
+    ``largest_jb_size`` is always 0 (a FreeSWITCH bug), ``jitter_*_rate`` are
+    unbounded ratios.
+    """
     return 1 + 0.035 * r + 0.000007 * r * (r - 60) * (100 - r)
 
 

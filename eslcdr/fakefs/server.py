@@ -6,36 +6,8 @@ plays the source like FreeSWITCH's core: it keeps the table ``show channels``
 reads and offers each event to every connection.  Events emitted while no
 client is subscribed are lost, as with FreeSWITCH; by default the stream only
 starts at the first subscription, and ``hold`` pauses it whenever nobody
-listens (useful for exact tests).
-
-*Flow control.*  FreeSWITCH never waits for a client: a listener whose queue
-overflows loses events and is dropped.  The stand-in does that with
-``backpressure=False``; by default it rather waits for slow clients, so that
-"as fast as possible" means as fast as the client reads.  ``prerender``
-builds every frame before listening, for benchmarks that must not pay for the
-stand-in.
-
-*Faults* are counted in events of the stream: close every connection after
-event N (``drop_after``), stop sending anything for S seconds after event N
-(``stall_after``), restart with a new ``Core-UUID`` after event N
-(``restart_after``: the shutdown notice, connections closed, the channel
-table emptied, the stream continuing where it was), and a malformed frame
-before every Nth event a connection receives (``malformed_every``).
-
-*Away* (``away_after`` N, ``away_events`` K): after event N every connection
-is closed without a word and connections are refused while the switch goes
-on with the next K events: nobody hears them, as when a network cut or a
-stopped daemon leaves FreeSWITCH without a listener (it queues nothing for
-a client that is not there).  Then connections are accepted again.  Tests
-that stop the daemon itself use ``pause_after`` N: the stream stops after
-event N until :meth:`FakeFreeSWITCH.resume`, which can first play K events
-away (``resume(away_events=K)``).  Calls go on on the stand-in's clock
-throughout: with ``cps`` > 0 an event is due at its time whether or not
-anybody listens.
-
-*json_cdr files* (``json_cdr_dir``): as mod_json_cdr does, the stand-in
-writes each leg's CDR file when it hangs up, heard or not (see
-:mod:`.json_cdr`).
+listens (useful for exact tests).  Flow control, faults and json_cdr files:
+the class's docstring.
 
 The ``api`` commands answer as mod_commands does: ``status``, ``show
 channels [count|as json|as csv|as delim X]``, ``uuid_dump <uuid> [json]``,
@@ -99,6 +71,33 @@ class FakeFreeSWITCH:
     iterable of decoded event dicts, or None (api only).  ``port=0`` picks a
     free port: read ``.port`` after :meth:`start`.  ``prerender="json"`` (or
     "plain") builds every frame of a finite source before listening.
+
+    *Flow control.*  FreeSWITCH never waits for a client: a listener whose queue
+    overflows loses events and is dropped.  The stand-in does that with
+    ``backpressure=False``; by default it rather waits for slow clients, so that
+    "as fast as possible" means as fast as the client reads.
+
+    *Faults* are counted in events of the stream: close every connection after
+    event N (``drop_after``), stop sending anything for S seconds after event N
+    (``stall_after``), restart with a new ``Core-UUID`` after event N
+    (``restart_after``: the shutdown notice, connections closed, the channel
+    table emptied, the stream continuing where it was), and a malformed frame
+    before every Nth event a connection receives (``malformed_every``).
+
+    *Away* (``away_after`` N, ``away_events`` K): after event N every connection
+    is closed without a word and connections are refused while the switch goes
+    on with the next K events: nobody hears them, as when a network cut or a
+    stopped daemon leaves FreeSWITCH without a listener (it queues nothing for
+    a client that is not there).  Then connections are accepted again.  Tests
+    that stop the daemon itself use ``pause_after`` N: the stream stops after
+    event N until :meth:`resume`, which can first play K events away
+    (``resume(away_events=K)``).  Calls go on on the stand-in's clock
+    throughout: with ``cps`` > 0 an event is due at its time whether or not
+    anybody listens.
+
+    *json_cdr files* (``json_cdr_dir``): as mod_json_cdr does, the stand-in
+    writes each leg's CDR file when it hangs up, heard or not (see
+    :mod:`.json_cdr`).
     """
 
     def __init__(

@@ -10,12 +10,8 @@ reader keeps up with FreeSWITCH.
 
 Every long-lived greenlet is supervised: an unexpected crash is logged and
 the greenlet restarted after a backoff.  Signal handlers only set an event;
-shutdown is a bounded sequence: stop accepting HTTP, close the Event
-Sockets, drain the writer, close the database.  SIGHUP re-reads the tokens
-file and the ``[log] level`` (in the "reload" greenlet).  Under systemd the
-daemon speaks the notify protocol (service/notify.py): READY=1 once the database is
-open and the API listens, STATUS=/WATCHDOG=1 from the monitor (service/monitor.py),
-RELOADING=1 around a reload and STOPPING=1 when the shutdown starts.
+shutdown is a bounded sequence (``Daemon``); SIGHUP re-reads the tokens file
+and the ``[log] level``.  Under systemd the daemon speaks the notify protocol.
 """
 
 from __future__ import annotations
@@ -207,6 +203,16 @@ class Pipeline:
 
 
 class Daemon:
+    """The running ``eslcdr run``: its stages, greenlets and shutdown.
+
+    Shutdown: stop accepting HTTP, close the Event Sockets, drain the writer,
+    close the database.  SIGHUP re-reads the tokens file and the ``[log] level``
+    (in the "reload" greenlet).  Under systemd the daemon speaks the notify
+    protocol (service/notify.py): READY=1 once the database is open and the API
+    listens, STATUS=/WATCHDOG=1 from the monitor (service/monitor.py),
+    RELOADING=1 around a reload and STOPPING=1 when the shutdown starts.
+    """
+
     def __init__(self, config: Config, api_factory: Callable | None = None, notifier: Notifier | None = None) -> None:
         self.config = config
         self._api_factory = api_factory

@@ -5,15 +5,12 @@ runs the daemon against it with a database in the current folder, serves the
 API on 127.0.0.1:8080, and prints a working token, the URL of the /ui page
 (token in the fragment, which browsers never send) and curl commands.  The
 stand-in first sends ``--history`` calls of the past 24 hours, so the page
-has a day of KPIs to draw.  The
-token is created fresh for the run and kept in ``<db>.tokens`` (hash only).
+has a day of KPIs to draw.  The token is created fresh for the run and kept
+in ``<db>.tokens`` (hash only).
 
-Rather than a log stream, stdout shows one live status line (live legs,
-CDRs written and per second, backlog, FreeSWITCH state) above the curl
-examples: on a terminal it is redrawn in place with ANSI cursor moves, every
-half second; elsewhere (a pipe, a file) a plain line is printed every few
-seconds.  Only warnings and errors are logged (stderr), unless
-``--verbose`` brings the info log back (and the status line goes plain).
+Rather than a log stream, stdout shows one live status line (``StatusLine``)
+above the curl examples.  Only warnings and errors are logged (stderr),
+unless ``--verbose`` brings the info log back (and the status line goes plain).
 """
 
 from __future__ import annotations
@@ -42,11 +39,11 @@ log = structlog.get_logger(__name__)
 DEMO_ACCOUNT = "*"
 
 
-def build_config(db: Path, tokens: Path, listen: str, esl_port: int) -> config.Config:
+def build_config(db: Path, tokens: Path, listen: str, esl_port: int, esl_password: str) -> config.Config:
     host, port = parse_listen(listen)
     return config.from_mapping(
         {
-            "esl": {"host": "127.0.0.1", "port": str(esl_port), "password": "ClueCon"},
+            "esl": {"host": "127.0.0.1", "port": str(esl_port), "password": esl_password},
             "store": {"path": str(db)},
             "api": {"listen": "%s:%d" % (host, port), "tokens_file": str(tokens)},
             "cdr": {"node_name": "demo-fs"},
@@ -102,6 +99,9 @@ class StatusLine:
     On a terminal it sits ``lines_below`` lines above the cursor (the curl
     examples were printed after it): move up, clear the line, write, move
     back down.  The text is cut to the terminal width so it never wraps.
+
+    Redrawn every half second with ANSI cursor moves; elsewhere (a pipe, a
+    file) a plain line is printed every few seconds.
     """
 
     def __init__(self, stream: TextIO, in_place: bool, lines_below: int = 0) -> None:
@@ -159,7 +159,7 @@ def run_demo(args) -> int:
                                history_calls=args.history, post_dial_delay=True),
     )
     fake.start()
-    cfg = build_config(db, tokens, args.listen, fake.port)
+    cfg = build_config(db, tokens, args.listen, fake.port, fake.password)
     token = add_token(str(tokens), DEMO_ACCOUNT)
     daemon = Daemon(cfg, api_factory=serve_api)
     try:

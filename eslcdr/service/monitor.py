@@ -1,21 +1,10 @@
 """Watching the running daemon: systemd status and watchdog, the summary log.
 
 One supervised greenlet runs ``Monitor.run``.  It keeps three schedules and
-sleeps until the earliest:
-
-- the watchdog (only under systemd with ``WatchdogSec=``): ``WATCHDOG=1``
-  every ``WATCHDOG_USEC/2``, but only while the writer and every node's
-  reader greenlet are alive and the writer is not stuck (CDRs waiting and no
-  commit for ``[store] stall_timeout`` seconds).  When a check fails the
-  pings stop and systemd restarts the service; the reason is logged once.
-  The pings come from a greenlet, so a hub blocked by anything also stops
-  them.
-- ``STATUS=`` for ``systemctl status`` (nodes connected, CDRs written,
-  backlog), sent when it changes, checked every ``STATUS_INTERVAL`` (or
-  every watchdog ping, when those are more frequent).
-- one ``summary`` info line every ``[log] summary_interval`` seconds: what
-  happened since the previous one (events, CDRs, reconnects, per node) and
-  the backlog now.  Per-batch detail is at debug level.
+sleeps until the earliest: the watchdog ping (only while the writer and every
+node's reader are alive and the writer is not stuck), ``STATUS=`` for
+``systemctl status``, and one ``summary`` info line every ``[log]
+summary_interval`` seconds (``Monitor`` details each).
 
 Status and summary read the daemon's status snapshot (``Daemon.status()``);
 the watchdog checks its greenlets and the writer's progress.  No I/O except
@@ -107,6 +96,23 @@ class Summary:
 
 
 class Monitor:
+    """The three schedules of ``run``:
+
+    - the watchdog (only under systemd with ``WatchdogSec=``): ``WATCHDOG=1``
+      every ``WATCHDOG_USEC/2``, but only while the writer and every node's
+      reader greenlet are alive and the writer is not stuck (CDRs waiting and no
+      commit for ``[store] stall_timeout`` seconds).  When a check fails the
+      pings stop and systemd restarts the service; the reason is logged once.
+      The pings come from a greenlet, so a hub blocked by anything also stops
+      them.
+    - ``STATUS=`` for ``systemctl status`` (nodes connected, CDRs written,
+      backlog), sent when it changes, checked every ``STATUS_INTERVAL`` (or
+      every watchdog ping, when those are more frequent).
+    - one ``summary`` info line every ``[log] summary_interval`` seconds: what
+      happened since the previous one (events, CDRs, reconnects, per node) and
+      the backlog now.  Per-batch detail is at debug level.
+    """
+
     def __init__(
         self,
         daemon,

@@ -1,20 +1,13 @@
 """Retention and storage figures (docs/database.md).
 
 Once at start and every ``[store] retention_check_interval`` seconds (at
-most a minute) the ``Retention`` greenlet:
-
-1. asks the daemon's ``TokenStore`` (as ``CollectorScopes``) for the ``*`` tokens in force: the
-   possible collectors (a token removed from the file holds nothing back
-   once the removal applies; a file caught half-written or emptied during
-   an edit keeps the previous set, see eslcdr/api/tokens.py; a file that cannot be
-   read skips the deletion, never guesses);
-2. when ``retention_days`` > 0, asks the writer to delete rows hung up more
-   than that many days ago that every registered collector (a current ``*``
-   token with a row in ``collector_acks``) has acknowledged; the writer does
-   it in small batches between its insert batches;
-3. refreshes the figures ``/health`` and ``/metrics`` show: file size,
-   oldest row, rows each collector has not pulled yet -- on a read-only
-   connection in the thread pool, never on the writer's.
+most a minute) the ``Retention`` greenlet learns the ``*`` tokens in force
+(the possible collectors), has the writer delete the rows older than
+``retention_days`` that every registered collector has acknowledged, and
+refreshes the figures ``/health`` and ``/metrics`` show (``Retention.check``
+says each step).  A tokens file that cannot be read skips the deletion, never
+guesses; the figures are read on a read-only connection in the thread pool,
+never on the writer's.
 """
 
 from __future__ import annotations
@@ -73,6 +66,23 @@ class Retention:
                 return
 
     def check(self) -> None:
+        """One check:
+
+        1. asks the daemon's ``TokenStore`` (as ``CollectorScopes``) for the
+           ``*`` tokens in force: the possible collectors (a token removed from
+           the file holds nothing back once the removal applies; a file caught
+           half-written or emptied during an edit keeps the previous set, see
+           eslcdr/api/tokens.py; a file that cannot be read skips the
+           deletion, never guesses);
+        2. when ``retention_days`` > 0, asks the writer to delete rows hung up
+           more than that many days ago that every registered collector (a
+           current ``*`` token with a row in ``collector_acks``) has
+           acknowledged; the writer does it in small batches between its
+           insert batches;
+        3. refreshes the figures ``/health`` and ``/metrics`` show: file size,
+           oldest row, rows each collector has not pulled yet -- on a
+           read-only connection in the thread pool, never on the writer's.
+        """
         collectors: frozenset[str] | None = self._tokens.collector_keys()
         error = self._tokens.error
         if error is not None:

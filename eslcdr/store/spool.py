@@ -6,12 +6,8 @@ is full or SQLite keeps failing, and replays the file into SQLite when it
 takes writes again (and at start): it reads from the offset it has reached,
 inserts (idempotent on call_id, so a line replayed twice -- after a crash
 between the commit and the truncation -- still gives one row), and only
-once every line is committed truncates the file.
-
-A crash in the middle of an append leaves a torn last line: at open it is
-cut off with a warning (its CDR was not reported as spooled, so it is
-accounted for by the error log of the caller, never lost silently), so the
-next append starts on a line of its own.
+once every line is committed truncates the file.  A torn last line (a crash
+mid-append) is cut off at open (``Spool._open``).
 
 Blocking file I/O: callers run these methods in the thread pool and hold
 ``lock`` (a gevent lock) around them, so an append never interleaves with a
@@ -48,6 +44,13 @@ class Spool:
         self._open()
 
     def _open(self) -> None:
+        """Count the lines and cut off a torn last line.
+
+        A crash in the middle of an append leaves a torn last line: it is cut
+        off with a warning (its CDR was not reported as spooled, so it is
+        accounted for by the error log of the caller, never lost silently), so
+        the next append starts on a line of its own.
+        """
         if not self.path.exists():
             return
         # Count the lines a chunk at a time: a spool may be far larger than memory.

@@ -1,34 +1,18 @@
 """The writer: the only greenlet that writes to SQLite.
 
 The ESL readers hand CDR records to ``submit()``, which only appends to a
-bounded in-memory list (no I/O, never blocks the socket reader); the first
-record of a batch wakes the writer, which then lets the batch gather: it
-commits (up to ``batch_size`` records) once GATHER_ROWS records wait, or
-when the batch's window closes -- the time the last batch took to bring
-GATHER_ROWS records, never more than ``flush_interval`` after the first
-record.  So a media server's trickle of CDRs costs a few transactions a
-second, not one per leg, while a burst starts its first transaction early
-and its last one does not wait.  A
-batch is inserted in one transaction, with the interaction links of its
-legs and any interaction merges.  The transaction runs in a thread of
-gevent's pool: sqlite3 releases the GIL while SQLite works, so the ESL
-readers keep decoding on the hub (and on a second core) while a batch is
-committed.
+bounded in-memory list (no I/O, never blocks the socket reader); the writer
+commits them in batches (``Writer.run``, ``_gather``), each in one
+transaction with the interaction links of its legs and any interaction
+merges, in a thread of gevent's pool (sqlite3 releases the GIL while SQLite
+works, so the ESL readers keep decoding meanwhile).
 
 When SQLite fails (disk full, file locked, I/O error) the batch is kept and
 retried with capped jittered backoff.  Nothing is refused while the spool
-(store/spool.py) can be written: after a failed transaction the writer moves its
-whole backlog to the spool file (so a crash or SIGKILL during a long outage
-loses nothing), and records arriving past ``capacity`` are appended to it by
-the spooler greenlet.  The spool is replayed (idempotent on call_id) a batch
-at a time, interleaved with live batches, as soon as SQLite takes writes --
-which includes the start.  Only when the spool cannot be written either is a
-record lost: the spooler, or ``submit()``'s caller when even the queue to
-the spooler is full, logs it in full at error level.
-
-Retention (store/retention.py) schedules deletions; the writer runs them in small
-batches between two insert batches (also while a batch gathers), as it
-replays the spool.
+(store/spool.py) can be written (``Writer`` says how); only when it cannot
+either is a record lost, logged in full at error level.  Retention
+(store/retention.py) schedules deletions; the writer runs them in small
+batches between two insert batches, as it replays the spool.
 """
 
 from __future__ import annotations
@@ -75,6 +59,26 @@ def _in_thread(work: Callable[[], int]) -> int:
 
 
 class Writer:
+    """The only writer of the SQLite file.
+
+    A batch gathers after its first record wakes the writer: it is committed
+    (up to ``batch_size`` records) once GATHER_ROWS records wait, or when the
+    batch's window closes -- the time the last batch took to bring
+    GATHER_ROWS records, never more than ``flush_interval`` after the first
+    record.  So a media server's trickle of CDRs costs a few transactions a
+    second, not one per leg, while a burst starts its first transaction early
+    and its last one does not wait.
+
+    After a failed transaction the writer moves its whole backlog to the
+    spool file (so a crash or SIGKILL during a long outage loses nothing),
+    and records arriving past ``capacity`` are appended to it by the spooler
+    greenlet.  The spool is replayed (idempotent on call_id) a batch at a
+    time, interleaved with live batches, as soon as SQLite takes writes --
+    which includes the start.  Only when the spool cannot be written either
+    is a record lost: the spooler, or ``submit()``'s caller when even the
+    queue to the spooler is full, logs it in full at error level.
+    """
+
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -326,8 +330,7 @@ class Writer:
                 continue
             batch = self._overflow[:]
             try:
-                with spool.lock:
-                    self._offload(lambda: spool.append(batch))
+                self._on_spool(lambda: spool.append(batch))
             except OSError as exc:
                 del self._overflow[: len(batch)]
                 self.lost += len(batch)
@@ -347,8 +350,7 @@ class Writer:
             return
         batch = self._pending[:]
         try:
-            with spool.lock:
-                self._offload(lambda: spool.append(batch))
+            self._on_spool(lambda: spool.append(batch))
         except OSError as exc:
             # Keep them in memory: SQLite may come back before the spool does.
             log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(self._pending))
@@ -367,10 +369,15 @@ class Writer:
             and len(self._pending) < max(1, self._capacity // 2)
         )
 
+    def _on_spool(self, work: Callable):
+        """``work`` on the spool file as spool.py asks: in the thread pool,
+        holding the spool's lock."""
+        with self._spool.lock:
+            return self._offload(work)
+
     def _replay_one_chunk(self) -> None:
         spool = self._spool
-        with spool.lock:
-            records, offset = self._offload(lambda: spool.read(self._batch_size))
+        records, offset = self._on_spool(lambda: spool.read(self._batch_size))
         merges = self._spool_merges
         for record in records:
             interaction_id = record.get("interaction_id")
@@ -392,9 +399,10 @@ class Writer:
         self.last_write_at = time.time()
         log.debug("spool_batch_replayed", rows=new, duplicates=len(records) - new, spool_backlog=spool.backlog)
         if spool.empty and not self._overflow:
-            with spool.lock:
-                if self._offload(spool.truncate_if_replayed) and not self._overflow:
-                    self._spool_merges.clear()
+            # (no switch between the lock's release and the check: gevent
+            # wakes a waiter on the next loop turn)
+            if self._on_spool(spool.truncate_if_replayed) and not self._overflow:
+                self._spool_merges.clear()
 
     def _write_one_batch(self) -> None:
         taken_at = time.monotonic()

@@ -3,18 +3,10 @@
 A token can reach the server in many spellings: ``?auth_token=T``,
 ``?auth%5Ftoken=T``, ``?auth_tok%65n=T``, double-encoded, ``+`` for spaces,
 upper case, in a path segment, in any header.  Redaction therefore works on
-*decoded* text, never on the raw request line:
-
-- a query parameter whose name, percent-decoded (repeatedly) and stripped of
-  everything but letters and digits, names a secret (``authtoken``,
-  ``apikey``, ``password``...) has its value replaced;
-- any path segment, parameter name or value that holds, at any decoding
-  level, a credential presented with this request (``X-Auth-Token``,
-  ``Authorization``, a secret parameter) or a token the tokens file knows
-  (``is_token``) is replaced;
-- ``scrub`` is the last line of defence, run by the log configuration on every
-  string of every event: text that still says ``auth_token=...``,
-  ``X-Auth-Token: ...`` or ``Bearer ...`` after decoding loses the value.
+*decoded* text, never on the raw request line: ``Redactor`` replaces the
+values of secret parameters and any credential it recognises, and ``scrub``
+is the last line of defence, run by the log configuration on every string of
+every event.
 
 Nothing here logs; callers log what it returns.  Bad requests are never
 logged with their raw bytes at all (see ``api.make_server``).
@@ -94,6 +86,14 @@ class Redactor:
 
     ``is_token(text)`` says whether text is a known token (the API's token
     store); ``presented`` are the credentials this request carried.
+
+    - a query parameter whose name, percent-decoded (repeatedly) and stripped
+      of everything but letters and digits, names a secret (``authtoken``,
+      ``apikey``, ``password``...) has its value replaced;
+    - any path segment, parameter name or value that holds, at any decoding
+      level, a credential presented with this request (``X-Auth-Token``,
+      ``Authorization``, a secret parameter) or a token the tokens file knows
+      (``is_token``) is replaced.
     """
 
     def __init__(self, is_token: Callable[[str], bool] | None = None, presented: Iterable[str] = ()) -> None:
@@ -171,7 +171,11 @@ def presented_in_environ(environ: dict) -> list[str]:
 
 
 def scrub(text: str) -> str:
-    """Remove what still looks like a credential from free text (any decoding)."""
+    """Remove what still looks like a credential from free text (any decoding).
+
+    Text that still says ``auth_token=...``, ``X-Auth-Token: ...`` or
+    ``Bearer ...`` after decoding loses the value.
+    """
     if not _SCRUB_HINT.search(text):
         return text
     forms = decodings(text)

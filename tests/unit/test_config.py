@@ -3,52 +3,64 @@
 from __future__ import annotations
 
 import configparser
+import re
 from pathlib import Path
 
 import pytest
 
 from eslcdr import config
-from eslcdr.config import DEFAULTS, SETTINGS, ConfigError
+from eslcdr.collector import config as collector_config
+from eslcdr.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def shipped() -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    parser.read(ROOT / "conf" / "eslcdr.ini")
-    return parser
+# Each shipped file with the keys it declares.  collector.ini shows its keys
+# commented out (";key = default"); a commented-out [section:NAME] (eslcdr.ini's
+# [esl:fs2], collector.ini's [node:fs1]) is an example, with example values.
+SHIPPED = {"eslcdr.ini": config.SETTINGS, "collector.ini": collector_config.SETTINGS}
+KEY_LINE = re.compile(r"^;?([a-z_]+) = ?(.*)$")
+SECTION_LINE = re.compile(r"^;?\[([a-z]+(?::[\w.-]+)?)\]$")
 
 
-def test_shipped_ini_lists_every_key_with_its_default():
-    parser = shipped()
-    for section, settings in SETTINGS.items():
-        assert parser.has_section(section), section
-        assert dict(parser[section]) == {key: setting.default for key, setting in settings.items()}, section
-    assert DEFAULTS == {section: dict(parser[section]) for section in SETTINGS}
-
-
-def comments_above_each_key() -> dict[tuple[str, str], list[str]]:
-    """(section, key) -> the comment lines right above the key in the shipped file."""
-    found = {}
+def documented_keys(name: str) -> tuple[dict[str, dict[str, tuple[str, list[str]]]], set[str]]:
+    """Section -> key -> (its value, the comment lines right above it) in the
+    shipped file, and the sections shown only by an example ([node:fs1] ->
+    node); a plain section wins over an example."""
+    found: dict[str, dict[str, tuple[str, list[str]]]] = {}
     section, comments = None, []
-    for line in (ROOT / "conf" / "eslcdr.ini").read_text().splitlines():
-        if line.startswith("["):
-            section, comments = line.strip("[]"), []
+    for line in (ROOT / "conf" / name).read_text().splitlines():
+        if SECTION_LINE.match(line):
+            section, comments = SECTION_LINE.match(line).group(1), []
+        elif KEY_LINE.match(line) and section is not None:
+            key, value = KEY_LINE.match(line).groups()
+            found.setdefault(section, {})[key] = (value.strip(), comments)
+            comments = []
         elif line.startswith(";"):
             comments.append(line[1:].strip())
-        elif "=" in line and section is not None:
-            found[(section, line.split("=", 1)[0].strip())] = comments
-            comments = []
         else:
             comments = []
-    return found
+    plain = {section: keys for section, keys in found.items() if ":" not in section}
+    examples = {section.split(":")[0]: keys for section, keys in found.items() if ":" in section}
+    return {**examples, **plain}, set(examples) - set(plain)
 
 
-def test_shipped_ini_says_what_each_key_is_for_under_its_declared_help():
-    comments = comments_above_each_key()
-    wrong = {(section, key): comments.get((section, key))
-             for section, settings in SETTINGS.items() for key, setting in settings.items()
-             if not setting.help or comments.get((section, key), [])[-len(setting.help.splitlines()):]
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_ini_lists_every_declared_key_with_its_default(name):
+    settings, (documented, examples) = SHIPPED[name], documented_keys(name)
+    assert {section: sorted(keys) for section, keys in documented.items()} == {
+        section: sorted(keys) for section, keys in settings.items()}
+    wrong = {(section, key): documented[section][key][0] for section, keys in settings.items() if section not in examples
+             for key, setting in keys.items() if documented[section][key][0] != setting.default}
+    assert wrong == {}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_ini_says_what_each_key_is_for_under_its_declared_help(name):
+    documented, _ = documented_keys(name)
+    wrong = {(section, key): documented.get(section, {}).get(key, (None, []))[1]
+             for section, settings in SHIPPED[name].items() for key, setting in settings.items()
+             if not setting.help or documented.get(section, {}).get(key, (None, []))[1][-len(setting.help.splitlines()):]
              != setting.help.splitlines()}
     assert wrong == {}
 
@@ -74,6 +86,12 @@ def test_environment_overrides_file(tmp_path):
     assert (cfg.api.host, cfg.api.port) == ("0.0.0.0", 9999)
 
 
+def test_a_node_name_becomes_an_environment_name_of_letters_digits_and_underscores(tmp_path):
+    path = write(tmp_path, "[esl:fs-2.b]\nhost = 10.1.1.1\n")
+    cfg = config.load(path, environ={"ESLCDR_ESL_FS_2_B_PORT": "9021"})
+    assert (cfg.nodes[1].name, cfg.nodes[1].port) == ("fs-2.b", 9021)
+
+
 def test_password_never_in_repr(tmp_path):
     cfg = config.load(write(tmp_path, "[esl]\npassword = s3cr3t-pw\n"), environ={})
     assert "s3cr3t-pw" not in repr(cfg)
@@ -90,6 +108,7 @@ def test_password_never_in_repr(tmp_path):
         ("[api]\nmax_head_bytes = 1000\n", "[api] max_head_bytes: '1000' is out of range"),
         ("[api]\nmin_receive_rate = -1\n", "[api] min_receive_rate"),
         ("[bogus]\nx = 1\n", "unknown section"),
+        ("[store:x]\nbatch_size = 0\n", "unknown section [store:x]"),
         ("[esl]\npasword = typo\n", "unknown key"),
         ("[log]\nlevel = loud\n", "[log] level"),
         ("[api]\ndefault_page_size = 100\nmax_page_size = 99\n", "[api] max_page_size: '99' is out of range"),
@@ -122,8 +141,6 @@ SECRET = "Zq9-s3cr3t-ClueCon"
     ],
 )
 def test_a_malformed_line_is_named_by_number_never_echoed(tmp_path, text, line):
-    from eslcdr.collector import config as collector_config
-
     for loader, name in ((config.load, "eslcdr.ini"), (collector_config.load, "collector.ini")):
         path = tmp_path / name
         path.write_text(text)

@@ -298,3 +298,43 @@ def test_the_gevent_socket_watcher_the_reader_paces_on_still_exists():
     finally:
         left.close()
         right.close()
+
+
+# What EslClient takes from greenswitch's InboundESL: the methods it
+# overrides, with the signature greenswitch has for them, and the state
+# ESLProtocol.__init__ creates that it reads and writes, with its type.
+GREENSWITCH_OVERRIDDEN = {
+    "__init__": "(self, host, port, password, timeout=5)",
+    "connect": "(self)",
+    "authenticate": "(self)",
+    "send": "(self, data)",
+    "stop": "(self)",
+}
+GREENSWITCH_STATE = {
+    "host": str, "port": int, "password": str, "timeout": int, "connected": bool,
+    "_commands_sent": list,  # the replies' AsyncResults, in command order
+    "_auth_request_event": gevent.event.Event,  # set by the reader at auth/request
+}
+
+
+def test_every_greenswitch_part_the_client_relies_on_is_pinned():
+    """A greenswitch upgrade that renames, re-signs or retypes any of them,
+    or adds a method EslClient would shadow unawares, fails here."""
+    import ast
+    import inspect
+
+    from greenswitch.esl import InboundESL
+
+    assert {name: str(inspect.signature(getattr(InboundESL, name))) for name in GREENSWITCH_OVERRIDDEN} == (
+        GREENSWITCH_OVERRIDDEN)
+    base = InboundESL("fs.example", 8021, "pw", timeout=5)
+    assert {name: type(getattr(base, name, None)) for name in GREENSWITCH_STATE} == GREENSWITCH_STATE
+    # EslClient's own methods shadow nothing else of greenswitch's ...
+    inherited = set(dir(InboundESL)) | set(vars(base))
+    assert {name for name in vars(EslClient) if not name.startswith("__")} & inherited == (
+        set(GREENSWITCH_OVERRIDDEN) - {"__init__"})
+    # ... and every greenswitch attribute it touches is pinned above.
+    touched = {node.attr for node in ast.walk(ast.parse(inspect.getsource(EslClient)))
+               if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"}
+    assert touched & inherited <= set(GREENSWITCH_OVERRIDDEN) | set(GREENSWITCH_STATE)
+    assert set(GREENSWITCH_STATE) <= touched
