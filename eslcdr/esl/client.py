@@ -8,7 +8,7 @@ waits forever on commands.  Here one reader greenlet feeds the sans-IO
 events are decoded and handed to ``on_event`` right there, in the reader, so
 nothing queues between FreeSWITCH and the leg tracker.  Every command waits
 at most ``command_timeout``.  The greenswitch internals it relies on are
-pinned by tests/test_esl.py.
+pinned by tests/unit/esl/test_esl.py.
 
 ``NodeConnection`` supervises one node: connect, log in, subscribe, resync
 the legs still up, reconnect with capped, jittered backoff.  A refused

@@ -4,7 +4,7 @@
 text of ``list_csv_reference`` -- the obvious version, kept for the tests and for the rows the
 fast loop does not handle: ``kazoo.list_values`` (or ``interaction_values``) per row,
 ``as_cells``, then per cell ``spreadsheet_safe`` and the csv module (every field quoted, CRLF).
-``tests/test_list_csv.py`` holds the two to the same output on varied data.
+``tests/unit/query/test_list_csv.py`` holds the two to the same output on varied data.
 
 Why it is faster (bench/api.py's rows, 1,000-row chunks: 5.3 µs a row against 7.2 for
 per-record quoting, 11.7 for the reference): one loop per chunk with ``list_values``'
