@@ -36,7 +36,7 @@ handler that treats every client as possibly hostile (``ServerLimits``, from
   (a ``UnicodeDecodeError`` carries the undecodable bytes).
 
 gevent's private hooks overridden or relied on here are pinned by
-tests/test_server.py, so that a gevent upgrade that drops one fails loudly.
+tests/unit/web/test_server.py, so that a gevent upgrade that drops one fails loudly.
 """
 
 from __future__ import annotations
