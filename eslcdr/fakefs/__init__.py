@@ -76,8 +76,10 @@ part works):
   templates in ``call_templates/``.
 - ``channels``: the table behind ``show channels``.
 - ``json_cdr``: the mod_json_cdr file of each leg, written at its hangup.
-- ``listener``: one client connection (commands, subscription, filters, its
-  event queue and writer).
+- ``subscription``: what one connection listens to (``event``, ``nixevent``,
+  ``noevents``, ``filter``) and whether it wants an event.
+- ``listener``: one client connection (commands, its subscription, its event
+  queue and writer).
 - ``server``: :class:`FakeFreeSWITCH`, the pump, flow control, faults, api.
 - ``cli``: the ``eslcdr fakefs`` command.
 """
@@ -96,7 +98,7 @@ from .generated import (
     call_template,
     template_documents,
 )
-from .listener import AUTH_REQUEST, EVENT_NAMES, GOODBYE, MAX_MISSED, MAX_QUEUE_LEN, SHUTDOWN
+from .listener import AUTH_REQUEST, GOODBYE, MAX_MISSED, MAX_QUEUE_LEN, SHUTDOWN
 from .replay import ReplaySource, StaticSource
 from .server import (
     BACKPRESSURE_LEVEL,
@@ -109,6 +111,7 @@ from .server import (
     FakeFreeSWITCH,
     Source,
 )
+from .subscription import EVENT_NAMES
 
 __all__ = [
     "AUTH_REQUEST",
