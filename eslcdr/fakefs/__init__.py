@@ -68,6 +68,7 @@ Modules, in the direction the data flows (each one's header says how its
 part works):
 
 - ``capture``: raw captures into events as header pairs (wire order kept).
+- ``slots``: where an event's varying parts are (the finders) and their kinds.
 - ``templates``: events compiled into templates with slots; contexts and
   emissions that fill them.
 - ``replay``: :class:`ReplaySource` (captures, repeated) and
