@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from types import MappingProxyType
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..esl.events import JSON, PLAIN
 from .templates import Emission
@@ -64,6 +64,20 @@ def _regex_match(expression: str, value: str) -> bool:
         return False
 
 
+def _keywords(tokens: list[str]) -> Iterator[tuple[str | None, str | None]]:
+    """(event name, None) for each word that names an event (others are
+    skipped), then (None, subclass) for every word after ``CUSTOM``."""
+    custom = False
+    for token in tokens:
+        if custom:
+            yield None, token
+            continue
+        name = _event_type(token)
+        if name is not None:
+            custom = name == "CUSTOM"
+            yield name, None
+
+
 class Subscription:
     """One connection's event format, names, subclasses and filters."""
 
@@ -83,23 +97,17 @@ class Subscription:
         tokens = rest.split(" ") if rest else []
         if tokens and tokens[0].lower() == "xml":
             return "-ERR the stand-in does not send xml events"
+        if tokens and tokens[0].lower() in FORMATS:
+            self.ctype = FORMATS[tokens.pop(0).lower()]
         count = 0
-        custom = False
-        for i, token in enumerate(tokens):
-            if i == 0 and token.lower() in FORMATS:
-                self.ctype = FORMATS[token.lower()]
-                continue
-            if custom:  # after CUSTOM every word is a subclass
-                self.subclasses.add(token)
-                continue
-            name = _event_type(token)
-            if name is None:
+        for name, subclass in _keywords(tokens):
+            if subclass is not None:
+                self.subclasses.add(subclass)
                 continue
             count += 1
             if name == "ALL":
                 self.all_events = True
             self.names.add(name)
-            custom = name == "CUSTOM"
         if not count:
             return "-ERR no keywords supplied"
         self._subscribe()
@@ -108,21 +116,15 @@ class Subscription:
     def nixevent(self, command: str) -> str:
         _, _, rest = command.partition(" ")
         count = 0
-        custom = False
-        for token in rest.split(" ") if rest else []:
-            if custom:
-                self.subclasses.discard(token)
-                continue
-            name = _event_type(token)
-            if name is None:
+        for name, subclass in _keywords(rest.split(" ") if rest else []):
+            if subclass is not None:
+                self.subclasses.discard(subclass)
                 continue
             count += 1
-            if name == "CUSTOM":
-                custom = True
-            elif name == "ALL":
+            if name == "ALL":
                 self.all_events = False
                 self.names.clear()
-            else:
+            elif name != "CUSTOM":
                 if self.all_events:  # ALL becomes every single name but this one
                     self.all_events = False
                     self.names = set(EVENT_NAMES) - {"ALL"}
