@@ -38,6 +38,7 @@ import gevent  # noqa: E402
 import structlog  # noqa: E402
 
 from eslcdr.service import backfill as backfill_module  # noqa: E402
+from eslcdr.service import json_cdr_dir  # noqa: E402
 from eslcdr import config  # noqa: E402
 from eslcdr.service.backfill import Backfill  # noqa: E402
 from eslcdr.service.daemon import Pipeline  # noqa: E402
@@ -133,13 +134,13 @@ def main() -> int:
         print("3. restart, mark lost, all stored:    %s" % lost_mark)
 
         started = time.perf_counter()
-        found = gevent.get_hub().threadpool.apply(backfill_module._find, (str(folder), rescue_ids, False))
-        read = gevent.get_hub().threadpool.apply(backfill_module._read_files, (found,))
+        found = gevent.get_hub().threadpool.apply(json_cdr_dir.find, (str(folder), rescue_ids, False))
+        read = gevent.get_hub().threadpool.apply(json_cdr_dir.read_files, (found,))
         print("4. rescue look-up of %d legs by name: %.3f s (%d found, %d read)"
               % (len(rescue_ids), time.perf_counter() - started, len(found), len(read)))
         missing = ["00000000-0000-4000-8000-%012d" % i for i in range(1000)]
         started = time.perf_counter()
-        gevent.get_hub().threadpool.apply(backfill_module._find, (str(folder), missing, False))
+        gevent.get_hub().threadpool.apply(json_cdr_dir.find, (str(folder), missing, False))
         print("   look-up of 1000 legs without a file: %.3f s" % (time.perf_counter() - started))
     finally:
         if not args.keep:

@@ -213,7 +213,7 @@ def cmd_check(args) -> int:
     if not os.path.exists(tokens):
         print("tokens file %s: missing (the API will refuse every request)" % tokens)
     if cfg.backfill.json_cdr_dir:
-        from .service.backfill import folder_problem
+        from .service.json_cdr_dir import folder_problem
 
         problem = folder_problem(cfg.backfill.json_cdr_dir)
         print("json_cdr_dir %s: %s" % (cfg.backfill.json_cdr_dir, problem or "readable"))

@@ -11,8 +11,9 @@ encoded once (templates.py), so it stays much faster than the daemon it feeds.
 Use: ``FakeFreeSWITCH(port=0, events=GeneratedSource(calls=50)).start()``,
 then ``.port``, ``.wait_done(timeout)``, ``.live_channels()``, ``.stop()``;
 ``add_arguments`` / ``run`` are the ``eslcdr fakefs`` command.  Each module's
-docstring says how its part works (capture -> templates -> replay, generated
--> server, listener, channels, json_cdr; the map: docs/architecture.md).
+docstring says how its part works (capture -> slots, templates -> replay,
+generated -> server, subscription, listener, channels, json_cdr; the map:
+docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .generated import (
     call_template,
     template_documents,
 )
-from .listener import AUTH_REQUEST, EVENT_NAMES, GOODBYE, MAX_MISSED, MAX_QUEUE_LEN, SHUTDOWN
+from .listener import AUTH_REQUEST, GOODBYE, MAX_MISSED, MAX_QUEUE_LEN, SHUTDOWN
 from .replay import ReplaySource, StaticSource
 from .server import (
     BACKPRESSURE_LEVEL,
@@ -42,6 +43,7 @@ from .server import (
     FakeFreeSWITCH,
     Source,
 )
+from .subscription import EVENT_NAMES
 
 __all__ = [
     "AUTH_REQUEST",

@@ -30,24 +30,20 @@ from typing import Iterable, Iterator
 from ..ingest.legs import gregorian_seconds
 from .capture import Pairs
 from .quality import draw_quality, rtp_finder, rtp_legs
-from .templates import (
+from .slots import (
     KAZOO_VARS,
     SLOT_ACCOUNT,
     SLOT_AUTHORIZING,
     SLOT_INTERACTION,
     SLOT_OWNER,
-    Context,
-    Emission,
-    Template,
     caller_finder,
-    compile_template,
-    derive_uuid,
     duration_finder,
     event_ts,
     find_ids,
     find_kazoo,
     find_times,
 )
+from .templates import Context, Emission, Template, compile_template, derive_uuid
 
 @dataclass(frozen=True, slots=True)
 class CallTemplate:

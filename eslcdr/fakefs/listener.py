@@ -1,16 +1,16 @@
 """One client connection: a mod_event_socket listener.
 
-:class:`Listener` reads commands in its connection's greenlet and runs them
-as ``parse_command`` does (``auth``, ``event plain|json ...``, ``nixevent``,
-``noevents``, ``filter``, ``api``, ``exit``; ``-ERR command not found`` for
-the rest), and writes events from its own queue in a second greenlet, as
-mod_event_socket has a queue per listener.  The server *offers* each event
-(never blocking): the listener takes it if its subscription and filters
-accept it; a full queue loses the event and, past ``MAX_MISSED`` losses,
-drops the listener as FreeSWITCH does.  Fault markers (drop, shutdown, stall)
-travel through the same queue, behind the events already queued.  Closing
-sends a FIN after the queued bytes, never a RST that would discard events the
-client has received but not yet read.
+:class:`Listener` reads commands in its connection's greenlet and runs them as
+``parse_command`` does (``auth``, ``api``, ``exit``; ``event plain|json ...``,
+``nixevent``, ``noevents`` and ``filter`` through its
+:class:`~.subscription.Subscription`; ``-ERR command not found`` for the rest),
+and writes events from its own queue in a second greenlet, as mod_event_socket
+has a queue per listener.  The server *offers* each event (never blocking): the
+listener takes it if its subscription wants it; a full queue loses the event
+and, past ``MAX_MISSED`` losses, drops the listener as FreeSWITCH does.  Fault
+markers (drop, shutdown, stall) travel through the same queue, behind the
+events already queued.  Closing sends a FIN after the queued bytes, never a RST
+that would discard events the client has received but not yet read.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import socket
 import time
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import gevent
@@ -26,7 +25,7 @@ from gevent.event import Event as GeventEvent
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
-from ..esl.events import JSON, PLAIN
+from .subscription import Subscription
 from .templates import Emission
 
 if TYPE_CHECKING:
@@ -38,28 +37,6 @@ SHUTDOWN = "The system is being shut down.\n"
 # mod_event_socket: listener queue length and how many lost events kill it.
 MAX_QUEUE_LEN = 100_000
 MAX_MISSED = 500
-
-
-FORMATS = MappingProxyType({"plain": PLAIN, "json": JSON})
-
-# switch_event.c EVENT_NAMES: what `event` / `nixevent` accept.
-EVENT_NAMES = frozenset(
-    """CUSTOM CLONE CHANNEL_CREATE CHANNEL_DESTROY CHANNEL_STATE CHANNEL_CALLSTATE
-    CHANNEL_ANSWER CHANNEL_HANGUP CHANNEL_HANGUP_COMPLETE CHANNEL_EXECUTE
-    CHANNEL_EXECUTE_COMPLETE CHANNEL_HOLD CHANNEL_UNHOLD CHANNEL_BRIDGE CHANNEL_UNBRIDGE
-    CHANNEL_PROGRESS CHANNEL_PROGRESS_MEDIA CHANNEL_OUTGOING CHANNEL_PARK CHANNEL_UNPARK
-    CHANNEL_APPLICATION CHANNEL_ORIGINATE CHANNEL_UUID API LOG INBOUND_CHAN OUTBOUND_CHAN
-    STARTUP SHUTDOWN PUBLISH UNPUBLISH TALK NOTALK SESSION_CRASH MODULE_LOAD MODULE_UNLOAD
-    DTMF MESSAGE PRESENCE_IN NOTIFY_IN PRESENCE_OUT PRESENCE_PROBE MESSAGE_WAITING
-    MESSAGE_QUERY ROSTER CODEC BACKGROUND_JOB DETECTED_SPEECH DETECTED_TONE PRIVATE_COMMAND
-    HEARTBEAT TRAP ADD_SCHEDULE DEL_SCHEDULE EXE_SCHEDULE RE_SCHEDULE RELOADXML NOTIFY
-    PHONE_FEATURE PHONE_FEATURE_SUBSCRIBE SEND_MESSAGE RECV_MESSAGE REQUEST_PARAMS
-    CHANNEL_DATA GENERAL COMMAND SESSION_HEARTBEAT CLIENT_DISCONNECTED SERVER_DISCONNECTED
-    SEND_INFO RECV_INFO RECV_RTCP_MESSAGE SEND_RTCP_MESSAGE CALL_SECURE NAT RECORD_START
-    RECORD_STOP PLAYBACK_START PLAYBACK_STOP CALL_UPDATE FAILURE SOCKET_DATA
-    MEDIA_BUG_START MEDIA_BUG_STOP CONFERENCE_DATA_QUERY CONFERENCE_DATA CALL_SETUP_REQ
-    CALL_SETUP_RESULT CALL_DETAIL DEVICE_STATE TEXT SHUTDOWN_REQUESTED ALL""".split()
-)
 
 
 _COMMAND_END = re.compile(rb"\n\r?\n")
@@ -86,41 +63,14 @@ def _malformed_frame(count: int) -> bytes:
     return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
 
 
-def _event_type(token: str) -> str | None:
-    # switch_name_event: case-insensitive, "SWITCH_EVENT_" prefix allowed.
-    name = token.upper()
-    if name.startswith("SWITCH_EVENT_"):
-        name = name[13:]
-    return name if name in EVENT_NAMES else None
-
-
-def _regex_match(expression: str, value: str) -> bool:
-    # switch_regex_perform: "/re/flags" or a bare expression.
-    flags = 0
-    if expression.startswith("/"):
-        body, slash, options = expression[1:].rpartition("/")
-        expression = body if slash else expression[1:]
-        if slash and "i" in options:
-            flags |= re.IGNORECASE
-    try:
-        return re.search(expression, value, flags) is not None
-    except re.error:
-        return False
-
-
 class Listener:
     """One connection: command reader here, event writer in its own greenlet."""
 
     def __init__(self, server: "FakeFreeSWITCH", sock: socket.socket):
         self.server = server
         self.sock = sock
-        self.ctype = PLAIN
         self.authed = False
-        self.events_on = False
-        self.all_events = False
-        self.names: set[str] = set()
-        self.subclasses: set[str] = set()
-        self.filters: list[tuple[str, str]] = []
+        self.subscription = Subscription(on_subscribe=server.note_subscription)
         self.queue: Queue = Queue(maxsize=server.queue_limit)
         self.drained = GeventEvent()  # the writer took from the queue
         self.alive = True
@@ -264,15 +214,16 @@ class Listener:
         if not self.authed:
             return self._authenticate(command, lower)
         if lower.startswith("filter "):
-            return _reply(self._filter(command[7:])), True
+            return _reply(self.subscription.filter(command[7:])), True
         if lower.startswith("api "):
             return self._api(command[4:]), True
         if lower.startswith("event"):
-            return _reply(self._event(command)), True
+            return _reply(self.subscription.event(command)), True
         if lower.startswith("nixevent"):
-            return _reply(self._nixevent(command)), True
+            return _reply(self.subscription.nixevent(command)), True
         if lower.startswith("noevents"):
-            return _reply(self._noevents()), True
+            self._drop_queued_events()
+            return _reply(self.subscription.noevents()), True
         return _reply("-ERR command not found"), True
 
     def _authenticate(self, command: str, lower: str) -> tuple[bytes, bool]:
@@ -290,139 +241,13 @@ class Listener:
         data = self.server.api(name, args).encode("utf-8") or b"-ERR no reply\n"
         return b"Content-Type: api/response\nContent-Length: %d\n\n" % len(data) + data
 
-    def _event(self, command: str) -> str:
-        _, _, rest = command.partition(" ")
-        tokens = rest.split(" ") if rest else []
-        if tokens and tokens[0].lower() == "xml":
-            return "-ERR the stand-in does not send xml events"
-        count = 0
-        custom = False
-        for i, token in enumerate(tokens):
-            if i == 0 and token.lower() in FORMATS:
-                self.ctype = FORMATS[token.lower()]
-                continue
-            if custom:  # after CUSTOM every word is a subclass
-                self.subclasses.add(token)
-                continue
-            name = _event_type(token)
-            if name is None:
-                continue
-            count += 1
-            if name == "ALL":
-                self.all_events = True
-            self.names.add(name)
-            custom = name == "CUSTOM"
-        if not count:
-            return "-ERR no keywords supplied"
-        self._subscribe()
-        return "+OK event listener enabled %s" % ("json" if self.ctype == JSON else "plain")
-
-    def _nixevent(self, command: str) -> str:
-        _, _, rest = command.partition(" ")
-        count = 0
-        custom = False
-        for token in rest.split(" ") if rest else []:
-            if custom:
-                self.subclasses.discard(token)
-                continue
-            name = _event_type(token)
-            if name is None:
-                continue
-            count += 1
-            if name == "CUSTOM":
-                custom = True
-            elif name == "ALL":
-                self.all_events = False
-                self.names.clear()
-            else:
-                if self.all_events:  # ALL becomes every single name but this one
-                    self.all_events = False
-                    self.names = set(EVENT_NAMES) - {"ALL"}
-                self.names.discard(name)
-        if not count:
-            return "-ERR no keywords supplied"
-        self._subscribe()
-        return "+OK events nixed"
-
-    def _noevents(self) -> str:
-        self._drop_queued_events()
-        if not self.events_on:
-            return "-ERR not listening for events"
-        self.events_on = False
-        self.all_events = False
-        self.names.clear()
-        self.subclasses.clear()
-        return "+OK no longer listening for events"
-
-    def _subscribe(self) -> None:
-        self.events_on = True
-        self.server._subscribed.set()
-
-    def _filter(self, args: str) -> str:
-        name, space, value = args.lstrip(" ").partition(" ")
-        if name.lower() == "delete" and space:
-            name, _, value = value.partition(" ")
-            if name.lower() == "all":
-                self.filters.clear()
-            else:
-                self.filters = [
-                    (n, v)
-                    for n, v in self.filters
-                    if not (n.lower() == name.lower() and (not value or v == value))
-                ]
-            return "+OK filter deleted. [%s][%s]" % (name, value)
-        if not space:
-            return "-ERR invalid syntax"
-        if name.lower() == "add":
-            name, _, value = value.partition(" ")
-        self.filters.append((name, value))
-        return "+OK filter added. [%s]=[%s]" % (name, value)
-
     # -- events
 
     def wants(self, emission: Emission) -> bool:
-        if not (self.authed and self.events_on):
-            return False
-        template = emission.template
-        if not self.all_events:
-            if template.event_id not in self.names:
-                return False
-            if (
-                template.event_id == "CUSTOM"
-                and template.subclass
-                and template.subclass not in self.subclasses
-            ):
-                return False
-        return not self.filters or self._passes_filters(emission)
-
-    def _passes_filters(self, emission: Emission) -> bool:
-        # event_handler(): any positive filter admits, a negative one vetoes.
-        send = False
-        for name, raw in self.filters:
-            value = emission.value(name)
-            if value is None:
-                continue
-            positive = True
-            i = 0
-            while i < len(raw) and raw[i] in "+- ":
-                if raw[i] != " ":
-                    positive = raw[i] == "+"
-                i += 1
-            expected = raw[i:]
-            if send and positive:
-                continue
-            if raw.startswith("/"):
-                matched = _regex_match(expected, value)
-            else:
-                matched = value.lower() == expected.lower()
-            if matched:
-                if not positive:
-                    return False
-                send = True
-        return send
+        return self.authed and self.subscription.wants(emission)
 
     def listening(self) -> bool:
-        return self.alive and not self.closing and self.authed and self.events_on
+        return self.alive and not self.closing and self.authed and self.subscription.events_on
 
     def offer(self, emission: Emission) -> None:
         """Queue an event if this connection wants it (never blocks)."""
@@ -489,7 +314,7 @@ class Listener:
                 self.sent += 1
                 if every and self.sent % every == 0:
                     out.append(_malformed_frame(self.sent // every))
-                out.append(item.frame(self.ctype))
+                out.append(item.frame(self.subscription.ctype))
                 continue
             if out:
                 self._send(b"".join(out), events=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from .templates import SLOT_RTP, Finder
+from .slots import SLOT_RTP, Finder
 
 # Variables slotted per leg, with their codes in the slot ref.
 RTP_VARIABLES = (

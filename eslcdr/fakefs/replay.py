@@ -18,7 +18,8 @@ from typing import Iterable, Iterator, Union
 
 from ..esl.events import Event
 from .capture import read_capture
-from .templates import Context, Emission, compile_template, find_ids, find_times
+from .slots import find_ids, find_times
+from .templates import Context, Emission, compile_template
 
 class ReplaySource:
     """The events of raw captures, in their exact order, ``repeat`` times.

@@ -30,8 +30,9 @@ from ..esl.events import EventDecodeError
 from .channels import ChannelTable, channels_delim, channels_json, dump_json, dump_text
 from .generated import GeneratedSource
 from .json_cdr import JsonCdrWriter
-from .listener import FORMATS, MAX_QUEUE_LEN, QUEUE_DROP, QUEUE_SHUTDOWN, Listener
+from .listener import MAX_QUEUE_LEN, QUEUE_DROP, QUEUE_SHUTDOWN, Listener
 from .replay import ReplaySource, StaticSource
+from .subscription import FORMATS
 from .templates import Emission, derive_uuid
 
 DEFAULT_HOST = "127.0.0.1"
@@ -296,6 +297,10 @@ class FakeFreeSWITCH:
         return "-ERR %s Command not found!\n" % name
 
     # -- connections
+
+    def note_subscription(self) -> None:
+        """A connection turned events on (the stream may start)."""
+        self._subscribed.set()
 
     def _handle(self, sock: socket.socket, address) -> None:
         if self._stopping or time.monotonic() < self._down_until or self._away_left:

@@ -2,22 +2,17 @@
 
 Every event the stand-in sends is held as a :class:`Template`: its headers in
 wire order (duplicates kept: FreeSWITCH sends ``Hangup-Cause`` twice) with the
-parts that change from one use to the next cut out as *slots*: Unique-IDs and
-every other UUID, times (``Event-Date-*``, ``*-Time``, ``*_epoch``,
-``*_uepoch``, ``*_stamp``), ``Event-Sequence``, ``Core-UUID``, the host name,
-and for generated calls the caller's number and name, the call durations and
-the Kazoo variables added to them (``ecallmgr_Account-ID`` ...).  *Finders*
-say where the slots are; :func:`compile_template` cuts them out, encodes the marked
+parts that change from one use to the next cut out as *slots* (slots.py's
+finders say where): :func:`compile_template` cuts them out, encodes the marked
 event once per format with :func:`eslcdr.esl.events.encode_plain` /
-``encode_json`` and splits the bytes at the slot markers.
-
-A :class:`Context` (one replay repetition, or one generated call) says how to
-fill the slots: fresh deterministic UUIDs, times moved by a shift (and, after
-a pivot, by a delta that stretches the talk time), a caller.  An
-:class:`Emission` is one event of the stream (template + context + sequence
-number + due time); sending it only joins bytes, so the stand-in stays much
-faster than the daemon it feeds.  Slot values are cached per context and
-format, except those that belong to the emission (Core-UUID, host, sequence).
+``encode_json`` and splits the bytes at the slot markers.  A :class:`Context`
+(one replay repetition, or one generated call) says how to fill the slots:
+fresh deterministic UUIDs, times moved by a shift (and, after a pivot, by a
+delta that stretches the talk time), a caller.  An :class:`Emission` is one
+event of the stream (template + context + sequence number + due time); sending
+it only joins bytes, so the stand-in stays much faster than the daemon it feeds.
+Slot values are cached per context and format, except those that belong to the
+emission (Core-UUID, host, sequence).
 """
 
 from __future__ import annotations
@@ -26,79 +21,37 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from types import MappingProxyType
-from typing import Callable, Iterable, Union
+from typing import Union
 
 from ..esl.events import JSON, PLAIN, Event, decode_event, encode_json, encode_plain
 from ..esl.frames import Frame
-from .capture import UUID_RE, Pairs
+from .capture import Pairs
+from .slots import (
+    DUR_UNITS,
+    FROM_CREATION,
+    PER_EMISSION,
+    SLOT_CNAME,
+    SLOT_CNUM,
+    SLOT_CORE,
+    SLOT_GMT,
+    SLOT_HOST,
+    SLOT_LOCAL,
+    SLOT_RTP,
+    SLOT_SEC,
+    SLOT_SEQ,
+    SLOT_USEC,
+    SLOT_UUID,
+    Finder,
+    Slot,
+    event_ts,
+    find_ids,
+    shift_date,
+)
 
-# Slot kinds.  A slot is (kind, original text, reference time in µs).
-_UUID, _CORE, _HOST, _SEQ, _USEC, _SEC, _LOCAL, _GMT = range(8)
-_CNUM, _CNAME, _DUR_S, _DUR_MS, _DUR_US = range(8, 13)
-SLOT_ACCOUNT, SLOT_OWNER, SLOT_AUTHORIZING, SLOT_INTERACTION = range(13, 17)
-# RTP quality variables of generated calls (quality.py); ref = leg and variable.
-SLOT_RTP = 17
-# A leg's creation times: a generated call's post-dial delay moves every
-# other time of the call, never these (so each leg's PDD grows by it).
-_USEC_C, _SEC_C, _LOCAL_C, _GMT_C = range(18, 22)
-_AT_CREATION = MappingProxyType({_USEC: _USEC_C, _SEC: _SEC_C, _LOCAL: _LOCAL_C, _GMT: _GMT_C})
-_FROM_CREATION = MappingProxyType({v: k for k, v in _AT_CREATION.items()})
-_CREATION_HEADERS = frozenset((
-    "Caller-Channel-Created-Time", "Caller-Profile-Created-Time",
-    "variable_start_epoch", "variable_start_uepoch", "variable_start_stamp",
-))
-# Kinds whose value belongs to the emission (not to the call or repetition).
-_PER_EMISSION = frozenset((_CORE, _HOST, _SEQ))
-_DUR_UNITS = MappingProxyType({_DUR_S: 1_000_000, _DUR_MS: 1_000, _DUR_US: 1})
-_NEVER = 1 << 62
-
-Slot = tuple[int, str, int]
-Finder = Callable[[str, str, dict], Iterable[tuple[int, int, int, int]]]
-
+_NEVER = 1 << 62  # a pivot or ring start that never comes
 _MARK = "~~S%d~~"
 _MARK_RE = re.compile(rb"~~S(\d+)~~")
 _SIMPLE_RE = re.compile(r"[0-9A-Za-z._-]*")
-_HOST_HEADERS = frozenset(("FreeSWITCH-Hostname", "FreeSWITCH-Switchname"))
-_TIME_NAME_RE = re.compile(
-    r"^Event-Date-|-Time$|_u?epoch$|_stamp$|[Tt]ransfer[-_][Ss]ource$|transfer_history$"
-)
-_USEC_RE = re.compile(r"1\d{15}")
-_SEC_RE = re.compile(r"1\d{9}")
-_LOCAL_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
-_GMT_RE = re.compile(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT")
-_EMBEDDED_SEC_RE = re.compile(r"(?<!\d)1\d{9}(?=:)")  # "1795727852:<uuid>:bl_xfer:..."
-# Headers where a caller's number could be a false hit (durations, counters).
-_NOT_CALLER_RE = re.compile(
-    r"(?i)duration|msec|usec|sec$|_ms$|epoch|-time$|timestamp|stamp$|sequence|ringback"
-)
-_DURATIONS = MappingProxyType(
-    {
-        "variable_duration": _DUR_S,
-        "variable_billsec": _DUR_S,
-        "variable_flow_billsec": _DUR_S,
-        "variable_mduration": _DUR_MS,
-        "variable_billmsec": _DUR_MS,
-        "variable_flow_billmsec": _DUR_MS,
-        "variable_uduration": _DUR_US,
-        "variable_billusec": _DUR_US,
-        "variable_flow_billusec": _DUR_US,
-    }
-)
-_SINCE_CREATED = frozenset(("variable_duration", "variable_mduration", "variable_uduration"))
-# The channel variables a Kazoo platform's ecallmgr exports to every leg of a
-# call (Authorizing-ID only on the caller's side, Call-Interaction-ID not on
-# every call), so that generated calls belong to accounts as Kazoo's do.  The
-# captures have none: call_template() adds them, and each is one slot.
-KAZOO_VARS = MappingProxyType(
-    {
-        "variable_ecallmgr_Account-ID": SLOT_ACCOUNT,
-        "variable_ecallmgr_Owner-ID": SLOT_OWNER,
-        "variable_ecallmgr_Authorizing-ID": SLOT_AUTHORIZING,
-        "variable_ecallmgr_Call-Interaction-ID": SLOT_INTERACTION,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +74,6 @@ class Template:
         if pieces is None:
             return None
         return "".join(p if isinstance(p, str) else self.slots[p][1] for p in pieces)
-
-
-def event_ts(event: dict) -> int:
-    value = event.get("Event-Date-Timestamp", "")
-    return int(value) if value.isdigit() else 0
 
 
 def compile_template(pairs: Pairs, body: str | None, finders: tuple[Finder, ...]) -> Template:
@@ -220,153 +168,6 @@ def _escape(ctype: str, text: str) -> bytes:
     return _json_string(text)[1:-1]
 
 
-def find_ids(name: str, value: str, event: dict):
-    if name == "Event-Sequence":
-        return ((0, len(value), _SEQ, 0),) if value.isdigit() else ()
-    if name in _HOST_HEADERS:
-        return ((0, len(value), _HOST, 0),)
-    core = event.get("Core-UUID")
-    return [
-        (m.start(), m.end(), _CORE if m.group() == core else _UUID, 0)
-        for m in UUID_RE.finditer(value)
-    ]
-
-
-def find_times(name: str, value: str, event: dict):
-    spans = _time_spans(name, value, event)
-    if spans and (name in _CREATION_HEADERS
-                  or (name.startswith("Event-Date-") and event.get("Event-Name") == "CHANNEL_CREATE")):
-        return [(start, end, _AT_CREATION[kind], ref) for start, end, kind, ref in spans]
-    return spans
-
-
-def _time_spans(name: str, value: str, event: dict):
-    if not _TIME_NAME_RE.search(name):
-        return ()
-    if _USEC_RE.fullmatch(value):
-        return ((0, len(value), _USEC, 0),)
-    # Second-resolution values follow their µs twin (end_epoch/end_uepoch,
-    # Event-Date-Local/Event-Date-Timestamp) so both stay consistent.
-    ref = _reference_usec(name, event)
-    if _SEC_RE.fullmatch(value):
-        return ((0, len(value), _SEC, ref or int(value) * 1_000_000),)
-    if _LOCAL_RE.fullmatch(value):
-        return ((0, len(value), _LOCAL, ref or _local_usec(value)),)
-    if _GMT_RE.fullmatch(value):
-        return ((0, len(value), _GMT, ref or _local_usec(_gmt_to_local(value))),)
-    return [
-        (m.start(), m.end(), _SEC, int(m.group()) * 1_000_000)
-        for m in _EMBEDDED_SEC_RE.finditer(value)
-    ]
-
-
-def _reference_usec(name: str, event: dict) -> int:
-    if name.startswith("Event-Date-"):
-        twin = "Event-Date-Timestamp"
-    elif name.endswith(("_epoch", "_stamp")):
-        twin = name.rsplit("_", 1)[0] + "_uepoch"
-    else:
-        return 0
-    value = event.get(twin, "")
-    return int(value) if _USEC_RE.fullmatch(value) else 0
-
-
-def caller_finder(number: str | None, name: str | None) -> Finder:
-    """Slots for the template call's caller number and name."""
-    number_re = re.compile(r"(?<![\w.+])%s(?![\w.])" % re.escape(number)) if number else None
-    name_re = re.compile(re.escape(name)) if name else None
-
-    def find(header: str, value: str, event: dict):
-        if _NOT_CALLER_RE.search(header):
-            return ()
-        spans = []
-        if name_re is not None:
-            spans += [(m.start(), m.end(), _CNAME, 0) for m in name_re.finditer(value)]
-        if number_re is not None:
-            spans += [(m.start(), m.end(), _CNUM, 0) for m in number_re.finditer(value)]
-        return spans
-
-    return find
-
-
-def find_kazoo(name: str, value: str, event: dict):
-    kind = KAZOO_VARS.get(name)
-    return ((0, len(value), kind, 0),) if kind is not None else ()
-
-
-def duration_finder(pivot: int | None) -> Finder:
-    """Slots for the durations a longer talk (or ring) time changes.
-
-    Only non-zero durations of events after the pivot: a leg that was never
-    answered keeps billsec 0.
-    """
-
-    def find(header: str, value: str, event: dict):
-        kind = _DURATIONS.get(header)
-        if kind is None or pivot is None or not value.isdigit() or value == "0":
-            return ()
-        # ref 1: a created -> hangup duration, which a longer post-dial delay
-        # lengthens (creation times stay, the hangup moves)
-        ref = 1 if header in _SINCE_CREATED else 0
-        return ((0, len(value), kind, ref),) if event_ts(event) > pivot else ()
-
-    return find
-
-
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-
-
-def _parse_local(text: str) -> datetime:
-    # "2026-11-26 21:15:10"; by hand: strptime is slow and %a/%b follow the locale.
-    return datetime(
-        int(text[0:4]),
-        int(text[5:7]),
-        int(text[8:10]),
-        int(text[11:13]),
-        int(text[14:16]),
-        int(text[17:19]),
-    )
-
-
-def _format_local(moment: datetime) -> str:
-    return "%04d-%02d-%02d %02d:%02d:%02d" % (
-        moment.year,
-        moment.month,
-        moment.day,
-        moment.hour,
-        moment.minute,
-        moment.second,
-    )
-
-
-def _gmt_to_local(text: str) -> str:
-    # "Thu, 26 Nov 2026 21:15:10 GMT" -> "2026-11-26 21:15:10"
-    month = _MONTHS.index(text[8:11]) + 1
-    return "%s-%02d-%s %s" % (text[12:16], month, text[5:7], text[17:25])
-
-
-def _local_usec(text: str) -> int:
-    return int((_parse_local(text) - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
-
-
-def _shift_date(kind: int, text: str, seconds: int) -> str:
-    if not seconds:
-        return text
-    if kind == _LOCAL:
-        return _format_local(_parse_local(text) + timedelta(seconds=seconds))
-    moment = _parse_local(_gmt_to_local(text)) + timedelta(seconds=seconds)
-    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
-        _DAYS[moment.weekday()],
-        moment.day,
-        _MONTHS[moment.month - 1],
-        moment.year,
-        moment.hour,
-        moment.minute,
-        moment.second,
-    )
-
-
 def derive_uuid(key: str, original: str) -> str:
     digest = hashlib.sha1(("%s|%s" % (key, original)).encode("utf-8")).digest()
     return str(uuid.UUID(bytes=digest[:16], version=4))
@@ -416,40 +217,40 @@ class Context:
 
     def text(self, slot: Slot, emission: "Emission") -> str:
         kind, text, ref = slot
-        ring = kind not in _FROM_CREATION
+        ring = kind not in FROM_CREATION
         if not ring:
-            kind = _FROM_CREATION[kind]
-        if kind == _UUID:
+            kind = FROM_CREATION[kind]
+        if kind == SLOT_UUID:
             return self._uuid(text)
-        if kind == _CORE:
+        if kind == SLOT_CORE:
             return emission.core
-        if kind == _HOST:
+        if kind == SLOT_HOST:
             return emission.host
-        if kind == _SEQ:
+        if kind == SLOT_SEQ:
             return str(emission.seq)
-        if kind == _USEC:
+        if kind == SLOT_USEC:
             value = int(text)
             return str(value + self.shift(value, ring))
-        if kind == _SEC:
+        if kind == SLOT_SEC:
             return str((ref + self.shift(ref, ring)) // 1_000_000)
-        if kind in (_LOCAL, _GMT):
+        if kind in (SLOT_LOCAL, SLOT_GMT):
             moved = (ref + self.shift(ref, ring)) // 1_000_000 - ref // 1_000_000
-            return _shift_date(kind, text, moved)
-        if kind == _CNUM:
+            return shift_date(kind, text, moved)
+        if kind == SLOT_CNUM:
             return self.cnum
-        if kind == _CNAME:
+        if kind == SLOT_CNAME:
             return self.cname
         if kind in self.kazoo:
             return self.kazoo[kind]
         if kind == SLOT_RTP:
             return self.rtp.get(ref, text)
         extra = self.delta_us + (self.ring_us if ref and self.ring_from_us != _NEVER else 0)
-        return str(int(text) + extra // _DUR_UNITS[kind])
+        return str(int(text) + extra // DUR_UNITS[kind])
 
     def fill(self, ctype: str, slot: Slot, emission: "Emission") -> bytes:
         """Encode a slot; remembered unless it belongs to the emission."""
         data = _escape(ctype, self.text(slot, emission))
-        if slot[0] not in _PER_EMISSION:
+        if slot[0] not in PER_EMISSION:
             self.cache[ctype][slot] = data
         return data
 

@@ -1,79 +1,40 @@
-"""Backfill: legs whose hangup eslcdr never heard, from FreeSWITCH's own
-mod_json_cdr files (``[backfill] json_cdr_dir``, docs/database.md).
+"""Backfill: legs whose hangup eslcdr never heard, from FreeSWITCH's mod_json_cdr
+files (``[backfill] json_cdr_dir``, docs/backfill.md; the folder is json_cdr_dir.py's).
 
-mod_json_cdr writes one file per leg into its ``log-dir``
-(``<uuid>.cdr.json``; ``a_<uuid>.cdr.json`` for "A" legs with
-``prefix-a-leg``; with ``rotate``, into dated subfolders) in the leg's
-reporting state, just before FreeSWITCH fires its CHANNEL_HANGUP_COMPLETE.  A
-leg that ended while eslcdr was stopped, restarting or disconnected has its
-file but no event.  eslcdr then uses the file through the live path: the
-importer turns the document into the CHANNEL_HANGUP_COMPLETE it stands for,
-and the node's pipeline feeds that to its leg tracker and CdrBuilder.  So the
-row has the live row's fields (except what the files do not hold: the callee,
-an originator's direction), joins its interaction, and is stored once: the
-tracker ignores a leg it has finished, the ``call_id`` key a leg stored.
-
-When files are read:
-
-- *scan*: at start, and ``SETTLE`` then ``LATE_SCAN`` seconds after every
-  (re)connect, every file changed since the high-water mark.  Files already handled are
-  not read: the mark skips old ones by their mtime, the tracker and one
-  indexed query skip legs already known, so a scan costs a directory listing
-  and a ``stat`` per new name.
-- *rescue*: before a leg is written off as ``eslcdr_hangup_not_seen`` (after
-  a reconnect, a leg FreeSWITCH no longer lists and whose hangup did not
-  come), its own two file names are looked up directly.
-- *awaiting*: a leg written off all the same (no file yet: mod_json_cdr with
-  ``queue-capacity`` writes from a thread, later) is looked up again every
-  few seconds for a day; when its file appears, the not-seen row is replaced
-  by the complete one, with a new ``seq`` so collectors fetch it again.
-
-The high-water mark (``meta`` key ``backfill_mtime_ns``): every file whose
-mtime is older has been handled.  A scan moves it to its start minus
-``SETTLE`` and ``MARGIN``; while the node stays connected after the late
-scan of its last reconnect, each leg's hangup arrives live, so the mark
-follows the clock.  It is stored
-through the writer only when the writer holds nothing uncommitted, so a
-crash can never leave the mark past a CDR that was not stored.
-
-Bad files (empty, truncated, not JSON, not a mod_json_cdr object) get one
-warning each and are skipped; a file newer than ``SETTLE`` seconds is not
-read yet (FreeSWITCH writes in place: it may be half written); bytes that
-are not UTF-8 are replaced and the leg kept, with a warning.  The folder is
-FreeSWITCH's: it is only listed, ``stat``-ed and opened for reading.
-
-Off the hot path: every folder and database read runs in gevent's thread
-pool, in steps of bounded size, from the backfill's own greenlet; the events
-are fed to the pipeline between steps, a bounded number at a time, so the
-ESL readers never wait for the disk.
+- *scan*: at start, and SETTLE then LATE_SCAN seconds after every (re)connect, the
+  files changed since the high-water mark (``meta`` key ``backfill_mtime_ns``:
+  every older file was handled); legs the tracker or the database know are skipped.
+- *rescue*: a leg about to be written off as ``eslcdr_hangup_not_seen`` has its
+  own two file names looked up first.
+- *awaiting*: a leg written off all the same is looked up every TICK for a day;
+  when its file comes, the not-seen row is replaced (with a new ``seq``).
+A file's event goes the live path (tracker, CdrBuilder): the live row's fields,
+stored once.  Invariants: the mark is stored only when the writer holds nothing
+uncommitted (a crash never leaves it past a lost CDR); every folder and database
+read runs in the thread pool in bounded steps: the ESL readers never wait on disk.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import gevent
 import gevent.event
 import structlog
 
 from ..esl.events import Event
-from .importer import JsonCdrError, parse_json_cdr
 from ..ingest.legs import GREGORIAN_OFFSET
 from ..store.db import connect_reader, read_meta
 from ..supervise import in_thread
+from .json_cdr_dir import FileFound, FileRead, entries, find, next_files, read_files
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SUFFIX = ".cdr.json"
-A_PREFIX = "a_"
 HWM_KEY = "backfill_mtime_ns"
 NOT_SEEN = "eslcdr_hangup_not_seen"
 SECOND_NS = 1_000_000_000
@@ -92,7 +53,6 @@ TICK = 2.0  # awaiting look-ups, pending scans, the mark
 MARK_INTERVAL = 30.0
 AWAIT_FOR = 86_400.0  # how long a not-seen leg's file is waited for
 MAX_AWAITING = 100_000
-LIST_STEP = 4096  # directory entries per thread call
 READ_STEP = 256  # files read and fed per step
 LOOKUP_STEP = 512  # call ids per database query / awaiting look-ups per tick
 # What reading the folder or the database can fail with and be retried later.
@@ -103,120 +63,6 @@ def _in_thread(work: Callable[..., T], *args: Any) -> T:
     """Blocking folder / database work, its READ_ERRORS raised here (each
     caller handles them)."""
     return in_thread(work, *args, errors=READ_ERRORS)
-
-
-def call_id_of(name: str) -> str:
-    """``a_<uuid>.cdr.json`` / ``<uuid>.cdr.json`` -> ``<uuid>``."""
-    stem = name[: -len(SUFFIX)]
-    return stem[len(A_PREFIX) :] if stem.startswith(A_PREFIX) else stem
-
-
-@dataclass(frozen=True, slots=True)
-class FileFound:
-    path: str
-    mtime_ns: int
-    size: int
-
-    @property
-    def call_id(self) -> str:
-        return call_id_of(os.path.basename(self.path))
-
-
-@dataclass(frozen=True, slots=True)
-class FileRead:
-    found: FileFound
-    event: Event | None  # None: unreadable
-    error: str = ""
-    replaced_bytes: bool = False
-
-
-# -- the folder (blocking: these run in threads) ---------------------------
-
-
-def _entries(folder: str, since_ns: int, subfolders_seen: list[tuple[int, str]]) -> Iterator[os.DirEntry]:
-    """The folder's entries, and those of its subfolders changed since the
-    mark (mod_json_cdr's ``rotate`` adds a dated subfolder per rotation; a
-    folder whose mtime is older got no file since).  Every subfolder goes
-    into ``subfolders_seen`` as (mtime, path)."""
-    subfolders = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.endswith(SUFFIX):
-                yield entry
-            elif not entry.name.startswith("."):
-                try:
-                    info = entry.stat()
-                except OSError:
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    subfolders_seen.append((info.st_mtime_ns, entry.path))
-                    if info.st_mtime_ns >= since_ns:
-                        subfolders.append(entry.path)
-    for path in sorted(subfolders):
-        try:
-            with os.scandir(path) as entries:
-                yield from (entry for entry in entries if entry.name.endswith(SUFFIX))
-        except OSError as exc:
-            log.warning("json_cdr_subfolder_unreadable", path=path, error=str(exc))
-
-
-def _next_files(entries: Iterator[os.DirEntry], since_ns: int, until_ns: int) -> tuple[list[FileFound], bool]:
-    """Up to LIST_STEP entries: the files with since <= mtime < until; and
-    whether the listing is over."""
-    found = []
-    for count, entry in enumerate(entries, 1):
-        try:
-            info = entry.stat()
-        except OSError:
-            continue  # removed meanwhile
-        if stat.S_ISREG(info.st_mode) and since_ns <= info.st_mtime_ns < until_ns:
-            found.append(FileFound(entry.path, info.st_mtime_ns, info.st_size))
-        if count >= LIST_STEP:
-            return found, False
-    return found, True
-
-
-def _read_files(files: list[FileFound]) -> list[FileRead]:
-    out = []
-    for found in files:
-        try:
-            with open(found.path, "rb") as handle:
-                event, replaced = parse_json_cdr(handle.read())
-        except (OSError, JsonCdrError) as exc:
-            out.append(FileRead(found, None, str(exc)))
-            continue
-        if event.get("Unique-ID") != found.call_id:
-            out.append(FileRead(found, None, "the file names leg %s" % event.get("Unique-ID")))
-            continue
-        out.append(FileRead(found, event, replaced_bytes=replaced))
-    return out
-
-
-def _find(folder: str, call_ids: list[str], rotating: bool) -> list[FileFound]:
-    """The files of these legs, looked up by name.  Without ``rotate`` the
-    folder is never listed (it may hold millions of files); with it, the
-    folder holds only the dated subfolders and the newest gets the files."""
-    places = [folder]
-    if rotating:
-        try:
-            with os.scandir(folder) as entries:
-                subfolders = [e for e in entries if not e.name.startswith(".") and e.is_dir()]
-            if subfolders:
-                places.append(max(subfolders, key=lambda e: e.stat().st_mtime_ns).path)
-        except OSError:
-            pass
-    found = []
-    for call_id in call_ids:
-        for place in places:
-            for name in (A_PREFIX + call_id + SUFFIX, call_id + SUFFIX):
-                path = os.path.join(place, name)
-                try:
-                    info = os.stat(path)
-                except OSError:
-                    continue
-                if stat.S_ISREG(info.st_mode):
-                    found.append(FileFound(path, info.st_mtime_ns, info.st_size))
-    return found
 
 
 # -- the backfill greenlet -------------------------------------------------
@@ -307,8 +153,8 @@ class Backfill:
         if not call_ids:
             return []
         try:
-            found = _in_thread(_find, self.folder, call_ids, self._rotating)
-            read = _in_thread(_read_files, found)
+            found = _in_thread(find, self.folder, call_ids, self._rotating)
+            read = _in_thread(read_files, found)
         except READ_ERRORS as exc:
             log.warning("json_cdr_rescue_failed", error=str(exc), legs=len(call_ids))
             return []
@@ -377,9 +223,9 @@ class Backfill:
             if self._flat and _in_thread(os.stat, self.folder).st_mtime_ns < since_ns:
                 # No name added, renamed or removed since the mark: nothing to list.
                 done = True
-            entries = _entries(self.folder, since_ns, subfolders)  # runs in the threads below
+            listing = entries(self.folder, since_ns, subfolders)  # runs in the threads below
             while not done and not self._stop.is_set():
-                files, done = _in_thread(_next_files, entries, since_ns, until_ns)
+                files, done = _in_thread(next_files, listing, since_ns, until_ns)
                 listed += len(files)
                 for start in range(0, len(files), READ_STEP):
                     step_new, step_replaced, step_bad = self._handle(files[start : start + READ_STEP])
@@ -403,6 +249,7 @@ class Backfill:
         self.scans += 1
         self.files_listed += listed
         self._last_scan_start = started
+        # Every file older than this scan's window was handled (MARGIN for late names, clock steps).
         self.mark_ns = max(self.mark_ns, until_ns - int(MARGIN * SECOND_NS))
         self.last_scan_seconds = round(self._clock() - started, 3)
         log.info(
@@ -436,7 +283,7 @@ class Backfill:
         wanted = [found for found in candidates if stored.get(found.call_id, NOT_SEEN) == NOT_SEEN]
         if not wanted:
             return 0, 0, 0
-        read = _in_thread(_read_files, wanted)
+        read = _in_thread(read_files, wanted)
         bad = len(read)
         usable = self._usable(read)
         bad -= len(usable)
@@ -470,6 +317,8 @@ class Backfill:
         return out
 
     def _usable(self, read: list[FileRead]) -> list[FileRead]:
+        """The files read whole; a bad one (empty, truncated, not JSON, not a
+        mod_json_cdr object) gets one warning per (mtime, size) and is skipped."""
         usable = []
         for item in read:
             if item.event is not None:
@@ -508,8 +357,8 @@ class Backfill:
         if not batch:
             return
         try:
-            found = _in_thread(_find, self.folder, batch, self._rotating)
-            read = _in_thread(_read_files, [f for f in found if self._bad.get(f.path) != (f.mtime_ns, f.size)])
+            found = _in_thread(find, self.folder, batch, self._rotating)
+            read = _in_thread(read_files, [f for f in found if self._bad.get(f.path) != (f.mtime_ns, f.size)])
         except READ_ERRORS as exc:
             self._folder_state(False, str(exc))
             return
@@ -553,13 +402,3 @@ class Backfill:
         if self.mark_ns > self._stored_mark_ns and self._writer.backlog == 0:
             self._writer.note_meta(HWM_KEY, str(self.mark_ns))
             self._stored_mark_ns = self.mark_ns
-
-
-def folder_problem(folder: str) -> str | None:
-    """Why the json_cdr folder cannot be read, or None (``eslcdr check``)."""
-    path = Path(folder)
-    if not path.is_dir():
-        return "%s is not a folder" % folder
-    if not os.access(path, os.R_OK | os.X_OK):
-        return "%s is not readable by this user" % folder
-    return None

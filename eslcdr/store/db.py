@@ -1,21 +1,17 @@
-"""The SQLite file: opening it (writer or read-only), and batched inserts.
+"""The SQLite file: opening it (writer or read-only), and the write statements.
 
 There is exactly one writer connection per process (the writer greenlet owns
-it); readers open their own read-only connections (``mode=ro``), so a query
-can never change data.  The file is in WAL mode, so readers never block the
-writer and the writer never blocks readers.
-
-Schema work (WAL, tables, indexes) goes through sqlite-utils; the insert
-path is a few multi-row INSERTs per batch (see _insert_many), and the KPI
-roll-ups are brought up to date once per statement that wrote rows.
-
-``insert_records`` is idempotent on ``call_id``: a leg delivered twice (a
-duplicate HANGUP_COMPLETE, a replayed capture, a re-imported json_cdr file)
-keeps its first row and its ``seq``, so the collector never sees it twice.
-A row whose content changes is never UPDATEd in place: ``rewrite_rows`` and
-``replace_records`` delete and insert it again, so it takes a new ``seq``
-and the feed delivers the new version (docs/api.md).  Collector
-acknowledgements (``collector_acks``) are written in the same transactions.
+it); readers open their own read-only connections (``mode=ro``), so a query can
+never change data.  WAL mode: readers never block the writer, nor it them.  The
+file and its side files are its owner's only (DB_FILE_MODE).  Inserts are a few
+multi-row INSERTs per batch (``_insert_many``); every statement that writes rows
+brings the KPI roll-ups up to date.  Invariants: ``insert_records`` is idempotent
+on ``call_id`` (a leg delivered twice keeps its first row and ``seq``, so the
+collector never sees it twice); a row whose content changes is never UPDATEd in
+place: ``rewrite_rows`` and ``replace_records`` delete and insert it again, with
+a new ``seq``, so the feed delivers the new version (docs/api.md).  Collector
+acknowledgements and ``meta`` go in the same transactions.  The retention
+statements (deletes, storage figures) are store/retention.py's.
 """
 
 from __future__ import annotations
@@ -426,102 +422,3 @@ def recent_interaction_starts(conn: sqlite3.Connection, limit: int) -> list[tupl
         " WHERE interaction_id IS NOT NULL ORDER BY seq DESC LIMIT ?) GROUP BY interaction_id",
         (limit,),
     ).fetchall()
-
-
-# ------------------------------------------------------------------ retention
-
-NO_BOUND = 2**63 - 1
-
-
-def retention_bound(conn: sqlite3.Connection, collectors: Iterable[str]) -> int:
-    """The highest seq every registered collector has acknowledged.
-
-    A collector is a current ``*`` token (``collectors``: their sha256 in
-    hex) that has pulled the feed at least once (a row in collector_acks).
-    With none, nothing holds rows back.
-    """
-    keys = sorted(set(collectors))
-    if not keys:
-        return NO_BOUND
-    marks = ", ".join("?" for _ in keys)
-    row = conn.execute(
-        "SELECT min(acked_seq) FROM collector_acks WHERE token_sha256 IN (%s)" % marks, keys
-    ).fetchone()
-    return NO_BOUND if row[0] is None else row[0]
-
-
-def delete_expired(
-    conn: sqlite3.Connection, cutoff_timestamp: int, collectors: Iterable[str], limit: int = 1000
-) -> int:
-    """Delete at most ``limit`` rows hung up before ``cutoff_timestamp``
-    (Gregorian seconds) that every registered collector has acknowledged,
-    with their interaction links; give the freed pages back to the file
-    system.  One short transaction; returns the rows deleted (fewer than
-    ``limit``: nothing more is due)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        bound = retention_bound(conn, collectors)
-        deleted = conn.execute(
-            "DELETE FROM cdrs WHERE seq IN "
-            "(SELECT seq FROM cdrs WHERE timestamp < ? AND seq <= ? LIMIT ?) "
-            "RETURNING call_id, interaction_id",
-            (cutoff_timestamp, bound, limit),
-        ).fetchall()
-        if deleted:
-            conn.executemany("DELETE FROM interaction_links WHERE call_id = ?", [(c,) for c, _ in deleted])
-            # Links of partners that were never written (a process_cdr=false
-            # leg), once no row of their interaction is left.
-            interactions = {(i,) for _, i in deleted if i}
-            conn.executemany(
-                "DELETE FROM interaction_links WHERE interaction_id = ?1 "
-                "AND NOT EXISTS (SELECT 1 FROM cdrs WHERE interaction_id = ?1)",
-                interactions,
-            )
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    if deleted:
-        # auto_vacuum = INCREMENTAL: move the freed pages to the end of the
-        # file and truncate it (a few hundred pages per batch).
-        # (executescript: sqlite3's execute() steps a row-less pragma once,
-        # which frees a single page.)
-        conn.executescript("PRAGMA incremental_vacuum;")
-    return len(deleted)
-
-
-def storage_stats(conn: sqlite3.Connection, path: str | Path, collectors: Iterable[str]) -> dict:
-    """Size, oldest row and per collector the rows it has not pulled yet."""
-    path = Path(path)
-
-    def size(p: Path) -> int:
-        try:
-            return p.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    oldest = conn.execute("SELECT min(timestamp) FROM cdrs").fetchone()[0]
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    page_count = conn.execute("PRAGMA page_count").fetchone()[0]
-    freelist = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    keys = sorted(set(collectors))
-    per_collector = {}
-    if keys:
-        marks = ", ".join("?" for _ in keys)
-        for key, acked, last_pull_us in conn.execute(
-            "SELECT token_sha256, acked_seq, last_pull_us FROM collector_acks WHERE token_sha256 IN (%s)" % marks,
-            keys,
-        ).fetchall():
-            unpulled = conn.execute("SELECT count(*) FROM cdrs WHERE seq > ?", (acked,)).fetchone()[0]
-            per_collector[key] = {"acked_seq": acked, "unpulled": unpulled, "last_pull_us": last_pull_us}
-    return {
-        "bytes": size(path),
-        "wal_bytes": size(Path(str(path) + "-wal")),
-        "pages": page_count,
-        "page_size": page_size,
-        "free_pages": freelist,
-        "oldest_timestamp": oldest,
-        "collectors": per_collector,
-        "unpulled_max": max((c["unpulled"] for c in per_collector.values()), default=0),
-    }

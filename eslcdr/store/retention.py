@@ -1,4 +1,4 @@
-"""Retention and storage figures (docs/database.md).
+"""Retention and storage figures (docs/database.md): the greenlet and its statements.
 
 Once at start and every ``[store] retention_check_interval`` seconds (at
 most a minute) the ``Retention`` greenlet learns the ``*`` tokens in force
@@ -6,28 +6,134 @@ most a minute) the ``Retention`` greenlet learns the ``*`` tokens in force
 ``retention_days`` that every registered collector has acknowledged, and
 refreshes the figures ``/health`` and ``/metrics`` show (``Retention.check``
 says each step).  A tokens file that cannot be read skips the deletion, never
-guesses; the figures are read on a read-only connection in the thread pool,
-never on the writer's.
+guesses; the figures are read on a read-only connection in the thread pool.
+``delete_expired`` runs on the writer's connection, in the writer's thread:
+small batches between insert batches, freed pages given back (auto_vacuum).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 import gevent.event
 import structlog
 
 from ..config import Config
 from ..ingest.legs import GREGORIAN_OFFSET
-from .db import connect_reader, storage_stats
 from ..supervise import in_thread
-from .writer import Writer
+from .db import connect_reader
+
+if TYPE_CHECKING:  # the writer runs delete_expired: it imports this module
+    from .writer import Writer
 
 log = structlog.get_logger(__name__)
 
 DAY = 86_400
+
+
+# ------------------------------------------------------------------ the statements (a connection given)
+
+NO_BOUND = 2**63 - 1
+
+
+def retention_bound(conn: sqlite3.Connection, collectors: Iterable[str]) -> int:
+    """The highest seq every registered collector has acknowledged.
+
+    A collector is a current ``*`` token (``collectors``: their sha256 in
+    hex) that has pulled the feed at least once (a row in collector_acks).
+    With none, nothing holds rows back.
+    """
+    keys = sorted(set(collectors))
+    if not keys:
+        return NO_BOUND
+    marks = ", ".join("?" for _ in keys)
+    row = conn.execute(
+        "SELECT min(acked_seq) FROM collector_acks WHERE token_sha256 IN (%s)" % marks, keys
+    ).fetchone()
+    return NO_BOUND if row[0] is None else row[0]
+
+
+def delete_expired(
+    conn: sqlite3.Connection, cutoff_timestamp: int, collectors: Iterable[str], limit: int = 1000
+) -> int:
+    """Delete at most ``limit`` rows hung up before ``cutoff_timestamp``
+    (Gregorian seconds) that every registered collector has acknowledged,
+    with their interaction links; give the freed pages back to the file
+    system.  One short transaction; returns the rows deleted (fewer than
+    ``limit``: nothing more is due)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        bound = retention_bound(conn, collectors)
+        deleted = conn.execute(
+            "DELETE FROM cdrs WHERE seq IN "
+            "(SELECT seq FROM cdrs WHERE timestamp < ? AND seq <= ? LIMIT ?) "
+            "RETURNING call_id, interaction_id",
+            (cutoff_timestamp, bound, limit),
+        ).fetchall()
+        if deleted:
+            conn.executemany("DELETE FROM interaction_links WHERE call_id = ?", [(c,) for c, _ in deleted])
+            # Links of partners that were never written (a process_cdr=false
+            # leg), once no row of their interaction is left.
+            interactions = {(i,) for _, i in deleted if i}
+            conn.executemany(
+                "DELETE FROM interaction_links WHERE interaction_id = ?1 "
+                "AND NOT EXISTS (SELECT 1 FROM cdrs WHERE interaction_id = ?1)",
+                interactions,
+            )
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    if deleted:
+        # auto_vacuum = INCREMENTAL: move the freed pages to the end of the
+        # file and truncate it (a few hundred pages per batch).
+        # (executescript: sqlite3's execute() steps a row-less pragma once,
+        # which frees a single page.)
+        conn.executescript("PRAGMA incremental_vacuum;")
+    return len(deleted)
+
+
+def storage_stats(conn: sqlite3.Connection, path: str | Path, collectors: Iterable[str]) -> dict:
+    """Size, oldest row and per collector the rows it has not pulled yet."""
+    path = Path(path)
+
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    oldest = conn.execute("SELECT min(timestamp) FROM cdrs").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+    freelist = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    keys = sorted(set(collectors))
+    per_collector = {}
+    if keys:
+        marks = ", ".join("?" for _ in keys)
+        for key, acked, last_pull_us in conn.execute(
+            "SELECT token_sha256, acked_seq, last_pull_us FROM collector_acks WHERE token_sha256 IN (%s)" % marks,
+            keys,
+        ).fetchall():
+            unpulled = conn.execute("SELECT count(*) FROM cdrs WHERE seq > ?", (acked,)).fetchone()[0]
+            per_collector[key] = {"acked_seq": acked, "unpulled": unpulled, "last_pull_us": last_pull_us}
+    return {
+        "bytes": size(path),
+        "wal_bytes": size(Path(str(path) + "-wal")),
+        "pages": page_count,
+        "page_size": page_size,
+        "free_pages": freelist,
+        "oldest_timestamp": oldest,
+        "collectors": per_collector,
+        "unpulled_max": max((c["unpulled"] for c in per_collector.values()), default=0),
+    }
+
+
+# ------------------------------------------------------------------ the greenlet
 
 
 class CollectorScopes(Protocol):

@@ -26,9 +26,10 @@ import gevent.event
 import structlog
 
 from ..backoff import backoff_delay
-from .spool import Spool
-from .db import delete_expired, insert_records
 from ..supervise import in_thread
+from .db import insert_records
+from .retention import delete_expired
+from .spool import Spool
 
 log = structlog.get_logger(__name__)
 

@@ -1,40 +1,15 @@
-"""The socket side of the API: gevent.pywsgi, held to account.
+"""The hardened HTTP server: gevent.pywsgi, held to account.
 
-``make_server(app, host, port, limits=...)`` serves the WSGI app with a
-handler that treats every client as possibly hostile (``ServerLimits``, from
-``[api]`` -- or the collector's ``[collector]``):
-
-- Time: a connection that sends nothing for ``idle_timeout`` seconds -- a new
-  one, or a keep-alive between requests -- is closed.  From a request's first
-  byte, every wait for the client (``_Receiver``) is bounded: the head must be
-  complete within ``header_timeout``, the whole request within
-  ``request_timeout``, and after RECEIVE_GRACE seconds its bytes must average
-  ``min_receive_rate`` per second; else 408 (slow-header and slow-body
-  attacks).  A response write that makes no progress for ``send_timeout``
-  seconds drops the client (a reader that stopped reading).
-- Size: the head (request line and headers together) is counted against
-  ``max_head_bytes`` as it is read (431); a body is read by the server before
-  the application runs, whole and at most ``max_body_bytes`` (a larger
-  Content-Length is answered 413 before a byte of it is read; a chunked body
-  as soon as it passes the limit; a broken one is a 400), so no route ever
-  waits on a client or spools a body.
-- Slots: at most ``max_connections`` connections hold one; newcomers past
-  them are read on probation and, with a whole request, take the slot of the
-  holder furthest behind (idle or below the receive rate), else get 503
-  (``ApiWSGIServer``).  Past the probation places the listener answers 503,
-  then pauses until a slot frees (the kernel's backlog holds them).
-- Every request gevent cannot parse (bad request line, bad HTTP version, more
-  than 100 headers) gets Kazoo's JSON error envelope and one structured
-  warning line naming the reason -- never the raw bytes, which may hold a
-  token; gevent's own stderr messages and tracebacks are replaced.  Client
-  mistakes are logged once per kind and LOG_INTERVAL, their repeats counted
-  (``_Repeats``): a flood stays a few lines.
-- The access log line holds the request target through ``redact.Redactor``
-  (decoded spellings of ``auth_token``, the presented credentials, known
-  tokens anywhere in path or query).  Unexpected errors are logged with the
-  exception type and the stack frames, never the exception's text or repr
-  (a ``UnicodeDecodeError`` carries the undecodable bytes).
-
+``make_server(app, host, port, limits=...)`` serves a WSGI app with a handler
+that treats every client as possibly hostile (``ServerLimits``, from ``[api]`` or
+``[collector]``): reads, bodies and the connection cap are web/limits.py's; a
+response write that makes no progress for ``send_timeout`` drops the client.
+A request gevent cannot parse, or past a limit, gets Kazoo's JSON error envelope
+and one warning line naming the reason -- never the raw bytes, which may hold a
+token; gevent's own stderr messages and tracebacks are replaced.  Client mistakes
+are logged once per kind and LOG_INTERVAL, their repeats counted (``_Repeats``).
+The access line holds the target through ``redact.Redactor``; unexpected errors
+are logged with the exception type and stack frames, never the exception's text.
 gevent's private hooks overridden or relied on here are pinned by
 tests/unit/web/test_server.py, so that a gevent upgrade that drops one fails loudly.
 """
@@ -55,54 +30,21 @@ from gevent.pool import Pool
 
 from .. import __version__
 from ..config import ServerLimits
+from .limits import PROBATION, REJECT_SLACK, ClientFault, Receiver, Slots, fault_answer, read_body
 from .redact import Redactor, presented_in_environ
 
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
 
-__all__ = ["ClientFault", "ServerLimits", "envelope_bytes", "make_server"]
+__all__ = ["ServerLimits", "envelope_bytes", "make_server"]
 
 log = structlog.get_logger(__name__)
 
-# Connections past the cap that are still accepted: on probation (they may
-# take a slow holder's slot), then some more to be answered 503; beyond these
-# the listener pauses (the kernel's backlog holds them).
-PROBATION = 16
-REJECT_SLACK = 16
 LOG_INTERVAL = 10.0  # seconds: a kind of client mistake gets one line, then one http_repeated line
-RECEIVE_GRACE = 2.0  # seconds of a request before min_receive_rate applies
-EVICT_AFTER = 1.0  # seconds a client must be behind before it may be evicted at the cap
-RECV_SIZE = 16384  # bytes asked of one recv: a head or body overshoots its limit by this at most
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
 _STATUS_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long",
                    431: "Request Header Fields Too Large", 500: "Internal Server Error",
                    503: "Service Unavailable"}
-
-
-class ClientFault(BaseException):
-    """A client passed one of the limits while its request was read (``reason``:
-    a key of ``_FAULTS``): it gets that status, one warning line, and its
-    connection is closed.  A BaseException, so that gevent's generic handlers
-    between the read and ``handle_one_request`` do not take it for a parse error."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# reason -> (status, log event, envelope message, envelope detail; %d: the limit)
-_FAULTS = {
-    "header_timeout": (408, "http_request_timeout", "request_timeout", "request head not received in time"),
-    "request_timeout": (408, "http_request_timeout", "request_timeout", "request not received in time"),
-    "min_receive_rate": (408, "http_request_timeout", "request_timeout", "request received too slowly"),
-    "evicted": (408, "http_request_timeout", "request_timeout", "request received too slowly"),
-    "head_too_large": (431, "http_bad_request", "request header fields too large",
-                       "the request head is larger than %d bytes"),
-    "body_too_large": (413, "http_bad_request", "request entity too large",
-                       "the request body is larger than %d bytes"),
-    "bad_body": (400, "http_bad_request", "bad_request", "the request body could not be read"),
-    "no_slot": (503, "http_connections_refused", "too_many_connections", "too many connections"),
-}
 
 
 def envelope_body(status: int, message: str, detail: str) -> bytes:
@@ -179,151 +121,6 @@ class _Repeats:
             log.warning("http_repeated", kind=kind, repeated=count)
 
 
-class _Receiver:
-    """The read side of one connection (the handler's ``rfile``): its own buffer
-    over the socket, and every wait for the client bounded.
-
-    Between requests the client has ``idle_timeout`` for a first byte
-    (``next_request``).  From that byte on, a request (head and body) must be
-    complete within ``request_timeout``, its head within ``header_timeout``, and
-    after RECEIVE_GRACE seconds its bytes must keep up with ``min_receive_rate``
-    per second on average; past any of them a read raises ``ClientFault`` (408).
-    The head's bytes count against ``max_head_bytes`` (431).  ``evict`` -- the
-    server at its cap -- ends a wait at once.  Only a read that finds the buffer
-    short waits (one ``recv`` at a time, its timeout the nearest deadline).
-    """
-
-    closed = False  # gevent asks
-
-    def __init__(self, sock: Any, limits: ServerLimits) -> None:
-        self._sock = sock
-        self._limits = limits
-        self._buf = bytearray()
-        self.since = time.monotonic()  # start of the wait for a request, or of the request
-        self.in_request = False
-        self.received = 0  # bytes of the current request received so far
-        self.head_left: int | None = None  # bytes its head may still take; None: not in a head
-        self.waiting = False  # blocked on the client right now
-        self.evicted = False
-
-    def next_request(self) -> bool:
-        """Wait for the first byte of the next request; False when the client
-        closed, stayed silent for idle_timeout or was evicted."""
-        self.since, self.in_request, self.head_left = time.monotonic(), False, None
-        self.received = 0
-        if not self._buf:
-            try:
-                if not self._fill(self.since + self._limits.idle_timeout, "idle_timeout"):
-                    return False
-            except (ClientFault, OSError):
-                return False
-            self.since = time.monotonic()
-        self.in_request, self.received, self.head_left = True, len(self._buf), self._limits.max_head_bytes
-        return True
-
-    def head_read(self) -> None:
-        self.head_left = None
-
-    def deadline(self) -> tuple[float, str]:
-        limits = self._limits
-        at, why = self.since + limits.request_timeout, "request_timeout"
-        if self.head_left is not None and self.since + limits.header_timeout < at:
-            at, why = self.since + limits.header_timeout, "header_timeout"
-        if limits.min_receive_rate:
-            paced = self.since + RECEIVE_GRACE + self.received / limits.min_receive_rate
-            if paced < at:
-                at, why = paced, "min_receive_rate"
-        return at, why
-
-    def behind(self, now: float) -> float | None:
-        """Seconds this client is behind: how long it has been waited for, less
-        what its bytes earned at min_receive_rate; None unless it is waited for."""
-        if not self.waiting or self.evicted:
-            return None
-        rate = self._limits.min_receive_rate
-        earned = self.received / rate if rate and self.in_request else 0.0
-        return now - self.since - earned
-
-    def evict(self) -> None:
-        self.evicted = True
-        try:
-            self._sock.shutdown(socket.SHUT_RD)  # gevent ends the pending recv with an error
-        except OSError:
-            pass
-
-    def _fill(self, deadline: float, why: str) -> int:
-        """One recv into the buffer (0: the client closed)."""
-        if self.evicted:
-            raise ClientFault("evicted")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ClientFault(why)
-        self.waiting = True
-        self._sock.settimeout(remaining)
-        try:
-            data = self._sock.recv(RECV_SIZE)
-        except TimeoutError:
-            raise ClientFault("evicted" if self.evicted else why) from None
-        except OSError:
-            if self.evicted:
-                raise ClientFault("evicted") from None
-            raise
-        finally:
-            self.waiting = False
-            self._sock.settimeout(self._limits.send_timeout)  # for the answer's writes
-        self._buf += data
-        self.received += len(data)
-        return len(data)
-
-    def _take(self, size: int) -> bytes:
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
-        if self.head_left is not None:
-            if len(data) > self.head_left:
-                raise ClientFault("head_too_large")
-            self.head_left -= len(data)
-        return data
-
-    def read(self, size: int = -1) -> bytes:
-        size = -1 if size is None else size
-        while (size < 0 or len(self._buf) < size) and self._fill(*self.deadline()):
-            pass
-        return self._take(len(self._buf) if size < 0 else size)
-
-    def readline(self, limit: int | None = -1) -> bytes:
-        limit = -1 if limit is None else limit
-        if self.head_left is not None:  # one byte past the head's budget is enough to refuse it
-            limit = self.head_left + 1 if limit < 0 else min(limit, self.head_left + 1)
-        searched = 0
-        while True:
-            end = self._buf.find(b"\n", searched, None if limit < 0 else limit)
-            if end >= 0:
-                return self._take(end + 1)
-            if 0 <= limit <= len(self._buf):
-                return self._take(limit)
-            searched = len(self._buf)
-            if not self._fill(*self.deadline()):
-                return self._take(len(self._buf))
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def read_body(given: Any, limit: int) -> bytes:
-    """The whole body of a request from gevent's ``wsgi.input`` (Content-Length
-    or chunked), at most ``limit`` bytes: one byte more is ClientFault(413); a
-    broken chunked body is ClientFault(400)."""
-    try:
-        body = given.read(limit + 1)
-    except OSError as exc:
-        if type(exc).__name__ == "_InvalidClientInput" or str(exc).startswith("unexpected end of file"):
-            raise ClientFault("bad_body") from None
-        raise  # the connection itself failed
-    if len(body) > limit:
-        raise ClientFault("body_too_large")
-    return body
-
-
 def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None = None,
                 **kwargs: Any) -> "WSGIServer":
     """A gevent WSGIServer for ``app`` with the bounds of ``limits``.
@@ -342,13 +139,6 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
     def envelope(status: int, message: str, detail: str) -> bytes:
         return envelope_bytes(status, message, detail, cors)
 
-    def fault_answer(reason: str) -> tuple[int, str, str, str]:
-        """(status, log event, message, detail) of a ClientFault."""
-        status, event, message, detail = _FAULTS[reason]
-        if "%d" in detail:
-            detail %= limits.max_head_bytes if status == 431 else limits.max_body_bytes
-        return status, event, message, detail
-
     class ApiHandler(pywsgi.WSGIHandler):
         _parsed = False  # this request's head was parsed (it gets an access line)
         _logged = False  # this request already has its own log line
@@ -358,7 +148,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             self.rfile.close()  # gevent's buffered reader: never read, the socket stays open
             # gevent drops its rfile when the connection ends; the server still
             # asks the receiver whether it evicted this one.
-            self.receiver = self.rfile = _Receiver(sock, limits)
+            self.receiver = self.rfile = Receiver(sock, limits)
 
         def handle(self):
             try:
@@ -389,14 +179,14 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 log.warning(event, client=self._client(), **fields)
 
         def _fault(self, fault: ClientFault) -> tuple[int, str, str]:
-            status, event, message, detail = fault_answer(fault.reason)
+            status, event, message, detail = fault_answer(fault.reason, limits)
             fields: dict[str, Any] = {"status": status, "reason": fault.reason}
             if status == 408 and fault.reason != "evicted":
                 fields[fault.reason] = getattr(limits, fault.reason)
             self._warn(event, fault.reason, **fields)
             return status, message, detail
 
-        # -- reading a request: idle wait, then its deadlines (_Receiver) --------
+        # -- reading a request: idle wait, then its deadlines (limits.Receiver) --------
 
         def read_requestline(self):
             if not self.receiver.next_request():
@@ -424,7 +214,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 env["CONTENT_LENGTH"] = str(len(body))
             env["wsgi.input"] = io.BytesIO(body)
             env["wsgi.input_terminated"] = True
-            if self not in self.server.holders and not self.server.take_slot(self):
+            if not self.server.slots.take(self):
                 raise ClientFault("no_slot")
             return env
 
@@ -516,55 +306,25 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             return '%s "%s" %s %s %s' % (self._client(), request, status.split()[0], length, delta)
 
     class ApiWSGIServer(pywsgi.WSGIServer):
-        """At most ``max_connections`` connections hold a slot.  A new one past
-        them is still accepted, on probation (at most PROBATION of them), and
-        reads its request; with the whole request in hand it takes the slot of
-        the holder furthest behind (see ``_Receiver.behind``: idle, or receiving
-        below ``min_receive_rate``, for EVICT_AFTER seconds at least), which is
-        closed, or else it is answered 503.  Past PROBATION a newcomer replaces
-        the probationer furthest behind, or is answered 503 at once.  So clients
-        that send slowly, however many and however often they come back, keep
-        neither the slots nor the probation places from a client that sends its
-        request at once."""
+        """Connections held to ``limits.max_connections`` (``Slots``): past them
+        on probation, then answered 503 at accept."""
 
         def __init__(self, *args: Any, **kw: Any) -> None:
             super().__init__(*args, **kw)
-            self.holders: set[ApiHandler] = set()
-            self.probation: set[ApiHandler] = set()
+            self.slots = Slots(limits.max_connections)
             self.repeats = _Repeats()
 
         @property
         def active_connections(self) -> int:
-            return len(self.holders)
+            return len(self.slots.holders)
 
-        def _evict_from(self, group: set) -> bool:
-            """Close the member of ``group`` furthest behind (EVICT_AFTER at least)."""
-            now = time.monotonic()
-            victim, worst = None, EVICT_AFTER
-            for handler in group:
-                behind = handler.receiver.behind(now)
-                if behind is not None and behind >= worst:
-                    victim, worst = handler, behind
-            if victim is None:
-                return False
-            victim.receiver.evict()
-            group.discard(victim)
-            return True
-
-        def take_slot(self, handler: ApiHandler) -> bool:
-            """A probationer with its whole request: a free slot, or a holder's."""
-            if len(self.holders) >= limits.max_connections and not self._evict_from(self.holders):
-                return False
-            self.probation.discard(handler)
-            self.holders.add(handler)
-            return True
+        @property
+        def probation(self) -> set:
+            return self.slots.probation
 
         def handle(self, sock, address):
-            if len(self.holders) < limits.max_connections:
-                group = self.holders
-            elif len(self.probation) < PROBATION or self._evict_from(self.probation):
-                group = self.probation
-            else:
+            group = self.slots.place()
+            if group is None:
                 if self.repeats.admit("http_connections_refused:at_accept"):
                     log.warning("http_connections_refused", max_connections=limits.max_connections)
                 try:
@@ -580,8 +340,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             try:
                 handler.handle()
             finally:
-                self.holders.discard(handler)
-                self.probation.discard(handler)
+                self.slots.release(handler)
 
         def stop(self, timeout: float | None = None) -> None:
             super().stop(timeout)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from eslcdr.service import backfill
+from eslcdr.service import json_cdr_dir
 from eslcdr.service.importer import JsonCdrError, parse_json_cdr
 
 from tests.conftest import DATA
@@ -26,10 +26,10 @@ def put(path, source, age_s: float) -> None:
 
 def listing(folder, since_ns: int, until_ns: int = NOW) -> list[str]:
     subfolders: list = []
-    entries = backfill._entries(str(folder), since_ns, subfolders)
+    entries = json_cdr_dir.entries(str(folder), since_ns, subfolders)
     names, done = [], False
     while not done:
-        found, done = backfill._next_files(entries, since_ns, until_ns)
+        found, done = json_cdr_dir.next_files(entries, since_ns, until_ns)
         names += [os.path.relpath(f.path, folder) for f in found]
     return sorted(names)
 
@@ -55,23 +55,23 @@ def test_find_by_name_with_and_without_prefix_and_in_the_newest_subfolder(tmp_pa
     b_leg = next(p for p in REAL if not p.name.startswith("a_"))
     put(tmp_path / a_leg.name, a_leg, 5)
     put(tmp_path / b_leg.name, b_leg, 5)
-    ids = [backfill.call_id_of(a_leg.name), backfill.call_id_of(b_leg.name), "no-such-leg"]
-    found = backfill._find(str(tmp_path), ids, rotating=False)
+    ids = [json_cdr_dir.call_id_of(a_leg.name), json_cdr_dir.call_id_of(b_leg.name), "no-such-leg"]
+    found = json_cdr_dir.find(str(tmp_path), ids, rotating=False)
     assert sorted(os.path.basename(f.path) for f in found) == sorted([a_leg.name, b_leg.name])
     rotated = tmp_path / "2026-11-30-08-00-00"
     rotated.mkdir()
     other = next(p for p in REAL if p not in (a_leg, b_leg))
     put(rotated / other.name, other, 5)
-    found = backfill._find(str(tmp_path), [backfill.call_id_of(other.name)], rotating=True)
+    found = json_cdr_dir.find(str(tmp_path), [json_cdr_dir.call_id_of(other.name)], rotating=True)
     assert [f.path for f in found] == [str(rotated / other.name)]
-    read = backfill._read_files(found)
-    assert read[0].event["Unique-ID"] == backfill.call_id_of(other.name)
+    read = json_cdr_dir.read_files(found)
+    assert read[0].event["Unique-ID"] == json_cdr_dir.call_id_of(other.name)
 
 
 def test_a_file_naming_another_leg_is_not_used(tmp_path):
     wrong = tmp_path / ("a_%s.cdr.json" % "00000000-0000-4000-8000-000000000000")
     put(wrong, REAL[0], 5)
-    read = backfill._read_files(backfill._find(str(tmp_path), ["00000000-0000-4000-8000-000000000000"], False))
+    read = json_cdr_dir.read_files(json_cdr_dir.find(str(tmp_path), ["00000000-0000-4000-8000-000000000000"], False))
     assert read[0].event is None and "names leg" in read[0].error
 
 

@@ -17,6 +17,7 @@ from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource
 from eslcdr.ingest.legs import GREGORIAN_OFFSET as G
 from eslcdr.api.tokens import TokenStore
 from eslcdr.store import writer as writer_module
+from eslcdr.store.retention import delete_expired
 from eslcdr.store.writer import Writer
 
 from tests.conftest import DATA
@@ -46,10 +47,10 @@ def old_and_new(conn, old: int, new: int) -> tuple[list[dict], list[dict]]:
 def test_without_collector_age_alone_decides(tmp_path):
     conn = store.connect_writer(tmp_path / "a.db")
     olds, news = old_and_new(conn, 25, 5)
-    assert store.delete_expired(conn, NOW_G - DAY, [], limit=10) == 10
-    assert store.delete_expired(conn, NOW_G - DAY, [], limit=10) == 10
-    assert store.delete_expired(conn, NOW_G - DAY, [], limit=10) == 5
-    assert store.delete_expired(conn, NOW_G - DAY, [], limit=10) == 0
+    assert delete_expired(conn, NOW_G - DAY, [], limit=10) == 10
+    assert delete_expired(conn, NOW_G - DAY, [], limit=10) == 10
+    assert delete_expired(conn, NOW_G - DAY, [], limit=10) == 5
+    assert delete_expired(conn, NOW_G - DAY, [], limit=10) == 0
     assert call_ids(tmp_path / "a.db") == {r["call_id"] for r in news}
 
 
@@ -60,12 +61,12 @@ def test_a_registered_collector_holds_back_what_it_has_not_acknowledged(tmp_path
     # c1 and c2 are current collector tokens; "gone" was removed from the
     # tokens file and "never" never pulled: neither holds anything back.
     current = {"c1", "c2", "never"}
-    assert store.delete_expired(conn, NOW_G - DAY, current) == 4
+    assert delete_expired(conn, NOW_G - DAY, current) == 4
     assert call_ids(tmp_path / "a.db") == {r["call_id"] for r in olds[4:] + news}
     store.insert_records(conn, [], acks={"c1": (12, 2)})
-    assert store.delete_expired(conn, NOW_G - DAY, current) == 3  # c2 still at 7
+    assert delete_expired(conn, NOW_G - DAY, current) == 3  # c2 still at 7
     store.insert_records(conn, [], acks={"c2": (12, 2)})
-    assert store.delete_expired(conn, NOW_G - DAY, current) == 3
+    assert delete_expired(conn, NOW_G - DAY, current) == 3
     assert call_ids(tmp_path / "a.db") == {r["call_id"] for r in news}
 
 
@@ -74,7 +75,7 @@ def test_links_of_deleted_rows_go_with_them(tmp_path):
     old = dict(leg(NOW_G - 3 * DAY, interaction="i-old"), links=["never-written-partner", "sip:abc"])
     new = dict(leg(NOW_G, interaction="i-new"), links=["live-partner"])
     store.insert_records(conn, [old, new])
-    assert store.delete_expired(conn, NOW_G - DAY, []) == 1
+    assert delete_expired(conn, NOW_G - DAY, []) == 1
     links = conn.execute("SELECT call_id, interaction_id FROM interaction_links").fetchall()
     assert links == [("live-partner", "i-new")]
 
@@ -87,7 +88,7 @@ def test_incremental_vacuum_shrinks_the_file(tmp_path):
     old_and_new(conn, 0, 100)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages_before, size_before = conn.execute("PRAGMA page_count").fetchone()[0], path.stat().st_size
-    while store.delete_expired(conn, NOW_G - DAY, []) == 1000:
+    while delete_expired(conn, NOW_G - DAY, []) == 1000:
         pass
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages_after, size_after = conn.execute("PRAGMA page_count").fetchone()[0], path.stat().st_size
@@ -123,7 +124,7 @@ def test_writer_deletes_between_insert_batches_once_ingest_has_caught_up(tmp_pat
         return call
 
     monkeypatch.setattr(writer_module, "insert_records", recording("insert", store.insert_records))
-    monkeypatch.setattr(writer_module, "delete_expired", recording("delete", store.delete_expired))
+    monkeypatch.setattr(writer_module, "delete_expired", recording("delete", delete_expired))
     for n in range(300):
         writer.submit(leg(NOW_G - n))
     writer.schedule_retention(NOW_G - DAY, frozenset())

@@ -18,6 +18,7 @@ import pytest
 from gevent import pywsgi
 
 from eslcdr.web import server as srv
+from eslcdr.web.limits import EVICT_AFTER, RECEIVE_GRACE
 from eslcdr.config import ServerLimits
 
 
@@ -33,7 +34,7 @@ def test_the_gevent_hooks_the_server_relies_on_still_exist():
     assert "self._send_error_response_if_possible(" in one_response
     assert "self.handle_error(*sys.exc_info())" in one_response
     assert "_discard()" in one_response  # a no-op for us: the body was read whole
-    # The head is parsed through rfile.readline, so _Receiver sees every byte of it.
+    # The head is parsed through rfile.readline, so limits.Receiver sees every byte of it.
     assert "self.MessageClass(self.rfile, 0)" in inspect.getsource(handler.read_request)
     assert "self.rfile = sock.makefile(" in inspect.getsource(handler.__init__)
     # get_environ builds the Input our read_body reads; its errors are named as we match them.
@@ -155,7 +156,7 @@ def test_a_body_below_the_receive_rate_is_dropped_after_the_grace(serve):
             break
         waited = time.monotonic() - started
     assert status(answer) == 408 and b"too slowly" in answer
-    assert srv.RECEIVE_GRACE <= waited < LIMITS.request_timeout
+    assert RECEIVE_GRACE <= waited < LIMITS.request_timeout
 
 
 def test_a_steady_body_gets_time_for_what_it_sends(serve):
@@ -178,7 +179,7 @@ def test_an_idle_holder_makes_room_and_a_slow_probationer_cannot(serve):
     # A newcomer with a slow body stays on probation: it takes no slot.
     slow = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
     slow.sendall(PUT + b"Content-Length: 50\r\n\r\n")
-    gevent.sleep(srv.EVICT_AFTER + 0.2)
+    gevent.sleep(EVICT_AFTER + 0.2)
     assert len(server.probation) == 1 and all(closed(sock) is None for sock in idle)
     # A whole request takes the slot of an idle holder (closed without a word).
     assert status(ask(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
