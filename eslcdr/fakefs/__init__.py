@@ -11,9 +11,7 @@ encoded once (templates.py), so it stays much faster than the daemon it feeds.
 Use: ``FakeFreeSWITCH(port=0, events=GeneratedSource(calls=50)).start()``,
 then ``.port``, ``.wait_done(timeout)``, ``.live_channels()``, ``.stop()``;
 ``add_arguments`` / ``run`` are the ``eslcdr fakefs`` command.  Each module's
-docstring says how its part works (capture -> slots, templates -> replay,
-generated -> server, subscription, listener, channels, json_cdr; the map:
-docs/architecture.md).
+docstring says how its part works (the map: docs/architecture.md).
 """
 
 from __future__ import annotations
