@@ -45,7 +45,7 @@ from eslcdr.config import DEFAULTS  # noqa: E402
 
 
 def _bench_api():
-    spec = importlib.util.spec_from_file_location("bench_api", HERE / "api/app.py")
+    spec = importlib.util.spec_from_file_location("bench_api", HERE / "api.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import bottle
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[1] / "static"
 # The page may load and call only this origin; no framing, no inline script.
 SECURITY_HEADERS = (
     ("Content-Security-Policy",
@@ -48,5 +48,6 @@ def asset(name: str) -> bottle.HTTPResponse:
 
 
 def add_routes(app: bottle.Bottle) -> None:
+    """The page's routes: no token, no OPTIONS route."""
     app.route("/ui", "GET", page)
     app.route("/ui/<name:path>", "GET", asset)
