@@ -25,7 +25,7 @@ from . import ui
 from .auth import Auth
 from .cdrs import Cdrs
 from .channels import Channels
-from .core import Core, Metrics, preflight
+from .core import Core
 from .feed import Feed
 from .health import NO_CORS_PATHS, Health, HealthFn
 from .readside import AckFn, ReadSide
@@ -33,7 +33,7 @@ from .sessions import SessionStore
 from .sqlite import SqliteReadSide, direct_ack
 from .stats import Stats
 from .tokens import TokenStore
-from .wsgi import CdrApi
+from .wsgi import CdrApi, Metrics, preflight
 
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
@@ -66,6 +66,7 @@ def create_app(
     ``sessions`` holds login sessions (default: ``[api] session_ttl``).
     """
     registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics.create(registry)
     if read is None:
         read = SqliteReadSide(config.store.path, config.api.statement_timeout, runner=runner,
                               heavy_slots=config.api.heavy_queries)
@@ -75,7 +76,7 @@ def create_app(
         tokens if tokens is not None else TokenStore(config.api.tokens_file),
         sessions if sessions is not None else SessionStore(config.api.session_ttl),
         clock,
-        Metrics.create(registry),
+        metrics.rows,
     )
     resources = (
         # Before Cdrs: Bottle tries dynamic routes in definition order, and
@@ -95,7 +96,7 @@ def create_app(
             # Browsers preflight cross-origin requests; Bottle's 405 would block them.
             app.route(rule, "OPTIONS", preflight(method))
     ui.add_routes(app)
-    return CdrApi(app, read, core, config.api.cors_origins, NO_CORS_PATHS)
+    return CdrApi(app, read, core, metrics, config.api.cors_origins, NO_CORS_PATHS)
 
 
 def make_server(app: Callable, host: str, port: int, **kwargs: Any) -> "WSGIServer":

@@ -1,7 +1,7 @@
 """What every resource shares: envelopes, errors, the token check, negotiation.
 
 ``Core`` holds the request-independent state (``[api]`` settings, node name,
-tokens, sessions, clock, metrics) and answers for the current Bottle request:
+tokens, sessions, clock, the rows counter) and answers for the current Bottle request:
 its parameters, its token's scope (unknown -> 401, another account -> 403;
 the ``*`` token reads any), JSON or CSV (``?accept=`` wins over Accept), the
 success envelope and Kazoo's error envelope ``{"status": "error", "error":
@@ -19,12 +19,11 @@ import re
 import time
 import traceback
 import urllib.parse
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import bottle
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter
 
 from .. import __version__
 from ..config import ApiConfig
@@ -124,52 +123,15 @@ def error_payload(status: int, message: str, data: Any, meta: Mapping[str, Any])
     return {"data": data, "error": str(status), "message": message, "status": "error", **meta}
 
 
-@dataclass(frozen=True)
-class Metrics:
-    requests: Counter
-    latency: Histogram
-    rows: Counter
-
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> "Metrics":
-        return cls(
-            requests=Counter(
-                "eslcdr_api_requests", "HTTP requests answered, by route and status",
-                ["route", "status"], registry=registry,
-            ),
-            latency=Histogram(
-                "eslcdr_api_request_duration_seconds",
-                "time from request to the last byte of the response, by route",
-                ["route"], registry=registry,
-                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            ),
-            rows=Counter(
-                "eslcdr_api_rows", "CDR rows sent, by route and format", ["route", "format"], registry=registry,
-            ),
-        )
-
-
-def preflight(method: str) -> Callable[..., Any]:
-    """OPTIONS on a route: 204 and ``Allow``; CdrApi adds the CORS headers."""
-    allow = "%s, OPTIONS" % method
-
-    def answer(**_: Any) -> bytes:
-        bottle.response.status = 204
-        bottle.response.set_header("Allow", allow)
-        return b""
-
-    return answer
-
-
 class Core:
     def __init__(self, api: ApiConfig, node: str, tokens: TokenStore, sessions: SessionStore,
-                 clock: Callable[[], float], metrics: Metrics) -> None:
+                 clock: Callable[[], float], rows: Counter) -> None:
         self.api = api
         self.node = node
         self.tokens = tokens
         self.sessions = sessions
         self.clock = clock
-        self.metrics = metrics
+        self.rows = rows  # eslcdr_api_rows: CDR rows sent, by route and format
 
     # -- envelopes and errors -------------------------------------------------
 
@@ -321,7 +283,7 @@ class Core:
     def rows_counter(self, fmt: str) -> Counter:
         """The ``eslcdr_api_rows`` counter of the current route and ``fmt``."""
         route = bottle.request.environ.get("bottle.route")
-        return self.metrics.rows.labels(route.rule if route else "unmatched", fmt)
+        return self.rows.labels(route.rule if route else "unmatched", fmt)
 
     def count_rows(self, fmt: str, n: int) -> None:
         self.rows_counter(fmt).inc(n)

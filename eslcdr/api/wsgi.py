@@ -4,9 +4,10 @@
 request id (a sane ``X-Request-ID`` is kept, else a new uuid), strips a
 trailing slash, refuses a header whose bytes are not UTF-8 (400 in Kazoo's
 envelope, where Bottle would fail with a 500), adds ``X-Request-ID`` and the
-CORS headers to the answer (an OPTIONS 204 is a preflight; paths in
-``no_cors`` get none) and records the request's Prometheus metrics once the
-server closes the body.  Bottle's tracebacks never reach ``wsgi.errors``.
+CORS headers to the answer (``preflight`` answers OPTIONS with a 204 that
+gets the preflight's; paths in ``no_cors`` get none) and records the
+request's Prometheus metrics once the server closes the body.  Bottle's
+tracebacks never reach ``wsgi.errors``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import bottle
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from .core import Core, Metrics, dumps, error_payload
+from .core import Core, dumps, error_payload
 from .readside import ReadSide
 
 log = structlog.get_logger(__name__)
@@ -39,6 +42,43 @@ _NAMED_HEADERS = frozenset({
     "X-Auth-Token", "Authorization", "Accept", "X-File-Name", "X-Request-Id", "Referer", "User-Agent",
     "Origin", "Content-Type", "Cookie", "Host", "Accept-Encoding", "Accept-Language", "Connection",
 })
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Counter
+    latency: Histogram
+    rows: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> "Metrics":
+        return cls(
+            requests=Counter(
+                "eslcdr_api_requests", "HTTP requests answered, by route and status",
+                ["route", "status"], registry=registry,
+            ),
+            latency=Histogram(
+                "eslcdr_api_request_duration_seconds",
+                "time from request to the last byte of the response, by route",
+                ["route"], registry=registry,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            ),
+            rows=Counter(
+                "eslcdr_api_rows", "CDR rows sent, by route and format", ["route", "format"], registry=registry,
+            ),
+        )
+
+
+def preflight(method: str) -> Callable[..., Any]:
+    """OPTIONS on a route: 204 and ``Allow``; CdrApi adds the CORS headers."""
+    allow = "%s, OPTIONS" % method
+
+    def answer(**_: Any) -> bytes:
+        bottle.response.status = 204
+        bottle.response.set_header("Allow", allow)
+        return b""
+
+    return answer
 
 
 class _ObservedBody:
@@ -97,12 +137,12 @@ class CdrApi:
     SQLite reader pool, None on another backend); ``close()`` closes it.
     """
 
-    def __init__(self, app: bottle.Bottle, read: ReadSide, core: Core,
+    def __init__(self, app: bottle.Bottle, read: ReadSide, core: Core, metrics: Metrics,
                  cors_origins: Sequence[str] = ("*",), no_cors: frozenset[str] = frozenset()) -> None:
         self.bottle = app
         self.read = read
         self.pool = getattr(read, "pool", None)
-        self.metrics: Metrics = core.metrics
+        self.metrics = metrics
         self._core = core
         self.cors_origins = tuple(cors_origins)
         self.no_cors = no_cors
