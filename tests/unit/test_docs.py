@@ -202,7 +202,7 @@ LONG_REASON = "Why this module is long:"
 # Modules other branches are splitting or rewriting at the same time: they
 # fail the rules above today; remove each once its branch is merged.
 MODULE_DOCSTRING_PENDING: set[str] = {
-    "eslcdr/api/app.py", "eslcdr/api/sessions.py", "eslcdr/api/tokens.py",
+    "eslcdr/api/sessions.py", "eslcdr/api/tokens.py",
     "eslcdr/ingest/legs.py",
 }
 

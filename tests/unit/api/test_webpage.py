@@ -11,7 +11,7 @@ from eslcdr.store import db as store
 from eslcdr.config import from_mapping
 from eslcdr.query.reader import InlineRunner
 from eslcdr.api.tokens import TokenStore
-from eslcdr.api.webpage import STATIC
+from eslcdr.api.ui import STATIC
 
 
 @pytest.fixture

@@ -48,5 +48,6 @@ def asset(name: str) -> bottle.HTTPResponse:
 
 
 def add_routes(app: bottle.Bottle) -> None:
+    """The page's routes: no token, no OPTIONS route."""
     app.route("/ui", "GET", page)
     app.route("/ui/<name:path>", "GET", asset)
