@@ -21,7 +21,6 @@ from ..query.pool import ReaderPool, is_heavy
 from ..query.reader import GeventRunner, InlineRunner
 from ..query.sql import detail_sql, feed_sql, legs_sql, list_sql, packed_sql, unpack_rows, warm_sql
 from ..query.stream import KeysetStream
-)
 from ..query.stats import StatsQuery, WorstQuery, run_stats, worst_sql
 from ..store.db import DB_ID_SQL, LAST_SEQ_SQL, record_ack
 from .readside import AckFn
