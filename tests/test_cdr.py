@@ -517,3 +517,35 @@ def test_an_old_format_id_in_the_stored_links_stays_and_a_new_call_keeps_apart()
     assert new.interaction_id != old_id
     assert new.interaction_id.startswith("%d-" % gregorian_seconds(SECOND_US))
     assert tracker.merges == []
+
+
+def two_nodes(events, header: str | None):
+    """S4's call as if its SIP hop went from one node to another: the
+    receiving sofia/external leg on node 2, the rest on node 1.  S4's bridge
+    set ``sip_h_X-Tenant`` in its dial string and the receiving leg shows it
+    as ``variable_sip_h_X-Tenant``; ``header`` renames that header."""
+    out = []
+    for event in events:
+        if header is not None and "variable_sip_h_X-Tenant" in event:
+            event = {(header if name == "variable_sip_h_X-Tenant" else name): (
+                "call-7f3a" if name == "variable_sip_h_X-Tenant" else value) for name, value in event.items()}
+        out.append(event)
+    node2 = {e["Unique-ID"] for e in out if e.get("Channel-Name", "").startswith("sofia/external/")}
+    return [e for e in out if e["Unique-ID"] not in node2], [e for e in out if e["Unique-ID"] in node2]
+
+
+def test_two_nodes_give_a_bridged_call_one_id_through_the_propagated_header(events_of):
+    # Default config on both nodes: the header the calling node set on its
+    # bridge (sip_h_X-Call-Interaction-ID) names the call on both.
+    assert "sip_h_X-Call-Interaction-ID" in CFG.cdr.interaction_id_vars
+    node1, node2 = two_nodes(events_of("S4_json"), "variable_sip_h_X-Call-Interaction-ID")
+    first, _ = run_capture(node1)
+    second, _ = run_capture(node2)
+    assert len(first) == 3 and len(second) == 1
+    assert {r["interaction_id"] for r in [*first.values(), *second.values()]} == {"call-7f3a"}
+    # Without it each node derives its own id for the same call.
+    node1, node2 = two_nodes(events_of("S4_json"), None)
+    first, _ = run_capture(node1)
+    second, _ = run_capture(node2)
+    assert len({r["interaction_id"] for r in first.values()}) == 1
+    assert {r["interaction_id"] for r in first.values()}.isdisjoint(r["interaction_id"] for r in second.values())
