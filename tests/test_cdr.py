@@ -549,3 +549,13 @@ def test_two_nodes_give_a_bridged_call_one_id_through_the_propagated_header(even
     second, _ = run_capture(node2)
     assert len({r["interaction_id"] for r in first.values()}) == 1
     assert {r["interaction_id"] for r in first.values()}.isdisjoint(r["interaction_id"] for r in second.values())
+
+
+def test_a_lost_legs_record_keeps_the_sip_call_id_its_events_showed():
+    tracker = LegTracker()
+    tracker.feed(_event("CHANNEL_CREATE", "sip-leg", 1_000_000, variable_sip_call_id="a84b4c76e66710@pc33"), 1)
+    tracker.feed(_event("CHANNEL_CREATE", "loop-leg", 1_000_000), 2)
+    tracker.resync(set(), 3, grace_us=0)
+    lost = {leg.call_id: build_lost_cdr(leg, "fs1", 4) for leg in tracker.take_lost(4)}
+    assert {call_id: r["sip_call_id"] for call_id, r in lost.items()} == {
+        "sip-leg": "a84b4c76e66710@pc33", "loop-leg": None}

@@ -87,6 +87,7 @@ class LostLeg:
     created_us: int
     interaction_id: str
     interaction_created_us: int = 0  # as FinishedLeg's
+    sip_call_id: str = ""  # the SIP Call-ID an event of the leg showed, or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,7 @@ class _Leg:
         # live view (strings shared with the decoded events, not copies)
         "direction", "state", "answered_us", "answered", "name", "destination",
         "cid_name", "cid_num", "callee_name", "callee_num", "presence_id",
-        "account_id", "owner_id", "authorizing_id", "other_leg",
+        "account_id", "owner_id", "authorizing_id", "other_leg", "sip_call_id",
     )
 
     def __init__(self, now_us: int, created_us: int) -> None:
@@ -147,7 +148,7 @@ class _Leg:
         self.direction = self.name = self.destination = ""
         self.cid_name = self.cid_num = self.callee_name = self.callee_num = ""
         self.presence_id = self.account_id = self.owner_id = self.authorizing_id = ""
-        self.other_leg = ""
+        self.other_leg = self.sip_call_id = ""
         self.state = "DOWN"
         self.answered = False
         self.answered_us = 0
@@ -337,6 +338,7 @@ class LegTracker(Interactions):
         leg.callee_num = get("Caller-Callee-ID-Number") or leg.callee_num
         leg.presence_id = get("Channel-Presence-ID") or leg.presence_id
         leg.other_leg = get("Other-Leg-Unique-ID") or get("variable_originating_leg_uuid") or leg.other_leg
+        leg.sip_call_id = get("variable_sip_call_id") or leg.sip_call_id  # for a lost leg's record
         for attr, headers in (
             ("account_id", self._account_headers),
             ("owner_id", self._owner_headers),
@@ -463,5 +465,5 @@ class LegTracker(Interactions):
             self._finished[call_id] = now_us
             interaction_id = self.interaction_of(call_id) or ""
             started = self._written_start(interaction_id)
-            lost.append(LostLeg(call_id, leg.created_us, interaction_id, started or leg.created_us))
+            lost.append(LostLeg(call_id, leg.created_us, interaction_id, started or leg.created_us, leg.sip_call_id))
         return lost
