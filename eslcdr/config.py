@@ -228,8 +228,10 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "channel variables that name the owner (first non-empty wins)")),
         "authorizing_id_vars": Setting("ecallmgr_Authorizing-ID", names, help=(
             "channel variables that name the authorizing device (first non-empty wins)")),
-        "interaction_id_vars": Setting("ecallmgr_Call-Interaction-ID, Call-Interaction-ID", names, help=(
-            "channel variables holding an explicit interaction id (otherwise one is derived)")),
+        "interaction_id_vars": Setting(
+            "ecallmgr_Call-Interaction-ID, Call-Interaction-ID, sip_h_X-Call-Interaction-ID", names, help=(
+                "channel variables holding an explicit interaction id, first non-empty wins (otherwise one is\n"
+                "derived); sip_h_X-Call-Interaction-ID is the header another node sets on a call it bridges here")),
         "custom_var_prefixes": Setting("ecallmgr_", names, help=(
             "variables starting with these prefixes go to custom_channel_vars (prefix removed)")),
         "custom_vars": Setting("", names, help="further variables copied to custom_channel_vars by exact name"),

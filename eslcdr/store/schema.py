@@ -113,7 +113,16 @@ START_COLUMNS: tuple[tuple[str, str, str], ...] = (
      "(every leg of a call normally carries the same value)"),
 )
 
-COLUMNS: tuple[tuple[str, str, str], ...] = BASE_COLUMNS + QUALITY_COLUMNS + START_COLUMNS
+# Added by _add_sip_call_id: the SIP Call-ID, so the legs of one SIP hop can
+# be matched across media servers (until then it was kept only inside the
+# ``sip:`` keys of interaction_links).
+SIP_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("sip_call_id", "TEXT",
+     "the leg's SIP Call-ID (`sip_call_id`): the two ends of one SIP hop share it, also on two media "
+     "servers; NULL on legs without SIP (loopback) and on rows written before the column was added"),
+)
+
+COLUMNS: tuple[tuple[str, str, str], ...] = BASE_COLUMNS + QUALITY_COLUMNS + START_COLUMNS + SIP_COLUMNS
 
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _, _ in COLUMNS)
 # Columns a CDR record supplies (seq is assigned by SQLite).
@@ -385,9 +394,17 @@ def _rollups_per_batch(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TRIGGER IF EXISTS cdrs_stats_insert")
 
 
+def _add_sip_call_id(conn: sqlite3.Connection) -> None:
+    # Rows already written keep NULL: which leg of an interaction carried
+    # which Call-ID is not in interaction_links (its ``sip:`` keys name the
+    # interaction, not the leg).  No index: nothing on a node looks a leg up
+    # by Call-ID; the central store matches on it.
+    conn.execute("ALTER TABLE cdrs ADD COLUMN sip_call_id TEXT")
+
+
 MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns,
               _add_interaction_start_indexes, _add_stats_rollups, _add_interaction_created,
-              _rollups_per_batch)
+              _rollups_per_batch, _add_sip_call_id)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -208,3 +208,31 @@ def test_feed_and_paging_while_a_writer_commits(served):
     assert pulled == [r["call_id"] for r in committed]
     assert len(listed) == len(set(listed))
     assert {r["call_id"] for r in existing} <= set(listed)
+
+
+def test_full_records_carry_the_legs_sip_call_id(served, events_of):
+    # S4's legs (two loopback, the two ends of one SIP hop) built from the
+    # real capture, stored, and read back over a real socket: the detail,
+    # the legs CSV and the feed give each SIP leg its Call-ID as the capture
+    # has it (the oracle); a leg without SIP has none.
+    from .expected_cdrs import EXPECTED
+    from .test_cdr import run_capture
+
+    server, writer, _, _ = served
+    records, _ = run_capture(events_of("S4_json"))
+    for record in records.values():
+        record["account_id"] = ACC_A
+    store.insert_records(writer, records.values())
+    want = {call_id: leg.get("sip_call_id") for call_id, leg in EXPECTED["S4_json"].items()}
+    assert sorted(map(bool, want.values())) == [False, False, True, True]
+    assert len(set(filter(None, want.values()))) == 1  # one SIP hop, one Call-ID
+    conn = server.connection()
+    for record in records.values():
+        _, body = get(conn, "/v2/accounts/%s/cdrs/%s" % (ACC_A, record["id"]))
+        assert json.loads(body)["data"].get("sip_call_id") == want[record["call_id"]]
+    _, body = get(conn, "/v2/accounts/%s/cdrs/legs/%s" % (ACC_A, next(iter(records.values()))["interaction_id"]),
+                  headers={**A, "Accept": "text/csv"})
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert {r["call_id"]: r["sip_call_id"] or None for r in rows} == want
+    _, body = get(conn, "/v2/feed/cdrs", headers=COLLECTOR)
+    assert {r["call_id"]: r.get("sip_call_id") for r in json.loads(body)["data"]} == want

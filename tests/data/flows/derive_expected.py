@@ -26,6 +26,7 @@ source wins) to the CHANNEL_HANGUP_COMPLETE of each leg:
   v:originating_leg_uuid, v:signal_bond, else the leg's (last) CHANNEL_BRIDGE partner
 - created_us / answered_us / hangup_us: Caller-Channel-Created / -Answered / -Hangup-Time
 - timestamp: Event-Date-Timestamp // 1e6 + 62167219200 (Gregorian seconds)
+- sip_call_id: v:sip_call_id
 
 A field no source defines is null. Flows (interactions) are the connected
 groups of legs over the link fields the capture README names
@@ -123,6 +124,7 @@ def cdr(event: dict, bridge_partner: str | None) -> dict:
         "answered_us": answered,
         "hangup_us": hangup,
         "timestamp": int(event["Event-Date-Timestamp"]) // 1_000_000 + GREGORIAN_OFFSET,
+        "sip_call_id": first(event, "variable_sip_call_id"),
     }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eslcdr import config
 from eslcdr.ingest.cdr import CdrBuilder, build_cdr, build_lost_cdr, should_record
@@ -446,3 +448,114 @@ def test_restart_keeps_sip_links_within_account_and_window(events_of, tmp_path):
     assert all(len(ids) == 1 for calls in groups.values() for ids in calls)
     ours, other, again = (set().union(*calls) for calls in groups.values())
     assert not ours & other and not ours & again
+
+
+# ------------------------------------------------- derived ids, unique across a fleet
+
+SECOND_US = 1_795_727_746_000_000  # a whole second, Unix µs
+
+
+def _uuid7(ms: int, rand_a: int, rand_b: int) -> str:
+    """A version 7 UUID: 48 bits of Unix ms first, so UUIDs minted within
+    ~65 s share their first 8 hex digits."""
+    import uuid
+
+    return str(uuid.UUID(int=(ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b))
+
+
+_TIME_ORDERED = st.builds(_uuid7, st.integers(SECOND_US // 1000, SECOND_US // 1000 + 999),
+                          st.integers(0, 2**12 - 1), st.integers(0, 2**62 - 1))
+# origination_uuids a client chose, e.g. from a counter under a fixed prefix
+_CLIENT_CHOSEN = st.builds("0badcafe-0000-4000-8000-{:012x}".format, st.integers(0, 2**48 - 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(call_ids=st.lists(st.one_of(_TIME_ORDERED, _CLIENT_CHOSEN), min_size=2, max_size=60, unique=True),
+       nodes=st.integers(1, 3), offsets=st.randoms(use_true_random=False))
+def test_calls_started_in_one_second_never_share_a_derived_id(call_ids, nodes, offsets):
+    # Each call's A-leg (and a B-leg naming it) on one of ``nodes`` media
+    # servers, every call created within the same second: no two calls may
+    # share an id, on one node or across the fleet.  The id keeps Kazoo's
+    # shape, the second in front.
+    import re
+
+    from eslcdr.ingest.interactions import gregorian_seconds
+
+    trackers = [LegTracker() for _ in range(nodes)]
+    ids: dict[str, set[str]] = {}
+    for n, a_leg in enumerate(call_ids):
+        tracker, created = trackers[n % nodes], SECOND_US + offsets.randrange(1_000_000)
+        b_leg = "b-leg-%d" % n
+        tracker.feed(_event("CHANNEL_CREATE", a_leg, created), n)
+        tracker.feed(_event("CHANNEL_CREATE", b_leg, created + 1, **{"Other-Leg-Unique-ID": a_leg}), n)
+        for leg in (b_leg, a_leg):
+            finished = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", leg, created), n)
+            ids.setdefault(a_leg, set()).add(finished.interaction_id)
+    assert all(len(found) == 1 for found in ids.values())
+    derived = [found.pop() for found in ids.values()]
+    assert len(set(derived)) == len(call_ids)
+    assert all(re.fullmatch(r"%d-[0-9a-f]{16}" % gregorian_seconds(SECOND_US), i) for i in derived)
+
+
+def test_an_old_format_id_in_the_stored_links_stays_and_a_new_call_keeps_apart():
+    # Ids written before the derivation changed (`<seconds>-<first 8 hex
+    # digits of the A-leg>`) are read back from interaction_links after a
+    # restart: the old call's late legs keep that id; a new call of the same
+    # second whose UUID shares those 8 digits gets an id of its own.
+    from eslcdr.ingest.interactions import gregorian_seconds
+
+    old_a = _uuid7(SECOND_US // 1000, 1, 1)
+    old_id = "%d-%s" % (gregorian_seconds(SECOND_US), old_a[:8])
+    tracker = LegTracker()
+    tracker.remember_interactions([(old_a, old_id)])
+    late = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "late-b-leg", SECOND_US + 1,
+                               **{"Other-Leg-Unique-ID": old_a}), 1)
+    assert late.interaction_id == old_id
+    new_a = _uuid7(SECOND_US // 1000 + 500, 2, 2)
+    assert new_a[:8] == old_a[:8]
+    new = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", new_a, SECOND_US + 500_000), 2)
+    assert new.interaction_id != old_id
+    assert new.interaction_id.startswith("%d-" % gregorian_seconds(SECOND_US))
+    assert tracker.merges == []
+
+
+def two_nodes(events, header: str | None):
+    """S4's call as if its SIP hop went from one node to another: the
+    receiving sofia/external leg on node 2, the rest on node 1.  S4's bridge
+    set ``sip_h_X-Tenant`` in its dial string and the receiving leg shows it
+    as ``variable_sip_h_X-Tenant``; ``header`` renames that header."""
+    out = []
+    for event in events:
+        if header is not None and "variable_sip_h_X-Tenant" in event:
+            event = {(header if name == "variable_sip_h_X-Tenant" else name): (
+                "call-7f3a" if name == "variable_sip_h_X-Tenant" else value) for name, value in event.items()}
+        out.append(event)
+    node2 = {e["Unique-ID"] for e in out if e.get("Channel-Name", "").startswith("sofia/external/")}
+    return [e for e in out if e["Unique-ID"] not in node2], [e for e in out if e["Unique-ID"] in node2]
+
+
+def test_two_nodes_give_a_bridged_call_one_id_through_the_propagated_header(events_of):
+    # Default config on both nodes: the header the calling node set on its
+    # bridge (sip_h_X-Call-Interaction-ID) names the call on both.
+    assert "sip_h_X-Call-Interaction-ID" in CFG.cdr.interaction_id_vars
+    node1, node2 = two_nodes(events_of("S4_json"), "variable_sip_h_X-Call-Interaction-ID")
+    first, _ = run_capture(node1)
+    second, _ = run_capture(node2)
+    assert len(first) == 3 and len(second) == 1
+    assert {r["interaction_id"] for r in [*first.values(), *second.values()]} == {"call-7f3a"}
+    # Without it each node derives its own id for the same call.
+    node1, node2 = two_nodes(events_of("S4_json"), None)
+    first, _ = run_capture(node1)
+    second, _ = run_capture(node2)
+    assert len({r["interaction_id"] for r in first.values()}) == 1
+    assert {r["interaction_id"] for r in first.values()}.isdisjoint(r["interaction_id"] for r in second.values())
+
+
+def test_a_lost_legs_record_keeps_the_sip_call_id_its_events_showed():
+    tracker = LegTracker()
+    tracker.feed(_event("CHANNEL_CREATE", "sip-leg", 1_000_000, variable_sip_call_id="a84b4c76e66710@pc33"), 1)
+    tracker.feed(_event("CHANNEL_CREATE", "loop-leg", 1_000_000), 2)
+    tracker.resync(set(), 3, grace_us=0)
+    lost = {leg.call_id: build_lost_cdr(leg, "fs1", 4) for leg in tracker.take_lost(4)}
+    assert {call_id: r["sip_call_id"] for call_id, r in lost.items()} == {
+        "sip-leg": "a84b4c76e66710@pc33", "loop-leg": None}

@@ -16,6 +16,7 @@ from eslcdr.store import db as store
 from eslcdr.ingest.live import LiveChannels
 from eslcdr.config import from_mapping
 from eslcdr.esl.client import parse_channel_rows, parse_dump
+from eslcdr.ingest.interactions import derive_interaction_id
 from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
 from eslcdr.query.reader import InlineRunner
 from eslcdr.api.tokens import TokenStore
@@ -143,7 +144,9 @@ def test_seed_adds_unknown_legs_and_moves_known_ones_on(events_of):
     assert (one.direction, one.state, one.answered, one.caller_id_name, one.destination) == (
         "inbound", "ACTIVE", True, "Alice", "2000")
     assert one.created_us == 1796108400 * 1_000_000
-    assert one.interaction_id == "%d-seed1" % (1796108400 + GREGORIAN_OFFSET)
+    # derived from the seeded leg: its creation second, then its Unique-ID's hash
+    assert one.interaction_id == derive_interaction_id("seed-1", 1796108400 * 1_000_000)
+    assert one.interaction_id.startswith("%d-" % (1796108400 + GREGORIAN_OFFSET))
     assert live["seed-2"].state == "RINGING" and not live["seed-2"].answered
     assert live[create["Unique-ID"]].state == "EARLY"
     assert live[create["Unique-ID"]].channel_name == create["Channel-Name"]  # kept, not overwritten

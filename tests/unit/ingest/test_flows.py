@@ -39,13 +39,14 @@ LABELS = {"flow", "role"}  # the oracle's own labels, not CDR fields
 FIELDS = frozenset({
     "call_id", "channel_name", "call_direction", "caller_id_name", "caller_id_number", "callee_id_name",
     "callee_id_number", "duration_seconds", "billing_seconds", "ringing_seconds", "hangup_cause", "hangup_code",
-    "disposition", "other_leg_call_id", "created_us", "answered_us", "hangup_us", "timestamp"})
+    "disposition", "other_leg_call_id", "created_us", "answered_us", "hangup_us", "timestamp", "sip_call_id"})
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 # What differs between the two recordings of the same flows: ids, times,
 # media negotiated per call, and the caller number the driver gave each
 # flow (normalised below, not skipped).
 PER_RUN = {"call_id", "id", "links", "interaction_id", "interaction_created_us", "created_us",
-           "answered_us", "hangup_us", "timestamp", "local_sdp", "remote_sdp", "remote_media_port", "pdd_ms"}
+           "answered_us", "hangup_us", "timestamp", "local_sdp", "remote_sdp", "remote_media_port", "pdd_ms",
+           "sip_call_id"}
 
 
 def flow_starts(run: str) -> dict[str, int]:

@@ -427,7 +427,7 @@ def test_upgrade_fills_the_rollups_from_the_rows_already_there(tmp_path):
     old = database_before(path, schema._add_stats_rollups)
     legs = random_legs(random.Random(9), 300, H0 - 86400)
     # The columns of that version: later migrations append theirs at the end.
-    columns = schema.RECORD_COLUMNS[: len(schema.RECORD_COLUMNS) - len(schema.START_COLUMNS)]
+    columns = schema.RECORD_COLUMNS[: len(schema.RECORD_COLUMNS) - len(schema.START_COLUMNS) - len(schema.SIP_COLUMNS)]
     old.executemany("INSERT INTO cdrs (%s) VALUES (%s)" % (", ".join('"%s"' % c for c in columns),
                                                           ", ".join("?" * len(columns))),
                     [store.record_row(r)[: len(columns)] for r in legs])

@@ -268,3 +268,23 @@ def test_eslcdr_run_under_umask_0_keeps_the_database_private(tmp_path):
         assert daemon.stop() == 0
         fake.stop()
     assert modes(db) == {"db": 0o600}
+
+
+def test_migration_adds_sip_call_id_null_on_old_rows_filled_on_new_ones(tmp_path, events_of):
+    from .expected_cdrs import EXPECTED
+    from .test_cdr import run_capture
+
+    path = tmp_path / "old.db"
+    old = database_before(path, schema._add_sip_call_id)
+    old.execute("INSERT INTO cdrs (id, call_id, timestamp) VALUES ('202601-old', 'old', 1)")
+    old.close()
+    conn = connect_writer(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    assert [r[1] for r in conn.execute("PRAGMA table_info(cdrs)")] == list(schema.COLUMN_NAMES)
+    assert conn.execute("SELECT sip_call_id FROM cdrs WHERE call_id = 'old'").fetchone() == (None,)
+    records, _ = run_capture(events_of("S3_json"))
+    insert_records(conn, records.values())
+    stored = dict(conn.execute("SELECT call_id, sip_call_id FROM cdrs WHERE call_id != 'old'"))
+    assert stored == {call_id: leg.get("sip_call_id") for call_id, leg in EXPECTED["S3_json"].items()}
+    assert len(set(filter(None, stored.values()))) == 2  # S3's two SIP calls, each end with its call's
+    conn.close()
