@@ -37,6 +37,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "min_pull_rate": "1024",
         "max_record_age_days": "400",
         "max_new_partitions": "3",
+        "channels_timeout": "2",
+        "channels_max_bytes": "16777216",
         # the bounds of the /health and /metrics server, as [api]'s of eslcdr run
         **{key: default for key, (default, _, _) in SERVER_LIMITS.items()},
     },
@@ -83,6 +85,8 @@ class CollectorConfig:
     min_pull_rate: int
     max_record_age_days: int
     max_new_partitions: int
+    channels_timeout: float
+    channels_max_bytes: int
     limits: ServerLimits
     nodes: tuple[FeedNode, ...]
     log: LogConfig
@@ -259,6 +263,8 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
         min_pull_rate=_number(values, section, "min_pull_rate", int, 0),
         max_record_age_days=_number(values, section, "max_record_age_days", int, 1),
         max_new_partitions=_number(values, section, "max_new_partitions", int, 0),
+        channels_timeout=_number(values, section, "channels_timeout", float, 0.1),
+        channels_max_bytes=_number(values, section, "channels_max_bytes", int, 1024),
         limits=server_limits(values, section),
         nodes=tuple(nodes),
         log=LogConfig(level=level, format=fmt),
