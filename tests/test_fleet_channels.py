@@ -5,7 +5,9 @@ answering what a broken or hostile node would (401, oversized, not Kazoo)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 
 import gevent
@@ -268,3 +270,33 @@ def test_channels_path_and_the_config_keys():
     for key, value in (("channels_timeout", "0"), ("channels_max_bytes", "10")):
         with pytest.raises(cc.ConfigError, match=r"\[collector\] %s" % key):
             cc.from_mapping({"node:fs1": node, "collector": {key: value}})
+
+
+def test_an_https_node_is_asked_over_tls_and_its_certificate_checked(tmp_path, monkeypatch):
+    # The node is `openssl s_server -WWW` in its own process, serving the file
+    # v2/channels of its folder (gevent's own TLS server needs monkey patching).
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=node",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "channels").write_bytes(kazoo([{"uuid": "tls-leg", "timestamp": 3}]))
+    port = int(stopped_url().rsplit(":", 1)[1])
+    server = subprocess.Popen(["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", str(cert),
+                               "-key", str(key), "-WWW"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = FeedNode("fs-tls", "https://127.0.0.1:%d" % port, "tok")
+    try:
+        # A certificate no CA of the system signed: refused, and said so.
+        refused = wait_until(lambda: (r := fleet_channels([node], "/v2/channels", 2.0, max_bytes=CAP))
+                             and r.unreachable[0].reason != "connection refused" and r)
+        assert refused.channels == () and reasons(refused)["fs-tls"].startswith("TLS: CERTIFICATE_VERIFY_FAILED")
+        # Trusted (OpenSSL reads SSL_CERT_FILE when a fan-out makes its context): the channels.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = fleet_channels([node], "/v2/channels", 2.0, max_bytes=CAP)
+        assert [(c["uuid"], c["source"]) for c in trusted.channels] == [("tls-leg", "fs-tls")] and not trusted.unreachable
+    finally:
+        server.kill()
+        server.wait(10)

@@ -124,13 +124,14 @@ def _channels_of(body: bytes) -> list[dict]:
     return doc["data"]
 
 
-def _fetch(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: list[str]) -> list[dict]:
+def _fetch(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: list[str],
+           tls: ssl.SSLContext | None) -> list[dict]:
     """One node's channels (``stage[0]`` says how far it got); raises
     ``NodeUnreachable``, ``OSError`` or ``http.client.HTTPException``."""
     parts = urllib.parse.urlsplit(node.url)
     https = parts.scheme == "https"
     conn = _Connection(parts.hostname or "127.0.0.1", parts.port or (443 if https else 80), timeout,
-                       gevent.ssl.create_default_context() if https else None)
+                       tls if https else None)
     try:
         conn.request("GET", parts.path.rstrip("/") + path, headers={
             "X-Auth-Token": node.token,
@@ -172,10 +173,11 @@ def _reason(exc: BaseException, timeout: float, stage: str) -> str:
     return "internal error: %s" % exc.__class__.__name__
 
 
-def _ask(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: list[str]) -> list[dict] | str:
+def _ask(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: list[str],
+         tls: ssl.SSLContext | None) -> list[dict] | str:
     """The node's channels, or the reason they are missing."""
     try:
-        return _fetch(node, path, timeout, max_bytes, stage)
+        return _fetch(node, path, timeout, max_bytes, stage, tls)
     except (NodeUnreachable, OSError, http.client.HTTPException) as exc:
         return _reason(exc, timeout, stage[0])
     except Exception as exc:  # a bug here must cost this node, never the answer
@@ -187,7 +189,9 @@ def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_
     """Every node's ``GET path`` at once; back within ``timeout`` seconds."""
     started = time.monotonic()
     stages = [[CONNECTING] for _ in nodes]
-    jobs = [gevent.spawn(_ask, node, path, timeout, max_bytes, stage) for node, stage in zip(nodes, stages)]
+    # One TLS context per fan-out (the system's CAs, read when it is made), for the https nodes.
+    tls = gevent.ssl.create_default_context() if any(n.url.startswith("https:") for n in nodes) else None
+    jobs = [gevent.spawn(_ask, node, path, timeout, max_bytes, stage, tls) for node, stage in zip(nodes, stages)]
     gevent.joinall(jobs, timeout=timeout)
     gevent.killall([job for job in jobs if not job.ready()], block=False)  # their sockets close as they unwind
     tokens = tuple(node.token for node in nodes)
