@@ -82,6 +82,8 @@ class CollectorConfig:
     min_pull_rate: int
     max_record_age_days: int
     max_new_partitions: int
+    channels_timeout: float
+    channels_max_bytes: int
     limits: ServerLimits
     nodes: tuple[FeedNode, ...]
     log: LogConfig
@@ -201,6 +203,13 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "max_new_partitions": Setting("3", int, non_negative, help=(
             "Monthly partitions a node's records may create in 24 hours; records of\n"
             "further new months go to collector_rejects (reason partition_limit).")),
+        "channels_timeout": Setting("2", float, at_least(0.1), help=(
+            "Live channels of the fleet: every node's channels route is asked at once;\n"
+            "a node that has not answered within this many seconds is listed in\n"
+            "unreachable_nodes and the answer goes out without it.")),
+        "channels_max_bytes": Setting("16777216", int, at_least(1024), help=(
+            "A node's channels answer larger than this many bytes is refused (that node\n"
+            "is listed in unreachable_nodes); memory stays bounded.")),
         # the bounds of the /health and /metrics server, as [api]'s of eslcdr run
         **SERVER_LIMIT_SETTINGS,
     },
