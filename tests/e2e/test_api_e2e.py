@@ -215,8 +215,8 @@ def test_full_records_carry_the_legs_sip_call_id(served, events_of):
     # real capture, stored, and read back over a real socket: the detail,
     # the legs CSV and the feed give each SIP leg its Call-ID as the capture
     # has it (the oracle); a leg without SIP has none.
-    from .expected_cdrs import EXPECTED
-    from .test_cdr import run_capture
+    from tests.expected_cdrs import EXPECTED
+    from tests.unit.ingest.test_cdr import run_capture
 
     server, writer, _, _ = served
     records, _ = run_capture(events_of("S4_json"))

@@ -271,8 +271,8 @@ def test_eslcdr_run_under_umask_0_keeps_the_database_private(tmp_path):
 
 
 def test_migration_adds_sip_call_id_null_on_old_rows_filled_on_new_ones(tmp_path, events_of):
-    from .expected_cdrs import EXPECTED
-    from .test_cdr import run_capture
+    from tests.expected_cdrs import EXPECTED
+    from tests.unit.ingest.test_cdr import run_capture
 
     path = tmp_path / "old.db"
     old = database_before(path, schema._add_sip_call_id)
