@@ -1,20 +1,15 @@
 """Login sessions: ``PUT /v2/api_auth`` turns an API key into an auth token.
 
 Kazoo clients log in first and send the returned ``auth_token`` on every
-request; when it expires they get a 401 and log in again.  Here the API key
-is a token of the tokens file and the auth token is a fresh random value
-(32 bytes, urlsafe base64) that lives only in this process's memory:
-
-- it expires ``[api] session_ttl`` seconds after the login (Kazoo's
-  ``token_auth_expiry_s``, one hour by default) and with the process, so the
-  tokens file stays the only secret on disk;
-- it is tied to its API key: a key removed from the tokens file (or moved to
-  another account) ends its sessions at their next use;
-- at most ``MAX_SESSIONS`` live at once, ``MAX_SESSIONS_PER_KEY`` per key
-  (the oldest goes first), so logins cannot grow memory without bound;
-- only sha256 digests are kept; a presented token is hashed, found by its
-  digest and compared with ``hmac.compare_digest``.  Nothing here logs or
-  formats a token.
+request; when it expires they get a 401 and log in again.  The API key is a
+token of the tokens file; the auth token is 32 random bytes (urlsafe base64)
+that live only in this process's memory (the tokens file stays the only
+secret on disk).  Invariants: a session expires ``[api] session_ttl`` seconds
+after its login and with the process; it ends at its next use once its key
+leaves the tokens file or changes account; at most ``MAX_SESSIONS`` live,
+``MAX_SESSIONS_PER_KEY`` per key (the oldest goes first); only sha256
+digests are kept, compared with ``hmac.compare_digest``; nothing here logs or
+formats a token.
 """
 
 from __future__ import annotations

@@ -1,40 +1,14 @@
 """API tokens: the tokens file, constant-time lookup, reload, ``token add``.
 
-The file (``[api] tokens_file``) holds one token per line::
-
-    # comment
-    s3cr3t-plain-token          4b0c...account-id
-    sha256:9f86d08...64 hex...   4b0c...account-id
-    sha256:...                   *
-
-A line is ``TOKEN ACCOUNT_ID`` or ``sha256:HEX ACCOUNT_ID``; ``#`` starts a
-comment (whole line or after the fields).  The account ``*`` is the
-collector/admin scope: it may read every account and the collector feed.
-
-Only digests are kept in memory: a plain token is hashed when the file is
-read.  A presented token is hashed once and compared with *every* entry with
-``hmac.compare_digest`` (no early exit), so response time does not reveal how
-much of a token matched or where in the file it sits.
-
-``TokenStore`` re-reads the file when its mtime or size changes (checked at
-most once per ``check_interval`` seconds), so ``eslcdr token add`` takes
-effect without a restart.  A file caught in the middle of an edit must not
-lock everyone out (every login session ended, retention deleting what a
-collector has not pulled, as if no collector existed), so:
-
-- a file with a line that does not parse is refused whole: the previous set
-  stays (reported once);
-- a complete file (every line ends with a newline) that only adds entries
-  applies at once;
-- any other change -- an entry removed or moved to another account, an
-  empty or missing file, a last line without its newline -- applies only
-  once the file has read the same for ``settle`` seconds
-  (TOKENS_SETTLE_SECONDS); until then the previous set stays;
-- ``reload()`` (SIGHUP, ``systemctl reload``) applies whatever parses, at
-  once: the way to empty the file on purpose without waiting.
-
-Nothing here ever logs or formats a token: errors name the file and line
-number only.
+One token per line, ``TOKEN ACCOUNT_ID`` or ``sha256:HEX ACCOUNT_ID`` (``#``
+starts a comment); the account ``*`` is the collector/admin scope (every
+account and the feed).  The file format and its reload rules are in
+docs/configuration.md; the rules themselves are ``TokenStore``'s docstring.
+Invariants: only digests are kept in memory; a presented token is hashed
+once and compared with *every* entry with ``hmac.compare_digest`` (no early
+exit); a file caught mid-edit never locks everyone out (the previous set
+stays until the change is complete and stable); nothing here logs or formats
+a token (errors name the file and line number only).
 """
 
 from __future__ import annotations
@@ -150,7 +124,25 @@ def match_digest(entries: tuple[TokenEntry, ...], presented: bytes) -> str | Non
 
 
 class TokenStore:
-    """The current token set of one file, reloaded when the file changes."""
+    """The current token set of one file, reloaded when the file changes.
+
+    ``TokenStore`` re-reads the file when its mtime or size changes (checked at
+    most once per ``check_interval`` seconds), so ``eslcdr token add`` takes
+    effect without a restart.  A file caught in the middle of an edit must not
+    lock everyone out (every login session ended, retention deleting what a
+    collector has not pulled, as if no collector existed), so:
+
+    - a file with a line that does not parse is refused whole: the previous set
+      stays (reported once);
+    - a complete file (every line ends with a newline) that only adds entries
+      applies at once;
+    - any other change -- an entry removed or moved to another account, an
+      empty or missing file, a last line without its newline -- applies only
+      once the file has read the same for ``settle`` seconds
+      (TOKENS_SETTLE_SECONDS); until then the previous set stays;
+    - ``reload()`` (SIGHUP, ``systemctl reload``) applies whatever parses, at
+      once: the way to empty the file on purpose without waiting.
+    """
 
     def __init__(
         self,
