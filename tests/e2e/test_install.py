@@ -140,7 +140,7 @@ def test_second_install_upgrades_and_keeps_config_tokens_and_data(staged):
     database.write_bytes(b"not touched")
     kept = {p: p.read_bytes() for p in (ini, etc / "tokens", etc / "environment", database)}
     # Damage the program: the upgrade must reinstall it.
-    notify = next((root / "opt/eslcdr").glob("lib/python*/site-packages/eslcdr/notify.py"))
+    notify = next((root / "opt/eslcdr").glob("lib/python*/site-packages/eslcdr/service/notify.py"))
     notify.write_text("raise ImportError('old version')\n")
 
     second = make("install", root)
@@ -148,7 +148,7 @@ def test_second_install_upgrades_and_keeps_config_tokens_and_data(staged):
     for path, content in kept.items():
         assert path.read_bytes() == content, path
     assert mode(etc / "tokens") == 0o640 and mode(etc / "environment") == 0o600
-    assert notify.read_text() == (ROOT / "eslcdr/notify.py").read_text()
+    assert notify.read_text() == (ROOT / "eslcdr/service/notify.py").read_text()
     assert (etc / "eslcdr.ini.dist").read_text() == (ROOT / "conf/eslcdr.ini").read_text()
 
 
