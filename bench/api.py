@@ -51,7 +51,8 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eslcdr import config, store  # noqa: E402
+from eslcdr import config  # noqa: E402
+from eslcdr.store import db as store  # noqa: E402
 from eslcdr.api import app as api
 from eslcdr.query import queries
 from eslcdr.ingest.legs import GREGORIAN_OFFSET  # noqa: E402

@@ -295,7 +295,8 @@ def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg
         other.execute("INSERT INTO collector_nodes (node, url) VALUES ('fs2', 'x')")
         other.commit()
         # fs2's transaction has taken the call and not committed yet
-        other.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, now(), 'fs2')", (item.call_id,))
+        other.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, 'a', now(), 'fs2')",
+                      (item.call_id,))
         done = []
         worker = threading.Thread(target=lambda: done.append(pg.store_batch("fs1", "db-1", 0, [item])), daemon=True)
         worker.start()

@@ -45,7 +45,9 @@ import psycopg
 from psycopg import sql
 
 from ..ingest.legs import GREGORIAN_OFFSET
-from .pgschema import UTC, create_partitions_for, existing_partitions, month_start, partition_name, sqlite_columns
+from . import pgrollups
+from .pgschema import (NO_ACCOUNT, UTC, create_partitions_for, existing_partitions, month_start, partition_name,
+                       sqlite_columns)
 
 # PostgreSQL refuses values in these ways; anything else (connection lost,
 # serialisation failure) fails the whole batch and is retried.
@@ -158,11 +160,13 @@ def _us(expr: str) -> str:
 
 
 STAGED_HANGUP_AT = "(%s)" % _us("s._hangup_us")
+STAGED_ACCOUNT = "coalesce(s.account_id, '%s')" % NO_ACCOUNT
 
 
 def _insert_sql(columns: Sequence[str]) -> str:
     names = list(columns) + ["source", "created_at", "answered_at", "hangup_at", "collected_at"]
-    select = ["s.%s" % sql.Identifier(name).as_string(None) for name in columns] + [
+    select = [STAGED_ACCOUNT if name == "account_id" else "s.%s" % sql.Identifier(name).as_string(None)
+              for name in columns] + [
         "%(source)s",
         "CASE WHEN s.created_us > 0 THEN %s END" % _us("s.created_us"),
         "CASE WHEN s.answered_us > 0 THEN %s END" % _us("s.answered_us"),
@@ -170,12 +174,26 @@ def _insert_sql(columns: Sequence[str]) -> str:
         "now()",
     ]
     quoted = [sql.Identifier(name).as_string(None) for name in names]
-    updates = ["{0} = EXCLUDED.{0}".format(q) for name, q in zip(names, quoted) if name not in ("call_id", "hangup_at")]
-    return (
-        "INSERT INTO cdrs (%s) SELECT %s FROM _staged AS s {where} ORDER BY s.call_id"
-        " ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s WHERE cdrs.source = EXCLUDED.source"
-        % (", ".join(quoted), ", ".join(select), ", ".join(updates))
-    )
+    # No ON CONFLICT: the node's stored version of a call was deleted first
+    # (DELETE_OLD), and another node's calls left the batch (CLAIM_KEYS).
+    return "INSERT INTO cdrs (%s) SELECT %s FROM _staged AS s {where} ORDER BY s.call_id" % (
+        ", ".join(quoted), ", ".join(select))
+
+
+# The node's stored version of the batch's calls (where cdr_keys says it
+# lives), and whether the new one lives elsewhere (another hangup time or
+# account: another partition, another shard).
+FIND_OLD = (
+    "SELECT k.call_id, k.account_id, k.hangup_at, (k.account_id <> " + STAGED_ACCOUNT + " OR k.hangup_at <> "
+    + STAGED_HANGUP_AT + ") FROM cdr_keys AS k JOIN _staged AS s USING (call_id) WHERE k.source = %s"
+)
+# One stored row out, by its whole key (one partition, one shard), into
+# _gone for the roll-ups.  Deleted and inserted again, never updated: no
+# UPDATE changes account_id.
+DELETE_OLD = (
+    "WITH gone AS (DELETE FROM cdrs WHERE account_id = %%s AND call_id = %%s AND hangup_at = %%s AND source = %%s"
+    " RETURNING %s) INSERT INTO _gone SELECT * FROM gone" % ", ".join('"%s"' % n for n in pgrollups.SOURCE_NAMES)
+)
 
 
 # cdr_keys takes the batch's calls: new ones, and the node's own (a new
@@ -184,9 +202,10 @@ def _insert_sql(columns: Sequence[str]) -> str:
 # out of the batch.  The ON CONFLICT waits for a concurrent transaction that
 # inserted the same call, then sees its owner.
 CLAIM_KEYS = (
-    "WITH claimed AS (INSERT INTO cdr_keys (call_id, hangup_at, source)"
-    " SELECT s.call_id, " + STAGED_HANGUP_AT + ", %(source)s FROM _staged AS s ORDER BY s.call_id"
-    " ON CONFLICT (call_id) DO UPDATE SET hangup_at = EXCLUDED.hangup_at"
+    "WITH claimed AS (INSERT INTO cdr_keys (call_id, account_id, hangup_at, source)"
+    " SELECT s.call_id, " + STAGED_ACCOUNT + ", " + STAGED_HANGUP_AT + ", %(source)s FROM _staged AS s"
+    " ORDER BY s.call_id"
+    " ON CONFLICT (call_id) DO UPDATE SET account_id = EXCLUDED.account_id, hangup_at = EXCLUDED.hangup_at"
     " WHERE cdr_keys.source = EXCLUDED.source RETURNING call_id)"
     " DELETE FROM _staged AS s WHERE NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.call_id = s.call_id)"
     " RETURNING s.seq, s.call_id"
@@ -216,6 +235,7 @@ class PgStore:
             "CREATE TEMPORARY TABLE IF NOT EXISTS _staged (%s, _hangup_us bigint NOT NULL)"
             " ON COMMIT DELETE ROWS" % staged
         )
+        conn.execute(pgrollups.GONE_TABLE)
         conn.commit()
 
     @classmethod
@@ -337,7 +357,8 @@ class PgStore:
                 for item in refused:
                     reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line, item.reason)
                 rejected += self._stage(cur, node, db_id, rows)
-                moved = self._delete_moved(cur, node)
+                old = {row[0]: row for row in cur.execute(FIND_OLD, (node,)).fetchall()}
+                moved = sum(1 for row in old.values() if row[3])
                 taken = self._claim_keys(cur, node, db_id, rows)
                 if taken:
                     rejected += len(taken)
@@ -346,11 +367,15 @@ class PgStore:
                 if rows:
                     try:
                         with conn.transaction():
+                            if old:
+                                cur.executemany(DELETE_OLD, [(a, c, h, node) for c, a, h, _ in old.values()])
                             cur.execute(self._insert_all, {"source": node})
                             stored = cur.rowcount
                     except ROW_ERRORS:
-                        stored, bad = self._one_by_one(cur, node, db_id, rows)
+                        stored, bad = self._one_by_one(cur, node, db_id, rows, old)
                         rejected += bad
+                    # Last: the roll-up cells stay locked the shortest.
+                    pgrollups.apply_batch(cur, deleted=bool(old))
                 cur.execute(
                     "UPDATE collector_nodes SET after = %s, db_id = %s, rows = rows + %s,"
                     " last_pull_at = now(), last_error = NULL WHERE node = %s",
@@ -397,33 +422,29 @@ class PgStore:
                        record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return rejected
 
-    def _delete_moved(self, cur: psycopg.Cursor, node: str) -> int:
-        # The node's own rows stored under another hangup time live in
-        # another partition: the upsert below would not see them.  Rare (a
-        # written-off leg replaced by its real record), so one DELETE per
-        # row is fine.  Another node's rows are never touched.
-        cur.execute(
-            "SELECT k.call_id, k.hangup_at, k.source FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
-            " WHERE k.source = %s AND k.hangup_at <> " + STAGED_HANGUP_AT, (node,)
-        )
-        moved = cur.fetchall()
-        if moved:
-            cur.executemany("DELETE FROM cdrs WHERE call_id = %s AND hangup_at = %s AND source = %s", moved)
-        return len(moved)
-
     def _one_by_one(
-        self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]
+        self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord], old: dict[str, tuple]
     ) -> tuple[int, int]:
+        """Each row with its old version's delete under its own savepoint: a
+        row PostgreSQL refuses leaves its stored version (and cdr_keys' entry
+        for it) as they were, and leaves _staged (the roll-ups count _staged)."""
         stored = rejected = 0
         for record in rows:
+            previous = old.get(record.call_id)
             try:
                 with self.conn.transaction():
+                    if previous is not None:
+                        cur.execute(DELETE_OLD, (previous[1], previous[0], previous[2], node))
                     cur.execute(self._insert_one, {"source": node, "seq": record.seq})
                     stored += cur.rowcount
             except ROW_ERRORS as exc:
                 rejected += 1
-                cur.execute("DELETE FROM cdr_keys WHERE call_id = %s AND source = %s AND NOT EXISTS"
-                            " (SELECT 1 FROM cdrs WHERE call_id = %s)", (record.call_id, node, record.call_id))
+                cur.execute("DELETE FROM _staged WHERE seq = %s", (record.seq,))
+                if previous is None:
+                    cur.execute("DELETE FROM cdr_keys WHERE call_id = %s AND source = %s", (record.call_id, node))
+                else:
+                    cur.execute("UPDATE cdr_keys SET account_id = %s, hangup_at = %s WHERE call_id = %s AND source = %s",
+                                (previous[1], previous[2], record.call_id, node))
                 reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
                        record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return stored, rejected
