@@ -1,36 +1,17 @@
 """Writing pulled records into PostgreSQL: one transaction per batch.
 
-A batch is the records of one node after its stored cursor, in seq order.
-``store_batch`` writes them and moves the node's cursor (``collector_nodes
-.after``) in the same transaction, so after a crash PostgreSQL holds either
-the rows and the new cursor or neither: the next pull asks for exactly what
-is missing.  The node's row is locked first (``FOR UPDATE``) and its cursor
-and db_id compared with what the worker believes; a mismatch (a second
-collector pulling the same node) aborts the batch with ``CursorMoved``
-instead of writing twice.
-
-The rows go in by COPY into a temporary table shaped like ``cdrs`` (the
-values taken from each record's parsed JSON, the two JSON columns as JSON
-text), then set-based SQL does the rest: the timestamptz columns from the
-µs ones, and the upsert of pgschema's header.  bench/collect.py measured
-three ways on the same records (CPU per row, collector + PostgreSQL):
-this typed COPY 10 + 25 µs, a COPY of the raw lines turned into rows by
-``json_populate_record`` 5 + 52 µs, per-row ``executemany`` INSERTs in
-pipeline mode 48 + 48 µs.  The typed COPY costs the least in total and
-the least on PostgreSQL, the resource many collectors share.
-
-A value PostgreSQL refuses (a string in an integer column, a NUL in a
-text) makes the COPY or the INSERT fail with a DataError; that step is
-then done one row at a time under savepoints and each refused record is
-stored whole in ``collector_rejects`` with the error: nothing is lost,
-nothing blocks the node, and an operator can look at it.
-
-Every refused record is kept the same way, with one of ``REASONS``: a
-record without a usable call_id or hangup time, a value PostgreSQL refuses,
-a call_id another node stored (only the node that stored a row may replace
-it: pgschema's ``cdr_keys.source``), a hangup time outside the window, a
-month whose partition the node may not create (pgschema's
-``create_partitions_for``).
+``store_batch`` writes a node's records (after its stored cursor, in seq
+order), counts them in the KPI roll-ups (pgrollups.py) and moves the node's
+cursor (``collector_nodes.after``, locked and compared first: a mismatch is
+``CursorMoved``), all in one transaction: exactly once.  The rows go by
+COPY into a temporary ``_staged`` (typed: bench/collect.py measured it the
+cheapest), then set-based SQL: find the node's stored versions of the calls
+(``cdr_keys``), claim the keys (a call another node owns is refused:
+``other_node``), delete the old versions by their whole key (into ``_gone``)
+and insert the new ones -- never an UPDATE of ``account_id``.  A value
+PostgreSQL refuses makes that step go one row at a time under savepoints;
+every record not stored is kept whole in ``collector_rejects`` with one of
+``REASONS``: nothing lost, nothing blocking the node.
 """
 
 from __future__ import annotations
@@ -197,10 +178,11 @@ DELETE_OLD = (
 
 
 # cdr_keys takes the batch's calls: new ones, and the node's own (a new
-# hangup time is written, an unchanged one rewritten so that RETURNING names
-# it); a call another node stored is left as it is, and the DELETE takes it
-# out of the batch.  The ON CONFLICT waits for a concurrent transaction that
-# inserted the same call, then sees its owner.
+# account and hangup time are written, unchanged ones rewritten so that
+# RETURNING names them; cdr_keys is distributed by call_id, so its account_id
+# may change); a call another node stored is left as it is, and the DELETE
+# takes it out of the batch.  The ON CONFLICT waits for a concurrent
+# transaction that inserted the same call, then sees its owner.
 CLAIM_KEYS = (
     "WITH claimed AS (INSERT INTO cdr_keys (call_id, account_id, hangup_at, source)"
     " SELECT s.call_id, " + STAGED_ACCOUNT + ", " + STAGED_HANGUP_AT + ", %(source)s FROM _staged AS s"
