@@ -27,8 +27,8 @@ from psycopg import sql
 
 from ..ingest.legs import GREGORIAN_OFFSET
 from . import pgrollups
-from .pgschema import (NO_ACCOUNT, UTC, create_partitions_for, existing_partitions, month_start, partition_name,
-                       sqlite_columns)
+from .pgschema import (NO_ACCOUNT, UTC, create_partitions_for, existing_partitions, month_start, next_month,
+                       partition_name, sqlite_columns)
 
 # PostgreSQL refuses values in these ways; anything else (connection lost,
 # serialisation failure) fails the whole batch and is retried.
@@ -164,16 +164,29 @@ def _insert_sql(columns: Sequence[str]) -> str:
 # The node's stored version of the batch's calls (where cdr_keys says it
 # lives), and whether the new one lives elsewhere (another hangup time or
 # account: another partition, another shard).
+OLD_TABLE = ("CREATE TEMPORARY TABLE IF NOT EXISTS _old (call_id text NOT NULL, account_id text NOT NULL,"
+             " hangup_at timestamptz NOT NULL, moved boolean NOT NULL) ON COMMIT DELETE ROWS")
 FIND_OLD = (
-    "SELECT k.call_id, k.account_id, k.hangup_at, (k.account_id <> " + STAGED_ACCOUNT + " OR k.hangup_at <> "
-    + STAGED_HANGUP_AT + ") FROM cdr_keys AS k JOIN _staged AS s USING (call_id) WHERE k.source = %s"
+    "INSERT INTO _old SELECT k.call_id, k.account_id, k.hangup_at, (k.account_id <> " + STAGED_ACCOUNT
+    + " OR k.hangup_at <> " + STAGED_HANGUP_AT + ") FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
+    " WHERE k.source = %s"
 )
-# One stored row out, by its whole key (one partition, one shard), into
-# _gone for the roll-ups.  Deleted and inserted again, never updated: no
-# UPDATE changes account_id.
+OLD_MONTHS = ("SELECT count(*) FILTER (WHERE moved), array_agg(DISTINCT date_trunc('month', hangup_at, 'UTC')"
+              " AT TIME ZONE 'UTC') FROM _old")
+# Stored rows out, by their whole key, into _gone for the roll-ups: one row
+# (the row-by-row path), or the rows of one month (one partition; the keys
+# as arrays: one statement, not one per row).  Deleted and inserted again,
+# never updated: no UPDATE changes account_id.
+_GONE = ") INSERT INTO _gone SELECT * FROM gone"
+_RETURNING = " RETURNING " + ", ".join('c."%s"' % n for n in pgrollups.SOURCE_NAMES)
 DELETE_OLD = (
-    "WITH gone AS (DELETE FROM cdrs WHERE account_id = %%s AND call_id = %%s AND hangup_at = %%s AND source = %%s"
-    " RETURNING %s) INSERT INTO _gone SELECT * FROM gone" % ", ".join('"%s"' % n for n in pgrollups.SOURCE_NAMES)
+    "WITH gone AS (DELETE FROM cdrs AS c WHERE c.account_id = %s AND c.call_id = %s AND c.hangup_at = %s"
+    " AND c.source = %s" + _RETURNING + _GONE
+)
+DELETE_OLD_MONTH = (
+    "WITH gone AS (DELETE FROM cdrs AS c USING _old AS o WHERE c.account_id = o.account_id"
+    " AND c.call_id = o.call_id AND c.hangup_at = o.hangup_at AND c.hangup_at >= %(low)s AND c.hangup_at < %(high)s"
+    " AND o.hangup_at >= %(low)s AND o.hangup_at < %(high)s AND c.source = %(source)s" + _RETURNING + _GONE
 )
 
 
@@ -218,6 +231,7 @@ class PgStore:
             " ON COMMIT DELETE ROWS" % staged
         )
         conn.execute(pgrollups.GONE_TABLE)
+        conn.execute(OLD_TABLE)
         conn.commit()
 
     @classmethod
@@ -339,8 +353,13 @@ class PgStore:
                 for item in refused:
                     reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line, item.reason)
                 rejected += self._stage(cur, node, db_id, rows)
-                old = {row[0]: row for row in cur.execute(FIND_OLD, (node,)).fetchall()}
-                moved = sum(1 for row in old.values() if row[3])
+                replaced = cur.execute(FIND_OLD, (node,)).rowcount
+                moved, months = 0, []
+                if replaced:
+                    # Its size known, the planner probes cdrs' key once per
+                    # old row (1 ms per row without: bench/collect.py).
+                    cur.execute("ANALYZE _old")
+                    moved, months = cur.execute(OLD_MONTHS).fetchone()
                 taken = self._claim_keys(cur, node, db_id, rows)
                 if taken:
                     rejected += len(taken)
@@ -349,15 +368,17 @@ class PgStore:
                 if rows:
                     try:
                         with conn.transaction():
-                            if old:
-                                cur.executemany(DELETE_OLD, [(a, c, h, node) for c, a, h, _ in old.values()])
+                            for month in sorted(months):
+                                start = month.date()
+                                cur.execute(DELETE_OLD_MONTH, {"low": dt.datetime(start.year, start.month, 1, tzinfo=UTC),
+                                                               "high": _month_end(start), "source": node})
                             cur.execute(self._insert_all, {"source": node})
                             stored = cur.rowcount
                     except ROW_ERRORS:
-                        stored, bad = self._one_by_one(cur, node, db_id, rows, old)
+                        stored, bad = self._one_by_one(cur, node, db_id, rows)
                         rejected += bad
                     # Last: the roll-up cells stay locked the shortest.
-                    pgrollups.apply_batch(cur, deleted=bool(old))
+                    pgrollups.apply_batch(cur, deleted=replaced > 0)
                 cur.execute(
                     "UPDATE collector_nodes SET after = %s, db_id = %s, rows = rows + %s,"
                     " last_pull_at = now(), last_error = NULL WHERE node = %s",
@@ -404,12 +425,11 @@ class PgStore:
                        record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return rejected
 
-    def _one_by_one(
-        self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord], old: dict[str, tuple]
-    ) -> tuple[int, int]:
+    def _one_by_one(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> tuple[int, int]:
         """Each row with its old version's delete under its own savepoint: a
         row PostgreSQL refuses leaves its stored version (and cdr_keys' entry
         for it) as they were, and leaves _staged (the roll-ups count _staged)."""
+        old = {row[0]: row for row in cur.execute("SELECT call_id, account_id, hangup_at FROM _old").fetchall()}
         stored = rejected = 0
         for record in rows:
             previous = old.get(record.call_id)
@@ -430,6 +450,11 @@ class PgStore:
                 reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
                        record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return stored, rejected
+
+
+def _month_end(month: dt.date) -> dt.datetime:
+    end = next_month(month)
+    return dt.datetime(end.year, end.month, 1, tzinfo=UTC)
 
 
 def reject(cur: psycopg.Cursor, node: str, db_id: str | None, seq: int | None, call_id: str | None,
