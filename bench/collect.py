@@ -28,6 +28,16 @@ client) vs JSON pages 35 us.  Writes (collector + PostgreSQL CPU per row):
 typed COPY 10 + 25 us, raw lines + json_populate_record 5 + 52 us,
 executemany pipeline 48 + 48 us.
 
+Schema 4 (Citus-ready keys, KPI roll-ups counted in the batch's transaction;
+a replaced row deleted and inserted again), 2026-12-06, 2 x 30,000 rows,
+three runs alternating with schema 3 on the same machine (load 7-15),
+medians: the collector end to end 117.2 us CPU per row in total (schema 3:
+117.7), 7,222 rows/s wall from the first batch (6,136); PgStore's typed COPY
+14.6 + 41 = 55.0 us (14.4 + 35 = 49.3), a re-pull where every row is a
+replacement 15.4 + 56 = 71.4 us (14.5 + 46 = 60.5).  These records put
+nearly every leg in a roll-up cell of its own (4 accounts over 30 days), the
+roll-ups' worst case.
+
     python bench/collect.py [--rows 100000] [--batch-size 5000] [--compare]
 """
 
