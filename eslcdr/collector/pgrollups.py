@@ -1,19 +1,16 @@
 """The KPI roll-ups in PostgreSQL: ``stats_minutes`` and ``stats_pdd_hours``.
 
-The same cells and counters as a node's (store/schema.py; which legs count:
-query/stats.py): per account, Gregorian minute (``timestamp / 60``),
-direction, cause ('' when none) and answered-or-not, additive counters; per
-account, hour and ``pdd_ms``, the seizures (an exact histogram).  Loopback
+The cells and counters of a node's (store/schema.py; which legs count:
+query/stats.py): per account, Gregorian minute, direction, cause ('' when
+none) and answered-or-not, additive counters (``mos_sum`` ``numeric``: exact
+under subtraction); per account, hour and ``pdd_ms``, the seizures.  Loopback
 legs and legs without an account (``account_id`` '') count nowhere.
-``mos_sum`` is ``numeric``: adding and subtracting stays exact.
-
 Kept by pgstore.store_batch in the transaction that stores the rows, from
-what that transaction did: every row it inserted (``_staged`` once the
-insert is done) counts +1, every row it deleted (``_gone``: the old version
-of a replaced row, filled by the DELETE's RETURNING) -1.  One grouped upsert
-per table and batch, cells in key order (two workers never deadlock); cells
-a batch leaves unchanged are not written, cells it empties are deleted.
-So the roll-ups equal ``recount_sql()`` over ``cdrs`` after every commit.
+what it did: each row inserted (``_staged`` once the insert is done) counts
++1, each row deleted (``_gone``, from the DELETE's RETURNING) -1.  One grouped
+upsert per table and batch, cells in key order (no deadlock between workers);
+cells left unchanged are not written, cells emptied are deleted.  So the
+roll-ups equal ``recount_sql()`` over ``cdrs`` after every commit.
 """
 
 from __future__ import annotations
@@ -155,8 +152,8 @@ def read_rollups(conn: psycopg.Connection, account_id: str, first_minute: int, l
     """An account's roll-up rows for the Gregorian minutes [first_minute,
     last_minute] (pdd: the hours ``hours``, none when None), in buckets of
     ``interval`` seconds (a multiple of 60; of 3600 for pdd): [counters,
-    causes, pdd] as query/stats.py's compute() takes them, read in one
-    snapshot (REPEATABLE READ)."""
+    causes, pdd] as query/stats.py's compute() takes them, in one snapshot:
+    a REPEATABLE READ transaction of its own (the caller's when one is open)."""
     args = {"account_id": account_id, "first_minute": first_minute, "last_minute": last_minute,
             "interval": interval, "first_hour": hours[0] if hours else 0, "last_hour": hours[1] if hours else -1}
     began = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -1,21 +1,18 @@
 """The collector's PostgreSQL schema: tables, monthly partitions, migrations.
 
-``cdrs``: every SQLite column (INTEGER -> bigint, REAL -> double precision,
-JSON -> jsonb, ``fax_success`` boolean; ``seq`` the node's) plus ``source``,
-``created_at`` / ``answered_at`` / ``hangup_at`` and ``collected_at``.
-``PARTITION BY RANGE (hangup_at)``, one partition per UTC month, no DEFAULT;
-partitions are created ahead of need or on demand, outside any explicit
-transaction under a session advisory lock, at most ``max_new_partitions`` a
-day per node (``collector_partitions`` says for whom).
-Keys (Citus-ready, docs/collector.md): every unique key of cdrs and of the
-tables co-located with it (the roll-ups) holds ``account_id``, never NULL
-(NO_ACCOUNT): cdrs' is ``(account_id, call_id, hangup_at)``.  ``cdr_keys
-(call_id PRIMARY KEY, account_id, hangup_at, source)`` keeps call_id unique
-over the fleet and says where each call's row lives and which node owns it
-(only that node may replace it: pgstore.py).
-Migrations: append-only ``MIGRATIONS`` (a function or literal SQL), each in
-its own transaction under an advisory lock; ``eslcdr_schema.version`` counts
-them.  ``follow_sqlite_columns`` then adds any column SQLite gained since.
+``cdrs``: every SQLite column (JSON as jsonb, ``fax_success`` boolean, ``seq``
+the node's) plus ``source``, ``created_at`` / ``answered_at`` / ``hangup_at``,
+``collected_at``; ``PARTITION BY RANGE (hangup_at)``, one partition per UTC
+month, no DEFAULT, each created outside any explicit transaction under a
+session advisory lock, at most ``max_new_partitions`` a day per node.
+Citus-ready (docs/collector.md): every unique key of cdrs and of the tables
+co-located with it holds ``account_id``, never NULL (NO_ACCOUNT); cdrs' is
+``(account_id, call_id, hangup_at)``.  ``cdr_keys (call_id PRIMARY KEY,
+account_id, hangup_at, source)`` keeps call_id unique over the fleet, says
+where each call's row lives and which node owns it (pgstore.py).
+Migrations: append-only ``MIGRATIONS`` (functions or literal SQL), each in its
+own transaction under an advisory lock, counted in ``eslcdr_schema``; then
+``follow_sqlite_columns`` adds any column SQLite gained since.
 """
 
 from __future__ import annotations

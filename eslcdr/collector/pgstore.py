@@ -353,30 +353,15 @@ class PgStore:
                 for item in refused:
                     reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line, item.reason)
                 rejected += self._stage(cur, node, db_id, rows)
-                replaced = cur.execute(FIND_OLD, (node,)).rowcount
-                moved, months = 0, []
-                if replaced:
-                    # Its size known, the planner probes cdrs' key once per
-                    # old row (1 ms per row without: bench/collect.py).
-                    cur.execute("ANALYZE _old")
-                    moved, months = cur.execute(OLD_MONTHS).fetchone()
+                replaced, moved, months = self._find_old(cur, node)
                 taken = self._claim_keys(cur, node, db_id, rows)
                 if taken:
                     rejected += len(taken)
                     rows = [r for r in rows if r.seq not in taken]
                 stored = 0
                 if rows:
-                    try:
-                        with conn.transaction():
-                            for month in sorted(months):
-                                start = month.date()
-                                cur.execute(DELETE_OLD_MONTH, {"low": dt.datetime(start.year, start.month, 1, tzinfo=UTC),
-                                                               "high": _month_end(start), "source": node})
-                            cur.execute(self._insert_all, {"source": node})
-                            stored = cur.rowcount
-                    except ROW_ERRORS:
-                        stored, bad = self._one_by_one(cur, node, db_id, rows)
-                        rejected += bad
+                    stored, bad = self._write(cur, node, db_id, rows, months)
+                    rejected += bad
                     # Last: the roll-up cells stay locked the shortest.
                     pgrollups.apply_batch(cur, deleted=replaced > 0)
                 cur.execute(
@@ -385,6 +370,34 @@ class PgStore:
                     (new_after, db_id, stored, node),
                 )
         return BatchResult(stored, moved, rejected, new_after, tuple(created))
+
+    def _find_old(self, cur: psycopg.Cursor, node: str) -> tuple[int, int, list[dt.datetime]]:
+        """The node's stored versions of the staged calls into _old: how
+        many, how many live elsewhere (moved), the months they live in."""
+        replaced = cur.execute(FIND_OLD, (node,)).rowcount
+        if not replaced:
+            return 0, 0, []
+        # Its size known, the planner probes cdrs' key once per old row
+        # (1 ms per row without: bench/collect.py).
+        cur.execute("ANALYZE _old")
+        moved, months = cur.execute(OLD_MONTHS).fetchone()
+        return replaced, moved, months
+
+    def _write(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord],
+               months: Sequence[dt.datetime]) -> tuple[int, int]:
+        """Delete the stored versions (by month: one partition each) and
+        insert the staged rows; on a refused value, row by row.  Returns
+        (stored, rejected)."""
+        try:
+            with self.conn.transaction():
+                for month in sorted(months):
+                    start = month.date()
+                    cur.execute(DELETE_OLD_MONTH, {"low": dt.datetime(start.year, start.month, 1, tzinfo=UTC),
+                                                   "high": _month_end(start), "source": node})
+                cur.execute(self._insert_all, {"source": node})
+                return cur.rowcount, 0
+        except ROW_ERRORS:
+            return self._one_by_one(cur, node, db_id, rows)
 
     def _claim_keys(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> set[int]:
         """Take the batch's calls in cdr_keys; those another node stored go
