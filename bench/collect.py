@@ -28,6 +28,16 @@ client) vs JSON pages 35 us.  Writes (collector + PostgreSQL CPU per row):
 typed COPY 10 + 25 us, raw lines + json_populate_record 5 + 52 us,
 executemany pipeline 48 + 48 us.
 
+Schema 4 (Citus-ready keys, KPI roll-ups counted in the batch's transaction;
+a replaced row deleted and inserted again), 2026-12-06, 2 x 30,000 rows,
+three runs alternating with schema 3 on the same machine (load 7-15),
+medians: the collector end to end 117.2 us CPU per row in total (schema 3:
+117.7), 7,222 rows/s wall from the first batch (6,136); PgStore's typed COPY
+14.6 + 41 = 55.0 us (14.4 + 35 = 49.3), a re-pull where every row is a
+replacement 15.4 + 56 = 71.4 us (14.5 + 46 = 60.5).  These records put
+nearly every leg in a roll-up cell of its own (4 accounts over 30 days), the
+roll-ups' worst case.
+
     python bench/collect.py [--rows 100000] [--batch-size 5000] [--compare]
 """
 
@@ -140,14 +150,21 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
         items.append(item)
     columns = [name for name, _ in pgschema.sqlite_columns()]
     names = columns + ["source", "created_at", "answered_at", "hangup_at", "collected_at"]
-    upsert = "ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s" % ", ".join(
-        '"%s" = EXCLUDED."%s"' % (c, c) for c in names if c not in ("call_id", "hangup_at"))
+    # The key of the schema this eslcdr builds (version 4: account_id, call_id, hangup_at).
+    key = ("account_id", "call_id", "hangup_at") if hasattr(pgschema, "NO_ACCOUNT") else ("call_id", "hangup_at")
+    upsert = "ON CONFLICT (%s) DO UPDATE SET %s" % (", ".join(key), ", ".join(
+        '"%s" = EXCLUDED."%s"' % (c, c) for c in names if c not in key))
+    keys_insert = ("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, '', %s, 'n')"
+                   " ON CONFLICT DO NOTHING") if "account_id" in key else (
+        "INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, %s, 'n') ON CONFLICT DO NOTHING")
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
     json_columns = {"custom_channel_vars", "custom_sip_headers"}
 
     def values_of(item, jsonify):
         d = orjson.loads(item.line)
         values = [jsonify(d[c]) if c in json_columns and d.get(c) is not None else d.get(c) for c in columns]
+        if "account_id" in key and values[columns.index("account_id")] is None:
+            values[columns.index("account_id")] = ""
         values += ["n", epoch + dt.timedelta(microseconds=d["created_us"]),
                    epoch + dt.timedelta(microseconds=d["answered_us"]) if d["answered_us"] else None,
                    item.hangup_at, dt.datetime.now(dt.timezone.utc)]
@@ -185,6 +202,17 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
         state["after"] = store.store_batch("n", "db", state["after"], chunk).after
 
     measure("typed COPY (the collector, PgStore)", conn, typed)
+    # the same records again, every row a replacement (a node re-pulled
+    # after a db_id change)
+    conn = psycopg.connect(dsn_base % "cmp_typed")
+    store = PgStore(conn)
+    store.restart_node("n", "db", "db2")
+    state["after"] = 0
+
+    def again(chunk):
+        state["after"] = store.store_batch("n", "db2", state["after"], chunk).after
+
+    measure("typed COPY, every row replaced (re-pull)", conn, again)
 
     # 2. COPY of the raw lines into a json column, json_populate_record in SQL
     conn = fresh("cmp_raw")
@@ -204,8 +232,8 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy("COPY raw (call_id, hangup_at, doc) FROM STDIN") as copy:
                 copy.write(block)
-            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) SELECT call_id, hangup_at, 'n' FROM raw"
-                        " ON CONFLICT DO NOTHING")
+            cur.execute("INSERT INTO cdr_keys (call_id, hangup_at, source%s) SELECT call_id, hangup_at, 'n'%s FROM raw"
+                        " ON CONFLICT DO NOTHING" % ((", account_id", ", ''") if "account_id" in key else ("", "")))
             cur.execute(raw_insert)
 
     measure("raw lines COPY + json_populate_record", conn, raw)
@@ -218,8 +246,7 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
     def many(chunk):
         rows = [values_of(item, psycopg.types.json.Jsonb) for item in chunk]
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, %s, 'n')"
-                            " ON CONFLICT DO NOTHING", [(item.call_id, item.hangup_at) for item in chunk])
+            cur.executemany(keys_insert, [(item.call_id, item.hangup_at) for item in chunk])
             cur.executemany(insert, rows)
 
     measure("executemany (pipeline) INSERT ... ON CONFLICT", conn, many)

@@ -1,18 +1,18 @@
 """The collector's PostgreSQL schema: tables, monthly partitions, migrations.
 
-``cdrs`` has every column of the SQLite table (``eslcdr.store.schema.COLUMNS``,
-types by ``pg_type``), ``seq`` being the row's seq on its media server, and
-beside them ``source`` (the ``[node:NAME]`` the row came from), the µs times
-as ``timestamptz`` and ``collected_at``.  It is ``PARTITION BY RANGE
-(hangup_at)``, one partition per UTC month (``cdrs_yYYYYmMM``), no DEFAULT
-partition (``ensure_partitions``, ``create_partitions_for``).
-
-Its primary key is ``(call_id, hangup_at)`` (PostgreSQL only enforces a key
-that includes the partition key); ``call_id`` alone is unique through the
-side table ``cdr_keys (call_id PRIMARY KEY, hangup_at, source)``, which also
-names the one node that may replace each call (the upsert:
-``pgstore.PgStore.store_batch``).  Migrations: ``MIGRATIONS`` is append-only,
-``eslcdr_schema.version`` counts those applied (``migrate``).
+``cdrs``: every SQLite column (JSON as jsonb, ``fax_success`` boolean, ``seq``
+the node's) plus ``source``, ``created_at`` / ``answered_at`` / ``hangup_at``,
+``collected_at``; ``PARTITION BY RANGE (hangup_at)``, one partition per UTC
+month, no DEFAULT, each created outside any explicit transaction under a
+session advisory lock, at most ``max_new_partitions`` a day per node.
+Citus-ready (docs/collector.md): every unique key of cdrs and of the tables
+co-located with it holds ``account_id``, never NULL (NO_ACCOUNT); cdrs' is
+``(account_id, call_id, hangup_at)``.  ``cdr_keys (call_id PRIMARY KEY,
+account_id, hangup_at, source)`` keeps call_id unique over the fleet, says
+where each call's row lives and which node owns it (pgstore.py).
+Migrations: append-only ``MIGRATIONS`` (functions or literal SQL), each in its
+own transaction under an advisory lock, counted in ``eslcdr_schema``; then
+``follow_sqlite_columns`` adds any column SQLite gained since.
 """
 
 from __future__ import annotations
@@ -157,8 +157,66 @@ def _m3_owners_and_bounds(cur: psycopg.Cursor) -> None:
     )
 
 
-MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds)
+# Citus-ready keys and the KPI roll-ups (docs/collector.md, "Distributing on
+# Citus").  Every unique key of cdrs and of the tables co-located with it holds
+# account_id, the distribution column: a key column is never NULL, so a leg
+# without an account is stored with account_id '' (NO_ACCOUNT).  cdr_keys
+# learns each call's account, to find its row by the whole key (it stays keyed
+# by call_id alone: distributed by call_id, it is not co-located with cdrs).
+# The roll-ups (pgrollups.py) start from the rows already stored.  Literal
+# SQL: what version 4 did stays what it does.
+_M4_CITUS_KEYS_AND_ROLLUPS = """
+UPDATE cdrs SET account_id = '' WHERE account_id IS NULL;
+ALTER TABLE cdr_keys ADD COLUMN account_id text;
+UPDATE cdr_keys AS k SET account_id = c.account_id FROM cdrs AS c
+  WHERE c.call_id = k.call_id AND c.hangup_at = k.hangup_at;
+DELETE FROM cdr_keys WHERE account_id IS NULL;
+ALTER TABLE cdr_keys ALTER COLUMN account_id SET NOT NULL;
+ALTER TABLE cdrs ALTER COLUMN account_id SET NOT NULL;
+ALTER TABLE cdrs DROP CONSTRAINT cdrs_pkey;
+ALTER TABLE cdrs ADD CONSTRAINT cdrs_pkey PRIMARY KEY (account_id, call_id, hangup_at);
+CREATE TABLE stats_minutes (
+  account_id text NOT NULL,
+  minute bigint NOT NULL,
+  call_direction text NOT NULL,
+  hangup_cause text NOT NULL,
+  answered boolean NOT NULL,
+  legs bigint NOT NULL,
+  billing_seconds bigint NOT NULL,
+  mos_legs bigint NOT NULL,
+  mos_sum numeric NOT NULL,
+  low_mos bigint NOT NULL,
+  rtp_legs bigint NOT NULL,
+  no_rtp bigint NOT NULL,
+  PRIMARY KEY (account_id, minute, call_direction, hangup_cause, answered)
+);
+CREATE TABLE stats_pdd_hours (
+  account_id text NOT NULL,
+  hour bigint NOT NULL,
+  pdd_ms bigint NOT NULL,
+  seizures bigint NOT NULL,
+  PRIMARY KEY (account_id, hour, pdd_ms)
+);
+INSERT INTO stats_minutes
+  SELECT account_id, coalesce("timestamp", 0) / 60, coalesce(call_direction, ''), coalesce(hangup_cause, ''),
+         coalesce(answered_us, 0) > 0, count(*), sum(coalesce(billing_seconds, 0)), count(audio_in_mos),
+         sum(coalesce(audio_in_mos, 0)::numeric), count(*) FILTER (WHERE audio_in_mos < 3.6), count(no_rtp_in),
+         count(*) FILTER (WHERE no_rtp_in = 1)
+  FROM cdrs WHERE account_id <> '' AND coalesce(channel_name, '') NOT LIKE 'loopback/%'
+  GROUP BY 1, 2, 3, 4, 5;
+INSERT INTO stats_pdd_hours
+  SELECT account_id, coalesce("timestamp", 0) / 3600, pdd_ms, count(*)
+  FROM cdrs WHERE account_id <> '' AND coalesce(channel_name, '') NOT LIKE 'loopback/%'
+    AND call_direction = 'outbound' AND coalesce(hangup_cause, '') NOT IN ('LOSE_RACE', 'PICKED_OFF')
+    AND pdd_ms IS NOT NULL
+  GROUP BY 1, 2, 3;
+"""
+
+# A migration is a function of a cursor or literal SQL.
+MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS)
 SCHEMA_VERSION = len(MIGRATIONS)
+# cdrs.account_id of a leg without an account (NULL on the node).
+NO_ACCOUNT = ""
 
 
 def follow_sqlite_columns(cur: psycopg.Cursor) -> list[str]:
@@ -201,7 +259,11 @@ def migrate(conn: psycopg.Connection) -> int:
             current = cur.execute("SELECT version FROM eslcdr_schema").fetchone()[0]
             if current > version:  # another collector did it meanwhile
                 continue
-            MIGRATIONS[version](cur)
+            migration = MIGRATIONS[version]
+            if isinstance(migration, str):
+                cur.execute(migration)
+            else:
+                migration(cur)
             cur.execute("UPDATE eslcdr_schema SET version = %s", (version + 1,))
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))
@@ -245,51 +307,55 @@ def create_partitions_for(
     (None: ahead of need), at most ``limit`` a day for that node, newest
     first.  Returns (created, the months refused by the limit).
 
-    In its own short transaction under an advisory lock (two workers may need
-    the same month at once).  A node creates partitions only within bounds:
-    records outside the hangup window are refused before
-    (``feed.HangupWindow``), and a month created on demand is written down in
-    ``collector_partitions`` with the node it was created for; past
-    ``max_new_partitions`` of them in 24 hours, that node's records of further
-    new months are refused (``partition_limit``).  The months created ahead of
-    need (node NULL) do not count.
-    """
+    Outside any explicit transaction (Citus distributes a new partition of a
+    distributed table only then): ``conn`` must be idle; each statement
+    commits on its own, under a session advisory lock.  A partition made
+    and not yet written down (a crash in between) is found existing next
+    time; it only does not count against its node."""
     months = sorted(set(months), reverse=True)
     if not months:
         return [], set()
     created: list[str] = []
     refused: set[dt.date] = set()
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITION,))
-        have = existing_partitions(conn)
-        allowed = None
-        if node is not None and limit is not None:
-            used = conn.execute(
-                "SELECT count(*) FROM collector_partitions WHERE node = %s AND created_at > now() - interval '1 day'",
-                (node,),
-            ).fetchone()[0]
-            allowed = max(0, limit - used)
-        for month in months:
-            name = partition_name(month)
-            if name in have:
-                continue
-            if allowed is not None and len(created) >= allowed:
-                refused.add(month)
-                continue
-            start = dt.datetime(month.year, month.month, 1, tzinfo=UTC)
-            nxt = next_month(month)
-            end = dt.datetime(nxt.year, nxt.month, 1, tzinfo=UTC)
-            conn.execute(
-                sql.SQL("CREATE TABLE {} PARTITION OF cdrs FOR VALUES FROM ({}) TO ({})").format(
-                    _ident(name), sql.Literal(start), sql.Literal(end)
+    conn.autocommit = True
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_PARTITION,))
+        try:
+            have = existing_partitions(conn)
+            allowed = None
+            if node is not None and limit is not None:
+                used = conn.execute(
+                    "SELECT count(*) FROM collector_partitions WHERE node = %s AND created_at > now() - interval '1 day'",
+                    (node,),
+                ).fetchone()[0]
+                allowed = max(0, limit - used)
+            for month in months:
+                name = partition_name(month)
+                if name in have:
+                    continue
+                if allowed is not None and len(created) >= allowed:
+                    refused.add(month)
+                    continue
+                start = dt.datetime(month.year, month.month, 1, tzinfo=UTC)
+                nxt = next_month(month)
+                end = dt.datetime(nxt.year, nxt.month, 1, tzinfo=UTC)
+                conn.execute(
+                    sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF cdrs FOR VALUES FROM ({}) TO ({})").format(
+                        _ident(name), sql.Literal(start), sql.Literal(end)
+                    )
                 )
-            )
-            conn.execute(
-                "INSERT INTO collector_partitions (name, node) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, created_at = now()",
-                (name, node),
-            )
-            created.append(name)
+                conn.execute(
+                    "INSERT INTO collector_partitions (name, node) VALUES (%s, %s)"
+                    " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, created_at = now()",
+                    (name, node),
+                )
+                created.append(name)
+        finally:
+            if not conn.closed:  # a lost session has let go of it
+                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_PARTITION,))
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
     return sorted(created), refused
 
 

@@ -1,16 +1,17 @@
 """Writing pulled records into PostgreSQL: one transaction per batch.
 
-A batch is the records of one node after its stored cursor, in seq order.
-``store_batch`` writes them and moves the node's cursor (``collector_nodes
-.after``) in the same transaction, so after a crash PostgreSQL holds either
-the rows and the new cursor or neither: the next pull asks for exactly what
-is missing.  A second collector pulling the same node aborts the batch
-(``CursorMoved``) instead of writing twice.
-
-The rows go in by COPY into a temporary table shaped like ``cdrs``, then
-set-based SQL upserts them (``_stage``, ``store_batch``).  A record that is
-not stored is kept whole in ``collector_rejects`` with one of ``REASONS``
-(docs/collector.md): nothing is lost, nothing blocks the node.
+``store_batch`` writes a node's records (after its stored cursor, in seq
+order), counts them in the KPI roll-ups (pgrollups.py) and moves the node's
+cursor (``collector_nodes.after``, locked and compared first: a mismatch is
+``CursorMoved``), all in one transaction: exactly once.  The rows go by
+COPY into a temporary ``_staged`` (typed: bench/collect.py measured it the
+cheapest), then set-based SQL: find the node's stored versions of the calls
+(``cdr_keys``), claim the keys (a call another node owns is refused:
+``other_node``), delete the old versions by their whole key (into ``_gone``)
+and insert the new ones -- never an UPDATE of ``account_id``.  A value
+PostgreSQL refuses makes that step go one row at a time under savepoints;
+every record not stored is kept whole in ``collector_rejects`` with one of
+``REASONS``: nothing lost, nothing blocking the node.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import psycopg
 from psycopg import sql
 
 from ..ingest.legs import GREGORIAN_OFFSET
-from .pgschema import UTC, create_partitions_for, existing_partitions, month_start, partition_name, sqlite_columns
+from . import pgrollups
+from .pgschema import (NO_ACCOUNT, UTC, create_partitions_for, existing_partitions, month_start, next_month,
+                       partition_name, sqlite_columns)
 
 # PostgreSQL refuses values in these ways; anything else (connection lost,
 # serialisation failure) fails the whole batch and is retried.
@@ -138,11 +141,13 @@ def _us(expr: str) -> str:
 
 
 STAGED_HANGUP_AT = "(%s)" % _us("s._hangup_us")
+STAGED_ACCOUNT = "coalesce(s.account_id, '%s')" % NO_ACCOUNT
 
 
 def _insert_sql(columns: Sequence[str]) -> str:
     names = list(columns) + ["source", "created_at", "answered_at", "hangup_at", "collected_at"]
-    select = ["s.%s" % sql.Identifier(name).as_string(None) for name in columns] + [
+    select = [STAGED_ACCOUNT if name == "account_id" else "s.%s" % sql.Identifier(name).as_string(None)
+              for name in columns] + [
         "%(source)s",
         "CASE WHEN s.created_us > 0 THEN %s END" % _us("s.created_us"),
         "CASE WHEN s.answered_us > 0 THEN %s END" % _us("s.answered_us"),
@@ -150,23 +155,52 @@ def _insert_sql(columns: Sequence[str]) -> str:
         "now()",
     ]
     quoted = [sql.Identifier(name).as_string(None) for name in names]
-    updates = ["{0} = EXCLUDED.{0}".format(q) for name, q in zip(names, quoted) if name not in ("call_id", "hangup_at")]
-    return (
-        "INSERT INTO cdrs (%s) SELECT %s FROM _staged AS s {where} ORDER BY s.call_id"
-        " ON CONFLICT (call_id, hangup_at) DO UPDATE SET %s WHERE cdrs.source = EXCLUDED.source"
-        % (", ".join(quoted), ", ".join(select), ", ".join(updates))
-    )
+    # No ON CONFLICT: the node's stored version of a call was deleted first
+    # (DELETE_OLD), and another node's calls left the batch (CLAIM_KEYS).
+    return "INSERT INTO cdrs (%s) SELECT %s FROM _staged AS s {where} ORDER BY s.call_id" % (
+        ", ".join(quoted), ", ".join(select))
+
+
+# The node's stored version of the batch's calls (where cdr_keys says it
+# lives), and whether the new one lives elsewhere (another hangup time or
+# account: another partition, another shard).
+OLD_TABLE = ("CREATE TEMPORARY TABLE IF NOT EXISTS _old (call_id text NOT NULL, account_id text NOT NULL,"
+             " hangup_at timestamptz NOT NULL, moved boolean NOT NULL) ON COMMIT DELETE ROWS")
+FIND_OLD = (
+    "INSERT INTO _old SELECT k.call_id, k.account_id, k.hangup_at, (k.account_id <> " + STAGED_ACCOUNT
+    + " OR k.hangup_at <> " + STAGED_HANGUP_AT + ") FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
+    " WHERE k.source = %s"
+)
+OLD_MONTHS = ("SELECT count(*) FILTER (WHERE moved), array_agg(DISTINCT date_trunc('month', hangup_at, 'UTC')"
+              " AT TIME ZONE 'UTC') FROM _old")
+# Stored rows out, by their whole key, into _gone for the roll-ups: one row
+# (the row-by-row path), or the rows of one month (one partition; the keys
+# as arrays: one statement, not one per row).  Deleted and inserted again,
+# never updated: no UPDATE changes account_id.
+_GONE = ") INSERT INTO _gone SELECT * FROM gone"
+_RETURNING = " RETURNING " + ", ".join('c."%s"' % n for n in pgrollups.SOURCE_NAMES)
+DELETE_OLD = (
+    "WITH gone AS (DELETE FROM cdrs AS c WHERE c.account_id = %s AND c.call_id = %s AND c.hangup_at = %s"
+    " AND c.source = %s" + _RETURNING + _GONE
+)
+DELETE_OLD_MONTH = (
+    "WITH gone AS (DELETE FROM cdrs AS c USING _old AS o WHERE c.account_id = o.account_id"
+    " AND c.call_id = o.call_id AND c.hangup_at = o.hangup_at AND c.hangup_at >= %(low)s AND c.hangup_at < %(high)s"
+    " AND o.hangup_at >= %(low)s AND o.hangup_at < %(high)s AND c.source = %(source)s" + _RETURNING + _GONE
+)
 
 
 # cdr_keys takes the batch's calls: new ones, and the node's own (a new
-# hangup time is written, an unchanged one rewritten so that RETURNING names
-# it); a call another node stored is left as it is, and the DELETE takes it
-# out of the batch.  The ON CONFLICT waits for a concurrent transaction that
-# inserted the same call, then sees its owner.
+# account and hangup time are written, unchanged ones rewritten so that
+# RETURNING names them; cdr_keys is distributed by call_id, so its account_id
+# may change); a call another node stored is left as it is, and the DELETE
+# takes it out of the batch.  The ON CONFLICT waits for a concurrent
+# transaction that inserted the same call, then sees its owner.
 CLAIM_KEYS = (
-    "WITH claimed AS (INSERT INTO cdr_keys (call_id, hangup_at, source)"
-    " SELECT s.call_id, " + STAGED_HANGUP_AT + ", %(source)s FROM _staged AS s ORDER BY s.call_id"
-    " ON CONFLICT (call_id) DO UPDATE SET hangup_at = EXCLUDED.hangup_at"
+    "WITH claimed AS (INSERT INTO cdr_keys (call_id, account_id, hangup_at, source)"
+    " SELECT s.call_id, " + STAGED_ACCOUNT + ", " + STAGED_HANGUP_AT + ", %(source)s FROM _staged AS s"
+    " ORDER BY s.call_id"
+    " ON CONFLICT (call_id) DO UPDATE SET account_id = EXCLUDED.account_id, hangup_at = EXCLUDED.hangup_at"
     " WHERE cdr_keys.source = EXCLUDED.source RETURNING call_id)"
     " DELETE FROM _staged AS s WHERE NOT EXISTS (SELECT 1 FROM claimed AS c WHERE c.call_id = s.call_id)"
     " RETURNING s.seq, s.call_id"
@@ -196,6 +230,8 @@ class PgStore:
             "CREATE TEMPORARY TABLE IF NOT EXISTS _staged (%s, _hangup_us bigint NOT NULL)"
             " ON COMMIT DELETE ROWS" % staged
         )
+        conn.execute(pgrollups.GONE_TABLE)
+        conn.execute(OLD_TABLE)
         conn.commit()
 
     @classmethod
@@ -333,26 +369,51 @@ class PgStore:
                 for item in refused:
                     reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line, item.reason)
                 rejected += self._stage(cur, node, db_id, rows)
-                moved = self._delete_moved(cur, node)
+                replaced, moved, months = self._find_old(cur, node)
                 taken = self._claim_keys(cur, node, db_id, rows)
                 if taken:
                     rejected += len(taken)
                     rows = [r for r in rows if r.seq not in taken]
                 stored = 0
                 if rows:
-                    try:
-                        with conn.transaction():
-                            cur.execute(self._insert_all, {"source": node})
-                            stored = cur.rowcount
-                    except ROW_ERRORS:
-                        stored, bad = self._one_by_one(cur, node, db_id, rows)
-                        rejected += bad
+                    stored, bad = self._write(cur, node, db_id, rows, months)
+                    rejected += bad
+                    # Last: the roll-up cells stay locked the shortest.
+                    pgrollups.apply_batch(cur, deleted=replaced > 0)
                 cur.execute(
                     "UPDATE collector_nodes SET after = %s, db_id = %s, rows = rows + %s,"
                     " last_pull_at = now(), last_error = NULL WHERE node = %s",
                     (new_after, db_id, stored, node),
                 )
         return BatchResult(stored, moved, rejected, new_after, tuple(created))
+
+    def _find_old(self, cur: psycopg.Cursor, node: str) -> tuple[int, int, list[dt.datetime]]:
+        """The node's stored versions of the staged calls into _old: how
+        many, how many live elsewhere (moved), the months they live in."""
+        replaced = cur.execute(FIND_OLD, (node,)).rowcount
+        if not replaced:
+            return 0, 0, []
+        # Its size known, the planner probes cdrs' key once per old row
+        # (1 ms per row without: bench/collect.py).
+        cur.execute("ANALYZE _old")
+        moved, months = cur.execute(OLD_MONTHS).fetchone()
+        return replaced, moved, months
+
+    def _write(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord],
+               months: Sequence[dt.datetime]) -> tuple[int, int]:
+        """Delete the stored versions (by month: one partition each) and
+        insert the staged rows; on a refused value, row by row.  Returns
+        (stored, rejected)."""
+        try:
+            with self.conn.transaction():
+                for month in sorted(months):
+                    start = month.date()
+                    cur.execute(DELETE_OLD_MONTH, {"low": dt.datetime(start.year, start.month, 1, tzinfo=UTC),
+                                                   "high": _month_end(start), "source": node})
+                cur.execute(self._insert_all, {"source": node})
+                return cur.rowcount, 0
+        except ROW_ERRORS:
+            return self._one_by_one(cur, node, db_id, rows)
 
     def _claim_keys(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> set[int]:
         """Take the batch's calls in cdr_keys; those another node stored go
@@ -403,41 +464,36 @@ class PgStore:
                        record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return rejected
 
-    def _delete_moved(self, cur: psycopg.Cursor, node: str) -> int:
-        # The node's own rows stored under another hangup time live in
-        # another partition: the upsert below would not see them.  Rare (a
-        # written-off leg replaced by its real record), so one DELETE per
-        # row is fine.  Another node's rows are never touched.
-        cur.execute(
-            "SELECT k.call_id, k.hangup_at, k.source FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
-            " WHERE k.source = %s AND k.hangup_at <> " + STAGED_HANGUP_AT, (node,)
-        )
-        moved = cur.fetchall()
-        if moved:
-            cur.executemany("DELETE FROM cdrs WHERE call_id = %s AND hangup_at = %s AND source = %s", moved)
-        return len(moved)
-
-    def _one_by_one(
-        self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]
-    ) -> tuple[int, int]:
-        """A value PostgreSQL refuses (a string in an integer column, a NUL in a
-        text) made the COPY or the INSERT fail with a DataError: the batch is
-        then stored one row at a time under savepoints and each refused record
-        is stored whole in ``collector_rejects`` with the error.  Returns
-        (stored, rejected)."""
+    def _one_by_one(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> tuple[int, int]:
+        """Each row with its old version's delete under its own savepoint: a
+        row PostgreSQL refuses leaves its stored version (and cdr_keys' entry
+        for it) as they were, and leaves _staged (the roll-ups count _staged)."""
+        old = {row[0]: row for row in cur.execute("SELECT call_id, account_id, hangup_at FROM _old").fetchall()}
         stored = rejected = 0
         for record in rows:
+            previous = old.get(record.call_id)
             try:
                 with self.conn.transaction():
+                    if previous is not None:
+                        cur.execute(DELETE_OLD, (previous[1], previous[0], previous[2], node))
                     cur.execute(self._insert_one, {"source": node, "seq": record.seq})
                     stored += cur.rowcount
             except ROW_ERRORS as exc:
                 rejected += 1
-                cur.execute("DELETE FROM cdr_keys WHERE call_id = %s AND source = %s AND NOT EXISTS"
-                            " (SELECT 1 FROM cdrs WHERE call_id = %s)", (record.call_id, node, record.call_id))
+                cur.execute("DELETE FROM _staged WHERE seq = %s", (record.seq,))
+                if previous is None:
+                    cur.execute("DELETE FROM cdr_keys WHERE call_id = %s AND source = %s", (record.call_id, node))
+                else:
+                    cur.execute("UPDATE cdr_keys SET account_id = %s, hangup_at = %s WHERE call_id = %s AND source = %s",
+                                (previous[1], previous[2], record.call_id, node))
                 reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
                        record.line.decode("utf-8", "replace"), REASON_REFUSED)
         return stored, rejected
+
+
+def _month_end(month: dt.date) -> dt.datetime:
+    end = next_month(month)
+    return dt.datetime(end.year, end.month, 1, tzinfo=UTC)
 
 
 def reject(cur: psycopg.Cursor, node: str, db_id: str | None, seq: int | None, call_id: str | None,

@@ -395,7 +395,8 @@ def test_collector_killed_mid_batch_stores_each_row_once(media, collector, pg_ds
     # (after the batch's COPY), while the batches before it commit.
     middle = rows[len(rows) // 2]["call_id"]
     with psycopg.connect(pg_dsn) as blocker:
-        blocker.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, now(), 'blocker')", (middle,))
+        blocker.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, '', now(), 'blocker')",
+                        (middle,))
         process = collector({"fs-a": node.url})
         process.port()
         wait_for(lambda: pg_rows(
@@ -533,7 +534,8 @@ def test_sigterm_finishes_the_batch_being_committed(media, collector, pg_dsn):
         pgschema.migrate(conn)
     middle = rows[len(rows) // 2]["call_id"]
     with psycopg.connect(pg_dsn) as blocker:
-        blocker.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, now(), 'blocker')", (middle,))
+        blocker.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, '', now(), 'blocker')",
+                        (middle,))
         process = collector({"fs-a": node.url})
         process.port()
         wait_for(lambda: pg_rows(

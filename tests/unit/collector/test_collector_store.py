@@ -203,7 +203,7 @@ def test_docs_psql_examples_run(pg, tmp_path):
             body = "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("--")).strip()
             if body:
                 statements.append(body)
-    assert len(statements) == 4
+    assert len(statements) == 5
     now = int(dt.datetime.now(UTC).timestamp()) + G
     # Both legs in the current hour (so also this month): a minute earlier
     # fell into the previous hour when the test ran at hh:00.
@@ -216,6 +216,7 @@ def test_docs_psql_examples_run(pg, tmp_path):
         pg.conn.commit()
     assert results[0][0][2] == 2  # two legs in the last hour of fs1
     assert [r[2] for r in results[1]] == [50.0]  # one of two inbound legs answered
+    assert [r[1:] for r in results[4]] == [(2, 50.0)]  # the same from the roll-ups
 
 
 def test_the_feed_names_its_newest_seq(tmp_path):
@@ -296,7 +297,8 @@ def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg
         other.execute("INSERT INTO collector_nodes (node, url) VALUES ('fs2', 'x')")
         other.commit()
         # fs2's transaction has taken the call and not committed yet
-        other.execute("INSERT INTO cdr_keys (call_id, hangup_at, source) VALUES (%s, now(), 'fs2')", (item.call_id,))
+        other.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, 'a', now(), 'fs2')",
+                      (item.call_id,))
         done = []
         worker = threading.Thread(target=lambda: done.append(pg.store_batch("fs1", "db-1", 0, [item])), daemon=True)
         worker.start()
