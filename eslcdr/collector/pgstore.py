@@ -12,6 +12,7 @@ and insert the new ones -- never an UPDATE of ``account_id``.  A value
 PostgreSQL refuses makes that step go one row at a time under savepoints;
 every record not stored is kept whole in ``collector_rejects`` with one of
 ``REASONS``: nothing lost, nothing blocking the node.
+Why this module is long: the steps of that one transaction read best together.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from eslcdr.collector import pgrollups, pgschema
 from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgstore import FeedRecord, PgStore
-from eslcdr.query import queries, stats
+from eslcdr.query import params, sql, stats
 from eslcdr.store import db as store
 
 from tests.unit.api.test_api import G, leg
@@ -164,9 +164,9 @@ def test_read_rollups_gives_the_node_s_kpis(pg, tmp_path):
                            channel_name="loopback/x-a" if n % 11 == 0 else "sofia/internal/1000@example.com"))
     node = store.connect_writer(tmp_path / "node.db")
     store.insert_records(node, records)
-    sql, args = queries.feed_sql(queries.FeedQuery(0, None))
+    statement, args = sql.feed_sql(params.FeedQuery(0, None))
     lines, previous = [], 0
-    for row in node.execute(sql, args):
+    for row in node.execute(statement, args):
         lines.append(parse_record(row[0].encode(), previous))
         previous = lines[-1].seq
     # a first version of some rows, then the node's (a replacement each)
