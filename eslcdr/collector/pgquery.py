@@ -6,7 +6,7 @@ then ``source``; the interaction start is ``store.schema.interaction_start`` wri
 PostgreSQL; filters compare values as SQLite's do (a JSON boolean is ``1``/``0`` as text, an
 INTEGER column only equals a number).  Rows of every node are in one table: a CDR listing is
 ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's (timestamp, seq)
-starts at the first node of that pair.  Invariants: every statement is scoped by
+starts at the first node of that pair (with its source: at that node's row).  Invariants: every statement is scoped by
 ``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
 """
 
@@ -86,7 +86,9 @@ def _filter_sql(flt: Filter) -> tuple[str, list[Any]]:
     if flt.op in ("has_value", "value_missing"):
         return "COALESCE(%s, '') %s ''" % (text, "!=" if flt.op == "has_value" else "="), list(text_args)
     value = flt.value or ""
-    if path is None and (name in INTEGER_COLUMNS or name in _REAL_COLUMNS):
+    if "\x00" in value:  # PostgreSQL text never holds a NUL: equal to nothing
+        equal, eq_args = "false", []
+    elif path is None and (name in INTEGER_COLUMNS or name in _REAL_COLUMNS):
         number = _as_number(value, name in INTEGER_COLUMNS)
         if number is None:
             equal, eq_args = "false", []
@@ -123,7 +125,8 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
     rows (default: page_size + 1; None with no page size: every row)."""
     interactions = query.kind == KIND_INTERACTIONS
     key = START if interactions else _HANGUP
-    tie = "c.interaction_id" if interactions else "c.seq"
+    # Text in byte order, as SQLite compares it (not the database's collation).
+    tie = 'c.interaction_id COLLATE "C"' if interactions else "c.seq"
     clauses, args = account_scope(query.account_id, query.owner_id)
     low, high = query.created_from, query.created_to
     op = ">=" if query.ascending else "<="
@@ -133,8 +136,11 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
             clauses.append("(%s, %s) %s (%%s, %%s)" % (key, tie, op))
             args += [position[0], position[1]]
         else:
-            clauses.append("(%s, %s, c.source) %s (%%s, %%s, %%s)" % (key, tie, op))
+            clauses.append('(%s, %s, c.source COLLATE "C") %s (%%s, %%s, %%s)' % (key, tie, op))
             args += list(position)
+    elif query.cursor is not None and query.cursor.source is not None and not interactions:
+        clauses.append('(%s, %s, c.source COLLATE "C") %s (%%s, %%s, %%s)' % (key, tie, op))
+        args += [query.cursor.key, query.cursor.seq, query.cursor.source]
     elif query.cursor is not None:
         clauses.append("(%s, %s) %s (%%s, %%s)" % (key, tie, op))
         args += [query.cursor.key, query.cursor.seq]
@@ -151,10 +157,11 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
         clauses.append(
             "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id = c.interaction_id"
             " AND o.account_id = c.account_id%s"
-            " AND (COALESCE(o.created_us, 0), o.seq, o.source) < (COALESCE(c.created_us, 0), c.seq, c.source))"
+            " AND (COALESCE(o.created_us, 0), o.seq, o.source COLLATE \"C\")"
+            " < (COALESCE(c.created_us, 0), c.seq, c.source COLLATE \"C\"))"
             % (" AND o.owner_id = c.owner_id" if query.owner_id is not None else ""))
     order = "ASC" if query.ascending else "DESC"
-    third = "" if interactions else ", c.source %s" % order
+    third = "" if interactions else ', c.source COLLATE "C" %s' % order
     sql = "SELECT %s, %s, %s, c.source FROM cdrs AS c WHERE %s ORDER BY %s %s, %s %s%s" % (
         _SOURCE_SELECT, key, tie, " AND ".join(clauses), key, order, tie, order, third)
     if limit is None and query.page_size is not None:
@@ -180,5 +187,5 @@ def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
         " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.interaction_id = %%s"
         " OR c.interaction_id = (SELECT iid FROM target)"
         " OR c.call_id = (SELECT call_id FROM target WHERE iid IS NULL))"
-        " ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source" % RECORD_SELECT,
+        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % RECORD_SELECT,
         [account_id, leg_id, leg_id, account_id, leg_id])

@@ -22,7 +22,7 @@ import structlog
 
 from ..api.core import ApiError
 from ..query.kazoo import SOURCE_COLUMNS, record_sql
-from ..query.params import FeedQuery, ListQuery
+from ..query.params import KIND_INTERACTIONS, FeedQuery, ListQuery, NodeSeq
 from ..query.pool import HeavyLane, is_heavy
 from ..query.reader import DatastoreError, StatementTimeout
 from ..query.stats import StatsQuery, WorstQuery
@@ -39,6 +39,12 @@ _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _FAX = COLUMN_NAMES.index("fax_success")
 _MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join('"%s" %s' % (name, sqltype.split()[0]) for name, sqltype, _ in COLUMNS)
 _MEMORY_INSERT = "INSERT INTO cdrs VALUES (%s)" % ", ".join("?" * len(COLUMN_NAMES))
+
+
+def unmatchable(*texts: str | None) -> bool:
+    """Whether a value holds a NUL: PostgreSQL text never does, so no row matches
+    (and PostgreSQL would refuse the parameter)."""
+    return any(text is not None and "\x00" in text for text in texts)
 
 
 def not_served(route: str) -> ApiError:
@@ -169,9 +175,21 @@ class PgReadSide:
             return self.pg.fetch(*sql_args)
 
     def list_page(self, query: ListQuery) -> list[Sequence[Any]]:
+        if unmatchable(query.account_id, query.owner_id):
+            return []
         rows = self._fetch(pgquery.list_sql(query), is_heavy(query))
-        # The node's listing row: its values and keyset position (source dropped).
-        return [_list_row(row[:-1]) for row in rows]
+        # The node's listing rows: values and keyset position, source dropped --
+        # but where two nodes' rows share (timestamp, seq), the later one's
+        # position names its node (a cursor there starts at that row).
+        out = [_list_row(row[:-1]) for row in rows]
+        if query.kind == KIND_INTERACTIONS:
+            return out
+        cursor = query.cursor
+        for i, row in enumerate(rows):
+            if (row[-3:-1] == rows[i - 1][-3:-1] if i else
+                    cursor is not None and cursor.source is not None and tuple(row[-3:-1]) == (cursor.key, cursor.seq)):
+                out[i][-1] = NodeSeq(row[-2], row[-1])
+        return out
 
     def list_rows(self, query: ListQuery) -> PgBatches:
         def chunk(after: Sequence[Any] | None) -> list[Any]:
@@ -180,7 +198,7 @@ class PgReadSide:
         def batch(rows: list[Any]) -> list[Any]:  # the node's rows: source dropped
             return [_list_row(row[:-1]) for row in rows[:CHUNK]]
 
-        first = chunk(None)
+        first = [] if unmatchable(query.account_id, query.owner_id) else chunk(None)
 
         def following(previous: list[Any]) -> list[Any]:
             nonlocal first
@@ -195,11 +213,11 @@ class PgReadSide:
         return self.list_rows(query)
 
     def detail(self, account_id: str, cdr_id: str, fmt: str) -> str | None:
-        rows = self._fetch(pgquery.detail_sql(account_id, cdr_id))
+        rows = [] if unmatchable(account_id, cdr_id) else self._fetch(pgquery.detail_sql(account_id, cdr_id))
         return render(rows, fmt)[0] if rows else None
 
     def legs(self, account_id: str, leg_id: str, fmt: str) -> PgBatches:
-        rows = self._fetch(pgquery.legs_sql(account_id, leg_id))
+        rows = [] if unmatchable(account_id, leg_id) else self._fetch(pgquery.legs_sql(account_id, leg_id))
         return PgBatches([(text,) for text in render(rows, fmt)], None)
 
     def stats(self, query: StatsQuery) -> dict[str, Any]:
