@@ -4,6 +4,8 @@ every row exactly once, and a start_key a node would refuse stays refused."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 import webtest
@@ -92,3 +94,24 @@ def test_records_render_as_sqlite_renders_them(tmp_path):
         row["fax_success"] = bool(row["fax_success"])
         assert render([tuple(row[n] for n in COLUMN_NAMES)], fmt) == [want]
     conn.close()
+
+
+def test_a_slow_statement_is_cancelled_and_a_failure_names_no_password(pg_dsn):
+    from eslcdr.collector.config import dsn_secrets, redact_secrets
+    from eslcdr.collector.readside import PgPool
+    from eslcdr.query.reader import DatastoreError, StatementTimeout
+
+    pool = PgPool(pg_dsn, 0.2, 5, 1, redact=lambda text: text)
+    started = time.monotonic()
+    with pytest.raises(StatementTimeout):
+        pool.fetch("SELECT pg_sleep(5)", ())
+    assert time.monotonic() - started < 3
+    assert pool.fetch("SELECT 1", ()) == [(1,)]  # the connection is still good
+    with pytest.raises(DatastoreError):  # read-only: the API never writes
+        pool.fetch("CREATE TABLE x (y int)", ())
+    pool.close()
+    dsn = "postgresql://eslcdr:S3cret-pass@127.0.0.1:1/eslcdr"
+    bad = PgPool(dsn, 1, 1, 1, redact=lambda text: redact_secrets(text, dsn_secrets(dsn)))
+    with pytest.raises(DatastoreError) as failure:
+        bad.fetch("SELECT 1", ())
+    assert "S3cret" not in str(failure.value)
