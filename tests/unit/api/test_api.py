@@ -165,6 +165,11 @@ class CentralEnv(Env):
         if items:
             self.after = self.pg.store_batch("fs1", "db-1", self.after, items).after
 
+    def insert(self, records: list[dict]) -> list[dict]:
+        super().insert(records)
+        self.sync()
+        return records
+
     def get(self, url: str, headers: dict | None = None, status: int | str = 200, **kwargs):
         self.sync()
         return super().get(url, headers, status, **kwargs)
