@@ -36,8 +36,9 @@ START = (
     " ELSE COALESCE(c.interaction_created_us, c.created_us, 0) / 1000000 + %d END" % GREGORIAN_OFFSET
 )
 _HANGUP = col("timestamp")
-# What a full record reads: every column in COLUMN_NAMES order (``render`` makes the record).
-RECORD_SELECT = ", ".join(col(name) for name in COLUMN_NAMES)
+# What a full record reads: every column in COLUMN_NAMES order, then the node
+# it came from (``readside.render`` makes the record).
+RECORD_SELECT = ", ".join(col(name) for name in COLUMN_NAMES + ("source",))
 _SOURCE_SELECT = ", ".join(col(name) for name in SOURCE_COLUMNS)
 
 

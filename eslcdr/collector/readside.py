@@ -5,7 +5,7 @@ node's rows: listings (``pgquery``) come back as the node's listing rows, so the
 implementation of the Kazoo shapes (``query.kazoo``, ``query.list_csv``) renders them; a
 full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
 holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
-writes them): the same text, byte for byte.  Connections: at most ``POOL_SIZE``, read-only,
+writes them): the same text, byte for byte, plus ``source`` (the node) at the end of JSON.  Connections: at most ``POOL_SIZE``, read-only,
 autocommit (each statement its own snapshot), ``statement_timeout`` set on each; a cancelled
 statement is ``StatementTimeout``, any other failure ``DatastoreError`` (password redacted).
 Long reads are keyset chunks, one statement each.  ``stats``/``worst`` answer 501 for now.
@@ -17,6 +17,7 @@ import sqlite3
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import gevent.queue
+import orjson
 import psycopg
 import structlog
 
@@ -37,6 +38,7 @@ CHUNK = 1000  # rows per statement of a streamed listing
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _FAX = COLUMN_NAMES.index("fax_success")
+_WIDTH = len(COLUMN_NAMES)
 _MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join('"%s" %s' % (name, sqltype.split()[0]) for name, sqltype, _ in COLUMNS)
 _MEMORY_INSERT = "INSERT INTO cdrs VALUES (%s)" % ", ".join("?" * len(COLUMN_NAMES))
 
@@ -121,19 +123,27 @@ def _list_row(row: Sequence[Any]) -> list[Any]:
 
 
 def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
-    """Full records (COLUMN_NAMES values) as ``kazoo.record_sql`` renders them on a node."""
+    """Full records (COLUMN_NAMES values, then the source when there is one) as
+    ``kazoo.record_sql`` renders them on a node; a JSON record ends with
+    ``"source"``, its node's ``[node:NAME]`` (CSV: the node's columns only)."""
     memory = sqlite3.connect(":memory:")
     try:
         memory.execute(_MEMORY_TABLE)
+        sources = []
         for row in rows:
-            values = list(row)
+            values = list(row[:_WIDTH])
+            sources.append(row[_WIDTH] if len(row) > _WIDTH else None)
             for index, name in enumerate(COLUMN_NAMES):
                 if name in JSON_COLUMNS and values[index] is not None:
                     values[index] = stored_json(name, values[index])
             if values[_FAX] is not None:
                 values[_FAX] = int(values[_FAX])
             memory.execute(_MEMORY_INSERT, values)
-        return [text for text, in memory.execute("SELECT %s FROM cdrs AS c ORDER BY rowid" % record_sql(fmt))]
+        texts = [text for text, in memory.execute("SELECT %s FROM cdrs AS c ORDER BY rowid" % record_sql(fmt))]
+        if fmt != "json":
+            return texts
+        return [text if source is None else '%s,"source":%s}' % (text[:-1], orjson.dumps(source).decode("utf-8"))
+                for text, source in zip(texts, sources)]
     finally:
         memory.close()
 

@@ -119,6 +119,10 @@ class Env:
         store.insert_records(self.writer, records)
         return records
 
+    def record_keys(self, rec: dict) -> list[str]:
+        """The keys of a full record's JSON here (centrally: then its node, ``source``)."""
+        return record_keys(rec)
+
     def get(self, url: str, headers: dict | None = None, status: int | str = 200, **kwargs):
         return self.web.get(url, headers=A if headers is None else headers, status=status, **kwargs)
 
@@ -169,6 +173,9 @@ class CentralEnv(Env):
         super().insert(records)
         self.sync()
         return records
+
+    def record_keys(self, rec: dict) -> list[str]:
+        return record_keys(rec) + ["source"]
 
     def get(self, url: str, headers: dict | None = None, status: int | str = 200, **kwargs):
         self.sync()
@@ -278,7 +285,8 @@ def test_cdr_detail_has_every_stored_field(env):
     env.insert([leg(NOW_G - 20, fax_success=False)])
     data = env.get("/v2/accounts/%s/cdrs/%s" % (ACC_A, rec["id"])).json["data"]
     # Every field that has a value, in column order; no nulls (Kazoo leaves them out).
-    assert list(data) == record_keys(rec)
+    assert list(data) == env.record_keys(rec)
+    assert data.get("source", "fs1") == "fs1"  # centrally, the [node:NAME] it was pulled from
     for name in COLUMN_NAMES:
         if name != "seq" and rec.get(name) is not None:
             assert data[name] == rec.get(name), name
@@ -301,7 +309,7 @@ def test_legs_by_interaction_or_cdr_id(env):
     for key in (iid, legs[1]["id"], legs[0]["call_id"]):
         body = env.get("/v2/accounts/%s/cdrs/legs/%s" % (ACC_A, key)).json
         assert [r["call_id"] for r in body["data"]] == [legs[0]["call_id"], legs[1]["call_id"]]
-        assert body["page_size"] == 2 and list(body["data"][0]) == record_keys(legs[0])
+        assert body["page_size"] == 2 and list(body["data"][0]) == env.record_keys(legs[0])
     # Account B sees only its own leg of the shared interaction, and nothing by A's ids.
     assert [r["call_id"] for r in env.get("/v2/accounts/%s/cdrs/legs/%s" % (ACC_B, iid), headers=B)
             .json["data"]] == [foreign["call_id"]]
