@@ -270,3 +270,20 @@ def test_central_login_tokeninfo_cors_page_and_the_rest(fleet):
     same_answer(fleet, node, "/v2/accounts/%s/cdrs/%s" % (A, "no-such-cdr"))
     now = int(time.time()) + GREGORIAN_OFFSET
     same_answer(fleet, node, "/v2/accounts/%s/cdrs?created_from=%d&created_to=%d" % (A, now - 10**8, now))
+
+
+def test_a_node_down_its_cdrs_are_still_served_and_channels_name_it(fleet):
+    """Last in this file: it stops fs-b for good."""
+    down = fleet.nodes[1]
+    down_rows = rows_of(down, A)
+    before = json.loads(request(fleet.central, fleet.path("/v2/accounts/%s/cdrs" % A, paginate="false"), TOKEN_A)[2])
+    down.stop()
+    started = time.monotonic()
+    status, _, body = request(fleet.central, "/v2/accounts/%s/channels" % A, TOKEN_A)
+    assert time.monotonic() - started < 10  # channels_timeout is 2 s
+    doc = json.loads(body)
+    assert status == 200 and [u["node"] for u in doc["unreachable_nodes"]] == [down.name], doc
+    assert all(channel["source"] == fleet.nodes[0].name for channel in doc["data"])
+    status, _, body = request(fleet.central, fleet.path("/v2/accounts/%s/cdrs" % A, paginate="false"), TOKEN_A)
+    assert status == 200 and json.loads(body)["data"] == before["data"]
+    assert {r["call_id"] for r in down_rows} <= {r["call_id"] for r in before["data"]}
