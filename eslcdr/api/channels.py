@@ -5,9 +5,9 @@ legs; ``/v2/channels``, every account's and those without one, is the
 collector scope's.  A snapshot of the trackers (``ingest.live``), not a
 read of the store: ``channels(account_id, owner_id)`` is given to
 ``create_app``; centrally it answers the fleet's (a ``collector.fleet``
-answer: its ``fields()`` join the envelope, e.g. ``unreachable_nodes``).  Answers are rendered with orjson: 10,000 live legs take
-12 ms here, 80 ms with the stdlib encoder, and the event readers wait
-meanwhile (one gevent hub).
+answer: its ``fields()`` join the envelope, e.g. ``unreachable_nodes``).
+Answers are rendered with orjson: 10,000 live legs take 12 ms here, 80 ms
+with the stdlib encoder, and the event readers wait meanwhile (one hub).
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ node's rows: listings (``pgquery``) come back as the node's listing rows, so the
 implementation of the Kazoo shapes (``query.kazoo``, ``query.list_csv``) renders them; a
 full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
 holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
-writes them): the same text, byte for byte, plus ``source`` (the node) at the end of JSON.  Connections: at most ``POOL_SIZE``, read-only,
-autocommit (each statement its own snapshot), ``statement_timeout`` set on each; a cancelled
-statement is ``StatementTimeout``, any other failure ``DatastoreError`` (password redacted).
+writes them): the same text, byte for byte, then ``source`` (its node) in JSON.
+Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
+snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
+any other failure ``DatastoreError`` (the DSN's password redacted).
 Long reads are keyset chunks, one statement each.  ``stats``/``worst`` answer 501 for now.
 """
 
@@ -39,7 +40,9 @@ _N_SOURCE = len(SOURCE_COLUMNS)
 _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _FAX = COLUMN_NAMES.index("fax_success")
 _WIDTH = len(COLUMN_NAMES)
-_MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join('"%s" %s' % (name, sqltype.split()[0]) for name, sqltype, _ in COLUMNS)
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+_MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join(
+    '"%s" %s' % (name, sqltype.split()[0]) for name, sqltype, _ in COLUMNS)
 _MEMORY_INSERT = "INSERT INTO cdrs VALUES (%s)" % ", ".join("?" * len(COLUMN_NAMES))
 
 
@@ -92,7 +95,8 @@ class PgPool:
         except psycopg.errors.QueryCanceled:
             raise StatementTimeout("statement ran longer than %.1f s" % self._timeout) from None
         except psycopg.Error as exc:
-            if conn is not None and not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            idle = conn is not None and not conn.closed and conn.info.transaction_status == _IDLE
+            if idle:
                 self._idle.append(conn)
                 conn = None
             raise DatastoreError(self.redact(str(exc).strip())) from None
