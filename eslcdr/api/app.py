@@ -4,8 +4,9 @@ Each resource is its own module (as Kazoo's crossbar has a ``cb_*`` per
 resource): ``cdrs``, ``stats``, ``channels``, ``feed``, ``auth``, ``health``,
 ``ui``; what they share (envelopes, errors, token check, negotiation) is
 ``core``, streamed bodies ``streams``, request ids, CORS and metrics ``wsgi``.
-They read CDRs only through a ``readside.ReadSide``, by default
-``sqlite.SqliteReadSide`` over ``[store] path``.  Every route but the page's
+They read CDRs only through a ``readside.ReadSide``: a node's is
+``sqlite.SqliteReadSide`` over ``[store] path``; ``assemble`` takes any (the
+collector's over PostgreSQL, without the feed).  Every route but the page's
 answers ``OPTIONS`` with a 204 preflight.  ``make_server`` serves the app
 with gevent's WSGIServer (``web.server``).  No module state.
 """
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import bottle
 from prometheus_client import CollectorRegistry
 
-from ..config import Config
+from ..config import ApiConfig, Config
 from ..ingest.live import ChannelsFn, no_channels
 from ..query.reader import GeventRunner, InlineRunner
 from . import ui
@@ -65,29 +66,51 @@ def create_app(
     ``channels(account_id, owner_id)`` lists live legs (the daemon's trackers).
     ``sessions`` holds login sessions (default: ``[api] session_ttl``).
     """
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = Metrics.create(registry)
     if read is None:
         read = SqliteReadSide(config.store.path, config.api.statement_timeout, runner=runner,
                               heavy_slots=config.api.heavy_queries)
+    return assemble(config.api, config.cdr.node_name, read, health=health, registry=registry, tokens=tokens,
+                    clock=clock, acknowledge=acknowledge or direct_ack(config.store.path), channels=channels,
+                    sessions=sessions)
+
+
+def assemble(
+    api: ApiConfig,
+    node: str,
+    read: ReadSide,
+    *,
+    health: HealthFn | None = None,
+    registry: CollectorRegistry | None = None,
+    tokens: TokenStore | None = None,
+    clock: Callable[[], float] = time.time,
+    acknowledge: AckFn | None = None,
+    channels: ChannelsFn | None = None,
+    sessions: SessionStore | None = None,
+) -> CdrApi:
+    """The API of ``api``'s settings over ``read``, answering as ``node``:
+    ``create_app``'s for a node, ``eslcdr collect``'s over PostgreSQL.
+    Without ``acknowledge`` there is no collector feed (``/v2/feed/cdrs``: 404)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics.create(registry)
     core = Core(
-        config.api,
-        config.cdr.node_name,
-        tokens if tokens is not None else TokenStore(config.api.tokens_file),
-        sessions if sessions is not None else SessionStore(config.api.session_ttl),
+        api,
+        node,
+        tokens if tokens is not None else TokenStore(api.tokens_file),
+        sessions if sessions is not None else SessionStore(api.session_ttl),
         clock,
         metrics.rows,
     )
-    resources = (
+    resources = [
         # Before Cdrs: Bottle tries dynamic routes in definition order, and
         # cdrs/<cdr_id> would take cdrs/stats and cdrs/worst.
         Stats(core, read),
         Cdrs(core, read),
         Channels(core, channels or no_channels),
-        Feed(core, read, acknowledge or direct_ack(config.store.path)),
         Auth(core),
         Health(core, health or (lambda: {"status": "ok"}), registry),
-    )
+    ]
+    if acknowledge is not None:
+        resources.append(Feed(core, read, acknowledge))
     app = bottle.Bottle(catchall=True)
     app.default_error_handler = core.bottle_error
     for resource in resources:
@@ -96,7 +119,7 @@ def create_app(
             # Browsers preflight cross-origin requests; Bottle's 405 would block them.
             app.route(rule, "OPTIONS", preflight(method))
     ui.add_routes(app)
-    return CdrApi(app, read, core, metrics, config.api.cors_origins, NO_CORS_PATHS)
+    return CdrApi(app, read, core, metrics, api.cors_origins, NO_CORS_PATHS)
 
 
 def make_server(app: Callable, host: str, port: int, **kwargs: Any) -> "WSGIServer":

@@ -4,9 +4,10 @@
 legs; ``/v2/channels``, every account's and those without one, is the
 collector scope's.  A snapshot of the trackers (``ingest.live``), not a
 read of the store: ``channels(account_id, owner_id)`` is given to
-``create_app``.  Answers are rendered with orjson: 10,000 live legs take
-12 ms here, 80 ms with the stdlib encoder, and the event readers wait
-meanwhile (one gevent hub).
+``create_app``; centrally it answers the fleet's (a ``collector.fleet``
+answer: its ``fields()`` join the envelope, e.g. ``unreachable_nodes``).
+Answers are rendered with orjson: 10,000 live legs take 12 ms here, 80 ms
+with the stdlib encoder, and the event readers wait meanwhile (one hub).
 """
 
 from __future__ import annotations
@@ -42,4 +43,8 @@ class Channels:
         else:
             core.authorize(account_id)
         found = self.channels_fn(account_id, user_id)
-        return core.envelope(orjson.dumps(found).decode("utf-8"), {"page_size": len(found)})
+        if isinstance(found, list):
+            fields: dict[str, Any] = {"page_size": len(found)}
+        else:  # a fleet's answer: its channels and its own fields (unreachable nodes)
+            fields, found = found.fields(), list(found.channels)
+        return core.envelope(orjson.dumps(found).decode("utf-8"), fields)

@@ -38,6 +38,7 @@ from ..config import (
     non_negative,
     parsed,
     read_config_file,
+    text,
     section_values,
 )
 from ..web.redact import REDACTED
@@ -72,6 +73,7 @@ class CollectorConfig:
     dsn: str
     host: str
     port: int
+    tokens_file: str
     poll_interval: float
     batch_size: int
     timeout: float
@@ -178,7 +180,11 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "collector": {
         "dsn": Setting("postgresql:///eslcdr", pg_dsn, help=(
             "PostgreSQL URL (libpq); keep a password out of this file: ESLCDR_COLLECTOR_DSN.")),
-        "listen": Setting("127.0.0.1:8090", host_port, help="/health and /metrics of the collector."),
+        "listen": Setting("127.0.0.1:8090", host_port, help=(
+            "The central API (the Kazoo CDR routes of every node's rows, /ui), /health and /metrics.")),
+        "tokens_file": Setting("/etc/eslcdr/collector-tokens", text, help=(
+            "Tokens of the central API, as [api] tokens_file of eslcdr run: TOKEN ACCOUNT_ID or\n"
+            "sha256:HEX ACCOUNT_ID per line ('*' reads every account); `eslcdr token add --tokens-file`.")),
         "poll_interval": Setting("1", float, at_least(0.01), help=(
             "Seconds between pulls of a node that had nothing new (at least 0.01).")),
         "batch_size": Setting("5000", int, at_least(1), help=(

@@ -4,8 +4,9 @@ Start: read the config, connect to PostgreSQL and migrate (an unreachable
 server is a one-line error and exit 1: systemd restarts the unit), create
 the partitions ahead of need, start one supervised greenlet per node, a
 housekeeping greenlet (partitions for the coming months, checked hourly),
-and the HTTP server for ``/health`` and ``/metrics`` (the daemon's hardened
-server, bounded by the ``[collector]`` limits); then tell systemd
+and the HTTP server (the daemon's hardened server, bounded by the
+``[collector]`` limits): the central API over PostgreSQL (``readside``, the
+fleet's live channels), ``/health`` and ``/metrics``; then tell systemd
 ``READY=1`` (and ``WATCHDOG=1`` every ``WATCHDOG_USEC/2``).
 
 Stop (SIGTERM/SIGINT only set an event): stop the HTTP server, interrupt
@@ -17,23 +18,28 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
 import gevent
 import gevent.event
-import orjson
 import psycopg
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
+from ..api.app import assemble
+from ..api.wsgi import CdrApi
+from ..config import DEFAULTS, SERVER_LIMIT_SETTINGS, SETTINGS, ApiConfig, parsed
 from ..service.notify import Notifier
 from ..web.server import make_server
 from ..supervise import spawn_supervised
 from . import pgschema
 from .config import CollectorConfig
+from .fleet import ask_fleet
+from .readside import PgReadSide
 from .worker import NodeWorker
 
 if TYPE_CHECKING:
@@ -99,25 +105,24 @@ class _AccessLog:
         pass
 
 
-def make_app(health: Callable[[], dict], registry: CollectorRegistry):
-    """``/health`` (JSON, 503 unless every node is fine) and ``/metrics``."""
+def api_settings(config: CollectorConfig) -> ApiConfig:
+    """The central API's settings: ``[api]``'s defaults of ``eslcdr run``, with the
+    collector's listen address, server limits and ``tokens_file``."""
+    values = {key: value for key, value in parsed(SETTINGS["api"], DEFAULTS["api"], "api").items()
+              if key != "listen" and key not in SERVER_LIMIT_SETTINGS}
+    return ApiConfig(host=config.host, port=config.port, limits=config.limits,
+                     **{**values, "tokens_file": config.tokens_file})
 
-    def app(environ, start_response):
-        path = environ.get("PATH_INFO", "").rstrip("/") or "/"
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            status, ctype, body = "405 Method Not Allowed", "application/json", b'{"status":"error","error":"405"}'
-        elif path == "/health":
-            info = health()
-            status = "200 OK" if info["status"] == "ok" else "503 Service Unavailable"
-            ctype, body = "application/json", orjson.dumps(info)
-        elif path == "/metrics":
-            status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(registry)
-        else:
-            status, ctype, body = "404 Not Found", "application/json", b'{"status":"error","error":"404"}'
-        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
-        return [body]
 
-    return app
+def make_app(config: CollectorConfig, health: Callable[[], dict], registry: CollectorRegistry) -> CdrApi:
+    """The central API over PostgreSQL (the Kazoo routes of a node, no feed), its
+    live channels the fleet's (``fleet.ask_fleet``), ``/health`` (503 unless every
+    node is fine) and ``/metrics``."""
+    api = api_settings(config)
+    read = PgReadSide(config.dsn, api.statement_timeout, heavy_slots=api.heavy_queries,
+                      connect_timeout=config.timeout, redact=config.redact)
+    return assemble(api, socket.gethostname(), read, health=health, registry=registry,
+                    channels=lambda account_id, user_id: ask_fleet(config, account_id, user_id))
 
 
 # ------------------------------------------------------------------ the process
@@ -133,6 +138,7 @@ class Collector:
         self._greenlets: dict[str, gevent.Greenlet] = {}
         self._connect = connect
         self.http: WSGIServer | None = None  # server.make_server's: the limits of [collector]
+        self.app: CdrApi | None = None
         self.started_at = time.time()
 
     def start(self) -> None:
@@ -148,7 +154,8 @@ class Collector:
         self._spawn("partitions", self._partitions)
         registry = CollectorRegistry()
         registry.register(CollectorMetrics(self))
-        self.http = make_server(make_app(self.health, registry), cfg.host, cfg.port, limits=cfg.limits,
+        self.app = make_app(cfg, self.health, registry)
+        self.http = make_server(self.app, cfg.host, cfg.port, limits=cfg.limits,
                                 log=_AccessLog(), error_log=_AccessLog())
         self.http.start()
         log.info("collect_started", version=__version__, nodes=[n.name for n in cfg.nodes],
@@ -236,5 +243,7 @@ class Collector:
                 greenlet.kill(block=True, timeout=2)
         for worker in self.workers.values():
             worker.close()
+        if self.app is not None:
+            self.app.close()
         log.info("collect_shutdown_done", rows_stored=sum(w.rows_stored for w in self.workers.values()))
         self.notifier.close()

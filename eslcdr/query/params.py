@@ -8,9 +8,9 @@ filter names a ``cdrs`` column or a dot path into a JSON column (``custom_channe
 kept as a *bound* JSON path parameter: no client text is ever spliced into SQL.
 
 Cursors (``start_key`` / ``next_start_key``) name a listing's unique keyset position --
-``(timestamp, seq)`` for CDR lists, ``(start, interaction_id)`` for interaction lists -- plus the
-first page's effective time range, so "the last 31 days" does not slide under a client that
-pages slowly.  They are opaque urlsafe base64 of a small JSON array, validated like any input;
+``(timestamp, seq)`` for CDR lists (centrally, and only on a tie, the seq's node too),
+``(start, interaction_id)`` for interaction lists -- plus the first page's effective time
+range, so "the last 31 days" does not slide under a client that pages slowly.  They are opaque urlsafe base64 of a small JSON array, validated like any input;
 ``cursor_for(query, row)`` is the cursor that starts a page at ``row`` (inclusive).
 """
 
@@ -45,6 +45,7 @@ FEED_MAX_LIMIT = 10000
 GREGORIAN_SECONDS = "an integer (Gregorian seconds)"  # the unit a time bound's error names
 SECONDS = "an integer (seconds)"
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+_SOURCE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a collector's [node:NAME]
 _MODB_CALL_ID = re.compile(r"\d{6}-(.+)", re.DOTALL)
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -91,6 +92,17 @@ class Cursor:
     seq: int | str  # seq (CDR lists) or interaction id (interaction lists): unique with the key
     created_from: int
     created_to: int
+    # Central CDR lists only: the node of ``seq`` (seqs are per node), when
+    # another node's row has the same (key, seq) just before this one.
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSeq:
+    """A central CDR listing row's tie (its last value) when (key, seq) alone is ambiguous."""
+
+    seq: int
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +202,8 @@ def encode_cursor(cursor: Cursor) -> str:
     version = _INTERACTION_CURSOR_VERSION if cursor.kind == KIND_INTERACTIONS else _CURSOR_VERSION
     payload = [version, _KIND_CODES[cursor.kind], cursor.key, cursor.seq,
                cursor.created_from, cursor.created_to]
+    if cursor.source is not None:
+        payload.append(cursor.source)
     raw = json.dumps(payload, separators=(",", ":")).encode("ascii")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -205,6 +219,11 @@ def decode_cursor(text: str, kind: str, max_range: int) -> Cursor:
         raise invalid from None
     interactions = kind == KIND_INTERACTIONS
     version = _INTERACTION_CURSOR_VERSION if interactions else _CURSOR_VERSION
+    source = None
+    if isinstance(payload, list) and len(payload) == 7 and not interactions:
+        source = payload.pop()
+        if not (type(source) is str and _SOURCE.fullmatch(source)):
+            raise invalid
     if not (isinstance(payload, list) and len(payload) == 6 and payload[0] == version
             and payload[1] == _KIND_CODES[kind]
             and all(type(v) is int for v in payload[4:])):
@@ -219,12 +238,15 @@ def decode_cursor(text: str, kind: str, max_range: int) -> Cursor:
     if not (key_ok and 0 <= created_from <= created_to <= MAX_GREGORIAN
             and created_to - created_from <= max_range and seq_ok):
         raise invalid
-    return Cursor(kind, key, seq, created_from, created_to)
+    return Cursor(kind, key, seq, created_from, created_to, source)
 
 
 def cursor_for(query: ListQuery, row: Sequence[Any]) -> Cursor:
     """The cursor that starts a page at ``row`` (a list_sql row: its keyset position last)."""
-    return Cursor(query.kind, row[-2], row[-1], query.created_from, query.created_to)
+    tie = row[-1]
+    if type(tie) is NodeSeq:
+        return Cursor(query.kind, row[-2], tie.seq, query.created_from, query.created_to, tie.source)
+    return Cursor(query.kind, row[-2], tie, query.created_from, query.created_to)
 
 
 def check_range(created_from: int, created_to: int, max_range: int) -> None:

@@ -3,7 +3,8 @@
 kazoo-sdk (``kazoo.Client``: api_auth login, re-login on 401, its own error
 classes) and PyKazoo (``PyKazooClient``: api_auth, ``RestRequest`` raising
 ValueError / PermissionError) talk HTTP to a real daemon subprocess that
-ingests generated calls from the FreeSWITCH stand-in over the Event Socket.
+ingests generated calls from the FreeSWITCH stand-in over the Event Socket;
+the tests taking ``server`` also to ``eslcdr collect`` over the same rows.
 Neither library is patched: what they do is what users of them get.
 """
 
@@ -75,6 +76,31 @@ def daemon(tmp_path_factory):
         assert secret not in log  # keys never logged (session tokens: see the tests below)
 
 
+@pytest.fixture(scope="module", params=["node", "central"])
+def server(request, daemon, tmp_path_factory):
+    """The daemon's API, and (issue 17.1) ``eslcdr collect``'s central API over
+    the same rows pulled into a real PostgreSQL: (base URL, the node's folder)."""
+    if request.param == "node":
+        yield daemon
+        return
+    from tests.conftest import fresh_database
+    from tests.e2e.test_collect_e2e import CollectorProcess, pg_rows, wait_for
+
+    base, tmp = daemon
+    root = tmp_path_factory.mktemp("kazoo-central")
+    (root / "tokens").write_text((tmp / "tokens").read_text())
+    want = {r[0] for r in rows(tmp, "SELECT call_id FROM cdrs")}
+    with fresh_database(request.getfixturevalue("pg_server")) as dsn:
+        process = CollectorProcess(root, dsn, {"fs-test": (base[: -len("/v2")], COLLECTOR_KEY)},
+                                   extra="tokens_file = %s" % (root / "tokens"))
+        try:
+            port = process.port()
+            wait_for(lambda: {r["call_id"] for r in pg_rows(dsn)} == want, what="the central copy")
+            yield "http://127.0.0.1:%d/v2" % port, tmp
+        finally:
+            assert process.stop() == 0
+
+
 def rows(tmp, sql, *args):
     conn = sqlite3.connect("file:%s?mode=ro" % (tmp / "cdrs.db"), uri=True)
     try:
@@ -83,8 +109,8 @@ def rows(tmp, sql, *args):
         conn.close()
 
 
-def test_kazoo_sdk_login_list_paging_detail_legs(daemon):
-    base, tmp = daemon
+def test_kazoo_sdk_login_list_paging_detail_legs(server):
+    base, tmp = server
     stored = rows(tmp, "SELECT id FROM cdrs WHERE account_id = ? ORDER BY timestamp DESC, seq DESC", ACCOUNT)
     assert len(stored) >= 20
     client = CdrClient(api_key=KEY, base_url=base)
@@ -126,8 +152,8 @@ def test_kazoo_sdk_login_list_paging_detail_legs(daemon):
         assert "authorizing_id" not in leg or isinstance(leg["authorizing_id"], str)
 
 
-def test_kazoo_sdk_user_cdrs_and_filters(daemon):
-    base, tmp = daemon
+def test_kazoo_sdk_user_cdrs_and_filters(server):
+    base, tmp = server
     client = CdrClient(api_key=KEY, base_url=base)
     client.authenticate()
     owner, count = rows(tmp, "SELECT owner_id, count(*) FROM cdrs WHERE account_id = ? AND owner_id != ''"
@@ -147,8 +173,8 @@ def test_kazoo_sdk_user_cdrs_and_filters(daemon):
     assert by_ccv and {r["owner_id"] for r in by_ccv} == {owner}
 
 
-def test_kazoo_sdk_errors_are_its_own_exceptions(daemon):
-    base, _ = daemon
+def test_kazoo_sdk_errors_are_its_own_exceptions(server):
+    base, _ = server
     client = CdrClient(api_key=KEY, base_url=base)
     client.authenticate()
     with pytest.raises(KazooApiError):  # 404
@@ -217,8 +243,8 @@ def test_pykazoo_login_list_detail_errors_and_relogin(daemon):
                                                                    ACCOUNT))
 
 
-def test_pykazoo_cdrs_api_reads_the_logged_in_account(daemon):
-    base, tmp = daemon
+def test_pykazoo_cdrs_api_reads_the_logged_in_account(server):
+    base, tmp = server
     client = PyKazooClient(base)
     client.authentication.api_auth(KEY)
     answer = client.cdrs.get_cdrs({"paginate": "false"})  # GET /v2/cdrs: no account in the path

@@ -26,14 +26,8 @@ from eslcdr.api.tokens import TokenStore
 
 from tests import kazoo_shapes
 from tests.unit.api.test_api import A, ACC_A, ACC_B, COLLECTOR, NOW, NOW_G, TOKENS, Env, interaction_id, leg
+from tests.unit.api.test_api import CENTRAL_TOO, env  # noqa: F401 (a fixture: a node's API, or the central one)
 from tests.e2e.test_hostile_e2e import start_daemon  # noqa: F401 (a fixture)
-
-
-@pytest.fixture
-def env(tmp_path):
-    environment = Env(tmp_path)
-    yield environment
-    environment.close()
 
 
 def login(web, key, status=201, headers=None):
@@ -52,6 +46,7 @@ def assert_kazoo_error(response, status: int, message: str) -> dict:
 # ------------------------------------------------------------------ login
 
 
+@CENTRAL_TOO
 def test_api_auth_answers_a_session_token_for_the_keys_account(env):
     rec = env.insert([leg(NOW_G - 5)])[0]
     response = login(env.web, "token-a", headers={"X-Request-ID": "login-1"})
@@ -184,6 +179,7 @@ def test_tokens_never_reach_the_logs(env, capsys):
 
 PREFLIGHT = {"Origin": "https://ui.example.net", "Access-Control-Request-Method": "GET",
              "Access-Control-Request-Headers": "x-auth-token, content-type"}
+@CENTRAL_TOO
 def test_account_less_cdr_paths_are_the_tokens_account(env):
     mine = env.insert([leg(NOW_G - 5)])[0]
     theirs = env.insert([leg(NOW_G - 6, account=ACC_B)])[0]
@@ -220,6 +216,7 @@ def test_cors_preflight_on_every_route(env, url):
     assert "Access-Control-Allow-Credentials" not in headers
 
 
+@CENTRAL_TOO
 def test_cross_origin_get_and_errors_carry_the_origin_header(env):
     env.insert([leg(NOW_G - 5)])
     origin = {"Origin": "https://ui.example.net"}
@@ -321,6 +318,7 @@ def test_bad_cors_config_is_a_config_error(tmp_path):
 # -------------------------------------------------------------------- CSV
 
 
+@CENTRAL_TOO
 def test_csv_content_type_accept_and_header(env):
     rec = env.insert([leg(NOW_G - 5, caller_id_name="Smith, John")])[0]
     url = "/v2/accounts/%s/cdrs" % ACC_A

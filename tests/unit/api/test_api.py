@@ -119,6 +119,10 @@ class Env:
         store.insert_records(self.writer, records)
         return records
 
+    def record_keys(self, rec: dict) -> list[str]:
+        """The keys of a full record's JSON here (centrally: then its node, ``source``)."""
+        return record_keys(rec)
+
     def get(self, url: str, headers: dict | None = None, status: int | str = 200, **kwargs):
         return self.web.get(url, headers=A if headers is None else headers, status=status, **kwargs)
 
@@ -127,11 +131,76 @@ class Env:
         self.writer.close()
 
 
+class CentralEnv(Env):
+    """The same database's rows in the collector's PostgreSQL (pulled through
+    the real feed and ``PgStore``) and the central API over them (issue 17.1):
+    a test written for a node's ``env`` runs unchanged against ``eslcdr collect``."""
+
+    def __init__(self, root: Path, dsn: str, **api_settings: str) -> None:
+        import psycopg
+
+        from eslcdr.collector import pgschema
+        from eslcdr.collector.pgstore import PgStore
+        from eslcdr.collector.readside import PgReadSide
+
+        super().__init__(root, **api_settings)
+        self.node_app = self.app
+        conn = psycopg.connect(dsn)
+        pgschema.migrate(conn)
+        self.pg = PgStore(conn)
+        self.pg.node_state("fs1", "http://127.0.0.1:1")
+        self.after = 0
+        cfg = self.config.api
+        self.app = api.assemble(cfg, "central", PgReadSide(dsn, cfg.statement_timeout, heavy_slots=cfg.heavy_queries),
+                                health=lambda: self.health, registry=CollectorRegistry(),
+                                tokens=TokenStore(cfg.tokens_file), clock=lambda: NOW)
+        self.web = webtest.TestApp(self.app)
+
+    def sync(self) -> None:
+        """Pull what the node's feed holds after the last pull into PostgreSQL."""
+        from eslcdr.collector.feed import parse_record
+        from eslcdr.query.params import FeedQuery
+        from eslcdr.query.sql import feed_sql
+
+        items, previous = [], self.after
+        for text, _seq in self.writer.execute(*feed_sql(FeedQuery(self.after, None))).fetchall():
+            items.append(parse_record(text.encode(), previous))
+            previous = items[-1].seq
+        if items:
+            self.after = self.pg.store_batch("fs1", "db-1", self.after, items).after
+
+    def insert(self, records: list[dict]) -> list[dict]:
+        super().insert(records)
+        self.sync()
+        return records
+
+    def record_keys(self, rec: dict) -> list[str]:
+        return record_keys(rec) + ["source"]
+
+    def get(self, url: str, headers: dict | None = None, status: int | str = 200, **kwargs):
+        self.sync()
+        return super().get(url, headers, status, **kwargs)
+
+    def close(self) -> None:
+        super().close()
+        self.node_app.close()
+        self.pg.close()
+
+
 @pytest.fixture
-def env(tmp_path):
-    environment = Env(tmp_path)
+def env(request, tmp_path):
+    """A node's API (SQLite); with ``CENTRAL_TOO``, also the collector's (PostgreSQL)."""
+    if getattr(request, "param", "node") == "central":
+        environment = CentralEnv(tmp_path, request.getfixturevalue("pg_dsn"))
+    else:
+        environment = Env(tmp_path)
     yield environment
     environment.close()
+
+
+# A test run against a node and against the central API over the same rows.
+CENTRAL_TOO = pytest.mark.parametrize("env", ["node", pytest.param("central", marks=pytest.mark.postgres)],
+                                      indirect=True)
 
 
 def ids(response) -> list[str]:
@@ -154,6 +223,7 @@ def assert_error(response, status: int, message: str | None = None) -> dict:
 # ------------------------------------------------------------------ shapes
 
 
+@CENTRAL_TOO
 def test_list_envelope_and_row_shape(env):
     records = env.insert([leg(NOW_G - 100 * i, caller_id_name=HARD_NAMES[i % len(HARD_NAMES)])
                           for i in range(5)])
@@ -183,6 +253,7 @@ def test_list_envelope_and_row_shape(env):
     assert other.json["request_id"] == other.headers["X-Request-ID"] != "bad id\x7f"
 
 
+@CENTRAL_TOO
 def test_interaction_listing(env):
     first_start = NOW_G - 1000
     iid = interaction_id(first_start)
@@ -200,6 +271,7 @@ def test_interaction_listing(env):
         (lone["call_id"], "origination"), (b_leg["call_id"], "termination")]
 
 
+@CENTRAL_TOO
 def test_user_listing_is_the_users_legs(env):
     mine = env.insert([leg(NOW_G - 10, owner="user-7"), leg(NOW_G - 20, owner="user-7")])
     env.insert([leg(NOW_G - 15, owner="user-8"), leg(NOW_G - 5, owner="user-7", account=ACC_B)])
@@ -207,12 +279,14 @@ def test_user_listing_is_the_users_legs(env):
     assert ids(response) == [r["id"] for r in mine]
 
 
+@CENTRAL_TOO
 def test_cdr_detail_has_every_stored_field(env):
     rec = env.insert([leg(NOW_G - 10, fax_success=True, fax_result_code=0, caller_id_name=HARD_NAMES[0])])[0]
     env.insert([leg(NOW_G - 20, fax_success=False)])
     data = env.get("/v2/accounts/%s/cdrs/%s" % (ACC_A, rec["id"])).json["data"]
     # Every field that has a value, in column order; no nulls (Kazoo leaves them out).
-    assert list(data) == record_keys(rec)
+    assert list(data) == env.record_keys(rec)
+    assert data.get("source", "fs1") == "fs1"  # centrally, the [node:NAME] it was pulled from
     for name in COLUMN_NAMES:
         if name != "seq" and rec.get(name) is not None:
             assert data[name] == rec.get(name), name
@@ -225,6 +299,7 @@ def test_cdr_detail_has_every_stored_field(env):
     assert_error(env.get("/v2/accounts/%s/cdrs/202601-nope" % ACC_A, status=404), 404)
 
 
+@CENTRAL_TOO
 def test_legs_by_interaction_or_cdr_id(env):
     iid = interaction_id(NOW_G - 900)
     legs = env.insert([leg(NOW_G - 100, interaction=iid, created_g=NOW_G - 900),
@@ -234,7 +309,7 @@ def test_legs_by_interaction_or_cdr_id(env):
     for key in (iid, legs[1]["id"], legs[0]["call_id"]):
         body = env.get("/v2/accounts/%s/cdrs/legs/%s" % (ACC_A, key)).json
         assert [r["call_id"] for r in body["data"]] == [legs[0]["call_id"], legs[1]["call_id"]]
-        assert body["page_size"] == 2 and list(body["data"][0]) == record_keys(legs[0])
+        assert body["page_size"] == 2 and list(body["data"][0]) == env.record_keys(legs[0])
     # Account B sees only its own leg of the shared interaction, and nothing by A's ids.
     assert [r["call_id"] for r in env.get("/v2/accounts/%s/cdrs/legs/%s" % (ACC_B, iid), headers=B)
             .json["data"]] == [foreign["call_id"]]
@@ -251,6 +326,7 @@ def record_keys(rec: dict) -> list[str]:
             if n in ("seq", "channel_created_time") or rec.get(n) is not None]
 
 
+@CENTRAL_TOO
 def test_time_range_defaults_bounds_and_order(env):
     inside = env.insert([leg(NOW_G), leg(NOW_G - 2682000), leg(NOW_G - 1000)])
     env.insert([leg(NOW_G - 2682001), leg(NOW_G + 1)])  # just outside the default range
@@ -261,6 +337,7 @@ def test_time_range_defaults_bounds_and_order(env):
     assert ids(exact) == [inside[2]["id"]]  # both bounds inclusive
 
 
+@CENTRAL_TOO
 def test_pages_chain_with_next_start_key(env):
     records = env.insert([leg(NOW_G - 10 * (i // 3)) for i in range(23)])  # ties on timestamp
     seen, url = [], "/v2/accounts/%s/cdrs?page_size=5" % ACC_A
@@ -280,12 +357,14 @@ def env_ts(env: Env, cdr_id: str) -> int:
     return env.writer.execute("SELECT timestamp FROM cdrs WHERE id = ?", (cdr_id,)).fetchone()[0]
 
 
+@CENTRAL_TOO
 def test_paginate_false_streams_everything(env):
     env.insert([leg(NOW_G - i) for i in range(130)])
     body = env.get("/v2/accounts/%s/cdrs?paginate=false&page_size=3" % ACC_A).json
     assert body["page_size"] == 130 and len(body["data"]) == 130 and "next_start_key" not in body
 
 
+@CENTRAL_TOO
 def test_utc_offset_shifts_only_datetime(env):
     rec = env.insert([leg(NOW_G - 60)])[0]
     start = rec["timestamp"] - rec["duration_seconds"] - G
@@ -296,6 +375,7 @@ def test_utc_offset_shifts_only_datetime(env):
         k: v for k, v in plain.items() if k != "datetime"}
 
 
+@CENTRAL_TOO
 def test_filters_over_http(env):
     a = env.insert([leg(NOW_G - 10, hangup_cause="USER_BUSY",
                         custom_channel_vars={"owner_id": "u1", "media_recordings": ["r1.mp3", "r2.mp3"]})])[0]
@@ -340,6 +420,7 @@ def cell(value) -> str:
     ("/cdrs/interaction", kazoo_shapes.INTERACTION_COLUMNS, "list"),
     ("/users/user-1/cdrs", kazoo_shapes.LIST_COLUMNS, "list"),
 ])
+@CENTRAL_TOO
 def test_csv_parses_back_to_the_json_values(env, path, columns, kind):
     records = [leg(NOW_G - 7 * i, caller_id_name=name, callee_id_name=name[::-1], hangup_cause=name or None,
                    custom_channel_vars={"media_recordings": [name, "x,y"], "rate_name": name,
@@ -358,6 +439,7 @@ def test_csv_parses_back_to_the_json_values(env, path, columns, kind):
     assert raw.count(b"\r\n") >= len(as_json) + 1 and raw.startswith(b'"ID",')
 
 
+@CENTRAL_TOO
 def test_csv_of_detail_and_legs(env):
     iid = interaction_id(NOW_G - 300)
     legs = env.insert([leg(NOW_G - 100, interaction=iid, created_g=NOW_G - 300, caller_id_name=HARD_NAMES[1],
@@ -389,6 +471,7 @@ def test_csv_file_name(env):
 # ---------------------------------------------------------- auth, tenancy
 
 
+@CENTRAL_TOO
 def test_tokens_and_scopes(env):
     rec = env.insert([leg(NOW_G - 5)])[0]
     url = "/v2/accounts/%s/cdrs" % ACC_A
@@ -474,6 +557,7 @@ INJECTIONS = ["' OR '1'='1", "1; DROP TABLE cdrs; --", "\") OR 1=1 --", "%' UNIO
 
 
 @pytest.mark.parametrize("text", INJECTIONS)
+@CENTRAL_TOO
 def test_sql_looking_input_everywhere(env, text):
     a = env.insert([leg(NOW_G - 1)])[0]
     env.insert([leg(NOW_G - 2, account=ACC_B)])

@@ -1,0 +1,192 @@
+"""SQL of the central read side: the node's listings (``query.sql``) spelled for PostgreSQL.
+
+Same rows, same order, same meaning as ``query.sql`` on a node: listing rows are
+``kazoo.SOURCE_COLUMNS``, the keyset position (timestamp, seq / start, interaction id),
+then ``source``; the interaction start is ``store.schema.interaction_start`` written in
+PostgreSQL; filters compare values as SQLite's do (a JSON boolean is ``1``/``0`` as text, an
+INTEGER column only equals a number).  Rows of every node are in one table: a CDR listing is
+ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's (timestamp, seq)
+starts at the first node of that pair (with its source: at that node's row).  Invariants: every statement is scoped by
+``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from ..ingest.legs import GREGORIAN_OFFSET
+from ..query.kazoo import SOURCE_COLUMNS
+from ..query.params import KIND_INTERACTIONS, Filter, ListQuery
+from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, COLUMNS
+
+_REAL_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("REAL"))
+_PATH_SEGMENT = re.compile(r'"([^"]*)"')
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def col(name: str, alias: str = "c") -> str:
+    return '%s."%s"' % (alias, name)
+
+
+# The interaction start (store.schema.INTERACTION_START): a Kazoo-shaped id's
+# time prefix, else the earliest leg's creation, in Gregorian seconds.
+START = (
+    "CASE WHEN c.interaction_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(c.interaction_id, 1, 11)::bigint"
+    " ELSE COALESCE(c.interaction_created_us, c.created_us, 0) / 1000000 + %d END" % GREGORIAN_OFFSET
+)
+_HANGUP = col("timestamp")
+# What a full record reads: every column in COLUMN_NAMES order, then the node
+# it came from (``readside.render`` makes the record).
+RECORD_SELECT = ", ".join(col(name) for name in COLUMN_NAMES + ("source",))
+_SOURCE_SELECT = ", ".join(col(name) for name in SOURCE_COLUMNS)
+
+
+def account_scope(account_id: str, owner_id: str | None) -> tuple[list[str], list[Any]]:
+    clauses, args = ["c.account_id = %s"], [account_id]
+    if owner_id is not None:
+        clauses.append("c.owner_id = %s")
+        args.append(owner_id)
+    return clauses, args
+
+
+def _as_number(value: str | None, integer: bool) -> int | float | None:
+    """A filter value as SQLite's numeric affinity reads it (None: matches no number)."""
+    text = (value or "").strip()
+    lowered = text.lower()
+    if integer and lowered in ("true", "false"):
+        return 1 if lowered == "true" else 0
+    if not _NUMBER.fullmatch(text):
+        return None
+    number = float(text)
+    if integer:
+        return int(number) if number.is_integer() and abs(number) < 2**63 else None
+    return number
+
+
+def _filter_sql(flt: Filter) -> tuple[str, list[Any]]:
+    name = flt.field.column
+    column = col(name)
+    path = flt.field.json_path
+    if path is not None:
+        segments = _PATH_SEGMENT.findall(path)
+        node, node_args = "(%s #> %%s::text[])" % column, [segments]
+        # SQLite's json_extract as text: a JSON boolean is 1 / 0, a string its text.
+        text = ("(CASE jsonb_typeof(%s) WHEN 'boolean' THEN (%s)::boolean::int::text"
+                " ELSE %s #>> %%s::text[] END)" % (node, node, column))
+        text_args = node_args + node_args + [segments]
+        missing, missing_args = "%s #>> %%s::text[] IS NULL" % column, [segments]
+    else:
+        node, node_args = column, []
+        text = ("(%s)::int::text" % column) if name == "fax_success" else "(%s)::text" % column
+        text_args = []
+        missing, missing_args = "%s IS NULL" % column, []
+    if flt.op in ("has_key", "key_missing"):
+        present = "%s IS NOT NULL" % node
+        return (present if flt.op == "has_key" else "NOT (%s)" % present), list(node_args)
+    if flt.op in ("has_value", "value_missing"):
+        return "COALESCE(%s, '') %s ''" % (text, "!=" if flt.op == "has_value" else "="), list(text_args)
+    value = flt.value or ""
+    if "\x00" in value:  # PostgreSQL text never holds a NUL: equal to nothing
+        equal, eq_args = "false", []
+    elif path is None and (name in INTEGER_COLUMNS or name in _REAL_COLUMNS):
+        number = _as_number(value, name in INTEGER_COLUMNS)
+        if number is None:
+            equal, eq_args = "false", []
+        elif name == "fax_success":
+            equal, eq_args = "(%s)::int = %%s" % column, [number]
+        else:
+            equal, eq_args = "%s = %%s" % column, [number]
+    elif path is None:
+        equal, eq_args = "%s = %%s" % column, [value]
+    elif value.lower() in ("true", "false"):
+        equal = "(jsonb_typeof(%s) = 'boolean' AND %s #>> %%s::text[] = %%s OR %s = %%s)" % (node, column, text)
+        eq_args = node_args + [segments, value.lower()] + text_args + [value]
+    else:
+        equal, eq_args = "%s = %%s" % text, text_args + [value]
+    if flt.op == "eq":
+        return equal, eq_args
+    return "(%s OR NOT COALESCE(%s, false))" % (missing, equal), missing_args + eq_args
+
+
+def _where_filters(filters: Sequence[Filter]) -> tuple[list[str], list[Any]]:
+    clauses, args = [], []
+    for flt in filters:
+        sql, flt_args = _filter_sql(flt)
+        clauses.append(sql)
+        args.extend(flt_args)
+    return clauses, args
+
+
+def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | None = None) -> tuple[str, list[Any]]:
+    """A CDR or interaction listing: rows of SOURCE_COLUMNS, key, tie, source.
+
+    From ``query.cursor`` on (inclusive), or from the row whose (key, tie,
+    source) is ``after`` on (inclusive: a stream's next chunk); at most ``limit``
+    rows (default: page_size + 1; None with no page size: every row)."""
+    interactions = query.kind == KIND_INTERACTIONS
+    key = START if interactions else _HANGUP
+    # Text in byte order, as SQLite compares it (not the database's collation).
+    tie = 'c.interaction_id COLLATE "C"' if interactions else "c.seq"
+    clauses, args = account_scope(query.account_id, query.owner_id)
+    low, high = query.created_from, query.created_to
+    op = ">=" if query.ascending else "<="
+    if after is not None:
+        position = after if interactions else tuple(after)
+        if interactions:
+            clauses.append("(%s, %s) %s (%%s, %%s)" % (key, tie, op))
+            args += [position[0], position[1]]
+        else:
+            clauses.append('(%s, %s, c.source COLLATE "C") %s (%%s, %%s, %%s)' % (key, tie, op))
+            args += list(position)
+    elif query.cursor is not None and query.cursor.source is not None and not interactions:
+        clauses.append('(%s, %s, c.source COLLATE "C") %s (%%s, %%s, %%s)' % (key, tie, op))
+        args += [query.cursor.key, query.cursor.seq, query.cursor.source]
+    elif query.cursor is not None:
+        clauses.append("(%s, %s) %s (%%s, %%s)" % (key, tie, op))
+        args += [query.cursor.key, query.cursor.seq]
+    clauses.append("%s BETWEEN %%s AND %%s" % key)
+    args += [low, high]
+    if interactions:
+        clauses.append("c.interaction_id IS NOT NULL")
+    filter_clauses, filter_args = _where_filters(query.filters)
+    clauses += filter_clauses
+    args += filter_args
+    if interactions:
+        # The interaction's first leg (in the account; of the user on a
+        # user's listing): earliest creation, then seq, then node.
+        clauses.append(
+            "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id = c.interaction_id"
+            " AND o.account_id = c.account_id%s"
+            " AND (COALESCE(o.created_us, 0), o.seq, o.source COLLATE \"C\")"
+            " < (COALESCE(c.created_us, 0), c.seq, c.source COLLATE \"C\"))"
+            % (" AND o.owner_id = c.owner_id" if query.owner_id is not None else ""))
+    order = "ASC" if query.ascending else "DESC"
+    third = "" if interactions else ', c.source COLLATE "C" %s' % order
+    sql = "SELECT %s, %s, %s, c.source FROM cdrs AS c WHERE %s ORDER BY %s %s, %s %s%s" % (
+        _SOURCE_SELECT, key, tie, " AND ".join(clauses), key, order, tie, order, third)
+    if limit is None and query.page_size is not None:
+        limit = query.page_size + 1
+    if limit is not None:
+        sql += " LIMIT %s"
+        args.append(limit)
+    return sql, args
+
+
+def detail_sql(account_id: str, cdr_id: str) -> tuple[str, list[Any]]:
+    """One row's columns (RECORD_SELECT) by CDR id, else by call id."""
+    return ("SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.id = %%s OR c.call_id = %%s)"
+            " ORDER BY c.id = %%s DESC LIMIT 1" % RECORD_SELECT, [account_id, cdr_id, cdr_id, cdr_id])
+
+
+def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
+    """Every leg of the interaction named by an interaction, CDR or call id
+    (RECORD_SELECT), in creation order (no creation first, as SQLite sorts NULL)."""
+    return (
+        "WITH target AS (SELECT interaction_id AS iid, call_id FROM cdrs"
+        " WHERE account_id = %%s AND (id = %%s OR call_id = %%s) LIMIT 1)"
+        " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.interaction_id = %%s"
+        " OR c.interaction_id = (SELECT iid FROM target)"
+        " OR c.call_id = (SELECT call_id FROM target WHERE iid IS NULL))"
+        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % RECORD_SELECT,
+        [account_id, leg_id, leg_id, account_id, leg_id])

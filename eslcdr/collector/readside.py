@@ -1,0 +1,263 @@
+"""The central read side: ``api.readside.ReadSide`` over the collector's PostgreSQL.
+
+``PgReadSide`` answers what ``api.sqlite.SqliteReadSide`` answers on a node, for every
+node's rows: listings (``pgquery``) come back as the node's listing rows, so the API's one
+implementation of the Kazoo shapes (``query.kazoo``, ``query.list_csv``) renders them; a
+full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
+holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
+writes them): the same text, byte for byte, then ``source`` (its node) in JSON.
+Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
+snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
+any other failure ``DatastoreError`` (the DSN's password redacted).
+Long reads are keyset chunks, one statement each.  ``stats``/``worst`` answer 501 for now.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+import gevent.queue
+import orjson
+import psycopg
+import structlog
+
+from ..api.core import ApiError
+from ..query.kazoo import SOURCE_COLUMNS, record_sql
+from ..query.params import KIND_INTERACTIONS, FeedQuery, ListQuery, NodeSeq
+from ..query.pool import HeavyLane, is_heavy
+from ..query.reader import DatastoreError, StatementTimeout
+from ..query.stats import StatsQuery, WorstQuery
+from ..store.db import record_row
+from ..store.schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS, RECORD_COLUMNS
+from . import pgquery
+
+log = structlog.get_logger(__name__)
+
+POOL_SIZE = 8  # PostgreSQL connections of the API at most
+CHUNK = 1000  # rows per statement of a streamed listing
+_N_SOURCE = len(SOURCE_COLUMNS)
+_CCV = SOURCE_COLUMNS.index("custom_channel_vars")
+_FAX = COLUMN_NAMES.index("fax_success")
+_WIDTH = len(COLUMN_NAMES)
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+_MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join(
+    '"%s" %s' % (name, sqltype.split()[0]) for name, sqltype, _ in COLUMNS)
+_MEMORY_INSERT = "INSERT INTO cdrs VALUES (%s)" % ", ".join("?" * len(COLUMN_NAMES))
+
+
+def unmatchable(*texts: str | None) -> bool:
+    """Whether a value holds a NUL: PostgreSQL text never does, so no row matches
+    (and PostgreSQL would refuse the parameter)."""
+    return any(text is not None and "\x00" in text for text in texts)
+
+
+def not_served(route: str) -> ApiError:
+    return ApiError(501, "not_implemented", {"message": "%s is not served by the collector yet" % route})
+
+
+def stored_json(name: str, value: Any) -> Any:
+    """A JSON column's value as the node's SQLite file holds it (``record_row``'s text)."""
+    return record_row({name: value})[RECORD_COLUMNS.index(name)]
+
+
+class PgPool:
+    """At most ``size`` connections, opened on demand; a waiter gets one
+    within ``timeout`` seconds or a StatementTimeout."""
+
+    def __init__(self, dsn: str, statement_timeout: float, connect_timeout: float, size: int,
+                 redact: Callable[[str], str]) -> None:
+        self._dsn = dsn
+        self._options = "-c statement_timeout=%d -c default_transaction_read_only=on" % int(statement_timeout * 1000)
+        self._connect_timeout = max(1, int(connect_timeout))
+        self._timeout = statement_timeout
+        self._idle: list[psycopg.Connection] = []
+        self._slots = gevent.queue.Queue(size)
+        for _ in range(size):
+            self._slots.put(None)
+        self.redact = redact
+        self._closed = False
+
+    def _open(self) -> psycopg.Connection:
+        return psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
+                               options=self._options, application_name="eslcdr-collect-api")
+
+    def fetch(self, sql: str, args: Sequence[Any]) -> list[tuple]:
+        """Every row of one statement (bounded by its LIMIT or its account's rows)."""
+        try:
+            self._slots.get(timeout=self._timeout)
+        except gevent.queue.Empty:
+            raise StatementTimeout("no PostgreSQL connection free within %.1f s" % self._timeout) from None
+        conn = None
+        try:
+            conn = self._idle.pop() if self._idle else self._open()
+            rows = conn.execute(sql, args).fetchall()
+        except psycopg.errors.QueryCanceled:
+            raise StatementTimeout("statement ran longer than %.1f s" % self._timeout) from None
+        except psycopg.Error as exc:
+            idle = conn is not None and not conn.closed and conn.info.transaction_status == _IDLE
+            if idle:
+                self._idle.append(conn)
+                conn = None
+            raise DatastoreError(self.redact(str(exc).strip())) from None
+        else:
+            if not self._closed:
+                self._idle.append(conn)
+                conn = None
+            return rows
+        finally:
+            if conn is not None:
+                conn.close()
+            self._slots.put(None)
+
+    def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _list_row(row: Sequence[Any]) -> list[Any]:
+    """A listing row as the node's: the JSON column as its stored text."""
+    values = list(row)
+    ccv = values[_CCV]
+    if ccv is not None:
+        values[_CCV] = stored_json("custom_channel_vars", ccv)
+    return values
+
+
+def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
+    """Full records (COLUMN_NAMES values, then the source when there is one) as
+    ``kazoo.record_sql`` renders them on a node; a JSON record ends with
+    ``"source"``, its node's ``[node:NAME]`` (CSV: the node's columns only)."""
+    memory = sqlite3.connect(":memory:")
+    try:
+        memory.execute(_MEMORY_TABLE)
+        sources = []
+        for row in rows:
+            values = list(row[:_WIDTH])
+            sources.append(row[_WIDTH] if len(row) > _WIDTH else None)
+            for index, name in enumerate(COLUMN_NAMES):
+                if name in JSON_COLUMNS and values[index] is not None:
+                    values[index] = stored_json(name, values[index])
+            if values[_FAX] is not None:
+                values[_FAX] = int(values[_FAX])
+            memory.execute(_MEMORY_INSERT, values)
+        texts = [text for text, in memory.execute("SELECT %s FROM cdrs AS c ORDER BY rowid" % record_sql(fmt))]
+        if fmt != "json":
+            return texts
+        return [text if source is None else '%s,"source":%s}' % (text[:-1], orjson.dumps(source).decode("utf-8"))
+                for text, source in zip(texts, sources)]
+    finally:
+        memory.close()
+
+
+class PgBatches:
+    """Rows in batches, each the rows of one short statement (``next_chunk``)."""
+
+    def __init__(self, first: list[Any], next_chunk: Callable[[list[Any]], list[Any]] | None) -> None:
+        self._first = first
+        self._next = next_chunk
+        self._closed = False
+
+    @property
+    def empty(self) -> bool:
+        return not self._first
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        rows, self._first = self._first, []
+        while rows and not self._closed:
+            yield rows
+            rows = self._next(rows) if self._next is not None else []
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class PgReadSide:
+    """``ReadSide`` over the collector's ``cdrs`` (every node's rows)."""
+
+    def __init__(self, dsn: str, statement_timeout: float, *, heavy_slots: int, connect_timeout: float = 10.0,
+                 redact: Callable[[str], str] = lambda text: text, pool_size: int = POOL_SIZE) -> None:
+        self.pg = PgPool(dsn, statement_timeout, connect_timeout, pool_size, redact)
+        self.heavy = HeavyLane(heavy_slots, statement_timeout)
+
+    def _fetch(self, sql_args: tuple[str, list[Any]], heavy: bool = False) -> list[tuple]:
+        if not heavy:
+            return self.pg.fetch(*sql_args)
+        with self.heavy.slot():
+            return self.pg.fetch(*sql_args)
+
+    def list_page(self, query: ListQuery) -> list[Sequence[Any]]:
+        if unmatchable(query.account_id, query.owner_id):
+            return []
+        rows = self._fetch(pgquery.list_sql(query), is_heavy(query))
+        # The node's listing rows: values and keyset position, source dropped --
+        # but where two nodes' rows share (timestamp, seq), the later one's
+        # position names its node (a cursor there starts at that row).
+        out = [_list_row(row[:-1]) for row in rows]
+        if query.kind == KIND_INTERACTIONS:
+            return out
+        cursor = query.cursor
+        for i, row in enumerate(rows):
+            if (row[-3:-1] == rows[i - 1][-3:-1] if i else
+                    cursor is not None and cursor.source is not None and tuple(row[-3:-1]) == (cursor.key, cursor.seq)):
+                out[i][-1] = NodeSeq(row[-2], row[-1])
+        return out
+
+    def list_rows(self, query: ListQuery) -> PgBatches:
+        def chunk(after: Sequence[Any] | None) -> list[Any]:
+            return self._fetch(pgquery.list_sql(query, after, CHUNK + 1), is_heavy(query))
+
+        def batch(rows: list[Any]) -> list[Any]:  # the node's rows: source dropped
+            return [_list_row(row[:-1]) for row in rows[:CHUNK]]
+
+        first = [] if unmatchable(query.account_id, query.owner_id) else chunk(None)
+
+        def following(previous: list[Any]) -> list[Any]:
+            nonlocal first
+            if len(first) <= CHUNK:
+                return []
+            first = chunk(first[CHUNK][_N_SOURCE:])
+            return batch(first)
+
+        return PgBatches(batch(first), following)
+
+    def list_export(self, query: ListQuery) -> PgBatches:
+        return self.list_rows(query)
+
+    def detail(self, account_id: str, cdr_id: str, fmt: str) -> str | None:
+        rows = [] if unmatchable(account_id, cdr_id) else self._fetch(pgquery.detail_sql(account_id, cdr_id))
+        return render(rows, fmt)[0] if rows else None
+
+    def legs(self, account_id: str, leg_id: str, fmt: str) -> PgBatches:
+        rows = [] if unmatchable(account_id, leg_id) else self._fetch(pgquery.legs_sql(account_id, leg_id))
+        return PgBatches([(text,) for text in render(rows, fmt)], None)
+
+    def stats(self, query: StatsQuery) -> dict[str, Any]:
+        raise not_served("cdrs/stats")
+
+    def worst(self, query: WorstQuery) -> list[Sequence[Any]]:
+        raise not_served("cdrs/worst")
+
+    def feed_page(self, query: FeedQuery) -> list[Sequence[Any]]:
+        raise not_served("the feed")
+
+    def feed_rows(self, query: FeedQuery) -> PgBatches:
+        raise not_served("the feed")
+
+    def db_id(self) -> str:
+        raise not_served("the feed")
+
+    def last_seq(self) -> int:
+        raise not_served("the feed")
+
+    def heavy_slot(self) -> ContextManager[None]:
+        return self.heavy.slot()
+
+    def pacer(self) -> Callable[[], None]:
+        return self.heavy.pacer()
+
+    def close(self) -> None:
+        self.pg.close()
+

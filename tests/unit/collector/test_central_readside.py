@@ -1,0 +1,117 @@
+"""The central read side over rows of several nodes (real PostgreSQL): seqs are
+per node, so two nodes' rows may share (timestamp, seq); paging must still give
+every row exactly once, and a start_key a node would refuse stays refused."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+import webtest
+from prometheus_client import CollectorRegistry
+
+from eslcdr.api import app as api
+from eslcdr.api.tokens import TokenStore
+from eslcdr.collector import pgschema
+from eslcdr.collector.pgstore import PgStore
+from eslcdr.collector.readside import PgReadSide, render
+from eslcdr.config import from_mapping
+from eslcdr.query.params import KIND_CDRS, Cursor, decode_cursor, encode_cursor
+
+from tests.unit.api.test_api import A, ACC_A, NOW, NOW_G, TOKENS, leg
+from tests.unit.collector.test_collector_store import feed_items
+
+
+@pytest.fixture
+def central(tmp_path, pg_dsn):
+    conn = psycopg.connect(pg_dsn)
+    pgschema.migrate(conn)
+    store = PgStore(conn)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join("%s %s\n" % item for item in TOKENS.items()))
+    cfg = from_mapping({"api": {"tokens_file": str(tokens)}}).api
+    app = api.assemble(cfg, "central", PgReadSide(pg_dsn, cfg.statement_timeout, heavy_slots=1),
+                       registry=CollectorRegistry(), tokens=TokenStore(tokens), clock=lambda: NOW)
+    yield store, webtest.TestApp(app)
+    app.close()
+    store.close()
+
+
+def test_rows_of_two_nodes_with_the_same_timestamp_and_seq_page_exactly_once(central, tmp_path):
+    store, web = central
+    stored = []
+    for node in ("fs-a", "fs-b", "fs-c"):
+        # Every node's file starts at seq 1: (timestamp, seq) repeats across nodes.
+        records = [leg(NOW_G - 100) for _ in range(3)] + [leg(NOW_G - 200 - i) for i in range(2)]
+        store.node_state(node, "http://127.0.0.1:1")
+        store.store_batch(node, "db-" + node, 0, feed_items(tmp_path, records))
+        stored += [r["id"] for r in records]
+    for ascending in ("false", "true"):
+        for size in (1, 2, 4):
+            seen, url = [], "/v2/accounts/%s/cdrs?page_size=%d&ascending=%s" % (ACC_A, size, ascending)
+            while url:
+                assert len(seen) <= len(stored), "rows repeated: %r" % seen
+                body = web.get(url, headers=A).json
+                seen += [row["id"] for row in body["data"]]
+                key = body.get("next_start_key")
+                url = key and "/v2/accounts/%s/cdrs?page_size=%d&ascending=%s&start_key=%s" % (
+                    ACC_A, size, ascending, key)
+                # A page's own start_key gives the same page again.
+                again = web.get("/v2/accounts/%s/cdrs?page_size=%d&ascending=%s&start_key=%s" % (
+                    ACC_A, size, ascending, body["start_key"]), headers=A).json
+                assert again["data"] == body["data"]
+            assert sorted(seen) == sorted(stored), (ascending, size)
+
+
+def test_a_cursor_names_its_node_only_when_it_must():
+    plain = Cursor(KIND_CDRS, 5, 7, 0, 10)
+    tied = Cursor(KIND_CDRS, 5, 7, 0, 10, "fs-b")
+    assert decode_cursor(encode_cursor(plain), KIND_CDRS, 100) == plain
+    assert decode_cursor(encode_cursor(tied), KIND_CDRS, 100) == tied
+    assert len(encode_cursor(plain)) < len(encode_cursor(tied))
+
+
+def test_records_render_as_sqlite_renders_them(tmp_path):
+    """``render`` of PostgreSQL's values == the node's record_sql text, also for
+    JSON values whose key order jsonb changes, floats and a fax boolean."""
+    from eslcdr.query.sql import detail_sql
+    from eslcdr.store import db as node_store
+    from eslcdr.store.schema import COLUMN_NAMES, JSON_COLUMNS
+
+    record = leg(NOW_G - 5, fax_success=1, audio_in_mos=4.38, audio_in_jitter_max_variance=0.1 + 0.2,
+                 custom_channel_vars={"zz": 1, "a": {"yy": [1.5, "x", {"b": 2, "aa": None}], "c": True}, "mm": "é"})
+    conn = node_store.connect_writer(tmp_path / "n.db")
+    node_store.insert_records(conn, [record])
+    for fmt in ("json", "csv"):
+        want = conn.execute(*detail_sql(ACC_A, record["id"], fmt)).fetchone()[0]
+        # As psycopg gives them: JSON columns parsed (jsonb: keys reordered), fax a bool.
+        row = dict(zip(COLUMN_NAMES, conn.execute("SELECT * FROM cdrs").fetchone()))
+        import json
+        for name in JSON_COLUMNS:
+            parsed = json.loads(row[name])
+            row[name] = dict(sorted(parsed.items(), key=lambda kv: (len(kv[0]), kv[0])))
+        row["fax_success"] = bool(row["fax_success"])
+        assert render([tuple(row[n] for n in COLUMN_NAMES)], fmt) == [want]
+    conn.close()
+
+
+def test_a_slow_statement_is_cancelled_and_a_failure_names_no_password(pg_dsn):
+    from eslcdr.collector.config import dsn_secrets, redact_secrets
+    from eslcdr.collector.readside import PgPool
+    from eslcdr.query.reader import DatastoreError, StatementTimeout
+
+    pool = PgPool(pg_dsn, 0.2, 5, 1, redact=lambda text: text)
+    started = time.monotonic()
+    with pytest.raises(StatementTimeout):
+        pool.fetch("SELECT pg_sleep(5)", ())
+    assert time.monotonic() - started < 3
+    assert pool.fetch("SELECT 1", ()) == [(1,)]  # the connection is still good
+    with pytest.raises(DatastoreError):  # read-only: the API never writes
+        pool.fetch("CREATE TABLE x (y int)", ())
+    pool.close()
+    dsn = "postgresql://eslcdr:S3cret-pass@127.0.0.1:1/eslcdr"
+    bad = PgPool(dsn, 1, 1, 1, redact=lambda text: redact_secrets(text, dsn_secrets(dsn)))
+    with pytest.raises(DatastoreError) as failure:
+        bad.fetch("SELECT 1", ())
+    assert "S3cret" not in str(failure.value)
