@@ -19,6 +19,7 @@ from ..ingest.legs import GREGORIAN_OFFSET
 from ..query.kazoo import SOURCE_COLUMNS
 from ..query.params import KIND_INTERACTIONS, Filter, ListQuery
 from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, COLUMNS
+from .pgschema import NO_ACCOUNT
 
 _REAL_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("REAL"))
 _PATH_SEGMENT = re.compile(r'"([^"]*)"')
@@ -27,6 +28,12 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?
 
 def col(name: str, alias: str = "c") -> str:
     return '%s."%s"' % (alias, name)
+
+
+def selected(name: str) -> str:
+    """A column as a node holds it: a leg without an account is stored centrally
+    with account_id NO_ACCOUNT (a key column is never NULL) and read as NULL."""
+    return "NULLIF(%s, '%s')" % (col(name), NO_ACCOUNT) if name == "account_id" else col(name)
 
 
 # The interaction start (store.schema.INTERACTION_START): a Kazoo-shaped id's
@@ -38,8 +45,8 @@ START = (
 _HANGUP = col("timestamp")
 # What a full record reads: every column in COLUMN_NAMES order, then the node
 # it came from (``readside.render`` makes the record).
-RECORD_SELECT = ", ".join(col(name) for name in COLUMN_NAMES + ("source",))
-_SOURCE_SELECT = ", ".join(col(name) for name in SOURCE_COLUMNS)
+RECORD_SELECT = ", ".join(selected(name) for name in COLUMN_NAMES + ("source",))
+_SOURCE_SELECT = ", ".join(selected(name) for name in SOURCE_COLUMNS)
 
 
 def account_scope(account_id: str, owner_id: str | None) -> tuple[list[str], list[Any]]:
