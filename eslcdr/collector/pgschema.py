@@ -344,9 +344,11 @@ def create_partitions_for(
                         _ident(name), sql.Literal(start), sql.Literal(end)
                     )
                 )
+                # EXCLUDED.created_at (the column's default), not now(): Citus
+                # refuses a non-IMMUTABLE function in DO UPDATE SET.
                 conn.execute(
                     "INSERT INTO collector_partitions (name, node) VALUES (%s, %s)"
-                    " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, created_at = now()",
+                    " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, created_at = EXCLUDED.created_at",
                     (name, node),
                 )
                 created.append(name)

@@ -222,11 +222,11 @@ class PgStore:
         self._stage_one = "INSERT INTO _staged (%s, _hangup_us) VALUES (%s)" % (
             quoted, ", ".join(["%s"] * (len(self._columns) + 1)))
         self._partitions: set[str] = set()
+        # NOT NULL kept: the local COPY refuses a missing value (23502); Citus
+        # would report the INSERT's refusal as XX000, failing the whole batch.
         kinds = dict(sqlite_columns())
-        staged = ", ".join(
-            "%s %s" % (sql.Identifier(name).as_string(conn), kinds.get(name, "text").replace(" NOT NULL", ""))
-            for name in self._columns
-        )
+        staged = ", ".join("%s %s" % (sql.Identifier(name).as_string(conn), kinds.get(name, "text"))
+                           for name in self._columns)
         conn.execute(
             "CREATE TEMPORARY TABLE IF NOT EXISTS _staged (%s, _hangup_us bigint NOT NULL)"
             " ON COMMIT DELETE ROWS" % staged
