@@ -317,18 +317,16 @@ class PgStore:
 
         The node's row is locked first (``FOR UPDATE``) and its cursor and
         db_id compared with what the worker believes (else ``CursorMoved``).
-        The upsert by call_id across partitions: (1) the node's own rows whose
-        stored hangup_at differs from the new one (a leg written off as
-        ``eslcdr_hangup_not_seen`` then replaced by its real record) are found
-        through ``cdr_keys`` and deleted from their old partition; (2)
-        ``cdr_keys`` takes the new keys, updating only the node's own (``ON
-        CONFLICT ... WHERE source = EXCLUDED.source``); the calls it did not
-        take belong to another node and leave the batch for
-        ``collector_rejects`` (``other_node``); (3) ``cdrs`` takes the rows
-        with ``ON CONFLICT (call_id, hangup_at) DO UPDATE`` -- a re-delivered
-        or rewritten row replaces the stored one.  The ``cdr_keys`` row lock
-        also serialises two transactions writing the same call: the second
-        waits for the first and then sees its owner.
+        Then, set-based: ``cdr_keys`` takes the new keys, updating only the
+        node's own (``ON CONFLICT ... WHERE source = EXCLUDED.source``); the
+        calls it did not take belong to another node and go to
+        ``collector_rejects`` (``other_node``); the node's stored versions of
+        the calls it took are deleted by their whole key (account_id, call_id,
+        hangup_at: any partition, any account) into ``_gone``, and the new
+        rows inserted -- never an UPDATE of ``account_id`` (Citus refuses
+        one); the roll-ups count ``_gone`` out and the inserted rows in.  The
+        ``cdr_keys`` row lock also serialises two transactions writing the
+        same call: the second waits for the first and then sees its owner.
         """
         if not items:
             return BatchResult(0, 0, 0, expected_after)
