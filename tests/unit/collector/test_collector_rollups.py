@@ -106,7 +106,9 @@ def test_a_replacement_postgres_refuses_leaves_the_stored_row_and_its_counts(pg,
     pg.store_batch("fs1", "db-1", 0, [item])
     before = rows(pg), rollups(pg.conn)
     doc = json.loads(replayed(item, 5, account_id="acc-b", billing_seconds=1).line)
-    del doc["id"]  # NOT NULL: refused by the INSERT, not by the COPY
+    # a time PostgreSQL cannot hold: taken by the COPY into the staging table
+    # (a bigint), refused by the INSERT that turns it into a timestamptz
+    doc["created_us"] = 2**63 - 1
     result = pg.store_batch("fs1", "db-1", item.seq, [FeedRecord(5, item.call_id, item.hangup_us,
                                                                  json.dumps(doc).encode())])
     assert (result.stored, result.rejected, result.after) == (0, 1, 5)
