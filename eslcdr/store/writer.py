@@ -190,6 +190,15 @@ class Writer:
         self._first_at = time.monotonic()
         self._wake.set()
 
+    def quiet_until(self, at: float) -> None:
+        """A reader hands over nothing before ``at`` (monotonic; it lets
+        events gather in its socket until then): if the gathering batch's
+        window closes before that, no record can join it any more -- commit
+        it now, in the reader's wake-up, rather than on a wake-up of its own."""
+        if self._pending and not self._flush and self._first_at + self._window <= at:
+            self._flush = len(self._pending)
+            self._wake.set()
+
     def acknowledge(self, key: str, after: int, at_us: int) -> None:
         """A collector pulled the feed with ``after``: store it with the next
         transaction (no I/O here: the API must not wait for the writer)."""
