@@ -64,7 +64,7 @@ READ_CHUNK = 256 * 1024
 # 1 s budget of docs/architecture.md).  GATHER_BYTES is what one recv takes
 # (READ_CHUNK); the kernel grows the socket's receive buffer to hold it.
 GATHER_BYTES = READ_CHUNK
-READ_PACE = 0.25
+READ_PACE = 0.4
 # How often the supervising loop looks at a live connection (it is woken
 # when the socket closes or stop() is called).
 CLOSED_CHECK = 30.0

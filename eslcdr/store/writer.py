@@ -194,8 +194,15 @@ class Writer:
         """A reader hands over nothing before ``at`` (monotonic; it lets
         events gather in its socket until then): if the gathering batch's
         window closes before that, no record can join it any more -- commit
-        it now, in the reader's wake-up, rather than on a wake-up of its own."""
-        if self._pending and not self._flush and self._first_at + self._window <= at:
+        it now, in the reader's wake-up, rather than on a wake-up of its own.
+        Still a window at a time: not sooner than a window after the
+        transaction before began."""
+        if (
+            self._pending
+            and not self._flush
+            and self._first_at + self._window <= at
+            and self._taken_at + self._window <= time.monotonic()
+        ):
             self._flush = len(self._pending)
             self._wake.set()
 
