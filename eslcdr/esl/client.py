@@ -52,8 +52,10 @@ SUBSCRIBED_EVENTS = (
     "spandsp::txfaxresult",
     "spandsp::rxfaxresult",
 )
-READ_CHUNK = 256 * 1024
-# After a smaller read the reader lets events gather in the socket: it waits
+# What one recv may take: twice what a pass gathers, so that a read that
+# took all there was never fills it (a full read means more is waiting).
+READ_CHUNK = 512 * 1024
+# After a read that took all there was the reader lets events gather: it waits
 # until GATHER_BYTES are there (SO_RCVLOWAT), at most as long as they took
 # to come at the rate since the last such wait, and never more than
 # READ_PACE.  Every wake-up costs the same (the loop, a switch, a recv; on a
@@ -61,9 +63,10 @@ READ_CHUNK = 256 * 1024
 # server's trickle is read a few times a second, and faster streams in reads
 # of GATHER_BYTES.  The delay adds at most READ_PACE to a CDR's latency (the
 # writer's window, flush_interval, comes after it: both stay well within the
-# 1 s budget of docs/architecture.md).  GATHER_BYTES is what one recv takes
-# (READ_CHUNK); the kernel grows the socket's receive buffer to hold it.
-GATHER_BYTES = READ_CHUNK
+# 1 s budget of docs/architecture.md).  The kernel grows the socket's receive
+# buffer to hold GATHER_BYTES (and clamps the window near it: a pass never
+# brings more than about that).
+GATHER_BYTES = 256 * 1024
 READ_PACE = 0.4
 # How often the supervising loop looks at a live connection (it is woken
 # when the socket closes or stop() is called).

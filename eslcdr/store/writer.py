@@ -191,20 +191,15 @@ class Writer:
         self._wake.set()
 
     def quiet_until(self, at: float) -> None:
-        """A reader hands over nothing before ``at`` (monotonic; it lets
-        events gather in its socket until then): if the gathering batch's
-        window closes before that, no record can join it any more -- commit
-        it now, in the reader's wake-up, rather than on a wake-up of its own.
-        Still a window at a time: not sooner than a window after the
-        transaction before began."""
-        if (
-            self._pending
-            and not self._flush
-            and self._first_at + self._window <= at
-            and self._taken_at + self._window <= time.monotonic()
-        ):
-            self._flush = len(self._pending)
-            self._wake.set()
+        """A reader hands over nothing before ``at`` (monotonic: it lets events
+        gather until then).  If the batch's window closes before that, no
+        record can join it: commit it now, in the reader's wake-up, not on a
+        wake-up of its own -- still no sooner than a window after the last."""
+        window = self._window
+        if self._pending and not self._flush and self._first_at + window <= at:
+            if self._taken_at + window <= time.monotonic():
+                self._flush = len(self._pending)
+                self._wake.set()
 
     def acknowledge(self, key: str, after: int, at_us: int) -> None:
         """A collector pulled the feed with ``after``: store it with the next
