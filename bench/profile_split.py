@@ -24,14 +24,15 @@ WORKER_PARTS = (
     ("delete_expired", "SQLite thread: retention"),
 )
 MODULES = (
-    ("eslcdr/frames.py", "frames"),
-    ("eslcdr/events.py", "event decoding"),
-    ("eslcdr/legs.py", "leg tracker"),
-    ("eslcdr/cdr.py", "CDR building"),
-    ("eslcdr/writer.py", "writer greenlet"),
-    ("eslcdr/store.py", "writer greenlet"),
-    ("eslcdr/esl.py", "reader loop"),
-    ("eslcdr/daemon.py", "pipeline, housekeeping"),
+    ("eslcdr/esl/frames.py", "frames"),
+    ("eslcdr/esl/events.py", "event decoding"),
+    ("eslcdr/ingest/legs.py", "leg tracker"),
+    ("eslcdr/ingest/interactions.py", "leg tracker"),
+    ("eslcdr/ingest/cdr.py", "CDR building"),
+    ("eslcdr/store/writer.py", "writer greenlet"),
+    ("eslcdr/store/db.py", "writer greenlet"),
+    ("eslcdr/esl/client.py", "reader loop"),
+    ("eslcdr/service/daemon.py", "pipeline, housekeeping"),
 )
 GEVENT_LOOP = ("gevent/hub.py", "gevent/timeout.py", "gevent/event.py", "gevent/_abstract_linkable.py",
                "gevent/greenlet.py", "gevent/_hub_primitives.py", "gevent/_waiter.py")

@@ -52,19 +52,22 @@ SUBSCRIBED_EVENTS = (
     "spandsp::txfaxresult",
     "spandsp::rxfaxresult",
 )
-READ_CHUNK = 256 * 1024
-# A chunk at least this big suggests more is waiting: yield after it.
-YIELD_AFTER = 64 * 1024
-# After a smaller read the reader waits until this many bytes wait in the
-# socket (SO_RCVLOWAT), at most as long as they took to come at the rate
-# since the last such wait, and never more than READ_PACE: every wake-up
-# costs the same (the loop, a switch, a recv; on a busy host mostly cold
-# caches) however many events it brings.  The socket never holds more than
-# this because of the wait; the delay adds at most READ_PACE to a CDR's
-# latency, a few ms during a burst.  (32 KiB: the kernel grows the receive
-# buffer, and clamps the window, only for a low-water mark above ~64 KiB.)
-PACE_BYTES = 32 * 1024
-READ_PACE = 0.1
+# What one recv may take: twice what a pass gathers, so that a read that
+# took all there was never fills it (a full read means more is waiting).
+READ_CHUNK = 512 * 1024
+# After a read that took all there was the reader lets events gather: it waits
+# until GATHER_BYTES are there (SO_RCVLOWAT), at most as long as they took
+# to come at the rate since the last such wait, and never more than
+# READ_PACE.  Every wake-up costs the same (the loop, a switch, a recv; on a
+# busy host mostly cold caches) however many events it brings, so a media
+# server's trickle is read a few times a second, and faster streams in reads
+# of GATHER_BYTES.  The delay adds at most READ_PACE to a CDR's latency (the
+# writer's window, flush_interval, comes after it: both stay well within the
+# 1 s budget of docs/architecture.md).  The kernel grows the socket's receive
+# buffer to hold GATHER_BYTES (and clamps the window near it: a pass never
+# brings more than about that).
+GATHER_BYTES = 256 * 1024
+READ_PACE = 0.4
 # How often the supervising loop looks at a live connection (it is woken
 # when the socket closes or stop() is called).
 CLOSED_CHECK = 30.0
@@ -102,7 +105,7 @@ class EslClient(InboundESL):
 
     The reader pulls large chunks off the socket; once subscribed it lets
     events gather in the socket after a small read (``_gather``: until
-    PACE_BYTES wait or READ_PACE has passed), so a media server's steady
+    GATHER_BYTES wait or READ_PACE has passed), so a media server's steady
     trickle wakes the daemon a few times a second rather than once per event.
     """
 
@@ -112,12 +115,17 @@ class EslClient(InboundESL):
         on_event: Callable[[Event], None],
         on_protocol_error: Callable[[str, bytes], None],
         decoder: EventDecoder | None = None,
+        on_pause: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__(node.host, node.port, node.password, timeout=node.connect_timeout)
         self._decode = (decoder or EventDecoder(fast=False)).decode
         self.command_timeout = node.command_timeout
         self._on_event = on_event
         self._on_protocol_error = on_protocol_error
+        # Told, before the reader lets events gather, until when (monotonic)
+        # it will hand over nothing: the writer then commits what it holds
+        # rather than wake up again for it (docs/architecture.md).
+        self._on_pause = on_pause
         self._parser = FrameParser()
         self._closed = gevent.event.Event()
         self._reader: gevent.Greenlet | None = None
@@ -199,12 +207,13 @@ class EslClient(InboundESL):
                     else:
                         self._on_protocol_error(item.reason, item.skipped)
                 # While FreeSWITCH keeps the socket full, recv never blocks
-                # and so never yields: after a big chunk let the writer start
-                # its batch (in its thread) rather than only when the burst
-                # ends.  A small chunk was all there was: the next recv
-                # yields anyway, and an extra turn of the loop per event is
-                # what a media server's steady trickle would pay for it.
-                if len(data) >= YIELD_AFTER:
+                # and so never yields: after a full chunk (more is waiting)
+                # let the writer start its batch (in its thread) rather than
+                # only when the burst ends.  A shorter read took all there
+                # was: let the next events gather (a pass of GATHER_BYTES at
+                # a few calls a second is a short read too, and waking again
+                # for the next single event would double the wake-ups).
+                if len(data) >= READ_CHUNK:
                     gevent.sleep(0)
                 elif self.pace and not self._commands_sent:
                     try:
@@ -219,19 +228,21 @@ class EslClient(InboundESL):
             self._mark_closed(reason)
 
     def _gather(self) -> None:
-        """After a small read: wait until PACE_BYTES are in the socket, or
+        """After a small read: wait until GATHER_BYTES are in the socket, or
         as long as they took to come at the rate since the last pacing, at
         most READ_PACE (the next recv takes whatever is there, or waits for
         data as usual)."""
         now = time.monotonic()
-        pace = min(READ_PACE, PACE_BYTES * (now - self._read_at) / max(self._read_bytes, 1))
+        pace = min(READ_PACE, GATHER_BYTES * (now - self._read_at) / max(self._read_bytes, 1))
         self._read_at, self._read_bytes = now, 0
         sock = self.sock
         watcher = getattr(sock, "_read_event", None)  # the gevent socket's own
         if watcher is None:
             self.pace = False
             return
-        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, PACE_BYTES)
+        if self._on_pause is not None:
+            self._on_pause(now + pace)
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, GATHER_BYTES)
         try:
             gevent.socket.wait(watcher, timeout=pace, timeout_exc=False)
         finally:
@@ -348,9 +359,11 @@ class NodeConnection:
         on_resync: Callable[[list[dict[str, str]]], Iterable[str] | None],
         on_protocol_error: Callable[[str, bytes], None] | None = None,
         decoder: EventDecoder | None = None,
+        on_pause: Callable[[float], None] | None = None,
     ) -> None:
         self.node = node
         self._decoder = decoder
+        self._on_pause = on_pause
         self._on_event = on_event
         self._on_resync = on_resync
         self._on_protocol_error = on_protocol_error or self._log_protocol_error
@@ -370,7 +383,7 @@ class NodeConnection:
 
     def connect_once(self) -> EslClient:
         """Connect, log in, subscribe and resync; return the live client."""
-        client = EslClient(self.node, self._on_event, self._on_protocol_error, self._decoder)
+        client = EslClient(self.node, self._on_event, self._on_protocol_error, self._decoder, self._on_pause)
         self.client = client
         try:
             client.connect()

@@ -263,7 +263,9 @@ class Daemon:
             pipeline.tracker.remember_interactions(remembered)
             pipeline.tracker.remember_interaction_starts(starts)
             self.pipelines[node.name] = pipeline
-            self.nodes[node.name] = NodeConnection(node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder)
+            self.nodes[node.name] = NodeConnection(
+                node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder, on_pause=self.writer.quiet_until
+            )
         self.supervise("writer", self.writer.run)
         self.supervise("spooler", self.writer.run_spooler)
         if cfg.backfill.json_cdr_dir:

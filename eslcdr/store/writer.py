@@ -190,6 +190,17 @@ class Writer:
         self._first_at = time.monotonic()
         self._wake.set()
 
+    def quiet_until(self, at: float) -> None:
+        """A reader hands over nothing before ``at`` (monotonic: it lets events
+        gather until then).  If the batch's window closes before that, no
+        record can join it: commit it now, in the reader's wake-up, not on a
+        wake-up of its own -- still no sooner than a window after the last."""
+        window = self._window
+        if self._pending and not self._flush and self._first_at + window <= at:
+            if self._taken_at + window <= time.monotonic():
+                self._flush = len(self._pending)
+                self._wake.set()
+
     def acknowledge(self, key: str, after: int, at_us: int) -> None:
         """A collector pulled the feed with ``after``: store it with the next
         transaction (no I/O here: the API must not wait for the writer)."""

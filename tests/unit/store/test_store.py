@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import gevent
 import pytest
@@ -155,6 +156,30 @@ def test_writer_batches_and_drains(tmp_path):
     assert greenlet.dead
     assert writer.written == 100
     assert len(rows(tmp_path / "a.db")) == 100
+
+
+def test_a_reader_pausing_past_the_window_gets_the_batch_committed_at_once(tmp_path):
+    conn = connect_writer(tmp_path / "a.db")
+    writer = Writer(conn, batch_size=50, flush_interval=1.0)
+    greenlet = run_writer(writer)
+    try:
+        gevent.sleep(1.05)  # a window since the last transaction (none yet)
+        for n in range(3):
+            writer.submit(record(n))
+        # A pause ending before the window closes: more may still join.
+        writer.quiet_until(time.monotonic() + 0.5)
+        gevent.sleep(0.1)
+        assert writer.written == 0 and writer.backlog == 3
+        # A pause past the window's end: nothing can join the batch any
+        # more, so it is committed now, not when the window closes (1 s).
+        paused_at = time.monotonic()
+        writer.quiet_until(paused_at + 1.5)
+        assert wait_until(lambda: writer.written == 3, timeout=5)
+        assert time.monotonic() - paused_at < 0.6
+        assert len(rows(tmp_path / "a.db")) == 3
+    finally:
+        writer.stop()
+        greenlet.join(timeout=10)
 
 
 def test_full_disk_keeps_records_and_writes_them_when_space_returns(tmp_path):
