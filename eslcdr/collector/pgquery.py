@@ -205,5 +205,5 @@ def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
         ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % (
             resolve("%s", "t.iid"), RECORD_SELECT,
             "SELECT cid FROM named UNION ALL SELECT g.interaction_id FROM interaction_aliases AS g"
-            " WHERE g.account_id = c.account_id AND g.central_id IN (SELECT cid FROM named)"),
-        [account_id, leg_id, leg_id, account_id, leg_id, account_id])
+            " WHERE g.account_id = %s AND g.central_id IN (SELECT cid FROM named)"),
+        [account_id, leg_id, leg_id, account_id, leg_id, account_id, account_id])

@@ -6,20 +6,13 @@ id; the SIP Call-ID within one account and SIP_LINK_WINDOW_US joins them)."""
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 import webtest
-from prometheus_client import CollectorRegistry
 
-from eslcdr.api import app as api
-from eslcdr.api.tokens import TokenStore
-from eslcdr.collector import pgschema
-from eslcdr.collector.pgstore import PgStore
-from eslcdr.collector.readside import PgReadSide
-from eslcdr.config import from_mapping
 from eslcdr.ingest.interactions import SIP_LINK_WINDOW_US
 
-from tests.unit.api.test_api import A, ACC_A, ACC_B, B, TOKENS
+from tests.unit.api.test_api import A, ACC_A, ACC_B, B
+from tests.unit.collector.test_central_readside import central_app
 from tests.unit.collector.test_collector_store import feed_items
 from tests.unit.ingest.test_cdr import run_capture, two_nodes
 
@@ -30,14 +23,7 @@ CLOCK = 1_795_727_846.0 + 3600  # an hour after S4's call
 
 @pytest.fixture
 def central(tmp_path, pg_dsn):
-    conn = psycopg.connect(pg_dsn)
-    pgschema.migrate(conn)
-    store = PgStore(conn)
-    tokens = tmp_path / "tokens"
-    tokens.write_text("".join("%s %s\n" % item for item in TOKENS.items()))
-    cfg = from_mapping({"api": {"tokens_file": str(tokens)}}).api
-    app = api.assemble(cfg, "central", PgReadSide(pg_dsn, cfg.statement_timeout, heavy_slots=1),
-                       registry=CollectorRegistry(), tokens=TokenStore(tokens), clock=lambda: CLOCK)
+    store, app = central_app(tmp_path, pg_dsn, CLOCK)
     after: dict[str, int] = {}
 
     def store_node(name: str, records: list[dict]) -> None:
@@ -168,3 +154,72 @@ def test_a_call_id_reused_outside_the_window_joins_nothing(central, events_of, s
     found = legs(web, ones[0]["interaction_id"])
     assert len(found) == (len(ones) + len(twos) if joined else len(ones))
     assert len(interactions(web)) == (1 if joined else 2)
+
+
+def test_two_nodes_batches_of_one_call_at_once_still_join(tmp_path, pg_dsn, events_of, monkeypatch):
+    # fs-1's batch has linked (found nothing: fs-2's rows are not there yet)
+    # and holds its transaction open; fs-2's batch, writing the other half
+    # meanwhile, must wait for it and then see its rows -- else neither
+    # batch ever sees the other's legs.
+    import threading
+    import time
+
+    import psycopg
+
+    from eslcdr.collector import pginteractions
+    from eslcdr.collector.pgstore import PgStore
+
+    store1, app = central_app(tmp_path, pg_dsn, CLOCK)
+    store2 = PgStore(psycopg.connect(pg_dsn))
+    watcher = psycopg.connect(pg_dsn, autocommit=True)
+    ones, twos = halves(events_of("S4_json"), None)
+    batches = {"[node:fs-1]": (store1, feed_items(tmp_path, ones)), "[node:fs-2]": (store2, feed_items(tmp_path, twos))}
+    for node, (store, _) in batches.items():
+        store.node_state(node, "http://127.0.0.1:1")
+    original, first_linked, second_linked = pginteractions.link_batch, threading.Event(), threading.Event()
+    second_pid = store2.conn.info.backend_pid
+
+    def second_waits() -> bool:
+        return watcher.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'"
+                               " AND NOT granted", (second_pid,)).fetchone()[0] > 0
+
+    def link(cur, node):
+        if node == "[node:fs-1]":
+            found = original(cur, node)
+            first_linked.set()
+            deadline = time.monotonic() + 30
+            while not (second_linked.is_set() or second_waits()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return found
+        try:
+            return original(cur, node)
+        finally:
+            second_linked.set()
+
+    monkeypatch.setattr(pginteractions, "link_batch", link)
+    errors = []
+
+    def run(node):
+        store, items = batches[node]
+        try:
+            store.store_batch(node, "db-" + node, 0, items)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=("[node:fs-1]",))
+    first.start()
+    assert first_linked.wait(30)
+    second = threading.Thread(target=run, args=("[node:fs-2]",))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert not errors and not first.is_alive() and not second.is_alive()
+    web = webtest.TestApp(app)
+    try:
+        found = legs(web, ones[0]["interaction_id"])
+        assert sorted(r["call_id"] for r in found) == sorted(r["call_id"] for r in ones + twos)
+    finally:
+        app.close()
+        store1.close()
+        store2.close()
+        watcher.close()
