@@ -223,3 +223,29 @@ def test_two_nodes_batches_of_one_call_at_once_still_join(tmp_path, pg_dsn, even
         store1.close()
         store2.close()
         watcher.close()
+
+
+def test_a_call_over_three_nodes_is_one_group_whichever_hop_comes_first(central):
+    # fs-1 -> fs-2 over SIP Call-ID X, fs-2 -> fs-3 over Y; fs-3 is pulled
+    # first, then fs-2 (joins fs-3: central b), then fs-1 (joins fs-2: the
+    # group's central id becomes a, fs-3's alias moves along).
+    from tests.unit.api.test_api import leg
+
+    store_node, web = central
+    second = int(CLOCK) - 1800 + 62_167_219_200  # Gregorian
+    a, b, c = ("%d-%s" % (second, tag * 16) for tag in "abc")
+    hop = dict(created_us=(second - 60 - 62_167_219_200) * 1_000_000, interaction_created_us=None)  # Unix µs
+    legs_of = {
+        "fs-3": [leg(second, interaction=c, sip_call_id="Y@fs2", **hop)],
+        "fs-2": [leg(second, interaction=b, sip_call_id="X@fs1", **hop),
+                 leg(second, interaction=b, sip_call_id="Y@fs2", **hop)],
+        "fs-1": [leg(second, interaction=a, sip_call_id="X@fs1", **hop)],
+    }
+    for node in ("fs-3", "fs-2", "fs-1"):
+        store_node(node, legs_of[node])
+    every = sorted(r["call_id"] for records in legs_of.values() for r in records)
+    assert interactions(web) == [a]
+    for name in (a, b, c):
+        found = legs(web, name)
+        assert sorted(r["call_id"] for r in found) == every, name
+        assert {r["interaction_id"]: r.get("central_interaction_id") for r in found} == {a: None, b: a, c: a}
