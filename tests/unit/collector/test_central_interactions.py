@@ -27,7 +27,7 @@ def central(tmp_path, pg_dsn):
     after: dict[str, int] = {}
 
     def store_node(name: str, records: list[dict]) -> None:
-        node = "[node:%s]" % name  # the collector's source of a node
+        node = name  # the collector's source: its [node:NAME]
         store.node_state(node, "http://127.0.0.1:1")
         items = feed_items(tmp_path, records)
         store.store_batch(node, "db-" + node, after.get(node, 0), items)
@@ -87,10 +87,10 @@ def test_with_the_propagated_header_one_interaction_with_both_nodes_legs(central
     assert interactions(web) == ["call-7f3a"]
     found = legs(web, "call-7f3a")
     assert sorted(r["call_id"] for r in found) == sorted(r["call_id"] for r in ones + twos)
-    assert {r["source"] for r in found} == {"[node:fs-1]", "[node:fs-2]"}
+    assert {r["source"] for r in found} == {"fs-1", "fs-2"}
     assert all(r["interaction_id"] == "call-7f3a" and "central_interaction_id" not in r for r in found)
     detail = web.get("/v2/accounts/%s/cdrs/%s" % (ACC_A, twos[0]["id"]), headers=A).json["data"]
-    assert detail["source"] == "[node:fs-2]" and "central_interaction_id" not in detail
+    assert detail["source"] == "fs-2" and "central_interaction_id" not in detail
 
 
 @pytest.mark.parametrize("node2_first", [False, True])
@@ -108,9 +108,9 @@ def test_without_the_header_the_sip_call_id_joins_the_nodes_ids(central, events_
         found = legs(web, name)
         assert sorted(r["call_id"] for r in found) == every, name
     by_node = {r["source"]: r for r in legs(web, own2)}
-    assert set(by_node) == {"[node:fs-1]", "[node:fs-2]"}
+    assert set(by_node) == {"fs-1", "fs-2"}
     for r in legs(web, own1):  # each record keeps its node's id, gains the central one where it differs
-        own = own1 if r["source"] == "[node:fs-1]" else own2
+        own = own1 if r["source"] == "fs-1" else own2
         assert r["interaction_id"] == own
         assert r.get("central_interaction_id") == (None if own == central_id else central_id)
         assert list(r)[-1] == "source"
@@ -173,7 +173,7 @@ def test_two_nodes_batches_of_one_call_at_once_still_join(tmp_path, pg_dsn, even
     store2 = PgStore(psycopg.connect(pg_dsn))
     watcher = psycopg.connect(pg_dsn, autocommit=True)
     ones, twos = halves(events_of("S4_json"), None)
-    batches = {"[node:fs-1]": (store1, feed_items(tmp_path, ones)), "[node:fs-2]": (store2, feed_items(tmp_path, twos))}
+    batches = {"fs-1": (store1, feed_items(tmp_path, ones)), "fs-2": (store2, feed_items(tmp_path, twos))}
     for node, (store, _) in batches.items():
         store.node_state(node, "http://127.0.0.1:1")
     original, first_linked, second_linked = pginteractions.link_batch, threading.Event(), threading.Event()
@@ -184,7 +184,7 @@ def test_two_nodes_batches_of_one_call_at_once_still_join(tmp_path, pg_dsn, even
                                " AND NOT granted", (second_pid,)).fetchone()[0] > 0
 
     def link(cur, node):
-        if node == "[node:fs-1]":
+        if node == "fs-1":
             found = original(cur, node)
             first_linked.set()
             deadline = time.monotonic() + 30
@@ -206,10 +206,10 @@ def test_two_nodes_batches_of_one_call_at_once_still_join(tmp_path, pg_dsn, even
         except Exception as exc:  # reported below
             errors.append(exc)
 
-    first = threading.Thread(target=run, args=("[node:fs-1]",))
+    first = threading.Thread(target=run, args=("fs-1",))
     first.start()
     assert first_linked.wait(30)
-    second = threading.Thread(target=run, args=("[node:fs-2]",))
+    second = threading.Thread(target=run, args=("fs-2",))
     second.start()
     first.join(60)
     second.join(60)
