@@ -6,7 +6,9 @@ then ``source``; the interaction start is ``store.schema.interaction_start`` wri
 PostgreSQL; filters compare values as SQLite's do (a JSON boolean is ``1``/``0`` as text, an
 INTEGER column only equals a number).  Rows of every node are in one table: a CDR listing is
 ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's (timestamp, seq)
-starts at the first node of that pair (with its source: at that node's row).  Invariants: every statement is scoped by
+starts at the first node of that pair (with its source: at that node's row).  An interaction
+is the central one (``pginteractions``): listed, keyed and found by its central id; a
+record reads its node's id and the central one.  Invariants: every statement is scoped by
 ``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
 """
 
