@@ -178,8 +178,9 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
             % (" AND o.owner_id = c.owner_id" if query.owner_id is not None else ""))
     order = "ASC" if query.ascending else "DESC"
     third = "" if interactions else ', c.source COLLATE "C" %s' % order
+    selected_columns = _INTERACTION_SELECT if interactions else _SOURCE_SELECT
     sql = "SELECT %s, %s, %s, c.source FROM cdrs AS c WHERE %s ORDER BY %s %s, %s %s%s" % (
-        _INTERACTION_SELECT if interactions else _SOURCE_SELECT, key, tie, " AND ".join(clauses), key, order, tie, order, third)
+        selected_columns, key, tie, " AND ".join(clauses), key, order, tie, order, third)
     if limit is None and query.page_size is not None:
         limit = query.page_size + 1
     if limit is not None:

@@ -5,7 +5,8 @@ node's rows: listings (``pgquery``) come back as the node's listing rows, so the
 implementation of the Kazoo shapes (``query.kazoo``, ``query.list_csv``) renders them; a
 full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
 holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
-writes them): the same text, byte for byte, then ``source`` (its node) in JSON.
+writes them): the same text, byte for byte, then in JSON ``central_interaction_id`` where
+it differs from the node's id (``pginteractions``) and ``source`` (its node).
 Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
 snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
 any other failure ``DatastoreError`` (the DSN's password redacted).
@@ -136,14 +137,14 @@ def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
     memory = sqlite3.connect(":memory:")
     try:
         memory.execute(_MEMORY_TABLE)
-        sources = []
+        extras = []
         for row in rows:
             values = list(row[:_WIDTH])
             central = row[_WIDTH + 1] if len(row) > _WIDTH + 1 else None
             extra = {"central_interaction_id": central} if central not in (None, values[_IID]) else {}
             if len(row) > _WIDTH:
                 extra["source"] = row[_WIDTH]
-            sources.append(extra)
+            extras.append(extra)
             for index, name in enumerate(COLUMN_NAMES):
                 if name in JSON_COLUMNS and values[index] is not None:
                     values[index] = stored_json(name, values[index])
@@ -154,7 +155,7 @@ def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
         if fmt != "json":
             return texts
         return [text if not extra else "%s,%s" % (text[:-1], orjson.dumps(extra).decode("utf-8")[1:])
-                for text, extra in zip(texts, sources)]
+                for text, extra in zip(texts, extras)]
     finally:
         memory.close()
 
