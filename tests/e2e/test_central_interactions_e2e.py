@@ -11,9 +11,9 @@ import json
 
 from eslcdr.fakefs import FakeFreeSWITCH, StaticSource
 
-from tests.conftest import capture_events, fresh_database
-from tests.e2e.test_central_api import request
-from tests.e2e.test_collect_e2e import TOKEN, CollectorProcess, wait_collected
+from tests.conftest import capture_events
+from tests.e2e.test_central_api import central_collector, request
+from tests.e2e.test_collect_e2e import TOKEN
 from tests.harness import DaemonProcess, db_rows, wait_rows, write_config
 from tests.unit.collector.test_central_interactions import HEADER, renamed
 from tests.unit.ingest.test_cdr import two_nodes
@@ -52,18 +52,13 @@ def test_a_call_across_two_nodes_is_one_central_interaction(tmp_path, pg_server)
     header_call = two_nodes(capture_events("S4_json.esl"), HEADER)
     plain_call = two_nodes(renamed(capture_events("S4_json.esl"), "cafe"), None)
     halves = [with_account(header_call[i] + plain_call[i]) for i in (0, 1)]
-    nodes, process = [], None
+    nodes: list[Node] = []
     try:
         for name, events in zip(("fs-1", "fs-2"), halves):
             nodes.append(Node(tmp_path, name, events))
         wait_rows(nodes[0].root / "cdrs.db", 6)
         wait_rows(nodes[1].root / "cdrs.db", 2)
-        (tmp_path / "central-tokens").write_text("%s *\n" % TOKEN)
-        with fresh_database(pg_server) as dsn:
-            process = CollectorProcess(tmp_path, dsn, {n.name: n.url for n in nodes},
-                                       extra="tokens_file = %s" % (tmp_path / "central-tokens"))
-            port = process.port()
-            wait_collected(dsn, nodes)
+        with central_collector(tmp_path, pg_server, nodes, "%s *\n" % TOKEN) as port:
             rows = [dict(r, node_name=n.name) for n in nodes for r in n.rows()]
             stamps = [r["timestamp"] for r in rows]
             span = "created_from=%d&created_to=%d" % (min(stamps) - 3600, max(stamps) + 3600)
@@ -89,9 +84,6 @@ def test_a_call_across_two_nodes_is_one_central_interaction(tmp_path, pg_server)
                 for r in found:
                     differs = r["interaction_id"] != (central_id if leg_id in own_ids else "call-7f3a")
                     assert r.get("central_interaction_id") == (central_id if differs else None)
-            assert process.stop() == 0
     finally:
-        if process is not None and process.proc.poll() is None:
-            process.stop()
         for node in nodes:
             node.close()
