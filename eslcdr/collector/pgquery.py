@@ -6,7 +6,9 @@ then ``source``; the interaction start is ``store.schema.interaction_start`` wri
 PostgreSQL; filters compare values as SQLite's do (a JSON boolean is ``1``/``0`` as text, an
 INTEGER column only equals a number).  Rows of every node are in one table: a CDR listing is
 ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's (timestamp, seq)
-starts at the first node of that pair (with its source: at that node's row).  Invariants: every statement is scoped by
+starts at the first node of that pair (with its source: at that node's row).  An interaction
+is the central one (``pginteractions``): listed, keyed and found by its central id; a
+record reads its node's id and the central one.  Invariants: every statement is scoped by
 ``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
 """
 
@@ -19,6 +21,7 @@ from ..ingest.legs import GREGORIAN_OFFSET
 from ..query.kazoo import SOURCE_COLUMNS
 from ..query.params import KIND_INTERACTIONS, Filter, ListQuery
 from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, COLUMNS
+from .pginteractions import central_of, group_of, resolve
 from .pgschema import NO_ACCOUNT
 
 _REAL_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("REAL"))
@@ -38,15 +41,20 @@ def selected(name: str) -> str:
 
 # The interaction start (store.schema.INTERACTION_START): a Kazoo-shaped id's
 # time prefix, else the earliest leg's creation, in Gregorian seconds.
+# Centrally the interaction is the central one (pginteractions.py): its id is
+# the group's central id, the same as the node's for a call on one node.
+CENTRAL = central_of("c")
 START = (
-    "CASE WHEN c.interaction_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(c.interaction_id, 1, 11)::bigint"
-    " ELSE COALESCE(c.interaction_created_us, c.created_us, 0) / 1000000 + %d END" % GREGORIAN_OFFSET
+    "CASE WHEN {0} ~ '^[0-9]{{11}}-[0-9a-fA-F]' THEN substr({0}, 1, 11)::bigint"
+    " ELSE COALESCE(c.interaction_created_us, c.created_us, 0) / 1000000 + {1} END".format(CENTRAL, GREGORIAN_OFFSET)
 )
 _HANGUP = col("timestamp")
 # What a full record reads: every column in COLUMN_NAMES order, then the node
-# it came from (``readside.render`` makes the record).
-RECORD_SELECT = ", ".join(selected(name) for name in COLUMN_NAMES + ("source",))
+# it came from and the central interaction id (``readside.render`` makes the record).
+RECORD_SELECT = ", ".join(selected(name) for name in COLUMN_NAMES + ("source",)) + ", " + CENTRAL
 _SOURCE_SELECT = ", ".join(selected(name) for name in SOURCE_COLUMNS)
+# An interaction listing row names the central interaction.
+_INTERACTION_SELECT = ", ".join(CENTRAL if name == "interaction_id" else selected(name) for name in SOURCE_COLUMNS)
 
 
 def account_scope(account_id: str, owner_id: str | None) -> tuple[list[str], list[Any]]:
@@ -134,7 +142,7 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
     interactions = query.kind == KIND_INTERACTIONS
     key = START if interactions else _HANGUP
     # Text in byte order, as SQLite compares it (not the database's collation).
-    tie = 'c.interaction_id COLLATE "C"' if interactions else "c.seq"
+    tie = '%s COLLATE "C"' % CENTRAL if interactions else "c.seq"
     clauses, args = account_scope(query.account_id, query.owner_id)
     low, high = query.created_from, query.created_to
     op = ">=" if query.ascending else "<="
@@ -163,15 +171,16 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
         # The interaction's first leg (in the account; of the user on a
         # user's listing): earliest creation, then seq, then node.
         clauses.append(
-            "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id = c.interaction_id"
+            "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id IN (" + group_of(CENTRAL, "c.account_id") + ")"
             " AND o.account_id = c.account_id%s"
             " AND (COALESCE(o.created_us, 0), o.seq, o.source COLLATE \"C\")"
             " < (COALESCE(c.created_us, 0), c.seq, c.source COLLATE \"C\"))"
             % (" AND o.owner_id = c.owner_id" if query.owner_id is not None else ""))
     order = "ASC" if query.ascending else "DESC"
     third = "" if interactions else ', c.source COLLATE "C" %s' % order
+    selected_columns = _INTERACTION_SELECT if interactions else _SOURCE_SELECT
     sql = "SELECT %s, %s, %s, c.source FROM cdrs AS c WHERE %s ORDER BY %s %s, %s %s%s" % (
-        _SOURCE_SELECT, key, tie, " AND ".join(clauses), key, order, tie, order, third)
+        selected_columns, key, tie, " AND ".join(clauses), key, order, tie, order, third)
     if limit is None and query.page_size is not None:
         limit = query.page_size + 1
     if limit is not None:
@@ -187,13 +196,17 @@ def detail_sql(account_id: str, cdr_id: str) -> tuple[str, list[Any]]:
 
 
 def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
-    """Every leg of the interaction named by an interaction, CDR or call id
-    (RECORD_SELECT), in creation order (no creation first, as SQLite sorts NULL)."""
+    """Every leg of the central interaction named by an interaction id (central
+    or a node's own), CDR or call id (RECORD_SELECT), in creation order (no
+    creation first, as SQLite sorts NULL)."""
     return (
         "WITH target AS (SELECT interaction_id AS iid, call_id FROM cdrs"
-        " WHERE account_id = %%s AND (id = %%s OR call_id = %%s) LIMIT 1)"
-        " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.interaction_id = %%s"
-        " OR c.interaction_id = (SELECT iid FROM target)"
+        " WHERE account_id = %%s AND (id = %%s OR call_id = %%s) LIMIT 1),"
+        " named AS (SELECT %s AS cid FROM (SELECT %%s::text AS iid UNION ALL SELECT iid FROM target) AS t)"
+        " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.interaction_id IN (%s)"
         " OR c.call_id = (SELECT call_id FROM target WHERE iid IS NULL))"
-        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % RECORD_SELECT,
-        [account_id, leg_id, leg_id, account_id, leg_id])
+        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % (
+            resolve("%s", "t.iid"), RECORD_SELECT,
+            "SELECT cid FROM named UNION ALL SELECT g.interaction_id FROM interaction_aliases AS g"
+            " WHERE g.account_id = %s AND g.central_id IN (SELECT cid FROM named)"),
+        [account_id, leg_id, leg_id, account_id, leg_id, account_id, account_id])

@@ -212,8 +212,27 @@ INSERT INTO stats_pdd_hours
   GROUP BY 1, 2, 3;
 """
 
-# A migration is a function of a cursor or literal SQL.
-MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS)
+# A call that crossed media servers as one central interaction
+# (pginteractions.py): each joined node id -> the group's central id, keyed
+# with account_id (Citus-ready); the legs of an account by SIP Call-ID (only
+# the legs that have one).  sip_call_id is added first: a database older than
+# that column meets this migration before follow_sqlite_columns.
+_M6_CENTRAL_INTERACTIONS = """
+ALTER TABLE cdrs ADD COLUMN IF NOT EXISTS sip_call_id text;
+CREATE TABLE interaction_aliases (
+  account_id text NOT NULL,
+  interaction_id text NOT NULL,
+  central_id text NOT NULL,
+  PRIMARY KEY (account_id, interaction_id)
+);
+CREATE INDEX interaction_aliases_central ON interaction_aliases (account_id, central_id);
+CREATE INDEX cdrs_sip_call_id ON cdrs (account_id, sip_call_id) WHERE sip_call_id IS NOT NULL;
+"""
+
+# A migration is a function of a cursor or literal SQL.  (Merge note: the
+# central interactions are migration 6, after the indexes' migration 5.)
+MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS,
+              _M6_CENTRAL_INTERACTIONS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # cdrs.account_id of a leg without an account (NULL on the node).
 NO_ACCOUNT = ""

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from ..ingest.legs import GREGORIAN_OFFSET
-from . import pgrollups
+from . import pginteractions, pgrollups
 from .pgschema import (NO_ACCOUNT, UTC, create_partitions_for, existing_partitions, month_start, next_month,
                        partition_name, sqlite_columns)
 
@@ -377,6 +377,8 @@ class PgStore:
                 if rows:
                     stored, bad = self._write(cur, node, db_id, rows, months)
                     rejected += bad
+                    # Legs of a call another node stored too (pginteractions.py).
+                    pginteractions.link_batch(cur, node)
                     # Last: the roll-up cells stay locked the shortest.
                     pgrollups.apply_batch(cur, deleted=replaced > 0)
                 cur.execute(

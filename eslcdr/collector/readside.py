@@ -5,7 +5,8 @@ node's rows: listings (``pgquery``) come back as the node's listing rows, so the
 implementation of the Kazoo shapes (``query.kazoo``, ``query.list_csv``) renders them; a
 full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
 holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
-writes them): the same text, byte for byte, then ``source`` (its node) in JSON.
+writes them): the same text, byte for byte, then in JSON ``central_interaction_id`` where
+it differs from the node's id (``pginteractions``) and ``source`` (its node).
 Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
 snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
 any other failure ``DatastoreError`` (the DSN's password redacted).
@@ -39,6 +40,7 @@ CHUNK = 1000  # rows per statement of a streamed listing
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _FAX = COLUMN_NAMES.index("fax_success")
+_IID = COLUMN_NAMES.index("interaction_id")
 _WIDTH = len(COLUMN_NAMES)
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join(
@@ -127,16 +129,22 @@ def _list_row(row: Sequence[Any]) -> list[Any]:
 
 
 def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
-    """Full records (COLUMN_NAMES values, then the source when there is one) as
-    ``kazoo.record_sql`` renders them on a node; a JSON record ends with
+    """Full records (COLUMN_NAMES values, then the source and the central
+    interaction id when there are) as ``kazoo.record_sql`` renders them on a
+    node; a JSON record ends with ``"central_interaction_id"`` where it differs
+    from the node's ``interaction_id`` (a call that crossed nodes), then
     ``"source"``, its node's ``[node:NAME]`` (CSV: the node's columns only)."""
     memory = sqlite3.connect(":memory:")
     try:
         memory.execute(_MEMORY_TABLE)
-        sources = []
+        extras = []
         for row in rows:
             values = list(row[:_WIDTH])
-            sources.append(row[_WIDTH] if len(row) > _WIDTH else None)
+            central = row[_WIDTH + 1] if len(row) > _WIDTH + 1 else None
+            extra = {"central_interaction_id": central} if central not in (None, values[_IID]) else {}
+            if len(row) > _WIDTH:
+                extra["source"] = row[_WIDTH]
+            extras.append(extra)
             for index, name in enumerate(COLUMN_NAMES):
                 if name in JSON_COLUMNS and values[index] is not None:
                     values[index] = stored_json(name, values[index])
@@ -146,8 +154,8 @@ def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
         texts = [text for text, in memory.execute("SELECT %s FROM cdrs AS c ORDER BY rowid" % record_sql(fmt))]
         if fmt != "json":
             return texts
-        return [text if source is None else '%s,"source":%s}' % (text[:-1], orjson.dumps(source).decode("utf-8"))
-                for text, source in zip(texts, sources)]
+        return [text if not extra else "%s,%s" % (text[:-1], orjson.dumps(extra).decode("utf-8")[1:])
+                for text, extra in zip(texts, extras)]
     finally:
         memory.close()
 

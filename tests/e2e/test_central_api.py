@@ -11,12 +11,14 @@ account's CDRs of both nodes and nothing of another account's.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.client
 import io
 import json
 import time
 import urllib.parse
+from typing import Iterator
 
 import pytest
 
@@ -62,26 +64,37 @@ def fleet(tmp_path_factory, pg_server):
     root = tmp_path_factory.mktemp("central")
     tokens = "".join("%s %s\n" % pair for pair in ACCOUNT_TOKENS.items())
     nodes = [MediaServer(root, "fs-a", 40, 1), MediaServer(root, "fs-b", 40, 2)]
-    process = None
     try:
         for node in nodes:
             (node.root / "tokens").write_text("%s *\n%s" % (TOKEN, tokens))
         for node in nodes:
             node.settled_rows(40)
-        (root / "central-tokens").write_text("%s *\n%s" % (TOKEN, tokens))
+        with central_collector(root, pg_server, nodes, "%s *\n%s" % (TOKEN, tokens)) as port:
+            stamps = [r["timestamp"] for n in nodes for r in n.rows()]
+            yield Fleet(nodes, port, min(stamps) - 86400, max(stamps) + 86400)
+    finally:
+        for node in nodes:
+            node.close()
+
+
+@contextlib.contextmanager
+def central_collector(root, pg_server, nodes, tokens: str) -> Iterator[int]:
+    """A real ``eslcdr collect`` on a fresh database pulling ``nodes`` (each
+    with ``name``, ``url``, ``rows()``), its API reading ``tokens``: its port,
+    once PostgreSQL holds every node's rows."""
+    (root / "central-tokens").write_text(tokens)
+    process = None
+    try:
         with fresh_database(pg_server) as dsn:
             process = CollectorProcess(root, dsn, {n.name: n.url for n in nodes},
                                        extra="tokens_file = %s" % (root / "central-tokens"))
             port = process.port()
             wait_collected(dsn, nodes)
-            stamps = [r["timestamp"] for n in nodes for r in n.rows()]
-            yield Fleet(nodes, port, min(stamps) - 86400, max(stamps) + 86400)
+            yield port
             assert process.stop() == 0
     finally:
         if process is not None and process.proc.poll() is None:
             process.stop()
-        for node in nodes:
-            node.close()
 
 
 def comparable(body: bytes, central: bool = False) -> dict:

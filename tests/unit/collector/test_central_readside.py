@@ -23,8 +23,8 @@ from tests.unit.api.test_api import A, ACC_A, NOW, NOW_G, TOKENS, leg
 from tests.unit.collector.test_collector_store import feed_items
 
 
-@pytest.fixture
-def central(tmp_path, pg_dsn):
+def central_app(tmp_path, pg_dsn, now: float = NOW):
+    """A migrated PgStore and the central API app over it (clock ``now``)."""
     conn = psycopg.connect(pg_dsn)
     pgschema.migrate(conn)
     store = PgStore(conn)
@@ -32,7 +32,13 @@ def central(tmp_path, pg_dsn):
     tokens.write_text("".join("%s %s\n" % item for item in TOKENS.items()))
     cfg = from_mapping({"api": {"tokens_file": str(tokens)}}).api
     app = api.assemble(cfg, "central", PgReadSide(pg_dsn, cfg.statement_timeout, heavy_slots=1),
-                       registry=CollectorRegistry(), tokens=TokenStore(tokens), clock=lambda: NOW)
+                       registry=CollectorRegistry(), tokens=TokenStore(tokens), clock=lambda: now)
+    return store, app
+
+
+@pytest.fixture
+def central(tmp_path, pg_dsn):
+    store, app = central_app(tmp_path, pg_dsn)
     yield store, webtest.TestApp(app)
     app.close()
     store.close()
