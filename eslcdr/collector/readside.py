@@ -159,12 +159,13 @@ def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
         memory.close()
 
 
-def stats_rows(conn: psycopg.Connection, query: StatsQuery) -> list[list[tuple]]:
+def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = True) -> list[list[tuple]]:
     """[counters, causes, pdd] rows of ``query`` (``stats.compute``'s input) in one
-    REPEATABLE READ snapshot: the totals are exactly the sum of the buckets."""
+    REPEATABLE READ snapshot: the totals are exactly the sum of the buckets
+    (``use_rollups`` False: from the legs alone, to check the roll-ups)."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
-        parts = split(query)
+        parts = split(query, use_rollups)
         if parts is None:
             return [conn.execute(*statement).fetchall() for statement in pgquery.stats_sql(
                 query, query.created_from, query.created_to)]
