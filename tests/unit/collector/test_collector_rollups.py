@@ -154,24 +154,7 @@ def test_the_rollups_move_in_the_batch_s_transaction(pg, tmp_path):
 
 def test_read_rollups_gives_the_node_s_kpis(pg, tmp_path):
     hour = ts(2026, 11, 10) - (ts(2026, 11, 10) - G) % 3600
-    records = []
-    for n in range(40):
-        when = hour + (n * 271) % (3 * 3600)
-        records.append(leg(when, account="acc-a" if n % 5 else "acc-b", duration=30 + n,
-                           call_direction=("inbound", "outbound")[n % 2],
-                           hangup_cause=("NORMAL_CLEARING", "USER_BUSY", "LOSE_RACE", None, "NO_ROUTE_DESTINATION")[n % 5],
-                           answered_us=0 if n % 3 == 0 else (when - G - 20) * 10**6,
-                           billing_seconds=0 if n % 3 == 0 else n,
-                           audio_in_mos=(None, 4.41, 3.2, 4.5)[n % 4], no_rtp_in=(None, 0, 1)[n % 3],
-                           pdd_ms=(None, 120, 800, 120, 2500)[n % 5],
-                           channel_name="loopback/x-a" if n % 11 == 0 else "sofia/internal/1000@example.com"))
-    node = store.connect_writer(tmp_path / "node.db")
-    store.insert_records(node, records)
-    statement, args = sql.feed_sql(params.FeedQuery(0, None))
-    lines, previous = [], 0
-    for row in node.execute(statement, args):
-        lines.append(parse_record(row[0].encode(), previous))
-        previous = lines[-1].seq
+    node, lines = _node_and_feed(tmp_path, hour)
     # a first version of some rows, then the node's (a replacement each)
     early = [replayed(item, item.seq, billing_seconds=999, account_id="acc-b") for item in lines[:10]]
     pg.store_batch("fs1", "db-1", 0, early)
