@@ -211,20 +211,21 @@ _USER = "c.hangup_cause IN (%s)" % ", ".join("'%s'" % cause for cause in USER_OU
 _COUNTED = "COALESCE(c.channel_name, '') NOT LIKE 'loopback/%%'"
 
 
-def _kpi_scope(account_id: str, owner_id: str | None, low: int, high: int,
+def _kpi_scope(account_id: str, owner_id: str | None, ranges: Sequence[tuple[int, int]],
                filters: Sequence[Filter]) -> tuple[str, list[Any]]:
     clauses, args = account_scope(account_id, owner_id)
-    clauses += ["%s BETWEEN %%s AND %%s" % _HANGUP, _COUNTED]
-    args += [low, high]
+    clauses += ["(%s)" % " OR ".join("%s BETWEEN %%s AND %%s" % _HANGUP for _ in ranges), _COUNTED]
+    args += [bound for pair in ranges for bound in pair]
     filter_clauses, filter_args = _where_filters(filters)
     return " AND ".join(clauses + filter_clauses), args + filter_args
 
 
-def stats_sql(query: StatsQuery, low: int, high: int) -> list[tuple[str, list[Any]]]:
-    """(sql, args) of the three aggregates over the legs hung up in [low, high]
-    (counters, seizures per cause, seizures per pdd_ms), rows as
-    ``stats.stats_statements``' (``stats.compute`` adds them up)."""
-    where, args = _kpi_scope(query.account_id, query.owner_id, low, high, query.filters)
+def stats_sql(query: StatsQuery, ranges: Sequence[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
+    """(sql, args) of the three aggregates over the legs hung up in any of the
+    inclusive ``ranges`` (counters, seizures per cause, seizures per pdd_ms),
+    rows as ``stats.stats_statements``' (``stats.compute`` adds them up): one
+    statement per kind, however many ragged edges."""
+    where, args = _kpi_scope(query.account_id, query.owner_id, ranges, query.filters)
     bucket = "%s / %d" % (_HANGUP, query.interval)  # an int from parse: no client text in SQL
     counters = (
         "SELECT {b}, count(*), count(*) FILTER (WHERE c.call_direction = 'inbound'),"
@@ -248,7 +249,7 @@ def stats_sql(query: StatsQuery, low: int, high: int) -> list[tuple[str, list[An
 def worst_sql(query: WorstQuery) -> tuple[str, list[Any]]:
     """The worst legs (``stats.WORST_COLUMNS``) in ``stats.worst_sql``'s order;
     rows of two nodes at the same (value, timestamp, seq): by node name, last first."""
-    where, args = _kpi_scope(query.account_id, query.owner_id, query.created_from, query.created_to,
+    where, args = _kpi_scope(query.account_id, query.owner_id, [(query.created_from, query.created_to)],
                              query.filters)
     tie = 'c."timestamp" DESC, c.seq DESC, c.source COLLATE "C" DESC'
     if query.kind == "mos":

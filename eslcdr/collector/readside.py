@@ -168,15 +168,15 @@ def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = 
         parts = split(query, use_rollups)
         if parts is None:
             return [conn.execute(*statement).fetchall() for statement in pgquery.stats_sql(
-                query, query.created_from, query.created_to)]
+                query, [(query.created_from, query.created_to)])]
         rows = pgrollups.read_rollups(conn, query.account_id, parts.minutes[0], parts.minutes[1],
                                       query.interval, parts.hours)
-        for low, high in parts.edges:
-            counters, causes, _ = pgquery.stats_sql(query, low, high)
+        if parts.edges:
+            counters, causes, _ = pgquery.stats_sql(query, parts.edges)
             rows[0] += conn.execute(*counters).fetchall()
             rows[1] += conn.execute(*causes).fetchall()
-        for low, high in parts.pdd_edges:
-            rows[2] += conn.execute(*pgquery.stats_sql(query, low, high)[2]).fetchall()
+        if parts.pdd_edges:
+            rows[2] += conn.execute(*pgquery.stats_sql(query, parts.pdd_edges)[2]).fetchall()
         return rows
     finally:
         conn.rollback()
