@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # bench/api.py patches gevent before eslcdr and bottle are imported (as
 # ``eslcdr run`` does) and has the served child, the GET and the row count.
 from api import get, row_count, serve  # noqa: E402
-from eslcdr import config, store  # noqa: E402
+from eslcdr import config  # noqa: E402
+from eslcdr.store import db as store  # noqa: E402
 from eslcdr.ingest.legs import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.store.schema import RECORD_COLUMNS  # noqa: E402
 

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 from ..ingest.legs import GREGORIAN_OFFSET
 from ..query.kazoo import SOURCE_COLUMNS
 from ..query.params import KIND_INTERACTIONS, Filter, ListQuery
+from ..query.stats import (LOW_MOS, NOT_SEIZURES, UNKNOWN_CAUSE, USER_OUTCOMES, WORST_COLUMNS, StatsQuery,
+                           WorstQuery)
 from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, COLUMNS
 from .pginteractions import central_of, group_of, resolve
 from .pgschema import NO_ACCOUNT
@@ -210,3 +212,68 @@ def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
             "SELECT cid FROM named UNION ALL SELECT g.interaction_id FROM interaction_aliases AS g"
             " WHERE g.account_id = %s AND g.central_id IN (SELECT cid FROM named)"),
         [account_id, leg_id, leg_id, account_id, leg_id, account_id, account_id])
+
+
+# ------------------------------------------------------------------ KPIs
+# query/stats.py's leg statements (stats_statements, worst_sql) spelled for
+# PostgreSQL: the same legs (loopback legs nowhere), the same rows per bucket.
+_SEIZURE = "(c.call_direction = 'outbound' AND COALESCE(c.hangup_cause, '') NOT IN (%s))" % ", ".join(
+    "'%s'" % cause for cause in NOT_SEIZURES)
+_ANSWERED = "c.answered_us > 0"
+_USER = "c.hangup_cause IN (%s)" % ", ".join("'%s'" % cause for cause in USER_OUTCOMES)
+_COUNTED = "COALESCE(c.channel_name, '') NOT LIKE 'loopback/%%'"
+
+
+def _kpi_scope(account_id: str, owner_id: str | None, ranges: Sequence[tuple[int, int]],
+               filters: Sequence[Filter]) -> tuple[str, list[Any]]:
+    clauses, args = account_scope(account_id, owner_id)
+    clauses += ["(%s)" % " OR ".join("%s BETWEEN %%s AND %%s" % _HANGUP for _ in ranges), _COUNTED]
+    args += [bound for pair in ranges for bound in pair]
+    filter_clauses, filter_args = _where_filters(filters)
+    return " AND ".join(clauses + filter_clauses), args + filter_args
+
+
+def stats_sql(query: StatsQuery, ranges: Sequence[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
+    """(sql, args) of the three aggregates over the legs hung up in any of the
+    inclusive ``ranges`` (counters, seizures per cause, seizures per pdd_ms),
+    rows as ``stats.stats_statements``' (``stats.compute`` adds them up): one
+    statement per kind, however many ragged edges."""
+    where, args = _kpi_scope(query.account_id, query.owner_id, ranges, query.filters)
+    bucket = "%s / %d" % (_HANGUP, query.interval)  # an int from parse: no client text in SQL
+    counters = (
+        "SELECT {b}, count(*), count(*) FILTER (WHERE c.call_direction = 'inbound'),"
+        " count(*) FILTER (WHERE c.call_direction = 'inbound' AND {ans}),"
+        " count(*) FILTER (WHERE {seiz}), count(*) FILTER (WHERE {seiz} AND {ans}),"
+        " count(*) FILTER (WHERE {seiz} AND NOT {ans} AND {user}),"
+        " COALESCE(sum(c.billing_seconds) FILTER (WHERE {seiz} AND {ans}), 0)::float8,"
+        " count(c.audio_in_mos), COALESCE(sum(c.audio_in_mos::numeric), 0)::float8,"
+        " count(*) FILTER (WHERE c.audio_in_mos < {low}),"
+        " count(c.no_rtp_in), count(*) FILTER (WHERE c.no_rtp_in = 1)"
+        " FROM cdrs AS c WHERE {where} GROUP BY 1 ORDER BY 1"
+    ).format(b=bucket, ans=_ANSWERED, seiz=_SEIZURE, user=_USER, low=LOW_MOS, where=where)
+    causes = ("SELECT {b}, CASE WHEN COALESCE(c.hangup_cause, '') = '' THEN '{unknown}' ELSE c.hangup_cause END,"
+              " count(*) FROM cdrs AS c WHERE {where} AND {seiz} GROUP BY 1, 2").format(
+        b=bucket, unknown=UNKNOWN_CAUSE, where=where, seiz=_SEIZURE)
+    pdd = ("SELECT {b}, c.pdd_ms, count(*) FROM cdrs AS c WHERE {where} AND {seiz}"
+           " AND c.pdd_ms IS NOT NULL GROUP BY 1, 2").format(b=bucket, where=where, seiz=_SEIZURE)
+    return [(counters, args), (causes, list(args)), (pdd, list(args))]
+
+
+def worst_sql(query: WorstQuery) -> tuple[str, list[Any]]:
+    """The worst legs (``stats.WORST_COLUMNS``) in ``stats.worst_sql``'s order;
+    rows of two nodes at the same (value, timestamp, seq): by node name, last first."""
+    where, args = _kpi_scope(query.account_id, query.owner_id, [(query.created_from, query.created_to)],
+                             query.filters)
+    tie = 'c."timestamp" DESC, c.seq DESC, c.source COLLATE "C" DESC'
+    if query.kind == "mos":
+        where += " AND c.audio_in_mos IS NOT NULL"
+        order = "c.audio_in_mos ASC, " + tie
+    elif query.kind == "pdd":
+        where += " AND %s AND c.pdd_ms IS NOT NULL" % _SEIZURE
+        order = "c.pdd_ms DESC, " + tie
+    else:
+        where += " AND c.no_rtp_in = 1"
+        order = tie
+    columns = ", ".join(col(name) for name in WORST_COLUMNS)
+    return ("SELECT %s FROM cdrs AS c WHERE %s ORDER BY %s LIMIT %%s" % (columns, where, order),
+            args + [query.limit])

@@ -10,13 +10,14 @@ it differs from the node's id (``pginteractions``) and ``source`` (its node).
 Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
 snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
 any other failure ``DatastoreError`` (the DSN's password redacted).
-Long reads are keyset chunks, one statement each.  ``stats``/``worst`` answer 501 for now.
+Long reads are keyset chunks, one statement each.  KPIs (``stats``) read the collector's
+roll-ups (``pgrollups``) and the legs only where the node reads legs (``stats.split``).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
 import gevent.queue
 import orjson
@@ -28,12 +29,13 @@ from ..query.kazoo import SOURCE_COLUMNS, record_sql
 from ..query.params import KIND_INTERACTIONS, FeedQuery, ListQuery, NodeSeq
 from ..query.pool import HeavyLane, is_heavy
 from ..query.reader import DatastoreError, StatementTimeout
-from ..query.stats import StatsQuery, WorstQuery
+from ..query.stats import StatsQuery, WorstQuery, compute, split
 from ..store.db import record_row
 from ..store.schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS, RECORD_COLUMNS
-from . import pgquery
+from . import pgquery, pgrollups
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 POOL_SIZE = 8  # PostgreSQL connections of the API at most
 CHUNK = 1000  # rows per statement of a streamed listing
@@ -86,6 +88,11 @@ class PgPool:
 
     def fetch(self, sql: str, args: Sequence[Any]) -> list[tuple]:
         """Every row of one statement (bounded by its LIMIT or its account's rows)."""
+        return self.run(lambda conn: conn.execute(sql, args).fetchall())
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(conn)`` on a pooled connection (its statements each under the
+        statement timeout); a transaction it opens is ended by it."""
         try:
             self._slots.get(timeout=self._timeout)
         except gevent.queue.Empty:
@@ -93,7 +100,7 @@ class PgPool:
         conn = None
         try:
             conn = self._idle.pop() if self._idle else self._open()
-            rows = conn.execute(sql, args).fetchall()
+            result = work(conn)
         except psycopg.errors.QueryCanceled:
             raise StatementTimeout("statement ran longer than %.1f s" % self._timeout) from None
         except psycopg.Error as exc:
@@ -103,10 +110,10 @@ class PgPool:
                 conn = None
             raise DatastoreError(self.redact(str(exc).strip())) from None
         else:
-            if not self._closed:
+            if not self._closed and conn.info.transaction_status == _IDLE:
                 self._idle.append(conn)
                 conn = None
-            return rows
+            return result
         finally:
             if conn is not None:
                 conn.close()
@@ -158,6 +165,29 @@ def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
                 for text, extra in zip(texts, extras)]
     finally:
         memory.close()
+
+
+def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = True) -> list[list[tuple]]:
+    """[counters, causes, pdd] rows of ``query`` (``stats.compute``'s input) in one
+    REPEATABLE READ snapshot: the totals are exactly the sum of the buckets
+    (``use_rollups`` False: from the legs alone, to check the roll-ups)."""
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        parts = split(query, use_rollups)
+        if parts is None:
+            return [conn.execute(*statement).fetchall() for statement in pgquery.stats_sql(
+                query, [(query.created_from, query.created_to)])]
+        rows = pgrollups.read_rollups(conn, query.account_id, parts.minutes[0], parts.minutes[1],
+                                      query.interval, parts.hours)
+        if parts.edges:
+            counters, causes, _ = pgquery.stats_sql(query, parts.edges)
+            rows[0] += conn.execute(*counters).fetchall()
+            rows[1] += conn.execute(*causes).fetchall()
+        if parts.pdd_edges:
+            rows[2] += conn.execute(*pgquery.stats_sql(query, parts.pdd_edges)[2]).fetchall()
+        return rows
+    finally:
+        conn.rollback()
 
 
 class PgBatches:
@@ -243,10 +273,19 @@ class PgReadSide:
         return PgBatches([(text,) for text in render(rows, fmt)], None)
 
     def stats(self, query: StatsQuery) -> dict[str, Any]:
-        raise not_served("cdrs/stats")
+        """The node's KPIs over every node's legs: the roll-ups and the legs
+        ``stats.split`` names, read in one snapshot; the route holds the heavy
+        lane.  The buckets are added up here, on the hub, paced."""
+        rows: list[list[tuple]] = [[], [], []]
+        if not unmatchable(query.account_id, query.owner_id):
+            rows = self.pg.run(lambda conn: stats_rows(conn, query))
+        return compute(query, rows, self.heavy.pacer())
 
     def worst(self, query: WorstQuery) -> list[Sequence[Any]]:
-        raise not_served("cdrs/worst")
+        if unmatchable(query.account_id, query.owner_id):
+            return []
+        # Filters are not indexed: they may be tested on every leg of the range.
+        return self._fetch(pgquery.worst_sql(query), bool(query.filters))
 
     def feed_page(self, query: FeedQuery) -> list[Sequence[Any]]:
         raise not_served("the feed")

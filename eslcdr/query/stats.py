@@ -358,41 +358,59 @@ def _raw(query: StatsQuery, low: int, high: int) -> list[tuple[str, list[Any]]]:
                                        query.filters))
 
 
-def plan(query: StatsQuery, use_rollups: bool = True) -> list[list[tuple[str, list[Any]]]]:
-    """The statements whose rows, added up, are the KPIs: per kind (counters,
-    causes, pdd) a list of (sql, args).
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Where an account's KPIs come from: the roll-ups of the whole ``minutes``
+    (and the PDD roll-ups of the whole ``hours``, None: none), the legs of the
+    ranges ``edges`` (counters, causes) and ``pdd_edges`` (PDD)."""
+    minutes: tuple[int, int]
+    edges: tuple[tuple[int, int], ...]
+    hours: tuple[int, int] | None
+    pdd_edges: tuple[tuple[int, int], ...]
 
-    An account's stats without filters read the roll-ups for the whole
-    minutes (PDD: whole hours, when the interval is a multiple of an hour)
-    inside the range and the legs themselves only for the ragged edges; a
-    user's stats, filtered stats and intervals that are not whole minutes
-    read the legs.
-    """
+
+def _ranges(low: int, high: int, whole: tuple[int, int], unit: int) -> tuple[tuple[int, int], ...]:
+    """The parts of [low, high] before and after the whole units ``whole``."""
+    edges = ((low, whole[0] * unit - 1), ((whole[1] + 1) * unit, high))
+    return tuple(edge for edge in edges if edge[0] <= edge[1])
+
+
+def split(query: StatsQuery, use_rollups: bool = True) -> Split | None:
+    """How to read ``query``: None when from the legs alone (a user's stats,
+    filtered stats, intervals that are not whole minutes, ranges without a
+    whole minute); else the roll-ups for the whole minutes (PDD: whole hours,
+    when the interval is a multiple of an hour) inside the range and the legs
+    only for the ragged edges.  One rule for the node and the collector."""
     low, high, interval = query.created_from, query.created_to, query.interval
-    kinds: list[list[tuple[str, list[Any]]]] = [[], [], []]
     minutes = _whole_units(low, high, 60)
     if not (use_rollups and query.owner_id is None and not query.filters and interval % 60 == 0 and minutes):
-        for kind, statement in zip(kinds, _raw(query, low, high)):
+        return None
+    hours = _whole_units(low, high, 3600) if interval % 3600 == 0 else None
+    pdd_edges = ((low, high),) if hours is None else _ranges(low, high, hours, 3600)
+    return Split(minutes, _ranges(low, high, minutes, 60), hours, pdd_edges)
+
+
+def plan(query: StatsQuery, use_rollups: bool = True) -> list[list[tuple[str, list[Any]]]]:
+    """The statements whose rows, added up, are the KPIs: per kind (counters,
+    causes, pdd) a list of (sql, args), as ``split()`` says."""
+    kinds: list[list[tuple[str, list[Any]]]] = [[], [], []]
+    parts = split(query, use_rollups)
+    if parts is None:
+        for kind, statement in zip(kinds, _raw(query, query.created_from, query.created_to)):
             kind.append(statement)
         return kinds
-    fmt = {"i": interval, "seiz": _R_SEIZURE, "user": _USER_OUTCOMES}
-    args = [query.account_id, minutes[0], minutes[1]]
+    fmt = {"i": query.interval, "seiz": _R_SEIZURE, "user": _USER_OUTCOMES}
+    args = [query.account_id, parts.minutes[0], parts.minutes[1]]
     kinds[0].append((_ROLLUP_COUNTERS_SQL.format(**fmt), list(args)))
     kinds[1].append((_ROLLUP_CAUSES_SQL.format(**fmt), list(args)))
-    edges = [(low, minutes[0] * 60 - 1), ((minutes[1] + 1) * 60, high)]
-    for edge_low, edge_high in edges:
-        if edge_low <= edge_high:
-            counters, causes, _ = _raw(query, edge_low, edge_high)
-            kinds[0].append(counters)
-            kinds[1].append(causes)
-    hours = _whole_units(low, high, 3600) if interval % 3600 == 0 else None
-    if hours is None:
-        kinds[2].append(_raw(query, low, high)[2])
-    else:
-        kinds[2].append((_ROLLUP_PDD_SQL.format(**fmt), [query.account_id, hours[0], hours[1]]))
-        for edge_low, edge_high in [(low, hours[0] * 3600 - 1), ((hours[1] + 1) * 3600, high)]:
-            if edge_low <= edge_high:
-                kinds[2].append(_raw(query, edge_low, edge_high)[2])
+    for edge_low, edge_high in parts.edges:
+        counters, causes, _ = _raw(query, edge_low, edge_high)
+        kinds[0].append(counters)
+        kinds[1].append(causes)
+    if parts.hours is not None:
+        kinds[2].append((_ROLLUP_PDD_SQL.format(**fmt), [query.account_id, parts.hours[0], parts.hours[1]]))
+    for edge_low, edge_high in parts.pdd_edges:
+        kinds[2].append(_raw(query, edge_low, edge_high)[2])
     return kinds
 
 

@@ -265,11 +265,8 @@ def test_central_login_tokeninfo_cors_page_and_the_rest(fleet):
     assert status == 204 and "X-Auth-Token" in head["access-control-allow-headers"]
     status, head, body = request(port, "/ui")
     assert status == 200 and head["content-type"].startswith("text/html")
-    # Not served centrally: the feed (404), stats and worst (501, Kazoo's envelope).
+    # Not served centrally: the feed (404).
     assert request(port, "/v2/feed/cdrs", TOKEN)[0] == 404
-    for route in ("stats", "worst"):
-        status, _, body = request(port, fleet.path("/v2/accounts/%s/cdrs/%s" % (A, route)), TOKEN_A)
-        assert status == 501 and json.loads(body)["status"] == "error", body
     # Live channels: every node asked (none live now), none unreachable.
     status, _, body = request(port, "/v2/channels", TOKEN)
     doc = json.loads(body)
@@ -283,6 +280,81 @@ def test_central_login_tokeninfo_cors_page_and_the_rest(fleet):
     same_answer(fleet, node, "/v2/accounts/%s/cdrs/%s" % (A, "no-such-cdr"))
     now = int(time.time()) + GREGORIAN_OFFSET
     same_answer(fleet, node, "/v2/accounts/%s/cdrs?created_from=%d&created_to=%d" % (A, now - 10**8, now))
+
+
+# The KPIs a bucket adds up over nodes (query/stats.py's counters).
+ADDITIVE = ("legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes", "failures",
+            "pdd_legs", "mos_legs", "low_mos", "rtp_legs", "no_rtp")
+
+
+def counted(node: MediaServer) -> list[dict]:
+    """A's legs the KPIs count (loopback legs nowhere)."""
+    return [r for r in rows_of(node, A) if not (r["channel_name"] or "").startswith("loopback/")]
+
+
+def mos_rounded(value):
+    """A stats answer with each ``mos_avg`` to 12 digits: the node adds MOS values as
+    floating point, the collector exactly (docs/api.md); every other figure is compared as is."""
+    if isinstance(value, dict):
+        return {k: float("%.12g" % v) if k == "mos_avg" and isinstance(v, float) else mos_rounded(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [mos_rounded(v) for v in value]
+    return value
+
+
+def same_stats(fleet: Fleet, node: MediaServer, path: str, csv_too: bool = False) -> dict:
+    """``same_answer`` for cdrs/stats: the same JSON and CSV but for mos_avg's last digits."""
+    status, _, body = request(node.api_port, path, TOKEN)
+    c_status, _, c_body = request(fleet.central, path, TOKEN)
+    assert status == c_status == 200, c_body[:300]
+    assert mos_rounded(comparable(c_body)) == mos_rounded(comparable(body)), path
+    if csv_too:
+        tables = []
+        for port in (node.api_port, fleet.central):
+            rows = list(csv.DictReader(io.StringIO(request(port, path, TOKEN, headers={"Accept": "text/csv"})[2].decode())))
+            tables.append(mos_rounded([{k: float(v) if k == "mos_avg" and v else v for k, v in r.items()} for r in rows]))
+        assert tables[0] == tables[1] and len(tables[0]) == len(json.loads(body)["data"]["buckets"]), path
+    return json.loads(body)
+
+
+def test_stats_and_worst_are_the_nodes(fleet):
+    """One node's legs (``filter_node``): the node's KPIs and worst legs, JSON and
+    CSV, every interval; unfiltered (the collector's roll-ups): each bucket's
+    counts are the sum of the two nodes'."""
+    for node in fleet.nodes:
+        for interval in (60, 900, 3600, 86400):
+            path = fleet.path("/v2/accounts/%s/cdrs/stats" % A, filter_node=node.name, interval=interval)
+            doc = same_stats(fleet, node, path, csv_too=interval == 3600)
+            assert doc["data"]["totals"]["legs"] == len(counted(node)) > 0
+        owner = next(r["owner_id"] for r in rows_of(node, A) if r["owner_id"])
+        same_stats(fleet, node, fleet.path("/v2/accounts/%s/users/%s/cdrs/stats" % (A, owner),
+                                           filter_node=node.name, interval=1800))
+        for kind in ("mos", "pdd", "no_rtp"):
+            path = fleet.path("/v2/accounts/%s/cdrs/worst" % A, filter_node=node.name, by=kind, limit=500)
+            same_answer(fleet, node, path)
+            same_answer(fleet, node, path, accept="text/csv")
+    for interval in (60, 3600):
+        path = fleet.path("/v2/accounts/%s/cdrs/stats" % A, interval=interval)
+        status, _, body = request(fleet.central, path, TOKEN_A)
+        assert status == 200, body
+        central = json.loads(body)["data"]
+        per_node = [json.loads(request(node.api_port, path, TOKEN_A)[2])["data"] for node in fleet.nodes]
+        assert central["totals"]["legs"] == sum(len(counted(node)) for node in fleet.nodes)
+        for i, bucket in enumerate(central["buckets"] + [central["totals"]]):
+            parts = [(doc["buckets"] + [doc["totals"]])[i] for doc in per_node]
+            assert {k: bucket[k] for k in ADDITIVE} == {k: sum(p[k] for p in parts) for k in ADDITIVE}, i
+            causes: dict[str, int] = {}
+            for part in parts:
+                for cause, n in part["hangup_causes"].items():
+                    causes[cause] = causes.get(cause, 0) + n
+            assert bucket["hangup_causes"] == causes, i
+    # The worst legs of the fleet: every node's.
+    path = fleet.path("/v2/accounts/%s/cdrs/worst" % A, by="mos", limit=500)
+    central = json.loads(request(fleet.central, path, TOKEN_A)[2])["data"]
+    nodes = [leg for node in fleet.nodes for leg in json.loads(request(node.api_port, path, TOKEN_A)[2])["data"]]
+    assert sorted(leg["id"] for leg in central) == sorted(leg["id"] for leg in nodes) != []
+    assert [leg["audio_in_mos"] for leg in central] == sorted(leg["audio_in_mos"] for leg in nodes)
 
 
 def test_a_node_down_its_cdrs_are_still_served_and_channels_name_it(fleet):

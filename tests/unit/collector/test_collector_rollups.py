@@ -5,7 +5,9 @@ the roll-ups equal a recount from the legs after any sequence of batches."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import uuid
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from eslcdr.collector import pgrollups, pgschema
 from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgstore import FeedRecord, PgStore
+from eslcdr.collector.readside import PgReadSide, stats_rows
 from eslcdr.query import params, sql, stats
 from eslcdr.store import db as store
 
@@ -153,24 +156,7 @@ def test_the_rollups_move_in_the_batch_s_transaction(pg, tmp_path):
 
 def test_read_rollups_gives_the_node_s_kpis(pg, tmp_path):
     hour = ts(2026, 11, 10) - (ts(2026, 11, 10) - G) % 3600
-    records = []
-    for n in range(40):
-        when = hour + (n * 271) % (3 * 3600)
-        records.append(leg(when, account="acc-a" if n % 5 else "acc-b", duration=30 + n,
-                           call_direction=("inbound", "outbound")[n % 2],
-                           hangup_cause=("NORMAL_CLEARING", "USER_BUSY", "LOSE_RACE", None, "NO_ROUTE_DESTINATION")[n % 5],
-                           answered_us=0 if n % 3 == 0 else (when - G - 20) * 10**6,
-                           billing_seconds=0 if n % 3 == 0 else n,
-                           audio_in_mos=(None, 4.41, 3.2, 4.5)[n % 4], no_rtp_in=(None, 0, 1)[n % 3],
-                           pdd_ms=(None, 120, 800, 120, 2500)[n % 5],
-                           channel_name="loopback/x-a" if n % 11 == 0 else "sofia/internal/1000@example.com"))
-    node = store.connect_writer(tmp_path / "node.db")
-    store.insert_records(node, records)
-    statement, args = sql.feed_sql(params.FeedQuery(0, None))
-    lines, previous = [], 0
-    for row in node.execute(statement, args):
-        lines.append(parse_record(row[0].encode(), previous))
-        previous = lines[-1].seq
+    node, lines = _node_and_feed(tmp_path, hour)
     # a first version of some rows, then the node's (a replacement each)
     early = [replayed(item, item.seq, billing_seconds=999, account_id="acc-b") for item in lines[:10]]
     pg.store_batch("fs1", "db-1", 0, early)
@@ -196,6 +182,76 @@ def _rounded(value):
     if isinstance(value, list):
         return [_rounded(v) for v in value]
     return value
+
+
+def test_central_stats_and_worst_after_replacements_are_the_node_s(pg, pg_dsn, tmp_path):
+    """PgReadSide.stats / .worst over rows stored, then replaced, then refused
+    from another node: the node's answer for every shape of query (roll-ups
+    with ragged edges, PDD from legs, a user's, filtered, odd intervals)."""
+    hour = ts(2026, 11, 10) - (ts(2026, 11, 10) - G) % 3600
+    node, lines = _node_and_feed(tmp_path, hour)
+    early = [replayed(item, item.seq, billing_seconds=999, account_id="acc-b", audio_in_mos=1.0) for item in lines[:10]]
+    pg.store_batch("fs1", "db-1", 0, early)
+    pg.store_batch("fs1", "db-1", early[-1].seq,
+                   lines[10:] + [replayed(item, len(lines) + n + 1) for n, item in enumerate(lines[:10])])
+    pg.node_state("fs2", "http://127.0.0.1:2")
+    pg.store_batch("fs2", "db-2", 0, [replayed(item, n + 1, billing_seconds=5) for n, item in enumerate(lines[:5])])
+    read = PgReadSide(pg_dsn, 10.0, heavy_slots=1)
+    try:
+        span = (hour, hour + 3 * 3600 - 1)
+        ragged = (hour + 17, hour + 3 * 3600 - 45)
+        codec = params.parse_filters({"filter_call_direction": ["outbound"]})
+        shapes = [(None, span, 3600, ()), (None, ragged, 3600, ()), (None, ragged, 600, ()), (None, span, 60, ()),
+                  (None, ragged, 86400, ()), (None, span, 90, ()), ("user-1", ragged, 1800, ()),
+                  (None, ragged, 3600, codec)]
+        for owner, (low, high), interval, filters in shapes:
+            query = stats.StatsQuery("acc-a", owner, low, high, interval, filters)
+            central = read.stats(query)
+            assert central["totals"]["legs"] > 5, query
+            # mos_avg within float rounding: the node adds REAL values (in its roll-ups'
+            # or its legs' order), the collector numeric ones, exactly.
+            assert _rounded(central) == _rounded(stats.read_stats(node, query)), query
+            assert _rounded(central) == _rounded(stats.read_stats(node, query, use_rollups=False)), query
+            assert _csv_rounded(stats.csv_text(central)) == _csv_rounded(stats.csv_text(stats.read_stats(node, query)))
+        for kind in stats.WORST_KINDS:
+            for owner, filters in ((None, ()), ("user-1", codec)):
+                query = stats.WorstQuery("acc-a", owner, span[0], span[1], kind, 7, filters)
+                expected = node.execute(*stats.worst_sql(query)).fetchall()
+                assert expected and [tuple(r) for r in read.worst(query)] == expected, (kind, owner)
+        assert read.stats(stats.StatsQuery("acc-a\x00", None, *span, 3600, ()))["totals"]["legs"] == 0
+    finally:
+        read.close()
+        node.close()
+
+
+def _csv_rounded(text):
+    """CSV records, a float's cell rounded as _rounded rounds it."""
+    return [[str(_rounded(float(cell))) if "." in cell and not cell.startswith("{") else cell for cell in row]
+            for row in csv.reader(io.StringIO(text))]
+
+
+def _node_and_feed(tmp_path, hour):
+    """A node's SQLite file with 40 varied legs over three hours, and its feed."""
+    records = []
+    for n in range(40):
+        when = hour + (n * 271) % (3 * 3600)
+        records.append(leg(when, account="acc-a" if n % 5 else "acc-b", duration=30 + n,
+                           owner="user-1" if n % 2 else "user-2",
+                           call_direction=("inbound", "outbound")[n % 2],
+                           hangup_cause=("NORMAL_CLEARING", "USER_BUSY", "LOSE_RACE", None, "NO_ROUTE_DESTINATION")[n % 5],
+                           answered_us=0 if n % 3 == 0 else (when - G - 20) * 10**6,
+                           billing_seconds=0 if n % 3 == 0 else n,
+                           audio_in_mos=(None, 4.41, 3.2, 4.5)[n % 4], no_rtp_in=(None, 0, 1)[n % 3],
+                           pdd_ms=(None, 120, 800, 120, 2500)[n % 5],
+                           channel_name="loopback/x-a" if n % 11 == 0 else "sofia/internal/1000@example.com"))
+    node = store.connect_writer(tmp_path / "node.db")
+    store.insert_records(node, records)
+    statement, args = sql.feed_sql(params.FeedQuery(0, None))
+    lines, previous = [], 0
+    for row in node.execute(statement, args):
+        lines.append(parse_record(row[0].encode(), previous))
+        previous = lines[-1].seq
+    return node, lines
 
 
 def test_migration_4_keys_and_counts_the_rows_already_stored(pg_dsn, tmp_path):
@@ -314,3 +370,7 @@ def test_rollups_equal_a_recount_after_any_batches(pg, steps):
         assert got == expected
         stored, recount = rollups(conn)
         assert stored == recount
+    # And the KPIs read from them are the legs' (ragged edges, whole hours).
+    for interval in (60, 3600):
+        query = stats.StatsQuery("acc-a", None, base + 30, base + 2 * 3600 - 1, interval, ())
+        assert stats.compute(query, stats_rows(conn, query)) == stats.compute(query, stats_rows(conn, query, False))

@@ -11,7 +11,8 @@ import pytest
 
 from eslcdr.query.stats import CSV_COLUMNS, KPI_FIELDS, nearest_rank
 
-from tests.unit.api.test_api import ACC_A, ACC_B, COLLECTOR, B, Env, NOW_G, assert_error, leg
+from tests.unit.api.test_api import (ACC_A, ACC_B, CENTRAL_TOO, COLLECTOR, B, CentralEnv, Env, NOW_G, assert_error,
+                                    leg)
 
 HOUR = 3600
 H0 = (NOW_G // HOUR) * HOUR - 3 * HOUR  # start of the first bucket (aligned)
@@ -82,8 +83,12 @@ RATIOS = ("asr", "ner", "acd_seconds", "pdd_ms_p50", "pdd_ms_p95", "mos_avg")
 
 
 @pytest.fixture
-def env(tmp_path):
-    environment = Env(tmp_path)
+def env(request, tmp_path):
+    """The hand set on a node; with ``CENTRAL_TOO``, also in the collector's PostgreSQL."""
+    if getattr(request, "param", "node") == "central":
+        environment = CentralEnv(tmp_path, request.getfixturevalue("pg_dsn"))
+    else:
+        environment = Env(tmp_path)
     for legs in hand_set().values():
         environment.insert(legs)
     yield environment
@@ -99,6 +104,7 @@ def approx_equal(got: dict, expected: dict) -> None:
             assert got[name] == value, name
 
 
+@CENTRAL_TOO
 def test_kpis_of_the_hand_computed_legs(env):
     body = env.get("%s?%s" % (STATS, RANGE)).json
     assert body["status"] == "success" and set(body["data"]) == {"totals", "buckets"}
@@ -116,6 +122,7 @@ def test_kpis_of_the_hand_computed_legs(env):
     assert list(buckets[0])[2:] == list(KPI_FIELDS)  # every figure, in the documented order
 
 
+@CENTRAL_TOO
 def test_ratios_over_zero_legs_are_absent_never_zero(env):
     buckets = env.get("%s?%s" % (STATS, RANGE)).json["data"]["buckets"]
     for bucket in buckets[1:]:
@@ -127,6 +134,7 @@ def test_ratios_over_zero_legs_are_absent_never_zero(env):
     assert not set(RATIOS) & set(quiet["totals"]) and quiet["totals"]["legs"] == 0
 
 
+@CENTRAL_TOO
 def test_totals_are_the_sum_of_the_buckets(env):
     for interval in (60, 600, 1800, 3600, 7200, 86400):
         data = env.get("%s?%s&interval=%d" % (STATS, RANGE, interval)).json["data"]
@@ -146,6 +154,7 @@ def test_totals_are_the_sum_of_the_buckets(env):
             assert after["from"] == before["to"] + 1 and after["from"] % interval == 0
 
 
+@CENTRAL_TOO
 def test_daily_buckets_start_at_midnight_utc_and_are_clipped_to_the_range(env):
     data = env.get("%s?%s&interval=86400" % (STATS, RANGE)).json["data"]
     for bucket in data["buckets"]:
@@ -156,6 +165,7 @@ def test_daily_buckets_start_at_midnight_utc_and_are_clipped_to_the_range(env):
     assert (H0 - 62167219200) % 3600 == 0  # Gregorian hours are Unix hours
 
 
+@CENTRAL_TOO
 def test_csv_is_the_json_buckets(env):
     json_buckets = env.get("%s?%s&interval=1800" % (STATS, RANGE)).json["data"]["buckets"]
     for request in ({"headers": {**env_headers(), "Accept": "text/csv"}, "url": "%s?%s&interval=1800"},
@@ -177,6 +187,7 @@ def env_headers() -> dict:
     return {"X-Auth-Token": "token-a"}
 
 
+@CENTRAL_TOO
 def test_user_stats_count_only_the_users_legs(env):
     data = env.get("/v2/accounts/%s/users/user-9/cdrs/stats?%s&interval=10800" % (ACC_A, RANGE)).json["data"]
     approx_equal(data["totals"], {
@@ -187,6 +198,7 @@ def test_user_stats_count_only_the_users_legs(env):
     })
 
 
+@CENTRAL_TOO
 def test_tenancy_another_accounts_legs_never_count(env):
     # Account B sees its one leg; A's figures above never include it.
     mine = env.get("/v2/accounts/%s/cdrs/stats?%s" % (ACC_B, RANGE), headers=B).json["data"]["totals"]
@@ -199,6 +211,7 @@ def test_tenancy_another_accounts_legs_never_count(env):
     assert as_collector["legs"] == 11
 
 
+@CENTRAL_TOO
 @pytest.mark.parametrize("query, param", [
     ("interval=59", "interval"),
     ("interval=abc", "interval"),
@@ -222,6 +235,7 @@ def test_too_many_buckets_is_a_validation_error(tmp_path):
         environment.close()
 
 
+@CENTRAL_TOO
 def test_filters_narrow_the_stats(env):
     totals = env.get("%s?%s&filter_codec=PCMU" % (STATS, RANGE)).json["data"]["totals"]
     assert (totals["legs"], totals["seizures"], totals["answered"], totals["no_rtp"]) == (2, 2, 2, 1)
@@ -237,6 +251,7 @@ def test_nearest_rank():
 # --------------------------------------------------------------- worst legs
 
 
+@CENTRAL_TOO
 def test_worst_legs_by_mos_pdd_and_no_rtp(env):
     base = "/v2/accounts/%s/cdrs/worst?%s" % (ACC_A, RANGE)
     by_mos = env.get(base + "&by=mos").json["data"]
