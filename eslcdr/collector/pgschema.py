@@ -218,7 +218,8 @@ INSERT INTO stats_pdd_hours
 # ("timestamp", seq, source in byte order) (the hangup_at indexes of version 1
 # served none of them); the interaction listing's is (the interaction start,
 # interaction_id in byte order), the start spelled exactly as pgquery.START
-# (an expression index serves only the same expression); its first-leg check
+# (an expression index serves only the same expression), and a user's (legs
+# with an owner only); the first-leg check
 # and the legs route look an interaction up in its account, a detail a CDR id.
 # Every index leads with account_id (Citus: each shard's index serves it).
 # On the partitioned table each one is created on every partition, existing
@@ -233,6 +234,10 @@ CREATE INDEX cdrs_account_interactions ON cdrs (account_id,
   (CASE WHEN interaction_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(interaction_id, 1, 11)::bigint
    ELSE COALESCE(interaction_created_us, created_us, 0) / 1000000 + 62167219200 END),
   interaction_id COLLATE "C") WHERE interaction_id IS NOT NULL;
+CREATE INDEX cdrs_owner_interactions ON cdrs (account_id, owner_id,
+  (CASE WHEN interaction_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(interaction_id, 1, 11)::bigint
+   ELSE COALESCE(interaction_created_us, created_us, 0) / 1000000 + 62167219200 END),
+  interaction_id COLLATE "C") WHERE interaction_id IS NOT NULL AND owner_id IS NOT NULL;
 CREATE INDEX cdrs_account_interaction ON cdrs (account_id, interaction_id);
 CREATE INDEX cdrs_account_cdr_id ON cdrs (account_id, id);
 """
