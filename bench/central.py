@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -132,10 +133,12 @@ def timed(fn, n: int) -> list[float]:
 
 
 def store_live(args: argparse.Namespace) -> None:
-    """Child: one node storing its last hour's legs until stdin closes; prints its rate."""
+    """Child: one node storing its last hour's legs until SIGUSR1; prints its rate."""
     dsn, node, now = args.live[0], int(args.live[1]), int(args.live[2])
+    # SIGUSR1 stops it (eslcdr's imports patch threading for gevent: a thread
+    # blocked reading stdin would block the process).
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-live-"))
     writer = PgStore.connect(dsn)
     docs = templates(work)
@@ -184,7 +187,7 @@ def main() -> None:
         # process of its own, as the collector is.
         live = subprocess.Popen([sys.executable, __file__, "--live", dsn, str(args.nodes), str(now),
                                  "--accounts", str(args.accounts), "--batch-size", str(args.batch_size)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True)
         while live.stdout.readline().strip() != "ready":  # its templates made, it stores
             pass
         read = PgReadSide(dsn, 30.0, heavy_slots=2)
@@ -217,7 +220,7 @@ def main() -> None:
                                    "--down", "1", "--requests", str(min(args.requests, 200))],
                                   capture_output=True, text=True, timeout=600)
         print(channels.stdout.strip() or channels.stderr[-2000:])
-        live.stdin.close()
+        live.send_signal(signal.SIGUSR1)
         print(live.stdout.read().strip(), "  load average %.2f" % os.getloadavg()[0])
         live.wait(600)
         read.close()
