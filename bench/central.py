@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,7 @@ def store_live(args: argparse.Namespace) -> None:
     rows, secs = load(writer, Cloner(docs, args.accounts, seed=9), [node], 10**9, now - 3600, 3600,
                       args.batch_size, stop)
     writer.close()
+    shutil.rmtree(work, ignore_errors=True)
     print("storing meanwhile (one node, batches of %d): %d rows in %.1f s = %.0f rows/s"
           % (args.batch_size, rows, secs, rows / secs))
 
@@ -227,6 +229,7 @@ def main() -> None:
         writer.close()
     finally:
         pg.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
