@@ -212,6 +212,36 @@ INSERT INTO stats_pdd_hours
   GROUP BY 1, 2, 3;
 """
 
+# The read side's indexes (pgquery.py; docs/collector.md, "Indexes"): each
+# listing's first page reads its index in the listing's order and stops after
+# a page -- no sort of the account's rows.  The CDR listings' order is
+# ("timestamp", seq, source in byte order) (the hangup_at indexes of version 1
+# served none of them); the interaction listing's is (the interaction start,
+# interaction_id in byte order), the start spelled exactly as pgquery.START
+# (an expression index serves only the same expression), and a user's (legs
+# with an owner only); the first-leg check
+# and the legs route look an interaction up in its account, a detail a CDR id.
+# Every index leads with account_id (Citus: each shard's index serves it).
+# On the partitioned table each one is created on every partition, existing
+# and future; building them locks writes to cdrs while it runs.
+_M5_READ_INDEXES = """
+DROP INDEX IF EXISTS cdrs_account_time;
+DROP INDEX IF EXISTS cdrs_owner_time;
+DROP INDEX IF EXISTS cdrs_interaction;
+CREATE INDEX cdrs_account_list ON cdrs (account_id, "timestamp", seq, source COLLATE "C");
+CREATE INDEX cdrs_owner_list ON cdrs (account_id, owner_id, "timestamp", seq, source COLLATE "C");
+CREATE INDEX cdrs_account_interactions ON cdrs (account_id,
+  (CASE WHEN interaction_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(interaction_id, 1, 11)::bigint
+   ELSE COALESCE(interaction_created_us, created_us, 0) / 1000000 + 62167219200 END),
+  interaction_id COLLATE "C") WHERE interaction_id IS NOT NULL;
+CREATE INDEX cdrs_owner_interactions ON cdrs (account_id, owner_id,
+  (CASE WHEN interaction_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(interaction_id, 1, 11)::bigint
+   ELSE COALESCE(interaction_created_us, created_us, 0) / 1000000 + 62167219200 END),
+  interaction_id COLLATE "C") WHERE interaction_id IS NOT NULL AND owner_id IS NOT NULL;
+CREATE INDEX cdrs_account_interaction ON cdrs (account_id, interaction_id);
+CREATE INDEX cdrs_account_cdr_id ON cdrs (account_id, id);
+"""
+
 # A call that crossed media servers as one central interaction
 # (pginteractions.py): each joined node id -> the group's central id, keyed
 # with account_id (Citus-ready); the legs of an account by SIP Call-ID (only
@@ -229,10 +259,9 @@ CREATE INDEX interaction_aliases_central ON interaction_aliases (account_id, cen
 CREATE INDEX cdrs_sip_call_id ON cdrs (account_id, sip_call_id) WHERE sip_call_id IS NOT NULL;
 """
 
-# A migration is a function of a cursor or literal SQL.  (Merge note: the
-# central interactions are migration 6, after the indexes' migration 5.)
+# A migration is a function of a cursor or literal SQL.
 MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS,
-              _M6_CENTRAL_INTERACTIONS)
+              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # cdrs.account_id of a leg without an account (NULL on the node).
 NO_ACCOUNT = ""

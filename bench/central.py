@@ -1,0 +1,236 @@
+"""The central API's figures (issue 17, point 6) on a collector's PostgreSQL.
+
+Rows are cloned from real legs (bench/api.py's generator writes a node's
+SQLite file; its feed lines, as a node serves them, are the templates), spread
+over ``--nodes`` nodes (each its own seqs), ``--accounts`` accounts and the
+last ``--days`` days, and loaded through the collector's own write path
+(``PgStore.store_batch``, batches per node) into a private PostgreSQL
+(pgserver).  Then, while one more node keeps storing (its rows/s measured):
+- an account's CDR first page (``PgReadSide.list_page``, 50 rows), p50/p99;
+- an account's interaction first page, p50/p99;
+- an account's last day as CSV (``list_export`` + ``query.list_csv``), rows/s;
+- the live channels of 20 stand-in nodes, one down (bench/fleet_channels.py);
+- stats: skipped while ``PgReadSide.stats`` answers 501.
+
+Prints figures; not a pass/fail test.  Issue targets: first page p99 < 20 ms,
+account day CSV >= 100,000 rows/s, stats 30 days hourly p99 < 200 ms,
+channels of 20 nodes p99 < 300 ms with one down, storing >= 20,000 rows/s.
+
+    python bench/central.py [--rows 1000000] [--nodes 20] [--accounts 50] [--days 30] [--requests 200]
+    python bench/central.py --rows 10000000   # the issue's size
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import orjson  # noqa: E402
+import psycopg  # noqa: E402
+
+from api import generate  # noqa: E402
+from fleet_channels import percentile  # noqa: E402
+from eslcdr.store import db as store  # noqa: E402
+from eslcdr.collector import pgschema  # noqa: E402
+from eslcdr.collector.pgstore import FeedRecord, PgStore  # noqa: E402
+from eslcdr.collector.readside import PgReadSide  # noqa: E402
+from eslcdr.ingest.interactions import GREGORIAN_OFFSET  # noqa: E402
+from eslcdr.query.list_csv import list_csv  # noqa: E402
+from eslcdr.query.params import KIND_CDRS, KIND_INTERACTIONS, FeedQuery, ListQuery  # noqa: E402
+from eslcdr.query.sql import feed_sql  # noqa: E402
+
+
+def templates(work: Path, count: int = 300) -> list[dict]:
+    """Real legs as a node's feed serves them (bench/api.py's generator)."""
+    db = work / "templates.db"
+    generate(db, count, seed=17)
+    conn = store.connect_writer(db)
+    sql, args = feed_sql(FeedQuery(0, None))
+    docs = [orjson.loads(row[0]) for row in conn.execute(sql, args)]
+    conn.close()
+    return docs
+
+
+class Cloner:
+    """Legs cloned from the templates: new ids, account, owner, times; per-node seqs."""
+
+    def __init__(self, docs: list[dict], accounts: int, seed: int) -> None:
+        self.docs, self.rng = docs, random.Random(seed)
+        self.accounts = ["%032x" % (0xACC0000 + i) for i in range(accounts)]
+        self.seq: dict[int, int] = {}
+
+    def interaction(self, node: int, created: int) -> list[FeedRecord]:
+        rng = self.rng
+        account = self.accounts[rng.randrange(len(self.accounts))]
+        owner = "%032x" % (0x5E0000 + rng.randrange(200))
+        iid = "%d-%08x" % (created + GREGORIAN_OFFSET, rng.getrandbits(32))
+        out = []
+        for leg in range(rng.choice((1, 2, 2, 3))):
+            doc = dict(self.docs[rng.randrange(len(self.docs))])
+            call_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            duration = max(1, int(doc.get("duration_seconds") or 60))
+            hangup = created + duration
+            seq = self.seq[node] = self.seq.get(node, 0) + 1
+            ccv = dict(doc.get("custom_channel_vars") or {}, account_id=account)
+            doc.update(seq=seq, call_id=call_id, id=time.strftime("%Y%m", time.gmtime(hangup)) + "-" + call_id,
+                       interaction_id=iid, account_id=account, owner_id=owner if leg == 0 else None,
+                       created_us=created * 10**6 + leg, hangup_us=hangup * 10**6,
+                       answered_us=(created + 3) * 10**6 if doc.get("answered_us") else 0,
+                       timestamp=hangup + GREGORIAN_OFFSET, custom_channel_vars=ccv,
+                       node="fs%d" % node, media_server="fs%d.example.com" % node)
+            out.append(FeedRecord(seq, call_id, hangup * 10**6, orjson.dumps(doc), doc))
+        return out
+
+
+def load(store_: PgStore, cloner: Cloner, nodes: list[int], rows: int, start: int, span: int, batch: int,
+         stop: threading.Event | None = None) -> tuple[int, float]:
+    """Store ``rows`` legs hung up over [start, start + span) through store_batch; (rows, seconds)."""
+    pending: dict[int, list[FeedRecord]] = {n: [] for n in nodes}
+    after = {n: store_.node_state("fs%d" % n, "http://127.0.0.1:1").after for n in nodes}
+    made, step, began = 0, span / max(rows, 1), time.perf_counter()
+
+    def flush(node: int) -> None:
+        items = pending[node]
+        store_.ensure_months(items, "fs%d" % node)
+        after[node] = store_.store_batch("fs%d" % node, "db-fs%d" % node, after[node], items).after
+        pending[node] = []
+
+    t = float(start)
+    while made < rows and not (stop and stop.is_set()):
+        node = nodes[made % len(nodes)]
+        legs = cloner.interaction(node, int(t))
+        pending[node] += legs
+        made += len(legs)
+        t += step * len(legs)
+        if len(pending[node]) >= batch:
+            flush(node)
+    for node in nodes:
+        if pending[node]:
+            flush(node)
+    return made, time.perf_counter() - began
+
+
+def timed(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        began = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - began) * 1000)
+    return out
+
+
+def store_live(args: argparse.Namespace) -> None:
+    """Child: one node storing its last hour's legs until SIGUSR1; prints its rate."""
+    dsn, node, now = args.live[0], int(args.live[1]), int(args.live[2])
+    # SIGUSR1 stops it (eslcdr's imports patch threading for gevent: a thread
+    # blocked reading stdin would block the process).
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+    work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-live-"))
+    writer = PgStore.connect(dsn)
+    docs = templates(work)
+    print("ready", flush=True)
+    rows, secs = load(writer, Cloner(docs, args.accounts, seed=9), [node], 10**9, now - 3600, 3600,
+                      args.batch_size, stop)
+    writer.close()
+    shutil.rmtree(work, ignore_errors=True)
+    print("storing meanwhile (one node, batches of %d): %d rows in %.1f s = %.0f rows/s"
+          % (args.batch_size, rows, secs, rows / secs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--live", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.live:
+        store_live(args)
+        return
+
+    import pgserver
+
+    work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-central-"))
+    pg = pgserver.get_server(str(work / "pg"), cleanup_mode="delete")
+    try:
+        with psycopg.connect(pg.get_uri(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        dsn = pg.get_uri("bench")
+        writer = PgStore.connect(dsn)
+        pgschema.migrate(writer.conn)
+        cloner = Cloner(templates(work), args.accounts, seed=5)
+        now = int(time.time())
+        span = args.days * 86400
+        made, secs = load(writer, cloner, list(range(args.nodes)), args.rows, now - span - 3600, span, args.batch_size)
+        print("loaded %d rows (%d nodes, %d accounts, %d days) through PgStore.store_batch in %.0f s: %.0f rows/s"
+              % (made, args.nodes, args.accounts, args.days, secs, made / secs))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE cdrs")
+
+        # One more node keeps storing (the last hour) while the queries run: a
+        # process of its own, as the collector is.
+        live = subprocess.Popen([sys.executable, __file__, "--live", dsn, str(args.nodes), str(now),
+                                 "--accounts", str(args.accounts), "--batch-size", str(args.batch_size)],
+                                stdout=subprocess.PIPE, text=True)
+        while live.stdout.readline().strip() != "ready":  # its templates made, it stores
+            pass
+        read = PgReadSide(dsn, 30.0, heavy_slots=2)
+        account = cloner.accounts[3]
+        high = now + GREGORIAN_OFFSET
+
+        def query(kind: str, days: float, size: int | None) -> ListQuery:
+            return ListQuery(kind=kind, account_id=account, owner_id=None, created_from=high - int(days * 86400),
+                             created_to=high, ascending=False, page_size=size, cursor=None, filters=(), utc_offset=0)
+
+        for kind, label in ((KIND_CDRS, "CDR"), (KIND_INTERACTIONS, "interaction")):
+            q = query(kind, args.days, 50)
+            timed(lambda: read.list_page(q), 5)
+            t = timed(lambda: read.list_page(q), args.requests)
+            print("%s first page (%d days, 50 rows), %d requests: p50 %.1f ms  p99 %.1f ms  max %.1f ms"
+                  % (label, args.days, args.requests, percentile(t, 50), percentile(t, 99), max(t)))
+        day = query(KIND_CDRS, 1, None)
+        csv_runs = []
+        for _ in range(3):
+            began, rows, size = time.perf_counter(), 0, 0
+            for batch in read.list_export(day):
+                rows += len(batch)
+                size += len(list_csv(batch))
+            csv_runs.append((rows, time.perf_counter() - began, size))
+        rows, secs, size = min(csv_runs, key=lambda r: r[1])
+        print("an account's day as CSV: %d rows, %.1f MB in %.2f s = %.0f rows/s (best of 3)"
+              % (rows, size / 1e6, secs, rows / secs))
+        print("stats: skipped (PgReadSide.stats answers 501 on this branch)")
+        channels = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_channels.py"), "--nodes", "20",
+                                   "--down", "1", "--requests", str(min(args.requests, 200))],
+                                  capture_output=True, text=True, timeout=600)
+        print(channels.stdout.strip() or channels.stderr[-2000:])
+        live.send_signal(signal.SIGUSR1)
+        print(live.stdout.read().strip(), "  load average %.2f" % os.getloadavg()[0])
+        live.wait(600)
+        read.close()
+        writer.close()
+    finally:
+        pg.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
