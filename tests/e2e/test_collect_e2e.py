@@ -4,6 +4,7 @@ process, a real PostgreSQL server (pgserver), and faults in between."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -387,14 +388,15 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-def test_collector_killed_mid_batch_stores_each_row_once(media, collector, pg_dsn):
-    node = media("fs-a", calls=40, seed=3)
-    rows = node.settled_rows(40)
+@contextlib.contextmanager
+def a_batch_held_in_its_transaction(node, rows, collector, pg_dsn):
+    """The collector pulling ``node`` as fs-a with one batch in the middle held
+    inside its transaction: an uncommitted cdr_keys row for one of its calls
+    makes its INSERT INTO cdr_keys wait (after the batch's COPY), while the
+    batches before it commit.  Yields (the collector, the blocking
+    connection: roll it back to release the batch, the held call_id)."""
     with psycopg.connect(pg_dsn) as conn:
         pgschema.migrate(conn)
-    # Hold one batch in the middle inside its transaction: an uncommitted
-    # cdr_keys row for one of its calls makes its INSERT INTO cdr_keys wait
-    # (after the batch's COPY), while the batches before it commit.
     middle = rows[len(rows) // 2]["call_id"]
     with psycopg.connect(pg_dsn) as blocker:
         blocker.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, '', now(), 'blocker')",
@@ -404,6 +406,13 @@ def test_collector_killed_mid_batch_stores_each_row_once(media, collector, pg_ds
         wait_for(lambda: pg_rows(
             pg_dsn, "SELECT pid FROM pg_stat_activity WHERE application_name = 'eslcdr-collect'"
             " AND wait_event_type = 'Lock'"), what="a batch waiting inside its transaction")
+        yield process, blocker, middle
+
+
+def test_collector_killed_mid_batch_stores_each_row_once(media, collector, pg_dsn):
+    node = media("fs-a", calls=40, seed=3)
+    rows = node.settled_rows(40)
+    with a_batch_held_in_its_transaction(node, rows, collector, pg_dsn) as (process, blocker, _):
         stored_before = len(pg_rows(pg_dsn))
         assert 0 < stored_before < len(rows)
         process.stop(signal.SIGKILL)
@@ -532,17 +541,7 @@ def test_a_stalling_node_does_not_delay_the_other(media, collector, pg_dsn):
 def test_sigterm_finishes_the_batch_being_committed(media, collector, pg_dsn):
     node = media("fs-a", calls=30, seed=10)
     rows = node.settled_rows(30)
-    with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
-    middle = rows[len(rows) // 2]["call_id"]
-    with psycopg.connect(pg_dsn) as blocker:
-        blocker.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, '', now(), 'blocker')",
-                        (middle,))
-        process = collector({"fs-a": node.url})
-        process.port()
-        wait_for(lambda: pg_rows(
-            pg_dsn, "SELECT pid FROM pg_stat_activity WHERE application_name = 'eslcdr-collect'"
-            " AND wait_event_type = 'Lock'"), what="a batch waiting inside its transaction")
+    with a_batch_held_in_its_transaction(node, rows, collector, pg_dsn) as (process, blocker, middle):
         before = node_state(pg_dsn, "fs-a")
         process.proc.send_signal(signal.SIGTERM)
         gevent.sleep(1.0)
