@@ -185,7 +185,7 @@ def cmd_collect(args) -> int:
         print("eslcdr: cannot start: PostgreSQL: %s" % message, file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
-        print("eslcdr: cannot start: listen %s:%d: %s" % (cfg.host, cfg.port, exc), file=sys.stderr)
+        print("eslcdr: cannot start: listen %s:%d: %s" % (cfg.api.host, cfg.api.port, exc), file=sys.stderr)
         return EXIT_FAILURE
     return collector.serve_forever()
 

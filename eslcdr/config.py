@@ -145,6 +145,26 @@ SERVER_LIMIT_SETTINGS: dict[str, Setting] = {
         "bytes of a request body (the login's JSON); a larger Content-Length is answered 413 before\n"
         "a byte of the body is read, a chunked body as soon as it passes this (at least 1024)")),
 }
+# How the API answers (ranges, pages, query time, CORS, login sessions): the same
+# keys in [api] and in the collector's [collector] (its central API; ``ApiConfig.taken_from``).
+API_ANSWER_SETTINGS: dict[str, Setting] = {
+    "max_range": Setting("2682000", int, positive, help=(
+        "widest created_from..created_to range in seconds (Kazoo's default: 31 days)")),
+    "default_page_size": Setting("50", int, positive, help="rows of a listing's page when the client names no page_size"),
+    # and at least default_page_size (ApiConfig.taken_from)
+    "max_page_size": Setting("1000", int, positive, help=(
+        "largest page_size a client may ask for (at least default_page_size)")),
+    "statement_timeout": Setting("10", float, positive, help="seconds a single query may run before it is aborted"),
+    "heavy_queries": Setting("2", int, positive, help=(
+        "filtered listings (the database may scan the whole range), stats and filtered worst legs run at most\n"
+        "this many at once; the others wait up to statement_timeout for a slot (then 503), so a plain\n"
+        "page stays fast while they run")),
+    "cors_origins": Setting("*", _cors_origins, help=(
+        "origins whose browser pages may call the API (CORS): * (any, as Kazoo), or a list\n"
+        "like https://ui.example.com https://ops.example.com; empty = no CORS headers")),
+    "session_ttl": Setting("3600", float, positive, help=(
+        "seconds an auth_token from PUT /v2/api_auth stays valid (Kazoo's token_auth_expiry_s)")),
+}
 # The [log] keys of both eslcdr run and eslcdr collect.
 LOG_SETTINGS: dict[str, Setting] = {
     "level": Setting("info", choice("debug", "info", "warning", "error"), help="debug, info, warning, error"),
@@ -203,23 +223,8 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "listen": Setting("127.0.0.1:8080", host_port, help="host:port of the HTTP API; loopback by default"),
         "tokens_file": Setting("/etc/eslcdr/tokens", text, help=(
             "one token per line: TOKEN ACCOUNT_ID or sha256:HEX ACCOUNT_ID ('*' = collector)")),
-        "max_range": Setting("2682000", int, positive, help=(
-            "widest created_from..created_to range in seconds (Kazoo's default: 31 days)")),
-        "default_page_size": Setting("50", int, positive, help="rows of a listing's page when the client names no page_size"),
-        # and at least default_page_size (build)
-        "max_page_size": Setting("1000", int, positive, help=(
-            "largest page_size a client may ask for (at least default_page_size)")),
-        "statement_timeout": Setting("10", float, positive, help="seconds a single query may run before it is aborted"),
+        **API_ANSWER_SETTINGS,
         **SERVER_LIMIT_SETTINGS,
-        "heavy_queries": Setting("2", int, positive, help=(
-            "filtered listings (SQLite may scan the whole range), stats and filtered worst legs run at most\n"
-            "this many at once; the others wait up to statement_timeout for a slot (then 503), so a plain\n"
-            "page stays fast while they run")),
-        "cors_origins": Setting("*", _cors_origins, help=(
-            "origins whose browser pages may call the API (CORS): * (any, as Kazoo), or a list\n"
-            "like https://ui.example.com https://ops.example.com; empty = no CORS headers")),
-        "session_ttl": Setting("3600", float, positive, help=(
-            "seconds an auth_token from PUT /v2/api_auth stays valid (Kazoo's token_auth_expiry_s)")),
     },
     "cdr": {
         "account_id_vars": Setting("ecallmgr_Account-ID", names, help=(
@@ -266,12 +271,7 @@ class EslNode:
     reconnect_max_delay: float
 
     def __repr__(self) -> str:  # never print the password
-        return "EslNode(name=%r, host=%r, port=%r, format=%r)" % (
-            self.name,
-            self.host,
-            self.port,
-            self.format,
-        )
+        return "EslNode(name=%r, host=%r, port=%r, format=%r)" % (self.name, self.host, self.port, self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +330,16 @@ class ApiConfig:
     heavy_queries: int
     cors_origins: tuple[str, ...]  # () = no CORS headers
     session_ttl: float
+
+    @classmethod
+    def taken_from(cls, values: dict[str, Any], raw: Mapping[str, str], section: str) -> "ApiConfig":
+        """The API's keys among a section's parsed ``values`` (``[api]``, or the collector's
+        ``[collector]``), removed from them; ``raw``: the section's text, for the error."""
+        if values["max_page_size"] < values["default_page_size"]:
+            raise ConfigError("[%s] max_page_size: %r is out of range" % (section, raw["max_page_size"]))
+        host, port = values.pop("listen")
+        return cls(host=host, port=port, tokens_file=values.pop("tokens_file"),
+                   limits=ServerLimits.taken_from(values), **{key: values.pop(key) for key in API_ANSWER_SETTINGS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,10 +400,7 @@ def section_values(parser: configparser.ConfigParser, section: str, defaults: Ma
                    environ: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
     """A section's text: its ``defaults``, then what it ``inherit``s, then the
     file's keys, then the environment's (``env_name``)."""
-    values = dict(defaults)
-    values.update(inherit or {})
-    if parser.has_section(section):
-        values.update(parser[section])
+    values = {**defaults, **(inherit or {}), **(parser[section] if parser.has_section(section) else {})}
     values.update({key: environ[env_name(section, key)] for key in defaults if env_name(section, key) in environ})
     return values
 
@@ -402,9 +409,8 @@ def _node(name: str, section: str, values: Mapping[str, str]) -> EslNode:
     return EslNode(name=name, **parsed(SETTINGS["esl"], values, section))
 
 
-def read_config_file(
-    parser: configparser.ConfigParser, path: str | os.PathLike | None, default_paths: Sequence[Path]
-) -> str:
+def read_config_file(parser: configparser.ConfigParser, path: str | os.PathLike | None,
+                     default_paths: Sequence[Path]) -> str:
     """Read ``path`` (it must exist), or else the first of ``default_paths``
     that exists, into ``parser``; return what was read (``<defaults>`` when
     nothing was).  Shared by ``eslcdr run`` and ``eslcdr collect``."""
@@ -475,15 +481,11 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
 
     store = parsed(SETTINGS["store"], values("store"), "store")
     api_values = values("api")
-    api = parsed(SETTINGS["api"], api_values, "api")
-    if api["max_page_size"] < api["default_page_size"]:
-        raise ConfigError("[api] max_page_size: %r is out of range" % api_values["max_page_size"])
-    host, port = api.pop("listen")
-    limits = ServerLimits.taken_from(api)
+    api = ApiConfig.taken_from(parsed(SETTINGS["api"], api_values, "api"), api_values, "api")
     return Config(
         nodes=tuple(nodes),
         store=StoreConfig(**{**store, "spool_path": store["spool_path"] or store["path"] + ".spool"}),
-        api=ApiConfig(host=host, port=port, limits=limits, **api),
+        api=api,
         cdr=CdrConfig(**{**cdr, "node_name": node_name}),
         log=LogConfig(**parsed(SETTINGS["log"], values("log"), "log")),
         backfill=BackfillConfig(**parsed(SETTINGS["backfill"], values("backfill"), "backfill")),

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Mapping
 
 from ..config import (
+    API_ANSWER_SETTINGS,
     LOG_SETTINGS,
     SERVER_LIMIT_SETTINGS,
+    ApiConfig,
     ConfigError,
     Invalid,
-    ServerLimits,
     Setting,
     at_least,
     check_sections,
@@ -71,9 +72,7 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class CollectorConfig:
     dsn: str
-    host: str
-    port: int
-    tokens_file: str
+    api: ApiConfig  # the central API: listen, tokens_file, the answer settings and server limits
     poll_interval: float
     batch_size: int
     timeout: float
@@ -86,13 +85,12 @@ class CollectorConfig:
     max_new_partitions: int
     channels_timeout: float
     channels_max_bytes: int
-    limits: ServerLimits
     nodes: tuple[FeedNode, ...]
     log: LogConfig
     source: str
 
     def __repr__(self) -> str:  # the DSN may hold a password
-        return "CollectorConfig(nodes=%r, listen=%s:%d)" % (self.nodes, self.host, self.port)
+        return "CollectorConfig(nodes=%r, listen=%s:%d)" % (self.nodes, self.api.host, self.api.port)
 
     def redact(self, text: str) -> str:
         """``text`` (a psycopg/libpq or node message) without the DSN's
@@ -216,7 +214,8 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "channels_max_bytes": Setting("16777216", int, at_least(1024), help=(
             "A node's channels answer larger than this many bytes is refused (that node\n"
             "is listed in unreachable_nodes); memory stays bounded.")),
-        # the bounds of the /health and /metrics server, as [api]'s of eslcdr run
+        # how the central API answers, and the bounds of its server: [api]'s keys of eslcdr run
+        **API_ANSWER_SETTINGS,
         **SERVER_LIMIT_SETTINGS,
     },
     # [node:NAME] sections, one per media server
@@ -246,10 +245,9 @@ def from_mapping(sections: Mapping[str, Mapping[str, str]], environ: Mapping[str
 
 def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> CollectorConfig:
     check_sections(parser, SETTINGS, plain=("collector", "log"), named=("node",))
-    values = parsed(SETTINGS["collector"], section_values(parser, "collector", DEFAULTS["collector"], environ),
-                    "collector")
-    host, port = values.pop("listen")
-    limits = ServerLimits.taken_from(values)
+    raw = section_values(parser, "collector", DEFAULTS["collector"], environ)
+    values = parsed(SETTINGS["collector"], raw, "collector")
+    api = ApiConfig.taken_from(values, raw, "collector")
     nodes = []
     for section in parser.sections():
         if not section.startswith("node:"):
@@ -265,5 +263,4 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
         raise ConfigError("two [node:...] sections share a name")
     # [log] takes no environment variable (docs/configuration.md)
     log = parsed(SETTINGS["log"], section_values(parser, "log", DEFAULTS["log"], {}), "log")
-    return CollectorConfig(host=host, port=port, limits=limits, nodes=tuple(nodes), log=LogConfig(**log),
-                           source=source, **values)
+    return CollectorConfig(api=api, nodes=tuple(nodes), log=LogConfig(**log), source=source, **values)

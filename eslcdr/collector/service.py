@@ -32,7 +32,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .. import __version__
 from ..api.app import assemble
 from ..api.wsgi import CdrApi
-from ..config import DEFAULTS, SERVER_LIMIT_SETTINGS, SETTINGS, ApiConfig, parsed
 from ..service.notify import Notifier
 from ..web.server import make_server
 from ..supervise import spawn_supervised
@@ -105,20 +104,11 @@ class _AccessLog:
         pass
 
 
-def api_settings(config: CollectorConfig) -> ApiConfig:
-    """The central API's settings: ``[api]``'s defaults of ``eslcdr run``, with the
-    collector's listen address, server limits and ``tokens_file``."""
-    values = {key: value for key, value in parsed(SETTINGS["api"], DEFAULTS["api"], "api").items()
-              if key != "listen" and key not in SERVER_LIMIT_SETTINGS}
-    return ApiConfig(host=config.host, port=config.port, limits=config.limits,
-                     **{**values, "tokens_file": config.tokens_file})
-
-
 def make_app(config: CollectorConfig, health: Callable[[], dict], registry: CollectorRegistry) -> CdrApi:
     """The central API over PostgreSQL (the Kazoo routes of a node, no feed), its
     live channels the fleet's (``fleet.ask_fleet``), ``/health`` (503 unless every
     node is fine) and ``/metrics``."""
-    api = api_settings(config)
+    api = config.api
     read = PgReadSide(config.dsn, api.statement_timeout, heavy_slots=api.heavy_queries,
                       connect_timeout=config.timeout, redact=config.redact)
     return assemble(api, socket.gethostname(), read, health=health, registry=registry,
@@ -155,11 +145,11 @@ class Collector:
         registry = CollectorRegistry()
         registry.register(CollectorMetrics(self))
         self.app = make_app(cfg, self.health, registry)
-        self.http = make_server(self.app, cfg.host, cfg.port, limits=cfg.limits,
+        self.http = make_server(self.app, cfg.api.host, cfg.api.port, limits=cfg.api.limits,
                                 log=_AccessLog(), error_log=_AccessLog())
         self.http.start()
         log.info("collect_started", version=__version__, nodes=[n.name for n in cfg.nodes],
-                 listen="%s:%d" % (cfg.host, self.http.server_port))
+                 listen="%s:%d" % (cfg.api.host, self.http.server_port))
         self.notifier.ready(self.status_text())
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:

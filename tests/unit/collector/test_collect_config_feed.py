@@ -21,7 +21,7 @@ NODE = {"url": "http://10.0.0.5:8080", "token": "t0k3n"}
 
 def test_defaults_and_nodes():
     cfg = cc.from_mapping({"node:fs1": NODE, "node:fs-2": {"url": "https://fs2.example.com:8443/", "token": "x"}})
-    assert (cfg.dsn, cfg.host, cfg.port, cfg.batch_size, cfg.poll_interval) == (
+    assert (cfg.dsn, cfg.api.host, cfg.api.port, cfg.batch_size, cfg.poll_interval) == (
         "postgresql:///eslcdr", "127.0.0.1", 8090, 5000, 1.0)
     assert [(n.name, n.url) for n in cfg.nodes] == [("fs1", "http://10.0.0.5:8080"), ("fs-2", "https://fs2.example.com:8443")]
     assert "t0k3n" not in repr(cfg) and "t0k3n" not in repr(cfg.nodes[0])
@@ -57,6 +57,9 @@ def test_environment_overrides_dsn_and_tokens():
         ({"node: fs1": NODE}, "node name"),
         ({"node:fs1": NODE, "collector": {"dsn": " "}}, "[collector] dsn: empty"),
         ({"node:fs1": NODE, "collector": {"poll_interval": "0.001"}}, "[collector] poll_interval: '0.001' is out of range"),
+        ({"node:fs1": NODE, "collector": {"default_page_size": "20", "max_page_size": "10"}},
+         "[collector] max_page_size: '10' is out of range"),
+        ({"node:fs1": NODE, "collector": {"cors_origins": "ui.example.com"}}, "[collector] cors_origins"),
     ],
 )
 def test_bad_config_names_section_and_key(sections, message):
@@ -67,8 +70,44 @@ def test_bad_config_names_section_and_key(sections, message):
 
 def test_the_http_limits_are_the_daemons_keys():
     cfg = cc.from_mapping({"node:fs1": NODE, "collector": {"max_connections": "7", "request_timeout": "4"}})
-    assert (cfg.limits.max_connections, cfg.limits.request_timeout) == (7, 4.0)
-    assert cfg.limits.max_head_bytes == ServerLimits.default().max_head_bytes
+    assert (cfg.api.limits.max_connections, cfg.api.limits.request_timeout) == (7, 4.0)
+    assert cfg.api.limits.max_head_bytes == ServerLimits.default().max_head_bytes
+
+
+def test_the_central_api_takes_the_api_keys_of_the_daemon_from_collector(tmp_path):
+    """[api]'s answer settings, set in [collector] (or ESLCDR_COLLECTOR_<KEY>), change the
+    central API's answers: a range, a page size, CORS (no query reaches PostgreSQL)."""
+    import webtest
+    from prometheus_client import CollectorRegistry
+
+    from eslcdr.collector.service import make_app
+    from eslcdr.config import API_ANSWER_SETTINGS, SETTINGS
+
+    assert set(API_ANSWER_SETTINGS) < set(cc.SETTINGS["collector"]) and set(API_ANSWER_SETTINGS) < set(SETTINGS["api"])
+    (tmp_path / "tokens").write_text("tok-a acct-a\n")
+    cfg = cc.from_mapping({"node:fs1": NODE, "collector": {
+        "dsn": "postgresql://127.0.0.1:1/none", "tokens_file": str(tmp_path / "tokens"), "max_range": "3600",
+        "max_page_size": "5", "default_page_size": "5", "cors_origins": "https://ops.example.com",
+        "session_ttl": "60"}}, environ={"ESLCDR_COLLECTOR_STATEMENT_TIMEOUT": "2.5"})
+    assert (cfg.api.max_range, cfg.api.default_page_size, cfg.api.max_page_size, cfg.api.session_ttl,
+            cfg.api.statement_timeout, cfg.api.cors_origins) == (3600, 5, 5, 60.0, 2.5, ("https://ops.example.com",))
+    defaults = cc.from_mapping({"node:fs1": NODE}).api
+    assert (defaults.max_range, defaults.max_page_size, defaults.cors_origins) == (2682000, 1000, ("*",))
+    app = make_app(cfg, lambda: {"status": "ok"}, CollectorRegistry())
+    try:
+        web = webtest.TestApp(app)
+        head = {"X-Auth-Token": "tok-a", "Origin": "https://ops.example.com"}
+        body = web.get("/v2/accounts/acct-a/cdrs?created_from=63900000000&created_to=63900003601", headers=head,
+                       status=400).json
+        assert "more than 3600 seconds" in body["data"]["created_from"]["date_range"]["message"]
+        body = web.get("/v2/accounts/acct-a/cdrs?page_size=6", headers=head, status=400).json
+        assert "page_size" in body["data"]
+        response = web.get("/v2/accounts/acct-b/cdrs", headers=head, status=403)
+        assert response.headers["Access-Control-Allow-Origin"] == "https://ops.example.com"
+        other = web.get("/v2/accounts/acct-b/cdrs", headers={**head, "Origin": "https://evil.example"}, status=403)
+        assert "Access-Control-Allow-Origin" not in other.headers
+    finally:
+        app.close()
 
 
 def test_shipped_collector_ini_parses_once_uncommented():
