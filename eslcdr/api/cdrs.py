@@ -4,7 +4,8 @@
 of a time range (JSON pages with keyset ``start_key`` cursors, or every row:
 ``paginate=false`` JSON and CSV are streamed); ``cdrs/{ID}`` is one full
 record (JSON with its revision as ETag, or CSV); ``cdrs/legs/{ID}`` every leg
-of an interaction; ``/v2/cdrs...`` is the token's own account.  Invariants:
+of an interaction; ``/v2/cdrs...`` is the token's own account.  Centrally a
+JSON listing row ends with its node, ``source`` (when the read side gives it).  Invariants:
 every read is scoped to the path's account (another account's ids do not
 exist: 404 / no rows); a JSON page holds at most ``max_page_size`` rows.
 """
@@ -26,6 +27,7 @@ from .streams import csv_body, json_body, records_csv, records_json
 from .tokens import COLLECTOR
 
 _N_SOURCE = len(kazoo.SOURCE_COLUMNS)
+_N_SOURCED = _N_SOURCE + 3  # a central listing row: values, its node (source), key, tie
 
 
 class Cdrs:
@@ -86,7 +88,13 @@ class Cdrs:
                 return kazoo.list_values(row[:_N_SOURCE], offset)
 
         def as_json(rows: list[Sequence[Any]]) -> list[str]:
-            return [orjson.dumps(dict(zip(columns, values_of(row)))).decode("utf-8") for row in rows]
+            texts = []
+            for row in rows:
+                doc = dict(zip(columns, values_of(row)))
+                if len(row) == _N_SOURCED:  # central: then the node it came from
+                    doc["source"] = row[_N_SOURCE]
+                texts.append(orjson.dumps(doc).decode("utf-8"))
+            return texts
 
         inception = None if not interactions else INCEPTION_USER if by_user else INCEPTION_ACCOUNT
 

@@ -34,7 +34,8 @@ class Batches(Protocol):
 
 
 class ReadSide(Protocol):
-    """A listing row is the ``kazoo.SOURCE_COLUMNS`` values, then its keyset
+    """A listing row is the ``kazoo.SOURCE_COLUMNS`` values, then -- centrally, not
+    in ``list_export`` -- the node it came from (``source``), then its keyset
     position (timestamp, seq; for interactions start, interaction id). A
     record is ``kazoo.record_sql``'s text: JSON (``kazoo.record_text`` drops
     what nulls remain) or one CSV record."""

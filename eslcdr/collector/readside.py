@@ -1,7 +1,8 @@
 """The central read side: ``api.readside.ReadSide`` over the collector's PostgreSQL.
 
 ``PgReadSide`` answers what ``api.sqlite.SqliteReadSide`` answers on a node, for every
-node's rows: listings (``pgquery``) come back as the node's listing rows, so the API's one
+node's rows: listings (``pgquery``) come back as the node's listing rows (JSON's with their
+node, ``source``; a CSV export's without), so the API's one
 implementation of the Kazoo shapes (``query.kazoo``, ``query.list_csv``) renders them; a
 full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
 holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
@@ -126,13 +127,15 @@ class PgPool:
             conn.close()
 
 
-def _list_row(row: Sequence[Any]) -> list[Any]:
-    """A listing row as the node's: the JSON column as its stored text."""
-    values = list(row)
+def _list_row(row: Sequence[Any], sourced: bool = True) -> list[Any]:
+    """A ``pgquery.list_sql`` row (values, key, tie, source) as the read side's listing
+    row: the values as the node's (the JSON column as its stored text), then with
+    ``sourced`` the node it came from, then the keyset position."""
+    values = list(row[:_N_SOURCE])
     ccv = values[_CCV]
     if ccv is not None:
         values[_CCV] = stored_json("custom_channel_vars", ccv)
-    return values
+    return values + ([row[-1]] if sourced else []) + list(row[_N_SOURCE:-1])
 
 
 def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
@@ -230,10 +233,9 @@ class PgReadSide:
         if unmatchable(query.account_id, query.owner_id):
             return []
         rows = self._fetch(pgquery.list_sql(query), is_heavy(query))
-        # The node's listing rows: values and keyset position, source dropped --
-        # but where two nodes' rows share (timestamp, seq), the later one's
-        # position names its node (a cursor there starts at that row).
-        out = [_list_row(row[:-1]) for row in rows]
+        # Listing rows with their node; where two nodes' rows share (timestamp, seq),
+        # the later one's position names its node (a cursor there starts at that row).
+        out = [_list_row(row) for row in rows]
         if query.kind == KIND_INTERACTIONS:
             return out
         cursor = query.cursor
@@ -243,12 +245,12 @@ class PgReadSide:
                 out[i][-1] = NodeSeq(row[-2], row[-1])
         return out
 
-    def list_rows(self, query: ListQuery) -> PgBatches:
+    def list_rows(self, query: ListQuery, sourced: bool = True) -> PgBatches:
         def chunk(after: Sequence[Any] | None) -> list[Any]:
             return self._fetch(pgquery.list_sql(query, after, CHUNK + 1), is_heavy(query))
 
-        def batch(rows: list[Any]) -> list[Any]:  # the node's rows: source dropped
-            return [_list_row(row[:-1]) for row in rows[:CHUNK]]
+        def batch(rows: list[Any]) -> list[Any]:
+            return [_list_row(row, sourced) for row in rows[:CHUNK]]
 
         first = [] if unmatchable(query.account_id, query.owner_id) else chunk(None)
 
@@ -262,7 +264,7 @@ class PgReadSide:
         return PgBatches(batch(first), following)
 
     def list_export(self, query: ListQuery) -> PgBatches:
-        return self.list_rows(query)
+        return self.list_rows(query, sourced=False)  # CSV: the node's columns only
 
     def detail(self, account_id: str, cdr_id: str, fmt: str) -> str | None:
         rows = [] if unmatchable(account_id, cdr_id) else self._fetch(pgquery.detail_sql(account_id, cdr_id))

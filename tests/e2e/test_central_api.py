@@ -25,7 +25,8 @@ import pytest
 from eslcdr.ingest.legs import GREGORIAN_OFFSET
 
 from tests.conftest import fresh_database
-from tests.e2e.test_collect_e2e import TOKEN, CollectorProcess, MediaServer, wait_collected
+from tests.compat.test_kazoo_compat import null_paths
+from tests.e2e.test_collect_e2e import TOKEN, CollectorProcess, MediaServer, wait_collected, wait_for
 
 ACCOUNT_TOKENS = {"acct-token-demo": "demo-account", "acct-token-other": "434d23e00e7f65e1ca9281d75dc8cade"}
 A, B = "demo-account", "434d23e00e7f65e1ca9281d75dc8cade"
@@ -99,16 +100,19 @@ def central_collector(root, pg_server, nodes, tokens: str) -> Iterator[int]:
 
 def comparable(body: bytes, central: bool = False) -> dict:
     """A JSON answer without the fields that may differ: the envelope's, and a
-    central record's ``source`` (checked here: the node's name)."""
+    central record's or listing row's ``source`` (checked here: the node's name)."""
     doc = json.loads(body)
     for name in ENVELOPE_ONLY:
         doc.pop(name, None)
     data = doc.get("data")
-    records = [data] if isinstance(data, dict) else data if isinstance(data, list) else []
-    records = [r for r in records if isinstance(r, dict) and "channel_created_time" in r]  # full records
+    rows = [data] if isinstance(data, dict) else data if isinstance(data, list) else []
+    records = [r for r in rows if isinstance(r, dict) and "channel_created_time" in r]  # full records
     if central:
         for record in records:
             assert record.pop("source") == record["node"]  # the harness names both alike
+        for row in rows:  # listing rows: the node of their media server
+            if isinstance(row, dict) and "media_server" in row and "channel_created_time" not in row:
+                assert row.pop("source") + ".example.com" == row["media_server"]
     if isinstance(data, dict) and records:
         doc.pop("revision")  # the record's digest: with source centrally (its text is compared)
     return doc
@@ -202,6 +206,8 @@ def test_central_listing_is_every_nodes_rows_once(fleet):
     status, _, body = request(fleet.central, fleet.path("/v2/accounts/%s/cdrs" % A, paginate="false"), TOKEN_A)
     assert status == 200
     whole = json.loads(body)["data"]
+    # Each row names the node it came from (source), the rest is the node's row.
+    assert [row.pop("source") + ".example.com" for row in whole] == [row["media_server"] for row in whole]
     key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731
     assert sorted(whole, key=key) == sorted(expected, key=key)
     assert {r["media_server"] for r in whole} == {"fs-a.example.com", "fs-b.example.com"}
@@ -272,7 +278,12 @@ def test_central_login_tokeninfo_cors_page_and_the_rest(fleet):
     doc = json.loads(body)
     assert status == 200 and doc["unreachable_nodes"] == [] and doc["page_size"] == len(doc["data"])
     status, _, body = request(port, "/health")
-    assert status == 200 and set(json.loads(body)["nodes"]) == {"fs-a", "fs-b"}
+    health = json.loads(body)
+    assert status == 200 and set(health["nodes"]) == {"fs-a", "fs-b"}
+    # No null (a figure without a value is left out, as in every JSON answer): a node
+    # that never failed has no last_error; the figures that always have one are there.
+    assert list(null_paths(health)) == [] and "last_error" not in health["nodes"]["fs-a"]
+    assert {"state", "url", "after", "rows_stored", "rows_per_second", "errors"} <= set(health["nodes"]["fs-a"])
     # A filter that matches nothing, a bad cursor: as on a node.
     node = fleet.nodes[0]
     same_answer(fleet, node, fleet.path("/v2/accounts/%s/cdrs" % A, filter_node="nowhere"))
@@ -372,3 +383,8 @@ def test_a_node_down_its_cdrs_are_still_served_and_channels_name_it(fleet):
     status, _, body = request(fleet.central, fleet.path("/v2/accounts/%s/cdrs" % A, paginate="false"), TOKEN_A)
     assert status == 200 and json.loads(body)["data"] == before["data"]
     assert {r["call_id"] for r in down_rows} <= {r["call_id"] for r in before["data"]}
+    # /health: 503, the node's last_error once a pull failed, still no null.
+    health = wait_for(lambda: (lambda got: got[0] == 503 and json.loads(got[2]))(request(fleet.central, "/health")),
+                      what="the stopped node failing on /health")
+    assert health["status"] == "degraded" and health["nodes"][down.name]["last_error"]
+    assert list(null_paths(health)) == []
