@@ -14,7 +14,8 @@
   var BUCKETS = { 3600: 120, 21600: 600, 86400: 1800, 604800: 10800, 2592000: 43200 };
   var COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c"];
 
-  var state = { token: "", account: "", collector: false, charts: {}, timers: {}, channels: [], fetchedAt: 0 };
+  var state = { token: "", account: "", collector: false, charts: {}, timers: {}, channels: [], fetchedAt: 0,
+                unreachable: null };  // the central API's unreachable_nodes (null: a node's API)
 
   function $(id) { return document.getElementById(id); }
 
@@ -351,6 +352,7 @@
     if (!state.account && !state.collector) return;
     api(path).then(function (body) {
       state.channels = body.data;
+      state.unreachable = body.unreachable_nodes || null;
       state.fetchedAt = Date.now();
       drawChannels();
       if (state.collector && !state.account) offerAccounts(body.data);
@@ -384,7 +386,11 @@
     var table = $("channels");
     table.replaceChildren();
     var head = el("tr");
-    ["state", "direction", "caller", "destination", "callee", "elapsed", "node", "channel", "other leg"].forEach(function (h) {
+    // Centrally (the collector asked every media server) each channel names its server: source.
+    var central = state.unreachable !== null;
+    var columns = ["state", "direction", "caller", "destination", "callee", "elapsed"]
+      .concat(central ? ["source"] : [], ["node", "channel", "other leg"]);
+    columns.forEach(function (h) {
       head.appendChild(el("th", h));
     });
     table.appendChild(head);
@@ -397,6 +403,7 @@
       row.appendChild(el("td", c.destination || "–"));
       row.appendChild(el("td", [c.callee_id_name, c.callee_id_number].filter(Boolean).join(" ") || "–"));
       row.appendChild(el("td", elapsed(c.elapsed_s + drift), "num"));
+      if (central) row.appendChild(el("td", c.source || "–", "source"));
       row.appendChild(el("td", c.node || "–"));
       row.appendChild(el("td", c.channel_name || "–"));
       row.appendChild(el("td", c.other_leg ? c.other_leg.slice(0, 8) : "–"));
@@ -408,6 +415,11 @@
     var more = $("channels-more");
     more.textContent = state.channels.length > CHANNEL_ROWS ?
       "… and " + (state.channels.length - CHANNEL_ROWS) + " more (the longest-running are listed)" : "";
+    var unreachable = $("channels-unreachable");
+    var missing = state.unreachable || [];
+    unreachable.hidden = missing.length === 0;
+    unreachable.textContent = missing.length ? "Not answering, their calls are missing here: " +
+      missing.map(function (u) { return u.node + " (" + u.reason + ")"; }).join(", ") : "";
   }
 
   // -- wiring -------------------------------------------------------------------

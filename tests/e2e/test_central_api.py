@@ -18,7 +18,7 @@ import io
 import json
 import time
 import urllib.parse
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -79,10 +79,12 @@ def fleet(tmp_path_factory, pg_server):
 
 
 @contextlib.contextmanager
-def central_collector(root, pg_server, nodes, tokens: str) -> Iterator[int]:
+def central_collector(root, pg_server, nodes, tokens: str,
+                      collected: Callable[[str], Any] | None = None) -> Iterator[int]:
     """A real ``eslcdr collect`` on a fresh database pulling ``nodes`` (each
-    with ``name``, ``url``, ``rows()``), its API reading ``tokens``: its port,
-    once PostgreSQL holds every node's rows."""
+    with ``name``, ``url``; ``rows()`` for the default ``collected``), its API
+    reading ``tokens``: its port, once ``collected(dsn)`` holds (default: once
+    PostgreSQL holds every node's rows)."""
     (root / "central-tokens").write_text(tokens)
     process = None
     try:
@@ -90,7 +92,10 @@ def central_collector(root, pg_server, nodes, tokens: str) -> Iterator[int]:
             process = CollectorProcess(root, dsn, {n.name: n.url for n in nodes},
                                        extra="tokens_file = %s" % (root / "central-tokens"))
             port = process.port()
-            wait_collected(dsn, nodes)
+            if collected is None:
+                wait_collected(dsn, nodes)
+            else:
+                wait_for(lambda: collected(dsn), what="the collector to hold the nodes' rows")
             yield port
             assert process.stop() == 0
     finally:

@@ -5,18 +5,26 @@ token in its URL fragment, draws its charts from the API, lists the worst
 legs and opens their records, shows the live channels, and logs no
 JavaScript error.  A screenshot is written to the test's tmp folder.
 
+Each test runs twice (``served``): on the node's API, and on the central API
+of a real ``eslcdr collect`` (real PostgreSQL) fed by two such nodes plus a
+node that never answers -- the page then shows the fleet: each live channel's
+server (``source``) and the server that did not answer (``unreachable_nodes``).
+
 ``make test`` installs chromium and chromium-driver from Debian when
 /usr/bin/chromium is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import gevent
 import pytest
@@ -28,6 +36,8 @@ from selenium.webdriver.common.by import By
 from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource
 
 from tests.harness import DaemonProcess, write_config
+from tests.e2e.test_central_api import central_collector
+from tests.e2e.test_collect_e2e import TOKEN, free_port, pg_rows
 
 pytestmark = pytest.mark.browser
 
@@ -92,38 +102,109 @@ def severe(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e.get("level") == "SEVERE"]
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A day of calls (and live ones, without end) through a real daemon."""
-    source = GeneratedSource(calls=None, cps=2.0, seed=5, history_calls=300, post_dial_delay=True)
-    fake = FakeFreeSWITCH(events=source)
-    fake.start()
-    (tmp_path / "tokens").write_text(TOKENS)
-    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
-    try:
-        port = daemon.api_port()
-        db = tmp_path / "cdrs.db"
+HISTORY_LEGS = 600  # at least, of the 300 calls of the day before
 
+
+class LiveNode:
+    """The stand-in (in this process) playing a day of calls, then live ones without
+    end, and a real ``eslcdr run`` reading it (node_name ``name``)."""
+
+    def __init__(self, root: Path, name: str, seed: int) -> None:
+        self.name = name
+        root.mkdir(exist_ok=True)
+        self.db = root / "cdrs.db"
+        self.fake = FakeFreeSWITCH(events=GeneratedSource(calls=None, cps=2.0, seed=seed, history_calls=300,
+                                                          post_dial_delay=True))
+        self.fake.start()
+        (root / "tokens").write_text(TOKENS + "%s *\n" % TOKEN)  # TOKEN: the collector's
+        ini = write_config(root, self.fake.port)
+        ini.write_text(ini.read_text().replace("node_name = fs-test", "node_name = %s" % name))
+        self.daemon = DaemonProcess(ini, root / "daemon.log")
+        self.port = self.daemon.api_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def call_ids(self, account: str) -> set[str]:
+        """The call ids of ``account``'s CDRs written so far."""
+        try:
+            conn = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True)
+            try:
+                return {r[0] for r in conn.execute("SELECT call_id FROM cdrs WHERE account_id = ?", (account,))}
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return set()
+
+    def ready(self) -> None:
+        """The day's CDRs written, live channels up."""
         def history_written():
             try:
-                conn = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+                conn = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True)
                 try:
-                    return conn.execute("SELECT count(*) FROM cdrs").fetchone()[0] >= 600
+                    return conn.execute("SELECT count(*) FROM cdrs").fetchone()[0] >= HISTORY_LEGS
                 finally:
                     conn.close()
             except sqlite3.Error:
                 return False
 
-        wait_until(history_written, "the history's CDRs", 60)
-        wait_until(lambda: get_json(port, "/v2/channels")["data"], "live channels", 30)
-        yield port, db
+        wait_until(history_written, "the history's CDRs of %s" % self.name, 120)
+        wait_until(lambda: get_json(self.port, "/v2/channels")["data"], "live channels of %s" % self.name, 30)
+
+    def close(self) -> None:
+        self.daemon.stop()
+        self.fake.stop()
+
+
+@contextlib.contextmanager
+def live_node(root: Path, name: str, seed: int) -> Iterator[LiveNode]:
+    node = None
+    try:
+        node = LiveNode(root, name, seed)
+        yield node
     finally:
-        daemon.stop()
-        fake.stop()
+        if node is not None:
+            node.close()
+
+
+class Served(SimpleNamespace):
+    """The API the page is loaded from (``port``) and the nodes behind it."""
+
+    port: int
+    nodes: list[LiveNode]
+    central: bool
+
+    def written(self, account: str) -> set[str]:
+        return set().union(*(node.call_ids(account) for node in self.nodes))
+
+
+@pytest.fixture(params=["node", pytest.param("central", marks=pytest.mark.postgres)])
+def served(request, tmp_path):
+    """A day of calls (and live ones, without end) through a real daemon; centrally
+    through two, collected by a real ``eslcdr collect`` that also asks ``fs-gone``
+    (nothing listens there) for its live channels."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "node":
+            node = stack.enter_context(live_node(tmp_path / "fs-test", "fs-test", 5))
+            node.ready()
+            yield Served(port=node.port, nodes=[node], central=False)
+            return
+        nodes = [stack.enter_context(live_node(tmp_path / name, name, seed)) for name, seed in (("fs-a", 5), ("fs-b", 6))]
+        for node in nodes:
+            node.ready()
+        gone = SimpleNamespace(name="fs-gone", url="http://127.0.0.1:%d" % free_port())
+
+        def histories_collected(dsn: str) -> bool:
+            counts = {r["source"]: r["n"] for r in pg_rows(dsn, "SELECT source, count(*) AS n FROM cdrs GROUP BY 1")}
+            return all(counts.get(node.name, 0) >= HISTORY_LEGS for node in nodes)
+
+        port = stack.enter_context(central_collector(tmp_path, request.getfixturevalue("pg_server"), nodes + [gone],
+                                                     TOKENS, collected=histories_collected))
+        wait_until(lambda: {c["source"] for c in get_json(port, "/v2/channels")["data"]} == {"fs-a", "fs-b"},
+                   "both nodes' live channels centrally", 30)
+        yield Served(port=port, nodes=nodes, central=True)
 
 
 def test_page_draws_kpis_worst_legs_and_live_channels(served, tmp_path):
-    port, db = served
+    port = served.port
     now_g = int(time.time()) + GREGORIAN
     before = get_json(port, "/v2/accounts/%s/cdrs/stats?created_from=%d&created_to=%d"
                       % (ACCOUNT, now_g - 86400, now_g + 5))["data"]["totals"]
@@ -167,21 +248,37 @@ def test_page_draws_kpis_worst_legs_and_live_channels(served, tmp_path):
         record = get_json(port, "/v2/accounts/%s/cdrs/%s" % (ACCOUNT, cdr_id), "token-demo")["data"]
         assert fields["id"] == cdr_id == record["id"]
         assert fields["call_id"] == record["call_id"]
+        assert fields.get("source") == record.get("source") and ("source" in record) == served.central
         assert "%.2f" % record["audio_in_mos"] == shown_mos
         driver.find_element(By.ID, "record-close").click()
 
         # Live channels: every row is a leg the daemon follows (or has just written).
         wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#channels tr[title]"), "live channel rows")
-        shown = [row.get_attribute("title") for row in driver.find_elements(By.CSS_SELECTOR, "#channels tr[title]")]
-        live_now = {c["uuid"] for c in get_json(port, "/v2/accounts/%s/channels" % ACCOUNT, "token-demo")["data"]}
-        conn = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
-        try:
-            written = {r[0] for r in conn.execute("SELECT call_id FROM cdrs WHERE account_id = ?", (ACCOUNT,))}
-        finally:
-            conn.close()
-        assert shown and set(shown) <= live_now | written
+        # One snapshot of the table (it is redrawn every 5 s): header, each row's uuid and source cell.
+        headers, rows = driver.execute_script(
+            "var t = document.getElementById('channels');"
+            "return [Array.from(t.querySelectorAll('th')).map(function (h) { return h.textContent; }),"
+            "        Array.from(t.querySelectorAll('tr[title]')).map(function (r) {"
+            "          var s = r.querySelector('td.source'); return [r.title, s ? s.textContent : null]; })];")
+        shown = [uuid for uuid, _ in rows]
+        answer = get_json(port, "/v2/accounts/%s/channels" % ACCOUNT, "token-demo")
+        live_now = {c["uuid"]: c for c in answer["data"]}
+        assert shown and set(shown) <= set(live_now) | served.written(ACCOUNT)
         listed = int(driver.find_element(By.ID, "live-count").text[1:].split(",")[0])
         assert len(shown) == min(listed, 50)
+        # Centrally, each row names its media server (source); the one that did not answer is named.
+        unreachable = driver.find_element(By.ID, "channels-unreachable")
+        if served.central:
+            assert headers.index("source") == headers.index("node") - 1
+            sources = [source for _, source in rows]
+            assert set(sources) <= {"fs-a", "fs-b"}
+            assert all(live_now[uuid]["source"] == source for uuid, source in zip(shown, sources) if uuid in live_now)
+            assert {c["source"] for c in answer["data"]} == {"fs-a", "fs-b"}
+            assert [u["node"] for u in answer["unreachable_nodes"]] == ["fs-gone"]
+            assert unreachable.is_displayed() and "fs-gone (connection refused)" in unreachable.text
+        else:
+            assert "source" not in headers and "unreachable_nodes" not in answer
+            assert not unreachable.is_displayed()
 
         screenshot = tmp_path / "ui.png"
         assert driver.save_screenshot(str(screenshot))
@@ -192,7 +289,7 @@ def test_page_draws_kpis_worst_legs_and_live_channels(served, tmp_path):
 
 
 def test_collector_token_and_a_refused_token(served, tmp_path):
-    port, _ = served
+    port = served.port
     driver = browser(tmp_path / "profile")
     try:
         driver.get("http://127.0.0.1:%d/ui#token=token-collector&account=%s" % (port, ACCOUNT))
