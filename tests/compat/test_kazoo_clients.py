@@ -4,7 +4,8 @@ kazoo-sdk (``kazoo.Client``: api_auth login, re-login on 401, its own error
 classes) and PyKazoo (``PyKazooClient``: api_auth, ``RestRequest`` raising
 ValueError / PermissionError) talk HTTP to a real daemon subprocess that
 ingests generated calls from the FreeSWITCH stand-in over the Event Socket;
-the tests taking ``server`` also to ``eslcdr collect`` over the same rows.
+every test (``server``) also to ``eslcdr collect`` over the same rows, logins,
+session expiry and re-login included.
 Neither library is patched: what they do is what users of them get.
 """
 
@@ -66,7 +67,7 @@ def daemon(tmp_path_factory):
         port = process.api_port()
         assert fake.wait_done(timeout=30)
         settle(tmp / "cdrs.db", 1.0)
-        yield "http://127.0.0.1:%d/v2" % port, tmp
+        yield "http://127.0.0.1:%d/v2" % port, tmp, tmp / "daemon.log"
     finally:
         code = process.stop()
         fake.stop()
@@ -79,24 +80,25 @@ def daemon(tmp_path_factory):
 @pytest.fixture(scope="module", params=["node", "central"])
 def server(request, daemon, tmp_path_factory):
     """The daemon's API, and (issue 17.1) ``eslcdr collect``'s central API over
-    the same rows pulled into a real PostgreSQL: (base URL, the node's folder)."""
+    the same rows pulled into a real PostgreSQL (its ``session_ttl`` the node's):
+    (base URL, the node's folder, the answering server's log)."""
     if request.param == "node":
         yield daemon
         return
     from tests.conftest import fresh_database
     from tests.e2e.test_collect_e2e import CollectorProcess, pg_rows, wait_for
 
-    base, tmp = daemon
+    base, tmp, _ = daemon
     root = tmp_path_factory.mktemp("kazoo-central")
     (root / "tokens").write_text((tmp / "tokens").read_text())
     want = {r[0] for r in rows(tmp, "SELECT call_id FROM cdrs")}
     with fresh_database(request.getfixturevalue("pg_server")) as dsn:
         process = CollectorProcess(root, dsn, {"fs-test": (base[: -len("/v2")], COLLECTOR_KEY)},
-                                   extra="tokens_file = %s" % (root / "tokens"))
+                                   extra="tokens_file = %s\nsession_ttl = %s" % (root / "tokens", SESSION_TTL))
         try:
             port = process.port()
             wait_for(lambda: {r["call_id"] for r in pg_rows(dsn)} == want, what="the central copy")
-            yield "http://127.0.0.1:%d/v2" % port, tmp
+            yield "http://127.0.0.1:%d/v2" % port, tmp, process.log_path
         finally:
             assert process.stop() == 0
 
@@ -110,7 +112,7 @@ def rows(tmp, sql, *args):
 
 
 def test_kazoo_sdk_login_list_paging_detail_legs(server):
-    base, tmp = server
+    base, tmp, _ = server
     stored = rows(tmp, "SELECT id FROM cdrs WHERE account_id = ? ORDER BY timestamp DESC, seq DESC", ACCOUNT)
     assert len(stored) >= 20
     client = CdrClient(api_key=KEY, base_url=base)
@@ -153,7 +155,7 @@ def test_kazoo_sdk_login_list_paging_detail_legs(server):
 
 
 def test_kazoo_sdk_user_cdrs_and_filters(server):
-    base, tmp = server
+    base, tmp, _ = server
     client = CdrClient(api_key=KEY, base_url=base)
     client.authenticate()
     owner, count = rows(tmp, "SELECT owner_id, count(*) FROM cdrs WHERE account_id = ? AND owner_id != ''"
@@ -174,7 +176,7 @@ def test_kazoo_sdk_user_cdrs_and_filters(server):
 
 
 def test_kazoo_sdk_errors_are_its_own_exceptions(server):
-    base, _ = server
+    base, _, _ = server
     client = CdrClient(api_key=KEY, base_url=base)
     client.authenticate()
     with pytest.raises(KazooApiError):  # 404
@@ -193,8 +195,8 @@ def test_kazoo_sdk_errors_are_its_own_exceptions(server):
     assert "credentials" in str(failed.value).lower()
 
 
-def test_kazoo_sdk_logs_in_again_after_a_401(daemon):
-    base, tmp = daemon
+def test_kazoo_sdk_logs_in_again_after_a_401(server):
+    base, tmp, log = server
     client = CdrClient(api_key=KEY, base_url=base)
     first_token = client.authenticate()
     assert client.get_cdrs(ACCOUNT)["auth_token"] == first_token
@@ -204,11 +206,11 @@ def test_kazoo_sdk_logs_in_again_after_a_401(daemon):
     answer = client.get_cdrs(ACCOUNT)  # kazoo-sdk catches the 401, logs in, retries
     assert answer["status"] == "success" and client.auth_token != first_token
     assert answer["auth_token"] == client.auth_token
-    assert first_token not in (tmp / "daemon.log").read_text()
+    assert first_token not in log.read_text()
 
 
-def test_pykazoo_login_list_detail_errors_and_relogin(daemon):
-    base, tmp = daemon
+def test_pykazoo_login_list_detail_errors_and_relogin(server):
+    base, tmp, _ = server
     client = PyKazooClient(base)
     auth = client.authentication.api_auth(KEY)
     assert client.authentication.authenticated and client.authentication.account_id == ACCOUNT
@@ -244,7 +246,7 @@ def test_pykazoo_login_list_detail_errors_and_relogin(daemon):
 
 
 def test_pykazoo_cdrs_api_reads_the_logged_in_account(server):
-    base, tmp = server
+    base, tmp, _ = server
     client = PyKazooClient(base)
     client.authentication.api_auth(KEY)
     answer = client.cdrs.get_cdrs({"paginate": "false"})  # GET /v2/cdrs: no account in the path
@@ -256,12 +258,16 @@ def test_pykazoo_cdrs_api_reads_the_logged_in_account(server):
         collector.cdrs.get_cdrs()
 
 
-def test_collector_key_logs_in_and_reads_any_account(daemon):
-    base, tmp = daemon
+def test_collector_key_logs_in_and_reads_any_account(server):
+    base, tmp, log = server
     client = PyKazooClient(base)
     client.authentication.api_auth(COLLECTOR_KEY)
     assert client.authentication.account_id == "*"
     rest = client.authentication.rest_request
     other = rest.get("accounts/%s/cdrs" % OTHER, {"paginate": "false"})["data"]
     assert len(other) == len(rows(tmp, "SELECT 1 FROM cdrs WHERE account_id = ?", OTHER))
-    assert len(rest.get("feed/cdrs", {"limit": 5})["data"]) == 5
+    if log.name == "daemon.log":  # the node
+        assert len(rest.get("feed/cdrs", {"limit": 5})["data"]) == 5
+    else:  # the collector serves no feed (docs/api.md)
+        with pytest.raises(ValueError, match="404"):
+            rest.get("feed/cdrs", {"limit": 5})

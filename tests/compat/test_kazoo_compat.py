@@ -14,19 +14,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import webtest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eslcdr.api import app as api
 from eslcdr.config import from_mapping
-from eslcdr.query.reader import InlineRunner
 from eslcdr.api.sessions import SessionStore
-from eslcdr.api.tokens import TokenStore
 
 from tests import kazoo_shapes
 from tests.unit.api.test_api import A, ACC_A, ACC_B, COLLECTOR, NOW, NOW_G, TOKENS, Env, interaction_id, leg
 from tests.unit.api.test_api import CENTRAL_TOO, env  # noqa: F401 (a fixture: a node's API, or the central one)
+from tests.unit.api.test_api import BOTH_SERVERS, CentralEnv, opened_env
 from tests.e2e.test_hostile_e2e import start_daemon  # noqa: F401 (a fixture)
 
 
@@ -65,12 +62,16 @@ def test_api_auth_answers_a_session_token_for_the_keys_account(env):
     assert env.get("/v2/accounts/%s/cdrs" % ACC_A).json["auth_token"] == "token-a"
 
 
+@CENTRAL_TOO
 def test_a_collector_key_logs_in_too(env):
     env.insert([leg(NOW_G - 5, account=ACC_B)])
     body = login(env.web, "token-collector").json
     assert body["data"] == {"account_id": "*"}
     headers = {"X-Auth-Token": body["auth_token"]}
     assert len(env.get("/v2/accounts/%s/cdrs" % ACC_B, headers=headers).json["data"]) == 1
+    if isinstance(env, CentralEnv):  # the collector serves no feed (docs/api.md)
+        assert_kazoo_error(env.get("/v2/feed/cdrs", headers=headers, status=404), 404, "faulty_request")
+        return
     assert len(env.get("/v2/feed/cdrs", headers=headers).json["data"]) == 1
     # Its feed pulls acknowledge as the API key (what retention counts), never as the session.
     env.get("/v2/feed/cdrs?after=1", headers=headers)
@@ -84,6 +85,7 @@ def test_a_collector_key_logs_in_too(env):
     {"data": {"api_key": None}}, {"data": {"api_key": ["token-a"]}}, {"data": {"credentials": "x"}},
     {"data": {"api_key": "TOKEN-A"}}, {"data": {"api_key": "token-a "}},
 ])
+@CENTRAL_TOO
 def test_api_auth_bad_or_missing_key_is_kazoos_401(env, body):
     response = env.web.put("/v2/api_auth", json.dumps(body), status="*")
     body = assert_kazoo_error(response, 401, "invalid_credentials")
@@ -100,6 +102,7 @@ def test_api_auth_bad_or_missing_key_is_kazoos_401(env, body):
     (b"{}", 400, "validation error"),
     (b'{"data": {"api_key": "' + b"x" * 70000 + b'"}}', 413, "request entity too large"),
 ])
+@CENTRAL_TOO
 def test_api_auth_malformed_body_is_a_400(env, raw, status, message):
     body = assert_kazoo_error(env.web.put("/v2/api_auth", raw, status="*"), status, message)
     if status == 400:
@@ -107,6 +110,7 @@ def test_api_auth_malformed_body_is_a_400(env, raw, status, message):
         assert param in ("json", "data") and list(detail.values())[0]["target"] == "body"
 
 
+@CENTRAL_TOO
 def test_user_auth_is_kazoos_401_and_other_verbs_405(env):
     creds = {"data": {"credentials": "5f4dcc3b5aa765d61d8327deb882cf99", "account_name": "acme"}}
     assert_kazoo_error(env.web.put("/v2/user_auth", json.dumps(creds), status="*"), 401, "invalid_credentials")
@@ -116,16 +120,15 @@ def test_user_auth_is_kazoos_401_and_other_verbs_405(env):
         assert "PUT" in response.headers["Allow"]
 
 
-def test_sessions_expire_and_follow_the_tokens_file(tmp_path):
+@BOTH_SERVERS
+def test_sessions_expire_and_follow_the_tokens_file(server, request, tmp_path):
     now = [1000.0]
-    tokens = tmp_path / "tokens"
-    tokens.write_text("token-a %s\ntoken-b %s\n" % (ACC_A, ACC_B))
-    config = from_mapping({"store": {"path": str(tmp_path / "c.db")}, "api": {"tokens_file": str(tokens)}})
-    from eslcdr.store import db as store
-    store.connect_writer(tmp_path / "c.db").close()
-    sessions = SessionStore(60, clock=lambda: now[0])
-    web = webtest.TestApp(api.create_app(config, tokens=TokenStore(tokens, check_interval=0, settle=0), runner=InlineRunner(),
-                                         clock=lambda: NOW, sessions=sessions))
+    with opened_env(server, tmp_path, request, sessions=SessionStore(60, clock=lambda: now[0]),
+                    reread_tokens=True) as env:
+        sessions_expire_and_follow_the_tokens_file(env.web, env.tokens_file, now)
+
+
+def sessions_expire_and_follow_the_tokens_file(web, tokens, now: list[float]) -> None:
     url = "/v2/accounts/%s/cdrs" % ACC_A
     token = login(web, "token-a").json["auth_token"]
     web.get(url, headers={"X-Auth-Token": token})
@@ -161,6 +164,7 @@ def test_session_store_is_bounded():
     assert len(store) == 1  # expired sessions are dropped as new ones come
 
 
+@CENTRAL_TOO
 def test_tokens_never_reach_the_logs(env, capsys):
     import structlog
     from structlog.testing import capture_logs
@@ -201,9 +205,13 @@ ROUTES = ["/v2/accounts/%s/cdrs" % ACC_A, "/v2/cdrs", "/v2/cdrs/interaction", "/
 
 
 @pytest.mark.parametrize("url", ROUTES)
+@CENTRAL_TOO
 def test_cors_preflight_on_every_route(env, url):
     response = env.web.options(url, headers=PREFLIGHT, status="*")
     headers = response.headers
+    if url == "/v2/feed/cdrs" and isinstance(env, CentralEnv):  # no feed centrally (docs/api.md): no route
+        assert_kazoo_error(response, 404, "faulty_request")
+        return
     assert response.status_int == 204 and response.body == b""
     assert headers["Access-Control-Allow-Origin"] == "*"
     method = "PUT" if url.endswith("_auth") else "GET"
@@ -239,10 +247,11 @@ def test_cross_origin_get_and_errors_carry_the_origin_header(env):
     assert bad_login.headers["Access-Control-Allow-Origin"] == "*"
 
 
-def test_cors_with_a_list_of_origins_or_none(tmp_path):
-    listed = Env(tmp_path / "a", cors_origins="https://ui.example.net, https://ops.example.net") if (
-        (tmp_path / "a").mkdir() or True) else None
-    try:
+@BOTH_SERVERS
+def test_cors_with_a_list_of_origins_or_none(server, request, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with opened_env(server, tmp_path / "a", request, cors_origins="https://ui.example.net, https://ops.example.net") as listed:
         url = "/v2/accounts/%s/cdrs" % ACC_A
         good = listed.get(url, headers={**A, "Origin": "https://ops.example.net"})
         assert good.headers["Access-Control-Allow-Origin"] == "https://ops.example.net"
@@ -259,15 +268,9 @@ def test_cors_with_a_list_of_origins_or_none(tmp_path):
                              listed.web.options(path, headers={**PREFLIGHT, "Origin": "https://ui.example.net"},
                                                 status=204)):
                 assert not any(h.startswith("Access-Control-") or h == "Vary" for h in response.headers), path
-    finally:
-        listed.close()
-    (tmp_path / "b").mkdir()
-    off = Env(tmp_path / "b", cors_origins="")
-    try:
+    with opened_env(server, tmp_path / "b", request, cors_origins="") as off:
         response = off.get("/v2/accounts/%s/cdrs" % ACC_A, headers={**A, "Origin": "https://ui.example.net"})
         assert not any(h.startswith("Access-Control-") for h in response.headers)
-    finally:
-        off.close()
 
 
 def test_health_and_metrics_carry_no_cors_headers_the_v2_routes_do(start_daemon):

@@ -5,6 +5,7 @@ End-to-end tests against a real gevent WSGIServer are in test_api_e2e.py.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,6 +15,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import webtest
@@ -28,9 +30,11 @@ from eslcdr.config import from_mapping
 from eslcdr.ingest.legs import GREGORIAN_OFFSET
 from eslcdr.query.reader import InlineRunner
 from eslcdr.store.schema import COLUMN_NAMES
+from eslcdr.api.sessions import SessionStore
 from eslcdr.api.tokens import TokenStore
 
 from tests import kazoo_shapes
+from tests.conftest import fresh_database
 
 G = GREGORIAN_OFFSET
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z, the app's clock in these tests
@@ -102,17 +106,22 @@ def leg(ts_g: int, *, account: str = ACC_A, owner: str | None = "user-1", intera
 class Env:
     """A database, a tokens file and the app over them (webtest)."""
 
-    def __init__(self, root: Path, **api_settings: str) -> None:
+    def __init__(self, root: Path, sessions: SessionStore | None = None, reread_tokens: bool = False,
+                 **api_settings: str) -> None:
+        """``sessions``: the login sessions (default: ``[api] session_ttl``'s);
+        ``reread_tokens``: the tokens file is read again at each use (an edit applies at once)."""
         self.path = root / "cdrs.db"
         self.writer = store.connect_writer(self.path)
-        tokens = root / "tokens"
-        tokens.write_text("".join("%s %s\n" % item for item in TOKENS.items()))
+        self.tokens_file = root / "tokens"
+        self.tokens_file.write_text("".join("%s %s\n" % item for item in TOKENS.items()))
         self.config = from_mapping({"store": {"path": str(self.path)},
-                                    "api": {"tokens_file": str(tokens), **api_settings}})
+                                    "api": {"tokens_file": str(self.tokens_file), **api_settings}})
+        self.options = {"tokens": TokenStore(self.tokens_file, check_interval=0, settle=0) if reread_tokens
+                        else TokenStore(self.tokens_file), "sessions": sessions, "clock": lambda: NOW}
         self.registry = CollectorRegistry()
         self.health = {"status": "ok", "nodes": {"fs1": {"state": "connected"}}, "writer": {"backlog": 0}}
         self.app = api.create_app(self.config, health=lambda: self.health, registry=self.registry,
-                                  tokens=TokenStore(tokens), clock=lambda: NOW, runner=InlineRunner())
+                                  runner=InlineRunner(), **self.options)
         self.web = webtest.TestApp(self.app)
 
     def insert(self, records: list[dict]) -> list[dict]:
@@ -140,14 +149,14 @@ class CentralEnv(Env):
     the real feed and ``PgStore``) and the central API over them (issue 17.1):
     a test written for a node's ``env`` runs unchanged against ``eslcdr collect``."""
 
-    def __init__(self, root: Path, dsn: str, **api_settings: str) -> None:
+    def __init__(self, root: Path, dsn: str, **settings) -> None:
         import psycopg
 
         from eslcdr.collector import pgschema
         from eslcdr.collector.pgstore import PgStore
         from eslcdr.collector.readside import PgReadSide
 
-        super().__init__(root, **api_settings)
+        super().__init__(root, **settings)
         self.node_app = self.app
         conn = psycopg.connect(dsn)
         pgschema.migrate(conn)
@@ -156,8 +165,7 @@ class CentralEnv(Env):
         self.after = 0
         cfg = self.config.api
         self.app = api.assemble(cfg, "central", PgReadSide(dsn, cfg.statement_timeout, heavy_slots=cfg.heavy_queries),
-                                health=lambda: self.health, registry=CollectorRegistry(),
-                                tokens=TokenStore(cfg.tokens_file), clock=lambda: NOW)
+                                health=lambda: self.health, registry=CollectorRegistry(), **self.options)
         self.web = webtest.TestApp(self.app)
 
     def sync(self) -> None:
@@ -194,20 +202,34 @@ class CentralEnv(Env):
         self.pg.close()
 
 
+@contextlib.contextmanager
+def opened_env(server: str, root: Path, request, **settings) -> Iterator[Env]:
+    """An ``Env`` (``server`` "node") or a ``CentralEnv`` on a fresh database of the
+    session's PostgreSQL ("central"), closed after; ``settings`` as ``Env``'s."""
+    with contextlib.ExitStack() as stack:
+        if server == "central":
+            environment = CentralEnv(root, stack.enter_context(fresh_database(request.getfixturevalue("pg_server"))),
+                                     **settings)
+        else:
+            environment = Env(root, **settings)
+        try:
+            yield environment
+        finally:
+            environment.close()
+
+
 @pytest.fixture
 def env(request, tmp_path):
     """A node's API (SQLite); with ``CENTRAL_TOO``, also the collector's (PostgreSQL)."""
-    if getattr(request, "param", "node") == "central":
-        environment = CentralEnv(tmp_path, request.getfixturevalue("pg_dsn"))
-    else:
-        environment = Env(tmp_path)
-    yield environment
-    environment.close()
+    with opened_env(getattr(request, "param", "node"), tmp_path, request) as environment:
+        yield environment
 
 
+SERVER_PARAMS = ["node", pytest.param("central", marks=pytest.mark.postgres)]
 # A test run against a node and against the central API over the same rows.
-CENTRAL_TOO = pytest.mark.parametrize("env", ["node", pytest.param("central", marks=pytest.mark.postgres)],
-                                      indirect=True)
+CENTRAL_TOO = pytest.mark.parametrize("env", SERVER_PARAMS, indirect=True)
+# The same for a test that opens its own ``opened_env(server, ...)``.
+BOTH_SERVERS = pytest.mark.parametrize("server", SERVER_PARAMS)
 
 
 def ids(response) -> list[str]:
@@ -524,6 +546,7 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("suffix, status, message", BAD_REQUESTS)
+@CENTRAL_TOO
 def test_bad_requests_get_kazoo_errors(env, suffix, status, message):
     response = env.get("/v2/accounts/%s%s" % (ACC_A, suffix), status="*")
     body = assert_error(response, status, message)
@@ -533,6 +556,7 @@ def test_bad_requests_get_kazoo_errors(env, suffix, status, message):
         assert info["message"]
 
 
+@CENTRAL_TOO
 def test_date_range_error_is_kazoos(env):
     body = env.get("/v2/accounts/%s/cdrs?created_from=%d&created_to=%d" % (ACC_A, NOW_G - 2682001, NOW_G),
                    status=400).json
@@ -546,6 +570,7 @@ def test_date_range_error_is_kazoos(env):
 
 
 @pytest.mark.parametrize("method", ["post", "put", "delete", "patch"])
+@CENTRAL_TOO
 def test_other_verbs_are_405(env, method):
     response = getattr(env.web, method)("/v2/accounts/%s/cdrs" % ACC_A, status="*", headers=A)
     assert_error(response, 405, "invalid_method")
@@ -554,6 +579,7 @@ def test_other_verbs_are_405(env, method):
     assert_error(getattr(env.web, method)("/v3/nothing", status="*"), 404)
 
 
+@CENTRAL_TOO
 def test_trailing_slash_and_root(env):
     env.insert([leg(NOW_G - 1)])
     assert len(ids(env.get("/v2/accounts/%s/cdrs/" % ACC_A))) == 1
@@ -598,6 +624,7 @@ def test_sql_looking_input_everywhere(env, text):
     assert count == 2
 
 
+@CENTRAL_TOO
 def test_very_long_urls(env):
     long_value = "x" * 6000
     body = assert_error(env.get("/v2/accounts/%s/cdrs?filter_caller_id_name=%s" % (ACC_A, long_value),
@@ -715,7 +742,9 @@ def test_health_and_metrics(env):
 STAMPS = st.integers(min_value=0, max_value=12).map(lambda i: NOW_G - 1000 - 37 * i)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@BOTH_SERVERS
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     initial=st.lists(STAMPS, min_size=0, max_size=30),
     arrivals=st.lists(st.lists(STAMPS, max_size=4), max_size=12),
@@ -724,13 +753,11 @@ STAMPS = st.integers(min_value=0, max_value=12).map(lambda i: NOW_G - 1000 - 37 
     interactions=st.booleans(),
 )
 @pytest.mark.slow
-def test_paging_returns_every_row_exactly_once(initial, arrivals, page_size, ascending, interactions):
-    with tempfile.TemporaryDirectory() as tmp:
-        environment = Env(Path(tmp))
-        try:
-            run_paging(environment, initial, arrivals, page_size, ascending, interactions)
-        finally:
-            environment.close()
+def test_paging_returns_every_row_exactly_once(server, request, initial, arrivals, page_size, ascending,
+                                               interactions):
+    # (request only reaches the session's PostgreSQL: nothing of it is kept between examples)
+    with tempfile.TemporaryDirectory() as tmp, opened_env(server, Path(tmp), request) as environment:
+        run_paging(environment, initial, arrivals, page_size, ascending, interactions)
 
 
 def new_legs(stamps: list[int], interactions: bool) -> list[dict]:
@@ -796,6 +823,7 @@ def export_peak(env: Env, query: str) -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("query", ["accept=csv", "paginate=false"])
+@CENTRAL_TOO
 def test_streaming_export_memory_does_not_grow_with_rows(env, query):
     env.insert([leg(NOW_G - i % 2000, caller_id_name="x" * 300) for i in range(3000)])
     export_peak(env, query)  # warm caches and imports
