@@ -202,14 +202,30 @@ class CentralEnv(Env):
         self.pg.close()
 
 
+def emptied(dsn: str) -> str:
+    """``dsn``, its collector tables emptied (the schema and its partitions kept):
+    a fresh start that costs less than a new database."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        names = [name for name, in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace"
+            " WHERE s.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+            " AND c.relname NOT IN ('eslcdr_schema', 'collector_partitions')")]
+        if names:
+            conn.execute("TRUNCATE %s" % ", ".join('"%s"' % name for name in names))
+    return dsn
+
+
 @contextlib.contextmanager
-def opened_env(server: str, root: Path, request, **settings) -> Iterator[Env]:
-    """An ``Env`` (``server`` "node") or a ``CentralEnv`` on a fresh database of the
-    session's PostgreSQL ("central"), closed after; ``settings`` as ``Env``'s."""
+def opened_env(server: str, root: Path, request, dsn: str | None = None, **settings) -> Iterator[Env]:
+    """An ``Env`` (``server`` "node") or a ``CentralEnv`` ("central") on a fresh
+    database of the session's PostgreSQL (or on ``dsn``'s, emptied), closed after;
+    ``settings`` as ``Env``'s."""
     with contextlib.ExitStack() as stack:
         if server == "central":
-            environment = CentralEnv(root, stack.enter_context(fresh_database(request.getfixturevalue("pg_server"))),
-                                     **settings)
+            dsn = emptied(dsn) if dsn else stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
+            environment = CentralEnv(root, dsn, **settings)
         else:
             environment = Env(root, **settings)
         try:
@@ -755,8 +771,9 @@ STAMPS = st.integers(min_value=0, max_value=12).map(lambda i: NOW_G - 1000 - 37 
 @pytest.mark.slow
 def test_paging_returns_every_row_exactly_once(server, request, initial, arrivals, page_size, ascending,
                                                interactions):
-    # (request only reaches the session's PostgreSQL: nothing of it is kept between examples)
-    with tempfile.TemporaryDirectory() as tmp, opened_env(server, Path(tmp), request) as environment:
+    # One database for the examples, emptied for each (a new one for each: 149 s instead of 21 s).
+    dsn = request.getfixturevalue("pg_dsn") if server == "central" else None
+    with tempfile.TemporaryDirectory() as tmp, opened_env(server, Path(tmp), request, dsn) as environment:
         run_paging(environment, initial, arrivals, page_size, ascending, interactions)
 
 
