@@ -2,7 +2,8 @@
 
 Start: read the config, connect to PostgreSQL and migrate (an unreachable
 server is a one-line error and exit 1: systemd restarts the unit), create
-the partitions ahead of need, start one supervised greenlet per node, a
+the partitions ahead of need, join the legs stored before schema 7 across
+nodes (once: ``pginteractions.join_existing``), start one supervised greenlet per node, a
 housekeeping greenlet (partitions for the coming months, checked hourly),
 and the HTTP server (the daemon's hardened server, bounded by the
 ``[collector]`` limits): the central API over PostgreSQL (``readside``, the
@@ -36,7 +37,7 @@ from ..config import DEFAULTS, SERVER_LIMIT_SETTINGS, SETTINGS, ApiConfig, parse
 from ..service.notify import Notifier
 from ..web.server import make_server
 from ..supervise import spawn_supervised
-from . import pgschema
+from . import pginteractions, pgschema
 from .config import CollectorConfig
 from .fleet import ask_fleet
 from .readside import PgReadSide
@@ -146,7 +147,10 @@ class Collector:
         with psycopg.connect(cfg.dsn, connect_timeout=max(1, int(cfg.timeout)), application_name="eslcdr-collect") as conn:
             found = pgschema.migrate(conn)
             created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
-        log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created)
+            # Once: legs stored before schema 7 that crossed nodes (a no-op after).
+            joined = pginteractions.join_existing(conn)
+        log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created,
+                 joined_existing=joined)
         for node in cfg.nodes:
             worker = NodeWorker(node, cfg, self._stop, connect=self._connect)
             self.workers[node.name] = worker
