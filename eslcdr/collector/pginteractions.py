@@ -58,13 +58,16 @@ _CENTRALS = (
     "SELECT interaction_id, central_id FROM interaction_aliases"
     " WHERE account_id = %s AND interaction_id = ANY(%s)"
 )
-_MOVE_GROUP = "UPDATE interaction_aliases SET central_id = %s WHERE account_id = %s AND central_id = ANY(%s)"
+# A join moves groups (old central id -> new, the pairs as two arrays): one
+# statement per table and account, router queries on Citus.
+_MOVES = "unnest(%s::text[], %s::text[]) AS m(old, new)"
+_MOVE_GROUP = ("UPDATE interaction_aliases AS a SET central_id = m.new FROM " + _MOVES
+               + " WHERE a.account_id = %s AND a.central_id = m.old")
 _ALIAS = (
-    "INSERT INTO interaction_aliases (account_id, interaction_id, central_id) SELECT %s, unnest(%s::text[]), %s"
+    "INSERT INTO interaction_aliases (account_id, interaction_id, central_id) VALUES {rows}"
     " ON CONFLICT (account_id, interaction_id) DO UPDATE SET central_id = EXCLUDED.central_id"
 )
-_MOVE_ROWS = "UPDATE cdrs SET central_id = %s WHERE account_id = %s AND central_id = ANY(%s)"
-
+_MOVE_ROWS = "UPDATE cdrs AS c SET central_id = m.new FROM " + _MOVES + " WHERE c.account_id = %s AND c.central_id = m.old"
 
 def bucket(account_id: str) -> int:
     return zlib.crc32(account_id.encode("utf-8")) % BUCKETS
@@ -116,13 +119,14 @@ def _join(cur: psycopg.Cursor, account: str, links: list[tuple[str, str]]) -> in
         if a != b:
             low, high = sorted((a, b), key=_c_order)
             parent[high] = low
-    moved: dict[str, list[str]] = {}
-    for old in sorted(parent):
-        moved.setdefault(root(old), []).append(old)
-    for new, olds in sorted(moved.items()):
-        cur.execute(_MOVE_GROUP, (new, account, olds))
-        cur.execute(_ALIAS, (account, olds, new))
-        cur.execute(_MOVE_ROWS, (new, account, olds))
+    if not parent:
+        return 0
+    olds = sorted(parent)
+    news = [root(old) for old in olds]
+    cur.execute(_MOVE_GROUP, (olds, news, account))
+    cur.execute(_ALIAS.format(rows=", ".join(["(%s, %s, %s)"] * len(olds))),
+                [value for old, new in zip(olds, news) for value in (account, old, new)])
+    cur.execute(_MOVE_ROWS, (olds, news, account))
     return len(parent)
 
 
