@@ -323,6 +323,11 @@ def follow_sqlite_columns(cur: psycopg.Cursor) -> list[str]:
     return added
 
 
+def statements(script: str) -> list[str]:
+    """A literal migration's statements (each ends with ``;`` at a line's end)."""
+    return [part.strip() for part in script.split(";\n") if part.strip()]
+
+
 def migrate(conn: psycopg.Connection) -> int:
     """Bring the database up to SCHEMA_VERSION; return the version found.
 
@@ -350,7 +355,10 @@ def migrate(conn: psycopg.Connection) -> int:
                 continue
             migration = MIGRATIONS[version]
             if isinstance(migration, str):
-                cur.execute(migration)
+                # One statement at a time: Citus refuses several in one
+                # command once the tables are distributed.
+                for statement in statements(migration):
+                    cur.execute(statement)
             else:
                 migration(cur)
             cur.execute("UPDATE eslcdr_schema SET version = %s", (version + 1,))
