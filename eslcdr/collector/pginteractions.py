@@ -18,7 +18,7 @@ leg without an account joins nothing; a node's own interaction_id is never rewri
 from __future__ import annotations
 
 import zlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 import psycopg
 import structlog
@@ -153,16 +153,18 @@ _OLD_PAIRS = (
 )
 
 
-def join_existing(conn: psycopg.Connection, chunk: int = CHUNK) -> int | None:
+def join_existing(conn: psycopg.Connection, chunk: int = CHUNK,
+                  stopped: Callable[[], bool] = lambda: False) -> int | None:
     """Join the stored legs of calls that crossed nodes (the rule of
-    ``link_batch``), from the saved position on; ``conn`` idle.  Returns how
-    many ids changed group, None when another collector is at it."""
+    ``link_batch``), from the saved position on, until done or ``stopped()``
+    (checked between chunks); ``conn`` idle.  Returns how many ids changed
+    group, None when another collector is at it."""
     conn.autocommit = True
     try:
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_JOIN_EXISTING,)).fetchone()[0]:
             return None
         try:
-            return _walk(conn, chunk)
+            return _walk(conn, chunk, stopped)
         finally:
             if not conn.closed:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_JOIN_EXISTING,))
@@ -171,11 +173,16 @@ def join_existing(conn: psycopg.Connection, chunk: int = CHUNK) -> int | None:
             conn.autocommit = False
 
 
-def _walk(conn: psycopg.Connection, chunk: int) -> int:
+def _walk(conn: psycopg.Connection, chunk: int, stopped: Callable[[], bool]) -> int:
     position = conn.execute("SELECT join_after FROM eslcdr_schema").fetchone()[0]
+    if position is None:
+        return 0
     account, after = (position if position else [NO_ACCOUNT, None])
     changed = chunks = 0
     while True:
+        if stopped():
+            log.info("interactions_joined_existing", chunks=chunks, ids=changed, done=False)
+            return changed
         if after is None:  # the next account
             account = conn.execute(_NEXT_ACCOUNT, (account,)).fetchone()[0]
             if account is None:
@@ -193,5 +200,5 @@ def _walk(conn: psycopg.Connection, chunk: int) -> int:
         chunks += 1
         after = call_ids[-1] if len(call_ids) == chunk else None
     conn.execute("UPDATE eslcdr_schema SET join_after = NULL")
-    log.info("interactions_joined_existing", chunks=chunks, ids=changed)
+    log.info("interactions_joined_existing", chunks=chunks, ids=changed, done=True)
     return changed

@@ -2,8 +2,8 @@
 
 Start: read the config, connect to PostgreSQL and migrate (an unreachable
 server is a one-line error and exit 1: systemd restarts the unit), create
-the partitions ahead of need, join the legs stored before schema 7 across
-nodes (once: ``pginteractions.join_existing``), start one supervised greenlet per node, a
+the partitions ahead of need, start one supervised greenlet per node, one
+joining the legs stored before schema 7 across nodes (``join_existing``), a
 housekeeping greenlet (partitions for the coming months, checked hourly),
 and the HTTP server (the daemon's hardened server, bounded by the
 ``[collector]`` limits): the central API over PostgreSQL (``readside``, the
@@ -51,6 +51,7 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_TIMEOUT = 30.0
 PARTITION_CHECK_INTERVAL = 3600.0
 STATUS_INTERVAL = 10.0
+JOIN_EXISTING = "join-existing"  # the one-off greenlet (pginteractions.join_existing)
 
 
 # ------------------------------------------------------------------ metrics
@@ -147,10 +148,8 @@ class Collector:
         with psycopg.connect(cfg.dsn, connect_timeout=max(1, int(cfg.timeout)), application_name="eslcdr-collect") as conn:
             found = pgschema.migrate(conn)
             created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
-            # Once: legs stored before schema 7 that crossed nodes (a no-op after).
-            joined = pginteractions.join_existing(conn)
-        log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created,
-                 joined_existing=joined)
+        log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created)
+        self._spawn(JOIN_EXISTING, self._join_existing)
         for node in cfg.nodes:
             worker = NodeWorker(node, cfg, self._stop, connect=self._connect)
             self.workers[node.name] = worker
@@ -169,6 +168,14 @@ class Collector:
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Run target in a greenlet; restart it if it crashes."""
         self._greenlets[name] = spawn_supervised(name, target, self._stop)
+
+    def _join_existing(self) -> None:
+        """Once: the legs stored before schema 7 that crossed nodes (a no-op
+        after), beside the workers (each chunk takes its accounts' locks)."""
+        with psycopg.connect(self.config.dsn, connect_timeout=max(1, int(self.config.timeout)),
+                             application_name="eslcdr-collect") as conn:
+            pginteractions.join_existing(conn, stopped=self._stop.is_set)
+        self._greenlets.pop(JOIN_EXISTING, None)  # done: not a greenlet that must keep running
 
     def _partitions(self) -> None:
         while not self._stop.wait(timeout=PARTITION_CHECK_INTERVAL):
