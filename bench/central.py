@@ -46,6 +46,7 @@ from api import generate  # noqa: E402
 from fleet_channels import percentile  # noqa: E402
 from eslcdr.store import db as store  # noqa: E402
 from eslcdr.collector import pgschema  # noqa: E402
+from eslcdr.collector.pgquery import list_sql  # noqa: E402
 from eslcdr.collector.pgstore import FeedRecord, PgStore  # noqa: E402
 from eslcdr.collector.readside import PgReadSide  # noqa: E402
 from eslcdr.ingest.interactions import GREGORIAN_OFFSET  # noqa: E402
@@ -206,6 +207,10 @@ def main() -> None:
             t = timed(lambda: read.list_page(q), args.requests)
             print("%s first page (%d days, 50 rows), %d requests: p50 %.1f ms  p99 %.1f ms  max %.1f ms"
                   % (label, args.days, args.requests, percentile(t, 50), percentile(t, 99), max(t)))
+            with psycopg.connect(dsn, autocommit=True) as conn:  # its plan: an index read in order, no sort
+                plan = [row[0] for row in conn.execute("EXPLAIN (ANALYZE) " + list_sql(q)[0], list_sql(q)[1])]
+            print("  EXPLAIN ANALYZE: execution %s, %s" % (
+                plan[-1].split(": ")[-1], "sorts" if any("Sort  (" in line for line in plan) else "no sort"))
         day = query(KIND_CDRS, 1, None)
         csv_runs = []
         for _ in range(3):

@@ -7,8 +7,8 @@ PostgreSQL; filters compare values as SQLite's do (a JSON boolean is ``1``/``0``
 INTEGER column only equals a number).  Rows of every node are in one table: a CDR listing is
 ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's (timestamp, seq)
 starts at the first node of that pair (with its source: at that node's row).  An interaction
-is the central one (``pginteractions``): listed, keyed and found by its central id; a
-record reads its node's id and the central one.  Invariants: every statement is scoped by
+is the central one (``pginteractions``): listed, keyed and found by the row's stored
+``central_id``; a record reads its node's id and the central one.  Invariants: every statement is scoped by
 ``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
 """
 
@@ -23,7 +23,6 @@ from ..query.params import KIND_INTERACTIONS, Filter, ListQuery
 from ..query.stats import (LOW_MOS, NOT_SEIZURES, UNKNOWN_CAUSE, USER_OUTCOMES, WORST_COLUMNS, StatsQuery,
                            WorstQuery)
 from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, COLUMNS
-from .pginteractions import central_of, group_of, resolve
 from .pgschema import NO_ACCOUNT
 
 _REAL_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("REAL"))
@@ -44,8 +43,9 @@ def selected(name: str) -> str:
 # The interaction start (store.schema.INTERACTION_START): a Kazoo-shaped id's
 # time prefix, else the earliest leg's creation, in Gregorian seconds.
 # Centrally the interaction is the central one (pginteractions.py): its id is
-# the group's central id, the same as the node's for a call on one node.
-CENTRAL = central_of("c")
+# the group's central id, stored in each row (the node's for a call on one
+# node).  START is spelled exactly as pgschema's cdrs_*_interactions indexes.
+CENTRAL = col("central_id")
 START = (
     "CASE WHEN {0} ~ '^[0-9]{{11}}-[0-9a-fA-F]' THEN substr({0}, 1, 11)::bigint"
     " ELSE COALESCE(c.interaction_created_us, c.created_us, 0) / 1000000 + {1} END".format(CENTRAL, GREGORIAN_OFFSET)
@@ -165,7 +165,7 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
     clauses.append("%s BETWEEN %%s AND %%s" % key)
     args += [low, high]
     if interactions:
-        clauses.append("c.interaction_id IS NOT NULL")
+        clauses.append("%s IS NOT NULL" % CENTRAL)
     filter_clauses, filter_args = _where_filters(query.filters)
     clauses += filter_clauses
     args += filter_args
@@ -173,8 +173,7 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
         # The interaction's first leg (in the account; of the user on a
         # user's listing): earliest creation, then seq, then node.
         clauses.append(
-            "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id IN (" + group_of(CENTRAL, "c.account_id") + ")"
-            " AND o.account_id = c.account_id%s"
+            "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.account_id = c.account_id AND o.central_id = c.central_id%s"
             " AND (COALESCE(o.created_us, 0), o.seq, o.source COLLATE \"C\")"
             " < (COALESCE(c.created_us, 0), c.seq, c.source COLLATE \"C\"))"
             % (" AND o.owner_id = c.owner_id" if query.owner_id is not None else ""))
@@ -202,16 +201,14 @@ def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
     or a node's own), CDR or call id (RECORD_SELECT), in creation order (no
     creation first, as SQLite sorts NULL)."""
     return (
-        "WITH target AS (SELECT interaction_id AS iid, call_id FROM cdrs"
+        "WITH target AS (SELECT central_id AS cid, call_id FROM cdrs"
         " WHERE account_id = %%s AND (id = %%s OR call_id = %%s) LIMIT 1),"
-        " named AS (SELECT %s AS cid FROM (SELECT %%s::text AS iid UNION ALL SELECT iid FROM target) AS t)"
-        " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.interaction_id IN (%s)"
-        " OR c.call_id = (SELECT call_id FROM target WHERE iid IS NULL))"
-        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % (
-            resolve("%s", "t.iid"), RECORD_SELECT,
-            "SELECT cid FROM named UNION ALL SELECT g.interaction_id FROM interaction_aliases AS g"
-            " WHERE g.account_id = %s AND g.central_id IN (SELECT cid FROM named)"),
-        [account_id, leg_id, leg_id, account_id, leg_id, account_id, account_id])
+        " named AS (SELECT COALESCE((SELECT a.central_id FROM interaction_aliases AS a WHERE a.account_id = %%s"
+        " AND a.interaction_id = %%s), %%s) AS cid UNION ALL SELECT cid FROM target)"
+        " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.central_id IN (SELECT cid FROM named)"
+        " OR c.call_id = (SELECT call_id FROM target WHERE cid IS NULL))"
+        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % RECORD_SELECT,
+        [account_id, leg_id, leg_id, account_id, leg_id, leg_id, account_id])
 
 
 # ------------------------------------------------------------------ KPIs

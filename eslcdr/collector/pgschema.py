@@ -259,12 +259,53 @@ CREATE INDEX interaction_aliases_central ON interaction_aliases (account_id, cen
 CREATE INDEX cdrs_sip_call_id ON cdrs (account_id, sip_call_id) WHERE sip_call_id IS NOT NULL;
 """
 
+# The central interaction id stored in each row (pginteractions.py keeps it:
+# set at insert, updated -- a non-key column -- when groups join), so the
+# interaction listings read an index again (a per-row look-up in
+# interaction_aliases can be indexed by nothing).  The rows stored before are
+# filled here; their legs across nodes are joined afterwards by the
+# collector's one-off step (pginteractions.join_existing), from the position
+# in eslcdr_schema.join_after ('{}': from the start, NULL: done).  Version 5's
+# interaction indexes spelled the start over interaction_id: replaced by the
+# same over central_id; the first-leg check and the legs route look a central
+# id up.
+_M7_STORED_CENTRAL_ID = """
+ALTER TABLE cdrs ADD COLUMN central_id text;
+UPDATE cdrs SET central_id = interaction_id WHERE interaction_id IS NOT NULL;
+UPDATE cdrs AS c SET central_id = a.central_id FROM interaction_aliases AS a
+  WHERE a.account_id = c.account_id AND a.interaction_id = c.interaction_id;
+DROP INDEX IF EXISTS cdrs_account_interactions;
+DROP INDEX IF EXISTS cdrs_owner_interactions;
+DROP INDEX IF EXISTS cdrs_account_interaction;
+CREATE INDEX cdrs_account_interactions ON cdrs (account_id,
+  (CASE WHEN central_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(central_id, 1, 11)::bigint
+   ELSE COALESCE(interaction_created_us, created_us, 0) / 1000000 + 62167219200 END),
+  central_id COLLATE "C") WHERE central_id IS NOT NULL;
+CREATE INDEX cdrs_owner_interactions ON cdrs (account_id, owner_id,
+  (CASE WHEN central_id ~ '^[0-9]{11}-[0-9a-fA-F]' THEN substr(central_id, 1, 11)::bigint
+   ELSE COALESCE(interaction_created_us, created_us, 0) / 1000000 + 62167219200 END),
+  central_id COLLATE "C") WHERE central_id IS NOT NULL AND owner_id IS NOT NULL;
+CREATE INDEX cdrs_account_central ON cdrs (account_id, central_id);
+ALTER TABLE eslcdr_schema ADD COLUMN join_after text[];
+UPDATE eslcdr_schema SET join_after = '{}';
+"""
+
 # A migration is a function of a cursor or literal SQL.
 MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS,
-              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS)
+              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS, _M7_STORED_CENTRAL_ID)
 SCHEMA_VERSION = len(MIGRATIONS)
 # cdrs.account_id of a leg without an account (NULL on the node).
 NO_ACCOUNT = ""
+
+
+def micros_at(expr: str) -> str:
+    """SQL: the timestamptz of ``expr`` microseconds since the Unix epoch."""
+    return "'epoch'::timestamptz + %s * interval '1 microsecond'" % expr
+
+
+# A staged row's (``_staged AS s``, pgstore.py) key columns as cdrs stores them.
+STAGED_HANGUP_AT = "(%s)" % micros_at("s._hangup_us")
+STAGED_ACCOUNT = "coalesce(s.account_id, '%s')" % NO_ACCOUNT
 
 
 def follow_sqlite_columns(cur: psycopg.Cursor) -> list[str]:
@@ -280,6 +321,11 @@ def follow_sqlite_columns(cur: psycopg.Cursor) -> list[str]:
             cur.execute(sql.SQL("ALTER TABLE cdrs ADD COLUMN IF NOT EXISTS {} {}").format(_ident(name), sql.SQL(kind)))
             added.append(name)
     return added
+
+
+def statements(script: str) -> list[str]:
+    """A literal migration's statements (each ends with ``;`` at a line's end)."""
+    return [part.strip() for part in script.split(";\n") if part.strip()]
 
 
 def migrate(conn: psycopg.Connection) -> int:
@@ -309,7 +355,10 @@ def migrate(conn: psycopg.Connection) -> int:
                 continue
             migration = MIGRATIONS[version]
             if isinstance(migration, str):
-                cur.execute(migration)
+                # One statement at a time: Citus refuses several in one
+                # command once the tables are distributed.
+                for statement in statements(migration):
+                    cur.execute(statement)
             else:
                 migration(cur)
             cur.execute("UPDATE eslcdr_schema SET version = %s", (version + 1,))

@@ -28,8 +28,8 @@ from psycopg import sql
 
 from ..ingest.legs import GREGORIAN_OFFSET
 from . import pginteractions, pgrollups
-from .pgschema import (NO_ACCOUNT, UTC, create_partitions_for, existing_partitions, month_start, next_month,
-                       partition_name, sqlite_columns)
+from .pgschema import (STAGED_ACCOUNT, STAGED_HANGUP_AT, UTC, create_partitions_for, existing_partitions,
+                       month_start, micros_at as _us, next_month, partition_name, sqlite_columns)
 
 # PostgreSQL refuses values in these ways; anything else (connection lost,
 # serialisation failure) fails the whole batch and is retried.
@@ -137,16 +137,8 @@ def staged_values(record: FeedRecord, columns: Sequence[str]) -> list:
     return values
 
 
-def _us(expr: str) -> str:
-    return "'epoch'::timestamptz + %s * interval '1 microsecond'" % expr
-
-
-STAGED_HANGUP_AT = "(%s)" % _us("s._hangup_us")
-STAGED_ACCOUNT = "coalesce(s.account_id, '%s')" % NO_ACCOUNT
-
-
 def _insert_sql(columns: Sequence[str]) -> str:
-    names = list(columns) + ["source", "created_at", "answered_at", "hangup_at", "collected_at"]
+    names = list(columns) + ["source", "created_at", "answered_at", "hangup_at", "collected_at", "central_id"]
     select = [STAGED_ACCOUNT if name == "account_id" else "s.%s" % sql.Identifier(name).as_string(None)
               for name in columns] + [
         "%(source)s",
@@ -154,6 +146,8 @@ def _insert_sql(columns: Sequence[str]) -> str:
         "CASE WHEN s.answered_us > 0 THEN %s END" % _us("s.answered_us"),
         STAGED_HANGUP_AT,
         "now()",
+        # Its own node id until link_batch gives it its group's (pginteractions.py).
+        "s.interaction_id" if "interaction_id" in columns else "NULL",
     ]
     quoted = [sql.Identifier(name).as_string(None) for name in names]
     # No ON CONFLICT: the node's stored version of a call was deleted first

@@ -2,7 +2,8 @@
 
 Start: read the config, connect to PostgreSQL and migrate (an unreachable
 server is a one-line error and exit 1: systemd restarts the unit), create
-the partitions ahead of need, start one supervised greenlet per node, a
+the partitions ahead of need, start one supervised greenlet per node, one
+joining the legs stored before schema 7 across nodes (``join_existing``), a
 housekeeping greenlet (partitions for the coming months, checked hourly),
 and the HTTP server (the daemon's hardened server, bounded by the
 ``[collector]`` limits): the central API over PostgreSQL (``readside``, the
@@ -35,7 +36,7 @@ from ..api.wsgi import CdrApi
 from ..service.notify import Notifier
 from ..web.server import make_server
 from ..supervise import spawn_supervised
-from . import pgschema
+from . import pginteractions, pgschema
 from .config import CollectorConfig
 from .fleet import ask_fleet
 from .readside import PgReadSide
@@ -49,6 +50,7 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_TIMEOUT = 30.0
 PARTITION_CHECK_INTERVAL = 3600.0
 STATUS_INTERVAL = 10.0
+JOIN_EXISTING = "join-existing"  # the one-off greenlet (pginteractions.join_existing)
 
 
 # ------------------------------------------------------------------ metrics
@@ -137,6 +139,7 @@ class Collector:
             found = pgschema.migrate(conn)
             created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
         log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created)
+        self._spawn(JOIN_EXISTING, self._join_existing)
         for node in cfg.nodes:
             worker = NodeWorker(node, cfg, self._stop, connect=self._connect)
             self.workers[node.name] = worker
@@ -155,6 +158,14 @@ class Collector:
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Run target in a greenlet; restart it if it crashes."""
         self._greenlets[name] = spawn_supervised(name, target, self._stop)
+
+    def _join_existing(self) -> None:
+        """Once: the legs stored before schema 7 that crossed nodes (a no-op
+        after), beside the workers (each chunk takes its accounts' locks)."""
+        with psycopg.connect(self.config.dsn, connect_timeout=max(1, int(self.config.timeout)),
+                             application_name="eslcdr-collect") as conn:
+            pginteractions.join_existing(conn, stopped=self._stop.is_set)
+        self._greenlets.pop(JOIN_EXISTING, None)  # done: not a greenlet that must keep running
 
     def _partitions(self) -> None:
         while not self._stop.wait(timeout=PARTITION_CHECK_INTERVAL):

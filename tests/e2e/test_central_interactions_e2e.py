@@ -87,3 +87,43 @@ def test_a_call_across_two_nodes_is_one_central_interaction(tmp_path, pg_server)
     finally:
         for node in nodes:
             node.close()
+
+
+def test_the_collector_joins_the_legs_stored_before_schema_7_from_its_start(tmp_path, pg_server, monkeypatch):
+    # A version-6 database whose three nodes' legs of one call were stored
+    # without joining (as before the interactions schema): a real collector
+    # migrates it and, beside its workers, joins them under one central id.
+    import psycopg
+
+    from eslcdr.collector import pginteractions, pgschema
+    from eslcdr.collector.pgstore import PgStore
+    from tests.conftest import fresh_database
+    from tests.e2e.test_collect_e2e import CollectorProcess, wait_for
+    from tests.unit.collector.test_central_interactions import three_nodes
+    from tests.unit.collector.test_collector_store import feed_items
+
+    (a, b, c), legs_of = three_nodes()
+    with fresh_database(pg_server) as dsn:
+        with psycopg.connect(dsn) as conn, monkeypatch.context() as patch:
+            pgschema.migrate(conn)
+            store = PgStore(conn)
+            patch.setattr(pginteractions, "link_batch", lambda cur, node: 0)
+            for node, records in legs_of.items():
+                store.node_state(node, "http://127.0.0.1:1")
+                store.store_batch(node, "db-" + node, 0, feed_items(tmp_path, records))
+            conn.execute("ALTER TABLE cdrs DROP COLUMN central_id")
+            conn.execute("ALTER TABLE eslcdr_schema DROP COLUMN join_after")
+            conn.execute("UPDATE eslcdr_schema SET version = 6")
+            conn.commit()
+        process = CollectorProcess(tmp_path, dsn, {"fs-9": "http://127.0.0.1:1"})  # a node that is down
+        try:
+            process.port()
+            (done,) = wait_for(lambda: process.events_named("interactions_joined_existing"), what="the join")
+            assert (done["ids"], done["done"]) == (2, True)  # b and c under a
+            with psycopg.connect(dsn) as conn:
+                assert sorted(conn.execute("SELECT interaction_id, central_id FROM cdrs").fetchall()) == [
+                    (a, a), (b, a), (b, a), (c, a)]
+                assert conn.execute("SELECT version, join_after FROM eslcdr_schema").fetchone() == (7, None)
+            assert process.proc.poll() is None
+        finally:
+            assert process.stop() == 0

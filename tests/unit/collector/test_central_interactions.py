@@ -225,27 +225,73 @@ def test_two_nodes_batches_of_one_call_at_once_still_join(tmp_path, pg_dsn, even
         watcher.close()
 
 
-def test_a_call_over_three_nodes_is_one_group_whichever_hop_comes_first(central):
-    # fs-1 -> fs-2 over SIP Call-ID X, fs-2 -> fs-3 over Y; fs-3 is pulled
-    # first, then fs-2 (joins fs-3: central b), then fs-1 (joins fs-2: the
-    # group's central id becomes a, fs-3's alias moves along).
+def three_nodes() -> tuple[tuple[str, str, str], dict[str, list[dict]]]:
+    """A call over three nodes: fs-1 -> fs-2 over SIP Call-ID X, fs-2 -> fs-3
+    over Y; each node its own Kazoo-shaped id (a, b, c), all in one second."""
     from tests.unit.api.test_api import leg
 
-    store_node, web = central
     second = int(CLOCK) - 1800 + 62_167_219_200  # Gregorian
     a, b, c = ("%d-%s" % (second, tag * 16) for tag in "abc")
     hop = dict(created_us=(second - 60 - 62_167_219_200) * 1_000_000, interaction_created_us=None)  # Unix µs
-    legs_of = {
+    return (a, b, c), {
         "fs-3": [leg(second, interaction=c, sip_call_id="Y@fs2", **hop)],
         "fs-2": [leg(second, interaction=b, sip_call_id="X@fs1", **hop),
                  leg(second, interaction=b, sip_call_id="Y@fs2", **hop)],
         "fs-1": [leg(second, interaction=a, sip_call_id="X@fs1", **hop)],
     }
-    for node in ("fs-3", "fs-2", "fs-1"):
-        store_node(node, legs_of[node])
+
+
+def one_group_under_a(web, ids: tuple[str, str, str], legs_of: dict[str, list[dict]]) -> None:
+    """The three nodes' call is one interaction, a, found by each node's id."""
+    a, b, c = ids
     every = sorted(r["call_id"] for records in legs_of.values() for r in records)
     assert interactions(web) == [a]
-    for name in (a, b, c):
+    for name in ids:
         found = legs(web, name)
         assert sorted(r["call_id"] for r in found) == every, name
         assert {r["interaction_id"]: r.get("central_interaction_id") for r in found} == {a: None, b: a, c: a}
+
+
+def test_a_call_over_three_nodes_is_one_group_whichever_hop_comes_first(central):
+    # fs-1 -> fs-2 over SIP Call-ID X, fs-2 -> fs-3 over Y; fs-3 is pulled
+    # first, then fs-2 (joins fs-3: central b), then fs-1 (joins fs-2: the
+    # group's central id becomes a, fs-3's alias moves along).
+    store_node, web = central
+    (a, b, c), legs_of = three_nodes()
+    for node in ("fs-3", "fs-2", "fs-1"):
+        store_node(node, legs_of[node])
+    one_group_under_a(web, (a, b, c), legs_of)
+
+
+def test_legs_stored_before_the_central_id_are_joined_by_migrating(central, pg_dsn, monkeypatch):
+    # A version-6 database: fs-3's and fs-2's halves of a call joined (an
+    # alias c -> b), fs-1's stored while the collector did not join (a call
+    # collected before the interactions schema): two interactions.  Version 7
+    # fills each row's central id (c's rows take b), the collector's one-off
+    # step joins fs-1's legs by SIP Call-ID, in chunks: one interaction.
+    import psycopg
+
+    from eslcdr.collector import pginteractions, pgschema
+
+    store_node, web = central
+    (a, b, c), legs_of = three_nodes()
+    store_node("fs-3", legs_of["fs-3"])
+    store_node("fs-2", legs_of["fs-2"])
+    with monkeypatch.context() as patch:
+        patch.setattr(pginteractions, "link_batch", lambda cur, node: 0)
+        store_node("fs-1", legs_of["fs-1"])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # back to version 6
+        conn.execute("ALTER TABLE cdrs DROP COLUMN central_id")
+        conn.execute("ALTER TABLE eslcdr_schema DROP COLUMN join_after")
+        conn.execute("UPDATE eslcdr_schema SET version = 6")
+    with psycopg.connect(pg_dsn) as conn:
+        assert pgschema.migrate(conn) == 6
+        assert sorted(conn.execute("SELECT interaction_id, central_id FROM cdrs").fetchall()) == [
+            (a, a), (b, b), (b, b), (c, b)]
+        conn.commit()
+        assert sorted(interactions(web)) == [a, b]
+        assert pginteractions.join_existing(conn, chunk=1) == 1  # b's group moved under a
+        assert conn.execute("SELECT join_after FROM eslcdr_schema").fetchone() == (None,)
+        conn.commit()
+        assert pginteractions.join_existing(conn) == 0  # done: nothing walked again
+    one_group_under_a(web, (a, b, c), legs_of)
