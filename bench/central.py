@@ -18,6 +18,7 @@ channels of 20 nodes p99 < 300 ms with one down, storing >= 20,000 rows/s.
 
     python bench/central.py [--rows 1000000] [--nodes 20] [--accounts 50] [--days 30] [--requests 200]
     python bench/central.py --rows 10000000   # the issue's size
+    python bench/central.py --rows 50000 --day-rows 30000 --csv-only   # a busy account's day as CSV
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--day-rows", type=int, default=0,
+                        help="legs added to the measured account's last day (a large day's CSV)")
+    parser.add_argument("--csv-only", action="store_true", help="the day's CSV only (no pages, channels)")
     parser.add_argument("--live", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.live:
@@ -182,6 +186,15 @@ def main() -> None:
         made, secs = load(writer, cloner, list(range(args.nodes)), args.rows, now - span - 3600, span, args.batch_size)
         print("loaded %d rows (%d nodes, %d accounts, %d days) through PgStore.store_batch in %.0f s: %.0f rows/s"
               % (made, args.nodes, args.accounts, args.days, secs, made / secs))
+        account = cloner.accounts[3]
+        if args.day_rows:
+            # One account's busy day: its legs on every node, as the others' are.
+            busy = Cloner(cloner.docs, 1, seed=6)
+            busy.accounts = [account]
+            busy.seq = cloner.seq
+            made, secs = load(writer, busy, list(range(args.nodes)), args.day_rows, now - 86400 + 60, 86400 - 3600,
+                              args.batch_size)
+            print("loaded %d more rows in the account's last day in %.0f s" % (made, secs))
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE cdrs")
 
@@ -193,14 +206,13 @@ def main() -> None:
         while live.stdout.readline().strip() != "ready":  # its templates made, it stores
             pass
         read = PgReadSide(dsn, 30.0, heavy_slots=2)
-        account = cloner.accounts[3]
         high = now + GREGORIAN_OFFSET
 
         def query(kind: str, days: float, size: int | None) -> ListQuery:
             return ListQuery(kind=kind, account_id=account, owner_id=None, created_from=high - int(days * 86400),
                              created_to=high, ascending=False, page_size=size, cursor=None, filters=(), utc_offset=0)
 
-        for kind, label in ((KIND_CDRS, "CDR"), (KIND_INTERACTIONS, "interaction")):
+        for kind, label in () if args.csv_only else ((KIND_CDRS, "CDR"), (KIND_INTERACTIONS, "interaction")):
             q = query(kind, args.days, 50)
             timed(lambda: read.list_page(q), 5)
             t = timed(lambda: read.list_page(q), args.requests)
@@ -218,10 +230,11 @@ def main() -> None:
         print("an account's day as CSV: %d rows, %.1f MB in %.2f s = %.0f rows/s (best of 3)"
               % (rows, size / 1e6, secs, rows / secs))
         print("stats: skipped (PgReadSide.stats answers 501 on this branch)")
-        channels = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_channels.py"), "--nodes", "20",
-                                   "--down", "1", "--requests", str(min(args.requests, 200))],
-                                  capture_output=True, text=True, timeout=600)
-        print(channels.stdout.strip() or channels.stderr[-2000:])
+        if not args.csv_only:
+            channels = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_channels.py"), "--nodes", "20",
+                                       "--down", "1", "--requests", str(min(args.requests, 200))],
+                                      capture_output=True, text=True, timeout=600)
+            print(channels.stdout.strip() or channels.stderr[-2000:])
         live.send_signal(signal.SIGUSR1)
         print(live.stdout.read().strip(), "  load average %.2f" % os.getloadavg()[0])
         live.wait(600)

@@ -16,6 +16,7 @@ roll-ups (``pgrollups``) and the legs only where the node reads legs (``stats.sp
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
@@ -44,6 +45,7 @@ _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _FAX = COLUMN_NAMES.index("fax_success")
 _IID = COLUMN_NAMES.index("interaction_id")
 _WIDTH = len(COLUMN_NAMES)
+_FLAT = frozenset((str, int, bool, type(None)))  # values orjson and json read alike
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join(
     '"%s" %s' % (name, sqltype.split()[0]) for name, sqltype, _ in COLUMNS)
@@ -126,12 +128,32 @@ class PgPool:
             conn.close()
 
 
+def listing_vars(text: str | None) -> str | dict | None:
+    """custom_channel_vars of a listing row (jsonb's text) as ``kazoo.list_values``
+    reads the node's: a flat object of strings, numbers that are ints to both
+    parsers, booleans and nulls is parsed once here (its keys' order never
+    shows); any other value becomes the node's stored text, as psycopg's json
+    module and ``record_row`` make it (nested objects sorted, numbers as the
+    json module reads them)."""
+    if text is None or text == "{}":
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if value.__class__ is dict and value:
+        for item in value.values():
+            if item.__class__ not in _FLAT:
+                break
+        else:
+            return value
+    return stored_json("custom_channel_vars", json.loads(text))
+
+
 def _list_row(row: Sequence[Any]) -> list[Any]:
-    """A listing row as the node's: the JSON column as its stored text."""
-    values = list(row)
-    ccv = values[_CCV]
-    if ccv is not None:
-        values[_CCV] = stored_json("custom_channel_vars", ccv)
+    """A listing row as the node's (``listing_vars``), its source dropped."""
+    values = list(row[:-1])
+    values[_CCV] = listing_vars(values[_CCV])
     return values
 
 
@@ -233,7 +255,7 @@ class PgReadSide:
         # The node's listing rows: values and keyset position, source dropped --
         # but where two nodes' rows share (timestamp, seq), the later one's
         # position names its node (a cursor there starts at that row).
-        out = [_list_row(row[:-1]) for row in rows]
+        out = [_list_row(row) for row in rows]
         if query.kind == KIND_INTERACTIONS:
             return out
         cursor = query.cursor
@@ -248,7 +270,7 @@ class PgReadSide:
             return self._fetch(pgquery.list_sql(query, after, CHUNK + 1), is_heavy(query))
 
         def batch(rows: list[Any]) -> list[Any]:  # the node's rows: source dropped
-            return [_list_row(row[:-1]) for row in rows[:CHUNK]]
+            return [_list_row(row) for row in rows[:CHUNK]]
 
         first = [] if unmatchable(query.account_id, query.owner_id) else chunk(None)
 

@@ -102,6 +102,50 @@ def test_records_render_as_sqlite_renders_them(tmp_path):
     conn.close()
 
 
+# custom_channel_vars a listing reads (rate, rate_name, call_type, bridge_id,
+# recordings, cost...): flat strings (the fast path), and what it must leave to
+# the node's stored text -- nested objects (jsonb puts shorter keys first, the
+# node's text sorts them), big numbers, lists -- with CSV's odd cells.
+ODD_VARS = [
+    {"account_billing": "per_minute", "rate": "250", "rate_name": 'Smith, "J"\r\nx', "bridge_id": "=1+2",
+     "call_priority": "渡辺 健", "recording_url": "-x", "surcharge": "+5"},
+    {"account_billing": {"b": 1, "aa": [2, {"yy": None, "c": True}]}, "rate": 1e20,
+     "rate_name": 12345678901234567890123, "surcharge": 1.5, "media_recordings": [{"b": 1, "aa": "x,y"}, "r\n1"]},
+    {"account_billing": "per_minute", "rate": True, "rate_name": None, "call_priority": False, "bridge_id": "",
+     "rate_increment": 60, "rate_minimum": 30, "discount_percentage": 18446744073709551615},
+    {"account_billing": "per_minute", "rate": "1.5", "rate_name": 2.0, "rate_increment": "6", "x": 0.1 + 0.2},
+    {"rate_name": "\u00e6\u00f8 '@SUM(A1)", "recording_url": "\ttab", "big": 18446744073709551616},
+    {},
+    None,
+]
+
+
+def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path, pg_dsn):
+    """The central listings (CSV and JSON; CDRs, interactions, a user's) parse
+    custom_channel_vars once where the node's text would give the same values
+    (readside.listing_vars) and use the node's text elsewhere: the same bytes."""
+    from tests.unit.api.test_api import HARD_NAMES, CentralEnv
+
+    env = CentralEnv(tmp_path, pg_dsn)
+    try:
+        env.insert([leg(NOW_G - 10 * i, caller_id_name=HARD_NAMES[i % len(HARD_NAMES)], custom_channel_vars=ccv,
+                        owner="user-1" if i % 2 else "user-2")
+                    for i, ccv in enumerate(ODD_VARS * 2)])
+        node = webtest.TestApp(env.node_app)
+        for path in ("/cdrs", "/cdrs/interaction", "/users/user-1/cdrs", "/users/user-1/cdrs/interaction"):
+            for query in ("?accept=csv", "?paginate=false", "?page_size=3"):
+                url = "/v2/accounts/%s%s%s" % (ACC_A, path, query)
+                want, got = node.get(url, headers=A), env.get(url)
+                if query == "?accept=csv":
+                    assert got.body == want.body, url
+                    assert want.body.count(b"\r\n") > len(ODD_VARS)
+                else:
+                    assert got.json["data"] == want.json["data"], url
+                    assert want.json["data"]
+    finally:
+        env.close()
+
+
 def test_a_slow_statement_is_cancelled_and_a_failure_names_no_password(pg_dsn):
     from eslcdr.collector.config import dsn_secrets, redact_secrets
     from eslcdr.collector.readside import PgPool
