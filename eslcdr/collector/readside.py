@@ -20,6 +20,7 @@ import json
 import sqlite3
 from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
+import gevent
 import gevent.queue
 import orjson
 import psycopg
@@ -76,7 +77,7 @@ class PgPool:
         self._dsn = dsn
         self._options = "-c statement_timeout=%d -c default_transaction_read_only=on" % int(statement_timeout * 1000)
         self._connect_timeout = max(1, int(connect_timeout))
-        self._timeout = statement_timeout
+        self.timeout = statement_timeout
         self._idle: list[psycopg.Connection] = []
         self._slots = gevent.queue.Queue(size)
         for _ in range(size):
@@ -96,15 +97,15 @@ class PgPool:
         """``work(conn)`` on a pooled connection (its statements each under the
         statement timeout); a transaction it opens is ended by it."""
         try:
-            self._slots.get(timeout=self._timeout)
+            self._slots.get(timeout=self.timeout)
         except gevent.queue.Empty:
-            raise StatementTimeout("no PostgreSQL connection free within %.1f s" % self._timeout) from None
+            raise StatementTimeout("no PostgreSQL connection free within %.1f s" % self.timeout) from None
         conn = None
         try:
             conn = self._idle.pop() if self._idle else self._open()
             result = work(conn)
         except psycopg.errors.QueryCanceled:
-            raise StatementTimeout("statement ran longer than %.1f s" % self._timeout) from None
+            raise StatementTimeout("statement ran longer than %.1f s" % self.timeout) from None
         except psycopg.Error as exc:
             idle = conn is not None and not conn.closed and conn.info.transaction_status == _IDLE
             if idle:
@@ -213,11 +214,21 @@ def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = 
 
 
 class PgBatches:
-    """Rows in batches, each the rows of one short statement (``next_chunk``)."""
+    """Rows in batches, each the rows of one short statement (``next_chunk``).
 
-    def __init__(self, first: list[Any], next_chunk: Callable[[list[Any]], list[Any]] | None) -> None:
+    With ``ahead`` (a timeout), the next statement starts in a greenlet of its
+    own as a batch is handed out: PostgreSQL reads it while the caller renders
+    and sends that batch (psycopg waits cooperatively under gevent's patching);
+    at most one statement ahead, so at most two batches in memory.  ``close()``
+    waits up to the timeout for a statement under way, then kills it (its
+    connection is closed)."""
+
+    def __init__(self, first: list[Any], next_chunk: Callable[[list[Any]], list[Any]] | None,
+                 ahead: float | None = None) -> None:
         self._first = first
         self._next = next_chunk
+        self._ahead = ahead
+        self._pending: gevent.Greenlet | None = None
         self._closed = False
 
     @property
@@ -227,11 +238,24 @@ class PgBatches:
     def __iter__(self) -> Iterator[list[Any]]:
         rows, self._first = self._first, []
         while rows and not self._closed:
+            if self._ahead is not None and self._next is not None:
+                self._pending = gevent.spawn(self._next, rows)
+                gevent.sleep(0)  # it sends its statement
             yield rows
-            rows = self._next(rows) if self._next is not None else []
+            if self._closed:
+                return
+            if self._pending is not None:
+                pending, self._pending = self._pending, None
+                rows = pending.get()
+            else:
+                rows = self._next(rows) if self._next is not None else []
 
     def close(self) -> None:
         self._closed = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.join(self._ahead)
+            pending.kill(block=False)
 
 
 class PgReadSide:
@@ -266,6 +290,13 @@ class PgReadSide:
         return out
 
     def list_rows(self, query: ListQuery) -> PgBatches:
+        return self._listing(query, ahead=False)
+
+    def list_export(self, query: ListQuery) -> PgBatches:
+        # Each next chunk read while the hub renders the previous one.
+        return self._listing(query, ahead=True)
+
+    def _listing(self, query: ListQuery, ahead: bool) -> PgBatches:
         def chunk(after: Sequence[Any] | None) -> list[Any]:
             return self._fetch(pgquery.list_sql(query, after, CHUNK + 1), is_heavy(query))
 
@@ -281,10 +312,7 @@ class PgReadSide:
             first = chunk(first[CHUNK][_N_SOURCE:])
             return batch(first)
 
-        return PgBatches(batch(first), following)
-
-    def list_export(self, query: ListQuery) -> PgBatches:
-        return self.list_rows(query)
+        return PgBatches(batch(first), following, self.pg.timeout if ahead else None)
 
     def detail(self, account_id: str, cdr_id: str, fmt: str) -> str | None:
         rows = [] if unmatchable(account_id, cdr_id) else self._fetch(pgquery.detail_sql(account_id, cdr_id))
