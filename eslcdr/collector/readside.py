@@ -213,6 +213,14 @@ def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = 
         conn.rollback()
 
 
+def _caught(work: Callable[[T], list[Any]], arg: T) -> tuple[list[Any], Exception | None]:
+    """``work(arg)``'s rows, or its failure (raised by the reader, not reported by gevent's hub)."""
+    try:
+        return work(arg), None
+    except Exception as exc:
+        return [], exc
+
+
 class PgBatches:
     """Rows in batches, each the rows of one short statement (``next_chunk``).
 
@@ -239,14 +247,16 @@ class PgBatches:
         rows, self._first = self._first, []
         while rows and not self._closed:
             if self._ahead is not None and self._next is not None:
-                self._pending = gevent.spawn(self._next, rows)
+                self._pending = gevent.spawn(_caught, self._next, rows)
                 gevent.sleep(0)  # it sends its statement
             yield rows
             if self._closed:
                 return
             if self._pending is not None:
                 pending, self._pending = self._pending, None
-                rows = pending.get()
+                rows, error = pending.get()
+                if error is not None:
+                    raise error
             else:
                 rows = self._next(rows) if self._next is not None else []
 

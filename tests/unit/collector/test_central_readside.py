@@ -169,6 +169,22 @@ def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_ba
         assert list(stream) == []
         assert read.pg._slots.qsize() == 2  # both connections free again
         assert [row[0] for batch in read.list_export(query) for row in batch] == whole
+        # A chunk ahead that fails fails the export where it is read.
+        from eslcdr.query.reader import StatementTimeout
+        fetch, calls = read.pg.fetch, []
+
+        def failing(sql, args):
+            calls.append(sql)
+            if len(calls) == 2:
+                raise StatementTimeout("statement ran longer than 5.0 s")
+            return fetch(sql, args)
+
+        monkeypatch.setattr(read.pg, "fetch", failing)
+        stream = iter(read.list_export(query))
+        assert len(next(stream)) == 2
+        with pytest.raises(StatementTimeout):
+            next(stream)
+        assert read.pg._slots.qsize() == 2
     finally:
         read.close()
         app.close()
