@@ -58,7 +58,7 @@ RECORD_SELECT = ", ".join(selected(name) for name in COLUMN_NAMES + ("source",))
 
 def listed(name: str) -> str:
     """A listing column: custom_channel_vars as jsonb's text (psycopg would
-    parse it with the json module; ``readside.listing_vars`` parses it)."""
+    parse it with the json module; ``readside.listing_vars`` makes it the node's)."""
     return "%s::text" % col(name) if name == "custom_channel_vars" else selected(name)
 
 

@@ -52,9 +52,7 @@ RECORD_CSV_FIELDS: tuple[str, ...] = ("id",) + tuple(n for n in RECORD_FIELDS if
 CSV_HEADER_NAMES: Mapping[str, str] = {"id": "ID", "account_id": "Account ID"}
 
 # What a list row reads, in the order list_values unpacks it (no SDP blobs:
-# they are most of a row's bytes).  custom_channel_vars is last: its stored
-# text, or the dict ``orjson.loads`` makes of it (the central read side
-# parses it once, collector/readside.py ``listing_vars``).
+# they are most of a row's bytes).  custom_channel_vars is last.
 SOURCE_COLUMNS: tuple[str, ...] = (
     "id", "call_id", "caller_id_number", "caller_id_name", "callee_id_number",
     "callee_id_name", "duration_seconds", "billing_seconds", "timestamp",
@@ -76,10 +74,8 @@ _NO_VARS: dict[str, Any] = {}
 # ------------------------------------------------------------ list rows
 
 
-def _vars(raw: str | dict | None) -> Mapping[str, Any]:
+def _vars(raw: str | None) -> Mapping[str, Any]:
     """custom_channel_vars as a dict ({} when empty or not a JSON object)."""
-    if raw.__class__ is dict:
-        return raw
     if not raw or raw == "{}":
         return _NO_VARS
     try:

@@ -174,9 +174,7 @@ def _records(rows: Sequence[Sequence[Any]], utc_offset: int, inception: str | No
         else:
             dialed = calling = ""
         ccv: Any = None
-        if ccv_raw.__class__ is dict:  # parsed already (kazoo.SOURCE_COLUMNS)
-            ccv = ccv_raw
-        elif ccv_raw and ccv_raw != "{}":
+        if ccv_raw and ccv_raw != "{}":
             try:
                 ccv = loads(ccv_raw)
             except decode_error:

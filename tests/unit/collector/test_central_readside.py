@@ -121,9 +121,9 @@ ODD_VARS = [
 
 
 def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path, pg_dsn):
-    """The central listings (CSV and JSON; CDRs, interactions, a user's) parse
-    custom_channel_vars once where the node's text would give the same values
-    (readside.listing_vars) and use the node's text elsewhere: the same bytes."""
+    """The central listings (CSV and JSON; CDRs, interactions, a user's) take
+    jsonb's text of custom_channel_vars where it parses to the node's values
+    (readside.listing_vars) and the node's text elsewhere: the same bytes."""
     from tests.unit.api.test_api import HARD_NAMES, CentralEnv
 
     env = CentralEnv(tmp_path, pg_dsn)
@@ -144,6 +144,18 @@ def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path
                     assert want.json["data"]
     finally:
         env.close()
+
+
+def test_only_objects_of_strings_are_their_own_text_whatever_the_spacing():
+    from eslcdr.collector.readside import listing_vars
+
+    for text in ('{"a": "1", "b": "x"}', '{}', '{"a":"1" , "b" :"=x"}'):
+        assert listing_vars(text) is text
+    # Anything else is the node's stored text (sorted keys, json's spacing).
+    for text, node in (('{"a":1}', '{"a": 1}'), ('{"bb" :{"c": "d"}, "a": "x"}', '{"a": "x", "bb": {"c": "d"}}'),
+                       ('{"a":\ttrue}', '{"a": true}'), ('[1,"x"]', '[1, "x"]')):
+        assert listing_vars(text) == node
+    assert listing_vars(None) is None
 
 
 def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_back(tmp_path, pg_dsn, monkeypatch):
