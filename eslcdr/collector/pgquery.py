@@ -2,14 +2,15 @@
 
 Same rows, same order, same meaning as ``query.sql`` on a node: listing rows are
 ``kazoo.SOURCE_COLUMNS`` (custom_channel_vars as jsonb's text), the keyset position
-(timestamp, seq / start, interaction id), then ``source``; the interaction start is ``store.schema.interaction_start`` written in
-PostgreSQL; filters compare values as SQLite's do (a JSON boolean is ``1``/``0`` as text, an
-INTEGER column only equals a number).  Rows of every node are in one table: a CDR listing is
-ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's (timestamp, seq)
-starts at the first node of that pair (with its source: at that node's row).  An interaction
-is the central one (``pginteractions``): listed, keyed and found by its central id; a
-record reads its node's id and the central one.  Invariants: every statement is scoped by
-``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
+(timestamp, seq / start, interaction id), then ``source``; the interaction start is
+``store.schema.interaction_start`` written in PostgreSQL; filters compare values as
+SQLite's do (a JSON boolean is ``1``/``0`` as text, an INTEGER column only equals a
+number).  Rows of every node are in one table: a CDR listing is ordered by (timestamp, seq,
+source) -- seqs are per node -- and a cursor's (timestamp, seq) starts at the first node of
+that pair (with its source: at that node's row).  An interaction is the central one
+(``pginteractions``): listed, keyed and found by its central id; a record reads its node's
+id and the central one.  Invariants: every statement is scoped by ``account_id``; every
+client value is a bound parameter (``%s``), a JSON path included.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ it differs from the node's id (``pginteractions``) and ``source`` (its node).
 Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
 snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
 any other failure ``DatastoreError`` (the DSN's password redacted).
-Long reads are keyset chunks, one statement each.  KPIs (``stats``) read the collector's
-roll-ups (``pgrollups``) and the legs only where the node reads legs (``stats.split``).
+Long reads are keyset chunks, one statement each (an export's next one read while the
+previous one is rendered).  KPIs (``stats``) read the collector's roll-ups (``pgrollups``)
+and the legs only where the node reads legs (``stats.split``).
 """
 
 from __future__ import annotations
