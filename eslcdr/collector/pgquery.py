@@ -1,14 +1,15 @@
 """SQL of the central read side: the node's listings (``query.sql``) spelled for PostgreSQL.
 
 Same rows, same order, same meaning as ``query.sql`` on a node: listing rows are
-``kazoo.SOURCE_COLUMNS``, the keyset position (timestamp, seq / start, interaction id),
-then ``source``; the interaction start is ``store.schema.interaction_start`` written in
-PostgreSQL; filters compare values as SQLite's do (a JSON boolean is ``1``/``0`` as text, an
-INTEGER column only equals a number).  Rows of every node are in one table: a CDR listing is
-ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's (timestamp, seq)
-starts at the first node of that pair (with its source: at that node's row).  An interaction
-is the central one (``pginteractions``): listed, keyed and found by the row's stored
-``central_id``; a record reads its node's id and the central one.  Invariants: every statement is scoped by
+``kazoo.SOURCE_COLUMNS`` (custom_channel_vars as jsonb's text), the keyset position
+(timestamp, seq / start, interaction id), then ``source``; the interaction start is
+``store.schema.interaction_start`` written in PostgreSQL; filters compare values as
+SQLite's do (a JSON boolean is ``1``/``0`` as text, an INTEGER column only equals a
+number).  Rows of every node are in one table: a CDR listing is ordered by (timestamp, seq,
+source) -- seqs are per node -- and a cursor's (timestamp, seq) starts at the first node of
+that pair (with its source: at that node's row).  An interaction is the central one
+(``pginteractions``): listed, keyed and found by the row's stored ``central_id``; a record
+reads its node's id and the central one.  Invariants: every statement is scoped by
 ``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
 """
 
@@ -54,9 +55,17 @@ _HANGUP = col("timestamp")
 # What a full record reads: every column in COLUMN_NAMES order, then the node
 # it came from and the central interaction id (``readside.render`` makes the record).
 RECORD_SELECT = ", ".join(selected(name) for name in COLUMN_NAMES + ("source",)) + ", " + CENTRAL
-_SOURCE_SELECT = ", ".join(selected(name) for name in SOURCE_COLUMNS)
+
+
+def listed(name: str) -> str:
+    """A listing column: custom_channel_vars as jsonb's text (psycopg would
+    parse it with the json module; ``readside.listing_vars`` makes it the node's)."""
+    return "%s::text" % col(name) if name == "custom_channel_vars" else selected(name)
+
+
+_SOURCE_SELECT = ", ".join(listed(name) for name in SOURCE_COLUMNS)
 # An interaction listing row names the central interaction.
-_INTERACTION_SELECT = ", ".join(CENTRAL if name == "interaction_id" else selected(name) for name in SOURCE_COLUMNS)
+_INTERACTION_SELECT = ", ".join(CENTRAL if name == "interaction_id" else listed(name) for name in SOURCE_COLUMNS)
 
 
 def account_scope(account_id: str, owner_id: str | None) -> tuple[list[str], list[Any]]:

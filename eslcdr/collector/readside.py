@@ -11,15 +11,19 @@ it differs from the node's id (``pginteractions``) and ``source`` (its node).
 Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
 snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
 any other failure ``DatastoreError`` (the DSN's password redacted).
-Long reads are keyset chunks, one statement each.  KPIs (``stats``) read the collector's
-roll-ups (``pgrollups``) and the legs only where the node reads legs (``stats.split``).
+Long reads are keyset chunks, one statement each (an export's next one read while the
+previous one is rendered).  KPIs (``stats``) read the collector's roll-ups (``pgrollups``)
+and the legs only where the node reads legs (``stats.split``).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
+import gevent
 import gevent.queue
 import orjson
 import psycopg
@@ -45,6 +49,8 @@ _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _FAX = COLUMN_NAMES.index("fax_success")
 _IID = COLUMN_NAMES.index("interaction_id")
 _WIDTH = len(COLUMN_NAMES)
+# A value after a key that is not a string (a string may match too: slower, not wrong).
+_NOT_A_STRING = re.compile(r'"\s*:\s*[^"\s]')
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 _MEMORY_TABLE = "CREATE TABLE cdrs (%s)" % ", ".join(
     '"%s" %s' % (name, sqltype.split()[0]) for name, sqltype, _ in COLUMNS)
@@ -75,7 +81,7 @@ class PgPool:
         self._dsn = dsn
         self._options = "-c statement_timeout=%d -c default_transaction_read_only=on" % int(statement_timeout * 1000)
         self._connect_timeout = max(1, int(connect_timeout))
-        self._timeout = statement_timeout
+        self.timeout = statement_timeout
         self._idle: list[psycopg.Connection] = []
         self._slots = gevent.queue.Queue(size)
         for _ in range(size):
@@ -95,15 +101,15 @@ class PgPool:
         """``work(conn)`` on a pooled connection (its statements each under the
         statement timeout); a transaction it opens is ended by it."""
         try:
-            self._slots.get(timeout=self._timeout)
+            self._slots.get(timeout=self.timeout)
         except gevent.queue.Empty:
-            raise StatementTimeout("no PostgreSQL connection free within %.1f s" % self._timeout) from None
+            raise StatementTimeout("no PostgreSQL connection free within %.1f s" % self.timeout) from None
         conn = None
         try:
             conn = self._idle.pop() if self._idle else self._open()
             result = work(conn)
         except psycopg.errors.QueryCanceled:
-            raise StatementTimeout("statement ran longer than %.1f s" % self._timeout) from None
+            raise StatementTimeout("statement ran longer than %.1f s" % self.timeout) from None
         except psycopg.Error as exc:
             idle = conn is not None and not conn.closed and conn.info.transaction_status == _IDLE
             if idle:
@@ -127,14 +133,25 @@ class PgPool:
             conn.close()
 
 
+def listing_vars(text: str | None) -> str | None:
+    """custom_channel_vars of a listing row (jsonb's text) as ``kazoo.list_values``
+    reads the node's: an object whose values are all strings is its own text
+    (``orjson.loads`` makes the same dict of it as of the node's; no key order
+    shows); any other value becomes the node's stored text, as psycopg's json
+    module and ``record_row`` make it (nested objects sorted, numbers as the
+    json module reads them).  Parsed once, by the renderer: a chunk holds no
+    dicts for the garbage collector to walk."""
+    if text is None or (text[:1] == "{" and _NOT_A_STRING.search(text) is None):
+        return text
+    return stored_json("custom_channel_vars", json.loads(text))
+
+
 def _list_row(row: Sequence[Any], sourced: bool = True) -> list[Any]:
     """A ``pgquery.list_sql`` row (values, key, tie, source) as the read side's listing
-    row: the values as the node's (the JSON column as its stored text), then with
-    ``sourced`` the node it came from, then the keyset position."""
+    row: the values as the node's (``listing_vars``), then with ``sourced`` the node it
+    came from, then the keyset position."""
     values = list(row[:_N_SOURCE])
-    ccv = values[_CCV]
-    if ccv is not None:
-        values[_CCV] = stored_json("custom_channel_vars", ccv)
+    values[_CCV] = listing_vars(values[_CCV])
     return values + ([row[-1]] if sourced else []) + list(row[_N_SOURCE:-1])
 
 
@@ -193,12 +210,30 @@ def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = 
         conn.rollback()
 
 
-class PgBatches:
-    """Rows in batches, each the rows of one short statement (``next_chunk``)."""
+def _caught(work: Callable[[T], list[Any]], arg: T) -> tuple[list[Any], Exception | None]:
+    """``work(arg)``'s rows, or its failure (raised by the reader, not reported by gevent's hub)."""
+    try:
+        return work(arg), None
+    except Exception as exc:
+        return [], exc
 
-    def __init__(self, first: list[Any], next_chunk: Callable[[list[Any]], list[Any]] | None) -> None:
+
+class PgBatches:
+    """Rows in batches, each the rows of one short statement (``next_chunk``).
+
+    With ``ahead`` (a timeout), the next statement starts in a greenlet of its
+    own as a batch is handed out: PostgreSQL reads it while the caller renders
+    and sends that batch (psycopg waits cooperatively under gevent's patching);
+    at most one statement ahead, so at most two batches in memory.  ``close()``
+    waits up to the timeout for a statement under way, then kills it (its
+    connection is closed)."""
+
+    def __init__(self, first: list[Any], next_chunk: Callable[[list[Any]], list[Any]] | None,
+                 ahead: float | None = None) -> None:
         self._first = first
         self._next = next_chunk
+        self._ahead = ahead
+        self._pending: gevent.Greenlet | None = None
         self._closed = False
 
     @property
@@ -208,11 +243,26 @@ class PgBatches:
     def __iter__(self) -> Iterator[list[Any]]:
         rows, self._first = self._first, []
         while rows and not self._closed:
+            if self._ahead is not None and self._next is not None:
+                self._pending = gevent.spawn(_caught, self._next, rows)
+                gevent.sleep(0)  # it sends its statement
             yield rows
-            rows = self._next(rows) if self._next is not None else []
+            if self._closed:
+                return
+            if self._pending is not None:
+                pending, self._pending = self._pending, None
+                rows, error = pending.get()
+                if error is not None:
+                    raise error
+            else:
+                rows = self._next(rows) if self._next is not None else []
 
     def close(self) -> None:
         self._closed = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.join(self._ahead)
+            pending.kill(block=False)
 
 
 class PgReadSide:
@@ -246,6 +296,14 @@ class PgReadSide:
         return out
 
     def list_rows(self, query: ListQuery, sourced: bool = True) -> PgBatches:
+        return self._listing(query, sourced, ahead=False)
+
+    def list_export(self, query: ListQuery) -> PgBatches:
+        # CSV: the node's columns only; each next chunk read while the hub renders
+        # the previous one.
+        return self._listing(query, sourced=False, ahead=True)
+
+    def _listing(self, query: ListQuery, sourced: bool, ahead: bool) -> PgBatches:
         def chunk(after: Sequence[Any] | None) -> list[Any]:
             return self._fetch(pgquery.list_sql(query, after, CHUNK + 1), is_heavy(query))
 
@@ -261,10 +319,7 @@ class PgReadSide:
             first = chunk(first[CHUNK][_N_SOURCE:])
             return batch(first)
 
-        return PgBatches(batch(first), following)
-
-    def list_export(self, query: ListQuery) -> PgBatches:
-        return self.list_rows(query, sourced=False)  # CSV: the node's columns only
+        return PgBatches(batch(first), following, self.pg.timeout if ahead else None)
 
     def detail(self, account_id: str, cdr_id: str, fmt: str) -> str | None:
         rows = [] if unmatchable(account_id, cdr_id) else self._fetch(pgquery.detail_sql(account_id, cdr_id))

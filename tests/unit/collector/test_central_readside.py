@@ -102,6 +102,107 @@ def test_records_render_as_sqlite_renders_them(tmp_path):
     conn.close()
 
 
+# custom_channel_vars a listing reads (rate, rate_name, call_type, bridge_id,
+# recordings, cost...): flat strings (the fast path), and what it must leave to
+# the node's stored text -- nested objects (jsonb puts shorter keys first, the
+# node's text sorts them), big numbers, lists -- with CSV's odd cells.
+ODD_VARS = [
+    {"account_billing": "per_minute", "rate": "250", "rate_name": 'Smith, "J"\r\nx', "bridge_id": "=1+2",
+     "call_priority": "渡辺 健", "recording_url": "-x", "surcharge": "+5"},
+    {"account_billing": {"b": 1, "aa": [2, {"yy": None, "c": True}]}, "rate": 1e20,
+     "rate_name": 12345678901234567890123, "surcharge": 1.5, "media_recordings": [{"b": 1, "aa": "x,y"}, "r\n1"]},
+    {"account_billing": "per_minute", "rate": True, "rate_name": None, "call_priority": False, "bridge_id": "",
+     "rate_increment": 60, "rate_minimum": 30, "discount_percentage": 18446744073709551615},
+    {"account_billing": "per_minute", "rate": "1.5", "rate_name": 2.0, "rate_increment": "6", "x": 0.1 + 0.2},
+    {"rate_name": "\u00e6\u00f8 '@SUM(A1)", "recording_url": "\ttab", "big": 18446744073709551616},
+    {},
+    None,
+]
+
+
+def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path, pg_dsn):
+    """The central listings (CSV and JSON; CDRs, interactions, a user's) take
+    jsonb's text of custom_channel_vars where it parses to the node's values
+    (readside.listing_vars) and the node's text elsewhere: the same bytes."""
+    from tests.unit.api.test_api import HARD_NAMES, CentralEnv
+
+    env = CentralEnv(tmp_path, pg_dsn)
+    try:
+        env.insert([leg(NOW_G - 10 * i, caller_id_name=HARD_NAMES[i % len(HARD_NAMES)], custom_channel_vars=ccv,
+                        owner="user-1" if i % 2 else "user-2")
+                    for i, ccv in enumerate(ODD_VARS * 2)])
+        node = webtest.TestApp(env.node_app)
+        for path in ("/cdrs", "/cdrs/interaction", "/users/user-1/cdrs", "/users/user-1/cdrs/interaction"):
+            for query in ("?accept=csv", "?paginate=false", "?page_size=3"):
+                url = "/v2/accounts/%s%s%s" % (ACC_A, path, query)
+                want, got = node.get(url, headers=A), env.get(url)
+                if query == "?accept=csv":
+                    assert got.body == want.body, url
+                    assert want.body.count(b"\r\n") > len(ODD_VARS)
+                else:
+                    assert got.json["data"] == want.json["data"], url
+                    assert want.json["data"]
+    finally:
+        env.close()
+
+
+def test_only_objects_of_strings_are_their_own_text_whatever_the_spacing():
+    from eslcdr.collector.readside import listing_vars
+
+    for text in ('{"a": "1", "b": "x"}', '{}', '{"a":"1" , "b" :"=x"}'):
+        assert listing_vars(text) is text
+    # Anything else is the node's stored text (sorted keys, json's spacing).
+    for text, node in (('{"a":1}', '{"a": 1}'), ('{"bb" :{"c": "d"}, "a": "x"}', '{"a": "x", "bb": {"c": "d"}}'),
+                       ('{"a":\ttrue}', '{"a": true}'), ('[1,"x"]', '[1, "x"]')):
+        assert listing_vars(text) == node
+    assert listing_vars(None) is None
+
+
+def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_back(tmp_path, pg_dsn, monkeypatch):
+    from eslcdr.collector import readside
+    from eslcdr.query.params import ListQuery
+
+    store, app = central_app(tmp_path, pg_dsn)
+    store.node_state("fs-a", "http://127.0.0.1:1")
+    store.store_batch("fs-a", "db-fs-a", 0, feed_items(tmp_path, [leg(NOW_G - 10 * i) for i in range(7)]))
+    monkeypatch.setattr(readside, "CHUNK", 2)
+    read = PgReadSide(pg_dsn, 5.0, heavy_slots=1, pool_size=2)
+    query = ListQuery(kind=KIND_CDRS, account_id=ACC_A, owner_id=None, created_from=NOW_G - 86400,
+                      created_to=NOW_G, ascending=False, page_size=None, cursor=None, filters=(), utc_offset=0)
+    try:
+        whole = [row[0] for batch in read.list_rows(query) for row in batch]
+        batches = list(read.list_export(query))
+        assert [len(batch) for batch in batches] == [2, 2, 2, 1]
+        assert [row[0] for batch in batches for row in batch] == whole and len(set(whole)) == 7
+        export = read.list_export(query)
+        stream = iter(export)
+        assert [row[0] for row in next(stream)] == whole[:2]  # the next chunk is under way
+        export.close()
+        assert list(stream) == []
+        assert read.pg._slots.qsize() == 2  # both connections free again
+        assert [row[0] for batch in read.list_export(query) for row in batch] == whole
+        # A chunk ahead that fails fails the export where it is read.
+        from eslcdr.query.reader import StatementTimeout
+        fetch, calls = read.pg.fetch, []
+
+        def failing(sql, args):
+            calls.append(sql)
+            if len(calls) == 2:
+                raise StatementTimeout("statement ran longer than 5.0 s")
+            return fetch(sql, args)
+
+        monkeypatch.setattr(read.pg, "fetch", failing)
+        stream = iter(read.list_export(query))
+        assert len(next(stream)) == 2
+        with pytest.raises(StatementTimeout):
+            next(stream)
+        assert read.pg._slots.qsize() == 2
+    finally:
+        read.close()
+        app.close()
+        store.close()
+
+
 def test_a_slow_statement_is_cancelled_and_a_failure_names_no_password(pg_dsn):
     from eslcdr.collector.config import dsn_secrets, redact_secrets
     from eslcdr.collector.readside import PgPool
