@@ -2,9 +2,8 @@
 
 ``PgReadSide`` answers what ``api.sqlite.SqliteReadSide`` answers on a node, for every
 node's rows: listings (``pgquery``) come back as the node's listing rows (JSON's with their
-node, ``source``; a CSV export's without), so the API's one
-implementation of the Kazoo shapes (``query.kazoo``, ``query.list_csv``) renders them; a
-full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
+node, ``source``; a CSV export's without), rendered by the API's one implementation of
+the Kazoo shapes (``query.kazoo``, ``query.list_csv``); a full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
 holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
 writes them): the same text, byte for byte, then in JSON ``central_interaction_id`` where
 it differs from the node's id (``pginteractions``) and ``source`` (its node).
