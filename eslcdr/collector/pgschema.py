@@ -259,9 +259,34 @@ CREATE INDEX interaction_aliases_central ON interaction_aliases (account_id, cen
 CREATE INDEX cdrs_sip_call_id ON cdrs (account_id, sip_call_id) WHERE sip_call_id IS NOT NULL;
 """
 
+# The KPI cells per hour (pgrollups.py, ``stats_hours``): an hourly month of
+# an account reads a quarter of the minute cells' rows.  Counted from the
+# minute cells already stored (the same cells, summed per hour).  Literal SQL.
+_M7_HOUR_ROLLUPS = """
+CREATE TABLE stats_hours (
+  account_id text NOT NULL,
+  hour bigint NOT NULL,
+  call_direction text NOT NULL,
+  hangup_cause text NOT NULL,
+  answered boolean NOT NULL,
+  legs bigint NOT NULL,
+  billing_seconds bigint NOT NULL,
+  mos_legs bigint NOT NULL,
+  mos_sum numeric NOT NULL,
+  low_mos bigint NOT NULL,
+  rtp_legs bigint NOT NULL,
+  no_rtp bigint NOT NULL,
+  PRIMARY KEY (account_id, hour, call_direction, hangup_cause, answered)
+);
+INSERT INTO stats_hours
+  SELECT account_id, minute / 60, call_direction, hangup_cause, answered, sum(legs), sum(billing_seconds),
+         sum(mos_legs), sum(mos_sum), sum(low_mos), sum(rtp_legs), sum(no_rtp)
+  FROM stats_minutes GROUP BY 1, 2, 3, 4, 5;
+"""
+
 # A migration is a function of a cursor or literal SQL.
 MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS,
-              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS)
+              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS, _M7_HOUR_ROLLUPS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # cdrs.account_id of a leg without an account (NULL on the node).
 NO_ACCOUNT = ""
