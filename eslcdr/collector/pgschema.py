@@ -260,24 +260,12 @@ CREATE INDEX cdrs_sip_call_id ON cdrs (account_id, sip_call_id) WHERE sip_call_i
 """
 
 # The KPI cells per hour (pgrollups.py, ``stats_hours``): an hourly month of
-# an account reads a quarter of the minute cells' rows.  Counted from the
-# minute cells already stored (the same cells, summed per hour).  Literal SQL.
+# an account reads a quarter of the minute cells' rows.  stats_minutes' columns
+# and primary key, ``hour`` for ``minute``; counted from the minute cells
+# already stored (the same cells, summed per hour).  Literal SQL.
 _M7_HOUR_ROLLUPS = """
-CREATE TABLE stats_hours (
-  account_id text NOT NULL,
-  hour bigint NOT NULL,
-  call_direction text NOT NULL,
-  hangup_cause text NOT NULL,
-  answered boolean NOT NULL,
-  legs bigint NOT NULL,
-  billing_seconds bigint NOT NULL,
-  mos_legs bigint NOT NULL,
-  mos_sum numeric NOT NULL,
-  low_mos bigint NOT NULL,
-  rtp_legs bigint NOT NULL,
-  no_rtp bigint NOT NULL,
-  PRIMARY KEY (account_id, hour, call_direction, hangup_cause, answered)
-);
+CREATE TABLE stats_hours (LIKE stats_minutes INCLUDING ALL);
+ALTER TABLE stats_hours RENAME COLUMN minute TO hour;
 INSERT INTO stats_hours
   SELECT account_id, minute / 60, call_direction, hangup_cause, answered, sum(legs), sum(billing_seconds),
          sum(mos_legs), sum(mos_sum), sum(low_mos), sum(rtp_legs), sum(no_rtp)
