@@ -160,7 +160,7 @@ READ_CAUSES = (
 READ_PDD = (
     "SELECT p.hour * 3600 / %(interval)s, p.pdd_ms, p.seizures FROM stats_pdd_hours AS p"
     " WHERE p.account_id = %(account_id)s AND p.hour BETWEEN %(first_hour)s AND %(last_hour)s"
-    " ORDER BY p.hour, p.pdd_ms"
+
 )
 
 
