@@ -212,18 +212,9 @@ class _Bucket:
     def add_counters(self, other: "_Bucket") -> None:
         """Add ``other``'s counters (not its causes and pdd: compute() counts
         the totals' from the rows)."""
-        self.legs += other.legs
-        self.attempts += other.attempts
-        self.answered_attempts += other.answered_attempts
-        self.seizures += other.seizures
-        self.answered += other.answered
-        self.user_outcomes += other.user_outcomes
-        self.billing += other.billing
-        self.mos_legs += other.mos_legs
-        self.mos_sum += other.mos_sum
-        self.low_mos += other.low_mos
-        self.rtp_legs += other.rtp_legs
-        self.no_rtp += other.no_rtp
+        for name in ("legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes",
+                     "billing", "mos_legs", "mos_sum", "low_mos", "rtp_legs", "no_rtp"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def figures(self) -> dict[str, Any]:
         """The bucket's KPIs; a mean or a ratio over zero legs is left out."""
@@ -251,13 +242,9 @@ class _Bucket:
         return out
 
 
-def nearest_rank(histogram: Mapping[int, int], n: int, percent: int) -> int:
-    """The smallest value with at least ``percent`` % of the n values at or below it."""
-    return nearest_ranks(histogram, n, (percent,))[0]
-
-
 def nearest_ranks(histogram: Mapping[int, int], n: int, percents: Sequence[int]) -> list[int]:
-    """nearest_rank of each of ``percents`` (ascending), in one walk of the values."""
+    """For each of ``percents`` (ascending), the smallest value with at least
+    that % of the n values at or below it (nearest rank), in one walk."""
     ranks = [max(1, math.ceil(n * percent / 100)) for percent in percents]
     found: list[int] = []
     seen = 0
