@@ -3,10 +3,9 @@
 The cells and counters of a node's (store/schema.py; which legs count:
 query/stats.py): per account, Gregorian minute, direction, cause ('' when
 none) and answered-or-not, additive counters (``mos_sum`` ``numeric``: exact
-under subtraction); the same cells per hour (``stats_hours``, central only:
-an hourly month reads a quarter of the rows); per account, hour and
-``pdd_ms``, the seizures.  Loopback
-legs and legs without an account (``account_id`` '') count nowhere.
+under subtraction); the same cells per hour (central only: an hourly month
+reads a quarter of the rows); per account, hour and ``pdd_ms``, the
+seizures.  Loopback legs and legs without an account ('') count nowhere.
 Kept by pgstore.store_batch in the transaction that stores the rows, from
 what it did: each row inserted (``_staged`` once the insert is done) counts
 +1, each row deleted (``_gone``, from the DELETE's RETURNING) -1.  One grouped
@@ -160,7 +159,6 @@ READ_CAUSES = (
 READ_PDD = (
     "SELECT p.hour * 3600 / %(interval)s, p.pdd_ms, p.seizures FROM stats_pdd_hours AS p"
     " WHERE p.account_id = %(account_id)s AND p.hour BETWEEN %(first_hour)s AND %(last_hour)s"
-
 )
 
 
