@@ -14,6 +14,7 @@ a filter reads legs) plus the JSON text.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -108,6 +109,7 @@ def main() -> None:
         node.close()
     finally:
         server.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
