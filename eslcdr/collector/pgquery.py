@@ -233,36 +233,74 @@ _COUNTED = "COALESCE(c.channel_name, '') NOT LIKE 'loopback/%%'"
 def _kpi_scope(account_id: str, owner_id: str | None, ranges: Sequence[tuple[int, int]],
                filters: Sequence[Filter]) -> tuple[str, list[Any]]:
     clauses, args = account_scope(account_id, owner_id)
-    clauses += ["(%s)" % " OR ".join("%s BETWEEN %%s AND %%s" % _HANGUP for _ in ranges), _COUNTED]
+    clauses += [_in(ranges), _COUNTED]
     args += [bound for pair in ranges for bound in pair]
     filter_clauses, filter_args = _where_filters(filters)
     return " AND ".join(clauses + filter_clauses), args + filter_args
 
 
-def stats_sql(query: StatsQuery, ranges: Sequence[tuple[int, int]]) -> list[tuple[str, list[Any]]]:
-    """(sql, args) of the three aggregates over the legs hung up in any of the
-    inclusive ``ranges`` (counters, seizures per cause, seizures per pdd_ms),
-    rows as ``stats.stats_statements``' (``stats.compute`` adds them up): one
-    statement per kind, however many ragged edges."""
-    where, args = _kpi_scope(query.account_id, query.owner_id, ranges, query.filters)
-    bucket = "%s / %d" % (_HANGUP, query.interval)  # an int from parse: no client text in SQL
-    counters = (
-        "SELECT {b}, count(*), count(*) FILTER (WHERE c.call_direction = 'inbound'),"
-        " count(*) FILTER (WHERE c.call_direction = 'inbound' AND {ans}),"
-        " count(*) FILTER (WHERE {seiz}), count(*) FILTER (WHERE {seiz} AND {ans}),"
-        " count(*) FILTER (WHERE {seiz} AND NOT {ans} AND {user}),"
-        " COALESCE(sum(c.billing_seconds) FILTER (WHERE {seiz} AND {ans}), 0)::float8,"
-        " count(c.audio_in_mos), COALESCE(sum(c.audio_in_mos::numeric), 0)::float8,"
-        " count(*) FILTER (WHERE c.audio_in_mos < {low}),"
-        " count(c.no_rtp_in), count(*) FILTER (WHERE c.no_rtp_in = 1)"
-        " FROM cdrs AS c WHERE {where} GROUP BY 1 ORDER BY 1"
-    ).format(b=bucket, ans=_ANSWERED, seiz=_SEIZURE, user=_USER, low=LOW_MOS, where=where)
-    causes = ("SELECT {b}, CASE WHEN COALESCE(c.hangup_cause, '') = '' THEN '{unknown}' ELSE c.hangup_cause END,"
-              " count(*) FROM cdrs AS c WHERE {where} AND {seiz} GROUP BY 1, 2").format(
-        b=bucket, unknown=UNKNOWN_CAUSE, where=where, seiz=_SEIZURE)
-    pdd = ("SELECT {b}, c.pdd_ms, count(*) FROM cdrs AS c WHERE {where} AND {seiz}"
-           " AND c.pdd_ms IS NOT NULL GROUP BY 1, 2").format(b=bucket, where=where, seiz=_SEIZURE)
-    return [(counters, args), (causes, list(args)), (pdd, list(args))]
+def _in(ranges: Sequence[tuple[int, int]]) -> str:
+    return "(%s)" % (" OR ".join("%s BETWEEN %%s AND %%s" % _HANGUP for _ in ranges) or "false")
+
+
+# The figures of stats_statements' counters rows, over the legs ``l`` of stats_sql.
+_COUNTERS = (
+    "count(*)", "count(*) FILTER (WHERE l.inbound)", "count(*) FILTER (WHERE l.inbound AND l.ans)",
+    "count(*) FILTER (WHERE l.seiz)", "count(*) FILTER (WHERE l.seiz AND l.ans)",
+    "count(*) FILTER (WHERE l.seiz AND NOT l.ans AND l.user_outcome)",
+    "COALESCE(sum(l.billing_seconds) FILTER (WHERE l.seiz AND l.ans), 0)::float8",
+    "count(l.audio_in_mos)", "COALESCE(sum(l.audio_in_mos::numeric), 0)::float8",
+    "count(*) FILTER (WHERE l.audio_in_mos < %r)" % LOW_MOS, "count(l.no_rtp_in)",
+    "count(*) FILTER (WHERE l.no_rtp_in = 1)",
+)
+_NO_COUNTERS = ", ".join("NULL::float8" if figure.endswith("float8") else "NULL::bigint" for figure in _COUNTERS)
+_COUNTERS_ROW, _CAUSES_ROW, _PDD_ROW = 0, 1, 2  # which of stats_statements' rows a row of stats_sql is
+
+
+def stats_sql(query: StatsQuery, ranges: Sequence[tuple[int, int]],
+              pdd_ranges: Sequence[tuple[int, int]] | None = None) -> tuple[str, list[Any]]:
+    """(sql, args) of the three aggregates of ``stats.stats_statements`` in one
+    read of the legs (a MATERIALIZED CTE of their few columns, aggregated
+    three times): the counters and the seizures per cause of the legs hung up
+    in any of the inclusive ``ranges``, the seizures per pdd_ms of those in
+    ``pdd_ranges`` (default: ``ranges``); ``stats_kinds`` splits its rows
+    (kind, bucket, cause, pdd_ms, counters..., seizures) into stats_statements'."""
+    pdd_ranges = ranges if pdd_ranges is None else pdd_ranges
+    where, args = _kpi_scope(query.account_id, query.owner_id, list(ranges) + list(pdd_ranges), query.filters)
+    legs = (
+        "SELECT {hangup} / {i} AS bucket, {main} AS main,"
+        " CASE WHEN {seiz} AND {main} THEN CASE WHEN COALESCE(c.hangup_cause, '') = '' THEN '{unknown}'"
+        " ELSE c.hangup_cause END END AS cause,"
+        " CASE WHEN {seiz} AND {pdd} THEN c.pdd_ms END AS pdd,"
+        " c.call_direction = 'inbound' AS inbound, {seiz} AS seiz, {ans} AS ans, {user} AS user_outcome,"
+        " c.billing_seconds, c.audio_in_mos, c.no_rtp_in FROM cdrs AS c WHERE {where}"
+    ).format(hangup=_HANGUP, i=query.interval, main=_in(ranges), pdd=_in(pdd_ranges), seiz=_SEIZURE,
+             unknown=UNKNOWN_CAUSE, ans=_ANSWERED, user=_USER, where=where)  # interval: an int from parse
+    sql = (
+        "WITH l AS MATERIALIZED ({legs})"
+        " SELECT {counters_row}, l.bucket, NULL::text, NULL::bigint, {counters}, NULL::bigint FROM l"
+        " WHERE l.main GROUP BY 2"
+        " UNION ALL SELECT {causes_row}, l.bucket, l.cause, NULL, {none}, count(*) FROM l"
+        " WHERE l.cause IS NOT NULL GROUP BY 2, 3"
+        " UNION ALL SELECT {pdd_row}, l.bucket, NULL, l.pdd, {none}, count(*) FROM l WHERE l.pdd IS NOT NULL GROUP BY 2, 4"
+    ).format(legs=legs, counters=", ".join(_COUNTERS), none=_NO_COUNTERS, counters_row=_COUNTERS_ROW,
+             causes_row=_CAUSES_ROW, pdd_row=_PDD_ROW)
+    main_args = [bound for pair in ranges for bound in pair]
+    return sql, main_args + main_args + [bound for pair in pdd_ranges for bound in pair] + args
+
+
+def stats_kinds(rows: Sequence[Sequence[Any]]) -> list[list[tuple]]:
+    """stats_sql's rows as stats_statements' [counters, causes, pdd]."""
+    kinds: list[list[tuple]] = [[], [], []]
+    for row in rows:
+        kind, bucket = row[0], row[1]
+        if kind == _COUNTERS_ROW:
+            kinds[0].append((bucket,) + tuple(row[4:-1]))
+        elif kind == _CAUSES_ROW:
+            kinds[1].append((bucket, row[2], row[-1]))
+        else:
+            kinds[2].append((bucket, row[3], row[-1]))
+    return kinds
 
 
 def worst_sql(query: WorstQuery) -> tuple[str, list[Any]]:

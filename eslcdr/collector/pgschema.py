@@ -290,9 +290,22 @@ ALTER TABLE eslcdr_schema ADD COLUMN join_after text[];
 UPDATE eslcdr_schema SET join_after = '{}';
 """
 
+# The KPI cells per hour (pgrollups.py, ``stats_hours``): an hourly month of
+# an account reads a quarter of the minute cells' rows.  stats_minutes' columns
+# and primary key, ``hour`` for ``minute``; counted from the minute cells
+# already stored (the same cells, summed per hour).  Literal SQL.
+_M8_HOUR_ROLLUPS = """
+CREATE TABLE stats_hours (LIKE stats_minutes INCLUDING ALL);
+ALTER TABLE stats_hours RENAME COLUMN minute TO hour;
+INSERT INTO stats_hours
+  SELECT account_id, minute / 60, call_direction, hangup_cause, answered, sum(legs), sum(billing_seconds),
+         sum(mos_legs), sum(mos_sum), sum(low_mos), sum(rtp_legs), sum(no_rtp)
+  FROM stats_minutes GROUP BY 1, 2, 3, 4, 5;
+"""
+
 # A migration is a function of a cursor or literal SQL.
 MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS,
-              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS, _M7_STORED_CENTRAL_ID)
+              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS, _M7_STORED_CENTRAL_ID, _M8_HOUR_ROLLUPS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # cdrs.account_id of a leg without an account (NULL on the node).
 NO_ACCOUNT = ""

@@ -194,16 +194,14 @@ def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = 
     try:
         parts = split(query, use_rollups)
         if parts is None:
-            return [conn.execute(*statement).fetchall() for statement in pgquery.stats_sql(
-                query, [(query.created_from, query.created_to)])]
+            whole = [(query.created_from, query.created_to)]
+            return pgquery.stats_kinds(conn.execute(*pgquery.stats_sql(query, whole)).fetchall())
         rows = pgrollups.read_rollups(conn, query.account_id, parts.minutes[0], parts.minutes[1],
                                       query.interval, parts.hours)
-        if parts.edges:
-            counters, causes, _ = pgquery.stats_sql(query, parts.edges)
-            rows[0] += conn.execute(*counters).fetchall()
-            rows[1] += conn.execute(*causes).fetchall()
-        if parts.pdd_edges:
-            rows[2] += conn.execute(*pgquery.stats_sql(query, parts.pdd_edges)[2]).fetchall()
+        if parts.pdd_edges:  # (edges: within pdd_edges)
+            edges = pgquery.stats_sql(query, parts.edges, parts.pdd_edges)
+            for kind, more in zip(rows, pgquery.stats_kinds(conn.execute(*edges).fetchall())):
+                kind += more
         return rows
     finally:
         conn.rollback()

@@ -16,6 +16,7 @@ reads the legs (the partial covering index ``idx_cdrs_stats``, or the owner inde
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sqlite3
@@ -208,14 +209,12 @@ class _Bucket:
         self.causes: dict[str, int] = {}
         self.pdd: dict[int, int] = {}
 
-    def add(self, other: "_Bucket") -> None:
+    def add_counters(self, other: "_Bucket") -> None:
+        """Add ``other``'s counters (not its causes and pdd: compute() counts
+        the totals' from the rows)."""
         for name in ("legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes",
                      "billing", "mos_legs", "mos_sum", "low_mos", "rtp_legs", "no_rtp"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for cause, n in other.causes.items():
-            self.causes[cause] = self.causes.get(cause, 0) + n
-        for value, n in other.pdd.items():
-            self.pdd[value] = self.pdd.get(value, 0) + n
 
     def figures(self) -> dict[str, Any]:
         """The bucket's KPIs; a mean or a ratio over zero legs is left out."""
@@ -232,8 +231,7 @@ class _Bucket:
         pdd_legs = sum(self.pdd.values())
         out["pdd_legs"] = pdd_legs
         if pdd_legs:
-            out["pdd_ms_p50"] = nearest_rank(self.pdd, pdd_legs, 50)
-            out["pdd_ms_p95"] = nearest_rank(self.pdd, pdd_legs, 95)
+            out["pdd_ms_p50"], out["pdd_ms_p95"] = nearest_ranks(self.pdd, pdd_legs, (50, 95))
         out["mos_legs"] = self.mos_legs
         if self.mos_legs:
             out["mos_avg"] = self.mos_sum / self.mos_legs
@@ -244,14 +242,18 @@ class _Bucket:
         return out
 
 
-def nearest_rank(histogram: Mapping[int, int], n: int, percent: int) -> int:
-    """The smallest value with at least ``percent`` % of the n values at or below it."""
-    rank = max(1, math.ceil(n * percent / 100))
+def nearest_ranks(histogram: Mapping[int, int], n: int, percents: Sequence[int]) -> list[int]:
+    """For each of ``percents`` (ascending), the smallest value with at least
+    that % of the n values at or below it (nearest rank), in one walk."""
+    ranks = [max(1, math.ceil(n * percent / 100)) for percent in percents]
+    found: list[int] = []
     seen = 0
     for value in sorted(histogram):
         seen += histogram[value]
-        if seen >= rank:
-            return value
+        while seen >= ranks[len(found)]:
+            found.append(value)
+            if len(found) == len(ranks):
+                return found
     raise ValueError("histogram holds fewer than %d values" % n)
 
 
@@ -259,12 +261,12 @@ def _no_pause() -> None:
     pass
 
 
-def _paced(items: Iterable[T], breathe: Callable[[], None]) -> Iterator[T]:
-    """``items``, calling ``breathe()`` before every PACE_EVERY-th."""
-    for n, item in enumerate(items):
-        if not n % PACE_EVERY:
-            breathe()
-        yield item
+def _paced(items: Iterable[T], breathe: Callable[[], None]) -> Iterator[list[T]]:
+    """``items`` in lists of PACE_EVERY, calling ``breathe()`` before each."""
+    rest = iter(items)
+    while chunk := list(itertools.islice(rest, PACE_EVERY)):
+        breathe()
+        yield chunk
 
 
 def compute(query: StatsQuery, results: Sequence[Iterable[tuple]],
@@ -273,6 +275,7 @@ def compute(query: StatsQuery, results: Sequence[Iterable[tuple]],
     ``breathe()`` is called every few rows and buckets (HeavyLane.pacer)."""
     counters, causes, pdd = (_paced(rows, breathe) for rows in results)
     buckets: dict[int, _Bucket] = {}
+    totals = _Bucket()
 
     def at(key: int) -> _Bucket:
         bucket = buckets.get(key)
@@ -281,42 +284,46 @@ def compute(query: StatsQuery, results: Sequence[Iterable[tuple]],
         return bucket
 
     # The same bucket may come from several statements (roll-ups and the
-    # raw edges of the range): everything adds up.
-    for (key, legs, attempts, answered_attempts, seizures, answered, user_outcomes, billing,
-         mos_legs, mos_sum, low_mos, rtp_legs, no_rtp) in counters:
-        bucket = at(key)
-        bucket.legs += legs
-        bucket.attempts += attempts or 0
-        bucket.answered_attempts += answered_attempts or 0
-        bucket.seizures += seizures or 0
-        bucket.answered += answered or 0
-        bucket.user_outcomes += user_outcomes or 0
-        bucket.billing += billing or 0
-        bucket.mos_legs += mos_legs or 0
-        bucket.mos_sum += mos_sum or 0
-        bucket.low_mos += low_mos or 0
-        bucket.rtp_legs += rtp_legs or 0
-        bucket.no_rtp += no_rtp or 0
-    for key, cause, n in causes:
-        found = at(key).causes
-        found[cause] = found.get(cause, 0) + n
-    for key, value, n in pdd:
-        found = at(key).pdd
-        found[value] = found.get(value, 0) + n
+    # raw edges of the range): everything adds up.  The totals' causes and
+    # pdd values are counted from the rows; their counters are the buckets'
+    # added up in bucket order (float sums: the same order every time).
+    for chunk in counters:
+        for (key, legs, attempts, answered_attempts, seizures, answered, user_outcomes, billing,
+             mos_legs, mos_sum, low_mos, rtp_legs, no_rtp) in chunk:
+            bucket = at(key)
+            bucket.legs += legs
+            bucket.attempts += attempts or 0
+            bucket.answered_attempts += answered_attempts or 0
+            bucket.seizures += seizures or 0
+            bucket.answered += answered or 0
+            bucket.user_outcomes += user_outcomes or 0
+            bucket.billing += billing or 0
+            bucket.mos_legs += mos_legs or 0
+            bucket.mos_sum += mos_sum or 0
+            bucket.low_mos += low_mos or 0
+            bucket.rtp_legs += rtp_legs or 0
+            bucket.no_rtp += no_rtp or 0
+    for kind, name in ((causes, "causes"), (pdd, "pdd")):
+        every = getattr(totals, name)
+        for chunk in kind:
+            for key, value, n in chunk:
+                found = getattr(at(key), name)
+                found[value] = found.get(value, 0) + n
+                every[value] = every.get(value, 0) + n
 
     interval, low, high = query.interval, query.created_from, query.created_to
-    totals = _Bucket()
     empty = _Bucket().figures()  # most minutes of a month may have no leg
     out = []
-    for key in _paced(range(low // interval, high // interval + 1), breathe):
-        start = key * interval
-        bucket = buckets.get(key)
-        if bucket is None:  # adds nothing to the totals
-            figures = empty
-        else:
-            totals.add(bucket)
-            figures = bucket.figures()
-        out.append({"from": max(start, low), "to": min(start + interval - 1, high), **figures})
+    for chunk in _paced(range(low // interval, high // interval + 1), breathe):
+        for key in chunk:
+            start = key * interval
+            bucket = buckets.get(key)
+            if bucket is None:  # adds nothing to the totals
+                figures = empty
+            else:
+                totals.add_counters(bucket)
+                figures = bucket.figures()
+            out.append({"from": max(start, low), "to": min(start + interval - 1, high), **figures})
     return {"totals": totals.figures(), "buckets": out}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import uuid
 
@@ -28,14 +29,15 @@ from tests.unit.collector.test_collector_store import feed_items, pg, replayed, 
 
 UTC = dt.timezone.utc
 # The tables that would be distributed by account_id (co-located).
-DISTRIBUTED = ("cdrs", "stats_minutes", "stats_pdd_hours")
+DISTRIBUTED = ("cdrs", "stats_minutes", "stats_pdd_hours", "stats_hours")
 
 
 def rollups(conn):
-    """(stats_minutes, stats_pdd_hours) as stored, and as recounted from cdrs."""
+    """(stats_minutes, stats_pdd_hours, stats_hours) as stored, and as recounted from cdrs."""
     with conn.cursor() as cur:
         stored = [cur.execute("SELECT * FROM stats_minutes ORDER BY 1, 2, 3, 4, 5").fetchall(),
-                  cur.execute("SELECT * FROM stats_pdd_hours ORDER BY 1, 2, 3").fetchall()]
+                  cur.execute("SELECT * FROM stats_pdd_hours ORDER BY 1, 2, 3").fetchall(),
+                  cur.execute("SELECT * FROM stats_hours ORDER BY 1, 2, 3, 4, 5").fetchall()]
         recount = [cur.execute(statement).fetchall() for statement in pgrollups.recount_sql()]
     conn.commit()
     return stored, recount
@@ -145,7 +147,7 @@ def test_the_rollups_move_in_the_batch_s_transaction(pg, tmp_path):
         pg.store_batch("fs1", "db-1", 0, items)
     pg.conn.rollback()
     # nothing of the batch: no row, no cell, the cursor where it was
-    assert rows(pg) == [] and rollups(pg.conn)[0] == [[], []]
+    assert rows(pg) == [] and rollups(pg.conn)[0] == [[], [], []]
     assert pg.node_state("fs1", "x").after == 0
     pg.conn.execute("DROP TRIGGER refuse ON stats_pdd_hours")
     pg.conn.commit()
@@ -333,7 +335,8 @@ STEP = st.one_of(st.tuples(st.just("batch"), st.sampled_from(["fs1", "fs2"]), st
 @given(steps=st.lists(STEP, min_size=1, max_size=10))
 def test_rollups_equal_a_recount_after_any_batches(pg, steps):
     conn = pg.conn
-    conn.execute("TRUNCATE cdrs, cdr_keys, collector_rejects, stats_minutes, stats_pdd_hours, collector_nodes")
+    conn.execute("TRUNCATE cdrs, cdr_keys, collector_rejects, stats_minutes, stats_hours, stats_pdd_hours,"
+                 " collector_nodes")
     conn.commit()
     base = ts(2026, 11, 10) - (ts(2026, 11, 10) - G) % 3600
     state = {node: {"db_id": "db-0", "after": 0} for node in ("fs1", "fs2")}
@@ -370,7 +373,8 @@ def test_rollups_equal_a_recount_after_any_batches(pg, steps):
         assert got == expected
         stored, recount = rollups(conn)
         assert stored == recount
-    # And the KPIs read from them are the legs' (ragged edges, whole hours).
-    for interval in (60, 3600):
-        query = stats.StatsQuery("acc-a", None, base + 30, base + 2 * 3600 - 1, interval, ())
+    # And the KPIs read from them are the legs' (ragged edges, the legs' hour
+    # from its minute cells, then from its hour cells).
+    for interval, low in itertools.product((60, 3600), (base + 30, base - 30)):
+        query = stats.StatsQuery("acc-a", None, low, base + 2 * 3600 - 1, interval, ())
         assert stats.compute(query, stats_rows(conn, query)) == stats.compute(query, stats_rows(conn, query, False))

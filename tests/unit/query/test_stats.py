@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from eslcdr.query.stats import CSV_COLUMNS, KPI_FIELDS, nearest_rank
+from eslcdr.query.stats import CSV_COLUMNS, KPI_FIELDS, nearest_ranks
 
 from tests.unit.api.test_api import (ACC_A, ACC_B, CENTRAL_TOO, COLLECTOR, B, CentralEnv, Env, NOW_G, assert_error,
                                     leg)
@@ -244,8 +244,8 @@ def test_filters_narrow_the_stats(env):
 
 def test_nearest_rank():
     values = {15: 1, 20: 1, 35: 1, 40: 1, 50: 1}  # the textbook example
-    assert [nearest_rank(values, 5, p) for p in (5, 30, 40, 50, 95, 100)] == [15, 20, 20, 35, 50, 50]
-    assert nearest_rank({7: 3, 9: 1}, 4, 50) == 7 and nearest_rank({7: 3, 9: 1}, 4, 95) == 9
+    assert nearest_ranks(values, 5, (5, 30, 40, 50, 95, 100)) == [15, 20, 20, 35, 50, 50]
+    assert nearest_ranks({7: 3, 9: 1}, 4, (50, 95)) == [7, 9] and nearest_ranks({7: 3, 9: 1}, 4, (95,)) == [9]
 
 
 # --------------------------------------------------------------- worst legs
