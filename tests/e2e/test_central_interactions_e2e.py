@@ -15,7 +15,7 @@ from tests.conftest import capture_events
 from tests.e2e.test_central_api import central_collector, request
 from tests.e2e.test_collect_e2e import TOKEN
 from tests.harness import DaemonProcess, db_rows, wait_rows, write_config
-from tests.unit.collector.test_central_interactions import HEADER, renamed
+from tests.unit.collector.test_central_interactions import HEADER, back_to_version_6, renamed
 from tests.unit.ingest.test_cdr import two_nodes
 
 ACCOUNT = "4b0cd3c1e0a2f2c6a8d9e1f20a3b4c5d"
@@ -111,9 +111,7 @@ def test_the_collector_joins_the_legs_stored_before_schema_7_from_its_start(tmp_
             for node, records in legs_of.items():
                 store.node_state(node, "http://127.0.0.1:1")
                 store.store_batch(node, "db-" + node, 0, feed_items(tmp_path, records))
-            conn.execute("ALTER TABLE cdrs DROP COLUMN central_id")
-            conn.execute("ALTER TABLE eslcdr_schema DROP COLUMN join_after")
-            conn.execute("UPDATE eslcdr_schema SET version = 6")
+            back_to_version_6(conn)
             conn.commit()
         process = CollectorProcess(tmp_path, dsn, {"fs-9": "http://127.0.0.1:1"})  # a node that is down
         try:
@@ -123,7 +121,7 @@ def test_the_collector_joins_the_legs_stored_before_schema_7_from_its_start(tmp_
             with psycopg.connect(dsn) as conn:
                 assert sorted(conn.execute("SELECT interaction_id, central_id FROM cdrs").fetchall()) == [
                     (a, a), (b, a), (b, a), (c, a)]
-                assert conn.execute("SELECT version, join_after FROM eslcdr_schema").fetchone() == (7, None)
+                assert conn.execute("SELECT version, join_after FROM eslcdr_schema").fetchone() == (pgschema.SCHEMA_VERSION, None)
             assert process.proc.poll() is None
         finally:
             assert process.stop() == 0

@@ -263,6 +263,15 @@ def test_a_call_over_three_nodes_is_one_group_whichever_hop_comes_first(central)
     one_group_under_a(web, (a, b, c), legs_of)
 
 
+def back_to_version_6(conn) -> None:
+    """Undo what the migrations after version 6 add (the stored central id, the
+    hour cells), so a test can start from a version-6 database."""
+    conn.execute("ALTER TABLE cdrs DROP COLUMN central_id")
+    conn.execute("ALTER TABLE eslcdr_schema DROP COLUMN join_after")
+    conn.execute("DROP TABLE stats_hours")
+    conn.execute("UPDATE eslcdr_schema SET version = 6")
+
+
 def test_legs_stored_before_the_central_id_are_joined_by_migrating(central, pg_dsn, monkeypatch):
     # A version-6 database: fs-3's and fs-2's halves of a call joined (an
     # alias c -> b), fs-1's stored while the collector did not join (a call
@@ -280,10 +289,8 @@ def test_legs_stored_before_the_central_id_are_joined_by_migrating(central, pg_d
     with monkeypatch.context() as patch:
         patch.setattr(pginteractions, "link_batch", lambda cur, node: 0)
         store_node("fs-1", legs_of["fs-1"])
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # back to version 6
-        conn.execute("ALTER TABLE cdrs DROP COLUMN central_id")
-        conn.execute("ALTER TABLE eslcdr_schema DROP COLUMN join_after")
-        conn.execute("UPDATE eslcdr_schema SET version = 6")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        back_to_version_6(conn)
     with psycopg.connect(pg_dsn) as conn:
         assert pgschema.migrate(conn) == 6
         assert sorted(conn.execute("SELECT interaction_id, central_id FROM cdrs").fetchall()) == [
