@@ -148,10 +148,14 @@ def listing_vars(text: str | None) -> str | None:
 def _list_row(row: Sequence[Any], sourced: bool = True) -> list[Any]:
     """A ``pgquery.list_sql`` row (values, key, tie, source) as the read side's listing
     row: the values as the node's (``listing_vars``), then with ``sourced`` the node it
-    came from, then the keyset position."""
-    values = list(row[:_N_SOURCE])
+    came from, then the keyset position.  (One list, changed in place.)"""
+    values = list(row)
+    if sourced:
+        values.insert(_N_SOURCE, values.pop())
+    else:
+        del values[-1]
     values[_CCV] = listing_vars(values[_CCV])
-    return values + ([row[-1]] if sourced else []) + list(row[_N_SOURCE:-1])
+    return values
 
 
 def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
