@@ -151,11 +151,16 @@ def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path
 def test_only_objects_of_strings_are_their_own_text_whatever_the_spacing():
     from eslcdr.collector.readside import listing_vars
 
-    for text in ('{"a": "1", "b": "x"}', '{}', '{"a":"1" , "b" :"=x"}'):
+    for text in ('{"a": "1", "b": "x"}', '{}', '{"a":"1" , "b" :"=x"}', '{"u": "http://x:80/", "t": "12:30"}',
+                 '{"a": "x\\": ", "b": "y"}'):
         assert listing_vars(text) is text
-    # Anything else is the node's stored text (sorted keys, json's spacing).
+    # Anything else is the node's stored text (sorted keys, json's spacing),
+    # also where a string holds what the cheap proof counts ("as many colons as '": "'").
     for text, node in (('{"a":1}', '{"a": 1}'), ('{"bb" :{"c": "d"}, "a": "x"}', '{"a": "x", "bb": {"c": "d"}}'),
-                       ('{"a":\ttrue}', '{"a": true}'), ('[1,"x"]', '[1, "x"]')):
+                       ('{"a":\ttrue}', '{"a": true}'), ('[1,"x"]', '[1, "x"]'),
+                       ('{"a": "x\\": ", "b": 2}', '{"a": "x\\": ", "b": 2}'),
+                       ('{"a": "\\": \\": \\"", "b": [1]}', '{"a": "\\": \\": \\"", "b": [1]}'),
+                       ('{"b": 2, "a": "\\": \\""}', '{"a": "\\": \\"", "b": 2}')):
         assert listing_vars(text) == node
     assert listing_vars(None) is None
 
