@@ -192,11 +192,11 @@ def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_ba
         from eslcdr.query.reader import StatementTimeout
         fetch, calls = read.pg.fetch, []
 
-        def failing(sql, args):
+        def failing(sql, args, binary=False):
             calls.append(sql)
             if len(calls) == 2:
                 raise StatementTimeout("statement ran longer than 5.0 s")
-            return fetch(sql, args)
+            return fetch(sql, args, binary)
 
         monkeypatch.setattr(read.pg, "fetch", failing)
         stream = iter(read.list_export(query))
