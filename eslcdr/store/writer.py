@@ -38,11 +38,11 @@ log = structlog.get_logger(__name__)
 REPLACES_STORED = "replaces_stored"
 MIN_OVERFLOW = 1000
 # A batch waits for this many records (or for as long as they took to come
-# at the rate of the batch before), at most flush_interval: a transaction
-# costs about the same for 1 row as for 64 (the thread hand-over,
-# BEGIN/COMMIT, the roll-up upserts), and neither the start nor the end of a
-# burst is kept waiting.
-GATHER_ROWS = 64
+# at the rate of the batch before), at most flush_interval: a row costs less
+# in a bigger transaction (SQLite CPU ~125, 100, 80 µs a row in batches of
+# 16, 64, 256, bench/README.md #18), and neither end of a burst is kept
+# waiting.  Below ~1,000 legs/s the window is flush_interval.
+GATHER_ROWS = 256
 # With nothing to do the writer sleeps this long between looks: everything
 # that brings work (submit, acks, merges, retention, the spooler) wakes it.
 IDLE_WAIT = 5.0
@@ -133,6 +133,7 @@ class Writer:
         # (wait_idle asks for those waiting when it is called).
         self._first_at = time.monotonic()
         self._window = flush_interval
+        self._timer = None  # closes the window of a batch gathering (_arrives)
         self._taken_at = time.monotonic()
         self._flush = 0
         self.batches = 0
@@ -185,10 +186,19 @@ class Writer:
         return True
 
     def _arrives(self) -> None:
-        """The first work after the writer went idle: its window opens."""
+        """The first work after the writer went idle: its window opens.  A
+        timer wakes the writer when it closes (a flush or a full batch does
+        sooner): one wake-up per batch, not one more to start waiting."""
         self._idle.clear()
         self._first_at = time.monotonic()
-        self._wake.set()
+        self._close_timer()
+        timer = self._timer = gevent.get_hub().loop.timer(self._window)
+        timer.start(self._wake.set, update=True)
+
+    def _close_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.close()  # (stops it)
+            self._timer = None
 
     def quiet_until(self, at: float) -> None:
         """A reader hands over nothing before ``at`` (monotonic: it lets events
@@ -258,7 +268,7 @@ class Writer:
         """
         attempt = 0
         while True:
-            has_work = bool(self._pending or self._merges or self._acks or self._meta)
+            has_work = self._has_work()
             if not has_work:
                 self._idle.set()
                 self._flush = 0
@@ -306,8 +316,13 @@ class Writer:
                     return
                 gevent.sleep(delay)
                 continue
-            # Let the readers run before the next batch.
-            gevent.sleep(0)
+            # Let the readers run before the next batch (if none is due, the
+            # wait at the top of the loop does).
+            if self._has_work() or self._retention is not None or self._replay_due():
+                gevent.sleep(0)
+
+    def _has_work(self) -> bool:
+        return bool(self._pending or self._merges or self._acks or self._meta)
 
     def _gather(self) -> None:
         """Wait for the batch to gather: until GATHER_ROWS records wait or
@@ -417,6 +432,7 @@ class Writer:
                 self._spool_merges.clear()
 
     def _write_one_batch(self) -> None:
+        self._close_timer()
         taken_at = time.monotonic()
         waited = taken_at - self._first_at
         batch = self._pending[: self._batch_size]
