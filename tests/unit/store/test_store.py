@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -146,6 +147,17 @@ def run_writer(writer: Writer) -> gevent.Greenlet:
     return gevent.spawn(writer.run)
 
 
+@contextlib.contextmanager
+def running(writer: Writer):
+    """The writer's greenlet for the block's duration."""
+    greenlet = run_writer(writer)
+    try:
+        yield greenlet
+    finally:
+        writer.stop()
+        greenlet.join(timeout=10)
+
+
 def test_writer_batches_and_drains(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     writer = Writer(conn, batch_size=7, flush_interval=0.05)
@@ -163,8 +175,7 @@ def test_writer_batches_and_drains(tmp_path):
 def test_a_reader_pausing_past_the_window_gets_the_batch_committed_at_once(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     writer = Writer(conn, batch_size=50, flush_interval=1.0)
-    greenlet = run_writer(writer)
-    try:
+    with running(writer):
         gevent.sleep(1.05)  # a window since the last transaction (none yet)
         for n in range(3):
             writer.submit(record(n))
@@ -179,9 +190,6 @@ def test_a_reader_pausing_past_the_window_gets_the_batch_committed_at_once(tmp_p
         assert wait_until(lambda: writer.written == 3, timeout=5)
         assert time.monotonic() - paused_at < 0.6
         assert len(rows(tmp_path / "a.db")) == 3
-    finally:
-        writer.stop()
-        greenlet.join(timeout=10)
 
 
 def test_a_trickle_batch_wakes_the_writer_when_its_window_closes_not_at_its_first_record(tmp_path):
@@ -191,14 +199,13 @@ def test_a_trickle_batch_wakes_the_writer_when_its_window_closes_not_at_its_firs
     # one wake-up at the first record, one at the window's end).
     conn = connect_writer(tmp_path / "a.db")
     writer = Writer(conn, batch_size=50, flush_interval=0.5)
-    greenlet = run_writer(writer)
     switches: list[str] = []
+    with running(writer) as greenlet:
 
-    def trace(event, args):
-        if event in ("switch", "throw") and args[1] is greenlet:
-            switches.append(event)
+        def trace(event, args):
+            if event in ("switch", "throw") and args[1] is greenlet:
+                switches.append(event)
 
-    try:
         gevent.sleep(0.1)  # the writer is idle
         previous = greenlet_module.settrace(trace)
         try:
@@ -211,16 +218,12 @@ def test_a_trickle_batch_wakes_the_writer_when_its_window_closes_not_at_its_firs
             greenlet_module.settrace(previous)
         # The window's end, then the transaction's result from the thread.
         assert len(switches) <= 2, switches
-    finally:
-        writer.stop()
-        greenlet.join(timeout=10)
 
 
 def test_a_batch_under_gather_rows_waits_for_its_window_a_full_one_goes_at_once(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     writer = Writer(conn, batch_size=500, flush_interval=5.0)
-    greenlet = run_writer(writer)
-    try:
+    with running(writer):
         # 100 rows (64 were enough before): the batch goes on gathering, a
         # bigger transaction costs less a row.
         for n in range(100):
@@ -232,9 +235,6 @@ def test_a_batch_under_gather_rows_waits_for_its_window_a_full_one_goes_at_once(
         # GATHER_ROWS waiting: committed now, not when the window closes.
         assert wait_until(lambda: writer.written == GATHER_ROWS, timeout=2.5)
         assert writer.batches == 1
-    finally:
-        writer.stop()
-        greenlet.join(timeout=10)
 
 
 def test_the_wal_is_copied_back_every_wal_checkpoint_pages_not_every_1000(tmp_path):
