@@ -41,8 +41,9 @@ MIN_OVERFLOW = 1000
 # at the rate of the batch before), at most flush_interval: a row costs less
 # in a bigger transaction (SQLite CPU ~125, 100, 80 µs a row in batches of
 # 16, 64, 256, bench/README.md #18), and neither end of a burst is kept
-# waiting.  Below ~1,000 legs/s the window is flush_interval.
-GATHER_ROWS = 256
+# waiting.  More would cost latency at high rates (256: p99 +~150 ms at
+# ~1,200 legs/s, bench/latency.py --cps 400).
+GATHER_ROWS = 64
 # With nothing to do the writer sleeps this long between looks: everything
 # that brings work (submit, acks, merges, retention, the spooler) wakes it.
 IDLE_WAIT = 5.0

@@ -13,7 +13,7 @@ import pytest
 
 from eslcdr.store import schema
 from eslcdr.store.db import WAL_CHECKPOINT_PAGES, connect_reader, connect_writer, insert_records, recent_interaction_links
-from eslcdr.store.writer import GATHER_ROWS, Writer
+from eslcdr.store.writer import Writer
 
 from tests.harness import database_before, wait_until
 
@@ -218,23 +218,6 @@ def test_a_trickle_batch_wakes_the_writer_when_its_window_closes_not_at_its_firs
             greenlet_module.settrace(previous)
         # The window's end, then the transaction's result from the thread.
         assert len(switches) <= 2, switches
-
-
-def test_a_batch_under_gather_rows_waits_for_its_window_a_full_one_goes_at_once(tmp_path):
-    conn = connect_writer(tmp_path / "a.db")
-    writer = Writer(conn, batch_size=500, flush_interval=5.0)
-    with running(writer):
-        # 100 rows (64 were enough before): the batch goes on gathering, a
-        # bigger transaction costs less a row.
-        for n in range(100):
-            writer.submit(record(n))
-        gevent.sleep(0.3)
-        assert writer.written == 0
-        for n in range(100, GATHER_ROWS):
-            writer.submit(record(n))
-        # GATHER_ROWS waiting: committed now, not when the window closes.
-        assert wait_until(lambda: writer.written == GATHER_ROWS, timeout=2.5)
-        assert writer.batches == 1
 
 
 def test_the_wal_is_copied_back_every_wal_checkpoint_pages_not_every_1000(tmp_path):
