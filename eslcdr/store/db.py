@@ -39,9 +39,10 @@ AUTO_VACUUM_INCREMENTAL = 2
 # many pages (SQLite's default: 1,000).  A leg dirties ~7 pages (a leaf of
 # each index its random keys land in), so the default copied back every
 # ~140 legs; a longer WAL copies a page rewritten by many batches once (the
-# right edges of the time indexes, the roll-ups, page 1): 16-19 % less
-# SQLite CPU a row (bench/README.md, #18), for a WAL file of ~16 MB.
-WAL_CHECKPOINT_PAGES = 4000
+# right edges of the time indexes, the roll-ups, page 1): 12-17 % less
+# SQLite CPU a row (bench/README.md, #18).  The WAL file reaches ~8 MB plus
+# a batch (4,000 pages: ~16 MB, more than a node's WAL should hold).
+WAL_CHECKPOINT_PAGES = 2000
 
 # Rows go in as multi-row INSERTs of up to _PARAMS_PER_STATEMENT values: one
 # sqlite3_step per statement instead of per row.  That is a third less CPU
