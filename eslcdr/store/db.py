@@ -35,6 +35,14 @@ from .schema import JSON_COLUMNS, RECORD_COLUMNS, migrate, rollup_insert_stateme
 log = structlog.get_logger(__name__)
 
 AUTO_VACUUM_INCREMENTAL = 2
+# The writer's commits checkpoint the WAL into the file once it holds this
+# many pages (SQLite's default: 1,000).  A leg dirties ~7 pages (a leaf of
+# each index its random keys land in), so the default copied back every
+# ~140 legs; a longer WAL copies a page rewritten by many batches once (the
+# right edges of the time indexes, the roll-ups, page 1): 12-17 % less
+# SQLite CPU a row (bench/README.md, #18).  The WAL file reaches ~8 MB plus
+# a batch (4,000 pages: ~16 MB, more than a node's WAL should hold).
+WAL_CHECKPOINT_PAGES = 2000
 
 # Rows go in as multi-row INSERTs of up to _PARAMS_PER_STATEMENT values: one
 # sqlite3_step per statement instead of per row.  That is a third less CPU
@@ -154,6 +162,7 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     # The WAL is reused, not shrunk, after a checkpoint: cap what it keeps
     # after a burst (e.g. a retention run).
     conn.execute("PRAGMA journal_size_limit=%d" % (64 * 1024 * 1024))
+    conn.execute("PRAGMA wal_autocheckpoint=%d" % WAL_CHECKPOINT_PAGES)
     migrate(conn)
     # A batch's temporary b-trees (the roll-ups' GROUP BY) in memory, not a
     # file created and deleted in /var/tmp at every commit.  Set after the
@@ -199,6 +208,10 @@ def connect_reader(path: str | Path) -> sqlite3.Connection:
 
 
 _EMPTY_JSON = {dict: "{}", list: "[]", tuple: "[]"}
+# The text of a JSON column: json.dumps(value, ensure_ascii=False,
+# sort_keys=True), from one encoder (json.dumps builds a new one per call
+# when given options: half of record_row's time).
+_json_text = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 _JSON_INDEXES = tuple(i for i, name in enumerate(RECORD_COLUMNS) if name in JSON_COLUMNS)
 
 
@@ -211,7 +224,7 @@ def record_row(record: Mapping[str, object]) -> list:
             continue
         # Most legs have no custom variables: "{}" without json.dumps.
         empty = None if value else _EMPTY_JSON.get(type(value))
-        row[index] = empty or json.dumps(value, ensure_ascii=False, sort_keys=True)
+        row[index] = empty or _json_text(value)
     # sqlite3 stores bool as 0/1 by itself (bool is an int).
     return row
 
@@ -297,7 +310,7 @@ def _merge_interaction(conn: sqlite3.Connection, old: str, new_id: str) -> None:
 
 def _column_value(name: str, value: object) -> object:
     if name in JSON_COLUMNS and value is not None and not isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        return _json_text(value)
     return value
 
 

@@ -11,7 +11,8 @@ mid-append) is cut off at open (``Spool._open``).
 
 Blocking file I/O: callers run these methods in the thread pool and hold
 ``lock`` (a gevent lock) around them, so an append never interleaves with a
-read or the truncation.
+read or the truncation.  ``SpoolFeed`` is the writer's side (store/writer.py):
+the spooler greenlet, spills, and merges applied as records are read back.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+import gevent.event
 import gevent.lock
 import structlog
 
@@ -150,6 +152,114 @@ class Spool:
         log.info("spool_replayed", path=str(self.path), records=self.replayed)
         self.offset = self.size = self.backlog = 0
         return True
+
+
+class SpoolFeed:
+    """What the writer hands to its spool and takes back from it.
+
+    Records past the writer's capacity wait in ``overflow`` (bounded by the
+    writer) for the spooler greenlet (``run``), which appends them, fsynced;
+    after a failed write the writer spills its backlog (``spill``).  Merges
+    of interactions seen while records sit in the file are applied as they
+    are read back (``read``).  The file's I/O goes through ``offload`` (the
+    writer's thread), holding the spool's lock.  Only when the file cannot
+    be written is a record lost: logged in full, at error.
+    """
+
+    def __init__(self, spool: Spool, offload: Callable[[Callable], object], on_spooled: Callable[[], None],
+                 idle_wait: float) -> None:
+        self.spool = spool
+        self._offload = offload
+        self._on_spooled = on_spooled  # records to replay: wakes the writer
+        self._idle_wait = idle_wait
+        self.overflow: list[dict] = []
+        self.wake = gevent.event.Event()
+        self.merges: dict[str, str] = {}
+        self.spooled = 0
+        self.lost = 0
+        self.stopping = False
+
+    @property
+    def backlog(self) -> int:
+        """Records in the file (or on their way to it) not yet in SQLite."""
+        return len(self.overflow) + self.spool.backlog
+
+    def hand_over(self, record: dict, limit: int) -> bool:
+        if len(self.overflow) >= limit:
+            return False
+        self.overflow.append(record)
+        if not self.wake.is_set():
+            self.wake.set()
+        return True
+
+    def note_merge(self, old: str, new: str) -> None:
+        if self.spool.size or self.overflow:
+            self.merges[old] = new
+
+    def _io(self, work: Callable):
+        with self.spool.lock:
+            return self._offload(work)
+
+    def run(self) -> None:
+        """The spooler greenlet: append the overflow, a batch per fsync."""
+        spool = self.spool
+        while True:
+            if not self.overflow:
+                if self.stopping:
+                    return
+                self.wake.wait(timeout=self._idle_wait)
+                self.wake.clear()
+                continue
+            batch = self.overflow[:]
+            try:
+                self._io(lambda: spool.append(batch))
+            except OSError as exc:
+                del self.overflow[: len(batch)]
+                self.lost += len(batch)
+                for record in batch:
+                    log.error("cdr_lost_spool_unwritable", spool=str(spool.path), error=str(exc), record=record)
+                continue
+            del self.overflow[: len(batch)]
+            self.spooled += len(batch)
+            log.warning("cdrs_spooled", records=len(batch), spool_backlog=self.backlog)
+            self._on_spooled()
+
+    def spill(self, pending: list[dict]) -> None:
+        """Move ``pending`` (the writer's backlog) to the file; on failure
+        keep it in memory: SQLite may come back before the spool does."""
+        spool = self.spool
+        batch = pending[:]
+        try:
+            self._io(lambda: spool.append(batch))
+        except OSError as exc:
+            log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(pending))
+            return
+        del pending[: len(batch)]
+        self.spooled += len(batch)
+        log.warning("backlog_spooled", records=len(batch), spool_backlog=self.backlog)
+
+    def read(self, max_records: int) -> tuple[list[dict], int]:
+        """The next records to replay, merges applied, and the offset after them."""
+        records, offset = self._io(lambda: self.spool.read(max_records))
+        merges = self.merges
+        for record in records:
+            interaction_id = record.get("interaction_id")
+            for _ in range(16):  # follow chained merges, bounded
+                if interaction_id not in merges:
+                    break
+                interaction_id = merges[interaction_id]
+            if interaction_id is not None:
+                record["interaction_id"] = interaction_id
+        return records, offset
+
+    def replayed(self, offset: int, count: int) -> None:
+        """The records ``read`` gave are committed: empty the file once all are."""
+        spool = self.spool
+        spool.committed(offset, count)
+        # (no switch between the lock's release and the checks: gevent wakes
+        # a waiter on the next loop turn)
+        if spool.empty and not self.overflow and self._io(spool.truncate_if_replayed) and not self.overflow:
+            self.merges.clear()
 
 
 def _jsonable(value: object) -> object:

@@ -29,7 +29,7 @@ from ..backoff import backoff_delay
 from ..supervise import in_thread
 from .db import insert_records
 from .retention import delete_expired
-from .spool import Spool
+from .spool import Spool, SpoolFeed
 
 log = structlog.get_logger(__name__)
 
@@ -38,10 +38,11 @@ log = structlog.get_logger(__name__)
 REPLACES_STORED = "replaces_stored"
 MIN_OVERFLOW = 1000
 # A batch waits for this many records (or for as long as they took to come
-# at the rate of the batch before), at most flush_interval: a transaction
-# costs about the same for 1 row as for 64 (the thread hand-over,
-# BEGIN/COMMIT, the roll-up upserts), and neither the start nor the end of a
-# burst is kept waiting.
+# at the rate of the batch before), at most flush_interval: a row costs less
+# in a bigger transaction (SQLite CPU ~125, 100, 80 µs a row in batches of
+# 16, 64, 256, bench/README.md #18), and neither end of a burst is kept
+# waiting.  More would cost latency at high rates (256: p99 +~150 ms at
+# ~1,200 legs/s, bench/latency.py --cps 400).
 GATHER_ROWS = 64
 # With nothing to do the writer sleeps this long between looks: everything
 # that brings work (submit, acks, merges, retention, the spooler) wakes it.
@@ -57,6 +58,12 @@ def _in_thread(work: Callable[[], int]) -> int:
     the writer greenlet waits for it, so the connection has one user); SQLite
     and OS errors are raised here (see ``supervise.in_thread``)."""
     return in_thread(work, errors=(sqlite3.Error, OSError))
+
+
+def _split(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(new records, records replacing a stored row)"""
+    return ([record for record in records if not record.get(REPLACES_STORED)],
+            [record for record in records if record.get(REPLACES_STORED)])
 
 
 class Writer:
@@ -100,6 +107,7 @@ class Writer:
         self._max_retry_delay = max_retry_delay
         self._on_written = on_written
         self._offload = offload or _in_thread
+        self._wake = gevent.event.Event()
         self._pending: list[dict] = []
         self._merges: list[tuple[str, str]] = []
         # Collector acknowledgements (token sha256 -> (seq, pull time µs)),
@@ -111,19 +119,12 @@ class Writer:
         self._retention_batch = retention_batch
         self.deleted = 0
         # The spool (on disk) takes what memory cannot: records past
-        # ``capacity`` (via _overflow and the spooler greenlet) and the whole
-        # backlog once SQLite has failed (the writer spills it).
-        self._spool = spool
-        self._overflow: list[dict] = []
-        self._spool_wake = gevent.event.Event()
-        # Merges seen while records sit in the spool, applied when replayed.
-        self._spool_merges: dict[str, str] = {}
-        self.spooled = 0
-        self.lost = 0
+        # ``capacity`` (via the feed's overflow and the spooler greenlet)
+        # and the whole backlog once SQLite has failed (the writer spills it).
+        self._feed = None if spool is None else SpoolFeed(spool, self._offload, self._wake_up, IDLE_WAIT)
         # meta table entries (e.g. the backfill's high-water mark), stored
         # with the next transaction: after every record submitted before.
         self._meta: dict[str, str] = {}
-        self._wake = gevent.event.Event()
         self._idle = gevent.event.Event()
         self._idle.set()
         self._stopping = False
@@ -133,6 +134,7 @@ class Writer:
         # (wait_idle asks for those waiting when it is called).
         self._first_at = time.monotonic()
         self._window = flush_interval
+        self._timer = None  # closes the window of a batch gathering (_arrives)
         self._taken_at = time.monotonic()
         self._flush = 0
         self.batches = 0
@@ -154,7 +156,15 @@ class Writer:
     @property
     def spool_backlog(self) -> int:
         """Records in the spool (or on their way to it) not yet in SQLite."""
-        return len(self._overflow) + (self._spool.backlog if self._spool is not None else 0)
+        return self._feed.backlog if self._feed is not None else 0
+
+    @property
+    def spooled(self) -> int:
+        return self._feed.spooled if self._feed is not None else 0
+
+    @property
+    def lost(self) -> int:
+        return self._feed.lost if self._feed is not None else 0
 
     def stalled_seconds(self, now: float) -> float:
         """Seconds work has been waiting without a commit (0 when idle);
@@ -169,10 +179,7 @@ class Writer:
         if len(self._pending) >= self._capacity:
             # The overflow is only a hand-over to the spooler, drained each
             # time the reader yields: bounded, but not by a tiny queue_size.
-            if self._spool is not None and len(self._overflow) < max(self._capacity, MIN_OVERFLOW):
-                self._overflow.append(record)
-                if not self._spool_wake.is_set():
-                    self._spool_wake.set()
+            if self._feed is not None and self._feed.hand_over(record, max(self._capacity, MIN_OVERFLOW)):
                 return True
             self.refused += 1
             return False
@@ -185,10 +192,19 @@ class Writer:
         return True
 
     def _arrives(self) -> None:
-        """The first work after the writer went idle: its window opens."""
+        """The first work after the writer went idle: its window opens.  A
+        timer wakes the writer when it closes (a flush or a full batch does
+        sooner): one wake-up per batch, not one more to start waiting."""
         self._idle.clear()
         self._first_at = time.monotonic()
-        self._wake.set()
+        self._close_timer()
+        timer = self._timer = gevent.get_hub().loop.timer(self._window)
+        timer.start(self._wake.set, update=True)
+
+    def _close_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.close()  # (stops it)
+            self._timer = None
 
     def quiet_until(self, at: float) -> None:
         """A reader hands over nothing before ``at`` (monotonic: it lets events
@@ -236,13 +252,14 @@ class Writer:
         """Two interactions found to be one: rows already written are updated
         in the next transaction; records still waiting are updated here (a
         later batch must not write the old id after that UPDATE ran)."""
+        feed = self._feed
         for old, new in merges:
-            for waiting in (self._pending, self._overflow):
+            for waiting in (self._pending, feed.overflow if feed is not None else ()):
                 for record in waiting:
                     if record.get("interaction_id") == old:
                         record["interaction_id"] = new
-            if self._spool is not None and (self._spool.size or self._overflow):
-                self._spool_merges[old] = new
+            if feed is not None:
+                feed.note_merge(old, new)
         self._merges.extend(merges)
         if self._idle.is_set():
             self._arrives()
@@ -258,7 +275,7 @@ class Writer:
         """
         attempt = 0
         while True:
-            has_work = bool(self._pending or self._merges or self._acks or self._meta)
+            has_work = self._has_work()
             if not has_work:
                 self._idle.set()
                 self._flush = 0
@@ -306,8 +323,13 @@ class Writer:
                     return
                 gevent.sleep(delay)
                 continue
-            # Let the readers run before the next batch.
-            gevent.sleep(0)
+            # Let the readers run before the next batch (if none is due, the
+            # wait at the top of the loop does).
+            if self._has_work() or self._retention is not None or self._replay_due():
+                gevent.sleep(0)
+
+    def _has_work(self) -> bool:
+        return bool(self._pending or self._merges or self._acks or self._meta)
 
     def _gather(self) -> None:
         """Wait for the batch to gather: until GATHER_ROWS records wait or
@@ -326,105 +348,55 @@ class Writer:
                 self._wake.clear()
                 self._wake.wait(timeout=left)
 
-    # -- the spool ------------------------------------------------------
+    # -- the spool (store/spool.py, SpoolFeed) ---------------------------
     def run_spooler(self) -> None:
         """Append records past ``capacity`` to the spool, fsynced per batch.
         Only if that fails is a record lost: logged in full, at error."""
-        spool = self._spool
-        if spool is None:
-            return
-        while True:
-            if not self._overflow:
-                if self._stopping:
-                    return
-                self._spool_wake.wait(timeout=IDLE_WAIT)
-                self._spool_wake.clear()
-                continue
-            batch = self._overflow[:]
-            try:
-                self._on_spool(lambda: spool.append(batch))
-            except OSError as exc:
-                del self._overflow[: len(batch)]
-                self.lost += len(batch)
-                for record in batch:
-                    log.error("cdr_lost_spool_unwritable", spool=str(spool.path), error=str(exc), record=record)
-                continue
-            del self._overflow[: len(batch)]
-            self.spooled += len(batch)
-            log.warning("cdrs_spooled", records=len(batch), spool_backlog=self.spool_backlog)
-            if not self._wake.is_set():
-                self._wake.set()
+        if self._feed is not None:
+            self._feed.run()
+
+    def _wake_up(self) -> None:
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _spill(self) -> None:
         """Move the in-memory backlog to the spool (after a failed write)."""
-        spool = self._spool
-        if spool is None or not self._pending:
-            return
-        batch = self._pending[:]
-        try:
-            self._on_spool(lambda: spool.append(batch))
-        except OSError as exc:
-            # Keep them in memory: SQLite may come back before the spool does.
-            log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(self._pending))
-            return
-        del self._pending[: len(batch)]
-        self.spooled += len(batch)
-        log.warning("backlog_spooled", records=len(batch), spool_backlog=self.spool_backlog)
+        if self._feed is not None and self._pending:
+            self._feed.spill(self._pending)
 
     def _replay_due(self) -> bool:
-        spool = self._spool
+        feed = self._feed
         # Live records first while memory is filling up.
         return (
-            spool is not None
-            and not spool.empty
+            feed is not None
+            and not feed.spool.empty
             and not self._stopping
             and len(self._pending) < max(1, self._capacity // 2)
         )
 
-    def _on_spool(self, work: Callable):
-        """``work`` on the spool file as spool.py asks: in the thread pool,
-        holding the spool's lock."""
-        with self._spool.lock:
-            return self._offload(work)
-
     def _replay_one_chunk(self) -> None:
-        spool = self._spool
-        records, offset = self._on_spool(lambda: spool.read(self._batch_size))
-        merges = self._spool_merges
-        for record in records:
-            interaction_id = record.get("interaction_id")
-            for _ in range(16):  # follow chained merges, bounded
-                if interaction_id not in merges:
-                    break
-                interaction_id = merges[interaction_id]
-            if interaction_id is not None:
-                record["interaction_id"] = interaction_id
+        feed = self._feed
+        records, offset = feed.read(self._batch_size)
         conn = self._conn
-        inserts = [record for record in records if not record.get(REPLACES_STORED)]
-        replacements = [record for record in records if record.get(REPLACES_STORED)]
+        inserts, replacements = _split(records)
         new = self._offload(lambda: insert_records(conn, inserts, replacements=replacements))
         new += len(replacements)
-        spool.committed(offset, len(records))
         self._progress_at = time.monotonic()
         self.written += new
         self.duplicates += len(records) - new
         self.last_write_at = time.time()
-        log.debug("spool_batch_replayed", rows=new, duplicates=len(records) - new, spool_backlog=spool.backlog)
-        if spool.empty and not self._overflow:
-            # (no switch between the lock's release and the check: gevent
-            # wakes a waiter on the next loop turn)
-            if self._on_spool(spool.truncate_if_replayed) and not self._overflow:
-                self._spool_merges.clear()
+        feed.replayed(offset, len(records))
+        log.debug("spool_batch_replayed", rows=new, duplicates=len(records) - new, spool_backlog=feed.backlog)
 
     def _write_one_batch(self) -> None:
+        self._close_timer()
         taken_at = time.monotonic()
         waited = taken_at - self._first_at
         batch = self._pending[: self._batch_size]
         merges = self._merges[:]
         acks = dict(self._acks)
         meta = dict(self._meta)
-        inserts = [record for record in batch if not record.get(REPLACES_STORED)]
-        replacements = [record for record in batch if record.get(REPLACES_STORED)]
+        inserts, replacements = _split(batch)
         started = time.perf_counter()
         conn = self._conn
         new = self._offload(
@@ -490,7 +462,9 @@ class Writer:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        self._spool_wake.set()
+        if self._feed is not None:
+            self._feed.stopping = True
+            self._feed.wake.set()
 
     def wait_idle(self, timeout: float) -> bool:
         """True once everything submitted so far is committed (what waits

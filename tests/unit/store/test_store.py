@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+import uuid
 
 import gevent
+import greenlet as greenlet_module
 import pytest
 
 from eslcdr.store import schema
-from eslcdr.store.db import connect_reader, connect_writer, insert_records, recent_interaction_links
+from eslcdr.store.db import WAL_CHECKPOINT_PAGES, connect_reader, connect_writer, insert_records, recent_interaction_links
 from eslcdr.store.writer import Writer
 
 from tests.harness import database_before, wait_until
@@ -144,6 +147,17 @@ def run_writer(writer: Writer) -> gevent.Greenlet:
     return gevent.spawn(writer.run)
 
 
+@contextlib.contextmanager
+def running(writer: Writer):
+    """The writer's greenlet for the block's duration."""
+    greenlet = run_writer(writer)
+    try:
+        yield greenlet
+    finally:
+        writer.stop()
+        greenlet.join(timeout=10)
+
+
 def test_writer_batches_and_drains(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     writer = Writer(conn, batch_size=7, flush_interval=0.05)
@@ -161,8 +175,7 @@ def test_writer_batches_and_drains(tmp_path):
 def test_a_reader_pausing_past_the_window_gets_the_batch_committed_at_once(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     writer = Writer(conn, batch_size=50, flush_interval=1.0)
-    greenlet = run_writer(writer)
-    try:
+    with running(writer):
         gevent.sleep(1.05)  # a window since the last transaction (none yet)
         for n in range(3):
             writer.submit(record(n))
@@ -177,9 +190,51 @@ def test_a_reader_pausing_past_the_window_gets_the_batch_committed_at_once(tmp_p
         assert wait_until(lambda: writer.written == 3, timeout=5)
         assert time.monotonic() - paused_at < 0.6
         assert len(rows(tmp_path / "a.db")) == 3
-    finally:
-        writer.stop()
-        greenlet.join(timeout=10)
+
+
+def test_a_trickle_batch_wakes_the_writer_when_its_window_closes_not_at_its_first_record(tmp_path):
+    # Each wake-up of the writer greenlet is a turn of the hub and two
+    # switches: the first record of a batch starts a timer for the window's
+    # end instead of waking the writer to wait for that end itself (before:
+    # one wake-up at the first record, one at the window's end).
+    conn = connect_writer(tmp_path / "a.db")
+    writer = Writer(conn, batch_size=50, flush_interval=0.5)
+    switches: list[str] = []
+    with running(writer) as greenlet:
+
+        def trace(event, args):
+            if event in ("switch", "throw") and args[1] is greenlet:
+                switches.append(event)
+
+        gevent.sleep(0.1)  # the writer is idle
+        previous = greenlet_module.settrace(trace)
+        try:
+            for n in range(3):
+                writer.submit(record(n))
+            gevent.sleep(0.2)  # within the window
+            assert switches == [] and writer.written == 0
+            assert wait_until(lambda: writer.written == 3, timeout=5)
+        finally:
+            greenlet_module.settrace(previous)
+        # The window's end, then the transaction's result from the thread.
+        assert len(switches) <= 2, switches
+
+
+def test_the_wal_is_copied_back_every_wal_checkpoint_pages_not_every_1000(tmp_path):
+    # A commit checkpoints once the WAL holds WAL_CHECKPOINT_PAGES pages:
+    # the file grows past SQLite's default 1,000 pages and stops near it.
+    path = tmp_path / "a.db"
+    conn = connect_writer(path)
+    wal = tmp_path / "a.db-wal"
+    frame = conn.execute("PRAGMA page_size").fetchone()[0] + 24
+    most = 0
+    n = 0
+    while n < 6000 and most < 1.5 * WAL_CHECKPOINT_PAGES:
+        # Random keys, as FreeSWITCH's UUIDs: each row dirties its own leaves.
+        insert_records(conn, [dict(record(n + k), id=uuid.uuid4().hex, call_id=str(uuid.uuid4())) for k in range(16)])
+        n += 16
+        most = max(most, wal.stat().st_size // frame)
+    assert 1000 * 1.5 < most < WAL_CHECKPOINT_PAGES * 1.2, (most, n)
 
 
 def test_full_disk_keeps_records_and_writes_them_when_space_returns(tmp_path):
