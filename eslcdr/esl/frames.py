@@ -158,7 +158,10 @@ class FrameParser:
         self._pending = None
         self._pos = end
         self.frames_seen += 1
-        return Frame(headers, bytes(self._buf[start:end]))
+        # One copy (a bytearray slice would copy twice); the view is
+        # released at once, so the buffer can still be resized.
+        with memoryview(self._buf) as view:
+            return Frame(headers, view[start:end].tobytes())
 
     def _resync(self, reason: str, fallback: int) -> ProtocolError:
         """Skip to the next line that looks like the start of a frame.

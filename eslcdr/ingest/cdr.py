@@ -155,9 +155,30 @@ def should_record(event: Event) -> bool:
     return (event.get("variable_process_cdr") or "").lower() != "false"
 
 
+# (first µs, last µs, "YYYYMM-") of the month of the last id made (legs
+# hang up in the same month, one after another): one tuple, read and
+# replaced whole, so a builder in another thread never sees half of it.
+_id_month: tuple[int, int, str] = (0, -1, "")
+
+
 def cdr_id(call_id: str, hangup_us: int) -> str:
+    """``YYYYMM-<call id>``, the month (UTC) of ``hangup_us``."""
+    global _id_month
+    first, last, prefix = _id_month
+    if first <= hangup_us <= last:
+        return prefix + call_id
     when = datetime.fromtimestamp(hangup_us / 1_000_000, tz=timezone.utc)
-    return "%04d%02d-%s" % (when.year, when.month, call_id)
+    prefix = "%04d%02d-" % (when.year, when.month)
+    if when.year < 9999:
+        start = datetime(when.year, when.month, 1, tzinfo=timezone.utc)
+        after = datetime(when.year + when.month // 12, when.month % 12 + 1, 1, tzinfo=timezone.utc)
+        # A µs short of either end: the float above rounds there.
+        _id_month = (_unix_us(start) + 1, _unix_us(after) - 2, prefix)
+    return prefix + call_id
+
+
+def _unix_us(when: datetime) -> int:
+    return int(when.timestamp()) * 1_000_000
 
 
 class _CustomFieldRules:

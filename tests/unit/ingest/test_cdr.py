@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eslcdr import config
-from eslcdr.ingest.cdr import CdrBuilder, build_cdr, build_lost_cdr, should_record
+from eslcdr.ingest.cdr import CdrBuilder, build_cdr, build_lost_cdr, cdr_id, should_record
 from eslcdr.ingest.legs import LegTracker
 
 from tests.expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
@@ -559,3 +559,23 @@ def test_a_lost_legs_record_keeps_the_sip_call_id_its_events_showed():
     lost = {leg.call_id: build_lost_cdr(leg, "fs1", 4) for leg in tracker.take_lost(4)}
     assert {call_id: r["sip_call_id"] for call_id, r in lost.items()} == {
         "sip-leg": "a84b4c76e66710@pc33", "loop-leg": None}
+
+
+def _month_of(unix_us: int) -> str:
+    from datetime import datetime, timezone
+
+    when = datetime.fromtimestamp(unix_us / 1_000_000, tz=timezone.utc)
+    return "%04d%02d" % (when.year, when.month)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1970, 2100), st.integers(1, 12), st.integers(-3_000_000, 3_000_000)),
+                min_size=1, max_size=20))
+def test_cdr_id_month_at_every_month_edge_in_any_order(points):
+    # cdr_id remembers the month of the last id: a hangup a µs either side
+    # of a month's edge, after one of any other month, still gets its own.
+    from datetime import datetime, timezone
+
+    for year, month, offset in points:
+        unix_us = int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp()) * 1_000_000 + offset
+        assert cdr_id("leg", unix_us) == "%s-leg" % _month_of(unix_us)
