@@ -4,8 +4,10 @@ Rows are cloned from real legs (bench/api.py's generator writes a node's
 SQLite file; its feed lines, as a node serves them, are the templates), spread
 over ``--nodes`` nodes (each its own seqs), ``--accounts`` accounts and the
 last ``--days`` days, and loaded through the collector's own write path
-(``PgStore.store_batch``, batches per node) into a private PostgreSQL
-(pgserver).  Then, while one more node keeps storing (its rows/s measured):
+(``PgStore.store_batch``, batches per node; ``--writers`` connections at once)
+into a private PostgreSQL (pgserver).  Then, while ``--live-nodes`` more nodes
+keep storing in a process of their own, one greenlet and one connection each
+as in ``eslcdr collect`` (their rows/s measured):
 - an account's CDR first page (``PgReadSide.list_page``, 50 rows), p50/p99;
 - an account's interaction first page, p50/p99;
 - an account's last day as CSV (``list_export`` + ``query.list_csv``), rows/s;
@@ -41,23 +43,27 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from api import generate  # noqa: E402  (first: it patches for gevent, and psycopg then waits cooperatively)
+import gevent  # noqa: E402
 import orjson  # noqa: E402
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
-
-from api import generate  # noqa: E402
 from fleet_channels import percentile  # noqa: E402
 from eslcdr.store import db as store  # noqa: E402
 from eslcdr.collector import pgschema  # noqa: E402
 from eslcdr.collector.pgquery import list_sql  # noqa: E402
+from eslcdr.collector.feed import parse_record  # noqa: E402
 from eslcdr.collector.pgstore import FeedRecord, PgStore  # noqa: E402
 from eslcdr.collector.readside import PgReadSide  # noqa: E402
 from eslcdr.ingest.interactions import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.query.list_csv import list_csv  # noqa: E402
+from eslcdr.query.reader import StatementTimeout  # noqa: E402
 from eslcdr.query.params import KIND_CDRS, KIND_INTERACTIONS, FeedQuery, ListQuery  # noqa: E402
 from eslcdr.query.sql import feed_sql  # noqa: E402
 
@@ -104,8 +110,11 @@ class Cloner:
         return out
 
 
+PROGRESS_ROWS = 500_000
+
+
 def load(store_: PgStore, cloner: Cloner, nodes: list[int], rows: int, start: int, span: int, batch: int,
-         stop: threading.Event | None = None) -> tuple[int, float]:
+         stop: threading.Event | None = None, stored: Callable[[int], None] | None = None) -> tuple[int, float]:
     """Store ``rows`` legs hung up over [start, start + span) through store_batch; (rows, seconds)."""
     pending: dict[int, list[FeedRecord]] = {n: [] for n in nodes}
     after = {n: store_.node_state("fs%d" % n, "http://127.0.0.1:1").after for n in nodes}
@@ -115,6 +124,8 @@ def load(store_: PgStore, cloner: Cloner, nodes: list[int], rows: int, start: in
         items = pending[node]
         store_.ensure_months(items, "fs%d" % node)
         after[node] = store_.store_batch("fs%d" % node, "db-fs%d" % node, after[node], items).after
+        if stored is not None:
+            stored(len(items))
         pending[node] = []
 
     t = float(start)
@@ -132,32 +143,124 @@ def load(store_: PgStore, cloner: Cloner, nodes: list[int], rows: int, start: in
     return made, time.perf_counter() - began
 
 
-def timed(fn, n: int) -> list[float]:
-    out = []
+def load_parallel(dsn: str, cloner: Cloner, nodes: list[int], rows: int, start: int, span: int, batch: int,
+                  writers: int) -> tuple[int, float]:
+    """``load`` by ``writers`` greenlets, each with its own connection and its
+    share of the nodes (as the collector's workers store several nodes at once)."""
+    writers = max(1, min(writers, len(nodes)))
+    began = time.perf_counter()
+    done = [0]
+
+    def stored(count: int) -> None:  # a line per PROGRESS_ROWS rows (a long load can be followed)
+        done[0] += count
+        if done[0] // PROGRESS_ROWS != (done[0] - count) // PROGRESS_ROWS:
+            secs = time.perf_counter() - began
+            print("  loading: %d rows in %.0f s = %.0f rows/s; load average %.2f"
+                  % (done[0], secs, done[0] / secs, os.getloadavg()[0]), flush=True)
+
+    def one(index: int) -> int:
+        store_ = PgStore.connect(dsn)
+        try:
+            share = rows // writers + (index < rows % writers)
+            return load(store_, cloner, nodes[index::writers], share, start, span, batch, stored=stored)[0]
+        finally:
+            store_.close()
+
+    jobs = [gevent.spawn(one, i) for i in range(writers)]
+    gevent.joinall(jobs, raise_error=True)
+    return sum(job.value for job in jobs), time.perf_counter() - began
+
+
+def timed(fn, n: int, budget: float = 120.0) -> list[float]:
+    """Up to ``n`` timings (ms), fewer when they pass ``budget`` seconds; a
+    statement timeout ends them (it is the figure then)."""
+    out: list[float] = []
+    start = time.perf_counter()
     for _ in range(n):
         began = time.perf_counter()
-        fn()
+        try:
+            fn()
+        except StatementTimeout:
+            out.append(float("inf"))
+            break
         out.append((time.perf_counter() - began) * 1000)
+        if began - start > budget:
+            break
     return out
 
 
+class LinePool:
+    """A node's feed lines, made once and served again with new call_ids and
+    seqs (a bytes replace): after its warm-up the live writer spends its CPU
+    on the collector's work (parsing the lines, storing them), not on cloning."""
+
+    def __init__(self, cloner: Cloner, node: int, rows: int, start: int, span: int) -> None:
+        self.node, self.lines, self.seq, self.round = node, [], 0, 0
+        t, step = float(start), span / max(rows, 1)
+        while len(self.lines) < rows:
+            for record in cloner.interaction(node, int(t)):
+                self.lines.append((record.seq, record.call_id.encode(), record.line))
+            t += step
+
+    def batch(self, size: int) -> list[bytes]:
+        out = []
+        while len(out) < size:
+            index = self.seq % len(self.lines)
+            if index == 0:
+                self.round += 1
+            seq, call_id, line = self.lines[index]
+            self.seq += 1
+            new_id = b"%08x" % self.round + call_id[8:]
+            out.append(line.replace(call_id, new_id).replace(b'"seq":%d,' % seq, b'"seq":%d,' % self.seq, 1))
+        return out
+
+
 def store_live(args: argparse.Namespace) -> None:
-    """Child: one node storing its last hour's legs until SIGUSR1; prints its rate."""
-    dsn, node, now = args.live[0], int(args.live[1]), int(args.live[2])
+    """Child: ``--live-nodes`` nodes storing their last hour's legs until
+    SIGUSR1, as the collector does: one greenlet and one PostgreSQL
+    connection per node in one process, each batch parsed from feed lines
+    (``feed.parse_record``) and stored by ``PgStore.store_batch``; prints the rate."""
+    dsn, first, now = args.live[0], int(args.live[1]), int(args.live[2])
     # SIGUSR1 stops it (eslcdr's imports patch threading for gevent: a thread
     # blocked reading stdin would block the process).
     stop = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-live-"))
-    writer = PgStore.connect(dsn)
-    docs = templates(work)
+    cloner = Cloner(templates(work), args.accounts, seed=9)
+    nodes = list(range(first, first + args.live_nodes))
+    pools = {n: LinePool(cloner, n, 2 * args.batch_size, now - 3600, 3600) for n in nodes}
+    stored = {n: 0 for n in nodes}
+    writers = {n: PgStore.connect(dsn) for n in nodes}
+    backends = [psutil.Process(w.conn.info.backend_pid) for w in writers.values()]
     print("ready", flush=True)
-    rows, secs = load(writer, Cloner(docs, args.accounts, seed=9), [node], 10**9, now - 3600, 3600,
-                      args.batch_size, stop)
-    writer.close()
+    began = time.perf_counter()
+    cpu0 = time.process_time(), sum(sum(b.cpu_times()[:2]) for b in backends)
+
+    def run(node: int) -> None:
+        writer = writers[node]
+        name = "fs%d" % node
+        after = writer.node_state(name, "http://127.0.0.1:1").after
+        while not stop.is_set():
+            items, previous = [], after
+            for line in pools[node].batch(args.batch_size):
+                item = parse_record(line, previous)
+                previous = item.seq
+                items.append(item)
+            result = writer.store_batch(name, "db-" + name, after, items)
+            after = result.after
+            stored[node] += result.stored
+
+    gevent.joinall([gevent.spawn(run, n) for n in nodes])
+    secs = time.perf_counter() - began
+    mine, server = time.process_time() - cpu0[0], sum(sum(b.cpu_times()[:2]) for b in backends) - cpu0[1]
+    for writer in writers.values():
+        writer.close()
     shutil.rmtree(work, ignore_errors=True)
-    print("storing meanwhile (one node, batches of %d): %d rows in %.1f s = %.0f rows/s"
-          % (args.batch_size, rows, secs, rows / secs))
+    rows = max(1, sum(stored.values()))
+    print("storing meanwhile (%d nodes, a greenlet and a connection each, batches of %d): %d rows in %.1f s"
+          " = %.0f rows/s; CPU per row: this process %.1f us + its PostgreSQL backends %.1f us"
+          " (%.0f rows/s on 2 idle cores)" % (len(nodes), args.batch_size, rows, secs, rows / secs,
+                                             mine / rows * 1e6, server / rows * 1e6, 2 * rows / (mine + server)))
 
 
 def main() -> None:
@@ -168,6 +271,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--writers", type=int, default=4,
+                        help="connections loading the nodes at once (default 4)")
+    parser.add_argument("--live-nodes", type=int, default=4,
+                        help="nodes storing while the queries run (default 4; the collector's shape)")
     parser.add_argument("--day-rows", type=int, default=0,
                         help="legs added to the measured account's last day (a large day's CSV)")
     parser.add_argument("--csv-only", action="store_true", help="the day's CSV only (no pages, channels)")
@@ -190,9 +297,11 @@ def main() -> None:
         cloner = Cloner(templates(work), args.accounts, seed=5)
         now = int(time.time())
         span = args.days * 86400
-        made, secs = load(writer, cloner, list(range(args.nodes)), args.rows, now - span - 3600, span, args.batch_size)
-        print("loaded %d rows (%d nodes, %d accounts, %d days) through PgStore.store_batch in %.0f s: %.0f rows/s"
-              % (made, args.nodes, args.accounts, args.days, secs, made / secs))
+        made, secs = load_parallel(dsn, cloner, list(range(args.nodes)), args.rows, now - span - 3600, span,
+                                   args.batch_size, args.writers)
+        print("loaded %d rows (%d nodes, %d accounts, %d days) through PgStore.store_batch, %d connections,"
+              " in %.0f s: %.0f rows/s (cloning included); load average %.2f"
+              % (made, args.nodes, args.accounts, args.days, args.writers, secs, made / secs, os.getloadavg()[0]))
         account = cloner.accounts[3]
         if args.day_rows:
             # One account's busy day: its legs on every node, as the others' are.
@@ -208,7 +317,8 @@ def main() -> None:
         # One more node keeps storing (the last hour) while the queries run: a
         # process of its own, as the collector is.
         live = subprocess.Popen([sys.executable, __file__, "--live", dsn, str(args.nodes), str(now),
-                                 "--accounts", str(args.accounts), "--batch-size", str(args.batch_size)],
+                                 "--accounts", str(args.accounts), "--batch-size", str(args.batch_size),
+                                 "--live-nodes", str(args.live_nodes)],
                                 stdout=subprocess.PIPE, text=True)
         while live.stdout.readline().strip() != "ready":  # its templates made, it stores
             pass
@@ -223,8 +333,9 @@ def main() -> None:
             q = query(kind, args.days, 50)
             timed(lambda: read.list_page(q), 5)
             t = timed(lambda: read.list_page(q), args.requests)
-            print("%s first page (%d days, 50 rows), %d requests: p50 %.1f ms  p99 %.1f ms  max %.1f ms"
-                  % (label, args.days, args.requests, percentile(t, 50), percentile(t, 99), max(t)))
+            print("%s first page (%d days, 50 rows), %d requests: p50 %.1f ms  p99 %.1f ms  max %.1f ms%s"
+                  % (label, args.days, len(t), percentile(t, 50), percentile(t, 99), max(t),
+                     " (the last one: statement timeout)" if max(t) == float("inf") else ""))
             with psycopg.connect(dsn, autocommit=True) as conn:  # its plan: an index read in order, no sort
                 plan = [row[0] for row in conn.execute("EXPLAIN (ANALYZE) " + list_sql(q)[0], list_sql(q)[1])]
             print("  EXPLAIN ANALYZE: execution %s, %s" % (

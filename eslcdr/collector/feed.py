@@ -84,13 +84,11 @@ class LineSplitter:
         else:
             lines = data[:end].split(b"\n")
         tail = data[end + 1:]
-        for line in lines:
-            if len(line) > self._max:
-                raise RecordTooLarge("a feed line exceeds %d bytes" % self._max)
-        if len(tail) > self._max:
+        if max(map(len, lines)) > self._max or len(tail) > self._max:
             raise RecordTooLarge("a feed line exceeds %d bytes" % self._max)
         buf += tail
-        return [line for line in lines if line.strip()]
+        # Blank lines skipped; isspace stops at a line's first byte (strip copied it).
+        return [line for line in lines if line and not line.isspace()]
 
     @property
     def pending(self) -> int:

@@ -18,9 +18,10 @@ Why this module is long: the steps of that one transaction read best together.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import orjson
 import psycopg
@@ -119,20 +120,43 @@ def hangup_micros(hangup_us: object, timestamp: object) -> int | None:
 _SQLITE = sqlite_columns()
 _SQLITE_COLUMNS = [name for name, _ in _SQLITE]
 _JSON_COLUMNS = frozenset(name for name, kind in _SQLITE if kind == "jsonb")
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
 
 
-def staged_values(record: FeedRecord, columns: Sequence[str]) -> list:
-    """The COPY row of a record: its columns, then the partition key."""
-    doc = record.fields()
-    get = doc.get
-    values = [get(name) for name in columns]
-    for index, value in enumerate(values):
-        if type(value) not in _PLAIN or columns[index] in _JSON_COLUMNS:
-            if value is not None:
-                # JSON columns as JSON text; an object where a scalar was
-                # expected as its JSON too, for PostgreSQL to accept or refuse.
-                values[index] = orjson.dumps(value).decode()
+@dataclass(frozen=True, slots=True)
+class RowShape:
+    """Where the JSON columns are among the staged columns, and a getter of
+    the others' values (a tuple, in C)."""
+
+    json_at: tuple[int, ...]
+    scalars: Callable[[list], tuple]
+
+    @classmethod
+    def of(cls, columns: Sequence[str]) -> "RowShape":
+        json_at = tuple(i for i, name in enumerate(columns) if name in _JSON_COLUMNS)
+        others = [i for i in range(len(columns)) if i not in json_at]
+        if len(others) >= 2:  # itemgetter of one index answers the value, not a tuple
+            return cls(json_at, operator.itemgetter(*others))
+        return cls(json_at, lambda values: tuple(values[i] for i in others))
+
+
+def staged_values(record: FeedRecord, columns: Sequence[str], shape: RowShape | None = None) -> list:
+    """The COPY row of a record: its columns, then the partition key.
+
+    The JSON columns as JSON text; a value that is not a plain scalar where a
+    scalar was expected as its JSON too, for PostgreSQL to accept or refuse.
+    The scalars' types are checked in one pass in C: Python looks at each
+    value only when a record holds such a value.
+    """
+    values = list(map(record.fields().get, columns))
+    shape = shape or RowShape.of(columns)
+    json_at: Sequence[int] = shape.json_at
+    if not _PLAIN_TYPES.issuperset(map(type, shape.scalars(values))):
+        json_at = [i for i, value in enumerate(values) if i in json_at or type(value) not in _PLAIN_TYPES]
+    for index in json_at:
+        value = values[index]
+        if value is not None:
+            values[index] = orjson.dumps(value).decode()
     values.append(record.hangup_us)
     return values
 
@@ -151,8 +175,11 @@ def _insert_sql(columns: Sequence[str]) -> str:
     ]
     quoted = [sql.Identifier(name).as_string(None) for name in names]
     # No ON CONFLICT: the node's stored version of a call was deleted first
-    # (DELETE_OLD), and another node's calls left the batch (CLAIM_KEYS).
-    return "INSERT INTO cdrs (%s) SELECT %s FROM _staged AS s {where} ORDER BY s.call_id" % (
+    # (DELETE_OLD), and another node's calls left the batch (CLAIM_KEYS).  No
+    # ORDER BY either: CLAIM_KEYS locked the batch's calls in cdr_keys (in
+    # call_id order), so no other transaction inserts one of these keys, and
+    # sorting ~2 KB rows past work_mem went to disk.
+    return "INSERT INTO cdrs (%s) SELECT %s FROM _staged AS s {where}" % (
         ", ".join(quoted), ", ".join(select))
 
 
@@ -208,6 +235,7 @@ class PgStore:
     def __init__(self, conn: psycopg.Connection, columns: Sequence[str] | None = None) -> None:
         self.conn = conn
         self._columns = list(columns or _SQLITE_COLUMNS)
+        self._shape = RowShape.of(self._columns)
         template = _insert_sql(self._columns)
         self._insert_all = template.replace("{where}", "")
         self._insert_one = template.replace("{where}", "WHERE s.seq = %(seq)s")
@@ -287,7 +315,8 @@ class PgStore:
         """Create the partitions the records need; with ``limit``, at most
         that many a day for ``node``.  Returns the partitions created and
         the months left without one."""
-        missing = {r.month for r in records}
+        days = {r.hangup_us // DAY_US for r in records}  # a few days: the months of those
+        missing = {month_start(EPOCH + dt.timedelta(days=day)) for day in days}
         missing = {m for m in missing if partition_name(m) not in self._partitions}
         if not missing:
             return [], set()
@@ -438,13 +467,13 @@ class PgStore:
         costs the least in total and the least on PostgreSQL, the resource many
         collectors share.
         """
-        columns = self._columns
+        columns, shape = self._columns, self._shape
         try:
             with self.conn.transaction():
                 with cur.copy(self._copy) as copy:
                     write = copy.write_row
                     for record in rows:
-                        write(staged_values(record, columns))
+                        write(staged_values(record, columns, shape))
             return 0
         except ROW_ERRORS:
             pass
@@ -452,7 +481,7 @@ class PgStore:
         for record in rows:
             try:
                 with self.conn.transaction():
-                    cur.execute(self._stage_one, staged_values(record, columns))
+                    cur.execute(self._stage_one, staged_values(record, columns, shape))
             except ROW_ERRORS as exc:
                 rejected += 1
                 reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
