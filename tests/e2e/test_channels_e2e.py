@@ -132,7 +132,10 @@ def test_channels_follow_the_calls_and_come_back_after_a_restart(tmp_path):
         wait_for(lambda: extra_create["Unique-ID"] in {r["uuid"] for r in fake.live_channels()}, "the new leg")
         second = DaemonProcess(ini, tmp_path / "daemon2.log")
         port = second.api_port()
+        # show channels lists the legs at once; uuid_dump gives each its account
+        # a moment later (one command per leg): wait for both.
         everything = wait_for(lambda: len(channels(port, "/v2/channels", "token-collector")) == 4
+                              and len(channels(port)) == 4
                               and channels(port, "/v2/channels", "token-collector"), "re-seeded legs")
         assert set(everything) == {bridge_a, bridge_b, answer_a, extra_create["Unique-ID"]}
         for call_id in (bridge_a, bridge_b, answer_a):
