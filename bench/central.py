@@ -5,7 +5,9 @@ SQLite file; its feed lines, as a node serves them, are the templates), spread
 over ``--nodes`` nodes (each its own seqs), ``--accounts`` accounts and the
 last ``--days`` days, and loaded through the collector's own write path
 (``PgStore.store_batch``, batches per node; ``--writers`` connections at once)
-into a private PostgreSQL (pgserver).  Then, while ``--live-nodes`` more nodes
+into a private PostgreSQL (pgserver), or ``--dsn`` (an existing, empty
+database; ``--citus``: distributed after the schema by the SQL of
+docs/collector.md's "Distributing on Citus", read from that page).  Then, while ``--live-nodes`` more nodes
 keep storing in a process of their own, one greenlet and one connection each
 as in ``eslcdr collect`` (their rows/s measured):
 - an account's CDR first page (``PgReadSide.list_page``, 50 rows), p50/p99;
@@ -21,6 +23,7 @@ channels of 20 nodes p99 < 300 ms with one down, storing >= 20,000 rows/s.
     python bench/central.py [--rows 1000000] [--nodes 20] [--accounts 50] [--days 30] [--requests 200]
     python bench/central.py --rows 10000000   # the issue's size
     python bench/central.py --rows 50000 --day-rows 30000 --csv-only   # a busy account's day as CSV
+    python bench/central.py --dsn postgresql://127.0.0.1:9700/bench --citus   # on a Citus coordinator
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -108,6 +112,15 @@ class Cloner:
                        node="fs%d" % node, media_server="fs%d.example.com" % node)
             out.append(FeedRecord(seq, call_id, hangup * 10**6, orjson.dumps(doc), doc))
         return out
+
+
+def citus_statements() -> list[str]:
+    """The statements of docs/collector.md's "Distributing on Citus" block
+    (its first ``text`` block), comments dropped: the SQL is written there only."""
+    section = (ROOT / "docs" / "collector.md").read_text().split("\n## Distributing on Citus\n", 1)[1]
+    block = re.search(r"^```text\n(.*?)^```", section, re.M | re.S).group(1)
+    code = "\n".join(line.split("--", 1)[0] for line in block.splitlines())
+    return [" ".join(part.split()) for part in code.split(";") if part.strip()]
 
 
 PROGRESS_ROWS = 500_000
@@ -278,22 +291,37 @@ def main() -> None:
     parser.add_argument("--day-rows", type=int, default=0,
                         help="legs added to the measured account's last day (a large day's CSV)")
     parser.add_argument("--csv-only", action="store_true", help="the day's CSV only (no pages, channels)")
+    parser.add_argument("--dsn", help="an existing, empty database (e.g. a Citus coordinator's) instead of"
+                        " a private PostgreSQL (pgserver)")
+    parser.add_argument("--citus", action="store_true",
+                        help="with --dsn: after the schema, distribute it by docs/collector.md's Citus SQL")
     parser.add_argument("--live", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.live:
         store_live(args)
         return
-
-    import pgserver
+    if args.citus and not args.dsn:
+        parser.error("--citus needs --dsn (a Citus coordinator's database)")
 
     work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-central-"))
-    pg = pgserver.get_server(str(work / "pg"), cleanup_mode="delete")
+    pg = None
     try:
-        with psycopg.connect(pg.get_uri(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
-        dsn = pg.get_uri("bench")
+        if args.dsn:
+            dsn = args.dsn
+        else:
+            import pgserver
+
+            pg = pgserver.get_server(str(work / "pg"), cleanup_mode="delete")
+            with psycopg.connect(pg.get_uri(), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE bench")
+            dsn = pg.get_uri("bench")
         writer = PgStore.connect(dsn)
         pgschema.migrate(writer.conn)
+        if args.citus:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for statement in citus_statements():
+                    conn.execute(statement)
+            print("distributed on Citus: %d statements of docs/collector.md" % len(citus_statements()))
         cloner = Cloner(templates(work), args.accounts, seed=5)
         now = int(time.time())
         span = args.days * 86400
@@ -366,7 +394,8 @@ def main() -> None:
         read.close()
         writer.close()
     finally:
-        pg.cleanup()
+        if pg is not None:
+            pg.cleanup()
         shutil.rmtree(work, ignore_errors=True)
 
 

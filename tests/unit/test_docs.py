@@ -399,3 +399,22 @@ def test_the_code_cites_only_files_of_the_repository():
                     if not (ROOT / name).exists()]
         design += [str(path.relative_to(ROOT))] if "DESIGN" in text else []
     assert missing == [] and design == []
+
+
+@pytest.mark.subprocess
+def test_bench_distributes_every_table_by_the_citus_block_of_the_docs():
+    """bench/central.py --citus runs docs/collector.md's Citus block (the SQL
+    is written there only): it finds the block, and the block places every
+    table the schema creates (eslcdr_schema, the migrations' own, aside)."""
+    code = ("import sys; sys.argv = ['central']; sys.path.insert(0, 'bench'); import central;"
+            " print('\\n'.join(central.citus_statements()))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    statements = result.stdout.strip().splitlines()
+    assert statements[0] == "CREATE EXTENSION IF NOT EXISTS citus"
+    assert all("--" not in s and ";" not in s for s in statements), statements
+    schema = (ROOT / "eslcdr" / "collector" / "pgschema.py").read_text()
+    tables = set(re.findall(r"CREATE TABLE (\w+) ", schema)) - {"IF"}
+    assert len(tables) >= 9, tables
+    placed = {re.search(r"\('(\w+)'", s).group(1) for s in statements[1:] if "truncate_local" not in s}
+    assert placed == tables, (sorted(placed), sorted(tables))
