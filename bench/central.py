@@ -63,7 +63,8 @@ from eslcdr.store import db as store  # noqa: E402
 from eslcdr.collector import pgschema  # noqa: E402
 from eslcdr.collector.pgquery import list_sql  # noqa: E402
 from eslcdr.collector.feed import parse_record  # noqa: E402
-from eslcdr.collector.pgstore import FeedRecord, PgStore  # noqa: E402
+from eslcdr.collector.pgrecords import FeedRecord  # noqa: E402
+from eslcdr.collector.pgstore import PgStore  # noqa: E402
 from eslcdr.collector.readside import PgReadSide  # noqa: E402
 from eslcdr.ingest.interactions import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.query.list_csv import list_csv  # noqa: E402

@@ -26,7 +26,7 @@ import gevent
 import orjson
 
 from .. import __version__
-from .pgstore import REASON_BAD_RECORD, REASON_OUT_OF_WINDOW, FeedRecord, Rejected, hangup_micros
+from .pgrecords import REASON_BAD_RECORD, REASON_OUT_OF_WINDOW, FeedRecord, Rejected, hangup_micros
 
 FEED_PATH = "/v2/feed/cdrs"
 READ_CHUNK = 256 * 1024

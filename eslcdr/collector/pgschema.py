@@ -142,7 +142,7 @@ def _m3_owners_and_bounds(cur: psycopg.Cursor) -> None:
     )
     cur.execute("DELETE FROM cdr_keys WHERE source IS NULL")
     cur.execute("ALTER TABLE cdr_keys ALTER COLUMN source SET NOT NULL")
-    # Why a record was refused, as a word to group by (see pgstore.REASONS).
+    # Why a record was refused, as a word to group by (see pgrecords.REASONS).
     cur.execute("ALTER TABLE collector_rejects ADD COLUMN reason text NOT NULL DEFAULT 'refused_value'")
     cur.execute("UPDATE collector_rejects SET reason = 'bad_record' WHERE error LIKE 'record has no usable %'")
     cur.execute("ALTER TABLE collector_rejects ALTER COLUMN reason DROP DEFAULT")

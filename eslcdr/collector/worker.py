@@ -27,7 +27,8 @@ import structlog
 from ..backoff import backoff_delay
 from .config import CollectorConfig, FeedNode
 from .feed import TRANSPORT_ERRORS, FeedClient, FeedError, FeedProtocolError, HangupWindow, lines_of, parse_record
-from .pgstore import CursorMoved, FeedRecord, PgStore, Rejected
+from .pgrecords import FeedRecord, Rejected
+from .pgstore import CursorMoved, PgStore
 
 log = structlog.get_logger(__name__)
 

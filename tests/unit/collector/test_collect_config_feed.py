@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from eslcdr.collector import config as cc
 from eslcdr.collector.feed import FeedProtocolError, LineSplitter, RecordTooLarge, parse_record
-from eslcdr.collector.pgstore import FeedRecord, Rejected
+from eslcdr.collector.pgrecords import FeedRecord, Rejected
 from eslcdr.config import ConfigError, ServerLimits
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from eslcdr.collector import pgrollups, pgschema
 from eslcdr.collector.feed import parse_record
-from eslcdr.collector.pgstore import FeedRecord, PgStore
+from eslcdr.collector.pgrecords import FeedRecord
+from eslcdr.collector.pgstore import PgStore
 from eslcdr.collector.readside import PgReadSide, stats_rows
 from eslcdr.query import params, sql, stats
 from eslcdr.store import db as store

@@ -14,7 +14,8 @@ from eslcdr.query.sql import feed_sql
 from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 from eslcdr.collector.feed import parse_record
-from eslcdr.collector.pgstore import CursorMoved, FeedRecord, PgStore, Rejected
+from eslcdr.collector.pgrecords import FeedRecord, Rejected
+from eslcdr.collector.pgstore import CursorMoved, PgStore
 from eslcdr.store.schema import COLUMN_NAMES
 
 from tests.unit.api.test_api import G, leg
