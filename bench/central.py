@@ -14,7 +14,8 @@ as in ``eslcdr collect`` (their rows/s measured):
 - an account's interaction first page, p50/p99;
 - an account's last day as CSV (``list_export`` + ``query.list_csv``), rows/s;
 - the live channels of 20 stand-in nodes, one down (bench/fleet_channels.py);
-- stats: skipped while ``PgReadSide.stats`` answers 501.
+- the account's ``cdrs/stats``, 30 days hourly (``PgReadSide.stats``), p50/p99.
+``--reuse`` measures a database loaded by an earlier run again (``--dsn``).
 
 Prints figures; not a pass/fail test.  Issue targets: first page p99 < 20 ms,
 account day CSV >= 100,000 rows/s, stats 30 days hourly p99 < 200 ms,
@@ -67,7 +68,9 @@ from eslcdr.collector.pgrecords import FeedRecord  # noqa: E402
 from eslcdr.collector.pgstore import PgStore  # noqa: E402
 from eslcdr.collector.readside import PgReadSide  # noqa: E402
 from eslcdr.ingest.interactions import GREGORIAN_OFFSET  # noqa: E402
+from eslcdr.api.core import dumps  # noqa: E402
 from eslcdr.query.list_csv import list_csv  # noqa: E402
+from eslcdr.query.stats import StatsQuery  # noqa: E402
 from eslcdr.query.reader import StatementTimeout  # noqa: E402
 from eslcdr.query.params import KIND_CDRS, KIND_INTERACTIONS, FeedQuery, ListQuery  # noqa: E402
 from eslcdr.query.sql import feed_sql  # noqa: E402
@@ -240,7 +243,7 @@ def store_live(args: argparse.Namespace) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-live-"))
-    cloner = Cloner(templates(work), args.accounts, seed=9)
+    cloner = Cloner(templates(work), args.accounts, seed=9 + first)  # other call ids on a --reuse run
     nodes = list(range(first, first + args.live_nodes))
     pools = {n: LinePool(cloner, n, 2 * args.batch_size, now - 3600, 3600) for n in nodes}
     stored = {n: 0 for n in nodes}
@@ -296,6 +299,9 @@ def main() -> None:
                         " a private PostgreSQL (pgserver)")
     parser.add_argument("--citus", action="store_true",
                         help="with --dsn: after the schema, distribute it by docs/collector.md's Citus SQL")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --dsn: a database this bench loaded before is measured again, not loaded"
+                             " (the 10 M-row load takes ~35 min; its reads can then be re-run on newer code)")
     parser.add_argument("--live", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.live:
@@ -303,6 +309,8 @@ def main() -> None:
         return
     if args.citus and not args.dsn:
         parser.error("--citus needs --dsn (a Citus coordinator's database)")
+    if args.reuse and not args.dsn:
+        parser.error("--reuse needs --dsn (the database loaded before)")
 
     work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-central-"))
     pg = None
@@ -318,21 +326,34 @@ def main() -> None:
             dsn = pg.get_uri("bench")
         writer = PgStore.connect(dsn)
         pgschema.migrate(writer.conn)
-        if args.citus:
+        if args.reuse:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                loaded, newest = conn.execute("SELECT count(*), extract(epoch FROM max(hangup_at))::bigint"
+                                              " FROM cdrs").fetchone()
+                known = conn.execute("SELECT count(*) FROM collector_nodes").fetchone()[0]
+            if not loaded:
+                parser.error("--reuse: the database holds no rows")
+        if args.citus and not args.reuse:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 for statement in citus_statements():
                     conn.execute(statement)
             print("distributed on Citus: %d statements of docs/collector.md" % len(citus_statements()))
         cloner = Cloner(templates(work), args.accounts, seed=5)
-        now = int(time.time())
         span = args.days * 86400
-        made, secs = load_parallel(dsn, cloner, list(range(args.nodes)), args.rows, now - span - 3600, span,
-                                   args.batch_size, args.writers)
-        print("loaded %d rows (%d nodes, %d accounts, %d days) through PgStore.store_batch, %d connections,"
-              " in %.0f s: %.0f rows/s (cloning included); load average %.2f"
-              % (made, args.nodes, args.accounts, args.days, args.writers, secs, made / secs, os.getloadavg()[0]))
+        if args.reuse:  # the clock of the load: its last leg hung up an hour before its "now"
+            now = newest + 3600
+            print("reused: %d rows already loaded, the newest hung up at %s UTC"
+                  % (loaded, time.strftime("%Y-%m-%d %H:%M", time.gmtime(newest))))
+        else:
+            now = int(time.time())
+            made, secs = load_parallel(dsn, cloner, list(range(args.nodes)), args.rows, now - span - 3600, span,
+                                       args.batch_size, args.writers)
+            print("loaded %d rows (%d nodes, %d accounts, %d days) through PgStore.store_batch, %d connections,"
+                  " in %.0f s: %.0f rows/s (cloning included); load average %.2f"
+                  % (made, args.nodes, args.accounts, args.days, args.writers, secs, made / secs,
+                     os.getloadavg()[0]))
         account = cloner.accounts[3]
-        if args.day_rows:
+        if args.day_rows and not args.reuse:
             # One account's busy day: its legs on every node, as the others' are.
             busy = Cloner(cloner.docs, 1, seed=6)
             busy.accounts = [account]
@@ -345,7 +366,8 @@ def main() -> None:
 
         # One more node keeps storing (the last hour) while the queries run: a
         # process of its own, as the collector is.
-        live = subprocess.Popen([sys.executable, __file__, "--live", dsn, str(args.nodes), str(now),
+        first_live = known if args.reuse else args.nodes  # new nodes: an earlier run's live ones have seqs
+        live = subprocess.Popen([sys.executable, __file__, "--live", dsn, str(first_live), str(now),
                                  "--accounts", str(args.accounts), "--batch-size", str(args.batch_size),
                                  "--live-nodes", str(args.live_nodes)],
                                 stdout=subprocess.PIPE, text=True)
@@ -383,7 +405,13 @@ def main() -> None:
               " this process's CPU %.1f us a row (least)" % (rows, size / 1e6, secs, rows / secs,
                                                             " ".join("%.0f" % (r[0] / r[1]) for r in csv_runs),
                                                             cpu / max(rows, 1) * 1e6))
-        print("stats: skipped (PgReadSide.stats answers 501 on this branch)")
+        if not args.csv_only:  # the account's KPIs, 30 days hourly (roll-ups; bench/central_stats.py: node beside)
+            kpis = StatsQuery(account, None, high - args.days * 86400 + 1, high, 3600, ())
+            timed(lambda: dumps(read.stats(kpis)), 3)
+            t = timed(lambda: dumps(read.stats(kpis)), min(args.requests, 100))
+            print("stats (%d days hourly, %d legs), %d requests: p50 %.1f ms  p99 %.1f ms  max %.1f ms"
+                  % (args.days, read.stats(kpis)["totals"]["legs"], len(t), percentile(t, 50), percentile(t, 99),
+                     max(t)))
         if not args.csv_only:
             channels = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_channels.py"), "--nodes", "20",
                                        "--down", "1", "--requests", str(min(args.requests, 200))],
