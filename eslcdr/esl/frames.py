@@ -52,7 +52,7 @@ class ProtocolError:
 class FrameParser:
     """Incremental ESL frame parser.
 
-    ``feed(data)`` appends bytes; ``next_item()`` returns the next ``Frame`` or
+    ``feed(data)`` appends bytes (or a view of them, copied); ``next_item()`` returns the next ``Frame`` or
     ``ProtocolError``, or ``None`` when more bytes are needed.  ``items()``
     drains everything available.  ``eof()`` tells it the stream ended; any
     partial frame still buffered is then reported as a ``ProtocolError``.
@@ -72,7 +72,9 @@ class FrameParser:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``, copied before this returns: the caller may reuse its
+        buffer at once (the client hands over a view of its read buffer)."""
         if self._pos and self._pos > (len(self._buf) >> 1):
             del self._buf[: self._pos]
             self._pos = 0
