@@ -174,9 +174,20 @@ class EslClient(InboundESL):
             raise NotConnectedError("not connected (%s)" % getattr(self, "close_reason", "never connected"))
         pending = gevent.event.AsyncResult()
         self._commands_sent.append(pending)
-        self.sock.sendall((data + "\n\n").encode("utf-8"))
+        deadline = time.monotonic() + self.command_timeout  # sending and the reply, together
+        timer = gevent.Timeout(self.command_timeout)
+        timer.start()
         try:
-            return pending.get(timeout=self.command_timeout)
+            self.sock.sendall((data + "\n\n").encode("utf-8"))
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self.connected = False  # part of it may have gone: the stream is out of step (close() skips "exit")
+            raise CommandTimeout("%r: not sent within %ss" % (data.split(" ", 1)[0], self.command_timeout)) from None
+        finally:
+            timer.close()
+        try:
+            return pending.get(timeout=max(0.0, deadline - time.monotonic()))
         except gevent.Timeout:
             # The entry stays queued: a late reply must still pop it so the
             # following replies line up with their commands.

@@ -112,6 +112,28 @@ def test_command_without_reply_times_out():
         server.stop()
 
 
+def test_command_that_cannot_be_sent_times_out():
+    # A switch that stops reading: the socket buffers fill and sendall would
+    # wait for ever; the command gives up after command_timeout instead.
+    def deaf(sock):
+        sock.sendall(AUTH_REQUEST)
+        read_command(sock)
+        sock.sendall(ACCEPTED)
+        gevent.sleep(30)  # reads nothing more
+
+    server = scripted_server(deaf)
+    client = EslClient(node(server.server_port), Recorder().on_event, Recorder().on_error)
+    try:
+        client.connect()
+        with gevent.Timeout(20, AssertionError("send() still waiting after 20 s")):
+            with pytest.raises(CommandTimeout, match="not sent"):
+                client.send("api " + "x" * (64 << 20))  # more than both sockets' buffers
+        assert not client.connected  # the stream is out of step: nothing more is sent
+    finally:
+        client.close()
+        server.stop()
+
+
 def test_no_greeting_times_out():
     server = scripted_server(lambda sock: gevent.sleep(5))
     client = EslClient(node(server.server_port), Recorder().on_event, Recorder().on_error)
