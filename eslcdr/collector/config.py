@@ -132,6 +132,7 @@ def redact_secrets(text: str, secrets: tuple[str, ...]) -> str:
 def pg_dsn(raw: str) -> str:
     """A libpq DSN, refused (``Invalid``, never naming its password) when
     empty or when libpq would read it other than written."""
+    from psycopg import Error as PsycopgError
     from psycopg.conninfo import conninfo_to_dict
 
     dsn = raw.strip()
@@ -145,7 +146,7 @@ def pg_dsn(raw: str) -> str:
                 " and take the rest for the host; percent-encode them (@ as %40, / as %2F, # as %23)")
     try:
         conninfo_to_dict(dsn)
-    except Exception as exc:  # psycopg.ProgrammingError: libpq cannot parse it
+    except (PsycopgError, ValueError) as exc:  # libpq cannot parse it; a lone surrogate (undecodable env bytes)
         message = redact_secrets(str(exc).strip().splitlines()[0], dsn_secrets(dsn))
         hint = " (a '%' in the password must be written %25)" if "percent" in message else ""
         raise Invalid("%s%s" % (message, hint)) from None

@@ -256,6 +256,14 @@ def test_a_dsn_libpq_would_misread_is_refused_without_its_password(tmp_path, dsn
         assert piece not in output
 
 
+@pytest.mark.parametrize("dsn", ["x=", "postgresql://[", "postgresql://u:%zz@h/db", "host=\udcff"])
+def test_a_dsn_libpq_cannot_parse_is_a_named_config_error(dsn):
+    # libpq's ProgrammingError, and the UnicodeEncodeError of a lone surrogate
+    # (undecodable bytes in ESLCDR_COLLECTOR_DSN): both are Invalid.
+    with pytest.raises(cc.Invalid):
+        cc.pg_dsn(dsn)
+
+
 def test_redact_hides_every_piece_of_the_password_in_real_libpq_messages():
     import psycopg
 
