@@ -237,7 +237,7 @@ def kazoo_id(kind: str, key: str) -> str:
     return hashlib.sha1(("%s:%s" % (kind, key)).encode("utf-8")).hexdigest()[:32]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _CallPlan:
     template: CallTemplate
     events: tuple[Template, ...]  # the template's, with or without an interaction id
