@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TextIO
 
 import gevent
-import structlog
 
 from .. import config
 from . import logs
@@ -33,8 +32,6 @@ from ..fakefs import FakeFreeSWITCH, GeneratedSource
 from .http import serve_api
 from .status import DaemonStatus
 from ..api.tokens import add_token
-
-log = structlog.get_logger(__name__)
 
 DEMO_ACCOUNT = "*"
 
