@@ -10,8 +10,9 @@ kept as a *bound* JSON path parameter: no client text is ever spliced into SQL.
 Cursors (``start_key`` / ``next_start_key``) name a listing's unique keyset position --
 ``(timestamp, seq)`` for CDR lists (centrally, and only on a tie, the seq's node too),
 ``(start, interaction_id)`` for interaction lists -- plus the first page's effective time
-range, so "the last 31 days" does not slide under a client that pages slowly.  They are opaque urlsafe base64 of a small JSON array, validated like any input;
-``cursor_for(query, row)`` is the cursor that starts a page at ``row`` (inclusive).
+range, so "the last 31 days" does not slide under a client that pages slowly.  They are
+opaque urlsafe base64 of a small JSON array, validated like any input; ``cursor_for(query,
+row)`` is the cursor that starts a page at ``row`` (inclusive).
 """
 
 from __future__ import annotations
