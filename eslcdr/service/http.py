@@ -31,7 +31,7 @@ class _AccessLog:
     debug lines (the info log stays readable); refused or failed ones
     (4xx, 5xx: a wrong token, a bad query) stay at info -- of the 4xx, the
     server passes one per status every 10 s and counts the others
-    (``server._Repeats``), so a client's mistakes cannot flood the log.
+    (``server.Repeats``), so a client's mistakes cannot flood the log.
     """
 
     def write(self, line: str) -> None:

@@ -7,7 +7,7 @@ response write that makes no progress for ``send_timeout`` drops the client.
 A request gevent cannot parse, or past a limit, gets Kazoo's JSON error envelope
 and one warning line naming the reason -- never the raw bytes, which may hold a
 token; gevent's own stderr messages and tracebacks are replaced.  Client mistakes
-are logged once per kind and LOG_INTERVAL, their repeats counted (``_Repeats``).
+are logged once per kind and LOG_INTERVAL, their repeats counted (``Repeats``).
 The access line holds the target through ``redact.Redactor``; unexpected errors
 are logged with the exception type and stack frames, never the exception's text.
 gevent's private hooks overridden or relied on here are pinned by
@@ -87,7 +87,7 @@ def bad_request_reason(exc: BaseException) -> str:
     return "bad_request:" + type(exc).__name__
 
 
-class _Repeats:
+class Repeats:
     """Client mistakes are logged once per kind and LOG_INTERVAL: the first line goes
     out as it comes, the repeats in the interval are counted, and one
     ``http_repeated`` line per kind gives their number when the interval ends (or
@@ -312,7 +312,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
         def __init__(self, *args: Any, **kw: Any) -> None:
             super().__init__(*args, **kw)
             self.slots = Slots(limits.max_connections)
-            self.repeats = _Repeats()
+            self.repeats = Repeats()
 
         @property
         def active_connections(self) -> int:

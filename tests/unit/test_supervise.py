@@ -79,5 +79,5 @@ def test_backfill_thread_calls_raise_their_read_errors_without_a_trace(capfd, tm
     # backfill handles OSError / sqlite3.Error from its folder and database
     # reads itself (a log line, a retry): gevent must not also print a trace.
     with pytest.raises(FileNotFoundError):
-        backfill._in_thread(os.stat, str(tmp_path / "missing"))
+        in_thread(os.stat, str(tmp_path / "missing"), errors=backfill.READ_ERRORS)
     assert "Traceback" not in capfd.readouterr().err

@@ -201,7 +201,7 @@ def closed(sock) -> bytes | None:
 def test_repeats_are_counted_and_summed_up():
     from structlog.testing import capture_logs
 
-    repeats = srv._Repeats(interval=0.2)
+    repeats = srv.Repeats(interval=0.2)
     with capture_logs() as logs:
         admitted = [repeats.admit("http_request:401") for _ in range(5)]
         assert repeats.admit("http_bad_request:bad_body")
