@@ -20,12 +20,12 @@ import bottle
 from prometheus_client import CollectorRegistry
 
 from ..config import ApiConfig, Config
-from ..ingest.live import ChannelsFn, no_channels
+from ..ingest.live import no_channels
 from ..query.reader import GeventRunner, InlineRunner
 from . import ui
 from .auth import Auth
 from .cdrs import Cdrs
-from .channels import Channels
+from .channels import Channels, ChannelsSource
 from .core import Core
 from .feed import Feed
 from .health import NO_CORS_PATHS, Health, HealthFn
@@ -49,7 +49,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     runner: InlineRunner | GeventRunner | None = None,
     acknowledge: AckFn | None = None,
-    channels: ChannelsFn | None = None,
+    channels: ChannelsSource | None = None,
     sessions: SessionStore | None = None,
     read: ReadSide | None = None,
 ) -> CdrApi:
@@ -84,7 +84,7 @@ def assemble(
     tokens: TokenStore | None = None,
     clock: Callable[[], float] = time.time,
     acknowledge: AckFn | None = None,
-    channels: ChannelsFn | None = None,
+    channels: ChannelsSource | None = None,
     sessions: SessionStore | None = None,
 ) -> CdrApi:
     """The API of ``api``'s settings over ``read``, answering as ``node``:

@@ -12,17 +12,30 @@ with the stdlib encoder, and the event readers wait meanwhile (one hub).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import orjson
 
-from ..ingest.live import ChannelsFn
 from .core import ACCOUNT, Core, Route, forbidden
 from .tokens import COLLECTOR
 
 
+class FleetAnswer(Protocol):
+    """A fleet's answer (``collector.fleet.FleetChannels``)."""
+
+    @property
+    def channels(self) -> tuple[dict, ...]: ...
+
+    def fields(self) -> dict: ...
+
+
+# What ``channels(account_id, owner_id)`` gives: a node's live legs
+# (``ingest.live.ChannelsFn``) or a fleet's answer.
+ChannelsSource = Callable[[str | None, str | None], "list[dict] | FleetAnswer"]
+
+
 class Channels:
-    def __init__(self, core: Core, channels: ChannelsFn) -> None:
+    def __init__(self, core: Core, channels: ChannelsSource) -> None:
         self.core = core
         self.channels_fn = channels
 

@@ -19,7 +19,7 @@ import re
 import time
 import traceback
 import urllib.parse
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
 import bottle
 import structlog
@@ -99,7 +99,7 @@ def forbidden() -> ApiError:
     return ApiError(403, "forbidden", {"message": "forbidden"})
 
 
-def token_of(environ: dict) -> str:
+def token_of(environ: MutableMapping[str, Any]) -> str:
     """The request's token: ``X-Auth-Token``, else the ``auth_token`` query
     value, else an ``Authorization: Bearer`` value; "" when none (cached)."""
     token = environ.get("eslcdr.auth_token")
@@ -139,7 +139,7 @@ class Core:
     def meta(self) -> dict[str, Any]:
         return self.meta_for(bottle.request.environ)
 
-    def meta_for(self, environ: Mapping[str, Any]) -> dict[str, Any]:
+    def meta_for(self, environ: MutableMapping[str, Any]) -> dict[str, Any]:
         now = time.gmtime(self.clock())
         meta = {
             "request_id": environ.get("eslcdr.request_id", ""),
