@@ -47,6 +47,9 @@ T = TypeVar("T")
 
 POOL_SIZE = 8  # PostgreSQL connections of the API at most
 CHUNK = 1000  # rows per statement of a streamed listing
+# Rows per statement of a CSV export: fewer statements (and waits) a row, ~1 µs a row
+# less of this process's CPU than CHUNK's; two chunks of rows in memory at most (~8 MB).
+EXPORT_CHUNK = 2500
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _FAX = COLUMN_NAMES.index("fax_success")
@@ -382,22 +385,24 @@ class PgReadSide:
         return self._listing(query, sourced=False, ahead=True)
 
     def _listing(self, query: ListQuery, sourced: bool, ahead: bool) -> PgBatches:
+        size = EXPORT_CHUNK if ahead else CHUNK
+
         def chunk(after: Sequence[Any] | None) -> list[Any]:
             # Listing columns are text and bigint: binary loads them 0.3-0.6 µs a row faster.
-            return self._fetch(pgquery.list_sql(query, after, CHUNK + 1), is_heavy(query), binary=True)
+            return self._fetch(pgquery.list_sql(query, after, size + 1), is_heavy(query), binary=True)
 
         def batch(rows: list[Any]) -> list[Any]:
             if not sourced:
-                return _export_rows(rows[:CHUNK])
-            return [_list_row(row) for row in rows[:CHUNK]]
+                return _export_rows(rows[:size])
+            return [_list_row(row) for row in rows[:size]]
 
         first = [] if unmatchable(query.account_id, query.owner_id) else chunk(None)
 
         def following(previous: list[Any]) -> list[Any]:
             nonlocal first
-            if len(first) <= CHUNK:
+            if len(first) <= size:
                 return []
-            first = chunk(first[CHUNK][_N_SOURCE:])
+            first = chunk(first[size][_N_SOURCE:])
             return batch(first)
 
         return PgBatches(batch(first), following, self.pg.timeout if ahead else None)

@@ -173,17 +173,19 @@ def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_ba
     store.node_state("fs-a", "http://127.0.0.1:1")
     store.store_batch("fs-a", "db-fs-a", 0, feed_items(tmp_path, [leg(NOW_G - 10 * i) for i in range(7)]))
     monkeypatch.setattr(readside, "CHUNK", 2)
+    monkeypatch.setattr(readside, "EXPORT_CHUNK", 3)  # an export's own chunks
     read = PgReadSide(pg_dsn, 5.0, heavy_slots=1, pool_size=2)
     query = ListQuery(kind=KIND_CDRS, account_id=ACC_A, owner_id=None, created_from=NOW_G - 86400,
                       created_to=NOW_G, ascending=False, page_size=None, cursor=None, filters=(), utc_offset=0)
     try:
         whole = [row[0] for batch in read.list_rows(query) for row in batch]
         batches = list(read.list_export(query))
-        assert [len(batch) for batch in batches] == [2, 2, 2, 1]
+        assert [len(batch) for batch in batches] == [3, 3, 1]
+        assert [len(batch) for batch in read.list_rows(query)] == [2, 2, 2, 1]
         assert [row[0] for batch in batches for row in batch] == whole and len(set(whole)) == 7
         export = read.list_export(query)
         stream = iter(export)
-        assert [row[0] for row in next(stream)] == whole[:2]  # the next chunk is under way
+        assert [row[0] for row in next(stream)] == whole[:3]  # the next chunk is under way
         export.close()
         assert list(stream) == []
         assert read.pg._slots.qsize() == 2  # both connections free again
@@ -200,7 +202,7 @@ def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_ba
 
         monkeypatch.setattr(read.pg, "fetch", failing)
         stream = iter(read.list_export(query))
-        assert len(next(stream)) == 2
+        assert len(next(stream)) == 3
         with pytest.raises(StatementTimeout):
             next(stream)
         assert read.pg._slots.qsize() == 2
