@@ -7,10 +7,9 @@ the Kazoo shapes (``query.kazoo``, ``query.list_csv``); a full record is rendere
 holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
 writes them): the same text, byte for byte, then in JSON ``central_interaction_id`` where
 it differs from the node's id (``pginteractions``) and ``source`` (its node).
-Connections: at most ``POOL_SIZE``, read-only, autocommit (each statement its own
-snapshot), ``statement_timeout`` on each; a cancelled statement is ``StatementTimeout``,
-any other failure ``DatastoreError`` (the DSN's password redacted); they wait for the
-socket by ``cooperative_wait`` (gevent's hub only when nothing is there yet).
+Connections: at most ``POOL_SIZE``, read-only, autocommit (a snapshot a statement),
+``statement_timeout`` on each, waiting by ``cooperative_wait``; a cancelled statement is
+``StatementTimeout``, any other failure ``DatastoreError`` (the DSN's password redacted).
 Long reads are keyset chunks, one statement each (an export's next one read while the
 previous one is rendered).  KPIs (``stats``) read the collector's roll-ups (``pgrollups``)
 and the legs only where the node reads legs (``stats.split``).
