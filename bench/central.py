@@ -12,7 +12,11 @@ keep storing in a process of their own, one greenlet and one connection each
 as in ``eslcdr collect`` (their rows/s measured):
 - an account's CDR first page (``PgReadSide.list_page``, 50 rows), p50/p99;
 - an account's interaction first page, p50/p99;
-- an account's last day as CSV (``list_export`` + ``query.list_csv``), rows/s;
+- an account's last day (before the live nodes' hour) as CSV (``list_export`` +
+  ``query.list_csv``), rows/s; with
+  ``--http`` also as a client gets it: a real ``eslcdr collect`` on the database,
+  ``GET /v2/accounts/{A}/cdrs?created_from=..&created_to=..`` with ``Accept: text/csv``
+  read by ``http.client`` (its bytes checked against the in-process CSV's);
 - the live channels of 20 stand-in nodes, one down (bench/fleet_channels.py);
 - the account's ``cdrs/stats``, 30 days hourly (``PgReadSide.stats``), p50/p99.
 ``--reuse`` measures a database loaded by an earlier run again (``--dsn``).
@@ -23,7 +27,7 @@ channels of 20 nodes p99 < 300 ms with one down, storing >= 20,000 rows/s.
 
     python bench/central.py [--rows 1000000] [--nodes 20] [--accounts 50] [--days 30] [--requests 200]
     python bench/central.py --rows 10000000   # the issue's size
-    python bench/central.py --rows 50000 --day-rows 30000 --csv-only   # a busy account's day as CSV
+    python bench/central.py --rows 50000 --day-rows 30000 --csv-only [--http]   # a busy account's day as CSV
     python bench/central.py --dsn postgresql://127.0.0.1:9700/bench --citus   # on a Citus coordinator
 """
 
@@ -36,6 +40,9 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
@@ -47,6 +54,7 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
@@ -69,6 +77,7 @@ from eslcdr.collector.pgstore import PgStore  # noqa: E402
 from eslcdr.collector.readside import PgReadSide  # noqa: E402
 from eslcdr.ingest.interactions import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.api.core import dumps  # noqa: E402
+from eslcdr.query import kazoo  # noqa: E402
 from eslcdr.query.list_csv import list_csv  # noqa: E402
 from eslcdr.query.stats import StatsQuery  # noqa: E402
 from eslcdr.query.reader import StatementTimeout  # noqa: E402
@@ -280,6 +289,77 @@ def store_live(args: argparse.Namespace) -> None:
                                              mine / rows * 1e6, server / rows * 1e6, 2 * rows / (mine + server)))
 
 
+CSV_RUNS = 5  # exports of the day measured (best rows/s, least CPU)
+HTTP_TOKEN = "bench-central-csv-token-0123456789abcdef"  # the collector's '*' token in --http
+
+
+def csv_in_process(read: PgReadSide, day: ListQuery) -> tuple[list[tuple], str]:
+    """The day's CSV by ``list_export`` + ``list_csv``, CSV_RUNS times:
+    [(rows, seconds, bytes, CPU seconds)], and the sha256 of the body a client
+    would get (header record included)."""
+    header = kazoo.csv_records([kazoo.csv_header(kazoo.LIST_COLUMNS)]).encode("utf-8")
+    runs, digest = [], ""
+    for _ in range(CSV_RUNS):
+        began, cpu, rows, size, sha = time.perf_counter(), time.process_time(), 0, 0, hashlib.sha256(header)
+        for batch in read.list_export(day):
+            rows += len(batch)
+            text = list_csv(batch)
+            size += len(text)
+            sha.update(text)
+        runs.append((rows, time.perf_counter() - began, size, time.process_time() - cpu))
+        digest = sha.hexdigest()
+    return runs, digest
+
+
+def start_collector(work: Path, dsn: str) -> tuple[subprocess.Popen, int]:
+    """A real ``eslcdr collect`` of this tree serving the database (one node
+    configured, unreachable: it pulls nothing); (process, API port)."""
+    (work / "tokens").write_text("%s *\n" % HTTP_TOKEN)
+    ini = work / "collector.ini"
+    ini.write_text("[collector]\ndsn = %s\nlisten = 127.0.0.1:0\ntokens_file = %s\nretry_max_delay = 30\n"
+                   "[log]\nlevel = info\nformat = json\n[node:bench-none]\nurl = http://127.0.0.1:1\ntoken = x\n"
+                   % (dsn, work / "tokens"))
+    log_path = work / "collector.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "eslcdr", "collect", "-c", str(ini)], stdout=log_file,
+                                stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if '"collect_started"' in line:
+                return proc, int(json.loads(line)["listen"].rsplit(":", 1)[1])
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("eslcdr collect did not start: %s" % log_path.read_text(errors="replace")[-2000:])
+
+
+def csv_over_http(port: int, server: psutil.Process, day: ListQuery) -> tuple[list[tuple], str]:
+    """The day's CSV as a client gets it from the collector, CSV_RUNS times:
+    [(seconds, bytes, server CPU seconds, client CPU seconds)], sha256 of the body."""
+    path = "/v2/accounts/%s/cdrs?created_from=%d&created_to=%d" % (day.account_id, day.created_from, day.created_to)
+    runs, digest = [], ""
+    for _ in range(CSV_RUNS):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        cpu0, mine0 = sum(server.cpu_times()[:2]), time.process_time()
+        began = time.perf_counter()
+        conn.request("GET", path, headers={"Accept": "text/csv", "X-Auth-Token": HTTP_TOKEN})
+        answer = conn.getresponse()
+        if answer.status != 200:
+            raise SystemExit("GET %s: %d %s" % (path, answer.status, answer.read()[:500]))
+        sha, size = hashlib.sha256(), 0
+        while True:
+            block = answer.read(1 << 20)
+            if not block:
+                break
+            sha.update(block)
+            size += len(block)
+        secs = time.perf_counter() - began
+        conn.close()
+        runs.append((secs, size, sum(server.cpu_times()[:2]) - cpu0, time.process_time() - mine0))
+        digest = sha.hexdigest()
+    return runs, digest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -295,6 +375,8 @@ def main() -> None:
     parser.add_argument("--day-rows", type=int, default=0,
                         help="legs added to the measured account's last day (a large day's CSV)")
     parser.add_argument("--csv-only", action="store_true", help="the day's CSV only (no pages, channels)")
+    parser.add_argument("--http", action="store_true",
+                        help="the day's CSV also through a real eslcdr collect's HTTP route (Accept: text/csv)")
     parser.add_argument("--dsn", help="an existing, empty database (e.g. a Citus coordinator's) instead of"
                         " a private PostgreSQL (pgserver)")
     parser.add_argument("--citus", action="store_true",
@@ -391,20 +473,32 @@ def main() -> None:
                 plan = [row[0] for row in conn.execute("EXPLAIN (ANALYZE) " + list_sql(q)[0], list_sql(q)[1])]
             print("  EXPLAIN ANALYZE: execution %s, %s" % (
                 plan[-1].split(": ")[-1], "sorts" if any("Sort  (" in line for line in plan) else "no sort"))
-        day = query(KIND_CDRS, 1, None)
-        csv_runs = []
-        for _ in range(5):
-            began, cpu, rows, size = time.perf_counter(), time.process_time(), 0, 0
-            for batch in read.list_export(day):
-                rows += len(batch)
-                size += len(list_csv(batch))
-            csv_runs.append((rows, time.perf_counter() - began, size, time.process_time() - cpu))
+        # The account's last day before the live nodes' hour: each export holds the same rows.
+        day = replace(query(KIND_CDRS, 1, None), created_from=high - 3600 - 86400, created_to=high - 3600)
+        csv_runs, in_process = csv_in_process(read, day)
         rows, secs, size, _ = min(csv_runs, key=lambda r: r[1])
         cpu = min(r[3] for r in csv_runs)
-        print("an account's day as CSV: %d rows, %.1f MB in %.2f s = %.0f rows/s (best of 5; all: %s);"
-              " this process's CPU %.1f us a row (least)" % (rows, size / 1e6, secs, rows / secs,
-                                                            " ".join("%.0f" % (r[0] / r[1]) for r in csv_runs),
-                                                            cpu / max(rows, 1) * 1e6))
+        print("an account's day as CSV: %d rows, %.1f MB in %.2f s = %.0f rows/s (best of %d; all: %s);"
+              " this process's CPU %.1f us a row (least); load average %.2f"
+              % (rows, size / 1e6, secs, rows / secs, CSV_RUNS, " ".join("%.0f" % (r[0] / r[1]) for r in csv_runs),
+                 cpu / max(rows, 1) * 1e6, os.getloadavg()[0]))
+        if args.http:
+            collector, port = start_collector(work, dsn)
+            try:
+                http_runs, over_http = csv_over_http(port, psutil.Process(collector.pid), day)
+            finally:
+                collector.send_signal(signal.SIGTERM)
+                collector.wait(60)
+            secs = min(r[0] for r in http_runs)
+            print("  the same day through eslcdr collect's HTTP route (Accept: text/csv, http.client): %.1f MB in"
+                  " %.2f s = %.0f rows/s (best of %d; all: %s); the collector's CPU %.1f us a row, the client's"
+                  " %.1f (least); body %s the in-process CSV's; load average %.2f"
+                  % (http_runs[0][1] / 1e6, secs, rows / secs, CSV_RUNS,
+                     " ".join("%.0f" % (rows / r[0]) for r in http_runs),
+                     min(r[2] for r in http_runs) / max(rows, 1) * 1e6,
+                     min(r[3] for r in http_runs) / max(rows, 1) * 1e6,
+                     "==" if over_http == in_process else "!= (sha256 %s, in-process %s; rows stored meanwhile?)"
+                     % (over_http[:12], in_process[:12]), os.getloadavg()[0]))
         if not args.csv_only:  # the account's KPIs, 30 days hourly (roll-ups; bench/central_stats.py: node beside)
             kpis = StatsQuery(account, None, high - args.days * 86400 + 1, high, 3600, ())
             timed(lambda: dumps(read.stats(kpis)), 3)

@@ -173,17 +173,19 @@ def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_ba
     store.node_state("fs-a", "http://127.0.0.1:1")
     store.store_batch("fs-a", "db-fs-a", 0, feed_items(tmp_path, [leg(NOW_G - 10 * i) for i in range(7)]))
     monkeypatch.setattr(readside, "CHUNK", 2)
+    monkeypatch.setattr(readside, "EXPORT_CHUNK", 3)  # an export's own chunks
     read = PgReadSide(pg_dsn, 5.0, heavy_slots=1, pool_size=2)
     query = ListQuery(kind=KIND_CDRS, account_id=ACC_A, owner_id=None, created_from=NOW_G - 86400,
                       created_to=NOW_G, ascending=False, page_size=None, cursor=None, filters=(), utc_offset=0)
     try:
         whole = [row[0] for batch in read.list_rows(query) for row in batch]
         batches = list(read.list_export(query))
-        assert [len(batch) for batch in batches] == [2, 2, 2, 1]
+        assert [len(batch) for batch in batches] == [3, 3, 1]
+        assert [len(batch) for batch in read.list_rows(query)] == [2, 2, 2, 1]
         assert [row[0] for batch in batches for row in batch] == whole and len(set(whole)) == 7
         export = read.list_export(query)
         stream = iter(export)
-        assert [row[0] for row in next(stream)] == whole[:2]  # the next chunk is under way
+        assert [row[0] for row in next(stream)] == whole[:3]  # the next chunk is under way
         export.close()
         assert list(stream) == []
         assert read.pg._slots.qsize() == 2  # both connections free again
@@ -200,7 +202,7 @@ def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_ba
 
         monkeypatch.setattr(read.pg, "fetch", failing)
         stream = iter(read.list_export(query))
-        assert len(next(stream)) == 2
+        assert len(next(stream)) == 3
         with pytest.raises(StatementTimeout):
             next(stream)
         assert read.pg._slots.qsize() == 2
@@ -229,3 +231,80 @@ def test_a_slow_statement_is_cancelled_and_a_failure_names_no_password(pg_dsn):
     with pytest.raises(DatastoreError) as failure:
         bad.fetch("SELECT 1", ())
     assert "S3cret" not in str(failure.value)
+
+
+def test_the_wait_asks_the_hub_only_when_nothing_is_there_and_lets_others_run(monkeypatch):
+    """``cooperative_wait`` (the pool's connections): data already on the socket
+    is taken without a wait in gevent's hub; with nothing there the greenlet
+    waits in the hub (others run meanwhile), and psycopg hears of each state."""
+    import socket
+
+    import gevent
+    from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
+
+    from eslcdr.collector import readside
+
+    waits = []
+    for state, wait in list(readside._WAITS.items()):
+        monkeypatch.setitem(readside._WAITS, state, lambda fd, timeout, _w=wait, _s=state: (waits.append(_s),
+                                                                                            _w(fd, timeout=timeout)))
+    ours, theirs = socket.socketpair()
+    heard = []
+
+    def generator():  # as psycopg's: yields what it waits for, is sent what is ready
+        heard.append((yield WAIT_R))
+        ours.recv(1)
+        heard.append((yield WAIT_R))
+        ours.recv(1)
+        heard.append((yield WAIT_W))
+        return "done"
+
+    theirs.send(b"x")  # the first read: already there
+    ticks = []
+    sender = gevent.spawn(lambda: (ticks.extend(range(3)), gevent.sleep(0.05), theirs.send(b"y")))
+    assert readside.cooperative_wait(generator(), ours.fileno(), 1.0) == "done"
+    assert heard == [READY_R, READY_R, READY_W]
+    assert waits == [WAIT_R]  # the hub only for the second byte, not there yet
+    assert ticks == [0, 1, 2]  # the sender ran while the reader waited
+    sender.join(1)
+    # Nothing within the interval: psycopg is told nothing came, then waits on.
+    waits.clear()
+    heard.clear()
+    later = gevent.spawn_later(0.15, theirs.send, b"z")
+
+    def patient():
+        while not (yield WAIT_R):
+            heard.append("nothing yet")
+        ours.recv(1)
+        return "late"
+
+    assert readside.cooperative_wait(patient(), ours.fileno(), 0.05) == "late"
+    assert heard and set(heard) == {"nothing yet"} and len(waits) >= 2
+    later.join(1)
+    ours.close()
+    theirs.close()
+
+
+def test_a_pool_connection_reads_a_long_result_and_errors_through_its_wait(pg_dsn):
+    """A result of many libpq reads (~2 MB) comes whole through the pool's
+    connection while another greenlet keeps running; a statement failing after
+    its first rows is a DatastoreError, and the connection serves again."""
+    import gevent
+
+    from eslcdr.collector.readside import GreenConnection, PgPool
+    from eslcdr.query.reader import DatastoreError
+
+    pool = PgPool(pg_dsn, 10.0, 5, 1, redact=lambda text: text)
+    ticks = []
+    ticker = gevent.spawn(lambda: [(ticks.append(1), gevent.sleep(0.001)) for _ in range(10_000)])
+    sql = "SELECT i, repeat(chr(945 + i %% 20), 1000) FROM generate_series(1, %s) AS i"
+    rows = pool.fetch(sql + ", pg_sleep(0.2)", [2000], binary=True)
+    assert [row[0] for row in rows] == list(range(1, 2001))
+    assert all(row[1] == chr(945 + row[0] % 20) * 1000 for row in rows)
+    assert ticks  # the hub ran the other greenlet during the statement
+    with pytest.raises(DatastoreError):
+        pool.fetch("SELECT 1 / (5000 - i) FROM generate_series(1, 10000) AS i", [])
+    assert pool.fetch("SELECT 1", []) == [(1,)]
+    assert all(isinstance(conn, GreenConnection) for conn in pool._idle)
+    ticker.kill()
+    pool.close()
