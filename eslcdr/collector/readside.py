@@ -80,8 +80,8 @@ def stored_json(name: str, value: Any) -> Any:
 _POLL = gevent.monkey.get_original("select", "poll")  # poll(2) itself, not gevent's
 _MASKS = {psycopg.waiting.WAIT_R: select.POLLIN, psycopg.waiting.WAIT_W: select.POLLOUT,
           psycopg.waiting.WAIT_RW: select.POLLIN | select.POLLOUT}
-_WAITS = {psycopg.waiting.WAIT_R: gevent.socket.wait_read, psycopg.waiting.WAIT_W: gevent.socket.wait_write,
-          psycopg.waiting.WAIT_RW: gevent.socket.wait_readwrite}
+WAITS = {psycopg.waiting.WAIT_R: gevent.socket.wait_read, psycopg.waiting.WAIT_W: gevent.socket.wait_write,
+         psycopg.waiting.WAIT_RW: gevent.socket.wait_readwrite}
 
 
 def cooperative_wait(gen: Any, fileno: int, interval: float) -> Any:
@@ -98,7 +98,7 @@ def cooperative_wait(gen: Any, fileno: int, interval: float) -> Any:
             events = poller.poll(0)
             if not events:
                 try:
-                    _WAITS[state](fileno, timeout=interval)
+                    WAITS[state](fileno, timeout=interval)
                 except TimeoutError:
                     pass
                 events = poller.poll(0)

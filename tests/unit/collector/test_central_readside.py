@@ -245,8 +245,8 @@ def test_the_wait_asks_the_hub_only_when_nothing_is_there_and_lets_others_run(mo
     from eslcdr.collector import readside
 
     waits = []
-    for state, wait in list(readside._WAITS.items()):
-        monkeypatch.setitem(readside._WAITS, state, lambda fd, timeout, _w=wait, _s=state: (waits.append(_s),
+    for state, wait in list(readside.WAITS.items()):
+        monkeypatch.setitem(readside.WAITS, state, lambda fd, timeout, _w=wait, _s=state: (waits.append(_s),
                                                                                             _w(fd, timeout=timeout)))
     ours, theirs = socket.socketpair()
     heard = []
