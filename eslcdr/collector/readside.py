@@ -1,18 +1,18 @@
 """The central read side: ``api.readside.ReadSide`` over the collector's PostgreSQL.
 
 ``PgReadSide`` answers what ``api.sqlite.SqliteReadSide`` answers on a node, for every
-node's rows: listings (``pgquery``) come back as the node's listing rows (JSON's with their
-node, ``source``; a CSV export's without), rendered by the API's one implementation of
-the Kazoo shapes (``query.kazoo``, ``query.list_csv``); a full record is rendered by ``kazoo.record_sql`` itself, in an in-memory SQLite table that
-holds the row's columns as the node stores them (JSON columns as ``store.db.record_row``
-writes them): the same text, byte for byte, then in JSON ``central_interaction_id`` where
-it differs from the node's id (``pginteractions``) and ``source`` (its node).
+node's rows: listings (``pgquery``) come back as the node's listing rows (JSON's with
+their node, ``source``; a CSV export's without), rendered by the one implementation of
+the Kazoo shapes (``query.kazoo``, ``query.list_csv``); a full record by
+``kazoo.record_sql`` in an in-memory SQLite table holding the row as the node stores it:
+the same text, byte for byte, then in JSON ``central_interaction_id`` where it differs
+from the node's id (``pginteractions``) and ``source`` (its node).
 Connections: at most ``POOL_SIZE``, read-only, autocommit (a snapshot a statement),
 ``statement_timeout`` on each, waiting by ``cooperative_wait``; a cancelled statement is
 ``StatementTimeout``, any other failure ``DatastoreError`` (the DSN's password redacted).
 Long reads are keyset chunks, one statement each (an export's next one read while the
 previous one is rendered).  KPIs (``stats``) read the collector's roll-ups (``pgrollups``)
-and the legs only where the node reads legs (``stats.split``).
+and the legs only where the node reads legs (``stats.split``).  docs/collector.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import gevent.queue
 import gevent.socket
 import orjson
 import psycopg
-import structlog
 
 from ..api.core import ApiError
 from ..query.kazoo import SOURCE_COLUMNS, record_sql
@@ -41,7 +40,6 @@ from ..store.db import record_row
 from ..store.schema import COLUMN_NAMES, COLUMNS, JSON_COLUMNS, RECORD_COLUMNS
 from . import pgquery, pgrollups
 
-log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 POOL_SIZE = 8  # PostgreSQL connections of the API at most
@@ -141,7 +139,7 @@ class PgPool:
         self._idle: list[psycopg.Connection] = []
         self._slots = gevent.queue.Queue(size)
         for _ in range(size):
-            self._slots.put(None)
+            self._slots.put_nowait(None)
         self.redact = redact
         self._closed = False
 
@@ -182,7 +180,7 @@ class PgPool:
         finally:
             if conn is not None:
                 conn.close()
-            self._slots.put(None)
+            self._slots.put_nowait(None)
 
     def close(self) -> None:
         self._closed = True
@@ -331,7 +329,11 @@ class PgBatches:
                 return
             if self._pending is not None:
                 pending, self._pending = self._pending, None
-                rows, error = pending.get()
+                try:  # its slot's wait and its statement, each bounded by the timeout
+                    rows, error = pending.get(timeout=2 * self._ahead + 1.0)
+                except gevent.Timeout:
+                    pending.kill(block=False)
+                    raise StatementTimeout("the next chunk took longer than %.1f s" % (2 * self._ahead)) from None
                 if error is not None:
                     raise error
             else:

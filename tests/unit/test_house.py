@@ -35,8 +35,6 @@ LONG_REASON = "Why this module is long:"
 # -- the accepted exceptions: "path::scope: what" (scope: the enclosing function) -------------
 
 DOCSTRING_ALLOWED: dict[str, str] = {
-    # KNOWN: the line of ``kazoo.record_sql`` is 147 characters; rewrap it.
-    "eslcdr/collector/readside.py: docstring line 6 is 147 characters": "KNOWN",
 }
 
 WAIT_ALLOWED: dict[str, str] = {
@@ -53,14 +51,6 @@ WAIT_ALLOWED: dict[str, str] = {
     # HeavyLane.acquire waits at most its ``wait`` (statement_timeout), then StatementTimeout.
     "eslcdr/query/*::*: pool.heavy.acquire()": "bounded inside",
     "eslcdr/query/pool.py::HeavyLane.slot: self.acquire()": "bounded inside",
-    # KNOWN: PgBatches' read-ahead chunk is awaited without a timeout; its statement
-    # is bounded by the pool (a slot within statement_timeout, then statement_timeout),
-    # the wait should say so: pending.get(timeout=...) -> StatementTimeout.
-    "eslcdr/collector/readside.py::PgBatches.__iter__: pending.get()": "KNOWN",
-    # KNOWN: never blocks (every put follows a get of the same queue), but put_nowait
-    # would say so.
-    "eslcdr/collector/readside.py::PgPool.__init__: self._slots.put(None)": "KNOWN",
-    "eslcdr/collector/readside.py::PgPool.run: self._slots.put(None)": "KNOWN",
 }
 
 QUEUE_ALLOWED: dict[str, str] = {
@@ -75,8 +65,6 @@ EXCEPT_ALLOWED: dict[str, str] = {
 }
 
 LOGGER_ALLOWED: dict[str, str] = {
-    # KNOWN: defines ``log`` and never logs; drop the logger (and the import).
-    "eslcdr/collector/readside.py: defines log and never logs": "KNOWN",
 }
 
 PRIVATE_ALLOWED: dict[str, str] = {

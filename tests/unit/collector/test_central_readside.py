@@ -212,6 +212,28 @@ def test_an_export_reads_a_chunk_ahead_and_a_closed_one_gives_its_connections_ba
         store.close()
 
 
+def test_a_chunk_ahead_that_never_comes_is_a_statement_timeout_not_a_hang():
+    import gevent
+
+    from eslcdr.collector.readside import PgBatches
+    from eslcdr.query.reader import StatementTimeout
+
+    stuck = []
+
+    def next_chunk(rows):  # a statement that never answers (its own timeout broken)
+        stuck.append(gevent.getcurrent())
+        gevent.sleep(3600)
+        return rows
+
+    stream = iter(PgBatches([1, 2], next_chunk, ahead=0.1))
+    assert next(stream) == [1, 2]
+    with gevent.Timeout(30, AssertionError("the export waited on its chunk with no bound")):
+        with pytest.raises(StatementTimeout, match="next chunk"):
+            next(stream)
+    stuck[0].join(5)
+    assert stuck[0].dead  # the greenlet reading it was killed, not left behind
+
+
 def test_a_slow_statement_is_cancelled_and_a_failure_names_no_password(pg_dsn):
     from eslcdr.collector.config import dsn_secrets, redact_secrets
     from eslcdr.collector.readside import PgPool
