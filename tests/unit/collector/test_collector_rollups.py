@@ -30,15 +30,16 @@ from tests.unit.collector.test_collector_store import feed_items, pg, replayed, 
 
 UTC = dt.timezone.utc
 # The tables that would be distributed by account_id (co-located).
-DISTRIBUTED = ("cdrs", "stats_minutes", "stats_pdd_hours", "stats_hours")
+DISTRIBUTED = ("cdrs", "stats_minutes", "stats_pdd_hours", "stats_hours", "stats_hour_causes")
 
 
 def rollups(conn):
-    """(stats_minutes, stats_pdd_hours, stats_hours) as stored, and as recounted from cdrs."""
+    """(stats_minutes, stats_pdd_hours, stats_hours, stats_hour_causes) as stored, and as recounted from cdrs."""
     with conn.cursor() as cur:
         stored = [cur.execute("SELECT * FROM stats_minutes ORDER BY 1, 2, 3, 4, 5").fetchall(),
                   cur.execute("SELECT * FROM stats_pdd_hours ORDER BY 1, 2, 3").fetchall(),
-                  cur.execute("SELECT * FROM stats_hours ORDER BY 1, 2, 3, 4, 5").fetchall()]
+                  cur.execute("SELECT * FROM stats_hours ORDER BY 1, 2").fetchall(),
+                  cur.execute("SELECT * FROM stats_hour_causes ORDER BY 1, 2, 3").fetchall()]
         recount = [cur.execute(statement).fetchall() for statement in pgrollups.recount_sql()]
     conn.commit()
     return stored, recount
@@ -148,7 +149,7 @@ def test_the_rollups_move_in_the_batch_s_transaction(pg, tmp_path):
         pg.store_batch("fs1", "db-1", 0, items)
     pg.conn.rollback()
     # nothing of the batch: no row, no cell, the cursor where it was
-    assert rows(pg) == [] and rollups(pg.conn)[0] == [[], [], []]
+    assert rows(pg) == [] and rollups(pg.conn)[0] == [[], [], [], []]
     assert pg.node_state("fs1", "x").after == 0
     pg.conn.execute("DROP TRIGGER refuse ON stats_pdd_hours")
     pg.conn.commit()
@@ -336,7 +337,7 @@ STEP = st.one_of(st.tuples(st.just("batch"), st.sampled_from(["fs1", "fs2"]), st
 @given(steps=st.lists(STEP, min_size=1, max_size=10))
 def test_rollups_equal_a_recount_after_any_batches(pg, steps):
     conn = pg.conn
-    conn.execute("TRUNCATE cdrs, cdr_keys, collector_rejects, stats_minutes, stats_hours, stats_pdd_hours,"
+    conn.execute("TRUNCATE cdrs, cdr_keys, collector_rejects, stats_minutes, stats_hours, stats_hour_causes, stats_pdd_hours,"
                  " collector_nodes")
     conn.commit()
     base = ts(2026, 11, 10) - (ts(2026, 11, 10) - G) % 3600
