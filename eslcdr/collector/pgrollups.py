@@ -1,18 +1,17 @@
 """The KPI roll-ups in PostgreSQL: ``stats_minutes``, ``stats_hours``, ``stats_hour_causes``, ``stats_pdd_hours``.
 
-The cells and counters of a node's (store/schema.py; which legs count:
-query/stats.py): per account, Gregorian minute, direction, cause ('' when
-none) and answered-or-not, additive counters (``mos_sum`` ``numeric``: exact
-under subtraction); per account and hour (central only: an hourly month
-reads one row an hour), the KPI counters themselves (attempts, seizures,
-...: ``HOUR_COUNTERS``) and per account, hour and cause, the seizures; per
-account, hour and ``pdd_ms``, the seizures.  Loopback legs and legs without an account ('') count nowhere.
-Kept by pgstore.store_batch in the transaction that stores the rows, from
-what it did: each row inserted (``_staged`` once the insert is done) counts
-+1, each row deleted (``_gone``, from the DELETE's RETURNING) -1.  One grouped
-upsert per table and batch, cells in key order (no deadlock between workers);
-cells left unchanged are not written, cells emptied are deleted.  So the
-roll-ups equal ``recount_sql()`` over ``cdrs`` after every commit.
+The cells and counters of a node's (store/schema.py; which legs count: query/stats.py): per
+account, Gregorian minute, direction, cause ('' when none) and answered-or-not, additive
+counters (``mos_sum`` ``numeric``: exact under subtraction); per account, hour and direction
+(central only: an hourly month reads two rows an hour), the KPI counters themselves (attempts,
+seizures, ...: ``HOUR_COUNTERS``) and per account, hour and cause, the seizures; per account,
+hour and ``pdd_ms``, the seizures.  A seizure is outbound: a direction filter (``direction_of``)
+reads the roll-ups too.  Loopback legs and legs without an account ('') count nowhere.
+Kept by pgstore.store_batch in the transaction that stores the rows, from what it did: each
+row inserted (``_staged`` once the insert is done) counts +1, each row deleted (``_gone``, from
+the DELETE's RETURNING) -1.  One grouped upsert per table and batch, cells in key order (no
+deadlock between workers); cells left unchanged are not written, cells emptied are deleted.
+So the roll-ups equal ``recount_sql()`` over ``cdrs`` after every commit.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from typing import Any, Sequence
 
 import psycopg
 
+from ..query.params import Filter
 from ..query.stats import LOW_MOS, NOT_SEIZURES, UNKNOWN_CAUSE, USER_OUTCOMES
 
 MINUTES = "stats_minutes"
@@ -46,8 +46,9 @@ KEY = (
     ("hangup_cause", "coalesce(r.hangup_cause, '')"),
     ("answered", "coalesce(r.answered_us, 0) > 0"),
 )
-HOUR_KEY = (("account_id", "r.account_id"), ("hour", 'coalesce(r."timestamp", 0) / 3600'))
-HOUR_CAUSE_KEY = HOUR_KEY + (("hangup_cause", "coalesce(r.hangup_cause, '')"),)
+HOUR_KEY = (("account_id", "r.account_id"), ("hour", 'coalesce(r."timestamp", 0) / 3600'),
+            ("call_direction", "coalesce(r.call_direction, '')"))
+HOUR_CAUSE_KEY = HOUR_KEY[:2] + (("hangup_cause", "coalesce(r.hangup_cause, '')"),)
 _QUALITY = (
     ("mos_legs", "r.d * (r.audio_in_mos IS NOT NULL)::int"),
     ("mos_sum", "r.d * coalesce(r.audio_in_mos, 0)::numeric"),
@@ -61,7 +62,8 @@ COUNTERS = (("legs", "r.d"), ("billing_seconds", "r.d * coalesce(r.billing_secon
 # of the answered seizures.
 _NOT_SEIZURES = ", ".join("'%s'" % cause for cause in NOT_SEIZURES)
 _USER = ", ".join("'%s'" % cause for cause in USER_OUTCOMES)
-_SEIZURE_OF = "({dir} = 'outbound' AND {cause} NOT IN (%s))" % _NOT_SEIZURES
+SEIZURE_DIRECTION = "outbound"  # a seizure's (the causes and PDD roll-ups count seizures only)
+_SEIZURE_OF = "({dir} = '%s' AND {cause} NOT IN (%s))" % (SEIZURE_DIRECTION, _NOT_SEIZURES)
 KPI_COUNTS = (
     ("attempts", "{dir} = 'inbound'"),
     ("answered_attempts", "{dir} = 'inbound' AND {ans}"),
@@ -167,14 +169,21 @@ _MINUTE_KPIS = ", ".join(
 _HOURS_IN = "h.account_id = %(account_id)s AND h.hour BETWEEN %(first_hour)s AND %(last_hour)s"
 _MINUTES_IN = ("m.account_id = %(account_id)s AND (m.minute BETWEEN %(first_minute)s AND %(before_hours)s"
                " OR m.minute BETWEEN %(after_hours)s AND %(last_minute)s)")
-# stats_statements' counters row: legs, the KPI counts, billing, the quality counters.
-READ_COUNTERS = (
+# stats_statements' counters row: legs, the KPI counts, billing, the quality
+# counters; of every direction, or of %(direction)s's legs only.
+_READ_COUNTERS = (
     "SELECT s.minute * 60 / %(interval)s AS bucket, {sums} FROM"
     " (SELECT h.hour * 60 AS minute, {hour_kpis} FROM stats_hours AS h WHERE {hours}"
     " UNION ALL SELECT m.minute, {minute_kpis} FROM stats_minutes AS m WHERE {minutes}) AS s GROUP BY 1"
-).format(sums=", ".join("sum(s.%s)::%s" % (name, "float8" if name in ("billing_seconds", "mos_sum") else "bigint")
-                        for name in _KPI_NAMES), hour_kpis=", ".join("h.%s" % name for name in _KPI_NAMES),
-         minute_kpis=_MINUTE_KPIS, hours=_HOURS_IN, minutes=_MINUTES_IN)
+)
+_COUNTER_PARTS = {
+    "sums": ", ".join("sum(s.%s)::%s" % (name, "float8" if name in ("billing_seconds", "mos_sum") else "bigint")
+                      for name in _KPI_NAMES),
+    "hour_kpis": ", ".join("h.%s" % name for name in _KPI_NAMES), "minute_kpis": _MINUTE_KPIS}
+READ_COUNTERS = _READ_COUNTERS.format(hours=_HOURS_IN, minutes=_MINUTES_IN, **_COUNTER_PARTS)
+READ_DIRECTION_COUNTERS = _READ_COUNTERS.format(
+    hours=_HOURS_IN + " AND h.call_direction = %(direction)s",
+    minutes=_MINUTES_IN + " AND m.call_direction = %(direction)s", **_COUNTER_PARTS)
 READ_CAUSES = (
     "SELECT s.minute * 60 / %(interval)s AS bucket, CASE s.hangup_cause WHEN '' THEN '{unknown}'"
     " ELSE s.hangup_cause END AS cause, sum(s.seizures)::bigint FROM"
@@ -192,26 +201,41 @@ READ_PDD = (
 )
 
 
+def direction_of(filters: Sequence[Filter]) -> str | None:
+    """The direction when ``filters`` are one ``filter_call_direction`` (a value
+    the cells can hold): the roll-ups answer it (the legs of that direction;
+    every seizure outbound); else None."""
+    if len(filters) != 1:
+        return None
+    only = filters[0]
+    plain = only.op == "eq" and only.field.column == "call_direction" and only.field.json_path is None
+    return only.value if plain and only.value and "\x00" not in only.value else None
+
+
 def read_rollups(conn: psycopg.Connection, account_id: str, first_minute: int, last_minute: int,
-                 interval: int, hours: tuple[int, int] | None = None) -> list[list[tuple[Any, ...]]]:
+                 interval: int, hours: tuple[int, int] | None = None,
+                 direction: str | None = None) -> list[list[tuple[Any, ...]]]:
     """An account's roll-up rows for the Gregorian minutes [first_minute,
     last_minute] (the whole hours ``hours`` among them from the hour cells and
     pdd; none when None), in buckets of ``interval`` seconds (a multiple of 60;
-    of 3600 when ``hours``), aggregated here to the bucket: [counters, causes,
-    pdd, sorted pdd] as query/stats.py's compute() takes them, in one snapshot:
-    a REPEATABLE READ transaction of its own (the caller's when one is open)."""
+    of 3600 when ``hours``), of the legs of ``direction`` (None: all),
+    aggregated here to the bucket: [counters, causes, pdd, sorted pdd] as
+    query/stats.py's compute() takes them, in one snapshot: a REPEATABLE READ
+    transaction of its own (the caller's when one is open)."""
     first_hour, last_hour = hours if hours else (0, -1)
     args = {"account_id": account_id, "first_minute": first_minute, "last_minute": last_minute,
             "interval": interval, "first_hour": first_hour, "last_hour": last_hour,
             "before_hours": first_hour * 60 - 1 if hours else last_minute,
-            "after_hours": (last_hour + 1) * 60 if hours else last_minute + 1}
+            "after_hours": (last_hour + 1) * 60 if hours else last_minute + 1, "direction": direction}
+    seizures = direction in (None, SEIZURE_DIRECTION)
     began = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     if began:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
-        pdd = conn.execute(READ_PDD, args, binary=True).fetchall() if hours else []
-        return [conn.execute(READ_COUNTERS, args, binary=True).fetchall(),
-                conn.execute(READ_CAUSES, args, binary=True).fetchall(), [],
+        pdd = conn.execute(READ_PDD, args, binary=True).fetchall() if hours and seizures else []
+        counters = READ_COUNTERS if direction is None else READ_DIRECTION_COUNTERS
+        return [conn.execute(counters, args, binary=True).fetchall(),
+                conn.execute(READ_CAUSES, args, binary=True).fetchall() if seizures else [], [],
                 [(hour * 3600 // interval, values, counts) for hour, values, counts in pdd]]
     finally:
         if began:

@@ -302,25 +302,25 @@ INSERT INTO stats_hours
   FROM stats_minutes GROUP BY 1, 2, 3, 4, 5;
 """
 
-# Hour cells: one row per account and hour of KPI counters (pgrollups.HOUR_COUNTERS),
-# the seizures per cause beside (an hourly month: 720 rows to sum, no FILTER per
-# figure), refilled from version 8's cells (per direction, cause, answered-or-not).
+# Hour cells: one row per account, hour and direction of KPI counters (pgrollups.HOUR_COUNTERS),
+# the seizures per cause beside (an hourly month: ~1,440 rows to sum, no FILTER per figure),
+# refilled from version 8's cells (per direction, cause, answered-or-not).
 _M10_HOUR_KPIS = """
 ALTER TABLE stats_hours RENAME TO stats_hour_cells;
 ALTER INDEX stats_hours_pkey RENAME TO stats_hour_cells_pkey;
-CREATE TABLE stats_hours (account_id text NOT NULL, hour bigint NOT NULL, legs bigint NOT NULL,
+CREATE TABLE stats_hours (account_id text NOT NULL, hour bigint NOT NULL, call_direction text NOT NULL, legs bigint NOT NULL,
   attempts bigint NOT NULL, answered_attempts bigint NOT NULL, seizures bigint NOT NULL, answered bigint NOT NULL,
   user_outcomes bigint NOT NULL, billing_seconds bigint NOT NULL, mos_legs bigint NOT NULL, mos_sum numeric NOT NULL,
-  low_mos bigint NOT NULL, rtp_legs bigint NOT NULL, no_rtp bigint NOT NULL, PRIMARY KEY (account_id, hour));
+  low_mos bigint NOT NULL, rtp_legs bigint NOT NULL, no_rtp bigint NOT NULL, PRIMARY KEY (account_id, hour, call_direction));
 CREATE TABLE stats_hour_causes (account_id text NOT NULL, hour bigint NOT NULL, hangup_cause text NOT NULL,
   seizures bigint NOT NULL, PRIMARY KEY (account_id, hour, hangup_cause));
-INSERT INTO stats_hours SELECT account_id, hour, sum(legs), sum(inb * legs), sum(inb * ans * legs), sum(seiz * legs),
+INSERT INTO stats_hours SELECT account_id, hour, call_direction, sum(legs), sum(inb * legs), sum(inb * ans * legs), sum(seiz * legs),
   sum(seiz * ans * legs), sum(seiz * (1 - ans) * usr * legs), sum(seiz * ans * billing_seconds), sum(mos_legs),
   sum(mos_sum), sum(low_mos), sum(rtp_legs), sum(no_rtp)
   FROM (SELECT c.*, (call_direction = 'inbound')::int AS inb, answered::int AS ans,
     (call_direction = 'outbound' AND hangup_cause NOT IN ('LOSE_RACE', 'PICKED_OFF'))::int AS seiz,
     (hangup_cause IN ('USER_BUSY', 'NO_USER_RESPONSE', 'NO_ANSWER', 'SUBSCRIBER_ABSENT', 'CALL_REJECTED',
-                      'ORIGINATOR_CANCEL'))::int AS usr FROM stats_hour_cells AS c) AS c GROUP BY 1, 2;
+                      'ORIGINATOR_CANCEL'))::int AS usr FROM stats_hour_cells AS c) AS c GROUP BY 1, 2, 3;
 INSERT INTO stats_hour_causes SELECT account_id, hour, hangup_cause, sum(legs) FROM stats_hour_cells
   WHERE call_direction = 'outbound' AND hangup_cause NOT IN ('LOSE_RACE', 'PICKED_OFF') GROUP BY 1, 2, 3;
 DROP TABLE stats_hour_cells;
