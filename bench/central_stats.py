@@ -8,7 +8,11 @@ the roll-ups), then times, in process, p50/p99 over R reads of each read
 side's answer as the route builds it: ``stats`` (roll-ups and ragged edges;
 a filter reads legs) plus the JSON text.
 
-    python bench/central_stats.py [--rows 200000] [--days 30] [--requests 30]
+    python bench/central_stats.py [--rows 200000] [--days 30] [--requests 30] [--keep DIR]
+
+``--keep DIR`` keeps the node's file and the PostgreSQL data in DIR and, when
+DIR holds them from an earlier run, measures them again (the load paid once;
+old and new code can be alternated on one database).
 """
 
 from __future__ import annotations
@@ -75,22 +79,27 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--keep", type=Path, help="keep (or reuse) the node's file and the PostgreSQL data here")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="eslcdr-bench-cstats-"))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="eslcdr-bench-cstats-"))
+    work.mkdir(parents=True, exist_ok=True)
     db = work / "node.db"
-    started = time.perf_counter()
-    generate(db, args.rows, args.days)
-    print("node: %d legs over %d days built in %.1f s" % (args.rows, args.days, time.perf_counter() - started))
+    reuse = args.keep is not None and db.exists() and (work / "pg").exists()
+    if not reuse:
+        started = time.perf_counter()
+        generate(db, args.rows, args.days)
+        print("node: %d legs over %d days built in %.1f s" % (args.rows, args.days, time.perf_counter() - started))
     import pgserver
 
-    server = pgserver.get_server(tempfile.mkdtemp(prefix="eslcdr-bench-pg-"), cleanup_mode="delete")
+    server = pgserver.get_server(work / "pg", cleanup_mode="stop" if args.keep else "delete")
     try:
-        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE bench")
         dsn = server.get_uri("bench")
-        print("loaded through PgStore.store_batch: %.0f rows/s" % load(dsn, db))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("ANALYZE")
+        if not reuse:
+            with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE bench")
+            print("loaded through PgStore.store_batch: %.0f rows/s" % load(dsn, db))
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("ANALYZE")
         node = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
         newest = node.execute('SELECT max("timestamp") FROM cdrs').fetchone()[0]
         central = PgReadSide(dsn, 30.0, heavy_slots=1)
@@ -109,7 +118,8 @@ def main() -> None:
         node.close()
     finally:
         server.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

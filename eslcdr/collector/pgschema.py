@@ -1,18 +1,17 @@
 """The collector's PostgreSQL schema: tables, monthly partitions, migrations.
 
-``cdrs``: every SQLite column (JSON as jsonb, ``fax_success`` boolean, ``seq``
-the node's) plus ``source``, ``created_at`` / ``answered_at`` / ``hangup_at``,
-``collected_at``; ``PARTITION BY RANGE (hangup_at)``, one partition per UTC
-month, no DEFAULT, each created outside any explicit transaction under a
-session advisory lock, at most ``max_new_partitions`` a day per node.
-Citus-ready (docs/collector.md): every unique key of cdrs and of the tables
-co-located with it holds ``account_id``, never NULL (NO_ACCOUNT); cdrs' is
-``(account_id, call_id, hangup_at)``.  ``cdr_keys (call_id PRIMARY KEY,
-account_id, hangup_at, source)`` keeps call_id unique over the fleet, says
-where each call's row lives and which node owns it (pgstore.py).
-Migrations: append-only ``MIGRATIONS`` (functions or literal SQL), each in its
-own transaction under an advisory lock, counted in ``eslcdr_schema``; then
-``follow_sqlite_columns`` adds any column SQLite gained since.
+``cdrs``: every SQLite column (JSON as jsonb, ``fax_success`` boolean, ``seq`` the node's) plus
+``source``, ``created_at`` / ``answered_at`` / ``hangup_at``, ``collected_at``; ``PARTITION BY
+RANGE (hangup_at)``, one partition per UTC month, no DEFAULT, each created outside any explicit
+transaction under a session advisory lock, at most ``max_new_partitions`` a day per node.
+Citus-ready (docs/collector.md): every unique key of cdrs and of the tables co-located with it
+holds ``account_id``, never NULL (NO_ACCOUNT); cdrs' is ``(account_id, call_id, hangup_at)``.
+``cdr_keys (call_id PRIMARY KEY, account_id, hangup_at, source)`` keeps call_id unique over the
+fleet, says where each call's row lives and which node owns it (pgstore.py).
+Migrations: append-only ``MIGRATIONS`` (functions or literal SQL), each in its own transaction
+under an advisory lock, counted in ``eslcdr_schema``; then ``follow_sqlite_columns`` adds any
+column SQLite gained since.  Why this module is long: every schema version's migration, kept
+as literal SQL as it was written (a migration never changes once released).
 """
 
 from __future__ import annotations
@@ -303,9 +302,34 @@ INSERT INTO stats_hours
   FROM stats_minutes GROUP BY 1, 2, 3, 4, 5;
 """
 
-# A migration is a function of a cursor or literal SQL.
+# Hour cells: one row per account, hour and direction of KPI counters (pgrollups.HOUR_COUNTERS),
+# the seizures per cause beside (an hourly month: ~1,440 rows to sum, no FILTER per figure),
+# refilled from version 8's cells (per direction, cause, answered-or-not).
+_M10_HOUR_KPIS = """
+ALTER TABLE stats_hours RENAME TO stats_hour_cells;
+ALTER INDEX stats_hours_pkey RENAME TO stats_hour_cells_pkey;
+CREATE TABLE stats_hours (account_id text NOT NULL, hour bigint NOT NULL, call_direction text NOT NULL, legs bigint NOT NULL,
+  attempts bigint NOT NULL, answered_attempts bigint NOT NULL, seizures bigint NOT NULL, answered bigint NOT NULL,
+  user_outcomes bigint NOT NULL, billing_seconds bigint NOT NULL, mos_legs bigint NOT NULL, mos_sum numeric NOT NULL,
+  low_mos bigint NOT NULL, rtp_legs bigint NOT NULL, no_rtp bigint NOT NULL, PRIMARY KEY (account_id, hour, call_direction));
+CREATE TABLE stats_hour_causes (account_id text NOT NULL, hour bigint NOT NULL, hangup_cause text NOT NULL,
+  seizures bigint NOT NULL, PRIMARY KEY (account_id, hour, hangup_cause));
+INSERT INTO stats_hours SELECT account_id, hour, call_direction, sum(legs), sum(inb * legs), sum(inb * ans * legs), sum(seiz * legs),
+  sum(seiz * ans * legs), sum(seiz * (1 - ans) * usr * legs), sum(seiz * ans * billing_seconds), sum(mos_legs),
+  sum(mos_sum), sum(low_mos), sum(rtp_legs), sum(no_rtp)
+  FROM (SELECT c.*, (call_direction = 'inbound')::int AS inb, answered::int AS ans,
+    (call_direction = 'outbound' AND hangup_cause NOT IN ('LOSE_RACE', 'PICKED_OFF'))::int AS seiz,
+    (hangup_cause IN ('USER_BUSY', 'NO_USER_RESPONSE', 'NO_ANSWER', 'SUBSCRIBER_ABSENT', 'CALL_REJECTED',
+                      'ORIGINATOR_CANCEL'))::int AS usr FROM stats_hour_cells AS c) AS c GROUP BY 1, 2, 3;
+INSERT INTO stats_hour_causes SELECT account_id, hour, hangup_cause, sum(legs) FROM stats_hour_cells
+  WHERE call_direction = 'outbound' AND hangup_cause NOT IN ('LOSE_RACE', 'PICKED_OFF') GROUP BY 1, 2, 3;
+DROP TABLE stats_hour_cells;
+"""
+
+# A migration is a function of a cursor or literal SQL.  (_M10: 9 is another branch's.)
 MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS,
-              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS, _M7_STORED_CENTRAL_ID, _M8_HOUR_ROLLUPS)
+              _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS, _M7_STORED_CENTRAL_ID, _M8_HOUR_ROLLUPS,
+              _M10_HOUR_KPIS)
 SCHEMA_VERSION = len(MIGRATIONS)
 # cdrs.account_id of a leg without an account (NULL on the node).
 NO_ACCOUNT = ""

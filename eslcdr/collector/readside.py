@@ -12,11 +12,12 @@ Connections: at most ``POOL_SIZE``, read-only, autocommit (a snapshot a statemen
 ``StatementTimeout``, any other failure ``DatastoreError`` (the DSN's password redacted).
 Long reads are keyset chunks, one statement each (an export's next one read while the
 previous one is rendered).  KPIs (``stats``) read the collector's roll-ups (``pgrollups``)
-and the legs only where the node reads legs (``stats.split``).  docs/collector.md.
+and the legs only where the node reads legs (``stats.split``; a direction filter reads roll-ups).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import select
@@ -273,12 +274,14 @@ def stats_rows(conn: psycopg.Connection, query: StatsQuery, use_rollups: bool = 
     (``use_rollups`` False: from the legs alone, to check the roll-ups)."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
-        parts = split(query, use_rollups)
+        # A direction filter: the roll-ups' cells have directions (the edges' legs: filtered).
+        direction = pgrollups.direction_of(query.filters)
+        parts = split(dataclasses.replace(query, filters=()) if direction else query, use_rollups)
         if parts is None:
             whole = [(query.created_from, query.created_to)]
             return pgquery.stats_kinds(conn.execute(*pgquery.stats_sql(query, whole)).fetchall())
         rows = pgrollups.read_rollups(conn, query.account_id, parts.minutes[0], parts.minutes[1],
-                                      query.interval, parts.hours)
+                                      query.interval, parts.hours, direction)
         if parts.pdd_edges:  # (edges: within pdd_edges)
             edges = pgquery.stats_sql(query, parts.edges, parts.pdd_edges)
             for kind, more in zip(rows, pgquery.stats_kinds(conn.execute(*edges).fetchall())):

@@ -23,7 +23,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-from . import kazoo
+from . import kazoo, percentiles
 from ..config import ApiConfig
 from .params import (
     SECONDS,
@@ -200,7 +200,7 @@ def worst_sql(query: WorstQuery) -> tuple[str, list[Any]]:
 
 class _Bucket:
     __slots__ = ("legs", "attempts", "answered_attempts", "seizures", "answered", "user_outcomes",
-                 "billing", "mos_legs", "mos_sum", "low_mos", "rtp_legs", "no_rtp", "causes", "pdd")
+                 "billing", "mos_legs", "mos_sum", "low_mos", "rtp_legs", "no_rtp", "causes", "pdd", "ranked")
 
     def __init__(self) -> None:
         self.legs = self.attempts = self.answered_attempts = self.seizures = 0
@@ -208,6 +208,7 @@ class _Bucket:
         self.billing = self.mos_sum = 0.0
         self.causes: dict[str, int] = {}
         self.pdd: dict[int, int] = {}
+        self.ranked: list[percentiles.Sorted] = []  # PDD histograms sorted by value
 
     def add_counters(self, other: "_Bucket") -> None:
         """Add ``other``'s counters (not its causes and pdd: compute() counts
@@ -228,10 +229,10 @@ class _Bucket:
             out["ner"] = (self.answered + self.user_outcomes) * 100 / self.seizures
         if self.answered:
             out["acd_seconds"] = self.billing / self.answered
-        pdd_legs = sum(self.pdd.values())
+        pdd_legs, ranks = percentiles.ranks(self.pdd, self.ranked, (50, 95))
         out["pdd_legs"] = pdd_legs
         if pdd_legs:
-            out["pdd_ms_p50"], out["pdd_ms_p95"] = nearest_ranks(self.pdd, pdd_legs, (50, 95))
+            out["pdd_ms_p50"], out["pdd_ms_p95"] = ranks
         out["mos_legs"] = self.mos_legs
         if self.mos_legs:
             out["mos_avg"] = self.mos_sum / self.mos_legs
@@ -240,21 +241,6 @@ class _Bucket:
         out["no_rtp"] = self.no_rtp
         out["hangup_causes"] = dict(sorted(self.causes.items(), key=lambda item: (-item[1], item[0])))
         return out
-
-
-def nearest_ranks(histogram: Mapping[int, int], n: int, percents: Sequence[int]) -> list[int]:
-    """For each of ``percents`` (ascending), the smallest value with at least
-    that % of the n values at or below it (nearest rank), in one walk."""
-    ranks = [max(1, math.ceil(n * percent / 100)) for percent in percents]
-    found: list[int] = []
-    seen = 0
-    for value in sorted(histogram):
-        seen += histogram[value]
-        while seen >= ranks[len(found)]:
-            found.append(value)
-            if len(found) == len(ranks):
-                return found
-    raise ValueError("histogram holds fewer than %d values" % n)
 
 
 def _no_pause() -> None:
@@ -271,9 +257,11 @@ def _paced(items: Iterable[T], breathe: Callable[[], None]) -> Iterator[list[T]]
 
 def compute(query: StatsQuery, results: Sequence[Iterable[tuple]],
             breathe: Callable[[], None] = _no_pause) -> dict[str, Any]:
-    """``{"totals": K, "buckets": [K + from/to]}`` from the rows of stats_statements;
+    """``{"totals": K, "buckets": [K + from/to]}`` from the rows of stats_statements
+    (counters, causes, pdd) and optionally a fourth kind, the seizures per pdd_ms
+    as histograms sorted by value: rows (bucket, values, counts);
     ``breathe()`` is called every few rows and buckets (HeavyLane.pacer)."""
-    counters, causes, pdd = (_paced(rows, breathe) for rows in results)
+    counters, causes, pdd, *sorted_pdd = (_paced(rows, breathe) for rows in results)
     buckets: dict[int, _Bucket] = {}
     totals = _Bucket()
 
@@ -310,6 +298,10 @@ def compute(query: StatsQuery, results: Sequence[Iterable[tuple]],
                 found = getattr(at(key), name)
                 found[value] = found.get(value, 0) + n
                 every[value] = every.get(value, 0) + n
+    for chunk in itertools.chain.from_iterable(sorted_pdd):
+        for key, values, counts in chunk:
+            at(key).ranked.append((values, counts))
+            totals.ranked.append((values, counts))
 
     interval, low, high = query.interval, query.created_from, query.created_to
     empty = _Bucket().figures()  # most minutes of a month may have no leg

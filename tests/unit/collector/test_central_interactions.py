@@ -269,6 +269,7 @@ def back_to_version_6(conn) -> None:
     conn.execute("ALTER TABLE cdrs DROP COLUMN central_id")
     conn.execute("ALTER TABLE eslcdr_schema DROP COLUMN join_after")
     conn.execute("DROP TABLE stats_hours")
+    conn.execute("DROP TABLE stats_hour_causes")
     conn.execute("UPDATE eslcdr_schema SET version = 6")
 
 

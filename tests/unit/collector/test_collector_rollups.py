@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eslcdr.collector import pgrollups, pgschema
+from eslcdr.collector import pgquery, pgrollups, pgschema
 from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgrecords import FeedRecord
 from eslcdr.collector.pgstore import PgStore
@@ -30,15 +30,16 @@ from tests.unit.collector.test_collector_store import feed_items, pg, replayed, 
 
 UTC = dt.timezone.utc
 # The tables that would be distributed by account_id (co-located).
-DISTRIBUTED = ("cdrs", "stats_minutes", "stats_pdd_hours", "stats_hours")
+DISTRIBUTED = ("cdrs", "stats_minutes", "stats_pdd_hours", "stats_hours", "stats_hour_causes")
 
 
 def rollups(conn):
-    """(stats_minutes, stats_pdd_hours, stats_hours) as stored, and as recounted from cdrs."""
+    """(stats_minutes, stats_pdd_hours, stats_hours, stats_hour_causes) as stored, and as recounted from cdrs."""
     with conn.cursor() as cur:
         stored = [cur.execute("SELECT * FROM stats_minutes ORDER BY 1, 2, 3, 4, 5").fetchall(),
                   cur.execute("SELECT * FROM stats_pdd_hours ORDER BY 1, 2, 3").fetchall(),
-                  cur.execute("SELECT * FROM stats_hours ORDER BY 1, 2, 3, 4, 5").fetchall()]
+                  cur.execute("SELECT * FROM stats_hours ORDER BY 1, 2, 3").fetchall(),
+                  cur.execute("SELECT * FROM stats_hour_causes ORDER BY 1, 2, 3").fetchall()]
         recount = [cur.execute(statement).fetchall() for statement in pgrollups.recount_sql()]
     conn.commit()
     return stored, recount
@@ -148,7 +149,7 @@ def test_the_rollups_move_in_the_batch_s_transaction(pg, tmp_path):
         pg.store_batch("fs1", "db-1", 0, items)
     pg.conn.rollback()
     # nothing of the batch: no row, no cell, the cursor where it was
-    assert rows(pg) == [] and rollups(pg.conn)[0] == [[], [], []]
+    assert rows(pg) == [] and rollups(pg.conn)[0] == [[], [], [], []]
     assert pg.node_state("fs1", "x").after == 0
     pg.conn.execute("DROP TRIGGER refuse ON stats_pdd_hours")
     pg.conn.commit()
@@ -187,10 +188,11 @@ def _rounded(value):
     return value
 
 
-def test_central_stats_and_worst_after_replacements_are_the_node_s(pg, pg_dsn, tmp_path):
+def test_central_stats_and_worst_after_replacements_are_the_node_s(pg, pg_dsn, tmp_path, monkeypatch):
     """PgReadSide.stats / .worst over rows stored, then replaced, then refused
     from another node: the node's answer for every shape of query (roll-ups
-    with ragged edges, PDD from legs, a user's, filtered, odd intervals)."""
+    with ragged edges, PDD from legs, a user's, filtered, odd intervals); a
+    direction filter read from the roll-ups, the legs of its ragged edges only."""
     hour = ts(2026, 11, 10) - (ts(2026, 11, 10) - G) % 3600
     node, lines = _node_and_feed(tmp_path, hour)
     early = [replayed(item, item.seq, billing_seconds=999, account_id="acc-b", audio_in_mos=1.0) for item in lines[:10]]
@@ -204,12 +206,25 @@ def test_central_stats_and_worst_after_replacements_are_the_node_s(pg, pg_dsn, t
         span = (hour, hour + 3 * 3600 - 1)
         ragged = (hour + 17, hour + 3 * 3600 - 45)
         codec = params.parse_filters({"filter_call_direction": ["outbound"]})
+        inbound = params.parse_filters({"filter_call_direction": ["inbound"]})
+        not_inbound = params.parse_filters({"filter_not_call_direction": ["inbound"]})
         shapes = [(None, span, 3600, ()), (None, ragged, 3600, ()), (None, ragged, 600, ()), (None, span, 60, ()),
                   (None, ragged, 86400, ()), (None, span, 90, ()), ("user-1", ragged, 1800, ()),
-                  (None, ragged, 3600, codec)]
+                  (None, ragged, 3600, codec), (None, span, 3600, codec), (None, span, 7200, inbound),
+                  (None, ragged, 600, inbound), (None, ragged, 3600, not_inbound)]
+        legs_read = []  # the ranges of each legs statement
+        stats_sql = pgquery.stats_sql
+        monkeypatch.setattr(pgquery, "stats_sql", lambda query, ranges, pdd_ranges=None: (
+            legs_read.append((query.filters, list(ranges), pdd_ranges)) or stats_sql(query, ranges, pdd_ranges)))
         for owner, (low, high), interval, filters in shapes:
             query = stats.StatsQuery("acc-a", owner, low, high, interval, filters)
+            legs_read.clear()
             central = read.stats(query)
+            if owner is None and filters in ((), codec, inbound) and interval % 3600 == 0:
+                # the roll-ups: legs only before the first and after the last whole hour
+                assert all(edge[1] - edge[0] < 3600 for _, ranges, pdd in legs_read for edge in ranges + list(pdd)), (
+                    query, legs_read)
+                assert (low, high) != span or legs_read == [], (query, legs_read)
             assert central["totals"]["legs"] > 5, query
             # mos_avg within float rounding: the node adds REAL values (in its roll-ups'
             # or its legs' order), the collector numeric ones, exactly.
@@ -336,7 +351,7 @@ STEP = st.one_of(st.tuples(st.just("batch"), st.sampled_from(["fs1", "fs2"]), st
 @given(steps=st.lists(STEP, min_size=1, max_size=10))
 def test_rollups_equal_a_recount_after_any_batches(pg, steps):
     conn = pg.conn
-    conn.execute("TRUNCATE cdrs, cdr_keys, collector_rejects, stats_minutes, stats_hours, stats_pdd_hours,"
+    conn.execute("TRUNCATE cdrs, cdr_keys, collector_rejects, stats_minutes, stats_hours, stats_hour_causes, stats_pdd_hours,"
                  " collector_nodes")
     conn.commit()
     base = ts(2026, 11, 10) - (ts(2026, 11, 10) - G) % 3600
@@ -376,6 +391,8 @@ def test_rollups_equal_a_recount_after_any_batches(pg, steps):
         assert stored == recount
     # And the KPIs read from them are the legs' (ragged edges, the legs' hour
     # from its minute cells, then from its hour cells).
-    for interval, low in itertools.product((60, 3600), (base + 30, base - 30)):
-        query = stats.StatsQuery("acc-a", None, low, base + 2 * 3600 - 1, interval, ())
+    directions = ((), params.parse_filters({"filter_call_direction": ["outbound"]}),
+                  params.parse_filters({"filter_call_direction": ["inbound"]}))
+    for interval, low, filters in itertools.product((60, 3600), (base + 30, base - 30), directions):
+        query = stats.StatsQuery("acc-a", None, low, base + 2 * 3600 - 1, interval, filters)
         assert stats.compute(query, stats_rows(conn, query)) == stats.compute(query, stats_rows(conn, query, False))

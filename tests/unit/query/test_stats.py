@@ -8,8 +8,11 @@ import io
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from eslcdr.query.stats import CSV_COLUMNS, KPI_FIELDS, nearest_ranks
+from eslcdr.query.percentiles import nearest_ranks, sorted_ranks
+from eslcdr.query.stats import CSV_COLUMNS, KPI_FIELDS, StatsQuery, compute
 
 from tests.unit.api.test_api import (ACC_A, ACC_B, CENTRAL_TOO, COLLECTOR, B, CentralEnv, Env, NOW_G, assert_error,
                                     leg)
@@ -246,6 +249,32 @@ def test_nearest_rank():
     values = {15: 1, 20: 1, 35: 1, 40: 1, 50: 1}  # the textbook example
     assert nearest_ranks(values, 5, (5, 30, 40, 50, 95, 100)) == [15, 20, 20, 35, 50, 50]
     assert nearest_ranks({7: 3, 9: 1}, 4, (50, 95)) == [7, 9] and nearest_ranks({7: 3, 9: 1}, 4, (95,)) == [9]
+    # the same ranks from a sorted histogram whose values repeat (hours of one bucket)
+    assert sorted_ranks([15, 20, 20, 35, 40, 50], [1, 1, 1, 1, 1, 1], (5, 30, 50, 95)) == (6, [15, 20, 20, 50])
+    assert sorted_ranks([], [], (50,)) == (0, [])
+
+
+_PDD_ROWS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40), st.integers(1, 5)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hours=_PDD_ROWS, edges=_PDD_ROWS, interval_hours=st.integers(1, 3))
+def test_sorted_pdd_histograms_give_the_figures_of_pdd_rows(hours, edges, interval_hours):
+    # The collector's PDD hours come as one sorted histogram per hour (the
+    # fourth kind), the ragged edges' as (bucket, pdd_ms, n) rows; the figures
+    # must be those of every value given as rows, buckets and totals.
+    interval = interval_hours * HOUR
+    query = StatsQuery("a", None, H0, H0 + 4 * HOUR - 1, interval, ())
+    per_hour: dict[int, dict[int, int]] = {}
+    for hour, value, n in hours:
+        per_hour.setdefault(hour, {})
+        per_hour[hour][value] = per_hour[hour].get(value, 0) + n
+    bucket_of = {hour: (H0 + hour * HOUR) // interval for hour in per_hour}
+    sorted_rows = [(bucket_of[hour], sorted(histogram), [histogram[v] for v in sorted(histogram)])
+                   for hour, histogram in per_hour.items()]
+    edge_rows = [((H0 + hour * HOUR) // interval, value, n) for hour, value, n in edges]
+    hour_rows = [(bucket_of[hour], value, n) for hour, histogram in per_hour.items() for value, n in histogram.items()]
+    assert compute(query, [[], [], edge_rows, sorted_rows]) == compute(query, [[], [], edge_rows + hour_rows])
 
 
 # --------------------------------------------------------------- worst legs
