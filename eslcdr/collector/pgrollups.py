@@ -1,4 +1,4 @@
-"""The KPI roll-ups in PostgreSQL: ``stats_minutes``, ``stats_hours``, ``stats_hour_causes``, ``stats_pdd_hours``.
+"""The KPI roll-ups in PostgreSQL: ``stats_minutes``, ``stats_hours`` and the hours' causes, PDDs.
 
 The cells and counters of a node's (store/schema.py; which legs count: query/stats.py): per
 account, Gregorian minute, direction, cause ('' when none) and answered-or-not, additive
