@@ -226,10 +226,13 @@ def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
         " WHERE account_id = %%s AND call_id = ANY(%%s) AND (id = %%s OR call_id = %%s) LIMIT 1),"
         " named AS (SELECT COALESCE((SELECT a.central_id FROM interaction_aliases AS a WHERE a.account_id = %%s"
         " AND a.interaction_id = %%s), %%s) AS cid UNION ALL SELECT cid FROM target)"
-        " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.central_id IN (SELECT cid FROM named)"
-        " OR c.call_id = (SELECT call_id FROM target WHERE cid IS NULL))"
-        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % RECORD_SELECT,
-        [account_id, call_ids(leg_id), leg_id, leg_id, account_id, leg_id, leg_id, account_id])
+        # Two arms, each an index look-up (one OR of them read the account's
+        # every row); a leg without a central id is in the second only.
+        " SELECT * FROM (SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND c.central_id IN (SELECT cid FROM named)"
+        " UNION ALL SELECT %s FROM cdrs AS c WHERE c.account_id = %%s"
+        " AND c.call_id = (SELECT call_id FROM target WHERE cid IS NULL)) AS c"
+        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % (RECORD_SELECT, RECORD_SELECT),
+        [account_id, call_ids(leg_id), leg_id, leg_id, account_id, leg_id, leg_id, account_id, account_id])
 
 
 # ------------------------------------------------------------------ KPIs
