@@ -75,6 +75,7 @@ from eslcdr.collector.feed import parse_record  # noqa: E402
 from eslcdr.collector.pgrecords import FeedRecord  # noqa: E402
 from eslcdr.collector.pgstore import PgStore  # noqa: E402
 from eslcdr.collector.readside import PgReadSide  # noqa: E402
+from eslcdr.collector import worker  # noqa: E402
 from eslcdr.ingest.interactions import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.api.core import dumps  # noqa: E402
 from eslcdr.query import kazoo  # noqa: E402
@@ -247,6 +248,7 @@ def store_live(args: argparse.Namespace) -> None:
     connection per node in one process, each batch parsed from feed lines
     (``feed.parse_record``) and stored by ``PgStore.store_batch``; prints the rate."""
     dsn, first, now = args.live[0], int(args.live[1]), int(args.live[2])
+    worker.fewer_young_collections()  # as the collector's workers do
     # SIGUSR1 stops it (eslcdr's imports patch threading for gevent: a thread
     # blocked reading stdin would block the process).
     stop = threading.Event()

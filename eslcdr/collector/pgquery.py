@@ -199,10 +199,22 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
     return sql, args
 
 
+# A CDR id is ``YYYYMM-<call_id>`` (store.schema): a row found by its id is
+# found by its call_id too, through the primary key (schema 9 has no index on id).
+_CDR_ID = re.compile(r"[0-9]{6}-(.+)", re.S)
+
+
+def call_ids(leg_id: str) -> list[str]:
+    """The call ids a CDR or call id can name: itself, and the call id of a CDR id."""
+    match = _CDR_ID.fullmatch(leg_id)
+    return [leg_id, match.group(1)] if match else [leg_id]
+
+
 def detail_sql(account_id: str, cdr_id: str) -> tuple[str, list[Any]]:
     """One row's columns (RECORD_SELECT) by CDR id, else by call id."""
-    return ("SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.id = %%s OR c.call_id = %%s)"
-            " ORDER BY c.id = %%s DESC LIMIT 1" % RECORD_SELECT, [account_id, cdr_id, cdr_id, cdr_id])
+    return ("SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND c.call_id = ANY(%%s)"
+            " AND (c.id = %%s OR c.call_id = %%s) ORDER BY c.id = %%s DESC LIMIT 1" % RECORD_SELECT,
+            [account_id, call_ids(cdr_id), cdr_id, cdr_id, cdr_id])
 
 
 def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
@@ -211,13 +223,16 @@ def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
     creation first, as SQLite sorts NULL)."""
     return (
         "WITH target AS (SELECT central_id AS cid, call_id FROM cdrs"
-        " WHERE account_id = %%s AND (id = %%s OR call_id = %%s) LIMIT 1),"
+        " WHERE account_id = %%s AND call_id = ANY(%%s) AND (id = %%s OR call_id = %%s) LIMIT 1),"
         " named AS (SELECT COALESCE((SELECT a.central_id FROM interaction_aliases AS a WHERE a.account_id = %%s"
         " AND a.interaction_id = %%s), %%s) AS cid UNION ALL SELECT cid FROM target)"
-        " SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND (c.central_id IN (SELECT cid FROM named)"
-        " OR c.call_id = (SELECT call_id FROM target WHERE cid IS NULL))"
-        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % RECORD_SELECT,
-        [account_id, leg_id, leg_id, account_id, leg_id, leg_id, account_id])
+        # Two arms, each an index look-up (one OR of them read the account's
+        # every row); a leg without a central id is in the second only.
+        " SELECT * FROM (SELECT %s FROM cdrs AS c WHERE c.account_id = %%s AND c.central_id IN (SELECT cid FROM named)"
+        " UNION ALL SELECT %s FROM cdrs AS c WHERE c.account_id = %%s"
+        " AND c.call_id = (SELECT call_id FROM target WHERE cid IS NULL)) AS c"
+        ' ORDER BY c.created_us ASC NULLS FIRST, c.seq, c.source COLLATE "C"' % (RECORD_SELECT, RECORD_SELECT),
+        [account_id, call_ids(leg_id), leg_id, leg_id, account_id, leg_id, leg_id, account_id, account_id])
 
 
 # ------------------------------------------------------------------ KPIs

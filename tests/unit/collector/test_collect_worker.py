@@ -178,3 +178,21 @@ def test_the_dsn_password_never_reaches_health_logs_or_last_error(feed, pg_dsn, 
     shown = json.dumps(node_worker.health()) + json.dumps(logs) + (node_worker.last_error or "")
     assert node_worker.state == "error" and "[redacted]" in node_worker.last_error
     assert not any(piece in shown for piece in pieces)
+
+
+def test_workers_raise_the_young_gc_threshold_and_never_lower_it():
+    """A batch's parsed records outlive many generation-0 collections, which
+    pushed them towards full collections of the whole heap: a running worker
+    raises the threshold (a higher one set by the operator stays)."""
+    import gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        worker_module.fewer_young_collections()
+        assert gc.get_threshold() == (worker_module.GC_YOUNG_THRESHOLD, 10, 10)
+        gc.set_threshold(worker_module.GC_YOUNG_THRESHOLD * 2, 5, 5)
+        worker_module.fewer_young_collections()
+        assert gc.get_threshold() == (worker_module.GC_YOUNG_THRESHOLD * 2, 5, 5)
+    finally:
+        gc.set_threshold(*saved)
