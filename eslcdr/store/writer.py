@@ -40,10 +40,13 @@ MIN_OVERFLOW = 1000
 # A batch waits for this many records (or for as long as they took to come
 # at the rate of the batch before), at most flush_interval: a row costs less
 # in a bigger transaction (SQLite CPU ~125, 100, 80 µs a row in batches of
-# 16, 64, 256, bench/README.md #18), and neither end of a burst is kept
-# waiting.  More would cost latency at high rates (256: p99 +~150 ms at
-# ~1,200 legs/s, bench/latency.py --cps 400).
-GATHER_ROWS = 64
+# 16, 64, 256, bench/README.md #18; a row dirties ~6 pages of the WAL in a
+# 16-row batch, ~4 in a 64-row one), and neither end of a burst is kept
+# waiting.  128: at 200 calls/s (~660 legs/s) a batch gathers for ~0.19 s
+# instead of ~0.1 (72 against 80 µs a row in-process); more would cost
+# latency at higher rates (256: p99 +~150 ms at ~1,200 legs/s,
+# bench/latency.py --cps 400).
+GATHER_ROWS = 128
 # With nothing to do the writer sleeps this long between looks: everything
 # that brings work (submit, acks, merges, retention, the spooler) wakes it.
 IDLE_WAIT = 5.0

@@ -75,6 +75,53 @@ def test_json_columns_and_links_written(tmp_path):
     }
 
 
+def test_links_only_for_legs_not_stored_with_the_interaction(tmp_path):
+    """A partner stored with the same interaction (in this batch or before)
+    gets no link row; one not written yet, written with another id, or a SIP
+    key does; a restarted daemon recalls every pair all the same."""
+    conn = connect_writer(tmp_path / "a.db")
+    a = dict(record(1), links=["call-000002", "call-000003", "sip:acc c1"])
+    b = dict(record(2), links=["call-000001"])
+    other = dict(record(4, "63900000000-bbbbbbbb"), links=[])
+    insert_records(conn, [other])
+    insert_records(conn, [a, b])
+    c = dict(record(3), links=["call-000001", "call-000004"])
+    insert_records(conn, [c])
+    links = set(conn.execute("SELECT call_id, interaction_id FROM interaction_links").fetchall())
+    assert links == {
+        ("call-000003", "63900000000-aaaaaaaa"),  # not written when call-000001 was
+        ("sip:acc c1", "63900000000-aaaaaaaa"),
+        ("call-000004", "63900000000-aaaaaaaa"),  # stored with another interaction
+    }
+    recalled = dict(recent_interaction_links(conn, 10))
+    assert {k: recalled[k] for k in ("call-000001", "call-000002", "call-000003", "sip:acc c1")} == dict.fromkeys(
+        ("call-000001", "call-000002", "call-000003", "sip:acc c1"), "63900000000-aaaaaaaa")
+
+
+def test_record_row_json_text_is_json_dumps(tmp_path):
+    import json
+
+    from eslcdr.store.db import JSON_COLUMNS, RECORD_COLUMNS, record_row
+
+    for value in ({"b": 'é\n"x', "a": "1"}, {"a": 1}, {"z": {"y": [1, 2]}}, {}, [], ["x"], {"a": None}):
+        row = record_row(dict(record(1), custom_channel_vars=value, custom_sip_headers=value))
+        for name in JSON_COLUMNS:
+            assert row[RECORD_COLUMNS.index(name)] == json.dumps(value, ensure_ascii=False, sort_keys=True)
+    partial = record_row({"call_id": "x", "custom_sip_headers": {}})  # columns missing: NULL
+    assert partial[RECORD_COLUMNS.index("call_id")] == "x" and partial[RECORD_COLUMNS.index("codec")] is None
+
+
+def test_none_is_bound_without_the_adapter_protocol(tmp_path):
+    """The writer registers None's adapter (sqlite3 otherwise looks None up
+    in its registry and fails on the protocol type, ~1 µs a value): NULL is
+    stored all the same."""
+    conn = connect_writer(tmp_path / "a.db")
+    assert sqlite3.adapters.get((type(None), sqlite3.PrepareProtocol)) is not None
+    insert_records(conn, [dict(record(1), caller_id_name=None, codec=None)])
+    assert conn.execute("SELECT typeof(caller_id_name), typeof(codec), typeof(call_id) FROM cdrs").fetchone() == (
+        "null", "null", "text")
+
+
 def test_merge_rewrites_interaction(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     insert_records(conn, [record(1, "old"), record(2, "keep")])
