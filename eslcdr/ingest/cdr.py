@@ -196,7 +196,9 @@ class _CustomFieldRules:
         custom = r"|(?:%s)([^\n]+)" % prefixes if prefixes else ""
         # A literal start ("\nvariable_") lets the regex engine jump between
         # candidates instead of trying every position.
-        self.pattern = re.compile(r"\nvariable_(?:sip_h_([Xx]-[^\n]+)%s)" % custom)
+        # findall gives (name, X- header, custom variable) tuples: no match
+        # object, no Python call per match.
+        self.pattern = re.compile(r"\n(variable_(?:sip_h_([Xx]-[^\n]+)%s))" % custom)
         self.wanted = {"variable_" + name: _field_key(name) for name in config.custom_vars}
 
 
@@ -204,17 +206,15 @@ def _custom_fields(event: Event, rules: _CustomFieldRules) -> tuple[dict[str, st
     """Custom channel variables and X- SIP headers."""
     channel_vars: dict[str, str] = {}
     sip_headers: dict[str, str] = {}
-    for match in rules.pattern.finditer("\n" + "\n".join(event)):
-        value = event.get(match.group(0)[1:])
+    get = event.get
+    for found in rules.pattern.findall("\n" + "\n".join(event)):
+        value = get(found[0])
         if value is None:  # a header name holding a newline: not ours
             continue
-        groups = match.groups()
-        header = groups[0]
-        custom = groups[1] if len(groups) > 1 else None
-        if header is not None:
-            sip_headers[_field_key(header)] = value
-        elif custom is not None:
-            channel_vars[_field_key(custom)] = value
+        if found[1]:
+            sip_headers[_field_key(found[1])] = value
+        elif len(found) > 2 and found[2]:
+            channel_vars[_field_key(found[2])] = value
     for name, key in rules.wanted.items():
         value = event.get(name)
         if value is not None:
