@@ -196,9 +196,7 @@ class _CustomFieldRules:
         custom = r"|(?:%s)([^\n]+)" % prefixes if prefixes else ""
         # A literal start ("\nvariable_") lets the regex engine jump between
         # candidates instead of trying every position.
-        # findall gives (name, X- header, custom variable) tuples: no match
-        # object, no Python call per match.
-        self.pattern = re.compile(r"\n(variable_(?:sip_h_([Xx]-[^\n]+)%s))" % custom)
+        self.pattern = re.compile(r"\nvariable_(?:sip_h_([Xx]-[^\n]+)%s)" % custom)
         self.wanted = {"variable_" + name: _field_key(name) for name in config.custom_vars}
 
 
@@ -206,15 +204,17 @@ def _custom_fields(event: Event, rules: _CustomFieldRules) -> tuple[dict[str, st
     """Custom channel variables and X- SIP headers."""
     channel_vars: dict[str, str] = {}
     sip_headers: dict[str, str] = {}
-    get = event.get
-    for found in rules.pattern.findall("\n" + "\n".join(event)):
-        value = get(found[0])
+    for match in rules.pattern.finditer("\n" + "\n".join(event)):
+        value = event.get(match.group(0)[1:])
         if value is None:  # a header name holding a newline: not ours
             continue
-        if found[1]:
-            sip_headers[_field_key(found[1])] = value
-        elif len(found) > 2 and found[2]:
-            channel_vars[_field_key(found[2])] = value
+        groups = match.groups()
+        header = groups[0]
+        custom = groups[1] if len(groups) > 1 else None
+        if header is not None:
+            sip_headers[_field_key(header)] = value
+        elif custom is not None:
+            channel_vars[_field_key(custom)] = value
     for name, key in rules.wanted.items():
         value = event.get(name)
         if value is not None:
