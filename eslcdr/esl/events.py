@@ -222,8 +222,7 @@ def encode_json(event: Event) -> bytes:
 # a JSON body into a Struct whose fields are just those headers, skipping
 # every other key in C, and that costs less than json.loads of the whole
 # body.  HANGUP_COMPLETE (the CDR needs every variable) and CUSTOM events
-# (the fax result's fax-* headers) are decoded whole, by the reference
-# decoder itself (``decode_json``).  Anything the typed
+# (the fax result's fax-* headers) are decoded whole.  Anything the typed
 # decoder does not expect -- bytes that are not UTF-8, a value that is
 # neither a string nor a list of strings -- falls back to ``decode_event``,
 # the reference path, so both paths give the same values for what they
@@ -274,22 +273,23 @@ class EventDecoder:
             omit_defaults=True,
         )
         self._light = msgspec.json.Decoder(light)
+        self._typed_whole = msgspec.json.Decoder(dict[str, Union[str, list[str]]])
         self.light_decoded = 0
         self.whole_decoded = 0
 
     def decode(self, frame: Frame) -> Event:
         """Decode an event frame; raises EventDecodeError on a bad body."""
-        if not self.fast or frame.headers.get("Content-Type") != JSON:
+        if not self.fast or frame.content_type != JSON:
             return decode_event(frame)
         body = frame.body
+        if json_may_hold_nul(body):
+            return self._reference(body)  # decode_json replaces it
         # FreeSWITCH writes Event-Name first: a hangup is seen without a
         # light pass, which would be wasted on it.
         if body.startswith(_NAME_PREFIX):
             name = body[_NAME_START : body.find(b'"', _NAME_START, 96)]
             if name not in _LIGHT_NAMES:
                 return self._whole(body)
-        if json_may_hold_nul(body):
-            return self._reference(body)  # decode_json replaces it
         try:
             event = to_builtins(self._light.decode(body))
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -304,10 +304,15 @@ class EventDecoder:
         return event
 
     def _whole(self, body: bytes) -> Event:
-        # The reference decoder itself: orjson builds the whole dict in
-        # fewer instructions than msgspec's typed dict (it caches the keys),
-        # and what is not a string is rare (ARRAY:: lists).
-        event = decode_json(body)
+        try:
+            # Typed: anything but strings and lists of strings is refused in C.
+            event = self._typed_whole.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return self._reference(body)
+        if b"[" in body:
+            # ARRAY:: variables arrive as lists; no bracket, no list.
+            for key in list(compress(event, map(is_not, map(type, event.values()), repeat(str)))):
+                event[key] = _array_value(event[key])
         if event.get("Event-Name") in LIGHT_EVENTS:
             # A light event whose name the peek could not read.
             return {name: event[name] for name in self.light_headers if name in event}
@@ -315,9 +320,8 @@ class EventDecoder:
         return event
 
     def _reference(self, body: bytes) -> Event:
-        # What the typed light decoder refuses (bytes that are not UTF-8,
-        # values that are not strings) or a body that may hold NUL: the
-        # reference decoder, then the light view.
+        # What the typed decoders refuse (bytes that are not UTF-8, values
+        # that are not strings): the reference decoder, then the light view.
         event = decode_json(body)
         if event.get("Event-Name") in LIGHT_EVENTS:
             self.light_decoded += 1
