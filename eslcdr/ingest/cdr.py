@@ -31,6 +31,7 @@ _FAX_FIELDS = (
     ("fax_bad_rows", "variable_fax_bad_rows", "fax-bad-rows", "int"),
 )
 _TRUE = frozenset({"1", "true", "yes", "on", "t", "y"})
+_NO_FAX_EVENT: dict[str, str] = {}  # never written to
 
 # Quality columns taken as they are from one channel variable (docs/api.md).
 _QUALITY_FIELDS = (
@@ -252,11 +253,14 @@ def _hangup_cause(event: Event) -> str | None:
     return first(event, "variable_hangup_cause", "Hangup-Cause")
 
 
+_NO_FAX: Record = {name: None for name, _, _, _ in _FAX_FIELDS} | {"fax_success": None}
+
+
 def _fax(event: Event, fax_event: dict[str, str]) -> Record:
     fields: Record = {}
     success = event.get("variable_fax_success") or fax_event.get("fax-success")
     if not success and not fax_event and not event.get("variable_fax_result_code"):
-        return {name: None for name, _, _, _ in _FAX_FIELDS} | {"fax_success": None}
+        return _NO_FAX  # (the caller copies it into the record)
     fields["fax_success"] = _convert(success, "bool") if success else False
     for column, variable, header, kind in _FAX_FIELDS:
         fields[column] = _convert(event.get(variable) or fax_event.get(header), kind)
@@ -393,7 +397,7 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
         "local_sdp": get("variable_rtp_local_sdp_str"),
         "remote_sdp": get("variable_switch_r_sdp"),
     }
-    record.update(_fax(ev, dict(leg.fax)))
+    record.update(_fax(ev, dict(leg.fax) if leg.fax else _NO_FAX_EVENT))
     record.update(_quality(ev, created_us, answered_us))
     return record
 
@@ -401,8 +405,9 @@ def _build(leg: FinishedLeg, builder: CdrBuilder) -> Record:
 def _interaction_created(interaction_us: int, created_us: int) -> int | None:
     # The tracker's value has normally seen this leg too; a leg built from
     # elsewhere (a json_cdr file) may be earlier than what the tracker knew.
-    known = [us for us in (interaction_us, created_us) if us]
-    return min(known) if known else None
+    if interaction_us and created_us:
+        return min(interaction_us, created_us)
+    return interaction_us or created_us or None
 
 
 def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:

@@ -339,17 +339,13 @@ class LegTracker(Interactions):
         leg.presence_id = get("Channel-Presence-ID") or leg.presence_id
         leg.other_leg = get("Other-Leg-Unique-ID") or get("variable_originating_leg_uuid") or leg.other_leg
         leg.sip_call_id = get("variable_sip_call_id") or leg.sip_call_id  # for a lost leg's record
-        for attr, headers in (
-            ("account_id", self._account_headers),
-            ("owner_id", self._owner_headers),
-            ("authorizing_id", self._authorizing_headers),
-        ):
-            if not getattr(leg, attr):
-                for header in headers:
-                    value = get(header)
-                    if value:
-                        setattr(leg, attr, value)
-                        break
+        # The first non-empty of the configured variables, once found kept.
+        if not leg.account_id:
+            leg.account_id = next(filter(None, map(get, self._account_headers)), "")
+        if not leg.owner_id:
+            leg.owner_id = next(filter(None, map(get, self._owner_headers)), "")
+        if not leg.authorizing_id:
+            leg.authorizing_id = next(filter(None, map(get, self._authorizing_headers)), "")
         state = get("Channel-Call-State")
         if state:
             # An event's call state is the one before it (ANSWER says EARLY):
