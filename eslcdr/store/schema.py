@@ -402,6 +402,15 @@ def _add_sip_call_id(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE cdrs ADD COLUMN sip_call_id TEXT")
 
 
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer eslcdr: this one refuses to touch it."""
+
+    def __init__(self, what: str, found: int, supported: int) -> None:
+        super().__init__("%s schema version %d is newer than this eslcdr (%d): upgrade eslcdr"
+                         % (what, found, supported))
+        self.found, self.supported = found, supported
+
+
 MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns,
               _add_interaction_start_indexes, _add_stats_rollups, _add_interaction_created,
               _rollups_per_batch, _add_sip_call_id)
@@ -412,9 +421,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database up to SCHEMA_VERSION; return the version found."""
     found = conn.execute("PRAGMA user_version").fetchone()[0]
     if found > SCHEMA_VERSION:
-        raise RuntimeError(
-            "database schema version %d is newer than this eslcdr (%d)" % (found, SCHEMA_VERSION)
-        )
+        raise SchemaTooNew("database", found, SCHEMA_VERSION)
     for version in range(found, SCHEMA_VERSION):
         # The connection is in autocommit mode (isolation_level=None): the
         # explicit transaction makes each migration all-or-nothing.

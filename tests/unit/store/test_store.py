@@ -51,8 +51,9 @@ def test_schema_is_migrated_and_versioned(tmp_path):
 def test_newer_schema_refused(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(schema.SchemaTooNew, match="version 99 is newer than this eslcdr") as refused:
         schema.migrate(conn)
+    assert (refused.value.found, refused.value.supported) == (99, schema.SCHEMA_VERSION)
 
 
 def test_insert_is_idempotent_on_call_id(tmp_path):
