@@ -126,6 +126,7 @@ def cmd_run(args) -> int:
     import sqlite3
 
     from .api.tokens import TokenFileError
+    from .store.schema import SchemaTooNew
 
     cfg = _load(args)
     try:
@@ -137,6 +138,9 @@ def cmd_run(args) -> int:
     except TokenFileError as exc:
         print("eslcdr: config error: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
+    except SchemaTooNew as exc:
+        print("eslcdr: cannot start: %s: %s" % (cfg.store.path, exc), file=sys.stderr)
+        return EXIT_FAILURE
     return daemon.serve_forever()
 
 
@@ -173,6 +177,7 @@ def cmd_collect(args) -> int:
     from .service import logs
     from .collector import config as collector_config
     from .collector.service import Collector
+    from .store.schema import SchemaTooNew
 
     cfg = collector_config.load(args.config)
     logs.configure(cfg.log.level, cfg.log.format)
@@ -183,6 +188,9 @@ def cmd_collect(args) -> int:
         # Never print the DSN, nor a piece of its password libpq may name.
         message = cfg.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         print("eslcdr: cannot start: PostgreSQL: %s" % message, file=sys.stderr)
+        return EXIT_FAILURE
+    except SchemaTooNew as exc:
+        print("eslcdr: cannot start: %s" % exc, file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
         print("eslcdr: cannot start: listen %s:%d: %s" % (cfg.api.host, cfg.api.port, exc), file=sys.stderr)

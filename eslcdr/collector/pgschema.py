@@ -22,7 +22,7 @@ from typing import Iterable
 import psycopg
 from psycopg import sql
 
-from ..store.schema import COLUMNS, JSON_COLUMNS
+from ..store.schema import COLUMNS, JSON_COLUMNS, SchemaTooNew
 
 UTC = dt.timezone.utc
 # Advisory lock keys (arbitrary, fixed): migrations, partition creation.
@@ -394,7 +394,7 @@ def migrate(conn: psycopg.Connection) -> int:
             conn.execute("INSERT INTO eslcdr_schema (version) VALUES (0)")
         found = row[0] if row else 0
     if found > SCHEMA_VERSION:
-        raise RuntimeError("PostgreSQL schema version %d is newer than this eslcdr (%d)" % (found, SCHEMA_VERSION))
+        raise SchemaTooNew("PostgreSQL", found, SCHEMA_VERSION)
     for version in range(found, SCHEMA_VERSION):
         with conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))

@@ -24,6 +24,7 @@ from typing import Sequence
 import psycopg
 from psycopg import sql
 
+from ..keepalive import libpq_keepalive
 from . import pginteractions, pgrollups
 from .pgrecords import (DAY_US, EPOCH, REASON_OTHER_NODE, REASON_PARTITION_LIMIT, REASON_REFUSED, SQLITE_COLUMNS,
                         FeedRecord, Rejected, RowShape, staged_values)
@@ -33,6 +34,26 @@ from .pgschema import (STAGED_ACCOUNT, STAGED_HANGUP_AT, UTC, create_partitions_
 # PostgreSQL refuses values in these ways; anything else (connection lost,
 # serialisation failure) fails the whole batch and is retried.
 ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+# The bounds of the collector's own PostgreSQL connections (docs/collector.md,
+# "Waits on PostgreSQL"): a lock held elsewhere fails the statement after
+# LOCK_TIMEOUT (LockNotAvailable), a batch statement after STATEMENT_TIMEOUT
+# (QueryCanceled; 5,000 rows take < 1 s), a server gone silent (no FIN/RST)
+# is found by TCP keepalive (keepalive.py): all psycopg.Error, retried.
+LOCK_TIMEOUT = 30.0
+STATEMENT_TIMEOUT = 300.0
+
+
+def pg_connect(dsn: str, connect_timeout: float, application_name: str = "eslcdr-collect",
+               lock_timeout: float = LOCK_TIMEOUT, statement_timeout: float | None = STATEMENT_TIMEOUT,
+               **kwargs) -> psycopg.Connection:
+    """A connection with every wait bounded: connect, locks, statements
+    (None: unbounded, for a migration that rewrites a big table), a dead server."""
+    settings = "-c lock_timeout=%d" % int(lock_timeout * 1000)
+    if statement_timeout is not None:
+        settings += " -c statement_timeout=%d" % int(statement_timeout * 1000)
+    return psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout)), application_name=application_name,
+                           options=settings, **libpq_keepalive(), **kwargs)
 
 class CursorMoved(Exception):
     """The node's stored cursor or db_id is not what the worker expected."""
@@ -154,11 +175,9 @@ class PgStore:
         conn.commit()
 
     @classmethod
-    def connect(cls, dsn: str, connect_timeout: float = 10.0, application_name: str = "eslcdr-collect") -> "PgStore":
-        conn = psycopg.connect(
-            dsn, connect_timeout=max(1, int(connect_timeout)), application_name=application_name
-        )
-        return cls(conn)
+    def connect(cls, dsn: str, connect_timeout: float = 10.0, application_name: str = "eslcdr-collect",
+                lock_timeout: float = LOCK_TIMEOUT) -> "PgStore":
+        return cls(pg_connect(dsn, connect_timeout, application_name, lock_timeout=lock_timeout))
 
     def close(self) -> None:
         self.conn.close()

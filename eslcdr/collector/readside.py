@@ -32,6 +32,7 @@ import orjson
 import psycopg
 
 from ..api.core import ApiError
+from ..keepalive import libpq_keepalive
 from ..query.kazoo import SOURCE_COLUMNS, record_sql
 from ..query.params import KIND_INTERACTIONS, FeedQuery, ListQuery, NodeSeq
 from ..query.pool import HeavyLane, is_heavy
@@ -146,7 +147,8 @@ class PgPool:
 
     def _open(self) -> psycopg.Connection:
         return GreenConnection.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
-                               options=self._options, application_name="eslcdr-collect-api")
+                               options=self._options, application_name="eslcdr-collect-api",
+                               **libpq_keepalive())  # a server gone silent: keepalive.py
 
     def fetch(self, sql: str, args: Sequence[Any], binary: bool = False) -> list[tuple]:
         """Every row of one statement (bounded by its LIMIT or its account's rows);

@@ -37,6 +37,7 @@ from ..service.notify import Notifier
 from ..web.server import make_server
 from ..supervise import spawn_supervised
 from . import pginteractions, pgschema
+from .pgstore import pg_connect
 from .config import CollectorConfig
 from .fleet import ask_fleet
 from .readside import PgReadSide
@@ -135,7 +136,8 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.config
-        with psycopg.connect(cfg.dsn, connect_timeout=max(1, int(cfg.timeout)), application_name="eslcdr-collect") as conn:
+        # A migration may rewrite a big table: its statements are not bounded.
+        with pg_connect(cfg.dsn, cfg.timeout, statement_timeout=None) as conn:
             found = pgschema.migrate(conn)
             created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
         log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created)
@@ -162,15 +164,14 @@ class Collector:
     def _join_existing(self) -> None:
         """Once: the legs stored before schema 7 that crossed nodes (a no-op
         after), beside the workers (each chunk takes its accounts' locks)."""
-        with psycopg.connect(self.config.dsn, connect_timeout=max(1, int(self.config.timeout)),
-                             application_name="eslcdr-collect") as conn:
+        with pg_connect(self.config.dsn, self.config.timeout) as conn:
             pginteractions.join_existing(conn, stopped=self._stop.is_set)
         self._greenlets.pop(JOIN_EXISTING, None)  # done: not a greenlet that must keep running
 
     def _partitions(self) -> None:
         while not self._stop.wait(timeout=PARTITION_CHECK_INTERVAL):
             try:
-                with psycopg.connect(self.config.dsn, connect_timeout=max(1, int(self.config.timeout))) as conn:
+                with pg_connect(self.config.dsn, self.config.timeout) as conn:
                     created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
                 if created:
                     log.info("collect_partitions_created", partitions=created)

@@ -31,6 +31,7 @@ from greenswitch.esl import InboundESL, NotConnectedError
 
 from ..backoff import backoff_delay
 from ..config import EslNode
+from ..keepalive import keep_alive
 from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, decode_json
 from .frames import Frame, FrameParser
 
@@ -150,7 +151,7 @@ class EslClient(InboundESL):
         except stdlib_socket.timeout:
             raise NotConnectedError("connection timed out after %ss" % self.timeout) from None
         sock.settimeout(None)
-        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_KEEPALIVE, 1)
+        keep_alive(sock)  # reads never time out (a quiet switch sends nothing): a dead host is noticed
         self.sock = sock
         self.connected = True
         self._reader = gevent.spawn(self._read_loop)

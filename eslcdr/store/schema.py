@@ -4,7 +4,8 @@ The column list is the contract of docs/database.md: one row per call leg, colum
 named as the CDR fields.  ``MIGRATIONS`` is an ordered list; ``migrate()``
 applies the ones a database has not seen yet (``PRAGMA user_version`` holds
 the count applied), each in its own transaction, so an old file is upgraded
-in place and a new one is built by the same steps.
+in place and a new one is built by the same steps.  The steps are public: a
+test builds a file as an older eslcdr left it (tests/harness.py database_before).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("remote_sdp", "TEXT", "SDP FreeSWITCH received"),
 )
 
-# Call quality (docs/api.md), added by _add_quality_columns.  NULL when
+# Call quality (docs/api.md), added by add_quality_columns.  NULL when
 # FreeSWITCH did not report the variable (loopback legs, legs without SDP);
 # rows written before the migration keep NULL.
 QUALITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -105,7 +106,7 @@ QUALITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
      "NULL otherwise"),
 )
 
-# Added by _add_interaction_created: where the interaction list places a call
+# Added by add_interaction_created: where the interaction list places a call
 # whose id is not Kazoo-shaped (INTERACTION_START).
 START_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("interaction_created_us", "INTEGER",
@@ -113,7 +114,7 @@ START_COLUMNS: tuple[tuple[str, str, str], ...] = (
      "(every leg of a call normally carries the same value)"),
 )
 
-# Added by _add_sip_call_id: the SIP Call-ID, so the legs of one SIP hop can
+# Added by add_sip_call_id: the SIP Call-ID, so the legs of one SIP hop can
 # be matched across media servers (until then it was kept only inside the
 # ``sip:`` keys of interaction_links).
 SIP_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -147,7 +148,7 @@ def _quote(name: str) -> str:
     return '"%s"' % name.replace('"', '""')
 
 
-def _create_cdrs(conn: sqlite3.Connection) -> None:
+def create_cdrs(conn: sqlite3.Connection) -> None:
     # The table by hand: sqlite-utils cannot declare AUTOINCREMENT, and seq
     # must never be reused (the collector's cursor), even after deletions.
     cols = ",\n  ".join("%s %s" % (_quote(name), sqltype) for name, sqltype, _ in BASE_COLUMNS)
@@ -157,7 +158,7 @@ def _create_cdrs(conn: sqlite3.Connection) -> None:
         table.create_index([c.strip() for c in cols_sql.split(",")], index_name=name)
 
 
-def _create_links(conn: sqlite3.Connection) -> None:
+def create_links(conn: sqlite3.Connection) -> None:
     # Which leg belongs to which interaction, also for legs whose CDR is not
     # written yet: lets a restarted daemon give late legs the same id.
     links = sqlite_utils.Database(conn)["interaction_links"]
@@ -165,7 +166,7 @@ def _create_links(conn: sqlite3.Connection) -> None:
     links.create_index(["interaction_id"], index_name="idx_links_interaction")
 
 
-def _create_meta_and_acks(conn: sqlite3.Connection) -> None:
+def create_meta_and_acks(conn: sqlite3.Connection) -> None:
     # meta: facts about the file itself.  db_id is minted once, when the
     # file is created (or first upgraded): a collector that sees another
     # db_id knows the media server's database was replaced and starts over.
@@ -184,7 +185,7 @@ def _create_meta_and_acks(conn: sqlite3.Connection) -> None:
     )
 
 
-def _add_quality_columns(conn: sqlite3.Connection) -> None:
+def add_quality_columns(conn: sqlite3.Connection) -> None:
     # Existing rows get NULL: their quality was never recorded.
     for name, sqltype, _ in QUALITY_COLUMNS:
         conn.execute("ALTER TABLE cdrs ADD COLUMN %s %s" % (_quote(name), sqltype))
@@ -238,14 +239,14 @@ def _create_interaction_start_indexes(conn: sqlite3.Connection, start: str) -> N
     conn.execute("CREATE INDEX idx_cdrs_owner_istart ON cdrs (account_id, owner_id, %s, interaction_id)" % start)
 
 
-def _add_interaction_start_indexes(conn: sqlite3.Connection) -> None:
+def add_interaction_start_indexes(conn: sqlite3.Connection) -> None:
     # Interaction lists page on (start, interaction_id) per account and per
     # user; the owner index on interaction_id alone served the old listing.
     conn.execute("DROP INDEX IF EXISTS idx_cdrs_owner_interaction")
     _create_interaction_start_indexes(conn, _INTERACTION_START_V5.format(a=""))
 
 
-def _add_interaction_created(conn: sqlite3.Connection) -> None:
+def add_interaction_created(conn: sqlite3.Connection) -> None:
     # Rows already written get the earliest creation of their interaction's
     # written legs: that is where the list placed those interactions before
     # (it showed the earliest leg, at its own creation), so no listing moves,
@@ -331,7 +332,7 @@ def _rollup_statements(row: str, sign: int) -> str:
     return "\n  ".join(out)
 
 
-def _add_stats_rollups(conn: sqlite3.Connection) -> None:
+def add_stats_rollups(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE stats_minutes (account_id TEXT NOT NULL, minute INTEGER NOT NULL,"
         " call_direction TEXT NOT NULL, hangup_cause TEXT NOT NULL, answered INTEGER NOT NULL,"
@@ -385,7 +386,7 @@ def rollup_insert_statements() -> tuple[str, str]:
     return minutes, pdd
 
 
-def _rollups_per_batch(conn: sqlite3.Connection) -> None:
+def rollups_per_batch(conn: sqlite3.Connection) -> None:
     # The insert trigger cost two upserts per row (a third of the writer's
     # time); eslcdr's own inserts now add their rows to the roll-ups once
     # per batch (store/db.py).  Deletes and updates keep their triggers: a
@@ -394,7 +395,7 @@ def _rollups_per_batch(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TRIGGER IF EXISTS cdrs_stats_insert")
 
 
-def _add_sip_call_id(conn: sqlite3.Connection) -> None:
+def add_sip_call_id(conn: sqlite3.Connection) -> None:
     # Rows already written keep NULL: which leg of an interaction carried
     # which Call-ID is not in interaction_links (its ``sip:`` keys name the
     # interaction, not the leg).  No index: nothing on a node looks a leg up
@@ -402,9 +403,18 @@ def _add_sip_call_id(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE cdrs ADD COLUMN sip_call_id TEXT")
 
 
-MIGRATIONS = (_create_cdrs, _create_links, _create_meta_and_acks, _add_quality_columns,
-              _add_interaction_start_indexes, _add_stats_rollups, _add_interaction_created,
-              _rollups_per_batch, _add_sip_call_id)
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer eslcdr: this one refuses to touch it."""
+
+    def __init__(self, what: str, found: int, supported: int) -> None:
+        super().__init__("%s schema version %d is newer than this eslcdr (%d): upgrade eslcdr"
+                         % (what, found, supported))
+        self.found, self.supported = found, supported
+
+
+MIGRATIONS = (create_cdrs, create_links, create_meta_and_acks, add_quality_columns,
+              add_interaction_start_indexes, add_stats_rollups, add_interaction_created,
+              rollups_per_batch, add_sip_call_id)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -412,9 +422,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database up to SCHEMA_VERSION; return the version found."""
     found = conn.execute("PRAGMA user_version").fetchone()[0]
     if found > SCHEMA_VERSION:
-        raise RuntimeError(
-            "database schema version %d is newer than this eslcdr (%d)" % (found, SCHEMA_VERSION)
-        )
+        raise SchemaTooNew("database", found, SCHEMA_VERSION)
     for version in range(found, SCHEMA_VERSION):
         # The connection is in autocommit mode (isolation_level=None): the
         # explicit transaction makes each migration all-or-nothing.

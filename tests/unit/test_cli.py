@@ -229,3 +229,18 @@ def test_run_with_api_port_taken_fails_clearly(tmp_path):
         result = eslcdr("run", "-c", str(ini))
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.subprocess
+def test_run_on_a_database_of_a_newer_eslcdr_exits_1_with_a_clear_error(tmp_path):
+    from eslcdr.store.schema import SCHEMA_VERSION
+
+    ini = write_config(tmp_path, 1)
+    conn = sqlite3.connect(tmp_path / "cdrs.db")
+    conn.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 5))
+    conn.close()
+    result = eslcdr("run", "-c", str(ini), timeout=30)
+    assert result.returncode == 1
+    assert ("cannot start: %s: database schema version %d is newer than this eslcdr (%d): upgrade eslcdr"
+            % (tmp_path / "cdrs.db", SCHEMA_VERSION + 5, SCHEMA_VERSION)) in result.stderr
+    assert "Traceback" not in result.stderr

@@ -67,15 +67,7 @@ EXCEPT_ALLOWED: dict[str, str] = {
 LOGGER_ALLOWED: dict[str, str] = {
 }
 
-PRIVATE_ALLOWED: dict[str, str] = {
-    # KNOWN: tests build a database as it was before one migration step; the steps
-    # are private to store/schema.py.  A public name for the steps (or a function
-    # that builds a file at a given schema version) would remove these.
-    "tests/unit/ingest/test_quality.py: schema._add_quality_columns": "KNOWN",
-    "tests/unit/query/test_stats.py: schema._add_stats_rollups": "KNOWN",
-    "tests/unit/store/test_store.py: schema._add_interaction_created": "KNOWN",
-    "tests/unit/store/test_store.py: schema._add_sip_call_id": "KNOWN",
-}
+PRIVATE_ALLOWED: dict[str, str] = {}
 
 # -- reading the modules -------------------------------------------------------------------
 

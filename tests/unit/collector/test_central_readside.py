@@ -330,3 +330,17 @@ def test_a_pool_connection_reads_a_long_result_and_errors_through_its_wait(pg_ds
     assert all(isinstance(conn, GreenConnection) for conn in pool._idle)
     ticker.kill()
     pool.close()
+
+
+def test_the_read_side_notices_a_server_gone_silent(pg_dsn):
+    """Its pooled connections carry TCP keepalive (keepalive.py): a request on
+    one whose server vanished without FIN/RST fails instead of hanging."""
+    from eslcdr.keepalive import libpq_keepalive
+
+    read = PgReadSide(pg_dsn, 5.0, heavy_slots=1)
+    try:
+        params = read.pg.run(lambda conn: conn.info.get_parameters())
+    finally:
+        read.close()
+    wanted = libpq_keepalive()
+    assert {name: params.get(name) for name in wanted} == {name: str(v) for name, v in wanted.items()}

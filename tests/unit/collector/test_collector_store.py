@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import psycopg
 import pytest
@@ -15,7 +16,9 @@ from eslcdr.store import db as store
 from eslcdr.collector import pgschema
 from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgrecords import FeedRecord, Rejected
-from eslcdr.collector.pgstore import CursorMoved, PgStore
+from eslcdr.collector.pgstore import LOCK_TIMEOUT, STATEMENT_TIMEOUT, CursorMoved, PgStore
+from eslcdr.keepalive import libpq_keepalive
+from eslcdr.collector.worker import RETRYABLE
 from eslcdr.store.schema import COLUMN_NAMES
 
 from tests.unit.api.test_api import G, leg
@@ -359,3 +362,57 @@ def test_migration_3_names_the_owner_of_every_stored_call(pg_dsn, tmp_path):
             (item.call_id, "fs1") for item in items)
         assert conn.execute("SELECT reason FROM collector_rejects ORDER BY id").fetchall() == [
             ("bad_record",), ("refused_value",)]
+
+
+def test_a_connection_bounds_every_wait(pg_dsn):
+    """Locks, statements and a silent server (TCP keepalive, unacked data):
+    the collector's connections never wait for ever (docs/collector.md)."""
+    with psycopg.connect(pg_dsn) as conn:
+        pgschema.migrate(conn)
+    store = PgStore.connect(pg_dsn)
+    try:
+        settings = {name: store.conn.execute("SHOW %s" % name).fetchone()[0]
+                    for name in ("lock_timeout", "statement_timeout")}
+        store.conn.rollback()
+        assert settings == {"lock_timeout": "%ds" % LOCK_TIMEOUT, "statement_timeout": "%dmin" % (STATEMENT_TIMEOUT // 60)}
+        params = store.conn.info.get_parameters()
+        wanted = libpq_keepalive()
+        assert {name: params.get(name) for name in wanted} == {name: str(v) for name, v in wanted.items()}
+        assert wanted["keepalives_idle"] + wanted["keepalives_interval"] * wanted["keepalives_count"] <= 60
+    finally:
+        store.close()
+
+
+def test_a_held_lock_fails_the_batch_retryably_and_it_stores_once_after(pg_dsn, tmp_path):
+    """An operator's LOCK TABLE (or a stuck session) used to block the node's
+    worker for ever: the batch now fails within its lock_timeout with an
+    error the worker retries, rolled back whole; the retry stores it once."""
+    with psycopg.connect(pg_dsn) as conn:
+        pgschema.migrate(conn)
+    first, second = feed_items(tmp_path, [leg(ts(2026, 11)), leg(ts(2026, 11))])
+    store = PgStore.connect(pg_dsn, lock_timeout=1.0)
+    store.node_state("fs1", "http://127.0.0.1:1")
+    store.store_batch("fs1", "db-1", 0, [first])  # the month's partition exists
+    holder = psycopg.connect(pg_dsn)
+    # The guard: the server ends the holder's session (and its lock) after
+    # 20 s, so code without a lock bound stores late instead of hanging.
+    holder.execute("SET idle_in_transaction_session_timeout = '20s'")
+    holder.execute("LOCK TABLE collector_nodes IN ACCESS EXCLUSIVE MODE")
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.LockNotAvailable) as failed:
+        store.store_batch("fs1", "db-1", first.seq, [second])
+    assert time.monotonic() - started < 15
+    assert isinstance(failed.value, RETRYABLE)
+    holder.rollback()
+    holder.close()
+    store.close()  # the worker drops its connection and opens a new one
+    store = PgStore.connect(pg_dsn)
+    try:
+        state = store.node_state("fs1", "http://127.0.0.1:1")
+        assert (state.after, state.rows) == (first.seq, 1)  # the failed batch left nothing
+        result = store.store_batch("fs1", "db-1", state.after, [second])
+        assert (result.stored, result.after) == (1, second.seq)
+        assert sorted(r["call_id"] for r in rows(store)) == sorted([first.call_id, second.call_id])
+        assert store.node_state("fs1", "http://127.0.0.1:1").rows == 2
+    finally:
+        store.close()

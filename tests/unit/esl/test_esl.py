@@ -8,7 +8,7 @@ import gevent.server
 import pytest
 from greenswitch.esl import NotConnectedError
 
-from eslcdr import config
+from eslcdr import config, keepalive
 from eslcdr.esl import client as esl
 from eslcdr.backoff import backoff_delay
 from eslcdr.esl.client import (
@@ -360,3 +360,25 @@ def test_every_greenswitch_part_the_client_relies_on_is_pinned():
                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"}
     assert touched & inherited <= set(GREENSWITCH_OVERRIDDEN) | set(GREENSWITCH_STATE)
     assert set(GREENSWITCH_STATE) <= touched
+
+
+def test_the_connected_socket_notices_a_vanished_host_within_a_minute():
+    """The reader waits without a timeout: a host gone without FIN/RST is
+    found by TCP keepalive (keepalive.py), not after the kernel's 2 h 11 min."""
+    import socket
+
+    fake = FakeFreeSWITCH().start()
+    client = EslClient(node(fake.port), Recorder().on_event, Recorder().on_error)
+    try:
+        client.connect()
+        sock = client.sock
+        options = {name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
+                   for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT")}
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    finally:
+        client.close()
+        fake.stop()
+    assert options == {"TCP_KEEPIDLE": keepalive.IDLE, "TCP_KEEPINTVL": keepalive.INTERVAL,
+                       "TCP_KEEPCNT": keepalive.COUNT, "TCP_USER_TIMEOUT": keepalive.USER_TIMEOUT * 1000}
+    assert options["TCP_KEEPIDLE"] + options["TCP_KEEPINTVL"] * options["TCP_KEEPCNT"] <= 60
+    assert options["TCP_USER_TIMEOUT"] <= 60_000

@@ -204,7 +204,7 @@ def test_early_media_on_an_unanswered_leg_keeps_its_mos(events_of):
 
 def test_migration_gives_old_files_the_columns_with_nulls(tmp_path, events_of):
     path = tmp_path / "old.db"
-    conn = database_before(path, schema._add_quality_columns)
+    conn = database_before(path, schema.add_quality_columns)
     base = [name for name, _, _ in schema.BASE_COLUMNS[1:]]
     conn.execute("INSERT INTO cdrs (id, call_id, timestamp, channel_name) VALUES ('202601-old', 'old', 1, 'sofia/x')")
     conn.close()

@@ -468,7 +468,7 @@ def test_upgrade_fills_the_rollups_from_the_rows_already_there(tmp_path):
     from tests.harness import database_before
 
     path = tmp_path / "old.db"
-    old = database_before(path, schema._add_stats_rollups)
+    old = database_before(path, schema.add_stats_rollups)
     legs = random_legs(random.Random(9), 300, H0 - 86400)
     # The columns of that version: later migrations append theirs at the end.
     columns = schema.RECORD_COLUMNS[: len(schema.RECORD_COLUMNS) - len(schema.START_COLUMNS) - len(schema.SIP_COLUMNS)]

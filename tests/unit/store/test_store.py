@@ -51,8 +51,9 @@ def test_schema_is_migrated_and_versioned(tmp_path):
 def test_newer_schema_refused(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(schema.SchemaTooNew, match="version 99 is newer than this eslcdr") as refused:
         schema.migrate(conn)
+    assert (refused.value.found, refused.value.supported) == (99, schema.SCHEMA_VERSION)
 
 
 def test_insert_is_idempotent_on_call_id(tmp_path):
@@ -150,7 +151,7 @@ def test_merge_gives_both_groups_the_earlier_interaction_start(tmp_path):
 
 def test_migration_fills_interaction_start_of_old_rows(tmp_path):
     path = tmp_path / "old.db"
-    old = database_before(path, schema._add_interaction_created)
+    old = database_before(path, schema.add_interaction_created)
     for n, (iid, created) in enumerate([("u-1", 7_000_000), ("u-1", 3_000_000), ("u-2", 4_000_000),
                                         (None, 2_000_000), ("u-3", None)]):
         old.execute("INSERT INTO cdrs (id, call_id, interaction_id, created_us) VALUES (?, ?, ?, ?)",
@@ -402,7 +403,7 @@ def test_migration_adds_sip_call_id_null_on_old_rows_filled_on_new_ones(tmp_path
     from tests.unit.ingest.test_cdr import run_capture
 
     path = tmp_path / "old.db"
-    old = database_before(path, schema._add_sip_call_id)
+    old = database_before(path, schema.add_sip_call_id)
     old.execute("INSERT INTO cdrs (id, call_id, timestamp) VALUES ('202601-old', 'old', 1)")
     old.close()
     conn = connect_writer(path)
