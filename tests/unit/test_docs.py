@@ -25,6 +25,7 @@ from eslcdr.api import app as api
 from eslcdr.store import db as store
 from eslcdr.cli import build_parser
 from eslcdr.collector import config as collector_config
+from eslcdr.collector import pgschema
 from eslcdr.config import DEFAULTS, from_mapping
 from eslcdr.query.reader import InlineRunner
 from eslcdr.store.schema import COLUMNS
@@ -355,3 +356,24 @@ def test_bench_distributes_every_table_by_the_citus_block_of_the_docs():
     assert len(tables) >= 9, tables
     placed = {re.search(r"\('(\w+)'", s).group(1) for s in statements[1:] if "truncate_local" not in s}
     assert placed == tables, (sorted(placed), sorted(tables))
+
+
+def test_citus_upgrade_places_the_tables_the_later_migrations_create():
+    """A distributed database migrated past schema 9: each table a migration
+    creates from schema 10 on is local to the coordinator until
+    docs/collector.md's upgrade SQL places it as the fresh block does (and
+    drops its local copy); the upgrade's migrate command sends the shard
+    commands one at a time (Citus refuses schema 9's index otherwise)."""
+    section = page("collector").split("\n## Distributing on Citus\n", 1)[1].split("\n## ", 1)[0]
+    fresh, upgrade = section.split("\n### Upgrading a distributed database\n", 1)
+    placing = {re.search(r"\('(\w+)'", line).group(1): line.strip()
+               for line in code_blocks(fresh, "text")[0].splitlines() if line.startswith("SELECT create_")}
+    sql = code_blocks(upgrade, "text")[0]
+    created = [name for migration in pgschema.MIGRATIONS[9:]
+               for name in re.findall(r"CREATE TABLE (\w+) ", migration if isinstance(migration, str) else "")]
+    assert set(created) >= {"stats_hours", "stats_hour_causes"}
+    missing = [name for name in created if placing[name] not in sql
+               or "truncate_local_data_after_distributing_table('%s')" % name not in sql]
+    assert missing == []
+    migrate = code_blocks(upgrade, "sh")[0]
+    assert "pgschema.migrate(" in migrate and "citus.multi_shard_modify_mode=sequential" in migrate
