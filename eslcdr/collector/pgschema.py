@@ -376,6 +376,9 @@ def statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";\n") if part.strip()]
 
 
+CITUS_SEQUENTIAL = "SET LOCAL citus.multi_shard_modify_mode = 'sequential'"
+
+
 def migrate(conn: psycopg.Connection) -> int:
     """Bring the database up to SCHEMA_VERSION; return the version found.
 
@@ -401,6 +404,11 @@ def migrate(conn: psycopg.Connection) -> int:
             current = cur.execute("SELECT version FROM eslcdr_schema").fetchone()[0]
             if current > version:  # another collector did it meanwhile
                 continue
+            # Citus sends a distributed table's DDL to its shards; after a parallel
+            # statement in the same transaction it refuses some (schema 9's CREATE
+            # INDEX: "could lead to deadlocks"): one connection at a time.  On plain
+            # PostgreSQL the setting is an inert placeholder.
+            cur.execute(CITUS_SEQUENTIAL)
             migration = MIGRATIONS[version]
             if isinstance(migration, str):
                 # One statement at a time: Citus refuses several in one

@@ -62,6 +62,20 @@ def ts(year, month, day=15):
     return int(dt.datetime(year, month, day, 12, tzinfo=UTC).timestamp()) + G
 
 
+def test_every_migration_sends_citus_shard_commands_one_at_a_time(pg_dsn, monkeypatch):
+    """Citus refuses some DDL after a parallel statement of the same transaction
+    (schema 9's CREATE INDEX on a distributed cdrs): each migration's transaction
+    sets citus.multi_shard_modify_mode itself, an inert placeholder here."""
+    seen = "CREATE TABLE _mode_seen AS SELECT current_setting('citus.multi_shard_modify_mode', true) AS mode"
+    monkeypatch.setattr(pgschema, "MIGRATIONS", pgschema.MIGRATIONS + (seen,))
+    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", len(pgschema.MIGRATIONS))
+    with psycopg.connect(pg_dsn) as conn:
+        pgschema.migrate(conn)
+        assert conn.execute("SELECT mode FROM _mode_seen").fetchone()[0] == "sequential"
+        # SET LOCAL: the session itself is left as it was
+        assert conn.execute("SELECT current_setting('citus.multi_shard_modify_mode', true)").fetchone()[0] in (None, "")
+
+
 def test_migrate_builds_every_table_once(pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
         assert pgschema.migrate(conn) == 0
