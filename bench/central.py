@@ -69,7 +69,7 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from fleet_channels import percentile  # noqa: E402
 from eslcdr.store import db as store  # noqa: E402
-from eslcdr.collector import pgschema  # noqa: E402
+from eslcdr.collector import pgmigrations  # noqa: E402
 from eslcdr.collector.pgquery import list_sql  # noqa: E402
 from eslcdr.collector.feed import parse_record  # noqa: E402
 from eslcdr.collector.pgrecords import FeedRecord  # noqa: E402
@@ -409,7 +409,7 @@ def main() -> None:
                 conn.execute("CREATE DATABASE bench")
             dsn = pg.get_uri("bench")
         writer = PgStore.connect(dsn)
-        pgschema.migrate(writer.conn)
+        pgmigrations.migrate(writer.conn)
         if args.reuse:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 loaded, newest = conn.execute("SELECT count(*), extract(epoch FROM max(hangup_at))::bigint"

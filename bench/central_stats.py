@@ -34,7 +34,7 @@ from stats import ACCOUNTS, generate  # noqa: E402  (bench/stats.py: gevent patc
 import psycopg  # noqa: E402
 
 from eslcdr.api.core import dumps  # noqa: E402
-from eslcdr.collector import pgschema  # noqa: E402
+from eslcdr.collector import pgmigrations  # noqa: E402
 from eslcdr.collector.feed import parse_record  # noqa: E402
 from eslcdr.collector.pgstore import PgStore  # noqa: E402
 from eslcdr.collector.readside import PgReadSide  # noqa: E402
@@ -44,7 +44,7 @@ from eslcdr.query import params, sql, stats  # noqa: E402
 def load(dsn: str, db: Path, batch: int = 5000) -> float:
     """The node's feed into PostgreSQL through the collector's write path; rows/s."""
     conn = psycopg.connect(dsn)
-    pgschema.migrate(conn)
+    pgmigrations.migrate(conn)
     pg = PgStore(conn)
     pg.node_state("node1", "http://127.0.0.1:1")
     node = sqlite3.connect("file:%s?mode=ro" % db, uri=True)

@@ -65,7 +65,7 @@ import psycopg  # noqa: E402
 import psycopg.sql  # noqa: E402
 
 from api import generate, row_count  # noqa: E402
-from eslcdr.collector import pgschema  # noqa: E402
+from eslcdr.collector import pgmigrations, pgschema  # noqa: E402
 from eslcdr.collector.feed import parse_record  # noqa: E402
 from eslcdr.collector.pgstore import PgStore  # noqa: E402
 
@@ -175,7 +175,7 @@ def compare_writes(dsn_base: str, admin_dsn: str, port: int, n: int, batch: int)
             admin.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
             admin.execute("CREATE DATABASE %s" % name)
         conn = psycopg.connect(dsn_base % name)
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
         PgStore(conn).ensure_months(items)
         return conn
 

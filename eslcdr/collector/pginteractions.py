@@ -28,7 +28,7 @@ from .pgschema import NO_ACCOUNT, STAGED_HANGUP_AT
 
 log = structlog.get_logger(__name__)
 
-LOCK_ALIASES = 0x65736C03  # advisory lock class (pgschema's keys: ...01, ...02)
+LOCK_ALIASES = 0x65736C03  # advisory lock class (pgmigrations' ...01, pgschema's ...02)
 BUCKETS = 64  # account buckets, each one advisory lock
 
 # The accounts of the batch's legs that have an interaction.

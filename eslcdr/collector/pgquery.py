@@ -45,7 +45,7 @@ def selected(name: str) -> str:
 # time prefix, else the earliest leg's creation, in Gregorian seconds.
 # Centrally the interaction is the central one (pginteractions.py): its id is
 # the group's central id, stored in each row (the node's for a call on one
-# node).  START is spelled exactly as pgschema's cdrs_*_interactions indexes.
+# node).  START is spelled exactly as pgmigrations' cdrs_*_interactions indexes.
 CENTRAL = col("central_id")
 START = (
     "CASE WHEN {0} ~ '^[0-9]{{11}}-[0-9a-fA-F]' THEN substr({0}, 1, 11)::bigint"

@@ -36,7 +36,7 @@ from ..api.wsgi import CdrApi
 from ..service.notify import Notifier
 from ..web.server import make_server
 from ..supervise import spawn_supervised
-from . import pginteractions, pgschema
+from . import pginteractions, pgmigrations, pgschema
 from .pgstore import pg_connect
 from .config import CollectorConfig
 from .fleet import ask_fleet
@@ -138,9 +138,9 @@ class Collector:
         cfg = self.config
         # A migration may rewrite a big table: its statements are not bounded.
         with pg_connect(cfg.dsn, cfg.timeout, statement_timeout=None) as conn:
-            found = pgschema.migrate(conn)
+            found = pgmigrations.migrate(conn)
             created = pgschema.ensure_partitions(conn, dt.datetime.now(pgschema.UTC))
-        log.info("collect_schema_ready", found_version=found, version=pgschema.SCHEMA_VERSION, partitions_created=created)
+        log.info("collect_schema_ready", found_version=found, version=pgmigrations.SCHEMA_VERSION, partitions_created=created)
         self._spawn(JOIN_EXISTING, self._join_existing)
         for node in cfg.nodes:
             worker = NodeWorker(node, cfg, self._stop, connect=self._connect)

@@ -95,7 +95,7 @@ def test_the_collector_joins_the_legs_stored_before_schema_7_from_its_start(tmp_
     # migrates it and, beside its workers, joins them under one central id.
     import psycopg
 
-    from eslcdr.collector import pginteractions, pgschema
+    from eslcdr.collector import pginteractions, pgmigrations
     from eslcdr.collector.pgstore import PgStore
     from tests.conftest import fresh_database
     from tests.e2e.test_collect_e2e import CollectorProcess, wait_for
@@ -105,7 +105,7 @@ def test_the_collector_joins_the_legs_stored_before_schema_7_from_its_start(tmp_
     (a, b, c), legs_of = three_nodes()
     with fresh_database(pg_server) as dsn:
         with psycopg.connect(dsn) as conn, monkeypatch.context() as patch:
-            pgschema.migrate(conn)
+            pgmigrations.migrate(conn)
             store = PgStore(conn)
             patch.setattr(pginteractions, "link_batch", lambda cur, node: 0)
             for node, records in legs_of.items():
@@ -121,7 +121,7 @@ def test_the_collector_joins_the_legs_stored_before_schema_7_from_its_start(tmp_
             with psycopg.connect(dsn) as conn:
                 assert sorted(conn.execute("SELECT interaction_id, central_id FROM cdrs").fetchall()) == [
                     (a, a), (b, a), (b, a), (c, a)]
-                assert conn.execute("SELECT version, join_after FROM eslcdr_schema").fetchone() == (pgschema.SCHEMA_VERSION, None)
+                assert conn.execute("SELECT version, join_after FROM eslcdr_schema").fetchone() == (pgmigrations.SCHEMA_VERSION, None)
             assert process.proc.poll() is None
         finally:
             assert process.stop() == 0

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from eslcdr.store import db as store
-from eslcdr.collector import pgschema
+from eslcdr.collector import pgmigrations, pgschema
 from eslcdr.store.schema import COLUMN_NAMES, JSON_COLUMNS
 
 from tests.harness import ROOT, DaemonProcess, db_rows, read_log_events, write_config
@@ -396,7 +396,7 @@ def a_batch_held_in_its_transaction(node, rows, collector, pg_dsn):
     batches before it commit.  Yields (the collector, the blocking
     connection: roll it back to release the batch, the held call_id)."""
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
     middle = rows[len(rows) // 2]["call_id"]
     with psycopg.connect(pg_dsn) as blocker:
         blocker.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) VALUES (%s, '', now(), 'blocker')",

@@ -25,7 +25,7 @@ from eslcdr.api import app as api
 from eslcdr.store import db as store
 from eslcdr.cli import build_parser
 from eslcdr.collector import config as collector_config
-from eslcdr.collector import pgschema
+from eslcdr.collector import pgmigrations, pgschema
 from eslcdr.config import DEFAULTS, from_mapping
 from eslcdr.query.reader import InlineRunner
 from eslcdr.store.schema import COLUMNS
@@ -351,7 +351,7 @@ def test_bench_distributes_every_table_by_the_citus_block_of_the_docs():
     statements = result.stdout.strip().splitlines()
     assert statements[0] == "CREATE EXTENSION IF NOT EXISTS citus"
     assert all("--" not in s and ";" not in s for s in statements), statements
-    schema = (ROOT / "eslcdr" / "collector" / "pgschema.py").read_text()
+    schema = (ROOT / "eslcdr" / "collector" / "pgmigrations.py").read_text()  # every CREATE TABLE
     tables = set(re.findall(r"CREATE TABLE (\w+) ", schema)) - {"IF"}
     assert len(tables) >= 9, tables
     placed = {re.search(r"\('(\w+)'", s).group(1) for s in statements[1:] if "truncate_local" not in s}
@@ -369,11 +369,11 @@ def test_citus_upgrade_places_the_tables_the_later_migrations_create():
     placing = {re.search(r"\('(\w+)'", line).group(1): line.strip()
                for line in code_blocks(fresh, "text")[0].splitlines() if line.startswith("SELECT create_")}
     sql = code_blocks(upgrade, "text")[0]
-    created = [name for migration in pgschema.MIGRATIONS[9:]
+    created = [name for migration in pgmigrations.MIGRATIONS[9:]
                for name in re.findall(r"CREATE TABLE (\w+) ", migration if isinstance(migration, str) else "")]
     assert set(created) >= {"stats_hours", "stats_hour_causes"}
     missing = [name for name in created if placing[name] not in sql
                or "truncate_local_data_after_distributing_table('%s')" % name not in sql]
     assert missing == []
-    assert "pgschema.CITUS_SEQUENTIAL" in upgrade
-    assert "citus.multi_shard_modify_mode" in pgschema.CITUS_SEQUENTIAL
+    assert "pgmigrations.CITUS_SEQUENTIAL" in upgrade
+    assert "citus.multi_shard_modify_mode" in pgmigrations.CITUS_SEQUENTIAL

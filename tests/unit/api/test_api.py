@@ -152,14 +152,14 @@ class CentralEnv(Env):
     def __init__(self, root: Path, dsn: str, **settings) -> None:
         import psycopg
 
-        from eslcdr.collector import pgschema
+        from eslcdr.collector import pgmigrations
         from eslcdr.collector.pgstore import PgStore
         from eslcdr.collector.readside import PgReadSide
 
         super().__init__(root, **settings)
         self.node_app = self.app
         conn = psycopg.connect(dsn)
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
         self.pg = PgStore(conn)
         self.pg.node_state("fs1", "http://127.0.0.1:1")
         self.after = 0

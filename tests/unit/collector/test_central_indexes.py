@@ -12,7 +12,7 @@ import re
 import psycopg
 import pytest
 
-from eslcdr.collector import pgquery, pgschema
+from eslcdr.collector import pgmigrations, pgquery
 from eslcdr.collector.pgstore import PgStore
 from eslcdr.query.params import KIND_CDRS, KIND_INTERACTIONS, ListQuery
 
@@ -23,7 +23,7 @@ from tests.unit.collector.test_collector_store import feed_items
 @pytest.fixture
 def conn(tmp_path, pg_dsn):
     conn = psycopg.connect(pg_dsn, autocommit=True)
-    pgschema.migrate(conn)
+    pgmigrations.migrate(conn)
     store = PgStore(conn)
     records = [leg(NOW_G - 60 * i, owner="user-%d" % (i % 3)) for i in range(30)]
     records += [leg(NOW_G - 30, interaction="not-kazoo-shaped-%d" % i) for i in range(3)]

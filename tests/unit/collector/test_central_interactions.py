@@ -281,7 +281,7 @@ def test_legs_stored_before_the_central_id_are_joined_by_migrating(central, pg_d
     # step joins fs-1's legs by SIP Call-ID, in chunks: one interaction.
     import psycopg
 
-    from eslcdr.collector import pginteractions, pgschema
+    from eslcdr.collector import pginteractions, pgmigrations
 
     store_node, web = central
     (a, b, c), legs_of = three_nodes()
@@ -293,7 +293,7 @@ def test_legs_stored_before_the_central_id_are_joined_by_migrating(central, pg_d
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         back_to_version_6(conn)
     with psycopg.connect(pg_dsn) as conn:
-        assert pgschema.migrate(conn) == 6
+        assert pgmigrations.migrate(conn) == 6
         assert sorted(conn.execute("SELECT interaction_id, central_id FROM cdrs").fetchall()) == [
             (a, a), (b, b), (b, b), (c, b)]
         conn.commit()

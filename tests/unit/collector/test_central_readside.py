@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from eslcdr.api import app as api
 from eslcdr.api.tokens import TokenStore
-from eslcdr.collector import pgschema
+from eslcdr.collector import pgmigrations
 from eslcdr.collector.pgstore import PgStore
 from eslcdr.collector.readside import PgReadSide, render
 from eslcdr.config import from_mapping
@@ -26,7 +26,7 @@ from tests.unit.collector.test_collector_store import feed_items
 def central_app(tmp_path, pg_dsn, now: float = NOW):
     """A migrated PgStore and the central API app over it (clock ``now``)."""
     conn = psycopg.connect(pg_dsn)
-    pgschema.migrate(conn)
+    pgmigrations.migrate(conn)
     store = PgStore(conn)
     tokens = tmp_path / "tokens"
     tokens.write_text("".join("%s %s\n" % item for item in TOKENS.items()))

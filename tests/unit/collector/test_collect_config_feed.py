@@ -332,19 +332,19 @@ def test_the_splitter_does_not_rescan_a_long_pending_line():
 def test_a_postgresql_schema_of_a_newer_eslcdr_exits_1_with_a_clear_error(tmp_path, pg_dsn):
     import psycopg
 
-    from eslcdr.collector import pgschema
+    from eslcdr.collector import pgmigrations
     from eslcdr.store.schema import SchemaTooNew
 
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
-        conn.execute("UPDATE eslcdr_schema SET version = %s", (pgschema.SCHEMA_VERSION + 1,))
+        pgmigrations.migrate(conn)
+        conn.execute("UPDATE eslcdr_schema SET version = %s", (pgmigrations.SCHEMA_VERSION + 1,))
         conn.commit()
         with pytest.raises(SchemaTooNew):
-            pgschema.migrate(conn)
+            pgmigrations.migrate(conn)
     ini = tmp_path / "collector.ini"
     ini.write_text("[collector]\nlisten = 127.0.0.1:0\ntimeout = 2\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
     result = run_collect(ini, env={"ESLCDR_COLLECTOR_DSN": pg_dsn})
     assert result.returncode == 1
     assert ("cannot start: PostgreSQL schema version %d is newer than this eslcdr (%d): upgrade eslcdr"
-            % (pgschema.SCHEMA_VERSION + 1, pgschema.SCHEMA_VERSION)) in result.stderr
+            % (pgmigrations.SCHEMA_VERSION + 1, pgmigrations.SCHEMA_VERSION)) in result.stderr
     assert "Traceback" not in result.stderr

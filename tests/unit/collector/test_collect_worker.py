@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from eslcdr.collector import pgschema
+from eslcdr.collector import pgmigrations
 from eslcdr.collector import worker as worker_module
 from eslcdr.collector.config import from_mapping
 from eslcdr.collector.feed import FeedError, FeedProtocolError, RecordTooLarge
@@ -71,7 +71,7 @@ def feed():
 @pytest.fixture
 def worker(feed, pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
     cfg = from_mapping({"collector": {"dsn": pg_dsn, "timeout": "5", "max_record_bytes": "4096"},
                         "node:fs1": {"url": feed.url, "token": "t"}})
     node_worker = NodeWorker(cfg.nodes[0], cfg, gevent.event.Event(), connect=lambda: PgStore.connect(pg_dsn))
@@ -135,7 +135,7 @@ def test_more_records_than_asked_for_stop_the_pull(feed, worker, pg_dsn, tmp_pat
 
 def test_a_db_id_that_keeps_changing_backs_off_and_shows_as_an_error(feed, pg_dsn, tmp_path):
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
     cfg = from_mapping({"collector": {"dsn": pg_dsn, "timeout": "5"}, "node:fs1": {"url": feed.url, "token": "t"}})
     stop = gevent.event.Event()
     node_worker = NodeWorker(cfg.nodes[0], cfg, stop, connect=lambda: PgStore.connect(pg_dsn))

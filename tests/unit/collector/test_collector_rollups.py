@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eslcdr.collector import pgquery, pgrollups, pgschema
+from eslcdr.collector import pgmigrations, pgquery, pgrollups, pgschema
 from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgrecords import FeedRecord
 from eslcdr.collector.pgstore import PgStore
@@ -277,7 +277,7 @@ def test_migration_4_keys_and_counts_the_rows_already_stored(pg_dsn, tmp_path):
         with conn.transaction(), conn.cursor() as cur:  # a database of version 3
             cur.execute("CREATE TABLE eslcdr_schema (version integer NOT NULL)")
             cur.execute("INSERT INTO eslcdr_schema VALUES (3)")
-            for migration in pgschema.MIGRATIONS[:3]:
+            for migration in pgmigrations.MIGRATIONS[:3]:
                 migration(cur)
         conn.execute("CREATE TABLE cdrs_y2026m11 PARTITION OF cdrs FOR VALUES FROM ('2026-11-01') TO ('2026-12-01')")
         values = [("acc-a", "inbound", 4.5, None), ("acc-a", "outbound", None, 300), (None, "inbound", 3.1, None),
@@ -293,7 +293,7 @@ def test_migration_4_keys_and_counts_the_rows_already_stored(pg_dsn, tmp_path):
             conn.execute("INSERT INTO cdr_keys VALUES (%s, %s, 'fs1')", (item.call_id, item.hangup_at))
         conn.execute("INSERT INTO cdr_keys VALUES ('row-dropped-with-its-month', now(), 'fs1')")
         conn.commit()
-        assert pgschema.migrate(conn) == 3
+        assert pgmigrations.migrate(conn) == 3
         assert sorted(conn.execute("SELECT call_id, account_id FROM cdr_keys").fetchall()) == sorted(
             (item.call_id, a or "") for item, (a, _, _, _) in zip(items, values))
     store_ = PgStore(psycopg.connect(pg_dsn))

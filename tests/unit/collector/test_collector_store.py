@@ -13,7 +13,7 @@ import pytest
 from eslcdr.query.params import FeedQuery
 from eslcdr.query.sql import feed_sql
 from eslcdr.store import db as store
-from eslcdr.collector import pgschema
+from eslcdr.collector import pgmigrations, pgschema
 from eslcdr.collector.feed import parse_record
 from eslcdr.collector.pgrecords import FeedRecord, Rejected
 from eslcdr.collector.pgstore import LOCK_TIMEOUT, STATEMENT_TIMEOUT, CursorMoved, PgStore
@@ -44,7 +44,7 @@ def feed_items(tmp_path, records, after=0):
 @pytest.fixture
 def pg(pg_dsn):
     conn = psycopg.connect(pg_dsn)
-    pgschema.migrate(conn)
+    pgmigrations.migrate(conn)
     pg = PgStore(conn)
     pg.node_state("fs1", "http://127.0.0.1:1")
     yield pg
@@ -67,10 +67,10 @@ def test_every_migration_sends_citus_shard_commands_one_at_a_time(pg_dsn, monkey
     (schema 9's CREATE INDEX on a distributed cdrs): each migration's transaction
     sets citus.multi_shard_modify_mode itself, an inert placeholder here."""
     seen = "CREATE TABLE _mode_seen AS SELECT current_setting('citus.multi_shard_modify_mode', true) AS mode"
-    monkeypatch.setattr(pgschema, "MIGRATIONS", pgschema.MIGRATIONS + (seen,))
-    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", len(pgschema.MIGRATIONS))
+    monkeypatch.setattr(pgmigrations, "MIGRATIONS", pgmigrations.MIGRATIONS + (seen,))
+    monkeypatch.setattr(pgmigrations, "SCHEMA_VERSION", len(pgmigrations.MIGRATIONS))
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
         assert conn.execute("SELECT mode FROM _mode_seen").fetchone()[0] == "sequential"
         # SET LOCAL: the session itself is left as it was
         assert conn.execute("SELECT current_setting('citus.multi_shard_modify_mode', true)").fetchone()[0] in (None, "")
@@ -78,8 +78,8 @@ def test_every_migration_sends_citus_shard_commands_one_at_a_time(pg_dsn, monkey
 
 def test_migrate_builds_every_table_once(pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
-        assert pgschema.migrate(conn) == 0
-        assert pgschema.migrate(conn) == pgschema.SCHEMA_VERSION
+        assert pgmigrations.migrate(conn) == 0
+        assert pgmigrations.migrate(conn) == pgmigrations.SCHEMA_VERSION
         tables = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         assert {"cdrs", "cdr_keys", "collector_nodes", "collector_rejects", "eslcdr_schema"} <= tables
@@ -94,10 +94,10 @@ def test_migrate_builds_every_table_once(pg_dsn):
 
 def test_a_column_the_sqlite_schema_gained_is_added(pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
         conn.execute("ALTER TABLE cdrs DROP COLUMN remote_sdp")
         conn.commit()
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
         assert conn.execute(
             "SELECT data_type FROM information_schema.columns WHERE table_name = 'cdrs'"
             " AND column_name = 'remote_sdp'").fetchone() == ("text",)
@@ -359,7 +359,7 @@ def test_migration_3_names_the_owner_of_every_stored_call(pg_dsn, tmp_path):
         with conn.transaction(), conn.cursor() as cur:  # a database of the version before
             cur.execute("CREATE TABLE eslcdr_schema (version integer NOT NULL)")
             cur.execute("INSERT INTO eslcdr_schema VALUES (2)")
-            for migration in pgschema.MIGRATIONS[:2]:
+            for migration in pgmigrations.MIGRATIONS[:2]:
                 migration(cur)
         conn.execute("CREATE TABLE cdrs_y2026m11 PARTITION OF cdrs FOR VALUES FROM ('2026-11-01') TO ('2026-12-01')")
         items = feed_items(tmp_path, [leg(ts(2026, 11)), leg(ts(2026, 11))])
@@ -371,7 +371,7 @@ def test_migration_3_names_the_owner_of_every_stored_call(pg_dsn, tmp_path):
         conn.execute("INSERT INTO collector_rejects (node, error, record) VALUES"
                      " ('fs1', 'record has no usable call_id', '{}'), ('fs1', 'invalid input syntax for type bigint', '{}')")
         conn.commit()
-        assert pgschema.migrate(conn) == 2
+        assert pgmigrations.migrate(conn) == 2
         assert sorted(conn.execute("SELECT call_id, source FROM cdr_keys").fetchall()) == sorted(
             (item.call_id, "fs1") for item in items)
         assert conn.execute("SELECT reason FROM collector_rejects ORDER BY id").fetchall() == [
@@ -382,7 +382,7 @@ def test_a_connection_bounds_every_wait(pg_dsn):
     """Locks, statements and a silent server (TCP keepalive, unacked data):
     the collector's connections never wait for ever (docs/collector.md)."""
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
     store = PgStore.connect(pg_dsn)
     try:
         settings = {name: store.conn.execute("SHOW %s" % name).fetchone()[0]
@@ -402,7 +402,7 @@ def test_a_held_lock_fails_the_batch_retryably_and_it_stores_once_after(pg_dsn, 
     worker for ever: the batch now fails within its lock_timeout with an
     error the worker retries, rolled back whole; the retry stores it once."""
     with psycopg.connect(pg_dsn) as conn:
-        pgschema.migrate(conn)
+        pgmigrations.migrate(conn)
     first, second = feed_items(tmp_path, [leg(ts(2026, 11)), leg(ts(2026, 11))])
     store = PgStore.connect(pg_dsn, lock_timeout=1.0)
     store.node_state("fs1", "http://127.0.0.1:1")
