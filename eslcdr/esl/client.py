@@ -11,8 +11,8 @@ at most ``command_timeout``.  The greenswitch internals it relies on are
 pinned by tests/unit/esl/test_esl.py.
 
 ``NodeConnection`` supervises one node: connect, log in, subscribe, resync
-the legs still up, reconnect with capped, jittered backoff.  A refused
-password is fatal: retrying cannot fix it.
+the legs still up, declare a silent FreeSWITCH dead (liveness.py), reconnect
+with capped, jittered backoff.  A refused password is fatal.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..config import EslNode
 from ..keepalive import keep_alive
 from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, decode_json
 from .frames import Frame, FrameParser
+from .liveness import IDLE_CHECK, watch
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +76,6 @@ READ_CHUNK = 512 * 1024
 # it: a pass never brings more than about that).
 GATHER_BYTES = 1024 * 1024
 READ_PACE = 0.4
-# How often the supervising loop looks at a live connection (it is woken
-# when the socket closes or stop() is called).
-CLOSED_CHECK = 30.0
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
 MAX_DUMPS = 2000
@@ -139,6 +137,7 @@ class EslClient(InboundESL):
         # Bytes read since the last pacing, and when that was.
         self._read_bytes = 0
         self._read_at = 0.0
+        self.last_read = time.monotonic()  # when bytes last came (liveness.watch)
         self.rejection = ""
         self.sock = None
         # Set once subscribed (NodeConnection): reads are then paced.
@@ -216,6 +215,7 @@ class EslClient(InboundESL):
                     break
                 if not size:
                     break
+                self.last_read = time.monotonic()
                 self._read_bytes += size
                 parser.feed(view[:size])
                 self._take(parser)
@@ -354,11 +354,6 @@ def parse_channel_rows(body: str) -> list[dict[str, str]]:
     ]
 
 
-def parse_channel_uuids(body: str) -> set[str]:
-    """Unique-IDs from ``show channels as json``."""
-    return {row["uuid"] for row in parse_channel_rows(body)}
-
-
 def parse_dump(body: str) -> Event | None:
     """The CHANNEL_DATA event of ``uuid_dump <uuid> json``; None if gone."""
     if not body.lstrip().startswith("{"):
@@ -403,6 +398,8 @@ class NodeConnection:
         self.state = "starting"
         self.connected_since: float | None = None
         self.reconnects = 0
+        self.unresponsive = 0  # connections declared dead: FreeSWITCH silent, the ping unanswered
+        self.idle_check = IDLE_CHECK
         self.protocol_errors = 0
         self.fatal: str | None = None
         self.core_uuid: str | None = None
@@ -477,15 +474,17 @@ class NodeConnection:
             self.connected_since = time.time()
             log.info("esl_connected", node=self.node.name, host=self.node.host, port=self.node.port, format=self.node.format)
             # stop() closes the client: the wait ends at once either way.
-            while not self._stop.is_set() and not client.wait_closed(timeout=CLOSED_CHECK):
-                pass
+            dead = watch(client, self._stop, self.idle_check)
             self.connected_since = None
             if self._stop.is_set():
                 client.close()
                 break
             self.reconnects += 1
             self.state = "disconnected"
-            log.warning("esl_disconnected", node=self.node.name, reason=getattr(client, "close_reason", "closed"))
+            if dead:
+                self.unresponsive, self.last_error = self.unresponsive + 1, dead
+            reason = dead or getattr(client, "close_reason", "closed")
+            log.warning("esl_unresponsive" if dead else "esl_disconnected", node=self.node.name, reason=reason)
             client.close()
             # Reconnect at once the first time: FreeSWITCH restarts quickly,
             # and every second away is events lost.

@@ -3,7 +3,7 @@
 ``eslcdr fakefs``, ``eslcdr demo``, the tests and the benchmarks use it in
 place of a real FreeSWITCH.  It speaks the inbound Event Socket protocol as
 FreeSWITCH 1.10 does, byte for byte (``auth/request``, ``auth``, ``event
-plain|json ...``, ``filter``, ``nixevent``, ``noevents``, ``api status``,
+plain|json ...``, ``filter``, ``nixevent``, ``noevents``, ``api status|uptime``,
 ``api show channels [as json|count]``, ``exit`` and the disconnect notice,
 ``-ERR command not found`` for the rest).  Events are templates with slots,
 encoded once (templates.py), so it stays much faster than the daemon it feeds.
@@ -38,6 +38,7 @@ from .server import (
     FS_VERSION_FULL,
     FS_VERSION_HUMAN,
     SHOW_SYNTAX,
+    UPTIME_SYNTAX,
     FakeFreeSWITCH,
     Source,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "SHUTDOWN",
     "Source",
     "StaticSource",
+    "UPTIME_SYNTAX",
     "add_arguments",
     "call_template",
     "event_pairs",

@@ -9,8 +9,9 @@ has a queue per listener.  The server *offers* each event (never blocking): the
 listener takes it if its subscription wants it; a full queue loses the event
 and, past ``MAX_MISSED`` losses, drops the listener as FreeSWITCH does.  Fault
 markers (drop, shutdown, stall) travel through the same queue, behind the
-events already queued.  Closing sends a FIN after the queued bytes, never a RST
-that would discard events the client has received but not yet read.
+events already queued; while the server is frozen nothing is run or sent.
+Closing sends a FIN after the queued bytes, never a RST that would discard
+events the client has received but not yet read.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class Listener:
 
     def _send(self, data: bytes, events: bool = False) -> None:
         with self._lock:
+            self.server.await_thaw()
             wait = self.stall_until - time.monotonic()
             if wait > 0:
                 gevent.sleep(wait)  # a stalled switch answers nothing
@@ -161,6 +163,7 @@ class Listener:
             timeout = None
             if command is None:
                 return b""
+            self.server.await_thaw()  # frozen: read (by the kernel), never run
             out, keep = self._execute(*command)
             if not keep:
                 return out

@@ -11,7 +11,7 @@ the class's docstring.
 
 The ``api`` commands answer as mod_commands does: ``status``, ``show
 channels [count|as json|as csv|as delim X]``, ``uuid_dump <uuid> [json]``,
-``version``, ``hostname``.
+``uptime [unit]``, ``version``, ``hostname``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,11 @@ SHOW_SYNTAX = (
     "detailed_bridged_calls|aliases|complete|chat|management|modules|nat_map|say|interfaces|"
     "interface_types|tasks|limits|status"
 )
+UPTIME_SYNTAX = "[us|ms|s|m|h|d|microseconds|milliseconds|seconds|minutes|hours|days]"
+# ``uptime [unit]``: each unit in microseconds (no unit: seconds).
+UPTIME_UNITS = {"us": 1, "microseconds": 1, "ms": 1_000, "milliseconds": 1_000, "": 1_000_000, "s": 1_000_000,
+                "seconds": 1_000_000, "m": 60_000_000, "minutes": 60_000_000, "h": 3_600_000_000,
+                "hours": 3_600_000_000, "d": 86_400_000_000, "days": 86_400_000_000}
 
 
 Source = Union[ReplaySource, GeneratedSource, StaticSource]
@@ -84,6 +89,8 @@ class FakeFreeSWITCH:
     (``restart_after``: the shutdown notice, connections closed, the channel
     table emptied, the stream continuing where it was), and a malformed frame
     before every Nth event a connection receives (``malformed_every``).
+    :meth:`freeze` ... :meth:`thaw` is SIGSTOP ... SIGCONT: sockets stay open, nothing is
+    answered, sent or emitted; a new connection gets its ``auth/request`` only after.
 
     *Away* (``away_after`` N, ``away_events`` K): after event N every connection
     is closed without a word and connections are refused while the switch goes
@@ -165,6 +172,8 @@ class FakeFreeSWITCH:
         self._away_left = 0  # events still to play away
         self._resumed = GeventEvent()
         self._resumed.set()
+        self._thawed = GeventEvent()
+        self._thawed.set()
         self.position = 0  # events the stream has emitted so far
         self.restarts = 0
         self.error: Exception | None = None
@@ -281,6 +290,17 @@ class FakeFreeSWITCH:
             self.go_away(away_events)
         self._resumed.set()
 
+    def freeze(self) -> None:
+        """Stop as SIGSTOP does, until :meth:`thaw` (the class's docstring)."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    def await_thaw(self) -> float:
+        """Wait while frozen (or until stopped); the seconds waited."""
+        return self._await(self._thawed)
+
     def api(self, name: str, args: str = "") -> str:
         """The text of an ``api`` command, as mod_commands writes it."""
         lower = name.lower()
@@ -290,6 +310,11 @@ class FakeFreeSWITCH:
             return self._show(args)
         if lower == "uuid_dump":
             return self._uuid_dump(args)
+        if lower == "uptime":  # whole units since the start
+            scale = UPTIME_UNITS.get(args.strip().lower())
+            if scale is None:
+                return "-USAGE: %s\n" % UPTIME_SYNTAX
+            return "%d\n" % (max(0.0, time.time() - self._started) * 1_000_000 // scale)
         if lower == "version":
             return "FreeSWITCH Version %s ( 64bit)\n" % FS_VERSION_FULL
         if lower in ("hostname", "switchname"):
@@ -303,6 +328,7 @@ class FakeFreeSWITCH:
         self._subscribed.set()
 
     def _handle(self, sock: socket.socket, address) -> None:
+        self.await_thaw()  # a stopped process greets nobody
         if self._stopping or time.monotonic() < self._down_until or self._away_left:
             sock.close()  # the switch is down or out of reach: nothing answers
             return
@@ -348,15 +374,18 @@ class FakeFreeSWITCH:
                     paused += self._await_subscriber()
                 if self.backpressure:
                     self._throttle()
+            if not self._thawed.is_set():
+                paused += self.await_thaw()
             self._emit(emission)
             if not self._resumed.is_set():
-                paused += self._await_resume()
+                paused += self._await(self._resumed)
             if self.position % 64 == 0:
                 gevent.sleep(0)  # let the writers run
 
-    def _await_resume(self) -> float:
+    def _await(self, event: GeventEvent) -> float:
+        """Wait until ``event`` is set or the server stops; the seconds waited."""
         began = time.monotonic()
-        while not self._stopping and not self._resumed.wait(timeout=0.5):
+        while not self._stopping and not event.wait(timeout=0.5):
             pass
         return time.monotonic() - began
 

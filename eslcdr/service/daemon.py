@@ -393,6 +393,7 @@ class Daemon:
                     port=connection.node.port,
                     connected_since=connection.connected_since,
                     reconnects=connection.reconnects,
+                    unresponsive=connection.unresponsive,
                     protocol_errors=connection.protocol_errors,
                     events=self.pipelines[name].events,
                     cdrs=self.pipelines[name].cdrs,

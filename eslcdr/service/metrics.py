@@ -23,6 +23,10 @@ class DaemonCollector:
         cdrs = CounterMetricFamily("eslcdr_cdrs_built", "CDRs built from finished legs", labels=["node"])
         errors = CounterMetricFamily("eslcdr_protocol_errors", "Malformed frames or events skipped", labels=["node"])
         reconnects = CounterMetricFamily("eslcdr_reconnects", "Event Socket reconnects", labels=["node"])
+        unresponsive = CounterMetricFamily(
+            "eslcdr_esl_unresponsive", "Event Socket connections declared dead: no reply to the idle ping",
+            labels=["node"],
+        )
         connected = GaugeMetricFamily("eslcdr_connected", "1 when the Event Socket is connected", labels=["node"])
         live = GaugeMetricFamily("eslcdr_live_legs", "Legs being tracked", labels=["node"])
         for node in status.nodes:
@@ -30,9 +34,10 @@ class DaemonCollector:
             cdrs.add_metric([node.name], node.cdrs)
             errors.add_metric([node.name], node.protocol_errors)
             reconnects.add_metric([node.name], node.reconnects)
+            unresponsive.add_metric([node.name], node.unresponsive)
             connected.add_metric([node.name], 1 if node.connected else 0)
             live.add_metric([node.name], node.live_legs)
-        yield from (events, cdrs, errors, reconnects, connected, live)
+        yield from (events, cdrs, errors, reconnects, unresponsive, connected, live)
         writer = status.writer
         if writer is not None:
             yield CounterMetricFamily("eslcdr_cdrs_written", "CDR rows committed to SQLite", value=writer.written)

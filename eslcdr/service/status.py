@@ -29,6 +29,8 @@ class NodeStatus:
     port: int
     connected_since: float | None
     reconnects: int
+    # Connections declared dead: FreeSWITCH silent, its reply to a ping missing (esl/liveness.py).
+    unresponsive: int
     protocol_errors: int
     events: int
     cdrs: int

@@ -16,7 +16,7 @@ from eslcdr.esl.client import (
     CommandTimeout,
     EslClient,
     NodeConnection,
-    parse_channel_uuids,
+    parse_channel_rows,
 )
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 from eslcdr.esl.frames import FrameParser
@@ -287,10 +287,10 @@ def test_a_trickle_of_events_is_read_a_few_at_a_time(monkeypatch):
     assert len(reads) <= 20, reads
 
 
-def test_parse_channel_uuids():
-    assert parse_channel_uuids('{"row_count": 0}\n') == set()
+def test_parse_channel_rows_uuids():
+    assert parse_channel_rows('{"row_count": 0}\n') == []
     body = '{"row_count":2,"rows":[{"uuid":"a","name":"x"},{"uuid":"b"}]}'
-    assert parse_channel_uuids(body) == {"a", "b"}
+    assert {row["uuid"] for row in parse_channel_rows(body)} == {"a", "b"}
 
 
 @pytest.mark.parametrize("attempt", range(1, 40))

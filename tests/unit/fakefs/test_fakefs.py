@@ -847,6 +847,40 @@ def test_stall_sends_nothing_then_resumes(serve):
     assert client.frame().headers["Content-Type"] == "api/response"
 
 
+def test_api_uptime_answers_as_mod_commands(serve):
+    fake = serve()
+    client = Client(fake.port)
+    client.login()
+    gevent.sleep(1.1)
+    seconds = client.command("api uptime")
+    assert seconds.headers["Content-Type"] == "api/response" and re.fullmatch(rb"[1-9]\d*\n", seconds.body)
+    millis = int(client.command("api uptime ms").body)
+    assert int(seconds.body) * 1000 <= millis < (int(seconds.body) + 60) * 1000
+    assert client.command("api uptime d").body == b"0\n"
+    assert client.command("api uptime weeks").body == b"-USAGE: %s\n" % fakefs.UPTIME_SYNTAX.encode()
+
+
+def test_frozen_answers_nothing_emits_nothing_and_greets_nobody_until_thawed(serve):
+    frames = capture_frames("S1_plain.esl")
+    fake = serve(fakefs.ReplaySource([DATA / "S1_plain.esl"]), pause_after=3)
+    client = Client(fake.port)
+    client.login()
+    client.subscribe()
+    assert [raw_frame(f) for f in client.events(3)] == [raw_frame(f) for f in frames[:3]]
+    fake.freeze()
+    fake.resume()
+    client.send("api uptime")
+    late = Client(fake.port)  # the kernel accepts it; nobody greets it
+    assert client.silent_for(0.5) and late.silent_for(0.1)  # neither events nor the reply
+    assert fake.position == 3
+    fake.thaw()
+    late.login()
+    items = client.events(len(frames) - 3 + 1)  # the reply and the stream's rest, in either order
+    assert [f.headers["Content-Type"] for f in items].count("api/response") == 1
+    rest = [raw_frame(f) for f in items if f.headers["Content-Type"] != "api/response"]
+    assert rest == [raw_frame(f) for f in frames[3:]]
+
+
 def test_restart_changes_core_uuid_and_continues(serve):
     frames = capture_frames("S1_plain.esl")
     fake = serve(fakefs.ReplaySource([DATA / "S1_plain.esl"]), restart_after=4, hold=True)

@@ -53,6 +53,7 @@ class FakeConnection:
     node: FakeNode = field(default_factory=FakeNode)
     connected_since: float | None = None
     protocol_errors: int = 0
+    unresponsive: int = 0
 
 
 @dataclass
@@ -186,7 +187,8 @@ def full_daemon(tmp_path, degraded: bool = False):
     daemon.nodes = {"fs1": FakeConnection(node=FakeNode("10.0.0.1", 8021), connected_since=1700000000.0,
                                           reconnects=1, protocol_errors=2),
                     "fs2": FakeConnection(node=FakeNode("10.0.0.2", 8022), state="connecting" if degraded else "connected",
-                                          reconnects=1, protocol_errors=2, last_error="refused" if degraded else None)}
+                                          reconnects=1, protocol_errors=2, unresponsive=1,
+                                          last_error="refused" if degraded else None)}
     daemon.pipelines = {"fs1": FakePipeline(events=100, cdrs=10, tracker=[1, 2]), "fs2": FakePipeline(events=5, cdrs=1)}
     daemon.retention = Retention(config, daemon.writer, gevent.event.Event(), tokens=None, clock=lambda: 1700000000.0)
     daemon.retention.stats = {"bytes": 4096, "wal_bytes": 512, "pages": 1, "page_size": 4096, "free_pages": 0,
@@ -207,9 +209,9 @@ def test_health_answers_every_figure_in_its_place(tmp_path):
         "version": __version__,
         "nodes": {
             "fs1": {"state": "connected", "host": "10.0.0.1", "port": 8021, "connected_since": 1700000000.0,
-                    "reconnects": 1, "protocol_errors": 2, "events": 100, "cdrs": 10, "live_legs": 2, "last_error": None},
+                    "reconnects": 1, "unresponsive": 0, "protocol_errors": 2, "events": 100, "cdrs": 10, "live_legs": 2, "last_error": None},
             "fs2": {"state": "connected", "host": "10.0.0.2", "port": 8022, "connected_since": None,
-                    "reconnects": 1, "protocol_errors": 2, "events": 5, "cdrs": 1, "live_legs": 0, "last_error": None},
+                    "reconnects": 1, "unresponsive": 1, "protocol_errors": 2, "events": 5, "cdrs": 1, "live_legs": 0, "last_error": None},
         },
         "store": {"path": str(tmp_path / "c.db"), "bytes": 4096, "wal_bytes": 512, "free_pages": 0,
                   "oldest_timestamp": 1700000000 - 86400 + 62167219200, "oldest_age_seconds": 86400,
@@ -250,6 +252,10 @@ eslcdr_protocol_errors_total{node="fs2"} 2.0
 # TYPE eslcdr_reconnects_total counter
 eslcdr_reconnects_total{node="fs1"} 1.0
 eslcdr_reconnects_total{node="fs2"} 1.0
+# HELP eslcdr_esl_unresponsive_total Event Socket connections declared dead: no reply to the idle ping
+# TYPE eslcdr_esl_unresponsive_total counter
+eslcdr_esl_unresponsive_total{node="fs1"} 0.0
+eslcdr_esl_unresponsive_total{node="fs2"} 1.0
 # HELP eslcdr_connected 1 when the Event Socket is connected
 # TYPE eslcdr_connected gauge
 eslcdr_connected{node="fs1"} 1.0
