@@ -25,6 +25,7 @@ the load average printed with them.
           committed; p50/p99/max over the legs committed in the window.
 
     python bench/live.py [--rates 10,50,200] [--warmup 10] [--window 20] [--profile DIR]
+    python bench/live.py --issue-table   # issue 18's own runs: finite, default talk times, until all committed
 
 The window's legs are those committed in it; with --max-talk 5 every call
 but the fax (34 s, 4 % of calls) ends within ~15 s of its start, so the
@@ -267,6 +268,42 @@ def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, 
     }
 
 
+# Issue 18's own table: finite runs with the stand-in's default talk times
+# (exponential, mean 30 s), CPU from the stand-in's start until every CDR is
+# committed -- so the tail of long calls, and the idle daemon between their
+# hangups, count too (the paced windows above leave both out).
+ISSUE_RUNS = ((3000, 0.0), (1000, 50.0), (500, 10.0))
+
+
+def finite(calls: int, cps: float, poll: float) -> dict:
+    """``--calls N --cps R --exit-when-done``: CPU until the stand-in has
+    delivered its stream and the row count has stayed put for 1.5 s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Run(Path(tmp))
+        try:
+            run.settle()
+            before = run.sample()
+            run.start_fake("--calls", str(calls), "--cps", str(cps), "--exit-when-done")
+            last = before
+            deadline = time.monotonic() + 1800
+            while time.monotonic() < deadline:
+                if run.poll_rows():
+                    last = run.sample()
+                elif run.fake.poll() is not None and time.monotonic() - last.at > 1.5:
+                    break
+                time.sleep(poll)
+        finally:
+            run.close()
+    legs = last.committed
+    return {
+        "legs": legs,
+        "seconds": last.at - before.at,
+        "us_per_leg": (last.cpu - before.cpu) / legs * 1e6,
+        "main_us": (last.main - before.main) / legs * 1e6,
+        "others_us": (last.others - before.others) / legs * 1e6,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="10,50,200", help="paced calls/s, comma-separated (default %(default)s)")
@@ -277,7 +314,19 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="idle seconds measured after the burst (default %(default)s)")
     parser.add_argument("--poll", type=float, default=0.01, help="database poll interval, s (default %(default)s)")
     parser.add_argument("--profile", type=Path, help="sample the daemon with py-spy into this folder (raw stacks)")
+    parser.add_argument("--issue-table", action="store_true",
+                        help="issue 18's own runs instead (--calls 3000/1000/500 at 0/50/10 calls/s, default talk "
+                             "times, until every CDR is committed; ~8 min)")
     args = parser.parse_args()
+
+    if args.issue_table:
+        print("issue 18's table: CPU of the eslcdr run process per leg, stand-in start to last CDR committed")
+        for calls, cps in ISSUE_RUNS:
+            result = finite(calls, cps, args.poll)
+            print("--calls %4d --cps %-3g: %5d legs in %6.1f s  cpu %4.0f us/leg (main %.0f + others %.0f)  load %s" % (
+                calls, cps, result["legs"], result["seconds"], result["us_per_leg"], result["main_us"],
+                result["others_us"], load()))
+        return 0
 
     print("CPU of the eslcdr run process per committed leg (main thread + writer threads); load = 1-min load average")
     if args.burst_calls:
