@@ -242,7 +242,7 @@ def list_csv(rows: Sequence[Sequence[Any]], utc_offset: int = 0, inception: str 
     if not rows:
         return b""
     records = _records(rows, utc_offset, inception)
-    text = _RECORD_BYTES + _RECORD_BYTES.join([record.encode("utf-8") for record in records]) + _RECORD_BYTES
+    text = _RECORD_BYTES.join([b"", *map(str.encode, records), b""])  # UTF-8, one copy
     text = _FORMULA_AFTER_CELL.sub(_CELL_BYTES + _GUARD_BYTES, text)
     text = _FORMULA_AFTER_RECORD.sub(_RECORD_BYTES + _GUARD_BYTES, text)
     # "\x01a\x00b\x01" -> '"\r\n"a","b"\r\n"' -> 'a","b"\r\n' after the cut.  Each replace
