@@ -36,7 +36,8 @@ class Batches(Protocol):
 class ReadSide(Protocol):
     """A listing row is the ``kazoo.SOURCE_COLUMNS`` values, then -- centrally, not
     in ``list_export`` -- the node it came from (``source``), then its keyset
-    position (timestamp, seq; for interactions start, interaction id). A
+    position (timestamp, seq; for interactions start, interaction id; a central
+    CDR export's row ends with seq, source instead: its timestamp is a value). A
     record is ``kazoo.record_sql``'s text: JSON (``kazoo.record_text`` drops
     what nulls remain) or one CSV record."""
 

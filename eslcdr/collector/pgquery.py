@@ -144,12 +144,15 @@ def _where_filters(filters: Sequence[Filter]) -> tuple[list[str], list[Any]]:
     return clauses, args
 
 
-def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | None = None) -> tuple[str, list[Any]]:
+def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | None = None,
+             keyed: bool = True) -> tuple[str, list[Any]]:
     """A CDR or interaction listing: rows of SOURCE_COLUMNS, key, tie, source.
 
     From ``query.cursor`` on (inclusive), or from the row whose (key, tie,
     source) is ``after`` on (inclusive: a stream's next chunk); at most ``limit``
-    rows (default: page_size + 1; None with no page size: every row)."""
+    rows (default: page_size + 1; None with no page size: every row).  Not
+    ``keyed``, a CDR listing's rows leave the key out (it is their ``timestamp``
+    value): SOURCE_COLUMNS, tie, source -- as wide as a node's listing row."""
     interactions = query.kind == KIND_INTERACTIONS
     key = START if interactions else _HANGUP
     # Text in byte order, as SQLite compares it (not the database's collation).
@@ -189,8 +192,9 @@ def list_sql(query: ListQuery, after: Sequence[Any] | None = None, limit: int | 
     order = "ASC" if query.ascending else "DESC"
     third = "" if interactions else ', c.source COLLATE "C" %s' % order
     selected_columns = _INTERACTION_SELECT if interactions else _SOURCE_SELECT
-    sql = "SELECT %s, %s, %s, c.source FROM cdrs AS c WHERE %s ORDER BY %s %s, %s %s%s" % (
-        selected_columns, key, tie, " AND ".join(clauses), key, order, tie, order, third)
+    sql = "SELECT %s, %s, c.source FROM cdrs AS c WHERE %s ORDER BY %s %s, %s %s%s" % (
+        selected_columns, "%s, %s" % (key, tie) if keyed or interactions else tie, " AND ".join(clauses),
+        key, order, tie, order, third)
     if limit is None and query.page_size is not None:
         limit = query.page_size + 1
     if limit is not None:

@@ -51,6 +51,7 @@ CHUNK = 1000  # rows per statement of a streamed listing
 EXPORT_CHUNK = 2500
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
+_TIMESTAMP = SOURCE_COLUMNS.index("timestamp")  # a CDR listing's key
 _FAX = COLUMN_NAMES.index("fax_success")
 _IID = COLUMN_NAMES.index("interaction_id")
 _WIDTH = len(COLUMN_NAMES)
@@ -220,22 +221,22 @@ def _list_row(row: Sequence[Any], sourced: bool = True) -> list[Any]:
     return values
 
 
-def _export_rows(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+def _export_rows(rows: list[Sequence[Any]], keyed: bool) -> list[Sequence[Any]]:
     """``pgquery.list_sql`` rows as a CSV export's listing rows (``_list_row``
-    without the node): where ``listing_vars`` passes the text on as it is, the
-    row's tuple without its source -- no list a row."""
-    out: list[Sequence[Any]] = []
-    append = out.append
-    for row in rows:
+    without the node): where ``listing_vars`` passes the variables on as they
+    are, psycopg's tuple -- not ``keyed`` (a CDR export's: values, tie, source,
+    as wide as the node's rows: the renderer reads the values) the row itself,
+    in place; ``keyed`` (values, key, tie, source) without its source."""
+    if keyed:
+        rows = [row[:-1] for row in rows]
+    for i, row in enumerate(rows):
         text = row[_CCV]
         node_vars = listing_vars(text)
-        if node_vars is text:
-            append(row[:-1])
-        else:
-            values = list(row[:-1])
+        if node_vars is not text:
+            values = list(row)
             values[_CCV] = node_vars
-            append(values)
-    return out
+            rows[i] = values
+    return rows
 
 
 def render(rows: Sequence[Sequence[Any]], fmt: str) -> list[str]:
@@ -392,14 +393,17 @@ class PgReadSide:
 
     def _listing(self, query: ListQuery, sourced: bool, ahead: bool) -> PgBatches:
         size = EXPORT_CHUNK if ahead else CHUNK
+        # A CDR export reads its rows without their key (their timestamp value):
+        # one value less to load and no copy of the row (~0.7 µs a row).
+        keyed = sourced or query.kind == KIND_INTERACTIONS
 
         def chunk(after: Sequence[Any] | None) -> list[Any]:
             # Listing columns are text and bigint: binary loads them 0.3-0.6 µs a row faster.
-            return self._fetch(pgquery.list_sql(query, after, size + 1), is_heavy(query), binary=True)
+            return self._fetch(pgquery.list_sql(query, after, size + 1, keyed), is_heavy(query), binary=True)
 
         def batch(rows: list[Any]) -> list[Any]:
             if not sourced:
-                return _export_rows(rows[:size])
+                return _export_rows(rows[:size], keyed)
             return [_list_row(row) for row in rows[:size]]
 
         first = [] if unmatchable(query.account_id, query.owner_id) else chunk(None)
@@ -408,7 +412,8 @@ class PgReadSide:
             nonlocal first
             if len(first) <= size:
                 return []
-            first = chunk(first[size][_N_SOURCE:])
+            last = first[size]
+            first = chunk(last[_N_SOURCE:] if keyed else (last[_TIMESTAMP], last[-2], last[-1]))
             return batch(first)
 
         return PgBatches(batch(first), following, self.pg.timeout if ahead else None)

@@ -70,6 +70,42 @@ def test_rows_of_two_nodes_with_the_same_timestamp_and_seq_page_exactly_once(cen
             assert sorted(seen) == sorted(stored), (ascending, size)
 
 
+def test_an_export_of_rows_sharing_timestamp_and_seq_across_nodes_reads_each_once(central, tmp_path, pg_dsn,
+                                                                                  monkeypatch):
+    """A CDR export reads its chunks without the key column (its timestamp
+    value): the rows are as wide as a node's listing rows, and the next chunk
+    starts after (timestamp, seq, node) of the last one, also where three
+    nodes' rows share (timestamp, seq); both directions; the CSV is the
+    listing's rows."""
+    from eslcdr.collector import readside
+    from eslcdr.query.list_csv import list_csv
+    from eslcdr.query.params import ListQuery
+    from eslcdr.query.sql import LIST_ROW_WIDTH
+
+    store, web = central
+    for node in ("fs-a", "fs-b", "fs-c"):
+        records = [leg(NOW_G - 100) for _ in range(3)] + [leg(NOW_G - 200 - i) for i in range(2)]
+        store.node_state(node, "http://127.0.0.1:1")
+        store.store_batch(node, "db-" + node, 0, feed_items(tmp_path, records))
+    read = PgReadSide(pg_dsn, 5.0, heavy_slots=1)
+    try:
+        for ascending in (False, True):
+            query = ListQuery(kind=KIND_CDRS, account_id=ACC_A, owner_id=None, created_from=NOW_G - 86400,
+                              created_to=NOW_G, ascending=ascending, page_size=None, cursor=None, filters=(),
+                              utc_offset=0)
+            whole = [row for batch in read.list_rows(query, sourced=False) for row in batch]
+            assert len(whole) == 15 and len({row[0] for row in whole}) == 15
+            for size in (1, 2, 4):
+                monkeypatch.setattr(readside, "EXPORT_CHUNK", size)
+                batches = list(read.list_export(query))
+                rows = [row for batch in batches for row in batch]
+                assert [row[0] for row in rows] == [row[0] for row in whole], (ascending, size)
+                assert {len(row) for row in rows} == {LIST_ROW_WIDTH}
+                assert b"".join(list_csv(batch) for batch in batches) == list_csv(whole)
+    finally:
+        read.close()
+
+
 def test_a_cursor_names_its_node_only_when_it_must():
     plain = Cursor(KIND_CDRS, 5, 7, 0, 10)
     tied = Cursor(KIND_CDRS, 5, 7, 0, 10, "fs-b")

@@ -113,6 +113,26 @@ def test_every_tricky_cell_in_every_column(inception):
             assert list_csv.list_csv(chunk, offset, inception) == reference_bytes(chunk, offset, inception), value
 
 
+@pytest.mark.parametrize("inception", INCEPTIONS)
+def test_only_a_chunk_with_a_separator_in_a_cell_takes_the_reference_path(inception, monkeypatch):
+    """The fast path counts its separators from what its replaces add: a chunk
+    whose cells hold no NUL or SOH is rendered by it (quotes, CR/LF, formulas,
+    non-ASCII included), the others by the reference, with the same bytes."""
+    slow = []
+    reference = list_csv.list_csv_reference
+    monkeypatch.setattr(list_csv, "list_csv_reference", lambda *args: slow.append(args) or reference(*args))
+    row = [None] * LIST_ROW_WIDTH
+    row[kazoo.SOURCE_COLUMNS.index("timestamp")], row[-2:] = NOW_G - 100, [NOW_G - 100, 1]
+    for value in TRICKY:
+        chunk = [list(row) for _ in kazoo.SOURCE_COLUMNS[:6]]
+        for i, cells in enumerate(chunk):
+            cells[i] = value
+        slow.clear()
+        got = list_csv.list_csv(chunk, 0, inception)
+        assert len(slow) == (("\x00" in value or "\x01" in value) and 1), repr(value)
+        assert got == reference_bytes(chunk, 0, inception), repr(value)
+
+
 def test_the_reference_is_the_csv_module_and_spreadsheet_safe():
     """The reference itself: parsed back, every cell is list_values' text, made safe."""
     rows = [[name if n in (2, 3, 5) else None for n in range(len(kazoo.SOURCE_COLUMNS))] + [0, 1]
