@@ -105,9 +105,9 @@ def _insert_sql(columns: Sequence[str]) -> str:
 # index probes (PROBES: the planner would scan up to ~130 keys an id, a CPU
 # cost growing with the table that its I/O guesses call cheaper), no join
 # whose plan hangs on its guess of the temporary _staged -- joined to it,
-# cdr_keys was read by a sequential scan every batch (1,000,000 keys: 13-16 us
+# cdr_keys was read by a sequential scan every batch (1,000,000 keys: 13-20 us
 # a stored row; a node the statistics did not know yet: a nested loop over
-# it, 230-620 us a row; bench/store_split.py).  Then whether the new version
+# it, 180-590 us a row; now 2-5 us; bench/store_split.py).  Then whether the new version
 # lives elsewhere (another hangup time or account: another partition, another
 # shard), only when there are old versions.
 PROBES = ("SET LOCAL enable_seqscan = off", "SET LOCAL enable_seqscan TO DEFAULT")
