@@ -101,17 +101,23 @@ def _insert_sql(columns: Sequence[str]) -> str:
 
 
 # The node's stored version of the batch's calls (where cdr_keys says it
-# lives), and whether the new one lives elsewhere (another hangup time or
-# account: another partition, another shard).
+# lives), read by the staged calls' ids (an array) from cdr_keys alone, by
+# index probes (PROBES: the planner would scan up to ~130 keys an id, a CPU
+# cost growing with the table that its I/O guesses call cheaper), no join
+# whose plan hangs on its guess of the temporary _staged -- joined to it,
+# cdr_keys was read by a sequential scan every batch (1,000,000 keys: 13-20 us
+# a stored row; a node the statistics did not know yet: a nested loop over
+# it, 180-590 us a row; now 2-5 us; bench/store_split.py).  Then whether the new version
+# lives elsewhere (another hangup time or account: another partition, another
+# shard), only when there are old versions.
+PROBES = ("SET LOCAL enable_seqscan = off", "SET LOCAL enable_seqscan TO DEFAULT")
 OLD_TABLE = ("CREATE TEMPORARY TABLE IF NOT EXISTS _old (call_id text NOT NULL, account_id text NOT NULL,"
-             " hangup_at timestamptz NOT NULL, moved boolean NOT NULL) ON COMMIT DELETE ROWS")
-FIND_OLD = (
-    "INSERT INTO _old SELECT k.call_id, k.account_id, k.hangup_at, (k.account_id <> " + STAGED_ACCOUNT
-    + " OR k.hangup_at <> " + STAGED_HANGUP_AT + ") FROM cdr_keys AS k JOIN _staged AS s USING (call_id)"
-    " WHERE k.source = %s"
-)
-OLD_MONTHS = ("SELECT count(*) FILTER (WHERE moved), array_agg(DISTINCT date_trunc('month', hangup_at, 'UTC')"
-              " AT TIME ZONE 'UTC') FROM _old")
+             " hangup_at timestamptz NOT NULL) ON COMMIT DELETE ROWS")
+FIND_OLD = ("INSERT INTO _old SELECT k.call_id, k.account_id, k.hangup_at FROM cdr_keys AS k"
+            " WHERE k.call_id = ANY(%b) AND k.source = %s")  # %b: the array dumped in binary, 1.1 -> 0.2 us an id
+OLD_MONTHS = ("SELECT count(*) FILTER (WHERE o.account_id <> " + STAGED_ACCOUNT + " OR o.hangup_at <> "
+              + STAGED_HANGUP_AT + "), array_agg(DISTINCT date_trunc('month', o.hangup_at, 'UTC') AT TIME ZONE 'UTC')"
+              " FROM _old AS o JOIN _staged AS s USING (call_id)")
 # Stored rows out, by their whole key, into _gone for the roll-ups: one row
 # (the row-by-row path), or the rows of one month (one partition; the keys
 # as arrays: one statement, not one per row).  Deleted and inserted again,
@@ -305,8 +311,10 @@ class PgStore:
                 rejected = len(refused)
                 for item in refused:
                     reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line, item.reason)
-                rejected += self._stage(cur, node, db_id, rows)
-                replaced, moved, months = self._find_old(cur, node)
+                staged = self._stage(cur, node, db_id, rows)
+                rejected += len(rows) - len(staged)
+                rows = staged
+                replaced, moved, months = self._find_old(cur, node, [r.call_id for r in rows])
                 taken = self._claim_keys(cur, node, db_id, rows)
                 if taken:
                     rejected += len(taken)
@@ -326,14 +334,17 @@ class PgStore:
                 )
         return BatchResult(stored, moved, rejected, new_after, tuple(created))
 
-    def _find_old(self, cur: psycopg.Cursor, node: str) -> tuple[int, int, list[dt.datetime]]:
-        """The node's stored versions of the staged calls into _old: how
-        many, how many live elsewhere (moved), the months they live in."""
-        replaced = cur.execute(FIND_OLD, (node,)).rowcount
+    def _find_old(self, cur: psycopg.Cursor, node: str, call_ids: list[str]) -> tuple[int, int, list[dt.datetime]]:
+        """The node's stored versions of the staged calls (``call_ids``) into
+        _old: how many, how many live elsewhere (moved), the months they live in."""
+        cur.execute(PROBES[0])
+        replaced = cur.execute(FIND_OLD, (call_ids, node)).rowcount
+        cur.execute(PROBES[1])
         if not replaced:
             return 0, 0, []
         # Its size known, the planner probes cdrs' key once per old row
-        # (1 ms per row without: bench/collect.py).
+        # (1 ms per row without: bench/collect.py), and joins it to _staged
+        # by hashing.
         cur.execute("ANALYZE _old")
         moved, months = cur.execute(OLD_MONTHS).fetchone()
         return replaced, moved, months
@@ -369,9 +380,9 @@ class PgStore:
                    lines[seq].decode("utf-8", "replace"), REASON_OTHER_NODE)
         return set(taken)
 
-    def _stage(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> int:
-        """COPY the rows into _staged; on a refused value, row by row.
-        Returns how many records were rejected.
+    def _stage(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> Sequence[FeedRecord]:
+        """COPY the rows into _staged; on a refused value, row by row (the
+        refused ones into collector_rejects).  Returns the rows staged.
 
         The values come from each record's parsed JSON (the two JSON columns as
         JSON text); SQL then derives the timestamptz columns from the µs ones.
@@ -389,19 +400,19 @@ class PgStore:
                     write = copy.write_row
                     for record in rows:
                         write(staged_values(record, columns, shape))
-            return 0
+            return rows
         except ROW_ERRORS:
             pass
-        rejected = 0
+        staged = []
         for record in rows:
             try:
                 with self.conn.transaction():
                     cur.execute(self._stage_one, staged_values(record, columns, shape))
+                staged.append(record)
             except ROW_ERRORS as exc:
-                rejected += 1
                 reject(cur, node, db_id, record.seq, record.call_id, str(exc).strip(),
                        record.line.decode("utf-8", "replace"), REASON_REFUSED)
-        return rejected
+        return staged
 
     def _one_by_one(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> tuple[int, int]:
         """Each row with its old version's delete under its own savepoint: a

@@ -201,6 +201,43 @@ def test_values_postgres_refuses_are_kept_in_rejects(pg, tmp_path):
     assert rows(pg, "SELECT call_id FROM cdr_keys") == [{"call_id": good.call_id}]
 
 
+def test_the_stored_versions_are_found_by_index_probes_whatever_the_statistics(pg, tmp_path, monkeypatch):
+    """store_batch looks the node's stored versions up in cdr_keys by the
+    batch's call ids: index probes, never a scan of every key (it grew with
+    the table, 13-16 us a stored row at 1,000,000 keys, and a node the
+    statistics did not know yet got a nested loop over the scan).  A re-sent
+    batch still replaces its rows, and a record refused at staging leaves
+    its stored version as it was."""
+    pg.conn.execute("INSERT INTO cdr_keys (call_id, account_id, hangup_at, source) SELECT md5(g::text), 'acc-x',"
+                    " now(), 'fs-big' FROM generate_series(1, 100000) AS g")
+    pg.conn.execute("ANALYZE cdr_keys")  # fs1 unknown to the statistics, as a new node is
+    pg.conn.commit()
+    plans = []
+    execute = psycopg.Cursor.execute
+
+    def explained(cur, query, params=None, **kw):
+        if isinstance(query, str) and query.startswith("INSERT INTO _old"):
+            plans.append("\n".join(r[0] for r in execute(cur, "EXPLAIN " + query, params).fetchall()))
+        return execute(cur, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", explained)
+    items = feed_items(tmp_path, [leg(ts(2026, 11, 1 + i % 28)) for i in range(1000)])
+    assert pg.store_batch("fs1", "db-1", 0, items).stored == 1000
+    before = rows(pg)
+    doc = json.loads(items[0].line)
+    doc["duration_seconds"] = "sixty"  # refused by the COPY: its stored version stays
+    refused = FeedRecord(30, items[0].call_id, items[0].hangup_us, json.dumps(doc).encode())
+    again = [replayed(item, 30 + i, billing_seconds=7) for i, item in enumerate(items[1:], 1)]
+    result = pg.store_batch("fs1", "db-1", items[-1].seq, [refused] + again)
+    assert (result.stored, result.moved, result.rejected) == (999, 0, 1)
+    after = {r["call_id"]: r for r in rows(pg)}
+    assert len(after) == 1000 and after[items[0].call_id] == before[0]
+    assert {after[i.call_id]["billing_seconds"] for i in items[1:]} == {7}
+    assert len(plans) == 2
+    for plan in plans:
+        assert "cdr_keys_pkey" in plan and "Seq Scan on cdr_keys" not in plan, plan
+
+
 def test_restart_node_resets_the_cursor(pg, tmp_path):
     items = feed_items(tmp_path, [leg(ts(2026, 11))])
     pg.store_batch("fs1", "db-1", 0, items)
