@@ -248,6 +248,23 @@ _LightValue = Union[str, list[str]]
 _NAME_PREFIX = b'{"Event-Name":"'
 _NAME_START = len(_NAME_PREFIX)
 _LIGHT_NAMES = frozenset(name.encode() for name in LIGHT_EVENTS)
+# The order in which FreeSWITCH writes the headers the tracker reads (the
+# event's own headers, the caller profile's, the other leg's); variables
+# come after all of them, in the order they were set.
+_EMISSION_ORDER = {
+    name: rank
+    for rank, name in enumerate((
+        "Event-Name", "Event-Subclass", "Bridge-A-Unique-ID", "Bridge-B-Unique-ID", "DTMF-Digit",
+        "Channel-Call-State", "Channel-Name", "Unique-ID", "Call-Direction", "Channel-Presence-ID",
+        "Answer-State", "Caller-Caller-ID-Name", "Caller-Caller-ID-Number", "Caller-Callee-ID-Name",
+        "Caller-Callee-ID-Number", "Caller-Destination-Number", "Caller-Channel-Created-Time",
+        "Caller-Channel-Answered-Time", "Other-Leg-Unique-ID",
+    ))
+}
+
+
+def _emission_rank(name: str) -> int:
+    return _EMISSION_ORDER.get(name, len(_EMISSION_ORDER))
 
 
 class EventDecoder:
@@ -261,6 +278,9 @@ class EventDecoder:
         headers = ["Event-Name"]
         headers.extend(h for h in dict.fromkeys(light_headers) if h != "Event-Name")
         self.light_headers: tuple[str, ...] = tuple(headers)
+        # msgspec looks a key up from the field after the last one matched:
+        # fields in FreeSWITCH's order find each header at the first try.
+        headers.sort(key=_emission_rank)
         self.fast = fast
         # Struct fields need identifiers; rename maps them to the headers.
         fields = ["f%d" % i for i in range(len(headers))]
@@ -282,8 +302,6 @@ class EventDecoder:
         if not self.fast or frame.content_type != JSON:
             return decode_event(frame)
         body = frame.body
-        if json_may_hold_nul(body):
-            return self._reference(body)  # decode_json replaces it
         # FreeSWITCH writes Event-Name first: a hangup is seen without a
         # light pass, which would be wasted on it.
         if body.startswith(_NAME_PREFIX):
@@ -296,14 +314,20 @@ class EventDecoder:
             return self._reference(body)
         if event.get("Event-Name") not in LIGHT_EVENTS:
             return self._whole(body)
-        self.light_decoded += 1
         if b"[" in body:
             # ARRAY:: variables arrive as lists; no bracket, no list.
             for key in [key for key, value in event.items() if value.__class__ is list]:
                 event[key] = _array_value(event[key])
+        # NUL comes only as an escape (a backslash): the few values kept are
+        # searched, not the body (the names are the fields' own).
+        if b"\\" in body and NUL in "".join(event.values()):
+            return self._reference(body)  # decode_json replaces it
+        self.light_decoded += 1
         return event
 
     def _whole(self, body: bytes) -> Event:
+        if json_may_hold_nul(body):
+            return self._reference(body)  # decode_json replaces it
         try:
             # Typed: anything but strings and lists of strings is refused in C.
             event = self._typed_whole.decode(body)
