@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from itertools import compress, repeat
 from operator import is_not
-from typing import Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Union
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -222,7 +222,10 @@ def encode_json(event: Event) -> bytes:
 # a JSON body into a Struct whose fields are just those headers, skipping
 # every other key in C, and that costs less than json.loads of the whole
 # body.  HANGUP_COMPLETE (the CDR needs every variable) and CUSTOM events
-# (the fax result's fax-* headers) are decoded whole.  Anything the typed
+# (the fax result's fax-* headers) are decoded whole.  Progress, DTMF and
+# hold events of a leg the tracker already follows keep fewer still (the
+# brief view: msgspec compares every key it skips with every field, so a
+# field costs ~1,500 instructions an event).  Anything the typed
 # decoder does not expect -- bytes that are not UTF-8, a value that is
 # neither a string nor a list of strings -- falls back to ``decode_event``,
 # the reference path, so both paths give the same values for what they
@@ -267,34 +270,68 @@ def _emission_rank(name: str) -> int:
     return _EMISSION_ORDER.get(name, len(_EMISSION_ORDER))
 
 
+def _as_kept(event: dict, body: bytes) -> bool:
+    """A light or brief view made an Event in place (ARRAY:: variables
+    arrive as lists); False when a value kept holds NUL."""
+    if b"[" in body:  # no bracket, no list
+        for key in [key for key, value in event.items() if value.__class__ is list]:
+            event[key] = _array_value(event[key])
+    # NUL comes only as an escape (a backslash): the few values kept are
+    # searched, not the body (the names are the fields' own).
+    return not (b"\\" in body and NUL in "".join(event.values()))
+
+
+def _light_struct(headers: list[str]) -> msgspec.json.Decoder:
+    # msgspec looks a key up from the field after the last one matched:
+    # fields in FreeSWITCH's order find each header at the first try (and
+    # every key not kept is compared with every field: few fields, cheap).
+    headers = sorted(headers, key=_emission_rank)
+    # Struct fields need identifiers; rename maps them to the headers.
+    fields = ["f%d" % i for i in range(len(headers))]
+    # omit_defaults: to_builtins() leaves out the headers the body did not
+    # have (None), so the dict is built in C, already without them.
+    light = msgspec.defstruct(
+        "LightEvent",
+        [(field, _LightValue, None) for field in fields],
+        rename=dict(zip(fields, headers)),
+        omit_defaults=True,
+    )
+    return msgspec.json.Decoder(light)
+
+
 class EventDecoder:
     """Decodes event frames; JSON events the readers need little of are
     decoded light: only ``light_headers`` (plus the event's name) are kept.
 
+    Brief events (``brief_events``) of a leg ``known(Unique-ID)`` keep only
+    ``brief_headers``: the tracker reads no more of a leg it already follows
+    (ingest/legs.py BRIEF_EVENTS); any other such event is decoded light.
     ``fast=False`` gives the reference decoder (every header of every event).
     """
 
-    def __init__(self, light_headers: Iterable[str] = (), fast: bool = True) -> None:
+    def __init__(
+        self,
+        light_headers: Iterable[str] = (),
+        fast: bool = True,
+        brief_events: Iterable[str] = (),
+        brief_headers: Iterable[str] = (),
+        known: Callable[[str], bool] | None = None,
+    ) -> None:
         headers = ["Event-Name"]
         headers.extend(h for h in dict.fromkeys(light_headers) if h != "Event-Name")
         self.light_headers: tuple[str, ...] = tuple(headers)
-        # msgspec looks a key up from the field after the last one matched:
-        # fields in FreeSWITCH's order find each header at the first try.
-        headers.sort(key=_emission_rank)
         self.fast = fast
-        # Struct fields need identifiers; rename maps them to the headers.
-        fields = ["f%d" % i for i in range(len(headers))]
-        # omit_defaults: to_builtins() leaves out the headers the body did not
-        # have (None), so the dict is built in C, already without them.
-        light = msgspec.defstruct(
-            "LightEvent",
-            [(field, _LightValue, None) for field in fields],
-            rename=dict(zip(fields, headers)),
-            omit_defaults=True,
-        )
-        self._light = msgspec.json.Decoder(light)
+        self._light = _light_struct(headers)
+        self.brief_events = frozenset(brief_events) & LIGHT_EVENTS if known is not None else frozenset()
+        self._brief_names = frozenset(name.encode() for name in self.brief_events)
+        brief = ["Event-Name", "Unique-ID"]
+        brief.extend(h for h in dict.fromkeys(brief_headers) if h not in brief)
+        self.brief_headers: tuple[str, ...] = tuple(brief)
+        self._brief = _light_struct(brief)
+        self._known = known
         self._typed_whole = msgspec.json.Decoder(dict[str, Union[str, list[str]]])
         self.light_decoded = 0
+        self.brief_decoded = 0
         self.whole_decoded = 0
 
     def decode(self, frame: Frame) -> Event:
@@ -308,21 +345,36 @@ class EventDecoder:
             name = body[_NAME_START : body.find(b'"', _NAME_START, 96)]
             if name not in _LIGHT_NAMES:
                 return self._whole(body)
+            if name in self._brief_names:
+                event = self._brief_of(body)
+                if event is not None:
+                    return event
+        return self._light_of(body)
+
+    def _light_of(self, body: bytes) -> Event:
         try:
             event = to_builtins(self._light.decode(body))
         except (msgspec.ValidationError, msgspec.DecodeError):
             return self._reference(body)
         if event.get("Event-Name") not in LIGHT_EVENTS:
             return self._whole(body)
-        if b"[" in body:
-            # ARRAY:: variables arrive as lists; no bracket, no list.
-            for key in [key for key, value in event.items() if value.__class__ is list]:
-                event[key] = _array_value(event[key])
-        # NUL comes only as an escape (a backslash): the few values kept are
-        # searched, not the body (the names are the fields' own).
-        if b"\\" in body and NUL in "".join(event.values()):
-            return self._reference(body)  # decode_json replaces it
+        if not _as_kept(event, body):
+            return self._reference(body)  # decode_json replaces NUL
         self.light_decoded += 1
+        return event
+
+    def _brief_of(self, body: bytes) -> Event | None:
+        """The brief view of a brief event of a known leg, else None."""
+        try:
+            event = to_builtins(self._brief.decode(body))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        if not _as_kept(event, body):
+            return None
+        call_id = event.get("Unique-ID")
+        if event.get("Event-Name") not in self.brief_events or (call_id and not self._known(call_id)):
+            return None
+        self.brief_decoded += 1
         return event
 
     def _whole(self, body: bytes) -> Event:

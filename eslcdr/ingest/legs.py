@@ -59,8 +59,12 @@ TRACKED_HEADERS = (
     "Channel-Call-State",
     "Answer-State",
 )
-_NO_NEW_LINKS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CUSTOM",
-                           "CHANNEL_HOLD", "CHANNEL_UNHOLD"})
+# Of a leg already followed (``knows``), ``feed`` reads only BRIEF_HEADERS
+# from these events: they repeat the links and live view the leg showed, so
+# the fast decoder keeps no more of them (esl/events.py EventDecoder).
+BRIEF_EVENTS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CHANNEL_HOLD", "CHANNEL_UNHOLD"})
+BRIEF_HEADERS = ("Event-Name", "Unique-ID", "DTMF-Digit", "Caller-Channel-Answered-Time")
+_NO_NEW_LINKS = BRIEF_EVENTS | {"CUSTOM"}
 
 
 @dataclass(frozen=True, slots=True)
