@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 from itertools import compress, repeat
 from operator import is_not
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, TypedDict, Union
 from urllib.parse import quote, unquote
 
 import msgspec
 import orjson
-from msgspec import to_builtins
 
 from .frames import Frame
 
@@ -219,7 +218,7 @@ def encode_json(event: Event) -> bytes:
 #
 # CHANNEL_CREATE / PROGRESS / ANSWER / BRIDGE / DTMF are most of the frames,
 # and the leg tracker reads a handful of their ~150 headers.  msgspec decodes
-# a JSON body into a Struct whose fields are just those headers, skipping
+# a JSON body into a TypedDict of just those headers, skipping
 # every other key in C, and that costs less than json.loads of the whole
 # body.  HANGUP_COMPLETE (the CDR needs every variable) and CUSTOM events
 # (the fax result's fax-* headers) are decoded whole.  Progress, DTMF and
@@ -281,21 +280,14 @@ def _as_kept(event: dict, body: bytes) -> bool:
     return not (b"\\" in body and NUL in "".join(event.values()))
 
 
-def _light_struct(headers: list[str]) -> msgspec.json.Decoder:
+def _light_decoder(headers: list[str]) -> msgspec.json.Decoder:
+    """A decoder of the named headers alone, straight into a dict (a
+    TypedDict: no struct to convert, a header the body lacks is absent)."""
     # msgspec looks a key up from the field after the last one matched:
     # fields in FreeSWITCH's order find each header at the first try (and
     # every key not kept is compared with every field: few fields, cheap).
     headers = sorted(headers, key=_emission_rank)
-    # Struct fields need identifiers; rename maps them to the headers.
-    fields = ["f%d" % i for i in range(len(headers))]
-    # omit_defaults: to_builtins() leaves out the headers the body did not
-    # have (None), so the dict is built in C, already without them.
-    light = msgspec.defstruct(
-        "LightEvent",
-        [(field, _LightValue, None) for field in fields],
-        rename=dict(zip(fields, headers)),
-        omit_defaults=True,
-    )
+    light = TypedDict("LightEvent", {header: _LightValue for header in headers}, total=False)  # type: ignore[misc]
     return msgspec.json.Decoder(light)
 
 
@@ -321,13 +313,13 @@ class EventDecoder:
         headers.extend(h for h in dict.fromkeys(light_headers) if h != "Event-Name")
         self.light_headers: tuple[str, ...] = tuple(headers)
         self.fast = fast
-        self._light = _light_struct(headers)
+        self._light = _light_decoder(headers)
         self.brief_events = frozenset(brief_events) & LIGHT_EVENTS if known is not None else frozenset()
         self._brief_names = frozenset(name.encode() for name in self.brief_events)
         brief = ["Event-Name", "Unique-ID"]
         brief.extend(h for h in dict.fromkeys(brief_headers) if h not in brief)
         self.brief_headers: tuple[str, ...] = tuple(brief)
-        self._brief = _light_struct(brief)
+        self._brief = _light_decoder(brief)
         self._known = known
         self._typed_whole = msgspec.json.Decoder(dict[str, Union[str, list[str]]])
         self.light_decoded = 0
@@ -353,7 +345,7 @@ class EventDecoder:
 
     def _light_of(self, body: bytes) -> Event:
         try:
-            event = to_builtins(self._light.decode(body))
+            event = self._light.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return self._reference(body)
         if event.get("Event-Name") not in LIGHT_EVENTS:
@@ -366,7 +358,7 @@ class EventDecoder:
     def _brief_of(self, body: bytes) -> Event | None:
         """The brief view of a brief event of a known leg, else None."""
         try:
-            event = to_builtins(self._brief.decode(body))
+            event = self._brief.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return None
         if not _as_kept(event, body):
