@@ -232,3 +232,20 @@ def test_tracker_reads_only_brief_headers_of_brief_events_of_a_known_leg(capture
             tracker.feed(event, 1_000_000 * n)
     assert recorded
     assert _Recording.reads <= set(BRIEF_HEADERS)
+
+
+def test_nul_in_a_kept_value_of_a_light_or_brief_event_is_replaced():
+    # NUL is looked for in the values kept, not in the body: a dropped
+    # header holding one changes nothing, a kept one is replaced as the
+    # reference does.
+    decoder = EventDecoder(TRACKER.headers_read, brief_events=BRIEF_EVENTS, brief_headers=BRIEF_HEADERS,
+                           known=lambda call_id: True)
+    light = json.dumps({"Event-Name": "CHANNEL_ANSWER", "Unique-ID": "u1", "Caller-Caller-ID-Name": "A\x00l",
+                        "Core-UUID": "c\x00"}).encode()
+    brief = json.dumps({"Event-Name": "DTMF", "Unique-ID": "u1", "DTMF-Digit": "\x00", "Core-UUID": "c"}).encode()
+    dropped = json.dumps({"Event-Name": "DTMF", "Unique-ID": "u1", "DTMF-Digit": "5", "Core-UUID": "c\x00"}).encode()
+    assert b"\\u0000" in light and b"\\u0000" in brief
+    assert decoder.decode(frame_of(light)) == {"Event-Name": "CHANNEL_ANSWER", "Unique-ID": "u1",
+                                               "Caller-Caller-ID-Name": "A\ufffdl"}
+    assert decoder.decode(frame_of(brief))["DTMF-Digit"] == "\ufffd"
+    assert decoder.decode(frame_of(dropped)) == {"Event-Name": "DTMF", "Unique-ID": "u1", "DTMF-Digit": "5"}
