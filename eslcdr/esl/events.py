@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 from itertools import compress, repeat
 from operator import is_not
-from typing import Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, TypedDict, Union
 from urllib.parse import quote, unquote
 
 import msgspec
 import orjson
-from msgspec import to_builtins
 
 from .frames import Frame
 
@@ -219,10 +218,13 @@ def encode_json(event: Event) -> bytes:
 #
 # CHANNEL_CREATE / PROGRESS / ANSWER / BRIDGE / DTMF are most of the frames,
 # and the leg tracker reads a handful of their ~150 headers.  msgspec decodes
-# a JSON body into a Struct whose fields are just those headers, skipping
+# a JSON body into a TypedDict of just those headers, skipping
 # every other key in C, and that costs less than json.loads of the whole
 # body.  HANGUP_COMPLETE (the CDR needs every variable) and CUSTOM events
-# (the fax result's fax-* headers) are decoded whole.  Anything the typed
+# (the fax result's fax-* headers) are decoded whole.  Progress, DTMF and
+# hold events of a leg the tracker already follows keep fewer still (the
+# brief view: msgspec compares every key it skips with every field, so a
+# field costs ~1,500 instructions an event).  Anything the typed
 # decoder does not expect -- bytes that are not UTF-8, a value that is
 # neither a string nor a list of strings -- falls back to ``decode_event``,
 # the reference path, so both paths give the same values for what they
@@ -248,62 +250,128 @@ _LightValue = Union[str, list[str]]
 _NAME_PREFIX = b'{"Event-Name":"'
 _NAME_START = len(_NAME_PREFIX)
 _LIGHT_NAMES = frozenset(name.encode() for name in LIGHT_EVENTS)
+# The order in which FreeSWITCH writes the headers the tracker reads (the
+# event's own headers, the caller profile's, the other leg's); variables
+# come after all of them, in the order they were set.
+_EMISSION_ORDER = {
+    name: rank
+    for rank, name in enumerate((
+        "Event-Name", "Event-Subclass", "Bridge-A-Unique-ID", "Bridge-B-Unique-ID", "DTMF-Digit",
+        "Channel-Call-State", "Channel-Name", "Unique-ID", "Call-Direction", "Channel-Presence-ID",
+        "Answer-State", "Caller-Caller-ID-Name", "Caller-Caller-ID-Number", "Caller-Callee-ID-Name",
+        "Caller-Callee-ID-Number", "Caller-Destination-Number", "Caller-Channel-Created-Time",
+        "Caller-Channel-Answered-Time", "Other-Leg-Unique-ID",
+    ))
+}
+
+
+def _emission_rank(name: str) -> int:
+    return _EMISSION_ORDER.get(name, len(_EMISSION_ORDER))
+
+
+def _as_kept(event: dict, body: bytes) -> bool:
+    """A light or brief view made an Event in place (ARRAY:: variables
+    arrive as lists); False when a value kept holds NUL."""
+    if b"[" in body:  # no bracket, no list
+        for key in [key for key, value in event.items() if value.__class__ is list]:
+            event[key] = _array_value(event[key])
+    # NUL comes only as an escape (a backslash): the few values kept are
+    # searched, not the body (the names are the fields' own).
+    return not (b"\\" in body and NUL in "".join(event.values()))
+
+
+def _light_decoder(headers: list[str]) -> msgspec.json.Decoder:
+    """A decoder of the named headers alone, straight into a dict (a
+    TypedDict: no struct to convert, a header the body lacks is absent)."""
+    # msgspec looks a key up from the field after the last one matched:
+    # fields in FreeSWITCH's order find each header at the first try (and
+    # every key not kept is compared with every field: few fields, cheap).
+    headers = sorted(headers, key=_emission_rank)
+    light = TypedDict("LightEvent", {header: _LightValue for header in headers}, total=False)  # type: ignore[misc]
+    return msgspec.json.Decoder(light)
 
 
 class EventDecoder:
     """Decodes event frames; JSON events the readers need little of are
     decoded light: only ``light_headers`` (plus the event's name) are kept.
 
+    Brief events (``brief_events``) of a leg ``known(Unique-ID)`` keep only
+    ``brief_headers``: the tracker reads no more of a leg it already follows
+    (ingest/legs.py BRIEF_EVENTS); any other such event is decoded light.
     ``fast=False`` gives the reference decoder (every header of every event).
     """
 
-    def __init__(self, light_headers: Iterable[str] = (), fast: bool = True) -> None:
+    def __init__(
+        self,
+        light_headers: Iterable[str] = (),
+        fast: bool = True,
+        brief_events: Iterable[str] = (),
+        brief_headers: Iterable[str] = (),
+        known: Callable[[str], bool] | None = None,
+    ) -> None:
         headers = ["Event-Name"]
         headers.extend(h for h in dict.fromkeys(light_headers) if h != "Event-Name")
         self.light_headers: tuple[str, ...] = tuple(headers)
         self.fast = fast
-        # Struct fields need identifiers; rename maps them to the headers.
-        fields = ["f%d" % i for i in range(len(headers))]
-        # omit_defaults: to_builtins() leaves out the headers the body did not
-        # have (None), so the dict is built in C, already without them.
-        light = msgspec.defstruct(
-            "LightEvent",
-            [(field, _LightValue, None) for field in fields],
-            rename=dict(zip(fields, headers)),
-            omit_defaults=True,
-        )
-        self._light = msgspec.json.Decoder(light)
+        self._light = _light_decoder(headers)
+        self.brief_events = frozenset(brief_events) & LIGHT_EVENTS if known is not None else frozenset()
+        self._brief_names = frozenset(name.encode() for name in self.brief_events)
+        brief = ["Event-Name", "Unique-ID"]
+        brief.extend(h for h in dict.fromkeys(brief_headers) if h not in brief)
+        self.brief_headers: tuple[str, ...] = tuple(brief)
+        self._brief = _light_decoder(brief)
+        self._known = known
         self._typed_whole = msgspec.json.Decoder(dict[str, Union[str, list[str]]])
         self.light_decoded = 0
+        self.brief_decoded = 0
         self.whole_decoded = 0
 
     def decode(self, frame: Frame) -> Event:
         """Decode an event frame; raises EventDecodeError on a bad body."""
-        if not self.fast or frame.content_type != JSON:
+        if not self.fast or frame.headers.get("Content-Type") != JSON:
             return decode_event(frame)
         body = frame.body
-        if json_may_hold_nul(body):
-            return self._reference(body)  # decode_json replaces it
         # FreeSWITCH writes Event-Name first: a hangup is seen without a
         # light pass, which would be wasted on it.
         if body.startswith(_NAME_PREFIX):
             name = body[_NAME_START : body.find(b'"', _NAME_START, 96)]
             if name not in _LIGHT_NAMES:
                 return self._whole(body)
+            if name in self._brief_names:
+                event = self._brief_of(body)
+                if event is not None:
+                    return event
+        return self._light_of(body)
+
+    def _light_of(self, body: bytes) -> Event:
         try:
-            event = to_builtins(self._light.decode(body))
+            event = self._light.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return self._reference(body)
         if event.get("Event-Name") not in LIGHT_EVENTS:
             return self._whole(body)
+        if not _as_kept(event, body):
+            return self._reference(body)  # decode_json replaces NUL
         self.light_decoded += 1
-        if b"[" in body:
-            # ARRAY:: variables arrive as lists; no bracket, no list.
-            for key in [key for key, value in event.items() if value.__class__ is list]:
-                event[key] = _array_value(event[key])
+        return event
+
+    def _brief_of(self, body: bytes) -> Event | None:
+        """The brief view of a brief event of a known leg, else None."""
+        try:
+            event = self._brief.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        if not _as_kept(event, body):
+            return None
+        call_id = event.get("Unique-ID")
+        if event.get("Event-Name") not in self.brief_events or (call_id and not self._known(call_id)):
+            return None
+        self.brief_decoded += 1
         return event
 
     def _whole(self, body: bytes) -> Event:
+        if json_may_hold_nul(body):
+            return self._reference(body)  # decode_json replaces it
         try:
             # Typed: anything but strings and lists of strings is refused in C.
             event = self._typed_whole.decode(body)

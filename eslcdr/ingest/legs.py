@@ -35,11 +35,11 @@ FAX_EVENTS = ("spandsp::txfaxresult", "spandsp::rxfaxresult")
 # daemon logs it when digits were dropped.
 MAX_DTMF_DIGITS = 256
 # Every header ``feed`` reads from an event other than HANGUP_COMPLETE and
-# the fax results (which it takes whole): the fast decoder keeps only these
-# of CREATE / PROGRESS / ANSWER / BRIDGE / DTMF.  Read a new one, list it here.
+# CUSTOM (which the decoder keeps whole: Event-Subclass, the fax results):
+# the fast decoder keeps only these of CREATE / PROGRESS / ANSWER / BRIDGE /
+# DTMF (each costs it ~1,500 instructions an event).  Read a new one, list it here.
 TRACKED_HEADERS = (
     "Event-Name",
-    "Event-Subclass",
     "Unique-ID",
     "Caller-Channel-Created-Time",
     *LINK_HEADERS,
@@ -59,8 +59,12 @@ TRACKED_HEADERS = (
     "Channel-Call-State",
     "Answer-State",
 )
-_NO_NEW_LINKS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CUSTOM",
-                           "CHANNEL_HOLD", "CHANNEL_UNHOLD"})
+# Of a leg already followed (``knows``), ``feed`` reads only BRIEF_HEADERS
+# from these events: they repeat the links and live view the leg showed, so
+# the fast decoder keeps no more of them (esl/events.py EventDecoder).
+BRIEF_EVENTS = frozenset({"CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA", "DTMF", "CHANNEL_HOLD", "CHANNEL_UNHOLD"})
+BRIEF_HEADERS = ("Event-Name", "Unique-ID", "DTMF-Digit", "Caller-Channel-Answered-Time")
+_NO_NEW_LINKS = BRIEF_EVENTS | {"CUSTOM"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from ..config import Config, ConfigError, EslNode
 from ..config import load as load_config
 from ..esl.client import NodeConnection
 from ..esl.events import Event, EventDecoder
-from ..ingest.legs import MAX_DTMF_DIGITS, FinishedLeg, LegTracker
+from ..ingest.legs import BRIEF_EVENTS, BRIEF_HEADERS, MAX_DTMF_DIGITS, FinishedLeg, LegTracker
 from .monitor import Monitor, status_text
 from .notify import Notifier
 from ..store.retention import Retention
@@ -78,7 +78,8 @@ class Pipeline:
             authorizing_id_vars=config.cdr.authorizing_id_vars,
         )
         # JSON events the tracker needs little of are decoded light.
-        self.decoder = EventDecoder(self.tracker.headers_read)
+        self.decoder = EventDecoder(self.tracker.headers_read, brief_events=BRIEF_EVENTS,
+                                    brief_headers=BRIEF_HEADERS, known=self.tracker.knows)
         self.events = 0
         self.cdrs = 0
         self.skipped = 0

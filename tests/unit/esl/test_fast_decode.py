@@ -20,7 +20,7 @@ from eslcdr import config
 from eslcdr.ingest.cdr import CdrBuilder, should_record
 from eslcdr.esl.events import JSON, LIGHT_EVENTS, EventDecoder, decode_event, encode_json
 from eslcdr.esl.frames import Frame
-from eslcdr.ingest.legs import TRACKED_HEADERS, LegTracker
+from eslcdr.ingest.legs import BRIEF_EVENTS, BRIEF_HEADERS, TRACKED_HEADERS, LegTracker
 
 from tests.conftest import CAPTURES, capture_frames
 
@@ -180,3 +180,72 @@ def test_tracker_reads_no_header_of_a_light_event_that_the_decoder_drops(capture
             tracker.feed(event, 1_000_000 * n)
     assert _Recording.reads
     assert _Recording.reads <= set(tracker.headers_read)
+
+
+def brief_decoder(tracker: LegTracker) -> EventDecoder:
+    return EventDecoder(tracker.headers_read, brief_events=BRIEF_EVENTS, brief_headers=BRIEF_HEADERS,
+                        known=tracker.knows)
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_same_cdrs_with_brief_events_decoded_for_the_tracker(capture):
+    # As the daemon wires it: the decoder asks the tracker that is fed.
+    frames = json_frames(capture)
+    tracker = LegTracker(CFG.cdr.interaction_id_vars)
+    decoder = brief_decoder(tracker)
+    events = []
+    for n, frame in enumerate(frames):
+        event = decoder.decode(frame)
+        tracker.feed(event, 1_000_000 * n)
+        events.append(event)
+    assert build_all(events) == build_all(REFERENCE.decode(f) for f in frames)
+    if capture in ("S1_json.esl", "S5_json.esl"):  # progress and DTMF of legs it follows
+        assert decoder.brief_decoded > 0
+
+
+def test_a_brief_event_keeps_the_brief_headers_only_for_a_known_leg():
+    frames = json_frames("S5_json.esl")
+    dtmf = next(f for f in frames if b'"DTMF"' in f.body[:40])
+    reference = REFERENCE.decode(dtmf)
+    known = EventDecoder(TRACKER.headers_read, brief_events=BRIEF_EVENTS, brief_headers=BRIEF_HEADERS,
+                         known=lambda call_id: call_id == reference["Unique-ID"])
+    assert known.decode(dtmf) == {name: reference[name] for name in BRIEF_HEADERS if name in reference}
+    assert known.decode(dtmf)["DTMF-Digit"] == reference["DTMF-Digit"]
+    unknown = EventDecoder(TRACKER.headers_read, brief_events=BRIEF_EVENTS, brief_headers=BRIEF_HEADERS,
+                           known=lambda call_id: False)
+    assert unknown.decode(dtmf) == expected_view(reference)
+    answer = next(f for f in frames if b'"CHANNEL_ANSWER"' in f.body[:40])
+    assert known.decode(answer) == expected_view(REFERENCE.decode(answer))
+
+
+@pytest.mark.parametrize("capture", ["S1_json.esl", "S5_json.esl", "S7_json.esl"])
+def test_tracker_reads_only_brief_headers_of_brief_events_of_a_known_leg(capture):
+    tracker = LegTracker(CFG.cdr.interaction_id_vars)
+    _Recording.reads = set()
+    recorded = 0
+    for n, frame in enumerate(json_frames(capture)):
+        event = REFERENCE.decode(frame)
+        if event.get("Event-Name") in BRIEF_EVENTS and tracker.knows(event.get("Unique-ID", "")):
+            tracker.feed(_Recording(event), 1_000_000 * n)
+            recorded += 1
+        else:
+            tracker.feed(event, 1_000_000 * n)
+    assert recorded
+    assert _Recording.reads <= set(BRIEF_HEADERS)
+
+
+def test_nul_in_a_kept_value_of_a_light_or_brief_event_is_replaced():
+    # NUL is looked for in the values kept, not in the body: a dropped
+    # header holding one changes nothing, a kept one is replaced as the
+    # reference does.
+    decoder = EventDecoder(TRACKER.headers_read, brief_events=BRIEF_EVENTS, brief_headers=BRIEF_HEADERS,
+                           known=lambda call_id: True)
+    light = json.dumps({"Event-Name": "CHANNEL_ANSWER", "Unique-ID": "u1", "Caller-Caller-ID-Name": "A\x00l",
+                        "Core-UUID": "c\x00"}).encode()
+    brief = json.dumps({"Event-Name": "DTMF", "Unique-ID": "u1", "DTMF-Digit": "\x00", "Core-UUID": "c"}).encode()
+    dropped = json.dumps({"Event-Name": "DTMF", "Unique-ID": "u1", "DTMF-Digit": "5", "Core-UUID": "c\x00"}).encode()
+    assert b"\\u0000" in light and b"\\u0000" in brief
+    assert decoder.decode(frame_of(light)) == {"Event-Name": "CHANNEL_ANSWER", "Unique-ID": "u1",
+                                               "Caller-Caller-ID-Name": "A\ufffdl"}
+    assert decoder.decode(frame_of(brief))["DTMF-Digit"] == "\ufffd"
+    assert decoder.decode(frame_of(dropped)) == {"Event-Name": "DTMF", "Unique-ID": "u1", "DTMF-Digit": "5"}
