@@ -187,6 +187,18 @@ def load() -> str:
     return "%.2f" % os.getloadavg()[0]
 
 
+def per_leg(before: Sample, last: Sample) -> dict:
+    """CPU a leg committed between two samples taken from the stand-in's start."""
+    legs = last.committed
+    return {
+        "legs": legs,
+        "seconds": last.at - before.at,
+        "us_per_leg": (last.cpu - before.cpu) / legs * 1e6,
+        "main_us": (last.main - before.main) / legs * 1e6,
+        "others_us": (last.others - before.others) / legs * 1e6,
+    }
+
+
 def burst(calls: int, idle: float, poll: float, profile: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(Path(tmp))
@@ -209,15 +221,7 @@ def burst(calls: int, idle: float, poll: float, profile: Path | None) -> dict:
             idle_to = run.sample()
         finally:
             run.close()
-    legs = last.committed
-    return {
-        "legs": legs,
-        "seconds": last.at - before.at,
-        "us_per_leg": (last.cpu - before.cpu) / legs * 1e6,
-        "main_us": (last.main - before.main) / legs * 1e6,
-        "others_us": (last.others - before.others) / legs * 1e6,
-        "idle_cpu_per_s": (idle_to.cpu - idle_from.cpu) / (idle_to.at - idle_from.at),
-    }
+    return dict(per_leg(before, last), idle_cpu_per_s=(idle_to.cpu - idle_from.cpu) / (idle_to.at - idle_from.at))
 
 
 def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, profile: Path | None) -> dict:
@@ -294,14 +298,7 @@ def finite(calls: int, cps: float, poll: float) -> dict:
                 time.sleep(poll)
         finally:
             run.close()
-    legs = last.committed
-    return {
-        "legs": legs,
-        "seconds": last.at - before.at,
-        "us_per_leg": (last.cpu - before.cpu) / legs * 1e6,
-        "main_us": (last.main - before.main) / legs * 1e6,
-        "others_us": (last.others - before.others) / legs * 1e6,
-    }
+    return per_leg(before, last)
 
 
 def main() -> int:
