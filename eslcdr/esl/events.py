@@ -328,7 +328,7 @@ class EventDecoder:
 
     def decode(self, frame: Frame) -> Event:
         """Decode an event frame; raises EventDecodeError on a bad body."""
-        if not self.fast or frame.headers.get("Content-Type") != JSON:
+        if not self.fast or frame.content_type != JSON:
             return decode_event(frame)
         body = frame.body
         # FreeSWITCH writes Event-Name first: a hangup is seen without a

@@ -121,18 +121,10 @@ class FrameParser:
             raw_length, ctype = usual.groups()
             length = int(raw_length)
             if length <= MAX_BODY:
-                headers = {"Content-Length": raw_length.decode("ascii"), "Content-Type": ctype.decode("ascii")}
-                start = usual.end()
-                end = start + length
-                if n < end:
-                    self._pos = start
-                    self._pending = (headers, length)
-                    return None
-                # _take_body, inlined: this runs for every event.
-                self._pos = end
-                self.frames_seen += 1
-                with memoryview(buf) as view:
-                    return Frame(headers, view[start:end].tobytes())
+                self._pos = usual.end()
+                return self._take_body(
+                    {"Content-Length": raw_length.decode("ascii"), "Content-Type": ctype.decode("ascii")}, length
+                )
         end = buf.find(b"\n\n", pos)
         if end < 0:
             if n - pos > MAX_HEADER_BLOCK:
