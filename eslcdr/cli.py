@@ -199,7 +199,8 @@ def cmd_collect(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .esl.client import RETRYABLE, AuthenticationError, NodeConnection
+    from .esl.client import NodeConnection
+    from .esl.errors import RETRYABLE, AuthenticationError
 
     cfg = _load(args)
     print("config %s: ok" % cfg.source)

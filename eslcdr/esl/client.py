@@ -32,6 +32,7 @@ from greenswitch.esl import InboundESL, NotConnectedError
 from ..backoff import backoff_delay
 from ..config import EslNode
 from ..keepalive import keep_alive
+from .errors import RETRYABLE, AuthenticationError, CommandFailed, CommandTimeout
 from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, decode_json
 from .frames import Frame, FrameParser
 from .liveness import IDLE_CHECK, watch
@@ -79,22 +80,6 @@ READ_PACE = 0.4
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
 MAX_DUMPS = 2000
-
-
-class AuthenticationError(Exception):
-    """FreeSWITCH refused the Event Socket password."""
-
-
-class CommandTimeout(Exception):
-    """FreeSWITCH did not answer a command within command_timeout."""
-
-
-class CommandFailed(Exception):
-    """FreeSWITCH answered a command with -ERR."""
-
-
-# What a connection attempt can fail with and still be worth retrying.
-RETRYABLE = (NotConnectedError, CommandTimeout, CommandFailed, OSError)
 
 
 @dataclass(frozen=True, slots=True)

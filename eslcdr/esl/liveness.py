@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import gevent.event
 from greenswitch.esl import NotConnectedError
 
+from .errors import CommandTimeout
+
 if TYPE_CHECKING:
     from .client import EslClient
 
@@ -36,8 +38,6 @@ def watch(client: "EslClient", stop: gevent.event.Event, idle_check: float) -> s
     """Wait until the client's socket closes or ``stop`` is set (None), or
     FreeSWITCH leaves PING unanswered after ``idle_check`` seconds of silence
     (the reason, the client then marked disconnected: no goodbye is waited for)."""
-    from .client import CommandTimeout  # client.py imports this module
-
     while not stop.is_set():
         quiet = time.monotonic() - client.last_read
         if quiet < idle_check:
