@@ -95,11 +95,13 @@ def test_an_export_of_rows_sharing_timestamp_and_seq_across_nodes_reads_each_onc
                               utc_offset=0)
             whole = [row for batch in read.list_rows(query, sourced=False) for row in batch]
             assert len(whole) == 15 and len({row[0] for row in whole}) == 15
-            for size in (1, 2, 4):
+            for size, piece in ((1, 250), (2, 250), (4, 250), (4, 3), (3, 1)):
                 monkeypatch.setattr(readside, "EXPORT_CHUNK", size)
+                monkeypatch.setattr(readside, "RENDER_ROWS", piece)
                 batches = list(read.list_export(query))
+                assert max(map(len, batches)) == min(size, piece)
                 rows = [row for batch in batches for row in batch]
-                assert [row[0] for row in rows] == [row[0] for row in whole], (ascending, size)
+                assert [row[0] for row in rows] == [row[0] for row in whole], (ascending, size, piece)
                 assert {len(row) for row in rows} == {LIST_ROW_WIDTH}
                 assert b"".join(list_csv(batch) for batch in batches) == list_csv(whole)
     finally:
@@ -182,6 +184,90 @@ def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path
                     assert want.json["data"] and all("source" in row for row in got.json["data"])
     finally:
         env.close()
+
+
+# Variables an export's chunk passes on whole (listing_vars' proof holds for the
+# chunk): strings only -- odd ones, colons inside -- and texts that are no object.
+STRING_VARS = [
+    {"account_billing": "per_minute", "rate": "250", "rate_name": '渡辺 "健", =x', "call_priority": "12:30",
+     "recording_url": "http://h:80/a", "bridge_id": "-x", "surcharge": "+5", "note": 'x": '},
+    {"account_billing": "flat", "rate_name": "\u00e6\t@SUM(A1)", "bridge_id": ""},
+    [1, 2.50, "x"],
+    1.50,
+    "text",
+    {},
+    None,
+]
+
+
+def test_an_export_in_pieces_with_variables_passed_on_whole_is_the_nodes_byte_for_byte(tmp_path, pg_dsn,
+                                                                                       monkeypatch):
+    """Chunks whose variables pass listing_vars' proof as a whole (strings, texts
+    that are no object), handed to the renderer in pieces: the node's CSV bytes."""
+    from eslcdr.collector import readside
+    from tests.unit.api.test_api import HARD_NAMES, CentralEnv
+
+    monkeypatch.setattr(readside, "EXPORT_CHUNK", 4)
+    monkeypatch.setattr(readside, "RENDER_ROWS", 3)
+    env = CentralEnv(tmp_path, pg_dsn)
+    try:
+        env.insert([leg(NOW_G - 10 * i, caller_id_name=HARD_NAMES[i % len(HARD_NAMES)], custom_channel_vars=ccv,
+                        owner="user-1" if i % 2 else "user-2")
+                    for i, ccv in enumerate(STRING_VARS * 2)])
+        node = webtest.TestApp(env.node_app)
+        for path in ("/cdrs", "/cdrs/interaction", "/users/user-1/cdrs"):
+            url = "/v2/accounts/%s%s?accept=csv" % (ACC_A, path)
+            want = node.get(url, headers=A).body
+            assert env.get(url).body == want, url
+            assert want.count(b"\r\n") > len(STRING_VARS)
+    finally:
+        env.close()
+
+
+def test_an_export_chunk_is_passed_on_whole_unless_a_text_is_not_the_nodes():
+    """``_export_rows``: psycopg's rows themselves where the chunk's variables pass
+    listing_vars' proof together; else only the row whose text is not the node's
+    becomes a list with the node's text."""
+    from eslcdr.collector.readside import _CCV, _export_rows, listing_vars
+    from eslcdr.query.sql import LIST_ROW_WIDTH
+
+    def row(text):
+        values = ["x"] * LIST_ROW_WIDTH
+        values[_CCV] = text
+        return tuple(values)
+
+    texts = ['{"a": "1", "b": "2"}', None, "[1, 2.50]", '"x"', "1.50", "{}", '{"b": "x\\": "}']
+    for more in ([], ['{"u": "http://h:80/", "t" : "12:30"}']):  # the cheap proof, else the expression
+        rows = [row(text) for text in texts + more]
+        same = list(rows)
+        assert _export_rows(same, keyed=False) is same and all(a is b for a, b in zip(same, rows))
+    odd = [row(text) for text in texts if text is None or text[:1] == "{"] + [row('{"n":1.50}')]
+    out = _export_rows(list(odd), keyed=False)
+    assert all(a is b for a, b in zip(out[:-1], odd))
+    assert out[-1][_CCV] == listing_vars('{"n":1.50}') == '{"n": 1.5}'
+    assert list(out[-1][:_CCV]) == list(odd[-1][:_CCV])
+
+
+def test_an_export_hands_a_chunk_out_in_pieces_and_the_chunk_ahead_reads_between_them():
+    import gevent
+
+    from eslcdr.collector.readside import PgBatches
+
+    log = []
+
+    def next_chunk(rows):  # a statement ahead whose rows come in three reads
+        for _ in range(3):
+            log.append("read")
+            gevent.sleep(0)
+        return []
+
+    pieces = []
+    for piece in PgBatches(list(range(7)), next_chunk, ahead=5.0, piece=3):
+        pieces.append(piece)
+        log.append(len(pieces))
+    assert pieces == [[0, 1, 2], [3, 4, 5], [6]]
+    # Not all read before the first piece, nor after the last: between them.
+    assert log.index("read") < log.index(1) < len(log) - 1 - log[::-1].index("read") < log.index(3)
 
 
 def test_only_objects_of_strings_are_their_own_text_whatever_the_spacing():
