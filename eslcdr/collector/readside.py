@@ -321,9 +321,10 @@ class PgBatches:
     own as a batch is handed out: PostgreSQL reads it while the caller renders
     and sends that batch (psycopg waits cooperatively under gevent's patching);
     at most one statement ahead, so at most two batches in memory.  ``piece``:
-    each batch is handed out in parts of at most that many rows, with a pass
-    through the hub between them, where the statement ahead reads what
-    PostgreSQL sent meanwhile (it can only send a socket buffer's worth ahead).
+    each batch is handed out in parts of at most that many rows, with a turn of
+    the hub's loop between them (``gevent.idle``: after its I/O), where the
+    statement ahead reads what PostgreSQL sent meanwhile (it can only send a
+    socket buffer's worth ahead of the reader).
     ``close()`` waits up to the timeout for a statement under way, then kills
     it (its connection is closed)."""
 
@@ -349,7 +350,7 @@ class PgBatches:
             piece = self._piece or len(rows)
             for start in range(0, len(rows), piece):
                 if start:
-                    gevent.sleep(0)  # the statement ahead reads what has come
+                    gevent.idle()  # the statement ahead reads what has come (sleep(0) may not poll)
                     if self._closed:
                         return
                 yield rows if piece == len(rows) else rows[start:start + piece]

@@ -270,6 +270,32 @@ def test_an_export_hands_a_chunk_out_in_pieces_and_the_chunk_ahead_reads_between
     assert log.index("read") < log.index(1) < len(log) - 1 - log[::-1].index("read") < log.index(3)
 
 
+def test_between_two_pieces_the_chunk_ahead_reads_what_has_come():
+    """A turn of the hub's loop between pieces, I/O included: the statement ahead
+    takes PostgreSQL's answer already on its socket (gevent.sleep(0) may not poll)."""
+    import gevent
+    import gevent.socket
+
+    from eslcdr.collector.readside import PgBatches
+
+    ours, theirs = gevent.socket.socketpair()
+    got = []
+
+    def next_chunk(rows):
+        gevent.socket.wait_read(ours.fileno(), timeout=5)
+        got.append(ours.recv(100))
+        return []
+
+    try:
+        theirs.sendall(b"rows")  # the answer is there before the export starts
+        stream = iter(PgBatches([1, 2, 3], next_chunk, ahead=5.0, piece=1))
+        assert next(stream) == [1]
+        assert next(stream) == [2] and got == [b"rows"]
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_only_objects_of_strings_are_their_own_text_whatever_the_spacing():
     from eslcdr.collector.readside import listing_vars
 
