@@ -224,28 +224,37 @@ def test_an_export_in_pieces_with_variables_passed_on_whole_is_the_nodes_byte_fo
         env.close()
 
 
-def test_an_export_chunk_is_passed_on_whole_unless_a_text_is_not_the_nodes():
-    """``_export_rows``: psycopg's rows themselves where the chunk's variables pass
-    listing_vars' proof together; else only the row whose text is not the node's
-    becomes a list with the node's text."""
-    from eslcdr.collector.readside import _CCV, _export_rows, listing_vars
-    from eslcdr.query.sql import LIST_ROW_WIDTH
+def test_an_export_chunk_is_passed_on_whole_unless_a_text_is_not_the_nodes(tmp_path, pg_dsn, monkeypatch):
+    """An export's chunk: psycopg's rows themselves (tuples) where its variables
+    pass listing_vars' proofs together (a colon in a value: the expression), texts
+    that are no object included; else only a row whose text is not the node's
+    becomes a list holding the node's text."""
+    from eslcdr.collector import readside
+    from eslcdr.collector.readside import listing_vars
+    from eslcdr.query.kazoo import SOURCE_COLUMNS
+    from eslcdr.query.params import ListQuery
 
-    def row(text):
-        values = ["x"] * LIST_ROW_WIDTH
-        values[_CCV] = text
-        return tuple(values)
-
-    texts = ['{"a": "1", "b": "2"}', None, "[1, 2.50]", '"x"', "1.50", "{}", '{"b": "x\\": "}']
-    for more in ([], ['{"u": "http://h:80/", "t" : "12:30"}']):  # the cheap proof, else the expression
-        rows = [row(text) for text in texts + more]
-        same = list(rows)
-        assert _export_rows(same, keyed=False) is same and all(a is b for a, b in zip(same, rows))
-    odd = [row(text) for text in texts if text is None or text[:1] == "{"] + [row('{"n":1.50}')]
-    out = _export_rows(list(odd), keyed=False)
-    assert all(a is b for a, b in zip(out[:-1], odd))
-    assert out[-1][_CCV] == listing_vars('{"n":1.50}') == '{"n": 1.5}'
-    assert list(out[-1][:_CCV]) == list(odd[-1][:_CCV])
+    at = SOURCE_COLUMNS.index("custom_channel_vars")
+    whole = [{"a": "1", "b": "2"}, None, [1, 2.50], "x", 1.50, {}, {"u": "http://h:80/", "t": "12:30"}]
+    mixed = [{"a": "x", "b": "y"}, {"n": {"c": 2, "bb": 1}, "m": "z"}]  # jsonb puts "c" first, the node "bb"
+    store, app = central_app(tmp_path, pg_dsn)
+    store.node_state("fs-a", "http://127.0.0.1:1")
+    store.store_batch("fs-a", "db-fs-a", 0, feed_items(tmp_path, [
+        leg(NOW_G - 10 * i, custom_channel_vars=ccv) for i, ccv in enumerate(whole + mixed)]))
+    monkeypatch.setattr(readside, "EXPORT_CHUNK", len(whole))
+    read = PgReadSide(pg_dsn, 5.0, heavy_slots=1)
+    try:
+        query = ListQuery(kind=KIND_CDRS, account_id=ACC_A, owner_id=None, created_from=NOW_G - 86400,
+                          created_to=NOW_G, ascending=False, page_size=None, cursor=None, filters=(), utc_offset=0)
+        first, second = list(read.list_export(query))
+        assert [type(row) for row in first] == [tuple] * len(whole)
+        assert [type(row) for row in second] == [tuple, list]
+        texts = read.pg.fetch("SELECT custom_channel_vars::text FROM cdrs WHERE custom_channel_vars ? 'n'", ())
+        assert second[1][at] == listing_vars(texts[0][0]) != texts[0][0]
+    finally:
+        read.close()
+        app.close()
+        store.close()
 
 
 def test_an_export_hands_a_chunk_out_in_pieces_and_the_chunk_ahead_reads_between_them():
