@@ -158,34 +158,6 @@ ODD_VARS = [
 ]
 
 
-def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path, pg_dsn):
-    """The central listings (CSV and JSON; CDRs, interactions, a user's) take
-    jsonb's text of custom_channel_vars where it parses to the node's values
-    (readside.listing_vars) and the node's text elsewhere: the same bytes."""
-    from tests.unit.api.test_api import HARD_NAMES, CentralEnv
-
-    env = CentralEnv(tmp_path, pg_dsn)
-    try:
-        env.insert([leg(NOW_G - 10 * i, caller_id_name=HARD_NAMES[i % len(HARD_NAMES)], custom_channel_vars=ccv,
-                        owner="user-1" if i % 2 else "user-2")
-                    for i, ccv in enumerate(ODD_VARS * 2)])
-        node = webtest.TestApp(env.node_app)
-        for path in ("/cdrs", "/cdrs/interaction", "/users/user-1/cdrs", "/users/user-1/cdrs/interaction"):
-            for query in ("?accept=csv", "?paginate=false", "?page_size=3"):
-                url = "/v2/accounts/%s%s%s" % (ACC_A, path, query)
-                want, got = node.get(url, headers=A), env.get(url)
-                if query == "?accept=csv":
-                    assert got.body == want.body, url
-                    assert want.body.count(b"\r\n") > len(ODD_VARS)
-                else:
-                    # Central rows end with their node (source); the rest is the node's row.
-                    assert [{k: v for k, v in row.items() if k != "source"} for row in got.json["data"]] \
-                        == want.json["data"], url
-                    assert want.json["data"] and all("source" in row for row in got.json["data"])
-    finally:
-        env.close()
-
-
 # Variables an export's chunk passes on whole (listing_vars' proof holds for the
 # chunk): strings only -- odd ones, colons inside -- and texts that are no object.
 STRING_VARS = [
@@ -200,10 +172,12 @@ STRING_VARS = [
 ]
 
 
-def test_an_export_in_pieces_with_variables_passed_on_whole_is_the_nodes_byte_for_byte(tmp_path, pg_dsn,
-                                                                                       monkeypatch):
-    """Chunks whose variables pass listing_vars' proof as a whole (strings, texts
-    that are no object), handed to the renderer in pieces: the node's CSV bytes."""
+@pytest.mark.parametrize("variables", [ODD_VARS, STRING_VARS], ids=["odd", "strings"])
+def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path, pg_dsn, monkeypatch, variables):
+    """The central listings (CSV and JSON; CDRs, interactions, a user's) take
+    jsonb's text of custom_channel_vars where it parses to the node's values
+    (readside.listing_vars, for a chunk of an export at once) and the node's
+    text elsewhere: the same bytes; an export in small chunks and pieces."""
     from eslcdr.collector import readside
     from tests.unit.api.test_api import HARD_NAMES, CentralEnv
 
@@ -213,15 +187,24 @@ def test_an_export_in_pieces_with_variables_passed_on_whole_is_the_nodes_byte_fo
     try:
         env.insert([leg(NOW_G - 10 * i, caller_id_name=HARD_NAMES[i % len(HARD_NAMES)], custom_channel_vars=ccv,
                         owner="user-1" if i % 2 else "user-2")
-                    for i, ccv in enumerate(STRING_VARS * 2)])
+                    for i, ccv in enumerate(variables * 2)])
         node = webtest.TestApp(env.node_app)
-        for path in ("/cdrs", "/cdrs/interaction", "/users/user-1/cdrs"):
-            url = "/v2/accounts/%s%s?accept=csv" % (ACC_A, path)
-            want = node.get(url, headers=A).body
-            assert env.get(url).body == want, url
-            assert want.count(b"\r\n") > len(STRING_VARS)
+        for path in ("/cdrs", "/cdrs/interaction", "/users/user-1/cdrs", "/users/user-1/cdrs/interaction"):
+            for query in ("?accept=csv", "?paginate=false", "?page_size=3"):
+                url = "/v2/accounts/%s%s%s" % (ACC_A, path, query)
+                want, got = node.get(url, headers=A), env.get(url)
+                if query == "?accept=csv":
+                    assert got.body == want.body, url
+                    assert want.body.count(b"\r\n") > len(variables)
+                else:
+                    # Central rows end with their node (source); the rest is the node's row.
+                    assert [{k: v for k, v in row.items() if k != "source"} for row in got.json["data"]] \
+                        == want.json["data"], url
+                    assert want.json["data"] and all("source" in row for row in got.json["data"])
     finally:
         env.close()
+
+
 
 
 def test_an_export_chunk_is_passed_on_whole_unless_a_text_is_not_the_nodes(tmp_path, pg_dsn, monkeypatch):
