@@ -53,6 +53,10 @@ EXPORT_CHUNK = 2500
 # of this process's CPU than whole 2,500-row chunks (bench/README.md); between two
 # pieces the chunk ahead reads what PostgreSQL sent, and other requests run.
 RENDER_ROWS = 250
+# The pause between two pieces: a timer, so the hub's loop turns once and polls its
+# I/O first (sleep(0) may run the export again before polling; gevent.idle waits for
+# a loop with nothing to do, which a busy collector may not have).
+_TURN = 1e-5
 _N_SOURCE = len(SOURCE_COLUMNS)
 _CCV = SOURCE_COLUMNS.index("custom_channel_vars")
 _TIMESTAMP = SOURCE_COLUMNS.index("timestamp")  # a CDR listing's key
@@ -322,9 +326,9 @@ class PgBatches:
     and sends that batch (psycopg waits cooperatively under gevent's patching);
     at most one statement ahead, so at most two batches in memory.  ``piece``:
     each batch is handed out in parts of at most that many rows, with a turn of
-    the hub's loop between them (``gevent.idle``: after its I/O), where the
-    statement ahead reads what PostgreSQL sent meanwhile (it can only send a
-    socket buffer's worth ahead of the reader).
+    the hub's loop between them (``_TURN``), where the statement ahead reads what
+    PostgreSQL sent meanwhile (it can only send a socket buffer's worth ahead of
+    the reader).
     ``close()`` waits up to the timeout for a statement under way, then kills
     it (its connection is closed)."""
 
@@ -350,7 +354,7 @@ class PgBatches:
             piece = self._piece or len(rows)
             for start in range(0, len(rows), piece):
                 if start:
-                    gevent.idle()  # the statement ahead reads what has come (sleep(0) may not poll)
+                    gevent.sleep(_TURN)  # the statement ahead reads what has come
                     if self._closed:
                         return
                 yield rows if piece == len(rows) else rows[start:start + piece]
