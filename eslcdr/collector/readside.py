@@ -11,7 +11,7 @@ Connections: at most ``POOL_SIZE``, read-only, autocommit (a snapshot a statemen
 ``statement_timeout`` on each, waiting by ``cooperative_wait``; a cancelled statement is
 ``StatementTimeout``, any other failure ``DatastoreError`` (the DSN's password redacted).
 Long reads are keyset chunks, one statement each (an export's next one read while the
-previous one is rendered, in pieces).  KPIs (``stats``) read the collector's roll-ups (``pgrollups``)
+previous one is rendered in pieces).  KPIs (``stats``) read the roll-ups (``pgrollups``)
 and the legs only where the node reads legs (``stats.split``; a direction filter reads roll-ups).
 """
 
