@@ -95,11 +95,13 @@ def test_an_export_of_rows_sharing_timestamp_and_seq_across_nodes_reads_each_onc
                               utc_offset=0)
             whole = [row for batch in read.list_rows(query, sourced=False) for row in batch]
             assert len(whole) == 15 and len({row[0] for row in whole}) == 15
-            for size in (1, 2, 4):
+            for size, piece in ((1, 250), (2, 250), (4, 250), (4, 3), (3, 1)):
                 monkeypatch.setattr(readside, "EXPORT_CHUNK", size)
+                monkeypatch.setattr(readside, "RENDER_ROWS", piece)
                 batches = list(read.list_export(query))
+                assert max(map(len, batches)) == min(size, piece)
                 rows = [row for batch in batches for row in batch]
-                assert [row[0] for row in rows] == [row[0] for row in whole], (ascending, size)
+                assert [row[0] for row in rows] == [row[0] for row in whole], (ascending, size, piece)
                 assert {len(row) for row in rows} == {LIST_ROW_WIDTH}
                 assert b"".join(list_csv(batch) for batch in batches) == list_csv(whole)
     finally:
@@ -156,17 +158,36 @@ ODD_VARS = [
 ]
 
 
-def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path, pg_dsn):
+# Variables an export's chunk passes on whole (listing_vars' proof holds for the
+# chunk): strings only -- odd ones, colons inside -- and texts that are no object.
+STRING_VARS = [
+    {"account_billing": "per_minute", "rate": "250", "rate_name": '渡辺 "健", =x', "call_priority": "12:30",
+     "recording_url": "http://h:80/a", "bridge_id": "-x", "surcharge": "+5", "note": 'x": '},
+    {"account_billing": "flat", "rate_name": "\u00e6\t@SUM(A1)", "bridge_id": ""},
+    [1, 2.50, "x"],
+    1.50,
+    "text",
+    {},
+    None,
+]
+
+
+@pytest.mark.parametrize("variables", [ODD_VARS, STRING_VARS], ids=["odd", "strings"])
+def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path, pg_dsn, monkeypatch, variables):
     """The central listings (CSV and JSON; CDRs, interactions, a user's) take
     jsonb's text of custom_channel_vars where it parses to the node's values
-    (readside.listing_vars) and the node's text elsewhere: the same bytes."""
+    (readside.listing_vars, for a chunk of an export at once) and the node's
+    text elsewhere: the same bytes; an export in small chunks and pieces."""
+    from eslcdr.collector import readside
     from tests.unit.api.test_api import HARD_NAMES, CentralEnv
 
+    monkeypatch.setattr(readside, "EXPORT_CHUNK", 4)
+    monkeypatch.setattr(readside, "RENDER_ROWS", 3)
     env = CentralEnv(tmp_path, pg_dsn)
     try:
         env.insert([leg(NOW_G - 10 * i, caller_id_name=HARD_NAMES[i % len(HARD_NAMES)], custom_channel_vars=ccv,
                         owner="user-1" if i % 2 else "user-2")
-                    for i, ccv in enumerate(ODD_VARS * 2)])
+                    for i, ccv in enumerate(variables * 2)])
         node = webtest.TestApp(env.node_app)
         for path in ("/cdrs", "/cdrs/interaction", "/users/user-1/cdrs", "/users/user-1/cdrs/interaction"):
             for query in ("?accept=csv", "?paginate=false", "?page_size=3"):
@@ -174,7 +195,7 @@ def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path
                 want, got = node.get(url, headers=A), env.get(url)
                 if query == "?accept=csv":
                     assert got.body == want.body, url
-                    assert want.body.count(b"\r\n") > len(ODD_VARS)
+                    assert want.body.count(b"\r\n") > len(variables)
                 else:
                     # Central rows end with their node (source); the rest is the node's row.
                     assert [{k: v for k, v in row.items() if k != "source"} for row in got.json["data"]] \
@@ -182,6 +203,116 @@ def test_listings_with_odd_custom_variables_are_the_nodes_byte_for_byte(tmp_path
                     assert want.json["data"] and all("source" in row for row in got.json["data"])
     finally:
         env.close()
+
+
+
+
+def test_an_export_chunk_is_passed_on_whole_unless_a_text_is_not_the_nodes(tmp_path, pg_dsn, monkeypatch):
+    """An export's chunk: psycopg's rows themselves (tuples) where its variables
+    pass listing_vars' proofs together (a colon in a value: the expression), texts
+    that are no object included; else only a row whose text is not the node's
+    becomes a list holding the node's text."""
+    from eslcdr.collector import readside
+    from eslcdr.collector.readside import listing_vars
+    from eslcdr.query.kazoo import SOURCE_COLUMNS
+    from eslcdr.query.params import ListQuery
+
+    at = SOURCE_COLUMNS.index("custom_channel_vars")
+    whole = [{"a": "1", "b": "2"}, None, [1, 2.50], "x", 1.50, {}, {"u": "http://h:80/", "t": "12:30"}]
+    mixed = [{"a": "x", "b": "y"}, {"n": {"c": 2, "bb": 1}, "m": "z"}]  # jsonb puts "c" first, the node "bb"
+    store, app = central_app(tmp_path, pg_dsn)
+    store.node_state("fs-a", "http://127.0.0.1:1")
+    store.store_batch("fs-a", "db-fs-a", 0, feed_items(tmp_path, [
+        leg(NOW_G - 10 * i, custom_channel_vars=ccv) for i, ccv in enumerate(whole + mixed)]))
+    monkeypatch.setattr(readside, "EXPORT_CHUNK", len(whole))
+    read = PgReadSide(pg_dsn, 5.0, heavy_slots=1)
+    try:
+        query = ListQuery(kind=KIND_CDRS, account_id=ACC_A, owner_id=None, created_from=NOW_G - 86400,
+                          created_to=NOW_G, ascending=False, page_size=None, cursor=None, filters=(), utc_offset=0)
+        first, second = list(read.list_export(query))
+        assert [type(row) for row in first] == [tuple] * len(whole)
+        assert [type(row) for row in second] == [tuple, list]
+        texts = read.pg.fetch("SELECT custom_channel_vars::text FROM cdrs WHERE custom_channel_vars ? 'n'", ())
+        assert second[1][at] == listing_vars(texts[0][0]) != texts[0][0]
+    finally:
+        read.close()
+        app.close()
+        store.close()
+
+
+def test_an_export_hands_a_chunk_out_in_pieces_and_the_chunk_ahead_reads_between_them():
+    import gevent
+
+    from eslcdr.collector.readside import PgBatches
+
+    log = []
+
+    def next_chunk(rows):  # a statement ahead whose rows come in three reads
+        for _ in range(3):
+            log.append("read")
+            gevent.sleep(0)
+        return []
+
+    pieces = []
+    for piece in PgBatches(list(range(7)), next_chunk, ahead=5.0, piece=3):
+        pieces.append(piece)
+        log.append(len(pieces))
+    assert pieces == [[0, 1, 2], [3, 4, 5], [6]]
+    # Not all read before the first piece, nor after the last: between them.
+    assert log.index("read") < log.index(1) < len(log) - 1 - log[::-1].index("read") < log.index(3)
+
+
+def test_between_two_pieces_the_chunk_ahead_reads_what_has_come():
+    """A turn of the hub's loop between pieces, I/O included: the statement ahead
+    takes PostgreSQL's answer already on its socket (gevent.sleep(0) may not poll)."""
+    import gevent
+    import gevent.socket
+
+    from eslcdr.collector.readside import PgBatches
+
+    ours, theirs = gevent.socket.socketpair()
+    got = []
+
+    def next_chunk(rows):
+        gevent.socket.wait_read(ours.fileno(), timeout=5)
+        got.append(ours.recv(100))
+        return []
+
+    try:
+        theirs.sendall(b"rows")  # the answer is there before the export starts
+        stream = iter(PgBatches([1, 2, 3, 4], next_chunk, ahead=5.0, piece=1))
+        assert next(stream) == [1] and next(stream) == [2]  # (the turn's timer may come first)
+        assert next(stream) == [3] and got == [b"rows"]
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_pieces_are_handed_out_while_other_greenlets_keep_the_loop_busy():
+    """The turn between two pieces does not wait for an idle loop: two greenlets
+    bouncing a byte keep an event ready in every turn, as a busy collector may."""
+    import gevent
+    import gevent.socket
+
+    from eslcdr.collector.readside import PgBatches
+
+    ping, pong = gevent.socket.socketpair()
+
+    def bounce(sock, first):
+        if first:
+            sock.sendall(b"x")
+        while True:
+            sock.recv(1)
+            sock.sendall(b"x")
+
+    players = [gevent.spawn(bounce, ping, True), gevent.spawn(bounce, pong, False)]
+    try:
+        with gevent.Timeout(10, AssertionError("the export waited for an idle loop")):
+            assert list(PgBatches([1, 2, 3], lambda rows: [], ahead=5.0, piece=1)) == [[1], [2], [3]]
+    finally:
+        gevent.killall(players)
+        ping.close()
+        pong.close()
 
 
 def test_only_objects_of_strings_are_their_own_text_whatever_the_spacing():
