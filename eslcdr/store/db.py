@@ -45,13 +45,6 @@ AUTO_VACUUM_INCREMENTAL = 2
 # SQLite CPU a row (bench/README.md, #18).  The WAL file reaches ~8 MB plus
 # a batch (4,000 pages: ~16 MB, more than a node's WAL should hold).
 WAL_CHECKPOINT_PAGES = 2000
-# The writer's page cache (SQLite's default: 2 MB).  A leg's ~8 b-tree
-# inserts each descend an index to a leaf; with 2 MB the interior pages and
-# recent leaves of a file past a few thousand rows no longer stay, and each
-# leg read ~7 pages back from the OS (pread): 3.5 with 16 MB on a
-# 10,000-row file, 7 instead of 11 on a 60,000-row one (batches of 16,
-# bench/README.md, #18).  It fills as pages are used.
-WRITER_CACHE_KIB = 16 * 1024
 
 # Rows go in as multi-row INSERTs of up to _PARAMS_PER_STATEMENT values: one
 # sqlite3_step per statement instead of per row.  That is a third less CPU
@@ -195,7 +188,6 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     # after a burst (e.g. a retention run).
     conn.execute("PRAGMA journal_size_limit=%d" % (64 * 1024 * 1024))
     conn.execute("PRAGMA wal_autocheckpoint=%d" % WAL_CHECKPOINT_PAGES)
-    conn.execute("PRAGMA cache_size=-%d" % WRITER_CACHE_KIB)
     migrate(conn)
     # A batch's temporary b-trees (the roll-ups' GROUP BY) in memory, not a
     # file created and deleted in /var/tmp at every commit.  Set after the

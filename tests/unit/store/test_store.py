@@ -12,7 +12,7 @@ import greenlet as greenlet_module
 import pytest
 
 from eslcdr.store import schema
-from eslcdr.store.db import WAL_CHECKPOINT_PAGES, WRITER_CACHE_KIB, connect_reader, connect_writer, insert_records, recent_interaction_links
+from eslcdr.store.db import WAL_CHECKPOINT_PAGES, connect_reader, connect_writer, insert_records, recent_interaction_links
 from eslcdr.store.writer import Writer
 
 from tests.harness import database_before, wait_until
@@ -198,9 +198,6 @@ def test_a_batch_rolls_up_its_own_rows_not_the_table(tmp_path):
         assert "INTEGER PRIMARY KEY (rowid>?)" in plan and "idx_cdrs" not in plan, plan
     # A batch's temporary b-trees (GROUP BY) stay in memory: no file per commit.
     assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2
-    # The indexes' upper pages stay in the writer's cache (SQLite's 2 MB
-    # made a leg read ~7 pages back from the OS, #18).
-    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB and WRITER_CACHE_KIB >= 8 * 2000
 
 
 def test_reader_is_read_only(tmp_path):
