@@ -214,8 +214,9 @@ def legs_sql(account_id: str, leg_or_interaction: str, fmt: str = "json",
     A leg without an interaction id is its own interaction.  Three indexed
     equalities joined by OR (SQLite's OR-by-union plan: idx_cdrs_interaction
     twice, the primary key), each row checked for the account (``+``: not a
-    search of the account's index, which reads every leg of the account).  Rows are (record, created key, seq); ``start`` (a row) and
-    ``limit`` read them in keyset chunks.
+    search of the account's index, which reads every leg of the account).
+    Rows are (record, created key, seq); ``start`` (a row) and ``limit`` read
+    them in keyset chunks.
     """
     args = [account_id, leg_or_interaction, leg_or_interaction, account_id, leg_or_interaction]
     after = ""
