@@ -162,12 +162,16 @@ def _interactions_sql(query: ListQuery) -> tuple[str, list[Any]]:
     filter_clauses, filter_args = where_filters(query.filters, "c")
     clauses += filter_clauses
     args += filter_args
+    # The earlier legs are looked up by interaction id (idx_cdrs_interaction:
+    # ~3 rows), their account and owner checked on the row: the unary + keeps
+    # the planner off the account's indexes, which would read every leg of
+    # the account for each row listed.
     clauses.append(
         "NOT EXISTS (SELECT 1 FROM cdrs AS o WHERE o.interaction_id = c.interaction_id"
-        " AND o.account_id = c.account_id%s"
+        " AND +o.account_id = c.account_id%s"
         " AND (ifnull(o.created_us, 0) < ifnull(c.created_us, 0)"
         " OR (ifnull(o.created_us, 0) = ifnull(c.created_us, 0) AND o.seq < c.seq)))"
-        % (" AND o.owner_id = c.owner_id" if query.owner_id is not None else "")
+        % (" AND +o.owner_id = c.owner_id" if query.owner_id is not None else "")
     )
     return _listing(query, _START, "c.interaction_id", clauses, args)
 
@@ -208,9 +212,11 @@ def legs_sql(account_id: str, leg_or_interaction: str, fmt: str = "json",
     call id, as full records in creation order.
 
     A leg without an interaction id is its own interaction.  Three indexed
-    equalities joined by OR (SQLite's OR-by-union plan), each scoped to the
-    account.  Rows are (record, created key, seq); ``start`` (a row) and
-    ``limit`` read them in keyset chunks.
+    equalities joined by OR (SQLite's OR-by-union plan: idx_cdrs_interaction
+    twice, the primary key), each row checked for the account (``+``: not a
+    search of the account's index, which reads every leg of the account).
+    Rows are (record, created key, seq); ``start`` (a row) and ``limit`` read
+    them in keyset chunks.
     """
     args = [account_id, leg_or_interaction, leg_or_interaction, account_id, leg_or_interaction]
     after = ""
@@ -220,7 +226,7 @@ def legs_sql(account_id: str, leg_or_interaction: str, fmt: str = "json",
     sql = (
         "WITH target(iid, seq) AS (SELECT interaction_id, seq FROM cdrs"
         " WHERE account_id = ? AND (id = ? OR call_id = ?) LIMIT 1)"
-        " SELECT %s, COALESCE(c.created_us, -1), c.seq FROM cdrs AS c WHERE c.account_id = ? AND (c.interaction_id = ?"
+        " SELECT %s, COALESCE(c.created_us, -1), c.seq FROM cdrs AS c WHERE +c.account_id = ? AND (c.interaction_id = ?"
         " OR c.interaction_id = (SELECT iid FROM target)"
         " OR c.seq = (SELECT seq FROM target WHERE iid IS NULL))%s"
         " ORDER BY c.created_us, c.seq" % (record_sql(fmt), after)

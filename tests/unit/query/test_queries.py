@@ -29,7 +29,7 @@ from eslcdr.query.params import (
 )
 from eslcdr.query.pool import ReaderPool
 from eslcdr.query.reader import InlineRunner, StatementTimeout
-from eslcdr.query.sql import list_sql
+from eslcdr.query.sql import legs_sql, list_sql
 
 from tests import kazoo_shapes
 
@@ -300,6 +300,30 @@ def test_interaction_rows_are_first_legs_in_account_and_owner(db):
     # The range applies to the interaction's start (the time in its id).
     assert listing(created_from=NOW_G - 450) == [(second, single["call_id"])]
     assert listing(created_from=NOW_G - 500) == [(second, single["call_id"]), (first, a["call_id"])]
+
+
+def plan_of(conn, sql, args):
+    return " / ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+
+
+def test_an_interaction_is_read_by_its_id_not_by_its_account(db):
+    # The listing's earliest-leg test and the legs route find the legs of an
+    # interaction through idx_cdrs_interaction (~3 rows) and check the account
+    # on the row: an account's index (account_id=?) alone reads every leg of
+    # the account, for each row listed or each legs request (the legs route
+    # did; schema 10 dropped the (account_id, interaction_id) index, #18).
+    path, writer = db
+    store.insert_records(writer, [record(NOW_G - n, owner="u%d" % (n % 4)) for n in range(40)])
+    for owner in (None, "u1"):
+        q = ListQuery(KIND_INTERACTIONS, ACC, owner, NOW_G - 3600, NOW_G, False, 50, None, (), 0)
+        plan = plan_of(writer, *list_sql(q))
+        outer, inner = plan.split("CORRELATED SCALAR SUBQUERY")
+        assert "_istart" in outer and "TEMP B-TREE" not in plan, plan
+        assert "SEARCH o USING INDEX idx_cdrs_interaction (interaction_id=?)" in inner, plan
+    for start, limit in ((None, None), ((1, 2), 10)):
+        plan = plan_of(writer, *legs_sql(ACC, "x", start=start, limit=limit))
+        assert plan.startswith("MULTI-INDEX OR / INDEX 1 / SEARCH c USING INDEX idx_cdrs_interaction"), plan
+        assert "(account_id=?)" not in plan and "SCAN c" not in plan, plan
 
 
 # ---------------------------------------------------------------- execution

@@ -48,6 +48,22 @@ def test_schema_is_migrated_and_versioned(tmp_path):
     assert schema.migrate(connect_writer(tmp_path / "a.db")) == schema.SCHEMA_VERSION
 
 
+def test_cdrs_indexes_are_the_ones_a_query_uses(tmp_path):
+    # Every index is a random b-tree page written per leg (#18): the set is
+    # pinned; idx_cdrs_account_interaction went in schema 10, on an old file
+    # too (tests/unit/query/test_queries.py pins the plans that used it).
+    expected = {"sqlite_autoindex_cdrs_1", "sqlite_autoindex_cdrs_2", "idx_cdrs_account_ts", "idx_cdrs_owner_ts",
+                "idx_cdrs_ts", "idx_cdrs_interaction", "idx_cdrs_stats", "idx_cdrs_account_istart",
+                "idx_cdrs_owner_istart"}
+    old = database_before(tmp_path / "old.db", schema.drop_account_interaction_index)
+    assert "idx_cdrs_account_interaction" in {r[1] for r in old.execute("PRAGMA index_list(cdrs)")}
+    old.close()
+    for path in (tmp_path / "new.db", tmp_path / "old.db"):
+        conn = connect_writer(path)
+        assert {r[1] for r in conn.execute("PRAGMA index_list(cdrs)")} == expected
+        conn.close()
+
+
 def test_newer_schema_refused(tmp_path):
     conn = connect_writer(tmp_path / "a.db")
     conn.execute("PRAGMA user_version = 99")
