@@ -69,6 +69,19 @@ def process_cpu(pid: int) -> float:
     return stat_cpu("/proc/%d/stat" % pid)
 
 
+def wakeups(pid: int, tid: int) -> int:
+    """Voluntary context switches of one thread: each is a wait it woke from
+    (epoll_wait for the main thread, the pool's lock for the SQLite thread)."""
+    try:
+        with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:  # a pool thread that ended
+        pass
+    return 0
+
+
 class Sample:
     def __init__(self, pid: int, committed: int):
         self.at = time.monotonic()
@@ -77,6 +90,8 @@ class Sample:
         self.main = stat_cpu("/proc/%d/task/%d/stat" % (pid, pid))
         self.cpu = process_cpu(pid)
         self.others = self.cpu - self.main
+        self.main_wakeups = wakeups(pid, pid)
+        self.other_wakeups = sum(wakeups(pid, int(tid)) for tid in os.listdir("/proc/%d/task" % pid) if int(tid) != pid)
         self.committed = committed
 
 
@@ -165,6 +180,8 @@ class Profiler:
     """py-spy (when asked for, and installed: not a dependency) sampling
     the daemon; raw collapsed stacks, summed by bench/profile_split.py."""
 
+    RATE = 250  # samples a second; --profile-rate (a trickle needs more to gather a few hundred)
+
     def __init__(self, out: Path | None, pid: int, name: str):
         self.proc = None
         if out is None:
@@ -172,10 +189,32 @@ class Profiler:
         spy = Path(sys.executable).parent / "py-spy"
         out.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
-             "--format", "raw", "--output", str(out / ("%s.txt" % name))],
+            [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid), "--rate", str(self.RATE),
+             "--nonblocking", "--format", "raw", "--output", str(out / ("%s.txt" % name))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+
+
+class Strace:
+    """``strace -c -f`` on the daemon over the window (--strace DIR): system
+    calls by name and thread, summed.  It slows every call: take the CPU
+    figures from a run without it."""
+
+    def __init__(self, out: Path | None, pid: int, name: str):
+        self.proc = None
+        if out is None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(pid), "-o", str(out / ("%s.strace.txt" % name))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # attached to every thread before the window starts
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -224,7 +263,8 @@ def burst(calls: int, idle: float, poll: float, profile: Path | None) -> dict:
     return dict(per_leg(before, last), idle_cpu_per_s=(idle_to.cpu - idle_from.cpu) / (idle_to.at - idle_from.at))
 
 
-def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, profile: Path | None) -> dict:
+def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, profile: Path | None,
+          strace: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(Path(tmp))
         sent: dict[str, int] = {}
@@ -244,11 +284,13 @@ def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, 
                 now = time.monotonic()
                 if first is None and now - started >= warmup:
                     profiler = Profiler(profile, run.daemon.pid, "paced-%g" % cps)
+                    tracer = Strace(strace, run.daemon.pid, "paced-%g" % cps)
                     first = run.sample()
                     window_seqs_from = run.seen_seq
                 elif first is not None and now - first.at >= window:
                     last = run.sample()
                     profiler.stop()
+                    tracer.stop()
                     break
                 time.sleep(poll)
             rows = run.reader.execute(
@@ -259,9 +301,13 @@ def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, 
             run.close()
     latencies = [(run.visible[c] - sent[c]) / 1000.0 for (c,) in rows if c in sent and c in run.visible]
     legs = last.committed - first.committed
+    seconds = last.at - first.at
     return {
         "legs": legs,
-        "legs_per_s": legs / (last.at - first.at),
+        "legs_per_s": legs / seconds,
+        "cpu_ms_per_s": (last.cpu - first.cpu) / seconds * 1e3,
+        "main_wakeups_per_s": (last.main_wakeups - first.main_wakeups) / seconds,
+        "other_wakeups_per_s": (last.other_wakeups - first.other_wakeups) / seconds,
         "us_per_leg": (last.cpu - first.cpu) / legs * 1e6,
         "main_us": (last.main - first.main) / legs * 1e6,
         "others_us": (last.others - first.others) / legs * 1e6,
@@ -311,10 +357,17 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="idle seconds measured after the burst (default %(default)s)")
     parser.add_argument("--poll", type=float, default=0.01, help="database poll interval, s (default %(default)s)")
     parser.add_argument("--profile", type=Path, help="sample the daemon with py-spy into this folder (raw stacks)")
+    parser.add_argument("--profile-rate", type=int, default=Profiler.RATE,
+                        help="py-spy samples a second (default %(default)s; at 1-2 calls/s 1000 and a 300 s window "
+                             "bring ~500 of the main thread)")
+    parser.add_argument("--strace", type=Path,
+                        help="strace -c -f the daemon over each paced window into this folder (slows it: "
+                             "its CPU figures then mean little)")
     parser.add_argument("--issue-table", action="store_true",
                         help="issue 18's own runs instead (--calls 3000/1000/500 at 0/50/10 calls/s, default talk "
                              "times, until every CDR is committed; ~8 min)")
     args = parser.parse_args()
+    Profiler.RATE = args.profile_rate
 
     if args.issue_table:
         print("issue 18's table: CPU of the eslcdr run process per leg, stand-in start to last CDR committed")
@@ -332,11 +385,14 @@ def main() -> int:
               "idle %.4f s CPU/s  load %s" % (args.burst_calls, result["legs"], result["seconds"], result["us_per_leg"],
                                               result["main_us"], result["others_us"], result["idle_cpu_per_s"], load()))
     for rate in [float(r) for r in args.rates.split(",") if r]:
-        result = paced(rate, args.warmup, args.window, args.max_talk, args.poll, args.profile)
-        print("paced  --cps %-4g: %5d legs (%.0f legs/s)  cpu %4.0f us/leg (main %.0f + others %.0f)  "
-              "latency p50 %.0f ms p99 %.0f ms max %.0f ms (%d unmatched)  load %s" % (
+        result = paced(rate, args.warmup, args.window, args.max_talk, args.poll, args.profile, args.strace)
+        print("paced  --cps %-4g: %5d legs (%.1f legs/s)  cpu %4.0f us/leg (main %.0f + others %.0f), %.2f ms/s  "
+              "wake-ups/s main %.1f others %.1f  latency p50 %.0f ms p99 %.0f ms max %.0f ms (%d unmatched)  "
+              "load %s" % (
                   rate, result["legs"], result["legs_per_s"], result["us_per_leg"], result["main_us"],
-                  result["others_us"], result["p50"], result["p99"], result["max"], result["unmatched"], load()))
+                  result["others_us"], result["cpu_ms_per_s"], result["main_wakeups_per_s"],
+                  result["other_wakeups_per_s"], result["p50"], result["p99"], result["max"], result["unmatched"],
+                  load()))
     return 0
 
 
