@@ -77,6 +77,13 @@ READ_CHUNK = 512 * 1024
 # it: a pass never brings more than about that).
 GATHER_BYTES = 1024 * 1024
 READ_PACE = 0.4
+# A read that the reader waited this long for (the socket silent) starts no
+# pass: events come sparsely (a handful of calls ending a second, the tail of
+# long calls), so the next is as likely seconds away, and a pass would only
+# add a wake-up (its timer), two setsockopt calls and a recv that fails
+# (bench/README.md, the trickle).  A pass gathers more than one read only
+# when reads come less than a pass apart: the same bound.
+SPARSE_AFTER = READ_PACE
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
 MAX_DUMPS = 2000
@@ -191,8 +198,11 @@ class EslClient(InboundESL):
         parser = self._parser
         chunk = bytearray(READ_CHUNK)
         view = memoryview(chunk)
+        waited_from = None  # when the reader began to wait for the next read
         try:
             while True:
+                if waited_from is None:
+                    waited_from = time.monotonic()
                 try:
                     size = self.sock.recv_into(chunk)
                 except OSError as exc:
@@ -200,7 +210,8 @@ class EslClient(InboundESL):
                     break
                 if not size:
                     break
-                self.last_read = time.monotonic()
+                now = self.last_read = time.monotonic()
+                waited, waited_from = now - waited_from, None
                 self._read_bytes += size
                 parser.feed(view[:size])
                 self._take(parser)
@@ -210,12 +221,18 @@ class EslClient(InboundESL):
                 # only when the burst ends.  A shorter read took all there
                 # was: let the next events gather (a pass of GATHER_BYTES at
                 # a few calls a second is a short read too, and waking again
-                # for the next single event would double the wake-ups).
+                # for the next single event would double the wake-ups) --
+                # unless the socket had been silent for a pass or longer
+                # (SPARSE_AFTER): the next event is then as likely to be
+                # seconds away, and a pass would cost a wake-up of its own.
                 if size >= READ_CHUNK:
                     gevent.sleep(0)
                 elif self.pace and not self._commands_sent:
                     try:
-                        self._gather()
+                        if waited < SPARSE_AFTER:
+                            self._gather()
+                        else:
+                            waited_from = self._rest()
                     except OSError as exc:  # closed meanwhile (close())
                         reason = "socket error: %s" % exc
                         break
@@ -269,6 +286,20 @@ class EslClient(InboundESL):
             gevent.socket.wait(watcher, timeout=pace, timeout_exc=False)
         finally:
             sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, 1)
+
+    def _rest(self) -> float:
+        """After a small read that came after a silence (a sparse stream):
+        wait for the next bytes at once, no pass (that would wake the reader
+        once more, for nothing most times), and tell the writer it may commit
+        now.  Waiting for readability before the recv spares a recv that
+        would only fail (EAGAIN).  Returns when the wait began."""
+        now = time.monotonic()
+        if self._on_pause is not None:
+            self._on_pause(now + READ_PACE)
+        watcher = getattr(self.sock, "_read_event", None)
+        if watcher is not None:
+            gevent.socket.wait(watcher)
+        return now
 
     def _dispatch(self, frame: Frame) -> None:
         """A frame that is not an event (``_take`` hands on the events)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gevent
 import gevent.server
+import greenlet
 import pytest
 from greenswitch.esl import NotConnectedError
 
@@ -285,6 +286,53 @@ def test_a_trickle_of_events_is_read_a_few_at_a_time(monkeypatch):
     assert rec.errors == []
     # The login, subscription and resync replies take a few reads of their own.
     assert len(reads) <= 20, reads
+
+
+def test_a_sparse_stream_wakes_the_reader_once_an_event(monkeypatch):
+    # Events seconds apart (the tail of long calls): a pass after each read
+    # would wake the reader a second time, for nothing (its timer), so a
+    # read that came after a silence starts none -- one wake-up an event --
+    # and still tells the writer at once that it may commit.
+    gap = 2 * esl.SPARSE_AFTER
+    events = 5
+    pauses = []
+    wakeups = []
+    counting = []
+
+    def trickle():
+        for n in range(events):
+            gevent.sleep(gap)
+            yield {"Event-Name": "CHANNEL_CREATE", "Unique-ID": "leg-%02d" % n, "Channel-Name": "sofia/x/%d" % n}
+
+    fake = FakeFreeSWITCH(events=StaticSource(trickle()), hold=True).start()
+    rec = Recorder()
+
+    def on_event(event):
+        rec.on_event(event)
+        counting[:] = [len(rec.events) < events]  # from the first event to the last
+
+    connection = NodeConnection(node(fake.port), on_event, lambda rows: None, rec.on_error, on_pause=pauses.append)
+
+    def trace(kind, args):
+        client = connection.client
+        if kind in ("switch", "throw") and counting == [True] and client is not None and args[1] is client._reader:
+            wakeups.append(kind)
+
+    previous = greenlet.settrace(trace)
+    runner = gevent.spawn(connection.run)
+    try:
+        with gevent.Timeout(10 + events * gap):
+            while len(rec.events) < events:
+                gevent.sleep(0.01)
+    finally:
+        greenlet.settrace(previous)
+        connection.stop()
+        runner.join(timeout=5)
+        fake.stop()
+    assert [e["Unique-ID"] for e in rec.events] == ["leg-%02d" % n for n in range(events)]
+    # One wake-up per event after the first (a pass would make it two).
+    assert len(wakeups) <= events, wakeups
+    assert len(pauses) >= events
 
 
 def test_parse_channel_rows_uuids():
