@@ -56,33 +56,23 @@ SUBSCRIBED_EVENTS = (
     "spandsp::rxfaxresult",
 )
 # What one recv may take, into one buffer kept for the connection's life (a
-# fresh bytes object per read faulted its pages in every time).  Less than
-# a pass gathers (GATHER_BYTES): a full read means more is waiting, and the
-# reader takes it at once (after letting the writer start, gevent.sleep(0)),
-# a piece at a time, so what it decodes is still in the CPU's cache (with
-# 2 MiB reads a burst cost ~20 % more CPU per leg).
+# fresh bytes object per read faulted its pages in).  Less than a pass gathers:
+# a full read means more is waiting, taken at once (after gevent.sleep(0)) a
+# piece at a time, still in cache (2 MiB reads: a burst ~20 % dearer a leg).
 READ_CHUNK = 512 * 1024
-# After a read that took all there was the reader lets events gather: it waits
-# until GATHER_BYTES are there (SO_RCVLOWAT), at most as long as they took
-# to come at the rate since the last such wait, and never more than
-# READ_PACE.  Every wake-up costs the same (the loop, a switch, a recv; on a
-# busy host mostly cold caches) however many events it brings, so a media
-# server's trickle is read a few times a second, and faster streams in passes
-# of GATHER_BYTES (at 10 calls/s ~0.6 MB/s: one pass per READ_PACE; 1 MiB
-# rather than 256 KiB halved the wake-ups there and took ~15 % off the CPU
-# per leg, bench/README.md).  The delay adds at most READ_PACE to a CDR's
-# latency (the writer's window, flush_interval, comes after it: both stay
-# well within the 1 s budget of docs/architecture.md).  The kernel grows the
-# socket's receive buffer to hold GATHER_BYTES (and clamps the window near
-# it: a pass never brings more than about that).
+# After a read that took all there was the reader lets events gather (a pass):
+# until GATHER_BYTES are there (SO_RCVLOWAT), at most as long as they took to
+# come at the recent rate, never more than READ_PACE.  Every wake-up costs the
+# same (mostly cold caches) however many events it brings: a trickle is read a
+# few times a second, faster streams in passes of GATHER_BYTES (1 MiB rather
+# than 256 KiB: ~15 % less CPU a leg at 10 calls/s, bench/README.md).  A CDR
+# waits at most READ_PACE more (then the writer's window: well within the 1 s
+# of docs/architecture.md).  The kernel sizes the receive buffer to match.
 GATHER_BYTES = 1024 * 1024
 READ_PACE = 0.4
-# A read that the reader waited this long for (the socket silent) starts no
-# pass: events come sparsely (a handful of calls ending a second, the tail of
-# long calls), so the next is as likely seconds away, and a pass would only
-# add a wake-up (its timer), two setsockopt calls and a recv that fails
-# (bench/README.md, the trickle).  A pass gathers more than one read only
-# when reads come less than a pass apart: the same bound.
+# A read the reader waited this long for starts no pass: events come sparsely
+# (the tail of long calls), the next is likely seconds away, and a pass would
+# add a wake-up (its timer), two setsockopt calls and a failing recv.
 SPARSE_AFTER = READ_PACE
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
@@ -222,9 +212,7 @@ class EslClient(InboundESL):
                 # was: let the next events gather (a pass of GATHER_BYTES at
                 # a few calls a second is a short read too, and waking again
                 # for the next single event would double the wake-ups) --
-                # unless the socket had been silent for a pass or longer
-                # (SPARSE_AFTER): the next event is then as likely to be
-                # seconds away, and a pass would cost a wake-up of its own.
+                # unless the socket had been silent (SPARSE_AFTER).
                 if size >= READ_CHUNK:
                     gevent.sleep(0)
                 elif self.pace and not self._commands_sent:
@@ -288,11 +276,9 @@ class EslClient(InboundESL):
             sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, 1)
 
     def _rest(self) -> float:
-        """After a small read that came after a silence (a sparse stream):
-        wait for the next bytes at once, no pass (that would wake the reader
-        once more, for nothing most times), and tell the writer it may commit
-        now.  Waiting for readability before the recv spares a recv that
-        would only fail (EAGAIN).  Returns when the wait began."""
+        """After a small read that came after a silence: tell the writer it
+        may commit now, and wait for the next bytes (readable first: no recv
+        that fails with EAGAIN).  Returns when the wait began."""
         now = time.monotonic()
         if self._on_pause is not None:
             self._on_pause(now + READ_PACE)
