@@ -4,9 +4,10 @@ server sends them (a few at a time, in real time), beside the burst figure.
 The stand-in (``eslcdr fakefs``, generated calls) and the daemon (``eslcdr
 run``, the default config but for paths and ports) are real subprocesses.
 The daemon starts first and waits for FreeSWITCH; the stand-in is started
-once it is idle.  CPU is the daemon process's own (utime + stime from
-/proc/<pid>/stat; its main thread -- socket, decoding, legs, CDRs -- apart
-from its other threads, the SQLite writer's), so other load on the machine
+once it is idle.  CPU is the daemon process's own (its threads' run time
+from /proc/<pid>/task/*/schedstat, in ns; utime + stime in clock ticks where
+the kernel has no schedstat; its main thread -- socket, decoding, legs, CDRs
+-- apart from its other threads, the SQLite writer's), so other load on the machine
 changes it less than wall time; still compare figures of one run, and mind
 the load average printed with them.
 
@@ -26,6 +27,7 @@ the load average printed with them.
 
     python bench/live.py [--rates 10,50,200] [--warmup 10] [--window 20] [--profile DIR]
     python bench/live.py --issue-table   # issue 18's own runs: finite, default talk times, until all committed
+    python bench/live.py --burst-calls 0 --rates 0.2,1,2 --window 120   # the trickle (a tail of long calls)
 
 The window's legs are those committed in it; with --max-talk 5 every call
 but the fax (34 s, 4 % of calls) ends within ~15 s of its start, so the
@@ -82,13 +84,31 @@ def wakeups(pid: int, tid: int) -> int:
     return 0
 
 
+def run_time(pid: int, tid: int) -> float | None:
+    """CPU (s) of one thread in ns from /proc/.../schedstat (None without it):
+    a 10 ms clock tick is ~150 µs a leg of a 20 s window at 1 call/s."""
+    try:
+        with open("/proc/%d/task/%d/schedstat" % (pid, tid)) as f:
+            return int(f.read().split()[0]) / 1e9
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
 class Sample:
     def __init__(self, pid: int, committed: int):
         self.at = time.monotonic()
         # The main thread (socket, decoding, legs, CDRs) apart from the
-        # others (the SQLite writer's work in gevent's thread pool).
-        self.main = stat_cpu("/proc/%d/task/%d/stat" % (pid, pid))
-        self.cpu = process_cpu(pid)
+        # others (the SQLite writer's work in gevent's thread pool, whose
+        # threads live as long as the daemon): by schedstat's ns where the
+        # kernel has it, else by utime + stime (clock ticks).
+        tids = [int(tid) for tid in os.listdir("/proc/%d/task" % pid)]
+        times = [run_time(pid, tid) for tid in tids]
+        if None in times:
+            self.main = stat_cpu("/proc/%d/task/%d/stat" % (pid, pid))
+            self.cpu = process_cpu(pid)
+        else:
+            self.main = times[tids.index(pid)]
+            self.cpu = sum(times)
         self.others = self.cpu - self.main
         self.main_wakeups = wakeups(pid, pid)
         self.other_wakeups = sum(wakeups(pid, int(tid)) for tid in os.listdir("/proc/%d/task" % pid) if int(tid) != pid)
