@@ -39,7 +39,7 @@ from .notify import Notifier
 from ..store.retention import Retention
 from ..store.spool import Spool
 from .status import DaemonStatus, NodeStatus, WriterStatus
-from ..supervise import spawn_supervised
+from ..supervise import keep_pool_threads, spawn_supervised
 from ..store.db import connect_writer, recent_interaction_links, recent_interaction_starts
 from ..api.tokens import TokenStore
 from ..store.writer import Writer
@@ -249,6 +249,7 @@ class Daemon:
     # -- start --------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        keep_pool_threads()  # before anything runs in the pool
         # One token set for the API and retention (a broken file at start
         # raises TokenFileError: a configuration error).
         self.tokens = TokenStore(cfg.api.tokens_file)
