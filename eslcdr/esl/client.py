@@ -70,10 +70,12 @@ READ_CHUNK = 512 * 1024
 # of docs/architecture.md).  The kernel sizes the receive buffer to match.
 GATHER_BYTES = 1024 * 1024
 READ_PACE = 0.4
-# A read the reader waited this long for starts no pass: events come sparsely
-# (the tail of long calls), the next is likely seconds away, and a pass would
-# add a wake-up (its timer), two setsockopt calls and a failing recv.
+# A read the reader waited this long for starts no pass (events come sparsely:
+# the tail of long calls); the writer is told to commit once nothing more came
+# within SETTLE: a call's legs hang up tens of ms apart (one transaction for
+# them, not the first alone), and no setsockopt pair or failing recv.
 SPARSE_AFTER = READ_PACE
+SETTLE = 0.06
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
 MAX_DUMPS = 2000
@@ -205,22 +207,15 @@ class EslClient(InboundESL):
                 self._read_bytes += size
                 parser.feed(view[:size])
                 self._take(parser)
-                # While FreeSWITCH keeps the socket full, recv never blocks
-                # and so never yields: after a full chunk (more is waiting)
-                # let the writer start its batch (in its thread) rather than
-                # only when the burst ends.  A shorter read took all there
-                # was: let the next events gather (a pass of GATHER_BYTES at
-                # a few calls a second is a short read too, and waking again
-                # for the next single event would double the wake-ups) --
-                # unless the socket had been silent (SPARSE_AFTER).
+                # A full chunk (more is waiting, recv never yields): let the
+                # writer start its batch (in its thread).  A shorter read took
+                # all there was: let the next events gather (a pass), unless
+                # the socket had been silent (SPARSE_AFTER: ``_rest``).
                 if size >= READ_CHUNK:
                     gevent.sleep(0)
                 elif self.pace and not self._commands_sent:
                     try:
-                        if waited < SPARSE_AFTER:
-                            self._gather()
-                        else:
-                            waited_from = self._rest()
+                        waited_from = self._gather() if waited < SPARSE_AFTER else self._rest()
                     except OSError as exc:  # closed meanwhile (close())
                         reason = "socket error: %s" % exc
                         break
@@ -276,16 +271,21 @@ class EslClient(InboundESL):
             sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, 1)
 
     def _rest(self) -> float:
-        """After a small read that came after a silence: tell the writer it
-        may commit now, and wait for the next bytes (readable first: no recv
-        that fails with EAGAIN).  Returns when the wait began."""
-        now = time.monotonic()
-        if self._on_pause is not None:
-            self._on_pause(now + READ_PACE)
+        """After a small read that came after a silence: what comes within
+        SETTLE starts a pass (the next read); else the writer is told it may
+        commit, and the reader waits for the next bytes (readable first: no
+        recv that fails with EAGAIN).  Returns when the silence began."""
+        began = time.monotonic()
         watcher = getattr(self.sock, "_read_event", None)
-        if watcher is not None:
+        if watcher is None:
+            return began
+        gevent.socket.wait(watcher, timeout=SETTLE, timeout_exc=False)
+        now = time.monotonic()
+        if now - began >= SETTLE:
+            if self._on_pause is not None:
+                self._on_pause(now + READ_PACE)
             gevent.socket.wait(watcher)
-        return now
+        return began
 
     def _dispatch(self, frame: Frame) -> None:
         """A frame that is not an event (``_take`` hands on the events)."""
