@@ -4,10 +4,10 @@ server sends them (a few at a time, in real time), beside the burst figure.
 The stand-in (``eslcdr fakefs``, generated calls) and the daemon (``eslcdr
 run``, the default config but for paths and ports) are real subprocesses.
 The daemon starts first and waits for FreeSWITCH; the stand-in is started
-once it is idle.  CPU is the daemon process's own (each thread's time on a
-CPU, in ns, from /proc/<pid>/task/<tid>/schedstat; its main thread --
-socket, decoding, legs, CDRs -- apart from its other threads, the SQLite
-writer's; until 2026-12-07 utime + stime, 10 ms ticks), so other load on the machine
+once it is idle.  CPU is the daemon process's own (its threads' run time
+from /proc/<pid>/task/*/schedstat, in ns; utime + stime in clock ticks where
+the kernel has no schedstat; its main thread -- socket, decoding, legs, CDRs
+-- apart from its other threads, the SQLite writer's), so other load on the machine
 changes it less than wall time; still compare figures of one run, and mind
 the load average printed with them.
 
@@ -27,6 +27,7 @@ the load average printed with them.
 
     python bench/live.py [--rates 10,50,200] [--warmup 10] [--window 20] [--profile DIR]
     python bench/live.py --issue-table   # issue 18's own runs: finite, default talk times, until all committed
+    python bench/live.py --burst-calls 0 --rates 0.2,1,2 --window 120   # the trickle (a tail of long calls)
 
 The window's legs are those committed in it; with --max-talk 5 every call
 but the fax (34 s, 4 % of calls) ends within ~15 s of its start, so the
@@ -70,61 +71,50 @@ def process_cpu(pid: int) -> float:
     return stat_cpu("/proc/%d/stat" % pid)
 
 
-def run_time(path: str) -> float:
-    """Time on a CPU (s) of one thread, from its schedstat: in ns, where
-    utime + stime count 10 ms ticks (at 10 calls/s a 20 s window's SQLite
-    thread ran ~5 of them: ±15 µs a leg per tick)."""
+def wakeups(pid: int, tid: int) -> int:
+    """Voluntary context switches of one thread: each is a wait it woke from
+    (epoll_wait for the main thread, the pool's lock for the SQLite thread)."""
     try:
-        with open(path) as f:
+        with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:  # a pool thread that ended
+        pass
+    return 0
+
+
+def run_time(pid: int, tid: int) -> float | None:
+    """CPU (s) of one thread in ns from /proc/.../schedstat (None without it):
+    a 10 ms clock tick is ~150 µs a leg of a 20 s window at 1 call/s."""
+    try:
+        with open("/proc/%d/task/%d/schedstat" % (pid, tid)) as f:
             return int(f.read().split()[0]) / 1e9
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0  # the thread has just ended
-
-
-class ThreadTimes:
-    """Time on a CPU of every thread of the daemon seen so far: gevent's pool
-    ends an idle thread (and its schedstat with it), so each thread's last
-    figure is kept; looked at every poll (``Run.poll_rows``), a thread that
-    ends loses at most its last 0.1 s."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.seen: dict[str, float] = {}
-        self.gone = 0.0  # threads whose id was reused
-        self.at = 0.0
-
-    def update(self) -> None:
-        try:
-            tids = os.listdir("/proc/%d/task" % self.pid)
-        except FileNotFoundError:
-            return
-        for tid in tids:
-            now = run_time("/proc/%d/task/%s/schedstat" % (self.pid, tid))
-            before = self.seen.get(tid, 0.0)
-            if now < before:
-                self.gone += before  # another thread with the same id
-            if now:
-                self.seen[tid] = now
-        self.at = time.monotonic()
-
-    @property
-    def main(self) -> float:
-        return self.seen.get(str(self.pid), 0.0)
-
-    @property
-    def total(self) -> float:
-        return self.gone + sum(self.seen.values())
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
 
 
 class Sample:
-    def __init__(self, threads: ThreadTimes, committed: int):
+    def __init__(self, pid: int, committed: int):
         self.at = time.monotonic()
         # The main thread (socket, decoding, legs, CDRs) apart from the
-        # others (the SQLite writer's work in gevent's thread pool).
-        threads.update()
-        self.main = threads.main
-        self.cpu = threads.total
+        # others (the SQLite writer's work in gevent's thread pool, whose
+        # threads live as long as the daemon): by schedstat's ns where the
+        # kernel has it, else by utime + stime (clock ticks).
+        tids = [int(tid) for tid in os.listdir("/proc/%d/task" % pid)]
+        times = [run_time(pid, tid) for tid in tids]
+        # utime + stime of the process counts threads that ended too (gevent
+        # lets a pool thread idle 5 s go): printed beside, as "ticks".
+        self.ticks = process_cpu(pid)
+        if None in times:
+            self.main = stat_cpu("/proc/%d/task/%d/stat" % (pid, pid))
+            self.cpu = self.ticks
+        else:
+            self.main = times[tids.index(pid)]
+            self.cpu = sum(times)
         self.others = self.cpu - self.main
+        self.main_wakeups = wakeups(pid, pid)
+        self.other_wakeups = sum(wakeups(pid, int(tid)) for tid in os.listdir("/proc/%d/task" % pid) if int(tid) != pid)
         self.committed = committed
 
 
@@ -152,7 +142,6 @@ class Run:
         self.seen_seq = 0
         self.committed = 0
         self.visible: dict[str, int] = {}
-        self.threads = ThreadTimes(self.daemon.pid)
         self.await_log("daemon_started")
         self.reader = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, isolation_level=None)
 
@@ -194,12 +183,10 @@ class Run:
             self.visible[call_id] = now_us
             self.seen_seq = seq
         self.committed += len(rows)
-        if time.monotonic() - self.threads.at >= 0.1:
-            self.threads.update()
         return len(rows)
 
     def sample(self) -> Sample:
-        return Sample(self.threads, self.committed)
+        return Sample(self.daemon.pid, self.committed)
 
     def close(self) -> None:
         if self.reader is not None:
@@ -216,6 +203,8 @@ class Profiler:
     """py-spy (when asked for, and installed: not a dependency) sampling
     the daemon; raw collapsed stacks, summed by bench/profile_split.py."""
 
+    RATE = 250  # samples a second; --profile-rate (a trickle needs more to gather a few hundred)
+
     def __init__(self, out: Path | None, pid: int, name: str):
         self.proc = None
         if out is None:
@@ -223,10 +212,32 @@ class Profiler:
         spy = Path(sys.executable).parent / "py-spy"
         out.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
-             "--format", "raw", "--output", str(out / ("%s.txt" % name))],
+            [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid), "--rate", str(self.RATE),
+             "--nonblocking", "--format", "raw", "--output", str(out / ("%s.txt" % name))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=30)
+
+
+class Strace:
+    """``strace -c -f`` on the daemon over the window (--strace DIR): system
+    calls by name and thread, summed.  It slows every call: take the CPU
+    figures from a run without it."""
+
+    def __init__(self, out: Path | None, pid: int, name: str):
+        self.proc = None
+        if out is None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(pid), "-o", str(out / ("%s.strace.txt" % name))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # attached to every thread before the window starts
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -247,6 +258,7 @@ def per_leg(before: Sample, last: Sample) -> dict:
         "us_per_leg": (last.cpu - before.cpu) / legs * 1e6,
         "main_us": (last.main - before.main) / legs * 1e6,
         "others_us": (last.others - before.others) / legs * 1e6,
+        "ticks_us": (last.ticks - before.ticks) / legs * 1e6,
     }
 
 
@@ -275,7 +287,8 @@ def burst(calls: int, idle: float, poll: float, profile: Path | None) -> dict:
     return dict(per_leg(before, last), idle_cpu_per_s=(idle_to.cpu - idle_from.cpu) / (idle_to.at - idle_from.at))
 
 
-def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, profile: Path | None) -> dict:
+def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, profile: Path | None,
+          strace: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(Path(tmp))
         sent: dict[str, int] = {}
@@ -295,11 +308,13 @@ def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, 
                 now = time.monotonic()
                 if first is None and now - started >= warmup:
                     profiler = Profiler(profile, run.daemon.pid, "paced-%g" % cps)
+                    tracer = Strace(strace, run.daemon.pid, "paced-%g" % cps)
                     first = run.sample()
                     window_seqs_from = run.seen_seq
                 elif first is not None and now - first.at >= window:
                     last = run.sample()
                     profiler.stop()
+                    tracer.stop()
                     break
                 time.sleep(poll)
             rows = run.reader.execute(
@@ -310,9 +325,14 @@ def paced(cps: float, warmup: float, window: float, max_talk: int, poll: float, 
             run.close()
     latencies = [(run.visible[c] - sent[c]) / 1000.0 for (c,) in rows if c in sent and c in run.visible]
     legs = last.committed - first.committed
+    seconds = last.at - first.at
     return {
         "legs": legs,
-        "legs_per_s": legs / (last.at - first.at),
+        "legs_per_s": legs / seconds,
+        "cpu_ms_per_s": (last.cpu - first.cpu) / seconds * 1e3,
+        "ticks_us": (last.ticks - first.ticks) / legs * 1e6,
+        "main_wakeups_per_s": (last.main_wakeups - first.main_wakeups) / seconds,
+        "other_wakeups_per_s": (last.other_wakeups - first.other_wakeups) / seconds,
         "us_per_leg": (last.cpu - first.cpu) / legs * 1e6,
         "main_us": (last.main - first.main) / legs * 1e6,
         "others_us": (last.others - first.others) / legs * 1e6,
@@ -362,18 +382,26 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="idle seconds measured after the burst (default %(default)s)")
     parser.add_argument("--poll", type=float, default=0.01, help="database poll interval, s (default %(default)s)")
     parser.add_argument("--profile", type=Path, help="sample the daemon with py-spy into this folder (raw stacks)")
+    parser.add_argument("--profile-rate", type=int, default=Profiler.RATE,
+                        help="py-spy samples a second (default %(default)s; at 1-2 calls/s 1000 and a 300 s window "
+                             "bring ~500 of the main thread)")
+    parser.add_argument("--strace", type=Path,
+                        help="strace -c -f the daemon over each paced window into this folder (slows it: "
+                             "its CPU figures then mean little)")
     parser.add_argument("--issue-table", action="store_true",
                         help="issue 18's own runs instead (--calls 3000/1000/500 at 0/50/10 calls/s, default talk "
                              "times, until every CDR is committed; ~8 min)")
     args = parser.parse_args()
+    Profiler.RATE = args.profile_rate
 
     if args.issue_table:
         print("issue 18's table: CPU of the eslcdr run process per leg, stand-in start to last CDR committed")
         for calls, cps in ISSUE_RUNS:
             result = finite(calls, cps, args.poll)
-            print("--calls %4d --cps %-3g: %5d legs in %6.1f s  cpu %4.0f us/leg (main %.0f + others %.0f)  load %s" % (
-                calls, cps, result["legs"], result["seconds"], result["us_per_leg"], result["main_us"],
-                result["others_us"], load()))
+            print("--calls %4d --cps %-3g: %5d legs in %6.1f s  cpu %4.0f us/leg (main %.0f + others %.0f; by ticks, "
+                  "ended threads too, %.0f)  load %s" % (
+                      calls, cps, result["legs"], result["seconds"], result["us_per_leg"], result["main_us"],
+                      result["others_us"], result["ticks_us"], load()))
         return 0
 
     print("CPU of the eslcdr run process per committed leg (main thread + writer threads); load = 1-min load average")
@@ -383,11 +411,14 @@ def main() -> int:
               "idle %.4f s CPU/s  load %s" % (args.burst_calls, result["legs"], result["seconds"], result["us_per_leg"],
                                               result["main_us"], result["others_us"], result["idle_cpu_per_s"], load()))
     for rate in [float(r) for r in args.rates.split(",") if r]:
-        result = paced(rate, args.warmup, args.window, args.max_talk, args.poll, args.profile)
-        print("paced  --cps %-4g: %5d legs (%.0f legs/s)  cpu %4.0f us/leg (main %.0f + others %.0f)  "
-              "latency p50 %.0f ms p99 %.0f ms max %.0f ms (%d unmatched)  load %s" % (
+        result = paced(rate, args.warmup, args.window, args.max_talk, args.poll, args.profile, args.strace)
+        print("paced  --cps %-4g: %5d legs (%.1f legs/s)  cpu %4.0f us/leg (main %.0f + others %.0f; by ticks, "
+              "ended threads too, %.0f), %.2f ms/s  wake-ups/s main %.1f others %.1f  latency p50 %.0f ms p99 %.0f ms "
+              "max %.0f ms (%d unmatched)  load %s" % (
                   rate, result["legs"], result["legs_per_s"], result["us_per_leg"], result["main_us"],
-                  result["others_us"], result["p50"], result["p99"], result["max"], result["unmatched"], load()))
+                  result["others_us"], result["ticks_us"], result["cpu_ms_per_s"], result["main_wakeups_per_s"],
+                  result["other_wakeups_per_s"], result["p50"], result["p99"], result["max"], result["unmatched"],
+                  load()))
     return 0
 
 

@@ -6,7 +6,8 @@ jittered backoff, until its owner stops.  Both long-running processes
 here, so no task dies silently.
 
 Blocking calls (SQLite, the file system) run in the hub's thread pool
-through ``in_thread`` / ``spawn_in_thread``, each naming the errors its
+through ``in_thread`` / ``spawn_in_thread`` (whose threads a long-running
+process keeps, ``keep_pool_threads``), each naming the errors its
 caller handles: those travel back as values and are raised in the calling
 greenlet.  Raised in the pool thread, gevent would print each one's
 traceback raw to stderr (a multi-line trace in the journal at each retry
@@ -61,6 +62,16 @@ def _guarded(work: Callable[..., T], args: tuple, errors: Errors) -> Callable[[]
             return None, exc
 
     return guarded
+
+
+def keep_pool_threads() -> None:
+    """Keep the hub's pool threads for the life of the process: gevent lets
+    one go after 5 s idle (``threadpool_idle_task_timeout``), and a trickle's
+    transactions, seconds apart, then each started a thread of their own (a
+    stack mapped, a thread state, cold caches).  Read once, when the pool is
+    made: call it before the first ``in_thread``.  (gevent takes no -1, "for
+    ever", there: a day idle.)"""
+    gevent.config.threadpool_idle_task_timeout = 86400.0
 
 
 def in_thread(work: Callable[..., T], *args: Any, errors: Errors) -> T:

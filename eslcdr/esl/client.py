@@ -56,27 +56,26 @@ SUBSCRIBED_EVENTS = (
     "spandsp::rxfaxresult",
 )
 # What one recv may take, into one buffer kept for the connection's life (a
-# fresh bytes object per read faulted its pages in every time).  Less than
-# a pass gathers (GATHER_BYTES): a full read means more is waiting, and the
-# reader takes it at once (after letting the writer start, gevent.sleep(0)),
-# a piece at a time, so what it decodes is still in the CPU's cache (with
-# 2 MiB reads a burst cost ~20 % more CPU per leg).
+# fresh bytes object per read faulted its pages in).  Less than a pass gathers:
+# a full read means more is waiting, taken at once (after gevent.sleep(0)) a
+# piece at a time, still in cache (2 MiB reads: a burst ~20 % dearer a leg).
 READ_CHUNK = 512 * 1024
-# After a read that took all there was the reader lets events gather: it waits
-# until GATHER_BYTES are there (SO_RCVLOWAT), at most as long as they took
-# to come at the rate since the last such wait, and never more than
-# READ_PACE.  Every wake-up costs the same (the loop, a switch, a recv; on a
-# busy host mostly cold caches) however many events it brings, so a media
-# server's trickle is read a few times a second, and faster streams in passes
-# of GATHER_BYTES (at 10 calls/s ~0.6 MB/s: one pass per READ_PACE; 1 MiB
-# rather than 256 KiB halved the wake-ups there and took ~15 % off the CPU
-# per leg, bench/README.md).  The delay adds at most READ_PACE to a CDR's
-# latency (the writer's window, flush_interval, comes after it: both stay
-# well within the 1 s budget of docs/architecture.md).  The kernel grows the
-# socket's receive buffer to hold GATHER_BYTES (and clamps the window near
-# it: a pass never brings more than about that).
+# After a read that took all there was the reader lets events gather (a pass):
+# until GATHER_BYTES are there (SO_RCVLOWAT), at most as long as they took to
+# come at the recent rate, never more than READ_PACE.  Every wake-up costs the
+# same (mostly cold caches) however many events it brings: a trickle is read a
+# few times a second, faster streams in passes of GATHER_BYTES (1 MiB rather
+# than 256 KiB: ~15 % less CPU a leg at 10 calls/s, bench/README.md).  A CDR
+# waits at most READ_PACE more (then the writer's window: well within the 1 s
+# of docs/architecture.md).  The kernel sizes the receive buffer to match.
 GATHER_BYTES = 1024 * 1024
 READ_PACE = 0.4
+# A read the reader waited this long for starts no pass (events come sparsely:
+# the tail of long calls); the writer is told to commit once nothing more came
+# within SETTLE: a call's legs hang up tens of ms apart (one transaction for
+# them, not the first alone), and no setsockopt pair or failing recv.
+SPARSE_AFTER = READ_PACE
+SETTLE = 0.06
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
 MAX_DUMPS = 2000
@@ -191,8 +190,11 @@ class EslClient(InboundESL):
         parser = self._parser
         chunk = bytearray(READ_CHUNK)
         view = memoryview(chunk)
+        waited_from = None  # when the reader began to wait for the next read
         try:
             while True:
+                if waited_from is None:
+                    waited_from = time.monotonic()
                 try:
                     size = self.sock.recv_into(chunk)
                 except OSError as exc:
@@ -200,22 +202,20 @@ class EslClient(InboundESL):
                     break
                 if not size:
                     break
-                self.last_read = time.monotonic()
+                now = self.last_read = time.monotonic()
+                waited, waited_from = now - waited_from, None
                 self._read_bytes += size
                 parser.feed(view[:size])
                 self._take(parser)
-                # While FreeSWITCH keeps the socket full, recv never blocks
-                # and so never yields: after a full chunk (more is waiting)
-                # let the writer start its batch (in its thread) rather than
-                # only when the burst ends.  A shorter read took all there
-                # was: let the next events gather (a pass of GATHER_BYTES at
-                # a few calls a second is a short read too, and waking again
-                # for the next single event would double the wake-ups).
+                # A full chunk (more is waiting, recv never yields): let the
+                # writer start its batch (in its thread).  A shorter read took
+                # all there was: let the next events gather (a pass), unless
+                # the socket had been silent (SPARSE_AFTER: ``_rest``).
                 if size >= READ_CHUNK:
                     gevent.sleep(0)
                 elif self.pace and not self._commands_sent:
                     try:
-                        self._gather()
+                        waited_from = self._gather() if waited < SPARSE_AFTER else self._rest()
                     except OSError as exc:  # closed meanwhile (close())
                         reason = "socket error: %s" % exc
                         break
@@ -269,6 +269,23 @@ class EslClient(InboundESL):
             gevent.socket.wait(watcher, timeout=pace, timeout_exc=False)
         finally:
             sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVLOWAT, 1)
+
+    def _rest(self) -> float:
+        """After a small read that came after a silence: what comes within
+        SETTLE starts a pass (the next read); else the writer is told it may
+        commit, and the reader waits for the next bytes (readable first: no
+        recv that fails with EAGAIN).  Returns when the silence began."""
+        began = time.monotonic()
+        watcher = getattr(self.sock, "_read_event", None)
+        if watcher is None:
+            return began
+        gevent.socket.wait(watcher, timeout=SETTLE, timeout_exc=False)
+        now = time.monotonic()
+        if now - began >= SETTLE:
+            if self._on_pause is not None:
+                self._on_pause(now + READ_PACE)
+            gevent.socket.wait(watcher)
+        return began
 
     def _dispatch(self, frame: Frame) -> None:
         """A frame that is not an event (``_take`` hands on the events)."""

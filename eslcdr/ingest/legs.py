@@ -251,6 +251,11 @@ class LegTracker(Interactions):
             )
         return out
 
+    @property
+    def suspected(self) -> int:
+        """Legs marked by ``resync`` still waiting to be written off."""
+        return len(self._suspects)
+
     def knows(self, call_id: str) -> bool:
         """The leg is live here, or finished (and remembered): its CDR is
         written or on its way, or will come from its own hangup."""

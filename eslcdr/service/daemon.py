@@ -39,7 +39,7 @@ from .notify import Notifier
 from ..store.retention import Retention
 from ..store.spool import Spool
 from .status import DaemonStatus, NodeStatus, WriterStatus
-from ..supervise import spawn_supervised
+from ..supervise import keep_pool_threads, spawn_supervised
 from ..store.db import connect_writer, recent_interaction_links, recent_interaction_starts
 from ..api.tokens import TokenStore
 from ..store.writer import Writer
@@ -49,7 +49,14 @@ log = structlog.get_logger(__name__)
 HOUSEKEEPING_INTERVAL = 30.0
 # How long a leg missing from "show channels" may still get its hangup event.
 RESYNC_GRACE = 5.0
+# How often legs marked by a resync are looked at, while there are any (a
+# resync wakes the housekeeping); otherwise it sleeps until the next sweep: a
+# daemon with calls trickling in or none is not woken every second for it.
 LOST_CHECK_INTERVAL = 1.0
+# The tracker's memory of finished calls is trimmed every this many finished
+# legs, on the event path (cheap below its caps), rather than every second:
+# a burst cannot pile up more than this past the caps.
+TRIM_EVERY = 1024
 # Greenlets woken by what they wait for still look this often (a timeout on
 # every wait); each wake-up of an idle daemon costs CPU on the media server.
 IDLE_WAKE = 30.0
@@ -85,6 +92,7 @@ class Pipeline:
         self.skipped = 0
         self.build_errors = 0
         self.backfilled = 0
+        self._finished_legs = 0  # for TRIM_EVERY
         self.last_event_at: float | None = None
         # Set when [backfill] json_cdr_dir serves this node (daemon.Daemon).
         self.backfill: Backfill | None = None
@@ -110,6 +118,9 @@ class Pipeline:
             tracker.merges = []
         if finished is None:
             return False
+        self._finished_legs += 1
+        if not self._finished_legs % TRIM_EVERY:
+            tracker.trim()
         if not should_record(finished.hangup):
             self.skipped += 1
             return False
@@ -221,6 +232,7 @@ class Daemon:
         self.log_level = config.log.level
         self._stop = gevent.event.Event()
         self._reload = gevent.event.Event()
+        self._resynced = gevent.event.Event()  # wakes the housekeeping: legs to write off
         self._greenlets: list[gevent.Greenlet] = []
         self.conn: sqlite3.Connection | None = None
         self.writer: Writer | None = None
@@ -237,6 +249,7 @@ class Daemon:
     # -- start --------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        keep_pool_threads()  # before anything runs in the pool
         # One token set for the API and retention (a broken file at start
         # raises TokenFileError: a configuration error).
         self.tokens = TokenStore(cfg.api.tokens_file)
@@ -265,7 +278,8 @@ class Daemon:
             pipeline.tracker.remember_interaction_starts(starts)
             self.pipelines[node.name] = pipeline
             self.nodes[node.name] = NodeConnection(
-                node, pipeline.on_event, pipeline.on_resync, decoder=pipeline.decoder, on_pause=self.writer.quiet_until
+                node, pipeline.on_event, self._on_resync(pipeline), decoder=pipeline.decoder,
+                on_pause=self.writer.quiet_until,
             )
         self.supervise("writer", self.writer.run)
         self.supervise("spooler", self.writer.run_spooler)
@@ -309,6 +323,15 @@ class Daemon:
         # The database is open and the API listens: ready, even while
         # FreeSWITCH is still unreachable (the nodes keep reconnecting).
         self.notifier.ready(status_text(self.status()))
+
+    def _on_resync(self, pipeline: Pipeline) -> Callable[[list[dict[str, str]]], list[str]]:
+        def on_resync(rows: list[dict[str, str]]) -> list[str]:
+            added = pipeline.on_resync(rows)
+            if pipeline.tracker.suspected:
+                self._resynced.set()
+            return added
+
+        return on_resync
 
     def _run_node(self, connection: NodeConnection) -> Callable[[], None]:
         def run() -> None:
@@ -362,12 +385,20 @@ class Daemon:
         self._reload.set()
 
     def _housekeeping(self) -> None:
+        """Every second while a resync's marked legs wait to be written off
+        (the resync wakes it), else once a sweep (HOUSEKEEPING_INTERVAL)."""
         last_sweep = time.monotonic()
-        while not self._stop.wait(timeout=LOST_CHECK_INTERVAL):
+        while not self._stop.is_set():
+            watching = any(pipeline.tracker.suspected for pipeline in self.pipelines.values())
+            next_sweep = last_sweep + HOUSEKEEPING_INTERVAL - time.monotonic()
+            timeout = min(LOST_CHECK_INTERVAL, next_sweep) if watching else next_sweep
+            gevent.wait([self._resynced, self._stop], count=1, timeout=max(0.0, timeout))
+            self._resynced.clear()
+            if self._stop.is_set():
+                break
             sweep = time.monotonic() - last_sweep >= HOUSEKEEPING_INTERVAL
             for pipeline in self.pipelines.values():
                 pipeline.write_off_lost()
-                # What is kept of finished calls: bounded every second.
                 pipeline.tracker.trim()
                 if sweep:
                     pipeline.housekeeping()

@@ -6,13 +6,15 @@ are committed on their own."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 
 import gevent
 
-from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource, call_template, template_documents
+from eslcdr.fakefs import FakeFreeSWITCH, GeneratedSource, StaticSource, call_template, template_documents
 
+from tests.conftest import capture_events
 from tests.harness import DaemonProcess, db_rows, write_config
 
 FLUSH_INTERVAL = 0.2  # the default
@@ -126,3 +128,38 @@ def test_at_one_call_every_5_s_each_cdr_is_visible_within_the_latency_bound(tmp_
     # every batch waited the whole window, ~200 ms).
     batches = [e for e in daemon.log_events() if e.get("event") == "batch_written" and e["rows"]]
     assert batches and max(b["waited_ms"] for b in batches) < 1000 * FLUSH_INTERVAL / 2, batches
+
+
+def test_the_writer_keeps_its_thread_between_transactions_seconds_apart(tmp_path):
+    # gevent lets an idle pool thread go after 5 s: a trickle's transactions,
+    # seconds apart, each started a thread of its own (the tail of long calls).
+    events = capture_events("S1_json.esl")
+    hangup = next(e for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    late_leg = "00000000-0000-4000-8000-00000000abcd"
+
+    def stream():
+        yield from events
+        gevent.sleep(6.5)  # past gevent's idle timeout, 5 s
+        yield dict(hangup, **{"Unique-ID": late_leg})
+
+    fake = FakeFreeSWITCH(events=StaticSource(stream()), hold=True)
+    fake.start()
+    daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
+    db = tmp_path / "cdrs.db"
+    tasks = "/proc/%d/task" % daemon.proc.pid
+    try:
+        deadline = time.monotonic() + 30
+        while not db_rows(db) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        first = set(os.listdir(tasks))
+        while late_leg not in {r["call_id"] for r in db_rows(db)} and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        last = set(os.listdir(tasks))
+        rows = {r["call_id"] for r in db_rows(db)}
+    finally:
+        code = daemon.stop()
+        fake.stop()
+    assert code == 0
+    assert late_leg in rows
+    # The late leg was committed by a thread that was there already.
+    assert last <= first, (first, last)

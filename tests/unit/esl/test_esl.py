@@ -287,6 +287,39 @@ def test_a_trickle_of_events_is_read_a_few_at_a_time(monkeypatch):
     assert len(reads) <= 20, reads
 
 
+def test_the_legs_of_a_call_ending_after_a_silence_are_handed_over_before_the_pause():
+    # The tail of long calls: a call's legs hang up tens of ms apart, seconds
+    # after anything else.  The reader tells the writer it may commit only
+    # once the call's other hangups are read (one transaction for them; it
+    # used to pause at the first, so the writer committed it alone).
+    calls = 3
+    seen = []
+
+    def trickle():
+        for n in range(calls):
+            gevent.sleep(2 * esl.SPARSE_AFTER)
+            for leg in "ba":
+                yield {"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": "%s-%d" % (leg, n)}
+                gevent.sleep(0.01)
+
+    fake = FakeFreeSWITCH(events=StaticSource(trickle()), hold=True).start()
+    connection = NodeConnection(node(fake.port), lambda event: seen.append(event["Unique-ID"]), lambda rows: None,
+                                on_pause=lambda at: seen.append("pause"))
+    runner = gevent.spawn(connection.run)
+    try:
+        with gevent.Timeout(10 + calls * 2 * esl.SPARSE_AFTER):
+            last = "a-%d" % (calls - 1)
+            while last not in seen or "pause" not in seen[seen.index(last):]:
+                gevent.sleep(0.01)
+    finally:
+        connection.stop()
+        runner.join(timeout=5)
+        fake.stop()
+    for n in range(calls):
+        between = seen[seen.index("b-%d" % n):seen.index("a-%d" % n)]
+        assert "pause" not in between, seen
+
+
 def test_parse_channel_rows_uuids():
     assert parse_channel_rows('{"row_count": 0}\n') == []
     body = '{"row_count":2,"rows":[{"uuid":"a","name":"x"},{"uuid":"b"}]}'
