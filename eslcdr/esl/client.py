@@ -258,9 +258,8 @@ class EslClient(InboundESL):
         pace = min(READ_PACE, GATHER_BYTES * (now - self._read_at) / max(self._read_bytes, 1))
         self._read_at, self._read_bytes = now, 0
         sock = self.sock
-        watcher = getattr(sock, "_read_event", None)  # the gevent socket's own
+        watcher = self._readable()
         if watcher is None:
-            self.pace = False
             return
         if self._on_pause is not None:
             self._on_pause(now + pace)
@@ -274,9 +273,12 @@ class EslClient(InboundESL):
         """After a small read that came after a silence: what comes within
         SETTLE starts a pass (the next read); else the writer is told it may
         commit, and the reader waits for the next bytes (readable first: no
-        recv that fails with EAGAIN).  Returns when the silence began."""
+        recv that fails with EAGAIN).  Returns when the silence began.  The
+        wait for the next bytes is as long as the recv it replaces: a socket
+        silent past liveness.IDLE_CHECK is probed, and closed if FreeSWITCH
+        does not answer, which ends the wait (an OSError to the read loop)."""
         began = time.monotonic()
-        watcher = getattr(self.sock, "_read_event", None)
+        watcher = self._readable()
         if watcher is None:
             return began
         gevent.socket.wait(watcher, timeout=SETTLE, timeout_exc=False)
@@ -286,6 +288,15 @@ class EslClient(InboundESL):
                 self._on_pause(now + READ_PACE)
             gevent.socket.wait(watcher)
         return began
+
+    def _readable(self):
+        """The gevent socket's own read watcher (waited on without a recv);
+        None turns pacing off (a socket that is not gevent's: reads as they
+        come)."""
+        watcher = getattr(self.sock, "_read_event", None)
+        if watcher is None:
+            self.pace = False
+        return watcher
 
     def _dispatch(self, frame: Frame) -> None:
         """A frame that is not an event (``_take`` hands on the events)."""

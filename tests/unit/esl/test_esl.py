@@ -338,7 +338,7 @@ def test_backoff_is_capped_and_jittered(attempt):
 
 
 def test_the_gevent_socket_watcher_the_reader_paces_on_still_exists():
-    """EslClient._gather waits on the gevent socket's private read watcher;
+    """EslClient._readable (its passes) waits on the gevent socket's private read watcher;
     without it pacing silently turns off, so a gevent upgrade that renames it
     must fail here."""
     import gevent.socket
