@@ -17,7 +17,6 @@ with capped, jittered backoff.  A refused password is fatal.
 
 from __future__ import annotations
 
-import json
 import socket as stdlib_socket
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from ..backoff import backoff_delay
 from ..config import EslNode
 from ..keepalive import keep_alive
 from .errors import RETRYABLE, AuthenticationError, CommandFailed, CommandTimeout
-from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, decode_json
+from .events import EVENT_TYPES, Event, EventDecodeError, EventDecoder, parse_channel_rows, parse_dump
 from .frames import Frame, FrameParser
 from .liveness import IDLE_CHECK, watch
 
@@ -350,33 +349,6 @@ class EslClient(InboundESL):
                 self._reader.kill(block=True, timeout=1)
 
     stop = close
-
-
-def parse_channel_rows(body: str) -> list[dict[str, str]]:
-    """Rows of ``show channels as json`` (``{"row_count":0}`` when none),
-    each with a ``uuid``; values as strings."""
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        raise CommandFailed("show channels: not JSON: %r" % body[:80]) from None
-    rows = (data.get("rows") or []) if isinstance(data, dict) else []
-    return [
-        {str(k): "" if v is None else str(v) for k, v in row.items()}
-        for row in rows
-        if isinstance(row, dict) and row.get("uuid")
-    ]
-
-
-def parse_dump(body: str) -> Event | None:
-    """The CHANNEL_DATA event of ``uuid_dump <uuid> json``; None if gone."""
-    if not body.lstrip().startswith("{"):
-        return None  # "-ERR No such channel!"
-    try:
-        event = decode_json(body.encode("utf-8"))
-    except EventDecodeError:
-        return None
-    event.setdefault("Event-Name", "CHANNEL_DATA")
-    return event if event.get("Unique-ID") else None
 
 
 class NodeConnection:

@@ -11,7 +11,8 @@ so both subscriptions decode to the same values.  A body is kept under
 Bytes that are not UTF-8 are replaced (U+FFFD), never fatal; so is NUL
 (PostgreSQL's text and jsonb cannot hold it, so a row carrying one would be
 refused by the collector: ``without_nul``).  A body that cannot be decoded at
-all raises ``EventDecodeError`` for the caller to count.
+all raises ``EventDecodeError`` for the caller to count.  Here too: the
+answers a resync reads (``show channels as json``, ``uuid_dump <uuid> json``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import quote, unquote
 import msgspec
 import orjson
 
+from .errors import CommandFailed
 from .frames import Frame
 
 Event = dict[str, str]
@@ -396,3 +398,30 @@ class EventDecoder:
             return {name: event[name] for name in self.light_headers if name in event}
         self.whole_decoded += 1
         return event
+
+
+def parse_channel_rows(body: str) -> list[dict[str, str]]:
+    """Rows of ``show channels as json`` (``{"row_count":0}`` when none),
+    each with a ``uuid``; values as strings."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        raise CommandFailed("show channels: not JSON: %r" % body[:80]) from None
+    rows = (data.get("rows") or []) if isinstance(data, dict) else []
+    return [
+        {str(k): "" if v is None else str(v) for k, v in row.items()}
+        for row in rows
+        if isinstance(row, dict) and row.get("uuid")
+    ]
+
+
+def parse_dump(body: str) -> Event | None:
+    """The CHANNEL_DATA event of ``uuid_dump <uuid> json``; None if gone."""
+    if not body.lstrip().startswith("{"):
+        return None  # "-ERR No such channel!"
+    try:
+        event = decode_json(body.encode("utf-8"))
+    except EventDecodeError:
+        return None
+    event.setdefault("Event-Name", "CHANNEL_DATA")
+    return event if event.get("Unique-ID") else None

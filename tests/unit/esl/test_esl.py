@@ -16,8 +16,8 @@ from eslcdr.esl.client import (
     CommandTimeout,
     EslClient,
     NodeConnection,
-    parse_channel_rows,
 )
+from eslcdr.esl.events import parse_channel_rows
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 from eslcdr.esl.frames import FrameParser
 

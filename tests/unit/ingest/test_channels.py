@@ -15,7 +15,7 @@ from eslcdr.api import app as api
 from eslcdr.store import db as store
 from eslcdr.ingest.live import LiveChannels
 from eslcdr.config import from_mapping
-from eslcdr.esl.client import parse_channel_rows, parse_dump
+from eslcdr.esl.events import parse_channel_rows, parse_dump
 from eslcdr.ingest.interactions import derive_interaction_id
 from eslcdr.ingest.legs import GREGORIAN_OFFSET, LegTracker
 from eslcdr.query.reader import InlineRunner
