@@ -28,6 +28,11 @@ from .backoff import backoff_delay
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+# A greenlet woken by what it waits for (an event set with its work) still
+# looks this often: a timeout on every wait, and an idle daemon on a media
+# server is not woken for nothing (each wake-up costs CPU there).
+IDLE_WAKE = 30.0
 Errors = tuple[type[BaseException], ...]
 
 

@@ -39,7 +39,7 @@ from .notify import Notifier
 from ..store.retention import Retention
 from ..store.spool import Spool
 from .status import DaemonStatus, NodeStatus, WriterStatus
-from ..supervise import keep_pool_threads, spawn_supervised
+from ..supervise import IDLE_WAKE, keep_pool_threads, spawn_supervised
 from ..store.db import connect_writer, recent_interaction_links, recent_interaction_starts
 from ..api.tokens import TokenStore
 from ..store.writer import Writer
@@ -57,9 +57,6 @@ LOST_CHECK_INTERVAL = 1.0
 # legs, on the event path (cheap below its caps), rather than every second:
 # a burst cannot pile up more than this past the caps.
 TRIM_EVERY = 1024
-# Greenlets woken by what they wait for still look this often (a timeout on
-# every wait); each wake-up of an idle daemon costs CPU on the media server.
-IDLE_WAKE = 30.0
 SHUTDOWN_DRAIN_TIMEOUT = 15.0
 # Bugs in field mapping on a strange event must cost one CDR, not the reader.
 BUILD_ERRORS = (KeyError, ValueError, TypeError, AttributeError, IndexError)

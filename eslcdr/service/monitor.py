@@ -107,7 +107,8 @@ class Monitor:
       them.
     - ``STATUS=`` for ``systemctl status`` (nodes connected, CDRs written,
       backlog), sent when it changes, checked every ``STATUS_INTERVAL`` (or
-      every watchdog ping, when those are more frequent).
+      every watchdog ping, when those are more frequent); never outside
+      systemd (nobody to tell: an idle daemon is not woken for it).
     - one ``summary`` info line every ``[log] summary_interval`` seconds: what
       happened since the previous one (events, CDRs, reconnects, per node) and
       the backlog now.  Per-batch detail is at debug level.
@@ -137,7 +138,8 @@ class Monitor:
         now = self._clock()
         ping_every = self._notifier.watchdog_interval
         next_ping = now if ping_every else None
-        next_status = now
+        # No systemd to tell (no $NOTIFY_SOCKET): no status to work out.
+        next_status = now if self._notifier.enabled else None
         next_summary = now + self._summary_interval
         status_every = min(STATUS_INTERVAL, ping_every or STATUS_INTERVAL)
         while True:
@@ -145,7 +147,7 @@ class Monitor:
             if next_ping is not None and now >= next_ping:
                 self.feed_watchdog(now)
                 next_ping = now + ping_every
-            if now >= next_status:
+            if next_status is not None and now >= next_status:
                 self.update_status()
                 next_status = now + status_every
             if now >= next_summary:

@@ -26,7 +26,7 @@ import gevent.event
 import structlog
 
 from ..backoff import backoff_delay
-from ..supervise import in_thread
+from ..supervise import IDLE_WAKE, in_thread
 from .db import insert_records
 from .retention import delete_expired
 from .spool import Spool, SpoolFeed
@@ -47,9 +47,6 @@ MIN_OVERFLOW = 1000
 # latency at higher rates (256: p99 +~150 ms at ~1,200 legs/s,
 # bench/latency.py --cps 400).
 GATHER_ROWS = 128
-# With nothing to do the writer sleeps this long between looks: everything
-# that brings work (submit, acks, merges, retention, the spooler) wakes it.
-IDLE_WAIT = 5.0
 
 # Errors worth retrying: SQLITE_FULL, SQLITE_BUSY/LOCKED, SQLITE_IOERR all
 # arrive as OperationalError; a DatabaseError covers a file that vanished.
@@ -124,7 +121,7 @@ class Writer:
         # The spool (on disk) takes what memory cannot: records past
         # ``capacity`` (via the feed's overflow and the spooler greenlet)
         # and the whole backlog once SQLite has failed (the writer spills it).
-        self._feed = None if spool is None else SpoolFeed(spool, self._offload, self._wake_up, IDLE_WAIT)
+        self._feed = None if spool is None else SpoolFeed(spool, self._offload, self._wake_up, IDLE_WAKE)
         # meta table entries (e.g. the backfill's high-water mark), stored
         # with the next transaction: after every record submitted before.
         self._meta: dict[str, str] = {}
@@ -199,7 +196,9 @@ class Writer:
         timer wakes the writer when it closes (a flush or a full batch does
         sooner): one wake-up per batch, not one more to start waiting."""
         self._idle.clear()
-        self._first_at = time.monotonic()
+        # Until now nothing waited: a stall is counted from here, not from
+        # when the writer went idle (it may have slept IDLE_WAKE since).
+        self._progress_at = self._first_at = time.monotonic()
         self._close_timer()
         timer = self._timer = gevent.get_hub().loop.timer(self._window)
         timer.start(self._wake.set, update=True)
@@ -287,7 +286,7 @@ class Writer:
                 if self._stopping:
                     return
                 if self._retention is None and not self._replay_due():
-                    self._wake.wait(timeout=IDLE_WAIT)
+                    self._wake.wait(timeout=IDLE_WAKE)
                     self._wake.clear()
                     continue
             try:

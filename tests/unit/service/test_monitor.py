@@ -80,6 +80,7 @@ class FakeDaemon:
 
 class FakeNotifier:
     watchdog_interval = 1.0
+    enabled = True
 
     def __init__(self) -> None:
         self.sent: list[str] = []
@@ -140,6 +141,39 @@ def test_status_line_and_only_changes_are_sent():
     # Sent once, then again only when it changed.
     assert len(notifier.sent) == 2
     assert "42 CDRs" in notifier.sent[0] and "43 CDRs" in notifier.sent[1]
+
+
+def test_outside_systemd_the_monitor_works_out_no_status_and_sleeps_until_the_summary():
+    # No $NOTIFY_SOCKET: nobody reads STATUS=, so an idle daemon is not woken
+    # every STATUS_INTERVAL to build it (before: the daemon's whole status
+    # snapshot every 5 s, for nothing).
+    daemon = FakeDaemon()
+    snapshots = []
+
+    def status(self):
+        snapshots.append(time.monotonic())
+        return Daemon.status(self)
+
+    daemon.status = status.__get__(daemon)
+    notifier = FakeNotifier()
+    notifier.enabled, notifier.watchdog_interval = False, None
+    clock = [1000.0]
+    monitor = Monitor(daemon, notifier, summary_interval=60, stall_timeout=5, clock=lambda: clock[0])
+    built = len(snapshots)  # the summary's baseline
+
+    class Stop:
+        waits: list[float] = []
+
+        def wait(self, timeout):
+            self.waits.append(timeout)
+            clock[0] += timeout
+            return len(self.waits) >= 3
+
+    stop = Stop()
+    monitor.run(stop)
+    assert stop.waits == [60.0, 60.0, 60.0]
+    assert notifier.sent == []
+    assert len(snapshots) - built == 2  # one a summary line, nothing between
 
 
 def test_summary_counts_what_happened_since_the_previous_line():

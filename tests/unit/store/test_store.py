@@ -256,6 +256,21 @@ def test_a_reader_pausing_past_the_window_gets_the_batch_committed_at_once(tmp_p
         assert len(rows(tmp_path / "a.db")) == 3
 
 
+def test_a_record_after_a_long_idle_spell_is_not_counted_as_stalled(tmp_path):
+    # The watchdog's stall counts from the last moment nothing waited: the
+    # record's arrival, not the moment the writer went idle (an idle writer
+    # sleeps IDLE_WAKE between looks; a short [store] stall_timeout must not
+    # see the first record after a quiet spell as a stuck writer).
+    conn = connect_writer(tmp_path / "a.db")
+    writer = Writer(conn, batch_size=50, flush_interval=0.5)
+    with running(writer):
+        gevent.sleep(1.5)  # idle
+        assert writer.stalled_seconds(time.monotonic()) == 0.0
+        writer.submit(record(1))
+        assert writer.stalled_seconds(time.monotonic()) < 1.0
+        assert wait_until(lambda: writer.written == 1, timeout=5)
+
+
 def test_a_trickle_batch_wakes_the_writer_when_its_window_closes_not_at_its_first_record(tmp_path):
     # Each wake-up of the writer greenlet is a turn of the hub and two
     # switches: the first record of a batch starts a timer for the window's
