@@ -4,17 +4,19 @@ Same rows, same order, same meaning as ``query.sql`` on a node: listing rows are
 ``kazoo.SOURCE_COLUMNS`` (custom_channel_vars as jsonb's text), the keyset position
 (timestamp, seq / start, interaction id), then ``source``; the interaction start is
 ``store.schema.interaction_start`` written in PostgreSQL; filters compare values as
-SQLite's do (a JSON boolean is ``1``/``0`` as text, an INTEGER column only equals a
-number).  Rows of every node are in one table: a CDR listing is ordered by (timestamp, seq,
-source) -- seqs are per node -- and a cursor's (timestamp, seq) starts at the first node of
-that pair (with its source: at that node's row).  An interaction is the central one
-(``pginteractions``): listed, keyed and found by the row's stored ``central_id``; a record
-reads its node's id and the central one.  Invariants: every statement is scoped by
-``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
+SQLite's do (a JSON boolean is ``1``/``0`` as text, an array or object the node's text
+of it, an INTEGER column only equals a number).  Rows of every node are in one table: a
+CDR listing is ordered by (timestamp, seq, source) -- seqs are per node -- and a cursor's
+(timestamp, seq) starts at the first node of that pair (with its source: at that node's
+row).  An interaction is the central one (``pginteractions``): listed, keyed and found by
+the row's stored ``central_id``; a record reads its node's id and the central one.
+Invariants: every statement is scoped by ``account_id``; every client value is a bound
+parameter (``%s``), a JSON path included.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Sequence
 
@@ -90,6 +92,32 @@ def _as_number(value: str | None, integer: bool) -> int | float | None:
     return number
 
 
+def _jsonb_text(value: Any) -> str:
+    """A JSON value as jsonb's text of it: ``", "`` and ``": "``, an object's keys
+    shortest first, then in byte order."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: (len(key.encode()), key.encode()))
+        return "{%s}" % ", ".join("%s: %s" % (_jsonb_text(key), _jsonb_text(value[key])) for key in keys)
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(map(_jsonb_text, value))
+    return json.dumps(value, ensure_ascii=False)
+
+
+def node_container_text(value: str) -> str | None:
+    """A filter value that a node's JSON array or object equals -- SQLite's text of
+    what the node wrote (store.db: keys sorted, as json_extract gives it, without
+    spaces) -- as jsonb's text of that value; else None (no array or object is equal)."""
+    if value[:1] not in ("[", "{"):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    if json.dumps(parsed, ensure_ascii=False, sort_keys=True, separators=(",", ":")) != value:
+        return None
+    return _jsonb_text(parsed)
+
+
 def _filter_sql(flt: Filter) -> tuple[str, list[Any]]:
     name = flt.field.column
     column = col(name)
@@ -129,7 +157,11 @@ def _filter_sql(flt: Filter) -> tuple[str, list[Any]]:
         equal = "(jsonb_typeof(%s) = 'boolean' AND %s #>> %%s::text[] = %%s OR %s = %%s)" % (node, column, text)
         eq_args = node_args + [segments, value.lower()] + text_args + [value]
     else:
-        equal, eq_args = "%s = %%s" % text, text_args + [value]
+        # An array or object equals the node's text of it (jsonb's text has spaces).
+        container = node_container_text(value)
+        equal = ("(CASE WHEN jsonb_typeof(%s) IN ('array', 'object') THEN (%s)::text = %%s ELSE %s = %%s END)"
+                 % (node, node, text))
+        eq_args = node_args + node_args + [container] + text_args + [value]
     if flt.op == "eq":
         return equal, eq_args
     return "(%s OR NOT COALESCE(%s, false))" % (missing, equal), missing_args + eq_args

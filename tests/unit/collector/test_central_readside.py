@@ -511,3 +511,27 @@ def test_the_read_side_notices_a_server_gone_silent(pg_dsn):
         read.close()
     wanted = libpq_keepalive()
     assert {name: params.get(name) for name in wanted} == {name: str(v) for name, v in wanted.items()}
+
+
+def test_a_filter_on_a_json_array_or_object_matches_the_nodes_text_of_it(tmp_path, pg_dsn):
+    """A node compares SQLite's text of the value (its writer's: keys sorted, no
+    spaces); jsonb's text has spaces and its own key order: centrally the node's text
+    matched nothing and jsonb's text matched (found by test_central_equivalence's property)."""
+    import urllib.parse
+
+    from tests.unit.api.test_api import CentralEnv
+
+    env = CentralEnv(tmp_path, pg_dsn)
+    try:
+        env.insert([leg(NOW_G - 10, custom_channel_vars={"rate": ["a", {"bb": 1, "c": "é"}]}),
+                    leg(NOW_G - 20, custom_channel_vars={"rate": "[1]"}),  # a string, not an array
+                    leg(NOW_G - 30, custom_channel_vars={"rate": [1]})])
+        node = webtest.TestApp(env.node_app)
+        for value, matches in (('["a",{"bb":1,"c":"é"}]', 1), ('["a", {"c": "é", "bb": 1}]', 0), ("[1]", 2),
+                               ("[1, 2]", 0), ("[ 1]", 0)):
+            for name, hits in (("filter_", matches), ("filter_not_", 3 - matches)):
+                url = "/v2/accounts/%s/cdrs?%s" % (ACC_A, urllib.parse.urlencode({name + "custom_channel_vars.rate": value}))
+                assert len(node.get(url, headers=A).json["data"]) == hits, url
+                assert len(env.get(url).json["data"]) == hits, url
+    finally:
+        env.close()
