@@ -151,7 +151,10 @@ def fleet_records(draw) -> dict[str, list[dict]]:
 FILTER_FIELDS = ["caller_id_name", "caller_id_number", "owner_id", "fax_success", "billing_seconds", "hangup_cause",
                  "custom_channel_vars.rate", "custom_channel_vars.b", "custom_channel_vars.é",
                  "custom_channel_vars.aa.b", "audio_in_mos", "call_direction", "duration_seconds"]
-FILTER_VALUES = ["", "Alice", "true", "false", "1", "0", "1.0", "30", "250", "x", "4.5", "inbound", "渡辺", "null"]
+FILTER_VALUES = ["", "Alice", "true", "false", "1", "0", "1.0", "30", "250", "x", "4.5", "inbound", "渡辺", "null",
+                 # Numbers as SQLite's affinity may or may not read them.
+                 " 1", "1 ", "+1", "1e0", "01", "0x1", "-0", "30.0", "3e1", ".5", "1.", "4.50", "inf", "nan",
+                 "9223372036854775808", "TRUE", "True", "3.6"]
 
 
 @st.composite
@@ -173,6 +176,7 @@ def a_listing(draw) -> tuple[str, list[tuple[str, str]]]:
     if window:
         params += [("created_from", str(window[0])), ("created_to", str(window[1]))]
     params += draw(st.one_of(st.just([]), a_filter()))
+    params += draw(st.sampled_from([[], [("utc_offset", "-3600")], [("utc_offset", "19800")]]))
     params.append(draw(st.sampled_from([("page_size", "1"), ("page_size", "2"), ("page_size", "3"),
                                         ("paginate", "false"), ("accept", "csv")])))
     return path, params
