@@ -432,12 +432,13 @@ def check_fleet(fleet: Fleet, listings, interval: str, worst: str, stats_filter,
     if several:
         check_merged(fleet)
     if shared:
-        check_shared(fleet, listings, interval)
+        check_shared(fleet, listings, interval, stats_filter)
 
 
-def check_shared(fleet: Fleet, listings, interval: str) -> None:
+def check_shared(fleet: Fleet, listings, interval: str, stats_filter) -> None:
     """Interactions on both nodes: the central answers are the merged node's
-    (interaction listings, legs, stats over both nodes' legs)."""
+    (interaction listings, legs, stats over both nodes' legs, the worst legs
+    but for the order of ties across nodes)."""
     merged, central = fleet.merged.web, fleet.central
     for path, params in listings:
         if "interaction" in path:
@@ -449,9 +450,21 @@ def check_shared(fleet: Fleet, listings, interval: str) -> None:
                      merged=True)
     stats = [("created_from", str(NOW_G - 86400 * 4)), ("created_to", str(NOW_G)), ("interval", interval)]
     for path in ("cdrs/stats", "users/user-1/cdrs/stats"):
-        url = "/v2/accounts/%s/%s?%s" % (ACC_A, path, query_string(stats))
-        same(merged, central, url)
-        same(merged, central, url + "&accept=csv")
+        for filters in ([], stats_filter):
+            url = "/v2/accounts/%s/%s?%s" % (ACC_A, path, query_string(stats + filters))
+            same(merged, central, url)
+            same(merged, central, url + "&accept=csv")
+    for kind, value in (("mos", "audio_in_mos"), ("pdd", "pdd_ms"), ("no_rtp", "no_rtp_in")):
+        url = "/v2/accounts/%s/cdrs/worst?by=%s&limit=500&%s" % (ACC_A, kind, query_string(stats[:2] + stats_filter))
+        want, got = get(merged, url), get(central, url)
+        assert got.status_int == want.status_int, url
+        if want.status_int != 200:
+            assert comparable(got, True) == comparable(want, False), url
+            continue
+        want, got = want.json["data"], got.json["data"]
+        key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731
+        assert sorted(got, key=key) == sorted(want, key=key), url
+        assert [row.get(value) for row in got] == [row.get(value) for row in want], url
 
 
 def check_merged(fleet: Fleet) -> None:
