@@ -108,7 +108,11 @@ def a_leg(draw, index: int) -> dict:
         owner_id=draw(st.sampled_from(OWNERS)),
         interaction_id=draw(st.sampled_from(INTERACTIONS)),
         caller_id_name=draw(texts), caller_id_number=draw(texts), callee_id_name=draw(texts),
+        callee_id_number=draw(texts), authorizing_id=draw(texts), other_leg_call_id=draw(texts),
+        **{"from": draw(texts), "to": draw(texts)},
         custom_channel_vars=draw(custom_vars),
+        custom_sip_headers=draw(st.one_of(st.just({}), st.dictionaries(
+            st.sampled_from(["x_account_id", "x_tenant", "x_é"]), texts.filter(lambda t: t is not None), max_size=2))),
         fax_success=draw(st.sampled_from([None, True, False, 1, 0])),
         hangup_cause=draw(st.sampled_from(["NORMAL_CLEARING", "USER_BUSY", "LOSE_RACE", "NO_ANSWER", "", None,
                                            "ORIGINATOR_CANCEL"])),
