@@ -4,18 +4,23 @@ Same rows, same order, same meaning as ``query.sql`` on a node: listing rows are
 ``kazoo.SOURCE_COLUMNS`` (custom_channel_vars as jsonb's text), the keyset position
 (timestamp, seq / start, interaction id), then ``source``; the interaction start is
 ``store.schema.interaction_start`` written in PostgreSQL; filters compare values as
-SQLite's do (a JSON boolean is ``1``/``0`` as text, an INTEGER column only equals a
-number).  Rows of every node are in one table: a CDR listing is ordered by (timestamp, seq,
-source) -- seqs are per node -- and a cursor's (timestamp, seq) starts at the first node of
-that pair (with its source: at that node's row).  An interaction is the central one
-(``pginteractions``): listed, keyed and found by the row's stored ``central_id``; a record
-reads its node's id and the central one.  Invariants: every statement is scoped by
-``account_id``; every client value is a bound parameter (``%s``), a JSON path included.
+SQLite's do (a JSON boolean is ``1``/``0`` as text, an array or object the node's text
+of it, a JSON real its 15 digits, an INTEGER column only equals a number).  Rows of every
+node are in one table: a CDR listing is ordered by (timestamp, seq, source) -- seqs are
+per node -- and a cursor's (timestamp, seq) starts at the first node of that pair (with
+its source: at that node's row).  An interaction is the central one (``pginteractions``):
+listed, keyed and found by the row's stored ``central_id``; a record reads its node's id
+and the central one.  Invariants: every statement is scoped by ``account_id``; every
+client value is a bound parameter (``%s``), a JSON path included.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import sqlite3
+from contextlib import closing
 from typing import Any, Sequence
 
 from ..ingest.legs import GREGORIAN_OFFSET
@@ -90,6 +95,52 @@ def _as_number(value: str | None, integer: bool) -> int | float | None:
     return number
 
 
+def _jsonb_text(value: Any) -> str:
+    """A JSON value as jsonb's text of it: ``", "`` and ``": "``, an object's keys
+    shortest first, then in byte order."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: (len(key.encode()), key.encode()))
+        return "{%s}" % ", ".join("%s: %s" % (_jsonb_text(key), _jsonb_text(value[key])) for key in keys)
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(map(_jsonb_text, value))
+    return json.dumps(value, ensure_ascii=False)
+
+
+def node_container_text(value: str) -> str | None:
+    """A filter value that a node's JSON array or object equals -- SQLite's text of
+    what the node wrote (store.db: keys sorted, as json_extract gives it, without
+    spaces) -- as jsonb's text of that value; else None (no array or object is equal)."""
+    if value[:1] not in ("[", "{"):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    if json.dumps(parsed, ensure_ascii=False, sort_keys=True, separators=(",", ":")) != value:
+        return None
+    return _jsonb_text(parsed)
+
+
+def node_real_text(value: str) -> str | None:
+    """A filter value that a node's JSON real (or integer past 64 bits, which SQLite
+    reads as a real) equals -- SQLite's text of a REAL: 15 significant digits,
+    ``0.3`` for 0.30000000000000004 -- as printf's ``%.14e`` of it (what
+    ``to_char`` gives a float8 with ``_REAL_DIGITS``); else None."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    with closing(sqlite3.connect(":memory:")) as memory:
+        text = memory.execute("SELECT CAST(? AS TEXT)", (number,)).fetchone()[0]
+    return "%.14e" % number if text == value else None
+
+
+_REAL_DIGITS = "9.99999999999999EEEE"
+_INT64 = "-9223372036854775808 AND 9223372036854775807"
+
+
 def _filter_sql(flt: Filter) -> tuple[str, list[Any]]:
     name = flt.field.column
     column = col(name)
@@ -129,7 +180,15 @@ def _filter_sql(flt: Filter) -> tuple[str, list[Any]]:
         equal = "(jsonb_typeof(%s) = 'boolean' AND %s #>> %%s::text[] = %%s OR %s = %%s)" % (node, column, text)
         eq_args = node_args + [segments, value.lower()] + text_args + [value]
     else:
-        equal, eq_args = "%s = %%s" % text, text_args + [value]
+        # An array or object equals the node's text of it (jsonb's text has spaces);
+        # a number that SQLite reads as a REAL, its 15 significant digits.
+        equal = ("(CASE jsonb_typeof({n}) WHEN 'array' THEN ({n})::text = %s WHEN 'object' THEN ({n})::text = %s"
+                 " WHEN 'number' THEN CASE WHEN ({n})::text ~ '^-?[0-9]+$' AND ({n})::numeric BETWEEN {int64}"
+                 " THEN {t} = %s ELSE btrim(to_char(CASE WHEN abs(({n})::numeric) < 1e308 THEN ({n})::float8 END,"
+                 " '{digits}')) = %s END ELSE {t} = %s END)").format(n=node, t=text, int64=_INT64, digits=_REAL_DIGITS)
+        container = node_container_text(value)
+        eq_args = (node_args * 2 + [container] + node_args + [container] + node_args * 2 + text_args + [value]
+                   + node_args * 2 + [node_real_text(value)] + text_args + [value])
     if flt.op == "eq":
         return equal, eq_args
     return "(%s OR NOT COALESCE(%s, false))" % (missing, equal), missing_args + eq_args

@@ -511,3 +511,45 @@ def test_the_read_side_notices_a_server_gone_silent(pg_dsn):
         read.close()
     wanted = libpq_keepalive()
     assert {name: params.get(name) for name in wanted} == {name: str(v) for name, v in wanted.items()}
+
+
+
+def assert_rate_filters(tmp_path, pg_dsn, rates: list, cases: list[tuple[str, int]]) -> None:
+    """Legs with these custom_channel_vars.rate values on a node and centrally:
+    filter_ by each case's value matches its count of legs on both, filter_not_ the rest."""
+    import urllib.parse
+
+    from tests.unit.api.test_api import CentralEnv
+
+    env = CentralEnv(tmp_path, pg_dsn)
+    try:
+        env.insert([leg(NOW_G - 10 * (i + 1), custom_channel_vars={"rate": rate}) for i, rate in enumerate(rates)])
+        node = webtest.TestApp(env.node_app)
+        for value, matches in cases:
+            for name, hits in (("filter_", matches), ("filter_not_", len(rates) - matches)):
+                query = urllib.parse.urlencode({name + "custom_channel_vars.rate": value})
+                url = "/v2/accounts/%s/cdrs?%s" % (ACC_A, query)
+                assert len(node.get(url, headers=A).json["data"]) == hits, url
+                assert len(env.get(url).json["data"]) == hits, url
+    finally:
+        env.close()
+
+
+def test_a_filter_on_a_json_array_or_object_matches_the_nodes_text_of_it(tmp_path, pg_dsn):
+    """A node compares SQLite's text of the value (its writer's: keys sorted, no
+    spaces); jsonb's text has spaces and its own key order: centrally the node's text
+    matched nothing and jsonb's text matched (found by test_central_equivalence's property)."""
+    assert_rate_filters(tmp_path, pg_dsn, [["a", {"bb": 1, "c": "é"}], "[1]", [1]],  # "[1]": a string
+                        [('["a",{"bb":1,"c":"é"}]', 1), ('["a", {"c": "é", "bb": 1}]', 0), ("[1]", 2),
+                         ("[1, 2]", 0), ("[ 1]", 0)])
+
+
+def test_a_filter_on_a_json_number_matches_sqlites_text_of_it(tmp_path, pg_dsn):
+    """A node reads a JSON real (and an integer past 64 bits) as a REAL, whose text
+    has 15 significant digits: ``0.3`` matches 0.1 + 0.2 there and
+    ``0.30000000000000004`` does not; centrally jsonb's text was compared: the
+    reverse (found by test_central_equivalence's property)."""
+    assert_rate_filters(tmp_path, pg_dsn, [0.1 + 0.2, 2**64 - 1, 2.0, 30, "0.3", -2**63, 1e-7],
+                        [("0.3", 2), ("0.30000000000000004", 0), ("1.84467440737096e+19", 1),
+                         ("18446744073709551615", 0), ("2.0", 1), ("2", 0), ("30", 1), ("30.0", 0),
+                         ("-9223372036854775808", 1), ("1.0e-07", 1), ("1e-07", 0), ("inf", 0)])
