@@ -111,6 +111,20 @@ def test_custom_fields_are_each_name_read_alone(prefixes, names):
     assert list(record["custom_sip_headers"].items()) == list(sip_headers.items())
 
 
+def test_custom_field_names_remembered_by_a_builder_stay_bounded():
+    # Names come from the events: a flood of distinct ones must not grow the
+    # builder's memory of them past SEEN_NAMES, and each still lands.
+    from eslcdr.ingest.cdr import SEEN_NAMES
+
+    builder = CdrBuilder(config.from_mapping({}).cdr, "n")
+    for n in range(SEEN_NAMES + 10):
+        event = {"Unique-ID": "u%d" % n, "variable_ecallmgr_Flood-%d" % n: "v", "variable_sip_h_X-F%d" % n: "h"}
+        record = builder.build(FinishedLeg(event, "", (), "", "i", ()))
+        assert record["custom_channel_vars"] == {"flood_%d" % n: "v"}
+        assert record["custom_sip_headers"] == {"x_f%d" % n: "h"}
+    assert 0 < len(builder.rules.seen) <= SEEN_NAMES
+
+
 def test_account_and_owner_from_configured_variables(events_of):
     cfg = config.from_mapping({"cdr": {"account_id_vars": "sip_h_X-Account-ID", "owner_id_vars": "s4_bleg_var"}})
     records, _ = run_capture(events_of("S4_json"), cfg=cfg)
