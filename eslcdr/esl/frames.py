@@ -25,7 +25,8 @@ MAX_BODY = 64 * 1024 * 1024
 # A header block longer than this without a blank line is garbage.
 MAX_HEADER_BLOCK = 64 * 1024
 
-_USUAL_HEADERS = re.compile(rb"Content-Length: ([0-9]{1,9})\nContent-Type: ([!-~]{1,64})\n\n")
+# (Blank lines before it skipped, as next_item does before any frame.)
+_USUAL_HEADERS = re.compile(rb"[\r\n]*Content-Length: ([0-9]{1,9})\nContent-Type: ([!-~]{1,64})\n\n")
 _FRAME_STARTS = (b"Content-Type:", b"Content-Length:", b"Reply-Text:", b"Job-UUID:")
 
 
@@ -39,6 +40,13 @@ class Frame:
     @property
     def content_type(self) -> str:
         return self.headers.get("Content-Type", "")
+
+
+# The parser's own Frame constructor, per frame: the slots set directly (the
+# frozen dataclass's __init__ goes through object.__setattr__, twice as slow).
+_new_frame = object.__new__
+_set_headers = Frame.__dict__["headers"].__set__
+_set_body = Frame.__dict__["body"].__set__
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +66,13 @@ class FrameParser:
     partial frame still buffered is then reported as a ``ProtocolError``.
     """
 
-    __slots__ = ("_buf", "_pos", "_pending", "frames_seen", "errors_seen")
+    __slots__ = ("_buf", "_view", "_pos", "_pending", "frames_seen", "errors_seen")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        # A view of _buf the bodies are copied out of, made again whenever
+        # _buf is resized (which it cannot be while a view exists).
+        self._view = memoryview(self._buf)
         self._pos = 0
         # (headers, body length) of a frame whose body has not fully arrived
         self._pending: tuple[dict[str, str], int] | None = None
@@ -75,10 +86,14 @@ class FrameParser:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``, copied before this returns: the caller may reuse its
         buffer at once (the client hands over a view of its read buffer)."""
-        if self._pos and self._pos > (len(self._buf) >> 1):
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        self._view.release()
+        try:
+            if self._pos and self._pos > (len(self._buf) >> 1):
+                del self._buf[: self._pos]
+                self._pos = 0
+            self._buf += data
+        finally:
+            self._view = memoryview(self._buf)
 
     def items(self) -> list[Frame | ProtocolError]:
         out = []
@@ -91,7 +106,9 @@ class FrameParser:
     def eof(self) -> ProtocolError | None:
         """Report (and drop) whatever partial frame is left at end of stream."""
         left = bytes(self._buf[self._pos :])
+        self._view.release()
         self._buf.clear()
+        self._view = memoryview(self._buf)
         self._pos = 0
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -103,9 +120,30 @@ class FrameParser:
         return None
 
     def next_item(self) -> Frame | ProtocolError | None:
-        buf = self._buf
         if self._pending is not None:
             return self._take_body(*self._pending)
+        buf = self._buf
+        # The usual event frame, "Content-Length: N\nContent-Type: T\n\n",
+        # read with one match instead of the general header loop below, and
+        # cut here when its body is in (this runs for every event).
+        usual = _USUAL_HEADERS.match(buf, self._pos)
+        if usual is not None:
+            raw_length, ctype = usual.groups()
+            length = int(raw_length)
+            if length <= MAX_BODY:
+                headers = {"Content-Length": raw_length.decode("ascii"), "Content-Type": ctype.decode("ascii")}
+                start = usual.end()
+                end = start + length
+                if len(buf) < end:
+                    self._pos = start
+                    self._pending = (headers, length)
+                    return None
+                self._pos = end
+                self.frames_seen += 1
+                frame = _new_frame(Frame)
+                _set_headers(frame, headers)
+                _set_body(frame, self._view[start:end].tobytes())
+                return frame
 
         # Skip blank lines between frames (FreeSWITCH never sends them, but a
         # peer that does should not cause errors).
@@ -114,17 +152,6 @@ class FrameParser:
         while pos < n and buf[pos] in (0x0A, 0x0D):
             pos += 1
         self._pos = pos
-        # The usual event frame, "Content-Length: N\nContent-Type: T\n\n",
-        # read with one match instead of the general header loop below.
-        usual = _USUAL_HEADERS.match(buf, pos)
-        if usual is not None:
-            raw_length, ctype = usual.groups()
-            length = int(raw_length)
-            if length <= MAX_BODY:
-                self._pos = usual.end()
-                return self._take_body(
-                    {"Content-Length": raw_length.decode("ascii"), "Content-Type": ctype.decode("ascii")}, length
-                )
         end = buf.find(b"\n\n", pos)
         if end < 0:
             if n - pos > MAX_HEADER_BLOCK:
@@ -160,10 +187,8 @@ class FrameParser:
         self._pending = None
         self._pos = end
         self.frames_seen += 1
-        # One copy (a bytearray slice would copy twice); the view is
-        # released at once, so the buffer can still be resized.
-        with memoryview(self._buf) as view:
-            return Frame(headers, view[start:end].tobytes())
+        # One copy (a bytearray slice would copy twice).
+        return Frame(headers, self._view[start:end].tobytes())
 
     def _resync(self, reason: str, fallback: int) -> ProtocolError:
         """Skip to the next line that looks like the start of a frame.

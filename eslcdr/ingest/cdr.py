@@ -182,40 +182,71 @@ def _unix_us(when: datetime) -> int:
     return int(when.timestamp()) * 1_000_000
 
 
+SEEN_NAMES = 4096  # custom field names remembered by a builder (~1 MB at most)
+
+
 class _CustomFieldRules:
     """What custom_channel_vars / custom_sip_headers take, prepared once.
 
-    One regular expression over the event's header names, joined by
-    newlines, finds the few wanted ones: a Python loop over the ~200 names of
-    every hangup costs more than the rest of the CDR.
+    Every wanted name starts with one of a few literal strings (``starts``):
+    ``str.find`` of each over the event's header names, joined by newlines,
+    finds the few candidates, and one regular expression tells which field
+    each is, once per name (``seen``, at most SEEN_NAMES: names come from
+    the events).  A Python loop over the ~200 names of every hangup costs
+    more than the rest of the CDR; the regular expression searched over the
+    whole text, a third of it.
     """
 
-    __slots__ = ("pattern", "wanted")
+    __slots__ = ("pattern", "starts", "wanted", "seen")
 
     def __init__(self, config: CdrConfig) -> None:
-        prefixes = "|".join(re.escape(prefix) for prefix in config.custom_var_prefixes if prefix)
-        custom = r"|(?:%s)([^\n]+)" % prefixes if prefixes else ""
-        # A literal start ("\nvariable_") lets the regex engine jump between
-        # candidates instead of trying every position.
+        prefixes = [prefix for prefix in config.custom_var_prefixes if prefix]
+        custom = r"|(?:%s)([^\n]+)" % "|".join(map(re.escape, prefixes)) if prefixes else ""
         self.pattern = re.compile(r"\nvariable_(?:sip_h_([Xx]-[^\n]+)%s)" % custom)
+        # Where a match can start (a prefix that starts with another's is
+        # found by the shorter one).
+        starts = sorted({"\nvariable_" + start for start in ("sip_h_", *prefixes)}, key=len)
+        self.starts = tuple(s for i, s in enumerate(starts) if not any(s.startswith(t) for t in starts[:i]))
         self.wanted = {"variable_" + name: _field_key(name) for name in config.custom_vars}
+        self.seen: dict[str, tuple[bool, str] | bool] = {}
+
+    def field(self, name: str) -> tuple[bool, str] | bool:
+        """(an X- SIP header?, its key) of one line of the names, or False."""
+        match = self.pattern.match("\n" + name)
+        # Group 1 is an X- header's name, group 2 a prefixed variable's.
+        field = (match.lastindex == 1, _field_key(match.group(match.lastindex))) if match else False
+        if len(self.seen) >= SEEN_NAMES:
+            self.seen.clear()
+        self.seen[name] = field
+        return field
 
 
 def _custom_fields(event: Event, rules: _CustomFieldRules) -> tuple[dict[str, str], dict[str, str]]:
     """Custom channel variables and X- SIP headers."""
     channel_vars: dict[str, str] = {}
     sip_headers: dict[str, str] = {}
-    for match in rules.pattern.finditer("\n" + "\n".join(event)):
-        value = event.get(match.group(0)[1:])
+    text = "\n" + "\n".join(event)
+    found = []
+    for start in rules.starts:
+        at = text.find(start)
+        while at >= 0:
+            found.append(at)
+            at = text.find(start, at + 1)
+    if len(rules.starts) > 1:
+        found.sort()
+    seen = rules.seen
+    for at in found:
+        end = text.find("\n", at + 1)
+        name = text[at + 1 : end] if end > 0 else text[at + 1 :]
+        field = seen.get(name)
+        if field is None:
+            field = rules.field(name)
+        if field is False:
+            continue
+        value = event.get(name)
         if value is None:  # a header name holding a newline: not ours
             continue
-        groups = match.groups()
-        header = groups[0]
-        custom = groups[1] if len(groups) > 1 else None
-        if header is not None:
-            sip_headers[_field_key(header)] = value
-        elif custom is not None:
-            channel_vars[_field_key(custom)] = value
+        (sip_headers if field[0] else channel_vars)[field[1]] = value
     for name, key in rules.wanted.items():
         value = event.get(name)
         if value is not None:

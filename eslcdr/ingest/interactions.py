@@ -16,7 +16,7 @@ no live leg are forgotten whole.  ``LegTracker`` (ingest/legs.py) builds on it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 from ..esl.events import Event
 
@@ -67,7 +67,17 @@ def sip_key(call_id: str, account_id: str) -> str:
     """The link key of a SIP Call-ID in one account.  A Call-ID holds no
     whitespace (RFC 3261 ``word``), nor does an account id the API serves:
     the space keeps every (account, Call-ID) pair apart."""
-    return "%s%s %s" % (SIP_KEY_PREFIX, account_id, call_id)
+    return f"{SIP_KEY_PREFIX}{account_id} {call_id}"
+
+
+def first_of(get: Callable[[str], str | None], headers: tuple[str, ...]) -> str:
+    """The first non-empty value of ``headers`` (``get`` is the event's), else "".
+    A loop of plain calls: in 3.11 cheaper than ``next(filter(None, map(...)))``."""
+    for header in headers:
+        value = get(header)
+        if value:
+            return value
+    return ""
 
 
 def linked_legs(event: Event, account_headers: tuple[str, ...] = ()) -> list[str]:
@@ -76,10 +86,13 @@ def linked_legs(event: Event, account_headers: tuple[str, ...] = ()) -> list[str
     SIP key, if any, comes last."""
     get = event.get
     own = get("Unique-ID", "")
-    # filter/map in C: this runs for most events.
-    found = list(filter(None, map(get, LINK_HEADERS)))
-    if own in found:
-        found = [value for value in found if value != own]
+    # A loop of plain calls: cheaper than filter/map here (3.11 specialises
+    # the calls; this runs for most events).
+    found = []
+    for header in LINK_HEADERS:
+        value = get(header)
+        if value and value != own:
+            found.append(value)
     originated = get("variable_originated_legs")
     if originated:
         # "uuid;name;number", pushed as ARRAY::a|:b when there are several.
@@ -94,8 +107,7 @@ def linked_legs(event: Event, account_headers: tuple[str, ...] = ()) -> list[str
     sip_call_id = get("variable_sip_call_id")
     if sip_call_id:
         # Both ends of a SIP call FreeSWITCH places to itself share it.
-        account = next(filter(None, map(get, account_headers)), "")
-        found.append(sip_key(sip_call_id, account))
+        found.append(sip_key(sip_call_id, first_of(get, account_headers)))
     return found
 
 
@@ -168,12 +180,6 @@ class Interactions:
         rows.  Returns the interaction's start (0 unknown)."""
         self._written[interaction_id] = None
         return self._started.get(interaction_id, 0)
-
-    def _links(self, event: Event, created_us: int) -> list[str]:
-        links = linked_legs(event, self._account_headers)
-        if links and links[-1].startswith(SIP_KEY_PREFIX):
-            self._claim_sip_key(links[-1], created_us)
-        return links
 
     def _claim_sip_key(self, key: str, created_us: int) -> None:
         """Let a leg created at ``created_us`` link through ``key`` only if

@@ -22,7 +22,9 @@ from ..esl.events import Event
 from .interactions import (  # noqa: F401  (GREGORIAN_OFFSET, gregorian_seconds: re-exported)
     GREGORIAN_OFFSET,
     LINK_HEADERS,
+    SIP_KEY_PREFIX,
     Interactions,
+    first_of,
     gregorian_seconds,
     linked_legs,
 )
@@ -129,6 +131,9 @@ _STATE_AFTER = {
     "CHANNEL_HOLD": "HELD",
     "CHANNEL_UNHOLD": "ACTIVE",
 }
+# (state, its rank) after each of those events: ``feed`` advances the leg
+# itself (``_Leg.advance`` inlined, one lookup fewer; this runs per event).
+_RANKED_AFTER = {name: (state, _STATE_RANK[state]) for name, state in _STATE_AFTER.items()}
 # CHANNEL_DATA is what ``uuid_dump`` answers: a live leg's every variable.
 _LIVE_REFRESH = frozenset(("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_DATA"))
 
@@ -264,43 +269,52 @@ class LegTracker(Interactions):
     # -- the event path ------------------------------------------------
     def feed(self, event: Event, now_us: int) -> FinishedLeg | None:
         """Take one event; return the finished leg when it completes one."""
-        call_id = event.get("Unique-ID")
+        get = event.get
+        call_id = get("Unique-ID")
         if not call_id:
             return None
         if call_id in self._finished:
-            if event.get("Event-Name") == "CHANNEL_HANGUP_COMPLETE":
+            if get("Event-Name") == "CHANNEL_HANGUP_COMPLETE":
                 self.duplicates += 1
             return None
-        name = event.get("Event-Name", "")
-        leg = self._legs.get(call_id)
+        name = get("Event-Name", "")
+        legs = self._legs
+        leg = legs.get(call_id)
         if leg is None:
-            created = parse_int(event.get("Caller-Channel-Created-Time")) or now_us
+            created = parse_int(get("Caller-Channel-Created-Time")) or now_us
             leg = _Leg(now_us, created)
-            self._legs[call_id] = leg
-            links = self._links(event, created)
-            interaction_id = self._link(call_id, links, event, created)
-            if name != "CHANNEL_HANGUP_COMPLETE":
-                self._observe(leg, event, now_us)
+            legs[call_id] = leg
+            relink = True
+            observe = name != "CHANNEL_HANGUP_COMPLETE"
         else:
             leg.touched_us = now_us
-            if name in _NO_NEW_LINKS:
-                # Progress, DTMF and fax events repeat the links the leg
-                # already showed; skipping them keeps the hot path short.
-                interaction_id = ""
-                links = ()
-            else:
-                links = self._links(event, leg.created_us)
-                interaction_id = self._link(call_id, links, event, leg.created_us)
-            if name in _LIVE_REFRESH:
-                self._observe(leg, event, now_us)
-        state = _STATE_AFTER.get(name)
-        if state is not None:
-            leg.advance(state)
+            created = leg.created_us
+            # Progress, DTMF and fax events repeat the links the leg
+            # already showed; skipping them keeps the hot path short.
+            relink = name not in _NO_NEW_LINKS
+            observe = name in _LIVE_REFRESH
+        if relink:
+            links = linked_legs(event, self._account_headers)
+            if links and links[-1].startswith(SIP_KEY_PREFIX):
+                self._claim_sip_key(links[-1], created)
+            interaction_id = self._link(call_id, links, event, created)
+        else:
+            interaction_id = ""
+            links = ()
+        if observe:
+            self._observe(leg, event, now_us)
+        after = _RANKED_AFTER.get(name)
+        if after is not None:
+            state, rank = after
+            if rank >= _STATE_RANK.get(leg.state, 0):
+                leg.state = state
+            if rank >= 3:
+                leg.answered = True
             if state == "ACTIVE" and not leg.answered_us:
-                leg.answered_us = parse_int(event.get("Caller-Channel-Answered-Time")) or now_us
+                leg.answered_us = parse_int(get("Caller-Channel-Answered-Time")) or now_us
 
         if name == "CHANNEL_HANGUP_COMPLETE":
-            del self._legs[call_id]
+            del legs[call_id]
             self._suspects.pop(call_id, None)
             self._finished[call_id] = now_us
             started = self._written_start(interaction_id)
@@ -316,7 +330,7 @@ class LegTracker(Interactions):
                 dtmf_count=leg.dtmf_count,
             )
         if name == "DTMF":
-            digit = event.get("DTMF-Digit")
+            digit = get("DTMF-Digit")
             if digit:
                 leg.dtmf_count += 1
                 if len(leg.digits) < MAX_DTMF_DIGITS:
@@ -324,14 +338,14 @@ class LegTracker(Interactions):
                     # character from FreeSWITCH, but nothing else bounds it.
                     leg.digits = (leg.digits + digit)[:MAX_DTMF_DIGITS]
         elif name == "CHANNEL_BRIDGE":
-            a_leg = event.get("Bridge-A-Unique-ID", call_id)
-            b_leg = event.get("Bridge-B-Unique-ID") or event.get("Other-Leg-Unique-ID", "")
+            a_leg = get("Bridge-A-Unique-ID", call_id)
+            b_leg = get("Bridge-B-Unique-ID") or get("Other-Leg-Unique-ID", "")
             leg.partner = b_leg if a_leg == call_id else a_leg
-            other = self._legs.get(leg.partner)
+            other = legs.get(leg.partner)
             if other is not None:
                 other.partner = call_id
                 other.advance("ACTIVE")
-        elif name == "CUSTOM" and event.get("Event-Subclass") in FAX_EVENTS:
+        elif name == "CUSTOM" and get("Event-Subclass") in FAX_EVENTS:
             leg.fax = tuple((k, v) for k, v in event.items() if k.startswith("fax-"))
         return None
 
@@ -350,11 +364,11 @@ class LegTracker(Interactions):
         leg.sip_call_id = get("variable_sip_call_id") or leg.sip_call_id  # for a lost leg's record
         # The first non-empty of the configured variables, once found kept.
         if not leg.account_id:
-            leg.account_id = next(filter(None, map(get, self._account_headers)), "")
+            leg.account_id = first_of(get, self._account_headers)
         if not leg.owner_id:
-            leg.owner_id = next(filter(None, map(get, self._owner_headers)), "")
+            leg.owner_id = first_of(get, self._owner_headers)
         if not leg.authorizing_id:
-            leg.authorizing_id = next(filter(None, map(get, self._authorizing_headers)), "")
+            leg.authorizing_id = first_of(get, self._authorizing_headers)
         state = get("Channel-Call-State")
         if state:
             # An event's call state is the one before it (ANSWER says EARLY):

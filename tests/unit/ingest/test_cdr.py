@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from eslcdr import config
 from eslcdr.ingest.cdr import CdrBuilder, build_cdr, build_lost_cdr, cdr_id, should_record
-from eslcdr.ingest.legs import LegTracker
+from eslcdr.ingest.legs import FinishedLeg, LegTracker
 
 from tests.expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
 
@@ -77,6 +77,52 @@ def test_s4_custom_channel_vars_and_sip_headers(events_of):
     callee = out["sofia/external/1000@127.0.0.1"]
     assert callee["custom_sip_headers"] == {"x_account_id": "acme", "x_tenant": "blue"}
     assert callee["custom_channel_vars"]["s4_seen_account"] == "acme"
+
+
+_NAME_PARTS = st.sampled_from(["variable_", "sip_h_", "sip_h_X-a", "sip_h_x-B", "sip_h_Y-a", "my_a", "my-A", "mine_a",
+                                "-", "\n", "\nvariable_my_a"])
+
+
+@settings(max_examples=300, deadline=None)
+@example(prefixes=["sip_h_", "my"], names=["x", "sip_h_Y-a", "my_a", "x", "sip_h_X-a", "my_b\nvariable_my_a"])
+@given(prefixes=st.lists(st.sampled_from(["my_", "my", "mine_", "sip_h_", "sip_h_X"]), max_size=3),
+       names=st.lists(st.lists(_NAME_PARTS, max_size=3).map("".join), max_size=12))
+def test_custom_fields_are_each_name_read_alone(prefixes, names):
+    # What the candidate search finds is what each name gives alone:
+    # an X- SIP header first, else the first configured prefix that leaves a
+    # name (prefixes that start one another, or sip_h_, included), in the
+    # event's order, the last of two names with one key winning.
+    import re
+
+    cfg = config.from_mapping({"cdr": {"custom_var_prefixes": ", ".join(prefixes)}})
+    event = {"variable_" + name if n % 3 else name: str(n) for n, name in enumerate(names)}
+    event.update({"Unique-ID": "u", "Event-Name": "CHANNEL_HANGUP_COMPLETE"})
+    channel_vars, sip_headers = {}, {}
+    alternatives = "".join("|%s(.+)" % re.escape(prefix) for prefix in prefixes)
+    for name in "\n".join(event).split("\n"):  # a name holding a newline is its lines
+        found = re.fullmatch(r"variable_(?:sip_h_([Xx]-.+)%s)" % alternatives, name)
+        value = event.get(name)
+        if found is None or value is None:
+            continue
+        key = next(group for group in found.groups() if group is not None).lower().replace("-", "_")
+        (sip_headers if found.group(1) is not None else channel_vars)[key] = value
+    record = build_cdr(FinishedLeg(event, "", (), "", "i", ()), cfg.cdr, "n")
+    assert list(record["custom_channel_vars"].items()) == list(channel_vars.items())
+    assert list(record["custom_sip_headers"].items()) == list(sip_headers.items())
+
+
+def test_custom_field_names_remembered_by_a_builder_stay_bounded():
+    # Names come from the events: a flood of distinct ones must not grow the
+    # builder's memory of them past SEEN_NAMES, and each still lands.
+    from eslcdr.ingest.cdr import SEEN_NAMES
+
+    builder = CdrBuilder(config.from_mapping({}).cdr, "n")
+    for n in range(SEEN_NAMES + 10):
+        event = {"Unique-ID": "u%d" % n, "variable_ecallmgr_Flood-%d" % n: "v", "variable_sip_h_X-F%d" % n: "h"}
+        record = builder.build(FinishedLeg(event, "", (), "", "i", ()))
+        assert record["custom_channel_vars"] == {"flood_%d" % n: "v"}
+        assert record["custom_sip_headers"] == {"x_f%d" % n: "h"}
+    assert 0 < len(builder.rules.seen) <= SEEN_NAMES
 
 
 def test_account_and_owner_from_configured_variables(events_of):
