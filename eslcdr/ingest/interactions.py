@@ -218,9 +218,10 @@ class Interactions:
         keys.extend(links)
         explicit = None
         for header in self._interaction_headers:
-            explicit = event.get(header)
-            if explicit:
-                self._explicit[explicit] = None
+            value = event.get(header)
+            if value:  # set but empty: as if not set (the next one, else derived)
+                explicit = value
+                self._explicit[value] = None
                 break
         chosen = explicit
         # Most events name legs already in the leg's group: then there is

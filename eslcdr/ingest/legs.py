@@ -396,8 +396,8 @@ class LegTracker(Interactions):
 
     def trim(self) -> None:
         """Forget the oldest finished calls past the caps (cheap when under
-        them: the daemon calls it every second, so a burst of calls cannot
-        pile up until the next ``expire``)."""
+        them: the daemon calls it every TRIM_EVERY finished legs, so a burst
+        of calls cannot pile up until the next ``expire``)."""
         self._trim(self._finished)
         self._trim_interactions(self._legs)
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from eslcdr import config
 from eslcdr.ingest.cdr import CdrBuilder, build_cdr, build_lost_cdr, cdr_id, should_record
 from eslcdr.ingest.legs import FinishedLeg, LegTracker
+from eslcdr.ingest.interactions import derive_interaction_id
 
 from tests.expected_cdrs import EXPECTED, INTERACTIONS, ROW_COUNT
 
@@ -320,6 +321,18 @@ def test_tracker_keeps_the_earliest_creation_per_interaction():
     lost = {leg.call_id: leg for leg in tracker.take_lost(9)}
     assert {leg.interaction_created_us for leg in lost.values()} == {2_000_000}
     assert build_lost_cdr(lost["d"], "fs1", 10)["interaction_created_us"] == 2_000_000
+
+
+def test_an_interaction_variable_set_but_empty_is_as_if_not_set():
+    # The last of interaction_id_vars present but empty (a dialplan that
+    # exports it before it has a value) gave the leg the id "" (and every
+    # leg it names); a leg without an id gets the derived one.
+    tracker = LegTracker(("my_iid",))
+    a = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "a", 5_000_000, variable_my_iid=""), 1)
+    assert a.interaction_id == derive_interaction_id("a", 5_000_000)
+    tracker = LegTracker(("first_iid", "my_iid"))
+    b = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "b", 5_000_000, variable_first_iid="", variable_my_iid="u-9"), 1)
+    assert b.interaction_id == "u-9"
 
 
 def test_merged_interaction_takes_the_earlier_creation():
