@@ -123,6 +123,7 @@ class LiveLeg:
 # Call states in the order a leg passes them: a late PROGRESS must not undo
 # an ANSWER (events can arrive out of order).
 _STATE_RANK = {"DOWN": 0, "DIALING": 0, "RINGING": 1, "EARLY": 2, "ACTIVE": 3, "HELD": 3, "UNHELD": 3}
+_ANSWERED_RANK = _STATE_RANK["ACTIVE"]  # a leg that reached it was answered
 _STATE_AFTER = {
     "CHANNEL_PROGRESS": "RINGING",
     "CHANNEL_PROGRESS_MEDIA": "EARLY",
@@ -131,8 +132,8 @@ _STATE_AFTER = {
     "CHANNEL_HOLD": "HELD",
     "CHANNEL_UNHOLD": "ACTIVE",
 }
-# (state, its rank) after each of those events: ``feed`` advances the leg
-# itself (``_Leg.advance`` inlined, one lookup fewer; this runs per event).
+# (state, its rank) after each of those events: ``feed`` hands the rank to
+# ``_Leg.advance`` (one lookup fewer; this runs per event).
 _RANKED_AFTER = {name: (state, _STATE_RANK[state]) for name, state in _STATE_AFTER.items()}
 # CHANNEL_DATA is what ``uuid_dump`` answers: a live leg's every variable.
 _LIVE_REFRESH = frozenset(("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_DATA"))
@@ -162,10 +163,14 @@ class _Leg:
         self.answered = False
         self.answered_us = 0
 
-    def advance(self, state: str) -> None:
-        if _STATE_RANK.get(state, -1) >= _STATE_RANK.get(self.state, 0):
+    def advance(self, state: str, rank: int | None = None) -> None:
+        """To ``state`` unless the leg is further along (``rank``: the
+        state's, when the caller has it)."""
+        if rank is None:
+            rank = _STATE_RANK.get(state, -1)
+        if rank >= _STATE_RANK.get(self.state, 0):
             self.state = state
-        if _STATE_RANK.get(state, 0) >= 3:
+        if rank >= _ANSWERED_RANK:
             self.answered = True
 
 
@@ -306,10 +311,7 @@ class LegTracker(Interactions):
         after = _RANKED_AFTER.get(name)
         if after is not None:
             state, rank = after
-            if rank >= _STATE_RANK.get(leg.state, 0):
-                leg.state = state
-            if rank >= 3:
-                leg.answered = True
+            leg.advance(state, rank)
             if state == "ACTIVE" and not leg.answered_us:
                 leg.answered_us = parse_int(get("Caller-Channel-Answered-Time")) or now_us
 
