@@ -16,6 +16,7 @@ client value is a bound parameter (``%s``), a JSON path included.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -121,6 +122,7 @@ def node_container_text(value: str) -> str | None:
     return _jsonb_text(parsed)
 
 
+@functools.lru_cache(maxsize=256)
 def node_real_text(value: str) -> str | None:
     """A filter value that a node's JSON real (or integer past 64 bits, which SQLite
     reads as a real) equals -- SQLite's text of a REAL: 15 significant digits,

@@ -49,6 +49,13 @@ _set_headers = Frame.__dict__["headers"].__set__
 _set_body = Frame.__dict__["body"].__set__
 
 
+def _frame(headers: dict[str, str], body: bytes) -> Frame:
+    frame = _new_frame(Frame)
+    _set_headers(frame, headers)
+    _set_body(frame, body)
+    return frame
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolError:
     """A stretch of input that was not a valid frame; it was skipped."""
@@ -140,10 +147,7 @@ class FrameParser:
                     return None
                 self._pos = end
                 self.frames_seen += 1
-                frame = _new_frame(Frame)
-                _set_headers(frame, headers)
-                _set_body(frame, self._view[start:end].tobytes())
-                return frame
+                return _frame(headers, self._view[start:end].tobytes())
 
         # Skip blank lines between frames (FreeSWITCH never sends them, but a
         # peer that does should not cause errors).
@@ -188,7 +192,7 @@ class FrameParser:
         self._pos = end
         self.frames_seen += 1
         # One copy (a bytearray slice would copy twice).
-        return Frame(headers, self._view[start:end].tobytes())
+        return _frame(headers, self._view[start:end].tobytes())
 
     def _resync(self, reason: str, fallback: int) -> ProtocolError:
         """Skip to the next line that looks like the start of a frame.
