@@ -36,6 +36,9 @@ FAX_EVENTS = ("spandsp::txfaxresult", "spandsp::rxfaxresult")
 # disk.  The number received is counted (FinishedLeg.dtmf_count) and the
 # daemon logs it when digits were dropped.
 MAX_DTMF_DIGITS = 256
+# ``trim`` runs every this many finished legs (cheap below the caps): a burst
+# piles up no more than this past them before the next ``expire``.
+TRIM_EVERY = 1024
 # Every header ``feed`` reads from an event other than HANGUP_COMPLETE and
 # CUSTOM (which the decoder keeps whole: Event-Subclass, the fax results):
 # the fast decoder keeps only these of CREATE / PROGRESS / ANSWER / BRIDGE /
@@ -207,6 +210,7 @@ class LegTracker(Interactions):
         self._legs: dict[str, _Leg] = {}
         self._finished: dict[str, int] = {}  # call id -> when it finished (µs)
         self._suspects: dict[str, int] = {}  # call id -> write-off deadline (µs)
+        self._until_trim = TRIM_EVERY
         self.duplicates = 0
         self.expired = 0
 
@@ -318,7 +322,7 @@ class LegTracker(Interactions):
         if name == "CHANNEL_HANGUP_COMPLETE":
             del legs[call_id]
             self._suspects.pop(call_id, None)
-            self._finished[call_id] = now_us
+            self._note_done(call_id, now_us)
             started = self._written_start(interaction_id)
             return FinishedLeg(
                 hangup=event,
@@ -397,11 +401,17 @@ class LegTracker(Interactions):
         return stale
 
     def trim(self) -> None:
-        """Forget the oldest finished calls past the caps (cheap when under
-        them: the daemon calls it every TRIM_EVERY finished legs, so a burst
-        of calls cannot pile up until the next ``expire``)."""
+        """Forget the oldest finished calls past the caps (cheap below them)."""
+        self._until_trim = TRIM_EVERY
         self._trim(self._finished)
         self._trim_interactions(self._legs)
+
+    def _note_done(self, call_id: str, now_us: int) -> None:
+        """A leg finished (hangup, CDR file or write-off): a later hangup is a duplicate."""
+        self._finished[call_id] = now_us
+        self._until_trim -= 1
+        if not self._until_trim:
+            self.trim()
 
     def resync(self, alive: set[str], now_us: int, grace_us: int = 10_000_000) -> int:
         """After a reconnect: mark legs FreeSWITCH no longer lists.
@@ -462,7 +472,7 @@ class LegTracker(Interactions):
         later hangup for it is a duplicate."""
         self._legs.pop(call_id, None)
         self._suspects.pop(call_id, None)
-        self._finished[call_id] = now_us
+        self._note_done(call_id, now_us)
 
     def due_lost(self, now_us: int) -> list[str]:
         """Marked legs whose grace has passed: ``take_lost`` would write them
@@ -483,7 +493,7 @@ class LegTracker(Interactions):
             leg = self._legs.pop(call_id, None)
             if leg is None:  # it finished (or expired) meanwhile
                 continue
-            self._finished[call_id] = now_us
+            self._note_done(call_id, now_us)
             interaction_id = self.interaction_of(call_id) or ""
             started = self._written_start(interaction_id)
             lost.append(LostLeg(call_id, leg.created_us, interaction_id, started or leg.created_us, leg.sip_call_id))

@@ -53,10 +53,6 @@ RESYNC_GRACE = 5.0
 # resync wakes the housekeeping); otherwise it sleeps until the next sweep: a
 # daemon with calls trickling in or none is not woken every second for it.
 LOST_CHECK_INTERVAL = 1.0
-# The tracker's memory of finished calls is trimmed every this many finished
-# legs, on the event path (cheap below its caps), rather than every second:
-# a burst cannot pile up more than this past the caps.
-TRIM_EVERY = 1024
 SHUTDOWN_DRAIN_TIMEOUT = 15.0
 # Bugs in field mapping on a strange event must cost one CDR, not the reader.
 BUILD_ERRORS = (KeyError, ValueError, TypeError, AttributeError, IndexError)
@@ -89,7 +85,6 @@ class Pipeline:
         self.skipped = 0
         self.build_errors = 0
         self.backfilled = 0
-        self._finished_legs = 0  # for TRIM_EVERY
         self.last_event_at: float | None = None
         # Set when [backfill] json_cdr_dir serves this node (daemon.Daemon).
         self.backfill: Backfill | None = None
@@ -115,9 +110,6 @@ class Pipeline:
             tracker.merges = []
         if finished is None:
             return False
-        self._finished_legs += 1
-        if not self._finished_legs % TRIM_EVERY:
-            tracker.trim()
         if not should_record(finished.hangup):
             self.skipped += 1
             return False
@@ -396,7 +388,6 @@ class Daemon:
             sweep = time.monotonic() - last_sweep >= HOUSEKEEPING_INTERVAL
             for pipeline in self.pipelines.values():
                 pipeline.write_off_lost()
-                pipeline.tracker.trim()
                 if sweep:
                     pipeline.housekeeping()
             if sweep:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from eslcdr import config
 from eslcdr.fakefs import GeneratedSource
-from eslcdr.ingest.legs import LegTracker
+from eslcdr.ingest.legs import TRIM_EVERY, LegTracker
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
 
@@ -35,7 +35,7 @@ def test_a_long_call_keeps_its_interaction_while_many_calls_pass():
     for n in range(200):
         _short_call(tracker, n, now + n)
         if n % 20 == 0:
-            tracker.trim()  # as the daemon does every second
+            tracker.trim()  # as each expire does
     tracker.trim()
     # The remembered finished calls were trimmed to the cap...
     assert len(tracker._members) <= 10 + 1
@@ -46,6 +46,27 @@ def test_a_long_call_keeps_its_interaction_while_many_calls_pass():
     a = tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "aaaaaaaa-long", created), now + 301)
     assert b.interaction_id == a.interaction_id == interaction_id
     assert b.interaction_created_us == a.interaction_created_us == created
+
+
+def test_the_tracker_trims_its_memory_of_finished_legs_itself():
+    # Nobody calls trim or expire: finished legs (hangups, CDR files,
+    # write-offs) stay within the cap and one trimming interval.
+    tracker = LegTracker(max_remembered=10)
+    now = 1_000_000_000
+    for n in range(3 * TRIM_EVERY):
+        a = "%08x-a" % n
+        tracker.feed(_event("CHANNEL_CREATE", a, now), now)
+        if n % 3 == 0:
+            tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", a, now), now)
+        elif n % 3 == 1:
+            tracker.note_finished(a, now)
+        else:
+            tracker.resync(set(), now, grace_us=0)
+            assert [leg.call_id for leg in tracker.take_lost(now)] == [a]
+    assert len(tracker._finished) <= 10 + TRIM_EVERY
+    # ...and still knows the latest finished legs as finished.
+    assert tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "%08x-a" % (3 * TRIM_EVERY - 3), now), now) is None
+    assert tracker.duplicates == 1
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ import gevent
 
 from eslcdr.config import from_mapping
 from eslcdr.service import daemon as daemon_module
-from eslcdr.service.daemon import TRIM_EVERY, Daemon, Pipeline
+from eslcdr.ingest.legs import TRIM_EVERY
+from eslcdr.service.daemon import Daemon, Pipeline
 from eslcdr.service.notify import Notifier
 
 
