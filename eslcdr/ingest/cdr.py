@@ -183,6 +183,7 @@ def _unix_us(when: datetime) -> int:
 
 
 SEEN_NAMES = 4096  # custom field names remembered by a builder (~1 MB at most)
+_UNSEEN = object()  # a name the memory does not hold (None: known, not ours)
 
 
 class _CustomFieldRules:
@@ -208,13 +209,13 @@ class _CustomFieldRules:
         starts = sorted({"\nvariable_" + start for start in ("sip_h_", *prefixes)}, key=len)
         self.starts = tuple(s for i, s in enumerate(starts) if not any(s.startswith(t) for t in starts[:i]))
         self.wanted = {"variable_" + name: _field_key(name) for name in config.custom_vars}
-        self.seen: dict[str, tuple[bool, str] | bool] = {}
+        self.seen: dict[str, tuple[bool, str] | None] = {}
 
-    def field(self, name: str) -> tuple[bool, str] | bool:
-        """(an X- SIP header?, its key) of one line of the names, or False."""
+    def field(self, name: str) -> tuple[bool, str] | None:
+        """(an X- SIP header?, its key) of one line of the names, or None."""
         match = self.pattern.match("\n" + name)
         # Group 1 is an X- header's name, group 2 a prefixed variable's.
-        field = (match.lastindex == 1, _field_key(match.group(match.lastindex))) if match else False
+        field = (match.lastindex == 1, _field_key(match.group(match.lastindex))) if match else None
         if len(self.seen) >= SEEN_NAMES:
             self.seen.clear()
         self.seen[name] = field
@@ -238,10 +239,10 @@ def _custom_fields(event: Event, rules: _CustomFieldRules) -> tuple[dict[str, st
     for at in found:
         end = text.find("\n", at + 1)
         name = text[at + 1 : end] if end > 0 else text[at + 1 :]
-        field = seen.get(name)
-        if field is None:
+        field = seen.get(name, _UNSEEN)
+        if field is _UNSEEN:
             field = rules.field(name)
-        if field is False:
+        if field is None:
             continue
         value = event.get(name)
         if value is None:  # a header name holding a newline: not ours
