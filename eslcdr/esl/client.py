@@ -75,6 +75,11 @@ READ_PACE = 0.4
 # them, not the first alone), and no setsockopt pair or failing recv.
 SPARSE_AFTER = READ_PACE
 SETTLE = 0.06
+# No read waits longer than this (the socket's timeout): liveness asks a
+# switch silent for IDLE_CHECK and its reply is a read, so only a watcher that
+# is not running lets a healthy connection reach it; the socket is then closed
+# like a dead one (the supervisor reconnects).  A backstop, never the rule.
+READ_TIMEOUT = 4 * IDLE_CHECK
 # uuid_dump costs one round trip per leg: bounded, so a reconnect to a node
 # with thousands of channels stays a matter of seconds.
 MAX_DUMPS = 2000
@@ -123,6 +128,7 @@ class EslClient(InboundESL):
         self.last_read = time.monotonic()  # when bytes last came (liveness.watch)
         self.rejection = ""
         self.sock = None
+        self.read_timeout = READ_TIMEOUT
         # Set once subscribed (NodeConnection): reads are then paced.
         self.pace = False
 
@@ -132,8 +138,8 @@ class EslClient(InboundESL):
             sock = gevent.socket.create_connection((self.host, self.port), timeout=self.timeout)
         except stdlib_socket.timeout:
             raise NotConnectedError("connection timed out after %ss" % self.timeout) from None
-        sock.settimeout(None)
-        keep_alive(sock)  # reads never time out (a quiet switch sends nothing): a dead host is noticed
+        sock.settimeout(self.read_timeout)  # liveness breaks a quiet switch's silence first
+        keep_alive(sock)  # a dead host is noticed
         self.sock = sock
         self.connected = True
         self._reader = gevent.spawn(self._read_loop)
@@ -273,9 +279,10 @@ class EslClient(InboundESL):
         SETTLE starts a pass (the next read); else the writer is told it may
         commit, and the reader waits for the next bytes (readable first: no
         recv that fails with EAGAIN).  Returns when the silence began.  The
-        wait for the next bytes is as long as the recv it replaces: a socket
+        wait for the next bytes is bounded as the recv it replaces: a socket
         silent past liveness.IDLE_CHECK is probed, and closed if FreeSWITCH
-        does not answer, which ends the wait (an OSError to the read loop)."""
+        does not answer; past ``read_timeout`` it times out (either ends the
+        wait with an OSError to the read loop)."""
         began = time.monotonic()
         watcher = self._readable()
         if watcher is None:
@@ -285,7 +292,7 @@ class EslClient(InboundESL):
         if now - began >= SETTLE:
             if self._on_pause is not None:
                 self._on_pause(now + READ_PACE)
-            gevent.socket.wait(watcher)
+            gevent.socket.wait(watcher, timeout=self.read_timeout)
         return began
 
     def _readable(self):

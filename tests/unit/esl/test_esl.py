@@ -112,6 +112,37 @@ def test_command_without_reply_times_out():
         server.stop()
 
 
+@pytest.mark.parametrize("paced", [False, True])
+def test_a_read_waits_no_longer_than_the_read_timeout(paced):
+    # A switch silent for good while nothing pings it (liveness is
+    # NodeConnection's): the read ends after read_timeout and the client is
+    # closed like a dead one -- unpaced in recv, paced in the wait that
+    # follows a read after a silence (``_rest``); both waited for ever.
+    event = b'{"Event-Name":"HEARTBEAT","Unique-ID":"x"}'
+
+    def quiet(sock):
+        sock.sendall(AUTH_REQUEST)
+        read_command(sock)
+        sock.sendall(ACCEPTED)
+        gevent.sleep(2 * esl.SPARSE_AFTER)  # the client's next read comes after a silence
+        sock.sendall(b"Content-Length: %d\nContent-Type: text/event-json\n\n%s" % (len(event), event))
+        gevent.sleep(30)
+
+    server = scripted_server(quiet)
+    rec = Recorder()
+    client = EslClient(node(server.server_port), rec.on_event, rec.on_error)
+    client.read_timeout = 3.0
+    try:
+        client.connect()
+        client.pace = paced
+        assert client.wait_closed(timeout=20), "the read still waits after 20 s"
+    finally:
+        client.close()
+        server.stop()
+    assert "timed out" in client.close_reason
+    assert [e["Event-Name"] for e in rec.events] == ["HEARTBEAT"] and rec.errors == []
+
+
 def test_command_that_cannot_be_sent_times_out():
     # A switch that stops reading: the socket buffers fill and sendall would
     # wait for ever; the command gives up after command_timeout instead.
