@@ -218,8 +218,7 @@ def test_a_client_that_half_closes_is_answered_or_refused_and_the_app_never_sees
 def test_an_idle_holder_makes_room_and_a_slow_probationer_cannot(serve):
     server, port = serve(dataclasses.replace(LIMITS, max_connections=2, idle_timeout=30.0))
     idle = [gevent.socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
-    gevent.sleep(0.2)
-    assert server.active_connections == 2
+    assert wait_until(lambda: server.active_connections == 2, timeout=10)
     # A newcomer with a slow body stays on probation: it takes no slot.
     slow = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
     slow.sendall(PUT + b"Content-Length: 50\r\n\r\n")
