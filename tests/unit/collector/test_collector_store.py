@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 
 import psycopg
 import pytest
@@ -453,10 +452,9 @@ def test_a_held_lock_fails_the_batch_retryably_and_it_stores_once_after(pg_dsn, 
     # 20 s, so code without a lock bound stores late instead of hanging.
     holder.execute("SET idle_in_transaction_session_timeout = '20s'")
     holder.execute("LOCK TABLE collector_nodes IN ACCESS EXCLUSIVE MODE")
-    started = time.monotonic()
+    # Without the bound, the batch waits for the guard and then stores: no error.
     with pytest.raises(psycopg.errors.LockNotAvailable) as failed:
         store.store_batch("fs1", "db-1", first.seq, [second])
-    assert time.monotonic() - started < 15
     assert isinstance(failed.value, RETRYABLE)
     holder.rollback()
     holder.close()
