@@ -151,6 +151,19 @@ def test_a_malformed_line_is_named_by_number_never_echoed(tmp_path, text, line):
         assert SECRET not in message and "s3cr3t" not in repr(info.value), message
 
 
+def test_a_byte_that_is_not_utf8_is_a_clear_error_naming_the_file_never_echoing_it(tmp_path):
+    # An ini saved in Latin-1 (a password with an accent): a ConfigError
+    # naming the file, not a UnicodeDecodeError's traceback quoting the bytes.
+    text = ("[esl]\nhost = fs1\npassword = caf\xe9-%s\n" % SECRET).encode("latin-1")
+    for loader, name in ((config.load, "eslcdr.ini"), (collector_config.load, "collector.ini")):
+        path = tmp_path / name
+        path.write_bytes(text)
+        with pytest.raises(ConfigError) as info:
+            loader(path, environ={})
+        assert str(info.value) == "%s: not UTF-8 text" % path
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.ini", environ={})

@@ -510,8 +510,8 @@ def test_csv_file_name(env):
     header = env.get(url, headers={**A, "X-File-Name": "../../etc/x\";y.csv"}).headers["Content-Disposition"]
     assert header == 'attachment; filename="x__y.csv"'
     unicode_name = env.get(url + "&file_name=%C3%A6r%C3%B8.csv").headers["Content-Disposition"]
-    assert unicode_name == "attachment; filename=\"__r__.csv\"; filename*=UTF-8''%C3%A6r%C3%B8.csv" or \
-        unicode_name.endswith("filename*=UTF-8''%C3%A6r%C3%B8.csv")
+    # RFC 6266: an ASCII fallback (each other character an underscore), then the UTF-8 name.
+    assert unicode_name == "attachment; filename=\"_r_.csv\"; filename*=UTF-8''%C3%A6r%C3%B8.csv"
 
 
 # ---------------------------------------------------------- auth, tenancy
@@ -570,6 +570,30 @@ def test_bad_requests_get_kazoo_errors(env, suffix, status, message):
         (param, detail), = body["data"].items()
         (code, info), = detail.items()
         assert info["message"]
+
+
+# A percent-escape that is not UTF-8 (Latin-1's é, a lone lead byte, 0xFF).
+NOT_UTF8 = ["caf%E9", "%C3", "%FF%FE"]
+
+
+@pytest.mark.parametrize("param", ["created_from", "page_size", "utc_offset", "ascending", "start_key"])
+@pytest.mark.parametrize("value", NOT_UTF8)
+def test_a_typed_parameter_that_is_not_utf8_is_a_validation_error_naming_it(env, param, value):
+    env.insert([leg(NOW_G - 1)])
+    body = assert_error(env.get("/v2/accounts/%s/cdrs?%s=%s" % (ACC_A, param, value), status=400), 400,
+                        "validation error")
+    assert list(body["data"]) == [param]
+
+
+@pytest.mark.xfail(strict=True, reason="a text parameter's bytes that are not UTF-8 are replaced by U+FFFD "
+                   "(api/core.py parse_qs errors='replace'): the filter silently matches nothing, 200")
+@pytest.mark.parametrize("param", ["filter_caller_id_name", "filter_not_caller_id_name",
+                                   "filter_custom_channel_vars.rate_name"])
+def test_a_text_parameter_that_is_not_utf8_is_a_validation_error_not_an_empty_answer(env, param):
+    env.insert([leg(NOW_G - 1, caller_id_name="caf\xe9")])
+    response = env.get("/v2/accounts/%s/cdrs?%s=caf%%E9" % (ACC_A, param), status="*")
+    body = assert_error(response, 400, "validation error")
+    assert list(body["data"]) == [param]
 
 
 @CENTRAL_TOO

@@ -124,6 +124,25 @@ def test_store_strict_at_start_and_tolerates_missing_file(tmp_path):
     assert missing.lookup("anything") is None
 
 
+def test_a_byte_that_is_not_utf8_fails_at_start_and_keeps_the_last_good_set_later(tmp_path):
+    # A tokens file saved in Latin-1: at start a TokenFileError naming the
+    # file (the daemon exits 2), later the last good set stays in force.
+    path = tmp_path / "tokens"
+    path.write_bytes(b"caf\xe9-token %s\n" % ACCOUNT.encode())
+    with pytest.raises(TokenFileError) as info:
+        TokenStore(path)
+    assert str(info.value) == "%s: not UTF-8 text" % path and "caf" not in str(info.value)
+    path.write_text("good-token %s\n" % ACCOUNT)
+    clock = FakeClock()
+    store = TokenStore(path, check_interval=1.0, clock=clock)
+    assert store.lookup("good-token") == ACCOUNT
+    path.write_bytes(b"good-token %s\ncaf\xe9-token %s\n" % (ACCOUNT.encode(), ACCOUNT.encode()))
+    os.utime(path, ns=(1, 10**18))
+    for _ in range(3):  # past the check interval and the settling time
+        clock.now += 1.5 + TOKENS_SETTLE_SECONDS
+        assert store.lookup("good-token") == ACCOUNT and store.count == 1
+
+
 def test_add_token_appends_hash_with_mode_0600(tmp_path):
     path = tmp_path / "conf" / "tokens"
     token = add_token(path, ACCOUNT)

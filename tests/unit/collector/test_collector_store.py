@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 
 import psycopg
 import pytest
@@ -21,6 +20,7 @@ from eslcdr.keepalive import libpq_keepalive
 from eslcdr.collector.worker import RETRYABLE
 from eslcdr.store.schema import COLUMN_NAMES
 
+from tests.harness import wait_until
 from tests.unit.api.test_api import G, leg
 
 UTC = dt.timezone.utc
@@ -345,7 +345,6 @@ def test_only_the_node_that_stored_a_call_may_replace_it(pg, tmp_path):
 
 def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg_dsn, tmp_path):
     import threading
-    import time
 
     item = feed_items(tmp_path, [leg(ts(2026, 11))])[0]
     pg.ensure_months([item])
@@ -358,7 +357,11 @@ def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg
         done = []
         worker = threading.Thread(target=lambda: done.append(pg.store_batch("fs1", "db-1", 0, [item])), daemon=True)
         worker.start()
-        time.sleep(1.0)
+        # fs1's batch waits on a lock (fs2's uncommitted key), not merely slow.
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            assert wait_until(lambda: watcher.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted",
+                (pg.conn.info.backend_pid,)).fetchone()[0], timeout=30)
         assert done == []  # waits for fs2's transaction
         other.commit()
         worker.join(10)
@@ -449,10 +452,9 @@ def test_a_held_lock_fails_the_batch_retryably_and_it_stores_once_after(pg_dsn, 
     # 20 s, so code without a lock bound stores late instead of hanging.
     holder.execute("SET idle_in_transaction_session_timeout = '20s'")
     holder.execute("LOCK TABLE collector_nodes IN ACCESS EXCLUSIVE MODE")
-    started = time.monotonic()
+    # Without the bound, the batch waits for the guard and then stores: no error.
     with pytest.raises(psycopg.errors.LockNotAvailable) as failed:
         store.store_batch("fs1", "db-1", first.seq, [second])
-    assert time.monotonic() - started < 15
     assert isinstance(failed.value, RETRYABLE)
     holder.rollback()
     holder.close()

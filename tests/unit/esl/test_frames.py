@@ -163,15 +163,73 @@ def test_counters():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2000), st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=20))
 def test_random_bytes_never_raise_and_always_progress(data, sizes):
+    # Cut anywhere, the bytes give what they give whole: the same frames and
+    # the same errors (the same bytes skipped), nothing lost or stuck at a cut.
+    chunks = cut(data, sizes)
+    items = seen(parse_all(chunks))
+    assert items == seen(parse_all([data]))
+    assert seen(parse_views(chunks)) == items
+
+
+def seen(items: list) -> list:
+    """The frames, and between them the bytes errors skipped (line ends
+    aside, consecutive errors as one: how a stretch of damage is cut into
+    errors is not compared, what it skipped is)."""
+    out: list = []
+    for item in items:
+        if isinstance(item, Frame):
+            out.append(item)
+            continue
+        skipped = item.skipped.replace(b"\r", b"").replace(b"\n", b"")
+        if out and isinstance(out[-1], bytes):
+            out[-1] += skipped
+        else:
+            out.append(skipped)
+    return out
+
+
+def cut(data: bytes, sizes: list[int]) -> list[bytes]:
     chunks, pos = [], 0
     for size in sizes * (len(data) // max(1, sum(sizes)) + 1):
         if pos >= len(data):
             break
         chunks.append(data[pos : pos + size])
         pos += size
-    items = parse_all(chunks)
-    for item in items:
-        assert isinstance(item, (Frame, ProtocolError))
+    return chunks
+
+
+# FreeSWITCH's frames (each opens with Content-Type or Content-Length), and
+# damage between them: a header block with a line that is not a header, a bad
+# Content-Length, a body shorter than announced (it eats what follows).
+FRAMES = [b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n",
+          b"Content-Type: api/response\nContent-Length: 4\n\n+OK\n",
+          b'Content-Length: 21\nContent-Type: text/event-json\n\n{"Event-Name":"DTMF"}',
+          b"Content-Length: 17\nContent-Type: text/event-plain\n\nEvent-Name: DTMF\n",
+          b"Content-Length: x\nContent-Type: text/event-json\n\n",
+          b"Content-Length: 7\nContent-Type: text/event-json\n\n{broken"]
+DAMAGE = st.binary(max_size=40).filter(lambda b: b"\n\n" not in b and b":" not in b).map(lambda b: b + b"\n\n")
+STREAMS = st.lists(st.one_of(st.sampled_from(FRAMES), DAMAGE), max_size=40).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STREAMS, st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=20))
+def test_frames_and_damage_give_the_same_items_however_the_reads_cut_them(data, sizes):
+    chunks = cut(data, sizes)
+    items = seen(parse_all(chunks))
+    assert items == seen(parse_all([data])) == seen(parse_views(chunks))
+
+
+@pytest.mark.xfail(strict=True, reason="FrameParser._resync looks for a frame's first line past the end of the "
+                   "bad header block: when the next block is already buffered and opens with another header, "
+                   "its lines up to a Reply-Text:/Content-Type: line are skipped (read byte by byte, they are not); "
+                   "two bad blocks read at once are one error, two when read apart")
+def test_a_bad_header_block_skips_no_line_of_the_next_one_whatever_is_buffered():
+    data = b"x\n\nX-Extra: 1\nContent-Type: command/reply\nReply-Text: +OK\n\n"
+    whole = parse_all([data])
+    assert whole == parse_all([data[i : i + 1] for i in range(len(data))])
+    assert whole[1] == Frame({"X-Extra": "1", "Content-Type": "command/reply", "Reply-Text": "+OK"})
+    twice = b"x\n\ny\n\n" + data[3:]
+    assert [item.skipped for item in parse_all([twice])[:2]] == [b"x\n\n", b"y\n\n"]
 
 
 @settings(max_examples=200, deadline=None)

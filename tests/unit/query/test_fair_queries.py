@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import http.client
 import json
+import threading
 import time
 
 from eslcdr.store import db as store
@@ -99,6 +100,7 @@ def test_light_pages_and_ingest_go_on_while_three_month_by_minute_stats_run(tmp_
     stats_url = "/v2/accounts/%s/cdrs/stats?created_from=%d&created_to=%d&interval=60" % (
         LOAD_ACCOUNT, now_g - MONTH, now_g)
     running = [True]
+    asked: set[int] = set()  # the clients (threads) that sent a stats request
     answers: list[tuple[int, int]] = []
     clients = []
     try:
@@ -112,12 +114,16 @@ def test_light_pages_and_ingest_go_on_while_three_month_by_minute_stats_run(tmp_
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
             while running[0]:
                 conn.request("GET", stats_url, headers={**headers, "Accept": "text/csv"})
+                asked.add(threading.get_ident())
                 response = conn.getresponse()
                 answers.append((response.status, response.read().count(b"\r\n")))
             conn.close()
 
         clients = [Worker(stats_client) for _ in range(3)]
-        time.sleep(1.0)  # each has its request in flight
+        deadline = time.monotonic() + 30
+        while len(asked) < 3 and time.monotonic() < deadline:  # each has its request in flight
+            time.sleep(0.05)
+        assert len(asked) >= 3, asked
         seq_before = last_seq(db)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         times = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
 import json
 import socket
 import time
@@ -20,6 +21,8 @@ from gevent import pywsgi
 from eslcdr.web import server as srv
 from eslcdr.web.limits import EVICT_AFTER, RECEIVE_GRACE
 from eslcdr.config import ServerLimits
+
+from tests.harness import wait_until
 
 
 def test_the_gevent_hooks_the_server_relies_on_still_exist():
@@ -171,11 +174,51 @@ def test_a_steady_body_gets_time_for_what_it_sends(serve):
     assert status(answer) == 200 and body_of(answer)["length"] == 3000
 
 
+def half_closed(port: int, request: bytes) -> bytes:
+    """``request`` sent, then the client's write side shut (SHUT_WR): it reads
+    on until the server closes. A server that waits for more gives no answer
+    within the socket's timeout (less than request_timeout: not its 408)."""
+    with gevent.socket.create_connection(("127.0.0.1", port), timeout=LIMITS.request_timeout - 1) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_a_client_that_half_closes_is_answered_or_refused_and_the_app_never_sees_a_cut_body(serve):
+    seen = []
+
+    def recording_app(environ, start_response):
+        seen.append(environ["wsgi.input"].read())
+        return echo_app({**environ, "wsgi.input": io.BytesIO(seen[-1])}, start_response)
+
+    server = srv.make_server(recording_app, "127.0.0.1", 0, limits=LIMITS, log=_Sink(), error_log=_Sink())
+    server.start()
+    try:
+        port = server.server_port
+        # A whole request, then the half-close: the client still reads its answer.
+        answer = half_closed(port, PUT + b"Content-Length: 5\r\n\r\nhello")
+        assert status(answer) == 200 and body_of(answer)["length"] == 5
+        # A body cut short by the half-close (Content-Length or chunked): a
+        # 400 naming the body at once, and the app never runs on a part of it.
+        for cut in (PUT + b"Content-Length: 10\r\n\r\nhello",
+                    PUT + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"):
+            answer = half_closed(port, cut)
+            assert answer[:12] == b"HTTP/1.1 400", answer
+            assert body_of(answer)["data"]["message"] == "the request body could not be read"
+        assert seen == [b"hello"]
+        assert wait_until(lambda: server.active_connections == 0 and not server.probation, timeout=10)
+        assert status(ask(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
+    finally:
+        server.stop(timeout=1)
+
+
 def test_an_idle_holder_makes_room_and_a_slow_probationer_cannot(serve):
     server, port = serve(dataclasses.replace(LIMITS, max_connections=2, idle_timeout=30.0))
     idle = [gevent.socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
-    gevent.sleep(0.2)
-    assert server.active_connections == 2
+    assert wait_until(lambda: server.active_connections == 2, timeout=10)
     # A newcomer with a slow body stays on probation: it takes no slot.
     slow = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
     slow.sendall(PUT + b"Content-Length: 50\r\n\r\n")
