@@ -195,16 +195,16 @@ class FrameParser:
         return _frame(headers, self._view[start:end].tobytes())
 
     def _resync(self, reason: str, fallback: int) -> ProtocolError:
-        """Skip to the next line that looks like the start of a frame.
-
-        ``fallback`` (always past the current position) is where to go when no
-        such line is buffered yet: the end of the bad header block.
+        """Skip to the next line of the bad header block that looks like the
+        start of a frame, else to ``fallback`` (always past the current
+        position): the block's end.  Never past it, so what follows the block
+        is read the same however the reads cut the stream.
         """
         buf = self._buf
         start = self._pos
         best = -1
         for marker in _FRAME_STARTS:
-            found = buf.find(b"\n" + marker, start)
+            found = buf.find(b"\n" + marker, start, fallback)
             if found >= 0 and (best < 0 or found < best):
                 best = found
         target = best + 1 if best >= 0 else fallback

@@ -219,10 +219,6 @@ def test_frames_and_damage_give_the_same_items_however_the_reads_cut_them(data, 
     assert items == seen(parse_all([data])) == seen(parse_views(chunks))
 
 
-@pytest.mark.xfail(strict=True, reason="FrameParser._resync looks for a frame's first line past the end of the "
-                   "bad header block: when the next block is already buffered and opens with another header, "
-                   "its lines up to a Reply-Text:/Content-Type: line are skipped (read byte by byte, they are not); "
-                   "two bad blocks read at once are one error, two when read apart")
 def test_a_bad_header_block_skips_no_line_of_the_next_one_whatever_is_buffered():
     data = b"x\n\nX-Extra: 1\nContent-Type: command/reply\nReply-Text: +OK\n\n"
     whole = parse_all([data])
