@@ -120,6 +120,15 @@ def token_of(environ: MutableMapping[str, Any]) -> str:
     return token
 
 
+def _is_utf8(text: str) -> bool:
+    """False for text that held bytes not UTF-8 (decoded with surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def error_payload(status: int, message: str, data: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
     return {"data": data, "error": str(status), "message": message, "status": "error", **meta}
 
@@ -214,12 +223,20 @@ class Core:
     def params(self) -> dict[str, list[str]]:
         query = bottle.request.environ.get("QUERY_STRING", "")
         try:
-            return urllib.parse.parse_qs(
-                query, keep_blank_values=True, errors="replace", max_num_fields=MAX_QUERY_FIELDS
+            params = urllib.parse.parse_qs(
+                query, keep_blank_values=True, errors="surrogateescape", max_num_fields=MAX_QUERY_FIELDS
             )
         except ValueError:
             raise ApiError(400, "validation error", {"query": {"maxItems": {
                 "message": "at most %d query parameters" % MAX_QUERY_FIELDS}}}) from None
+        if not query.isascii() or "%" in query:
+            # A percent-escape that is not UTF-8 (a lone surrogate here): a
+            # filter would silently match nothing, a number fail vaguely.
+            for name, values in params.items():
+                if not all(map(_is_utf8, values)) or not _is_utf8(name):
+                    raise ParamError(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "type",
+                                     "the value is not UTF-8 text")
+        return params
 
     @staticmethod
     def presented_token() -> str | None:
