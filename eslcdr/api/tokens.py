@@ -13,6 +13,7 @@ a token (errors name the file and line number only).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -296,8 +297,18 @@ def add_token(path: str | os.PathLike, account_id: str) -> str:
         # Keep one entry per line even if the file lost its final newline.
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = "\n" + line
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
+        data = line.encode("utf-8")
+        try:
+            written = 0
+            while written < len(data):  # a short write (the disk filling): the rest, or its error
+                step = os.write(fd, data[written:])
+                if not step:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += step
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)  # no torn line: the file as it was
+            raise
     finally:
         os.close(fd)
     return token

@@ -163,9 +163,6 @@ def test_token_add_on_a_full_disk_is_an_error_and_the_file_is_unchanged(tmp_path
 
 
 @pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, reason="api/tokens.py add_token ignores a short os.write: on a disk that fills "
-                   "mid-line it prints the token, says 'added', exits 0 and leaves a torn line (no account, no "
-                   "newline) that makes the tokens file malformed")
 def test_token_add_cut_by_a_full_disk_mid_line_is_an_error_and_leaves_no_torn_line(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("first-token acct0\n")
