@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import psycopg
 
 from ..query.params import Filter
-from ..query.stats import LOW_MOS, NOT_SEIZURES, UNKNOWN_CAUSE, USER_OUTCOMES
+from ..query.stats import UNKNOWN_CAUSE, USER_OUTCOMES
+from ..store.schema import LOW_MOS, NOT_SEIZURES, sql_list
 
 MINUTES = "stats_minutes"
 HOURS = "stats_hours"
@@ -60,8 +61,8 @@ COUNTERS = (("legs", "r.d"), ("billing_seconds", "r.d * coalesce(r.billing_secon
 # Which legs of a cell each KPI counter counts, over a cell's key (a
 # direction, a cause '' when none, answered-or-not); billing_seconds: those
 # of the answered seizures.
-_NOT_SEIZURES = ", ".join("'%s'" % cause for cause in NOT_SEIZURES)
-_USER = ", ".join("'%s'" % cause for cause in USER_OUTCOMES)
+_NOT_SEIZURES = sql_list(NOT_SEIZURES)
+_USER = sql_list(USER_OUTCOMES)
 SEIZURE_DIRECTION = "outbound"  # a seizure's (the causes and PDD roll-ups count seizures only)
 _SEIZURE_OF = "({dir} = '%s' AND {cause} NOT IN (%s))" % (SEIZURE_DIRECTION, _NOT_SEIZURES)
 KPI_COUNTS = (

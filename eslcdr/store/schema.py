@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from typing import Sequence
 
 import sqlite_utils
 
@@ -269,6 +270,19 @@ def add_interaction_created(conn: sqlite3.Connection) -> None:
     _create_interaction_start_indexes(conn, interaction_start())
 
 
+# The KPI rules the roll-ups count by, read from here by query/stats.py and the
+# collector's statements: a leg whose audio_in_mos is below LOW_MOS is a low-MOS
+# leg; an outbound leg hung up with one of NOT_SEIZURES seized nothing.
+LOW_MOS = 3.6
+NOT_SEIZURES = ("LOSE_RACE", "PICKED_OFF")
+
+
+def sql_list(names: Sequence[str]) -> str:
+    """``names`` as a list of SQL string literals: for eslcdr's own constants
+    (a fixed whitelist), never a client's text."""
+    return ", ".join("'%s'" % name for name in names)
+
+
 # Roll-ups for the KPIs of busy accounts (query/stats.py), kept exact through
 # every way a row comes and goes: eslcdr's inserts and REPLACE rewrites add
 # their new rows once per batch (store/db.py, rollup_insert_statements; until
@@ -288,7 +302,7 @@ _ROLLUP_COUNTERS = (
     ("billing_seconds", "{d} * ifnull({R}.billing_seconds, 0)"),
     ("mos_legs", "{d} * ({R}.audio_in_mos IS NOT NULL)"),
     ("mos_sum", "{d} * ifnull({R}.audio_in_mos, 0.0)"),
-    ("low_mos", "{d} * ifnull({R}.audio_in_mos < 3.6, 0)"),
+    ("low_mos", "{d} * ifnull({R}.audio_in_mos < %r, 0)" % LOW_MOS),
     ("rtp_legs", "{d} * ({R}.no_rtp_in IS NOT NULL)"),
     ("no_rtp", "{d} * ifnull({R}.no_rtp_in = 1, 0)"),
 )
@@ -301,7 +315,7 @@ _ROLLUP_KEY = (
 )
 _ROLLUP_WHEN = "{R}.account_id IS NOT NULL AND ifnull({R}.channel_name, '') NOT LIKE 'loopback/%'"
 _PDD_WHEN = (_ROLLUP_WHEN + " AND {R}.call_direction = 'outbound'"
-             " AND ifnull({R}.hangup_cause, '') NOT IN ('LOSE_RACE', 'PICKED_OFF') AND {R}.pdd_ms IS NOT NULL")
+             " AND ifnull({R}.hangup_cause, '') NOT IN (%s) AND {R}.pdd_ms IS NOT NULL" % sql_list(NOT_SEIZURES))
 # The columns whose change moves a row in the roll-ups (an interaction merge
 # changes none of them).
 ROLLUP_SOURCE_COLUMNS = ("account_id", "timestamp", "channel_name", "call_direction", "hangup_cause",
