@@ -38,7 +38,7 @@ from .params import (
 )
 from .pool import ReaderPool
 from .sql import HANGUP_IN_RANGE, account_scope, column_sql, where_filters
-from ..store.schema import LOW_MOS, NOT_SEIZURES, STATS_INDEX, STATS_INDEX_WHERE, sql_list
+from ..store.schema import LOW_MOS, STATS_INDEX, STATS_INDEX_WHERE, seizure_sql, sql_list
 
 DEFAULT_INTERVAL = 3600
 MIN_INTERVAL = 60
@@ -121,7 +121,7 @@ def parse_worst_query(params: Params, *, account_id: str, owner_id: str | None, 
 # ----------------------------------------------------------------------- SQL
 
 # A seizure, of a leg (c) or of a roll-up row (s: hangup_cause '' when none).
-_SEIZURE_OF = "({t}.call_direction = 'outbound' AND {cause} NOT IN (%s))" % sql_list(NOT_SEIZURES)
+_SEIZURE_OF = seizure_sql("{t}.call_direction", "{cause}")
 _SEIZURE = _SEIZURE_OF.format(t="c", cause="ifnull(c.hangup_cause, '')")
 _ANSWERED = "c.answered_us > 0"
 _USER_OUTCOMES = sql_list(USER_OUTCOMES)
