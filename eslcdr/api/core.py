@@ -196,7 +196,7 @@ class Core:
             # Never the exception's text or repr: it may hold request bytes.
             exc = err.exception
             log.error("api_unhandled_exception", path=self.log_path(), error=type(exc).__name__,
-                      frames="".join(traceback.format_tb(getattr(exc, "__traceback__", None)))[-4000:])
+                      frames=frames(getattr(exc, "__traceback__", None)))
             return self.error_response(500, "unspecified_fault", {"message": "unspecified fault"})
         return self.error_response(code, "bad request", {"message": str(err.body)[:200]})
 

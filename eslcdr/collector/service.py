@@ -148,7 +148,7 @@ class Collector:
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Run target in a greenlet; restart it if it crashes."""
-        self._greenlets[name] = spawn_supervised(name, target, self._stop)
+        self._greenlets[name] = spawn_supervised(name, target, self._stop, redact=self.config.redact)
 
     def _join_existing(self) -> None:
         """Once: the legs stored before schema 7 that crossed nodes (a no-op

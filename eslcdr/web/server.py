@@ -21,7 +21,6 @@ import json
 import re
 import socket
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
@@ -31,6 +30,7 @@ from gevent.pool import Pool
 
 from .. import __version__
 from ..config import ServerLimits
+from ..supervise import frames
 from .limits import PROBATION, REJECT_SLACK, ClientFault, Receiver, Slots, fault_answer, read_body
 from .redact import Redactor, presented_in_environ
 
@@ -80,11 +80,6 @@ def envelope_bytes(status: int, message: str, detail: str, extra_headers: str = 
     head = "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
         status, _STATUS_REASONS.get(status, "Error"), len(body), extra_headers)
     return head.encode("latin-1") + body
-
-
-def _frames(tb: Any) -> str:
-    """The stack of a traceback without the exception's message."""
-    return "".join(traceback.format_tb(tb))[-4000:]
 
 
 def bad_request_reason(exc: BaseException) -> str:
@@ -186,7 +181,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 log.debug("http_connection_lost", client=self._client(), error=fault.reason)
             except Exception as exc:  # noqa: BLE001 -- connection boundary: gevent would print it raw
                 log.error("http_handler_error", client=self._client(), error=type(exc).__name__,
-                          frames=_frames(exc.__traceback__))
+                          frames=frames(exc.__traceback__))
 
         def _client(self) -> str:
             address = self.client_address
@@ -275,7 +270,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 return
             if not issubclass(t, gevent.GreenletExit) and not getattr(v, "eslcdr_logged", False):
                 log.error("http_handler_error", client=self._client(), path=self._loggable_target(),
-                          error=t.__name__, frames=_frames(tb))
+                          error=t.__name__, frames=frames(tb))
             self._send_error_response_if_possible(500)
 
         def _send_error_response_if_possible(self, error_code):
