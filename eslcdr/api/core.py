@@ -17,7 +17,6 @@ import json
 import os
 import re
 import time
-import traceback
 import urllib.parse
 from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
@@ -29,6 +28,7 @@ from .. import __version__
 from ..config import ApiConfig
 from ..query.params import ParamError, first
 from ..query.reader import DatastoreError, StatementTimeout
+from ..supervise import frames
 from ..web.redact import Redactor, presented_in_environ
 from .sessions import SessionStore
 from .tokens import COLLECTOR, TokenStore
