@@ -6,6 +6,8 @@ applies the ones a database has not seen yet (``PRAGMA user_version`` holds
 the count applied), each in its own transaction, so an old file is upgraded
 in place and a new one is built by the same steps.  The steps are public: a
 test builds a file as an older eslcdr left it (tests/harness.py database_before).
+The KPI rules its roll-ups count by (``counted_sql``, ``seizure_sql``, ``LOW_MOS``)
+are defined here once; query/stats.py and the collector's statements read them.
 """
 
 from __future__ import annotations
