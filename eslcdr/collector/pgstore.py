@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import psycopg
 from psycopg import sql
@@ -52,7 +52,7 @@ class BoundedConnection(psycopg.Connection):
 
     limit: float | None = None
 
-    def wait(self, gen, interval=None, timeout=None):  # noqa: ANN001 -- psycopg's signature
+    def wait(self, gen: Any, interval: float | None = None, timeout: float | None = None) -> Any:
         more = {} if interval is None else {"interval": interval}
         return super().wait(gen, timeout=self.limit if timeout is None else timeout, **more)
 
