@@ -17,6 +17,7 @@ a bug: gevent prints it, and it is raised in the caller too.
 
 from __future__ import annotations
 
+import traceback
 from typing import Any, Callable, Generic, TypeVar
 
 import gevent
@@ -33,13 +34,23 @@ T = TypeVar("T")
 # looks this often: a timeout on every wait, and an idle daemon on a media
 # server is not woken for nothing (each wake-up costs CPU there).
 IDLE_WAKE = 30.0
+MAX_FRAMES_CHARS = 4000  # of a stack in a log line (``frames``): its innermost calls
 Errors = tuple[type[BaseException], ...]
 
 
-def spawn_supervised(name: str, target: Callable[[], None], stop: gevent.event.Event) -> gevent.Greenlet:
+def frames(tb: Any) -> str:
+    """The stack of a traceback without the exception's message (which may hold a
+    secret), for a log line: its last MAX_FRAMES_CHARS characters."""
+    return "".join(traceback.format_tb(tb))[-MAX_FRAMES_CHARS:]
+
+
+def spawn_supervised(name: str, target: Callable[[], None], stop: gevent.event.Event,
+                     redact: Callable[[str], str] | None = None) -> gevent.Greenlet:
     """Run ``target`` in a greenlet named ``name``; when it raises, log the
     crash and run it again after a backoff, until ``stop`` is set.  A target
-    that returns is done."""
+    that returns is done.  With ``redact`` (the collector's: its DSN's password,
+    its nodes' tokens) the crash line holds the exception's redacted text and
+    its ``frames``, not the raw traceback."""
 
     def supervised() -> None:
         attempt = 0
@@ -49,9 +60,13 @@ def spawn_supervised(name: str, target: Callable[[], None], stop: gevent.event.E
                 return
             except gevent.GreenletExit:
                 raise
-            except Exception:  # noqa: BLE001 -- supervisor boundary: log, restart
+            except Exception as exc:  # noqa: BLE001 -- supervisor boundary: log, restart
                 attempt += 1
-                log.exception("greenlet_crashed", greenlet=name, restart=attempt)
+                if redact is None:
+                    log.exception("greenlet_crashed", greenlet=name, restart=attempt)
+                else:
+                    log.error("greenlet_crashed", greenlet=name, restart=attempt,
+                              error=redact("%s: %s" % (type(exc).__name__, exc)), frames=frames(exc.__traceback__))
                 stop.wait(timeout=backoff_delay(attempt, base=0.5, cap=30.0))
 
     greenlet = gevent.spawn(supervised)

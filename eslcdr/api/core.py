@@ -17,7 +17,6 @@ import json
 import os
 import re
 import time
-import traceback
 import urllib.parse
 from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
@@ -29,6 +28,7 @@ from .. import __version__
 from ..config import ApiConfig
 from ..query.params import ParamError, first
 from ..query.reader import DatastoreError, StatementTimeout
+from ..supervise import frames
 from ..web.redact import Redactor, presented_in_environ
 from .sessions import SessionStore
 from .tokens import COLLECTOR, TokenStore
@@ -205,7 +205,7 @@ class Core:
             # Never the exception's text or repr: it may hold request bytes.
             exc = err.exception
             log.error("api_unhandled_exception", path=self.log_path(), error=type(exc).__name__,
-                      frames="".join(traceback.format_tb(getattr(exc, "__traceback__", None)))[-4000:])
+                      frames=frames(getattr(exc, "__traceback__", None)))
             return self.error_response(500, "unspecified_fault", {"message": "unspecified fault"})
         return self.error_response(code, "bad request", {"message": str(err.body)[:200]})
 

@@ -154,18 +154,31 @@ def pg_dsn(raw: str) -> str:
 
 
 def feed_url(raw: str) -> str:
-    """``http(s)://host:port`` of a node's API, without a trailing slash."""
+    """``http(s)://host:port`` of a node's API, without a trailing slash.  A refusal
+    shows the URL without its credentials, query and fragment (``shown_url``)."""
     url = raw.strip().rstrip("/")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid("%r must be http://host:port or https://host:port" % raw)
     try:
+        parts = urllib.parse.urlsplit(url)
         parts.port
-    except ValueError:
-        raise Invalid("%r has a bad port" % raw) from None
-    if parts.query or parts.fragment or parts.username:
-        raise Invalid("%r must not carry a query, fragment or credentials" % raw)
+    except ValueError:  # a bad port, a broken [IPv6] host
+        raise Invalid("%r has a bad host or port" % shown_url(url)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid("%r must be http://host:port or https://host:port" % shown_url(url))
+    if parts.query or parts.fragment or parts.username is not None:
+        raise Invalid("%r must not carry a query, fragment or credentials" % shown_url(url))
     return url
+
+
+def shown_url(url: str) -> str:
+    """``url`` as an error message may show it: a password (``user:password@``) or
+    a token (``?auth_token=...``) a person put in it replaced by REDACTED."""
+    rest, query, _ = url.partition("?")
+    rest, fragment, _ = rest.partition("#")
+    scheme, sep, rest = rest.partition("://") if "://" in rest else ("", "", rest)
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = REDACTED + "@" + authority.rpartition("@")[2]
+    return scheme + sep + authority + slash + path + (query and "?" + REDACTED) + (fragment and "#" + REDACTED)
 
 
 def token(raw: str) -> str:

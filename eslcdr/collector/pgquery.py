@@ -27,9 +27,8 @@ from typing import Any, Sequence
 from ..ingest.legs import GREGORIAN_OFFSET
 from ..query.kazoo import SOURCE_COLUMNS
 from ..query.params import KIND_INTERACTIONS, Filter, ListQuery
-from ..query.stats import (LOW_MOS, NOT_SEIZURES, UNKNOWN_CAUSE, USER_OUTCOMES, WORST_COLUMNS, StatsQuery,
-                           WorstQuery)
-from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, COLUMNS
+from ..query.stats import UNKNOWN_CAUSE, USER_OUTCOMES, WORST_COLUMNS, StatsQuery, WorstQuery
+from ..store.schema import COLUMN_NAMES, INTEGER_COLUMNS, COLUMNS, LOW_MOS, counted_sql, seizure_sql, sql_list
 from .pgschema import NO_ACCOUNT
 
 _REAL_COLUMNS = frozenset(name for name, sqltype, _ in COLUMNS if sqltype.startswith("REAL"))
@@ -303,11 +302,10 @@ def legs_sql(account_id: str, leg_id: str) -> tuple[str, list[Any]]:
 # ------------------------------------------------------------------ KPIs
 # query/stats.py's leg statements (stats_statements, worst_sql) spelled for
 # PostgreSQL: the same legs (loopback legs nowhere), the same rows per bucket.
-_SEIZURE = "(c.call_direction = 'outbound' AND COALESCE(c.hangup_cause, '') NOT IN (%s))" % ", ".join(
-    "'%s'" % cause for cause in NOT_SEIZURES)
+_SEIZURE = seizure_sql("c.call_direction", "COALESCE(c.hangup_cause, '')")
 _ANSWERED = "c.answered_us > 0"
-_USER = "c.hangup_cause IN (%s)" % ", ".join("'%s'" % cause for cause in USER_OUTCOMES)
-_COUNTED = "COALESCE(c.channel_name, '') NOT LIKE 'loopback/%%'"
+_USER = "c.hangup_cause IN (%s)" % sql_list(USER_OUTCOMES)
+_COUNTED = counted_sql("COALESCE(c.channel_name, '')").replace("%", "%%")  # psycopg: a literal % is %%
 
 
 def _kpi_scope(account_id: str, owner_id: str | None, ranges: Sequence[tuple[int, int]],

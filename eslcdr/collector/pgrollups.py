@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import psycopg
 
 from ..query.params import Filter
-from ..query.stats import LOW_MOS, NOT_SEIZURES, UNKNOWN_CAUSE, USER_OUTCOMES
+from ..query.stats import UNKNOWN_CAUSE, USER_OUTCOMES
+from ..store.schema import LOW_MOS, SEIZURE_DIRECTION, counted_sql, seizure_sql, sql_list
 
 MINUTES = "stats_minutes"
 HOURS = "stats_hours"
@@ -60,10 +61,8 @@ COUNTERS = (("legs", "r.d"), ("billing_seconds", "r.d * coalesce(r.billing_secon
 # Which legs of a cell each KPI counter counts, over a cell's key (a
 # direction, a cause '' when none, answered-or-not); billing_seconds: those
 # of the answered seizures.
-_NOT_SEIZURES = ", ".join("'%s'" % cause for cause in NOT_SEIZURES)
-_USER = ", ".join("'%s'" % cause for cause in USER_OUTCOMES)
-SEIZURE_DIRECTION = "outbound"  # a seizure's (the causes and PDD roll-ups count seizures only)
-_SEIZURE_OF = "({dir} = '%s' AND {cause} NOT IN (%s))" % (SEIZURE_DIRECTION, _NOT_SEIZURES)
+_USER = sql_list(USER_OUTCOMES)
+_SEIZURE_OF = seizure_sql("{dir}", "{cause}")  # (the causes and PDD roll-ups count seizures only)
 KPI_COUNTS = (
     ("attempts", "{dir} = 'inbound'"),
     ("answered_attempts", "{dir} = 'inbound' AND {ans}"),
@@ -80,7 +79,7 @@ HOUR_COUNTERS = (
         % _ANSWERED_SEIZURE.format(**_OF_ROW)),)
     + _QUALITY
 )
-COUNTS = "r.account_id <> '' AND coalesce(r.channel_name, '') NOT LIKE 'loopback/%'"
+COUNTS = "r.account_id <> '' AND " + counted_sql("coalesce(r.channel_name, '')")
 SEIZURE_COUNTS = COUNTS + " AND " + _SEIZURE_OF.format(**_OF_ROW)
 PDD_COUNTS = SEIZURE_COUNTS + " AND r.pdd_ms IS NOT NULL"
 PDD_KEY = (("account_id", "r.account_id"), ("hour", 'coalesce(r."timestamp", 0) / 3600'), ("pdd_ms", "r.pdd_ms"))

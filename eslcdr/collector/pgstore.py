@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import psycopg
 from psycopg import sql
@@ -39,21 +39,38 @@ ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
 # "Waits on PostgreSQL"): a lock held elsewhere fails the statement after
 # LOCK_TIMEOUT (LockNotAvailable), a batch statement after STATEMENT_TIMEOUT
 # (QueryCanceled; 5,000 rows take < 1 s), a server gone silent (no FIN/RST)
-# is found by TCP keepalive (keepalive.py): all psycopg.Error, retried.
+# is found by TCP keepalive (keepalive.py), a server alive that lets a
+# statement run on past it by our own bound on each wait (BoundedConnection):
+# all psycopg.Error, retried.
 LOCK_TIMEOUT = 30.0
 STATEMENT_TIMEOUT = 300.0
+
+
+class BoundedConnection(psycopg.Connection):
+    """A connection whose every wait ends after ``limit`` seconds (None: no bound),
+    with psycopg's own _WaitTimeout, an OperationalError."""
+
+    limit: float | None = None
+
+    def wait(self, gen: Any, interval: float | None = None, timeout: float | None = None) -> Any:
+        more = {} if interval is None else {"interval": interval}
+        return super().wait(gen, timeout=self.limit if timeout is None else timeout, **more)
 
 
 def pg_connect(dsn: str, connect_timeout: float, application_name: str = "eslcdr-collect",
                lock_timeout: float = LOCK_TIMEOUT, statement_timeout: float | None = STATEMENT_TIMEOUT,
                **kwargs) -> psycopg.Connection:
     """A connection with every wait bounded: connect, locks, statements
-    (None: unbounded, for a migration that rewrites a big table), a dead server."""
+    (None: unbounded, for a migration that rewrites a big table), a dead server,
+    and each wait on our side (2 x statement_timeout + 1 s)."""
     settings = "-c lock_timeout=%d" % int(lock_timeout * 1000)
     if statement_timeout is not None:
         settings += " -c statement_timeout=%d" % int(statement_timeout * 1000)
-    return psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout)), application_name=application_name,
-                           options=settings, **libpq_keepalive(), **kwargs)
+    conn = BoundedConnection.connect(dsn, connect_timeout=max(1, int(connect_timeout)),
+                                     application_name=application_name, options=settings, **libpq_keepalive(),
+                                     **kwargs)
+    conn.limit = None if statement_timeout is None else 2 * statement_timeout + 1.0
+    return conn
 
 class CursorMoved(Exception):
     """The node's stored cursor or db_id is not what the worker expected."""

@@ -22,6 +22,7 @@ import json
 import re
 import select
 import sqlite3
+import time
 from typing import Any, Callable, ContextManager, Iterator, Sequence, TypeVar
 
 import gevent
@@ -93,12 +94,14 @@ WAITS = {psycopg.waiting.WAIT_R: gevent.socket.wait_read, psycopg.waiting.WAIT_W
          psycopg.waiting.WAIT_RW: gevent.socket.wait_readwrite}
 
 
-def cooperative_wait(gen: Any, fileno: int, interval: float) -> Any:
+def cooperative_wait(gen: Any, fileno: int, interval: float, limit: float | None = None) -> Any:
     """Run psycopg's generator ``gen`` on the socket ``fileno`` as its wait under
     gevent does (the other greenlets run while the socket is not ready), with
     less CPU: a poll(2) that does not block asks the socket first, and only when
     nothing is there does the greenlet wait in gevent's hub (at most ``interval``
-    seconds a time, then psycopg is told nothing came, as its own wait does)."""
+    seconds a time, then psycopg is told nothing came, as its own wait does).  Past ``limit``
+    seconds: StatementTimeout (a server alive but not enforcing its statement_timeout)."""
+    deadline = None if limit is None else time.monotonic() + limit
     poller = _POLL()
     try:
         state = next(gen)
@@ -106,6 +109,8 @@ def cooperative_wait(gen: Any, fileno: int, interval: float) -> Any:
         while True:
             events = poller.poll(0)
             if not events:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise StatementTimeout("no answer from PostgreSQL within %.1f s" % limit)
                 try:
                     WAITS[state](fileno, timeout=interval)
                 except TimeoutError:
@@ -131,10 +136,12 @@ class GreenConnection(psycopg.Connection):
     takes a hub round trip for each (~1 µs a row).  A wait with a ``timeout`` is
     psycopg's own."""
 
+    limit: float | None = None  # seconds one wait may take (PgPool's: past its statement timeout)
+
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
         if timeout is not None or interval is None:
             return super().wait(gen, interval, timeout)
-        return cooperative_wait(gen, self.pgconn.socket, interval)
+        return cooperative_wait(gen, self.pgconn.socket, interval, self.limit)
 
 
 class PgPool:
@@ -155,9 +162,11 @@ class PgPool:
         self._closed = False
 
     def _open(self) -> psycopg.Connection:
-        return GreenConnection.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
-                               options=self._options, application_name="eslcdr-collect-api",
-                               **libpq_keepalive())  # a server gone silent: keepalive.py
+        conn = GreenConnection.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
+                                       options=self._options, application_name="eslcdr-collect-api",
+                                       **libpq_keepalive())  # a server gone silent: keepalive.py
+        conn.limit = 2 * self.timeout + 1.0  # a server alive that lets a statement run on
+        return conn
 
     def fetch(self, sql: str, args: Sequence[Any], binary: bool = False) -> list[tuple]:
         """Every row of one statement (bounded by its LIMIT or its account's rows);

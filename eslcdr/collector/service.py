@@ -97,16 +97,6 @@ class CollectorMetrics:
         yield from (stored, rejected, batches, errors, restarts, rate, lag_rows, lag_seconds, cursor, up, last_error)
 
 
-class _AccessLog:
-    def write(self, line: str) -> None:
-        line = line.strip()
-        if line:
-            log.debug("http_request", line=line)
-
-    def flush(self) -> None:
-        pass
-
-
 def make_app(config: CollectorConfig, health: Callable[[], dict], registry: CollectorRegistry) -> CdrApi:
     """The central API over PostgreSQL (the Kazoo routes of a node, no feed), its
     live channels the fleet's (``fleet.ask_fleet``), ``/health`` (503 unless every
@@ -150,8 +140,7 @@ class Collector:
         registry = CollectorRegistry()
         registry.register(CollectorMetrics(self))
         self.app = make_app(cfg, self.health, registry)
-        self.http = make_server(self.app, cfg.api.host, cfg.api.port, limits=cfg.api.limits,
-                                log=_AccessLog(), error_log=_AccessLog())
+        self.http = make_server(self.app, cfg.api.host, cfg.api.port, limits=cfg.api.limits)
         self.http.start()
         log.info("collect_started", version=__version__, nodes=[n.name for n in cfg.nodes],
                  listen="%s:%d" % (cfg.api.host, self.http.server_port))
@@ -159,7 +148,7 @@ class Collector:
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Run target in a greenlet; restart it if it crashes."""
-        self._greenlets[name] = spawn_supervised(name, target, self._stop)
+        self._greenlets[name] = spawn_supervised(name, target, self._stop, redact=self.config.redact)
 
     def _join_existing(self) -> None:
         """Once: the legs stored before schema 7 that crossed nodes (a no-op

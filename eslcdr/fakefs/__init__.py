@@ -39,6 +39,7 @@ from .server import (
     FS_VERSION_HUMAN,
     SHOW_SYNTAX,
     UPTIME_SYNTAX,
+    AlreadyStarted,
     FakeFreeSWITCH,
     Source,
 )
@@ -46,6 +47,7 @@ from .subscription import EVENT_NAMES
 
 __all__ = [
     "AUTH_REQUEST",
+    "AlreadyStarted",
     "BACKPRESSURE_LEVEL",
     "CALLER_NAMES",
     "CHANNEL_COLUMNS",

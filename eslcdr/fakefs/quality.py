@@ -7,7 +7,7 @@ The answered SIP legs of the call templates carry the ``rtp_audio_in_*`` /
 capture they come from.  :func:`rtp_finder` cuts those values out as
 ``SLOT_RTP`` slots (one per leg and variable, so a leg's values stay consistent
 across its events); :func:`draw_quality` fills them for one call from its
-own RNG: most legs good, some lossy (MOS below 3.6), some answered legs
+own RNG: most legs good, some lossy (MOS below the KPIs' ``LOW_MOS``), some answered legs
 that received no RTP at all (FreeSWITCH then still says MOS 4.50 and
 quality 100: it counts flaws among packets received, and there were none).
 FreeSWITCH's formulas: ``mos_of``.
@@ -59,7 +59,6 @@ _CODECS = (("PCMU", "0"), ("PCMA", "8"))
 # Share of answered SIP legs that are lossy / that receive no RTP at all.
 BAD_SHARE = 0.15
 NO_RTP_SHARE = 0.08
-MOS_LOW = 3.6
 
 
 def rtp_legs(events: list[dict]) -> dict[str, int]:

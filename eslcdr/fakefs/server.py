@@ -42,11 +42,9 @@ DEFAULT_PASSWORD = "ClueCon"
 FS_VERSION_HUMAN = "1.10.12-release 64bit"
 FS_VERSION_FULL = "1.10.12-release~64bit"
 
-
 # With backpressure the source waits once a client is this far behind: frames
 # are ~5 KiB, so this bounds the memory a slow reader costs.
 BACKPRESSURE_LEVEL = 2_000
-
 
 SHOW_SYNTAX = (
     "codec|endpoint|application|api|dialplan|file|timer|calls [count]|channels "
@@ -62,6 +60,10 @@ UPTIME_UNITS = {"us": 1, "microseconds": 1, "ms": 1_000, "milliseconds": 1_000, 
 
 
 Source = Union[ReplaySource, GeneratedSource, StaticSource]
+
+
+class AlreadyStarted(Exception):
+    """``start()`` on a stand-in that is already listening."""
 
 
 def _as_source(events) -> Source | None:
@@ -192,7 +194,7 @@ class FakeFreeSWITCH:
     def start(self) -> "FakeFreeSWITCH":
         """Listen (returns once the socket is bound) and start the pump."""
         if self._server is not None:
-            raise RuntimeError("already started")
+            raise AlreadyStarted("this FakeFreeSWITCH is already listening on port %d" % self.port)
         if self.prerender and self._source is not None:
             self._source = self._render_all(self._source, FORMATS[self.prerender])
         self._server = StreamServer((self.host, self.port), self._handle)

@@ -38,14 +38,12 @@ from .params import (
 )
 from .pool import ReaderPool
 from .sql import HANGUP_IN_RANGE, account_scope, column_sql, where_filters
-from ..store.schema import STATS_INDEX, STATS_INDEX_WHERE
+from ..store.schema import LOW_MOS, STATS_INDEX, STATS_INDEX_WHERE, seizure_sql, sql_list
 
 DEFAULT_INTERVAL = 3600
 MIN_INTERVAL = 60
 MAX_INTERVAL = 366 * 86400
 MAX_BUCKETS = 50_000
-LOW_MOS = 3.6
-NOT_SEIZURES = ("LOSE_RACE", "PICKED_OFF")
 USER_OUTCOMES = ("USER_BUSY", "NO_USER_RESPONSE", "NO_ANSWER", "SUBSCRIBER_ABSENT", "CALL_REJECTED",
                  "ORIGINATOR_CANCEL")
 UNKNOWN_CAUSE = "UNKNOWN"  # a seizure written without a cause (hangup never seen)
@@ -122,15 +120,11 @@ def parse_worst_query(params: Params, *, account_id: str, owner_id: str | None, 
 
 # ----------------------------------------------------------------------- SQL
 
-def _sql_list(names: Sequence[str]) -> str:
-    return ", ".join("'%s'" % name for name in names)  # our constants: no client text
-
-
 # A seizure, of a leg (c) or of a roll-up row (s: hangup_cause '' when none).
-_SEIZURE_OF = "({t}.call_direction = 'outbound' AND {cause} NOT IN (%s))" % _sql_list(NOT_SEIZURES)
+_SEIZURE_OF = seizure_sql("{t}.call_direction", "{cause}")
 _SEIZURE = _SEIZURE_OF.format(t="c", cause="ifnull(c.hangup_cause, '')")
 _ANSWERED = "c.answered_us > 0"
-_USER_OUTCOMES = _sql_list(USER_OUTCOMES)
+_USER_OUTCOMES = sql_list(USER_OUTCOMES)
 _USER_OUTCOME = "c.hangup_cause IN (%s)" % _USER_OUTCOMES
 
 

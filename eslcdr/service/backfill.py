@@ -55,6 +55,7 @@ AWAIT_FOR = 86_400.0  # how long a not-seen leg's file is waited for
 MAX_AWAITING = 100_000
 READ_STEP = 256  # files read and fed per step
 LOOKUP_STEP = 512  # call ids per database query / awaiting look-ups per tick
+MAX_BAD_FILES = 10_000  # unreadable files remembered (BadFiles)
 # What reading the folder or the database can fail with and be retried later.
 READ_ERRORS = (OSError, sqlite3.Error)
 
@@ -63,6 +64,33 @@ def _in_thread(work: Callable[..., T], *args: Any) -> T:
     """Blocking folder / database work, its READ_ERRORS raised here (each
     caller handles them)."""
     return in_thread(work, *args, errors=READ_ERRORS)
+
+
+class BadFiles:
+    """The unreadable files warned about, each as (mtime_ns, size): not read nor
+    warned about again until it changes.  At most ``limit`` are remembered; past
+    them the one warned about longest ago is forgotten (read, and warned about,
+    once more should it come up again)."""
+
+    def __init__(self, limit: int = MAX_BAD_FILES) -> None:
+        self._limit = limit
+        self._known: dict[str, tuple[int, int]] = {}  # path -> (mtime_ns, size), oldest first
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def known(self, found: FileFound) -> bool:
+        return self._known.get(found.path) == (found.mtime_ns, found.size)
+
+    def add(self, found: FileFound) -> bool:
+        """Remember ``found``; True when it is news (to be warned about)."""
+        if self.known(found):
+            return False
+        self._known.pop(found.path, None)
+        self._known[found.path] = (found.mtime_ns, found.size)
+        if len(self._known) > self._limit:
+            del self._known[next(iter(self._known))]
+        return True
 
 
 # -- the backfill greenlet -------------------------------------------------
@@ -101,7 +129,7 @@ class Backfill:
         self._last_mark_at = 0.0
         # not-seen call id -> (interaction id, clock time it was written off)
         self.awaiting: dict[str, tuple[str, float]] = {}
-        self._bad: dict[str, tuple[int, int]] = {}  # path -> (mtime, size) warned about
+        self._bad = BadFiles()
         self._folder_ok: bool | None = None
         self._rotating = False  # the folder has subfolders (mod_json_cdr rotate)
         self._flat = False  # a listing found no subfolder: the folder's mtime tells news
@@ -275,7 +303,7 @@ class Backfill:
         candidates = [
             found
             for found in files
-            if not tracker.knows(found.call_id) and self._bad.get(found.path) != (found.mtime_ns, found.size)
+            if not tracker.knows(found.call_id) and not self._bad.known(found)
         ]
         if not candidates:
             return 0, 0, 0
@@ -326,9 +354,7 @@ class Backfill:
                     log.warning("json_cdr_not_utf8", path=item.found.path, hint="bad bytes replaced by U+FFFD, leg kept")
                 usable.append(item)
                 continue
-            key = (item.found.mtime_ns, item.found.size)
-            if self._bad.get(item.found.path) != key:
-                self._bad[item.found.path] = key
+            if self._bad.add(item.found):
                 self.bad_files += 1
                 log.warning("json_cdr_unreadable", path=item.found.path, error=item.error)
         return usable
@@ -358,7 +384,7 @@ class Backfill:
             return
         try:
             found = _in_thread(find, self.folder, batch, self._rotating)
-            read = _in_thread(read_files, [f for f in found if self._bad.get(f.path) != (f.mtime_ns, f.size)])
+            read = _in_thread(read_files, [f for f in found if not self._bad.known(f)])
         except READ_ERRORS as exc:
             self._folder_state(False, str(exc))
             return

@@ -26,7 +26,9 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-# A datagram send either succeeds at once or fails: no waiting involved.
+# The socket is non-blocking: a send either succeeds at once or fails
+# (BlockingIOError when systemd has not read the datagrams queued before,
+# max_dgram_qlen of them); a blocking send would wait there for ever.
 SEND_ERRORS = (OSError,)
 
 
@@ -76,6 +78,7 @@ class Notifier:
         try:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._socket.setblocking(False)
             self._socket.sendto(message.encode("utf-8"), self.address)
         except SEND_ERRORS as exc:
             if not self._failed:

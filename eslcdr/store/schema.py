@@ -6,12 +6,15 @@ applies the ones a database has not seen yet (``PRAGMA user_version`` holds
 the count applied), each in its own transaction, so an old file is upgraded
 in place and a new one is built by the same steps.  The steps are public: a
 test builds a file as an older eslcdr left it (tests/harness.py database_before).
+The KPI rules its roll-ups count by (``counted_sql``, ``seizure_sql``, ``LOW_MOS``)
+are defined here once; query/stats.py and the collector's statements read them.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
+from typing import Sequence
 
 import sqlite_utils
 
@@ -195,6 +198,33 @@ def add_quality_columns(conn: sqlite3.Connection) -> None:
         _quote(c) for c in STATS_INDEX_COLUMNS), STATS_INDEX_WHERE))
 
 
+# The KPI rules, read from here by the roll-ups below, query/stats.py and the
+# collector's statements (each in its dialect, over its own expressions): loopback
+# legs count nowhere; a seizure is an outbound leg not hung up with one of
+# NOT_SEIZURES (it seized nothing); a leg whose audio_in_mos is below LOW_MOS is a
+# low-MOS leg.
+LOOPBACK_PREFIX = "loopback/"
+SEIZURE_DIRECTION = "outbound"
+NOT_SEIZURES = ("LOSE_RACE", "PICKED_OFF")
+LOW_MOS = 3.6
+
+
+def sql_list(names: Sequence[str]) -> str:
+    """``names`` as a list of SQL string literals: for eslcdr's own constants
+    (a fixed whitelist), never a client's text."""
+    return ", ".join("'%s'" % name for name in names)
+
+
+def counted_sql(channel_name: str) -> str:
+    """The legs the KPIs count, over an SQL expression of the channel name ('' for none)."""
+    return "%s NOT LIKE '%s%%'" % (channel_name, LOOPBACK_PREFIX)
+
+
+def seizure_sql(direction: str, cause: str) -> str:
+    """A seizure, over SQL expressions of the direction and the cause ('' for none)."""
+    return "(%s = '%s' AND %s NOT IN (%s))" % (direction, SEIZURE_DIRECTION, cause, sql_list(NOT_SEIZURES))
+
+
 # The KPI route (stats.stats_statements) reads only these columns of an account's
 # time range: a covering index makes it a scan of a few dozen bytes per leg
 # instead of a visit to every (multi-kilobyte) row.  Partial: loopback legs
@@ -205,7 +235,7 @@ STATS_INDEX_COLUMNS = (
     "account_id", "timestamp", "call_direction", "hangup_cause", "answered_us", "billing_seconds",
     "pdd_ms", "audio_in_mos", "no_rtp_in",
 )
-STATS_INDEX_WHERE = "ifnull(channel_name, '') NOT LIKE 'loopback/%'"
+STATS_INDEX_WHERE = counted_sql("ifnull(channel_name, '')")
 
 # When an interaction started, in Gregorian seconds, from one of its rows:
 # the time prefix of a Kazoo-shaped id (``<11 digits>-<hex>``, Kazoo's
@@ -288,7 +318,7 @@ _ROLLUP_COUNTERS = (
     ("billing_seconds", "{d} * ifnull({R}.billing_seconds, 0)"),
     ("mos_legs", "{d} * ({R}.audio_in_mos IS NOT NULL)"),
     ("mos_sum", "{d} * ifnull({R}.audio_in_mos, 0.0)"),
-    ("low_mos", "{d} * ifnull({R}.audio_in_mos < 3.6, 0)"),
+    ("low_mos", "{d} * ifnull({R}.audio_in_mos < %r, 0)" % LOW_MOS),
     ("rtp_legs", "{d} * ({R}.no_rtp_in IS NOT NULL)"),
     ("no_rtp", "{d} * ifnull({R}.no_rtp_in = 1, 0)"),
 )
@@ -299,9 +329,9 @@ _ROLLUP_KEY = (
     ("hangup_cause", "ifnull({R}.hangup_cause, '')"),
     ("answered", "ifnull({R}.answered_us, 0) > 0"),
 )
-_ROLLUP_WHEN = "{R}.account_id IS NOT NULL AND ifnull({R}.channel_name, '') NOT LIKE 'loopback/%'"
-_PDD_WHEN = (_ROLLUP_WHEN + " AND {R}.call_direction = 'outbound'"
-             " AND ifnull({R}.hangup_cause, '') NOT IN ('LOSE_RACE', 'PICKED_OFF') AND {R}.pdd_ms IS NOT NULL")
+_ROLLUP_WHEN = "{R}.account_id IS NOT NULL AND " + counted_sql("ifnull({R}.channel_name, '')")
+_PDD_WHEN = (_ROLLUP_WHEN + " AND " + seizure_sql("{R}.call_direction", "ifnull({R}.hangup_cause, '')")
+             + " AND {R}.pdd_ms IS NOT NULL")
 # The columns whose change moves a row in the roll-ups (an interaction merge
 # changes none of them).
 ROLLUP_SOURCE_COLUMNS = ("account_id", "timestamp", "channel_name", "call_direction", "hangup_cause",

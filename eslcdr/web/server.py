@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
@@ -30,13 +30,14 @@ from gevent.pool import Pool
 
 from .. import __version__
 from ..config import ServerLimits
+from ..supervise import frames
 from .limits import PROBATION, REJECT_SLACK, ClientFault, Receiver, Slots, fault_answer, read_body
 from .redact import Redactor, presented_in_environ
 
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
 
-__all__ = ["ServerLimits", "envelope_bytes", "make_server"]
+__all__ = ["AccessLog", "ServerLimits", "envelope_bytes", "make_server"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,25 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"
 _STATUS_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long",
                    431: "Request Header Fields Too Large", 500: "Internal Server Error",
                    503: "Service Unavailable"}
+# The status in an access line (ApiHandler.format_request): `client "request line" STATUS LENGTH SECONDS`.
+_ACCESS_STATUS = re.compile(r'" (\d{3}) ')
+
+
+class AccessLog:
+    """pywsgi's access and error log as structlog ``http_request`` lines, one per request:
+    a successful request at debug (a collector polls the feed every few seconds, the
+    info log stays readable), a refused or failed one (4xx -- of which the server passes
+    one per status every LOG_INTERVAL, ``Repeats`` -- 5xx, or no status) at info."""
+
+    def write(self, line: str) -> None:
+        line = line.strip()
+        if line:
+            status = _ACCESS_STATUS.search(line)
+            failed = status is None or int(status.group(1)) >= 400
+            (log.info if failed else log.debug)("http_request", line=line)
+
+    def flush(self) -> None:  # pywsgi may call it
+        pass
 
 
 def envelope_body(status: int, message: str, detail: str) -> bytes:
@@ -60,11 +80,6 @@ def envelope_bytes(status: int, message: str, detail: str, extra_headers: str = 
     head = "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
         status, _STATUS_REASONS.get(status, "Error"), len(body), extra_headers)
     return head.encode("latin-1") + body
-
-
-def _frames(tb: Any) -> str:
-    """The stack of a traceback without the exception's message."""
-    return "".join(traceback.format_tb(tb))[-4000:]
 
 
 def bad_request_reason(exc: BaseException) -> str:
@@ -126,8 +141,8 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
     """A gevent WSGIServer for ``app`` with the bounds of ``limits``.
 
     ``app.is_token(text)``, when present, lets the access log redact known
-    tokens wherever a client put them.  Extra keyword arguments go to
-    ``WSGIServer`` (``log``, ``error_log``...).
+    tokens wherever a client put them; the access lines go to ``AccessLog``.
+    Extra keyword arguments go to ``WSGIServer`` (``log``, ``error_log``...).
     """
     limits = limits or ServerLimits.default()
     is_token = getattr(app, "is_token", None)
@@ -166,7 +181,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 log.debug("http_connection_lost", client=self._client(), error=fault.reason)
             except Exception as exc:  # noqa: BLE001 -- connection boundary: gevent would print it raw
                 log.error("http_handler_error", client=self._client(), error=type(exc).__name__,
-                          frames=_frames(exc.__traceback__))
+                          frames=frames(exc.__traceback__))
 
         def _client(self) -> str:
             address = self.client_address
@@ -255,7 +270,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 return
             if not issubclass(t, gevent.GreenletExit) and not getattr(v, "eslcdr_logged", False):
                 log.error("http_handler_error", client=self._client(), path=self._loggable_target(),
-                          error=t.__name__, frames=_frames(tb))
+                          error=t.__name__, frames=frames(tb))
             self._send_error_response_if_possible(500)
 
         def _send_error_response_if_possible(self, error_code):
@@ -347,4 +362,6 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             self.repeats.flush()
 
     kwargs.setdefault("spawn", Pool(limits.max_connections + PROBATION + REJECT_SLACK))
+    kwargs.setdefault("log", AccessLog())
+    kwargs.setdefault("error_log", AccessLog())
     return ApiWSGIServer((host, port), app, handler_class=ApiHandler, **kwargs)

@@ -32,6 +32,28 @@ def test_a_crashing_task_is_restarted_until_it_returns():
     assert [e["restart"] for e in crashes] == [1, 2] and all(e["greenlet"] == "task" for e in crashes)
 
 
+def test_a_crash_of_a_task_given_redact_is_logged_without_the_secret_in_its_text():
+    # The collector's greenlets: a libpq message may name a piece of the DSN's password.
+    stop = gevent.event.Event()
+    runs = []
+    secret = "Sup3r" + "Secret"  # (the stack shows source lines: none may spell it)
+    message = 'could not translate host name "%s@db" to address' % secret
+
+    def task():
+        runs.append(1)
+        if len(runs) < 2:
+            raise OSError(message)
+
+    with structlog.testing.capture_logs() as logs:
+        greenlet = spawn_supervised("join", task, stop, redact=lambda text: text.replace(secret, "[redacted]"))
+        greenlet.join(timeout=10)
+    assert greenlet.dead and len(runs) == 2  # restarted, as without redact
+    [crash] = [e for e in logs if e["event"] == "greenlet_crashed"]
+    assert crash["error"] == 'OSError: could not translate host name "[redacted]@db" to address'
+    assert "in task" in crash["frames"] and "exc_info" not in crash  # the stack, not the raw traceback
+    assert secret not in repr(crash)
+
+
 def test_stop_ends_the_restarts():
     stop = gevent.event.Event()
     runs = []

@@ -422,6 +422,22 @@ def test_a_slow_statement_is_cancelled_and_a_failure_names_no_password(pg_dsn):
     assert "S3cret" not in str(failure.value)
 
 
+def test_a_statement_the_server_lets_run_on_is_given_up_by_the_pool(pg_dsn):
+    """A server alive that does not enforce statement_timeout (here: turned off in
+    the session) holds the wait at most 2 x statement_timeout + 1 s: StatementTimeout,
+    the connection dropped, its slot free for the next request."""
+    from eslcdr.collector.readside import PgPool
+    from eslcdr.query.reader import StatementTimeout
+
+    pool = PgPool(pg_dsn, 0.5, 5, 1, redact=lambda text: text)
+    started = time.monotonic()
+    with pytest.raises(StatementTimeout):
+        pool.run(lambda conn: (conn.execute("SET statement_timeout = 0"), conn.execute("SELECT pg_sleep(15)")))
+    assert time.monotonic() - started < 10
+    assert pool.fetch("SELECT 1", ()) == [(1,)]  # one slot: given back, a new connection
+    pool.close()
+
+
 def test_the_wait_asks_the_hub_only_when_nothing_is_there_and_lets_others_run(monkeypatch):
     """``cooperative_wait`` (the pool's connections): data already on the socket
     is taken without a wait in gevent's hub; with nothing there the greenlet

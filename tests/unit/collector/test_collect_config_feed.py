@@ -68,6 +68,24 @@ def test_bad_config_names_section_and_key(sections, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("url", [
+    "http://admin:s3cret@10.0.0.5:8080",  # credentials
+    "http://:s3cret@10.0.0.5:8080",  # a password with no user name
+    "http://10.0.0.5:8080/v2?auth_token=s3cret",  # a node's token where a Kazoo client puts it
+    "http://10.0.0.5:8080#s3cret",
+    "ftp://admin:s3cret@10.0.0.5",  # not http(s)
+    "http://admin:s3cret@10.0.0.5:port",  # a bad port
+    "http://admin:s3cret@[::1:8080",  # a broken IPv6 host
+])
+def test_a_refused_node_url_is_named_without_the_secret_in_it(url):
+    for sections, environ in (({"node:fs1": {"url": url, "token": "t"}}, {}),
+                              ({"node:fs1": NODE}, {"ESLCDR_NODE_FS1_URL": url})):
+        with pytest.raises(ConfigError) as err:
+            cc.from_mapping(sections, environ)
+        message = str(err.value)
+        assert message.startswith("[node:fs1] url: ") and "[redacted]" in message and "s3cret" not in message
+
+
 def test_the_http_limits_are_the_daemons_keys():
     cfg = cc.from_mapping({"node:fs1": NODE, "collector": {"max_connections": "7", "request_timeout": "4"}})
     assert (cfg.api.limits.max_connections, cfg.api.limits.request_timeout) == (7, 4.0)

@@ -437,6 +437,26 @@ def test_a_connection_bounds_every_wait(pg_dsn):
         store.close()
 
 
+def test_a_statement_the_server_lets_run_on_fails_retryably_on_our_side(pg_dsn):
+    """A server alive (its kernel answers the keepalives) that does not end a
+    statement at statement_timeout (here: turned off in the session): the wait
+    ends after 2 x statement_timeout + 1 s with an error the worker retries."""
+    from eslcdr.collector.pgstore import pg_connect
+
+    conn = pg_connect(pg_dsn, 5, statement_timeout=0.5)
+    try:
+        conn.execute("SET statement_timeout = 0")
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as failed:
+            conn.execute("SELECT pg_sleep(15)")
+        assert time.monotonic() - started < 10
+        assert isinstance(failed.value, RETRYABLE)
+    finally:
+        conn.close()
+    with pg_connect(pg_dsn, 5, statement_timeout=None) as unbounded:  # the migration's: no bound of ours
+        assert unbounded.execute("SELECT pg_sleep(3), 1").fetchone()[1] == 1
+
+
 def test_a_held_lock_fails_the_batch_retryably_and_it_stores_once_after(pg_dsn, tmp_path):
     """An operator's LOCK TABLE (or a stuck session) used to block the node's
     worker for ever: the batch now fails within its lock_timeout with an

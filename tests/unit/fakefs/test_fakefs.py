@@ -190,6 +190,13 @@ def test_greeting_auth_and_exit_bytes(serve):
     assert client.sock.recv(10) == b""  # closed by the server
 
 
+def test_a_second_start_is_refused_by_name_and_the_first_server_keeps_serving(serve):
+    fake = serve()
+    with pytest.raises(fakefs.AlreadyStarted, match="already listening on port %d" % fake.port):
+        fake.start()
+    Client(fake.port).login()
+
+
 def test_wrong_password_is_refused_and_closed(serve):
     fake = serve()
     client = Client(fake.port)

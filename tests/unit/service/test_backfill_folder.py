@@ -10,6 +10,7 @@ import time
 import pytest
 
 from eslcdr.service import json_cdr_dir
+from eslcdr.service.backfill import BadFiles
 from eslcdr.service.importer import JsonCdrError, parse_json_cdr
 
 from tests.conftest import DATA
@@ -101,3 +102,16 @@ def test_bytes_that_are_not_utf8_are_replaced_and_the_leg_kept():
     assert event["Caller-Caller-ID-Name"] == "Ren\ufffd"
     whole, replaced = parse_json_cdr(REAL[0].read_bytes())
     assert not replaced and whole["Unique-ID"] == event["Unique-ID"]
+
+
+def test_the_memory_of_unreadable_files_is_bounded_the_oldest_forgotten_first():
+    bad = BadFiles(limit=3)
+    files = [json_cdr_dir.FileFound("/j/%d.cdr.json" % n, mtime_ns=n, size=10) for n in range(5)]
+    assert [bad.add(f) for f in files[:3]] == [True, True, True]
+    assert not bad.add(files[0])  # the same file unchanged: no second warning
+    assert bad.add(json_cdr_dir.FileFound(files[0].path, mtime_ns=99, size=10))  # changed: news
+    assert bad.add(files[3]) and len(bad) == 3  # past the limit: files[1] (oldest) forgotten
+    assert [bad.known(f) for f in files[1:4]] == [False, True, True]
+    for n in range(5, 1000):
+        bad.add(json_cdr_dir.FileFound("/j/%d.cdr.json" % n, mtime_ns=n, size=10))
+    assert len(bad) == 3

@@ -256,3 +256,29 @@ def test_repeats_are_counted_and_summed_up():
         repeats.admit("http_request:401")
         repeats.flush()  # the server stops
     assert [(e["kind"], e["repeated"]) for e in logs] == [("http_request:401", 1)]
+
+
+def test_the_access_lines_go_to_the_structured_log_a_failed_request_at_info():
+    # The one sink of the daemon's and the collector's servers (before, each had its
+    # own, and the collector's put refused requests at debug, out of the info log).
+    from structlog.testing import capture_logs
+
+    def app(environ, start_response):
+        code = environ["PATH_INFO"].strip("/")
+        start_response("%s X" % code, [("Content-Length", "0")])
+        return [b""]
+
+    server = srv.make_server(app, "127.0.0.1", 0, limits=LIMITS)
+    server.start()
+    try:
+        with capture_logs() as logs:
+            for code in (200, 401, 500):
+                answer = ask(server.server_port, b"GET /%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % code)
+                assert status(answer) == code
+            deadline = time.monotonic() + 5
+            while len(logs) < 3 and time.monotonic() < deadline:
+                gevent.sleep(0.01)
+    finally:
+        server.stop(timeout=1)
+    lines = [(e["log_level"], e["line"].split('"')[1]) for e in logs if e["event"] == "http_request"]
+    assert lines == [("debug", "GET /200 HTTP/1.1"), ("info", "GET /401 HTTP/1.1"), ("info", "GET /500 HTTP/1.1")]
