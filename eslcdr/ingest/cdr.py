@@ -103,8 +103,13 @@ _NO_QUALITY: Record = {name: None for name in (
 )}
 
 
+# A loopback leg (mod_loopback's half of a call routed back into the switch)
+# is stored but counts in no KPI (store/schema.py counted_sql).
+LOOPBACK_PREFIX = "loopback/"
+
+
 def is_loopback(channel_name: str | None) -> bool:
-    return bool(channel_name) and channel_name.startswith("loopback/")
+    return bool(channel_name) and channel_name.startswith(LOOPBACK_PREFIX)
 
 
 def _quality(event: Event, created_us: int, answered_us: int) -> Record:

@@ -18,6 +18,9 @@ from typing import Sequence
 
 import sqlite_utils
 
+from ..ingest.cdr import LOOPBACK_PREFIX
+from ..ingest.interactions import GREGORIAN_OFFSET
+
 # (name, SQL type, description) -- the description is the column's
 # documentation; docs/database.md lists the same text (a test checks they agree).
 # The columns of the first schema version; later migrations add the rest.
@@ -203,7 +206,6 @@ def add_quality_columns(conn: sqlite3.Connection) -> None:
 # legs count nowhere; a seizure is an outbound leg not hung up with one of
 # NOT_SEIZURES (it seized nothing); a leg whose audio_in_mos is below LOW_MOS is a
 # low-MOS leg.
-LOOPBACK_PREFIX = "loopback/"
 SEIZURE_DIRECTION = "outbound"
 NOT_SEIZURES = ("LOSE_RACE", "PICKED_OFF")
 LOW_MOS = 3.6
@@ -250,7 +252,7 @@ _KAZOO_SHAPED = "{a}interaction_id GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9
 INTERACTION_START = (
     "CASE WHEN " + _KAZOO_SHAPED +
     " THEN CAST(substr({a}interaction_id, 1, 11) AS INTEGER)"
-    " ELSE ifnull(ifnull({a}interaction_created_us, {a}created_us), 0) / 1000000 + 62167219200 END"
+    " ELSE ifnull(ifnull({a}interaction_created_us, {a}created_us), 0) / 1000000 + %d END" % GREGORIAN_OFFSET
 )
 # The expression of schema version 5 (the leg's own creation), kept so that
 # migration 5 builds the same indexes on a new file as it did then; migration
@@ -258,7 +260,7 @@ INTERACTION_START = (
 _INTERACTION_START_V5 = (
     "CASE WHEN " + _KAZOO_SHAPED +
     " THEN CAST(substr({a}interaction_id, 1, 11) AS INTEGER)"
-    " ELSE ifnull({a}created_us, 0) / 1000000 + 62167219200 END"
+    " ELSE ifnull({a}created_us, 0) / 1000000 + %d END" % GREGORIAN_OFFSET
 )
 
 
