@@ -154,7 +154,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_token_add(args) -> int:
-    from .api.tokens import add_token
+    from .api.tokens import TokenFileError, add_token
 
     path = args.tokens_file
     if path is None:
@@ -166,6 +166,9 @@ def cmd_token_add(args) -> int:
     except OSError as exc:
         print("eslcdr: cannot write %s: %s" % (path, exc.strerror), file=sys.stderr)
         return EXIT_FAILURE
+    except TokenFileError as exc:  # a bad --account, or a file the daemon would refuse
+        print("eslcdr: token not added: %s" % exc, file=sys.stderr)
+        return EXIT_USAGE
     print(token)
     print("token for account %s added to %s (only its sha256 is stored)" % (args.account, path), file=sys.stderr)
     return EXIT_OK

@@ -137,6 +137,22 @@ def test_token_add_stores_only_the_hash(tmp_path):
     assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
 
 
+@pytest.mark.subprocess
+def test_token_add_refusals_are_one_line_exit_2(tmp_path):
+    # A bad --account, and a tokens file the daemon would refuse whole (the
+    # token would never apply): one line naming the problem, the file untouched.
+    tokens = tmp_path / "tokens"
+    result = eslcdr("token", "add", "--account", "a b", "--tokens-file", str(tokens))
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "invalid account id" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not tokens.exists()
+    tokens.write_text("good-token acct\nnot a token line\n")
+    result = eslcdr("token", "add", "--account", "acct", "--tokens-file", str(tokens))
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "%s line 2" % tokens in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert tokens.read_text() == "good-token acct\nnot a token line\n"
+
+
 def imported_rows(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT call_id, interaction_id, hangup_cause, billing_seconds FROM cdrs ORDER BY seq").fetchall()

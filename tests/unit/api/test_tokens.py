@@ -153,6 +153,18 @@ def test_add_token_rejects_bad_account(tmp_path, account):
     assert not (tmp_path / "tokens").exists()
 
 
+def test_add_token_leaves_a_file_that_does_not_parse_alone(tmp_path):
+    # The daemon refuses such a file whole (the previous set stays), so a token
+    # appended to it would never apply: say so, and change nothing.
+    path = tmp_path / "tokens"
+    path.write_text("good-token acct\nsha256:abc acct\n")
+    path.chmod(0o644)
+    with pytest.raises(TokenFileError, match="line 2"):
+        add_token(path, ACCOUNT)
+    assert path.read_text() == "good-token acct\nsha256:abc acct\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_reload_rereads_a_file_whose_mtime_and_size_did_not_change(tmp_path):
     # SIGHUP calls reload(): it must not trust the (mtime, size) stamp, which
     # an edit within the same timestamp granularity, or a restored mtime, hides.
