@@ -33,15 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon")
     _add_config_arg(run)
 
+    from .fakefs.cli import non_negative_float, non_negative_int
+
     demo = commands.add_parser("demo", help="the daemon against the built-in FreeSWITCH stand-in")
     demo.add_argument("--db", default="eslcdr-demo.db", metavar="PATH", help="database file (default: eslcdr-demo.db)")
     demo.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="API address (default: 127.0.0.1:8080)")
-    demo.add_argument("--calls", type=int, default=500, help="live calls to generate (default: 500; 0: no end)")
-    demo.add_argument("--history", type=int, default=2000, metavar="CALLS",
+    demo.add_argument("--calls", type=non_negative_int, default=500, help="live calls to generate (default: 500; 0: no end)")
+    demo.add_argument("--history", type=non_negative_int, default=2000, metavar="CALLS",
                       help="calls of the past 24 hours, sent first, for the /ui page to show (default: 2000)")
-    demo.add_argument("--cps", type=float, default=5.0, help="calls per second (default: 5)")
+    demo.add_argument("--cps", type=non_negative_float, default=5.0, help="calls per second (default: 5)")
     demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--duration", type=non_negative_float, default=0,
+                      help="stop after this many seconds (default 0: run until Ctrl-C)")
     demo.add_argument("--verbose", action="store_true", help="log at info level instead of the live status line")
 
     fakefs = commands.add_parser("fakefs", help="the FreeSWITCH stand-in alone")

@@ -149,6 +149,11 @@ def run_demo(args) -> int:
     logs.configure("info" if verbose else "warning", "auto")
     db = Path(args.db).resolve()
     tokens = db.with_name(db.name + ".tokens")
+    try:
+        token = add_token(str(tokens), DEMO_ACCOUNT)
+    except OSError as exc:
+        print("eslcdr demo: cannot start: %s" % exc, file=sys.stderr)
+        return 1
     fake = FakeFreeSWITCH(
         host="127.0.0.1",
         port=0,
@@ -157,7 +162,6 @@ def run_demo(args) -> int:
     )
     fake.start()
     cfg = build_config(db, tokens, args.listen, fake.port, fake.password)
-    token = add_token(str(tokens), DEMO_ACCOUNT)
     daemon = Daemon(cfg, api_factory=serve_api)
     try:
         daemon.start()

@@ -153,6 +153,21 @@ def test_token_add_refusals_are_one_line_exit_2(tmp_path):
     assert tokens.read_text() == "good-token acct\nnot a token line\n"
 
 
+@pytest.mark.subprocess
+def test_demo_refusals_are_one_line(tmp_path):
+    # Negative counts are usage errors (were a ValueError traceback from the
+    # stand-in); a --db where no file can be made is one line, exit 1.
+    for option in ("--calls", "--history", "--cps", "--duration"):
+        result = eslcdr("demo", "--db", str(tmp_path / "demo.db"), "--listen", "127.0.0.1:0", option, "-1")
+        assert result.returncode == 2, (option, result.stderr)
+        assert "argument %s: must not be negative" % option in result.stderr, result.stderr
+    (tmp_path / "a-file").write_text("")
+    result = eslcdr("demo", "--db", str(tmp_path / "a-file" / "demo.db"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("eslcdr demo: cannot start:") and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "a-file"]
+
+
 def imported_rows(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT call_id, interaction_id, hangup_cause, billing_seconds FROM cdrs ORDER BY seq").fetchall()
