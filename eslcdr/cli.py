@@ -222,7 +222,8 @@ def cmd_check(args) -> int:
             print("node %s (%s:%d): cannot connect: %s" % (node.name, node.host, node.port, exc))
             failed = True
             continue
-        print("node %s (%s:%d): login ok, Core-UUID %s" % (node.name, node.host, node.port, connection.core_uuid))
+        known = ", Core-UUID %s" % connection.core_uuid if connection.core_uuid else ""
+        print("node %s (%s:%d): login ok%s" % (node.name, node.host, node.port, known))
         client.close()
     tokens = cfg.api.tokens_file
     if not os.path.exists(tokens):

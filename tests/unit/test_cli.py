@@ -76,6 +76,7 @@ def test_check_logs_in(tmp_path):
         fake.stop()
     assert result.returncode == 0, result.stderr
     assert "login ok" in result.stdout
+    assert "None" not in result.stdout  # an unknown Core-UUID is left out, not shown as None
 
 
 @pytest.mark.subprocess
