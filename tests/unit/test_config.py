@@ -154,6 +154,8 @@ def test_a_malformed_line_is_named_by_number_never_echoed(tmp_path, text, line):
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.ini", environ={})
+    with pytest.raises(ConfigError, match="config file %s is not a file" % tmp_path):  # -c with a folder
+        config.load(tmp_path, environ={})
 
 
 def test_list_values_split_on_commas():
