@@ -62,7 +62,7 @@ def instructions(base: str, token: str, db: Path) -> str:
             "  curl -s -H 'X-Auth-Token: %s' %s/health" % (token, base),
             "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?page_size=5'" % (token, base),
             "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs/interaction?page_size=5'" % (token, base),
-            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?accept=csv&page_size=20'" % (token, base),
+            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?accept=csv' | head -20" % (token, base),
             "  curl -s -H 'X-Auth-Token: %s' '%s/v2/feed/cdrs?after=0&limit=3'" % (token, base),
             "",
             "  sqlite3 %s 'select call_id, caller_id_number, callee_id_number, hangup_cause, billing_seconds from cdrs order by seq desc limit 10'" % db,
