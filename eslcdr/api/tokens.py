@@ -127,8 +127,9 @@ class TokenStore:
     """The current token set of one file, reloaded when the file changes.
 
     ``TokenStore`` re-reads the file when its mtime or size changes (checked at
-    most once per ``check_interval`` seconds), so ``eslcdr token add`` takes
-    effect without a restart.  A file caught in the middle of an edit must not
+    most once per ``check_interval`` seconds, and at once for a token it does
+    not know), so ``eslcdr token add`` takes effect without a restart, at the
+    new token's first use.  A file caught in the middle of an edit must not
     lock everyone out (every login session ended, retention deleting what a
     collector has not pulled, as if no collector existed), so:
 
@@ -190,7 +191,13 @@ class TokenStore:
         if not token:
             return None
         self._check()
-        return match(self._entries, token)
+        account = match(self._entries, token)
+        if account is None:
+            # Perhaps one ``token add`` wrote since the last check (at most a
+            # second ago): look at the file now, a stat() when it is unchanged.
+            self._refresh(strict=False)
+            account = match(self._entries, token)
+        return account
 
     def _check(self) -> None:
         now = self._clock()
