@@ -226,14 +226,25 @@ def cmd_check(args) -> int:
         print("node %s (%s:%d): login ok%s" % (node.name, node.host, node.port, known))
         client.close()
     tokens = cfg.api.tokens_file
+    refused = False
     if not os.path.exists(tokens):
         print("tokens file %s: missing (the API will refuse every request)" % tokens)
+    else:
+        from .api.tokens import TokenFileError, load_tokens
+
+        try:
+            print("tokens file %s: %d tokens" % (tokens, len(load_tokens(tokens))))
+        except TokenFileError as exc:  # eslcdr run refuses to start on it
+            print("tokens file: %s (eslcdr run refuses to start on it)" % exc)
+            refused = True
     if cfg.backfill.json_cdr_dir:
         from .service.json_cdr_dir import folder_problem
 
         problem = folder_problem(cfg.backfill.json_cdr_dir)
         print("json_cdr_dir %s: %s" % (cfg.backfill.json_cdr_dir, problem or "readable"))
         failed = failed or problem is not None
+    if refused:
+        return EXIT_USAGE
     return EXIT_FAILURE if failed else EXIT_OK
 
 

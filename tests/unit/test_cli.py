@@ -80,6 +80,22 @@ def test_check_logs_in(tmp_path):
 
 
 @pytest.mark.subprocess
+def test_check_refuses_the_tokens_file_run_refuses(tmp_path):
+    # eslcdr run will not start on a tokens file that does not parse (exit 2):
+    # check says so with the same exit code, the line number and never the line.
+    fake = FakeFreeSWITCH().start()
+    try:
+        ini = write_config(tmp_path, fake.port)
+        (tmp_path / "tokens").write_text("good-token acct\nZq9-secret-token\n")
+        result = eslcdr("check", "-c", str(ini))
+    finally:
+        fake.stop()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "login ok" in result.stdout and "%s line 2" % (tmp_path / "tokens") in result.stdout, result.stdout
+    assert "Zq9" not in result.stdout + result.stderr
+
+
+@pytest.mark.subprocess
 def test_check_wrong_password_exit_2(tmp_path):
     fake = FakeFreeSWITCH(password="right").start()
     try:
