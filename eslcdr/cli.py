@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--history", type=non_negative_int, default=2000, metavar="CALLS",
                       help="calls of the past 24 hours, sent first, for the /ui page to show (default: 2000)")
     demo.add_argument("--cps", type=non_negative_float, default=5.0, help="calls per second (default: 5)")
-    demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    demo.add_argument("--seed", type=int, help="seed of the generated calls (default: a new one each run, so a"
+                      " second run on the same --db records new calls; a seed repeats its calls, Unique-IDs included)")
     demo.add_argument("--duration", type=non_negative_float, default=0,
                       help="stop after this many seconds (default 0: run until Ctrl-C)")
     demo.add_argument("--verbose", action="store_true", help="log at info level instead of the live status line")

@@ -15,6 +15,7 @@ unless ``--verbose`` brings the info log back (and the status line goes plain).
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import sys
 import time
@@ -157,7 +158,10 @@ def run_demo(args) -> int:
     fake = FakeFreeSWITCH(
         host="127.0.0.1",
         port=0,
-        events=GeneratedSource(calls=args.calls or None, cps=args.cps, seed=args.seed,
+        # A seed repeats its calls, Unique-IDs included: a second run on the same
+        # database with the seed of the first would record nothing new.
+        events=GeneratedSource(calls=args.calls or None, cps=args.cps,
+                               seed=args.seed if args.seed is not None else secrets.randbelow(2**31),
                                history_calls=args.history, post_dial_delay=True),
     )
     fake.start()
