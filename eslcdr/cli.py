@@ -33,15 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon")
     _add_config_arg(run)
 
+    from .fakefs.cli import non_negative_float, non_negative_int
+
     demo = commands.add_parser("demo", help="the daemon against the built-in FreeSWITCH stand-in")
     demo.add_argument("--db", default="eslcdr-demo.db", metavar="PATH", help="database file (default: eslcdr-demo.db)")
     demo.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="API address (default: 127.0.0.1:8080)")
-    demo.add_argument("--calls", type=int, default=500, help="live calls to generate (default: 500; 0: no end)")
-    demo.add_argument("--history", type=int, default=2000, metavar="CALLS",
+    demo.add_argument("--calls", type=non_negative_int, default=500, help="live calls to generate (default: 500; 0: no end)")
+    demo.add_argument("--history", type=non_negative_int, default=2000, metavar="CALLS",
                       help="calls of the past 24 hours, sent first, for the /ui page to show (default: 2000)")
-    demo.add_argument("--cps", type=float, default=5.0, help="calls per second (default: 5)")
-    demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--cps", type=non_negative_float, default=5.0, help="calls per second (default: 5)")
+    demo.add_argument("--seed", type=int, help="seed of the generated calls (default: a new one each run, so a"
+                      " second run on the same --db records new calls; a seed repeats its calls, Unique-IDs included)")
+    demo.add_argument("--duration", type=non_negative_float, default=0,
+                      help="stop after this many seconds (default 0: run until Ctrl-C)")
     demo.add_argument("--verbose", action="store_true", help="log at info level instead of the live status line")
 
     fakefs = commands.add_parser("fakefs", help="the FreeSWITCH stand-in alone")
@@ -154,7 +158,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_token_add(args) -> int:
-    from .api.tokens import add_token
+    from .api.tokens import TokenFileError, add_token
 
     path = args.tokens_file
     if path is None:
@@ -166,6 +170,9 @@ def cmd_token_add(args) -> int:
     except OSError as exc:
         print("eslcdr: cannot write %s: %s" % (path, exc.strerror), file=sys.stderr)
         return EXIT_FAILURE
+    except TokenFileError as exc:  # a bad --account, or a file the daemon would refuse
+        print("eslcdr: token not added: %s" % exc, file=sys.stderr)
+        return EXIT_USAGE
     print(token)
     print("token for account %s added to %s (only its sha256 is stored)" % (args.account, path), file=sys.stderr)
     return EXIT_OK
@@ -216,17 +223,29 @@ def cmd_check(args) -> int:
             print("node %s (%s:%d): cannot connect: %s" % (node.name, node.host, node.port, exc))
             failed = True
             continue
-        print("node %s (%s:%d): login ok, Core-UUID %s" % (node.name, node.host, node.port, connection.core_uuid))
+        known = ", Core-UUID %s" % connection.core_uuid if connection.core_uuid else ""
+        print("node %s (%s:%d): login ok%s" % (node.name, node.host, node.port, known))
         client.close()
     tokens = cfg.api.tokens_file
+    refused = False
     if not os.path.exists(tokens):
         print("tokens file %s: missing (the API will refuse every request)" % tokens)
+    else:
+        from .api.tokens import TokenFileError, load_tokens
+
+        try:
+            print("tokens file %s: %d tokens" % (tokens, len(load_tokens(tokens))))
+        except TokenFileError as exc:  # eslcdr run refuses to start on it
+            print("tokens file: %s (eslcdr run refuses to start on it)" % exc)
+            refused = True
     if cfg.backfill.json_cdr_dir:
         from .service.json_cdr_dir import folder_problem
 
         problem = folder_problem(cfg.backfill.json_cdr_dir)
         print("json_cdr_dir %s: %s" % (cfg.backfill.json_cdr_dir, problem or "readable"))
         failed = failed or problem is not None
+    if refused:
+        return EXIT_USAGE
     return EXIT_FAILURE if failed else EXIT_OK
 
 

@@ -418,7 +418,7 @@ def read_config_file(parser: configparser.ConfigParser, path: str | os.PathLike 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError("config file %s does not exist" % path)
+            raise ConfigError("config file %s %s" % (path, "is not a file" if path.exists() else "does not exist"))
         candidates = [path]
     else:
         candidates = [p for p in default_paths if p.is_file()][:1]

@@ -59,7 +59,8 @@ class Cdrs:
             self.core.params()
             account = self.core.scope()
             if account == COLLECTOR:
-                raise ApiError(404, "faulty_request", {"message": "faulty request"})
+                raise ApiError(404, "faulty_request", {"message": "a '*' token has no account of its own: "
+                                                       "name one, /v2/accounts/{ACCOUNT_ID}/cdrs"})
             return handler(account_id=account, **kwargs)
 
         return with_account

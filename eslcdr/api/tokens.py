@@ -128,8 +128,9 @@ class TokenStore:
     """The current token set of one file, reloaded when the file changes.
 
     ``TokenStore`` re-reads the file when its mtime or size changes (checked at
-    most once per ``check_interval`` seconds), so ``eslcdr token add`` takes
-    effect without a restart.  A file caught in the middle of an edit must not
+    most once per ``check_interval`` seconds, and at once for a token it does
+    not know), so ``eslcdr token add`` takes effect without a restart, at the
+    new token's first use.  A file caught in the middle of an edit must not
     lock everyone out (every login session ended, retention deleting what a
     collector has not pulled, as if no collector existed), so:
 
@@ -191,7 +192,13 @@ class TokenStore:
         if not token:
             return None
         self._check()
-        return match(self._entries, token)
+        account = match(self._entries, token)
+        if account is None:
+            # Perhaps one ``token add`` wrote since the last check (at most a
+            # second ago): look at the file now, a stat() when it is unchanged.
+            self._refresh(strict=False)
+            account = match(self._entries, token)
+        return account
 
     def _check(self) -> None:
         now = self._clock()
@@ -282,7 +289,9 @@ def add_token(path: str | os.PathLike, account_id: str) -> str:
     for others (even hashed entries say which accounts exist) but keeps its
     group read bit: ``make install`` makes it 0640 root:eslcdr so the
     service can read it while root adds tokens.  Only the hash is stored;
-    the caller shows the returned token once.
+    the caller shows the returned token once.  A file that does not parse is
+    left as it is (TokenFileError naming the line): the daemon would refuse it
+    whole, so a token added to it would never apply.
     """
     if not valid_account_id(account_id):
         raise TokenFileError("invalid account id %r: no spaces or '#', 1-256 characters" % account_id)
@@ -292,10 +301,15 @@ def add_token(path: str | os.PathLike, account_id: str) -> str:
     line = "%s%s %s\n" % (_HASH_PREFIX, token_key(token), account_id)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o640 | 0o600)
         size = os.fstat(fd).st_size
+        existing = os.pread(fd, size, 0)
+        try:
+            parse_tokens(existing.decode("utf-8"), str(path))
+        except UnicodeDecodeError:
+            raise TokenFileError("%s: not UTF-8 text" % path) from None
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o640 | 0o600)
         # Keep one entry per line even if the file lost its final newline.
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if size and existing[-1:] != b"\n":
             line = "\n" + line
         data = line.encode("utf-8")
         try:

@@ -23,24 +23,31 @@ from .listener import MAX_QUEUE_LEN
 from .replay import ReplaySource
 from .server import DEFAULT_HOST, DEFAULT_PASSWORD, DEFAULT_PORT, FakeFreeSWITCH, Source
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be 0 to 65535")
     return value
 
 
@@ -58,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=_non_negative_int,
+        type=port_number,
         default=DEFAULT_PORT,
         help="port (default %(default)s, 0: any free one)",
     )
@@ -71,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="replay N times, each with new ids and later times",
@@ -81,14 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument(
         "--calls",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=100,
         metavar="N",
         help="generated calls (default %(default)s, 0: no end)",
     )
     source.add_argument(
         "--cps",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         metavar="R",
         help="calls per second, in real time (default 0: as fast as read)",
@@ -102,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument(
         "--max-talk",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=GeneratedSource.MAX_TALK,
         metavar="S",
         help="longest talk time of a generated call, seconds (default %(default)s)",
@@ -136,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     stream.add_argument(
         "--queue-limit",
-        type=_positive_int,
+        type=positive_int,
         default=MAX_QUEUE_LEN,
         metavar="N",
         help="events queued per client (default %(default)s)",
@@ -146,51 +153,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults = parser.add_argument_group("fault injection (N counts events of the stream)")
     faults.add_argument(
-        "--drop-after", type=_positive_int, metavar="N", help="close every connection after event N"
+        "--drop-after", type=positive_int, metavar="N", help="close every connection after event N"
     )
     faults.add_argument(
         "--stall-after",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="send nothing for --stall-seconds after event N",
     )
     faults.add_argument(
         "--stall-seconds",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=5.0,
         metavar="S",
         help="stall length (default %(default)s)",
     )
     faults.add_argument(
         "--restart-after",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="restart with a new Core-UUID after event N",
     )
     faults.add_argument(
         "--restart-downtime",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         metavar="S",
         help="refuse connections for S seconds after the restart",
     )
     faults.add_argument(
         "--away-after",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="after event N close every connection and refuse new ones while the next "
         "--away-events events are played (lost, as FreeSWITCH loses them)",
     )
     faults.add_argument(
         "--away-events",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="K",
         help="events played with nobody listening after --away-after (default %(default)s)",
     )
     faults.add_argument(
         "--malformed-every",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="send a malformed frame before every Nth event of a connection",
     )
@@ -210,14 +217,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     files.add_argument(
         "--json-cdr-delay",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         metavar="S",
         help="fault: a file appears S seconds after its leg's hangup",
     )
     files.add_argument(
         "--json-cdr-truncate-every",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="fault: every Nth file is cut in half (FreeSWITCH died mid-write)",
     )

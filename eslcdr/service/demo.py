@@ -15,6 +15,7 @@ unless ``--verbose`` brings the info log back (and the status line goes plain).
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import sys
 import time
@@ -62,7 +63,7 @@ def instructions(base: str, token: str, db: Path) -> str:
             "  curl -s -H 'X-Auth-Token: %s' %s/health" % (token, base),
             "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?page_size=5'" % (token, base),
             "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs/interaction?page_size=5'" % (token, base),
-            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?accept=csv&page_size=20'" % (token, base),
+            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?accept=csv' | head -20" % (token, base),
             "  curl -s -H 'X-Auth-Token: %s' '%s/v2/feed/cdrs?after=0&limit=3'" % (token, base),
             "",
             "  sqlite3 %s 'select call_id, caller_id_number, callee_id_number, hangup_cause, billing_seconds from cdrs order by seq desc limit 10'" % db,
@@ -149,15 +150,22 @@ def run_demo(args) -> int:
     logs.configure("info" if verbose else "warning", "auto")
     db = Path(args.db).resolve()
     tokens = db.with_name(db.name + ".tokens")
+    try:
+        token = add_token(str(tokens), DEMO_ACCOUNT)
+    except OSError as exc:
+        print("eslcdr demo: cannot start: %s" % exc, file=sys.stderr)
+        return 1
     fake = FakeFreeSWITCH(
         host="127.0.0.1",
         port=0,
-        events=GeneratedSource(calls=args.calls or None, cps=args.cps, seed=args.seed,
+        # A seed repeats its calls, Unique-IDs included: a second run on the same
+        # database with the seed of the first would record nothing new.
+        events=GeneratedSource(calls=args.calls or None, cps=args.cps,
+                               seed=args.seed if args.seed is not None else secrets.randbelow(2**31),
                                history_calls=args.history, post_dial_delay=True),
     )
     fake.start()
     cfg = build_config(db, tokens, args.listen, fake.port, fake.password)
-    token = add_token(str(tokens), DEMO_ACCOUNT)
     daemon = Daemon(cfg, api_factory=serve_api)
     try:
         daemon.start()

@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import sqlite3
 import subprocess
 import sys
 import time
@@ -120,6 +121,19 @@ def test_demo_on_a_pipe_prints_plain_status_lines_and_no_info_log(tmp_path):
     assert statuses
     assert result.stdout.index("curl ") < result.stdout.index("status: ")
     assert "daemon_started" not in result.stderr and "batch_written" not in result.stderr
+
+
+def test_a_second_demo_on_the_same_database_records_new_calls(tmp_path):
+    # `make demo` twice: the second run's calls must not be the first run's
+    # (stored already, so its status line said "CDRs 0" while calls played).
+    command = DEMO + ["--db", str(tmp_path / "demo.db"), "--history", "40", "--calls", "1"]
+    written = []
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, env=ENV)
+        assert result.returncode == 0, result.stderr
+        with sqlite3.connect(tmp_path / "demo.db") as conn:
+            written.append(conn.execute("SELECT count(*) FROM cdrs").fetchone()[0])
+    assert 0 < written[0] < written[1], written
 
 
 def test_demo_verbose_brings_the_log_back(tmp_path):

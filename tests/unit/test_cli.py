@@ -77,6 +77,23 @@ def test_check_logs_in(tmp_path):
         fake.stop()
     assert result.returncode == 0, result.stderr
     assert "login ok" in result.stdout
+    assert "None" not in result.stdout  # an unknown Core-UUID is left out, not shown as None
+
+
+@pytest.mark.subprocess
+def test_check_refuses_the_tokens_file_run_refuses(tmp_path):
+    # eslcdr run will not start on a tokens file that does not parse (exit 2):
+    # check says so with the same exit code, the line number and never the line.
+    fake = FakeFreeSWITCH().start()
+    try:
+        ini = write_config(tmp_path, fake.port)
+        (tmp_path / "tokens").write_text("good-token acct\nZq9-secret-token\n")
+        result = eslcdr("check", "-c", str(ini))
+    finally:
+        fake.stop()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "login ok" in result.stdout and "%s line 2" % (tmp_path / "tokens") in result.stdout, result.stdout
+    assert "Zq9" not in result.stdout + result.stderr
 
 
 @pytest.mark.subprocess
@@ -169,6 +186,37 @@ def test_token_add_cut_by_a_full_disk_mid_line_is_an_error_and_leaves_no_torn_li
     result = token_add_on_a_full_disk(tokens, 20)  # a line is ~80 bytes
     assert result.returncode == 1 and result.stdout == "", result  # no token shown that was not stored
     assert tokens.read_text() == "first-token acct0\n"
+
+
+@pytest.mark.subprocess
+def test_token_add_refusals_are_one_line_exit_2(tmp_path):
+    # A bad --account, and a tokens file the daemon would refuse whole (the
+    # token would never apply): one line naming the problem, the file untouched.
+    tokens = tmp_path / "tokens"
+    result = eslcdr("token", "add", "--account", "a b", "--tokens-file", str(tokens))
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "invalid account id" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not tokens.exists()
+    tokens.write_text("good-token acct\nnot a token line\n")
+    result = eslcdr("token", "add", "--account", "acct", "--tokens-file", str(tokens))
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "%s line 2" % tokens in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert tokens.read_text() == "good-token acct\nnot a token line\n"
+
+
+@pytest.mark.subprocess
+def test_demo_refusals_are_one_line(tmp_path):
+    # Negative counts are usage errors (were a ValueError traceback from the
+    # stand-in); a --db where no file can be made is one line, exit 1.
+    for option in ("--calls", "--history", "--cps", "--duration"):
+        result = eslcdr("demo", "--db", str(tmp_path / "demo.db"), "--listen", "127.0.0.1:0", option, "-1")
+        assert result.returncode == 2, (option, result.stderr)
+        assert "argument %s: must not be negative" % option in result.stderr, result.stderr
+    (tmp_path / "a-file").write_text("")
+    result = eslcdr("demo", "--db", str(tmp_path / "a-file" / "demo.db"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("eslcdr demo: cannot start:") and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "a-file"]
 
 
 def imported_rows(db: Path) -> list[tuple]:

@@ -167,6 +167,8 @@ def test_a_byte_that_is_not_utf8_is_a_clear_error_naming_the_file_never_echoing_
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.ini", environ={})
+    with pytest.raises(ConfigError, match="config file %s is not a file" % tmp_path):  # -c with a folder
+        config.load(tmp_path, environ={})
 
 
 def test_list_values_split_on_commas():

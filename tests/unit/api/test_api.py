@@ -528,6 +528,9 @@ def test_tokens_and_scopes(env):
     assert ids(env.get(url + "?auth_token=token-a", headers={})) == [rec["id"]]
     assert ids(env.get(url, headers={"Authorization": "Bearer token-a"})) == [rec["id"]]
     assert ids(env.get(url, headers=COLLECTOR)) == [rec["id"]]  # the collector reads any account
+    # /v2/cdrs is the token's own account: a '*' token has none, and the 404 says what to ask instead.
+    own = assert_error(env.get("/v2/cdrs", headers=COLLECTOR, status=404), 404, "faulty_request")
+    assert "/v2/accounts/{ACCOUNT_ID}/cdrs" in own["data"]["message"], own
     # Account B's own listing, filtered on A's data, shows nothing of A.
     assert ids(env.get("/v2/accounts/%s/cdrs?filter_account_id=%s" % (ACC_B, ACC_A), headers=B)) == []
     assert ids(env.get("/v2/accounts/%s/cdrs?filter_call_id=%s" % (ACC_B, rec["call_id"]), headers=B)) == []

@@ -88,9 +88,11 @@ def test_store_reloads_on_change_and_keeps_last_good(tmp_path):
 
     path.write_text("first-token %s\nadded-token %s\n" % (ACCOUNT, ACCOUNT))
     os.utime(path, ns=(1, 10**18))  # a different mtime, whatever the clock
-    assert store.lookup("added-token") is None  # not re-checked within the interval
+    # Within the interval a known token is not re-checked, but an unknown one
+    # looks at the file at once: an addition applies at its first use.
+    assert store.lookup("first-token") == ACCOUNT
+    assert store.lookup("added-token") == ACCOUNT
     clock.now += 1.5
-    assert store.lookup("added-token") == ACCOUNT  # an addition applies at once
 
     # A change that takes a token away applies once the file has read the
     # same for TOKENS_SETTLE_SECONDS.
@@ -170,6 +172,29 @@ def test_add_token_rejects_bad_account(tmp_path, account):
     with pytest.raises(TokenFileError):
         add_token(tmp_path / "tokens", account)
     assert not (tmp_path / "tokens").exists()
+
+
+def test_a_token_just_added_is_known_at_its_first_use(tmp_path):
+    # `T=$(eslcdr token add ...); curl -H "X-Auth-Token: $T" ...` (docs/api.md's
+    # example) on a daemon that checked the file less than a second ago.
+    path = tmp_path / "tokens"
+    add_token(path, "*")
+    store = TokenStore(path, check_interval=1.0, clock=lambda: 100.0)
+    assert store.lookup("not-a-token") is None  # the check of this second is spent
+    token = add_token(path, ACCOUNT)
+    assert store.lookup(token) == ACCOUNT
+
+
+def test_add_token_leaves_a_file_that_does_not_parse_alone(tmp_path):
+    # The daemon refuses such a file whole (the previous set stays), so a token
+    # appended to it would never apply: say so, and change nothing.
+    path = tmp_path / "tokens"
+    path.write_text("good-token acct\nsha256:abc acct\n")
+    path.chmod(0o644)
+    with pytest.raises(TokenFileError, match="line 2"):
+        add_token(path, ACCOUNT)
+    assert path.read_text() == "good-token acct\nsha256:abc acct\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_reload_rereads_a_file_whose_mtime_and_size_did_not_change(tmp_path):

@@ -263,15 +263,21 @@ def test_docs_psql_examples_run(pg, tmp_path):
     # Both legs in the current hour (so also this month): a minute earlier
     # fell into the previous hour when the test ran at hh:00.
     hour_start = now - (now - G) % 3600
-    pg.store_batch("fs1", "db-1", 0, feed_items(tmp_path, [leg(hour_start + 1), leg(hour_start + 2, answered_us=0)]))
+    # Two inbound legs, one answered; four outbound: two answered, one
+    # unanswered seizure, and a LOSE_RACE that seized nothing (ASR 66.7 %).
+    outbound = [leg(hour_start + 3, call_direction="outbound"), leg(hour_start + 3, call_direction="outbound"),
+                leg(hour_start + 4, call_direction="outbound", answered_us=0, hangup_cause="NO_ANSWER"),
+                leg(hour_start + 5, call_direction="outbound", answered_us=0, hangup_cause="LOSE_RACE")]
+    pg.store_batch("fs1", "db-1", 0, feed_items(tmp_path, [leg(hour_start + 1), leg(hour_start + 2, answered_us=0)]
+                                                + outbound))
     results = []
     for statement in statements:
         with pg.conn.cursor() as cur:
             results.append(cur.execute(statement).fetchall())
         pg.conn.commit()
     assert results[0] == []  # no call crossed nodes
-    assert results[1][0][2] == 2  # two legs in the last hour of fs1
-    assert [r[2] for r in results[2]] == [50.0]  # one of two inbound legs answered
+    assert results[1][0][2] == 6  # six legs in the last hour of fs1
+    assert [(r[1], float(r[2])) for r in results[2]] == [(3, 66.7)]  # ASR as cdrs/stats counts it: 2 of 3 answered
     assert [r[1:] for r in results[5]] == [(2, 50.0)]  # the same from the roll-ups
 
 

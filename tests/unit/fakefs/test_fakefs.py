@@ -1039,6 +1039,10 @@ def test_cli_arguments_and_sources():
     assert source.accounts == ("acme", "beta", "gamma")
     with pytest.raises(SystemExit):
         parser.parse_args(["--accounts", "acme,,beta"])
+    # A port past 65535 is a usage error, not an OverflowError from bind().
+    assert parser.parse_args(["--port", "65535"]).port == 65535
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--port", "65536"])
 
 
 def test_cli_run_serves_until_delivered():
