@@ -451,9 +451,26 @@ def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:
     """A leg whose hangup was missed while disconnected: what we know of it.
 
     Written so that no leg silently disappears; ``hangup_cause`` is NULL and
-    ``disposition`` says why, so such rows are easy to find.
+    ``disposition`` says why, so such rows are easy to find.  What its events
+    showed is kept (its account above all: an account's token must see it);
+    billing is 0, its end unknown.
     """
-    return {
+    seen = leg.seen
+    shown: Record = {} if seen is None else {
+        "account_id": seen.account_id or None,
+        "owner_id": seen.owner_id or None,
+        "authorizing_id": seen.authorizing_id or None,
+        "channel_name": seen.channel_name or None,
+        "call_direction": seen.direction or None,
+        "caller_id_name": seen.caller_id_name or None,
+        "caller_id_number": seen.caller_id_number or None,
+        "callee_id_name": seen.callee_id_name or None,
+        "callee_id_number": seen.callee_id_number or None,
+        "request": seen.destination or None,
+        "presence_id": seen.presence_id or None,
+        "other_leg_call_id": seen.other_leg or None,
+    }
+    return shown | {
         "id": cdr_id(leg.call_id, now_us),
         "call_id": leg.call_id,
         "interaction_id": leg.interaction_id or None,
@@ -463,7 +480,7 @@ def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:
         "created_us": leg.created_us or None,
         "interaction_created_us": _interaction_created(leg.interaction_created_us, leg.created_us),
         "sip_call_id": leg.sip_call_id or None,
-        "answered_us": 0,
+        "answered_us": seen.answered_us if seen is not None else 0,
         "hangup_us": now_us,
         "timestamp": now_us // 1_000_000 + GREGORIAN_OFFSET,
         "duration_seconds": max(0, _epoch_seconds(now_us) - _epoch_seconds(leg.created_us)) if leg.created_us else 0,

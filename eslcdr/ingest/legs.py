@@ -97,6 +97,7 @@ class LostLeg:
     interaction_id: str
     interaction_created_us: int = 0  # as FinishedLeg's
     sip_call_id: str = ""  # the SIP Call-ID an event of the leg showed, or ""
+    seen: "LiveLeg | None" = None  # what its events showed: account, caller, state...
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,36 +235,18 @@ class LegTracker(Interactions):
 
     def live_legs(self, account_id: str | None = None, owner_id: str | None = None) -> list[LiveLeg]:
         """Copies of the live legs (of one account / owner when given)."""
-        out = []
-        interaction = self._interaction
-        for call_id, leg in self._legs.items():
-            if account_id is not None and leg.account_id != account_id:
-                continue
-            if owner_id is not None and leg.owner_id != owner_id:
-                continue
-            out.append(
-                LiveLeg(
-                    call_id=call_id,
-                    interaction_id=interaction.get(call_id, ""),
-                    direction=leg.direction,
-                    state=leg.state,
-                    answered=leg.answered,
-                    created_us=leg.created_us,
-                    answered_us=leg.answered_us,
-                    channel_name=leg.name,
-                    destination=leg.destination,
-                    caller_id_name=leg.cid_name,
-                    caller_id_number=leg.cid_num,
-                    callee_id_name=leg.callee_name,
-                    callee_id_number=leg.callee_num,
-                    presence_id=leg.presence_id,
-                    account_id=leg.account_id,
-                    owner_id=leg.owner_id,
-                    authorizing_id=leg.authorizing_id,
-                    other_leg=leg.partner or leg.other_leg,
-                )
-            )
-        return out
+        return [
+            self._live(call_id, leg) for call_id, leg in self._legs.items()
+            if (account_id is None or leg.account_id == account_id) and (owner_id is None or leg.owner_id == owner_id)
+        ]
+
+    def _live(self, call_id: str, leg: _Leg) -> LiveLeg:
+        return LiveLeg(
+            call_id, self._interaction.get(call_id, ""), leg.direction, leg.state, leg.answered, leg.created_us,
+            leg.answered_us, leg.name, leg.destination, leg.cid_name, leg.cid_num, leg.callee_name,
+            leg.callee_num, leg.presence_id, leg.account_id, leg.owner_id, leg.authorizing_id,
+            leg.partner or leg.other_leg,
+        )
 
     @property
     def suspected(self) -> int:
@@ -496,5 +479,6 @@ class LegTracker(Interactions):
             self._note_done(call_id, now_us)
             interaction_id = self.interaction_of(call_id) or ""
             started = self._written_start(interaction_id)
-            lost.append(LostLeg(call_id, leg.created_us, interaction_id, started or leg.created_us, leg.sip_call_id))
+            lost.append(LostLeg(call_id, leg.created_us, interaction_id, started or leg.created_us, leg.sip_call_id,
+                                self._live(call_id, leg)))
         return lost

@@ -620,6 +620,33 @@ def test_a_lost_legs_record_keeps_the_sip_call_id_its_events_showed():
         "sip-leg": "a84b4c76e66710@pc33", "loop-leg": None}
 
 
+def test_a_lost_legs_record_keeps_its_account_and_what_its_events_showed(events_of):
+    # The S1 call's legs, created and answered, then FreeSWITCH restarted:
+    # each written-off row keeps its account (an account token must see it),
+    # owner, channel, direction and answer; billing stays 0 (the end is
+    # unknown).  They were NULL: the rows belonged to no account.
+    kazoo = {"variable_ecallmgr_Account-ID": "acct-s1", "variable_ecallmgr_Owner-ID": "owner-s1"}
+    every = [{**e, **kazoo} for e in events_of("S1_json")]  # as Kazoo sets them on each channel
+    events = [e for e in every if e["Event-Name"] != "CHANNEL_HANGUP_COMPLETE"]
+    hangups = {e["Unique-ID"]: e for e in every if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"}
+    tracker = LegTracker()
+    for event in events:
+        tracker.feed(event, 1)
+    tracker.resync(set(), 2, grace_us=0)
+    lost = {leg.call_id: build_lost_cdr(leg, "fs1", 3_000_000) for leg in tracker.take_lost(3)}
+    assert set(lost) == set(hangups)
+    complete = {call_id: build_cdr(LegTracker().feed(event, 1), CFG.cdr, "fs1") for call_id, event in hangups.items()}
+    for call_id, record in lost.items():
+        full = complete[call_id]
+        # (caller and callee: as the channel last showed them, the CDR's
+        # from the hangup's effective ids: not compared)
+        for field in ("account_id", "owner_id", "authorizing_id", "channel_name", "call_direction", "presence_id"):
+            assert record[field] == full[field], (call_id, field)
+        assert record["answered_us"] == full["answered_us"] > 0
+        assert record["billing_seconds"] == 0 and record["disposition"] == "eslcdr_hangup_not_seen"
+    assert {(r["account_id"], r["owner_id"]) for r in lost.values()} == {("acct-s1", "owner-s1")}
+
+
 def _month_of(unix_us: int) -> str:
     from datetime import datetime, timezone
 
