@@ -408,14 +408,15 @@ class NodeConnection:
         try:
             client.connect()
             client.command("event %s %s" % (self.node.format, " ".join(SUBSCRIBED_EVENTS)))
-            status = client.command("api status")
+            core = client.command("api global_getvar core_uuid")
             channels = client.command("api show channels as json")
             unknown = self._on_resync(parse_channel_rows(channels.data))
             self._dump(client, list(unknown or ())[:MAX_DUMPS])
         except BaseException:
             client.close()
             raise
-        self.core_uuid = status.headers.get("Core-UUID")
+        # The switch's run (a new one each start), unless the API refused (-ERR).
+        self.core_uuid = core.data.strip() if core.data.strip()[:1] not in ("", "-") else None
         client.pace = True
         return client
 

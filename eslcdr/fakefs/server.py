@@ -41,7 +41,6 @@ DEFAULT_PASSWORD = "ClueCon"
 
 FS_VERSION_HUMAN = "1.10.12-release 64bit"
 FS_VERSION_FULL = "1.10.12-release~64bit"
-
 # With backpressure the source waits once a client is this far behind: frames
 # are ~5 KiB, so this bounds the memory a slow reader costs.
 BACKPRESSURE_LEVEL = 2_000
@@ -321,6 +320,8 @@ class FakeFreeSWITCH:
             return "FreeSWITCH Version %s ( 64bit)\n" % FS_VERSION_FULL
         if lower in ("hostname", "switchname"):
             return self.hostname
+        if lower == "global_getvar":  # the value alone, "" for an unknown name
+            return self.core_uuid if args.strip() == "core_uuid" else ""
         return "-ERR %s Command not found!\n" % name
 
     # -- connections
