@@ -155,7 +155,7 @@ class EslClient(InboundESL):
         except NotConnectedError:
             raise AuthenticationError("FreeSWITCH closed the socket after auth") from None
         if not reply.data.startswith("+OK"):
-            raise AuthenticationError("FreeSWITCH refused the password: %s" % reply.data)
+            raise AuthenticationError("FreeSWITCH refused the password (%s)" % reply.data.strip())
 
     # -- commands -----------------------------------------------------------
     def send(self, data: str) -> Reply:
