@@ -256,6 +256,8 @@ class Backfill:
                 files, done = _in_thread(next_files, listing, since_ns, until_ns)
                 listed += len(files)
                 for start in range(0, len(files), READ_STEP):
+                    if self._stop.is_set():
+                        break
                     step_new, step_replaced, step_bad = self._handle(files[start : start + READ_STEP])
                     new += step_new
                     replaced += step_replaced

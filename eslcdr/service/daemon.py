@@ -232,6 +232,7 @@ class Daemon:
         self.http = None
         self.monitor: Monitor | None = None
         self.backfill: Backfill | None = None
+        self._backfilling: gevent.Greenlet | None = None  # its greenlet
         self.started_at = time.time()
         self.exit_code = 0
 
@@ -283,7 +284,7 @@ class Daemon:
                 lambda: self.nodes[local].connected_since,
             )
             self.pipelines[local].backfill = self.backfill
-            self.supervise("backfill", self.backfill.run)
+            self._backfilling = self.supervise("backfill", self.backfill.run)
         for name, connection in self.nodes.items():
             self.supervise("esl:" + name, self._run_node(connection))
         self.supervise("housekeeping", self._housekeeping)
@@ -332,10 +333,12 @@ class Daemon:
 
         return run
 
-    def supervise(self, name: str, target: Callable[[], None]) -> None:
+    def supervise(self, name: str, target: Callable[[], None]) -> gevent.Greenlet:
         """Run ``target`` in a greenlet until the daemon stops; restart it
         if it crashes."""
-        self._greenlets.append(spawn_supervised(name, target, self._stop))
+        greenlet = spawn_supervised(name, target, self._stop)
+        self._greenlets.append(greenlet)
+        return greenlet
 
     @property
     def greenlets(self) -> list[gevent.Greenlet]:
@@ -457,6 +460,8 @@ class Daemon:
             connection.stop()
         if self.backfill is not None:
             self.backfill.stop()
+        if self._backfilling is not None:  # what its scan submits before it stops is drained too
+            self._backfilling.join(timeout=SHUTDOWN_DRAIN_TIMEOUT)
         drained = True
         if self.writer is not None:
             drained = self.writer.wait_idle(timeout=SHUTDOWN_DRAIN_TIMEOUT)

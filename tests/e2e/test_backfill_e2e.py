@@ -379,3 +379,29 @@ def test_check_reports_the_json_cdr_folder(tmp_path):
     assert "json_cdr_dir %s: %s is not a folder" % (tmp_path / "nope", tmp_path / "nope") in results["missing"].stdout
     assert results["there"].returncode == 0, results["there"].stdout
     assert "json_cdr_dir %s: readable" % tmp_path in results["there"].stdout
+
+
+def test_a_stop_during_a_scan_leaves_nothing_it_read_unwritten(tmp_path):
+    # SIGTERM while the first scan of a folder of many files still reads
+    # them: what the scan handed to the writer before it saw the stop is
+    # committed too (it went on with its listing and left records in memory:
+    # 'drained: true, unwritten: 80'), the rest is read at the next start.
+    folder = tmp_path / "json_cdr"
+    folder.mkdir()
+    fake = FakeFreeSWITCH().start()
+    many = GeneratedSource(calls=1500, seed=SEED, start_time=START)
+    hangups = [e.event() for e in many if e.template.event_id == "CHANNEL_HANGUP_COMPLETE"]
+    write_files(folder, hangups, fake, age=60)
+    ini = write_config(tmp_path, fake.port, extra=backfill_config(folder))
+    daemon = DaemonProcess(ini, tmp_path / "daemon.log")
+    try:
+        wait_until(lambda: db_rows(tmp_path / "cdrs.db"))
+        assert daemon.stop() == 0
+    finally:
+        daemon.stop()
+        fake.stop()
+    rows = len(db_rows(tmp_path / "cdrs.db"))
+    assert 0 < rows < len(hangups), "the stop did not come during the scan"
+    done, = log_events(daemon, "shutdown_done")
+    assert done["drained"] is True and done["unwritten"] == 0, done
+    assert done["written"] == rows
