@@ -60,7 +60,11 @@ def start_daemon(tmp_path, monkeypatch):
         token = add_token(tmp_path / "tokens", ACCOUNT)
         process = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log")
         started.append((process, fake))
-        return process, process.api_port(), token
+        port = process.api_port()
+        # /health is 503 until FreeSWITCH is connected: the tests count on 200s
+        # (read from the log: an HTTP probe would take one of the slots they count).
+        assert wait_until(lambda: any(e["event"] == "esl_connected" for e in process.log_events()), 30)
+        return process, port, token
 
     yield start
     for process, fake in started:
