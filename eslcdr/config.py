@@ -9,86 +9,27 @@ Every key is declared once, in ``SETTINGS``: its default (as the INI file
 writes it), how its text becomes a value, when that value is valid and what
 it is for.  ``DEFAULTS``, the checks of ``build`` and the keys the file may
 hold derive from it; ``conf/eslcdr.ini`` lists every key with its default
-under its help, docs/configuration.md names each (both tested).  The
-collector's ``collector/config.py`` declares its keys with the same parts.
-Bad values raise ``ConfigError`` naming section, key and reason (exit 2).
+under its help, docs/configuration.md names each (both tested); the collector's
+``collector/config.py`` declares its keys alike.  How a ``Setting``'s text is read
+and refused (``ConfigError``, exit 2): ``eslcdr/settings.py``.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Mapping
+
+# The machinery, importable from here as well (collector/config.py, tests).
+from .settings import (  # noqa: F401
+    ConfigError, Invalid, Setting, at_least, check_sections, choice, defaults, env_name, host_port, names,
+    non_negative, parsed, positive, read_config_file, section_values, text,
+)
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names section and key."""
-
-
-class Invalid(ValueError):
-    """Raised by a ``Setting``'s parser: why the text is refused (the error
-    reads ``[section] key: <why>``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One key of an INI section, declared once."""
-
-    default: str  # as written in the INI file
-    # text -> value; a ValueError reads "'x' is not a valid <parse's name>",
-    # an Invalid gives its own reason
-    parse: Callable[[str], Any]
-    check: Callable[[Any], bool] | None = None  # the bounds: valid when true, else "out of range"
-    help: str = ""  # what it is for: the comment above the key in conf/eslcdr.ini
-
-    def value(self, values: Mapping[str, str], section: str, key: str) -> Any:
-        """``values[key]`` parsed and checked."""
-        raw = values[key]
-        try:
-            value = self.parse(raw)
-        except Invalid as exc:
-            raise ConfigError("[%s] %s: %s" % (section, key, exc)) from None
-        except ValueError:
-            raise ConfigError("[%s] %s: %r is not a valid %s" % (section, key, raw, self.parse.__name__)) from None
-        if self.check is not None and not self.check(value):
-            raise ConfigError("[%s] %s: %r is out of range" % (section, key, raw))
-        return value
-
-
-def text(raw: str) -> str:
-    return raw.strip()
-
-
-def names(raw: str) -> tuple[str, ...]:
-    """Names separated by commas (or lines)."""
-    return tuple(part.strip() for part in raw.replace("\n", ",").split(",") if part.strip())
-
-
-def choice(*options: str) -> Callable[[str], str]:
-    """One of ``options`` (case and surrounding blanks ignored)."""
-    allowed = ", ".join(options[:-1]) + " or " + options[-1]
-
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in options:
-            raise Invalid("%r must be %s" % (value, allowed))
-        return value
-
-    return parse
-
-
-def host_port(raw: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:8080`` for IPv6; no host = loopback) -> (host, port)."""
-    host, sep, port = raw.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise Invalid("%r is not host:port" % raw)
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def parse_listen(raw: str) -> tuple[str, int]:
@@ -106,19 +47,6 @@ def _cors_origins(raw: str) -> tuple[str, ...]:
         if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
             raise Invalid("%r is not * or an origin like https://ui.example.com" % origin)
     return ("*",) if "*" in origins else origins
-
-
-def positive(value: float) -> bool:
-    return value > 0
-
-
-def non_negative(value: float) -> bool:
-    return value >= 0
-
-
-def at_least(low: float) -> Callable[[float], bool]:
-    """The check of a value that must be ``low`` or more."""
-    return lambda value: value >= low
 
 
 # The HTTP server's bounds (``ServerLimits``, used by ``server.make_server``): the
@@ -251,11 +179,6 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     },
 }
 
-def defaults(settings: Mapping[str, Mapping[str, Setting]]) -> dict[str, dict[str, str]]:
-    """Section -> key -> default, as the INI file writes it."""
-    return {section: {key: setting.default for key, setting in keys.items()} for section, keys in settings.items()}
-
-
 DEFAULTS: dict[str, dict[str, str]] = defaults(SETTINGS)
 
 
@@ -371,85 +294,8 @@ class Config:
     source: str  # the file it was read from, or "<defaults>"
 
 
-def parsed(settings: Mapping[str, Setting], values: Mapping[str, str], section: str) -> dict[str, Any]:
-    """The keys of ``settings`` in a section's ``values``, parsed and checked."""
-    return {key: setting.value(values, section, key) for key, setting in settings.items()}
-
-
-def env_name(section: str, key: str) -> str:
-    """The environment variable that overrides ``[section] key``:
-    ``ESLCDR_<SECTION>_<KEY>``, upper case, any character but A-Z and 0-9 as
-    ``_`` (``[esl:fs-2] host`` -> ``ESLCDR_ESL_FS_2_HOST``)."""
-    return re.sub(r"[^A-Z0-9]", "_", "ESLCDR_%s_%s" % (section.upper(), key.upper()))
-
-
-def check_sections(parser: configparser.ConfigParser, settings: Mapping[str, Mapping[str, Setting]],
-                   plain: Collection[str], named: Collection[str]) -> None:
-    """Refuse a section or key ``settings`` does not declare: a section is
-    ``[NAME]`` for NAME in ``plain`` or ``[NAME:...]`` for NAME in ``named``."""
-    for section in parser.sections():
-        base, colon, _ = section.partition(":")
-        if base not in settings or base not in (named if colon else plain):
-            raise ConfigError("unknown section [%s]" % section)
-        for key in parser[section]:
-            if key not in settings[base]:
-                raise ConfigError("[%s] unknown key %r" % (section, key))
-
-
-def section_values(parser: configparser.ConfigParser, section: str, defaults: Mapping[str, str],
-                   environ: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A section's text: its ``defaults``, then what it ``inherit``s, then the
-    file's keys, then the environment's (``env_name``)."""
-    values = {**defaults, **(inherit or {}), **(parser[section] if parser.has_section(section) else {})}
-    values.update({key: environ[env_name(section, key)] for key in defaults if env_name(section, key) in environ})
-    return values
-
-
 def _node(name: str, section: str, values: Mapping[str, str]) -> EslNode:
     return EslNode(name=name, **parsed(SETTINGS["esl"], values, section))
-
-
-def read_config_file(parser: configparser.ConfigParser, path: str | os.PathLike | None,
-                     default_paths: Sequence[Path]) -> str:
-    """Read ``path`` (it must exist), or else the first of ``default_paths``
-    that exists, into ``parser``; return what was read (``<defaults>`` when
-    nothing was).  Shared by ``eslcdr run`` and ``eslcdr collect``."""
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("config file %s %s" % (path, "is not a file" if path.exists() else "does not exist"))
-        candidates = [path]
-    else:
-        candidates = [p for p in default_paths if p.is_file()][:1]
-    for candidate in candidates:
-        try:
-            with open(candidate, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except configparser.Error as exc:
-            raise ConfigError("%s: %s" % (candidate, _parse_error(exc))) from None
-        except UnicodeDecodeError:
-            raise ConfigError("%s: not UTF-8 text" % candidate) from None
-        except OSError as exc:
-            raise ConfigError("cannot read %s: %s" % (candidate, exc.strerror)) from None
-        source = str(candidate)
-    return source
-
-
-def _parse_error(exc: configparser.Error) -> str:
-    """What is wrong with the file, by line number only: configparser's own
-    message quotes the offending line, which may hold a password or token
-    (a ``password`` line that lost its ``=``)."""
-    if isinstance(exc, configparser.MissingSectionHeaderError):
-        return "line %d: a line before the first [section] header" % exc.lineno
-    if isinstance(exc, configparser.ParsingError):
-        numbers = ", ".join(str(number) for number, _line in exc.errors)
-        return "line %s: not a 'key = value' line, a [section] header or a comment" % numbers
-    if isinstance(exc, configparser.DuplicateOptionError):
-        return "line %s: [%s] %s is set twice" % (exc.lineno, exc.section, exc.option)
-    if isinstance(exc, configparser.DuplicateSectionError):
-        return "line %s: section [%s] appears twice" % (exc.lineno, exc.section)
-    return "not a valid INI file (%s)" % type(exc).__name__
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -6,7 +6,7 @@ environment: ``ESLCDR_COLLECTOR_DSN`` (the DSN usually carries a password),
 ``ESLCDR_NODE_<NAME>_TOKEN`` / ``_URL`` for a node (NAME upper-cased, ``-``
 as ``_``), so secrets can live in a systemd ``EnvironmentFile``.
 
-Every key is declared once, in ``SETTINGS`` (``eslcdr/config.py``'s
+Every key is declared once, in ``SETTINGS`` (``eslcdr/settings.py``'s
 ``Setting``: default, parser, bounds, help); ``DEFAULTS``, the checks of
 ``build`` and the keys the file may hold derive from it, and
 ``conf/collector.ini`` lists every key, commented out, with its default
@@ -24,23 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..config import (
-    API_ANSWER_SETTINGS,
-    LOG_SETTINGS,
-    SERVER_LIMIT_SETTINGS,
-    ApiConfig,
-    ConfigError,
-    Invalid,
-    Setting,
-    at_least,
-    check_sections,
-    defaults,
-    host_port,
-    non_negative,
-    parsed,
-    read_config_file,
-    text,
-    section_values,
+from ..config import API_ANSWER_SETTINGS, LOG_SETTINGS, SERVER_LIMIT_SETTINGS, ApiConfig
+from ..settings import (
+    ConfigError, Invalid, Setting, at_least, check_sections, defaults, host_port, non_negative, parsed,
+    read_config_file, section_values, text,
 )
 from ..web.redact import REDACTED
 
