@@ -26,7 +26,7 @@ from typing import Any, Mapping
 # The machinery, importable from here as well (collector/config.py, tests).
 from .settings import (  # noqa: F401
     ConfigError, Invalid, Setting, at_least, check_sections, choice, defaults, env_name, host_port, names,
-    non_negative, parsed, positive, read_config_file, section_values, text,
+    non_negative, origin, parsed, positive, read_config_file, section_values, text,
 )
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
@@ -43,9 +43,9 @@ def parse_listen(raw: str) -> tuple[str, int]:
 def _cors_origins(raw: str) -> tuple[str, ...]:
     """``*``, or origins (``https://ui.example.com``) separated by commas or spaces; empty = off."""
     origins = tuple(part for part in raw.replace(",", " ").split() if part)
-    for origin in origins:
-        if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
-            raise Invalid("%r is not * or an origin like https://ui.example.com" % origin)
+    for one in origins:
+        if one != "*" and (not one.startswith(("http://", "https://")) or one.endswith("/")):
+            raise Invalid("%r is not * or an origin like https://ui.example.com" % one)
     return ("*",) if "*" in origins else origins
 
 
@@ -259,7 +259,7 @@ class ApiConfig:
         """The API's keys among a section's parsed ``values`` (``[api]``, or the collector's
         ``[collector]``), removed from them; ``raw``: the section's text, for the error."""
         if values["max_page_size"] < values["default_page_size"]:
-            raise ConfigError("[%s] max_page_size: %r is out of range" % (section, raw["max_page_size"]))
+            raise ConfigError("%s: %r is out of range" % (origin(raw, section, "max_page_size"), raw["max_page_size"]))
         host, port = values.pop("listen")
         return cls(host=host, port=port, tokens_file=values.pop("tokens_file"),
                    limits=ServerLimits.taken_from(values), **{key: values.pop(key) for key in API_ANSWER_SETTINGS})

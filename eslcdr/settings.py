@@ -42,16 +42,16 @@ class Setting:
     help: str = ""  # what it is for: the comment above the key in conf/eslcdr.ini
 
     def value(self, values: Mapping[str, str], section: str, key: str) -> Any:
-        """``values[key]`` parsed and checked."""
+        """``values[key]`` parsed and checked; a refusal names where the text came from (``origin``)."""
         raw = values[key]
         try:
             value = self.parse(raw)
         except Invalid as exc:
-            raise ConfigError("[%s] %s: %s" % (section, key, exc)) from None
+            raise ConfigError("%s: %s" % (origin(values, section, key), exc)) from None
         except ValueError:
-            raise ConfigError("[%s] %s: %r is not a valid %s" % (section, key, raw, self.parse.__name__)) from None
+            raise ConfigError("%s: %r is not a valid %s" % (origin(values, section, key), raw, self.parse.__name__)) from None
         if self.check is not None and not self.check(value):
-            raise ConfigError("[%s] %s: %r is out of range" % (section, key, raw))
+            raise ConfigError("%s: %r is out of range" % (origin(values, section, key), raw))
         return value
 
 
@@ -128,13 +128,33 @@ def check_sections(parser: configparser.ConfigParser, settings: Mapping[str, Map
                 raise ConfigError("[%s] unknown key %r" % (section, key))
 
 
+class SectionText(dict):
+    """A section's text, key -> value, and ``overridden``: for each key an
+    environment variable set, how an error names it (``origin``)."""
+
+    def __init__(self, values: Mapping[str, str], overridden: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self.overridden = dict(overridden)
+
+
 def section_values(parser: configparser.ConfigParser, section: str, defaults: Mapping[str, str],
-                   environ: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+                   environ: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> SectionText:
     """A section's text: its ``defaults``, then what it ``inherit``s, then the
     file's keys, then the environment's (``env_name``)."""
-    values = {**defaults, **(inherit or {}), **(parser[section] if parser.has_section(section) else {})}
-    values.update({key: environ[env_name(section, key)] for key in defaults if env_name(section, key) in environ})
-    return values
+    own = parser[section] if parser.has_section(section) else {}
+    values = {**defaults, **(inherit or {}), **own}
+    overridden = {key: name for key, name in getattr(inherit, "overridden", {}).items() if key not in own}
+    for key in defaults:
+        if env_name(section, key) in environ:
+            values[key] = environ[env_name(section, key)]
+            overridden[key] = "%s (overrides [%s] %s)" % (env_name(section, key), section, key)
+    return SectionText(values, overridden)
+
+
+def origin(values: Mapping[str, str], section: str, key: str) -> str:
+    """Where ``values[key]`` came from, as an error names it: ``[section] key``, or the
+    environment variable that set it (``ESLCDR_API_LISTEN (overrides [api] listen)``)."""
+    return getattr(values, "overridden", {}).get(key) or "[%s] %s" % (section, key)
 
 
 def read_config_file(parser: configparser.ConfigParser, path: str | os.PathLike | None,

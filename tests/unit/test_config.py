@@ -129,6 +129,53 @@ SECRET = "Zq9-s3cr3t-ClueCon"
 
 
 @pytest.mark.parametrize(
+    "text, environ, message",
+    [
+        ("", {"ESLCDR_API_LISTEN": "nope"}, "ESLCDR_API_LISTEN (overrides [api] listen): 'nope' is not host:port"),
+        ("[esl:fs2]\nport = 9021\n", {"ESLCDR_ESL_FS2_PORT": "eighty"},
+         "ESLCDR_ESL_FS2_PORT (overrides [esl:fs2] port): 'eighty' is not a valid int"),
+        ("[api]\ndefault_page_size = 100\n", {"ESLCDR_API_MAX_PAGE_SIZE": "99"},
+         "ESLCDR_API_MAX_PAGE_SIZE (overrides [api] max_page_size): '99' is out of range"),
+        ("[log]\nlevel = loud\n", {"ESLCDR_API_LISTEN": "127.0.0.1:1"}, "[log] level: 'loud' must be"),
+    ],
+)
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path, text, environ, message):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text), environ=environ)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_an_esl_node_names_the_variable_of_esl_it_inherits(tmp_path):
+    # [esl:fs2] takes [esl]'s port, which ESLCDR_ESL_PORT set: that is what to fix.
+    parser = configparser.ConfigParser()
+    parser.read_string("[esl:fs2]\nhost = fs2\n")
+    esl = config.section_values(parser, "esl", config.DEFAULTS["esl"], {"ESLCDR_ESL_PORT": "0"})
+    fs2 = config.section_values(parser, "esl:fs2", config.DEFAULTS["esl"], {}, inherit=esl)
+    with pytest.raises(ConfigError, match=r"^ESLCDR_ESL_PORT \(overrides \[esl\] port\): '0' is out of range"):
+        config.parsed(config.SETTINGS["esl"], fs2, "esl:fs2")
+    parser.read_string("[esl:fs3]\nport = 0\n")
+    fs3 = config.section_values(parser, "esl:fs3", config.DEFAULTS["esl"], {}, inherit=esl)
+    with pytest.raises(ConfigError, match=r"^\[esl:fs3\] port: '0' is out of range"):
+        config.parsed(config.SETTINGS["esl"], fs3, "esl:fs3")
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"ESLCDR_COLLECTOR_DSN": "postgresql://u:%s@x@db/cdrs" % SECRET}, "ESLCDR_COLLECTOR_DSN (overrides [collector] dsn): "),
+        ({"ESLCDR_COLLECTOR_DSN": "host=db password='%s" % SECRET}, "ESLCDR_COLLECTOR_DSN (overrides [collector] dsn): "),
+        ({"ESLCDR_NODE_FS1_URL": "http://u:%s@fs1:port" % SECRET}, "ESLCDR_NODE_FS1_URL (overrides [node:fs1] url): "),
+        ({"ESLCDR_NODE_FS1_TOKEN": " "}, "ESLCDR_NODE_FS1_TOKEN (overrides [node:fs1] token): "),
+        ({"ESLCDR_COLLECTOR_BATCH_SIZE": "0"}, "ESLCDR_COLLECTOR_BATCH_SIZE (overrides [collector] batch_size): '0'"),
+    ],
+)
+def test_a_collector_value_from_the_environment_names_the_variable_never_a_secret(environ, message):
+    with pytest.raises(ConfigError) as info:
+        collector_config.from_mapping({"node:fs1": {"url": "http://fs1:8080", "token": "t"}}, environ)
+    assert str(info.value).startswith(message) and "s3cr3t" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
     "text, line",
     [
         # A password line that lost its '=' (or its ':'), a stray token
