@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 # The machinery, importable from here as well (collector/config.py, tests).
 from .settings import (  # noqa: F401
-    ConfigError, Invalid, Setting, at_least, check_sections, choice, defaults, env_name, host_port, names,
+    ConfigError, Invalid, Layout, Setting, UnknownSection, at_least, check_sections, choice, defaults, env_name, host_port, names,
     non_negative, origin, parsed, positive, read_config_file, section_values, text,
 )
 
@@ -180,6 +180,8 @@ SETTINGS: dict[str, dict[str, Setting]] = {
 }
 
 DEFAULTS: dict[str, dict[str, str]] = defaults(SETTINGS)
+# [esl:NAME] sections take the keys of [esl]
+LAYOUT = Layout("eslcdr.ini", "eslcdr run", SETTINGS, plain=tuple(SETTINGS), named=("esl",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +309,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
 
 
 def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> Config:
-    check_sections(parser, SETTINGS, plain=SETTINGS, named=("esl",))
+    check_sections(parser, LAYOUT, source)
 
     def values(name: str, inherit: Mapping[str, str] | None = None) -> dict[str, str]:
         return section_values(parser, name, DEFAULTS[name.split(":", 1)[0]], environ, inherit)

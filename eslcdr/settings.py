@@ -115,16 +115,38 @@ def env_name(section: str, key: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", "ESLCDR_%s_%s" % (section.upper(), key.upper()))
 
 
-def check_sections(parser: configparser.ConfigParser, settings: Mapping[str, Mapping[str, Setting]],
-                   plain: Collection[str], named: Collection[str]) -> None:
-    """Refuse a section or key ``settings`` does not declare: a section is
-    ``[NAME]`` for NAME in ``plain`` or ``[NAME:...]`` for NAME in ``named``."""
-    for section in parser.sections():
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The sections one kind of config file holds: ``[NAME]`` for NAME in ``plain``,
+    ``[NAME:...]`` for NAME in ``named``, each with the keys of ``settings[NAME]``."""
+
+    file: str  # its usual name: eslcdr.ini
+    command: str  # the command it is the config of
+    settings: Mapping[str, Mapping[str, Setting]]
+    plain: Collection[str]
+    named: Collection[str]
+
+    def takes(self, section: str) -> bool:
         base, colon, _ = section.partition(":")
-        if base not in settings or base not in (named if colon else plain):
-            raise ConfigError("unknown section [%s]" % section)
+        return base in self.settings and base in (self.named if colon else self.plain)
+
+
+class UnknownSection(ConfigError):
+    """A section ``layout`` does not take, in ``source`` (whose ``sections`` are all named:
+    the command line tells another kind of file by them)."""
+
+    def __init__(self, section: str, layout: Layout, sections: Sequence[str], source: str) -> None:
+        super().__init__("unknown section [%s]" % section)
+        self.layout, self.sections, self.source = layout, tuple(sections), source
+
+
+def check_sections(parser: configparser.ConfigParser, layout: Layout, source: str) -> None:
+    """Refuse a section or key ``layout`` does not declare."""
+    for section in parser.sections():
+        if not layout.takes(section):
+            raise UnknownSection(section, layout, parser.sections(), source)
         for key in parser[section]:
-            if key not in settings[base]:
+            if key not in layout.settings[section.partition(":")[0]]:
                 raise ConfigError("[%s] unknown key %r" % (section, key))
 
 

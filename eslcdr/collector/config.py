@@ -26,7 +26,7 @@ from typing import Mapping
 
 from ..config import API_ANSWER_SETTINGS, LOG_SETTINGS, SERVER_LIMIT_SETTINGS, ApiConfig
 from ..settings import (
-    ConfigError, Invalid, Setting, at_least, check_sections, defaults, host_port, non_negative, parsed,
+    ConfigError, Invalid, Layout, Setting, at_least, check_sections, defaults, host_port, non_negative, parsed,
     read_config_file, section_values, text,
 )
 from ..web.redact import REDACTED
@@ -229,6 +229,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "log": LOG_SETTINGS,
 }
 DEFAULTS: dict[str, dict[str, str]] = defaults(SETTINGS)
+LAYOUT = Layout("collector.ini", "eslcdr collect", SETTINGS, plain=("collector", "log"), named=("node",))
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -245,7 +246,7 @@ def from_mapping(sections: Mapping[str, Mapping[str, str]], environ: Mapping[str
 
 
 def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> CollectorConfig:
-    check_sections(parser, SETTINGS, plain=("collector", "log"), named=("node",))
+    check_sections(parser, LAYOUT, source)
     raw = section_values(parser, "collector", DEFAULTS["collector"], environ)
     values = parsed(SETTINGS["collector"], raw, "collector")
     api = ApiConfig.taken_from(values, raw, "collector")

@@ -149,6 +149,29 @@ def test_a_bad_environment_override_names_the_variable_for_every_command(tmp_pat
 
 
 @pytest.mark.subprocess
+def test_the_other_commands_config_is_named_as_such(tmp_path):
+    # eslcdr run -c collector.ini, eslcdr collect -c eslcdr.ini: one line saying what the file is.
+    collector_ini = tmp_path / "collector.ini"
+    collector_ini.write_text("[collector]\nlisten = 127.0.0.1:0\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n"
+                             "[log]\nlevel = info\n")
+    daemon_ini = write_config(tmp_path, 8021)
+    for args, said in (
+            (("run", "-c", str(collector_ini)), "%s looks like the config of eslcdr collect (collector.ini):"
+             " unknown section [collector] for eslcdr run, whose config is eslcdr.ini" % collector_ini),
+            (("check", "-c", str(collector_ini)), "%s looks like the config of eslcdr collect (collector.ini):"
+             " unknown section [collector] for eslcdr check, whose config is eslcdr.ini" % collector_ini),
+            (("collect", "-c", str(daemon_ini)), "%s looks like the config of eslcdr run (eslcdr.ini):"
+             " unknown section [esl] for eslcdr collect, whose config is collector.ini" % daemon_ini)):
+        result = eslcdr(*args)
+        assert (result.returncode, result.stdout) == (2, ""), (args, result.stdout + result.stderr)
+        assert result.stderr == "eslcdr: config error: %s\n" % said, result.stderr
+    # A section neither command takes: the plain error, no guess.
+    collector_ini.write_text(collector_ini.read_text() + "[esll]\nhost = x\n")
+    result = eslcdr("run", "-c", str(collector_ini))
+    assert (result.returncode, result.stderr) == (2, "eslcdr: config error: unknown section [collector]\n")
+
+
+@pytest.mark.subprocess
 def test_a_config_line_without_equals_is_not_echoed(tmp_path):
     # The password line lost its '=': the error names the file and line, not the secret.
     for command, name in (("run", "eslcdr.ini"), ("check", "eslcdr.ini"), ("collect", "collector.ini")):
