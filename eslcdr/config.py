@@ -25,8 +25,9 @@ from typing import Any, Mapping
 
 # The machinery, importable from here as well (collector/config.py, tests).
 from .settings import (  # noqa: F401
-    ConfigError, Invalid, Layout, Setting, UnknownSection, at_least, check_sections, choice, defaults, env_name, host_port, names,
-    non_negative, origin, parsed, positive, read_config_file, section_values, text,
+    ConfigError, Invalid, Layout, Setting, UnknownSection, above, at_least, check_sections, choice, defaults,
+    env_name, host_port, names, non_negative, origin, out_of_range, parsed, positive, read_config_file,
+    section_values, text, within,
 )
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
@@ -104,7 +105,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     # [esl:NAME] sections take the same keys.
     "esl": {
         "host": Setting("127.0.0.1", text, help="address of FreeSWITCH's mod_event_socket"),
-        "port": Setting("8021", int, lambda v: 0 < v < 65536, help="its TCP port"),
+        "port": Setting("8021", int, within(1, 65535), help="its TCP port"),
         "password": Setting("ClueCon", str, help=(
             "Prefer ESLCDR_ESL_PASSWORD in the service environment over writing it here.")),
         "format": Setting("json", choice("json", "plain"), help="json (default: cheaper to decode) or plain"),
@@ -125,7 +126,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "delete CDRs that hung up more than this many days ago (0 = keep everything), but never\n"
             "a row a registered collector (a '*' token of the tokens file that has pulled the feed)\n"
             "has not acknowledged yet; deleted in batches of 250 between insert batches, the file shrinks")),
-        "retention_check_interval": Setting("60", float, lambda v: 0 < v <= 60, help=(
+        "retention_check_interval": Setting("60", float, above(0, up_to=60), help=(
             "seconds between two retention checks (also the refresh of the size, oldest row and\n"
             "unpulled rows shown by /health and /metrics); at most 60")),
         "queue_size": Setting("100000", int, positive, help=(
@@ -261,7 +262,8 @@ class ApiConfig:
         """The API's keys among a section's parsed ``values`` (``[api]``, or the collector's
         ``[collector]``), removed from them; ``raw``: the section's text, for the error."""
         if values["max_page_size"] < values["default_page_size"]:
-            raise ConfigError("%s: %r is out of range" % (origin(raw, section, "max_page_size"), raw["max_page_size"]))
+            raise out_of_range(origin(raw, section, "max_page_size"), raw["max_page_size"],
+                               "at least default_page_size (%d)" % values["default_page_size"])
         host, port = values.pop("listen")
         return cls(host=host, port=port, tokens_file=values.pop("tokens_file"),
                    limits=ServerLimits.taken_from(values), **{key: values.pop(key) for key in API_ANSWER_SETTINGS})

@@ -38,7 +38,7 @@ class Setting:
     # text -> value; a ValueError reads "'x' is not a valid <parse's name>",
     # an Invalid gives its own reason
     parse: Callable[[str], Any]
-    check: Callable[[Any], bool] | None = None  # the bounds: valid when true, else "out of range"
+    check: Bounds | None = None  # valid inside them, else "out of range: <its text>"
     help: str = ""  # what it is for: the comment above the key in conf/eslcdr.ini
 
     def value(self, values: Mapping[str, str], section: str, key: str) -> Any:
@@ -51,7 +51,7 @@ class Setting:
         except ValueError:
             raise ConfigError("%s: %r is not a valid %s" % (origin(values, section, key), raw, self.parse.__name__)) from None
         if self.check is not None and not self.check(value):
-            raise ConfigError("%s: %r is out of range" % (origin(values, section, key), raw))
+            raise out_of_range(origin(values, section, key), raw, self.check.text)
         return value
 
 
@@ -85,17 +85,39 @@ def host_port(raw: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def positive(value: float) -> bool:
-    return value > 0
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """A value's bounds: ``test`` is true inside them, ``text`` says them to the
+    operator (``'0' is out of range: more than 0``)."""
+
+    test: Callable[[Any], bool]
+    text: str
+
+    def __call__(self, value: Any) -> bool:
+        return self.test(value)
 
 
-def non_negative(value: float) -> bool:
-    return value >= 0
+positive = Bounds(lambda value: value > 0, "more than 0")
+non_negative = Bounds(lambda value: value >= 0, "0 or more")
 
 
-def at_least(low: float) -> Callable[[float], bool]:
-    """The check of a value that must be ``low`` or more."""
-    return lambda value: value >= low
+def at_least(low: float) -> Bounds:
+    """The bounds of a value that must be ``low`` or more."""
+    return Bounds(lambda value: value >= low, "at least %s" % low)
+
+
+def within(low: float, high: float) -> Bounds:
+    """The bounds of a value from ``low`` to ``high``, both included."""
+    return Bounds(lambda value: low <= value <= high, "%s to %s" % (low, high))
+
+
+def above(low: float, up_to: float) -> Bounds:
+    """The bounds of a value above ``low``, up to ``up_to`` included."""
+    return Bounds(lambda value: low < value <= up_to, "more than %s and at most %s" % (low, up_to))
+
+
+def out_of_range(where: str, raw: str, bounds: str) -> ConfigError:
+    return ConfigError("%s: %r is out of range: %s" % (where, raw, bounds))
 
 
 def defaults(settings: Mapping[str, Mapping[str, Setting]]) -> dict[str, dict[str, str]]:

@@ -103,18 +103,18 @@ def test_password_never_in_repr(tmp_path):
         ("[esl]\nport = eighty\n", "[esl] port"),
         ("[esl]\nport = 70000\n", "[esl] port"),
         ("[esl]\nformat = xml\n", "[esl] format"),
-        ("[store]\nbatch_size = 0\n", "[store] batch_size"),
+        ("[store]\nbatch_size = 0\n", "[store] batch_size: '0' is out of range: more than 0"),
         ("[api]\nlisten = nowhere\n", "[api] listen"),
-        ("[api]\nmax_head_bytes = 1000\n", "[api] max_head_bytes: '1000' is out of range"),
-        ("[api]\nmin_receive_rate = -1\n", "[api] min_receive_rate"),
+        ("[api]\nmax_head_bytes = 1000\n", "[api] max_head_bytes: '1000' is out of range: at least 8192"),
+        ("[api]\nmin_receive_rate = -1\n", "[api] min_receive_rate: '-1' is out of range: 0 or more"),
         ("[bogus]\nx = 1\n", "unknown section"),
         ("[store:x]\nbatch_size = 0\n", "unknown section [store:x]"),
         ("[esl]\npasword = typo\n", "unknown key"),
         ("[log]\nlevel = loud\n", "[log] level"),
-        ("[api]\ndefault_page_size = 100\nmax_page_size = 99\n", "[api] max_page_size: '99' is out of range"),
+        ("[api]\ndefault_page_size = 100\nmax_page_size = 99\n", "[api] max_page_size: '99' is out of range: at least default_page_size (100)"),
         ("[api]\ncors_origins = https://ui.example.com/\n", "[api] cors_origins: 'https://ui.example.com/' is not *"),
-        ("[esl:fs2]\nport = 0\n", "[esl:fs2] port: '0' is out of range"),
-        ("[store]\nretention_check_interval = 61\n", "[store] retention_check_interval: '61' is out of range"),
+        ("[esl:fs2]\nport = 0\n", "[esl:fs2] port: '0' is out of range: 1 to 65535"),
+        ("[store]\nretention_check_interval = 61\n", "[store] retention_check_interval: '61' is out of range: more than 0 and at most 60"),
         ("[log]\nsummary_interval = soon\n", "[log] summary_interval: 'soon' is not a valid float"),
         ("not an ini file", "eslcdr.ini"),
     ],
@@ -123,6 +123,29 @@ def test_bad_values_are_clear_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text), environ={})
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_bound_says_itself(name):
+    # An out-of-range value is refused with its bounds ('... is out of range: at least 8192').
+    unsaid = [(section, key) for section, keys in SHIPPED[name].items() for key, setting in keys.items()
+              if setting.check is not None and not getattr(setting.check, "text", "")]
+    assert unsaid == []
+
+
+@pytest.mark.parametrize(
+    "collector, message",
+    [
+        ({"poll_interval": "0.001"}, "[collector] poll_interval: '0.001' is out of range: at least 0.01"),
+        ({"min_pull_rate": "-5"}, "[collector] min_pull_rate: '-5' is out of range: 0 or more"),
+        ({"default_page_size": "20", "max_page_size": "10"},
+         "[collector] max_page_size: '10' is out of range: at least default_page_size (20)"),
+    ],
+)
+def test_a_collector_value_out_of_range_is_refused_with_its_bounds(collector, message):
+    with pytest.raises(ConfigError) as info:
+        collector_config.from_mapping({"collector": collector, "node:fs1": {"url": "http://fs1:8080", "token": "t"}})
+    assert str(info.value) == message
 
 
 SECRET = "Zq9-s3cr3t-ClueCon"
