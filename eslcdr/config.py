@@ -319,15 +319,17 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
     esl = values("esl")
     cdr = parsed(SETTINGS["cdr"], values("cdr"), "cdr")
     node_name = cdr["node_name"] or socket.gethostname()
-    nodes = [_node(node_name, "esl", esl)]
+    nodes, named = [_node(node_name, "esl", esl)], {node_name: "[esl] ([cdr] node_name, or this host's name)"}
     for section in parser.sections():
         if section.startswith("esl:"):
             name = section.split(":", 1)[1].strip()
             if not name:
                 raise ConfigError("[%s] needs a node name after esl:" % section)
+            if name in named:  # each node's CDRs are told apart by its name
+                raise ConfigError("[%s] names the node %r, the name of %s too: give each node a name of its own"
+                                  % (section, name, named[name]))
+            named[name] = "[%s]" % section
             nodes.append(_node(name, section, values(section, inherit=esl)))
-    if len({node.name for node in nodes}) != len(nodes):
-        raise ConfigError("two [esl] sections share the node name %r" % node_name)
 
     store = parsed(SETTINGS["store"], values("store"), "store")
     api_values = values("api")

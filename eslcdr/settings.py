@@ -14,6 +14,7 @@ section and key, and why -- never a secret's value (exit 2).
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -152,13 +153,34 @@ class Layout:
         base, colon, _ = section.partition(":")
         return base in self.settings and base in (self.named if colon else self.plain)
 
+    def meant(self, section: str) -> str:
+        """What an unknown ``section`` was likely meant to be: `` (did you mean [esl:fs2]?)``, or ""."""
+        base, colon, name = section.partition(":")
+        for named in self.named:  # [node], [esl-fs2], [ESL fs2]
+            if not colon and base.lower() == named and named not in self.plain:
+                return " (did you mean [%s:NAME]?)" % named
+            if not colon and base[: len(named)].lower() == named and base[len(named): len(named) + 1] in list("-_. "):
+                base, colon, name = named, ":", base[len(named) + 1:].strip()
+        close = difflib.get_close_matches(base.lower(), [s for s in self.settings if self.takes(s + colon + name)],
+                                          n=1, cutoff=0.75)
+        return " (did you mean [%s%s%s]?)" % (close[0], colon, name) if close else ""
+
+    def key_meant(self, section: str, key: str) -> str:
+        """What an unknown ``key`` of ``section`` was likely meant to be: a key of it
+        spelled so (`` (did you mean 'password'?)``), or a key of another section."""
+        close = difflib.get_close_matches(key, self.settings[section.partition(":")[0]], n=1, cutoff=0.75)
+        if close:
+            return " (did you mean %r?)" % close[0]
+        homes = ["[%s]" % s if s in self.plain else "[%s:NAME]" % s for s in self.settings if key in self.settings[s]]
+        return " (a key of %s)" % " and ".join(homes) if homes else ""
+
 
 class UnknownSection(ConfigError):
     """A section ``layout`` does not take, in ``source`` (whose ``sections`` are all named:
     the command line tells another kind of file by them)."""
 
     def __init__(self, section: str, layout: Layout, sections: Sequence[str], source: str) -> None:
-        super().__init__("unknown section [%s]" % section)
+        super().__init__("unknown section [%s]%s" % (section, layout.meant(section)))
         self.layout, self.sections, self.source = layout, tuple(sections), source
 
 
@@ -169,7 +191,7 @@ def check_sections(parser: configparser.ConfigParser, layout: Layout, source: st
             raise UnknownSection(section, layout, parser.sections(), source)
         for key in parser[section]:
             if key not in layout.settings[section.partition(":")[0]]:
-                raise ConfigError("[%s] unknown key %r" % (section, key))
+                raise ConfigError("[%s] unknown key %r%s" % (section, key, layout.key_meant(section, key)))
 
 
 class SectionText(dict):

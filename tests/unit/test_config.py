@@ -109,7 +109,13 @@ def test_password_never_in_repr(tmp_path):
         ("[api]\nmin_receive_rate = -1\n", "[api] min_receive_rate: '-1' is out of range: 0 or more"),
         ("[bogus]\nx = 1\n", "unknown section"),
         ("[store:x]\nbatch_size = 0\n", "unknown section [store:x]"),
-        ("[esl]\npasword = typo\n", "unknown key"),
+        ("[esl]\npasword = typo\n", "[esl] unknown key 'pasword' (did you mean 'password'?)"),
+        ("[esl]\nnode_name = fs1\n", "[esl] unknown key 'node_name' (a key of [cdr])"),
+        ("[ESL]\nhost = fs1\n", "unknown section [ESL] (did you mean [esl]?)"),
+        ("[esl-fs2]\nhost = fs2\n", "unknown section [esl-fs2] (did you mean [esl:fs2]?)"),
+        ("[cdr]\nnode_name = fs1\n[esl:fs1]\nhost = fs1\n", "[esl:fs1] names the node 'fs1', the name of [esl]"
+         " ([cdr] node_name, or this host's name) too: give each node a name of its own"),
+        ("[cdr]\nnode_name = a\n[esl:fs2]\n[esl: fs2]\n", "[esl: fs2] names the node 'fs2', the name of [esl:fs2] too"),
         ("[log]\nlevel = loud\n", "[log] level"),
         ("[api]\ndefault_page_size = 100\nmax_page_size = 99\n", "[api] max_page_size: '99' is out of range: at least default_page_size (100)"),
         ("[api]\ncors_origins = https://ui.example.com/\n", "[api] cors_origins: 'https://ui.example.com/' is not *"),
@@ -145,6 +151,21 @@ def test_every_bound_says_itself(name):
 def test_a_collector_value_out_of_range_is_refused_with_its_bounds(collector, message):
     with pytest.raises(ConfigError) as info:
         collector_config.from_mapping({"collector": collector, "node:fs1": {"url": "http://fs1:8080", "token": "t"}})
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"node": {"url": "http://fs1:8080"}}, "unknown section [node] (did you mean [node:NAME]?)"),
+        ({"nodes:fs1": {"url": "http://fs1:8080"}}, "unknown section [nodes:fs1] (did you mean [node:fs1]?)"),
+        ({"collector": {"url": "http://fs1:8080"}}, "[collector] unknown key 'url' (a key of [node:NAME])"),
+        ({"collector": {"batch_sise": "10"}}, "[collector] unknown key 'batch_sise' (did you mean 'batch_size'?)"),
+    ],
+)
+def test_a_collector_section_or_key_mistyped_says_what_was_meant(sections, message):
+    with pytest.raises(ConfigError) as info:
+        collector_config.from_mapping(sections)
     assert str(info.value) == message
 
 
