@@ -26,8 +26,8 @@ from typing import Any, Mapping
 # The machinery, importable from here as well (collector/config.py, tests).
 from .settings import (  # noqa: F401
     ConfigError, Invalid, Layout, Setting, UnknownSection, above, at_least, check_sections, choice, defaults,
-    env_name, host_port, names, non_negative, origin, out_of_range, parsed, positive, read_config_file,
-    section_values, text, within,
+    env_name, file_path, host_port, names, non_negative, origin, out_of_range, parsed, positive,
+    read_config_file, section_values, text, within,
 )
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
@@ -115,7 +115,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "cap (seconds) of the jittered exponential backoff between reconnects")),
     },
     "store": {
-        "path": Setting("/var/lib/eslcdr/cdrs.db", text, help=(
+        "path": Setting("/var/lib/eslcdr/cdrs.db", file_path("cdrs.db"), help=(
             "the SQLite file (WAL mode; created with its folder if missing)")),
         "flush_interval": Setting("0.2", float, positive, help=(
             "most seconds a finished CDR waits for its transaction: CDRs arriving within it are committed\n"
@@ -132,7 +132,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "queue_size": Setting("100000", int, positive, help=(
             "CDRs held in memory while SQLite cannot write (locked, disk full); past it they go to the spool")),
         # "" = the database path + ".spool" (build)
-        "spool_path": Setting("", text, help=(
+        "spool_path": Setting("", file_path("cdrs.db.spool"), help=(
             "append-only file (one JSON record per line, fsynced) for the CDRs SQLite cannot take yet:\n"
             "those past queue_size, and the whole backlog once a write has failed; replayed into SQLite\n"
             "exactly once at start and as soon as it takes writes again. Empty = the database path + .spool\n"
@@ -150,7 +150,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     },
     "api": {
         "listen": Setting("127.0.0.1:8080", host_port, help="host:port of the HTTP API; loopback by default"),
-        "tokens_file": Setting("/etc/eslcdr/tokens", text, help=(
+        "tokens_file": Setting("/etc/eslcdr/tokens", file_path("tokens"), help=(
             "one token per line: TOKEN ACCOUNT_ID or sha256:HEX ACCOUNT_ID ('*' = collector)")),
         **API_ANSWER_SETTINGS,
         **SERVER_LIMIT_SETTINGS,

@@ -50,7 +50,8 @@ class Setting:
         except Invalid as exc:
             raise ConfigError("%s: %s" % (origin(values, section, key), exc)) from None
         except ValueError:
-            raise ConfigError("%s: %r is not a valid %s" % (origin(values, section, key), raw, self.parse.__name__)) from None
+            where = origin(values, section, key)
+            raise ConfigError("%s: %r is not a valid %s" % (where, raw, self.parse.__name__)) from None
         if self.check is not None and not self.check(value):
             raise out_of_range(origin(values, section, key), raw, self.check.text)
         return value
@@ -58,6 +59,19 @@ class Setting:
 
 def text(raw: str) -> str:
     return raw.strip()
+
+
+def file_path(example: str) -> Callable[[str], str]:
+    """The parser of a file's path: ``text``, refused when it names a folder (the refusal
+    suggests ``example``, a file name, in it)."""
+
+    def parse(raw: str) -> str:
+        path = raw.strip()
+        if path and os.path.isdir(path):
+            raise Invalid("%r is a folder, not a file: name one in it, e.g. %s" % (path, os.path.join(path, example)))
+        return path
+
+    return parse
 
 
 def names(raw: str) -> tuple[str, ...]:

@@ -26,8 +26,8 @@ from typing import Mapping
 
 from ..config import API_ANSWER_SETTINGS, LOG_SETTINGS, SERVER_LIMIT_SETTINGS, ApiConfig
 from ..settings import (
-    ConfigError, Invalid, Layout, Setting, at_least, check_sections, defaults, host_port, non_negative, parsed,
-    read_config_file, section_values, text,
+    ConfigError, Invalid, Layout, Setting, at_least, check_sections, defaults, file_path, host_port,
+    non_negative, parsed, read_config_file, section_values,
 )
 from ..web.redact import REDACTED
 
@@ -181,7 +181,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "PostgreSQL URL (libpq); keep a password out of this file: ESLCDR_COLLECTOR_DSN.")),
         "listen": Setting("127.0.0.1:8090", host_port, help=(
             "The central API (the Kazoo CDR routes of every node's rows, /ui), /health and /metrics.")),
-        "tokens_file": Setting("/etc/eslcdr/collector-tokens", text, help=(
+        "tokens_file": Setting("/etc/eslcdr/collector-tokens", file_path("collector-tokens"), help=(
             "Tokens of the central API, as [api] tokens_file of eslcdr run: TOKEN ACCOUNT_ID or\n"
             "sha256:HEX ACCOUNT_ID per line ('*' reads every account); `eslcdr token add --tokens-file`.")),
         "poll_interval": Setting("1", float, at_least(0.01), help=(

@@ -172,6 +172,18 @@ def test_the_other_commands_config_is_named_as_such(tmp_path):
 
 
 @pytest.mark.subprocess
+def test_a_database_path_that_is_a_folder_is_one_config_error_line(tmp_path):
+    # Before: import died with a traceback, check said ok, run 'cannot start ... Is a directory' (exit 1).
+    ini = write_config(tmp_path, 8021)
+    ini.write_text(ini.read_text().replace(str(tmp_path / "cdrs.db"), str(tmp_path)))
+    for args in (("run", "-c", str(ini)), ("check", "-c", str(ini)), ("import", "-c", str(ini), str(tmp_path))):
+        result = eslcdr(*args)
+        assert (result.returncode, result.stdout) == (2, ""), (args, result.stdout + result.stderr)
+        assert result.stderr == ("eslcdr: config error: [store] path: %r is a folder, not a file: name one in it,"
+                                 " e.g. %s\n" % (str(tmp_path), tmp_path / "cdrs.db")), result.stderr
+
+
+@pytest.mark.subprocess
 def test_a_config_line_without_equals_is_not_echoed(tmp_path):
     # The password line lost its '=': the error names the file and line, not the secret.
     for command, name in (("run", "eslcdr.ini"), ("check", "eslcdr.ini"), ("collect", "collector.ini")):

@@ -255,6 +255,22 @@ def test_a_byte_that_is_not_utf8_is_a_clear_error_naming_the_file_never_echoing_
         assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
+def test_a_file_path_that_is_a_folder_is_refused(tmp_path):
+    # Before, eslcdr check said ok, run failed with no key named (or, for the
+    # spool, at the first write SQLite refused), import with a traceback.
+    for section, key, example in (("store", "path", "cdrs.db"), ("store", "spool_path", "cdrs.db.spool"),
+                                  ("api", "tokens_file", "tokens")):
+        with pytest.raises(ConfigError) as info:
+            config.load(write(tmp_path, "[%s]\n%s = %s\n" % (section, key, tmp_path)), environ={})
+        assert str(info.value) == "[%s] %s: %r is a folder, not a file: name one in it, e.g. %s" % (
+            section, key, str(tmp_path), tmp_path / example)
+    with pytest.raises(ConfigError) as info:
+        collector_config.from_mapping({"collector": {"tokens_file": str(tmp_path)}, "node:fs1": {"url": "http://a:1"}})
+    assert str(info.value).startswith("[collector] tokens_file: %r is a folder, not a file" % str(tmp_path))
+    cfg = config.load(write(tmp_path, "[store]\npath = %s\n" % (tmp_path / "new" / "cdrs.db")), environ={})
+    assert cfg.store.path == str(tmp_path / "new" / "cdrs.db")  # a file still to be made is fine
+
+
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "nope.ini", environ={})
