@@ -2,13 +2,14 @@
 ``eslcdr/collector/config.py``'s declarations (docs/configuration.md).
 
 A key is a ``Setting``: its default as the INI file writes it, how its text becomes a
-value (``parse``: ``text``, ``names``, ``choice``, ``host_port``, ``int``...), its bounds
-(``check``: ``positive``, ``at_least``...) and its help.  ``read_config_file`` reads the
-file, refusing a malformed line by its number only (it may hold a secret);
-``check_sections`` refuses a section or key nobody declared; ``section_values`` lays the
-environment (``env_name``) over the file's text; ``parsed`` turns a section's text into
-values.  Every refusal is a ``ConfigError`` naming where the bad text came from, the
-section and key, and why -- never a secret's value (exit 2).
+value (``parse``: ``text``, ``file_path``, ``names``, ``choice``, ``host_port``, ``int``...),
+its ``Bounds`` (``positive``, ``at_least``..., each saying itself) and its help.  A file's
+``Layout`` is the sections it takes.  ``read_config_file`` reads the file, refusing a
+malformed line by its number only (it may hold a secret); ``check_sections`` refuses a
+section or key the layout does not declare, with what was likely meant; ``section_values``
+lays the environment (``env_name``) over the file's text; ``parsed`` turns a section's text
+into values.  Every refusal is a ``ConfigError`` naming where the bad text came from (the
+key, or the environment variable that set it: ``origin``) and why -- never a secret (exit 2).
 """
 
 from __future__ import annotations
