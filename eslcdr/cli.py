@@ -106,12 +106,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "collect":
             return cmd_collect(args)
     except ConfigError as exc:
-        print("eslcdr: config error: %s" % exc, file=sys.stderr)
+        print("eslcdr: config error: %s" % _config_error(exc, args), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     parser.error("unknown command")
     return EXIT_USAGE
+
+
+def _config_error(exc, args) -> str:
+    """``exc``'s message; for a file whose sections are all another command's, which one."""
+    from .collector.config import LAYOUT as COLLECTOR
+    from .config import LAYOUT as DAEMON, UnknownSection
+
+    if isinstance(exc, UnknownSection):
+        other = COLLECTOR if exc.layout is DAEMON else DAEMON
+        if all(other.takes(section) for section in exc.sections):
+            command = " ".join(filter(None, ("eslcdr", args.command, getattr(args, "token_command", None))))
+            return "%s looks like the config of %s (%s): %s for %s, whose config is %s" % (
+                exc.source, other.command, other.file, exc, command, exc.layout.file)
+    return str(exc)
 
 
 def _load(args):

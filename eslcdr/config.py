@@ -9,86 +9,28 @@ Every key is declared once, in ``SETTINGS``: its default (as the INI file
 writes it), how its text becomes a value, when that value is valid and what
 it is for.  ``DEFAULTS``, the checks of ``build`` and the keys the file may
 hold derive from it; ``conf/eslcdr.ini`` lists every key with its default
-under its help, docs/configuration.md names each (both tested).  The
-collector's ``collector/config.py`` declares its keys with the same parts.
-Bad values raise ``ConfigError`` naming section, key and reason (exit 2).
+under its help, docs/configuration.md names each (both tested); the collector's
+``collector/config.py`` declares its keys alike.  How a ``Setting``'s text is read
+and refused (``ConfigError``, exit 2): ``eslcdr/settings.py``.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Mapping
+
+# The machinery, importable from here as well (collector/config.py, tests).
+from .settings import (  # noqa: F401
+    ConfigError, Invalid, Layout, Setting, UnknownSection, above, at_least, check_sections, choice, defaults,
+    env_name, file_path, host_port, names, non_negative, origin, out_of_range, parsed, positive,
+    read_config_file, section_values, text, within,
+)
 
 DEFAULT_PATHS = (Path("/etc/eslcdr/eslcdr.ini"), Path("conf/eslcdr.ini"))
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names section and key."""
-
-
-class Invalid(ValueError):
-    """Raised by a ``Setting``'s parser: why the text is refused (the error
-    reads ``[section] key: <why>``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One key of an INI section, declared once."""
-
-    default: str  # as written in the INI file
-    # text -> value; a ValueError reads "'x' is not a valid <parse's name>",
-    # an Invalid gives its own reason
-    parse: Callable[[str], Any]
-    check: Callable[[Any], bool] | None = None  # the bounds: valid when true, else "out of range"
-    help: str = ""  # what it is for: the comment above the key in conf/eslcdr.ini
-
-    def value(self, values: Mapping[str, str], section: str, key: str) -> Any:
-        """``values[key]`` parsed and checked."""
-        raw = values[key]
-        try:
-            value = self.parse(raw)
-        except Invalid as exc:
-            raise ConfigError("[%s] %s: %s" % (section, key, exc)) from None
-        except ValueError:
-            raise ConfigError("[%s] %s: %r is not a valid %s" % (section, key, raw, self.parse.__name__)) from None
-        if self.check is not None and not self.check(value):
-            raise ConfigError("[%s] %s: %r is out of range" % (section, key, raw))
-        return value
-
-
-def text(raw: str) -> str:
-    return raw.strip()
-
-
-def names(raw: str) -> tuple[str, ...]:
-    """Names separated by commas (or lines)."""
-    return tuple(part.strip() for part in raw.replace("\n", ",").split(",") if part.strip())
-
-
-def choice(*options: str) -> Callable[[str], str]:
-    """One of ``options`` (case and surrounding blanks ignored)."""
-    allowed = ", ".join(options[:-1]) + " or " + options[-1]
-
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in options:
-            raise Invalid("%r must be %s" % (value, allowed))
-        return value
-
-    return parse
-
-
-def host_port(raw: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:8080`` for IPv6; no host = loopback) -> (host, port)."""
-    host, sep, port = raw.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise Invalid("%r is not host:port" % raw)
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def parse_listen(raw: str) -> tuple[str, int]:
@@ -102,23 +44,10 @@ def parse_listen(raw: str) -> tuple[str, int]:
 def _cors_origins(raw: str) -> tuple[str, ...]:
     """``*``, or origins (``https://ui.example.com``) separated by commas or spaces; empty = off."""
     origins = tuple(part for part in raw.replace(",", " ").split() if part)
-    for origin in origins:
-        if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.endswith("/")):
-            raise Invalid("%r is not * or an origin like https://ui.example.com" % origin)
+    for one in origins:
+        if one != "*" and (not one.startswith(("http://", "https://")) or one.endswith("/")):
+            raise Invalid("%r is not * or an origin like https://ui.example.com" % one)
     return ("*",) if "*" in origins else origins
-
-
-def positive(value: float) -> bool:
-    return value > 0
-
-
-def non_negative(value: float) -> bool:
-    return value >= 0
-
-
-def at_least(low: float) -> Callable[[float], bool]:
-    """The check of a value that must be ``low`` or more."""
-    return lambda value: value >= low
 
 
 # The HTTP server's bounds (``ServerLimits``, used by ``server.make_server``): the
@@ -176,7 +105,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     # [esl:NAME] sections take the same keys.
     "esl": {
         "host": Setting("127.0.0.1", text, help="address of FreeSWITCH's mod_event_socket"),
-        "port": Setting("8021", int, lambda v: 0 < v < 65536, help="its TCP port"),
+        "port": Setting("8021", int, within(1, 65535), help="its TCP port"),
         "password": Setting("ClueCon", str, help=(
             "Prefer ESLCDR_ESL_PASSWORD in the service environment over writing it here.")),
         "format": Setting("json", choice("json", "plain"), help="json (default: cheaper to decode) or plain"),
@@ -186,7 +115,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "cap (seconds) of the jittered exponential backoff between reconnects")),
     },
     "store": {
-        "path": Setting("/var/lib/eslcdr/cdrs.db", text, help=(
+        "path": Setting("/var/lib/eslcdr/cdrs.db", file_path("cdrs.db"), help=(
             "the SQLite file (WAL mode; created with its folder if missing)")),
         "flush_interval": Setting("0.2", float, positive, help=(
             "most seconds a finished CDR waits for its transaction: CDRs arriving within it are committed\n"
@@ -197,13 +126,13 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "delete CDRs that hung up more than this many days ago (0 = keep everything), but never\n"
             "a row a registered collector (a '*' token of the tokens file that has pulled the feed)\n"
             "has not acknowledged yet; deleted in batches of 250 between insert batches, the file shrinks")),
-        "retention_check_interval": Setting("60", float, lambda v: 0 < v <= 60, help=(
+        "retention_check_interval": Setting("60", float, above(0, up_to=60), help=(
             "seconds between two retention checks (also the refresh of the size, oldest row and\n"
             "unpulled rows shown by /health and /metrics); at most 60")),
         "queue_size": Setting("100000", int, positive, help=(
             "CDRs held in memory while SQLite cannot write (locked, disk full); past it they go to the spool")),
         # "" = the database path + ".spool" (build)
-        "spool_path": Setting("", text, help=(
+        "spool_path": Setting("", file_path("cdrs.db.spool"), help=(
             "append-only file (one JSON record per line, fsynced) for the CDRs SQLite cannot take yet:\n"
             "those past queue_size, and the whole backlog once a write has failed; replayed into SQLite\n"
             "exactly once at start and as soon as it takes writes again. Empty = the database path + .spool\n"
@@ -221,7 +150,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     },
     "api": {
         "listen": Setting("127.0.0.1:8080", host_port, help="host:port of the HTTP API; loopback by default"),
-        "tokens_file": Setting("/etc/eslcdr/tokens", text, help=(
+        "tokens_file": Setting("/etc/eslcdr/tokens", file_path("tokens"), help=(
             "one token per line: TOKEN ACCOUNT_ID or sha256:HEX ACCOUNT_ID ('*' = collector)")),
         **API_ANSWER_SETTINGS,
         **SERVER_LIMIT_SETTINGS,
@@ -251,12 +180,9 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     },
 }
 
-def defaults(settings: Mapping[str, Mapping[str, Setting]]) -> dict[str, dict[str, str]]:
-    """Section -> key -> default, as the INI file writes it."""
-    return {section: {key: setting.default for key, setting in keys.items()} for section, keys in settings.items()}
-
-
 DEFAULTS: dict[str, dict[str, str]] = defaults(SETTINGS)
+# [esl:NAME] sections take the keys of [esl]
+LAYOUT = Layout("eslcdr.ini", "eslcdr run", SETTINGS, plain=tuple(SETTINGS), named=("esl",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +262,8 @@ class ApiConfig:
         """The API's keys among a section's parsed ``values`` (``[api]``, or the collector's
         ``[collector]``), removed from them; ``raw``: the section's text, for the error."""
         if values["max_page_size"] < values["default_page_size"]:
-            raise ConfigError("[%s] max_page_size: %r is out of range" % (section, raw["max_page_size"]))
+            raise out_of_range(origin(raw, section, "max_page_size"), raw["max_page_size"],
+                               "at least default_page_size (%d)" % values["default_page_size"])
         host, port = values.pop("listen")
         return cls(host=host, port=port, tokens_file=values.pop("tokens_file"),
                    limits=ServerLimits.taken_from(values), **{key: values.pop(key) for key in API_ANSWER_SETTINGS})
@@ -371,85 +298,8 @@ class Config:
     source: str  # the file it was read from, or "<defaults>"
 
 
-def parsed(settings: Mapping[str, Setting], values: Mapping[str, str], section: str) -> dict[str, Any]:
-    """The keys of ``settings`` in a section's ``values``, parsed and checked."""
-    return {key: setting.value(values, section, key) for key, setting in settings.items()}
-
-
-def env_name(section: str, key: str) -> str:
-    """The environment variable that overrides ``[section] key``:
-    ``ESLCDR_<SECTION>_<KEY>``, upper case, any character but A-Z and 0-9 as
-    ``_`` (``[esl:fs-2] host`` -> ``ESLCDR_ESL_FS_2_HOST``)."""
-    return re.sub(r"[^A-Z0-9]", "_", "ESLCDR_%s_%s" % (section.upper(), key.upper()))
-
-
-def check_sections(parser: configparser.ConfigParser, settings: Mapping[str, Mapping[str, Setting]],
-                   plain: Collection[str], named: Collection[str]) -> None:
-    """Refuse a section or key ``settings`` does not declare: a section is
-    ``[NAME]`` for NAME in ``plain`` or ``[NAME:...]`` for NAME in ``named``."""
-    for section in parser.sections():
-        base, colon, _ = section.partition(":")
-        if base not in settings or base not in (named if colon else plain):
-            raise ConfigError("unknown section [%s]" % section)
-        for key in parser[section]:
-            if key not in settings[base]:
-                raise ConfigError("[%s] unknown key %r" % (section, key))
-
-
-def section_values(parser: configparser.ConfigParser, section: str, defaults: Mapping[str, str],
-                   environ: Mapping[str, str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A section's text: its ``defaults``, then what it ``inherit``s, then the
-    file's keys, then the environment's (``env_name``)."""
-    values = {**defaults, **(inherit or {}), **(parser[section] if parser.has_section(section) else {})}
-    values.update({key: environ[env_name(section, key)] for key in defaults if env_name(section, key) in environ})
-    return values
-
-
 def _node(name: str, section: str, values: Mapping[str, str]) -> EslNode:
     return EslNode(name=name, **parsed(SETTINGS["esl"], values, section))
-
-
-def read_config_file(parser: configparser.ConfigParser, path: str | os.PathLike | None,
-                     default_paths: Sequence[Path]) -> str:
-    """Read ``path`` (it must exist), or else the first of ``default_paths``
-    that exists, into ``parser``; return what was read (``<defaults>`` when
-    nothing was).  Shared by ``eslcdr run`` and ``eslcdr collect``."""
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("config file %s %s" % (path, "is not a file" if path.exists() else "does not exist"))
-        candidates = [path]
-    else:
-        candidates = [p for p in default_paths if p.is_file()][:1]
-    for candidate in candidates:
-        try:
-            with open(candidate, encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except configparser.Error as exc:
-            raise ConfigError("%s: %s" % (candidate, _parse_error(exc))) from None
-        except UnicodeDecodeError:
-            raise ConfigError("%s: not UTF-8 text" % candidate) from None
-        except OSError as exc:
-            raise ConfigError("cannot read %s: %s" % (candidate, exc.strerror)) from None
-        source = str(candidate)
-    return source
-
-
-def _parse_error(exc: configparser.Error) -> str:
-    """What is wrong with the file, by line number only: configparser's own
-    message quotes the offending line, which may hold a password or token
-    (a ``password`` line that lost its ``=``)."""
-    if isinstance(exc, configparser.MissingSectionHeaderError):
-        return "line %d: a line before the first [section] header" % exc.lineno
-    if isinstance(exc, configparser.ParsingError):
-        numbers = ", ".join(str(number) for number, _line in exc.errors)
-        return "line %s: not a 'key = value' line, a [section] header or a comment" % numbers
-    if isinstance(exc, configparser.DuplicateOptionError):
-        return "line %s: [%s] %s is set twice" % (exc.lineno, exc.section, exc.option)
-    if isinstance(exc, configparser.DuplicateSectionError):
-        return "line %s: section [%s] appears twice" % (exc.lineno, exc.section)
-    return "not a valid INI file (%s)" % type(exc).__name__
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -461,7 +311,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
 
 
 def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> Config:
-    check_sections(parser, SETTINGS, plain=SETTINGS, named=("esl",))
+    check_sections(parser, LAYOUT, source)
 
     def values(name: str, inherit: Mapping[str, str] | None = None) -> dict[str, str]:
         return section_values(parser, name, DEFAULTS[name.split(":", 1)[0]], environ, inherit)
@@ -469,15 +319,17 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
     esl = values("esl")
     cdr = parsed(SETTINGS["cdr"], values("cdr"), "cdr")
     node_name = cdr["node_name"] or socket.gethostname()
-    nodes = [_node(node_name, "esl", esl)]
+    nodes, named = [_node(node_name, "esl", esl)], {node_name: "[esl] ([cdr] node_name, or this host's name)"}
     for section in parser.sections():
         if section.startswith("esl:"):
             name = section.split(":", 1)[1].strip()
             if not name:
                 raise ConfigError("[%s] needs a node name after esl:" % section)
+            if name in named:  # each node's CDRs are told apart by its name
+                raise ConfigError("[%s] names the node %r, the name of %s too: give each node a name of its own"
+                                  % (section, name, named[name]))
+            named[name] = "[%s]" % section
             nodes.append(_node(name, section, values(section, inherit=esl)))
-    if len({node.name for node in nodes}) != len(nodes):
-        raise ConfigError("two [esl] sections share the node name %r" % node_name)
 
     store = parsed(SETTINGS["store"], values("store"), "store")
     api_values = values("api")

@@ -6,7 +6,7 @@ environment: ``ESLCDR_COLLECTOR_DSN`` (the DSN usually carries a password),
 ``ESLCDR_NODE_<NAME>_TOKEN`` / ``_URL`` for a node (NAME upper-cased, ``-``
 as ``_``), so secrets can live in a systemd ``EnvironmentFile``.
 
-Every key is declared once, in ``SETTINGS`` (``eslcdr/config.py``'s
+Every key is declared once, in ``SETTINGS`` (``eslcdr/settings.py``'s
 ``Setting``: default, parser, bounds, help); ``DEFAULTS``, the checks of
 ``build`` and the keys the file may hold derive from it, and
 ``conf/collector.ini`` lists every key, commented out, with its default
@@ -24,23 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..config import (
-    API_ANSWER_SETTINGS,
-    LOG_SETTINGS,
-    SERVER_LIMIT_SETTINGS,
-    ApiConfig,
-    ConfigError,
-    Invalid,
-    Setting,
-    at_least,
-    check_sections,
-    defaults,
-    host_port,
-    non_negative,
-    parsed,
-    read_config_file,
-    text,
-    section_values,
+from ..config import API_ANSWER_SETTINGS, LOG_SETTINGS, SERVER_LIMIT_SETTINGS, ApiConfig
+from ..settings import (
+    ConfigError, Invalid, Layout, Setting, at_least, check_sections, defaults, file_path, host_port,
+    non_negative, parsed, read_config_file, section_values,
 )
 from ..web.redact import REDACTED
 
@@ -194,7 +181,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
             "PostgreSQL URL (libpq); keep a password out of this file: ESLCDR_COLLECTOR_DSN.")),
         "listen": Setting("127.0.0.1:8090", host_port, help=(
             "The central API (the Kazoo CDR routes of every node's rows, /ui), /health and /metrics.")),
-        "tokens_file": Setting("/etc/eslcdr/collector-tokens", text, help=(
+        "tokens_file": Setting("/etc/eslcdr/collector-tokens", file_path("collector-tokens"), help=(
             "Tokens of the central API, as [api] tokens_file of eslcdr run: TOKEN ACCOUNT_ID or\n"
             "sha256:HEX ACCOUNT_ID per line ('*' reads every account); `eslcdr token add --tokens-file`.")),
         "poll_interval": Setting("1", float, at_least(0.01), help=(
@@ -242,6 +229,7 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     "log": LOG_SETTINGS,
 }
 DEFAULTS: dict[str, dict[str, str]] = defaults(SETTINGS)
+LAYOUT = Layout("collector.ini", "eslcdr collect", SETTINGS, plain=("collector", "log"), named=("node",))
 
 
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -258,7 +246,7 @@ def from_mapping(sections: Mapping[str, Mapping[str, str]], environ: Mapping[str
 
 
 def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source: str) -> CollectorConfig:
-    check_sections(parser, SETTINGS, plain=("collector", "log"), named=("node",))
+    check_sections(parser, LAYOUT, source)
     raw = section_values(parser, "collector", DEFAULTS["collector"], environ)
     values = parsed(SETTINGS["collector"], raw, "collector")
     api = ApiConfig.taken_from(values, raw, "collector")

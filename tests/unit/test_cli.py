@@ -22,13 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 JSON_CDR = DATA / "json_cdr"
 
 
-def eslcdr(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run the CLI in a subprocess, letting gevent serve in-process peers meanwhile."""
+def eslcdr(*args: str, cwd: Path | None = None, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess (``env``: further environment variables), letting
+    gevent serve in-process peers meanwhile."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "eslcdr", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
         cwd=str(cwd or ROOT),
     )
     waited = 0.0
@@ -128,6 +129,58 @@ def test_bad_config_exit_2(tmp_path):
         result = eslcdr(command, "-c", str(ini))
         assert result.returncode == 2
         assert "[esl] port" in result.stderr
+
+
+@pytest.mark.subprocess
+def test_a_bad_environment_override_names_the_variable_for_every_command(tmp_path):
+    ini = write_config(tmp_path, 8021)
+    collector_ini = tmp_path / "collector.ini"
+    collector_ini.write_text("[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
+    for args, variable, where in (
+            (("run", "-c", str(ini)), "ESLCDR_API_LISTEN", "[api] listen"),
+            (("check", "-c", str(ini)), "ESLCDR_API_LISTEN", "[api] listen"),
+            (("import", "-c", str(ini), str(tmp_path)), "ESLCDR_API_LISTEN", "[api] listen"),
+            (("token", "add", "-c", str(ini), "--account", "a1"), "ESLCDR_API_LISTEN", "[api] listen"),
+            (("collect", "-c", str(collector_ini)), "ESLCDR_COLLECTOR_LISTEN", "[collector] listen")):
+        result = eslcdr(*args, env={variable: "nope"})
+        assert (result.returncode, result.stdout) == (2, ""), (args, result.stdout + result.stderr)
+        assert result.stderr == "eslcdr: config error: %s (overrides %s): 'nope' is not host:port\n" % (
+            variable, where), (args, result.stderr)
+
+
+@pytest.mark.subprocess
+def test_the_other_commands_config_is_named_as_such(tmp_path):
+    # eslcdr run -c collector.ini, eslcdr collect -c eslcdr.ini: one line saying what the file is.
+    collector_ini = tmp_path / "collector.ini"
+    collector_ini.write_text("[collector]\nlisten = 127.0.0.1:0\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n"
+                             "[log]\nlevel = info\n")
+    daemon_ini = write_config(tmp_path, 8021)
+    for args, said in (
+            (("run", "-c", str(collector_ini)), "%s looks like the config of eslcdr collect (collector.ini):"
+             " unknown section [collector] for eslcdr run, whose config is eslcdr.ini" % collector_ini),
+            (("check", "-c", str(collector_ini)), "%s looks like the config of eslcdr collect (collector.ini):"
+             " unknown section [collector] for eslcdr check, whose config is eslcdr.ini" % collector_ini),
+            (("collect", "-c", str(daemon_ini)), "%s looks like the config of eslcdr run (eslcdr.ini):"
+             " unknown section [esl] for eslcdr collect, whose config is collector.ini" % daemon_ini)):
+        result = eslcdr(*args)
+        assert (result.returncode, result.stdout) == (2, ""), (args, result.stdout + result.stderr)
+        assert result.stderr == "eslcdr: config error: %s\n" % said, result.stderr
+    # A section neither command takes: the plain error, no guess.
+    collector_ini.write_text(collector_ini.read_text() + "[esll]\nhost = x\n")
+    result = eslcdr("run", "-c", str(collector_ini))
+    assert (result.returncode, result.stderr) == (2, "eslcdr: config error: unknown section [collector]\n")
+
+
+@pytest.mark.subprocess
+def test_a_database_path_that_is_a_folder_is_one_config_error_line(tmp_path):
+    # Before: import died with a traceback, check said ok, run 'cannot start ... Is a directory' (exit 1).
+    ini = write_config(tmp_path, 8021)
+    ini.write_text(ini.read_text().replace(str(tmp_path / "cdrs.db"), str(tmp_path)))
+    for args in (("run", "-c", str(ini)), ("check", "-c", str(ini)), ("import", "-c", str(ini), str(tmp_path))):
+        result = eslcdr(*args)
+        assert (result.returncode, result.stdout) == (2, ""), (args, result.stdout + result.stderr)
+        assert result.stderr == ("eslcdr: config error: [store] path: %r is a folder, not a file: name one in it,"
+                                 " e.g. %s\n" % (str(tmp_path), tmp_path / "cdrs.db")), result.stderr
 
 
 @pytest.mark.subprocess

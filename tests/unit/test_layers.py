@@ -17,7 +17,7 @@ RANK = {
     "base": 0, "esl": 1, "ingest": 2, "store": 3, "query": 4, "web": 5, "api": 6,
     "service": 7, "collector": 7, "fakefs": 7, "cli": 8, "__main__": 9,
 }
-BASE = {"__init__", "config", "backoff", "supervise", "keepalive", "static"}
+BASE = {"__init__", "config", "settings", "backoff", "supervise", "keepalive", "static"}
 # Imports between the top stages, each with its reason: the collector speaks
 # systemd's notify protocol as the daemon does; the demo runs the stand-in.
 LATERAL = {("collector", "service"), ("service", "fakefs")}

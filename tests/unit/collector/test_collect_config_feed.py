@@ -78,12 +78,13 @@ def test_bad_config_names_section_and_key(sections, message):
     "http://admin:s3cret@[::1:8080",  # a broken IPv6 host
 ])
 def test_a_refused_node_url_is_named_without_the_secret_in_it(url):
-    for sections, environ in (({"node:fs1": {"url": url, "token": "t"}}, {}),
-                              ({"node:fs1": NODE}, {"ESLCDR_NODE_FS1_URL": url})):
+    for sections, environ, where in (
+            ({"node:fs1": {"url": url, "token": "t"}}, {}, "[node:fs1] url: "),
+            ({"node:fs1": NODE}, {"ESLCDR_NODE_FS1_URL": url}, "ESLCDR_NODE_FS1_URL (overrides [node:fs1] url): ")):
         with pytest.raises(ConfigError) as err:
             cc.from_mapping(sections, environ)
         message = str(err.value)
-        assert message.startswith("[node:fs1] url: ") and "[redacted]" in message and "s3cret" not in message
+        assert message.startswith(where) and "[redacted]" in message and "s3cret" not in message
 
 
 def test_the_http_limits_are_the_daemons_keys():
@@ -269,7 +270,7 @@ def test_a_dsn_libpq_would_misread_is_refused_without_its_password(tmp_path, dsn
     ini.write_text("[collector]\nlisten = 127.0.0.1:0\ntimeout = 2\n[node:fs1]\nurl = http://127.0.0.1:1\ntoken = t\n")
     result = run_collect(ini, env={"ESLCDR_COLLECTOR_DSN": dsn})
     output = result.stderr + result.stdout
-    assert result.returncode == 2 and "[collector] dsn:" in result.stderr, output
+    assert result.returncode == 2 and "ESLCDR_COLLECTOR_DSN (overrides [collector] dsn):" in result.stderr, output
     for piece in pieces:
         assert piece not in output
 
