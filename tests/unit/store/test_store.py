@@ -441,11 +441,12 @@ def test_eslcdr_run_under_umask_0_keeps_the_database_private(tmp_path):
     daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log", preexec_fn=lambda: os.umask(0))
     try:
         assert len(wait_rows(db, ROW_COUNT["S1_json"])) == ROW_COUNT["S1_json"]
-        assert modes(db) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}  # while it runs
+        # The spool is made (empty) at start: private too.
+        assert modes(db) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600, ".spool": 0o600}  # while it runs
     finally:
         assert daemon.stop() == 0
         fake.stop()
-    assert modes(db) == {"db": 0o600}
+    assert modes(db) == {"db": 0o600, ".spool": 0o600}
 
 
 def test_migration_adds_sip_call_id_null_on_old_rows_filled_on_new_ones(tmp_path, events_of):
