@@ -151,7 +151,8 @@ def cmd_run(args) -> int:
         daemon = Daemon(cfg, api_factory=serve_api)
         daemon.start()
     except (OSError, sqlite3.Error) as exc:
-        print("eslcdr: cannot start (database %s, api %s:%d): %s" % (cfg.store.path, cfg.api.host, cfg.api.port, exc), file=sys.stderr)
+        print("eslcdr: cannot start (database %s, api %s:%d): %s%s" % (
+            cfg.store.path, cfg.api.host, cfg.api.port, exc, _low_space(cfg.store.path)), file=sys.stderr)
         return EXIT_FAILURE
     except TokenFileError as exc:
         print("eslcdr: config error: %s" % exc, file=sys.stderr)
@@ -160,6 +161,20 @@ def cmd_run(args) -> int:
         print("eslcdr: cannot start: %s: %s" % (cfg.store.path, exc), file=sys.stderr)
         return EXIT_FAILURE
     return daemon.serve_forever()
+
+
+LOW_SPACE = 1 << 20  # bytes: below this, a failed start names the free space
+
+
+def _low_space(db_path: str) -> str:
+    """'; its file system has N bytes free' when the database's folder is (nearly)
+    full: SQLite then cannot make room for its -shm file and says only 'disk I/O error'."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(db_path)))
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    return "; its file system has %d bytes free" % free if free < LOW_SPACE else ""
 
 
 def cmd_import(args) -> int:

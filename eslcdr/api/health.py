@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import bottle
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ..web.server import STATUS_IS_STATE
 from .core import Core, Route
 
 HealthFn = Callable[[], Mapping[str, Any]]
@@ -35,6 +36,8 @@ class Health:
     def health(self) -> Any:
         info = dict(self.health_fn())
         status = 200 if info.get("status", "ok") == "ok" else 503
+        # A 503 here is the state asked for, not a failed request: logged at debug.
+        bottle.request.environ[STATUS_IS_STATE] = True
         return self.core.json_response(info, status)
 
     def prometheus(self) -> Any:

@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, Sequence
 import sqlite_utils
 import structlog
 
-from .schema import JSON_COLUMNS, RECORD_COLUMNS, migrate, rollup_insert_statements
+from .schema import JSON_COLUMNS, RECORD_COLUMNS, SCHEMA_VERSION, migrate, rollup_insert_statements, schema_version
 
 log = structlog.get_logger(__name__)
 
@@ -188,12 +188,26 @@ def connect_writer(path: str | Path) -> sqlite3.Connection:
     # after a burst (e.g. a retention run).
     conn.execute("PRAGMA journal_size_limit=%d" % (64 * 1024 * 1024))
     conn.execute("PRAGMA wal_autocheckpoint=%d" % WAL_CHECKPOINT_PAGES)
-    migrate(conn)
+    _migrate_logged(conn, path)
     # A batch's temporary b-trees (the roll-ups' GROUP BY) in memory, not a
     # file created and deleted in /var/tmp at every commit.  Set after the
     # migrations: a VACUUM or an index build of a big file needs the disk.
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
+
+
+def _migrate_logged(conn: sqlite3.Connection, path: Path) -> None:
+    """Migrate; a file an older eslcdr wrote is upgraded between two log lines
+    (a big one may take minutes, before the daemon says it is ready)."""
+    found = schema_version(conn)
+    if not 0 < found < SCHEMA_VERSION:
+        migrate(conn)  # a new file, or one already current (or newer: refused)
+        return
+    log.info("schema_migration_begin", db=str(path), found_version=found, version=SCHEMA_VERSION)
+    started = time.monotonic()
+    migrate(conn)
+    log.info("schema_migration_done", db=str(path), found_version=found, version=SCHEMA_VERSION,
+             seconds=round(time.monotonic() - started, 2))
 
 
 def _incremental_auto_vacuum(conn: sqlite3.Connection, path: Path) -> None:

@@ -162,6 +162,7 @@ class Retention:
         self._clock = clock
         self._reported_error: str | None = None
         self._held_back_logged_at = float("-inf")
+        self._scheduled = False  # a deletion was asked for
         self.stats: dict = {}
         self.checks = 0
 
@@ -180,14 +181,16 @@ class Retention:
            half-written or emptied during an edit keeps the previous set, see
            eslcdr/api/tokens.py; a file that cannot be read skips the
            deletion, never guesses);
-        2. when ``retention_days`` > 0, asks the writer to delete rows hung up
+        2. refreshes the figures ``/health`` and ``/metrics`` show: file size,
+           oldest row, rows each collector has not pulled yet -- on a
+           read-only connection in the thread pool, never on the writer's;
+        3. when ``retention_days`` > 0, warns if a collector holds rows back
+           (judged on those figures, read after the previous check's deletion
+           ran to its end), then asks the writer to delete rows hung up
            more than that many days ago that every registered collector (a
            current ``*`` token with a row in ``collector_acks``) has
            acknowledged; the writer does it in small batches between its
-           insert batches;
-        3. refreshes the figures ``/health`` and ``/metrics`` show: file size,
-           oldest row, rows each collector has not pulled yet -- on a
-           read-only connection in the thread pool, never on the writer's.
+           insert batches.
         """
         collectors: frozenset[str] | None = self._tokens.collector_keys()
         error = self._tokens.error
@@ -196,25 +199,30 @@ class Retention:
                 log.error("retention_skipped_tokens_unreadable", error=error)
             collectors = None
         self._reported_error = error
+        try:
+            self.stats = in_thread(self._read_stats, collectors or frozenset(), errors=(sqlite3.Error,))
+        except sqlite3.Error as exc:
+            log.warning("storage_stats_failed", error=str(exc))
         days = self._store.retention_days
         if days and collectors is not None:
             cutoff = int(self._clock()) + GREGORIAN_OFFSET - days * DAY
             self._warn_if_held_back(cutoff)
             self._writer.schedule_retention(cutoff, collectors)
+            self._scheduled = True
         self.checks += 1
-        try:
-            self.stats = in_thread(self._read_stats, collectors or frozenset(), errors=(sqlite3.Error,))
-        except sqlite3.Error as exc:
-            log.warning("storage_stats_failed", error=str(exc))
 
     def _warn_if_held_back(self, cutoff: int) -> None:
         """A collector that stopped pulling keeps every row from then on:
         say so (hourly) while rows an hour past due are kept for it, so the
-        operator removes its token or mends it before the disk fills."""
+        operator removes its token or mends it before the disk fills.
+        Only once an earlier deletion ran to its end: until then the oldest
+        row may be one that is simply due (a first start with retention on)."""
+        if not self._scheduled or self._writer.retention_running:
+            return
         stats = self.stats
         oldest = stats.get("oldest_timestamp")
         behind = {key: c for key, c in stats.get("collectors", {}).items() if c["unpulled"]}
-        if oldest is None or oldest >= cutoff - 3600 or not behind or self._writer.retention_running:
+        if oldest is None or oldest >= cutoff - 3600 or not behind:
             return
         now = self._clock()
         if now - self._held_back_logged_at < 3600:

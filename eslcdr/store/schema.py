@@ -464,9 +464,14 @@ MIGRATIONS = (create_cdrs, create_links, create_meta_and_acks, add_quality_colum
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The file's schema version: the migrations applied (0: a new file)."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database up to SCHEMA_VERSION; return the version found."""
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    found = schema_version(conn)
     if found > SCHEMA_VERSION:
         raise SchemaTooNew("database", found, SCHEMA_VERSION)
     for version in range(found, SCHEMA_VERSION):

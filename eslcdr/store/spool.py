@@ -52,9 +52,13 @@ class Spool:
         off with a warning (its CDR was not reported as spooled, so it is
         accounted for by the error log of the caller, never lost silently), so
         the next append starts on a line of its own.
+
+        The file is opened for appending (created if need be) here, not at the
+        first outage: a spool that cannot be written (its folder read-only or
+        not a folder) raises at start, while nothing needs it yet.
         """
-        if not self.path.exists():
-            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         # Count the lines a chunk at a time: a spool may be far larger than memory.
         lines = end = total = 0
         with open(self.path, "rb") as f:

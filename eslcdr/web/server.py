@@ -37,7 +37,7 @@ from .redact import Redactor, presented_in_environ
 if TYPE_CHECKING:
     from gevent.pywsgi import WSGIServer
 
-__all__ = ["AccessLog", "ServerLimits", "envelope_bytes", "make_server"]
+__all__ = ["AccessLog", "STATUS_IS_STATE", "ServerLimits", "envelope_bytes", "make_server"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,13 +48,18 @@ _STATUS_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too
                    503: "Service Unavailable"}
 # The status in an access line (ApiHandler.format_request): `client "request line" STATUS LENGTH SECONDS`.
 _ACCESS_STATUS = re.compile(r'" (\d{3}) ')
+# Set in the WSGI environ by a route whose 5xx is its answer, not a failure (/health's
+# 503: "degraded", polled by monitoring all through a FreeSWITCH outage, whose start
+# and end have their own lines): its access line is debug, as a served request's.
+STATUS_IS_STATE = "eslcdr.status_is_state"
 
 
 class AccessLog:
     """pywsgi's access and error log as structlog ``http_request`` lines, one per request:
     a successful request at debug (a collector polls the feed every few seconds, the
     info log stays readable), a refused or failed one (4xx -- of which the server passes
-    one per status every LOG_INTERVAL, ``Repeats`` -- 5xx, or no status) at info."""
+    one per status every LOG_INTERVAL, ``Repeats`` -- 5xx but a ``STATUS_IS_STATE`` 503, or
+    no status) at info."""
 
     def write(self, line: str) -> None:
         line = line.strip()
@@ -306,6 +311,9 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             code = self.code if self.status else 0
             if 400 <= code < 500 and not self.server.repeats.admit("http_request:%d" % code):
                 log.debug("http_request", line=line)  # counted in the next http_repeated line
+                return
+            if code == 503 and (self.environ or {}).get(STATUS_IS_STATE):
+                log.debug("http_request", line=line)
                 return
             self.server.log.write(line + "\n")
 

@@ -349,6 +349,28 @@ def test_run_with_unwritable_database_fails_clearly(tmp_path):
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "not-a-dir" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "bytes free" not in result.stderr  # room enough: no word of it
+
+
+@pytest.mark.subprocess
+def test_run_on_a_full_file_system_says_so(tmp_path):
+    # A database on a full file system: SQLite cannot grow its -shm file and says
+    # 'disk I/O error' (seen with a full tmpfs), which reads like failing hardware.
+    # The start fails here for another reason (its folder is a file); the file
+    # system's free space is what statvfs says, made 0 in the child.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    ini = write_config(tmp_path, 8021, extra="")
+    ini.write_text(ini.read_text().replace(str(tmp_path / "cdrs.db"), str(blocker / "cdrs.db")))
+    full = ("import os, sys; real = os.statvfs\n"
+            "class Full:\n    f_bavail = 0\n    f_frsize = 4096\n"
+            "os.statvfs = lambda p: Full() if p == %r else real(p)\n"
+            "from eslcdr.cli import main; sys.exit(main(['run', '-c', %r]))" % (str(blocker), str(ini)))
+    result = subprocess.run([sys.executable, "-c", full], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(ROOT))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.rstrip().endswith("Not a directory: '%s'; its file system has 0 bytes free"
+                                           % (blocker / "cdrs.db")), result.stderr
 
 
 @pytest.mark.subprocess

@@ -777,6 +777,33 @@ def test_health_and_metrics(env):
     assert "token-a" not in text
 
 
+def test_a_degraded_health_answer_is_no_failed_request_in_the_log(env):
+    # Monitoring polls /health all through a FreeSWITCH outage (esl_disconnected and
+    # esl_connected say when it starts and ends): its 503 is the state asked for, a
+    # debug line as a 200; before, each poll was an info line like a failed request.
+    from structlog.testing import capture_logs
+
+    from eslcdr.web import server as srv
+    from tests.harness import wait_until
+    from tests.unit.web.test_server import LIMITS, ask, status
+
+    server = srv.make_server(env.app, "127.0.0.1", 0, limits=LIMITS)
+    server.start()
+    try:
+        with capture_logs() as logs:
+            for health in ({"status": "degraded", "nodes": {"fs1": {"state": "disconnected"}}}, env.health):
+                env.health = health
+                answer = ask(server.server_port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert status(answer) in (200, 503)
+            env.health = None  # the health function fails: a 500, a failure
+            assert status(ask(server.server_port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 500
+            wait_until(lambda: len([e for e in logs if e["event"] == "http_request"]) == 3, timeout=5)
+    finally:
+        server.stop(timeout=1)
+    lines = [(e["log_level"], e["line"].split('" ')[1][:3]) for e in logs if e["event"] == "http_request"]
+    assert lines == [("debug", "503"), ("debug", "200"), ("info", "500")]
+
+
 # ------------------------------------------------- paging property (hypothesis)
 
 # Few distinct timestamps, so pages often split a run of equal keys.

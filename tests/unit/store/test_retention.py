@@ -162,6 +162,72 @@ def test_collector_keys_are_the_star_tokens_in_force(tmp_path):
     assert "line 1" in store.error
 
 
+def test_rows_simply_due_at_the_first_check_are_not_taken_for_a_collector_holding_them_back(tmp_path):
+    # A first start with retention on: a month of rows due, a collector pulling
+    # every second (a few recent rows not pulled yet). Before, the second check
+    # judged on figures read right after the first one asked for the deletion
+    # (the writer deletes later) and warned retention_held_back_by_collector
+    # for rows already gone -- then stayed silent for an hour.
+    from structlog.testing import capture_logs
+
+    import gevent.event
+
+    from eslcdr.config import from_mapping
+    from eslcdr.store.retention import Retention
+
+    path = tmp_path / "a.db"
+    conn = store.connect_writer(path)
+    olds, news = old_and_new(conn, 50, 5)
+    collector = hashlib.sha256(b"collector-token").hexdigest()
+    store.insert_records(conn, [], acks={collector: (len(olds) + 3, 1)})  # 2 recent rows unpulled
+
+    class LaterWriter:
+        """Deletes when told to, as the writer does between its batches."""
+        deleted = 0
+        asked = None
+
+        def schedule_retention(self, cutoff, collectors):
+            self.asked = (cutoff, collectors)
+
+        @property
+        def retention_running(self):
+            return self.asked is not None
+
+        def run(self):
+            while self.asked and delete_expired(conn, *self.asked, limit=1000) == 1000:
+                pass
+            self.asked = None
+
+    class Tokens:
+        error = None
+
+        def collector_keys(self):
+            return frozenset({collector})
+
+    writer = LaterWriter()
+    config = from_mapping({"store": {"path": str(path), "retention_days": "1"}})
+    retention = Retention(config, writer, gevent.event.Event(), Tokens())
+    with capture_logs() as logs:
+        retention.check()  # asks for the deletion
+        writer.run()
+        retention.check()
+        writer.run()
+        retention.check()
+    assert call_ids(path) == {r["call_id"] for r in news}
+    assert [e for e in logs if e["event"] == "retention_held_back_by_collector"] == []
+    # A collector that stopped pulling: its old rows stay, and that is said once.
+    olds_again = [leg(NOW_G - 3 * DAY + i) for i in range(100, 103)]  # written after its last pull
+    store.insert_records(conn, olds_again)
+    with capture_logs() as logs:
+        retention.check()
+        writer.run()
+        retention.check()
+        retention.check()
+    held = [e for e in logs if e["event"] == "retention_held_back_by_collector"]
+    assert len(held) == 1 and held[0]["oldest_timestamp"] == olds_again[0]["timestamp"]
+    assert call_ids(path) == {r["call_id"] for r in news + olds_again}
+
+
 # ------------------------------------------------------------ real daemon
 
 

@@ -59,6 +59,18 @@ def fast_failing(path) -> sqlite3.Connection:
 # ----------------------------------------------------------------- the file
 
 
+def test_a_spool_that_cannot_be_written_is_known_at_start(tmp_path):
+    # Before, the file was first opened for writing at the first outage: a
+    # spool_path under a file (or a folder the unit does not let it write) was
+    # accepted at start, and the CDRs it was there for were lost when SQLite failed.
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OSError):
+        Spool(tmp_path / "a-file" / "cdrs.spool")
+    spool = Spool(tmp_path / "new" / "cdrs.spool")  # its folder made, as at the first append
+    assert spool.path.stat().st_size == 0 and spool.path.stat().st_mode & 0o777 == 0o600
+    assert spool.empty and spool.backlog == 0
+
+
 def test_spool_appends_reads_and_empties_once_replayed(tmp_path):
     spool = Spool(tmp_path / "s.spool")
     assert spool.empty and spool.backlog == 0
@@ -148,8 +160,11 @@ def test_full_disk_spools_and_replays_when_space_returns(tmp_path):
 def test_spool_unwritable_too_logs_each_record_in_full(tmp_path):
     db = tmp_path / "a.db"
     conn = fast_failing(db)
-    (tmp_path / "not-a-dir").write_text("")
     spool = Spool(tmp_path / "not-a-dir" / "a.spool")
+    # Writable at start (else Spool() raises), unwritable once needed.
+    spool.path.unlink()
+    spool.path.parent.rmdir()
+    (tmp_path / "not-a-dir").write_text("")
     writer = Writer(conn, batch_size=4, flush_interval=0.01, capacity=3, max_retry_delay=0.05, spool=spool)
     other = locked(db)
     with capture_logs() as logs:

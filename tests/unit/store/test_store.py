@@ -165,6 +165,25 @@ def test_merge_gives_both_groups_the_earlier_interaction_start(tmp_path):
         1_000_000,)
 
 
+def test_an_upgrade_of_an_older_file_is_logged_a_new_or_current_file_is_not(tmp_path):
+    # The first start after an upgrade may migrate a big file for minutes before the
+    # daemon is ready: the log says so, from and to which version (before: nothing
+    # between tokens_loaded and daemon_started).
+    from structlog.testing import capture_logs
+
+    old = database_before(tmp_path / "old.db", schema.add_interaction_created)
+    old.close()
+    with capture_logs() as logs:
+        connect_writer(tmp_path / "old.db").close()
+        connect_writer(tmp_path / "old.db").close()  # current now
+        connect_writer(tmp_path / "new.db").close()
+    lines = [(e["event"], e["db"], e["found_version"], e["version"]) for e in logs if e["event"].startswith("schema_")]
+    found = schema.MIGRATIONS.index(schema.add_interaction_created)
+    assert lines == [("schema_migration_begin", str(tmp_path / "old.db"), found, schema.SCHEMA_VERSION),
+                     ("schema_migration_done", str(tmp_path / "old.db"), found, schema.SCHEMA_VERSION)]
+    assert [e["seconds"] >= 0 for e in logs if e["event"] == "schema_migration_done"] == [True]
+
+
 def test_migration_fills_interaction_start_of_old_rows(tmp_path):
     path = tmp_path / "old.db"
     old = database_before(path, schema.add_interaction_created)
@@ -422,11 +441,12 @@ def test_eslcdr_run_under_umask_0_keeps_the_database_private(tmp_path):
     daemon = DaemonProcess(write_config(tmp_path, fake.port), tmp_path / "daemon.log", preexec_fn=lambda: os.umask(0))
     try:
         assert len(wait_rows(db, ROW_COUNT["S1_json"])) == ROW_COUNT["S1_json"]
-        assert modes(db) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}  # while it runs
+        # The spool is made (empty) at start: private too.
+        assert modes(db) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600, ".spool": 0o600}  # while it runs
     finally:
         assert daemon.stop() == 0
         fake.stop()
-    assert modes(db) == {"db": 0o600}
+    assert modes(db) == {"db": 0o600, ".spool": 0o600}
 
 
 def test_migration_adds_sip_call_id_null_on_old_rows_filled_on_new_ones(tmp_path, events_of):
