@@ -447,6 +447,16 @@ def _interaction_created(interaction_us: int, created_us: int) -> int | None:
     return interaction_us or created_us or None
 
 
+# A written-off leg's columns taken from its live view (LiveLeg's field names).
+_SEEN_COLUMNS = (
+    ("account_id", "account_id"), ("owner_id", "owner_id"), ("authorizing_id", "authorizing_id"),
+    ("channel_name", "channel_name"), ("call_direction", "direction"), ("caller_id_name", "caller_id_name"),
+    ("caller_id_number", "caller_id_number"), ("callee_id_name", "callee_id_name"),
+    ("callee_id_number", "callee_id_number"), ("request", "destination"), ("presence_id", "presence_id"),
+    ("other_leg_call_id", "other_leg"),
+)
+
+
 def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:
     """A leg whose hangup was missed while disconnected: what we know of it.
 
@@ -456,20 +466,7 @@ def build_lost_cdr(leg: LostLeg, node: str, now_us: int) -> Record:
     billing is 0, its end unknown.
     """
     seen = leg.seen
-    shown: Record = {} if seen is None else {
-        "account_id": seen.account_id or None,
-        "owner_id": seen.owner_id or None,
-        "authorizing_id": seen.authorizing_id or None,
-        "channel_name": seen.channel_name or None,
-        "call_direction": seen.direction or None,
-        "caller_id_name": seen.caller_id_name or None,
-        "caller_id_number": seen.caller_id_number or None,
-        "callee_id_name": seen.callee_id_name or None,
-        "callee_id_number": seen.callee_id_number or None,
-        "request": seen.destination or None,
-        "presence_id": seen.presence_id or None,
-        "other_leg_call_id": seen.other_leg or None,
-    }
+    shown: Record = {} if seen is None else {column: getattr(seen, name) or None for column, name in _SEEN_COLUMNS}
     return shown | {
         "id": cdr_id(leg.call_id, now_us),
         "call_id": leg.call_id,
