@@ -378,8 +378,10 @@ class NodeConnection:
         on_protocol_error: Callable[[str, bytes], None] | None = None,
         decoder: EventDecoder | None = None,
         on_pause: Callable[[float], None] | None = None,
+        on_subscribe: Callable[[], None] | None = None,
     ) -> None:
         self.node = node
+        self._on_subscribe = on_subscribe  # told before each subscription (the resync's reference)
         self._decoder = decoder
         self._on_pause = on_pause
         self._on_event = on_event
@@ -407,6 +409,8 @@ class NodeConnection:
         self.client = client
         try:
             client.connect()
+            if self._on_subscribe is not None:
+                self._on_subscribe()
             client.command("event %s %s" % (self.node.format, " ".join(SUBSCRIBED_EVENTS)))
             core = client.command("api global_getvar core_uuid")
             channels = client.command("api show channels as json")

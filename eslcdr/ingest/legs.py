@@ -212,6 +212,7 @@ class LegTracker(Interactions):
         self._finished: dict[str, int] = {}  # call id -> when it finished (µs)
         self._suspects: dict[str, int] = {}  # call id -> write-off deadline (µs)
         self._until_trim = TRIM_EVERY
+        self._known_before: set[str] | None = None  # live legs when the subscription began
         self.duplicates = 0
         self.expired = 0
 
@@ -403,15 +404,24 @@ class LegTracker(Interactions):
         while events raised before it may still wait in the socket's queue,
         so a leg missing from the list may have its HANGUP_COMPLETE on the
         way.  ``take_lost`` writes off those still silent after ``grace_us``.
-        Returns how many legs were marked.
+        Only legs known before the subscription (``subscribing``) are judged:
+        one first heard on this connection is live here (FreeSWITCH's core db,
+        which ``show channels`` reads, may list a new channel after its
+        events).  Returns how many legs were marked.
         """
         deadline = now_us + grace_us
+        before, self._known_before = self._known_before, None
         marked = 0
         for call_id in self._legs:
-            if call_id not in alive:
+            if call_id not in alive and (before is None or call_id in before):
                 self._suspects[call_id] = deadline
                 marked += 1
         return marked
+
+    def subscribing(self) -> None:
+        """A connection is about to subscribe: the legs known now are the ones
+        the next ``resync`` judges."""
+        self._known_before = set(self._legs)
 
     def seed(self, rows, now_us: int) -> list[str]:
         """Take ``show channels as json`` rows after a (re)connect.

@@ -269,7 +269,7 @@ class Daemon:
             self.pipelines[node.name] = pipeline
             self.nodes[node.name] = NodeConnection(
                 node, pipeline.on_event, self._on_resync(pipeline), decoder=pipeline.decoder,
-                on_pause=self.writer.quiet_until,
+                on_pause=self.writer.quiet_until, on_subscribe=pipeline.tracker.subscribing,
             )
         self.supervise("writer", self.writer.run)
         self.supervise("spooler", self.writer.run_spooler)

@@ -351,6 +351,26 @@ def test_the_legs_of_a_call_ending_after_a_silence_are_handed_over_before_the_pa
         assert "pause" not in between, seen
 
 
+def test_the_subscription_is_announced_before_it_is_made_once_a_connection():
+    # The daemon's resync judges the legs known at this moment (ingest/legs.py
+    # subscribing): it must come before the first event of the connection.
+    seen = []
+    fake = FakeFreeSWITCH(events=ReplaySource([DATA / "S1_json.esl"]), hold=True).start()
+    connection = NodeConnection(node(fake.port), lambda event: seen.append(event["Event-Name"]),
+                                lambda rows: seen.append("resync"), on_subscribe=lambda: seen.append("subscribe"))
+    runner = gevent.spawn(connection.run)
+    try:
+        with gevent.Timeout(20):
+            while len(seen) < len(capture_events("S1_json.esl")) + 2:
+                gevent.sleep(0.02)
+    finally:
+        connection.stop()
+        runner.join(timeout=5)
+        fake.stop()
+    # Events come as soon as the subscription is made, before show channels' answer.
+    assert seen[0] == "subscribe" and seen.count("subscribe") == seen.count("resync") == 1, seen[:5]
+
+
 def test_parse_channel_rows_uuids():
     assert parse_channel_rows('{"row_count": 0}\n') == []
     body = '{"row_count":2,"rows":[{"uuid":"a","name":"x"},{"uuid":"b"}]}'

@@ -236,6 +236,24 @@ def test_resync_writes_off_vanished_legs_after_grace(events_of):
     assert tracker.live_call_ids() == [keep]
 
 
+def test_a_resync_judges_only_the_legs_known_before_the_subscription():
+    # FreeSWITCH's core db (what show channels reads) may list a channel after
+    # its CHANNEL_CREATE was sent: a leg first heard on this connection is not
+    # missing from the list, just new.  Marked, it was written off after the
+    # grace and its real hangup then ignored (eslcdr demo: 4-32 legs a start).
+    tracker = LegTracker()
+    tracker.feed(_event("CHANNEL_CREATE", "old-gone", 1_000_000), 1)
+    tracker.feed(_event("CHANNEL_CREATE", "old-live", 1_000_000), 1)
+    tracker.subscribing()
+    tracker.feed(_event("CHANNEL_CREATE", "new-unlisted", 2_000_000), 2)
+    assert tracker.resync({"old-live"}, 3, grace_us=0) == 1
+    assert [leg.call_id for leg in tracker.take_lost(4)] == ["old-gone"]
+    assert tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "new-unlisted", 2_000_000), 5).interaction_id
+    # Without a subscription noted (a resync called alone), every unlisted leg is judged.
+    tracker.feed(_event("CHANNEL_CREATE", "late", 6_000_000), 6)
+    assert tracker.resync(set(), 7, grace_us=0) == 2
+
+
 def test_hangup_arriving_within_grace_wins_over_resync(events_of):
     # FreeSWITCH may answer "show channels" before it flushed the queued
     # HANGUP_COMPLETE of a leg that just ended.
