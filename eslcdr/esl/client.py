@@ -420,7 +420,8 @@ class NodeConnection:
             client.close()
             raise
         # The switch's run (a new one each start), unless the API refused (-ERR).
-        self.core_uuid = core.data.strip() if core.data.strip()[:1] not in ("", "-") else None
+        answer = core.data.strip()
+        self.core_uuid = answer if answer[:1] not in ("", "-") else None
         client.pace = True
         return client
 

@@ -97,7 +97,7 @@ class LostLeg:
     interaction_id: str
     interaction_created_us: int = 0  # as FinishedLeg's
     sip_call_id: str = ""  # the SIP Call-ID an event of the leg showed, or ""
-    seen: "LiveLeg | None" = None  # what its events showed: account, caller, state...
+    seen: LiveLeg | None = None  # what its events showed: account, caller, state...
 
 
 @dataclass(frozen=True, slots=True)
