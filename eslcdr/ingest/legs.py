@@ -243,10 +243,12 @@ class LegTracker(Interactions):
 
     def _live(self, call_id: str, leg: _Leg) -> LiveLeg:
         return LiveLeg(
-            call_id, self._interaction.get(call_id, ""), leg.direction, leg.state, leg.answered, leg.created_us,
-            leg.answered_us, leg.name, leg.destination, leg.cid_name, leg.cid_num, leg.callee_name,
-            leg.callee_num, leg.presence_id, leg.account_id, leg.owner_id, leg.authorizing_id,
-            leg.partner or leg.other_leg,
+            call_id=call_id, interaction_id=self._interaction.get(call_id, ""), direction=leg.direction,
+            state=leg.state, answered=leg.answered, created_us=leg.created_us, answered_us=leg.answered_us,
+            channel_name=leg.name, destination=leg.destination, caller_id_name=leg.cid_name,
+            caller_id_number=leg.cid_num, callee_id_name=leg.callee_name, callee_id_number=leg.callee_num,
+            presence_id=leg.presence_id, account_id=leg.account_id, owner_id=leg.owner_id,
+            authorizing_id=leg.authorizing_id, other_leg=leg.partner or leg.other_leg,
         )
 
     @property
