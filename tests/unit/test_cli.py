@@ -210,6 +210,22 @@ def test_a_database_path_that_is_a_folder_is_one_config_error_line(tmp_path):
 
 
 @pytest.mark.subprocess
+def test_demo_refusals_name_the_option_typed_and_create_nothing(tmp_path):
+    # Before: "eslcdr: config error: [store] path: ..." for --db (and [api] listen for
+    # --listen), after the demo had written a tokens file beside the folder.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = eslcdr("demo", "--db", str(folder), "--duration", "1")
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "argument --db: %r is a folder, not a file: name one in it, e.g. %s\n" % (
+        str(folder), folder / "eslcdr-demo.db") in result.stderr
+    result = eslcdr("demo", "--listen", "nonsense", "--db", str(tmp_path / "d.db"), "--duration", "1")
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "argument --listen: 'nonsense' is not host:port" in result.stderr and "[api]" not in result.stderr
+    assert list(tmp_path.iterdir()) == [folder]
+
+
+@pytest.mark.subprocess
 def test_a_config_line_without_equals_is_not_echoed(tmp_path):
     # The password line lost its '=': the error names the file and line, not the secret.
     for command, name in (("run", "eslcdr.ini"), ("check", "eslcdr.ini"), ("collect", "collector.ini")):
