@@ -15,6 +15,22 @@ from . import __version__
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+def _option(parse):
+    """An argparse type checking its text with a config setting's parser: the
+    refusal names the option typed (``argument --db: ...``), not the setting
+    it fills, before anything is created."""
+    from .settings import Invalid
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except Invalid as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
+
+
 def _add_config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
@@ -34,10 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(run)
 
     from .fakefs.cli import non_negative_float, non_negative_int
+    from .settings import file_path, host_port
 
     demo = commands.add_parser("demo", help="the daemon against the built-in FreeSWITCH stand-in")
-    demo.add_argument("--db", default="eslcdr-demo.db", metavar="PATH", help="database file (default: eslcdr-demo.db)")
-    demo.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="API address (default: 127.0.0.1:8080)")
+    demo.add_argument("--db", default="eslcdr-demo.db", type=_option(file_path("eslcdr-demo.db")), metavar="PATH",
+                      help="database file (default: eslcdr-demo.db)")
+    demo.add_argument("--listen", default="127.0.0.1:8080", type=_option(host_port), metavar="HOST:PORT",
+                      help="API address (default: 127.0.0.1:8080)")
     demo.add_argument("--calls", type=non_negative_int, default=500, help="live calls to generate (default: 500; 0: no end)")
     demo.add_argument("--history", type=non_negative_int, default=2000, metavar="CALLS",
                       help="calls of the past 24 hours, sent first, for the /ui page to show (default: 2000)")

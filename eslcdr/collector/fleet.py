@@ -11,8 +11,8 @@ deadline for the whole fan-out, connect included), answers an HTTP error, a
 body over ``max_bytes`` or anything but Kazoo's ``{"data": [channel, ...]}``
 is left out and listed in ``unreachable`` with its reason: the answer never
 waits past the timeout and a node never turns it into an error.  Tokens are
-never logged nor put in a reason.  Sockets are gevent's, so the fan-out is
-cooperative with or without monkey patching.
+never logged (the path as the access log's target) nor put in a reason.
+Sockets are gevent's, so the fan-out is cooperative with or without patching.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import orjson
 import structlog
 
 from .. import __version__
+from ..web.redact import Redactor
 from .config import CollectorConfig, FeedNode, redact_secrets
 
 log = structlog.get_logger(__name__)
@@ -210,7 +211,7 @@ def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_
     channels.sort(key=lambda c: c["timestamp"] if type(c.get("timestamp")) is int else float("inf"))
     result = FleetChannels(tuple(channels), tuple(unreachable))
     (log.warning if unreachable else log.debug)(
-        "fleet_channels", path=path, nodes=len(nodes), channels=len(channels),
+        "fleet_channels", path=Redactor().target(path), nodes=len(nodes), channels=len(channels),
         unreachable=result.fields()["unreachable_nodes"], ms=round((time.monotonic() - started) * 1000, 1))
     return result
 

@@ -287,11 +287,9 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(source, ReplaySource)
         else ("%s generated call(s)" % (args.calls or "endless"))
     )
-    print(
-        "FreeSWITCH stand-in on %s:%d (password %s), %s"
-        % (args.host, fake.port, args.password, what),
-        flush=True,
-    )
+    # Never the password itself: where it is set.
+    password = "--password's default, see --help" if args.password == DEFAULT_PASSWORD else "as set by --password"
+    print("FreeSWITCH stand-in on %s:%d (ESL password %s), %s" % (args.host, fake.port, password, what), flush=True)
     stop = GeventEvent()
     handlers = [
         gevent.signal_handler(signal.SIGTERM, stop.set),

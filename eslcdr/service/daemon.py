@@ -354,23 +354,34 @@ class Daemon:
 
     def reload(self) -> None:
         """Re-read the tokens file and ``[log] level`` (SIGHUP, ``systemctl
-        reload``).  Every other setting needs a restart."""
+        reload``).  Every other setting needs a restart.  One line: ``reloaded``
+        (info) when both applied, else ``reload_refused`` (error) naming what
+        applied, what was refused and why (the previous value stays)."""
         self.notifier.reloading()
         source = self.config.source
-        if source.startswith("<"):
-            level = self.log_level  # built in memory (demo, tests): no file to re-read
-        else:
+        applied, refused, errors = [], [], {}
+        if not source.startswith("<"):  # else built in memory (demo, tests): no file to re-read
             try:
                 level = load_config(source).log.level
             except ConfigError as exc:
-                log.error("reload_config_invalid", error=str(exc))
-                level = self.log_level
-        if level != self.log_level:
-            logs.configure(level, self.config.log.format)
-            self.log_level = level
+                refused.append("log_level")
+                errors["config_error"] = str(exc)
+            else:
+                applied.append("log_level")
+                if level != self.log_level:
+                    logs.configure(level, self.config.log.format)
+                    self.log_level = level
         if self.tokens is not None:
             self.tokens.reload()
-        log.info("reloaded", log_level=self.log_level, config=source)
+            (refused if self.tokens.error else applied).append("tokens_file")
+            if self.tokens.error:
+                errors["tokens_error"] = self.tokens.error
+        fields = dict(applied=applied, refused=refused, **errors, log_level=self.log_level,
+                      tokens=self.tokens.count if self.tokens else None, config=source)
+        if refused:
+            log.error("reload_refused", **fields)
+        else:
+            log.info("reloaded", **fields)
         self.notifier.ready(status_text(self.status()))
 
     def request_reload(self) -> None:

@@ -4,9 +4,10 @@ A token can reach the server in many spellings: ``?auth_token=T``,
 ``?auth%5Ftoken=T``, ``?auth_tok%65n=T``, double-encoded, ``+`` for spaces,
 upper case, in a path segment, in any header.  Redaction therefore works on
 *decoded* text, never on the raw request line: ``Redactor`` replaces the
-values of secret parameters and any credential it recognises, and ``scrub``
-is the last line of defence, run by the log configuration on every string of
-every event.
+values of secret parameters, any credential it recognises and any path
+segment shaped like a generated token (``looks_generated``: a revoked token,
+another server's), and ``scrub`` is the last line of defence, run by the log
+configuration on every string of every event.
 
 Nothing here logs; callers log what it returns.  Bad requests are never
 logged with their raw bytes at all (see ``api.make_server``).
@@ -36,6 +37,7 @@ _SCRUB = re.compile(
     r"[^\s&;,\"'<>]+"
 )
 _SCRUB_HINT = re.compile(r"(?i)tok|bearer|key|passw|%")
+_GENERATED_RUN = re.compile(r"[A-Za-z0-9_-]{%d,}" % GENERATED_TOKEN_LENGTH)
 
 
 def decodings(text: str, rounds: int = DECODE_ROUNDS) -> list[str]:
@@ -72,6 +74,20 @@ def candidates(text: str) -> set[str]:
     return found
 
 
+def looks_generated(text: str) -> bool:
+    """Whether text, at any decoding level, holds what looks like a token this
+    software makes (``secrets.token_urlsafe(32)``: a run of GENERATED_TOKEN_LENGTH
+    or more URL-safe characters with both upper- and lower-case letters), known
+    or not: a revoked token, another server's.  The ids in the API's paths are
+    hex, one case: account and user ids, a CDR id (``YYYYMM-`` and the call's
+    UUID or id), Kazoo's interaction id (``<11 digits>-<hex>``)."""
+    for form in decodings(text):
+        for run in _GENERATED_RUN.findall(form):
+            if not run.islower() and not run.isupper():
+                return True
+    return False
+
+
 def secret_name(name: str) -> bool:
     """True for a parameter or header name that carries a credential."""
     for form in decodings(name):
@@ -93,7 +109,9 @@ class Redactor:
     - any path segment, parameter name or value that holds, at any decoding
       level, a credential presented with this request (``X-Auth-Token``,
       ``Authorization``, a secret parameter) or a token the tokens file knows
-      (``is_token``) is replaced.
+      (``is_token``) is replaced;
+    - a path segment that looks like a generated token (``looks_generated``)
+      is replaced, known or not.
     """
 
     def __init__(self, is_token: Callable[[str], bool] | None = None, presented: Iterable[str] = ()) -> None:
@@ -135,10 +153,16 @@ class Redactor:
                 parts.append(part)
         return "".join(parts)
 
+    def segment(self, text: str) -> str:
+        """A path segment: a value, also redacted when it looks like a
+        generated token (query values are not: a paging cursor, a SIP Call-ID
+        may look like one)."""
+        return REDACTED if self.leaks(text) or looks_generated(text) else text
+
     def target(self, target: str) -> str:
         """A request target (path and query, as sent) fit for a log line."""
         path, mark, query = target.partition("?")
-        path = "/".join(self.value(segment) for segment in path.split("/"))
+        path = "/".join(self.segment(segment) for segment in path.split("/"))
         return path + mark + (self.query(query) if mark else "")
 
 

@@ -168,6 +168,22 @@ def test_access_log_never_holds_the_token(served):
     assert "token-a" not in "".join(log.lines)
 
 
+def test_access_log_redacts_a_token_no_tokens_file_holds(served):
+    """A revoked token (or another server's) pasted into a path goes by its
+    shape; the ids the paths carry stay readable."""
+    server, _, _, log = served
+    revoked = "Hq8_tR2-wPx5KmB9vLs3nDy6cFj1gZe4uAo7iNk0bVt"
+    cdr = "/v2/accounts/%s/cdrs/202612-5b2c0f7e-8a1d-4c3e-9f6b-2d7a1e0c4b9f" % ACC_A
+    conn = server.connection()
+    assert get(conn, "/v2/accounts/%s/cdrs" % revoked)[0].status == 403
+    assert get(conn, cdr)[0].status == 404
+    conn.close()
+    assert wait_until(lambda: len(log.lines) >= 2, timeout=10)
+    assert revoked not in "".join(log.lines)
+    assert '"GET /v2/accounts/[redacted]/cdrs HTTP/1.1" 403' in "".join(log.lines)
+    assert '"GET %s HTTP/1.1" 404' % cdr in "".join(log.lines)
+
+
 def test_feed_and_paging_while_a_writer_commits(served):
     """Pulling with the returned cursors while CDRs keep arriving yields every
     record exactly once; paging a listing skips and repeats nothing."""

@@ -325,7 +325,7 @@ def test_sighup_reloads_tokens_and_log_level(tmp_path):
 
         daemon.proc.send_signal(signal.SIGHUP)
         reloaded = wait_log(daemon, "reloaded")
-        assert reloaded[0]["log_level"] == "debug"
+        assert reloaded[0]["log_level"] == "debug" and reloaded[0]["applied"] == ["log_level", "tokens_file"]
         listener.wait_for("RELOADING", "1")
         listener.wait_for("READY", "1", count=2)
         assert http_status(api, new_token) == 200
@@ -351,9 +351,11 @@ def test_sighup_with_a_broken_config_keeps_running(tmp_path):
         listener.wait_for("READY", "1")
         ini.write_text(ini.read_text().replace("level = info", "level = loud"))
         daemon.proc.send_signal(signal.SIGHUP)
-        errors = wait_log(daemon, "reload_config_invalid")
-        assert "level" in errors[0]["error"]
-        assert wait_log(daemon, "reloaded")[0]["log_level"] == "info"
+        # One line: the tokens file applied, the config (its [log] level) refused, and why.
+        [refused] = wait_log(daemon, "reload_refused")
+        assert refused["level"] == "error" and "[log] level" in refused["config_error"]
+        assert (refused["applied"], refused["refused"], refused["log_level"]) == (["tokens_file"], ["log_level"], "info")
+        assert events_named(daemon, "reloaded") == []
         assert daemon.proc.poll() is None
     finally:
         assert daemon.stop() == 0

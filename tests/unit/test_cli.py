@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import sqlite3
 import stat
 import subprocess
@@ -67,6 +68,31 @@ def test_usage_error_exit_2():
     result = eslcdr("no-such-command")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def fakefs_output(*args: str) -> str:
+    """What ``eslcdr fakefs --port 0 ARGS`` prints (stdout and stderr) until its
+    banner is out and it is stopped (SIGTERM)."""
+    proc = subprocess.Popen([sys.executable, "-m", "eslcdr", "fakefs", "--port", "0", "--calls", "1", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(ROOT))
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no banner within 60 s"
+        banner = proc.stdout.readline().decode()
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=10)[0].decode()
+    return banner + rest
+
+
+@pytest.mark.subprocess
+def test_the_stand_ins_banner_never_shows_its_password():
+    output = fakefs_output("--password", "Zq9-s3cr3t")
+    assert "FreeSWITCH stand-in on 127.0.0.1:" in output and "--password" in output
+    assert "s3cr3t" not in output
+    output = fakefs_output()  # FreeSWITCH's default, ClueCon: named as the default, not shown
+    assert "--password's default" in output and "ClueCon" not in output
 
 
 @pytest.mark.subprocess
@@ -181,6 +207,22 @@ def test_a_database_path_that_is_a_folder_is_one_config_error_line(tmp_path):
         assert (result.returncode, result.stdout) == (2, ""), (args, result.stdout + result.stderr)
         assert result.stderr == ("eslcdr: config error: [store] path: %r is a folder, not a file: name one in it,"
                                  " e.g. %s\n" % (str(tmp_path), tmp_path / "cdrs.db")), result.stderr
+
+
+@pytest.mark.subprocess
+def test_demo_refusals_name_the_option_typed_and_create_nothing(tmp_path):
+    # Before: "eslcdr: config error: [store] path: ..." for --db (and [api] listen for
+    # --listen), after the demo had written a tokens file beside the folder.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = eslcdr("demo", "--db", str(folder), "--duration", "1")
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "argument --db: %r is a folder, not a file: name one in it, e.g. %s\n" % (
+        str(folder), folder / "eslcdr-demo.db") in result.stderr
+    result = eslcdr("demo", "--listen", "nonsense", "--db", str(tmp_path / "d.db"), "--duration", "1")
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert "argument --listen: 'nonsense' is not host:port" in result.stderr and "[api]" not in result.stderr
+    assert list(tmp_path.iterdir()) == [folder]
 
 
 @pytest.mark.subprocess
