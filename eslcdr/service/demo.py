@@ -2,8 +2,8 @@
 
 Starts the FreeSWITCH stand-in with generated calls on a free loopback port,
 runs the daemon against it with a database in the current folder, serves the
-API on 127.0.0.1:8080, and prints the URL of the /ui page with a working token
-in its fragment (the one place the token is shown) and curl commands.  The
+API on 127.0.0.1:8080, and prints a working token, the URL of the /ui page
+(token in the fragment, which browsers never send) and curl commands.  The
 stand-in first sends ``--history`` calls of the past 24 hours, so the page
 has a day of KPIs to draw.  The token is created fresh for the run and kept
 in ``<db>.tokens`` (hash only).
@@ -50,28 +50,21 @@ def build_config(db: Path, tokens: Path, listen: str, esl_port: int, esl_passwor
     )
 
 
-TOKEN_VARIABLE = "ESLCDR_TOKEN"  # the curl examples read the token from it
-
-
-def instructions(base: str, token: str, db: Path, tokens: Path) -> str:
-    """What the demo prints: the token only in the page's URL (its fragment, which
-    browsers never send), the curl examples read it from TOKEN_VARIABLE."""
-    header = "-H \"X-Auth-Token: $%s\"" % TOKEN_VARIABLE
+def instructions(base: str, token: str, db: Path) -> str:
     return "\n".join(
         [
             "",
             "eslcdr demo is running: generated FreeSWITCH calls -> %s" % db,
             "",
-            "  The page:  %s/ui#token=%s&account=demo-account" % (base, token),
-            "  Its token (after #token=) is the API's: collector scope, any account. Shown only here,",
-            "  only its hash is kept (%s)." % tokens,
+            "  API token (collector scope, valid for any account): %s" % token,
             "",
-            "  For curl:  export %s=<the token after #token= above>" % TOKEN_VARIABLE,
-            "  curl -s %s %s/health" % (header, base),
-            "  curl -s %s '%s/v2/accounts/demo-account/cdrs?page_size=5'" % (header, base),
-            "  curl -s %s '%s/v2/accounts/demo-account/cdrs/interaction?page_size=5'" % (header, base),
-            "  curl -s %s '%s/v2/accounts/demo-account/cdrs?accept=csv' | head -20" % (header, base),
-            "  curl -s %s '%s/v2/feed/cdrs?after=0&limit=3'" % (header, base),
+            "  The page:  %s/ui#token=%s&account=demo-account" % (base, token),
+            "",
+            "  curl -s -H 'X-Auth-Token: %s' %s/health" % (token, base),
+            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?page_size=5'" % (token, base),
+            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs/interaction?page_size=5'" % (token, base),
+            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/accounts/demo-account/cdrs?accept=csv' | head -20" % (token, base),
+            "  curl -s -H 'X-Auth-Token: %s' '%s/v2/feed/cdrs?after=0&limit=3'" % (token, base),
             "",
             "  sqlite3 %s 'select call_id, caller_id_number, callee_id_number, hangup_cause, billing_seconds from cdrs order by seq desc limit 10'" % db,
             "",
@@ -180,7 +173,7 @@ def run_demo(args) -> int:
         print("eslcdr demo: cannot start: %s" % exc, file=sys.stderr)
         fake.stop()
         return 1
-    text = instructions("http://%s:%d" % (cfg.api.host, daemon.http.port), token, db, tokens)
+    text = instructions("http://%s:%d" % (cfg.api.host, daemon.http.port), token, db)
     out = sys.stdout
     in_place = not verbose and out.isatty()
     if in_place:
