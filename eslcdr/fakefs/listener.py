@@ -16,6 +16,7 @@ events the client has received but not yet read.
 
 from __future__ import annotations
 
+import hmac
 import re
 import socket
 import time
@@ -231,7 +232,8 @@ class Listener:
 
     def _authenticate(self, command: str, lower: str) -> tuple[bytes, bool]:
         if lower.startswith("auth "):
-            if command[5:] == self.server.password:
+            # Constant time, as any secret here (FreeSWITCH compares with strcmp).
+            if hmac.compare_digest(command[5:].encode(), self.server.password.encode()):
                 self.authed = True
                 return _reply("+OK accepted"), True
             return _reply("-ERR invalid"), False
