@@ -142,9 +142,12 @@ class Spool:
     def read(self, max_lines: int) -> tuple[list[dict], list[Merge], int]:
         """The records and merges of up to ``max_lines`` lines after the
         replayed offset, and the offset after them (pass it to ``committed``
-        once they are stored: the records first, then the merges)."""
+        once they are stored: the records first, then the merges).  A merge
+        already moves the records read before it: the same ids as once they
+        are stored, without rewriting their rows (``_merge_interaction``)."""
         records: list[dict] = []
         merges: list[Merge] = []
+        groups: dict[object, list[dict]] = {}  # interaction id -> the records read with it
         offset = self.offset
         if offset >= self.size:
             return records, merges, offset
@@ -161,8 +164,14 @@ class Spool:
                     record = None
                 if isinstance(record, dict):
                     records.append(record)
+                    groups.setdefault(record.get("interaction_id"), []).append(record)
                 elif _is_merge(record):
-                    merges.append(Merge(record[1], record[2]))
+                    merge = Merge(record[1], record[2])
+                    merges.append(merge)
+                    moved = groups.pop(merge.old, ())
+                    for moving in moved:
+                        moving["interaction_id"] = merge.new
+                    groups.setdefault(merge.new, []).extend(moved)
                 else:
                     self.skipped += 1
                     log.error("spool_line_unreadable", path=str(self.path), at=offset - len(line),
