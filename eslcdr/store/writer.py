@@ -79,10 +79,10 @@ class Writer:
 
     After a failed transaction the writer moves its whole backlog, and the
     interaction merges it was to apply, to the spool file (so a crash or
-    SIGKILL during a long outage loses nothing, and memory holds no more than
-    ``capacity`` records and merges), and records arriving past ``capacity``
-    -- and merges, while the spool holds records -- are appended to it by the
-    spooler greenlet.  The spool is replayed (idempotent on call_id) a batch at a
+    SIGKILL during a long outage loses nothing, and memory stays bounded
+    however long it lasts); records arriving past ``capacity``, and merges
+    while the spool holds records, are appended to it by the spooler
+    greenlet.  The spool is replayed (idempotent on call_id) a batch at a
     time, interleaved with live batches, as soon as SQLite takes writes --
     which includes the start.  Only when the spool cannot be written either
     is a record lost: the spooler, or ``submit()``'s caller when even the
@@ -162,8 +162,13 @@ class Writer:
         """Records in the spool (or on their way to it) not yet in SQLite."""
         return self._feed.backlog if self._feed is not None else 0
 
-    spooled = property(lambda self: self._feed.spooled if self._feed is not None else 0)
-    lost = property(lambda self: self._feed.lost if self._feed is not None else 0)
+    @property
+    def spooled(self) -> int:
+        return self._feed.spooled if self._feed is not None else 0
+
+    @property
+    def lost(self) -> int:
+        return self._feed.lost if self._feed is not None else 0
 
     @property
     def merges_waiting(self) -> int:
