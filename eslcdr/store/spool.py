@@ -1,18 +1,18 @@
-"""The spool: CDRs that SQLite cannot take yet, on disk (docs/database.md).
+"""The spool: CDRs that SQLite cannot take yet, on disk (docs/configuration.md).
 
-An append-only file of JSON lines, one CDR record per line, each append
-fsynced before it returns.  The writer appends when its in-memory backlog
-is full or SQLite keeps failing, and replays the file into SQLite when it
-takes writes again (and at start): it reads from the offset it has reached,
-inserts (idempotent on call_id, so a line replayed twice -- after a crash
-between the commit and the truncation -- still gives one row), and only
-once every line is committed truncates the file.  A torn last line (a crash
-mid-append) is cut off at open (``Spool._open``).
+An append-only file of JSON lines, one CDR record (an object) or interaction
+merge (``["merge", old id, new id]``) per line, each append fsynced.  The
+writer appends when its in-memory backlog is full or SQLite keeps failing,
+and replays the file into SQLite when it takes writes again (and at start):
+it reads from the offset it has reached, inserts (idempotent on call_id, so a
+line replayed twice -- after a crash between the commit and the truncation --
+still gives one row), and only once every line is committed truncates the
+file.  A torn last line (a crash mid-append) is cut off at open (``_open``).
 
 Blocking file I/O: callers run these methods in the thread pool and hold
 ``lock`` (a gevent lock) around them, so an append never interleaves with a
-read or the truncation.  ``SpoolFeed`` is the writer's side (store/writer.py):
-the spooler greenlet, spills, and merges applied as records are read back.
+read or the truncation.  ``SpoolFeed`` and ``MergeBacklog`` are the writer's
+side (store/writer.py): the spooler greenlet, spills, merges on their way.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import gevent.event
 import gevent.lock
@@ -29,6 +29,16 @@ import structlog
 log = structlog.get_logger(__name__)
 
 READ_CHUNK = 1 << 20
+# A merge line is a JSON array starting with this; a record line is an object.
+MERGE = "merge"
+
+
+class Merge(NamedTuple):
+    """Interaction ``old`` became ``new``: rows (and records replayed before
+    this line) with ``old`` move to ``new`` (db.insert_records' merges)."""
+
+    old: str
+    new: str
 
 
 class Spool:
@@ -38,8 +48,10 @@ class Spool:
         # Bytes of the file already replayed and committed to SQLite.
         self.offset = 0
         self.size = 0
-        # Records in the file not yet replayed (exact within this process).
+        # Records, and merge lines, in the file not yet replayed (exact
+        # within this process).
         self.backlog = 0
+        self.merges = 0
         self.appended = 0
         self.replayed = 0
         self.skipped = 0
@@ -59,18 +71,24 @@ class Spool:
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        # Count the lines a chunk at a time: a spool may be far larger than memory.
-        lines = end = total = 0
+        # Count the lines a chunk at a time: a spool may be far larger than
+        # memory.  A line starting with "[" is a merge (a record's is "{").
+        lines = merges = end = total = 0
+        line_start = True
         with open(self.path, "rb") as f:
             while True:
                 chunk = f.read(READ_CHUNK)
                 if not chunk:
                     break
                 count = chunk.count(b"\n")
+                merges += chunk.count(b"\n[") + (line_start and chunk[:1] == b"[")
                 if count:
                     lines += count
                     end = total + chunk.rfind(b"\n") + 1
                 total += len(chunk)
+                line_start = chunk[-1:] == b"\n"
+            f.seek(end)
+            merges -= end < total and f.read(1) == b"["  # a torn merge line
         if end < total:
             log.warning("spool_torn_line_skipped", path=str(self.path), bytes=total - end)
             self.skipped += 1
@@ -78,21 +96,25 @@ class Spool:
                 f.truncate(end)
                 os.fsync(f.fileno())
         self.size = end
-        self.backlog = lines
-        if self.backlog:
-            log.warning("spool_found", path=str(self.path), records=self.backlog)
+        self.backlog = lines - merges
+        self.merges = merges
+        if lines:
+            log.warning("spool_found", path=str(self.path), records=self.backlog, merges=merges)
 
     @property
     def empty(self) -> bool:
         return self.offset >= self.size
 
-    def append(self, records: Iterable[dict]) -> int:
-        """Write the records, fsync; raise OSError if they could not be (then
-        nothing counts as written: a partial line is cut off again)."""
-        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":"), default=_jsonable) + "\n"
+    def append(self, records: Iterable[dict | Merge]) -> int:
+        """Write the records (and merges, in order), fsync; raise OSError if
+        they could not be (then nothing counts as written: a partial line is
+        cut off again).  Returns how many lines were written."""
+        lines = [json.dumps([MERGE, *r] if isinstance(r, Merge) else r, ensure_ascii=False,
+                            separators=(",", ":"), default=_jsonable) + "\n"
                  for r in records]
         if not lines:
             return 0
+        merges = sum(line.startswith("[") for line in lines)
         data = "".join(lines).encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -112,20 +134,26 @@ class Spool:
         finally:
             os.close(fd)
         self.size += len(data)
-        self.backlog += len(lines)
-        self.appended += len(lines)
+        self.backlog += len(lines) - merges
+        self.merges += merges
+        self.appended += len(lines) - merges
         return len(lines)
 
-    def read(self, max_records: int) -> tuple[list[dict], int]:
-        """Up to ``max_records`` records after the replayed offset, and the
-        offset after them (pass it to ``committed`` once they are stored)."""
+    def read(self, max_lines: int) -> tuple[list[dict], list[Merge], int]:
+        """The records and merges of up to ``max_lines`` lines after the
+        replayed offset, and the offset after them (pass it to ``committed``
+        once they are stored: the records first, then the merges).  A merge
+        already moves the records read before it: the same ids as once they
+        are stored, without rewriting their rows (``_merge_interaction``)."""
         records: list[dict] = []
+        merges: list[Merge] = []
+        groups: dict[object, list[dict]] = {}  # interaction id -> the records read with it
         offset = self.offset
         if offset >= self.size:
-            return records, offset
+            return records, merges, offset
         with open(self.path, "rb") as f:
             f.seek(offset)
-            while len(records) < max_records and offset < self.size:
+            while len(records) + len(merges) < max_lines and offset < self.size:
                 line = f.readline(min(self.size - offset, 64 * READ_CHUNK))
                 if not line:
                     break
@@ -133,17 +161,28 @@ class Spool:
                 try:
                     record = json.loads(line)
                 except ValueError:
+                    record = None
+                if isinstance(record, dict):
+                    records.append(record)
+                    groups.setdefault(record.get("interaction_id"), []).append(record)
+                elif _is_merge(record):
+                    merge = Merge(record[1], record[2])
+                    merges.append(merge)
+                    moved = groups.pop(merge.old, ())
+                    for moving in moved:
+                        moving["interaction_id"] = merge.new
+                    groups.setdefault(merge.new, []).extend(moved)
+                else:
                     self.skipped += 1
                     log.error("spool_line_unreadable", path=str(self.path), at=offset - len(line),
                               line=line[:4000].decode("utf-8", "replace"))
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
-        return records, offset
+        return records, merges, offset
 
-    def committed(self, offset: int, count: int) -> None:
+    def committed(self, offset: int, count: int, merges: int = 0) -> None:
+        """The lines up to ``offset`` are committed: ``count`` records, ``merges`` merges."""
         self.offset = offset
         self.backlog = max(0, self.backlog - count)
+        self.merges = max(0, self.merges - merges)
         self.replayed += count
 
     def truncate_if_replayed(self) -> bool:
@@ -154,7 +193,7 @@ class Spool:
             f.truncate(0)
             os.fsync(f.fileno())
         log.info("spool_replayed", path=str(self.path), records=self.replayed)
-        self.offset = self.size = self.backlog = 0
+        self.offset = self.size = self.backlog = self.merges = 0
         return True
 
 
@@ -163,22 +202,26 @@ class SpoolFeed:
 
     Records past the writer's capacity wait in ``overflow`` (bounded by the
     writer) for the spooler greenlet (``run``), which appends them, fsynced;
-    after a failed write the writer spills its backlog (``spill``).  Merges
-    of interactions seen while records sit in the file are applied as they
-    are read back (``read``).  The file's I/O goes through ``offload`` (the
-    writer's thread), holding the spool's lock.  Only when the file cannot
-    be written is a record lost: logged in full, at error.
+    after a failed write the writer spills its backlog and its merges
+    (``spill``).  While the file holds anything, interaction merges follow
+    the records through ``overflow`` into the file, in order, so memory holds
+    none for long and a crash loses none: replaying a merge line moves the
+    rows of the records replayed before it (``read``).  The file's I/O goes
+    through ``offload`` (the writer's thread), holding the spool's lock.
+    Only when the file cannot be written is a record lost: logged in full, at
+    error; merges it could not take go back to the writer (``on_unspooled``).
     """
 
     def __init__(self, spool: Spool, offload: Callable[[Callable], object], on_spooled: Callable[[], None],
-                 idle_wait: float) -> None:
+                 idle_wait: float, on_unspooled: Callable[[list[Merge]], None] = lambda merges: None) -> None:
         self.spool = spool
         self._offload = offload
         self._on_spooled = on_spooled  # records to replay: wakes the writer
+        self._on_unspooled = on_unspooled
         self._idle_wait = idle_wait
-        self.overflow: list[dict] = []
+        self.overflow: list[dict | Merge] = []
+        self.merges_queued = 0  # the Merges in overflow
         self.wake = gevent.event.Event()
-        self.merges: dict[str, str] = {}
         self.spooled = 0
         self.lost = 0
         self.stopping = False
@@ -186,7 +229,18 @@ class SpoolFeed:
     @property
     def backlog(self) -> int:
         """Records in the file (or on their way to it) not yet in SQLite."""
-        return len(self.overflow) + self.spool.backlog
+        return len(self.overflow) - self.merges_queued + self.spool.backlog
+
+    @property
+    def waiting(self) -> int:
+        """Records and merges in the file (or on their way) not yet in SQLite."""
+        return len(self.overflow) + self.spool.backlog + self.spool.merges
+
+    @property
+    def in_use(self) -> bool:
+        """Records may wait in the file or on their way to it: a merge must
+        follow them there (applied live, it would miss them)."""
+        return bool(self.overflow) or not self.spool.empty
 
     def hand_over(self, record: dict, limit: int) -> bool:
         if len(self.overflow) >= limit:
@@ -196,9 +250,15 @@ class SpoolFeed:
             self.wake.set()
         return True
 
-    def note_merge(self, old: str, new: str) -> None:
-        if self.spool.size or self.overflow:
-            self.merges[old] = new
+    def hand_over_merges(self, merges: list[Merge], limit: int) -> int:
+        """Queue merges for the file after what is queued; how many fit."""
+        taken = max(0, min(len(merges), limit - len(self.overflow)))
+        if taken:
+            self.overflow.extend(merges[:taken])
+            self.merges_queued += taken
+            if not self.wake.is_set():
+                self.wake.set()
+        return taken
 
     def _io(self, work: Callable):
         with self.spool.lock:
@@ -215,55 +275,121 @@ class SpoolFeed:
                 self.wake.clear()
                 continue
             batch = self.overflow[:]
+            merges = [item for item in batch if isinstance(item, Merge)]
             try:
                 self._io(lambda: spool.append(batch))
             except OSError as exc:
-                del self.overflow[: len(batch)]
-                self.lost += len(batch)
-                for record in batch:
+                self._taken(batch, merges)
+                records = [item for item in batch if not isinstance(item, Merge)]
+                self.lost += len(records)
+                for record in records:
                     log.error("cdr_lost_spool_unwritable", spool=str(spool.path), error=str(exc), record=record)
+                if merges:
+                    self._on_unspooled(merges)
                 continue
-            del self.overflow[: len(batch)]
-            self.spooled += len(batch)
-            log.warning("cdrs_spooled", records=len(batch), spool_backlog=self.backlog)
+            self._taken(batch, merges)
+            self.spooled += len(batch) - len(merges)
+            log.warning("cdrs_spooled", records=len(batch) - len(merges), merges=len(merges),
+                        spool_backlog=self.backlog)
             self._on_spooled()
 
-    def spill(self, pending: list[dict]) -> None:
-        """Move ``pending`` (the writer's backlog) to the file; on failure
-        keep it in memory: SQLite may come back before the spool does."""
+    def _taken(self, batch: list, merges: list) -> None:
+        del self.overflow[: len(batch)]
+        self.merges_queued -= len(merges)
+
+    def spill(self, pending: list[dict], merges: list[tuple[str, str]]) -> bool:
+        """Move ``pending`` (the writer's backlog) to the file, then ``merges``
+        (those its next transaction was to apply); False if the file could not
+        take them: the caller keeps them (SQLite may come back first)."""
         spool = self.spool
-        batch = pending[:]
+        records = pending[:]
+        batch = records + [Merge(old, new) for old, new in merges]
         try:
             self._io(lambda: spool.append(batch))
         except OSError as exc:
-            log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(pending))
-            return
-        del pending[: len(batch)]
-        self.spooled += len(batch)
-        log.warning("backlog_spooled", records=len(batch), spool_backlog=self.backlog)
+            log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(pending),
+                      merges=len(merges))
+            return False
+        del pending[: len(records)]
+        self.spooled += len(records)
+        log.warning("backlog_spooled", records=len(records), merges=len(merges), spool_backlog=self.backlog)
+        return True
 
-    def read(self, max_records: int) -> tuple[list[dict], int]:
-        """The next records to replay, merges applied, and the offset after them."""
-        records, offset = self._io(lambda: self.spool.read(max_records))
-        merges = self.merges
-        for record in records:
-            interaction_id = record.get("interaction_id")
-            for _ in range(16):  # follow chained merges, bounded
-                if interaction_id not in merges:
-                    break
-                interaction_id = merges[interaction_id]
-            if interaction_id is not None:
-                record["interaction_id"] = interaction_id
-        return records, offset
+    def read(self, max_lines: int) -> tuple[list[dict], list[Merge], int]:
+        """The next records and merges to replay, and the offset after them."""
+        return self._io(lambda: self.spool.read(max_lines))
 
-    def replayed(self, offset: int, count: int) -> None:
-        """The records ``read`` gave are committed: empty the file once all are."""
+    def replayed(self, offset: int, count: int, merges: int = 0) -> None:
+        """The records and merges ``read`` gave are committed: empty the file once all are."""
         spool = self.spool
-        spool.committed(offset, count)
+        spool.committed(offset, count, merges)
         # (no switch between the lock's release and the checks: gevent wakes
         # a waiter on the next loop turn)
-        if spool.empty and not self.overflow and self._io(spool.truncate_if_replayed) and not self.overflow:
-            self.merges.clear()
+        if spool.empty and not self.overflow:
+            self._io(spool.truncate_if_replayed)
+
+
+class MergeBacklog:
+    """The interaction merges for the writer's next transaction (``items``),
+    at most ``limit`` (an outage the spool cannot take either): past that
+    one is lost, logged at error.  While ``feed`` holds records, merges
+    follow them into the spool instead (they must reach the records there),
+    in order: those waiting here first (the first ``spooled`` items are on
+    their way there too; their transaction applies them as well, harmlessly:
+    an old id applied twice finds no row the second time)."""
+
+    def __init__(self, limit: int, feed: SpoolFeed | None) -> None:
+        self.items: list[Merge] = []
+        self.spooled = 0
+        self.lost = 0
+        self._limit = limit
+        self._feed = feed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, merges: list[tuple[str, str]]) -> bool:
+        """True if the next transaction has merges to apply."""
+        feed = self._feed
+        merges = [Merge(old, new) for old, new in merges]
+        if feed is not None and feed.in_use:
+            unspooled = self.items[self.spooled:]
+            taken = feed.hand_over_merges(unspooled + merges, self._limit)
+            self.spooled += min(taken, len(unspooled))
+            merges = merges[max(0, taken - len(unspooled)):]
+        return self.keep(merges)
+
+    def returned(self, merges: list[Merge]) -> bool:
+        """The spool could not take ``merges``: those not held here already
+        wait for the next transaction too; True if there are any."""
+        held = {id(merge) for merge in self.items}
+        self.spooled = 0
+        return self.keep([merge for merge in merges if id(merge) not in held])
+
+    def keep(self, merges: list[Merge]) -> bool:
+        """For the next transaction, without the spool; True if there are any."""
+        room = max(0, self._limit - len(self.items))
+        for old, new in merges[room:]:
+            self.lost += 1
+            log.error("interaction_merge_lost", old=old, new=new, merges_waiting=len(self.items))
+        self.items.extend(merges[:room])
+        return bool(self.items)
+
+    def committed(self, count: int) -> None:
+        """The first ``count`` items are applied (or in the spool)."""
+        del self.items[:count]
+        self.spooled = max(0, self.spooled - count)
+
+    def spill(self, pending: list[dict]) -> None:
+        """After a failed write: ``pending`` and the items to the spool."""
+        count = len(self.items)
+        if self._feed is not None and self._feed.spill(pending, self.items[self.spooled:]):
+            self.committed(count)
+
+
+def _is_merge(line: object) -> bool:
+    return (isinstance(line, list) and len(line) == 3 and line[0] == MERGE
+            and isinstance(line[1], str) and isinstance(line[2], str))
 
 
 def _jsonable(value: object) -> object:

@@ -29,7 +29,7 @@ from ..backoff import backoff_delay
 from ..supervise import IDLE_WAKE, in_thread
 from .db import insert_records
 from .retention import delete_expired
-from .spool import Spool, SpoolFeed
+from .spool import MergeBacklog, Spool, SpoolFeed
 
 log = structlog.get_logger(__name__)
 
@@ -77,9 +77,11 @@ class Writer:
     second, not one per leg, while a burst starts its first transaction early
     and its last one does not wait.
 
-    After a failed transaction the writer moves its whole backlog to the
-    spool file (so a crash or SIGKILL during a long outage loses nothing),
-    and records arriving past ``capacity`` are appended to it by the spooler
+    After a failed transaction the writer moves its whole backlog, and the
+    interaction merges it was to apply, to the spool file (so a crash or
+    SIGKILL during a long outage loses nothing, and memory stays bounded
+    however long it lasts); records arriving past ``capacity``, and merges
+    while the spool holds records, are appended to it by the spooler
     greenlet.  The spool is replayed (idempotent on call_id) a batch at a
     time, interleaved with live batches, as soon as SQLite takes writes --
     which includes the start.  Only when the spool cannot be written either
@@ -109,7 +111,7 @@ class Writer:
         self._offload = offload or _in_thread
         self._wake = gevent.event.Event()
         self._pending: list[dict] = []
-        self._merges: list[tuple[str, str]] = []
+        self._overflow = max(capacity, MIN_OVERFLOW)
         # Collector acknowledgements (token sha256 -> (seq, pull time µs)),
         # the latest per token, stored with the next transaction.
         self._acks: dict[str, tuple[int, int]] = {}
@@ -121,7 +123,9 @@ class Writer:
         # The spool (on disk) takes what memory cannot: records past
         # ``capacity`` (via the feed's overflow and the spooler greenlet)
         # and the whole backlog once SQLite has failed (the writer spills it).
-        self._feed = None if spool is None else SpoolFeed(spool, self._offload, self._wake_up, IDLE_WAKE)
+        self._feed = None if spool is None else SpoolFeed(spool, self._offload, self._wake_up, IDLE_WAKE,
+                                                          self._unspooled)
+        self._merges = MergeBacklog(self._overflow, self._feed)
         # meta table entries (e.g. the backfill's high-water mark), stored
         # with the next transaction: after every record submitted before.
         self._meta: dict[str, str] = {}
@@ -166,10 +170,21 @@ class Writer:
     def lost(self) -> int:
         return self._feed.lost if self._feed is not None else 0
 
+    @property
+    def merges_waiting(self) -> int:
+        """Interaction merges held in memory (for the next transaction, or
+        on their way to the spool)."""
+        return len(self._merges) + (self._feed.merges_queued if self._feed is not None else 0)
+
+    merges_lost = property(lambda self: self._merges.lost)
+
+    def _spool_waiting(self) -> int:
+        return self._feed.waiting if self._feed is not None else 0
+
     def stalled_seconds(self, now: float) -> float:
         """Seconds work has been waiting without a commit (0 when idle);
-        CDRs waiting in the spool are waiting too."""
-        if not self._pending and not self._merges and not self._acks and not self.spool_backlog:
+        CDRs and merges waiting in the spool are waiting too."""
+        if not self._pending and not self._merges and not self._acks and not self._spool_waiting():
             return 0.0
         return max(0.0, now - self._progress_at)
 
@@ -179,7 +194,7 @@ class Writer:
         if len(self._pending) >= self._capacity:
             # The overflow is only a hand-over to the spooler, drained each
             # time the reader yields: bounded, but not by a tiny queue_size.
-            if self._feed is not None and self._feed.hand_over(record, max(self._capacity, MIN_OVERFLOW)):
+            if self._feed is not None and self._feed.hand_over(record, self._overflow):
                 return True
             self.refused += 1
             return False
@@ -253,17 +268,21 @@ class Writer:
     def merge_interactions(self, merges: list[tuple[str, str]]) -> None:
         """Two interactions found to be one: rows already written are updated
         in the next transaction; records still waiting are updated here (a
-        later batch must not write the old id after that UPDATE ran)."""
+        later batch must not write the old id after that UPDATE ran).  While
+        the spool holds records (or takes some), the merges follow them into
+        it: its replay applies them after the records before them."""
         feed = self._feed
         for old, new in merges:
             for waiting in (self._pending, feed.overflow if feed is not None else ()):
                 for record in waiting:
-                    if record.get("interaction_id") == old:
+                    if isinstance(record, dict) and record.get("interaction_id") == old:
                         record["interaction_id"] = new
-            if feed is not None:
-                feed.note_merge(old, new)
-        self._merges.extend(merges)
-        if self._idle.is_set():
+        if self._merges.add(merges) and self._idle.is_set():
+            self._arrives()
+
+    def _unspooled(self, merges: list) -> None:
+        """Merges the spool could not take: for the next transaction."""
+        if self._merges.returned(merges) and self._idle.is_set():
             self._arrives()
 
     # -- the writer greenlet --------------------------------------------
@@ -281,7 +300,7 @@ class Writer:
             if not has_work:
                 self._idle.set()
                 self._flush = 0
-                if not self.spool_backlog:
+                if not self._spool_waiting():
                     self._progress_at = time.monotonic()
                 if self._stopping:
                     return
@@ -362,9 +381,9 @@ class Writer:
             self._wake.set()
 
     def _spill(self) -> None:
-        """Move the in-memory backlog to the spool (after a failed write)."""
-        if self._feed is not None and self._pending:
-            self._feed.spill(self._pending)
+        """Move the in-memory backlog and merges to the spool (after a failed write)."""
+        if self._pending or self._merges:
+            self._merges.spill(self._pending)
 
     def _replay_due(self) -> bool:
         feed = self._feed
@@ -378,24 +397,25 @@ class Writer:
 
     def _replay_one_chunk(self) -> None:
         feed = self._feed
-        records, offset = feed.read(self._batch_size)
+        records, merges, offset = feed.read(self._batch_size)
         conn = self._conn
         inserts, replacements = _split(records)
-        new = self._offload(lambda: insert_records(conn, inserts, replacements=replacements))
+        new = self._offload(lambda: insert_records(conn, inserts, merges=merges, replacements=replacements))
         new += len(replacements)
         self._progress_at = time.monotonic()
         self.written += new
         self.duplicates += len(records) - new
         self.last_write_at = time.time()
-        feed.replayed(offset, len(records))
-        log.debug("spool_batch_replayed", rows=new, duplicates=len(records) - new, spool_backlog=feed.backlog)
+        feed.replayed(offset, len(records), len(merges))
+        log.debug("spool_batch_replayed", rows=new, duplicates=len(records) - new, merges=len(merges),
+                  spool_backlog=feed.backlog)
 
     def _write_one_batch(self) -> None:
         self._close_timer()
         taken_at = time.monotonic()
         waited = taken_at - self._first_at
         batch = self._pending[: self._batch_size]
-        merges = self._merges[:]
+        merges = self._merges.items[:]
         acks = dict(self._acks)
         meta = dict(self._meta)
         inserts, replacements = _split(batch)
@@ -408,7 +428,7 @@ class Writer:
         )
         # Only now that the transaction committed do the records leave memory.
         del self._pending[: len(batch)]
-        del self._merges[: len(merges)]
+        self._merges.committed(len(merges))
         for key, value in acks.items():
             if self._acks.get(key) == value:
                 del self._acks[key]

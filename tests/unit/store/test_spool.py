@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import json
+import random
 import resource
 import signal
 import sqlite3
@@ -17,8 +18,9 @@ from structlog.testing import capture_logs
 
 from eslcdr.store import db as store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
-from eslcdr.store.spool import Spool
-from eslcdr.store.writer import Writer
+from eslcdr.store import spool as spool_module
+from eslcdr.store.spool import Merge, Spool
+from eslcdr.store.writer import MIN_OVERFLOW, Writer
 
 from tests.conftest import DATA
 from tests.harness import DaemonProcess, db_rows, wait_rows, wait_until, write_config
@@ -77,12 +79,12 @@ def test_spool_appends_reads_and_empties_once_replayed(tmp_path):
     assert spool.append([record(1), dict(record(2), links=("a", "b"))]) == 2
     spool.append([record(3)])
     assert spool.backlog == 3
-    records, offset = spool.read(2)
+    records, _, offset = spool.read(2)
     assert [r["call_id"] for r in records] == ["call-000001", "call-000002"]
     assert records[1]["links"] == ["a", "b"] and records[0]["custom_channel_vars"] == {"k": 1}
     assert not spool.truncate_if_replayed()
     spool.committed(offset, 2)
-    records, offset = spool.read(10)
+    records, _, offset = spool.read(10)
     assert [r["call_id"] for r in records] == ["call-000003"]
     spool.committed(offset, 1)
     assert spool.empty and spool.truncate_if_replayed()
@@ -97,7 +99,7 @@ def test_a_torn_last_line_is_skipped_with_a_warning(tmp_path):
     assert [e["event"] for e in logs] == ["spool_torn_line_skipped", "spool_found"]
     assert spool.backlog == 1
     spool.append([record(3)])
-    records, _ = spool.read(10)
+    records, _, _ = spool.read(10)
     assert [r["call_id"] for r in records] == ["call-000001", "call-000003"]
 
 
@@ -106,9 +108,31 @@ def test_an_unreadable_line_in_the_middle_is_logged_and_skipped(tmp_path):
     path.write_bytes(json.dumps(record(1)).encode() + b"\n{\xff garbage\n" + json.dumps(record(2)).encode() + b"\n")
     spool = Spool(path)
     with capture_logs() as logs:
-        records, _ = spool.read(10)
+        records, _, _ = spool.read(10)
     assert [r["call_id"] for r in records] == ["call-000001", "call-000002"]
     assert [e["event"] for e in logs] == ["spool_line_unreadable"]
+
+
+def test_merges_are_lines_of_their_own_counted_apart_from_records(tmp_path, monkeypatch):
+    path = tmp_path / "s.spool"
+    spool = Spool(path)
+    assert spool.append([record(1), Merge("a", "b"), record(2), Merge("b", "c")]) == 4
+    assert (spool.backlog, spool.merges) == (2, 2)
+    with open(path, "a") as f:
+        f.write('["merge","c","d"]\n["not a merge"]\n["merge","d"')  # a stray array, a torn merge
+    # Counted at open whatever the chunks the file is read in (a line may
+    # start at a chunk's first byte).
+    for chunk in range(1, 40):
+        monkeypatch.setattr(spool_module, "READ_CHUNK", chunk)
+        reopened = Spool(path)
+        assert (reopened.backlog, reopened.merges) == (2, 4), chunk  # the stray array counts as a merge
+    with capture_logs() as logs:
+        records, merges, offset = reopened.read(10)
+    assert [r["call_id"] for r in records] == ["call-000001", "call-000002"]
+    assert merges == [("a", "b"), ("b", "c"), ("c", "d")]
+    assert [e["event"] for e in logs] == ["spool_line_unreadable"] and logs[0]["line"] == '["not a merge"]\n'
+    reopened.committed(offset, len(records), len(merges) + 1)
+    assert (reopened.backlog, reopened.merges) == (0, 0) and reopened.truncate_if_replayed()
 
 
 # --------------------------------------------------------------- the writer
@@ -198,10 +222,232 @@ def test_replay_at_start_is_idempotent_and_follows_merges(tmp_path):
     greenlets = run_writer(writer)
     assert wait_until(lambda: spool.backlog == 0 and path.stat().st_size == 0)
     stop_writer(writer, greenlets)
-    assert stored(db) == ["call-%06d" % n for n in range(1, 6)]
-    with sqlite3.connect(db) as check:
-        assert {r[0] for r in check.execute("SELECT interaction_id FROM cdrs WHERE seq > 2")} == {"new"}
+    # Each leg once (its seq depends on when the merge line lands: a row the
+    # merge moves takes a new one); those first stored from the spool moved.
+    assert sorted(stored(db)) == ["call-%06d" % n for n in range(1, 6)]
+    assert {k: v for k, v in interaction_ids(db).items() if k > "call-000002"} == {
+        "call-%06d" % n: "new" for n in range(3, 6)}
     assert writer.duplicates == 2
+
+
+# ------------------------------------------- interaction merges in an outage
+
+
+def merge_script(legs: int, seed: int = 7) -> list[tuple]:
+    """Legs and merges as the interaction tracker hands them over: a leg
+    carries its group's id at the time; a merge moves a group some leg was
+    written with into another, whose id stays (a loser id is never seen again)."""
+    rng = random.Random(seed)
+    groups: list[str] = []
+    script: list[tuple] = []
+    for n in range(legs):
+        if not groups or rng.random() < 0.5:
+            groups.append("i-%d" % n)
+        script.append(("leg", record(n, rng.choice(groups[-20:]))))
+        if len(groups) > 1 and rng.random() < 0.4:
+            loser, winner = rng.sample(groups[-20:], 2)
+            groups.remove(loser)
+            script.append(("merge", loser, winner))
+    return script
+
+
+def play(writer: Writer, script: list[tuple]) -> int:
+    """Hand the script to the writer as the ESL readers do; the most merges
+    the writer held in memory meanwhile."""
+    most = 0
+    for step in script:
+        if step[0] == "leg":
+            assert writer.submit(dict(step[1]))
+        else:
+            writer.merge_interactions([step[1:]])
+        most = max(most, writer.merges_waiting)
+    return most
+
+
+def interaction_ids(path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT call_id, interaction_id FROM cdrs"))
+
+
+def without_outage(tmp_path, script: list[tuple]) -> dict[str, str]:
+    db = tmp_path / "reference.db"
+    writer = Writer(store.connect_writer(db), batch_size=50, flush_interval=0.01)
+    greenlets = run_writer(writer)
+    play(writer, script)
+    assert writer.wait_idle(timeout=WAIT)
+    stop_writer(writer, greenlets)
+    return interaction_ids(db)
+
+
+def outage(tmp_path, script: list[tuple], bursts: int) -> tuple[Writer, list, sqlite3.Connection, int]:
+    """A writer that stored the first tenth of ``script``, then lost SQLite
+    (its lock held by another program) while the rest arrived in ``bursts``,
+    each waited for until the spool holds it; returns the most merges held
+    in memory at any time."""
+    db = tmp_path / "a.db"
+    spool = Spool(tmp_path / "a.db.spool")
+    writer = Writer(fast_failing(db), batch_size=50, flush_interval=0.01, capacity=100, max_retry_delay=0.05,
+                    spool=spool)
+    greenlets = run_writer(writer)
+    before = len(script) // 10
+    play(writer, script[:before])
+    assert wait_until(lambda: writer.spool_backlog == 0 and writer.wait_idle(1))
+    other = locked(db)
+    rest = script[before:]
+    size = -(-len(rest) // bursts)
+    most = legs = 0
+    for start in range(0, len(rest), size):
+        burst = rest[start : start + size]
+        most = max(most, play(writer, burst))
+        legs += sum(step[0] == "leg" for step in burst)
+        # On disk: every leg of the outage, and the merges (none left in memory).
+        assert wait_until(lambda: spool.backlog == legs and writer.backlog == 0,
+                          timeout=10)
+    assert writer.failures and not writer.lost and not interaction_ids(db).keys() - {
+        step[1]["call_id"] for step in script[:before] if step[0] == "leg"}
+    return writer, greenlets, other, most
+
+
+def test_a_merge_line_moves_the_records_replayed_with_it_without_rewriting_their_rows(tmp_path):
+    # A merge applied to rows just inserted rewrote each (a delete, an insert
+    # and a new seq); the records read before the line take the new id as
+    # they are read.
+    db = tmp_path / "a.db"
+    conn = store.connect_writer(db)
+    store.insert_records(conn, [record(0, "a")])
+    spool = Spool(tmp_path / "a.db.spool")
+    spool.append([record(1, "a"), record(2, "c"), Merge("a", "b"), record(3, "b"), Merge("c", "b")])
+    writer = Writer(conn, batch_size=50, flush_interval=0.01, spool=spool)
+    greenlets = run_writer(writer)
+    assert wait_until(lambda: spool.empty and spool.size == 0)
+    stop_writer(writer, greenlets)
+    with sqlite3.connect(db) as check:
+        stored_rows = check.execute("SELECT seq, call_id, interaction_id FROM cdrs ORDER BY call_id").fetchall()
+    # The row stored before moves (a new seq); the replayed ones are written once.
+    assert stored_rows == [(5, "call-000000", "b"), (2, "call-000001", "b"), (3, "call-000002", "b"),
+                           (4, "call-000003", "b")]
+
+
+def test_a_long_outage_keeps_merges_on_disk_and_ids_right_once_sqlite_is_back(tmp_path):
+    # Before, every merge of the outage stayed in memory (the writer's list
+    # and the spool's map) until SQLite took writes again: without bound.
+    script = merge_script(3000)
+    merges = sum(step[0] == "merge" for step in script)
+    expected = without_outage(tmp_path, script)
+    writer, greenlets, other, most = outage(tmp_path, script, bursts=30)
+    # At most about a burst's merges (~1/30 of them) in memory at any time.
+    assert merges > 1000 and most <= merges // 20
+    other.execute("ROLLBACK")
+    assert wait_until(lambda: writer.spool_backlog == 0 and not writer.merges_waiting and writer.wait_idle(1))
+    stop_writer(writer, greenlets)
+    assert interaction_ids(tmp_path / "a.db") == expected
+
+
+def test_a_crash_in_an_outage_loses_no_merge(tmp_path):
+    # Before, the merges of the outage were only in memory: after a crash the
+    # spool's legs came back with the ids they were built with, and the legs
+    # stored before the outage kept theirs.
+    script = merge_script(600, seed=11)
+    expected = without_outage(tmp_path, script)
+    writer, greenlets, other, _ = outage(tmp_path, script, bursts=3)
+    gevent.killall(greenlets, timeout=10)  # a crash: nothing drained, nothing flushed
+    other.execute("ROLLBACK")
+    after = Writer(store.connect_writer(tmp_path / "a.db"), batch_size=50, flush_interval=0.01,
+                   spool=Spool(tmp_path / "a.db.spool"))
+    greenlets = run_writer(after)
+    assert wait_until(lambda: after.spool_backlog == 0 and (tmp_path / "a.db.spool").stat().st_size == 0)
+    stop_writer(after, greenlets)
+    assert interaction_ids(tmp_path / "a.db") == expected
+
+
+def test_a_stop_in_an_outage_leaves_the_merges_of_the_next_transaction_in_the_spool(tmp_path):
+    # SIGTERM's drain gives up on SQLite after a few attempts and spills what
+    # memory held; before, the merges its next transaction was to apply were
+    # dropped there, and the rows stored before the outage kept their ids.
+    db = tmp_path / "a.db"
+    writer = Writer(fast_failing(db), batch_size=50, flush_interval=0.01, max_retry_delay=0.05,
+                    spool=Spool(tmp_path / "a.db.spool"))
+    greenlets = run_writer(writer)
+    for n in range(4):
+        assert writer.submit(record(n, "i-%d" % n))
+    assert writer.wait_idle(timeout=WAIT)
+    other = locked(db)
+    writer.merge_interactions([("i-0", "i-1"), ("i-2", "i-3")])
+    writer.merge_interactions([("i-1", "i-3")])
+    stop_writer(writer, greenlets)
+    assert writer.failures and not writer.merges_waiting
+    other.execute("ROLLBACK")
+    after = Writer(store.connect_writer(db), batch_size=50, flush_interval=0.01, spool=Spool(tmp_path / "a.db.spool"))
+    greenlets = run_writer(after)
+    assert wait_until(lambda: (tmp_path / "a.db.spool").stat().st_size == 0)
+    stop_writer(after, greenlets)
+    assert interaction_ids(db) == {"call-%06d" % n: "i-3" for n in range(4)}
+
+
+def test_without_a_spool_merges_held_in_an_outage_are_capped_and_the_rest_logged(tmp_path):
+    # Before, they piled up in memory for as long as SQLite refused writes.
+    db = tmp_path / "a.db"
+    writer = Writer(fast_failing(db), batch_size=50, flush_interval=0.01, capacity=10, max_retry_delay=0.05)
+    greenlets = run_writer(writer)
+    assert writer.submit(record(1, "i-0")) and writer.wait_idle(timeout=WAIT)
+    other = locked(db)
+    with capture_logs() as logs:
+        for n in range(1, 1500):
+            writer.merge_interactions([("i-%d" % (n - 1), "i-%d" % n)])
+        assert wait_until(lambda: writer.failures >= 2)
+    assert writer.merges_waiting == MIN_OVERFLOW and writer.merges_lost == 1499 - MIN_OVERFLOW
+    lost = [e for e in logs if e["event"] == "interaction_merge_lost"]
+    assert len(lost) == writer.merges_lost and lost[0]["old"] == "i-%d" % MIN_OVERFLOW
+    assert all(e["log_level"] == "error" for e in lost)
+    other.execute("ROLLBACK")
+    assert wait_until(lambda: not writer.merges_waiting and writer.wait_idle(1))
+    stop_writer(writer, greenlets)
+    assert interaction_ids(db) == {"call-000001": "i-%d" % MIN_OVERFLOW}
+
+
+def test_merges_the_spool_cannot_take_wait_for_sqlite_once_each(tmp_path):
+    # SQLite locked and the spool unwritable: the merges that were on their
+    # way to the spool come back to memory, each once, for the next transaction.
+    db = tmp_path / "a.db"
+    spool = Spool(tmp_path / "not-a-dir" / "a.spool")
+    writer = Writer(fast_failing(db), batch_size=4, flush_interval=0.01, capacity=3, max_retry_delay=0.05,
+                    spool=spool)
+    greenlets = run_writer(writer)
+    assert writer.submit(record(0, "m-0")) and writer.wait_idle(timeout=WAIT)
+    spool.path.unlink()
+    spool.path.parent.rmdir()
+    (tmp_path / "not-a-dir").write_text("")
+    other = locked(db)
+    for n in range(1, 4):
+        assert writer.submit(record(n, "other"))  # memory is full
+    for n in range(30):
+        assert writer.submit(record(10 + n, "other"))  # on its way to the spool: lost there
+        writer.merge_interactions([("m-%d" % n, "m-%d" % (n + 1))])  # follows it
+        assert wait_until(lambda: writer.lost == n + 1)  # (the merges back at the same moment)
+    assert writer.merges_waiting == 30 and not writer.merges_lost
+    other.execute("ROLLBACK")
+    assert wait_until(lambda: not writer.merges_waiting and writer.wait_idle(1))
+    stop_writer(writer, greenlets)
+    assert interaction_ids(db) == {"call-000000": "m-30", **{"call-%06d" % n: "other" for n in range(1, 4)}}
+
+
+def test_a_writer_stuck_with_only_merges_in_the_spool_is_seen_stalled(tmp_path):
+    # The merges of an outage leave memory for the spool: the watchdog must
+    # still see the writer that cannot store them (store/writer.py stalled_seconds).
+    db = tmp_path / "a.db"
+    writer = Writer(fast_failing(db), batch_size=50, flush_interval=0.01, max_retry_delay=0.05,
+                    spool=Spool(tmp_path / "a.db.spool"))
+    greenlets = run_writer(writer)
+    assert writer.submit(record(1, "i-1")) and writer.wait_idle(timeout=WAIT)
+    other = locked(db)
+    writer.merge_interactions([("i-1", "i-2")])
+    assert wait_until(lambda: writer.failures and not writer.merges_waiting)
+    assert writer.spool_backlog == 0 and writer.backlog == 0
+    assert wait_until(lambda: writer.stalled_seconds(time.monotonic()) > 0.5, timeout=10)
+    other.execute("ROLLBACK")
+    assert wait_until(lambda: writer.stalled_seconds(time.monotonic()) == 0 and interaction_ids(db) == {
+        "call-000001": "i-2"})
+    stop_writer(writer, greenlets)
 
 
 # --------------------------------------------------------------- real daemon
