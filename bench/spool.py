@@ -23,11 +23,11 @@ import gevent
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from eslcdr import store  # noqa: E402
+from eslcdr.store import db as store  # noqa: E402
 from eslcdr.ingest.legs import GREGORIAN_OFFSET  # noqa: E402
 from eslcdr.store.spool import Spool  # noqa: E402
 from eslcdr.store.writer import Writer  # noqa: E402
-from tests.test_api import leg  # noqa: E402
+from tests.unit.api.test_api import leg  # noqa: E402
 
 
 def main() -> None:
