@@ -51,6 +51,11 @@ class DaemonCollector:
             yield CounterMetricFamily("eslcdr_cdrs_spooled", "CDRs written to the spool file", value=writer.spooled)
             yield CounterMetricFamily("eslcdr_cdrs_lost", "CDRs neither stored nor spooled (logged in full)",
                                       value=writer.lost + writer.refused)
+            yield GaugeMetricFamily("eslcdr_spool_merges", "Interaction merges in the spool file, not yet applied in SQLite",
+                                    value=writer.spool_merges)
+            yield CounterMetricFamily("eslcdr_interaction_merges_lost",
+                                      "Interaction merges neither applied nor spooled (logged at error)",
+                                      value=writer.merges_lost)
         backfill = status.backfill
         if backfill is not None:
             yield CounterMetricFamily(

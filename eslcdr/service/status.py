@@ -58,6 +58,9 @@ class WriterStatus:
     spool_backlog: int = 0
     spooled: int = 0
     lost: int = 0
+    spool_merges: int = 0
+    merges_waiting: int = 0
+    merges_lost: int = 0
     last_error: str | None = None
     last_write_at: float | None = None
 
@@ -68,8 +71,9 @@ class WriterStatus:
 
     @property
     def healthy(self) -> bool:
-        """Writing (a past error no longer holds CDRs back) and the spool empty."""
-        return (self.last_error is None or self.backlog == 0) and self.spool_backlog == 0
+        """Writing (a past error no longer holds CDRs back) and the spool
+        empty (of CDRs and of interaction merges)."""
+        return (self.last_error is None or self.backlog == 0) and self.spool_backlog == 0 and self.spool_merges == 0
 
     def health(self) -> dict[str, Any]:
         return _fields(self)

@@ -177,6 +177,8 @@ class Writer:
         return len(self._merges) + (self._feed.merges_queued if self._feed is not None else 0)
 
     merges_lost = property(lambda self: self._merges.lost)
+    # Merge lines in the spool file, not yet applied in SQLite.
+    spool_merges = property(lambda self: self._feed.spool.merges if self._feed is not None else 0)
 
     def _spool_waiting(self) -> int:
         return self._feed.waiting if self._feed is not None else 0

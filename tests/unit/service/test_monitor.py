@@ -32,6 +32,9 @@ class FakeWriter:
     deleted: int = 0
     spooled: int = 0
     lost: int = 0
+    spool_merges: int = 0
+    merges_waiting: int = 0
+    merges_lost: int = 0
     last_error: str | None = None
     last_write_at: float | None = None
 
@@ -217,7 +220,7 @@ def full_daemon(tmp_path, degraded: bool = False):
     daemon = Daemon(config, notifier=Notifier(None))
     daemon.started_at -= 100.0
     daemon.writer = FakeWriter(backlog=3, written=42, duplicates=1, refused=2, failures=4, deleted=5, spooled=6,
-                               lost=7, last_write_at=1700000000.5)
+                               lost=7, merges_waiting=8, merges_lost=11, last_write_at=1700000000.5)
     daemon.nodes = {"fs1": FakeConnection(node=FakeNode("10.0.0.1", 8021), connected_since=1700000000.0,
                                           reconnects=1, protocol_errors=2),
                     "fs2": FakeConnection(node=FakeNode("10.0.0.2", 8022), state="connecting" if degraded else "connected",
@@ -252,7 +255,8 @@ def test_health_answers_every_figure_in_its_place(tmp_path):
                   "retention_days": 30, "deleted": 5, "unpulled_max": 2,
                   "collectors": {"sha256:abababababab": {"acked_seq": 40, "unpulled": 2, "last_pull_at": 1699999999.0}}},
         "writer": {"backlog": 3, "written": 42, "duplicates": 1, "refused": 2, "failures": 4, "deleted": 5,
-                   "spool_backlog": 0, "spooled": 6, "lost": 7, "last_error": None, "last_write_at": 1700000000.5},
+                   "spool_backlog": 0, "spooled": 6, "lost": 7, "spool_merges": 0, "merges_waiting": 8,
+                   "merges_lost": 11, "last_error": None, "last_write_at": 1700000000.5},
         "backfill": FullBackfill().stats(),
     }
     assert list(health) == ["status", "version", "nodes", "store", "writer", "backfill"]
@@ -266,6 +270,9 @@ def test_health_is_degraded_while_the_writer_fails_with_a_backlog_or_the_spool_h
     daemon.writer.backlog = 0
     assert daemon.health()["status"] == "ok"
     daemon.writer.spool_backlog = 1
+    assert daemon.health()["status"] == "degraded"
+    daemon.writer.spool_backlog = 0
+    daemon.writer.spool_merges = 2  # CDRs stored, their interactions not yet merged
     assert daemon.health()["status"] == "degraded"
 
 
@@ -325,6 +332,12 @@ eslcdr_cdrs_spooled_total 6.0
 # HELP eslcdr_cdrs_lost_total CDRs neither stored nor spooled (logged in full)
 # TYPE eslcdr_cdrs_lost_total counter
 eslcdr_cdrs_lost_total 9.0
+# HELP eslcdr_spool_merges Interaction merges in the spool file, not yet applied in SQLite
+# TYPE eslcdr_spool_merges gauge
+eslcdr_spool_merges 0.0
+# HELP eslcdr_interaction_merges_lost_total Interaction merges neither applied nor spooled (logged at error)
+# TYPE eslcdr_interaction_merges_lost_total counter
+eslcdr_interaction_merges_lost_total 11.0
 # HELP eslcdr_backfill_legs_total Legs stored from their mod_json_cdr file (hangup not heard)
 # TYPE eslcdr_backfill_legs_total counter
 eslcdr_backfill_legs_total 17.0

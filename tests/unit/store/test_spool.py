@@ -16,6 +16,7 @@ import gevent
 import structlog
 from structlog.testing import capture_logs
 
+from eslcdr.service.status import WriterStatus
 from eslcdr.store import db as store
 from eslcdr.fakefs import FakeFreeSWITCH, ReplaySource, StaticSource
 from eslcdr.store import spool as spool_module
@@ -444,9 +445,12 @@ def test_a_writer_stuck_with_only_merges_in_the_spool_is_seen_stalled(tmp_path):
     assert wait_until(lambda: writer.failures and not writer.merges_waiting)
     assert writer.spool_backlog == 0 and writer.backlog == 0
     assert wait_until(lambda: writer.stalled_seconds(time.monotonic()) > 0.5, timeout=10)
+    # /health is degraded while the merge waits in the spool, though no CDR does.
+    assert writer.spool_merges == 1 and not WriterStatus.of(writer).healthy
     other.execute("ROLLBACK")
     assert wait_until(lambda: writer.stalled_seconds(time.monotonic()) == 0 and interaction_ids(db) == {
         "call-000001": "i-2"})
+    assert writer.spool_merges == 0 and WriterStatus.of(writer).healthy
     stop_writer(writer, greenlets)
 
 
