@@ -33,6 +33,7 @@ import structlog
 
 from .. import __version__
 from .config import CollectorConfig, FeedNode, redact_secrets
+from .feed import error_message
 
 log = structlog.get_logger(__name__)
 
@@ -92,23 +93,6 @@ class _Connection(http.client.HTTPConnection):
         self.sock = self.tls.wrap_socket(sock, server_hostname=self.host) if self.tls is not None else sock
 
 
-def _error_message(body: bytes) -> str:
-    """A node's error answer in one short line: Kazoo's ``message`` (and its
-    ``data.message``) when it is an envelope, else the text itself."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    if type(doc) is dict and isinstance(doc.get("message"), str):
-        text = doc["message"]
-        data = doc.get("data")
-        if type(data) is dict and isinstance(data.get("message"), str):
-            text += ": " + data["message"]
-    else:
-        text = body.decode("utf-8", "replace")
-    return " ".join(text.split())[:REASON_CHARS]
-
-
 def _channels_of(body: bytes) -> list[dict]:
     """The channels of a node's answer, checked: Kazoo's envelope with a list
     of objects, each with a string ``uuid``."""
@@ -146,7 +130,7 @@ def _fetch(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: lis
         if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
             raise NodeUnreachable("the answer of %s bytes is over channels_max_bytes (%d)" % (declared.strip(), max_bytes))
         if resp.status != 200:
-            raise NodeUnreachable("HTTP %d: %s" % (resp.status, _error_message(resp.read(4 * REASON_CHARS))))
+            raise NodeUnreachable("HTTP %d: %s" % (resp.status, error_message(resp.read(4 * REASON_CHARS), REASON_CHARS)))
         body = resp.read() if resp.length is not None else resp.read(max_bytes + 1)
         if len(body) > max_bytes:
             raise NodeUnreachable("the answer is over channels_max_bytes (%d)" % max_bytes)
