@@ -169,7 +169,8 @@ def _ask(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: list[
         return _reason(exc, timeout, stage[0])
 
 
-def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_bytes: int) -> FleetChannels:
+def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_bytes: int,
+                   known_missing: frozenset[str] = frozenset()) -> FleetChannels:
     """Every node's ``GET path`` at once; back within ``timeout`` seconds."""
     started = time.monotonic()
     stages = [[CONNECTING] for _ in nodes]
@@ -193,17 +194,38 @@ def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_
     # the sort is stable, so each node's own order stays.
     channels.sort(key=lambda c: c["timestamp"] if type(c.get("timestamp")) is int else float("inf"))
     result = FleetChannels(tuple(channels), tuple(unreachable))
-    (log.warning if unreachable else log.debug)(
+    # A warning when a node is missing that was not already (``known_missing``).
+    (log.warning if any(u.node not in known_missing for u in unreachable) else log.debug)(
         "fleet_channels", path=path, nodes=len(nodes), channels=len(channels),
         unreachable=result.fields()["unreachable_nodes"], ms=round((time.monotonic() - started) * 1000, 1))
     return result
 
 
-def ask_fleet(config: CollectorConfig, account_id: str | None = None, user_id: str | None = None) -> FleetChannels:
+def ask_fleet(config: CollectorConfig, account_id: str | None = None, user_id: str | None = None,
+              known_missing: frozenset[str] = frozenset()) -> FleetChannels:
     """The fleet's channels for one route of the central API, with the
     collector's ``channels_timeout`` and ``channels_max_bytes``."""
     return fleet_channels(config.nodes, channels_path(account_id, user_id), config.channels_timeout,
-                          max_bytes=config.channels_max_bytes)
+                          max_bytes=config.channels_max_bytes, known_missing=known_missing)
 
 
-__all__ = ["FleetChannels", "NodeUnreachable", "Unreachable", "ask_fleet", "channels_path", "fleet_channels"]
+class Fleet:
+    """``ask_fleet`` for the central API, which remembers the nodes missing
+    from the last answer: the page asks every 5 s, so a node down for an hour
+    is one warning (``fleet_channels``), then debug lines, and one info line,
+    ``fleet_channels_nodes_back``, once it answers again."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self._config = config
+        self._missing: frozenset[str] = frozenset()
+
+    def __call__(self, account_id: str | None = None, user_id: str | None = None) -> FleetChannels:
+        result = ask_fleet(self._config, account_id, user_id, known_missing=self._missing)
+        missing = frozenset(u.node for u in result.unreachable)
+        if self._missing - missing:
+            log.info("fleet_channels_nodes_back", nodes=sorted(self._missing - missing))
+        self._missing = missing
+        return result
+
+
+__all__ = ["Fleet", "FleetChannels", "NodeUnreachable", "Unreachable", "ask_fleet", "channels_path", "fleet_channels"]
