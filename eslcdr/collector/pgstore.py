@@ -324,8 +324,8 @@ class PgStore:
                 stored = "no row" if found is None else "after=%s db_id=%s" % (found[1], found[0])
                 raise CursorMoved(
                     "node %s: the cursor in PostgreSQL is %s, this collector had after=%d db_id=%s:"
-                    " another eslcdr collect pulls [node:%s] into this database? (batch rolled back,"
-                    " resuming from the stored cursor)" % (node, stored, expected_after, db_id, node)
+                    " moved by hand, or another eslcdr collect pulls [node:%s] into this database?"
+                    " (batch rolled back, resuming from the stored cursor)" % (node, stored, expected_after, db_id, node)
                 )
             with conn.cursor() as cur:
                 rejected = len(refused)
