@@ -151,6 +151,11 @@ install_config() {
     create_once "$etc/environment" 0600 "# Read by systemd (as root) for eslcdr.service: secrets stay out of eslcdr.ini.
 #ESLCDR_ESL_PASSWORD=ClueCon"
     owner root:root "$etc/environment"
+    # The central API's tokens (eslcdr collect, User=eslcdr): as tokens, so
+    # that `eslcdr token add --tokens-file` as root keeps it readable by the service.
+    create_once "$etc/collector-tokens" 0640 "# eslcdr collect's API tokens (central host only), the format of tokens.
+# Add one: $PREFIX/bin/eslcdr token add --account ACCOUNT_ID --tokens-file $SYSCONFDIR/collector-tokens"
+    owner "root:$SERVICE_USER" "$etc/collector-tokens"
     create_once "$etc/collector.environment" 0600 "# Read by systemd (as root) for eslcdr-collect.service, on the central host only.
 #ESLCDR_COLLECTOR_DSN=postgresql://eslcdr:secret@localhost/cdrs"
     owner root:root "$etc/collector.environment"

@@ -156,6 +156,13 @@ def feed_url(raw: str) -> str:
     return url
 
 
+def _server(url: str) -> tuple:
+    """What names one node's API in a ``feed_url``: the scheme, the host in
+    lower case, the port (the scheme's default made explicit) and the path."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), parts.path
+
+
 def shown_url(url: str) -> str:
     """``url`` as an error message may show it: a password (``user:password@``) or
     a token (``?auth_token=...``) a person put in it replaced by REDACTED."""
@@ -263,6 +270,13 @@ def build(parser: configparser.ConfigParser, environ: Mapping[str, str], source:
         raise ConfigError("no [node:NAME] section: nothing to collect")
     if len({n.name for n in nodes}) != len(nodes):
         raise ConfigError("two [node:...] sections share a name")
+    seen: dict[tuple, str] = {}
+    for node in nodes:
+        # A section copied and its url left as it was: the second would pull the
+        # same server again and every call it sends be refused (other_node).
+        first = seen.setdefault(_server(node.url), node.name)
+        if first != node.name:
+            raise ConfigError("[node:%s] url is [node:%s]'s too: one media server, one section" % (node.name, first))
     # [log] takes no environment variable (docs/configuration.md)
     log = parsed(SETTINGS["log"], section_values(parser, "log", DEFAULTS["log"], {}), "log")
     return CollectorConfig(api=api, nodes=tuple(nodes), log=LogConfig(**log), source=source, **values)

@@ -54,6 +54,31 @@ class PullTooSlow(FeedError):
 # Transport errors: worth a retry after a backoff.
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException, FeedError)
 
+ERROR_CHARS = 300  # the most of a node's own error message an error quotes
+# What an operator does about a refused token (the node's answer says only "invalid credentials").
+TOKEN_HINTS = {
+    401: "the node does not know this [node:NAME] token: add one there (eslcdr token add --account '*')"
+         " and set it as the node's token in collector.ini",
+    403: "this [node:NAME] token is not a '*' token on the node",
+}
+
+
+def error_message(body: bytes, limit: int = ERROR_CHARS) -> str:
+    """A node's error answer in one short line: Kazoo's ``message`` (and its
+    ``data.message``) when it is an envelope, else the text itself."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if type(doc) is dict and isinstance(doc.get("message"), str):
+        text = doc["message"]
+        data = doc.get("data")
+        if type(data) is dict and isinstance(data.get("message"), str):
+            text += ": " + data["message"]
+    else:
+        text = body.decode("utf-8", "replace")
+    return " ".join(text.split())[:limit]
+
 
 class LineSplitter:
     """Bytes in, complete ``\\n``-terminated lines out (without the newline).
@@ -237,8 +262,9 @@ class FeedClient:
             except TRANSPORT_ERRORS:
                 pass
             self.close()
-            message = body.decode("utf-8", "replace").strip().replace("\n", " ")[:300]
-            raise FeedError("HTTP %d from the feed: %s" % (resp.status, message))
+            hint = TOKEN_HINTS.get(resp.status)
+            raise FeedError("HTTP %d from the feed: %s%s" % (resp.status, error_message(body),
+                                                             " (%s)" % hint if hint else ""))
         db_id = resp.getheader("X-DB-ID")
         last = resp.getheader("X-Feed-Last-Seq")
         last_seq = int(last) if last and last.isdigit() else None
@@ -316,6 +342,7 @@ __all__ = [
     "RecordTooLarge",
     "Rejected",
     "TRANSPORT_ERRORS",
+    "error_message",
     "lines_of",
     "parse_record",
 ]

@@ -34,6 +34,7 @@ import structlog
 from .. import __version__
 from ..web.redact import Redactor
 from .config import CollectorConfig, FeedNode, redact_secrets
+from .feed import error_message
 
 log = structlog.get_logger(__name__)
 
@@ -93,23 +94,6 @@ class _Connection(http.client.HTTPConnection):
         self.sock = self.tls.wrap_socket(sock, server_hostname=self.host) if self.tls is not None else sock
 
 
-def _error_message(body: bytes) -> str:
-    """A node's error answer in one short line: Kazoo's ``message`` (and its
-    ``data.message``) when it is an envelope, else the text itself."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    if type(doc) is dict and isinstance(doc.get("message"), str):
-        text = doc["message"]
-        data = doc.get("data")
-        if type(data) is dict and isinstance(data.get("message"), str):
-            text += ": " + data["message"]
-    else:
-        text = body.decode("utf-8", "replace")
-    return " ".join(text.split())[:REASON_CHARS]
-
-
 def _channels_of(body: bytes) -> list[dict]:
     """The channels of a node's answer, checked: Kazoo's envelope with a list
     of objects, each with a string ``uuid``."""
@@ -147,7 +131,7 @@ def _fetch(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: lis
         if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
             raise NodeUnreachable("the answer of %s bytes is over channels_max_bytes (%d)" % (declared.strip(), max_bytes))
         if resp.status != 200:
-            raise NodeUnreachable("HTTP %d: %s" % (resp.status, _error_message(resp.read(4 * REASON_CHARS))))
+            raise NodeUnreachable("HTTP %d: %s" % (resp.status, error_message(resp.read(4 * REASON_CHARS), REASON_CHARS)))
         body = resp.read() if resp.length is not None else resp.read(max_bytes + 1)
         if len(body) > max_bytes:
             raise NodeUnreachable("the answer is over channels_max_bytes (%d)" % max_bytes)
@@ -186,7 +170,8 @@ def _ask(node: FeedNode, path: str, timeout: float, max_bytes: int, stage: list[
         return _reason(exc, timeout, stage[0])
 
 
-def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_bytes: int) -> FleetChannels:
+def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_bytes: int,
+                   known_missing: frozenset[str] = frozenset()) -> FleetChannels:
     """Every node's ``GET path`` at once; back within ``timeout`` seconds."""
     started = time.monotonic()
     stages = [[CONNECTING] for _ in nodes]
@@ -210,17 +195,38 @@ def fleet_channels(nodes: Sequence[FeedNode], path: str, timeout: float, *, max_
     # the sort is stable, so each node's own order stays.
     channels.sort(key=lambda c: c["timestamp"] if type(c.get("timestamp")) is int else float("inf"))
     result = FleetChannels(tuple(channels), tuple(unreachable))
-    (log.warning if unreachable else log.debug)(
+    # A warning when a node is missing that was not already (``known_missing``).
+    (log.warning if any(u.node not in known_missing for u in unreachable) else log.debug)(
         "fleet_channels", path=Redactor().target(path), nodes=len(nodes), channels=len(channels),
         unreachable=result.fields()["unreachable_nodes"], ms=round((time.monotonic() - started) * 1000, 1))
     return result
 
 
-def ask_fleet(config: CollectorConfig, account_id: str | None = None, user_id: str | None = None) -> FleetChannels:
+def ask_fleet(config: CollectorConfig, account_id: str | None = None, user_id: str | None = None,
+              known_missing: frozenset[str] = frozenset()) -> FleetChannels:
     """The fleet's channels for one route of the central API, with the
     collector's ``channels_timeout`` and ``channels_max_bytes``."""
     return fleet_channels(config.nodes, channels_path(account_id, user_id), config.channels_timeout,
-                          max_bytes=config.channels_max_bytes)
+                          max_bytes=config.channels_max_bytes, known_missing=known_missing)
 
 
-__all__ = ["FleetChannels", "NodeUnreachable", "Unreachable", "ask_fleet", "channels_path", "fleet_channels"]
+class Fleet:
+    """``ask_fleet`` for the central API, which remembers the nodes missing
+    from the last answer: the page asks every 5 s, so a node down for an hour
+    is one warning (``fleet_channels``), then debug lines, and one info line,
+    ``fleet_channels_nodes_back``, once it answers again."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self._config = config
+        self._missing: frozenset[str] = frozenset()
+
+    def __call__(self, account_id: str | None = None, user_id: str | None = None) -> FleetChannels:
+        result = ask_fleet(self._config, account_id, user_id, known_missing=self._missing)
+        missing = frozenset(u.node for u in result.unreachable)
+        if self._missing - missing:
+            log.info("fleet_channels_nodes_back", nodes=sorted(self._missing - missing))
+        self._missing = missing
+        return result
+
+
+__all__ = ["Fleet", "FleetChannels", "NodeUnreachable", "Unreachable", "ask_fleet", "channels_path", "fleet_channels"]

@@ -321,8 +321,11 @@ class PgStore:
                 "SELECT db_id, after FROM collector_nodes WHERE node = %s FOR UPDATE", (node,)
             ).fetchone()
             if found is None or found[1] != expected_after or (found[0] is not None and found[0] != db_id):
+                stored = "no row" if found is None else "after=%s db_id=%s" % (found[1], found[0])
                 raise CursorMoved(
-                    "node %s: stored cursor %r, expected (%s, %d)" % (node, found, db_id, expected_after)
+                    "node %s: the cursor in PostgreSQL is %s, this collector had after=%d db_id=%s:"
+                    " moved by hand, or another eslcdr collect pulls [node:%s] into this database?"
+                    " (batch rolled back, resuming from the stored cursor)" % (node, stored, expected_after, db_id, node)
                 )
             with conn.cursor() as cur:
                 rejected = len(refused)

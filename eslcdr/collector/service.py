@@ -39,7 +39,7 @@ from ..supervise import spawn_supervised
 from . import pginteractions, pgmigrations, pgschema
 from .pgstore import pg_connect
 from .config import CollectorConfig
-from .fleet import ask_fleet
+from .fleet import Fleet
 from .readside import PgReadSide
 from .worker import NodeWorker
 
@@ -99,13 +99,13 @@ class CollectorMetrics:
 
 def make_app(config: CollectorConfig, health: Callable[[], dict], registry: CollectorRegistry) -> CdrApi:
     """The central API over PostgreSQL (the Kazoo routes of a node, no feed), its
-    live channels the fleet's (``fleet.ask_fleet``), ``/health`` (503 unless every
+    live channels the fleet's (``fleet.Fleet``), ``/health`` (503 unless every
     node is fine) and ``/metrics``."""
     api = config.api
     read = PgReadSide(config.dsn, api.statement_timeout, heavy_slots=api.heavy_queries,
                       connect_timeout=config.timeout, redact=config.redact)
     return assemble(api, socket.gethostname(), read, health=health, registry=registry,
-                    channels=lambda account_id, user_id: ask_fleet(config, account_id, user_id))
+                    channels=Fleet(config))
 
 
 # ------------------------------------------------------------------ the process

@@ -91,6 +91,7 @@ class NodeWorker:
         self.db_restarts = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self._failing_since = 0.0  # when the current run of failed pulls began
         self.last_pull_at: float | None = None
         self.caught_up_at: float | None = None
         self._recent: list[tuple[float, int]] = []
@@ -129,6 +130,8 @@ class NodeWorker:
         while not self._stop.is_set():
             try:
                 more = self.pull_once()
+                if attempt:
+                    self._recovered(attempt)
                 attempt = 0
             except RETRYABLE as exc:
                 attempt += 1
@@ -145,20 +148,31 @@ class NodeWorker:
     def _failed(self, exc: BaseException, attempt: int) -> None:
         self.errors += 1
         self.state = "error"
+        # Which side failed: the central PostgreSQL (every node's worker says
+        # so at once) or this node (its HTTP answer, the network to it).
+        on = "postgresql" if isinstance(exc, (psycopg.Error, CursorMoved)) else "node"
         # psycopg/libpq may name a piece of the DSN's password: never shown.
-        message = self._config.redact("%s: %s" % (type(exc).__name__, exc))
+        message = self._config.redact("%s%s: %s" % ("PostgreSQL: " if on == "postgresql" else "",
+                                                    type(exc).__name__, exc))
         self.last_error = message[:500]
         self.last_error_at = self._clock()
+        if attempt == 1:
+            self._failing_since = self.last_error_at
         delay = backoff_delay(attempt, base=0.5, cap=self._config.retry_max_delay)
-        log.error("collect_pull_failed", node=self.name, error=self.last_error, after=self.after,
+        log.error("collect_pull_failed", node=self.name, on=on, error=self.last_error, after=self.after,
                   attempt=attempt, retry_in=round(delay, 2))
         self._client.close()
-        if isinstance(exc, (psycopg.Error, CursorMoved)):
+        if on == "postgresql":
             # The connection may be broken or the cursor stale: start over.
             self._drop_store()
         else:
             self._note_error_in_db(message)
         self._wait(delay)
+
+    def _recovered(self, attempts: int) -> None:
+        """The first good pull after failed ones: one line says so (and for how long it failed)."""
+        log.info("collect_pull_recovered", node=self.name, failed_attempts=attempts, after=self.after,
+                 failing_seconds=round(self._clock() - self._failing_since, 1), last_error=self.last_error)
 
     def _note_error_in_db(self, message: str) -> None:
         store = self._store

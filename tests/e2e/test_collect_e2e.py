@@ -512,9 +512,11 @@ def test_a_stalling_node_does_not_delay_the_other(media, collector, pg_dsn):
     fast.settled_rows(30)
     slow.settled_rows(10)
     proxy = FaultProxy(slow.api_port, stall=3600)
+    # fs-bad: the right node, a wrong token (through a plain proxy: two sections
+    # naming one url are refused at start)
+    plain = FaultProxy(fast.api_port)
     try:
-        # fs-bad: the right node, a wrong token
-        process = collector({"fs-a": fast.url, "fs-b": proxy.url, "fs-bad": (fast.url, "not-the-token")})
+        process = collector({"fs-a": fast.url, "fs-b": proxy.url, "fs-bad": (plain.url, "not-the-token")})
         port = process.port()
         wait_collected(pg_dsn, [fast])
         assert pg_rows(pg_dsn, "SELECT 1 FROM cdrs WHERE source <> 'fs-a'") == []
@@ -525,7 +527,8 @@ def test_a_stalling_node_does_not_delay_the_other(media, collector, pg_dsn):
         assert status == 503 and health["status"] == "degraded"
         assert health["nodes"]["fs-a"]["state"] == "caught_up" and health["nodes"]["fs-a"]["lag_rows"] == 0
         assert "timed out" in health["nodes"]["fs-b"]["last_error"]
-        assert "HTTP 401" in health["nodes"]["fs-bad"]["last_error"]
+        assert health["nodes"]["fs-bad"]["last_error"].startswith(
+            "FeedError: HTTP 401 from the feed: invalid_credentials: invalid credentials (the node does not know")
         assert "not-the-token" not in process.log_path.read_text()
         status, body = http_get(port, "/metrics")
         text = body.decode()
@@ -536,6 +539,7 @@ def test_a_stalling_node_does_not_delay_the_other(media, collector, pg_dsn):
         assert process.stop() == 0
     finally:
         proxy.stop()
+        plain.stop()
 
 
 def test_sigterm_finishes_the_batch_being_committed(media, collector, pg_dsn):

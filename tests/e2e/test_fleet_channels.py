@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from eslcdr.collector import config as cc
 from eslcdr.collector.config import FeedNode
-from eslcdr.collector.fleet import ask_fleet, channels_path, fleet_channels
+from eslcdr.collector.fleet import Fleet, ask_fleet, channels_path, fleet_channels
 from eslcdr.fakefs import FakeFreeSWITCH, StaticSource
 
 from tests.conftest import capture_events
@@ -76,10 +76,12 @@ class Answering:
     def __init__(self, body: bytes, status: str = "200 OK", length: bool = True) -> None:
         self.tokens: list[str] = []
         self.paths: list[str] = []
+        self.body, self.status = body, status  # what the next request gets
 
         def app(environ, start_response):
             self.tokens.append(environ.get("HTTP_X_AUTH_TOKEN", ""))
             self.paths.append(environ["PATH_INFO"])
+            body, status = self.body, self.status
             headers = [("Content-Type", "application/json")]
             if length:
                 headers.append(("Content-Length", str(len(body))))
@@ -242,6 +244,27 @@ def test_an_answer_that_is_not_channels_is_refused(body, reason):
     finally:
         bad.stop()
         good.stop()
+
+
+def test_a_node_missing_is_one_warning_however_often_the_page_asks_and_its_return_one_line():
+    # The page asks every 5 s: a node down for an hour was 720 warnings an hour per open page.
+    node = Answering(b"{}", status="503 Service Unavailable")
+    fleet = Fleet(cc.from_mapping({"node:fs-a": {"url": node.url, "token": "a-star-token"}}))
+    try:
+        with capture_logs() as logged:
+            for _ in range(3):
+                assert reasons(fleet(ACC)) == {"fs-a": "HTTP 503: {}"}
+            node.body, node.status = kazoo([]), "200 OK"
+            assert reasons(fleet(ACC)) == {} and reasons(fleet()) == {}
+            node.body, node.status = b"{}", "503 Service Unavailable"
+            assert reasons(fleet(None)) == {"fs-a": "HTTP 503: {}"}
+    finally:
+        node.stop()
+    assert [(e["event"], e["log_level"]) for e in logged] == [
+        ("fleet_channels", "warning"), ("fleet_channels", "debug"), ("fleet_channels", "debug"),
+        ("fleet_channels", "debug"), ("fleet_channels_nodes_back", "info"), ("fleet_channels", "debug"),
+        ("fleet_channels", "warning")]
+    assert logged[4]["nodes"] == ["fs-a"]
 
 
 def test_a_node_echoing_its_token_never_shows_it():

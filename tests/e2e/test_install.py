@@ -115,6 +115,9 @@ def test_config_files_and_modes(staged):
     from eslcdr.api.tokens import load_tokens
 
     assert load_tokens(etc / "tokens") == ()
+    # The collector's tokens likewise: eslcdr collect runs as eslcdr and reads
+    # them through its group (a file created by `token add` would be 0600 root).
+    assert mode(etc / "collector-tokens") == 0o640 and load_tokens(etc / "collector-tokens") == ()
     sysusers = root / "usr/lib/sysusers.d/eslcdr.conf"
     assert re.search(r"^u eslcdr ", sysusers.read_text(), re.M)
     doc = root / "usr/share/doc/eslcdr"

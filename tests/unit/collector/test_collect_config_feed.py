@@ -60,6 +60,12 @@ def test_environment_overrides_dsn_and_tokens():
         ({"node:fs1": NODE, "collector": {"default_page_size": "20", "max_page_size": "10"}},
          "[collector] max_page_size: '10' is out of range"),
         ({"node:fs1": NODE, "collector": {"cors_origins": "ui.example.com"}}, "[collector] cors_origins"),
+        # a section copied for a new media server, its url left as it was (one URL spelled two ways)
+        ({"node:fs1": {"url": "http://10.0.0.11:8080", "token": "t"},
+          "node:fs2": {"url": "http://10.0.0.12:8080", "token": "t"},
+          "node:fs3": {"url": "HTTP://10.0.0.11:8080/", "token": "u"}}, "[node:fs3] url is [node:fs1]'s too"),
+        ({"node:fs1": {"url": "http://pbx.example.com", "token": "t"},
+          "node:fs2": {"url": "http://PBX.example.com:80", "token": "t"}}, "[node:fs2] url is [node:fs1]'s too"),
     ],
 )
 def test_bad_config_names_section_and_key(sections, message):

@@ -29,6 +29,7 @@ class FeedServer:
 
     def __init__(self) -> None:
         self.body = b""
+        self.status = 200
         self.headers = {"X-DB-ID": "db-1"}
         self.requests: list[str] = []
         outer = self
@@ -38,7 +39,7 @@ class FeedServer:
 
             def do_GET(self):  # noqa: N802 -- http.server's name
                 outer.requests.append(self.path)
-                self.send_response(200)
+                self.send_response(outer.status)
                 for name, value in outer.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(outer.body)))
@@ -131,6 +132,78 @@ def test_more_records_than_asked_for_stop_the_pull(feed, worker, pg_dsn, tmp_pat
         worker.pull_once()
     assert "more than the 2 records" in str(err.value)
     assert cursor(pg_dsn) == (2, 2, "db-1")  # the two asked for are stored
+
+
+def test_a_node_that_answers_again_is_logged_once_as_recovered(feed, worker, pg_dsn, tmp_path):
+    feed.headers = {}  # no X-DB-ID: every pull fails
+    waits: list[float] = []
+
+    def wait(seconds):  # the backoff asked for, not slept
+        waits.append(seconds)
+        if len(waits) == 2:
+            feed.headers, feed.body = {"X-DB-ID": "db-1"}, b"\n".join(lines(tmp_path, 2)) + b"\n"
+        elif len(waits) == 3:  # the poll wait after the good pull
+            worker._stop.set()
+
+    worker._wait = wait
+    with capture_logs() as logs:
+        worker.run()
+    events = [(e["event"], e.get("on"), e.get("attempt") or e.get("failed_attempts")) for e in logs
+              if e["event"].startswith("collect_pull")]
+    assert events == [("collect_pull_failed", "node", 1), ("collect_pull_failed", "node", 2),
+                      ("collect_pull_recovered", None, 2)]
+    recovered = [e for e in logs if e["event"] == "collect_pull_recovered"][0]
+    assert recovered["node"] == "fs1" and recovered["after"] == 2 and recovered["failing_seconds"] >= 0
+    assert "X-DB-ID" in recovered["last_error"] and cursor(pg_dsn) == (2, 2, "db-1")
+
+
+def test_postgresql_down_is_named_in_the_log_and_last_error_then_recovered(feed, pg_dsn, tmp_path):
+    with psycopg.connect(pg_dsn) as conn:
+        pgmigrations.migrate(conn)
+    cfg = from_mapping({"collector": {"dsn": pg_dsn, "timeout": "5"},
+                        "node:fs1": {"url": feed.url, "token": "a-node-token"}})
+    refused = ["postgresql://eslcdr@127.0.0.1:1/nothing"] * 2  # two connects refused, then the real one
+    node_worker = NodeWorker(cfg.nodes[0], cfg, gevent.event.Event(),
+                             connect=lambda: PgStore.connect(refused.pop() if refused else pg_dsn))
+    feed.body = b"\n".join(lines(tmp_path, 1)) + b"\n"
+    errors: list[str] = []
+
+    def wait(seconds):
+        errors.append(node_worker.health().get("last_error"))
+        if len(errors) == 3:
+            node_worker._stop.set()
+
+    node_worker._wait = wait
+    try:
+        with capture_logs() as logs:
+            node_worker.run()
+    finally:
+        node_worker.close()
+    failed = [e for e in logs if e["event"] == "collect_pull_failed"]
+    assert [e["on"] for e in failed] == ["postgresql", "postgresql"]
+    assert errors[0].startswith("PostgreSQL: OperationalError: ")
+    assert [e["failed_attempts"] for e in logs if e["event"] == "collect_pull_recovered"] == [2]
+    assert node_worker.state == "caught_up" and node_worker.rows_stored == 1
+
+
+@pytest.mark.parametrize("status, message, hint", [
+    (401, "invalid_credentials: invalid credentials", "eslcdr token add --account '*'"),
+    (403, "forbidden: forbidden", "not a '*' token on the node"),
+])
+def test_a_refused_token_is_one_short_line_saying_what_to_do(feed, worker, pg_dsn, status, message, hint):
+    # A node's error answer is Kazoo's envelope: its message is what matters,
+    # not its request_id, timestamp or echoed auth_token.
+    code, text = message.split(": ")
+    feed.status = status
+    feed.body = json.dumps({"data": {"message": text}, "error": str(status), "message": code, "status": "error",
+                            "request_id": "0dc6d8d4a377496ab4da36194b003356", "node": "fs2",
+                            "timestamp": "2026-12-07T17:55:20Z", "version": "0.1.0", "auth_token": "t"}).encode()
+    with pytest.raises(FeedError) as err:
+        worker.pull_once()
+    shown = str(err.value)
+    assert shown.startswith("HTTP %d from the feed: %s (" % (status, message)) and hint in shown
+    assert "request_id" not in shown and "auth_token" not in shown
+    assert cursor(pg_dsn) == (0, 0, None)
 
 
 def test_a_db_id_that_keeps_changing_backs_off_and_shows_as_an_error(feed, pg_dsn, tmp_path):

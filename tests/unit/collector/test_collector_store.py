@@ -179,7 +179,10 @@ def test_values_with_copy_escapes_arrive_intact(pg, tmp_path):
 def test_a_stale_cursor_is_refused(pg, tmp_path):
     items = feed_items(tmp_path, [leg(ts(2026, 11))])
     pg.store_batch("fs1", "db-1", 0, items)
-    with pytest.raises(CursorMoved):
+    # what an operator reads when two collectors pull one node into one database
+    with pytest.raises(CursorMoved, match=r"node fs1: the cursor in PostgreSQL is after=%d db_id=db-1, this"
+                       r" collector had after=0 db_id=db-1: moved by hand, or another eslcdr collect pulls \[node:fs1\]"
+                       % items[-1].seq):
         pg.store_batch("fs1", "db-1", 0, items)
     with pytest.raises(CursorMoved):
         pg.store_batch("fs1", "db-2", items[-1].seq, items)
