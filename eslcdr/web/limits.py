@@ -254,6 +254,15 @@ class Slots:
         self.holders.discard(member)
         self.probation.discard(member)
 
+    def close_idle(self) -> int:
+        """Close every member waiting for its next request (a keep-alive
+        client between two requests: the server stops); one in a request is
+        left to finish.  Returns how many were closed."""
+        idle = [m for m in self.holders | self.probation if m.receiver.waiting and not m.receiver.in_request]
+        for member in idle:
+            member.receiver.evict()
+        return len(idle)
+
     def _evict_from(self, group: set[Any]) -> bool:
         """Close the member of ``group`` furthest behind (EVICT_AFTER at least)."""
         now = time.monotonic()

@@ -209,7 +209,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
         # -- reading a request: idle wait, then its deadlines (limits.Receiver) --------
 
         def read_requestline(self):
-            if not self.receiver.next_request():
+            if self.server.closing or not self.receiver.next_request():
                 return ""  # closed, silent for idle_timeout, or evicted: close without a word
             return self.rfile.readline(pywsgi.MAX_REQUEST_LINE).decode("latin-1")
 
@@ -336,6 +336,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             super().__init__(*args, **kw)
             self.slots = Slots(limits.max_connections)
             self.repeats = Repeats()
+            self.closing = False  # stop(): no next request on a kept-alive connection
 
         @property
         def active_connections(self) -> int:
@@ -366,6 +367,12 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
                 self.slots.release(handler)
 
         def stop(self, timeout: float | None = None) -> None:
+            """Stop accepting; close the connections idle between two requests
+            (a collector's keep-alive would hold the stop for the whole
+            ``timeout``), let requests in progress end within it."""
+            self.closing = True
+            self.close()  # the listener first: no new connection meanwhile
+            self.slots.close_idle()
             super().stop(timeout)
             self.repeats.flush()
 

@@ -231,6 +231,28 @@ def test_an_idle_holder_makes_room_and_a_slow_probationer_cannot(serve):
         sock.close()
 
 
+def test_stop_closes_the_connections_kept_alive_between_requests_and_lets_a_request_finish(serve):
+    # A collector keeps its connection to a node open between two pulls: the
+    # node's stop must not wait its whole timeout for that client to leave.
+    server, port = serve(dataclasses.replace(LIMITS, idle_timeout=600.0))
+    kept = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # HTTP/1.1: kept alive after the answer
+    assert b" 200 " in kept.recv(65536)
+    busy = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    busy.sendall(PUT + b"Content-Length: 10\r\n\r\n12345")  # in a request: half its body sent
+    assert wait_until(lambda: server.active_connections == 2, timeout=10)
+    stopping = gevent.spawn(server.stop, 600)
+    assert closed(kept) == b""  # closed by the server, without a word
+    assert not stopping.dead  # the request in progress may still end ...
+    busy.sendall(b"67890")
+    answer = busy.recv(65536)
+    assert status(answer) == 200 and body_of(answer)["length"] == 10
+    busy.close()
+    # ... and then the stop returns: nothing else held it (the 600 s were never waited).
+    assert wait_until(lambda: stopping.dead, timeout=10) and stopping.successful()
+    kept.close()
+
+
 def closed(sock) -> bytes | None:
     sock.settimeout(0.3)
     try:
