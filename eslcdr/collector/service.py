@@ -78,7 +78,8 @@ class CollectorMetrics:
         cursor = family(GaugeMetricFamily, "eslcdr_collect_cursor", "Last seq stored from the node")
         up = family(GaugeMetricFamily, "eslcdr_collect_up", "1 unless the last pull failed")
         last_error = GaugeMetricFamily(
-            "eslcdr_collect_last_error_timestamp_seconds", "When the last error happened (0: none)", labels=["node", "error"]
+            "eslcdr_collect_last_error_timestamp_seconds", "When the last error happened (0: none), by its kind (side:name)",
+            labels=["node", "error"]
         )
         for name, worker in self._collector.workers.items():
             stored.add_metric([name], worker.rows_stored)
@@ -93,7 +94,7 @@ class CollectorMetrics:
                 lag_seconds.add_metric([name], worker.lag_seconds)
             cursor.add_metric([name], worker.after)
             up.add_metric([name], 0 if worker.state == "error" else 1)
-            last_error.add_metric([name, (worker.last_error or "")[:200]], worker.last_error_at or 0)
+            last_error.add_metric([name, worker.last_error_kind or ""], worker.last_error_at or 0)
         yield from (stored, rejected, batches, errors, restarts, rate, lag_rows, lag_seconds, cursor, up, last_error)
 
 

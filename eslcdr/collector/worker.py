@@ -90,6 +90,9 @@ class NodeWorker:
         self.errors = 0
         self.db_restarts = 0
         self.last_error: str | None = None
+        # The last error's kind, "<side>:<name>" (node:FeedError, postgresql:OperationalError,
+        # node:db_id_flapping): a bounded set, unlike the message (a metric label).
+        self.last_error_kind: str | None = None
         self.last_error_at: float | None = None
         self._failing_since = 0.0  # when the current run of failed pulls began
         self.last_pull_at: float | None = None
@@ -155,6 +158,7 @@ class NodeWorker:
         message = self._config.redact("%s%s: %s" % ("PostgreSQL: " if on == "postgresql" else "",
                                                     type(exc).__name__, exc))
         self.last_error = message[:500]
+        self.last_error_kind = "%s:%s" % (on, type(exc).__name__)
         self.last_error_at = self._clock()
         if attempt == 1:
             self._failing_since = self.last_error_at
@@ -313,6 +317,7 @@ class NodeWorker:
             self.state = "error"
             self.last_error = ("db_id changed %d times in the last hour: two databases behind one URL?"
                                " (re-pulled from seq 0 each time)" % changes)
+            self.last_error_kind = "node:db_id_flapping"
             self.last_error_at = now
             log.warning("collect_node_db_id_flapping", node=self.name, changes_last_hour=changes,
                         retry_in=round(delay, 2))

@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -536,6 +537,9 @@ def test_a_stalling_node_does_not_delay_the_other(media, collector, pg_dsn):
         assert 'eslcdr_collect_rows_stored_total{node="fs-a"} %d.0' % len(fast.rows()) in text
         assert 'eslcdr_collect_up{node="fs-b"} 0.0' in text and 'eslcdr_collect_up{node="fs-a"} 1.0' in text
         assert 'eslcdr_collect_lag_rows{node="fs-a"} 0.0' in text
+        # The error label is the failure's kind, never its text (a bounded set of series).
+        assert re.search(r'eslcdr_collect_last_error_timestamp_seconds\{error="node:FeedError",node="fs-bad"\} 1\.\d+e\+09', text)
+        assert 'last_error_timestamp_seconds{error="",node="fs-a"} 0.0' in text
         assert process.stop() == 0
     finally:
         proxy.stop()
