@@ -273,7 +273,14 @@ def test_page_draws_kpis_worst_legs_and_live_channels(served, tmp_path):
             sources = [source for _, source in rows]
             assert set(sources) <= {"fs-a", "fs-b"}
             assert all(live_now[uuid]["source"] == source for uuid, source in zip(shown, sources) if uuid in live_now)
-            assert {c["source"] for c in answer["data"]} == {"fs-a", "fs-b"}
+            # Both live nodes answer the fan-out (on a loaded machine one may miss its
+            # short timeout once and be listed unreachable: that is the design, so ask again).
+            def both_answer():
+                again = get_json(port, "/v2/accounts/%s/channels" % ACCOUNT, "token-demo")
+                sources_now = {c["source"] for c in again["data"]}
+                return again if sources_now == {"fs-a", "fs-b"} else None
+
+            answer = wait_until(both_answer, "both nodes' live channels of the account", 30)
             assert [u["node"] for u in answer["unreachable_nodes"]] == ["fs-gone"]
             assert unreachable.is_displayed() and "fs-gone (connection refused)" in unreachable.text
         else:
