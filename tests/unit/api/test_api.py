@@ -379,6 +379,12 @@ def test_time_range_defaults_bounds_and_order(env):
     assert ids(env.get("/v2/accounts/%s/cdrs" % ACC_A)) == [inside[0]["id"], inside[2]["id"], inside[1]["id"]]
     asc = env.get("/v2/accounts/%s/cdrs?ascending=true" % ACC_A)
     assert ids(asc) == [inside[1]["id"], inside[2]["id"], inside[0]["id"]]
+    # crossbar_view:direction/2: descending=true wins over ascending=true; descending=false changes nothing.
+    newest_first = ids(env.get("/v2/accounts/%s/cdrs" % ACC_A))
+    assert ids(env.get("/v2/accounts/%s/cdrs?ascending=true&descending=true" % ACC_A)) == newest_first
+    assert ids(env.get("/v2/accounts/%s/cdrs?descending=false" % ACC_A)) == newest_first
+    assert ids(env.get("/v2/accounts/%s/cdrs/interaction?ascending=true&descending=true" % ACC_A)) == ids(
+        env.get("/v2/accounts/%s/cdrs/interaction" % ACC_A))
     exact = env.get("/v2/accounts/%s/cdrs?created_from=%d&created_to=%d" % (ACC_A, NOW_G - 1000, NOW_G - 1000))
     assert ids(exact) == [inside[2]["id"]]  # both bounds inclusive
 
