@@ -28,6 +28,7 @@ from .tokens import COLLECTOR
 
 _N_SOURCE = len(kazoo.SOURCE_COLUMNS)
 _N_SOURCED = _N_SOURCE + 3  # a central listing row: values, its node (source), key, tie
+LIST_CSV_NAME = "result.csv"  # a CSV listing's download name: api_util's ?DEFAULT_CSV_FILE_NAME
 
 
 class Cdrs:
@@ -104,10 +105,9 @@ class Cdrs:
 
         if query.page_size is None:  # every row: in keyset chunks, no long snapshot
             if as_csv:
-                default = "interactions.csv" if interactions else "cdrs.csv"
                 return csv_body(core, self.read.list_export(query), as_csv_records, columns,
-                                core.file_name(params, default))
-            return json_body(core, self.read.list_rows(query), as_json)
+                                core.file_name(params, LIST_CSV_NAME))
+            return json_body(core, self.read.list_rows(query), as_json, paged=False)
         rows = self.read.list_page(query)
         page, rest = rows[: query.page_size], rows[query.page_size:]
         fields: dict[str, Any] = {"page_size": len(page)}
