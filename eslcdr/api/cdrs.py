@@ -4,15 +4,17 @@
 of a time range (JSON pages with keyset ``start_key`` cursors, or every row:
 ``paginate=false`` JSON and CSV are streamed); ``cdrs/{ID}`` is one full
 record (JSON with its revision as ETag, or CSV); ``cdrs/legs/{ID}`` every leg
-of an interaction; ``/v2/cdrs...`` is the token's own account.  Centrally a
-JSON listing row ends with its node, ``source`` (when the read side gives it).  Invariants:
-every read is scoped to the path's account (another account's ids do not
-exist: 404 / no rows); a JSON page holds at most ``max_page_size`` rows.
+of an interaction (both also under ``users/{U}/``, by id alone, as in Kazoo);
+``/v2/cdrs...`` is the token's own account.  Centrally a JSON listing row ends
+with its node, ``source`` (when the read side gives it).  Invariants: every
+read is scoped to the path's account (another account's ids do not exist:
+404 / no rows); a JSON page holds at most ``max_page_size`` rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Callable, Sequence
 
 import bottle
@@ -28,6 +30,11 @@ from .tokens import COLLECTOR
 
 _N_SOURCE = len(kazoo.SOURCE_COLUMNS)
 _N_SOURCED = _N_SOURCE + 3  # a central listing row: values, its node (source), key, tie
+LIST_CSV_NAME = "result.csv"  # a CSV listing's download name: api_util's ?DEFAULT_CSV_FILE_NAME
+# The id shapes cb_cdrs tells apart when nothing is found: a CDR id (?MATCH_MODB_PREFIX,
+# YYYYMM-...) and a Kazoo interaction id (<11 digits>-..., its Gregorian start).
+_CDR_ID = re.compile(r"[0-9]{6}-")
+_KAZOO_INTERACTION_ID = re.compile(r"[0-9]{11}-")
 
 
 class Cdrs:
@@ -44,6 +51,9 @@ class Cdrs:
             (ACCOUNT + "/cdrs/<cdr_id>", "GET", guard(self.cdr_detail)),
             (ACCOUNT + "/users/<user_id>/cdrs", "GET", guard(self.list_cdrs)),
             (ACCOUNT + "/users/<user_id>/cdrs/interaction", "GET", guard(self.list_interactions)),
+            # Kazoo's cb_cdrs serves a CDR and legs under a user's path too, by id alone.
+            (ACCOUNT + "/users/<user_id>/cdrs/legs/<leg_id>", "GET", guard(any_user(self.legs))),
+            (ACCOUNT + "/users/<user_id>/cdrs/<cdr_id>", "GET", guard(any_user(self.cdr_detail))),
             ("/v2/cdrs", "GET", guard(own(self.list_cdrs))),
             ("/v2/cdrs/interaction", "GET", guard(own(self.list_interactions))),
             ("/v2/cdrs/legs/<leg_id>", "GET", guard(own(self.legs))),
@@ -104,10 +114,9 @@ class Cdrs:
 
         if query.page_size is None:  # every row: in keyset chunks, no long snapshot
             if as_csv:
-                default = "interactions.csv" if interactions else "cdrs.csv"
                 return csv_body(core, self.read.list_export(query), as_csv_records, columns,
-                                core.file_name(params, default))
-            return json_body(core, self.read.list_rows(query), as_json)
+                                core.file_name(params, LIST_CSV_NAME))
+            return json_body(core, self.read.list_rows(query), as_json, paged=False)
         rows = self.read.list_page(query)
         page, rest = rows[: query.page_size], rows[query.page_size:]
         fields: dict[str, Any] = {"page_size": len(page)}
@@ -126,7 +135,7 @@ class Cdrs:
         as_csv = core.wants_csv(params)
         found = self.read.detail(account_id, cdr_id, "csv" if as_csv else "json")
         if found is None:
-            raise ApiError(404, "could not find cdr with supplied id", {})
+            raise _no_cdr(cdr_id)
         core.count_rows("csv" if as_csv else "json", 1)
         if as_csv:
             core.csv_headers(core.file_name(params, "cdr-%s.csv" % cdr_id))
@@ -143,8 +152,39 @@ class Cdrs:
         as_csv = core.wants_csv(params)
         stream = self.read.legs(account_id, leg_id, "csv" if as_csv else "json")
         if stream.empty:
-            stream.close()
-            raise ApiError(404, "could not find legs for supplied id", {})
+            problem = _no_legs(leg_id)
+            if problem is not None:
+                stream.close()
+                raise problem
         if as_csv:
             return csv_body(core, stream, records_csv, kazoo.RECORD_CSV_FIELDS, core.file_name(params, "legs.csv"))
         return json_body(core, stream, records_json)
+
+
+def any_user(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler`` under ``users/{USER_ID}/``: the user named plays no part (cb_cdrs:validate/2,3
+    load a CDR or legs by id in the path's account, whoever owns them)."""
+
+    def without_user(user_id: str, **kwargs: Any) -> Any:
+        return handler(**kwargs)
+
+    return without_user
+
+
+def _no_cdr(cdr_id: str) -> ApiError:
+    """Kazoo's 404 for a CDR not found (cb_cdrs:load_cdr/2): a CDR id's is crossbar_doc's
+    not_found (handle_datamgr_errors/3: bad_identifier, the id as cause), any other id's
+    cb_cdrs' own message."""
+    if _CDR_ID.match(cdr_id):
+        return ApiError(404, "bad_identifier", {"cause": cdr_id, "message": "bad identifier"})
+    return ApiError(404, "could not find cdr with supplied id", {})
+
+
+def _no_legs(leg_id: str) -> ApiError | None:
+    """Kazoo's answer for an id with no legs (cb_cdrs:load_legs/2): a CDR id's 404, a Kazoo
+    interaction id's empty list (None: no error), any other id's 404 bad identifier."""
+    if _CDR_ID.match(leg_id):
+        return ApiError(404, "could not find legs for supplied id", {})
+    if _KAZOO_INTERACTION_ID.match(leg_id):
+        return None
+    return ApiError(404, "bad identifier", [leg_id])

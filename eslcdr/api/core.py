@@ -285,7 +285,9 @@ class Core:
 
     @staticmethod
     def file_name(params: Params, default: str) -> str:
-        name = first(params, "file_name") or bottle.request.headers.get("X-File-Name") or default
+        """The download's name: ``X-File-Name``, else ``?file_name=``, else ``default``
+        (Kazoo's api_util:csv_file_name/2 asks the header first), made safe for the header."""
+        name = bottle.request.headers.get("X-File-Name") or first(params, "file_name") or default
         name = _FILE_NAME_UNSAFE.sub("_", os.path.basename(name.strip()))[:200]
         return name or default
 

@@ -70,9 +70,11 @@ def csv_body(core: Core, stream: Batches, render: Callable[[list[Any]], bytes], 
     return StreamBody(chunks(), stream)
 
 
-def json_body(core: Core, stream: Batches, render: Callable[[list[Any]], list[str]]) -> StreamBody:
+def json_body(core: Core, stream: Batches, render: Callable[[list[Any]], list[str]],
+              paged: bool = True) -> StreamBody:
     """``{"data": [...], "page_size": n, "status": "success", ...}``, streamed;
-    ``render(batch)`` gives the rows' JSON texts."""
+    ``render(batch)`` gives the rows' JSON texts.  ``paged=False`` (``paginate=false``):
+    no ``page_size``, as Kazoo's api_util:encode_start_keys/2 drops the paging keys."""
     bottle.response.content_type = "application/json"
     meta = core.meta()
     counter = core.rows_counter("json")
@@ -85,7 +87,8 @@ def json_body(core: Core, stream: Batches, render: Callable[[list[Any]], list[st
             yield ((",%s" if sent else "%s") % text).encode("utf-8")
             sent += len(batch)
             counter.inc(len(batch))
-        yield ("]," + dumps({"page_size": sent, "status": "success", **meta})[1:]).encode("utf-8")
+        paging = {"page_size": sent} if paged else {}
+        yield ("]," + dumps({**paging, "status": "success", **meta})[1:]).encode("utf-8")
 
     return StreamBody(chunks(), stream)
 

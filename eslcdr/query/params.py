@@ -299,7 +299,9 @@ def parse_list_query(
     req_from, req_to = requested_range(params)
     page_size = parse_int(params, "page_size", 1, api.max_page_size)
     utc_offset = parse_int(params, "utc_offset", -MAX_UTC_OFFSET, MAX_UTC_OFFSET, SECONDS) or 0
-    ascending = parse_bool(params, "ascending", False)
+    # crossbar_view:direction/2: newest first unless ascending=true, and descending=true wins.
+    descending = parse_bool(params, "descending", False)
+    ascending = parse_bool(params, "ascending", False) and not descending
     paginate = parse_bool(params, "paginate", True)
     start_key = first(params, "start_key")
     cursor = decode_cursor(start_key, kind, api.max_range) if start_key else None

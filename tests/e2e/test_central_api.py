@@ -174,7 +174,7 @@ def test_listings_paged_and_whole_are_the_nodes_field_by_field(fleet):
                 assert pages > 1
             whole = json.loads(same_answer(fleet, node, fleet.path("/v2/accounts/%s/%s" % (A, listing),
                                                                    filter_node=node.name, paginate="false")))
-            assert whole["page_size"] == len(whole["data"]) > 0
+            assert "page_size" not in whole and len(whole["data"]) > 0  # no paging keys (Kazoo)
             same_answer(fleet, node, fleet.path("/v2/accounts/%s/%s" % (A, listing), filter_node=node.name),
                         accept="text/csv")
         owner = next(r["owner_id"] for r in rows_of(node, A) if r["owner_id"])

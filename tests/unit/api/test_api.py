@@ -258,7 +258,9 @@ def assert_error(response, status: int, message: str | None = None) -> dict:
     assert response.content_type == "application/json"
     body = response.json
     assert body["status"] == "error" and body["error"] == str(status)
-    assert isinstance(body["data"], dict) and isinstance(body["message"], str)
+    # data is an object; Kazoo's one list is crossbar_util:response_bad_identifier/2's [id].
+    assert isinstance(body["data"], dict) or (body["message"] == "bad identifier" and isinstance(body["data"], list))
+    assert isinstance(body["message"], str)
     assert {"request_id", "node", "timestamp", "version"} <= set(body)
     if message is not None:
         assert body["message"] == message
@@ -340,9 +342,15 @@ def test_cdr_detail_has_every_stored_field(env):
     assert data["fax_success"] is True and isinstance(data["custom_channel_vars"], dict)
     # The bare call id works too; other accounts' CDRs do not exist.
     assert env.get("/v2/accounts/%s/cdrs/%s" % (ACC_A, rec["call_id"])).json["data"]["id"] == rec["id"]
-    body = assert_error(env.get("/v2/accounts/%s/cdrs/%s" % (ACC_B, rec["id"]), headers=B, status=404), 404)
-    assert body["message"] == "could not find cdr with supplied id"
-    assert_error(env.get("/v2/accounts/%s/cdrs/202601-nope" % ACC_A, status=404), 404)
+    # As Kazoo (cb_cdrs:load_cdr/2): a CDR id (YYYYMM-...) not in the path's account is
+    # crossbar_doc's not_found -- bad_identifier, the id as cause; any other id cb_cdrs' message.
+    for account, headers, cdr_id in ((ACC_B, B, rec["id"]), (ACC_A, A, "202601-nope")):
+        body = assert_error(env.get("/v2/accounts/%s/cdrs/%s" % (account, cdr_id), headers=headers, status=404),
+                            404, "bad_identifier")
+        assert body["data"] == {"cause": cdr_id, "message": "bad identifier"}
+    body = assert_error(env.get("/v2/accounts/%s/cdrs/nope" % ACC_A, status=404), 404,
+                        "could not find cdr with supplied id")
+    assert body["data"] == {}
 
 
 @CENTRAL_TOO
@@ -361,6 +369,29 @@ def test_legs_by_interaction_or_cdr_id(env):
             .json["data"]] == [foreign["call_id"]]
     assert_error(env.get("/v2/accounts/%s/cdrs/legs/%s" % (ACC_B, legs[0]["id"]), headers=B, status=404), 404,
                  "could not find legs for supplied id")
+    # Under a user's path too, by id alone, whoever owns the legs (cb_cdrs:validate/2,3, as Kazoo).
+    for key in (iid, legs[1]["id"]):
+        body = env.get("/v2/accounts/%s/users/someone-else/cdrs/legs/%s" % (ACC_A, key)).json
+        assert [r["call_id"] for r in body["data"]] == [legs[0]["call_id"], legs[1]["call_id"]]
+    one = env.get("/v2/accounts/%s/users/someone-else/cdrs/%s" % (ACC_A, legs[1]["id"])).json
+    assert one["data"]["call_id"] == legs[1]["call_id"] and one["revision"]
+    assert_error(env.get("/v2/accounts/%s/users/u1/cdrs/%s" % (ACC_B, legs[0]["id"]), headers=B, status=404),
+                 404, "bad_identifier")
+    assert_error(env.get("/v2/accounts/%s/users/u1/cdrs/%s" % (ACC_A, legs[0]["id"]), headers=B, status=403),
+                 403, "forbidden")
+    # No legs, as Kazoo's cb_cdrs:load_legs/2 answers by the id's shape: a Kazoo interaction
+    # id's is an empty list (a view with no rows), any other id's 404 bad identifier, [id].
+    for account, headers in ((ACC_A, A), (ACC_B, B)):
+        body = env.get("/v2/accounts/%s/cdrs/legs/%s" % (account, interaction_id(NOW_G - 5000)),
+                       headers=headers).json
+        assert body["status"] == "success" and body["data"] == [] and body["page_size"] == 0
+    empty_csv = env.get("/v2/accounts/%s/cdrs/legs/%s?accept=csv" % (ACC_A, interaction_id(NOW_G - 5000)))
+    assert empty_csv.content_type == "text/csv" and empty_csv.body.count(b"\r\n") == 1  # the header row
+    for other in ("nope", str(uuid.uuid4())):
+        response = env.get("/v2/accounts/%s/cdrs/legs/%s" % (ACC_A, other), status=404)
+        body = response.json
+        assert (body["status"], body["error"], body["message"], body["data"]) == (
+            "error", "404", "bad identifier", [other])
 
 
 # ------------------------------------------------------- time and paging
@@ -379,6 +410,12 @@ def test_time_range_defaults_bounds_and_order(env):
     assert ids(env.get("/v2/accounts/%s/cdrs" % ACC_A)) == [inside[0]["id"], inside[2]["id"], inside[1]["id"]]
     asc = env.get("/v2/accounts/%s/cdrs?ascending=true" % ACC_A)
     assert ids(asc) == [inside[1]["id"], inside[2]["id"], inside[0]["id"]]
+    # crossbar_view:direction/2: descending=true wins over ascending=true; descending=false changes nothing.
+    newest_first = ids(env.get("/v2/accounts/%s/cdrs" % ACC_A))
+    assert ids(env.get("/v2/accounts/%s/cdrs?ascending=true&descending=true" % ACC_A)) == newest_first
+    assert ids(env.get("/v2/accounts/%s/cdrs?descending=false" % ACC_A)) == newest_first
+    assert ids(env.get("/v2/accounts/%s/cdrs/interaction?ascending=true&descending=true" % ACC_A)) == ids(
+        env.get("/v2/accounts/%s/cdrs/interaction" % ACC_A))
     exact = env.get("/v2/accounts/%s/cdrs?created_from=%d&created_to=%d" % (ACC_A, NOW_G - 1000, NOW_G - 1000))
     assert ids(exact) == [inside[2]["id"]]  # both bounds inclusive
 
@@ -407,7 +444,10 @@ def env_ts(env: Env, cdr_id: str) -> int:
 def test_paginate_false_streams_everything(env):
     env.insert([leg(NOW_G - i) for i in range(130)])
     body = env.get("/v2/accounts/%s/cdrs?paginate=false&page_size=3" % ACC_A).json
-    assert body["page_size"] == 130 and len(body["data"]) == 130 and "next_start_key" not in body
+    assert len(body["data"]) == 130
+    # Kazoo's api_util:encode_start_keys/2 drops the paging keys when paginate=false.
+    assert not {"page_size", "start_key", "next_start_key"} & set(body)
+    assert body["status"] == "success" and body["auth_token"] == "token-a"
 
 
 @CENTRAL_TOO
@@ -504,11 +544,17 @@ def test_csv_of_detail_and_legs(env):
 def test_csv_file_name(env):
     env.insert([leg(NOW_G - 1)])
     url = "/v2/accounts/%s/cdrs?accept=csv" % ACC_A
-    assert env.get(url).headers["Content-Disposition"] == 'attachment; filename="cdrs.csv"'
+    # Kazoo's default name of a CSV listing (api_util's ?DEFAULT_CSV_FILE_NAME), interactions too.
+    assert env.get(url).headers["Content-Disposition"] == 'attachment; filename="result.csv"'
+    assert env.get("/v2/accounts/%s/cdrs/interaction?accept=csv" % ACC_A).headers["Content-Disposition"] == (
+        'attachment; filename="result.csv"')
     assert env.get(url + "&file_name=march.csv").headers["Content-Disposition"] == (
         'attachment; filename="march.csv"')
     header = env.get(url, headers={**A, "X-File-Name": "../../etc/x\";y.csv"}).headers["Content-Disposition"]
     assert header == 'attachment; filename="x__y.csv"'
+    # Both given: the header wins, as Kazoo's api_util:csv_file_name/2 reads it first.
+    both = env.get(url + "&file_name=query.csv", headers={**A, "X-File-Name": "header.csv"})
+    assert both.headers["Content-Disposition"] == 'attachment; filename="header.csv"'
     unicode_name = env.get(url + "&file_name=%C3%A6r%C3%B8.csv").headers["Content-Disposition"]
     # RFC 6266: an ASCII fallback (each other character an underscore), then the UTF-8 name.
     assert unicode_name == "attachment; filename=\"_r_.csv\"; filename*=UTF-8''%C3%A6r%C3%B8.csv"
@@ -556,10 +602,12 @@ BAD_REQUESTS = [
     ("/cdrs?filter_custom_channel_vars.a%22b=1", 400, "validation error"),
     ("/cdrs?utc_offset=east", 400, "validation error"),
     ("/cdrs?ascending=maybe", 400, "validation error"),
+    ("/cdrs?descending=maybe", 400, "validation error"),
     ("/cdrs/interaction?created_from=1&created_to=0", 400, "validation error"),
     ("/cdrs/legs/", 404, "could not find cdr with supplied id"),  # as Kazoo: "legs" taken as a CDR id
     ("/cdrs/a/b/c", 404, "faulty_request"),
-    ("/users/u1/cdrs/something", 404, "faulty_request"),
+    ("/users/u1/cdrs/something", 404, "could not find cdr with supplied id"),  # a CDR id, as Kazoo
+    ("/users/u1/cdrs/something/else", 404, "faulty_request"),
     ("/devices", 404, "faulty_request"),
 ]
 
