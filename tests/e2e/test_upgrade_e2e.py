@@ -8,7 +8,6 @@ the collector goes on from its cursor: every row once, no gap, none repeated.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import urllib.error
@@ -47,7 +46,7 @@ def test_today_takes_over_an_old_node_and_its_collector(tmp_path, pg_dsn):
     db = unpack(FIXTURE, tmp_path)
     stored = raw_rows(db)
     spooled = (tmp_path / "cdrs.db.spool").read_text().count("\n")
-    restore(pg_dsn, gzip.decompress((UPGRADE / FIXTURE / "central.sql.gz").read_bytes()).decode())
+    restore(pg_dsn, (UPGRADE / FIXTURE / "central.sql").read_text())
     central_before = {r["call_id"]: r for r in pg_rows(pg_dsn)}
     assert set(central_before) == set(stored)
     fake = FakeFreeSWITCH(events=StaticSource([]), hold=True).start()

@@ -10,7 +10,6 @@ are left in the spool.  Needs git history and a few seconds; the tests only
 read what it wrote.
 """
 
-import gzip
 import json
 import os
 import shutil
@@ -87,8 +86,10 @@ def main(tree: Path, out: Path, spool: bool) -> None:
     with sqlite3.connect(work / "cdrs.db") as conn:  # the WAL's pages into the file we keep
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "cdrs.db.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
-        dst.write((work / "cdrs.db").read_bytes())
+    with sqlite3.connect(work / "cdrs.db") as conn:  # a text dump, never a database file
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        (out / "cdrs.sql").write_text("PRAGMA user_version = %d;\n" % version
+                                      + "\n".join(conn.iterdump()) + "\n")
     for name, kept in (("cdrs.db.spool", "spool.jsonl"), ("tokens", "tokens"), ("tokens.plain", "tokens.plain"),
                        ("answers.json", "answers.json")):
         if (work / name).exists():
@@ -100,14 +101,15 @@ def main(tree: Path, out: Path, spool: bool) -> None:
 
 def central(tree: Path, out: Path, dsn: str, pg_dump: str) -> None:
     """The old collector's PostgreSQL database after pulling OUT_DIR's node
-    (the old daemon serving a copy of its database): pg_dump as central.sql.gz."""
+    (the old daemon serving a copy of its database): pg_dump as central.sql."""
     import psycopg
 
     work = Path(os.environ.get("TMPDIR", "/tmp")) / ("central-%d" % os.getpid())
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=str(tree))
     cli = [sys.executable, "-m", "eslcdr"]
-    (work / "cdrs.db").write_bytes(gzip.decompress((out / "cdrs.db.gz").read_bytes()))
+    with sqlite3.connect(work / "cdrs.db") as conn:
+        conn.executescript((out / "cdrs.sql").read_text())
     api = free_port()
     ini = work / "eslcdr.ini"
     ini.write_text("[esl]\nport = %d\n[store]\npath = %s/cdrs.db\n[api]\nlisten = 127.0.0.1:%d\ntokens_file = %s\n"
@@ -136,7 +138,7 @@ def central(tree: Path, out: Path, dsn: str, pg_dump: str) -> None:
         proc.wait(60)
     dump = subprocess.run([pg_dump, "--no-owner", "--no-privileges", "--inserts", "-d", dsn],
                           check=True, capture_output=True, text=True).stdout
-    (out / "central.sql.gz").write_bytes(gzip.compress(dump.encode(), mtime=0))
+    (out / "central.sql").write_text(dump)
     if not os.environ.get("KEEP"):
         shutil.rmtree(work)
 

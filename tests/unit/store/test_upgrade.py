@@ -10,7 +10,6 @@ replay the spool once, accept the tokens and the config.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import re
@@ -31,13 +30,26 @@ from tests.conftest import DATA
 from tests.harness import ROOT, wait_until
 
 UPGRADE = DATA / "upgrade"
-FIXTURES = sorted(p.name for p in UPGRADE.iterdir() if (p / "cdrs.db.gz").exists())
+FIXTURES = sorted(p.name for p in UPGRADE.iterdir() if (p / "cdrs.sql").exists())
+
+
+def load_sqlite(sql: str, db: Path) -> None:
+    """A database file from its text dump (``PRAGMA user_version`` and the old
+    version's ``.dump``: its schema, triggers and rows as that version wrote them),
+    in WAL mode as the old daemon left it.  The repository keeps dumps, never
+    database files."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(sql)
+        conn.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()
 
 
 def unpack(name: str, into: Path) -> Path:
-    """The fixture's files in ``into`` (the database unzipped, @DIR@ in its config set)."""
+    """The fixture's files in ``into`` (the database made from its dump, @DIR@ in its config set)."""
     src = UPGRADE / name
-    (into / "cdrs.db").write_bytes(gzip.decompress((src / "cdrs.db.gz").read_bytes()))
+    load_sqlite((src / "cdrs.sql").read_text(), into / "cdrs.db")
     # (spool.jsonl: .gitignore keeps *.db.spool out of the repository)
     for other, there in (("spool.jsonl", "cdrs.db.spool"), ("tokens", "tokens"), ("tokens.plain", "tokens.plain"),
                          ("answers.json", "answers.json")):
