@@ -76,6 +76,14 @@ class CursorMoved(Exception):
     """The node's stored cursor or db_id is not what the worker expected."""
 
 
+class NodeClaimed(Exception):
+    """Another connection (a second collector) pulls this node into this database."""
+
+
+# One connection at a time pulls a node: it holds (CLAIM_CLASS, hashtext(node)), a session advisory lock.
+CLAIM_CLASS = 0x65736C63  # "eslc"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeState:
     node: str
@@ -206,6 +214,20 @@ class PgStore:
         self.conn.close()
 
     # -- node state --------------------------------------------------------
+    def claim_node(self, node: str) -> None:
+        """Hold the node's claim while this connection lives; NodeClaimed,
+        naming the holder, when another connection holds it."""
+        with self.conn.transaction():
+            if self.conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (CLAIM_CLASS, node)).fetchone()[0]:
+                return
+            holder = self.conn.execute(
+                "SELECT concat_ws(', ', a.application_name, host(a.client_addr), 'backend pid ' || a.pid,"
+                " 'connected since ' || date_trunc('second', a.backend_start)) FROM pg_locks l JOIN pg_stat_activity a"
+                " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted"
+                " AND l.classid = %s::int4::oid AND l.objid = hashtext(%s)::oid", (CLAIM_CLASS, node)).fetchone()
+        raise NodeClaimed("node %s is pulled into this database by another collector (%s): run one collector per"
+                          " database and node" % (node, holder[0] if holder else "a session this role cannot see"))
+
     def node_state(self, node: str, url: str) -> NodeState:
         """The node's stored cursor (a new node starts at 0)."""
         with self.conn.transaction():

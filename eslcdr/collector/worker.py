@@ -29,14 +29,15 @@ from ..backoff import backoff_delay
 from .config import CollectorConfig, FeedNode
 from .feed import TRANSPORT_ERRORS, FeedClient, FeedError, FeedProtocolError, HangupWindow, lines_of, parse_record
 from .pgrecords import FeedRecord, Rejected
-from .pgstore import CursorMoved, PgStore
+from .pgstore import CursorMoved, NodeClaimed, PgStore
 
 log = structlog.get_logger(__name__)
 
 # Everything a pull may raise that a later pull may not: the node or the
 # network (TRANSPORT_ERRORS), PostgreSQL (psycopg.Error), another collector
-# moving the cursor (CursorMoved).
-RETRYABLE = TRANSPORT_ERRORS + (psycopg.Error, CursorMoved)
+# moving the cursor (CursorMoved) or holding the node's claim (NodeClaimed:
+# retried, so this one takes over once the other stops).
+RETRYABLE = TRANSPORT_ERRORS + (psycopg.Error, CursorMoved, NodeClaimed)
 FEED_LIMIT = 10_000  # the node's maximum page; one request per 10k rows at most
 RATE_WINDOW = 10.0
 TOUCH_INTERVAL = 10.0
@@ -152,8 +153,10 @@ class NodeWorker:
         self.errors += 1
         self.state = "error"
         # Which side failed: the central PostgreSQL (every node's worker says
-        # so at once) or this node (its HTTP answer, the network to it).
-        on = "postgresql" if isinstance(exc, (psycopg.Error, CursorMoved)) else "node"
+        # so at once), this node (its HTTP answer, the network to it), or a
+        # second collector pulling the node into the same database.
+        on = ("collector" if isinstance(exc, NodeClaimed)
+              else "postgresql" if isinstance(exc, (psycopg.Error, CursorMoved)) else "node")
         # psycopg/libpq may name a piece of the DSN's password: never shown.
         message = self._config.redact("%s%s: %s" % ("PostgreSQL: " if on == "postgresql" else "",
                                                     type(exc).__name__, exc))
@@ -207,7 +210,12 @@ class NodeWorker:
             self.interruptible = False
             try:
                 store = self._connect()
-                state = store.node_state(self.name, self.node.url)
+                try:
+                    store.claim_node(self.name)  # one collector pulls a node into a database
+                    state = store.node_state(self.name, self.node.url)
+                except BaseException:
+                    store.close()  # the claim, if taken, goes with the connection
+                    raise
             finally:
                 self.interruptible = True
             self._store = store

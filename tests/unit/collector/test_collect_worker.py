@@ -17,7 +17,7 @@ from eslcdr.collector import pgmigrations
 from eslcdr.collector import worker as worker_module
 from eslcdr.collector.config import from_mapping
 from eslcdr.collector.feed import FeedError, FeedProtocolError, RecordTooLarge
-from eslcdr.collector.pgstore import PgStore
+from eslcdr.collector.pgstore import NodeClaimed, PgStore
 from eslcdr.collector.worker import NodeWorker
 
 from tests.unit.api.test_api import leg
@@ -184,6 +184,53 @@ def test_postgresql_down_is_named_in_the_log_and_last_error_then_recovered(feed,
     assert errors[0].startswith("PostgreSQL: OperationalError: ")
     assert [e["failed_attempts"] for e in logs if e["event"] == "collect_pull_recovered"] == [2]
     assert node_worker.state == "caught_up" and node_worker.rows_stored == 1
+
+
+def test_a_node_is_pulled_by_one_collector_at_a_time_and_the_second_names_the_first(feed, pg_dsn, tmp_path):
+    # Two collectors configured for one node and one database (a copied config,
+    # a second host): the second waits, saying who holds the node, and takes
+    # over once the first stops -- it never pulls meanwhile.
+    with psycopg.connect(pg_dsn) as conn:
+        pgmigrations.migrate(conn)
+    cfg = from_mapping({"collector": {"dsn": pg_dsn, "timeout": "5"},
+                        "node:fs1": {"url": feed.url, "token": "a-node-token"}})
+    feed.headers, feed.body = {"X-DB-ID": "db-1"}, b"\n".join(lines(tmp_path, 2)) + b"\n"
+    first = NodeWorker(cfg.nodes[0], cfg, gevent.event.Event(),
+                       connect=lambda: PgStore.connect(pg_dsn, application_name="collector-one"))
+    second = NodeWorker(cfg.nodes[0], cfg, gevent.event.Event(), connect=lambda: PgStore.connect(pg_dsn))
+    other = NodeWorker(dataclasses.replace(cfg.nodes[0], name="fs2"), cfg, gevent.event.Event(),
+                       connect=lambda: PgStore.connect(pg_dsn))
+    try:
+        assert first.pull_once() is False and first.rows_stored == 2
+        asked = len(feed.requests)
+        with pytest.raises(NodeClaimed) as refused:
+            second.pull_once()
+        assert "node fs1 is pulled into this database by another collector (collector-one, " in str(refused.value)
+        assert len(feed.requests) == asked  # the node was not asked
+        other.pull_once()  # another node's claim is its own (its rows: fs1's calls, refused as such)
+        assert other.after == 2
+        waits: list[float] = []
+
+        def wait(seconds):  # the first stops after the second's first refusal
+            waits.append(seconds)
+            if len(waits) == 1:
+                first.close()
+                feed.body = b""  # the node has nothing after seq 2
+            else:
+                second._stop.set()
+
+        second._wait = wait
+        with capture_logs() as logs:
+            second.run()
+        failed = [e for e in logs if e["event"] == "collect_pull_failed"]
+        assert [(e["on"], e["attempt"]) for e in failed] == [("collector", 1)]
+        assert failed[0]["error"].startswith("NodeClaimed: node fs1 is pulled into this database by another")
+        assert second.last_error_kind == "collector:NodeClaimed"
+        assert [e["failed_attempts"] for e in logs if e["event"] == "collect_pull_recovered"] == [1]
+        assert second.state == "caught_up" and cursor(pg_dsn) == (2, 2, "db-1")
+    finally:
+        for node_worker in (first, second, other):
+            node_worker.close()
 
 
 @pytest.mark.parametrize("status, message, hint", [
