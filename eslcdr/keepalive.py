@@ -28,6 +28,14 @@ def keep_alive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
+def postgres_server_keepalive() -> str:
+    """The same probes asked of PostgreSQL's end (session settings, as libpq
+    ``options``): the server drops the session of a collector host that
+    vanished, and what it held (a node's claim), in a minute, not 2 hours."""
+    return ("-c tcp_keepalives_idle=%d -c tcp_keepalives_interval=%d -c tcp_keepalives_count=%d"
+            " -c tcp_user_timeout=%d" % (IDLE, INTERVAL, COUNT, USER_TIMEOUT * 1000))
+
+
 def libpq_keepalive() -> dict[str, int]:
     """The same as libpq connection parameters."""
     return {"keepalives": 1, "keepalives_idle": IDLE, "keepalives_interval": INTERVAL,

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import psycopg
 from psycopg import sql
 
-from ..keepalive import libpq_keepalive
+from ..keepalive import libpq_keepalive, postgres_server_keepalive
 from . import pginteractions, pgrollups
 from .pgrecords import (DAY_US, EPOCH, REASON_OTHER_NODE, REASON_PARTITION_LIMIT, REASON_REFUSED, SQLITE_COLUMNS,
                         FeedRecord, Rejected, RowShape, staged_values)
@@ -63,7 +63,7 @@ def pg_connect(dsn: str, connect_timeout: float, application_name: str = "eslcdr
     """A connection with every wait bounded: connect, locks, statements
     (None: unbounded, for a migration that rewrites a big table), a dead server,
     and each wait on our side (2 x statement_timeout + 1 s)."""
-    settings = "-c lock_timeout=%d" % int(lock_timeout * 1000)
+    settings = "-c lock_timeout=%d %s" % (int(lock_timeout * 1000), postgres_server_keepalive())
     if statement_timeout is not None:
         settings += " -c statement_timeout=%d" % int(statement_timeout * 1000)
     conn = BoundedConnection.connect(dsn, connect_timeout=max(1, int(connect_timeout)),

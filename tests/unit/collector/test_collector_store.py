@@ -442,6 +442,14 @@ def test_a_connection_bounds_every_wait(pg_dsn):
         wanted = libpq_keepalive()
         assert {name: params.get(name) for name in wanted} == {name: str(v) for name, v in wanted.items()}
         assert wanted["keepalives_idle"] + wanted["keepalives_interval"] * wanted["keepalives_count"] <= 60
+        # The server's end probes too (it drops a vanished collector's session and its node claims):
+        # asked by this session (over a Unix socket PostgreSQL shows them as 0, so the source is read).
+        asked = dict(store.conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE source = 'client' AND name IN ('tcp_keepalives_idle',"
+            " 'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout')").fetchall())
+        store.conn.rollback()
+        assert set(asked) == {"tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                              "tcp_user_timeout"}
     finally:
         store.close()
 
