@@ -210,7 +210,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
 
         def read_requestline(self):
             if self.server.closing or not self.receiver.next_request():
-                return ""  # closed, silent for idle_timeout, or evicted: close without a word
+                return ""  # closed, silent for idle_timeout, evicted, or stopping: close without a word
             return self.rfile.readline(pywsgi.MAX_REQUEST_LINE).decode("latin-1")
 
         def read_request(self, raw_requestline):
@@ -370,8 +370,7 @@ def make_server(app: Callable, host: str, port: int, limits: ServerLimits | None
             """Stop accepting; close the connections idle between two requests
             (a collector's keep-alive would hold the stop for the whole
             ``timeout``), let requests in progress end within it."""
-            self.closing = True
-            self.close()  # the listener first: no new connection meanwhile
+            self.closing = True  # a connection accepted from here on reads no request
             self.slots.close_idle()
             super().stop(timeout)
             self.repeats.flush()
