@@ -19,6 +19,7 @@ counted apart and left out of the main thread's shares.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import Counter
 
@@ -84,7 +85,9 @@ def split(paths: list[str]) -> Counter:
 
 
 def main() -> int:
-    for path in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="FILE", help="py-spy raw stacks (bench/live.py --profile DIR)")
+    for path in parser.parse_args().paths:
         counts = split([path])
         idle = counts.pop(IDLE_LOOP, 0)
         sqlite = {label: n for label, n in counts.items() if label.startswith(("SQLite thread", "thread hand-over (SQLite"))}
