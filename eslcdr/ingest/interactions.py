@@ -4,7 +4,8 @@ Owns the keys (Unique-IDs, ``sip:<account> <Call-ID>``) -> interaction id map,
 the members and start (earliest leg creation, µs) of each interaction, merges,
 and the bounded memory of finished calls.  Invariants: every leg linked to
 another, also one not seen yet, has the same id; the first id a group gets
-sticks -- a configured variable (``interaction_id_vars``), else one derived
+sticks -- a configured variable (``interaction_id_vars``; a ``sip_h_`` one, the
+caller's, only if it lists the call when it happened), else one derived
 from its first leg -- and when two groups meet an explicit id beats a written
 one beats the earlier derived one (rows already written are rewritten through
 ``merges``); a SIP Call-ID links only within one account and SIP_LINK_WINDOW_US;
@@ -16,7 +17,9 @@ no live leg are forgotten whole.  ``LegTracker`` (ingest/legs.py) builds on it.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Container
+from dataclasses import dataclass
 
 from ..esl.events import Event
 
@@ -44,6 +47,45 @@ SIP_LINK_WINDOW_US = 30_000_000
 
 def gregorian_seconds(unix_us: int) -> int:
     return unix_us // 1_000_000 + GREGORIAN_OFFSET
+
+
+# An explicit id from a variable FreeSWITCH filled from the INVITE's X-
+# headers (``sip_h_*``) is the caller's choice: taken only if a listing still
+# places the call when it happened (docs/configuration.md).  Kazoo's shape,
+# ``<11 digits>-<hex>``, is listed at its time prefix (store/schema.py
+# INTERACTION_START): within a day before the leg's creation (a call
+# transferred here hours in) and HEADER_ID_SKEW_S after it (another node's
+# clock).  Any other shape is listed at the leg's creation.
+HEADER_ID_PREFIX = "variable_sip_h_"
+MAX_HEADER_ID_LENGTH = 255
+HEADER_ID_MAX_AGE_S = 86_400
+HEADER_ID_SKEW_S = 300
+_KAZOO_SHAPE = re.compile(r"[0-9]{11}-[0-9a-fA-F]")
+MAX_REFUSED_IDS = 1024  # refusals a tracker holds until its owner takes them
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedId:
+    """An interaction id a leg's INVITE carried and the tracker did not take."""
+
+    call_id: str
+    variable: str
+    value: str  # its first 80 characters
+    reason: str  # "length", "characters" or "time"
+
+
+def header_id_refusal(value: str, created_us: int) -> str | None:
+    """Why an id from an INVITE header cannot name a leg created at
+    ``created_us``, or None when it can."""
+    if len(value) > MAX_HEADER_ID_LENGTH:
+        return "length"
+    if not value.isprintable():
+        return "characters"
+    if _KAZOO_SHAPE.match(value) and created_us:
+        created = gregorian_seconds(created_us)
+        if not created - HEADER_ID_MAX_AGE_S <= int(value[:11]) <= created + HEADER_ID_SKEW_S:
+            return "time"
+    return None
 
 
 # A derived id is Kazoo's shape, ``<gregorian seconds>-<hex>``, the hex a
@@ -122,6 +164,7 @@ class Interactions:
         max_interactions: int = 20_000,
     ) -> None:
         self._interaction_headers = tuple("variable_" + name for name in interaction_id_vars)
+        self._caller_set = frozenset(h for h in self._interaction_headers if h.startswith(HEADER_ID_PREFIX))
         self._account_headers = tuple("variable_" + name for name in account_id_vars)
         # Entries remembered past their call (a late duplicate hangup is
         # recognised; ids and starts no interaction owns any more).
@@ -145,6 +188,22 @@ class Interactions:
         # (old id, new id) pairs the writer must apply to rows already written
         self.merges: list[tuple[str, str]] = []
         self.merged = 0
+        # Ids from an INVITE refused (one a leg, at most MAX_REFUSED_IDS
+        # until the owner takes them), and the legs they were refused for.
+        self.refused_ids: list[RefusedId] = []
+        self._refused_legs: dict[str, None] = {}
+
+    def _refused(self, call_id: str, header: str, value: str, created_us: int) -> bool:
+        reason = header_id_refusal(value, created_us)
+        if reason is None:
+            return False
+        if call_id not in self._refused_legs:
+            if len(self._refused_legs) >= MAX_REFUSED_IDS:
+                self._refused_legs.clear()
+            self._refused_legs[call_id] = None
+            if len(self.refused_ids) < MAX_REFUSED_IDS:
+                self.refused_ids.append(RefusedId(call_id, header[len("variable_"):], value[:80], reason))
+        return True
 
     # -- queries -------------------------------------------------------
     def interaction_of(self, call_id: str) -> str | None:
@@ -220,6 +279,8 @@ class Interactions:
         for header in self._interaction_headers:
             value = event.get(header)
             if value:  # set but empty: as if not set (the next one, else derived)
+                if header in self._caller_set and self._refused(call_id, header, value, created_us):
+                    continue  # as if not set, too
                 explicit = value
                 self._explicit[value] = None
                 break

@@ -108,6 +108,12 @@ class Pipeline:
         if tracker.merges:
             self._writer.merge_interactions(tracker.merges)
             tracker.merges = []
+        if tracker.refused_ids:
+            for refused in tracker.refused_ids:
+                # The caller's INVITE named its call (ingest/interactions.py).
+                log.warning("interaction_id_refused", node=self.node_name, call_id=refused.call_id,
+                            variable=refused.variable, value=refused.value, reason=refused.reason)
+            tracker.refused_ids = []
         if finished is None:
             return False
         if not should_record(finished.hangup):

@@ -76,3 +76,24 @@ def test_finished_calls_are_trimmed_on_the_event_path(tmp_path):
     # No housekeeping ran: the event path kept the memory of finished calls
     # within its cap and one trimming interval.
     assert len(pipeline.tracker._finished) <= 10 + TRIM_EVERY
+
+
+def test_an_interaction_id_refused_from_an_invite_is_logged_once_per_leg(tmp_path):
+    # The tracker refuses it (tests/unit/ingest/test_interactions.py); the
+    # pipeline says so, once a leg, and what the CDR carries is derived.
+    from structlog.testing import capture_logs
+
+    cfg = config(tmp_path)
+    records: list[dict] = []
+    writer = Writer()
+    writer.submit = lambda record: records.append(record) or True
+    pipeline = Pipeline(cfg.nodes[0], cfg, writer)
+    forged = {"Unique-ID": "leg-1", "Caller-Channel-Created-Time": "1765000000000000",
+              "variable_sip_h_X-Call-Interaction-ID": "00000000001-0"}
+    with capture_logs() as logs:
+        for name in ("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_HANGUP_COMPLETE"):
+            pipeline.on_event(dict(forged, **{"Event-Name": name}))
+    refused = [e for e in logs if e["event"] == "interaction_id_refused"]
+    assert [(e["call_id"], e["variable"], e["value"], e["reason"], e["log_level"]) for e in refused] == [
+        ("leg-1", "sip_h_X-Call-Interaction-ID", "00000000001-0", "time", "warning")]
+    assert [r["interaction_id"] for r in records] != ["00000000001-0"] and len(records) == 1
