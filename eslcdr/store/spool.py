@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 READ_CHUNK = 1 << 20
 # A merge line is a JSON array starting with this; a record line is an object.
 MERGE = "merge"
+MERGE_LINE = b"["  # how a merge line starts in the file (a record's: b"{")
 
 
 class Merge(NamedTuple):
@@ -71,8 +72,7 @@ class Spool:
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        # Count the lines a chunk at a time: a spool may be far larger than
-        # memory.  A line starting with "[" is a merge (a record's is "{").
+        # Count the lines a chunk at a time: a spool may be far larger than memory.
         lines = merges = end = total = 0
         line_start = True
         with open(self.path, "rb") as f:
@@ -81,14 +81,14 @@ class Spool:
                 if not chunk:
                     break
                 count = chunk.count(b"\n")
-                merges += chunk.count(b"\n[") + (line_start and chunk[:1] == b"[")
+                merges += _merge_lines(chunk, line_start)
                 if count:
                     lines += count
                     end = total + chunk.rfind(b"\n") + 1
                 total += len(chunk)
                 line_start = chunk[-1:] == b"\n"
             f.seek(end)
-            merges -= end < total and f.read(1) == b"["  # a torn merge line
+            merges -= end < total and _merge_lines(f.read(1))  # a torn merge line
         if end < total:
             log.warning("spool_torn_line_skipped", path=str(self.path), bytes=total - end)
             self.skipped += 1
@@ -114,8 +114,8 @@ class Spool:
                  for r in records]
         if not lines:
             return 0
-        merges = sum(line.startswith("[") for line in lines)
         data = "".join(lines).encode("utf-8")
+        merges = _merge_lines(data)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -385,6 +385,11 @@ class MergeBacklog:
         count = len(self.items)
         if self._feed is not None and self._feed.spill(pending, self.items[self.spooled:]):
             self.committed(count)
+
+
+def _merge_lines(data: bytes, line_start: bool = True) -> int:
+    """The merge lines that start in ``data`` (``line_start``: a line starts at its first byte)."""
+    return data.count(b"\n" + MERGE_LINE) + (line_start and data.startswith(MERGE_LINE))
 
 
 def _is_merge(line: object) -> bool:
