@@ -435,6 +435,26 @@ def test_merges_the_spool_cannot_take_wait_for_sqlite_once_each(tmp_path):
     assert interaction_ids(db) == {"call-000000": "m-30", **{"call-%06d" % n: "other" for n in range(1, 4)}}
 
 
+def test_a_merge_is_in_one_place_and_applied_once(tmp_path):
+    # Before, a merge waiting for the next transaction when the spool came
+    # into use went to the spool and stayed in memory too: counted twice in
+    # merges_waiting (/health), and applied twice (harmlessly).
+    db = tmp_path / "a.db"
+    spool = Spool(tmp_path / "a.db.spool")
+    writer = Writer(store.connect_writer(db), batch_size=50, flush_interval=0.01, capacity=1, spool=spool)
+    assert writer.submit(record(0, "a"))
+    writer.merge_interactions([("a", "b")])  # for the next transaction
+    assert writer.submit(record(1, "c"))  # memory is full: on its way to the spool
+    writer.merge_interactions([("c", "d")])  # follows it there, after the one before
+    assert writer.merges_waiting == 2
+    with capture_logs() as logs:
+        greenlets = run_writer(writer)
+        assert wait_until(lambda: not writer.merges_waiting and spool.size == 0 and writer.wait_idle(1))
+        stop_writer(writer, greenlets)
+    assert sum(e.get("merges", 0) for e in logs if e["event"] in ("batch_written", "spool_batch_replayed")) == 2
+    assert interaction_ids(db) == {"call-000000": "b", "call-000001": "d"}
+
+
 def test_a_writer_stuck_with_only_merges_in_the_spool_is_seen_stalled(tmp_path):
     # The merges of an outage leave memory for the spool: the watchdog must
     # still see the writer that cannot store them (store/writer.py stalled_seconds).
