@@ -12,15 +12,16 @@ file.  A torn last line (a crash mid-append) is cut off at open (``_open``).
 Blocking file I/O: callers run these methods in the thread pool and hold
 ``lock`` (a gevent lock) around them, so an append never interleaves with a
 read or the truncation.  ``SpoolFeed`` and ``MergeBacklog`` are the writer's
-side (store/writer.py): the spooler greenlet, spills, merges on their way.
+side (store/writer.py): the spooler greenlet, spills, merges in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, ContextManager, Iterable, Iterator, NamedTuple
 
 import gevent.event
 import gevent.lock
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 READ_CHUNK = 1 << 20
 # A merge line is a JSON array starting with this; a record line is an object.
 MERGE = "merge"
+MERGE_LINE = b"["  # how a merge line starts in the file (a record's: b"{")
 
 
 class Merge(NamedTuple):
@@ -71,8 +73,7 @@ class Spool:
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        # Count the lines a chunk at a time: a spool may be far larger than
-        # memory.  A line starting with "[" is a merge (a record's is "{").
+        # Count the lines a chunk at a time: a spool may be far larger than memory.
         lines = merges = end = total = 0
         line_start = True
         with open(self.path, "rb") as f:
@@ -81,14 +82,14 @@ class Spool:
                 if not chunk:
                     break
                 count = chunk.count(b"\n")
-                merges += chunk.count(b"\n[") + (line_start and chunk[:1] == b"[")
+                merges += _merge_lines(chunk, line_start)
                 if count:
                     lines += count
                     end = total + chunk.rfind(b"\n") + 1
                 total += len(chunk)
                 line_start = chunk[-1:] == b"\n"
             f.seek(end)
-            merges -= end < total and f.read(1) == b"["  # a torn merge line
+            merges -= end < total and _merge_lines(f.read(1))  # a torn merge line
         if end < total:
             log.warning("spool_torn_line_skipped", path=str(self.path), bytes=total - end)
             self.skipped += 1
@@ -114,8 +115,8 @@ class Spool:
                  for r in records]
         if not lines:
             return 0
-        merges = sum(line.startswith("[") for line in lines)
         data = "".join(lines).encode("utf-8")
+        merges = _merge_lines(data)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -202,25 +203,24 @@ class SpoolFeed:
 
     Records past the writer's capacity wait in ``overflow`` (bounded by the
     writer) for the spooler greenlet (``run``), which appends them, fsynced;
-    after a failed write the writer spills its backlog and its merges
-    (``spill``).  While the file holds anything, interaction merges follow
-    the records through ``overflow`` into the file, in order, so memory holds
-    none for long and a crash loses none: replaying a merge line moves the
-    rows of the records replayed before it (``read``).  The file's I/O goes
-    through ``offload`` (the writer's thread), holding the spool's lock.
-    Only when the file cannot be written is a record lost: logged in full, at
-    error; merges it could not take go back to the writer (``on_unspooled``).
+    after a failed write the writer spills its backlog (``spill``).  Each
+    append takes the interaction merges waiting in memory (MergeBacklog)
+    along, after its records; the spooler appends them on their own too
+    while the file holds lines to replay.  So a merge reaches the file after
+    the records it renames there.  The file's I/O goes through ``offload``
+    (the writer's thread), holding the spool's lock.  Only when the file
+    cannot be written is a record lost: logged in full, at error; merges
+    then stay in memory.
     """
 
     def __init__(self, spool: Spool, offload: Callable[[Callable], object], on_spooled: Callable[[], None],
-                 idle_wait: float, on_unspooled: Callable[[list[Merge]], None] = lambda merges: None) -> None:
+                 idle_wait: float, merges: MergeBacklog) -> None:
         self.spool = spool
+        self._merges = merges
         self._offload = offload
         self._on_spooled = on_spooled  # records to replay: wakes the writer
-        self._on_unspooled = on_unspooled
         self._idle_wait = idle_wait
-        self.overflow: list[dict | Merge] = []
-        self.merges_queued = 0  # the Merges in overflow
+        self.overflow: list[dict] = []
         self.wake = gevent.event.Event()
         self.spooled = 0
         self.lost = 0
@@ -229,7 +229,7 @@ class SpoolFeed:
     @property
     def backlog(self) -> int:
         """Records in the file (or on their way to it) not yet in SQLite."""
-        return len(self.overflow) - self.merges_queued + self.spool.backlog
+        return len(self.overflow) + self.spool.backlog
 
     @property
     def waiting(self) -> int:
@@ -239,7 +239,7 @@ class SpoolFeed:
     @property
     def in_use(self) -> bool:
         """Records may wait in the file or on their way to it: a merge must
-        follow them there (applied live, it would miss them)."""
+        follow them there (applied now, it would miss them)."""
         return bool(self.overflow) or not self.spool.empty
 
     def hand_over(self, record: dict, limit: int) -> bool:
@@ -250,65 +250,58 @@ class SpoolFeed:
             self.wake.set()
         return True
 
-    def hand_over_merges(self, merges: list[Merge], limit: int) -> int:
-        """Queue merges for the file after what is queued; how many fit."""
-        taken = max(0, min(len(merges), limit - len(self.overflow)))
-        if taken:
-            self.overflow.extend(merges[:taken])
-            self.merges_queued += taken
-            if not self.wake.is_set():
-                self.wake.set()
-        return taken
+    def _append(self, records: list[dict]) -> list[Merge]:
+        """Append ``records`` and, after them, the merges waiting; the merges
+        (or OSError: then they wait still)."""
+        with self._merges.spooling() as merges:
+            self._io(lambda: self.spool.append(records + merges))
+        return merges
 
     def _io(self, work: Callable):
         with self.spool.lock:
             return self._offload(work)
 
     def run(self) -> None:
-        """The spooler greenlet: append the overflow, a batch per fsync."""
-        spool = self.spool
+        """The spooler greenlet: append the overflow, a batch per fsync, and
+        the merges waiting while the spool is in use."""
         while True:
-            if not self.overflow:
-                if self.stopping:
-                    return
-                self.wake.wait(timeout=self._idle_wait)
+            due = bool(self.overflow) or self._merges.for_spool
+            if due and (self._spool_batch() or self.overflow):
+                continue
+            if self.stopping:
+                return
+            if due:  # the file failed: try again on new work (or after idle_wait), not in a loop
                 self.wake.clear()
-                continue
-            batch = self.overflow[:]
-            merges = [item for item in batch if isinstance(item, Merge)]
-            try:
-                self._io(lambda: spool.append(batch))
-            except OSError as exc:
-                self._taken(batch, merges)
-                records = [item for item in batch if not isinstance(item, Merge)]
-                self.lost += len(records)
-                for record in records:
-                    log.error("cdr_lost_spool_unwritable", spool=str(spool.path), error=str(exc), record=record)
-                if merges:
-                    self._on_unspooled(merges)
-                continue
-            self._taken(batch, merges)
-            self.spooled += len(batch) - len(merges)
-            log.warning("cdrs_spooled", records=len(batch) - len(merges), merges=len(merges),
-                        spool_backlog=self.backlog)
-            self._on_spooled()
+            self.wake.wait(timeout=self._idle_wait)
+            self.wake.clear()
 
-    def _taken(self, batch: list, merges: list) -> None:
-        del self.overflow[: len(batch)]
-        self.merges_queued -= len(merges)
-
-    def spill(self, pending: list[dict], merges: list[tuple[str, str]]) -> bool:
-        """Move ``pending`` (the writer's backlog) to the file, then ``merges``
-        (those its next transaction was to apply); False if the file could not
-        take them: the caller keeps them (SQLite may come back first)."""
-        spool = self.spool
-        records = pending[:]
-        batch = records + [Merge(old, new) for old, new in merges]
+    def _spool_batch(self) -> bool:
+        records = self.overflow[:]
         try:
-            self._io(lambda: spool.append(batch))
+            merges = self._append(records)
         except OSError as exc:
-            log.error("spool_unwritable", spool=str(spool.path), error=str(exc), backlog=len(pending),
-                      merges=len(merges))
+            del self.overflow[: len(records)]
+            self.lost += len(records)
+            for record in records:
+                log.error("cdr_lost_spool_unwritable", spool=str(self.spool.path), error=str(exc), record=record)
+            self._merges.wake()  # (for the next transaction, now the overflow is empty?)
+            return False
+        del self.overflow[: len(records)]
+        self.spooled += len(records)
+        log.warning("cdrs_spooled", records=len(records), merges=len(merges), spool_backlog=self.backlog)
+        self._on_spooled()
+        return True
+
+    def spill(self, pending: list[dict]) -> bool:
+        """Move ``pending`` (the writer's backlog) and the merges waiting to
+        the file; False if it could not take them: they stay (SQLite may
+        come back first)."""
+        records = pending[:]
+        try:
+            merges = self._append(records)
+        except OSError as exc:
+            log.error("spool_unwritable", spool=str(self.spool.path), error=str(exc), backlog=len(pending),
+                      merges=len(self._merges))
             return False
         del pending[: len(records)]
         self.spooled += len(records)
@@ -330,61 +323,81 @@ class SpoolFeed:
 
 
 class MergeBacklog:
-    """The interaction merges for the writer's next transaction (``items``),
-    at most ``limit`` (an outage the spool cannot take either): past that
-    one is lost, logged at error.  While ``feed`` holds records, merges
-    follow them into the spool instead (they must reach the records there),
-    in order: those waiting here first (the first ``spooled`` items are on
-    their way there too; their transaction applies them as well, harmlessly:
-    an old id applied twice finds no row the second time)."""
+    """The interaction merges in memory (``items``), oldest first; at most
+    ``limit``: past that a new one is lost, logged at error.
 
-    def __init__(self, limit: int, feed: SpoolFeed | None) -> None:
+    A merge is in one place: here, or a line of the spool file (older than
+    all here).  While the spool is in use (``spool_in_use``: lines to replay,
+    or records on their way there) the next append takes them all, after its
+    records (``spooling``); else the next transaction applies them all
+    (``applying``).  Records in memory carry every merged id already
+    (Writer.merge_interactions), so either order with them is right.  The
+    first ``held`` are in that transaction or append, in flight: no one else
+    takes any meanwhile, and only its success removes them.  ``on_waiting``
+    wakes whoever is to take those free (``for_spool``, ``for_transaction``).
+    """
+
+    def __init__(self, limit: int, on_waiting: Callable[[], None],
+                 spool_in_use: Callable[[], bool] = lambda: False) -> None:
         self.items: list[Merge] = []
-        self.spooled = 0
+        self.held = 0
         self.lost = 0
         self._limit = limit
-        self._feed = feed
+        self._on_waiting = on_waiting
+        self._spool_in_use = spool_in_use
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, merges: list[tuple[str, str]]) -> bool:
-        """True if the next transaction has merges to apply."""
-        feed = self._feed
-        merges = [Merge(old, new) for old, new in merges]
-        if feed is not None and feed.in_use:
-            unspooled = self.items[self.spooled:]
-            taken = feed.hand_over_merges(unspooled + merges, self._limit)
-            self.spooled += min(taken, len(unspooled))
-            merges = merges[max(0, taken - len(unspooled)):]
-        return self.keep(merges)
-
-    def returned(self, merges: list[Merge]) -> bool:
-        """The spool could not take ``merges``: those not held here already
-        wait for the next transaction too; True if there are any."""
-        held = {id(merge) for merge in self.items}
-        self.spooled = 0
-        return self.keep([merge for merge in merges if id(merge) not in held])
-
-    def keep(self, merges: list[Merge]) -> bool:
-        """For the next transaction, without the spool; True if there are any."""
+    def add(self, merges: list[tuple[str, str]]) -> None:
         room = max(0, self._limit - len(self.items))
         for old, new in merges[room:]:
             self.lost += 1
             log.error("interaction_merge_lost", old=old, new=new, merges_waiting=len(self.items))
-        self.items.extend(merges[:room])
-        return bool(self.items)
+        self.items.extend(Merge(old, new) for old, new in merges[:room])
+        self.wake()
 
-    def committed(self, count: int) -> None:
-        """The first ``count`` items are applied (or in the spool)."""
-        del self.items[:count]
-        self.spooled = max(0, self.spooled - count)
+    @property
+    def for_transaction(self) -> bool:
+        return bool(self.items) and not self.held and not self._spool_in_use()
 
-    def spill(self, pending: list[dict]) -> None:
-        """After a failed write: ``pending`` and the items to the spool."""
-        count = len(self.items)
-        if self._feed is not None and self._feed.spill(pending, self.items[self.spooled:]):
-            self.committed(count)
+    @property
+    def for_spool(self) -> bool:
+        return bool(self.items) and not self.held and self._spool_in_use()
+
+    def wake(self) -> None:
+        if self.items and not self.held:
+            self._on_waiting()
+
+    def applying(self) -> ContextManager[list[Merge]]:
+        """The merges for the transaction about to run (none while the spool is in use)."""
+        return self._taken(not self._spool_in_use())
+
+    def spooling(self) -> ContextManager[list[Merge]]:
+        """The merges for the append to the spool about to run: all of them."""
+        return self._taken(True)
+
+    @contextlib.contextmanager
+    def _taken(self, take: bool) -> Iterator[list[Merge]]:
+        if not take or self.held:
+            yield []
+            return
+        merges = self.items[:]
+        self.held = len(merges)
+        try:
+            yield merges
+        except BaseException:
+            self.held = 0
+            self.wake()
+            raise
+        del self.items[: len(merges)]
+        self.held = 0
+        self.wake()
+
+
+def _merge_lines(data: bytes, line_start: bool = True) -> int:
+    """The merge lines that start in ``data`` (``line_start``: a line starts at its first byte)."""
+    return data.count(b"\n" + MERGE_LINE) + (line_start and data.startswith(MERGE_LINE))
 
 
 def _is_merge(line: object) -> bool:

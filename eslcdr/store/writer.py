@@ -122,10 +122,12 @@ class Writer:
         self.deleted = 0
         # The spool (on disk) takes what memory cannot: records past
         # ``capacity`` (via the feed's overflow and the spooler greenlet)
-        # and the whole backlog once SQLite has failed (the writer spills it).
+        # and the whole backlog once SQLite has failed (the writer spills it);
+        # interaction merges wait in memory for the next transaction or append.
+        self._merges = MergeBacklog(self._overflow, self._wake_for_merges,
+                                    lambda: self._feed is not None and self._feed.in_use)
         self._feed = None if spool is None else SpoolFeed(spool, self._offload, self._wake_up, IDLE_WAKE,
-                                                          self._unspooled)
-        self._merges = MergeBacklog(self._overflow, self._feed)
+                                                          self._merges)
         # meta table entries (e.g. the backfill's high-water mark), stored
         # with the next transaction: after every record submitted before.
         self._meta: dict[str, str] = {}
@@ -174,7 +176,7 @@ class Writer:
     def merges_waiting(self) -> int:
         """Interaction merges held in memory (for the next transaction, or
         on their way to the spool)."""
-        return len(self._merges) + (self._feed.merges_queued if self._feed is not None else 0)
+        return len(self._merges)
 
     merges_lost = property(lambda self: self._merges.lost)
     # Merge lines in the spool file, not yet applied in SQLite.
@@ -273,18 +275,18 @@ class Writer:
         later batch must not write the old id after that UPDATE ran).  While
         the spool holds records (or takes some), the merges follow them into
         it: its replay applies them after the records before them."""
-        feed = self._feed
         for old, new in merges:
-            for waiting in (self._pending, feed.overflow if feed is not None else ()):
+            for waiting in (self._pending, self._feed.overflow if self._feed is not None else ()):
                 for record in waiting:
-                    if isinstance(record, dict) and record.get("interaction_id") == old:
+                    if record.get("interaction_id") == old:
                         record["interaction_id"] = new
-        if self._merges.add(merges) and self._idle.is_set():
-            self._arrives()
+        self._merges.add(merges)
 
-    def _unspooled(self, merges: list) -> None:
-        """Merges the spool could not take: for the next transaction."""
-        if self._merges.returned(merges) and self._idle.is_set():
+    def _wake_for_merges(self) -> None:
+        """Wake whoever is to take the merges waiting (MergeBacklog)."""
+        if self._merges.for_spool:
+            self._feed.wake.set()
+        elif self._idle.is_set():
             self._arrives()
 
     # -- the writer greenlet --------------------------------------------
@@ -352,7 +354,7 @@ class Writer:
                 gevent.sleep(0)
 
     def _has_work(self) -> bool:
-        return bool(self._pending or self._merges or self._acks or self._meta)
+        return bool(self._pending or self._merges.for_transaction or self._acks or self._meta)
 
     def _gather(self) -> None:
         """Wait for the batch to gather: until GATHER_ROWS records wait or
@@ -384,8 +386,8 @@ class Writer:
 
     def _spill(self) -> None:
         """Move the in-memory backlog and merges to the spool (after a failed write)."""
-        if self._pending or self._merges:
-            self._merges.spill(self._pending)
+        if self._feed is not None and (self._pending or self._merges):
+            self._feed.spill(self._pending)
 
     def _replay_due(self) -> bool:
         feed = self._feed
@@ -417,20 +419,17 @@ class Writer:
         taken_at = time.monotonic()
         waited = taken_at - self._first_at
         batch = self._pending[: self._batch_size]
-        merges = self._merges.items[:]
         acks = dict(self._acks)
         meta = dict(self._meta)
         inserts, replacements = _split(batch)
         started = time.perf_counter()
         conn = self._conn
-        new = self._offload(
-            lambda: insert_records(
-                conn, inserts, merges=merges, replacements=replacements, acks=acks, meta=meta
+        with self._merges.applying() as merges:
+            new = self._offload(
+                lambda: insert_records(conn, inserts, merges=merges, replacements=replacements, acks=acks, meta=meta)
             )
-        )
         # Only now that the transaction committed do the records leave memory.
         del self._pending[: len(batch)]
-        self._merges.committed(len(merges))
         for key, value in acks.items():
             if self._acks.get(key) == value:
                 del self._acks[key]

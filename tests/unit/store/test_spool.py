@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import json
+import os
 import random
 import resource
 import signal
@@ -14,6 +15,8 @@ import urllib.request
 
 import gevent
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from eslcdr.service.status import WriterStatus
@@ -432,6 +435,26 @@ def test_merges_the_spool_cannot_take_wait_for_sqlite_once_each(tmp_path):
     assert interaction_ids(db) == {"call-000000": "m-30", **{"call-%06d" % n: "other" for n in range(1, 4)}}
 
 
+def test_a_merge_is_in_one_place_and_applied_once(tmp_path):
+    # Before, a merge waiting for the next transaction when the spool came
+    # into use went to the spool and stayed in memory too: counted twice in
+    # merges_waiting (/health), and applied twice (harmlessly).
+    db = tmp_path / "a.db"
+    spool = Spool(tmp_path / "a.db.spool")
+    writer = Writer(store.connect_writer(db), batch_size=50, flush_interval=0.01, capacity=1, spool=spool)
+    assert writer.submit(record(0, "a"))
+    writer.merge_interactions([("a", "b")])  # for the next transaction
+    assert writer.submit(record(1, "c"))  # memory is full: on its way to the spool
+    writer.merge_interactions([("c", "d")])  # follows it there, after the one before
+    assert writer.merges_waiting == 2
+    with capture_logs() as logs:
+        greenlets = run_writer(writer)
+        assert wait_until(lambda: not writer.merges_waiting and spool.size == 0 and writer.wait_idle(1))
+        stop_writer(writer, greenlets)
+    assert sum(e.get("merges", 0) for e in logs if e["event"] in ("batch_written", "spool_batch_replayed")) == 2
+    assert interaction_ids(db) == {"call-000000": "b", "call-000001": "d"}
+
+
 def test_a_writer_stuck_with_only_merges_in_the_spool_is_seen_stalled(tmp_path):
     # The merges of an outage leave memory for the spool: the watchdog must
     # still see the writer that cannot store them (store/writer.py stalled_seconds).
@@ -452,6 +475,75 @@ def test_a_writer_stuck_with_only_merges_in_the_spool_is_seen_stalled(tmp_path):
         "call-000001": "i-2"})
     assert writer.spool_merges == 0 and WriterStatus.of(writer).healthy
     stop_writer(writer, greenlets)
+
+
+# Steps of test_merges_in_any_outage_store_the_ids_of_a_run_without_one; MERGE_EXAMPLES=N:
+# N random examples (a hunt), else the same 25 each run.
+MERGE_EXAMPLES = os.environ.get("MERGE_EXAMPLES")
+MERGE_STEP = st.tuples(st.sampled_from(["leg"] * 4 + ["merge"] * 3 + ["fail", "recover", "settle", "switch"]),
+                       st.integers(0, 1 << 16))
+
+
+def merge_steps(steps: list[tuple[str, int]]) -> list[tuple]:
+    """``steps`` as a script of legs and merges as the tracker hands them over
+    (merge_script's rules), with the outage's steps kept in place."""
+    groups: list[str] = []
+    script: list[tuple] = []
+    for n, (kind, pick) in enumerate(steps):
+        if kind == "leg":
+            if not groups or pick % 2:
+                groups.append("i-%d" % n)
+            script.append(("leg", record(n, groups[-1 - (pick >> 1) % min(len(groups), 8)])))
+        elif kind == "merge" and len(groups) > 1:
+            recent = groups[-8:]
+            loser = recent[pick % len(recent)]
+            winner = recent[(pick // len(recent) + 1 + recent.index(loser)) % len(recent)]
+            groups.remove(loser)
+            script.append(("merge", loser, winner))
+        elif kind != "merge":
+            script.append((kind,))
+    return script
+
+
+@settings(max_examples=int(MERGE_EXAMPLES or 25), derandomize=not MERGE_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=st.lists(MERGE_STEP, min_size=40, max_size=150))
+def test_merges_in_any_outage_store_the_ids_of_a_run_without_one(tmp_path_factory, steps):
+    # Legs and merges interleaved with SQLite failing (its lock held by another
+    # program) and coming back, the writer and the spooler let run at any point
+    # (a switch) or until memory holds nothing (settle): once SQLite is back and
+    # the spool replayed, every leg has the id of the same run without an outage.
+    script = merge_steps(steps)
+    tmp = tmp_path_factory.mktemp("merges")
+    expected = without_outage(tmp, [step for step in script if step[0] in ("leg", "merge")])
+    db = tmp / "a.db"
+    spool = Spool(tmp / "a.db.spool")
+    writer = Writer(fast_failing(db), batch_size=4, flush_interval=0.01, capacity=3, max_retry_delay=0.05,
+                    spool=spool)
+    greenlets = run_writer(writer)
+    other = None
+    for step in script:
+        if step[0] in ("leg", "merge"):
+            play(writer, [step])
+        elif step[0] == "fail" and other is None:
+            other = locked(db)
+        elif step[0] == "recover" and other is not None:
+            other.execute("ROLLBACK")
+            other = other.close()
+        elif step[0] == "switch":
+            gevent.sleep(0)  # (a switch to the writer and the spooler, not a wait)
+        elif step[0] == "settle":
+            # Memory holds nothing: written, or on disk (the spooler's queue empty).
+            assert wait_until(lambda: not writer.backlog and not writer.merges_waiting
+                              and writer.spool_backlog == spool.backlog, timeout=10)
+    if other is not None:
+        other.execute("ROLLBACK")
+        other.close()
+    assert wait_until(lambda: writer.spool_backlog == 0 and not writer.merges_waiting and writer.wait_idle(1)
+                      and spool.empty, timeout=10)
+    stop_writer(writer, greenlets)
+    assert not writer.lost and not writer.merges_lost
+    assert interaction_ids(db) == expected
 
 
 # --------------------------------------------------------------- real daemon
