@@ -256,12 +256,16 @@ class Interactions:
             named = self._started.get(owner)
         if named is not None and abs(created_us - named) <= SIP_LINK_WINDOW_US:
             return
+        self._forget_key(key)
+        self._sip_named[key] = created_us
+
+    def _forget_key(self, key: str) -> None:
+        """``key`` names no interaction any more (its leg is gone, its id reused)."""
         owner = self._interaction.pop(key, None)
         if owner is not None:
             members = self._members.get(owner)
             if members is not None and key in members:
                 members.remove(key)
-        self._sip_named[key] = created_us
 
     def _link(self, call_id: str, links: list[str], event: Event, created_us: int) -> str:
         """Give this leg, and every leg it names, one interaction id.
