@@ -267,6 +267,13 @@ class Interactions:
             if members is not None and key in members:
                 members.remove(key)
 
+    def _forget_written(self, key: str) -> None:
+        """A new channel ``key`` that names a call already written (a finished
+        leg's id, also one from before a restart, taken again by a caller): it
+        names nothing."""
+        if self._interaction.get(key) in self._written:
+            self._forget_key(key)
+
     def _link(self, call_id: str, links: list[str], event: Event, created_us: int) -> str:
         """Give this leg, and every leg it names, one interaction id.
 

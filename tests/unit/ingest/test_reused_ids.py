@@ -56,3 +56,37 @@ def test_late_events_of_a_finished_leg_stay_ignored(events_of):
     late = [dict(e, **{"Event-Name": "CHANNEL_DESTROY"}) for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
     hangups = [dict(e) for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
     assert len(finished_records(events + late + hangups)) == ROW_COUNT["S1_json"]
+
+
+def test_after_a_restart_a_reused_id_neither_joins_nor_renames_the_written_call(events_of, tmp_path):
+    # The daemon restarted after the victim's call (account Y) was written; a
+    # caller in account X sends the id of its first leg as Call-ID, and an
+    # interaction id of their own in the INVITE.  Before, the new leg found
+    # the preloaded id of the victim's call: it joined it, and the merge that
+    # its header forced rewrote every row of the victim's call to the caller's
+    # id (store.insert_records applies merges to any account's rows).
+    from eslcdr.store import db as store
+
+    victim = same_call_ids_elsewhere(events_of("S1_json"), "v:", "acct-y")
+    written = finished_records(victim)
+    conn = store.connect_writer(tmp_path / "cdrs.db")
+    store.insert_records(conn, written)
+    fresh = LegTracker(CFG.cdr.interaction_id_vars)
+    fresh.remember_interactions(store.recent_interaction_links(conn, 25_000))
+    fresh.remember_interaction_starts(store.recent_interaction_starts(conn, 25_000))
+    again, reused = reusing(victim, 120)
+    chosen = "caller-chosen-interaction"
+    attack = [dict(e, **{"variable_ecallmgr_Account-ID": "acct-x",
+                         "variable_sip_h_X-Call-Interaction-ID": chosen}) for e in again]
+    builder = CdrBuilder(CFG.cdr, "fs1")
+    theirs = []
+    for n, event in enumerate(attack):
+        finished = fresh.feed(event, 1_000_000 * n)
+        if finished is not None:
+            theirs.append(builder.build(finished))
+    assert len(theirs) == ROW_COUNT["S1_json"]
+    assert {r["interaction_id"] for r in theirs} == {chosen}
+    assert fresh.merges == []  # nothing for the writer to rewrite in account Y
+    store.insert_records(conn, theirs, fresh.merges)
+    victims = conn.execute("SELECT DISTINCT interaction_id FROM cdrs WHERE account_id = 'acct-y'").fetchall()
+    assert victims == [(written[0]["interaction_id"],)]
