@@ -24,7 +24,7 @@ import psycopg
 import structlog
 
 from ..ingest.interactions import SIP_LINK_WINDOW_US
-from .pgschema import NO_ACCOUNT, STAGED_HANGUP_AT
+from .pgschema import INDEXED_SIP_CALL_ID, NO_ACCOUNT, STAGED_HANGUP_AT
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ _SET_ROWS = ("UPDATE cdrs SET central_id = %s WHERE account_id = %s AND call_id 
 _PAIRS = (
     "SELECT DISTINCT s.account_id, s.interaction_id, o.interaction_id FROM _staged AS s"
     " JOIN cdrs AS o ON o.account_id = s.account_id AND o.sip_call_id = s.sip_call_id"
-    " AND o.source <> %(source)s"
+    " AND o.source <> %(source)s AND " + INDEXED_SIP_CALL_ID % "o." +
     " AND o.hangup_at >= to_timestamp((s.created_us - %(window)s) / 1000000.0)"
     " WHERE s.sip_call_id IS NOT NULL AND s.account_id <> '' AND s.interaction_id IS NOT NULL"
     " AND o.interaction_id IS NOT NULL AND o.interaction_id <> s.interaction_id"
@@ -144,13 +144,13 @@ def _c_order(text: str) -> bytes:
 # position in eslcdr_schema.join_after ([account, last Call-ID]; NULL: done).
 CHUNK = 2000
 LOCK_JOIN_EXISTING = 0x65736C04  # one collector walks them (a session lock)
-_NEXT_ACCOUNT = "SELECT min(account_id) FROM cdrs WHERE sip_call_id IS NOT NULL AND account_id > %s"
-_CALL_IDS = ("SELECT DISTINCT sip_call_id FROM cdrs WHERE account_id = %s AND sip_call_id > %s"
-             " ORDER BY 1 LIMIT %s")
+_NEXT_ACCOUNT = "SELECT min(account_id) FROM cdrs WHERE %s AND account_id > %%s" % (INDEXED_SIP_CALL_ID % "")
+_CALL_IDS = ("SELECT DISTINCT sip_call_id FROM cdrs WHERE account_id = %%s AND sip_call_id > %%s AND %s"
+             " ORDER BY 1 LIMIT %%s" % (INDEXED_SIP_CALL_ID % ""))
 _OLD_PAIRS = (
     "SELECT DISTINCT s.central_id, o.central_id FROM cdrs AS s JOIN cdrs AS o ON o.account_id = s.account_id"
     " AND o.sip_call_id = s.sip_call_id AND o.source <> s.source AND abs(o.created_us - s.created_us) <= %s"
-    " WHERE s.account_id = %s AND s.sip_call_id = ANY(%s) AND o.sip_call_id = ANY(%s)"
+    " AND " + INDEXED_SIP_CALL_ID % "o." + " WHERE s.account_id = %s AND s.sip_call_id = ANY(%s) AND o.sip_call_id = ANY(%s)"
     " AND s.central_id IS NOT NULL AND o.central_id IS NOT NULL AND o.central_id <> s.central_id"
 )
 

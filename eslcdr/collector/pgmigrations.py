@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from ..store.schema import SchemaTooNew
-from .pgschema import EXTRA_COLUMNS, sqlite_columns
+from .pgschema import EXTRA_COLUMNS, INDEXED_SIP_CALL_ID, sqlite_columns
 
 # Advisory lock key (arbitrary, fixed) of the migrations.
 LOCK_MIGRATE = 0x65736C01
@@ -288,10 +288,17 @@ INSERT INTO stats_hour_causes SELECT account_id, hour, hangup_cause, sum(legs) F
 DROP TABLE stats_hour_cells;
 """
 
+# A caller's SIP Call-ID of a few KB could not go into version 6's index: the row was
+# refused (collector_rejects).  The index holds the ones it can (pgschema).
+_M11_INDEXABLE_SIP_CALL_IDS = """
+DROP INDEX IF EXISTS cdrs_sip_call_id;
+CREATE INDEX cdrs_sip_call_id ON cdrs (account_id, sip_call_id) WHERE %s;
+""" % (INDEXED_SIP_CALL_ID % "")
+
 # A migration is a function of a cursor or literal SQL.
 MIGRATIONS = (_m1_tables, _m2_lighter_time_indexes, _m3_owners_and_bounds, _M4_CITUS_KEYS_AND_ROLLUPS,
               _M5_READ_INDEXES, _M6_CENTRAL_INTERACTIONS, _M7_STORED_CENTRAL_ID, _M8_HOUR_ROLLUPS,
-              _M9_FEWER_INDEX_ENTRIES, _M10_HOUR_KPIS)
+              _M9_FEWER_INDEX_ENTRIES, _M10_HOUR_KPIS, _M11_INDEXABLE_SIP_CALL_IDS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

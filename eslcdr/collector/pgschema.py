@@ -67,6 +67,10 @@ def _ident(name: str) -> sql.Identifier:
 
 # cdrs.account_id of a leg without an account (NULL on the node).
 NO_ACCOUNT = ""
+# The SIP Call-IDs cdrs_sip_call_id holds: at most this many bytes (a btree
+# index row holds 2,704; a caller's Call-ID has no bound but the message's).
+# A longer one is stored, in no index, and joins no node's legs.
+INDEXED_SIP_CALL_ID = "octet_length(%ssip_call_id) <= 1024"
 
 
 def micros_at(expr: str) -> str:

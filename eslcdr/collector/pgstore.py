@@ -31,9 +31,9 @@ from .pgrecords import (DAY_US, EPOCH, REASON_OTHER_NODE, REASON_PARTITION_LIMIT
 from .pgschema import (STAGED_ACCOUNT, STAGED_HANGUP_AT, UTC, create_partitions_for, existing_partitions,
                        month_start, micros_at as _us, next_month, partition_name, sqlite_columns)
 
-# PostgreSQL refuses values in these ways; anything else (connection lost,
-# serialisation failure) fails the whole batch and is retried.
-ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+# PostgreSQL refuses values in these ways (a limit too: a caller's long SIP Call-ID
+# in an index); anything else (connection lost, ...) fails the batch, retried.
+ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgramLimitExceeded)
 
 # The bounds of the collector's own PostgreSQL connections (docs/collector.md,
 # "Waits on PostgreSQL"): a lock held elsewhere fails the statement after

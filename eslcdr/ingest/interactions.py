@@ -9,9 +9,10 @@ caller's, only if it lists the call when it happened), else one derived
 from its first leg -- and when two groups meet an explicit id beats a written
 one beats the earlier derived one (rows already written are rewritten through
 ``merges``); a SIP Call-ID links only within one account and SIP_LINK_WINDOW_US;
-ids preloaded from the database (``remember_interactions``) keep whatever shape
-they were written in; past ``max_interactions`` the oldest interactions with
-no live leg are forgotten whole.  ``LegTracker`` (ingest/legs.py) builds on it.
+preloaded ids (``remember_interactions``) keep their shape; past
+``max_interactions`` the oldest interactions with no live leg are forgotten
+whole, past MAX_KEYS an interaction's oldest keys of legs not live (a live call
+a caller joins endless calls to).  ``LegTracker`` (ingest/legs.py) builds on it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ HEADER_ID_MAX_AGE_S = 86_400
 HEADER_ID_SKEW_S = 300
 _KAZOO_SHAPE = re.compile(r"[0-9]{11}-[0-9a-fA-F]")
 MAX_REFUSED_IDS = 1024  # refusals a tracker holds until its owner takes them
+# Keys one interaction keeps: past them the oldest of legs not live (finished,
+# their CDRs built; SIP keys long past SIP_LINK_WINDOW_US) are forgotten when
+# the tracker trims.  A call's own legs and keys are a few dozen.
+MAX_KEYS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,7 @@ class Interactions:
         # with its interaction): the SIP_LINK_WINDOW_US check
         self._sip_named: dict[str, int] = {}
         self._written: dict[str, None] = {}  # ids some CDR was built with
+        self._crowded: dict[str, None] = {}  # ids that got more than MAX_KEYS keys since the last trim
         # (old id, new id) pairs the writer must apply to rows already written
         self.merges: list[tuple[str, str]] = []
         self.merged = 0
@@ -256,12 +262,23 @@ class Interactions:
             named = self._started.get(owner)
         if named is not None and abs(created_us - named) <= SIP_LINK_WINDOW_US:
             return
+        self._forget_key(key)
+        self._sip_named[key] = created_us
+
+    def _forget_key(self, key: str) -> None:
+        """``key`` names no interaction any more (its leg is gone, its id reused)."""
         owner = self._interaction.pop(key, None)
         if owner is not None:
             members = self._members.get(owner)
             if members is not None and key in members:
                 members.remove(key)
-        self._sip_named[key] = created_us
+
+    def _forget_written(self, key: str) -> None:
+        """A new channel ``key`` that names a call already written (a finished
+        leg's id, also one from before a restart, taken again by a caller): it
+        names nothing."""
+        if self._interaction.get(key) in self._written:
+            self._forget_key(key)
 
     def _link(self, call_id: str, links: list[str], event: Event, created_us: int) -> str:
         """Give this leg, and every leg it names, one interaction id.
@@ -317,6 +334,8 @@ class Interactions:
             else:
                 interaction[key] = chosen
                 members.append(key)
+        if len(members) > MAX_KEYS:
+            self._crowded[chosen] = None
         return chosen
 
     def _winner(self, first_id: str, second_id: str) -> str:
@@ -335,7 +354,10 @@ class Interactions:
         moved = self._members.pop(loser, [])
         for key in moved:
             interaction[key] = winner
-        self._members.setdefault(winner, []).extend(moved)
+        members = self._members.setdefault(winner, [])
+        members.extend(moved)
+        if len(members) > MAX_KEYS:
+            self._crowded[winner] = None
         lost_start = self._started.pop(loser, None)
         if lost_start is not None:
             started = self._started.get(winner)
@@ -351,6 +373,7 @@ class Interactions:
         ``live``), then ids and starts no remembered interaction owns:
         starts preloaded from the database, an explicit id that lost a merge."""
         self._forget_interactions(live)
+        self._thin_crowded(live)
         for remembered in (self._started, self._explicit, self._written):
             self._trim(remembered, keep=self._members)
 
@@ -362,6 +385,28 @@ class Interactions:
             oldest = list(remembered) if keep is None else [k for k in remembered if k not in keep]
             for key in oldest[:excess]:
                 del remembered[key]
+
+    def _thin_crowded(self, live: Container[str]) -> None:
+        """Forget the oldest keys past MAX_KEYS of each interaction that got
+        more, but no live leg's: those keep their call's id while it lasts."""
+        interaction, sip_named = self._interaction, self._sip_named
+        for interaction_id in self._crowded:
+            keys = self._members.get(interaction_id)
+            excess = len(keys) - MAX_KEYS if keys is not None else 0
+            if excess <= 0:
+                continue
+            gone: set[str] = set()
+            for key in keys:  # oldest first
+                if key not in live:
+                    gone.add(key)
+                    if len(gone) == excess:
+                        break
+            keys[:] = [key for key in keys if key not in gone]
+            for key in gone:
+                if interaction.get(key) == interaction_id:
+                    del interaction[key]
+                sip_named.pop(key, None)
+        self._crowded.clear()
 
     def _forget_interactions(self, live: Container[str]) -> None:
         """Past ``max_interactions`` interactions, forget the oldest whole: the

@@ -6,7 +6,8 @@ the CHANNEL_BRIDGE partner, when it was last touched -- and the few strings
 the live channels list shows (``live_legs()``: frozen copies).  HANGUP_COMPLETE
 carries every variable; it completes the leg and yields a ``FinishedLeg``.
 Invariants: a hangup for a leg never seen still yields a complete leg; a
-second hangup or any late event for a finished leg is ignored; a late PROGRESS
+second hangup or any late event for a finished leg is ignored (CHANNEL_CREATE
+under its id, a caller's Call-ID taken again, is a new leg); a late PROGRESS
 never undoes an ANSWER; legs silent for ``leg_ttl`` are expired and only the
 last ``max_remembered`` finished legs are kept, so memory stays flat.  After
 a reconnect ``seed()`` / ``resync()`` / ``take_lost()`` reconcile with
@@ -268,14 +269,17 @@ class LegTracker(Interactions):
         call_id = get("Unique-ID")
         if not call_id:
             return None
-        if call_id in self._finished:
-            if get("Event-Name") == "CHANNEL_HANGUP_COMPLETE":
-                self.duplicates += 1
-            return None
         name = get("Event-Name", "")
+        if call_id in self._finished:
+            if name != "CHANNEL_CREATE":  # else a new channel took a finished leg's id (a caller's Call-ID again)
+                self.duplicates += name == "CHANNEL_HANGUP_COMPLETE"
+                return None
+            del self._finished[call_id]  # its interaction key is forgotten below: it is written
         legs = self._legs
         leg = legs.get(call_id)
         if leg is None:
+            if name == "CHANNEL_CREATE":
+                self._forget_written(call_id)
             created = parse_int(get("Caller-Channel-Created-Time")) or now_us
             leg = _Leg(now_us, created)
             legs[call_id] = leg

@@ -6,10 +6,11 @@ never change data.  WAL mode: readers never block the writer, nor it them.  The
 file and its side files are its owner's only (DB_FILE_MODE).  Inserts are a few
 multi-row INSERTs per batch (``_insert_many``); every statement that writes rows
 brings the KPI roll-ups up to date.  Invariants: ``insert_records`` is idempotent
-on ``call_id`` (a leg delivered twice keeps its first row and ``seq``, so the
-collector never sees it twice); a row whose content changes is never UPDATEd in
-place: ``rewrite_rows`` and ``replace_records`` delete and insert it again, with
-a new ``seq``, so the feed delivers the new version (docs/api.md).  Collector
+on the leg (delivered twice it keeps its first row and ``seq``: the collector
+never sees it twice; another leg under its call_id: reused.py); a row whose
+content changes is never UPDATEd in place: ``rewrite_rows`` and
+``replace_records`` delete and insert it again, with a new ``seq``, so the feed
+delivers the new version (docs/api.md).  Collector
 acknowledgements and ``meta`` go in the same transactions.  The retention
 statements (deletes, storage figures) are store/retention.py's.
 """
@@ -22,7 +23,7 @@ import re
 import sqlite3
 import stat
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import chain
 from json.encoder import encode_basestring as _json_string
 from operator import itemgetter
@@ -32,6 +33,7 @@ from typing import Iterable, Mapping, Sequence
 import sqlite_utils
 import structlog
 
+from .reused import store_reused
 from .schema import JSON_COLUMNS, RECORD_COLUMNS, SCHEMA_VERSION, migrate, rollup_insert_statements, schema_version
 
 log = structlog.get_logger(__name__)
@@ -426,6 +428,8 @@ def insert_records(
         if rows:
             before = _last_seq(conn)
             new = _insert_many(conn, _INSERT_PREFIX, _INSERT_SUFFIX, len(RECORD_COLUMNS), rows)
+            if new < len(rows):  # duplicates, or legs reusing a stored leg's id (reused.py)
+                new += store_reused(conn, rows, partial(_insert_many, conn, _INSERT_PREFIX, _INSERT_SUFFIX, len(RECORD_COLUMNS)))
             if new:
                 _roll_up_after(conn, before)
         if replacements:

@@ -27,7 +27,8 @@ from ..ingest.interactions import GREGORIAN_OFFSET
 BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT", "insertion counter, strictly increasing: the collector's cursor"),
     ("id", "TEXT NOT NULL UNIQUE", "CDR id, `YYYYMM-<call_id>` (month of the hangup, UTC)"),
-    ("call_id", "TEXT NOT NULL UNIQUE", "the leg's FreeSWITCH `Unique-ID`"),
+    ("call_id", "TEXT NOT NULL UNIQUE", "the leg's FreeSWITCH `Unique-ID`; `<Unique-ID>~<created_us>` for a leg"
+     " under the id of a stored one (a caller's Call-ID taken again)"),
     ("interaction_id", "TEXT", "shared by every leg of one call (Kazoo's `Call-Interaction-ID`, or derived)"),
     ("account_id", "TEXT", "owning account (first of `[cdr] account_id_vars`)"),
     ("owner_id", "TEXT", "owning user (first of `[cdr] owner_id_vars`)"),

@@ -12,7 +12,10 @@ ago (the collector takes hangups of the last 400 days only):
    under the same caller-chosen Call-IDs;
 3. NUL in the caller name, an X- SIP header and a custom channel variable
    (its name and its value) of S1's legs: ``\\u0000`` in the JSON stand-in's
-   frames, ``%00`` in the plain one's.
+   frames, ``%00`` in the plain one's;
+4. S1's call in account A, and again two minutes later with its first leg
+   under the same Unique-ID (a caller's Call-ID sent again, Kazoo's
+   ``inbound-use-callid-as-uuid``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tests.conftest import capture_events, fresh_database
 from tests.harness import DaemonProcess, db_rows, settle, wait_rows, wait_until, write_config
 from tests.expected_cdrs import INTERACTIONS, ROW_COUNT
 from tests.unit.ingest.test_cdr import dtmf_flood, interaction_groups, same_call_ids_elsewhere
+from tests.unit.ingest.test_reused_ids import reusing
 from tests.e2e.test_collect_e2e import TOKEN, CollectorProcess, assert_same_row, pg_rows
 from tests.e2e.test_collect_hostile_e2e import node_after
 from tests.unit.esl.test_events import NUL_HEADERS, nul_free
@@ -67,6 +71,7 @@ class Ingested:
     legs_b: set[str]
     nul_json: set[str]
     nul_plain: set[str]
+    reused: str  # the Unique-ID two legs had
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +82,12 @@ def ingested(tmp_path_factory, pg_server):
     account_b = moved("S3_json.esl", "b:", ACCOUNT_B, later_s=1)
     nul_json = [dict(e, **NUL_HEADERS) for e in moved("S1_json.esl", "nul-json:")]
     nul_plain = [dict(e, **NUL_HEADERS) for e in moved("S1_json.esl", "nul-plain:")]
-    expected_rows = 4 + 2 * ROW_COUNT["S3_json"] + 4 + 4
+    reused_first = moved("S1_json.esl", "reuse:", ACCOUNT_A, later_s=-300)
+    reused_again, reused = reusing(reused_first, 120)
+    expected_rows = 4 + 2 * ROW_COUNT["S3_json"] + 4 + 4 + 2 * 4
 
-    as_json = FakeFreeSWITCH(events=StaticSource(dtmf_events + account_a + account_b + nul_json), hold=True).start()
+    as_json = FakeFreeSWITCH(events=StaticSource(dtmf_events + account_a + account_b + nul_json
+                                                 + reused_first + reused_again), hold=True).start()
     as_plain = FakeFreeSWITCH(events=StaticSource(nul_plain), hold=True).start()
     (root / "tokens").write_text("%s *\n%s %s\n" % (TOKEN, TOKEN_A, ACCOUNT_A))
     ini = write_config(root, as_json.port, "json", extra="[esl:fs2]\nport = %d\nformat = plain\n" % as_plain.port)
@@ -103,7 +111,7 @@ def ingested(tmp_path_factory, pg_server):
             assert collector.stop() == 0
             collector = None
         yield Ingested({r["call_id"]: r for r in rows}, pg, rejects, daemon, api_port, dtmf_leg,
-                       leg_ids(account_a), leg_ids(account_b), leg_ids(nul_json), leg_ids(nul_plain))
+                       leg_ids(account_a), leg_ids(account_b), leg_ids(nul_json), leg_ids(nul_plain), reused)
     finally:
         if collector is not None:
             collector.stop()
@@ -171,6 +179,22 @@ def test_nul_is_stored_as_u_fffd_by_the_daemon_and_the_collector(ingested, fmt):
         assert row["custom_sip_headers"]["x_tenant"] == "t\ufffdenant"
         assert row["custom_channel_vars"] == {"note": "n\ufffdote", "bad\ufffdkey": "v\ufffd"}
         assert_same_row(ingested.rows[call_id], row)
+
+
+def test_a_unique_id_taken_again_by_a_new_channel_is_a_second_cdr(ingested):
+    # Before, the second leg was a "duplicate": no CDR, nowhere.
+    twice = sorted((r for r in ingested.rows.values() if r["call_id"].split("~")[0] == ingested.reused),
+                   key=lambda r: r["created_us"])
+    assert [r["call_id"] for r in twice] == [ingested.reused, "%s~%d" % (ingested.reused, twice[1]["created_us"])]
+    assert twice[1]["created_us"] - twice[0]["created_us"] == 120_000_000
+    assert twice[0]["interaction_id"] != twice[1]["interaction_id"]
+    for row in twice:
+        assert_same_row(row, ingested.pg[row["call_id"]])
+        response = get(ingested.api_port, "/v2/accounts/%s/cdrs/%s" % (ACCOUNT_A, row["id"]),
+                       b"X-Auth-Token: %s\r\n" % TOKEN_A.encode(), version=b"HTTP/1.0")
+        assert envelope_of(response)["data"]["channel_created_time"] == row["created_us"], response[:300]
+    assert [e["stored_as"] for e in ingested.daemon.log_events() if e["event"] == "cdr_call_id_reused"] \
+        == [twice[1]["call_id"]]
 
 
 def test_nothing_was_refused_or_lost_on_the_way(ingested):

@@ -303,3 +303,28 @@ def test_legs_stored_before_the_central_id_are_joined_by_migrating(central, pg_d
         conn.commit()
         assert pginteractions.join_existing(conn) == 0  # done: nothing walked again
     one_group_under_a(web, (a, b, c), legs_of)
+
+
+def test_a_sip_call_id_too_long_to_index_is_stored_and_joins_nothing(central, events_of, pg_dsn):
+    # A caller's Call-ID of a few KB: PostgreSQL cannot index it (2,704 bytes
+    # at most an index row).  Its legs are stored all the same -- before, each
+    # was refused into collector_rejects: a caller could keep their calls out of
+    # the central database -- and, being in no index, join no other node's.
+    import base64
+    import os
+
+    import psycopg
+
+    store_node, web = central
+    ones, twos = halves(events_of("S4_json"), None)
+    long_call_id = base64.b64encode(os.urandom(6000)).decode() + "@caller"
+    for r in ones + twos:
+        if r.get("sip_call_id"):
+            r["sip_call_id"] = long_call_id
+    store_node("fs-1", ones)
+    store_node("fs-2", twos)
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM collector_rejects").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM cdrs WHERE sip_call_id = %s", (long_call_id,)).fetchone()[0] \
+            == sum(1 for r in ones + twos if r.get("sip_call_id"))
+    assert sorted(interactions(web)) == sorted({ones[0]["interaction_id"], twos[0]["interaction_id"]})

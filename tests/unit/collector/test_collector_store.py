@@ -3,8 +3,10 @@ partitions, the batch upsert with its cursor, rejects."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import os
 
 import psycopg
 import pytest
@@ -309,6 +311,26 @@ def test_an_object_in_a_text_column_and_a_nul_are_refused_values(pg, tmp_path):
     rejects = rows(pg, "SELECT seq, record FROM collector_rejects ORDER BY seq")
     assert [r["seq"] for r in rejects] == [first.seq, second.seq]
     assert json.loads(rejects[1]["record"])["duration_seconds"] == {"x": 1}
+
+
+
+def test_a_value_past_a_postgresql_limit_is_refused_not_the_whole_node(pg, tmp_path):
+    # An indexed value of a few KB (random, so it does not compress: past the
+    # 2,704 bytes a btree index row holds), e.g. an interaction id a dialplan
+    # copied from caller input (a caller's SIP Call-ID was one, before
+    # cdrs_sip_call_id left long ones out: test_central_interactions).  Before,
+    # that ProgramLimitExceeded failed the whole batch, again at every retry:
+    # the node's later CDRs never reached PostgreSQL.
+    long_id = base64.b64encode(os.urandom(6000)).decode()
+    before, long_one, after = feed_items(tmp_path, [leg(ts(2026, 11)), leg(ts(2026, 11), interaction=long_id),
+                                                    leg(ts(2026, 11))])
+    result = pg.store_batch("fs1", "db-1", 0, [before, long_one, after])
+    assert (result.stored, result.rejected, result.after) == (2, 1, after.seq)
+    assert [r["call_id"] for r in rows(pg)] == [before.call_id, after.call_id]
+    rejects = rows(pg, "SELECT seq, call_id, reason, error, record FROM collector_rejects")
+    assert [(r["seq"], r["call_id"], r["reason"]) for r in rejects] == [(long_one.seq, long_one.call_id, "refused_value")]
+    assert "index row size" in rejects[0]["error"] and long_id in rejects[0]["record"]
+    assert rows(pg, "SELECT count(*) AS n FROM cdr_keys") == [{"n": 2}]
 
 
 # ------------------------------------------------------------------ one owner per call

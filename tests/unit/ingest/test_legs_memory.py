@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from eslcdr import config
 from eslcdr.fakefs import GeneratedSource
+from eslcdr.ingest.interactions import MAX_KEYS
 from eslcdr.ingest.legs import TRIM_EVERY, LegTracker
 
 CFG = config.from_mapping({"cdr": {"node_name": "fs1"}})
@@ -102,3 +103,25 @@ def test_remembered_calls_stay_bounded_and_consistent_as_generated_calls_pass():
     tracker.expire(n * 1000)
     assert len(tracker._members) <= cap
     assert len(tracker._interaction) <= 10 * cap
+
+
+def test_calls_a_caller_puts_in_one_live_interaction_do_not_grow_memory_without_bound():
+    # A caller keeps one call up (any event keeps it fresh) and makes call
+    # after call, each with the same interaction id in its INVITE (any id not
+    # Kazoo-shaped is taken): every leg joined that one interaction, which
+    # has a live leg so is never forgotten -- its keys piled up without end.
+    header = {"variable_sip_h_X-Call-Interaction-ID": "caller-chosen"}
+    tracker = LegTracker(("sip_h_X-Call-Interaction-ID",), max_remembered=100, max_interactions=100)
+    now = 1_000_000_000
+    tracker.feed(_event("CHANNEL_CREATE", "aaaaaaaa-long", now, **header), now)
+    for n in range(6 * TRIM_EVERY):
+        a, b = "%08x-short-a" % n, "%08x-short-b" % n
+        tracker.feed(_event("CHANNEL_CREATE", a, now, **header), now)
+        tracker.feed(_event("CHANNEL_CREATE", b, now, **{"Other-Leg-Unique-ID": a}), now)
+        tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", b, now, **{"Other-Leg-Unique-ID": a}), now)
+        assert tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", a, now, **header), now).interaction_id == "caller-chosen"
+        tracker.feed(_event("DTMF", "aaaaaaaa-long", now, **{"DTMF-Digit": "1"}), now)
+    assert len(tracker._interaction) <= MAX_KEYS + 2 * TRIM_EVERY < 12 * TRIM_EVERY  # each call's 2 legs
+    assert sum(map(len, tracker._members.values())) == len(tracker._interaction)
+    # The live call still ends in its interaction.
+    assert tracker.feed(_event("CHANNEL_HANGUP_COMPLETE", "aaaaaaaa-long", now), now).interaction_id == "caller-chosen"
