@@ -160,10 +160,9 @@ class _Leg:
         self.partner = ""
         self.touched_us = now_us
         self.created_us = created_us
-        self.direction = self.name = self.destination = ""
-        self.cid_name = self.cid_num = self.callee_name = self.callee_num = ""
-        self.presence_id = self.account_id = self.owner_id = self.authorizing_id = ""
-        self.other_leg = self.sip_call_id = ""
+        self.direction = self.name = self.destination = self.cid_name = self.cid_num = ""
+        self.callee_name = self.callee_num = self.presence_id = self.account_id = self.owner_id = ""
+        self.authorizing_id = self.other_leg = self.sip_call_id = ""
         self.state = "DOWN"
         self.answered = False
         self.answered_us = 0
@@ -210,7 +209,7 @@ class LegTracker(Interactions):
         self._authorizing_headers = tuple("variable_" + name for name in authorizing_id_vars)
         self._leg_ttl_us = leg_ttl_us
         self._legs: dict[str, _Leg] = {}
-        self._finished: dict[str, int] = {}  # call id -> when it finished (µs)
+        self._finished: dict[str, tuple[int, int]] = {}  # call id -> (when it finished, its creation) µs
         self._suspects: dict[str, int] = {}  # call id -> write-off deadline (µs)
         self._until_trim = TRIM_EVERY
         self._known_before: set[str] | None = None  # live legs when the subscription began
@@ -270,8 +269,9 @@ class LegTracker(Interactions):
         if not call_id:
             return None
         name = get("Event-Name", "")
-        if call_id in self._finished:
-            if name != "CHANNEL_CREATE":  # else a new channel took a finished leg's id (a caller's Call-ID again)
+        finished = self._finished.get(call_id)
+        if finished is not None:  # a CREATE of another creation: a new channel took its id (a caller's Call-ID again)
+            if name != "CHANNEL_CREATE" or parse_int(get("Caller-Channel-Created-Time")) in (0, finished[1]):
                 self.duplicates += name == "CHANNEL_HANGUP_COMPLETE"
                 return None
             del self._finished[call_id]  # its interaction key is forgotten below: it is written
@@ -312,7 +312,7 @@ class LegTracker(Interactions):
         if name == "CHANNEL_HANGUP_COMPLETE":
             del legs[call_id]
             self._suspects.pop(call_id, None)
-            self._note_done(call_id, now_us)
+            self._note_done(call_id, now_us, created)
             started = self._written_start(interaction_id)
             return FinishedLeg(
                 hangup=event,
@@ -385,7 +385,7 @@ class LegTracker(Interactions):
             self._suspects.pop(call_id, None)
         self.expired += len(stale)
         finished = self._finished
-        for call_id in [c for c, when in finished.items() if when < cutoff]:
+        for call_id in [c for c, (when, _) in finished.items() if when < cutoff]:
             del finished[call_id]
         self.trim()
         return stale
@@ -396,9 +396,9 @@ class LegTracker(Interactions):
         self._trim(self._finished)
         self._trim_interactions(self._legs)
 
-    def _note_done(self, call_id: str, now_us: int) -> None:
+    def _note_done(self, call_id: str, now_us: int, created_us: int) -> None:
         """A leg finished (hangup, CDR file or write-off): a later hangup is a duplicate."""
-        self._finished[call_id] = now_us
+        self._finished[call_id] = (now_us, created_us)
         self._until_trim -= 1
         if not self._until_trim:
             self.trim()
@@ -466,12 +466,12 @@ class LegTracker(Interactions):
                 leg.advance(callstate)
         return added
 
-    def note_finished(self, call_id: str, now_us: int) -> None:
+    def note_finished(self, call_id: str, now_us: int, created_us: int = 0) -> None:
         """A leg's CDR was written from elsewhere (its json_cdr file): any
         later hangup for it is a duplicate."""
         self._legs.pop(call_id, None)
         self._suspects.pop(call_id, None)
-        self._note_done(call_id, now_us)
+        self._note_done(call_id, now_us, created_us)
 
     def due_lost(self, now_us: int) -> list[str]:
         """Marked legs whose grace has passed: ``take_lost`` would write them
@@ -492,7 +492,7 @@ class LegTracker(Interactions):
             leg = self._legs.pop(call_id, None)
             if leg is None:  # it finished (or expired) meanwhile
                 continue
-            self._note_done(call_id, now_us)
+            self._note_done(call_id, now_us, leg.created_us)
             interaction_id = self.interaction_of(call_id) or ""
             started = self._written_start(interaction_id)
             lost.append(LostLeg(call_id, leg.created_us, interaction_id, started or leg.created_us, leg.sip_call_id,

@@ -90,3 +90,21 @@ def test_after_a_restart_a_reused_id_neither_joins_nor_renames_the_written_call(
     store.insert_records(conn, theirs, fresh.merges)
     victims = conn.execute("SELECT DISTINCT interaction_id FROM cdrs WHERE account_id = 'acct-y'").fetchall()
     assert victims == [(written[0]["interaction_id"],)]
+
+
+def test_a_create_repeated_after_its_hangup_is_not_a_new_leg(events_of):
+    # The same CHANNEL_CREATE again (a stream replayed, a duplicate delivered)
+    # carries the finished leg's own creation: it is that leg's, ignored --
+    # no live leg appears, and no write-off follows it.
+    events = events_of("S1_json")
+    tracker = LegTracker(CFG.cdr.interaction_id_vars)
+    for n, event in enumerate(events):
+        tracker.feed(event, 1_000_000 * n)
+    creates = [e for e in events if e["Event-Name"] == "CHANNEL_CREATE"]
+    for event in creates:
+        assert tracker.feed(dict(event), 10**9) is None
+    assert tracker.live_legs() == []
+    # One of another creation under the same id is a new channel (the caller's Call-ID again).
+    again = dict(creates[0], **{"Caller-Channel-Created-Time": str(int(creates[0]["Caller-Channel-Created-Time"]) + 60_000_000)})
+    tracker.feed(again, 10**9)
+    assert [leg.call_id for leg in tracker.live_legs()] == [creates[0]["Unique-ID"]]
