@@ -23,7 +23,7 @@ from .schema import RECORD_COLUMNS
 log = structlog.get_logger(__name__)
 
 REUSED_SEPARATOR = "~"
-MAX_KEYS = 8  # candidate keys of one leg; past them the record goes to the log
+MAX_REUSED_KEYS = 8  # candidate keys of one leg; past them the record goes to the log
 _CALL_ID, _ID, _CREATED = (RECORD_COLUMNS.index(name) for name in ("call_id", "id", "created_us"))
 _CREATED_OF = "SELECT created_us FROM cdrs WHERE call_id = ?"
 
@@ -32,7 +32,7 @@ def _keys(call_id: str, created_us: object) -> Iterator[str]:
     yield call_id
     own = "%s%s%s" % (call_id, REUSED_SEPARATOR, created_us)
     yield own
-    for n in range(2, MAX_KEYS):
+    for n in range(2, MAX_REUSED_KEYS):
         yield "%s%s%d" % (own, REUSED_SEPARATOR, n)
 
 
