@@ -7,12 +7,11 @@ cursor (``collector_nodes.after``, locked and compared first: a mismatch is
 COPY into a temporary ``_staged`` (typed: bench/collect.py measured it the
 cheapest), then set-based SQL: find the node's stored versions of the calls
 (``cdr_keys``), claim the keys (a call another node owns is refused:
-``other_node``), delete the old versions by their whole key (into ``_gone``)
-and insert the new ones -- never an UPDATE of ``account_id``.  A value
-PostgreSQL refuses makes that step go one row at a time under savepoints;
-every record not stored is kept whole in ``collector_rejects`` with one of
-``pgrecords.REASONS``: nothing lost, nothing blocking the node.  The records and their
-COPY rows are ``pgrecords``'.
+``other_node``; another leg under its id is re-keyed, pgreused.py), delete the
+old versions by their whole key (into ``_gone``) and insert the new ones --
+never an UPDATE of ``account_id``.  A value PostgreSQL refuses makes that step
+go one row at a time under savepoints; every record not stored is kept whole in
+``collector_rejects`` (``pgrecords.REASONS``): nothing lost, nothing blocking the node.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from ..keepalive import libpq_keepalive, postgres_server_keepalive
-from . import pginteractions, pgrollups
+from . import pginteractions, pgreused, pgrollups
 from .pgrecords import (DAY_US, EPOCH, REASON_OTHER_NODE, REASON_PARTITION_LIMIT, REASON_REFUSED, SQLITE_COLUMNS,
                         FeedRecord, Rejected, RowShape, staged_values)
 from .pgschema import (STAGED_ACCOUNT, STAGED_HANGUP_AT, UTC, create_partitions_for, existing_partitions,
@@ -254,10 +253,8 @@ class PgStore:
 
     def record_error(self, node: str, error: str | None) -> None:
         with self.conn.transaction():
-            self.conn.execute(
-                "UPDATE collector_nodes SET last_error = %s, last_pull_at = now() WHERE node = %s",
-                (error[:2000] if error else None, node),
-            )
+            self.conn.execute("UPDATE collector_nodes SET last_error = %s, last_pull_at = now() WHERE node = %s",
+                              (error[:2000] if error else None, node))
 
     def touch(self, node: str, db_id: str) -> None:
         """A pull that brought nothing new: the node is reachable (and its
@@ -301,16 +298,14 @@ class PgStore:
         The node's row is locked first (``FOR UPDATE``) and its cursor and
         db_id compared with what the worker believes (else ``CursorMoved``).
         Then, set-based: ``cdr_keys`` takes the new keys, updating only the
-        node's own (``ON CONFLICT ... WHERE source = EXCLUDED.source``); the
-        calls it did not take belong to another node and go to
-        ``collector_rejects`` (``other_node``); the node's stored versions of
-        the calls it took are deleted by their whole key (account_id, call_id,
-        hangup_at: any partition, any account) into ``_gone``, and the new
-        rows inserted -- never an UPDATE of ``account_id`` (Citus refuses
-        one); the roll-ups count ``_gone`` out and the inserted rows in.  The
-        ``cdr_keys`` row lock also serialises two transactions writing the
-        same call: the second waits for the first and then sees its owner.
-        """
+        node's own (``ON CONFLICT ... WHERE source = EXCLUDED.source``); a call
+        it did not take is another node's: ``other_node`` in collector_rejects,
+        unless another leg (pgreused.py: stored in a second round); the node's
+        stored versions are deleted by their whole key (account_id, call_id,
+        hangup_at) into ``_gone`` and the new rows inserted -- never an UPDATE
+        of ``account_id`` (Citus refuses one); the roll-ups count ``_gone`` out
+        and the inserted rows in.  The ``cdr_keys`` row lock serialises two
+        transactions writing one call: the second then sees its owner."""
         if not items:
             return BatchResult(0, 0, 0, expected_after)
         # One row per call: a leg rewritten twice within one batch keeps its
@@ -353,28 +348,35 @@ class PgStore:
                 rejected = len(refused)
                 for item in refused:
                     reject(cur, node, db_id, item.seq, item.call_id, item.error, item.line, item.reason)
-                staged = self._stage(cur, node, db_id, rows)
-                rejected += len(rows) - len(staged)
-                rows = staged
-                replaced, moved, months = self._find_old(cur, node, [r.call_id for r in rows])
-                taken = self._claim_keys(cur, node, db_id, rows)
-                if taken:
-                    rejected += len(taken)
-                    rows = [r for r in rows if r.seq not in taken]
-                stored = 0
-                if rows:
-                    stored, bad = self._write(cur, node, db_id, rows, months)
-                    rejected += bad
-                    # Legs of a call another node stored too (pginteractions.py).
-                    pginteractions.link_batch(cur, node)
-                    # Last: the roll-up cells stay locked the shortest.
-                    pgrollups.apply_batch(cur, deleted=replaced > 0)
+                stored, moved, rejected, again = self._round(cur, node, db_id, rows, rejected, True)
+                if again:  # other legs under ids another node stored: keys of their own (pgreused.py)
+                    for statement in pgreused.CLEAR_ROUND:
+                        cur.execute(statement)
+                    more, more_moved, rejected, _ = self._round(cur, node, db_id, again, rejected, False)
+                    stored, moved = stored + more, moved + more_moved
                 cur.execute(
                     "UPDATE collector_nodes SET after = %s, db_id = %s, rows = rows + %s,"
                     " last_pull_at = now(), last_error = NULL WHERE node = %s",
                     (new_after, db_id, stored, node),
                 )
         return BatchResult(stored, moved, rejected, new_after, tuple(created))
+
+    def _round(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord], rejected: int,
+               rekey: bool) -> tuple[int, int, int, list[FeedRecord]]:
+        """Stage, claim, write, link and count ``rows``: (stored, moved, rejected so far, re-keyed to store too)."""
+        staged = self._stage(cur, node, db_id, rows)
+        rejected += len(rows) - len(staged)
+        replaced, moved, months = self._find_old(cur, node, [r.call_id for r in staged])
+        taken, again = self._claim_keys(cur, node, db_id, staged, rekey)
+        rejected += len(taken) - len(again)
+        rows = [r for r in staged if r.seq not in taken]
+        stored = 0
+        if rows:
+            stored, bad = self._write(cur, node, db_id, rows, months)
+            rejected += bad
+            pginteractions.link_batch(cur, node)  # legs of a call another node stored too
+            pgrollups.apply_batch(cur, deleted=replaced > 0)  # last: the cells stay locked the shortest
+        return stored, moved, rejected, again
 
     def _find_old(self, cur: psycopg.Cursor, node: str, call_ids: list[str]) -> tuple[int, int, list[dt.datetime]]:
         """The node's stored versions of the staged calls (``call_ids``) into
@@ -407,34 +409,32 @@ class PgStore:
         except ROW_ERRORS:
             return self._one_by_one(cur, node, db_id, rows)
 
-    def _claim_keys(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> set[int]:
-        """Take the batch's calls in cdr_keys; those another node stored go
-        to collector_rejects.  Returns their seqs."""
+    def _claim_keys(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord],
+                    rekey: bool) -> tuple[set[int], list[FeedRecord]]:
+        """Take the batch's calls in cdr_keys; of those another node stored,
+        other legs come back re-keyed (``rekey``), the rest go to
+        collector_rejects.  Returns the seqs not taken, and the re-keyed."""
         cur.execute(CLAIM_KEYS, {"source": node})
         taken = dict(cur.fetchall())
         if not taken:
-            return set()
+            return set(), []
+        by_seq = {r.seq: r for r in rows}
+        again = pgreused.other_legs(cur, node, [by_seq[seq] for seq in sorted(taken)]) if rekey else []
+        kept = {r.seq for r in again}
+        refused = {seq: call_id for seq, call_id in taken.items() if seq not in kept}
         owners = dict(cur.execute(
-            "SELECT call_id, source FROM cdr_keys WHERE call_id = ANY(%s)", (list(taken.values()),)).fetchall())
-        lines = {r.seq: r.line for r in rows}
-        for seq, call_id in sorted(taken.items()):
+            "SELECT call_id, source FROM cdr_keys WHERE call_id = ANY(%s)", (list(refused.values()),)).fetchall())
+        for seq, call_id in sorted(refused.items()):
             reject(cur, node, db_id, seq, call_id, "call_id already stored from node %s" % owners.get(call_id),
-                   lines[seq].decode("utf-8", "replace"), REASON_OTHER_NODE)
-        return set(taken)
+                   by_seq[seq].line.decode("utf-8", "replace"), REASON_OTHER_NODE)
+        return set(taken), again
 
     def _stage(self, cur: psycopg.Cursor, node: str, db_id: str, rows: Sequence[FeedRecord]) -> Sequence[FeedRecord]:
         """COPY the rows into _staged; on a refused value, row by row (the
-        refused ones into collector_rejects).  Returns the rows staged.
-
-        The values come from each record's parsed JSON (the two JSON columns as
-        JSON text); SQL then derives the timestamptz columns from the µs ones.
-        bench/collect.py measured three ways on the same records (CPU per row,
-        collector + PostgreSQL): this typed COPY 10 + 25 µs, a COPY of the raw
-        lines turned into rows by ``json_populate_record`` 5 + 52 µs, per-row
-        ``executemany`` INSERTs in pipeline mode 48 + 48 µs.  The typed COPY
-        costs the least in total and the least on PostgreSQL, the resource many
-        collectors share.
-        """
+        refused ones into collector_rejects).  Returns the rows staged.  The
+        values come from each record's parsed JSON: a typed COPY costs the
+        least in all and on PostgreSQL (10 + 25 µs a row; json_populate_record
+        5 + 52, pipelined INSERTs 48 + 48: bench/collect.py)."""
         columns, shape = self._columns, self._shape
         try:
             with self.conn.transaction():
@@ -484,8 +484,7 @@ class PgStore:
 
 
 def _month_end(month: dt.date) -> dt.datetime:
-    end = next_month(month)
-    return dt.datetime(end.year, end.month, 1, tzinfo=UTC)
+    return dt.datetime(next_month(month).year, next_month(month).month, 1, tzinfo=UTC)
 
 
 def reject(cur: psycopg.Cursor, node: str, db_id: str | None, seq: int | None, call_id: str | None,

@@ -374,6 +374,37 @@ def test_only_the_node_that_stored_a_call_may_replace_it(pg, tmp_path):
     assert got[same.call_id]["billing_seconds"] == 7 and got[moved.call_id]["hangup_at"].month == 10
 
 
+def test_another_leg_under_an_id_another_node_stored_is_stored_under_a_key_of_its_own(pg, tmp_path):
+    # A caller sent fs2 the Call-ID of a leg of fs1 (inbound-use-callid-as-uuid:
+    # fs2's leg has that Unique-ID).  Another creation: another leg, stored as
+    # <call_id>~<created_us> from fs2 (collector/pgreused.py); before, refused
+    # as other_node and missing from every central listing and KPI.
+    from tests.unit.collector.test_collector_rollups import rollups
+
+    pg.node_state("fs2", "http://127.0.0.1:2")
+    [victim] = feed_items(tmp_path, [leg(ts(2026, 11, 10))])
+    pg.store_batch("fs1", "db-1", 0, [victim])
+    before = rows(pg)
+    created = victim.fields()["created_us"] + 3_600_000_000
+    caller = replayed(victim, 1, created_us=created, billing_seconds=42)
+    result = pg.store_batch("fs2", "db-2", 0, [caller])
+    assert (result.stored, result.rejected) == (1, 0)
+    key = "%s~%d" % (victim.call_id, created)
+    assert [r for r in rows(pg) if r["source"] == "fs1"] == before
+    [stored] = [r for r in rows(pg) if r["source"] == "fs2"]
+    assert (stored["call_id"], stored["id"], stored["billing_seconds"]) == (
+        key, "%s~%d" % (victim.fields()["id"], created), 42)
+    # fs2's next version of its leg replaces its own row; fs1's very leg sent by fs2 is refused.
+    result = pg.store_batch("fs2", "db-2", 1, [replayed(caller, 3, billing_seconds=43)])
+    assert (result.stored, result.rejected) == (1, 0)
+    result = pg.store_batch("fs2", "db-2", 3, [replayed(victim, 4, billing_seconds=99999)])
+    assert (result.stored, result.rejected) == (0, 1)
+    assert [(r["call_id"], r["billing_seconds"]) for r in rows(pg) if r["source"] == "fs2"] == [(key, 43)]
+    assert [r["reason"] for r in rows(pg, "SELECT reason FROM collector_rejects")] == ["other_node"]
+    stored_cells, recount = rollups(pg.conn)
+    assert stored_cells == recount
+
+
 def test_a_call_being_stored_by_another_node_is_refused_once_that_commits(pg, pg_dsn, tmp_path):
     import threading
 
