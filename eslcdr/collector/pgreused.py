@@ -22,7 +22,7 @@ import orjson
 import psycopg
 import structlog
 
-from ..store.reused import REUSED_SEPARATOR
+from ..store.reused import REUSED_SEPARATOR, reused_suffix
 from .pgrecords import FeedRecord
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,7 @@ def other_legs(cur: psycopg.Cursor, node: str, records: Sequence[FeedRecord]) ->
         stored = cur.execute(_CREATED, (key[0], record.call_id, key[1])).fetchone() if key else None
         if stored is None or stored[0] == created_us:
             continue  # the same leg from another node: refused as before
-        suffix = "%s%d" % (REUSED_SEPARATOR, created_us)
+        suffix = reused_suffix(created_us)
         doc = dict(doc, call_id=record.call_id + suffix, id="%s%s" % (doc.get("id"), suffix))
         again.append(FeedRecord(record.seq, doc["call_id"], record.hangup_us, orjson.dumps(doc), doc))
         log.warning("cdr_call_id_reused", node=node, call_id=record.call_id, stored_as=doc["call_id"])

@@ -28,9 +28,15 @@ _CALL_ID, _ID, _CREATED = (RECORD_COLUMNS.index(name) for name in ("call_id", "i
 _CREATED_OF = "SELECT created_us FROM cdrs WHERE call_id = ?"
 
 
+def reused_suffix(created_us: object) -> str:
+    """What a leg under another leg's Unique-ID adds to its call_id and id
+    (here and in the collector, collector/pgreused.py)."""
+    return "%s%s" % (REUSED_SEPARATOR, created_us)
+
+
 def _keys(call_id: str, created_us: object) -> Iterator[str]:
     yield call_id
-    own = "%s%s%s" % (call_id, REUSED_SEPARATOR, created_us)
+    own = call_id + reused_suffix(created_us)
     yield own
     for n in range(2, MAX_REUSED_KEYS):
         yield "%s%s%d" % (own, REUSED_SEPARATOR, n)
