@@ -284,7 +284,7 @@ class SpoolFeed:
             self.lost += len(records)
             for record in records:
                 log.error("cdr_lost_spool_unwritable", spool=str(self.spool.path), error=str(exc), record=record)
-            self._merges.wake()  # (for the next transaction, now the overflow is empty?)
+            self._merges.wake()  # the overflow gone, they may be the next transaction's: wake their taker
             return False
         del self.overflow[: len(records)]
         self.spooled += len(records)
